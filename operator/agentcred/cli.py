@@ -1,0 +1,140 @@
+"""The `agentcred` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+
+
+def _dev_state_path() -> Path:
+    from .devcluster.binaries import cache_root
+
+    return cache_root() / "dev" / "state.json"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import kopf
+
+    from . import handlers  # noqa: F401  (registers the handlers)
+
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.log_json else kopf.LogFormat.PLAIN)
+    kopf.run(
+        clusterwide=True,
+        standalone=args.standalone,
+        priority=args.priority,
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    from .crd import render_crd_yaml
+
+    sys.stdout.write(render_crd_yaml())
+    return 0
+
+
+def cmd_dev_build(args: argparse.Namespace) -> int:
+    from .devcluster.binaries import ensure_binaries
+
+    for name, path in sorted(ensure_binaries().items()):
+        print(f"{name}\t{path}")
+    return 0
+
+
+def cmd_dev_up(args: argparse.Namespace) -> int:
+    from .devcluster.controlplane import ControlPlane, ControlPlaneState
+
+    state_path = _dev_state_path()
+    if state_path.exists():
+        state = ControlPlaneState.load(state_path)
+        print(f"a local control plane is already up at {state.server}", file=sys.stderr)
+        print(f"export KUBECONFIG={state.kubeconfig}")
+        return 0
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    plane = ControlPlane(workdir=state_path.parent / "cluster", detach=True)
+    state = plane.start()
+    state.save(state_path)
+    print(f"local control plane up at {state.server}", file=sys.stderr)
+    print(f"export KUBECONFIG={state.kubeconfig}")
+    return 0
+
+
+def cmd_dev_down(args: argparse.Namespace) -> int:
+    import shutil
+
+    from .devcluster.controlplane import ControlPlaneState, stop_processes
+
+    state_path = _dev_state_path()
+    if not state_path.exists():
+        print("no local control plane is up", file=sys.stderr)
+        return 0
+    state = ControlPlaneState.load(state_path)
+    stop_processes(state.pids)
+    shutil.rmtree(state.workdir, ignore_errors=True)
+    state_path.unlink()
+    print("local control plane stopped and removed", file=sys.stderr)
+    return 0
+
+
+def cmd_dev_kubeconfig(args: argparse.Namespace) -> int:
+    from .devcluster.controlplane import ControlPlaneState
+
+    state_path = _dev_state_path()
+    if not state_path.exists():
+        print("no local control plane is up: run `agentcred dev up`", file=sys.stderr)
+        return 1
+    print(ControlPlaneState.load(state_path).kubeconfig)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentcred", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"agentcred {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the operator against the current kubeconfig")
+    run.add_argument("--standalone", action="store_true", help="no peering: this is the only replica")
+    run.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
+    run.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--verbose", action="store_true")
+    run.add_argument("--log-json", action="store_true", help="log as JSON lines")
+    run.set_defaults(func=cmd_run)
+
+    crd = commands.add_parser("crd", help="print the AgentCredential CRD generated from the models")
+    crd.set_defaults(func=cmd_crd)
+
+    dev = commands.add_parser("dev", help="a local control plane for development").add_subparsers(
+        dest="dev_command", required=True
+    )
+    dev.add_parser("build", help="build (or find in the cache) the control plane binaries").set_defaults(
+        func=cmd_dev_build
+    )
+    dev.add_parser("up", help="start etcd, kube-apiserver, kube-controller-manager").set_defaults(
+        func=cmd_dev_up
+    )
+    dev.add_parser("down", help="stop the local control plane and remove its files").set_defaults(
+        func=cmd_dev_down
+    )
+    dev.add_parser("kubeconfig", help="print the admin kubeconfig path").set_defaults(
+        func=cmd_dev_kubeconfig
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.func is not cmd_run:  # Kopf configures logging for the operator itself
+        logging.basicConfig(
+            level=os.environ.get("AGENTCRED_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s"
+        )
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

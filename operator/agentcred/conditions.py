@@ -1,0 +1,49 @@
+"""Kubernetes-style conditions: set one, keep lastTransitionTime stable when nothing changed."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+Status = Literal["True", "False", "Unknown"]
+
+READY = "Ready"
+SOURCE_AVAILABLE = "SourceAvailable"
+
+
+def timestamp(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: list[dict[str, Any]],
+    *,
+    type_: str,
+    status: Status,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: dt.datetime,
+) -> list[dict[str, Any]]:
+    """Return the conditions with `type_` set; the transition time moves only on a status change."""
+    previous = next((c for c in conditions if c.get("type") == type_), None)
+    transition = (
+        previous["lastTransitionTime"]
+        if previous and previous.get("status") == status and previous.get("lastTransitionTime")
+        else timestamp(now)
+    )
+    updated = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": transition,
+    }
+    if generation is not None:
+        updated["observedGeneration"] = generation
+    others = [c for c in conditions if c.get("type") != type_]
+    return sorted([*others, updated], key=lambda c: c["type"])
+
+
+def find(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
+    return next((c for c in conditions if c.get("type") == type_), None)

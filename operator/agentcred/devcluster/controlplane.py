@@ -1,0 +1,319 @@
+"""Start etcd, kube-apiserver and kube-controller-manager on free loopback ports.
+
+The same shape as controller-runtime's envtest, plus the controller manager so the Job
+controller, the garbage collector and the ServiceAccount controllers really run.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from .. import pki
+from .binaries import ensure_binaries
+
+log = logging.getLogger(__name__)
+
+SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_IP = "10.0.0.1"
+CONTROLLERS = (
+    "job-controller",
+    "garbage-collector-controller",
+    "namespace-controller",
+    "serviceaccount-controller",
+    "serviceaccount-token-controller",
+    "root-ca-certificate-publisher-controller",
+    "ttl-after-finished-controller",
+    "clusterrole-aggregation-controller",
+)
+# Proxies would route loopback traffic away from the servers we start.
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def kubeconfig_yaml(server: str, ca_pem: bytes, client: pki.KeyPair, user: str) -> str:
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {"name": "agentcred-dev", "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}
+            ],
+            "users": [
+                {"name": user, "user": {"client-certificate-data": b64(client.cert_pem), "client-key-data": b64(client.key_pem)}}
+            ],
+            "contexts": [{"name": "agentcred-dev", "context": {"cluster": "agentcred-dev", "user": user}}],
+            "current-context": "agentcred-dev",
+        },
+        indent=2,
+    )
+
+
+@dataclass
+class ControlPlaneState:
+    """What a running control plane is: enough to reach it and to stop it later."""
+
+    workdir: str
+    server: str
+    kubeconfig: str
+    pids: dict[str, int] = field(default_factory=dict)
+    owns_workdir: bool = True
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> "ControlPlaneState":
+        return cls(**json.loads(path.read_text()))
+
+
+class ControlPlane:
+    """etcd + kube-apiserver + kube-controller-manager as child processes.
+
+    Use as a context manager, or `start()` and `stop()`. `detach=True` starts the processes
+    in their own session so they outlive this Python process (`agentcred dev up`).
+    """
+
+    def __init__(self, workdir: Path | None = None, *, detach: bool = False) -> None:
+        self._owns_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="agentcred-cp-"))
+        self.detach = detach
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.apiserver_port = 0
+        self.state: ControlPlaneState | None = None
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    def __enter__(self) -> "ControlPlane":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 120.0) -> ControlPlaneState:
+        binaries = ensure_binaries()
+        try:
+            self._write_pki()
+            etcd_url = self._start_etcd(binaries["etcd"])
+            self._start_apiserver(binaries["kube-apiserver"], etcd_url)
+            self._wait_ready(timeout)
+            self._start_controller_manager(binaries["kube-controller-manager"])
+        except BaseException:
+            self.stop()
+            raise
+        self.state = ControlPlaneState(
+            workdir=str(self.workdir),
+            server=self.server,
+            kubeconfig=str(self.kubeconfig),
+            pids={name: process.pid for name, process in self.processes.items()},
+            owns_workdir=self._owns_workdir,
+        )
+        return self.state
+
+    def stop(self) -> None:
+        stop_processes({name: p.pid for name, p in self.processes.items()})
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass
+        self.processes.clear()
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _write_pki(self) -> None:
+        pki_dir = self.workdir / "pki"
+        pki_dir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        self.apiserver_port = free_port()
+        ca = pki.new_ca("agentcred-dev-ca")
+        ca.write(pki_dir / "ca.crt", pki_dir / "ca.key")
+        serving = pki.issue(
+            ca,
+            "kube-apiserver",
+            dns_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
+            ip_addresses=("127.0.0.1", SERVICE_IP),
+            server=True,
+        )
+        serving.write(pki_dir / "apiserver.crt", pki_dir / "apiserver.key")
+        admin = pki.issue(ca, "agentcred-admin", organizations=("system:masters",), client=True)
+        controller_manager = pki.issue(ca, "system:kube-controller-manager", client=True)
+        # ServiceAccount tokens are signed with RSA, the key type every verifier accepts.
+        sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pki.write_private(pki_dir / "sa.key", pki.private_key_pem(sa_key))
+        (pki_dir / "sa.pub").write_bytes(
+            sa_key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        self.kubeconfig.write_text(kubeconfig_yaml(self.server, ca.cert_pem, admin, "agentcred-admin"))
+        self.kubeconfig.chmod(0o600)
+        (self.workdir / "controller-manager.kubeconfig").write_text(
+            kubeconfig_yaml(self.server, ca.cert_pem, controller_manager, "system:kube-controller-manager")
+        )
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES}
+        log_file = open(self.workdir / "logs" / f"{name}.log", "ab")
+        self.processes[name] = subprocess.Popen(
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=self.workdir,
+            start_new_session=True,
+        )
+        log_file.close()
+
+    def _start_etcd(self, etcd: Path) -> str:
+        client_port, peer_port = free_port(), free_port()
+        client_url = f"http://127.0.0.1:{client_port}"
+        peer_url = f"http://127.0.0.1:{peer_port}"
+        self._spawn(
+            "etcd",
+            [
+                str(etcd),
+                "--name=agentcred-dev",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={client_url}",
+                f"--advertise-client-urls={client_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=agentcred-dev={peer_url}",
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ],
+        )
+        return client_url
+
+    def _start_apiserver(self, apiserver: Path, etcd_url: str) -> None:
+        p = self.workdir / "pki"
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(apiserver),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.apiserver_port}",
+                f"--cert-dir={p}",
+                f"--tls-cert-file={p / 'apiserver.crt'}",
+                f"--tls-private-key-file={p / 'apiserver.key'}",
+                f"--client-ca-file={p / 'ca.crt'}",
+                f"--service-account-issuer={self.server}",
+                f"--service-account-key-file={p / 'sa.pub'}",
+                f"--service-account-signing-key-file={p / 'sa.key'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--authorization-mode=Node,RBAC",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+
+    def _start_controller_manager(self, controller_manager: Path) -> None:
+        p = self.workdir / "pki"
+        kubeconfig = self.workdir / "controller-manager.kubeconfig"
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(controller_manager),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={p / 'sa.key'}",
+                f"--root-ca-file={p / 'ca.crt'}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                f"--controllers={','.join(CONTROLLERS)}",
+                "--v=1",
+            ],
+        )
+
+    def _wait_ready(self, timeout: float) -> None:
+        context = ssl.create_default_context(cafile=str(self.workdir / "pki" / "ca.crt"))
+        deadline = time.monotonic() + timeout
+        last_error = "no answer yet"
+        while time.monotonic() < deadline:
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    raise RuntimeError(
+                        f"{name} exited with code {process.returncode}; see {self.workdir}/logs/{name}.log"
+                    )
+            try:
+                with urllib.request.urlopen(f"{self.server}/readyz", context=context, timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError) as error:
+                last_error = str(error)
+            time.sleep(0.25)
+        raise TimeoutError(f"kube-apiserver not ready after {timeout:.0f}s: {last_error}")
+
+
+def stop_processes(pids: dict[str, int], grace: float = 10.0) -> None:
+    """SIGTERM each process group, then SIGKILL whatever is still alive after `grace`."""
+    for pid in pids.values():
+        _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids.values()):
+        time.sleep(0.1)
+    for pid in pids.values():
+        if _alive(pid):
+            _signal_group(pid, signal.SIGKILL)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child (a detached plane stopped by `dev down`): probe it instead
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
