@@ -1,0 +1,24 @@
+# syntax=docker/dockerfile:1
+# Build stage: a wheel of agentcred and its dependencies.
+FROM python:3.11.11-slim-bookworm AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operator ./operator
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+# Runtime stage: no build tools, no source tree, a non-root user, read-only friendly.
+FROM python:3.11.11-slim-bookworm
+LABEL org.opencontainers.image.title="agentcred" \
+      org.opencontainers.image.description="Short-lived, task-bound credentials for AI agents on Kubernetes" \
+      org.opencontainers.image.source="https://github.com/agentcred/agentcred" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links=/wheels agentcred && rm -rf /wheels
+# 65532: the conventional "nonroot" uid; no home directory writes are needed.
+USER 65532:65532
+# 9443: admission webhook; 8443: JWKS and exchange; 8080: health and metrics.
+EXPOSE 9443 8443 8080
+ENTRYPOINT ["agentcred", "run"]

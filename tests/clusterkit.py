@@ -1,0 +1,159 @@
+"""Helpers the tests share: reaching a cluster, running the operator as a real process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+REPO = Path(__file__).resolve().parent.parent
+CRD_FILE = REPO / "crds" / "agentcredentials.agentcred.dev.yaml"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.1, what: str = "") -> Any:
+    """Poll until `predicate` returns something truthy; fail naming what never happened."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}: last saw {last!r}")
+
+
+class Cluster:
+    """A reachable cluster: its kubeconfig, a client, and the kubectl/helm binaries if built."""
+
+    def __init__(self, kubeconfig: Path, binaries: dict[str, Path] | None = None, local: bool = False) -> None:
+        self.kubeconfig = kubeconfig
+        self.binaries = binaries or {}
+        self.local = local
+        self.api_client = config.new_client_from_config(config_file=str(kubeconfig))
+        self.core = client.CoreV1Api(self.api_client)
+        self.batch = client.BatchV1Api(self.api_client)
+        self.custom = client.CustomObjectsApi(self.api_client)
+        self.rbac = client.RbacAuthorizationV1Api(self.api_client)
+        self.extensions = client.ApiextensionsV1Api(self.api_client)
+        self.auth = client.AuthenticationV1Api(self.api_client)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        env.update(extra)
+        return env
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        kubectl = self.binaries.get("kubectl") or shutil.which("kubectl")
+        if kubectl is None:
+            raise RuntimeError("kubectl is not available")
+        return subprocess.run(
+            [str(kubectl), *args], input=input, capture_output=True, text=True, env=self.env(), check=check
+        )
+
+    def install_crd(self) -> None:
+        body = yaml.safe_load(CRD_FILE.read_text())
+        name = body["metadata"]["name"]
+        try:
+            self.extensions.create_custom_resource_definition(body)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            current = self.extensions.read_custom_resource_definition(name)
+            body["metadata"]["resourceVersion"] = current.metadata.resource_version
+            self.extensions.replace_custom_resource_definition(name, body)
+        wait_for(lambda: self._established(name), what=f"CRD {name} established")
+
+    def _established(self, name: str) -> bool:
+        crd = self.extensions.read_custom_resource_definition(name)
+        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+
+    def create_namespace(self, prefix: str = "t") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        self.core.create_namespace({"metadata": {"name": name, "labels": {"agentcred.dev/test": "true"}}})
+        wait_for(
+            lambda: self._has_default_sa(name), timeout=30, what=f"default ServiceAccount in {name}"
+        )
+        return name
+
+    def _has_default_sa(self, namespace: str) -> bool:
+        try:
+            self.core.read_namespaced_service_account("default", namespace)
+            return True
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+
+    def delete_namespace(self, name: str) -> None:
+        try:
+            self.core.delete_namespace(name)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+
+class OperatorProcess:
+    """`agentcred run` as a child process, with its output captured to a file."""
+
+    def __init__(self, cluster: Cluster, *extra_args: str, env: dict[str, str] | None = None) -> None:
+        self.cluster = cluster
+        self.extra_args = extra_args
+        self.extra_env = env or {}
+        self.log_dir = Path(tempfile.mkdtemp(prefix="agentcred-operator-"))
+        self.log_path = self.log_dir / "operator.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> "OperatorProcess":
+        self.starts += 1
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "agentcred", "run", "--standalone", "--verbose", *self.extra_args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.cluster.env(**self.extra_env),
+            start_new_session=True,
+        )
+        log.close()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: the operator gets no chance to clean up."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def assert_alive(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            raise AssertionError(f"the operator exited; its log:\n{self.logs()[-4000:]}")
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.log_dir, ignore_errors=True)

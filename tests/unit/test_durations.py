@@ -1,0 +1,35 @@
+from datetime import timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agentcred.durations import format_duration, parse_duration
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("15m", 900), ("8h", 28800), ("90d", 90 * 86400), ("1h30m", 5400), ("45s", 45), ("1d2h3m4s", 93784)],
+)
+def test_parses_each_unit(text: str, seconds: int) -> None:
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["", "15", "m", "15 m", "-5m", "1.5h", "15min", "0s", "0m0s", "1w", "PT15M"])
+def test_refuses_malformed_and_zero(text: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        parse_duration(text)
+    assert repr(text) in str(refused.value)
+
+
+@given(st.integers(min_value=1, max_value=10**7))
+def test_format_then_parse_round_trips(seconds: int) -> None:
+    assert parse_duration(format_duration(timedelta(seconds=seconds))) == timedelta(seconds=seconds)
+
+
+@given(st.text(max_size=40))
+def test_arbitrary_text_parses_or_raises_value_error(text: str) -> None:
+    try:
+        assert parse_duration(text) > timedelta(0)
+    except ValueError as error:
+        assert "invalid duration" in str(error)

@@ -1,0 +1,62 @@
+import datetime as dt
+
+import pytest
+from pydantic import ValidationError
+
+from agentcred.model import AgentCredentialSpec, parse_spec
+from samples import DROP, EXCEPTION, STATIC_SOURCE, spec
+
+
+def test_sample_spec_parses_with_typed_fields() -> None:
+    parsed = parse_spec(spec())
+    assert parsed.category == "model"
+    assert parsed.source.kind == "jwt"
+    assert parsed.ttl_delta == dt.timedelta(minutes=15)
+    assert parsed.max_lifetime_delta == dt.timedelta(hours=8)
+    assert parsed.renew_before_delta == dt.timedelta(minutes=5)  # a third of ttl by default
+    assert parsed.review is not None and parsed.review.last_reviewed == dt.date(2026, 11, 1)
+
+
+def test_defaults_apply_when_optional_fields_are_absent() -> None:
+    parsed = parse_spec(spec(ttl=DROP, maxLifetime=DROP, scope=DROP, review=DROP))
+    assert (parsed.ttl, parsed.max_lifetime, parsed.scope, parsed.review) == ("15m", "8h", None, None)
+
+
+def test_explicit_renew_before_wins() -> None:
+    assert parse_spec(spec(renewBefore="2m")).renew_before_delta == dt.timedelta(minutes=2)
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"owner": DROP}, "owner"),
+        ({"category": "database"}, "category"),
+        ({"subjects": {"serviceAccounts": []}}, "subjects.serviceAccounts"),
+        ({"subjects": {"serviceAccounts": ["Not_A_Name"]}}, "subjects.serviceAccounts.0"),
+        ({"ttl": "15 minutes"}, "ttl"),
+        ({"projection": {"mountPath": "relative/path"}}, "projection.mountPath"),
+        ({"projection": {"mountPath": "/var/../etc"}}, "projection.mountPath"),
+        ({"projection": {"mountPath": "/ok", "envVar": "1BAD"}}, "projection.envVar"),
+        ({"source": {"webhook": {"url": "http://insecure.example"}}}, "source.webhook.url"),
+        ({"exception": {**EXCEPTION, "expires": "someday"}, "source": STATIC_SOURCE}, "exception.expires"),
+        ({"surprise": True}, "surprise"),
+    ],
+)
+def test_invalid_specs_name_the_field(overrides: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        AgentCredentialSpec.model_validate(spec(**overrides))
+    locations = {".".join(str(part) for part in error["loc"]) for error in refused.value.errors()}
+    assert any(location.startswith(field) for location in locations), locations
+
+
+@pytest.mark.parametrize(
+    "source, kind",
+    [
+        ({"jwt": {"audiences": ["a"]}}, "jwt"),
+        (STATIC_SOURCE, "secretRef"),
+        ({"webhook": {"url": "https://minter.internal/mint"}}, "webhook"),
+    ],
+)
+def test_source_kind(source: dict, kind: str) -> None:
+    extra = {"exception": EXCEPTION} if kind == "secretRef" else {}
+    assert parse_spec(spec(source=source, **extra)).source.kind == kind
