@@ -18,10 +18,27 @@ def _dev_state_path() -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import kopf
 
-    from . import handlers  # noqa: F401  (registers the handlers)
+    from . import handlers
+    from .settings import OperatorConfig
 
+    overrides = {
+        "namespace": args.namespace,
+        "issuer": args.issuer,
+        "webhook_address": args.webhook_address,
+        "webhook_port": args.webhook_port,
+        "webhook_url": args.webhook_url,
+        "audit_log": args.audit_log,
+    }
+    config = dataclasses.replace(
+        OperatorConfig.from_env(), **{k: v for k, v in overrides.items() if v is not None}
+    )
+    if args.no_manage_webhook:
+        config = dataclasses.replace(config, manage_webhook=False)
+    handlers.configure(config)
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.log_json else kopf.LogFormat.PLAIN)
     kopf.run(
         clusterwide=True,
@@ -102,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--standalone", action="store_true", help="no peering: this is the only replica")
     run.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
     run.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--namespace", help="the operator's namespace (keys, certificate, revocations)")
+    run.add_argument("--issuer", help="`iss` claim of minted tokens")
+    run.add_argument("--webhook-address", help="address the admission webhook listens on")
+    run.add_argument("--webhook-port", type=int, help="port the admission webhook listens on")
+    run.add_argument("--webhook-url", help="URL the API server reaches the webhook at (local development)")
+    run.add_argument("--no-manage-webhook", action="store_true",
+                     help="leave the MutatingWebhookConfiguration to the Helm chart")
+    run.add_argument("--audit-log", help="audit destination: - for stdout (default) or a file path")
     run.add_argument("--verbose", action="store_true")
     run.add_argument("--log-json", action="store_true", help="log as JSON lines")
     run.set_defaults(func=cmd_run)

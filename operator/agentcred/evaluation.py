@@ -54,7 +54,11 @@ def evaluate(raw_spec: dict[str, Any], created: dt.date, today: dt.date) -> Verd
         spec = parse_spec(raw_spec)
     except ValidationError as error:
         return Verdict(False, "InvalidSpec", describe_validation_error(error))
+    return judge(spec, created, today)
 
+
+def judge(spec: AgentCredentialSpec, created: dt.date, today: dt.date) -> Verdict:
+    """The verdict on an already parsed spec; it changes with the date (reviews, exceptions)."""
     due = review_due(spec, created)
     overdue = due is not None and due < today
     expired = None

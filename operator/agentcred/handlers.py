@@ -1,57 +1,210 @@
-"""Kopf registrations. Each handler translates an event into calls to plain functions.
+"""Kopf registrations. Each handler translates an event into a call on the engine or a
+pure function; importing this module registers them in Kopf's default registry.
 
-Importing this module registers the handlers in Kopf's default registry.
+Pods and Secrets use `on.event` (no progress annotations written to objects that are not
+ours, nothing persisted per event); AgentCredentials use `on.delete` for the finalizer.
+Indices keep credentials and pods in memory for the webhook and the engine, and Kopf
+starts handlers only once every index has listed its objects, which makes the start-up
+sweep of managed Secrets see a complete picture of live pods.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import asyncio
+import json
 import logging
 from typing import Any
 
 import kopf
 
-from . import model
-from .evaluation import evaluate
+from . import admission, audit, labels, model
+from .bootstrap import load_keyring, load_revocations, persist_revocations_forever
+from .credentials import CredentialRecord, credential_record
+from .engine import Engine, EngineSettings
+from .events import EventRecorder
+from .kube import Kube, make_api_client
+from .projection import PodTask, pod_task
 from .settings import OperatorConfig, configure_kopf
-from .status import spec_status, status_patch
+from .webhook import HANDLER_ID, configuration, private_directory, shared_serving_certificate
+
+log = logging.getLogger(__name__)
 
 CONFIG = OperatorConfig.from_env()
+POD_FILTER = {labels.INJECT_LABEL: "true"}
+SECRET_FILTER = {labels.MANAGED_LABEL: "true"}
+
+
+def configure(config: OperatorConfig) -> None:
+    global CONFIG
+    CONFIG = config
+
+
+def _first(index: kopf.Index, key: Any) -> Any:
+    for value in index.get(key, ()):
+        return value
+    return None
+
+
+# -- start and stop ------------------------------------------------------------------
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def startup(
+    settings: kopf.OperatorSettings,
+    memo: kopf.Memo,
+    credential_index: kopf.Index,
+    pod_index: kopf.Index,
+    logger: logging.Logger,
+    **_: Any,
+) -> None:
     configure_kopf(settings, CONFIG)
+    audit.configure(CONFIG.audit_log)
+    kube = Kube(make_api_client())
+    keyring = await load_keyring(kube, CONFIG.namespace)
+    revocations = await load_revocations(kube, CONFIG.namespace)
+
+    certificate = await shared_serving_certificate(kube, CONFIG.namespace, CONFIG.service)
+    certfile, keyfile = certificate.write(private_directory())
+    settings.admission.server = kopf.WebhookServer(
+        addr=CONFIG.webhook_address, port=CONFIG.webhook_port, certfile=str(certfile), pkeyfile=str(keyfile)
+    )
+    if CONFIG.manage_webhook:
+        service = None if CONFIG.webhook_url else (CONFIG.service, CONFIG.namespace, 443)
+        await kube.apply_mutating_webhook(
+            configuration(certificate.ca_pem, url=CONFIG.webhook_url, service=service,
+                          operator_namespace=CONFIG.namespace)
+        )
+
+    events = EventRecorder(kube)
+    engine = Engine(
+        kube,
+        keyring,
+        EngineSettings(issuer=CONFIG.effective_issuer, status_interval=CONFIG.status_interval),
+        credentials=lambda namespace, name: _first(credential_index, (namespace, name)),
+        pods=lambda binding: _first(pod_index, binding),
+        events=events,
+        revocations=revocations,
+    )
+    memo.engine = engine
+    memo.tasks = [
+        asyncio.create_task(engine.scheduler.run(), name="expiry scheduler"),
+        asyncio.create_task(
+            engine.flush_status_forever(lambda: (_first(credential_index, k) for k in list(credential_index))),
+            name="status writer",
+        ),
+        asyncio.create_task(events.run(), name="event poster"),
+        asyncio.create_task(
+            persist_revocations_forever(kube, CONFIG.namespace, revocations), name="revocation list"
+        ),
+    ]
+    logger.info("agentcred ready: issuer %s, %d signing keys", CONFIG.effective_issuer, len(keyring.keys))
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    for task in getattr(memo, "tasks", []):
+        task.cancel()
+    engine: Engine | None = getattr(memo, "engine", None)
+    if engine is not None:
+        await engine.flush_status()
+        engine.kube.close()
+
+
+# -- indices: what the webhook and the engine look up without an API call -------------
+
+
+@kopf.index(model.GROUP, model.VERSION, model.PLURAL)
+def credential_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], CredentialRecord]:
+    record = credential_record(dict(body))
+    return {record.key: record}
+
+
+@kopf.index("v1", "pods", labels=POD_FILTER)
+def pod_index(body: kopf.Body, **_: Any) -> dict[str, PodTask] | None:
+    task = pod_task(dict(body))
+    return {task.binding: task} if task else None
+
+
+@kopf.index("v1", "secrets", labels=SECRET_FILTER)
+def secret_index(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    # Registered as an index so that Kopf lists every managed Secret before any handler
+    # runs; the bookkeeping goes to the engine's own store, which also sees our writes.
+    engine: Engine | None = getattr(memo, "engine", None)
+    if engine is not None:
+        engine.secret_seen(dict(body))
+    return None
+
+
+# -- the admission webhook -----------------------------------------------------------
+
+
+@kopf.on.mutate("v1", "pods", id=HANDLER_ID, labels=POD_FILTER, operations=["CREATE"])
+async def inject(body: kopf.Body, patch: kopf.Patch, credential_index: kopf.Index, **_: Any) -> None:
+    namespace = body.metadata.namespace or ""
+    try:
+        admitted = admission.inject(
+            dict(body), namespace, lambda name: _first(credential_index, (namespace, name))
+        )
+    except admission.Refusal as refusal:
+        audit.record("deny", namespace=namespace, reason="AdmissionRefused", message=str(refusal),
+                     podName=body.metadata.name or body.metadata.get("generateName"),
+                     serviceAccount=body.spec.get("serviceAccountName") or "default")
+        raise kopf.AdmissionError(str(refusal), code=403)
+
+    def replace(pod: dict[str, Any]) -> None:
+        pod.clear()
+        pod.update(admitted)
+
+    patch.fns.append(replace)
+
+
+# -- pods and their Secrets ----------------------------------------------------------
+
+
+@kopf.on.event("v1", "pods", labels=POD_FILTER)
+async def pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    task = pod_task(dict(body), deleted=type == "DELETED")
+    if task is not None:
+        await memo.engine.reconcile(task.binding, task)
+
+
+@kopf.on.event("v1", "secrets", labels=SECRET_FILTER)
+async def secret_event(type: str, body: kopf.Body, memo: kopf.Memo, pod_index: kopf.Index, **_: Any) -> None:
+    engine: Engine = memo.engine
+    if type == "DELETED":
+        engine.secret_gone(dict(body))
+        return
+    binding = engine.secret_seen(dict(body))
+    # A Secret whose pod is gone (or that the start-up list found orphaned) is revoked;
+    # one the scheduler does not know yet (after a restart) gets its renewals scheduled
+    # from its own bookkeeping. Echoes of our own writes need nothing.
+    if binding is not None and (pod_index.get(binding) is None or not engine.is_scheduled(binding)):
+        await engine.reconcile(binding)
+
+
+# -- AgentCredentials ----------------------------------------------------------------
 
 
 @kopf.on.event(model.GROUP, model.VERSION, model.PLURAL)
-async def credential_event(
-    type: str, body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any
-) -> None:
+async def credential_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED" or body.metadata.get("deletionTimestamp"):
         return
-    now = dt.datetime.now(dt.timezone.utc)
-    created = _creation_date(body) or now.date()
-    verdict = evaluate(dict(body.spec), created=created, today=now.date())
-    current = dict(body.status or {})
-    changes = status_patch(current, spec_status(dict(body), verdict, now))
-    if not changes:
-        return
-    patch.status.update(changes)
-    was_ready = _ready_status(current)
-    is_ready = "True" if verdict.ready else "False"
-    if was_ready != is_ready:
-        kopf.event(body, type="Normal" if verdict.ready else "Warning", reason=verdict.reason, message=verdict.message)
-        logger.info("credential %s: Ready=%s (%s)", body.metadata.name, is_ready, verdict.reason)
+    engine: Engine = memo.engine
+    record = credential_record(dict(body))
+    await engine.credential_changed(record)
+    request = body.metadata.annotations.get(labels.REVOKE_ANNOTATION)
+    if request:
+        try:
+            parsed = json.loads(request)
+        except ValueError:
+            log.warning("ignoring malformed %s annotation on %s/%s", labels.REVOKE_ANNOTATION,
+                        record.namespace, record.name)
+            return
+        if isinstance(parsed, dict):
+            await engine.emergency_revoke(record, parsed)
 
 
-def _creation_date(body: kopf.Body) -> dt.date | None:
-    created = body.metadata.get("creationTimestamp")
-    return dt.datetime.fromisoformat(created.replace("Z", "+00:00")).date() if created else None
-
-
-def _ready_status(status: dict[str, Any]) -> str | None:
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == "Ready":
-            return condition.get("status")
-    return None
+@kopf.on.delete(model.GROUP, model.VERSION, model.PLURAL)
+async def credential_deleted(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    count = await memo.engine.credential_deleted(credential_record(dict(body)))
+    logger.info("revoked %d projection(s) of %s before deletion", count, body.metadata.name)

@@ -1,4 +1,4 @@
-"""Operator configuration: explicit settings, read once from the environment or the CLI."""
+"""Operator configuration: explicit settings, from flags or AGENTCRED_* environment variables."""
 
 from __future__ import annotations
 
@@ -8,16 +8,44 @@ from dataclasses import dataclass
 
 import kopf
 
-from . import model
+from . import labels, model
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"AGENTCRED_{name}", default)
 
 
 @dataclass(frozen=True)
 class OperatorConfig:
-    namespace: str = "agentcred"
+    namespace: str = "agentcred"  # where the signing keys, webhook cert and revocation list live
+    service: str = "agentcred"  # the Service in front of the webhook and the HTTPS endpoints
+    issuer: str = ""  # `iss` of minted tokens; defaults to the Service's URL
+    webhook_address: str = "0.0.0.0"
+    webhook_port: int = 9443
+    # Manage the MutatingWebhookConfiguration from the operator: reached at this URL if set
+    # (local development), else through the Service (in a cluster).
+    webhook_url: str | None = None
+    manage_webhook: bool = True
+    audit_log: str = "-"
+    status_interval: float = 1.0
+
+    @property
+    def effective_issuer(self) -> str:
+        return self.issuer or f"https://{self.service}.{self.namespace}.svc"
 
     @classmethod
     def from_env(cls) -> "OperatorConfig":
-        return cls(namespace=os.environ.get("AGENTCRED_NAMESPACE", cls.namespace))
+        return cls(
+            namespace=_env("NAMESPACE", cls.namespace),
+            service=_env("SERVICE", cls.service),
+            issuer=_env("ISSUER", cls.issuer),
+            webhook_address=_env("WEBHOOK_ADDRESS", cls.webhook_address),
+            webhook_port=int(_env("WEBHOOK_PORT", str(cls.webhook_port))),
+            webhook_url=_env("WEBHOOK_URL", "") or None,
+            manage_webhook=_env("MANAGE_WEBHOOK", "true").lower() == "true",
+            audit_log=_env("AUDIT_LOG", cls.audit_log),
+            status_interval=float(_env("STATUS_INTERVAL", str(cls.status_interval))),
+        )
 
 
 def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
@@ -25,11 +53,16 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     settings.watching.connect_timeout = 10
+    # Watch only what is ours: opted-in pods and managed Secrets, filtered by the API server.
+    settings.watching.label_selectors["v1", "pods"] = f"{labels.INJECT_LABEL}=true"
+    settings.watching.label_selectors["v1", "secrets"] = f"{labels.MANAGED_LABEL}=true"
     # Our own annotation prefix and finalizer, not Kopf's defaults.
     settings.persistence.finalizer = f"{model.GROUP}/revoke-projections"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=model.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=model.GROUP, key="last-handled-configuration"
     )
-    # Events are posted deliberately with kopf.event(); log lines do not become Events.
+    # Events are posted deliberately; log lines do not become Events.
     settings.posting.level = logging.WARNING
+    settings.posting.enabled = False
+    settings.admission.server = None  # set at start-up once the shared certificate is known

@@ -1,0 +1,171 @@
+"""The admission decision for an opted-in pod: refuse with a reason, or the pod to admit.
+
+Pure: the webhook hands in the pod and a lookup into the in-memory credential index; no
+API call happens while a pod waits for admission.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import secrets
+from typing import Any, Callable
+
+from . import labels
+from .credentials import CredentialRecord
+
+MAX_CREDENTIALS_PER_POD = 16
+MAX_ANNOTATION_LENGTH = 2048
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DEFAULT_FILE_MODE = 0o444
+
+Lookup = Callable[[str], CredentialRecord | None]
+
+
+class Refusal(Exception):
+    """The pod cannot be admitted; the message says why and names what is wrong."""
+
+
+def new_binding_id() -> str:
+    return secrets.token_hex(8)
+
+
+def parse_credentials_annotation(text: str | None) -> list[str]:
+    if text is None or not text.strip():
+        raise Refusal(
+            f"the pod has label {labels.INJECT_LABEL}=true but no {labels.CREDENTIALS_ANNOTATION} "
+            "annotation naming the AgentCredentials it needs"
+        )
+    if len(text) > MAX_ANNOTATION_LENGTH:
+        raise Refusal(f"annotation {labels.CREDENTIALS_ANNOTATION} is longer than {MAX_ANNOTATION_LENGTH} characters")
+    names: list[str] = []
+    for part in text.split(","):
+        name = part.strip()
+        if not _NAME.fullmatch(name):
+            shown = name if len(name) <= 80 else name[:80] + "..."
+            raise Refusal(
+                f"annotation {labels.CREDENTIALS_ANNOTATION} has an invalid credential name {shown!r}: "
+                "use a comma-separated list of AgentCredential names"
+            )
+        if name not in names:
+            names.append(name)
+    if len(names) > MAX_CREDENTIALS_PER_POD:
+        raise Refusal(f"a pod may ask for at most {MAX_CREDENTIALS_PER_POD} credentials, not {len(names)}")
+    return names
+
+
+def _check(names: list[str], namespace: str, service_account: str, lookup: Lookup) -> list[CredentialRecord]:
+    records, problems = [], []
+    for name in names:
+        record = lookup(name)
+        if record is None:
+            problems.append(f"AgentCredential {name} does not exist in namespace {namespace}")
+        elif not record.ready or record.spec is None:
+            verdict = record.verdict()
+            problems.append(
+                f"AgentCredential {name} in namespace {namespace} is not Ready ({verdict.reason}): {verdict.message}"
+            )
+        elif not record.allows(service_account):
+            allowed = ", ".join(record.spec.subjects.service_accounts)
+            problems.append(
+                f"ServiceAccount {service_account} in namespace {namespace} is not a subject of "
+                f"AgentCredential {name} (its subjects: {allowed})"
+            )
+        else:
+            records.append(record)
+    if problems:
+        raise Refusal("; ".join(problems))
+    mount_paths: dict[str, str] = {}
+    for record in records:
+        assert record.spec is not None
+        path = record.spec.projection.mount_path
+        if path in mount_paths:
+            raise Refusal(
+                f"AgentCredentials {mount_paths[path]} and {record.name} both mount at {path}"
+            )
+        mount_paths[path] = record.name
+    return records
+
+
+def _existing_binding(pod: dict[str, Any]) -> str | None:
+    for volume in (pod.get("spec") or {}).get("volumes") or []:
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            name = str((source.get("secret") or {}).get("name", ""))
+            if str(volume.get("name", "")).startswith(labels.VOLUME_PREFIX) and name.startswith(labels.SECRET_PREFIX):
+                return name[len(labels.SECRET_PREFIX):]
+    return None
+
+
+def _volume(record: CredentialRecord, secret_name: str) -> dict[str, Any]:
+    assert record.spec is not None
+    mode = record.spec.projection.file_mode or DEFAULT_FILE_MODE
+    return {
+        "name": labels.volume_name(record.name),
+        "projected": {
+            "defaultMode": mode,
+            "sources": [
+                {
+                    "secret": {
+                        "name": secret_name,
+                        # optional: when a value is revoked the kubelet removes the file
+                        # instead of keeping the last value around.
+                        "optional": True,
+                        "items": [
+                            {"key": labels.value_key(record.name), "path": labels.VALUE_FILE},
+                            {"key": labels.expiry_key(record.name), "path": labels.EXPIRY_FILE},
+                        ],
+                    }
+                }
+            ],
+        },
+    }
+
+
+def _add_to_container(container: dict[str, Any], records: list[CredentialRecord]) -> None:
+    mounts = container.setdefault("volumeMounts", [])
+    env = container.setdefault("env", [])
+    for record in records:
+        assert record.spec is not None
+        projection = record.spec.projection
+        volume = labels.volume_name(record.name)
+        clash = next(
+            (m for m in mounts if m.get("mountPath") == projection.mount_path and m.get("name") != volume), None
+        )
+        if clash is not None:
+            raise Refusal(
+                f"container {container.get('name')} already mounts volume {clash.get('name')} at "
+                f"{projection.mount_path}, where AgentCredential {record.name} is projected"
+            )
+        if not any(m.get("name") == volume for m in mounts):
+            mounts.append({"name": volume, "mountPath": projection.mount_path, "readOnly": True})
+        if projection.env_var and not any(e.get("name") == projection.env_var for e in env):
+            env.append({"name": projection.env_var, "value": f"{projection.mount_path}/{labels.VALUE_FILE}"})
+    if not env:
+        container.pop("env")
+
+
+def inject(pod: dict[str, Any], namespace: str, lookup: Lookup, binding: str | None = None) -> dict[str, Any]:
+    """The pod as it should be admitted, or Refusal. Running it twice changes nothing more."""
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    names = parse_credentials_annotation(annotations.get(labels.CREDENTIALS_ANNOTATION))
+    spec = pod.get("spec") or {}
+    service_account = spec.get("serviceAccountName") or "default"
+    records = _check(names, namespace, service_account, lookup)
+
+    admitted = copy.deepcopy(pod)
+    binding = _existing_binding(pod) or binding or new_binding_id()
+    secret_name = labels.secret_name(binding)
+    meta = admitted.setdefault("metadata", {})
+    meta.setdefault("annotations", {})[labels.BINDING_ANNOTATION] = binding
+    spec = admitted.setdefault("spec", {})
+    volumes = spec.setdefault("volumes", [])
+    present = {v.get("name") for v in volumes}
+    for record in records:
+        if labels.volume_name(record.name) not in present:
+            volumes.append(_volume(record, secret_name))
+    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        _add_to_container(container, records)
+    gates = spec.setdefault("schedulingGates", [])
+    if not any(g.get("name") == labels.SCHEDULING_GATE for g in gates):
+        gates.append({"name": labels.SCHEDULING_GATE})
+    return admitted

@@ -1,0 +1,484 @@
+"""The projection engine: carries out plans against the cluster, one pod at a time.
+
+Every entry point (a pod event, a Secret event, a scheduled expiry, a deleted or revoked
+AgentCredential) ends in `reconcile(binding)`: gather the pod, its Secret's bookkeeping and
+the credentials from memory, ask `planning.plan` what to do, do it, and schedule the next
+look. Work on one binding is serialised by a lock; different pods proceed concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Iterable
+
+from . import audit, labels
+from .credentials import CredentialRecord
+from .events import EventRecorder, pod_ref
+from .issuing import Produced, SourceUnavailable, produce
+from .kube import Kube, status_of
+from .planning import Plan, Problem, exception_end, plan
+from .projection import (
+    PodTask,
+    ProjectionState,
+    format_time,
+    new_projection,
+    parse_projection,
+    secret_body,
+    secret_patch,
+    with_values,
+    without,
+)
+from .revocations import RevocationList
+from .scheduler import Scheduler, utcnow
+from .signing import KeyRing
+from .status import status_patch
+from .statusbook import StatusBook
+from .store import ProjectionStore
+
+log = logging.getLogger(__name__)
+
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+UNGATE_PATCH = {"spec": {"schedulingGates": [{"$patch": "delete", "name": labels.SCHEDULING_GATE}]}}
+
+CredentialLookup = Callable[[str, str], CredentialRecord | None]
+PodLookup = Callable[[str], PodTask | None]
+
+
+class Conflict(Exception):
+    """Our picture of a Secret was stale: re-read it and plan again."""
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    issuer: str
+    status_interval: float = 1.0
+
+
+class Engine:
+    def __init__(
+        self,
+        kube: Kube,
+        keyring: KeyRing,
+        settings: EngineSettings,
+        *,
+        credentials: CredentialLookup,
+        pods: PodLookup,
+        events: EventRecorder,
+        revocations: RevocationList,
+    ) -> None:
+        self.kube = kube
+        self.keyring = keyring
+        self.settings = settings
+        self.credential = credentials
+        self.pod = pods
+        self.events = events
+        self.revocations = revocations
+        self.store = ProjectionStore()
+        self.book = StatusBook()
+        self.scheduler = Scheduler(self._scheduled)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._attempts: dict[str, int] = {}
+        self._reported: dict[str, tuple[Problem, ...]] = {}
+        self._waiting: dict[tuple[str, str], set[str]] = {}
+        self._written_status: dict[tuple[str, str], dict[str, Any]] = {}
+        self._handled_revokes: set[str] = set()
+        self._generations: dict[tuple[str, str], int] = {}
+
+    # -- entry points --------------------------------------------------------------
+
+    async def reconcile(self, binding: str, task: PodTask | None = None) -> None:
+        """Bring one pod's projection in line with its task; `task` overrides the index."""
+        lock = self._locks.setdefault(binding, asyncio.Lock())
+        async with lock:
+            for _ in range(3):
+                current = task if task is not None else self.pod(binding)
+                try:
+                    await self._run_plan(binding, current)
+                    break
+                except Conflict:
+                    await self._refresh(binding, current)
+        if self.store.get(binding) is None and self.pod(binding) is None and not lock.locked():
+            self._locks.pop(binding, None)
+
+    def secret_seen(self, body: dict[str, Any]) -> str | None:
+        """A managed Secret from the watch (or the initial list)."""
+        state = parse_projection(body)
+        if state is None:
+            return None
+        self.store.observe(state)
+        return state.binding
+
+    def is_scheduled(self, binding: str) -> bool:
+        return self.scheduler.due_time(("binding", binding)) is not None
+
+    def secret_gone(self, body: dict[str, Any]) -> None:
+        state = parse_projection(body)
+        if state is not None:
+            self.store.forget(state.binding)
+            self.store.deleted_for_good(state.binding)
+
+    async def credential_changed(self, record: CredentialRecord, force: bool = False) -> None:
+        """A credential was seen: refresh its status; re-plan the pods it may affect."""
+        self.book.touch(record.key)
+        end = exception_end(record)
+        if end is not None and end > utcnow():
+            self.scheduler.schedule(("credential", record.namespace, record.name), end)
+        affected = self._waiting.pop(record.key, set())
+        # Our own status writes come back as events too; only a new spec (or the first
+        # sight, or a date that expired an exception) can change what pods may hold.
+        if force or self._generations.get(record.key) != record.generation:
+            affected |= self.store.bindings_with(record.namespace, record.name)
+        self._generations[record.key] = record.generation
+        await self._reconcile_all(affected)
+
+    async def credential_deleted(self, record: CredentialRecord) -> int:
+        """The finalizer's work: revoke every projection of the credential first."""
+        count = await self.revoke_credential(record, reason="credential-deleted")
+        self.book.forget(record.key)
+        self._written_status.pop(record.key, None)
+        self._generations.pop(record.key, None)
+        self.scheduler.cancel(("credential", record.namespace, record.name))
+        return count
+
+    async def revoke_credential(self, record: CredentialRecord, reason: str, pod_name: str | None = None) -> int:
+        """Revoke the credential's live values in every pod (or one pod) right now."""
+        bindings = self.store.bindings_with(record.namespace, record.name)
+        results = await asyncio.gather(
+            *(self._revoke_one(binding, record, reason, pod_name) for binding in bindings)
+        )
+        return sum(results)
+
+    async def emergency_revoke(self, record: CredentialRecord, request: dict[str, Any]) -> dict[str, Any] | None:
+        """Carry out an `agentcred revoke` request recorded on the AgentCredential once."""
+        request_id = str(request.get("id") or "")
+        handled = (record.status.get("lastRevocation") or {}).get("id")
+        if not request_id or request_id == handled or request_id in self._handled_revokes:
+            return None
+        self._handled_revokes.add(request_id)
+        pod_name = request.get("pod") or None
+        count = await self.revoke_credential(record, reason="emergency", pod_name=pod_name)
+        outcome = {
+            "id": request_id,
+            "at": format_time(utcnow()),
+            "pod": pod_name,
+            "revoked": count,
+            "reason": str(request.get("reason") or "")[:256] or None,
+        }
+        await self.kube.patch_credential_status(record.namespace, record.name, {"lastRevocation": outcome})
+        where = f"pod {pod_name}" if pod_name else "every pod"
+        self.events.post(
+            record.owner_ref, "Warning", "EmergencyRevoke", f"revoked {count} live value(s) of {record.name} in {where}"
+        )
+        return outcome
+
+    # -- background loops ----------------------------------------------------------
+
+    async def flush_status_forever(self, lookup_all: Callable[[], Iterable[CredentialRecord]]) -> None:
+        next_day = self._next_midnight()
+        while True:
+            await asyncio.sleep(self.settings.status_interval)
+            if utcnow() >= next_day:  # reviews and exceptions turn over with the date
+                for record in lookup_all():
+                    self.book.touch(record.key)
+                next_day = self._next_midnight()
+            await self.flush_status()
+
+    async def flush_status(self) -> None:
+        dirty, self.book.dirty = self.book.dirty, set()
+        now = utcnow()
+        for namespace, name in dirty:
+            record = self.credential(namespace, name)
+            if record is None:
+                continue
+            bindings = self.store.bindings_with(namespace, name)
+            expiries = [
+                state.values[name].expires_at
+                for state in (self.store.get(b) for b in bindings)
+                if state is not None and name in state.values
+            ]
+            desired = self.book.desired(record, len(expiries), min(expiries, default=None), now)
+            known = {**record.status, **self._written_status.get(record.key, {})}
+            changes = status_patch(known, desired)
+            if not changes:
+                continue
+            try:
+                await self.kube.patch_credential_status(namespace, name, changes)
+            except Exception as error:
+                log.warning("status of %s/%s not written (%s); will retry", namespace, name, status_of(error) or error)
+                self.book.dirty.add(record.key)
+                continue
+            self._written_status[record.key] = {**self._written_status.get(record.key, {}), **changes}
+            self._post_ready_transition(record, known, desired)
+
+    # -- the plan ------------------------------------------------------------------
+
+    async def _run_plan(self, binding: str, task: PodTask | None) -> None:
+        state = self.store.get(binding)
+        names = task.credentials if task else tuple(state.values) if state else ()
+        namespace = task.namespace if task else state.namespace if state else ""
+        records = {name: self.credential(namespace, name) for name in names}
+        now = utcnow()
+        decided = plan(task, state, records, now)
+        if decided.delete_secret:
+            await self._delete(binding, state, decided, records, now)
+            return
+        assert task is not None
+        produced, problems = await self._produce(task, decided, records, now)
+        revokes = {r.credential: r.reason for r in decided.revoke}
+        if produced or revokes:
+            await self._write(task, state, produced, revokes, records, now)
+        if decided.ungate and not problems:
+            await self._ungate(task)
+        self._follow_up(task, decided, problems, now)
+
+    async def _produce(
+        self, task: PodTask, decided: Plan, records: dict[str, CredentialRecord | None], now: dt.datetime
+    ) -> tuple[dict[str, Produced], list[Problem]]:
+        produced: dict[str, Produced] = {}
+        problems = list(decided.problems)
+        for issue in decided.issue:
+            record = records[issue.credential]
+            assert record is not None
+            try:
+                produced[issue.credential] = await produce(
+                    task, record, issue, keyring=self.keyring, issuer=self.settings.issuer,
+                    read_secret=self._read_upstream, now=now,
+                )
+            except SourceUnavailable as unavailable:
+                problems.append(Problem(issue.credential, unavailable.reason, unavailable.message))
+                self.book.source_failed(record, unavailable.reason, unavailable.message)
+        return produced, problems
+
+    async def _write(
+        self,
+        task: PodTask,
+        state: ProjectionState | None,
+        produced: dict[str, Produced],
+        revokes: dict[str, str],
+        records: dict[str, CredentialRecord | None],
+        now: dt.datetime,
+    ) -> None:
+        base = state or new_projection(task)
+        desired = without(with_values(base, {n: p.issued for n, p in produced.items()}), revokes)
+        values = {name: p.value for name, p in produced.items()}
+        try:
+            if state is None:
+                written = await self.kube.create_secret(task.namespace, secret_body(desired, values, task.uid))
+            else:
+                patch = secret_patch(desired, values, tuple(revokes), previous=state)
+                written = await self.kube.patch_secret(task.namespace, state.secret_name, patch)
+        except Exception as error:
+            if status_of(error) == 409:
+                raise Conflict() from error
+            raise
+        observed = parse_projection(written)
+        if observed is not None:
+            self.store.observe(observed)
+        for name, item in produced.items():
+            record = records[name]
+            assert record is not None
+            renewal = item.issued.renewals > 0
+            self.book.issued(record, now, renewal)
+            self._audit("renew" if renewal else "issue", task, record, item.issued.token_id,
+                        item.issued.fingerprint, expires=item.issued.expires_at)
+        if produced and not any(p.issued.renewals for p in produced.values()):
+            issued = ", ".join(sorted(produced))
+            self.events.post(
+                pod_ref(task.namespace, task.name, task.uid), "Normal", "CredentialsIssued",
+                f"issued {issued} for ServiceAccount {task.service_account}",
+            )
+        for name, reason in revokes.items():
+            self._revoked(task.namespace, name, state.values.get(name) if state else None, reason,
+                          pod=task.name, pod_uid=task.uid, job=task.job, service_account=task.service_account)
+            self.events.post(
+                pod_ref(task.namespace, task.name, task.uid), "Warning", "CredentialRevoked",
+                f"revoked {name}: {reason}",
+            )
+
+    async def _delete(
+        self,
+        binding: str,
+        state: ProjectionState | None,
+        decided: Plan,
+        records: dict[str, CredentialRecord | None],
+        now: dt.datetime,
+    ) -> None:
+        assert state is not None
+        try:
+            await self.kube.delete_secret(state.namespace, state.secret_name)
+        except Exception as error:
+            if status_of(error) != 404:
+                raise
+            self.store.deleted_for_good(binding)
+        self.store.forget(binding)
+        for revoke in decided.revoke:
+            self._revoked(state.namespace, revoke.credential, state.values.get(revoke.credential), revoke.reason,
+                          pod=state.pod_name, pod_uid=state.pod_uid, job=state.job)
+        self.scheduler.cancel(("binding", binding))
+        self._attempts.pop(binding, None)
+        self._reported.pop(binding, None)
+
+    async def _revoke_one(self, binding: str, record: CredentialRecord, reason: str, pod_name: str | None) -> int:
+        lock = self._locks.setdefault(binding, asyncio.Lock())
+        async with lock:
+            state = self.store.get(binding)
+            if state is None or record.name not in state.values:
+                return 0
+            if pod_name and state.pod_name != pod_name:
+                return 0
+            task = self.pod(binding)
+            desired = without(state, {record.name: reason})
+            patch = secret_patch(desired, {}, (record.name,), previous=state)
+            try:
+                written = await self.kube.patch_secret(state.namespace, state.secret_name, patch)
+            except Exception as error:
+                if status_of(error) == 404:
+                    self.store.forget(binding)
+                    return 0
+                if status_of(error) != 409:
+                    raise
+                await self._refresh(binding, task)
+                state = self.store.get(binding)
+                if state is None or record.name not in state.values:
+                    return 0
+                written = await self.kube.patch_secret(
+                    state.namespace, state.secret_name,
+                    secret_patch(without(state, {record.name: reason}), {}, (record.name,), previous=state),
+                )
+            observed = parse_projection(written)
+            if observed is not None:
+                self.store.observe(observed)
+            self._revoked(state.namespace, record.name, state.values.get(record.name), reason,
+                          pod=state.pod_name, pod_uid=state.pod_uid, job=state.job,
+                          service_account=task.service_account if task else None)
+            if task is not None:
+                self.events.post(pod_ref(task.namespace, task.name, task.uid), "Warning", "CredentialRevoked",
+                                 f"revoked {record.name}: {reason}")
+            return 1
+
+    def _revoked(self, namespace: str, name: str, value: Any, reason: str, **who: Any) -> None:
+        record = self.credential(namespace, name)
+        if value is not None and value.token_id and value.expires_at > utcnow():
+            self.revocations.add(value.token_id, value.expires_at)
+        if record is not None:
+            self.book.revoked(record)
+        audit.record(
+            "revoke",
+            credential=name,
+            namespace=namespace,
+            category=value.category if value is not None else None,
+            owner=record.spec.owner if record is not None and record.spec else None,
+            reason=reason,
+            tokenId=value.token_id if value is not None else None,
+            fingerprint=value.fingerprint if value is not None else None,
+            podName=who.get("pod"),
+            podUID=who.get("pod_uid"),
+            job=who.get("job"),
+            serviceAccount=who.get("service_account"),
+        )
+
+    async def _ungate(self, task: PodTask) -> None:
+        try:
+            await self.kube.patch_pod(task.namespace, task.name, UNGATE_PATCH)
+        except Exception as error:
+            if status_of(error) != 404:
+                raise
+
+    def _follow_up(self, task: PodTask, decided: Plan, problems: list[Problem], now: dt.datetime) -> None:
+        key = ("binding", task.binding)
+        if problems:
+            attempt = self._attempts.get(task.binding, 0)
+            self._attempts[task.binding] = attempt + 1
+            delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+            self.scheduler.schedule(key, now + dt.timedelta(seconds=delay))
+            for problem in problems:
+                self._waiting.setdefault((task.namespace, problem.credential), set()).add(task.binding)
+            if tuple(problems) != self._reported.get(task.binding):
+                self._reported[task.binding] = tuple(problems)
+                for problem in problems:
+                    self.events.post(pod_ref(task.namespace, task.name, task.uid), "Warning", problem.reason,
+                                     problem.message)
+                    record = self.credential(task.namespace, problem.credential)
+                    audit.record("deny", credential=problem.credential, namespace=task.namespace,
+                                 category=record.spec.category if record and record.spec else None,
+                                 reason=problem.reason, message=problem.message, podName=task.name,
+                                 podUID=task.uid, job=task.job, serviceAccount=task.service_account)
+            return
+        self._attempts.pop(task.binding, None)
+        self._reported.pop(task.binding, None)
+        if decided.next_due is not None:
+            self.scheduler.schedule(key, decided.next_due)
+
+    # -- helpers -------------------------------------------------------------------
+
+    async def _refresh(self, binding: str, task: PodTask | None) -> None:
+        namespace = task.namespace if task else (self.store.get(binding).namespace if self.store.get(binding) else "")
+        try:
+            body = await self.kube.read_secret(namespace, labels.secret_name(binding))
+        except Exception as error:
+            if status_of(error) != 404:
+                raise
+            self.store.forget(binding)
+            self.store.deleted_for_good(binding)
+            return
+        state = parse_projection(body)
+        if state is not None:
+            self.store.forget(binding)
+            self.store.deleted_for_good(binding)
+            self.store.observe(state)
+
+    async def _read_upstream(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.kube.read_secret(namespace, name)
+        except Exception as error:
+            if status_of(error) == 404:
+                return None
+            raise
+
+    async def _reconcile_all(self, bindings: Iterable[str]) -> None:
+        await asyncio.gather(*(self.reconcile(binding) for binding in bindings))
+
+    async def _scheduled(self, key: Hashable) -> None:
+        assert isinstance(key, tuple)
+        if key[0] == "binding":
+            await self.reconcile(key[1])
+        elif key[0] == "credential":
+            record = self.credential(key[1], key[2])
+            if record is not None:
+                await self.credential_changed(record, force=True)
+
+    def _audit(self, action: audit.Action, task: PodTask, record: CredentialRecord, token_id: str | None,
+               fingerprint: str, expires: dt.datetime) -> None:
+        spec = record.spec
+        audit.record(
+            action,
+            credential=record.name,
+            namespace=task.namespace,
+            category=spec.category if spec else None,
+            owner=spec.owner if spec else None,
+            podName=task.name,
+            podUID=task.uid,
+            job=task.job,
+            serviceAccount=task.service_account,
+            scope=spec.scope.model_dump(by_alias=True, exclude_none=True) if spec and spec.scope else None,
+            tokenId=token_id,
+            fingerprint=fingerprint,
+            expiresAt=format_time(expires),
+        )
+
+    def _post_ready_transition(self, record: CredentialRecord, known: dict[str, Any], desired: dict[str, Any]) -> None:
+        def ready(status: dict[str, Any]) -> dict[str, Any] | None:
+            return next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+
+        before, after = ready(known), ready(desired)
+        if after and (before is None or before.get("status") != after.get("status")):
+            kind = "Normal" if after["status"] == "True" else "Warning"
+            self.events.post(record.owner_ref, kind, after["reason"], after["message"])
+
+    @staticmethod
+    def _next_midnight() -> dt.datetime:
+        tomorrow = utcnow().date() + dt.timedelta(days=1)
+        return dt.datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=dt.timezone.utc)

@@ -1,0 +1,114 @@
+"""Produce one credential value for one pod: mint a JWT or copy a static upstream value."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import secrets
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from .credentials import CredentialRecord
+from .planning import Issue
+from .projection import IssuedValue, PodTask, fingerprint
+from .signing import DEFAULT_ALGORITHM, KeyRing, encode_jwt
+
+
+class SourceUnavailable(Exception):
+    """The value cannot be produced now; `reason` is a condition reason, the message names why."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Produced:
+    value: bytes
+    issued: IssuedValue
+
+
+SecretReader = Callable[[str, str], Awaitable[dict[str, Any] | None]]
+
+
+def jwt_claims(
+    task: PodTask, record: CredentialRecord, issue: Issue, issuer: str, now: dt.datetime, token_id: str
+) -> dict[str, Any]:
+    spec = record.spec
+    assert spec is not None and spec.source.jwt is not None
+    audiences = list(spec.source.jwt.audiences)
+    return {
+        "iss": issuer,
+        "sub": f"system:serviceaccount:{task.namespace}:{task.service_account}",
+        "aud": audiences[0] if len(audiences) == 1 else audiences,
+        "iat": int(now.timestamp()),
+        "nbf": int(now.timestamp()),
+        "exp": int(issue.expires_at.timestamp()),
+        "jti": token_id,
+        "agentcred": {
+            "credential": record.name,
+            "namespace": record.namespace,
+            "category": spec.category,
+            "pod": task.name,
+            "podUID": task.uid,
+            "job": task.job,
+            "scope": spec.scope.model_dump(by_alias=True, exclude_none=True) if spec.scope else {},
+        },
+    }
+
+
+async def produce(
+    task: PodTask,
+    record: CredentialRecord,
+    issue: Issue,
+    *,
+    keyring: KeyRing,
+    issuer: str,
+    read_secret: SecretReader,
+    now: dt.datetime,
+) -> Produced:
+    spec = record.spec
+    assert spec is not None
+    token_id: str | None = None
+    if spec.source.jwt is not None:
+        token_id = secrets.token_urlsafe(16)
+        key = keyring.current(spec.source.jwt.algorithm or DEFAULT_ALGORITHM)
+        value = encode_jwt(jwt_claims(task, record, issue, issuer, now, token_id), key).encode()
+    elif spec.source.secret_ref is not None:
+        value = await _copy_upstream(record, read_secret)
+    else:
+        raise SourceUnavailable(
+            "SourceNotSupported", f"AgentCredential {record.name}: webhook sources are not enabled in this operator"
+        )
+    issued = IssuedValue(
+        credential=record.name,
+        category=spec.category,
+        issued_at=now,
+        expires_at=issue.expires_at,
+        task_started_at=issue.task_started_at,
+        fingerprint=fingerprint(value),
+        token_id=token_id,
+        renewals=issue.renewals,
+    )
+    return Produced(value, issued)
+
+
+async def _copy_upstream(record: CredentialRecord, read_secret: SecretReader) -> bytes:
+    spec = record.spec
+    assert spec is not None and spec.source.secret_ref is not None
+    ref = spec.source.secret_ref
+    upstream = await read_secret(record.namespace, ref.name)
+    if upstream is None:
+        raise SourceUnavailable(
+            "UpstreamSecretMissing",
+            f"AgentCredential {record.name}: upstream Secret {ref.name} does not exist in namespace {record.namespace}",
+        )
+    encoded = (upstream.get("data") or {}).get(ref.key)
+    if encoded is None:
+        raise SourceUnavailable(
+            "UpstreamKeyMissing",
+            f"AgentCredential {record.name}: upstream Secret {ref.name} in namespace {record.namespace} "
+            f"has no key {ref.key}",
+        )
+    return base64.b64decode(encoded)
