@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +35,20 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float 
     raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}: last saw {last!r}")
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ensure_namespace(cluster: "Cluster", name: str) -> None:
+    try:
+        cluster.core.create_namespace({"metadata": {"name": name}})
+    except ApiException as error:
+        if error.status != 409:
+            raise
+
+
 class Cluster:
     """A reachable cluster: its kubeconfig, a client, and the kubectl/helm binaries if built."""
 
@@ -47,6 +63,7 @@ class Cluster:
         self.rbac = client.RbacAuthorizationV1Api(self.api_client)
         self.extensions = client.ApiextensionsV1Api(self.api_client)
         self.auth = client.AuthenticationV1Api(self.api_client)
+        self.admission = client.AdmissionregistrationV1Api(self.api_client)
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -104,8 +121,15 @@ class Cluster:
                 raise
 
 
+OPERATOR_NAMESPACE = "agentcred"
+
+
 class OperatorProcess:
-    """`agentcred run` as a child process, with its output captured to a file."""
+    """`agentcred run` as a child process, with its log and audit log captured to files.
+
+    The webhook listens on a free loopback port, and the operator registers it with the
+    API server at that URL (the local-development mode of `agentcred run`).
+    """
 
     def __init__(self, cluster: Cluster, *extra_args: str, env: dict[str, str] | None = None) -> None:
         self.cluster = cluster
@@ -113,21 +137,58 @@ class OperatorProcess:
         self.extra_env = env or {}
         self.log_dir = Path(tempfile.mkdtemp(prefix="agentcred-operator-"))
         self.log_path = self.log_dir / "operator.log"
+        self.audit_path = self.log_dir / "audit.log"
+        self.webhook_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
-    def start(self) -> "OperatorProcess":
+    def command(self) -> list[str]:
+        url = f"https://127.0.0.1:{self.webhook_port}"
+        return [
+            sys.executable, "-m", "agentcred", "run", "--standalone", "--verbose",
+            "--namespace", OPERATOR_NAMESPACE,
+            "--webhook-address", "127.0.0.1", "--webhook-port", str(self.webhook_port), "--webhook-url", url,
+            "--audit-log", str(self.audit_path),
+            *self.extra_args,
+        ]
+
+    def start(self, wait: bool = True) -> "OperatorProcess":
+        ensure_namespace(self.cluster, OPERATOR_NAMESPACE)
         self.starts += 1
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "agentcred", "run", "--standalone", "--verbose", *self.extra_args],
+            self.command(),
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=self.cluster.env(**self.extra_env),
+            env=self.cluster.env(AGENTCRED_STATUS_INTERVAL="0.5", **self.extra_env),
             start_new_session=True,
         )
         log.close()
+        if wait:
+            self.wait_ready()
         return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Ready when the webhook answers TLS on its port and its configuration exists."""
+        def ready() -> bool:
+            self.assert_alive()
+            try:
+                with socket.create_connection(("127.0.0.1", self.webhook_port), timeout=1):
+                    pass
+            except OSError:
+                return False
+            try:
+                self.cluster.admission.read_mutating_webhook_configuration("agentcred.dev")
+            except ApiException:
+                return False
+            return True
+
+        wait_for(ready, timeout=timeout, interval=0.2, what="the operator's webhook")
+
+    def audit(self) -> list[dict[str, Any]]:
+        if not self.audit_path.exists():
+            return []
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line.strip()]
 
     def kill(self) -> None:
         """SIGKILL: the operator gets no chance to clean up."""

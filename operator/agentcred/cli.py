@@ -110,6 +110,31 @@ def cmd_dev_kubeconfig(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_revoke(args: argparse.Namespace) -> int:
+    from kubernetes import config
+    from kubernetes.client.exceptions import ApiException
+
+    from .revoke import RevokeTimeout, request_revoke
+
+    api_client = config.new_client_from_config()
+    namespace = args.namespace or config.list_kube_config_contexts()[1]["context"].get("namespace", "default")
+    try:
+        outcome = request_revoke(
+            api_client, namespace, args.credential, pod=args.pod, reason=args.reason, timeout=args.timeout
+        )
+    except ApiException as error:
+        if error.status == 404:
+            print(f"AgentCredential {args.credential} not found in namespace {namespace}", file=sys.stderr)
+            return 1
+        raise
+    except RevokeTimeout as error:
+        print(str(error), file=sys.stderr)
+        return 2
+    where = f"pod {args.pod}" if args.pod else "every pod"
+    print(f"revoked {outcome['revoked']} live value(s) of {namespace}/{args.credential} in {where}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentcred", description=__doc__)
     parser.add_argument("--version", action="version", version=f"agentcred {__version__}")
@@ -130,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true")
     run.add_argument("--log-json", action="store_true", help="log as JSON lines")
     run.set_defaults(func=cmd_run)
+
+    revoke = commands.add_parser("revoke", help="revoke a credential's live values now (emergency)")
+    revoke.add_argument("credential", help="AgentCredential name")
+    revoke.add_argument("-n", "--namespace", help="its namespace (default: the kubeconfig's)")
+    revoke.add_argument("--pod", help="revoke only in this pod")
+    revoke.add_argument("--reason", help="why, for the audit log")
+    revoke.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the operator")
+    revoke.set_defaults(func=cmd_revoke)
 
     crd = commands.add_parser("crd", help="print the AgentCredential CRD generated from the models")
     crd.set_defaults(func=cmd_crd)

@@ -239,6 +239,16 @@ class Condition(Model):
     observed_generation: int | None = None
 
 
+class RevocationOutcome(Model):
+    """The last emergency revoke (`agentcred revoke`) the operator carried out."""
+
+    id: Annotated[str, StringConstraints(max_length=64)]
+    at: dt.datetime
+    pod: Annotated[str, StringConstraints(max_length=253)] | None = None
+    revoked: int
+    reason: Annotated[str, StringConstraints(max_length=256)] | None = None
+
+
 class AgentCredentialStatus(Model):
     observed_generation: int | None = None
     conditions: Annotated[
@@ -261,6 +271,7 @@ class AgentCredentialStatus(Model):
     review_due: dt.date | None = None
     review_overdue: bool | None = None
     exception_expired: bool | None = None
+    last_revocation: RevocationOutcome | None = None
 
 
 class AgentCredentialRoot(Model):

@@ -1,0 +1,153 @@
+"""Building blocks for projection tests: credentials, agent pods and Jobs, their Secrets.
+
+Values read from Secrets are compared by fingerprint, never printed: a failing assertion
+must not put a credential into the test output.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from agentcred import labels, model
+from agentcred.projection import fingerprint
+from clusterkit import Cluster, wait_for
+from samples import credential
+
+
+def create_credential(cluster: Cluster, namespace: str, name: str = "research-llm", **overrides: Any) -> dict:
+    overrides.setdefault("projection", {"mountPath": f"/var/run/agentcred/{name}"})
+    body = credential(name=name, **overrides)
+    cluster.custom.create_namespaced_custom_object(model.GROUP, model.VERSION, namespace, model.PLURAL, body)
+    return wait_for(lambda: ready_credential(cluster, namespace, name), what=f"AgentCredential {name} Ready")
+
+
+def get_credential(cluster: Cluster, namespace: str, name: str) -> dict:
+    return cluster.custom.get_namespaced_custom_object(model.GROUP, model.VERSION, namespace, model.PLURAL, name)
+
+
+def ready_credential(cluster: Cluster, namespace: str, name: str) -> dict | None:
+    body = get_credential(cluster, namespace, name)
+    conditions = (body.get("status") or {}).get("conditions") or []
+    return body if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions) else None
+
+
+def condition(body: dict, type_: str) -> dict | None:
+    return next((c for c in (body.get("status") or {}).get("conditions") or [] if c["type"] == type_), None)
+
+
+def service_account(cluster: Cluster, namespace: str, name: str = "research-agent") -> str:
+    cluster.core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
+    return name
+
+
+def pod_template(credentials: str, sa: str = "research-agent", init_container: bool = False) -> dict:
+    spec: dict[str, Any] = {
+        "serviceAccountName": sa,
+        "restartPolicy": "Never",
+        "containers": [
+            {"name": "agent", "image": "example.com/agent:1"},
+            {"name": "sidecar-tool", "image": "example.com/tool:1"},
+        ],
+    }
+    if init_container:
+        spec["initContainers"] = [{"name": "prepare", "image": "example.com/prepare:1"}]
+    return {
+        "metadata": {
+            "labels": {labels.INJECT_LABEL: "true"},
+            "annotations": {labels.CREDENTIALS_ANNOTATION: credentials},
+        },
+        "spec": spec,
+    }
+
+
+def create_job(cluster: Cluster, namespace: str, name: str, credentials: str, **template: Any) -> None:
+    body = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {"backoffLimit": 0, "template": pod_template(credentials, **template)},
+    }
+    cluster.batch.create_namespaced_job(namespace, body)
+
+
+def create_pod(cluster: Cluster, namespace: str, name: str, credentials: str, **template: Any) -> dict:
+    body = pod_template(credentials, **template)
+    body["metadata"]["name"] = name
+    return cluster.api_client.sanitize_for_serialization(cluster.core.create_namespaced_pod(namespace, body))
+
+
+def running_pod(cluster: Cluster, namespace: str, selector: str = "", name: str | None = None) -> dict | None:
+    if name:
+        pods = [cluster.core.read_namespaced_pod(name, namespace)]
+    else:
+        pods = cluster.core.list_namespaced_pod(namespace, label_selector=selector).items
+    for pod in pods:
+        if pod.status.phase == "Running":
+            return cluster.api_client.sanitize_for_serialization(pod)
+    return None
+
+
+def job_pod(cluster: Cluster, namespace: str, job: str, timeout: float = 30) -> dict:
+    return wait_for(lambda: running_pod(cluster, namespace, f"job-name={job}"), timeout=timeout,
+                    what=f"a Running pod of Job {job}")
+
+
+def secret_name_of(pod: dict) -> str:
+    return labels.secret_name(pod["metadata"]["annotations"][labels.BINDING_ANNOTATION])
+
+
+def read_secret(cluster: Cluster, namespace: str, name: str) -> dict | None:
+    try:
+        return cluster.api_client.sanitize_for_serialization(cluster.core.read_namespaced_secret(name, namespace))
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def value_of(secret: dict, credential_name: str) -> bytes | None:
+    encoded = (secret.get("data") or {}).get(labels.value_key(credential_name))
+    return base64.b64decode(encoded) if encoded else None
+
+
+def claims_of(token: bytes) -> dict:
+    payload = token.split(b".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4)))
+
+
+def state_of(secret: dict) -> dict:
+    return json.loads(secret["metadata"]["annotations"][labels.STATE_ANNOTATION])
+
+
+def secret_gone(cluster: Cluster, namespace: str, name: str) -> bool:
+    return read_secret(cluster, namespace, name) is None
+
+
+def value_gone(cluster: Cluster, namespace: str, name: str, credential_name: str) -> bool:
+    secret = read_secret(cluster, namespace, name)
+    return secret is None or value_of(secret, credential_name) is None
+
+
+def audit_lines(operator: Any, action: str, **match: Any) -> list[dict]:
+    return [
+        line for line in operator.audit()
+        if line["action"] == action and all(line.get(k) == v for k, v in match.items())
+    ]
+
+
+def same_value(a: bytes | None, b: bytes | None) -> bool:
+    """Compare two values without ever showing them."""
+    return a is not None and b is not None and fingerprint(a) == fingerprint(b)
+
+
+def job_condition(cluster: Cluster, namespace: str, name: str, wanted: str) -> bool:
+    job = cluster.batch.read_namespaced_job(name, namespace)
+    return any(c.type == wanted and c.status == "True" for c in job.status.conditions or [])
+
+
+def pod_events(cluster: Cluster, namespace: str, pod_name: str) -> list:
+    return cluster.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={pod_name}").items
