@@ -49,6 +49,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo()
+
+
 def cmd_crd(args: argparse.Namespace) -> int:
     from .crd import render_crd_yaml
 
@@ -163,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--reason", help="why, for the audit log")
     revoke.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the operator")
     revoke.set_defaults(func=cmd_revoke)
+
+    demo = commands.add_parser("demo", help="local control plane + operator + an agent Job, end to end")
+    demo.set_defaults(func=cmd_demo)
 
     crd = commands.add_parser("crd", help="print the AgentCredential CRD generated from the models")
     crd.set_defaults(func=cmd_crd)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 from typing import Any
 
 import kopf
@@ -64,7 +65,8 @@ async def startup(
     revocations = await load_revocations(kube, CONFIG.namespace)
 
     certificate = await shared_serving_certificate(kube, CONFIG.namespace, CONFIG.service)
-    certfile, keyfile = certificate.write(private_directory())
+    memo.tls_directory = private_directory()
+    certfile, keyfile = certificate.write(memo.tls_directory)
     settings.admission.server = kopf.WebhookServer(
         addr=CONFIG.webhook_address, port=CONFIG.webhook_port, certfile=str(certfile), pkeyfile=str(keyfile)
     )
@@ -108,6 +110,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if engine is not None:
         await engine.flush_status()
         engine.kube.close()
+    if getattr(memo, "tls_directory", None) is not None:
+        shutil.rmtree(memo.tls_directory, ignore_errors=True)
 
 
 # -- indices: what the webhook and the engine look up without an API call -------------
