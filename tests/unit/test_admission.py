@@ -1,0 +1,131 @@
+import copy
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agentcred import labels
+from agentcred.admission import Refusal, inject, parse_credentials_annotation
+from agentcred.credentials import credential_record
+from samples import EXCEPTION, credential
+
+NS = "agents"
+
+
+def record(name: str = "research-llm", **overrides):
+    overrides.setdefault("projection", {"mountPath": f"/var/run/agentcred/{name}"})
+    body = credential(name=name, namespace=NS, **overrides)
+    body["metadata"]["creationTimestamp"] = "2026-11-01T00:00:00Z"
+    return credential_record(body)
+
+
+def lookup_of(*records):
+    table = {r.name: r for r in records}
+    return table.get
+
+
+def pod(credentials: str = "research-llm", sa: str = "research-agent", **spec_extra) -> dict:
+    return {
+        "metadata": {"generateName": "task-", "namespace": NS,
+                     "labels": {labels.INJECT_LABEL: "true"},
+                     "annotations": {labels.CREDENTIALS_ANNOTATION: credentials}},
+        "spec": {"serviceAccountName": sa, "containers": [{"name": "agent", "image": "a"}, {"name": "b", "image": "b"}],
+                 **spec_extra},
+    }
+
+
+def test_admitted_pod_gets_volume_mounts_gate_and_binding() -> None:
+    admitted = inject(pod(initContainers=[{"name": "init", "image": "i"}]), NS,
+                      lookup_of(record(projection={"mountPath": "/creds", "envVar": "TOKEN_FILE"})), binding="b1")
+    assert admitted["metadata"]["annotations"][labels.BINDING_ANNOTATION] == "b1"
+    (volume,) = admitted["spec"]["volumes"]
+    secret = volume["projected"]["sources"][0]["secret"]
+    assert secret["name"] == "agentcred-b1" and secret["optional"] is True
+    assert [i["path"] for i in secret["items"]] == ["token", "expires-at"]
+    assert volume["projected"]["defaultMode"] == 0o444
+    for container in admitted["spec"]["containers"] + admitted["spec"]["initContainers"]:
+        assert container["volumeMounts"] == [{"name": volume["name"], "mountPath": "/creds", "readOnly": True}]
+        assert container["env"] == [{"name": "TOKEN_FILE", "value": "/creds/token"}]
+    assert admitted["spec"]["schedulingGates"] == [{"name": labels.SCHEDULING_GATE}]
+
+
+def test_reinvocation_changes_nothing_more() -> None:
+    lookup = lookup_of(record(), record("search", category="tool"))
+    once = inject(pod("research-llm,search"), NS, lookup)
+    twice = inject(once, NS, lookup)
+    assert twice == once
+
+
+def test_input_pod_is_not_mutated() -> None:
+    original = pod()
+    snapshot = copy.deepcopy(original)
+    inject(original, NS, lookup_of(record()))
+    assert original == snapshot
+
+
+def test_default_service_account_is_checked() -> None:
+    with pytest.raises(Refusal, match="ServiceAccount default in namespace agents is not a subject"):
+        inject(pod(sa=""), NS, lookup_of(record()))
+
+
+@pytest.mark.parametrize(
+    "annotation, lookup, message",
+    [
+        (None, lookup_of(), "no agentcred.dev/credentials annotation"),
+        ("  ", lookup_of(), "no agentcred.dev/credentials annotation"),
+        ("research-llm,UPPER", lookup_of(record()), "invalid credential name 'UPPER'"),
+        ("a" * 3000, lookup_of(), "longer than 2048"),
+        (",".join(f"c{i}" for i in range(17)), lookup_of(), "at most 16 credentials"),
+        ("missing", lookup_of(record()), "AgentCredential missing does not exist in namespace agents"),
+    ],
+)
+def test_refusals_say_why(annotation, lookup, message) -> None:
+    body = pod()
+    if annotation is None:
+        del body["metadata"]["annotations"][labels.CREDENTIALS_ANNOTATION]
+    else:
+        body["metadata"]["annotations"][labels.CREDENTIALS_ANNOTATION] = annotation
+    with pytest.raises(Refusal, match=message):
+        inject(body, NS, lookup)
+
+
+def test_not_a_subject_names_credential_account_namespace_and_subjects() -> None:
+    with pytest.raises(Refusal) as refused:
+        inject(pod(sa="intruder"), NS, lookup_of(record()))
+    assert str(refused.value) == (
+        "ServiceAccount intruder in namespace agents is not a subject of AgentCredential research-llm "
+        "(its subjects: research-agent)"
+    )
+
+
+def test_not_ready_credential_is_refused() -> None:
+    expired = record("legacy", source={"secretRef": {"name": "k", "key": "v"}},
+                     exception={**EXCEPTION, "expires": "2020-01-01"})
+    with pytest.raises(Refusal, match=r"legacy in namespace agents is not Ready \(ExceptionExpired\)"):
+        inject(pod("legacy"), NS, lookup_of(expired))
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    with pytest.raises(Refusal) as refused:
+        inject(pod("missing,research-llm", sa="intruder"), NS, lookup_of(record()))
+    assert "missing does not exist" in str(refused.value) and "intruder" in str(refused.value)
+
+
+def test_mount_path_clashes_are_refused() -> None:
+    same = record("other", projection={"mountPath": "/var/run/agentcred/research-llm"})
+    with pytest.raises(Refusal, match="both mount at /var/run/agentcred/research-llm"):
+        inject(pod("research-llm,other"), NS, lookup_of(record(), same))
+    body = pod()
+    body["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/var/run/agentcred/research-llm"}]
+    with pytest.raises(Refusal, match="container agent already mounts volume data"):
+        inject(body, NS, lookup_of(record()))
+
+
+@given(st.text(max_size=300))
+def test_annotation_parser_never_crashes(text: str) -> None:
+    try:
+        names = parse_credentials_annotation(text)
+    except Refusal as refusal:
+        assert labels.CREDENTIALS_ANNOTATION in str(refusal) or "at most" in str(refusal)
+    else:
+        assert names and all(0 < len(name) <= 63 for name in names)

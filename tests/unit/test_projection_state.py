@@ -1,0 +1,86 @@
+import base64
+import datetime as dt
+import json
+
+from agentcred import labels
+from agentcred.projection import (
+    IssuedValue, new_projection, parse_projection, pod_task, secret_body, secret_patch, with_values, without,
+)
+
+NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
+
+
+def admitted_pod(**meta_extra) -> dict:
+    return {
+        "metadata": {"name": "p", "namespace": "agents", "uid": "u1",
+                     "annotations": {labels.CREDENTIALS_ANNOTATION: "a,b,c", labels.BINDING_ANNOTATION: "forged"},
+                     "ownerReferences": [{"kind": "Job", "name": "task"}], **meta_extra},
+        "spec": {
+            "serviceAccountName": "agent",
+            "schedulingGates": [{"name": labels.SCHEDULING_GATE}],
+            "volumes": [
+                {"name": "data", "emptyDir": {}},
+                {"name": labels.volume_name("a"), "projected": {"sources": [{"secret": {
+                    "name": "agentcred-b1", "items": [{"key": "a.token", "path": "token"},
+                                                      {"key": "a.expires-at", "path": "expires-at"}]}}]}},
+            ],
+        },
+        "status": {"phase": "Pending"},
+    }
+
+
+def test_task_comes_from_the_immutable_volumes_not_the_annotations() -> None:
+    task = pod_task(admitted_pod())
+    assert task is not None
+    assert (task.binding, task.credentials, task.job, task.service_account) == ("b1", ("a",), "task", "agent")
+    assert task.gated and task.end_reason is None
+
+
+def test_end_reasons() -> None:
+    pod = admitted_pod()
+    pod["status"]["phase"] = "Succeeded"
+    assert pod_task(pod).end_reason == "task-succeeded"
+    pod["status"]["phase"] = "Failed"
+    assert pod_task(pod).end_reason == "task-failed"
+    assert pod_task(admitted_pod(deletionTimestamp="2026-11-28T00:00:00Z")).end_reason == "pod-deleted"
+    assert pod_task(admitted_pod(), deleted=True).end_reason == "pod-deleted"
+
+
+def test_pods_the_webhook_did_not_admit_are_not_tasks() -> None:
+    assert pod_task({"metadata": {"name": "x"}, "spec": {"volumes": [{"name": "data"}]}}) is None
+
+
+def test_secret_round_trips_its_bookkeeping_without_values_in_metadata() -> None:
+    task = pod_task(admitted_pod())
+    issued = IssuedValue("a", "model", NOW, NOW + dt.timedelta(minutes=15), NOW, "sha256:abc", "jti-1")
+    state = with_values(new_projection(task), {"a": issued})
+    body = secret_body(state, {"a": b"the-value"}, pod_uid="u1")
+    assert base64.b64decode(body["data"]["a.token"]) == b"the-value"
+    assert base64.b64decode(body["data"]["a.expires-at"]) == b"2026-11-28T12:15:00Z"
+    assert "the-value" not in json.dumps(body["metadata"])
+    assert body["metadata"]["ownerReferences"][0]["uid"] == "u1"
+    assert body["metadata"]["labels"][labels.credential_label("a")] == "model"
+    parsed = parse_projection(body)
+    assert parsed.values == {"a": issued} and parsed.pod_name == "p" and parsed.job == "task"
+
+
+def test_patch_removes_revoked_keys_and_labels_and_guards_the_version() -> None:
+    task = pod_task(admitted_pod())
+    issued = IssuedValue("a", "model", NOW, NOW + dt.timedelta(minutes=15), NOW, "sha256:abc", "jti-1")
+    previous = with_values(new_projection(task), {"a": issued})
+    previous = parse_projection({**secret_body(previous, {"a": b"v"}, "u1"),
+                                 "metadata": {**secret_body(previous, {"a": b"v"}, "u1")["metadata"],
+                                              "resourceVersion": "42"}})
+    revoked = without(previous, {"a": "emergency"})
+    patch = secret_patch(revoked, {}, ("a",), previous=previous)
+    assert patch["data"] == {"a.token": None, "a.expires-at": None}
+    assert patch["metadata"]["labels"][labels.credential_label("a")] is None
+    assert patch["metadata"]["resourceVersion"] == "42"
+    assert json.loads(patch["metadata"]["annotations"][labels.STATE_ANNOTATION])["revoked"] == {"a": "emergency"}
+
+
+def test_damaged_bookkeeping_is_treated_as_revoked() -> None:
+    body = {"metadata": {"labels": {labels.MANAGED_LABEL: "true", labels.BINDING_LABEL: "b1"},
+                         "annotations": {labels.STATE_ANNOTATION: "{not json"}}}
+    assert parse_projection(body).revoked == {"*": "unreadable-state"}
+    assert parse_projection({"metadata": {"labels": {}}}) is None
