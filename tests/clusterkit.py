@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -139,6 +140,7 @@ class OperatorProcess:
         self.log_path = self.log_dir / "operator.log"
         self.audit_path = self.log_dir / "audit.log"
         self.webhook_port = free_port()
+        self.api_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -148,6 +150,7 @@ class OperatorProcess:
             sys.executable, "-m", "agentcred", "run", "--standalone", "--verbose",
             "--namespace", OPERATOR_NAMESPACE,
             "--webhook-address", "127.0.0.1", "--webhook-port", str(self.webhook_port), "--webhook-url", url,
+            "--api-address", "127.0.0.1", "--api-port", str(self.api_port), "--issuer", self.api_url,
             "--audit-log", str(self.audit_path),
             *self.extra_args,
         ]
@@ -168,15 +171,27 @@ class OperatorProcess:
             self.wait_ready()
         return self
 
+    @property
+    def api_url(self) -> str:
+        return f"https://127.0.0.1:{self.api_port}"
+
+    def ca_file(self) -> str:
+        """The CA of the operator's serving certificate (shared by webhook and endpoints)."""
+        path = self.log_dir / "ca.crt"
+        secret = self.cluster.core.read_namespaced_secret("agentcred-webhook-tls", OPERATOR_NAMESPACE)
+        path.write_bytes(base64.b64decode(secret.data["ca.crt"]))
+        return str(path)
+
     def wait_ready(self, timeout: float = 60) -> None:
         """Ready when the webhook answers TLS on its port and its configuration exists."""
         def ready() -> bool:
             self.assert_alive()
-            try:
-                with socket.create_connection(("127.0.0.1", self.webhook_port), timeout=1):
-                    pass
-            except OSError:
-                return False
+            for port in (self.webhook_port, self.api_port):
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1):
+                        pass
+                except OSError:
+                    return False
             try:
                 self.cluster.admission.read_mutating_webhook_configuration("agentcred.dev")
             except ApiException:

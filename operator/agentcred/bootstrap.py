@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
+from typing import Callable
 
 from .kube import Kube, status_of
 from .revocations import REVOCATIONS_CONFIGMAP, RevocationList
-from .signing import KEYRING_SECRET, KeyRing
+from .signing import ALGORITHMS, KEYRING_SECRET, KeyRing, prune, rotate, rotation_due
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +74,60 @@ async def persist_revocations_forever(kube: Kube, namespace: str, revocations: R
         except Exception as error:
             revocations.dirty = True
             log.warning("revocation list not persisted (%s); will retry", status_of(error) or error)
+
+
+ROTATE_ANNOTATION = "agentcred.dev/rotate"  # a request from `agentcred rotate-key`
+ROTATED_ANNOTATION = "agentcred.dev/rotated"  # the id of the last request carried out
+
+
+def _shape(ring: KeyRing) -> tuple[tuple[str, str | None], ...]:
+    return tuple((key.kid, key.retired_at.isoformat() if key.retired_at else None) for key in ring.keys)
+
+
+def plan_keyring(
+    ring: KeyRing, annotations: dict[str, str], now: dt.datetime, interval: dt.timedelta | None
+) -> tuple[KeyRing, str | None]:
+    """The key ring after requested and scheduled rotations and pruning, and the request handled."""
+    handled = None
+    try:
+        request = json.loads(annotations.get(ROTATE_ANNOTATION) or "{}")
+    except ValueError:
+        request = {}
+    if isinstance(request, dict) and request.get("id") and request["id"] != annotations.get(ROTATED_ANNOTATION):
+        wanted = request.get("algorithm") or "all"
+        for alg in ALGORITHMS:
+            if wanted in ("all", alg):
+                ring = rotate(ring, alg, now)
+        handled = str(request["id"])
+    for alg in ALGORITHMS:
+        if rotation_due(ring, alg, now, interval):
+            ring = rotate(ring, alg, now)
+    return prune(ring, now), handled
+
+
+async def maintain_keyring_forever(
+    kube: Kube,
+    namespace: str,
+    on_change: Callable[[KeyRing], None],
+    interval: dt.timedelta | None,
+    poll: float = 5.0,
+) -> None:
+    """Follow the shared key ring (other replicas, `rotate-key`) and rotate it when due."""
+    while True:
+        await asyncio.sleep(poll)
+        try:
+            secret = await kube.read_secret(namespace, KEYRING_SECRET)
+            current = KeyRing.from_secret_data(secret["data"])
+            annotations = dict(secret["metadata"].get("annotations") or {})
+            updated, handled = plan_keyring(current, annotations, dt.datetime.now(dt.timezone.utc), interval)
+            if _shape(updated) != _shape(current) or handled:
+                if handled:
+                    annotations[ROTATED_ANNOTATION] = handled
+                secret["metadata"]["annotations"] = annotations
+                secret["data"] = updated.to_secret_data()
+                await kube.replace_secret(namespace, KEYRING_SECRET, secret)  # fails on a stale version
+                log.info("signing keys now %s", ", ".join(f"{k.alg}:{k.kid}" for k in updated.keys))
+            on_change(updated)
+        except Exception as error:
+            log.warning("could not refresh the signing key ring (%s); keeping the current one",
+                        status_of(error) or error)

@@ -31,6 +31,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "webhook_address": args.webhook_address,
         "webhook_port": args.webhook_port,
         "webhook_url": args.webhook_url,
+        "api_address": args.api_address,
+        "api_port": args.api_port,
         "audit_log": args.audit_log,
     }
     config = dataclasses.replace(
@@ -141,6 +143,53 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    import json
+
+    from .policy import Intent
+    from .verify import TokenRejected, Verifier
+
+    token = sys.stdin.read() if args.token in (None, "-") else args.token
+    if args.jwks_file:
+        with open(args.jwks_file) as handle:
+            verifier = Verifier(jwks=json.load(handle), issuer=args.issuer or "")
+    elif args.url:
+        verifier = Verifier.from_url(args.url, issuer=args.issuer, cafile=args.cafile)
+    else:
+        print("say where the keys are: --url https://<operator>:8443 or --jwks-file", file=sys.stderr)
+        return 2
+    intent_parts = (args.tool, args.action, args.resource)
+    if any(intent_parts) and not all(intent_parts):
+        print("an intent needs all of --tool, --action and --resource", file=sys.stderr)
+        return 2
+    intent = Intent(*intent_parts) if all(intent_parts) else None  # type: ignore[arg-type]
+    try:
+        claims = verifier.verify(token, audience=args.audience, intent=intent)
+    except TokenRejected as rejected:
+        print(f"refused ({rejected.reason}): {rejected.message}")
+        return 1
+    facts = claims.get("agentcred") or {}
+    print(f"valid: sub={claims['sub']} credential={facts.get('credential')} pod={facts.get('pod')} "
+          f"jti={claims['jti']} exp={claims['exp']}")
+    return 0
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    from kubernetes import config
+
+    from .keyrotation import RotationTimeout, request_rotation
+
+    try:
+        ring = request_rotation(config.new_client_from_config(), args.namespace, args.algorithm, args.timeout)
+    except RotationTimeout as error:
+        print(str(error), file=sys.stderr)
+        return 2
+    for key in ring:
+        state = f"retired {key['retiredAt']}" if key["retiredAt"] else "current"
+        print(f"{key['alg']}\t{key['kid']}\t{state}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentcred", description=__doc__)
     parser.add_argument("--version", action="version", version=f"agentcred {__version__}")
@@ -155,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--webhook-address", help="address the admission webhook listens on")
     run.add_argument("--webhook-port", type=int, help="port the admission webhook listens on")
     run.add_argument("--webhook-url", help="URL the API server reaches the webhook at (local development)")
+    run.add_argument("--api-address", help="address of the HTTPS endpoints (JWKS, revocations, exchange)")
+    run.add_argument("--api-port", type=int, help="port of the HTTPS endpoints (default 8443)")
     run.add_argument("--no-manage-webhook", action="store_true",
                      help="leave the MutatingWebhookConfiguration to the Helm chart")
     run.add_argument("--audit-log", help="audit destination: - for stdout (default) or a file path")
@@ -172,6 +223,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="local control plane + operator + an agent Job, end to end")
     demo.set_defaults(func=cmd_demo)
+
+    verify = commands.add_parser("verify", help="verify an agentcred token and say exactly why it is refused")
+    verify.add_argument("token", nargs="?", help="the token, or - (default) to read it from stdin")
+    verify.add_argument("--audience", required=True, help="the audience you expect (your service)")
+    verify.add_argument("--url", help="the operator's HTTPS endpoint (JWKS and revocations)")
+    verify.add_argument("--cafile", help="CA bundle for --url")
+    verify.add_argument("--jwks-file", help="verify offline against this JWKS (no revocation check)")
+    verify.add_argument("--issuer", help="the issuer to expect (default: --url)")
+    verify.add_argument("--tool")
+    verify.add_argument("--action")
+    verify.add_argument("--resource")
+    verify.set_defaults(func=cmd_verify)
+
+    rotate = commands.add_parser("rotate-key", help="make new signing keys current; old ones stay published")
+    rotate.add_argument("--namespace", default="agentcred", help="the operator's namespace")
+    rotate.add_argument("--algorithm", choices=["EdDSA", "ES256", "all"], default="all")
+    rotate.add_argument("--timeout", type=float, default=30.0)
+    rotate.set_defaults(func=cmd_rotate_key)
 
     crd = commands.add_parser("crd", help="print the AgentCredential CRD generated from the models")
     crd.set_defaults(func=cmd_crd)

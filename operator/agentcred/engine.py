@@ -19,6 +19,7 @@ from .credentials import CredentialRecord
 from .events import EventRecorder, pod_ref
 from .issuing import Produced, SourceUnavailable, produce
 from .kube import Kube, status_of
+from .minting import MintingClient
 from .planning import Plan, Problem, exception_end, plan
 from .projection import (
     PodTask,
@@ -68,6 +69,7 @@ class Engine:
         pods: PodLookup,
         events: EventRecorder,
         revocations: RevocationList,
+        minter: MintingClient,
     ) -> None:
         self.kube = kube
         self.keyring = keyring
@@ -76,6 +78,8 @@ class Engine:
         self.pod = pods
         self.events = events
         self.revocations = revocations
+        self.minter = minter
+        self._background: set[asyncio.Task[None]] = set()
         self.store = ProjectionStore()
         self.book = StatusBook()
         self.scheduler = Scheduler(self._scheduled)
@@ -86,6 +90,8 @@ class Engine:
         self._written_status: dict[tuple[str, str], dict[str, Any]] = {}
         self._handled_revokes: set[str] = set()
         self._generations: dict[tuple[str, str], int] = {}
+        # Tokens handed out by intent exchange, per binding: revoked with the pod's value.
+        self._exchanged: dict[str, list[tuple[str, str, dt.datetime]]] = {}
 
     # -- entry points --------------------------------------------------------------
 
@@ -110,6 +116,24 @@ class Engine:
             return None
         self.store.observe(state)
         return state.binding
+
+    def remember_exchange(self, binding: str, credential: str, token_id: str, expires: dt.datetime) -> None:
+        now = utcnow()
+        live = [entry for entry in self._exchanged.get(binding, []) if entry[2] > now]
+        self._exchanged[binding] = [*live, (credential, token_id, expires)]
+
+    def _revoke_exchanged(self, binding: str, credential: str | None = None) -> None:
+        now = utcnow()
+        kept = []
+        for entry in self._exchanged.pop(binding, []):
+            name, token_id, expires = entry
+            if credential is None or name == credential:
+                if expires > now:
+                    self.revocations.add(token_id, expires)
+            else:
+                kept.append(entry)
+        if kept:
+            self._exchanged[binding] = kept
 
     def is_scheduled(self, binding: str) -> bool:
         return self.scheduler.due_time(("binding", binding)) is not None
@@ -245,7 +269,7 @@ class Engine:
             try:
                 produced[issue.credential] = await produce(
                     task, record, issue, keyring=self.keyring, issuer=self.settings.issuer,
-                    read_secret=self._read_upstream, now=now,
+                    read_secret=self._read_upstream, minter=self.minter, now=now,
                 )
             except SourceUnavailable as unavailable:
                 problems.append(Problem(issue.credential, unavailable.reason, unavailable.message))
@@ -291,6 +315,7 @@ class Engine:
                 f"issued {issued} for ServiceAccount {task.service_account}",
             )
         for name, reason in revokes.items():
+            self._revoke_exchanged(task.binding, name)
             self._revoked(task.namespace, name, state.values.get(name) if state else None, reason,
                           pod=task.name, pod_uid=task.uid, job=task.job, service_account=task.service_account)
             self.events.post(
@@ -317,6 +342,7 @@ class Engine:
         for revoke in decided.revoke:
             self._revoked(state.namespace, revoke.credential, state.values.get(revoke.credential), revoke.reason,
                           pod=state.pod_name, pod_uid=state.pod_uid, job=state.job)
+        self._revoke_exchanged(binding)
         self.scheduler.cancel(("binding", binding))
         self._attempts.pop(binding, None)
         self._reported.pop(binding, None)
@@ -351,6 +377,7 @@ class Engine:
             observed = parse_projection(written)
             if observed is not None:
                 self.store.observe(observed)
+            self._revoke_exchanged(binding, record.name)
             self._revoked(state.namespace, record.name, state.values.get(record.name), reason,
                           pod=state.pod_name, pod_uid=state.pod_uid, job=state.job,
                           service_account=task.service_account if task else None)
@@ -362,7 +389,12 @@ class Engine:
     def _revoked(self, namespace: str, name: str, value: Any, reason: str, **who: Any) -> None:
         record = self.credential(namespace, name)
         if value is not None and value.token_id and value.expires_at > utcnow():
-            self.revocations.add(value.token_id, value.expires_at)
+            if value.source == "jwt":
+                self.revocations.add(value.token_id, value.expires_at)
+            elif value.source == "webhook" and record is not None and record.spec and record.spec.source.webhook:
+                task = asyncio.create_task(self._revoke_at_service(record, value.token_id, who, reason))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         if record is not None:
             self.book.revoked(record)
         audit.record(
@@ -379,6 +411,14 @@ class Engine:
             job=who.get("job"),
             serviceAccount=who.get("service_account"),
         )
+
+    async def _revoke_at_service(self, record: CredentialRecord, token_id: str, who: dict[str, Any],
+                                 reason: str) -> None:
+        try:
+            await self.minter.revoke(record, token_id, who, reason)
+        except SourceUnavailable as failure:
+            log.warning("%s", failure.message)
+            self.events.post(record.owner_ref, "Warning", "ServiceRevokeFailed", failure.message)
 
     async def _ungate(self, task: PodTask) -> None:
         try:

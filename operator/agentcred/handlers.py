@@ -11,6 +11,7 @@ sweep of managed Secrets see a complete picture of live pods.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import shutil
@@ -19,13 +20,17 @@ from typing import Any
 import kopf
 
 from . import admission, audit, labels, model
-from .bootstrap import load_keyring, load_revocations, persist_revocations_forever
+from .bootstrap import load_keyring, load_revocations, maintain_keyring_forever, persist_revocations_forever
 from .credentials import CredentialRecord, credential_record
+from .endpoints import build_app, serve
 from .engine import Engine, EngineSettings
 from .events import EventRecorder
+from .exchange import ExchangeContext, RateLimiter
 from .kube import Kube, make_api_client
+from .minting import MintingClient
 from .projection import PodTask, pod_task
 from .settings import OperatorConfig, configure_kopf
+from .signing import KeyRing
 from .webhook import HANDLER_ID, configuration, private_directory, shared_serving_certificate
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,7 @@ async def startup(
     memo: kopf.Memo,
     credential_index: kopf.Index,
     pod_index: kopf.Index,
+    pod_by_name: kopf.Index,
     logger: logging.Logger,
     **_: Any,
 ) -> None:
@@ -86,9 +92,31 @@ async def startup(
         pods=lambda binding: _first(pod_index, binding),
         events=events,
         revocations=revocations,
+        minter=MintingClient(),
     )
     memo.engine = engine
+
+    def set_keyring(ring: KeyRing) -> None:
+        engine.keyring = ring
+
+    exchange_context = ExchangeContext(
+        review_token=lambda token: kube.review_token(token, [labels.SERVICE_ACCOUNT_AUDIENCE]),
+        pod_by_name=lambda namespace, name: _first(pod_by_name, (namespace, name)),
+        credential=engine.credential,
+        projection=engine.store.get,
+        keyring=lambda: engine.keyring,
+        issuer=CONFIG.effective_issuer,
+        limiter=RateLimiter(rate=CONFIG.exchange_rate, burst=CONFIG.exchange_burst),
+        remember=engine.remember_exchange,
+    )
+    app = build_app(issuer=CONFIG.effective_issuer, keyring=lambda: engine.keyring, revocations=revocations,
+                    exchange_context=exchange_context)
+    memo.api_runner = await serve(app, CONFIG.api_address, CONFIG.api_port, certfile, keyfile)
+    rotation = dt.timedelta(days=CONFIG.key_rotation_days) if CONFIG.key_rotation_days > 0 else None
     memo.tasks = [
+        asyncio.create_task(
+            maintain_keyring_forever(kube, CONFIG.namespace, set_keyring, rotation), name="key ring"
+        ),
         asyncio.create_task(engine.scheduler.run(), name="expiry scheduler"),
         asyncio.create_task(
             engine.flush_status_forever(lambda: (_first(credential_index, k) for k in list(credential_index))),
@@ -106,9 +134,12 @@ async def startup(
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     for task in getattr(memo, "tasks", []):
         task.cancel()
+    if getattr(memo, "api_runner", None) is not None:
+        await memo.api_runner.cleanup()
     engine: Engine | None = getattr(memo, "engine", None)
     if engine is not None:
         await engine.flush_status()
+        await engine.minter.close()
         engine.kube.close()
     if getattr(memo, "tls_directory", None) is not None:
         shutil.rmtree(memo.tls_directory, ignore_errors=True)
@@ -127,6 +158,12 @@ def credential_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Credent
 def pod_index(body: kopf.Body, **_: Any) -> dict[str, PodTask] | None:
     task = pod_task(dict(body))
     return {task.binding: task} if task else None
+
+
+@kopf.index("v1", "pods", labels=POD_FILTER)
+def pod_by_name(body: kopf.Body, **_: Any) -> dict[tuple[str, str], PodTask] | None:
+    task = pod_task(dict(body))
+    return {(task.namespace, task.name): task} if task else None
 
 
 @kopf.index("v1", "secrets", labels=SECRET_FILTER)

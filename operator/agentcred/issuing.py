@@ -6,7 +6,7 @@ import base64
 import datetime as dt
 import secrets
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from .credentials import CredentialRecord
 from .planning import Issue
@@ -28,6 +28,9 @@ class Produced:
     value: bytes
     issued: IssuedValue
 
+
+if TYPE_CHECKING:
+    from .minting import MintingClient
 
 SecretReader = Callable[[str, str], Awaitable[dict[str, Any] | None]]
 
@@ -66,11 +69,13 @@ async def produce(
     keyring: KeyRing,
     issuer: str,
     read_secret: SecretReader,
+    minter: "MintingClient",
     now: dt.datetime,
 ) -> Produced:
     spec = record.spec
     assert spec is not None
     token_id: str | None = None
+    expires_at = issue.expires_at
     if spec.source.jwt is not None:
         token_id = secrets.token_urlsafe(16)
         key = keyring.current(spec.source.jwt.algorithm or DEFAULT_ALGORITHM)
@@ -78,18 +83,17 @@ async def produce(
     elif spec.source.secret_ref is not None:
         value = await _copy_upstream(record, read_secret)
     else:
-        raise SourceUnavailable(
-            "SourceNotSupported", f"AgentCredential {record.name}: webhook sources are not enabled in this operator"
-        )
+        value, expires_at, token_id = await minter.mint(record, task, issue.expires_at, now)
     issued = IssuedValue(
         credential=record.name,
         category=spec.category,
         issued_at=now,
-        expires_at=issue.expires_at,
+        expires_at=expires_at,
         task_started_at=issue.task_started_at,
         fingerprint=fingerprint(value),
         token_id=token_id,
         renewals=issue.renewals,
+        source=spec.source.kind,
     )
     return Produced(value, issued)
 

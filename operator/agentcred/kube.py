@@ -108,6 +108,12 @@ class Kube:
     async def create_event(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._call(self.core.create_namespaced_event, body["metadata"]["namespace"], body)
 
+    async def review_token(self, token: str, audiences: list[str]) -> dict[str, Any]:
+        """TokenReview: the API server authenticates a token (never logged, never kept)."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                "spec": {"token": token, "audiences": audiences}}
+        return (await self._call(self.auth.create_token_review, body)).get("status") or {}
+
     # -- AgentCredentials --------------------------------------------------------------
 
     async def patch_credential_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:

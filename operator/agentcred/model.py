@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
 
 from .durations import DURATION_PATTERN, parse_duration
@@ -115,6 +115,12 @@ class Source(Model):
     secret_ref: SecretRefSource | None = None
     webhook: WebhookSource | None = None
 
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Source":
+        if sum(s is not None for s in (self.jwt, self.secret_ref, self.webhook)) != 1:
+            raise ValueError("source must set exactly one of jwt, secretRef, webhook")
+        return self
+
     @property
     def kind(self) -> SourceKind:
         if self.jwt is not None:
@@ -184,6 +190,11 @@ class AgentCredentialSpec(Model):
                     ".exception",
                 ),
                 cel(
+                    "duration(self.ttl) <= duration('24h')",
+                    "ttl must be at most 24h: values are short-lived, renewal keeps long tasks going",
+                    ".ttl",
+                ),
+                cel(
                     "duration(self.ttl) <= duration(self.maxLifetime)",
                     "ttl must not exceed maxLifetime",
                     ".ttl",
@@ -212,6 +223,21 @@ class AgentCredentialSpec(Model):
     projection: Projection
     exception: ExceptionApproval | None = None
     review: Review | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "AgentCredentialSpec":
+        # The same rules as the CRD's CEL validations, for anyone validating offline.
+        if self.source.secret_ref is not None and self.exception is None:
+            raise ValueError("exception is required when source is secretRef")
+        if self.exception is not None and self.source.secret_ref is None:
+            raise ValueError("exception applies only to static (secretRef) sources")
+        if self.ttl_delta > dt.timedelta(hours=24):
+            raise ValueError("ttl must be at most 24h")
+        if self.ttl_delta > self.max_lifetime_delta:
+            raise ValueError("ttl must not exceed maxLifetime")
+        if self.renew_before is not None and parse_duration(self.renew_before) >= self.ttl_delta:
+            raise ValueError("renewBefore must be shorter than ttl")
+        return self
 
     @property
     def ttl_delta(self) -> dt.timedelta:

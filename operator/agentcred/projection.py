@@ -112,11 +112,13 @@ class IssuedValue:
     expires_at: dt.datetime
     task_started_at: dt.datetime  # first issuance in this task: maxLifetime counts from here
     fingerprint: str
-    token_id: str | None = None
+    token_id: str | None = None  # a JWT's jti, or the minting service's id for the value
     renewals: int = 0
+    source: str = "jwt"
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "source": self.source,
             "category": self.category,
             "issuedAt": format_time(self.issued_at),
             "expiresAt": format_time(self.expires_at),
@@ -137,6 +139,7 @@ class IssuedValue:
             fingerprint=data["fingerprint"],
             token_id=data.get("tokenId"),
             renewals=int(data.get("renewals", 0)),
+            source=str(data.get("source", "jwt")),
         )
 
 

@@ -26,12 +26,17 @@ class OperatorConfig:
     # (local development), else through the Service (in a cluster).
     webhook_url: str | None = None
     manage_webhook: bool = True
+    api_address: str = "0.0.0.0"
+    api_port: int = 8443  # JWKS, revocation list, intent exchange
+    exchange_rate: float = 5.0  # exchanges per second per pod, sustained
+    exchange_burst: int = 20
+    key_rotation_days: int = 30  # 0: rotate only on `agentcred rotate-key`
     audit_log: str = "-"
     status_interval: float = 1.0
 
     @property
     def effective_issuer(self) -> str:
-        return self.issuer or f"https://{self.service}.{self.namespace}.svc"
+        return self.issuer or f"https://{self.service}.{self.namespace}.svc:{self.api_port}"
 
     @classmethod
     def from_env(cls) -> "OperatorConfig":
@@ -43,6 +48,11 @@ class OperatorConfig:
             webhook_port=int(_env("WEBHOOK_PORT", str(cls.webhook_port))),
             webhook_url=_env("WEBHOOK_URL", "") or None,
             manage_webhook=_env("MANAGE_WEBHOOK", "true").lower() == "true",
+            api_address=_env("API_ADDRESS", cls.api_address),
+            api_port=int(_env("API_PORT", str(cls.api_port))),
+            exchange_rate=float(_env("EXCHANGE_RATE", str(cls.exchange_rate))),
+            exchange_burst=int(_env("EXCHANGE_BURST", str(cls.exchange_burst))),
+            key_rotation_days=int(_env("KEY_ROTATION_DAYS", str(cls.key_rotation_days))),
             audit_log=_env("AUDIT_LOG", cls.audit_log),
             status_interval=float(_env("STATUS_INTERVAL", str(cls.status_interval))),
         )

@@ -7,6 +7,7 @@ the same keys and a restart keeps them. Keys carry a `kid` (their RFC 7638 thumb
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import functools
 import hashlib
@@ -134,6 +135,28 @@ class KeyRing:
     def from_secret_data(cls, data: dict[str, str]) -> "KeyRing":
         entries = json.loads(base64.b64decode(data[KEYRING_KEY]))
         return cls(tuple(SigningKey.from_json(entry) for entry in entries))
+
+
+# Retired keys stay published this long: longer than any token they signed can live
+# (the CRD caps ttl at 24h), plus clock skew.
+KEY_RETENTION = dt.timedelta(hours=25)
+
+
+def rotate(ring: KeyRing, alg: Algorithm, now: dt.datetime) -> KeyRing:
+    """A new current key for `alg`; the old one retires but stays published."""
+    retired = tuple(
+        dataclasses.replace(k, retired_at=now) if k.alg == alg and k.retired_at is None else k for k in ring.keys
+    )
+    return KeyRing((*retired, new_signing_key(alg, now)))
+
+
+def prune(ring: KeyRing, now: dt.datetime, retention: dt.timedelta = KEY_RETENTION) -> KeyRing:
+    """Drop retired keys whose every token has expired."""
+    return KeyRing(tuple(k for k in ring.keys if k.retired_at is None or k.retired_at + retention > now))
+
+
+def rotation_due(ring: KeyRing, alg: Algorithm, now: dt.datetime, interval: dt.timedelta | None) -> bool:
+    return interval is not None and ring.current(alg).created_at + interval <= now
 
 
 def encode_jwt(claims: dict[str, Any], key: SigningKey) -> str:

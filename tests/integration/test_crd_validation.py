@@ -7,7 +7,7 @@ from kubernetes.client.exceptions import ApiException
 
 from agentcred import model
 from clusterkit import Cluster
-from samples import DROP, EXCEPTION, STATIC_SOURCE, credential
+from samples import INVALID, STATIC_SOURCE, EXCEPTION, DROP, credential
 
 pytestmark = pytest.mark.cluster
 
@@ -30,34 +30,6 @@ def test_valid_credential_is_accepted_with_defaults(cluster: Cluster, namespace:
 def test_static_source_with_exception_is_accepted(cluster: Cluster, namespace: str) -> None:
     created = _create(cluster, namespace, credential(source=STATIC_SOURCE, exception=EXCEPTION))
     assert created["spec"]["exception"]["approvedBy"] == "ciso@example.com"
-
-
-INVALID = [
-    ("missing owner", {"owner": DROP}, "spec.owner", "Required value"),
-    ("unknown category", {"category": "database"}, "spec.category", "Unsupported value"),
-    ("two sources", {"source": {"jwt": {"audiences": ["a"]}, **STATIC_SOURCE}, "exception": EXCEPTION},
-     "spec.source", "exactly one of jwt, secretRef, webhook"),
-    ("no source", {"source": {}}, "spec.source", "exactly one of jwt, secretRef, webhook"),
-    ("secretRef without exception", {"source": STATIC_SOURCE}, "spec.exception", "exception is required"),
-    ("exception on a minted source", {"exception": EXCEPTION}, "spec.exception", "only to static"),
-    ("malformed ttl", {"ttl": "15 minutes"}, "spec.ttl", "should match"),
-    ("ttl over maxLifetime", {"ttl": "9h"}, "spec.ttl", "ttl must not exceed maxLifetime"),
-    ("renewBefore not under ttl", {"renewBefore": "15m"}, "spec.renewBefore", "shorter than ttl"),
-    ("empty subjects", {"subjects": {"serviceAccounts": []}}, "spec.subjects.serviceAccounts", "at least 1"),
-    ("bad ServiceAccount name", {"subjects": {"serviceAccounts": ["Bad_Name"]}},
-     "spec.subjects.serviceAccounts[0]", "should match"),
-    ("relative mountPath", {"projection": {"mountPath": "var/run/x"}}, "spec.projection.mountPath", "should match"),
-    ("dot-dot mountPath", {"projection": {"mountPath": "/var/../etc"}}, "spec.projection.mountPath", "should match"),
-    ("missing projection", {"projection": DROP}, "spec.projection", "Required value"),
-    ("exception without expiry", {"source": STATIC_SOURCE, "exception": {"reason": "r", "approvedBy": "a"}},
-     "spec.exception.expires", "Required value"),
-    ("plain-http webhook", {"source": {"webhook": {"url": "http://minter.internal"}}},
-     "spec.source.webhook.url", "should match"),
-    ("jwt without audiences", {"source": {"jwt": {"audiences": []}}}, "spec.source.jwt.audiences", "at least 1"),
-    ("unknown jwt algorithm", {"source": {"jwt": {"audiences": ["a"], "algorithm": "HS256"}}},
-     "spec.source.jwt.algorithm", "Unsupported value"),
-    ("malformed review cadence", {"review": {"cadence": "quarterly"}}, "spec.review.cadence", "should match"),
-]
 
 
 @pytest.mark.parametrize("case, overrides, field, phrase", INVALID, ids=[case[0] for case in INVALID])

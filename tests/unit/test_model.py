@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from agentcred.model import AgentCredentialSpec, parse_spec
-from samples import DROP, EXCEPTION, STATIC_SOURCE, spec
+from samples import DROP, EXCEPTION, INVALID, STATIC_SOURCE, spec
 
 
 def test_sample_spec_parses_with_typed_fields() -> None:
@@ -60,3 +60,10 @@ def test_invalid_specs_name_the_field(overrides: dict, field: str) -> None:
 def test_source_kind(source: dict, kind: str) -> None:
     extra = {"exception": EXCEPTION} if kind == "secretRef" else {}
     assert parse_spec(spec(source=source, **extra)).source.kind == kind
+
+
+@pytest.mark.parametrize("case, overrides, field, phrase", INVALID, ids=[case[0] for case in INVALID])
+def test_models_refuse_what_the_api_server_refuses(case: str, overrides: dict, field: str, phrase: str) -> None:
+    """The CRD's schema and CEL rules and the models agree on every invalid sample."""
+    with pytest.raises(ValidationError):
+        AgentCredentialSpec.model_validate(spec(**overrides))

@@ -1,0 +1,210 @@
+"""Intent exchange: a pod trades its ServiceAccount token and an intent for a token
+narrowed to exactly that intent, or gets a refusal that says why.
+
+The pod is authenticated by the API server (TokenReview, audience `agentcred`, the token
+bound to the pod); the pod must be alive, admitted for the credential and still hold its
+value; the intent must fall inside the credential's scope. Every outcome is audited.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any, Awaitable, Callable
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from . import audit
+from .credentials import CredentialRecord
+from .evaluation import describe_validation_error
+from .policy import Intent, evaluate
+from .projection import PodTask, ProjectionState, format_time
+from .signing import DEFAULT_ALGORITHM, KeyRing, encode_jwt
+
+MAX_BODY = 16 * 1024
+DEFAULT_TTL = dt.timedelta(minutes=5)
+POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
+POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
+
+Field256 = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class ExchangeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    credential: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
+    tool: Field256
+    action: Field256
+    resource: Field256
+    ttl_seconds: Annotated[int, Field(ge=1, le=3600)] | None = Field(default=None, alias="ttlSeconds")
+
+
+class Refused(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.reason, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Reviewed:
+    """What the API server says about a ServiceAccount token."""
+
+    namespace: str
+    service_account: str
+    pod_name: str
+    pod_uid: str
+
+
+class RateLimiter:
+    """A token bucket per key (a pod), so one runaway agent cannot flood the operator."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, key: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        tokens, last = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        if len(self._buckets) > 10000:  # forget idle pods rather than grow without bound
+            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}
+        if tokens < 1:
+            self._buckets[key] = (tokens, now)
+            return False
+        self._buckets[key] = (tokens - 1, now)
+        return True
+
+
+TokenReviewer = Callable[[str], Awaitable[dict[str, Any]]]
+
+
+@dataclass
+class ExchangeContext:
+    review_token: TokenReviewer
+    pod_by_name: Callable[[str, str], PodTask | None]
+    credential: Callable[[str, str], CredentialRecord | None]
+    projection: Callable[[str], ProjectionState | None]
+    keyring: Callable[[], KeyRing]
+    issuer: str
+    limiter: RateLimiter
+    remember: Callable[[str, str, str, dt.datetime], None]  # binding, credential, token id, expiry
+
+
+def parse_request(content_type: str | None, body: bytes) -> ExchangeRequest:
+    if (content_type or "").split(";")[0].strip().lower() != "application/json":
+        raise Refused(415, "unsupported-media-type", "send the intent as application/json")
+    if len(body) > MAX_BODY:
+        raise Refused(413, "body-too-large", f"the request body is larger than {MAX_BODY} bytes")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise Refused(400, "malformed-body", "the request body is not valid JSON") from None
+    try:
+        return ExchangeRequest.model_validate(data)
+    except ValidationError as error:
+        message = describe_validation_error(error).replace("spec.", "")
+        raise Refused(400, "invalid-intent", message) from None
+
+
+def bearer_token(authorization: str | None) -> str:
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Refused(401, "missing-token", "send the pod's ServiceAccount token as 'Authorization: Bearer <token>'")
+    return token.strip()
+
+
+def reviewed_identity(status: dict[str, Any]) -> Reviewed:
+    if not status.get("authenticated"):
+        raise Refused(401, "invalid-token", f"the API server did not accept the token: {status.get('error') or 'rejected'}")
+    user = status.get("user") or {}
+    parts = str(user.get("username", "")).split(":")
+    if len(parts) != 4 or parts[:2] != ["system", "serviceaccount"]:
+        raise Refused(403, "not-a-service-account", "only ServiceAccount tokens of agent pods can be exchanged")
+    extra = user.get("extra") or {}
+    pod_name = (extra.get(POD_NAME_EXTRA) or [None])[0]
+    pod_uid = (extra.get(POD_UID_EXTRA) or [None])[0]
+    if not pod_name or not pod_uid:
+        raise Refused(401, "unbound-token", "the token is not bound to a pod: use the pod's projected token")
+    return Reviewed(parts[2], parts[3], pod_name, pod_uid)
+
+
+async def exchange(
+    context: ExchangeContext, authorization: str | None, content_type: str | None, body: bytes
+) -> dict[str, Any]:
+    """The narrowed token for a valid request; Refused (with an HTTP status) otherwise."""
+    token = bearer_token(authorization)
+    request = parse_request(content_type, body)
+    who = reviewed_identity(await context.review_token(token))
+    intent = Intent(request.tool, request.action, request.resource)
+    facts = {"credential": request.credential, "namespace": who.namespace, "podName": who.pod_name,
+             "podUID": who.pod_uid, "serviceAccount": who.service_account,
+             "intent": {"tool": intent.tool, "action": intent.action, "resource": intent.resource}}
+    try:
+        return _grant(context, request, who, intent, facts)
+    except Refused as refused:
+        audit.record("deny", reason=refused.reason, message=refused.message, **facts)
+        raise
+
+
+def _grant(context: ExchangeContext, request: ExchangeRequest, who: Reviewed, intent: Intent,
+           facts: dict[str, Any]) -> dict[str, Any]:
+    if not context.limiter.allow(who.pod_uid):
+        raise Refused(429, "rate-limited", f"pod {who.pod_name} is exchanging too fast; slow down")
+    task = context.pod_by_name(who.namespace, who.pod_name)
+    if task is None or task.uid != who.pod_uid:
+        raise Refused(403, "pod-not-managed", f"pod {who.pod_name} in {who.namespace} was not admitted by agentcred")
+    if task.end_reason is not None:
+        raise Refused(403, "pod-ended", f"pod {who.pod_name} has ended ({task.end_reason})")
+    if request.credential not in task.credentials:
+        raise Refused(403, "not-bound", f"pod {who.pod_name} was not admitted for credential {request.credential}")
+    record = context.credential(who.namespace, request.credential)
+    if record is None or record.spec is None or not record.ready:
+        raise Refused(403, "credential-not-ready", f"AgentCredential {request.credential} is missing or not Ready")
+    spec = record.spec
+    if not record.allows(task.service_account):
+        raise Refused(403, "not-a-subject", f"ServiceAccount {task.service_account} is no longer a subject")
+    if spec.source.jwt is None:
+        raise Refused(400, "not-exchangeable", f"{request.credential} is a {spec.source.kind} source: only minted credentials narrow")
+    state = context.projection(task.binding)
+    live = state.values.get(request.credential) if state else None
+    if live is None:
+        raise Refused(403, "credential-revoked", f"pod {who.pod_name} holds no live value of {request.credential}")
+    decision = evaluate(spec.scope, intent)
+    if not decision.allowed:
+        raise Refused(403, decision.reason, decision.message)
+
+    now = dt.datetime.now(dt.timezone.utc)
+    wanted = dt.timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else DEFAULT_TTL
+    lifetime_end = live.task_started_at + spec.max_lifetime_delta
+    expires = min(now + wanted, now + spec.ttl_delta, lifetime_end)
+    token_id = secrets.token_urlsafe(16)
+    audiences = list(spec.source.jwt.audiences)
+    claims = {
+        "iss": context.issuer,
+        "sub": f"system:serviceaccount:{who.namespace}:{who.service_account}",
+        "aud": audiences[0] if len(audiences) == 1 else audiences,
+        "iat": int(now.timestamp()),
+        "nbf": int(now.timestamp()),
+        "exp": int(expires.timestamp()),
+        "jti": token_id,
+        "agentcred": {
+            "credential": record.name, "namespace": record.namespace, "category": spec.category,
+            "pod": task.name, "podUID": task.uid, "job": task.job,
+            "scope": intent.as_scope(), "intent": facts["intent"], "exchangedFrom": live.token_id,
+        },
+    }
+    key = context.keyring().current(spec.source.jwt.algorithm or DEFAULT_ALGORITHM)
+    token = encode_jwt(claims, key)
+    context.remember(task.binding, record.name, token_id, expires)
+    audit.record("exchange", category=spec.category, owner=spec.owner, job=task.job, tokenId=token_id,
+                 expiresAt=format_time(expires), **facts)
+    return {"token": token, "tokenId": token_id, "expiresAt": format_time(expires), "scope": intent.as_scope()}
+

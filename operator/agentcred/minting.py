@@ -1,0 +1,167 @@
+"""The `webhook` source: an external minting service called over HTTPS.
+
+The contract (also in the README):
+
+  POST <url>         {"credential", "namespace", "category", "subject", "serviceAccount",
+                      "pod", "podUID", "job", "scope", "ttlSeconds"}
+    -> 200/201       {"value": "<the credential>", "expiresAt": "<RFC 3339>" (optional),
+                      "id": "<the service's id for it>" (optional, needed to revoke)}
+  POST <url>/revoke  {"id", "credential", "namespace", "pod", "podUID", "reason"} -> 2xx
+
+Each call has a timeout; connection errors, timeouts, 429 and 5xx are retried with backoff;
+other answers are final. Failures become a SourceUnavailable with a reason, so the pod stays
+gated, the AgentCredential gets a condition and the pod an Event; nothing is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import ssl
+from typing import Any
+
+import aiohttp
+
+from .credentials import CredentialRecord
+from .durations import parse_duration
+from .issuing import SourceUnavailable
+from .projection import PodTask, parse_time
+
+DEFAULT_TIMEOUT = 5.0
+BACKOFF = (0.2, 0.6)  # pauses before the 2nd and 3rd attempts
+RETRIABLE = {429, 500, 502, 503, 504}
+MAX_REPLY = 64 * 1024
+
+
+class _Retriable(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class MintingClient:
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._contexts: dict[str, ssl.SSLContext] = {}
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _ssl(self, ca_bundle: str | None) -> ssl.SSLContext:
+        key = ca_bundle or ""
+        if key not in self._contexts:
+            self._contexts[key] = ssl.create_default_context(cadata=ca_bundle) if ca_bundle else ssl.create_default_context()
+        return self._contexts[key]
+
+    async def _post(self, record: CredentialRecord, url: str, payload: dict[str, Any]) -> dict[str, Any]:
+        spec = record.spec
+        assert spec is not None and spec.source.webhook is not None
+        source = spec.source.webhook
+        timeout = parse_duration(source.timeout).total_seconds() if source.timeout else DEFAULT_TIMEOUT
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        last: _Retriable | None = None
+        for attempt in range(len(BACKOFF) + 1):
+            if attempt:
+                await asyncio.sleep(BACKOFF[attempt - 1])
+            try:
+                return await self._attempt(url, payload, timeout, self._ssl(source.ca_bundle))
+            except _Retriable as retriable:
+                last = retriable
+        assert last is not None
+        raise SourceUnavailable(
+            last.reason, f"AgentCredential {record.name}: minting service {url} {last.detail} "
+                         f"({len(BACKOFF) + 1} attempts)"
+        )
+
+    async def _attempt(self, url: str, payload: dict[str, Any], timeout: float, context: ssl.SSLContext) -> dict[str, Any]:
+        assert self._session is not None
+        try:
+            async with self._session.post(
+                url, json=payload, ssl=context, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as response:
+                text = (await response.content.read(MAX_REPLY)).decode("utf-8", errors="replace")
+                if response.status in RETRIABLE:
+                    raise _Retriable("MintingServiceError", f"answered HTTP {response.status}")
+                if response.status >= 300:
+                    raise SourceUnavailable("MintingServiceRefused",
+                                            f"minting service {url} refused with HTTP {response.status}: {_short(_error_of(text))}")
+                return {"status": response.status, "text": text}
+        except asyncio.TimeoutError:
+            raise _Retriable("MintingServiceTimeout", f"did not answer within {timeout:g}s") from None
+        except aiohttp.ClientConnectorError as error:
+            raise _Retriable("MintingServiceUnreachable", f"is unreachable ({_short(str(error.os_error or error), 120)})") from None
+        except aiohttp.ClientError as error:
+            raise _Retriable("MintingServiceUnreachable", f"failed: {_short(type(error).__name__)}") from None
+
+    async def mint(self, record: CredentialRecord, task: PodTask, expires_at: dt.datetime,
+                   now: dt.datetime) -> tuple[bytes, dt.datetime, str | None]:
+        spec = record.spec
+        assert spec is not None and spec.source.webhook is not None
+        url = spec.source.webhook.url
+        payload = {
+            "credential": record.name,
+            "namespace": record.namespace,
+            "category": spec.category,
+            "subject": f"system:serviceaccount:{task.namespace}:{task.service_account}",
+            "serviceAccount": task.service_account,
+            "pod": task.name,
+            "podUID": task.uid,
+            "job": task.job,
+            "scope": spec.scope.model_dump(by_alias=True, exclude_none=True) if spec.scope else {},
+            "ttlSeconds": int((expires_at - now).total_seconds()),
+        }
+        reply = await self._post(record, url, payload)
+        return _parse_reply(record, url, reply["text"], expires_at, now)
+
+    async def revoke(self, record: CredentialRecord, token_id: str, who: dict[str, Any], reason: str) -> None:
+        spec = record.spec
+        assert spec is not None and spec.source.webhook is not None
+        url = spec.source.webhook.url.rstrip("/") + "/revoke"
+        await self._post(record, url, {"id": token_id, "credential": record.name, "namespace": record.namespace,
+                                       "pod": who.get("pod"), "podUID": who.get("pod_uid"), "reason": reason})
+
+
+def _error_of(text: str) -> str:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return "(no JSON error)"
+    if isinstance(data, dict):
+        return str(data.get("error") or data.get("message") or "(no error field)")
+    return "(no error field)"
+
+
+def _parse_reply(record: CredentialRecord, url: str, text: str, planned: dt.datetime,
+                 now: dt.datetime) -> tuple[bytes, dt.datetime, str | None]:
+    def malformed(why: str) -> SourceUnavailable:
+        return SourceUnavailable("MintingServiceMalformedReply",
+                                 f"AgentCredential {record.name}: minting service {url} replied {why}")
+
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise malformed("with something that is not JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("value"), str) or not data["value"]:
+        raise malformed("without a non-empty string 'value'")
+    expires = planned
+    if data.get("expiresAt") is not None:
+        try:
+            expires = parse_time(str(data["expiresAt"]))
+        except ValueError:
+            raise malformed("with an 'expiresAt' that is not an RFC 3339 time") from None
+        if expires.tzinfo is None or expires <= now:
+            raise malformed("with an 'expiresAt' that is not in the future")
+        expires = min(expires, planned)
+    token_id = data.get("id")
+    if token_id is not None and not isinstance(token_id, str):
+        raise malformed("with an 'id' that is not a string")
+    return data["value"].encode(), expires, token_id
