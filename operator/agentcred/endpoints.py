@@ -39,8 +39,13 @@ def build_app(
         return web.json_response(revocations.document(), headers={"Cache-Control": "no-cache"})
 
     async def exchange_intent(request: web.Request) -> web.Response:
+        body = b""
+        while len(body) <= MAX_BODY:  # read at most one byte past the limit, then stop
+            chunk = await request.content.read(MAX_BODY + 1 - len(body))
+            if not chunk:
+                break
+            body += chunk
         try:
-            body = await request.content.read(MAX_BODY + 1)
             result = await exchange(
                 exchange_context, request.headers.get("Authorization"), request.headers.get("Content-Type"), body
             )

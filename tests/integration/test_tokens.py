@@ -1,0 +1,318 @@
+"""Minted tokens tools can verify, key rotation with overlap, intent exchange with real
+pod-bound ServiceAccount tokens, and the webhook (minting service) source."""
+
+import datetime as dt
+import json
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from agentcred import labels
+from agentcred.policy import Intent
+from agentcred.signing import KeyRing, b64url, b64url_decode, encode_jwt
+from agentcred.verify import TokenRejected, Verifier
+from agents import (
+    audit_lines, condition, create_credential, create_pod, get_credential, pod_events, read_secret, running_pod,
+    same_value, secret_name_of, service_account, value_of,
+)
+from clusterkit import Cluster, OperatorProcess, wait_for
+from minting_service import MintingService
+
+pytestmark = pytest.mark.cluster
+
+AUDIENCE = "https://llm-gateway.internal"
+SCOPE = {"tools": ["web-search", "fetch-*"], "resources": ["repo:acme/*"], "actions": ["read"],
+         "deny": {"resources": ["repo:acme/secrets*"]}}
+
+
+def _agent(cluster: Cluster, namespace: str, name: str = "agent") -> tuple[dict, bytes]:
+    create_pod(cluster, namespace, name, "research-llm")
+    pod = wait_for(lambda: running_pod(cluster, namespace, name=name), what=f"pod {name} Running")
+    return pod, value_of(read_secret(cluster, namespace, secret_name_of(pod)), "research-llm")
+
+
+def _sa_token(cluster: Cluster, namespace: str, pod: dict | None, audience: str = "agentcred",
+              sa: str = "research-agent") -> str:
+    spec: dict = {"audiences": [audience], "expirationSeconds": 600}
+    if pod is not None:
+        spec["boundObjectRef"] = {"apiVersion": "v1", "kind": "Pod", "name": pod["metadata"]["name"],
+                                  "uid": pod["metadata"]["uid"]}
+    return cluster.core.create_namespaced_service_account_token(sa, namespace, {"spec": spec}).status.token
+
+
+def _exchange(operator: OperatorProcess, token: str | None, body: bytes | dict,
+              content_type: str = "application/json") -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(f"{operator.api_url}/v1/exchange", data=data, method="POST",
+                                     headers={"Content-Type": content_type})
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    context = ssl.create_default_context(cafile=operator.ca_file())
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _verifier(operator: OperatorProcess) -> Verifier:
+    return Verifier.from_url(operator.api_url, cafile=operator.ca_file())
+
+
+def _reason(verifier: Verifier, token: str, **kwargs) -> str:
+    with pytest.raises(TokenRejected) as rejected:
+        verifier.verify(token, **{"audience": AUDIENCE, **kwargs})
+    return rejected.value.reason
+
+
+def test_projected_tokens_verify_and_each_refusal_has_its_own_reason(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace, scope=SCOPE)
+    pod, value = _agent(cluster, namespace)
+    token = value.decode()
+    verifier = _verifier(operator)
+    claims = verifier.verify(token, audience=AUDIENCE, intent=Intent("web-search", "read", "repo:acme/app"))
+    assert claims["agentcred"]["podUID"] == pod["metadata"]["uid"]
+
+    header, payload, signature = token.split(".")
+    tampered_claims = json.loads(b64url_decode(payload))
+    tampered_claims["agentcred"]["scope"]["actions"] = ["write"]
+    tampered = f"{header}.{b64url(json.dumps(tampered_claims).encode())}.{signature}"
+    stranger = encode_jwt(json.loads(b64url_decode(payload)), KeyRing.generate(dt.datetime.now(dt.timezone.utc)).current("EdDSA"))
+    none_alg = f"{b64url(json.dumps({'alg': 'none', 'typ': 'JWT'}).encode())}.{payload}."
+    hs256 = f"{b64url(json.dumps({'alg': 'HS256', 'kid': json.loads(b64url_decode(header))['kid']}).encode())}.{payload}.{signature}"
+    reasons = {
+        "wrong audience": _reason(verifier, token, audience="https://someone-else"),
+        "tampered": _reason(verifier, tampered),
+        "unknown kid": _reason(verifier, stranger),
+        "alg none": _reason(verifier, none_alg),
+        "HS256 confusion": _reason(verifier, hs256),
+        "expired": _reason(verifier, token, now=claims["exp"] + 3600),
+        "out of scope": _reason(verifier, token, intent=Intent("web-search", "write", "repo:acme/app")),
+        "garbage": _reason(verifier, "not-a-token"),
+    }
+    assert reasons == {
+        "wrong audience": "wrong-audience", "tampered": "bad-signature", "unknown kid": "unknown-kid",
+        "alg none": "unsupported-algorithm", "HS256 confusion": "unsupported-algorithm", "expired": "expired",
+        "out of scope": "out-of-scope", "garbage": "malformed",
+    }
+
+    # The command line says the same, and reads the token from stdin (never from argv).
+    def cli(token_text: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "agentcred", "verify", "--audience", AUDIENCE, "--url",
+                               operator.api_url, "--cafile", operator.ca_file(), "--tool", "web-search",
+                               "--action", "read", "--resource", "repo:acme/app"],
+                              input=token_text, capture_output=True, text=True, timeout=30)
+
+    ok = cli(token)
+    assert ok.returncode == 0 and ok.stdout.startswith("valid:") and pod["metadata"]["name"] in ok.stdout
+    bad = cli(tampered)
+    assert bad.returncode == 1 and "refused (bad-signature)" in bad.stdout
+
+    # When the task ends the token id goes on the revocation list verifiers fetch.
+    cluster.core.delete_namespaced_pod(pod["metadata"]["name"], namespace)
+    wait_for(lambda: claims["jti"] in _verifier(operator).revoked, timeout=15, what="jti on the revocation list")
+    assert _reason(_verifier(operator), token) == "revoked"
+
+
+def test_key_rotation_keeps_old_tokens_valid(cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str) -> None:
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace)
+    _, before = _agent(cluster, namespace, "before")
+    old_kid = json.loads(b64url_decode(before.decode().split(".")[0]))["kid"]
+    rotated = subprocess.run([sys.executable, "-m", "agentcred", "rotate-key", "--algorithm", "EdDSA"],
+                             capture_output=True, text=True, env=cluster.env(), timeout=60)
+    assert rotated.returncode == 0, rotated.stderr
+    assert f"EdDSA\t{old_kid}\tretired" in rotated.stdout
+
+    def new_kid_in_use() -> str | None:
+        jwks = _verifier(operator).jwks
+        kids = {k["kid"] for k in jwks["keys"] if k["alg"] == "EdDSA"}
+        return next(iter(kids - {old_kid}), None) if old_kid in kids and len(kids) == 2 else None
+
+    new_kid = wait_for(new_kid_in_use, timeout=20, what="both EdDSA keys published")
+    time.sleep(6)  # the operator follows the key ring every few seconds
+    _, after = _agent(cluster, namespace, "after")
+    assert json.loads(b64url_decode(after.decode().split(".")[0]))["kid"] == new_kid
+    verifier = _verifier(operator)
+    assert verifier.verify(before.decode(), audience=AUDIENCE)["jti"]
+    assert verifier.verify(after.decode(), audience=AUDIENCE)["jti"]
+
+
+def test_intent_exchange(cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str) -> None:
+    service_account(cluster, namespace)
+    service_account(cluster, namespace, "bystander")
+    create_credential(cluster, namespace, scope=SCOPE, ttl="10m")
+    pod, value = _agent(cluster, namespace)
+    token = _sa_token(cluster, namespace, pod)
+    intent = {"credential": "research-llm", "tool": "fetch-page", "action": "read", "resource": "repo:acme/app"}
+
+    status, granted = _exchange(operator, token, intent)
+    assert status == 200, granted
+    narrowed = _verifier(operator).verify(granted["token"], audience=AUDIENCE,
+                                          intent=Intent("fetch-page", "read", "repo:acme/app"))
+    assert narrowed["agentcred"]["scope"] == {"tools": ["fetch-page"], "actions": ["read"], "resources": ["repo:acme/app"]}
+    assert narrowed["exp"] - narrowed["iat"] == 300  # the default short TTL
+    assert narrowed["agentcred"]["exchangedFrom"] == json.loads(b64url_decode(value.decode().split(".")[1]))["jti"]
+    with pytest.raises(TokenRejected) as other_intent:
+        _verifier(operator).verify(granted["token"], audience=AUDIENCE, intent=Intent("web-search", "read", "repo:acme/app"))
+    assert other_intent.value.reason == "out-of-scope"
+    record = audit_lines(operator, "exchange", podUID=pod["metadata"]["uid"])[0]
+    assert record["tokenId"] == granted["tokenId"] and record["intent"]["tool"] == "fetch-page"
+    assert record["serviceAccount"] == "research-agent" and "job" not in record  # a bare pod has no Job
+
+    # A bystander pod (admitted for nothing) and an unbound token.
+    bystander = cluster.core.create_namespaced_pod(namespace, {"metadata": {"name": "bystander"}, "spec": {
+        "serviceAccountName": "bystander", "containers": [{"name": "c", "image": "x"}]}})
+    bystander_pod = cluster.api_client.sanitize_for_serialization(bystander)
+    refusals = {
+        "tool not allowed": _exchange(operator, token, {**intent, "tool": "delete-repo"}),
+        "resource denied": _exchange(operator, token, {**intent, "resource": "repo:acme/secrets-vault"}),
+        "wrong audience": _exchange(operator, _sa_token(cluster, namespace, pod, audience="kubernetes"), intent),
+        "another pod": _exchange(operator, _sa_token(cluster, namespace, bystander_pod, sa="bystander"), intent),
+        "unbound token": _exchange(operator, _sa_token(cluster, namespace, None), intent),
+        "no token": _exchange(operator, None, intent),
+        "malformed body": _exchange(operator, token, b"{not json"),
+        "missing field": _exchange(operator, token, {"credential": "research-llm", "tool": "x"}),
+        "wrong content type": _exchange(operator, token, json.dumps(intent).encode(), "text/plain"),
+        "oversized": _exchange(operator, token, json.dumps({**intent, "resource": "x" * 20000}).encode()),
+    }
+    summary = {case: (status, body["error"]) for case, (status, body) in refusals.items()}
+    assert summary == {
+        "tool not allowed": (403, "tool-not-allowed"),
+        "resource denied": (403, "resource-denied"),
+        "wrong audience": (401, "invalid-token"),
+        "another pod": (403, "pod-not-managed"),
+        "unbound token": (401, "unbound-token"),
+        "no token": (401, "missing-token"),
+        "malformed body": (400, "malformed-body"),
+        "missing field": (400, "invalid-intent"),
+        "wrong content type": (415, "unsupported-media-type"),
+        "oversized": (413, "body-too-large"),
+    }
+    for status, body in refusals.values():
+        assert token not in json.dumps(body)
+
+    # After the pod ends: its token is refused, and what it was handed is revoked.
+    kubelet.succeed(namespace, pod["metadata"]["name"])
+    wait_for(lambda: granted["tokenId"] in _verifier(operator).revoked, timeout=15, what="exchanged token revoked")
+    status, ended = _exchange(operator, token, intent)
+    assert (status, ended["error"]) == (403, "pod-ended")
+
+
+def test_exchange_is_rate_limited_per_pod(cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str) -> None:
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace, scope=SCOPE)
+    pod, _ = _agent(cluster, namespace)
+    token = _sa_token(cluster, namespace, pod)
+    intent = {"credential": "research-llm", "tool": "web-search", "action": "read", "resource": "repo:acme/x"}
+    statuses = [_exchange(operator, token, intent)[0] for _ in range(40)]
+    assert statuses[0] == 200 and 429 in statuses
+    assert set(statuses) <= {200, 429}
+
+
+@pytest.fixture
+def minting_service():
+    service = MintingService().start()
+    yield service
+    service.stop()
+
+
+def _webhook_credential(cluster: Cluster, namespace: str, service: MintingService, name: str = "minted") -> None:
+    create_credential(cluster, namespace, name=name, category="tool",
+                      source={"webhook": {"url": service.url, "caBundle": service.ca_pem, "timeout": "1s"}})
+
+
+def test_webhook_source_mints_and_revokes_at_the_service(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str, minting_service: MintingService
+) -> None:
+    service_account(cluster, namespace)
+    _webhook_credential(cluster, namespace, minting_service)
+    create_pod(cluster, namespace, "agent", "minted")
+    pod = wait_for(lambda: running_pod(cluster, namespace, name="agent"), what="pod Running")
+    minted = minting_service.minted[-1]
+    assert minted["pod"] == "agent" and minted["podUID"] == pod["metadata"]["uid"]
+    assert minted["subject"] == f"system:serviceaccount:{namespace}:research-agent" and minted["ttlSeconds"] == 900
+    value = value_of(read_secret(cluster, namespace, secret_name_of(pod)), "minted")
+    assert same_value(value, f"minted-{minted['id']}".encode())
+    cluster.core.delete_namespaced_pod("agent", namespace)
+    wait_for(lambda: minting_service.revoked, timeout=15, what="revoke call at the minting service")
+    assert minting_service.revoked[0]["id"] == minted["id"] and minting_service.revoked[0]["reason"] == "pod-deleted"
+
+
+@pytest.mark.parametrize("mode, reason", [
+    ("slow", "MintingServiceTimeout"),
+    ("error", "MintingServiceError"),
+    ("malformed", "MintingServiceMalformedReply"),
+    ("refuse", "MintingServiceRefused"),
+    ("unreachable", "MintingServiceUnreachable"),
+])
+def test_minting_service_failures_give_a_condition_and_an_event_and_no_secret(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str, minting_service: MintingService,
+    mode: str, reason: str,
+) -> None:
+    service_account(cluster, namespace)
+    minting_service.mode = mode
+    if mode == "unreachable":
+        minting_service.stop()
+    _webhook_credential(cluster, namespace, minting_service)
+    created = create_pod(cluster, namespace, "agent", "minted")
+
+    def failed() -> dict | None:
+        found = condition(get_credential(cluster, namespace, "minted"), "SourceAvailable")
+        return found if found and found["status"] == "False" else None
+
+    found = wait_for(failed, timeout=30, what=f"SourceAvailable=False ({mode})")
+    assert found["reason"] == reason, found
+    events = wait_for(lambda: [e for e in pod_events(cluster, namespace, "agent") if e.reason == reason],
+                      what="Warning Event on the pod")
+    assert minting_service.url.split("/mint")[0] in events[0].message
+    assert read_secret(cluster, namespace, secret_name_of(created)) is None, "a Secret was written anyway"
+    pod = cluster.core.read_namespaced_pod("agent", namespace)
+    assert pod.spec.scheduling_gates and pod.spec.node_name is None
+    assert labels.BINDING_ANNOTATION in pod.metadata.annotations
+
+
+def test_example_tool_gateway_accepts_in_scope_tokens_only(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    import importlib.util
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from clusterkit import REPO, free_port
+
+    spec = importlib.util.spec_from_file_location("gateway", REPO / "examples" / "tool-gateway" / "gateway.py")
+    gateway = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gateway)
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace, scope=SCOPE)
+    _, value = _agent(cluster, namespace)
+    port = free_port()
+    server = ThreadingHTTPServer(("127.0.0.1", port),
+                                 gateway.make_handler(gateway.Keys(operator.api_url, operator.ca_file()), AUDIENCE))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def call(token: str, tool: str) -> tuple[int, str]:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/", data=b"", method="POST", headers={
+            "Authorization": f"Bearer {token}", "X-Tool": tool, "X-Action": "read", "X-Resource": "repo:acme/app"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    try:
+        assert call(value.decode(), "web-search")[0] == 200
+        status, text = call(value.decode(), "delete-repo")
+        assert status == 403 and "out-of-scope" in text
+        assert call("forged.token.here", "web-search")[0] in (401, 403)
+    finally:
+        server.shutdown()

@@ -1,0 +1,77 @@
+"""A minting service on loopback for tests: HTTPS, with switchable failure modes."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from agentcred import pki
+from clusterkit import free_port
+
+
+class MintingService:
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.minted: list[dict[str, Any]] = []
+        self.revoked: list[dict[str, Any]] = []
+        self.port = free_port()
+        ca = pki.new_ca("test-minting-ca")
+        leaf = pki.issue(ca, "minter", ip_addresses=("127.0.0.1",), server=True)
+        self.ca_pem = ca.cert_pem.decode()
+        self._dir = Path(tempfile.mkdtemp(prefix="minting-"))
+        leaf.write(self._dir / "tls.crt", self._dir / "tls.key")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/mint"
+
+    def start(self) -> "MintingService":
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(timeout=10)
+        return self
+
+    def stop(self) -> None:
+        if not self._loop.is_running():
+            return
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    async def _serve(self) -> None:
+        import ssl
+
+        app = web.Application()
+        app.router.add_post("/mint", self._mint)
+        app.router.add_post("/mint/revoke", self._revoke)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(self._dir / "tls.crt"), str(self._dir / "tls.key"))
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=context).start()
+
+    async def _mint(self, request: web.Request) -> web.Response:
+        payload = await request.json()
+        if self.mode == "slow":
+            await asyncio.sleep(3)
+        if self.mode == "error":
+            return web.json_response({"error": "database down"}, status=500)
+        if self.mode == "malformed":
+            return web.Response(text="<html>not json</html>", content_type="text/html")
+        if self.mode == "refuse":
+            return web.json_response({"error": "subject not allowed"}, status=403)
+        token_id = uuid.uuid4().hex
+        self.minted.append({**payload, "id": token_id})
+        return web.json_response({"value": f"minted-{token_id}", "id": token_id})
+
+    async def _revoke(self, request: web.Request) -> web.Response:
+        self.revoked.append(await request.json())
+        return web.json_response({"ok": True})
+
