@@ -7,6 +7,7 @@ API call happens while a pod waits for admission.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import re
 import secrets
 from typing import Any, Callable
@@ -144,7 +145,9 @@ def _add_to_container(container: dict[str, Any], records: list[CredentialRecord]
         container.pop("env")
 
 
-def inject(pod: dict[str, Any], namespace: str, lookup: Lookup, binding: str | None = None) -> dict[str, Any]:
+def inject(
+    pod: dict[str, Any], namespace: str, lookup: Lookup, binding: str | None = None, now: dt.datetime | None = None
+) -> dict[str, Any]:
     """The pod as it should be admitted, or Refusal. Running it twice changes nothing more."""
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     names = parse_credentials_annotation(annotations.get(labels.CREDENTIALS_ANNOTATION))
@@ -156,7 +159,10 @@ def inject(pod: dict[str, Any], namespace: str, lookup: Lookup, binding: str | N
     binding = _existing_binding(pod) or binding or new_binding_id()
     secret_name = labels.secret_name(binding)
     meta = admitted.setdefault("metadata", {})
-    meta.setdefault("annotations", {})[labels.BINDING_ANNOTATION] = binding
+    annotations = meta.setdefault("annotations", {})
+    annotations[labels.BINDING_ANNOTATION] = binding
+    moment = now or dt.datetime.now(dt.timezone.utc)
+    annotations.setdefault(labels.ADMITTED_ANNOTATION, moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
     spec = admitted.setdefault("spec", {})
     volumes = spec.setdefault("volumes", [])
     present = {v.get("name") for v in volumes}

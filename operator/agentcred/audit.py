@@ -12,6 +12,8 @@ import logging
 import sys
 from typing import Any, Literal
 
+from . import metrics
+
 Action = Literal["issue", "renew", "revoke", "deny", "exchange"]
 
 logger = logging.getLogger("agentcred.audit")
@@ -36,4 +38,5 @@ def record(action: Action, **fields: Any) -> dict[str, Any]:
         **{key: value for key, value in fields.items() if value is not None},
     }
     logger.info(json.dumps(entry, sort_keys=False, default=str))
+    metrics.observe_audit(entry)
     return entry

@@ -9,15 +9,25 @@ import logging
 from typing import Callable
 
 from .kube import Kube, status_of
+from .labels import MANAGED_LABEL, ROLE_LABEL
 from .revocations import REVOCATIONS_CONFIGMAP, RevocationList
 from .signing import ALGORITHMS, KEYRING_SECRET, KeyRing, prune, rotate, rotation_due
 
 log = logging.getLogger(__name__)
 
 
+# The key ring Secret carries the managed label so the operator's (label-filtered) Secret
+# watch sees it: other replicas' changes arrive at once, and its first event tells that
+# every index has finished listing. It has no binding label, so it is never a projection.
+KEYRING_LABELS = {MANAGED_LABEL: "true", ROLE_LABEL: "keyring", "app.kubernetes.io/name": "agentcred"}
+
+
 async def load_keyring(kube: Kube, namespace: str) -> KeyRing:
     try:
-        return KeyRing.from_secret_data((await kube.read_secret(namespace, KEYRING_SECRET))["data"])
+        secret = await kube.read_secret(namespace, KEYRING_SECRET)
+        if any((secret["metadata"].get("labels") or {}).get(k) != v for k, v in KEYRING_LABELS.items()):
+            await kube.patch_secret(namespace, KEYRING_SECRET, {"metadata": {"labels": KEYRING_LABELS}})
+        return KeyRing.from_secret_data(secret["data"])
     except Exception as error:
         if status_of(error) != 404:
             raise
@@ -26,7 +36,7 @@ async def load_keyring(kube: Kube, namespace: str) -> KeyRing:
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
-        "metadata": {"name": KEYRING_SECRET, "namespace": namespace, "labels": {"app.kubernetes.io/name": "agentcred"}},
+        "metadata": {"name": KEYRING_SECRET, "namespace": namespace, "labels": KEYRING_LABELS},
         "data": ring.to_secret_data(),
     }
     try:

@@ -33,6 +33,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "webhook_url": args.webhook_url,
         "api_address": args.api_address,
         "api_port": args.api_port,
+        "health_address": args.health_address,
+        "health_port": args.health_port,
         "audit_log": args.audit_log,
     }
     config = dataclasses.replace(
@@ -206,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--webhook-url", help="URL the API server reaches the webhook at (local development)")
     run.add_argument("--api-address", help="address of the HTTPS endpoints (JWKS, revocations, exchange)")
     run.add_argument("--api-port", type=int, help="port of the HTTPS endpoints (default 8443)")
+    run.add_argument("--health-address", help="address of /healthz, /readyz and /metrics")
+    run.add_argument("--health-port", type=int, help="port of /healthz, /readyz and /metrics (default 8080)")
     run.add_argument("--no-manage-webhook", action="store_true",
                      help="leave the MutatingWebhookConfiguration to the Helm chart")
     run.add_argument("--audit-log", help="audit destination: - for stdout (default) or a file path")

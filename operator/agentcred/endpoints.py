@@ -15,6 +15,8 @@ from typing import Callable
 
 from aiohttp import web
 
+from . import metrics
+
 from .exchange import MAX_BODY, ExchangeContext, Refused, exchange
 from .revocations import RevocationList
 from .signing import KeyRing
@@ -46,9 +48,10 @@ def build_app(
                 break
             body += chunk
         try:
-            result = await exchange(
-                exchange_context, request.headers.get("Authorization"), request.headers.get("Content-Type"), body
-            )
+            with metrics.exchange_latency.time():
+                result = await exchange(
+                    exchange_context, request.headers.get("Authorization"), request.headers.get("Content-Type"), body
+                )
         except Refused as refused:
             return web.json_response(refused.body(), status=refused.status)
         return web.json_response(result, headers={"Cache-Control": "no-store"})

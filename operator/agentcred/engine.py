@@ -1,9 +1,10 @@
 """The projection engine: carries out plans against the cluster, one pod at a time.
 
 Every entry point (a pod event, a Secret event, a scheduled expiry, a deleted or revoked
-AgentCredential) ends in `reconcile(binding)`: gather the pod, its Secret's bookkeeping and
-the credentials from memory, ask `planning.plan` what to do, do it, and schedule the next
-look. Work on one binding is serialised by a lock; different pods proceed concurrently.
+AgentCredential) ends in `reconcile(key)` for one pod's projection (keyed "namespace/binding"):
+gather the pod, its Secret's bookkeeping and the credentials from memory, ask
+`planning.plan` what to do, do it, and schedule the next look. Work on one key is
+serialised by a lock; different pods proceed concurrently.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterable
 
-from . import audit, labels
+from . import audit, labels, metrics
 from .credentials import CredentialRecord
 from .events import EventRecorder, pod_ref
 from .issuing import Produced, SourceUnavailable, produce
@@ -29,6 +30,7 @@ from .projection import (
     parse_projection,
     secret_body,
     secret_patch,
+    split_key,
     with_values,
     without,
 )
@@ -90,24 +92,24 @@ class Engine:
         self._written_status: dict[tuple[str, str], dict[str, Any]] = {}
         self._handled_revokes: set[str] = set()
         self._generations: dict[tuple[str, str], int] = {}
-        # Tokens handed out by intent exchange, per binding: revoked with the pod's value.
+        # Tokens handed out by intent exchange, per key: revoked with the pod's value.
         self._exchanged: dict[str, list[tuple[str, str, dt.datetime]]] = {}
 
     # -- entry points --------------------------------------------------------------
 
-    async def reconcile(self, binding: str, task: PodTask | None = None) -> None:
+    async def reconcile(self, key: str, task: PodTask | None = None) -> None:
         """Bring one pod's projection in line with its task; `task` overrides the index."""
-        lock = self._locks.setdefault(binding, asyncio.Lock())
+        lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             for _ in range(3):
-                current = task if task is not None else self.pod(binding)
+                current = task if task is not None else self.pod(key)
                 try:
-                    await self._run_plan(binding, current)
+                    await self._run_plan(key, current)
                     break
                 except Conflict:
-                    await self._refresh(binding, current)
-        if self.store.get(binding) is None and self.pod(binding) is None and not lock.locked():
-            self._locks.pop(binding, None)
+                    await self._refresh(key, current)
+        if self.store.get(key) is None and self.pod(key) is None and not lock.locked():
+            self._locks.pop(key, None)
 
     def secret_seen(self, body: dict[str, Any]) -> str | None:
         """A managed Secret from the watch (or the initial list)."""
@@ -115,17 +117,17 @@ class Engine:
         if state is None:
             return None
         self.store.observe(state)
-        return state.binding
+        return state.key
 
-    def remember_exchange(self, binding: str, credential: str, token_id: str, expires: dt.datetime) -> None:
+    def remember_exchange(self, key: str, credential: str, token_id: str, expires: dt.datetime) -> None:
         now = utcnow()
-        live = [entry for entry in self._exchanged.get(binding, []) if entry[2] > now]
-        self._exchanged[binding] = [*live, (credential, token_id, expires)]
+        live = [entry for entry in self._exchanged.get(key, []) if entry[2] > now]
+        self._exchanged[key] = [*live, (credential, token_id, expires)]
 
-    def _revoke_exchanged(self, binding: str, credential: str | None = None) -> None:
+    def _revoke_exchanged(self, key: str, credential: str | None = None) -> None:
         now = utcnow()
         kept = []
-        for entry in self._exchanged.pop(binding, []):
+        for entry in self._exchanged.pop(key, []):
             name, token_id, expires = entry
             if credential is None or name == credential:
                 if expires > now:
@@ -133,16 +135,16 @@ class Engine:
             else:
                 kept.append(entry)
         if kept:
-            self._exchanged[binding] = kept
+            self._exchanged[key] = kept
 
-    def is_scheduled(self, binding: str) -> bool:
-        return self.scheduler.due_time(("binding", binding)) is not None
+    def is_scheduled(self, key: str) -> bool:
+        return self.scheduler.due_time(("binding", key)) is not None
 
     def secret_gone(self, body: dict[str, Any]) -> None:
         state = parse_projection(body)
         if state is not None:
-            self.store.forget(state.binding)
-            self.store.deleted_for_good(state.binding)
+            self.store.forget(state.key)
+            self.store.deleted_for_good(state.key)
 
     async def credential_changed(self, record: CredentialRecord, force: bool = False) -> None:
         """A credential was seen: refresh its status; re-plan the pods it may affect."""
@@ -154,7 +156,7 @@ class Engine:
         # Our own status writes come back as events too; only a new spec (or the first
         # sight, or a date that expired an exception) can change what pods may hold.
         if force or self._generations.get(record.key) != record.generation:
-            affected |= self.store.bindings_with(record.namespace, record.name)
+            affected |= self.store.keys_with(record.namespace, record.name)
         self._generations[record.key] = record.generation
         await self._reconcile_all(affected)
 
@@ -169,9 +171,9 @@ class Engine:
 
     async def revoke_credential(self, record: CredentialRecord, reason: str, pod_name: str | None = None) -> int:
         """Revoke the credential's live values in every pod (or one pod) right now."""
-        bindings = self.store.bindings_with(record.namespace, record.name)
+        keys = self.store.keys_with(record.namespace, record.name)
         results = await asyncio.gather(
-            *(self._revoke_one(binding, record, reason, pod_name) for binding in bindings)
+            *(self._revoke_one(key, record, reason, pod_name) for key in keys)
         )
         return sum(results)
 
@@ -211,16 +213,19 @@ class Engine:
             await self.flush_status()
 
     async def flush_status(self) -> None:
+        metrics.set_active(self.store.count_by_category())
+        metrics.revocation_list.set(len(self.revocations))
+        metrics.events_dropped.set(self.events.dropped)
         dirty, self.book.dirty = self.book.dirty, set()
         now = utcnow()
         for namespace, name in dirty:
             record = self.credential(namespace, name)
             if record is None:
                 continue
-            bindings = self.store.bindings_with(namespace, name)
+            keys = self.store.keys_with(namespace, name)
             expiries = [
                 state.values[name].expires_at
-                for state in (self.store.get(b) for b in bindings)
+                for state in (self.store.get(b) for b in keys)
                 if state is not None and name in state.values
             ]
             desired = self.book.desired(record, len(expiries), min(expiries, default=None), now)
@@ -239,23 +244,28 @@ class Engine:
 
     # -- the plan ------------------------------------------------------------------
 
-    async def _run_plan(self, binding: str, task: PodTask | None) -> None:
-        state = self.store.get(binding)
+    async def _run_plan(self, key: str, task: PodTask | None) -> None:
+        state = self.store.get(key)
         names = task.credentials if task else tuple(state.values) if state else ()
         namespace = task.namespace if task else state.namespace if state else ""
         records = {name: self.credential(namespace, name) for name in names}
         now = utcnow()
         decided = plan(task, state, records, now)
         if decided.delete_secret:
-            await self._delete(binding, state, decided, records, now)
+            await self._delete(key, state, decided, records, now)
             return
         assert task is not None
+        for issue in decided.issue:
+            if issue.planned_at is not None:
+                metrics.renewal_lateness.observe(max((now - issue.planned_at).total_seconds(), 0.0))
         produced, problems = await self._produce(task, decided, records, now)
         revokes = {r.credential: r.reason for r in decided.revoke}
         if produced or revokes:
             await self._write(task, state, produced, revokes, records, now)
         if decided.ungate and not problems:
             await self._ungate(task)
+            if task.admitted_at is not None:
+                metrics.projection_latency.observe(max((utcnow() - task.admitted_at).total_seconds(), 0.0))
         self._follow_up(task, decided, problems, now)
 
     async def _produce(
@@ -315,7 +325,7 @@ class Engine:
                 f"issued {issued} for ServiceAccount {task.service_account}",
             )
         for name, reason in revokes.items():
-            self._revoke_exchanged(task.binding, name)
+            self._revoke_exchanged(task.key, name)
             self._revoked(task.namespace, name, state.values.get(name) if state else None, reason,
                           pod=task.name, pod_uid=task.uid, job=task.job, service_account=task.service_account)
             self.events.post(
@@ -325,7 +335,7 @@ class Engine:
 
     async def _delete(
         self,
-        binding: str,
+        key: str,
         state: ProjectionState | None,
         decided: Plan,
         records: dict[str, CredentialRecord | None],
@@ -337,37 +347,38 @@ class Engine:
         except Exception as error:
             if status_of(error) != 404:
                 raise
-            self.store.deleted_for_good(binding)
-        self.store.forget(binding)
+            self.store.deleted_for_good(key)
+        self.store.forget(key)
+        metrics.revocation_latency.observe(max((utcnow() - now).total_seconds(), 0.0))
         for revoke in decided.revoke:
             self._revoked(state.namespace, revoke.credential, state.values.get(revoke.credential), revoke.reason,
                           pod=state.pod_name, pod_uid=state.pod_uid, job=state.job)
-        self._revoke_exchanged(binding)
-        self.scheduler.cancel(("binding", binding))
-        self._attempts.pop(binding, None)
-        self._reported.pop(binding, None)
+        self._revoke_exchanged(key)
+        self.scheduler.cancel(("binding", key))
+        self._attempts.pop(key, None)
+        self._reported.pop(key, None)
 
-    async def _revoke_one(self, binding: str, record: CredentialRecord, reason: str, pod_name: str | None) -> int:
-        lock = self._locks.setdefault(binding, asyncio.Lock())
+    async def _revoke_one(self, key: str, record: CredentialRecord, reason: str, pod_name: str | None) -> int:
+        lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
-            state = self.store.get(binding)
+            state = self.store.get(key)
             if state is None or record.name not in state.values:
                 return 0
             if pod_name and state.pod_name != pod_name:
                 return 0
-            task = self.pod(binding)
+            task = self.pod(key)
             desired = without(state, {record.name: reason})
             patch = secret_patch(desired, {}, (record.name,), previous=state)
             try:
                 written = await self.kube.patch_secret(state.namespace, state.secret_name, patch)
             except Exception as error:
                 if status_of(error) == 404:
-                    self.store.forget(binding)
+                    self.store.forget(key)
                     return 0
                 if status_of(error) != 409:
                     raise
-                await self._refresh(binding, task)
-                state = self.store.get(binding)
+                await self._refresh(key, task)
+                state = self.store.get(key)
                 if state is None or record.name not in state.values:
                     return 0
                 written = await self.kube.patch_secret(
@@ -377,7 +388,7 @@ class Engine:
             observed = parse_projection(written)
             if observed is not None:
                 self.store.observe(observed)
-            self._revoke_exchanged(binding, record.name)
+            self._revoke_exchanged(key, record.name)
             self._revoked(state.namespace, record.name, state.values.get(record.name), reason,
                           pod=state.pod_name, pod_uid=state.pod_uid, job=state.job,
                           service_account=task.service_account if task else None)
@@ -428,16 +439,16 @@ class Engine:
                 raise
 
     def _follow_up(self, task: PodTask, decided: Plan, problems: list[Problem], now: dt.datetime) -> None:
-        key = ("binding", task.binding)
+        due_key = ("binding", task.key)
         if problems:
-            attempt = self._attempts.get(task.binding, 0)
-            self._attempts[task.binding] = attempt + 1
+            attempt = self._attempts.get(task.key, 0)
+            self._attempts[task.key] = attempt + 1
             delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
-            self.scheduler.schedule(key, now + dt.timedelta(seconds=delay))
+            self.scheduler.schedule(due_key, now + dt.timedelta(seconds=delay))
             for problem in problems:
-                self._waiting.setdefault((task.namespace, problem.credential), set()).add(task.binding)
-            if tuple(problems) != self._reported.get(task.binding):
-                self._reported[task.binding] = tuple(problems)
+                self._waiting.setdefault((task.namespace, problem.credential), set()).add(task.key)
+            if tuple(problems) != self._reported.get(task.key):
+                self._reported[task.key] = tuple(problems)
                 for problem in problems:
                     self.events.post(pod_ref(task.namespace, task.name, task.uid), "Warning", problem.reason,
                                      problem.message)
@@ -447,27 +458,27 @@ class Engine:
                                  reason=problem.reason, message=problem.message, podName=task.name,
                                  podUID=task.uid, job=task.job, serviceAccount=task.service_account)
             return
-        self._attempts.pop(task.binding, None)
-        self._reported.pop(task.binding, None)
+        self._attempts.pop(task.key, None)
+        self._reported.pop(task.key, None)
         if decided.next_due is not None:
-            self.scheduler.schedule(key, decided.next_due)
+            self.scheduler.schedule(due_key, decided.next_due)
 
     # -- helpers -------------------------------------------------------------------
 
-    async def _refresh(self, binding: str, task: PodTask | None) -> None:
-        namespace = task.namespace if task else (self.store.get(binding).namespace if self.store.get(binding) else "")
+    async def _refresh(self, key: str, task: PodTask | None) -> None:
+        namespace, raw_binding = split_key(key)
         try:
-            body = await self.kube.read_secret(namespace, labels.secret_name(binding))
+            body = await self.kube.read_secret(namespace, labels.secret_name(raw_binding))
         except Exception as error:
             if status_of(error) != 404:
                 raise
-            self.store.forget(binding)
-            self.store.deleted_for_good(binding)
+            self.store.forget(key)
+            self.store.deleted_for_good(key)
             return
         state = parse_projection(body)
         if state is not None:
-            self.store.forget(binding)
-            self.store.deleted_for_good(binding)
+            self.store.forget(key)
+            self.store.deleted_for_good(key)
             self.store.observe(state)
 
     async def _read_upstream(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -478,8 +489,8 @@ class Engine:
                 return None
             raise
 
-    async def _reconcile_all(self, bindings: Iterable[str]) -> None:
-        await asyncio.gather(*(self.reconcile(binding) for binding in bindings))
+    async def _reconcile_all(self, keys: Iterable[str]) -> None:
+        await asyncio.gather(*(self.reconcile(key) for key in keys))
 
     async def _scheduled(self, key: Hashable) -> None:
         assert isinstance(key, tuple)

@@ -173,7 +173,7 @@ def _grant(context: ExchangeContext, request: ExchangeRequest, who: Reviewed, in
         raise Refused(403, "not-a-subject", f"ServiceAccount {task.service_account} is no longer a subject")
     if spec.source.jwt is None:
         raise Refused(400, "not-exchangeable", f"{request.credential} is a {spec.source.kind} source: only minted credentials narrow")
-    state = context.projection(task.binding)
+    state = context.projection(task.key)
     live = state.values.get(request.credential) if state else None
     if live is None:
         raise Refused(403, "credential-revoked", f"pod {who.pod_name} holds no live value of {request.credential}")
@@ -203,7 +203,7 @@ def _grant(context: ExchangeContext, request: ExchangeRequest, who: Reviewed, in
     }
     key = context.keyring().current(spec.source.jwt.algorithm or DEFAULT_ALGORITHM)
     token = encode_jwt(claims, key)
-    context.remember(task.binding, record.name, token_id, expires)
+    context.remember(task.key, record.name, token_id, expires)
     audit.record("exchange", category=spec.category, owner=spec.owner, job=task.job, tokenId=token_id,
                  expiresAt=format_time(expires), **facts)
     return {"token": token, "tokenId": token_id, "expiresAt": format_time(expires), "scope": intent.as_scope()}

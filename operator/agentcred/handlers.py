@@ -19,18 +19,20 @@ from typing import Any
 
 import kopf
 
-from . import admission, audit, labels, model
+from . import admission, audit, labels, metrics, model
 from .bootstrap import load_keyring, load_revocations, maintain_keyring_forever, persist_revocations_forever
 from .credentials import CredentialRecord, credential_record
 from .endpoints import build_app, serve
 from .engine import Engine, EngineSettings
 from .events import EventRecorder
 from .exchange import ExchangeContext, RateLimiter
+from .health import Health
+from .health import serve as serve_health
 from .kube import Kube, make_api_client
 from .minting import MintingClient
 from .projection import PodTask, pod_task
 from .settings import OperatorConfig, configure_kopf
-from .signing import KeyRing
+from .signing import KEYRING_SECRET, KeyRing
 from .webhook import HANDLER_ID, configuration, private_directory, shared_serving_certificate
 
 log = logging.getLogger(__name__)
@@ -113,7 +115,9 @@ async def startup(
                     exchange_context=exchange_context)
     memo.api_runner = await serve(app, CONFIG.api_address, CONFIG.api_port, certfile, keyfile)
     rotation = dt.timedelta(days=CONFIG.key_rotation_days) if CONFIG.key_rotation_days > 0 else None
-    memo.tasks = [
+    memo.health = Health(ports=(CONFIG.webhook_port, CONFIG.api_port))
+    memo.health_runner = await serve_health(memo.health, CONFIG.health_address, CONFIG.health_port)
+    memo.tasks = memo.health.loops = [
         asyncio.create_task(
             maintain_keyring_forever(kube, CONFIG.namespace, set_keyring, rotation), name="key ring"
         ),
@@ -134,8 +138,9 @@ async def startup(
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     for task in getattr(memo, "tasks", []):
         task.cancel()
-    if getattr(memo, "api_runner", None) is not None:
-        await memo.api_runner.cleanup()
+    for runner in (getattr(memo, "api_runner", None), getattr(memo, "health_runner", None)):
+        if runner is not None:
+            await runner.cleanup()
     engine: Engine | None = getattr(memo, "engine", None)
     if engine is not None:
         await engine.flush_status()
@@ -157,7 +162,7 @@ def credential_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Credent
 @kopf.index("v1", "pods", labels=POD_FILTER)
 def pod_index(body: kopf.Body, **_: Any) -> dict[str, PodTask] | None:
     task = pod_task(dict(body))
-    return {task.binding: task} if task else None
+    return {task.key: task} if task else None
 
 
 @kopf.index("v1", "pods", labels=POD_FILTER)
@@ -181,6 +186,11 @@ def secret_index(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.mutate("v1", "pods", id=HANDLER_ID, labels=POD_FILTER, operations=["CREATE"])
 async def inject(body: kopf.Body, patch: kopf.Patch, credential_index: kopf.Index, **_: Any) -> None:
+    with metrics.webhook_latency.time():
+        _inject(body, patch, credential_index)
+
+
+def _inject(body: kopf.Body, patch: kopf.Patch, credential_index: kopf.Index) -> None:
     namespace = body.metadata.namespace or ""
     try:
         admitted = admission.inject(
@@ -206,12 +216,18 @@ async def inject(body: kopf.Body, patch: kopf.Patch, credential_index: kopf.Inde
 async def pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     task = pod_task(dict(body), deleted=type == "DELETED")
     if task is not None:
-        await memo.engine.reconcile(task.binding, task)
+        await memo.engine.reconcile(task.key, task)
 
 
 @kopf.on.event("v1", "secrets", labels=SECRET_FILTER)
 async def secret_event(type: str, body: kopf.Body, memo: kopf.Memo, pod_index: kopf.Index, **_: Any) -> None:
     engine: Engine = memo.engine
+    if body.metadata.labels.get(labels.ROLE_LABEL) == "keyring":
+        # Kopf calls no handler before every index has listed: this is the warm signal.
+        memo.health.warm.set()
+        if type != "DELETED" and body.metadata.namespace == CONFIG.namespace and body.metadata.name == KEYRING_SECRET:
+            engine.keyring = KeyRing.from_secret_data(dict(body.get("data") or {}))
+        return
     if type == "DELETED":
         engine.secret_gone(dict(body))
         return

@@ -15,8 +15,10 @@ from typing import Any, Callable
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from . import model
+from . import metrics, model
 
+# Answers that are part of normal flow (already gone, already exists, stale version).
+EXPECTED_STATUSES = {404, 409}
 STRATEGIC = "application/strategic-merge-patch+json"
 MERGE = "application/merge-patch+json"
 
@@ -47,9 +49,15 @@ class Kube:
 
     async def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        response = await loop.run_in_executor(
-            self._pool, lambda: method(*args, _preload_content=False, **kwargs)
-        )
+        try:
+            response = await loop.run_in_executor(
+                self._pool, lambda: method(*args, _preload_content=False, **kwargs)
+            )
+        except Exception as error:
+            status = status_of(error)
+            if status not in EXPECTED_STATUSES:
+                metrics.api_error(method.__name__, status)
+            raise
         data = response.data
         return json.loads(data) if data else {}
 

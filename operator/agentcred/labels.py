@@ -11,6 +11,7 @@ INJECT_LABEL = f"{GROUP}/inject"
 CREDENTIALS_ANNOTATION = f"{GROUP}/credentials"
 # On pods (set by the admission webhook).
 BINDING_ANNOTATION = f"{GROUP}/binding"
+ADMITTED_ANNOTATION = f"{GROUP}/admitted-at"  # for the projection latency metric
 SCHEDULING_GATE = f"{GROUP}/credentials"
 
 # On the per-pod Secrets the operator manages.
@@ -19,6 +20,7 @@ BINDING_LABEL = f"{GROUP}/binding"
 POD_UID_LABEL = f"{GROUP}/pod-uid"
 JOB_LABEL = f"{GROUP}/job"
 CREDENTIAL_LABEL_PREFIX = f"credential.{GROUP}/"  # + credential name, value: category
+ROLE_LABEL = f"{GROUP}/role"  # on the operator's own Secrets (the key ring)
 POD_ANNOTATION = f"{GROUP}/pod"
 STATE_ANNOTATION = f"{GROUP}/state"
 

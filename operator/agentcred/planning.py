@@ -20,6 +20,7 @@ class Issue:
     expires_at: dt.datetime
     task_started_at: dt.datetime
     renewals: int = 0
+    planned_at: dt.datetime | None = None  # when a renewal was due (for lateness)
 
     @property
     def is_renewal(self) -> bool:
@@ -148,6 +149,7 @@ def plan(
                         expires_at=min(now + spec.ttl_delta, lifetime_end),
                         task_started_at=value.task_started_at,
                         renewals=value.renewals + 1,
+                        planned_at=value.expires_at - spec.renew_before_delta,
                     )
                     issues.append(renewal)
                     dues.append(_due(renewal, record))

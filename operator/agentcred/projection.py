@@ -47,6 +47,7 @@ class PodTask:
     phase: str
     deleted: bool
     gated: bool
+    admitted_at: dt.datetime | None = None
 
     @property
     def end_reason(self) -> EndReason | None:
@@ -61,6 +62,21 @@ class PodTask:
     @property
     def secret_name(self) -> str:
         return labels.secret_name(self.binding)
+
+    @property
+    def key(self) -> str:
+        return projection_key(self.namespace, self.binding)
+
+
+def projection_key(namespace: str, binding: str) -> str:
+    """Bindings are random, but only unique together with their namespace: a tenant must
+    not be able to alias another namespace's projection by reusing a binding id it saw."""
+    return f"{namespace}/{binding}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    namespace, _, binding = key.partition("/")
+    return namespace, binding
 
 
 def pod_task(pod: dict[str, Any], deleted: bool = False) -> PodTask | None:
@@ -99,7 +115,15 @@ def pod_task(pod: dict[str, Any], deleted: bool = False) -> PodTask | None:
         phase=(pod.get("status") or {}).get("phase") or "Pending",
         deleted=deleted or bool(meta.get("deletionTimestamp")),
         gated=any(g.get("name") == labels.SCHEDULING_GATE for g in spec.get("schedulingGates") or []),
+        admitted_at=_admitted_at(meta),
     )
+
+
+def _admitted_at(meta: dict[str, Any]) -> dt.datetime | None:
+    try:
+        return parse_time((meta.get("annotations") or {})[labels.ADMITTED_ANNOTATION])
+    except (KeyError, ValueError, TypeError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -161,8 +185,8 @@ class ProjectionState:
         return labels.secret_name(self.binding)
 
     @property
-    def next_expiry(self) -> dt.datetime | None:
-        return min((v.expires_at for v in self.values.values()), default=None)
+    def key(self) -> str:
+        return projection_key(self.namespace, self.binding)
 
 
 def parse_projection(secret: dict[str, Any]) -> ProjectionState | None:

@@ -28,6 +28,8 @@ class OperatorConfig:
     manage_webhook: bool = True
     api_address: str = "0.0.0.0"
     api_port: int = 8443  # JWKS, revocation list, intent exchange
+    health_address: str = "0.0.0.0"
+    health_port: int = 8080  # /healthz, /readyz, /metrics
     exchange_rate: float = 5.0  # exchanges per second per pod, sustained
     exchange_burst: int = 20
     key_rotation_days: int = 30  # 0: rotate only on `agentcred rotate-key`
@@ -50,6 +52,8 @@ class OperatorConfig:
             manage_webhook=_env("MANAGE_WEBHOOK", "true").lower() == "true",
             api_address=_env("API_ADDRESS", cls.api_address),
             api_port=int(_env("API_PORT", str(cls.api_port))),
+            health_address=_env("HEALTH_ADDRESS", cls.health_address),
+            health_port=int(_env("HEALTH_PORT", str(cls.health_port))),
             exchange_rate=float(_env("EXCHANGE_RATE", str(cls.exchange_rate))),
             exchange_burst=int(_env("EXCHANGE_BURST", str(cls.exchange_burst))),
             key_rotation_days=int(_env("KEY_ROTATION_DAYS", str(cls.key_rotation_days))),

@@ -34,35 +34,42 @@ class ProjectionStore:
     def __iter__(self) -> Iterator[ProjectionState]:
         return iter(list(self._states.values()))
 
-    def get(self, binding: str) -> ProjectionState | None:
-        return self._states.get(binding)
+    def get(self, key: str) -> ProjectionState | None:
+        return self._states.get(key)
 
-    def bindings_with(self, namespace: str, credential: str) -> set[str]:
+    def keys_with(self, namespace: str, credential: str) -> set[str]:
         return set(self._by_credential.get((namespace, credential), ()))
+
+    def count_by_category(self) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        for state in self._states.values():
+            for value in state.values.values():
+                counts[value.category] += 1
+        return dict(counts)
 
     def observe(self, state: ProjectionState) -> None:
         """A Secret as seen by the watch or returned by a write."""
-        if state.binding in self._deleted_at and not _newer_strict(
-            state.resource_version, self._deleted_at[state.binding]
+        if state.key in self._deleted_at and not _newer_strict(
+            state.resource_version, self._deleted_at[state.key]
         ):
             return  # an echo of a Secret we already deleted
-        current = self._states.get(state.binding)
+        current = self._states.get(state.key)
         if current is not None and not _newer(state.resource_version, current.resource_version):
             return
-        self._deleted_at.pop(state.binding, None)
+        self._deleted_at.pop(state.key, None)
         self._index(current, remove=True)
-        self._states[state.binding] = state
+        self._states[state.key] = state
         self._index(state, remove=False)
 
-    def forget(self, binding: str) -> None:
+    def forget(self, key: str) -> None:
         """The Secret is gone (our delete, the watch's DELETED, or the garbage collector)."""
-        current = self._states.pop(binding, None)
+        current = self._states.pop(key, None)
         self._index(current, remove=True)
-        self._deleted_at[binding] = current.resource_version if current else None
+        self._deleted_at[key] = current.resource_version if current else None
 
-    def deleted_for_good(self, binding: str) -> None:
+    def deleted_for_good(self, key: str) -> None:
         """The watch confirmed the deletion: no late event can resurrect it any more."""
-        self._deleted_at.pop(binding, None)
+        self._deleted_at.pop(key, None)
 
     def _index(self, state: ProjectionState | None, remove: bool) -> None:
         if state is None:
@@ -70,11 +77,11 @@ class ProjectionStore:
         for credential in state.values:
             key = (state.namespace, credential)
             if remove:
-                self._by_credential[key].discard(state.binding)
+                self._by_credential[key].discard(state.key)
                 if not self._by_credential[key]:
                     del self._by_credential[key]
             else:
-                self._by_credential[key].add(state.binding)
+                self._by_credential[key].add(state.key)
 
 
 def _newer_strict(candidate: str | None, known: str | None) -> bool:

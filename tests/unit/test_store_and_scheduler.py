@@ -14,13 +14,13 @@ def test_store_ignores_older_versions_and_echoes_of_deleted_secrets() -> None:
     store = ProjectionStore()
     store.observe(state("10"))
     store.observe(state("9"))
-    assert store.get("b1").resource_version == "10"
-    store.forget("b1")
+    assert store.get("ns/b1").resource_version == "10"
+    store.forget("ns/b1")
     store.observe(state("10"))  # a late watch event for the Secret we just deleted
-    assert store.get("b1") is None
-    store.deleted_for_good("b1")
+    assert store.get("ns/b1") is None
+    store.deleted_for_good("ns/b1")
     store.observe(state("11"))
-    assert store.get("b1").resource_version == "11"
+    assert store.get("ns/b1").resource_version == "11"
 
 
 def test_scheduler_fires_in_order_and_honours_replacement_and_cancel() -> None:
