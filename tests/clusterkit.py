@@ -12,6 +12,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Callable
@@ -141,6 +143,7 @@ class OperatorProcess:
         self.audit_path = self.log_dir / "audit.log"
         self.webhook_port = free_port()
         self.api_port = free_port()
+        self.health_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -151,6 +154,7 @@ class OperatorProcess:
             "--namespace", OPERATOR_NAMESPACE,
             "--webhook-address", "127.0.0.1", "--webhook-port", str(self.webhook_port), "--webhook-url", url,
             "--api-address", "127.0.0.1", "--api-port", str(self.api_port), "--issuer", self.api_url,
+            "--health-address", "127.0.0.1", "--health-port", str(self.health_port),
             "--audit-log", str(self.audit_path),
             *self.extra_args,
         ]
@@ -182,23 +186,32 @@ class OperatorProcess:
         path.write_bytes(base64.b64decode(secret.data["ca.crt"]))
         return str(path)
 
+    def health(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}{path}", timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+        except OSError as error:
+            return 0, str(error)
+
     def wait_ready(self, timeout: float = 60) -> None:
-        """Ready when the webhook answers TLS on its port and its configuration exists."""
+        """Ready as the operator itself reports it on /readyz (indices warm, servers up)."""
         def ready() -> bool:
             self.assert_alive()
-            for port in (self.webhook_port, self.api_port):
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=1):
-                        pass
-                except OSError:
-                    return False
-            try:
-                self.cluster.admission.read_mutating_webhook_configuration("agentcred.dev")
-            except ApiException:
-                return False
-            return True
+            return self.health("/readyz")[0] == 200
 
-        wait_for(ready, timeout=timeout, interval=0.2, what="the operator's webhook")
+        wait_for(ready, timeout=timeout, interval=0.2, what="the operator's /readyz")
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """The /metrics samples as {(name, sorted labels): value}."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        samples = {}
+        for family in text_string_to_metric_families(self.health("/metrics")[1]):
+            for sample in family.samples:
+                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return samples
 
     def audit(self) -> list[dict[str, Any]]:
         if not self.audit_path.exists():

@@ -192,6 +192,27 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inventory(args: argparse.Namespace) -> int:
+    from kubernetes import config
+
+    from .inventory import FINDING_KINDS, RENDERERS, read_cluster
+
+    fail_on = {kind.strip() for kind in (args.fail_on or "").split(",") if kind.strip()}
+    unknown = fail_on - set(FINDING_KINDS)
+    if unknown:
+        print(f"unknown finding kind(s) for --fail-on: {', '.join(sorted(unknown))}; "
+              f"choose from {', '.join(FINDING_KINDS)}", file=sys.stderr)
+        return 2
+    inventory = read_cluster(config.new_client_from_config())
+    sys.stdout.write(RENDERERS[args.output](inventory))
+    needing_action = inventory.needs_action(fail_on)
+    if needing_action:
+        print(f"{len(needing_action)} finding(s) need action: "
+              f"{', '.join(sorted({f.kind for f in needing_action}))}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentcred", description=__doc__)
     parser.add_argument("--version", action="version", version=f"agentcred {__version__}")
@@ -245,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("--algorithm", choices=["EdDSA", "ES256", "all"], default="all")
     rotate.add_argument("--timeout", type=float, default=30.0)
     rotate.set_defaults(func=cmd_rotate_key)
+
+    inventory = commands.add_parser("inventory", help="every credential per category, exceptions, findings")
+    inventory.add_argument("-o", "--output", choices=["table", "json", "csv"], default="table")
+    inventory.add_argument("--fail-on", help="exit 1 if any finding of these kinds exists, e.g. "
+                           "expired-exception,overdue-review,orphan")
+    inventory.set_defaults(func=cmd_inventory)
 
     crd = commands.add_parser("crd", help="print the AgentCredential CRD generated from the models")
     crd.set_defaults(func=cmd_crd)

@@ -1,0 +1,40 @@
+import datetime as dt
+
+from agentcred import labels
+from agentcred.inventory import build_inventory, render_csv, render_json, render_table
+from samples import EXCEPTION, STATIC_SOURCE, credential
+
+NOW = dt.datetime(2026, 11, 28, 12, tzinfo=dt.timezone.utc)
+
+
+def body(name, **overrides):
+    item = credential(name=name, namespace="ns", **overrides)
+    item["metadata"]["creationTimestamp"] = "2026-11-01T00:00:00Z"
+    return item
+
+
+def secret(binding, pod_uid, *credentials):
+    tags = {labels.MANAGED_LABEL: "true", labels.BINDING_LABEL: binding, labels.POD_UID_LABEL: pod_uid}
+    tags.update({labels.credential_label(c): "model" for c in credentials})
+    return {"metadata": {"name": f"agentcred-{binding}", "namespace": "ns", "labels": tags}}
+
+
+def test_findings_and_counts() -> None:
+    credentials = [
+        body("llm"),
+        body("old", source=STATIC_SOURCE, exception={**EXCEPTION, "expires": "2026-01-01"}),
+        body("soon", source=STATIC_SOURCE, exception={**EXCEPTION, "expires": "2026-12-05"}),
+        body("stale", review={"cadence": "30d", "lastReviewed": "2026-01-01"}),
+        body("anon", owner="someone"),
+    ]
+    secrets = [secret("b1", "live", "llm"), secret("b2", "live", "llm", "ghost"), secret("b3", "dead", "llm"),
+               {"metadata": {"name": "agentcred-signing-keys", "namespace": "ns", "labels": {labels.MANAGED_LABEL: "true"}}}]
+    inventory = build_inventory(credentials, secrets, {"live"}, NOW)
+    assert {e.name: e.active for e in inventory.credentials}["llm"] == 2
+    kinds = [(f.kind, f.name) for f in inventory.findings]
+    assert kinds == [("expired-exception", "old"), ("exception-expiring", "soon"), ("overdue-review", "stale"),
+                     ("orphan", "agentcred-b2"), ("orphan", "agentcred-b3"), ("no-owner-contact", "anon")]
+    assert [f.kind for f in inventory.needs_action({"orphan"})] == ["orphan", "orphan"]
+    for render in (render_table, render_json, render_csv):
+        text = render(inventory)
+        assert "agentcred-b3" in text and "ciso@example.com" in text
