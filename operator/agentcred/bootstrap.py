@@ -59,11 +59,19 @@ async def load_revocations(kube: Kube, namespace: str) -> RevocationList:
     return revocations
 
 
-async def persist_revocations_forever(kube: Kube, namespace: str, revocations: RevocationList,
-                                      interval: float = 2.0) -> None:
+async def sync_revocations_forever(kube: Kube, namespace: str, revocations: RevocationList,
+                                   leading: Callable[[], bool], interval: float = 2.0) -> None:
+    """The leader persists the list; followers reload it, so every replica serves it."""
     while True:
         await asyncio.sleep(interval)
         revocations.prune(dt.datetime.now(dt.timezone.utc))
+        if not leading():
+            try:
+                revocations.load_configmap_data((await kube.read_configmap(namespace, REVOCATIONS_CONFIGMAP)).get("data"))
+            except Exception as error:
+                if status_of(error) != 404:
+                    log.warning("could not reload the revocation list (%s)", status_of(error) or error)
+            continue
         if not revocations.dirty:
             continue
         revocations.dirty = False
@@ -120,11 +128,15 @@ async def maintain_keyring_forever(
     namespace: str,
     on_change: Callable[[KeyRing], None],
     interval: dt.timedelta | None,
+    leading: Callable[[], bool],
     poll: float = 5.0,
 ) -> None:
-    """Follow the shared key ring (other replicas, `rotate-key`) and rotate it when due."""
+    """The leader carries out `rotate-key` requests and scheduled rotations; every
+    replica follows the shared key ring through the Secret watch."""
     while True:
         await asyncio.sleep(poll)
+        if not leading():
+            continue
         try:
             secret = await kube.read_secret(namespace, KEYRING_SECRET)
             current = KeyRing.from_secret_data(secret["data"])

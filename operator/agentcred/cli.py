@@ -42,14 +42,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if args.no_manage_webhook:
         config = dataclasses.replace(config, manage_webhook=False)
+    if args.standalone:
+        config = dataclasses.replace(config, leader_election=False)
     handlers.configure(config)
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.log_json else kopf.LogFormat.PLAIN)
-    kopf.run(
-        clusterwide=True,
-        standalone=args.standalone,
-        priority=args.priority,
-        liveness_endpoint=args.liveness,
-    )
+    # Kopf's own peering is off: replicas coordinate through our Lease (see `leader`).
+    kopf.run(clusterwide=True, standalone=True)
     return 0
 
 
@@ -219,9 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the operator against the current kubeconfig")
-    run.add_argument("--standalone", action="store_true", help="no peering: this is the only replica")
-    run.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
-    run.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--standalone", action="store_true", help="no leader election: this is the only replica")
     run.add_argument("--namespace", help="the operator's namespace (keys, certificate, revocations)")
     run.add_argument("--issuer", help="`iss` claim of minted tokens")
     run.add_argument("--webhook-address", help="address the admission webhook listens on")

@@ -50,6 +50,10 @@ CredentialLookup = Callable[[str, str], CredentialRecord | None]
 PodLookup = Callable[[str], PodTask | None]
 
 
+class NotLeader(Exception):
+    """This replica is not the leader: the leader will do it."""
+
+
 class Conflict(Exception):
     """Our picture of a Secret was stale: re-read it and plan again."""
 
@@ -81,6 +85,8 @@ class Engine:
         self.events = events
         self.revocations = revocations
         self.minter = minter
+        # Only the leader writes; followers keep their memory warm and wait (see `leader`).
+        self.leading: Callable[[], bool] = lambda: True
         self._background: set[asyncio.Task[None]] = set()
         self.store = ProjectionStore()
         self.book = StatusBook()
@@ -99,6 +105,8 @@ class Engine:
 
     async def reconcile(self, key: str, task: PodTask | None = None) -> None:
         """Bring one pod's projection in line with its task; `task` overrides the index."""
+        if not self.leading():
+            return
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             for _ in range(3):
@@ -110,6 +118,15 @@ class Engine:
                     await self._refresh(key, current)
         if self.store.get(key) is None and self.pod(key) is None and not lock.locked():
             self._locks.pop(key, None)
+
+    async def resync(self, pod_keys: Iterable[str], batch: int = 200) -> None:
+        """Re-plan every known projection: on election, nothing the old leader left is lost."""
+        keys = sorted(set(pod_keys) | {state.key for state in self.store})
+        log.info("re-planning %d projection(s) after taking the lead", len(keys))
+        for start in range(0, len(keys), batch):
+            await self._reconcile_all(keys[start:start + batch])
+        for record_key in list(self.book.tallies):
+            self.book.touch(record_key)
 
     def secret_seen(self, body: dict[str, Any]) -> str | None:
         """A managed Secret from the watch (or the initial list)."""
@@ -162,6 +179,8 @@ class Engine:
 
     async def credential_deleted(self, record: CredentialRecord) -> int:
         """The finalizer's work: revoke every projection of the credential first."""
+        if not self.leading():
+            raise NotLeader()
         count = await self.revoke_credential(record, reason="credential-deleted")
         self.book.forget(record.key)
         self._written_status.pop(record.key, None)
@@ -179,6 +198,8 @@ class Engine:
 
     async def emergency_revoke(self, record: CredentialRecord, request: dict[str, Any]) -> dict[str, Any] | None:
         """Carry out an `agentcred revoke` request recorded on the AgentCredential once."""
+        if not self.leading():
+            return None  # the leader carries it out; a new leader finds it still pending
         request_id = str(request.get("id") or "")
         handled = (record.status.get("lastRevocation") or {}).get("id")
         if not request_id or request_id == handled or request_id in self._handled_revokes:
@@ -210,7 +231,8 @@ class Engine:
                 for record in lookup_all():
                     self.book.touch(record.key)
                 next_day = self._next_midnight()
-            await self.flush_status()
+            if self.leading():
+                await self.flush_status()
 
     async def flush_status(self) -> None:
         metrics.set_active(self.store.count_by_category())
@@ -494,6 +516,8 @@ class Engine:
 
     async def _scheduled(self, key: Hashable) -> None:
         assert isinstance(key, tuple)
+        if not self.leading():
+            return  # dropped: a new leader re-plans and reschedules everything
         if key[0] == "binding":
             await self.reconcile(key[1])
         elif key[0] == "credential":

@@ -20,15 +20,16 @@ from typing import Any
 import kopf
 
 from . import admission, audit, labels, metrics, model
-from .bootstrap import load_keyring, load_revocations, maintain_keyring_forever, persist_revocations_forever
+from .bootstrap import load_keyring, load_revocations, maintain_keyring_forever, sync_revocations_forever
 from .credentials import CredentialRecord, credential_record
 from .endpoints import build_app, serve
-from .engine import Engine, EngineSettings
+from .engine import Engine, EngineSettings, NotLeader
 from .events import EventRecorder
 from .exchange import ExchangeContext, RateLimiter
 from .health import Health
 from .health import serve as serve_health
 from .kube import Kube, make_api_client
+from .leader import Leadership
 from .minting import MintingClient
 from .projection import PodTask, pod_task
 from .settings import OperatorConfig, configure_kopf
@@ -117,9 +118,19 @@ async def startup(
     rotation = dt.timedelta(days=CONFIG.key_rotation_days) if CONFIG.key_rotation_days > 0 else None
     memo.health = Health(ports=(CONFIG.webhook_port, CONFIG.api_port))
     memo.health_runner = await serve_health(memo.health, CONFIG.health_address, CONFIG.health_port)
+    loops = []
+    if CONFIG.leader_election:
+        leadership = Leadership(
+            kube, CONFIG.namespace,
+            on_elected=lambda: engine.resync(key for key in list(pod_index)),
+        )
+        engine.leading = lambda: leadership.is_leader
+        memo.leadership = leadership
+        loops.append(asyncio.create_task(leadership.run(), name="leader election"))
     memo.tasks = memo.health.loops = [
+        *loops,
         asyncio.create_task(
-            maintain_keyring_forever(kube, CONFIG.namespace, set_keyring, rotation), name="key ring"
+            maintain_keyring_forever(kube, CONFIG.namespace, set_keyring, rotation, engine.leading), name="key ring"
         ),
         asyncio.create_task(engine.scheduler.run(), name="expiry scheduler"),
         asyncio.create_task(
@@ -128,7 +139,7 @@ async def startup(
         ),
         asyncio.create_task(events.run(), name="event poster"),
         asyncio.create_task(
-            persist_revocations_forever(kube, CONFIG.namespace, revocations), name="revocation list"
+            sync_revocations_forever(kube, CONFIG.namespace, revocations, engine.leading), name="revocation list"
         ),
     ]
     logger.info("agentcred ready: issuer %s, %d signing keys", CONFIG.effective_issuer, len(keyring.keys))
@@ -138,6 +149,8 @@ async def startup(
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     for task in getattr(memo, "tasks", []):
         task.cancel()
+    if getattr(memo, "leadership", None) is not None:
+        await memo.leadership.release()
     for runner in (getattr(memo, "api_runner", None), getattr(memo, "health_runner", None)):
         if runner is not None:
             await runner.cleanup()
@@ -263,5 +276,8 @@ async def credential_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any
 
 @kopf.on.delete(model.GROUP, model.VERSION, model.PLURAL)
 async def credential_deleted(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    count = await memo.engine.credential_deleted(credential_record(dict(body)))
+    try:
+        count = await memo.engine.credential_deleted(credential_record(dict(body)))
+    except NotLeader:
+        raise kopf.TemporaryError("waiting for the leader to revoke this credential's projections", delay=5)
     logger.info("revoked %d projection(s) of %s before deletion", count, body.metadata.name)

@@ -45,6 +45,7 @@ class Kube:
         self.custom = client.CustomObjectsApi(api_client)
         self.auth = client.AuthenticationV1Api(api_client)
         self.admission = client.AdmissionregistrationV1Api(api_client)
+        self.coordination = client.CoordinationV1Api(api_client)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
 
     async def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -96,6 +97,17 @@ class Kube:
 
     async def replace_configmap(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self._call(self.core.replace_namespaced_config_map, name, namespace, body)
+
+    # -- Leases ------------------------------------------------------------------------
+
+    async def read_lease(self, namespace: str, name: str) -> dict[str, Any]:
+        return await self._call(self.coordination.read_namespaced_lease, name, namespace)
+
+    async def create_lease(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._call(self.coordination.create_namespaced_lease, namespace, body)
+
+    async def replace_lease(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._call(self.coordination.replace_namespaced_lease, name, namespace, body)
 
     # -- Webhook configuration ---------------------------------------------------------
 

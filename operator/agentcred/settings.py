@@ -34,6 +34,7 @@ class OperatorConfig:
     exchange_burst: int = 20
     key_rotation_days: int = 30  # 0: rotate only on `agentcred rotate-key`
     audit_log: str = "-"
+    leader_election: bool = True  # several replicas: one leader writes; off for a lone replica
     status_interval: float = 1.0
 
     @property
@@ -58,6 +59,7 @@ class OperatorConfig:
             exchange_burst=int(_env("EXCHANGE_BURST", str(cls.exchange_burst))),
             key_rotation_days=int(_env("KEY_ROTATION_DAYS", str(cls.key_rotation_days))),
             audit_log=_env("AUDIT_LOG", cls.audit_log),
+            leader_election=_env("LEADER_ELECTION", "true").lower() == "true",
             status_interval=float(_env("STATUS_INTERVAL", str(cls.status_interval))),
         )
 
