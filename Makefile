@@ -30,6 +30,7 @@ unit: $(BIN)/agentcred
 # Regenerate the CRD from the models (a test fails when they differ).
 crd: $(BIN)/agentcred
 	$(BIN)/agentcred crd > crds/agentcredentials.agentcred.dev.yaml
+	cp crds/agentcredentials.agentcred.dev.yaml charts/agentcred/files/
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

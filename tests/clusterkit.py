@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 from kubernetes import client, config
@@ -134,10 +135,14 @@ class OperatorProcess:
     API server at that URL (the local-development mode of `agentcred run`).
     """
 
-    def __init__(self, cluster: Cluster, *extra_args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, cluster: Cluster, *extra_args: str, env: dict[str, str] | None = None,
+                 namespace: str = OPERATOR_NAMESPACE, standalone: bool = True, kubeconfig: Path | None = None) -> None:
         self.cluster = cluster
         self.extra_args = extra_args
         self.extra_env = env or {}
+        self.namespace = namespace
+        self.standalone = standalone
+        self.kubeconfig = kubeconfig
         self.log_dir = Path(tempfile.mkdtemp(prefix="agentcred-operator-"))
         self.log_path = self.log_dir / "operator.log"
         self.audit_path = self.log_dir / "audit.log"
@@ -150,8 +155,9 @@ class OperatorProcess:
     def command(self) -> list[str]:
         url = f"https://127.0.0.1:{self.webhook_port}"
         return [
-            sys.executable, "-m", "agentcred", "run", "--standalone", "--verbose",
-            "--namespace", OPERATOR_NAMESPACE,
+            sys.executable, "-m", "agentcred", "run", "--verbose",
+            *(["--standalone"] if self.standalone else []),
+            "--namespace", self.namespace,
             "--webhook-address", "127.0.0.1", "--webhook-port", str(self.webhook_port), "--webhook-url", url,
             "--api-address", "127.0.0.1", "--api-port", str(self.api_port), "--issuer", self.api_url,
             "--health-address", "127.0.0.1", "--health-port", str(self.health_port),
@@ -160,14 +166,17 @@ class OperatorProcess:
         ]
 
     def start(self, wait: bool = True) -> "OperatorProcess":
-        ensure_namespace(self.cluster, OPERATOR_NAMESPACE)
+        ensure_namespace(self.cluster, self.namespace)
         self.starts += 1
         log = open(self.log_path, "ab")
+        env = self.cluster.env(AGENTCRED_STATUS_INTERVAL="0.5", **self.extra_env)
+        if self.kubeconfig is not None:
+            env["KUBECONFIG"] = str(self.kubeconfig)
         self.process = subprocess.Popen(
             self.command(),
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=self.cluster.env(AGENTCRED_STATUS_INTERVAL="0.5", **self.extra_env),
+            env=env,
             start_new_session=True,
         )
         log.close()
@@ -182,7 +191,7 @@ class OperatorProcess:
     def ca_file(self) -> str:
         """The CA of the operator's serving certificate (shared by webhook and endpoints)."""
         path = self.log_dir / "ca.crt"
-        secret = self.cluster.core.read_namespaced_secret("agentcred-webhook-tls", OPERATOR_NAMESPACE)
+        secret = self.cluster.core.read_namespaced_secret("agentcred-webhook-tls", self.namespace)
         path.write_bytes(base64.b64decode(secret.data["ca.crt"]))
         return str(path)
 
@@ -246,3 +255,37 @@ class OperatorProcess:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.log_dir, ignore_errors=True)
+
+
+def token_kubeconfig(cluster: Cluster, namespace: str, service_account: str, path: Path) -> Path:
+    """A kubeconfig that acts as a ServiceAccount (a TokenRequest token), nothing more."""
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    token = cluster.core.create_namespaced_service_account_token(
+        service_account, namespace, {"spec": {"expirationSeconds": 3600}}
+    ).status.token
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": admin["clusters"],
+        "users": [{"name": service_account, "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": admin["clusters"][0]["name"], "user": service_account}}],
+        "current-context": "sa",
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+@contextlib.contextmanager
+def operator_paused(operator: "OperatorProcess") -> Iterator[None]:
+    """Stop the session's operator and unregister its webhook while a test runs its own."""
+    operator.stop()
+    try:
+        operator.cluster.admission.delete_mutating_webhook_configuration("agentcred.dev")
+    except ApiException as error:
+        if error.status != 404:
+            raise
+    try:
+        yield
+    finally:
+        operator.start()

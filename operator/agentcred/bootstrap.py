@@ -11,7 +11,7 @@ from typing import Callable
 from .kube import Kube, status_of
 from .labels import MANAGED_LABEL, ROLE_LABEL
 from .revocations import REVOCATIONS_CONFIGMAP, RevocationList
-from .signing import ALGORITHMS, KEYRING_SECRET, KeyRing, prune, rotate, rotation_due
+from .signing import ALGORITHMS, KEYRING_KEY, KEYRING_SECRET, KeyRing, prune, rotate, rotation_due
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +25,27 @@ KEYRING_LABELS = {MANAGED_LABEL: "true", ROLE_LABEL: "keyring", "app.kubernetes.
 async def load_keyring(kube: Kube, namespace: str) -> KeyRing:
     try:
         secret = await kube.read_secret(namespace, KEYRING_SECRET)
-        if any((secret["metadata"].get("labels") or {}).get(k) != v for k, v in KEYRING_LABELS.items()):
-            await kube.patch_secret(namespace, KEYRING_SECRET, {"metadata": {"labels": KEYRING_LABELS}})
-        return KeyRing.from_secret_data(secret["data"])
     except Exception as error:
         if status_of(error) != 404:
             raise
+        secret = None
+    if secret is not None:
+        labelled = all((secret["metadata"].get("labels") or {}).get(k) == v for k, v in KEYRING_LABELS.items())
+        if KEYRING_KEY in (secret.get("data") or {}):
+            if not labelled:
+                await kube.patch_secret(namespace, KEYRING_SECRET, {"metadata": {"labels": KEYRING_LABELS}})
+            return KeyRing.from_secret_data(secret["data"])
+        # Pre-created empty by the Helm chart: the first replica fills it.
+        ring = KeyRing.generate(dt.datetime.now(dt.timezone.utc))
+        secret["metadata"]["labels"] = {**(secret["metadata"].get("labels") or {}), **KEYRING_LABELS}
+        secret["data"] = ring.to_secret_data()
+        try:
+            await kube.replace_secret(namespace, KEYRING_SECRET, secret)
+            return ring
+        except Exception as error:
+            if status_of(error) != 409:
+                raise
+            return KeyRing.from_secret_data((await kube.read_secret(namespace, KEYRING_SECRET))["data"])
     ring = KeyRing.generate(dt.datetime.now(dt.timezone.utc))
     body = {
         "apiVersion": "v1",

@@ -40,8 +40,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = dataclasses.replace(
         OperatorConfig.from_env(), **{k: v for k, v in overrides.items() if v is not None}
     )
-    if args.no_manage_webhook:
-        config = dataclasses.replace(config, manage_webhook=False)
+    if args.webhook_config:
+        config = dataclasses.replace(config, webhook_config=args.webhook_config)
     if args.standalone:
         config = dataclasses.replace(config, leader_election=False)
     handlers.configure(config)
@@ -227,8 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--api-port", type=int, help="port of the HTTPS endpoints (default 8443)")
     run.add_argument("--health-address", help="address of /healthz, /readyz and /metrics")
     run.add_argument("--health-port", type=int, help="port of /healthz, /readyz and /metrics (default 8080)")
-    run.add_argument("--no-manage-webhook", action="store_true",
-                     help="leave the MutatingWebhookConfiguration to the Helm chart")
+    run.add_argument("--webhook-config", choices=["manage", "inject-ca", "none"],
+                     help="manage the MutatingWebhookConfiguration (default), only inject its CA bundle "
+                          "(the Helm chart owns it), or leave it alone")
     run.add_argument("--audit-log", help="audit destination: - for stdout (default) or a file path")
     run.add_argument("--verbose", action="store_true")
     run.add_argument("--log-json", action="store_true", help="log as JSON lines")

@@ -33,7 +33,7 @@ from .leader import Leadership
 from .minting import MintingClient
 from .projection import PodTask, pod_task
 from .settings import OperatorConfig, configure_kopf
-from .signing import KEYRING_SECRET, KeyRing
+from .signing import KEYRING_KEY, KEYRING_SECRET, KeyRing
 from .webhook import HANDLER_ID, configuration, private_directory, shared_serving_certificate
 
 log = logging.getLogger(__name__)
@@ -79,12 +79,14 @@ async def startup(
     settings.admission.server = kopf.WebhookServer(
         addr=CONFIG.webhook_address, port=CONFIG.webhook_port, certfile=str(certfile), pkeyfile=str(keyfile)
     )
-    if CONFIG.manage_webhook:
+    if CONFIG.webhook_config == "manage":
         service = None if CONFIG.webhook_url else (CONFIG.service, CONFIG.namespace, 443)
         await kube.apply_mutating_webhook(
             configuration(certificate.ca_pem, url=CONFIG.webhook_url, service=service,
-                          operator_namespace=CONFIG.namespace)
+                          operator_namespace=CONFIG.namespace, name=CONFIG.webhook_configuration)
         )
+    elif CONFIG.webhook_config == "inject-ca":
+        await kube.inject_webhook_ca(CONFIG.webhook_configuration, certificate.ca_pem)
 
     events = EventRecorder(kube)
     engine = Engine(
@@ -123,6 +125,7 @@ async def startup(
         leadership = Leadership(
             kube, CONFIG.namespace,
             on_elected=lambda: engine.resync(key for key in list(pod_index)),
+            duration=CONFIG.lease_duration, renew=CONFIG.lease_renew,
         )
         engine.leading = lambda: leadership.is_leader
         memo.leadership = leadership
@@ -238,8 +241,10 @@ async def secret_event(type: str, body: kopf.Body, memo: kopf.Memo, pod_index: k
     if body.metadata.labels.get(labels.ROLE_LABEL) == "keyring":
         # Kopf calls no handler before every index has listed: this is the warm signal.
         memo.health.warm.set()
-        if type != "DELETED" and body.metadata.namespace == CONFIG.namespace and body.metadata.name == KEYRING_SECRET:
-            engine.keyring = KeyRing.from_secret_data(dict(body.get("data") or {}))
+        data = dict(body.get("data") or {})
+        mine = body.metadata.namespace == CONFIG.namespace and body.metadata.name == KEYRING_SECRET
+        if type != "DELETED" and mine and KEYRING_KEY in data:
+            engine.keyring = KeyRing.from_secret_data(data)
         return
     if type == "DELETED":
         engine.secret_gone(dict(body))

@@ -7,6 +7,7 @@ never blocks, and responses are decoded as plain dicts (no model deserialisation
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -124,6 +125,19 @@ class Kube:
             return
         body = {**body, "metadata": {**body["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}}
         await self._call(api.replace_mutating_webhook_configuration, name, body)
+
+    async def inject_webhook_ca(self, name: str, ca_pem: bytes) -> None:
+        """Set the caBundle of every webhook in a configuration someone else owns."""
+        current = await self._call(self.admission.read_mutating_webhook_configuration, name)
+        bundle = base64.b64encode(ca_pem).decode()
+        patch = [
+            {"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": bundle}
+            for i, hook in enumerate(current.get("webhooks") or [])
+            if hook.get("clientConfig", {}).get("caBundle") != bundle
+        ]
+        if patch:
+            await self._call(self.admission.patch_mutating_webhook_configuration, name, patch,
+                             _content_type="application/json-patch+json")
 
     async def create_event(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._call(self.core.create_namespaced_event, body["metadata"]["namespace"], body)

@@ -22,10 +22,12 @@ class OperatorConfig:
     issuer: str = ""  # `iss` of minted tokens; defaults to the Service's URL
     webhook_address: str = "0.0.0.0"
     webhook_port: int = 9443
-    # Manage the MutatingWebhookConfiguration from the operator: reached at this URL if set
-    # (local development), else through the Service (in a cluster).
+    # The MutatingWebhookConfiguration: "manage" creates and owns it (reached at webhook_url
+    # if set, else through the Service); "inject-ca" only keeps the caBundle of the one the
+    # Helm chart installed up to date; "none" leaves it alone.
     webhook_url: str | None = None
-    manage_webhook: bool = True
+    webhook_config: str = "manage"
+    webhook_configuration: str = "agentcred.dev"  # the MutatingWebhookConfiguration's name
     api_address: str = "0.0.0.0"
     api_port: int = 8443  # JWKS, revocation list, intent exchange
     health_address: str = "0.0.0.0"
@@ -35,6 +37,8 @@ class OperatorConfig:
     key_rotation_days: int = 30  # 0: rotate only on `agentcred rotate-key`
     audit_log: str = "-"
     leader_election: bool = True  # several replicas: one leader writes; off for a lone replica
+    lease_duration: int = 15  # seconds without renewal before a follower takes over
+    lease_renew: float = 5.0
     status_interval: float = 1.0
 
     @property
@@ -50,7 +54,8 @@ class OperatorConfig:
             webhook_address=_env("WEBHOOK_ADDRESS", cls.webhook_address),
             webhook_port=int(_env("WEBHOOK_PORT", str(cls.webhook_port))),
             webhook_url=_env("WEBHOOK_URL", "") or None,
-            manage_webhook=_env("MANAGE_WEBHOOK", "true").lower() == "true",
+            webhook_config=_env("WEBHOOK_CONFIG", cls.webhook_config),
+            webhook_configuration=_env("WEBHOOK_CONFIGURATION", cls.webhook_configuration),
             api_address=_env("API_ADDRESS", cls.api_address),
             api_port=int(_env("API_PORT", str(cls.api_port))),
             health_address=_env("HEALTH_ADDRESS", cls.health_address),
@@ -60,6 +65,8 @@ class OperatorConfig:
             key_rotation_days=int(_env("KEY_ROTATION_DAYS", str(cls.key_rotation_days))),
             audit_log=_env("AUDIT_LOG", cls.audit_log),
             leader_election=_env("LEADER_ELECTION", "true").lower() == "true",
+            lease_duration=int(_env("LEASE_DURATION", str(cls.lease_duration))),
+            lease_renew=float(_env("LEASE_RENEW", str(cls.lease_renew))),
             status_interval=float(_env("STATUS_INTERVAL", str(cls.status_interval))),
         )
 

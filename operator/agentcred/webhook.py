@@ -18,7 +18,7 @@ from typing import Any
 from . import labels, pki
 from .kube import Kube, status_of
 
-CONFIGURATION_NAME = "agentcred.dev"
+DEFAULT_CONFIGURATION_NAME = "agentcred.dev"
 HANDLER_ID = "agentcred-inject"
 TLS_SECRET = "agentcred-webhook-tls"
 CERT_VALIDITY = dt.timedelta(days=365)
@@ -79,15 +79,29 @@ def _from_secret(body: dict[str, Any]) -> ServingCertificate:
 async def shared_serving_certificate(kube: Kube, namespace: str, service: str) -> ServingCertificate:
     """The replicas' common certificate: read it, or create it if this replica is first."""
     try:
-        current = _from_secret(await kube.read_secret(namespace, TLS_SECRET))
-        if not pki.expires_within(current.cert_pem, RENEW_WITHIN):
-            return current
-        fresh = new_serving_certificate(service, namespace)
-        await kube.replace_secret(namespace, TLS_SECRET, _secret_body(namespace, fresh))
-        return fresh
+        existing = await kube.read_secret(namespace, TLS_SECRET)
     except Exception as error:
         if status_of(error) != 404:
             raise
+        existing = None
+    if existing is not None:
+        if all(k in (existing.get("data") or {}) for k in ("ca.crt", "tls.crt", "tls.key")):
+            current = _from_secret(existing)
+            if not pki.expires_within(current.cert_pem, RENEW_WITHIN):
+                return current
+        # Empty (pre-created by the Helm chart) or expiring: fill it; a stale version loses.
+        fresh = new_serving_certificate(service, namespace)
+        body = _secret_body(namespace, fresh)
+        body["metadata"] = {**existing["metadata"], "labels": {**(existing["metadata"].get("labels") or {}),
+                                                                 **body["metadata"]["labels"]}}
+        body["type"] = existing.get("type", body["type"])
+        try:
+            await kube.replace_secret(namespace, TLS_SECRET, body)
+            return fresh
+        except Exception as error:
+            if status_of(error) != 409:
+                raise
+            return _from_secret(await kube.read_secret(namespace, TLS_SECRET))  # another replica won
     fresh = new_serving_certificate(service, namespace)
     try:
         await kube.create_secret(namespace, _secret_body(namespace, fresh))
@@ -109,6 +123,7 @@ def configuration(
     url: str | None = None,
     service: tuple[str, str, int] | None = None,
     operator_namespace: str,
+    name: str = DEFAULT_CONFIGURATION_NAME,
 ) -> dict[str, Any]:
     """The MutatingWebhookConfiguration: opted-in pods only, fail closed, short timeout."""
     client_config: dict[str, Any] = {"caBundle": base64.b64encode(ca_pem).decode()}
@@ -122,10 +137,10 @@ def configuration(
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": CONFIGURATION_NAME, "labels": {"app.kubernetes.io/name": "agentcred"}},
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "agentcred"}},
         "webhooks": [
             {
-                "name": f"pods.{CONFIGURATION_NAME}",
+                "name": "pods.agentcred.dev",
                 "admissionReviewVersions": ["v1"],
                 "sideEffects": "None",
                 "failurePolicy": "Fail",

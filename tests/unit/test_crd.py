@@ -48,3 +48,8 @@ def test_enums_and_names() -> None:
     columns = [column["name"] for column in version["additionalPrinterColumns"]]
     for wanted in ("Category", "Owner", "Source", "TTL", "Active", "Ready", "Age"):
         assert wanted in columns
+
+
+def test_the_chart_ships_the_same_crd() -> None:
+    chart_copy = CRD_FILE.parent.parent / "charts" / "agentcred" / "files" / CRD_FILE.name
+    assert chart_copy.read_text() == CRD_FILE.read_text(), "run `make crd` to copy the CRD into the chart"

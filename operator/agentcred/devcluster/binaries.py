@@ -6,6 +6,7 @@ for the build. A folder named by `KUBEBUILDER_ASSETS` is used first when it hold
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -47,7 +48,9 @@ class Component:
 
     @property
     def directory(self) -> Path:
-        return cache_root() / "bin" / f"{self.name}-v{self.version}"
+        # Keyed by version and by the build recipe, so a changed recipe never reuses a stale build.
+        recipe = hashlib.sha256(f"{self.go_mod}|{self.packages}|{self.ldflags}".encode()).hexdigest()[:8]
+        return cache_root() / "bin" / f"{self.name}-v{self.version}-{recipe}"
 
     def binary(self, name: str) -> Path:
         return self.directory / name
@@ -114,7 +117,12 @@ def components() -> list[Component]:
                 f"require helm.sh/helm/v3 v{HELM_VERSION}\n"
             ),
             packages=(("helm.sh/helm/v3/cmd/helm", "helm"),),
-            ldflags=f"-s -w -X helm.sh/helm/v3/internal/version.version=v{HELM_VERSION}",
+            # Helm's default capabilities (what `helm template` assumes) follow its client-go.
+            ldflags=(
+                f"-s -w -X helm.sh/helm/v3/internal/version.version=v{HELM_VERSION}"
+                f" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1"
+                f" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor={KUBERNETES_VERSION.split('.')[1]}"
+            ),
         ),
     ]
 
