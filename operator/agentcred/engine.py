@@ -62,6 +62,7 @@ class Conflict(Exception):
 class EngineSettings:
     issuer: str
     status_interval: float = 1.0
+    handover_window: float = 30.0  # seconds a dead leader may have missed before an election
 
 
 class Engine:
@@ -100,6 +101,8 @@ class Engine:
         self._generations: dict[tuple[str, str], int] = {}
         # Tokens handed out by intent exchange, per key: revoked with the pod's value.
         self._exchanged: dict[str, list[tuple[str, str, dt.datetime]]] = {}
+        # Secrets deleted by others while this replica followed (audited if it is elected).
+        self._unaudited: list[tuple[dt.datetime, ProjectionState]] = []
 
     # -- entry points --------------------------------------------------------------
 
@@ -121,6 +124,11 @@ class Engine:
 
     async def resync(self, pod_keys: Iterable[str], batch: int = 200) -> None:
         """Re-plan every known projection: on election, nothing the old leader left is lost."""
+        window = utcnow() - dt.timedelta(seconds=self.settings.handover_window)
+        for seen, state in self._unaudited:
+            if seen >= window:
+                self._audit_external_deletion(state)
+        self._unaudited.clear()
         keys = sorted(set(pod_keys) | {state.key for state in self.store})
         log.info("re-planning %d projection(s) after taking the lead", len(keys))
         for start in range(0, len(keys), batch):
@@ -158,10 +166,31 @@ class Engine:
         return self.scheduler.due_time(("binding", key)) is not None
 
     def secret_gone(self, body: dict[str, Any]) -> None:
+        """A managed Secret was deleted. If we did not delete it (the garbage collector
+        after its pod, or a person), its live values are revoked all the same: audit them."""
         state = parse_projection(body)
-        if state is not None:
-            self.store.forget(state.key)
-            self.store.deleted_for_good(state.key)
+        if state is None:
+            return
+        known = self.store.get(state.key)
+        self.store.forget(state.key)
+        self.store.deleted_for_good(state.key)
+        if known is None or not known.values:
+            return  # ours: already audited when we deleted it
+        if self.leading():
+            self._audit_external_deletion(known)
+        else:
+            # The leader audits it -- unless the leader is down; a follower elected soon
+            # after audits what it saw in the meantime (see `resync`).
+            now = utcnow()
+            window = now - dt.timedelta(seconds=self.settings.handover_window)
+            self._unaudited = [entry for entry in self._unaudited if entry[0] >= window]
+            self._unaudited.append((now, known))
+
+    def _audit_external_deletion(self, state: ProjectionState) -> None:
+        task = self.pod(state.key)
+        reason = task.end_reason if task and task.end_reason else "pod-deleted" if task is None else "secret-deleted"
+        for name, value in state.values.items():
+            self._revoked(state.namespace, name, value, reason, pod=state.pod_name, pod_uid=state.pod_uid, job=state.job)
 
     async def credential_changed(self, record: CredentialRecord, force: bool = False) -> None:
         """A credential was seen: refresh its status; re-plan the pods it may affect."""

@@ -92,7 +92,8 @@ async def startup(
     engine = Engine(
         kube,
         keyring,
-        EngineSettings(issuer=CONFIG.effective_issuer, status_interval=CONFIG.status_interval),
+        EngineSettings(issuer=CONFIG.effective_issuer, status_interval=CONFIG.status_interval,
+                       handover_window=2 * (CONFIG.lease_duration + CONFIG.lease_renew)),
         credentials=lambda namespace, name: _first(credential_index, (namespace, name)),
         pods=lambda binding: _first(pod_index, binding),
         events=events,

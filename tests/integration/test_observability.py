@@ -48,7 +48,9 @@ def test_metrics_follow_issue_renew_revoke_and_deny(
     during = operator.metrics()
     assert _value(during, "agentcred_issued_total", category="deployment") == \
         _value(before, "agentcred_issued_total", category="deployment") + 1
-    assert _value(during, "agentcred_active_projections", category="deployment") >= 1
+    # Gauges are sampled each status interval, counters move with each action.
+    wait_for(lambda: _value(operator.metrics(), "agentcred_active_projections", category="deployment") >= 1,
+             what="the active-projections gauge")
     assert _value(during, "agentcred_denied_total", category="unknown", reason="AdmissionRefused") == \
         _value(before, "agentcred_denied_total", category="unknown", reason="AdmissionRefused") + 1
     for histogram in ("agentcred_webhook_duration_seconds", "agentcred_projection_latency_seconds",

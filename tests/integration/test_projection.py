@@ -94,9 +94,10 @@ def test_bare_pod_succeeded_and_deleted_revoke(cluster: Cluster, operator: Opera
     cluster.core.delete_namespaced_pod("two", namespace)
     wait_for(lambda: secret_gone(cluster, namespace, secret_name_of(one)), what="Secret of the succeeded pod deleted")
     wait_for(lambda: secret_gone(cluster, namespace, secret_name_of(two)), what="Secret of the deleted pod deleted")
-    reasons = {line["podName"]: line["reason"] for line in operator.audit() if line["action"] == "revoke"
-               and line.get("namespace") == namespace}
-    assert reasons == {"one": "task-succeeded", "two": "pod-deleted"}
+    def reasons() -> dict:
+        return {line["podName"]: line["reason"] for line in audit_lines(operator, "revoke", namespace=namespace)}
+
+    wait_for(lambda: reasons() == {"one": "task-succeeded", "two": "pod-deleted"}, what="both revocations audited")
 
 
 def test_renewal_replaces_the_value_before_expiry_and_stops_at_max_lifetime(
@@ -124,7 +125,7 @@ def test_renewal_replaces_the_value_before_expiry_and_stops_at_max_lifetime(
     assert secret is not None and state_of(secret)["revoked"] == {"research-llm": "max-lifetime"}
     renewals = audit_lines(operator, "renew", podUID=pod["metadata"]["uid"])
     assert renewals, "no renew audit line"
-    revoked = audit_lines(operator, "revoke", podUID=pod["metadata"]["uid"])
+    revoked = wait_for(lambda: audit_lines(operator, "revoke", podUID=pod["metadata"]["uid"]), what="audit revoke")
     assert [line["reason"] for line in revoked] == ["max-lifetime"]
     # Revoked values stay revoked: the pod is still running, but nothing is issued again.
     time.sleep(2)
@@ -212,7 +213,7 @@ def test_expired_exception_revokes_static_values(cluster: Cluster, operator: Ope
         {"spec": {"exception": {"expires": "2020-01-01"}}},
     )
     wait_for(lambda: value_gone(cluster, namespace, name, "legacy"), what="static value revoked")
-    revoked = audit_lines(operator, "revoke", podUID=pod["metadata"]["uid"])
+    revoked = wait_for(lambda: audit_lines(operator, "revoke", podUID=pod["metadata"]["uid"]), what="audit revoke")
     assert revoked[0]["reason"] == "exception-expired"
 
 
@@ -316,8 +317,10 @@ def test_operator_killed_during_a_burst_leaves_no_orphan_and_misses_no_revocatio
         if pod.status.phase == "Running":
             secret = read_secret(cluster, namespace, labels.secret_name(pod.metadata.annotations[labels.BINDING_ANNOTATION]))
             assert value_of(secret, "research-llm") is not None
-    revoked = {line["podName"] for line in audit_lines(operator, "revoke", namespace=namespace)}
-    assert finished <= revoked, f"revocations missing from the audit log: {finished - revoked}"
+    def revoked() -> set:
+        return {line["podName"] for line in audit_lines(operator, "revoke", namespace=namespace)}
+
+    wait_for(lambda: finished <= revoked(), timeout=15, what="every finished task's revocation in the audit log")
     issued = [line["podName"] for line in audit_lines(operator, "issue", namespace=namespace)]
     assert len(issued) == len(set(issued)) == 50, "a pod was issued twice or not at all"
 
