@@ -31,3 +31,17 @@ def test_no_secret_material_is_copied_in() -> None:
     for forbidden in (".pem", ".key", ".env", "kubeconfig", "id_rsa", "secret"):
         assert forbidden not in copies.lower(), forbidden
     assert not any(line.startswith("ADD ") for line in INSTRUCTIONS), "use COPY, not ADD"
+
+
+def test_image_ports_and_version_match_the_chart() -> None:
+    import tomllib
+
+    import yaml
+
+    chart = yaml.safe_load((REPO / "charts" / "agentcred" / "Chart.yaml").read_text())
+    values = yaml.safe_load((REPO / "charts" / "agentcred" / "values.yaml").read_text())
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert chart["appVersion"] == version
+    exposed = {int(p) for line in INSTRUCTIONS if line.startswith("EXPOSE ") for p in line.split()[1:]}
+    assert exposed == {values["webhook"]["port"], values["api"]["port"], values["health"]["port"]}
+    assert values["image"]["repository"] == "ghcr.io/agentcred/agentcred"
