@@ -46,6 +46,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, leader_election=False)
     handlers.configure(config)
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.log_json else kopf.LogFormat.PLAIN)
+    if not args.verbose:
+        # A line per handler per event is noise at scale; warnings and errors still show.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # Kopf's own peering is off: replicas coordinate through our Lease (see `leader`).
     kopf.run(clusterwide=True, standalone=True)
     return 0

@@ -28,7 +28,7 @@ from .events import EventRecorder
 from .exchange import ExchangeContext, RateLimiter
 from .health import Health
 from .health import serve as serve_health
-from .kube import Kube, make_api_client
+from .kube import Kube, load_configuration
 from .leader import Leadership
 from .minting import MintingClient
 from .projection import PodTask, pod_task
@@ -63,13 +63,12 @@ async def startup(
     memo: kopf.Memo,
     credential_index: kopf.Index,
     pod_index: kopf.Index,
-    pod_by_name: kopf.Index,
     logger: logging.Logger,
     **_: Any,
 ) -> None:
     configure_kopf(settings, CONFIG)
     audit.configure(CONFIG.audit_log)
-    kube = Kube(make_api_client())
+    kube = Kube(load_configuration())
     keyring = await load_keyring(kube, CONFIG.namespace)
     revocations = await load_revocations(kube, CONFIG.namespace)
 
@@ -107,7 +106,7 @@ async def startup(
 
     exchange_context = ExchangeContext(
         review_token=lambda token: kube.review_token(token, [labels.SERVICE_ACCOUNT_AUDIENCE]),
-        pod_by_name=lambda namespace, name: _first(pod_by_name, (namespace, name)),
+        pod_by_name=lambda namespace, name: _first(pod_index, (namespace, name)),
         credential=engine.credential,
         projection=engine.store.get,
         keyring=lambda: engine.keyring,
@@ -125,7 +124,7 @@ async def startup(
     if CONFIG.leader_election:
         leadership = Leadership(
             kube, CONFIG.namespace,
-            on_elected=lambda: engine.resync(key for key in list(pod_index)),
+            on_elected=lambda: engine.resync(key for key in list(pod_index) if isinstance(key, str)),
             duration=CONFIG.lease_duration, renew=CONFIG.lease_renew,
         )
         engine.leading = lambda: leadership.is_leader
@@ -162,34 +161,32 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if engine is not None:
         await engine.flush_status()
         await engine.minter.close()
-        engine.kube.close()
+        await engine.kube.close()
     if getattr(memo, "tls_directory", None) is not None:
         shutil.rmtree(memo.tls_directory, ignore_errors=True)
 
 
 # -- indices: what the webhook and the engine look up without an API call -------------
+# (async, though they do not await: Kopf runs sync handlers on a thread pool, which would
+# cost a thread hop per event for a few microseconds of work.)
 
 
 @kopf.index(model.GROUP, model.VERSION, model.PLURAL)
-def credential_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], CredentialRecord]:
+async def credential_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], CredentialRecord]:
     record = credential_record(dict(body))
     return {record.key: record}
 
 
 @kopf.index("v1", "pods", labels=POD_FILTER)
-def pod_index(body: kopf.Body, **_: Any) -> dict[str, PodTask] | None:
+async def pod_index(body: kopf.Body, **_: Any) -> dict[str | tuple[str, str], PodTask] | None:
+    # Two keys per pod in one index (one handler call per event, not two): the projection
+    # key "namespace/binding" for the engine, (namespace, name) for intent exchange.
     task = pod_task(dict(body))
-    return {task.key: task} if task else None
-
-
-@kopf.index("v1", "pods", labels=POD_FILTER)
-def pod_by_name(body: kopf.Body, **_: Any) -> dict[tuple[str, str], PodTask] | None:
-    task = pod_task(dict(body))
-    return {(task.namespace, task.name): task} if task else None
+    return {task.key: task, (task.namespace, task.name): task} if task else None
 
 
 @kopf.index("v1", "secrets", labels=SECRET_FILTER)
-def secret_index(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def secret_index(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     # Registered as an index so that Kopf lists every managed Secret before any handler
     # runs; the bookkeeping goes to the engine's own store, which also sees our writes.
     engine: Engine | None = getattr(memo, "engine", None)

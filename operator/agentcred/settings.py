@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import kopf
 
@@ -71,6 +72,17 @@ class OperatorConfig:
         )
 
 
+class CredentialsOnlyDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """Kopf builds a diff base (a deep copy of the body) for every event of every resource.
+    Only AgentCredentials have change-detecting handlers; for pods and Secrets -- thousands
+    of events in a burst -- the copy would be thrown away, so it is never made."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        if body.get("apiVersion") != model.API_VERSION:
+            return kopf.BodyEssence()
+        return super().build(body=body, extra_fields=extra_fields)
+
+
 def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     # Watches go quiet without explicit timeouts (a known Kopf/aiohttp behaviour).
     settings.watching.server_timeout = 270
@@ -82,9 +94,9 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     # Our own annotation prefix and finalizer, not Kopf's defaults.
     settings.persistence.finalizer = f"{model.GROUP}/revoke-projections"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=model.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=model.GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = CredentialsOnlyDiffBase(prefix=model.GROUP, key="last-handled-configuration")
+    # Process an object's event as soon as it arrives (the default waits 0.1 s for more).
+    settings.batching.batch_window = 0.01
     # Events are posted deliberately; log lines do not become Events.
     settings.posting.level = logging.WARNING
     settings.posting.enabled = False
