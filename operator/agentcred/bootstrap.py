@@ -9,17 +9,14 @@ import logging
 from typing import Callable
 
 from .kube import Kube, status_of
-from .labels import MANAGED_LABEL, ROLE_LABEL
+from .labels import ROLE_LABEL
 from .revocations import REVOCATIONS_CONFIGMAP, RevocationList
 from .signing import ALGORITHMS, KEYRING_KEY, KEYRING_SECRET, KeyRing, prune, rotate, rotation_due
 
 log = logging.getLogger(__name__)
 
 
-# The key ring Secret carries the managed label so the operator's (label-filtered) Secret
-# watch sees it: other replicas' changes arrive at once, and its first event tells that
-# every index has finished listing. It has no binding label, so it is never a projection.
-KEYRING_LABELS = {MANAGED_LABEL: "true", ROLE_LABEL: "keyring", "app.kubernetes.io/name": "agentcred"}
+KEYRING_LABELS = {ROLE_LABEL: "keyring", "app.kubernetes.io/name": "agentcred"}
 
 
 async def load_keyring(kube: Kube, namespace: str) -> KeyRing:
@@ -146,15 +143,16 @@ async def maintain_keyring_forever(
     leading: Callable[[], bool],
     poll: float = 5.0,
 ) -> None:
-    """The leader carries out `rotate-key` requests and scheduled rotations; every
-    replica follows the shared key ring through the Secret watch."""
+    """Every replica follows the shared key ring (so all sign with, and publish, the same
+    keys); the leader also carries out `rotate-key` requests and scheduled rotations."""
     while True:
         await asyncio.sleep(poll)
-        if not leading():
-            continue
         try:
             secret = await kube.read_secret(namespace, KEYRING_SECRET)
             current = KeyRing.from_secret_data(secret["data"])
+            if not leading():
+                on_change(current)
+                continue
             annotations = dict(secret["metadata"].get("annotations") or {})
             updated, handled = plan_keyring(current, annotations, dt.datetime.now(dt.timezone.utc), interval)
             if _shape(updated) != _shape(current) or handled:

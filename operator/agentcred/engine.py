@@ -88,6 +88,7 @@ class Engine:
         self.minter = minter
         # Only the leader writes; followers keep their memory warm and wait (see `leader`).
         self.leading: Callable[[], bool] = lambda: True
+        self.warm = asyncio.Event()  # every index has listed (see handlers.crd_event)
         self._background: set[asyncio.Task[None]] = set()
         self.store = ProjectionStore()
         self.book = StatusBook()
@@ -101,8 +102,8 @@ class Engine:
         self._generations: dict[tuple[str, str], int] = {}
         # Tokens handed out by intent exchange, per key: revoked with the pod's value.
         self._exchanged: dict[str, list[tuple[str, str, dt.datetime]]] = {}
-        # Secrets deleted by others while this replica followed (audited if it is elected).
-        self._unaudited: list[tuple[dt.datetime, ProjectionState]] = []
+        # Tasks that ended while this replica followed: a new leader finishes their revocation.
+        self._ended_while_following: list[tuple[dt.datetime, PodTask]] = []
 
     # -- entry points --------------------------------------------------------------
 
@@ -122,27 +123,47 @@ class Engine:
         if self.store.get(key) is None and self.pod(key) is None and not lock.locked():
             self._locks.pop(key, None)
 
-    async def resync(self, pod_keys: Iterable[str], batch: int = 200) -> None:
-        """Re-plan every known projection: on election, nothing the old leader left is lost."""
+    def load(self, states: Iterable[ProjectionState]) -> int:
+        """Fill the memory from a listing of the managed Secrets (their metadata only)."""
+        count = 0
+        for state in states:
+            self.store.put(state)
+            count += 1
+        return count
+
+    async def resync(self, pod_keys: Iterable[str], states: Iterable[ProjectionState] | None = None,
+                     batch: int = 200) -> None:
+        """Re-plan every known projection -- on start (the sweep) and on election, so that
+        nothing a previous leader left undone is lost: an ended task's Secret is revoked,
+        a Secret with no pod at all is revoked as an orphan, renewals are rescheduled."""
+        if states is not None:
+            self.load(states)
         window = utcnow() - dt.timedelta(seconds=self.settings.handover_window)
-        for seen, state in self._unaudited:
-            if seen >= window:
-                self._audit_external_deletion(state)
-        self._unaudited.clear()
+        ended = [task for seen, task in self._ended_while_following if seen >= window]
+        self._ended_while_following.clear()
+        for task in ended:
+            if self.store.get(task.key) is None and not task.gated and task.deleted:
+                # Its pod was deleted while the leader was down and the garbage collector
+                # took the Secret with it: the revocation happened, so it is recorded.
+                for name in task.credentials:
+                    self._revoked(task.namespace, name, None, task.end_reason or "pod-deleted", pod=task.name,
+                                  pod_uid=task.uid, job=task.job, service_account=task.service_account,
+                                  removed_by="garbage-collector")
+        await self._reconcile_all_tasks(task for task in ended if self.store.get(task.key) is not None)
         keys = sorted(set(pod_keys) | {state.key for state in self.store})
-        log.info("re-planning %d projection(s) after taking the lead", len(keys))
+        log.info("re-planning %d projection(s)", len(keys))
         for start in range(0, len(keys), batch):
             await self._reconcile_all(keys[start:start + batch])
         for record_key in list(self.book.tallies):
             self.book.touch(record_key)
 
-    def secret_seen(self, body: dict[str, Any]) -> str | None:
-        """A managed Secret from the watch (or the initial list)."""
-        state = parse_projection(body)
-        if state is None:
-            return None
-        self.store.observe(state)
-        return state.key
+    def note_ended(self, task: PodTask) -> None:
+        """A follower saw a task end: the leader revokes it -- or, if the leader is down,
+        whoever is elected next does (see `resync`)."""
+        now = utcnow()
+        window = now - dt.timedelta(seconds=self.settings.handover_window)
+        self._ended_while_following = [e for e in self._ended_while_following if e[0] >= window]
+        self._ended_while_following.append((now, task))
 
     def remember_exchange(self, key: str, credential: str, token_id: str, expires: dt.datetime) -> None:
         now = utcnow()
@@ -162,35 +183,6 @@ class Engine:
         if kept:
             self._exchanged[key] = kept
 
-    def is_scheduled(self, key: str) -> bool:
-        return self.scheduler.due_time(("binding", key)) is not None
-
-    def secret_gone(self, body: dict[str, Any]) -> None:
-        """A managed Secret was deleted. If we did not delete it (the garbage collector
-        after its pod, or a person), its live values are revoked all the same: audit them."""
-        state = parse_projection(body)
-        if state is None:
-            return
-        known = self.store.get(state.key)
-        self.store.forget(state.key)
-        self.store.deleted_for_good(state.key)
-        if known is None or not known.values:
-            return  # ours: already audited when we deleted it
-        if self.leading():
-            self._audit_external_deletion(known)
-        else:
-            # The leader audits it -- unless the leader is down; a follower elected soon
-            # after audits what it saw in the meantime (see `resync`).
-            now = utcnow()
-            window = now - dt.timedelta(seconds=self.settings.handover_window)
-            self._unaudited = [entry for entry in self._unaudited if entry[0] >= window]
-            self._unaudited.append((now, known))
-
-    def _audit_external_deletion(self, state: ProjectionState) -> None:
-        task = self.pod(state.key)
-        reason = task.end_reason if task and task.end_reason else "pod-deleted" if task is None else "secret-deleted"
-        for name, value in state.values.items():
-            self._revoked(state.namespace, name, value, reason, pod=state.pod_name, pod_uid=state.pod_uid, job=state.job)
 
     async def credential_changed(self, record: CredentialRecord, force: bool = False) -> None:
         """A credential was seen: refresh its status; re-plan the pods it may affect."""
@@ -361,7 +353,7 @@ class Engine:
             raise
         observed = parse_projection(written)
         if observed is not None:
-            self.store.observe(observed)
+            self.store.put(observed)
         for name, item in produced.items():
             record = records[name]
             assert record is not None
@@ -398,12 +390,14 @@ class Engine:
         except Exception as error:
             if status_of(error) != 404:
                 raise
-            self.store.deleted_for_good(key)
-        self.store.forget(key)
         metrics.revocation_latency.observe(max((utcnow() - now).total_seconds(), 0.0))
         for revoke in decided.revoke:
             self._revoked(state.namespace, revoke.credential, state.values.get(revoke.credential), revoke.reason,
                           pod=state.pod_name, pod_uid=state.pod_uid, job=state.job)
+        self._ended(key)
+
+    def _ended(self, key: str) -> None:
+        self.store.forget(key)
         self._revoke_exchanged(key)
         self.scheduler.cancel(("binding", key))
         self._attempts.pop(key, None)
@@ -438,7 +432,7 @@ class Engine:
                 )
             observed = parse_projection(written)
             if observed is not None:
-                self.store.observe(observed)
+                self.store.put(observed)
             self._revoke_exchanged(key, record.name)
             self._revoked(state.namespace, record.name, state.values.get(record.name), reason,
                           pod=state.pod_name, pod_uid=state.pod_uid, job=state.job,
@@ -472,6 +466,7 @@ class Engine:
             podUID=who.get("pod_uid"),
             job=who.get("job"),
             serviceAccount=who.get("service_account"),
+            removedBy=who.get("removed_by"),
         )
 
     async def _revoke_at_service(self, record: CredentialRecord, token_id: str, who: dict[str, Any],
@@ -524,13 +519,10 @@ class Engine:
             if status_of(error) != 404:
                 raise
             self.store.forget(key)
-            self.store.deleted_for_good(key)
             return
         state = parse_projection(body)
         if state is not None:
-            self.store.forget(key)
-            self.store.deleted_for_good(key)
-            self.store.observe(state)
+            self.store.put(state)
 
     async def _read_upstream(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -539,6 +531,9 @@ class Engine:
             if status_of(error) == 404:
                 return None
             raise
+
+    async def _reconcile_all_tasks(self, tasks: Iterable[PodTask]) -> None:
+        await asyncio.gather(*(self.reconcile(task.key, task) for task in tasks))
 
     async def _reconcile_all(self, keys: Iterable[str]) -> None:
         await asyncio.gather(*(self.reconcile(key) for key in keys))

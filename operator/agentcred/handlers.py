@@ -31,16 +31,15 @@ from .health import serve as serve_health
 from .kube import Kube, load_configuration
 from .leader import Leadership
 from .minting import MintingClient
-from .projection import PodTask, pod_task
+from .projection import PodTask, parse_projection, pod_task
 from .settings import OperatorConfig, configure_kopf
-from .signing import KEYRING_KEY, KEYRING_SECRET, KeyRing
+from .signing import KeyRing
 from .webhook import HANDLER_ID, configuration, private_directory, shared_serving_certificate
 
 log = logging.getLogger(__name__)
 
 CONFIG = OperatorConfig.from_env()
 POD_FILTER = {labels.INJECT_LABEL: "true"}
-SECRET_FILTER = {labels.MANAGED_LABEL: "true"}
 
 
 def configure(config: OperatorConfig) -> None:
@@ -120,13 +119,20 @@ async def startup(
     rotation = dt.timedelta(days=CONFIG.key_rotation_days) if CONFIG.key_rotation_days > 0 else None
     memo.health = Health(ports=(CONFIG.webhook_port, CONFIG.api_port))
     memo.health_runner = await serve_health(memo.health, CONFIG.health_address, CONFIG.health_port)
+    async def take_over() -> None:
+        # Only once every index has listed: planning against a half-listed index would
+        # take live pods' Secrets for orphans.
+        await engine.warm.wait()
+        states = [s for s in map(parse_projection, await kube.list_metadata(
+            "/api/v1/secrets", f"{labels.MANAGED_LABEL}=true")) if s is not None]
+        await engine.resync((key for key in list(pod_index) if isinstance(key, str)), states)
+
+    memo.take_over = take_over
+    memo.health.warm = engine.warm
     loops = []
     if CONFIG.leader_election:
-        leadership = Leadership(
-            kube, CONFIG.namespace,
-            on_elected=lambda: engine.resync(key for key in list(pod_index) if isinstance(key, str)),
-            duration=CONFIG.lease_duration, renew=CONFIG.lease_renew,
-        )
+        leadership = Leadership(kube, CONFIG.namespace, on_elected=take_over,
+                                duration=CONFIG.lease_duration, renew=CONFIG.lease_renew)
         engine.leading = lambda: leadership.is_leader
         memo.leadership = leadership
         loops.append(asyncio.create_task(leadership.run(), name="leader election"))
@@ -185,16 +191,6 @@ async def pod_index(body: kopf.Body, **_: Any) -> dict[str | tuple[str, str], Po
     return {task.key: task, (task.namespace, task.name): task} if task else None
 
 
-@kopf.index("v1", "secrets", labels=SECRET_FILTER)
-async def secret_index(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    # Registered as an index so that Kopf lists every managed Secret before any handler
-    # runs; the bookkeeping goes to the engine's own store, which also sees our writes.
-    engine: Engine | None = getattr(memo, "engine", None)
-    if engine is not None:
-        engine.secret_seen(dict(body))
-    return None
-
-
 # -- the admission webhook -----------------------------------------------------------
 
 
@@ -228,31 +224,26 @@ def _inject(body: kopf.Body, patch: kopf.Patch, credential_index: kopf.Index) ->
 
 @kopf.on.event("v1", "pods", labels=POD_FILTER)
 async def pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    task = pod_task(dict(body), deleted=type == "DELETED")
-    if task is not None:
-        await memo.engine.reconcile(task.key, task)
-
-
-@kopf.on.event("v1", "secrets", labels=SECRET_FILTER)
-async def secret_event(type: str, body: kopf.Body, memo: kopf.Memo, pod_index: kopf.Index, **_: Any) -> None:
     engine: Engine = memo.engine
-    if body.metadata.labels.get(labels.ROLE_LABEL) == "keyring":
-        # Kopf calls no handler before every index has listed: this is the warm signal.
-        memo.health.warm.set()
-        data = dict(body.get("data") or {})
-        mine = body.metadata.namespace == CONFIG.namespace and body.metadata.name == KEYRING_SECRET
-        if type != "DELETED" and mine and KEYRING_KEY in data:
-            engine.keyring = KeyRing.from_secret_data(data)
+    task = pod_task(dict(body), deleted=type == "DELETED")
+    if task is None:
         return
-    if type == "DELETED":
-        engine.secret_gone(dict(body))
-        return
-    binding = engine.secret_seen(dict(body))
-    # A Secret whose pod is gone (or that the start-up list found orphaned) is revoked;
-    # one the scheduler does not know yet (after a restart) gets its renewals scheduled
-    # from its own bookkeeping. Echoes of our own writes need nothing.
-    if binding is not None and (pod_index.get(binding) is None or not engine.is_scheduled(binding)):
-        await engine.reconcile(binding)
+    if engine.leading():
+        await engine.reconcile(task.key, task)
+    elif task.end_reason:
+        engine.note_ended(task)
+
+
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+async def crd_event(type: str, memo: kopf.Memo, **_: Any) -> None:
+    # Only our CRD is watched (a field selector). Kopf calls no handler before every index
+    # has listed, so its first event means the memory is complete: ready, and, for a lone
+    # replica, time for the start-up sweep (with leader election, the election does it).
+    engine: Engine = memo.engine
+    if not engine.warm.is_set():
+        engine.warm.set()
+        if not CONFIG.leader_election:
+            asyncio.create_task(memo.take_over(), name="start-up sweep")
 
 
 # -- AgentCredentials ----------------------------------------------------------------

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Health:
     ports: Sequence[int]  # the webhook and the HTTPS endpoints, reached on loopback
-    warm: asyncio.Event = field(default_factory=asyncio.Event)
+    warm: asyncio.Event = field(default_factory=asyncio.Event)  # replaced by the engine's
     loops: list[asyncio.Task[None]] = field(default_factory=list)
 
     def dead_loops(self) -> list[str]:

@@ -23,6 +23,7 @@ from . import metrics, model
 STRATEGIC = "application/strategic-merge-patch+json"
 MERGE = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 # Answers that are part of normal flow (already gone, already exists, stale version).
 EXPECTED_STATUSES = {404, 409}
 
@@ -45,7 +46,7 @@ def status_of(error: BaseException) -> int | None:
 def resource_of(path: str) -> str:
     """The resource a request path names ("secrets", "agentcredentials/status"): a bounded
     metric label, never a namespace or an object name."""
-    parts = path.strip("/").split("/")
+    parts = path.split("?")[0].strip("/").split("/")
     start = 2 if parts[0] == "api" else 3
     if len(parts) > start + 1 and parts[start] == "namespaces":
         start += 2
@@ -81,8 +82,8 @@ class Kube:
         self._concurrency = concurrency
         self._session: aiohttp.ClientSession | None = None
 
-    def _headers(self, content_type: str | None) -> dict[str, str]:
-        headers = {"Accept": "application/json", "User-Agent": "agentcred"}
+    def _headers(self, content_type: str | None, accept: str) -> dict[str, str]:
+        headers = {"Accept": accept, "User-Agent": "agentcred"}
         # The loaders keep the bearer token (with its "Bearer " prefix) under this key and
         # refresh rotating ones (in-cluster, exec plugins) through their hook.
         token = self.configuration.get_api_key_with_prefix("BearerToken")
@@ -92,7 +93,8 @@ class Kube:
             headers["Content-Type"] = content_type
         return headers
 
-    async def request(self, method: str, path: str, body: Any = None, content_type: str | None = None) -> dict[str, Any]:
+    async def request(self, method: str, path: str, body: Any = None, content_type: str | None = None,
+                      accept: str = "application/json") -> dict[str, Any]:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._concurrency, ssl=self._ssl),
@@ -102,7 +104,7 @@ class Kube:
         operation = f"{method} {resource_of(path)}"
         try:
             async with self._session.request(
-                method, self.base + path, data=data, headers=self._headers(content_type if data else None)
+                method, self.base + path, data=data, headers=self._headers(content_type if data else None, accept)
             ) as response:
                 text = await response.text()
                 if response.status >= 300:
@@ -138,6 +140,18 @@ class Kube:
 
     async def delete_secret(self, namespace: str, name: str) -> None:
         await self.request("DELETE", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+
+    async def list_metadata(self, path: str, label_selector: str, page: int = 500) -> list[dict[str, Any]]:
+        """Every matching object's metadata (never a Secret's data), page by page."""
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            query = f"?labelSelector={label_selector}&limit={page}" + (f"&continue={token}" if token else "")
+            answer = await self.request("GET", path + query, accept=METADATA_ONLY)
+            items.extend(answer.get("items") or [])
+            token = (answer.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return items
 
     async def read_configmap(self, namespace: str, name: str) -> dict[str, Any]:
         return await self.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")

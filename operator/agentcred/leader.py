@@ -64,6 +64,7 @@ class Leadership:
         self.duration, self.renew = duration, renew
         self.on_elected = on_elected
         self.is_leader = False
+        self._takeover: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         while True:
@@ -75,7 +76,8 @@ class Leadership:
             if leading and not self.is_leader:
                 self.is_leader = True
                 log.info("%s is now the leader", self.me)
-                await self.on_elected()
+                # Not awaited: taking over may wait for the indices, the Lease must not.
+                self._takeover = asyncio.create_task(self.on_elected(), name="take over")
             elif not leading and self.is_leader:
                 self.is_leader = False
                 log.warning("%s lost the lead; pausing writes", self.me)

@@ -88,9 +88,13 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     settings.watching.connect_timeout = 10
-    # Watch only what is ours: opted-in pods and managed Secrets, filtered by the API server.
+    # Watch only what is ours, filtered by the API server: opted-in pods, and the one CRD
+    # (whose first event says every index has listed). Secrets are not watched at all:
+    # the operator is their only writer, and it lists them at start and on election.
     settings.watching.label_selectors["v1", "pods"] = f"{labels.INJECT_LABEL}=true"
-    settings.watching.label_selectors["v1", "secrets"] = f"{labels.MANAGED_LABEL}=true"
+    settings.watching.field_selectors["apiextensions.k8s.io", "customresourcedefinitions"] = (
+        f"metadata.name={model.PLURAL}.{model.GROUP}"
+    )
     # Our own annotation prefix and finalizer, not Kopf's defaults.
     settings.persistence.finalizer = f"{model.GROUP}/revoke-projections"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=model.GROUP)

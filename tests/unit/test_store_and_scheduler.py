@@ -6,21 +6,19 @@ from agentcred.scheduler import Scheduler, utcnow
 from agentcred.store import ProjectionStore
 
 
-def state(rv: str, binding: str = "b1") -> ProjectionState:
-    return ProjectionState("ns", binding, "pod", "uid", None, resource_version=rv)
+def test_store_indexes_projections_by_credential() -> None:
+    from agentcred.projection import IssuedValue
 
-
-def test_store_ignores_older_versions_and_echoes_of_deleted_secrets() -> None:
+    now = dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc)
+    value = IssuedValue("llm", "model", now, now, now, "f")
     store = ProjectionStore()
-    store.observe(state("10"))
-    store.observe(state("9"))
-    assert store.get("ns/b1").resource_version == "10"
-    store.forget("ns/b1")
-    store.observe(state("10"))  # a late watch event for the Secret we just deleted
-    assert store.get("ns/b1") is None
-    store.deleted_for_good("ns/b1")
-    store.observe(state("11"))
-    assert store.get("ns/b1").resource_version == "11"
+    store.put(ProjectionState("ns", "b1", "pod", "uid", None, values={"llm": value}))
+    store.put(ProjectionState("ns", "b2", "pod2", "uid2", None, values={"llm": value}))
+    assert store.keys_with("ns", "llm") == {"ns/b1", "ns/b2"} and store.count_by_category() == {"model": 2}
+    store.put(ProjectionState("ns", "b1", "pod", "uid", None))  # its value revoked
+    assert store.keys_with("ns", "llm") == {"ns/b2"}
+    store.forget("ns/b2")
+    assert store.keys_with("ns", "llm") == set() and len(store) == 1
 
 
 def test_scheduler_fires_in_order_and_honours_replacement_and_cancel() -> None:
