@@ -122,6 +122,21 @@ def _volume(record: CredentialRecord, secret_name: str) -> dict[str, Any]:
     }
 
 
+def _mount_clashes(pod: dict[str, Any], records: list[CredentialRecord]) -> None:
+    spec = pod.get("spec") or {}
+    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        for record in records:
+            assert record.spec is not None
+            path, volume = record.spec.projection.mount_path, labels.volume_name(record.name)
+            clash = next((m for m in container.get("volumeMounts") or []
+                          if m.get("mountPath") == path and m.get("name") != volume), None)
+            if clash is not None:
+                raise Refusal(
+                    f"container {container.get('name')} already mounts volume {clash.get('name')} at "
+                    f"{path}, where AgentCredential {record.name} is projected"
+                )
+
+
 def _add_to_container(container: dict[str, Any], records: list[CredentialRecord]) -> None:
     mounts = container.setdefault("volumeMounts", [])
     env = container.setdefault("env", [])
@@ -129,14 +144,6 @@ def _add_to_container(container: dict[str, Any], records: list[CredentialRecord]
         assert record.spec is not None
         projection = record.spec.projection
         volume = labels.volume_name(record.name)
-        clash = next(
-            (m for m in mounts if m.get("mountPath") == projection.mount_path and m.get("name") != volume), None
-        )
-        if clash is not None:
-            raise Refusal(
-                f"container {container.get('name')} already mounts volume {clash.get('name')} at "
-                f"{projection.mount_path}, where AgentCredential {record.name} is projected"
-            )
         if not any(m.get("name") == volume for m in mounts):
             mounts.append({"name": volume, "mountPath": projection.mount_path, "readOnly": True})
         if projection.env_var and not any(e.get("name") == projection.env_var for e in env):
@@ -145,25 +152,27 @@ def _add_to_container(container: dict[str, Any], records: list[CredentialRecord]
         container.pop("env")
 
 
-def inject(
-    pod: dict[str, Any], namespace: str, lookup: Lookup, binding: str | None = None, now: dt.datetime | None = None
-) -> dict[str, Any]:
-    """The pod as it should be admitted, or Refusal. Running it twice changes nothing more."""
+def admit(pod: dict[str, Any], namespace: str, lookup: Lookup) -> list[CredentialRecord]:
+    """The credentials the pod may receive, or Refusal saying why not. Reads only."""
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     names = parse_credentials_annotation(annotations.get(labels.CREDENTIALS_ANNOTATION))
-    spec = pod.get("spec") or {}
-    service_account = spec.get("serviceAccountName") or "default"
+    service_account = (pod.get("spec") or {}).get("serviceAccountName") or "default"
     records = _check(names, namespace, service_account, lookup)
+    _mount_clashes(pod, records)
+    return records
 
-    admitted = copy.deepcopy(pod)
+
+def apply(pod: dict[str, Any], records: list[CredentialRecord], binding: str | None = None,
+          now: dt.datetime | None = None) -> None:
+    """Add the binding, volumes, mounts, env and gate to `pod` in place; idempotent."""
     binding = _existing_binding(pod) or binding or new_binding_id()
     secret_name = labels.secret_name(binding)
-    meta = admitted.setdefault("metadata", {})
+    meta = pod.setdefault("metadata", {})
     annotations = meta.setdefault("annotations", {})
     annotations[labels.BINDING_ANNOTATION] = binding
     moment = now or dt.datetime.now(dt.timezone.utc)
     annotations.setdefault(labels.ADMITTED_ANNOTATION, moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
-    spec = admitted.setdefault("spec", {})
+    spec = pod.setdefault("spec", {})
     volumes = spec.setdefault("volumes", [])
     present = {v.get("name") for v in volumes}
     for record in records:
@@ -174,4 +183,13 @@ def inject(
     gates = spec.setdefault("schedulingGates", [])
     if not any(g.get("name") == labels.SCHEDULING_GATE for g in gates):
         gates.append({"name": labels.SCHEDULING_GATE})
+
+
+def inject(
+    pod: dict[str, Any], namespace: str, lookup: Lookup, binding: str | None = None, now: dt.datetime | None = None
+) -> dict[str, Any]:
+    """The pod as it should be admitted, or Refusal. Running it twice changes nothing more."""
+    records = admit(pod, namespace, lookup)
+    admitted = copy.deepcopy(pod)
+    apply(admitted, records, binding, now)
     return admitted

@@ -203,20 +203,14 @@ async def inject(body: kopf.Body, patch: kopf.Patch, credential_index: kopf.Inde
 def _inject(body: kopf.Body, patch: kopf.Patch, credential_index: kopf.Index) -> None:
     namespace = body.metadata.namespace or ""
     try:
-        admitted = admission.inject(
-            dict(body), namespace, lambda name: _first(credential_index, (namespace, name))
-        )
+        records = admission.admit(dict(body), namespace, lambda name: _first(credential_index, (namespace, name)))
     except admission.Refusal as refusal:
         audit.record("deny", namespace=namespace, reason="AdmissionRefused", message=str(refusal),
                      podName=body.metadata.name or body.metadata.get("generateName"),
                      serviceAccount=body.spec.get("serviceAccountName") or "default")
         raise kopf.AdmissionError(str(refusal), code=403)
-
-    def replace(pod: dict[str, Any]) -> None:
-        pod.clear()
-        pod.update(admitted)
-
-    patch.fns.append(replace)
+    # Kopf hands this function its own copy of the pod and diffs it into a JSON patch.
+    patch.fns.append(lambda pod: admission.apply(pod, records))
 
 
 # -- pods and their Secrets ----------------------------------------------------------
