@@ -56,8 +56,10 @@ def ensure_namespace(cluster: "Cluster", name: str) -> None:
 class Cluster:
     """A reachable cluster: its kubeconfig, a client, and the kubectl/helm binaries if built."""
 
-    def __init__(self, kubeconfig: Path, binaries: dict[str, Path] | None = None, local: bool = False) -> None:
+    def __init__(self, kubeconfig: Path, binaries: dict[str, Path] | None = None, local: bool = False,
+                 plane: Any = None) -> None:
         self.kubeconfig = kubeconfig
+        self.plane = plane  # the local ControlPlane, for fault tests
         self.binaries = binaries or {}
         self.local = local
         self.api_client = config.new_client_from_config(config_file=str(kubeconfig))
@@ -252,8 +254,16 @@ class OperatorProcess:
         if self.process is None or self.process.poll() is not None:
             raise AssertionError(f"the operator exited; its log:\n{self.logs()[-4000:]}")
 
+    def audit_text(self) -> str:
+        return self.audit_path.read_text(errors="replace") if self.audit_path.exists() else ""
+
+    # Set by the session's leak witness: it keeps every operator's output for the final scan.
+    on_cleanup: Callable[["OperatorProcess"], None] | None = None
+
     def cleanup(self) -> None:
         self.stop()
+        if OperatorProcess.on_cleanup is not None:
+            OperatorProcess.on_cleanup(self)
         shutil.rmtree(self.log_dir, ignore_errors=True)
 
 

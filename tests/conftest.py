@@ -17,6 +17,7 @@ from typing import Iterator
 import pytest
 
 from clusterkit import Cluster, OperatorProcess
+from witness import Witness
 
 CLUSTER_MODE = os.environ.get("AGENTCRED_TEST_CLUSTER", "local")
 
@@ -51,7 +52,7 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
         from agentcred.devcluster.controlplane import ControlPlane
 
         with ControlPlane() as plane:
-            found = Cluster(plane.kubeconfig, binaries=ensure_binaries(), local=True)
+            found = Cluster(plane.kubeconfig, binaries=ensure_binaries(), local=True, plane=plane)
             found.install_crd()
             yield found
     else:
@@ -77,7 +78,16 @@ def namespace(cluster: Cluster) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: Cluster) -> Iterator[OperatorProcess]:
+def witness(cluster: Cluster) -> Iterator[Witness]:
+    """Records every managed value, Event and status of the session (see test_zz_leaks)."""
+    recorder = Witness(cluster).start()
+    OperatorProcess.on_cleanup = lambda process: recorder.logs.append(process.logs() + process.audit_text())
+    yield recorder
+    recorder.stop()
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster, witness: Witness) -> Iterator[OperatorProcess]:
     """One operator process for the session (tests that restart it use `restart()`)."""
     process = OperatorProcess(cluster).start()
     yield process

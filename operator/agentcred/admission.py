@@ -152,8 +152,37 @@ def _add_to_container(container: dict[str, Any], records: list[CredentialRecord]
         container.pop("env")
 
 
+def _well_formed(pod: Any) -> None:
+    """The API server sends well-formed pods; anything else is refused, not crashed on."""
+    def mapping(value: Any, where: str) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise Refusal(f"malformed pod: {where} is not an object")
+        return value
+
+    body = mapping(pod, "the pod")
+    meta, spec = mapping(body.get("metadata"), "metadata"), mapping(body.get("spec"), "spec")
+    annotations = mapping(meta.get("annotations"), "metadata.annotations")
+    if not isinstance(annotations.get(labels.CREDENTIALS_ANNOTATION, ""), str):
+        raise Refusal(f"malformed pod: annotation {labels.CREDENTIALS_ANNOTATION} is not a string")
+    if not isinstance(spec.get("serviceAccountName") or "", str):
+        raise Refusal("malformed pod: spec.serviceAccountName is not a string")
+    for field in ("containers", "initContainers", "volumes", "schedulingGates"):
+        items = spec.get(field) or []
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise Refusal(f"malformed pod: spec.{field} is not a list of objects")
+    for field in ("containers", "initContainers"):
+        for container in spec.get(field) or []:
+            for nested in ("volumeMounts", "env"):
+                items = container.get(nested) or []
+                if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+                    raise Refusal(f"malformed pod: spec.{field}[].{nested} is not a list of objects")
+
+
 def admit(pod: dict[str, Any], namespace: str, lookup: Lookup) -> list[CredentialRecord]:
     """The credentials the pod may receive, or Refusal saying why not. Reads only."""
+    _well_formed(pod)
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     names = parse_credentials_annotation(annotations.get(labels.CREDENTIALS_ANNOTATION))
     service_account = (pod.get("spec") or {}).get("serviceAccountName") or "default"

@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from . import metrics
 
-Action = Literal["issue", "renew", "revoke", "deny", "exchange"]
+# `void` follows an issue/renew/revoke line (written ahead of the act) when the act failed.
+Action = Literal["issue", "renew", "revoke", "deny", "exchange", "void"]
 
 logger = logging.getLogger("agentcred.audit")
 
@@ -30,7 +31,8 @@ def configure(destination: str) -> None:
     logger.propagate = False
 
 
-def record(action: Action, **fields: Any) -> dict[str, Any]:
+def record(action: Action, count: bool = True, **fields: Any) -> dict[str, Any]:
+    """Write one line; `count=False` when the act is still to happen (its caller counts it)."""
     entry = {
         "ts": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "audit": "agentcred",
@@ -38,5 +40,6 @@ def record(action: Action, **fields: Any) -> dict[str, Any]:
         **{key: value for key, value in fields.items() if value is not None},
     }
     logger.info(json.dumps(entry, sort_keys=False, default=str))
-    metrics.observe_audit(entry)
+    if count:
+        metrics.observe_audit(entry)
     return entry

@@ -10,10 +10,11 @@ serialised by a lock; different pods proceed concurrently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Iterable
+from typing import Any, Callable, Hashable, Iterable, Iterator
 
 from . import audit, labels, metrics
 from .credentials import CredentialRecord
@@ -23,6 +24,7 @@ from .kube import Kube, status_of
 from .minting import MintingClient
 from .planning import Plan, Problem, exception_end, plan
 from .projection import (
+    IssuedValue,
     PodTask,
     ProjectionState,
     format_time,
@@ -89,6 +91,7 @@ class Engine:
         # Only the leader writes; followers keep their memory warm and wait (see `leader`).
         self.leading: Callable[[], bool] = lambda: True
         self.warm = asyncio.Event()  # every index has listed (see handlers.crd_event)
+        self.loaded = asyncio.Event()  # the managed Secrets have been listed into the store
         self._background: set[asyncio.Task[None]] = set()
         self.store = ProjectionStore()
         self.book = StatusBook()
@@ -111,6 +114,8 @@ class Engine:
         """Bring one pod's projection in line with its task; `task` overrides the index."""
         if not self.leading():
             return
+        # Until the Secrets are listed, "no bookkeeping" would mean "unknown", not "none".
+        await self.loaded.wait()
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             for _ in range(3):
@@ -138,6 +143,7 @@ class Engine:
         a Secret with no pod at all is revoked as an orphan, renewals are rescheduled."""
         if states is not None:
             self.load(states)
+        self.loaded.set()
         window = utcnow() - dt.timedelta(seconds=self.settings.handover_window)
         ended = [task for seen, task in self._ended_while_following if seen >= window]
         self._ended_while_following.clear()
@@ -145,10 +151,11 @@ class Engine:
             if self.store.get(task.key) is None and not task.gated and task.deleted:
                 # Its pod was deleted while the leader was down and the garbage collector
                 # took the Secret with it: the revocation happened, so it is recorded.
+                who = {**self._who(task), "removed_by": "garbage-collector"}
                 for name in task.credentials:
-                    self._revoked(task.namespace, name, None, task.end_reason or "pod-deleted", pod=task.name,
-                                  pod_uid=task.uid, job=task.job, service_account=task.service_account,
-                                  removed_by="garbage-collector")
+                    entry = self._revoke_entry(task.namespace, name, None, task.end_reason or "pod-deleted", who)
+                    metrics.observe_audit(entry)
+                    self._after_revoke(task.namespace, name, None, task.end_reason or "pod-deleted", who)
         await self._reconcile_all_tasks(task for task in ended if self.store.get(task.key) is not None)
         keys = sorted(set(pod_keys) | {state.key for state in self.store})
         log.info("re-planning %d projection(s)", len(keys))
@@ -211,6 +218,7 @@ class Engine:
 
     async def revoke_credential(self, record: CredentialRecord, reason: str, pod_name: str | None = None) -> int:
         """Revoke the credential's live values in every pod (or one pod) right now."""
+        await self.loaded.wait()
         keys = self.store.keys_with(record.namespace, record.name)
         results = await asyncio.gather(
             *(self._revoke_one(key, record, reason, pod_name) for key in keys)
@@ -341,26 +349,28 @@ class Engine:
         base = state or new_projection(task)
         desired = without(with_values(base, {n: p.issued for n, p in produced.items()}), revokes)
         values = {name: p.value for name, p in produced.items()}
-        try:
-            if state is None:
-                written = await self.kube.create_secret(task.namespace, secret_body(desired, values, task.uid))
-            else:
-                patch = secret_patch(desired, values, tuple(revokes), previous=state)
-                written = await self.kube.patch_secret(task.namespace, state.secret_name, patch)
-        except Exception as error:
-            if status_of(error) == 409:
-                raise Conflict() from error
-            raise
+        who = self._who(task)
+        entries = [self._issue_entry(task, records[name], item.issued) for name, item in produced.items()]
+        entries += [self._revoke_entry(task.namespace, name, state.values.get(name) if state else None, reason, who)
+                    for name, reason in revokes.items()]
+        with self._ahead(entries):
+            try:
+                if state is None:
+                    written = await self.kube.create_secret(task.namespace, secret_body(desired, values, task.uid))
+                else:
+                    patch = secret_patch(desired, values, tuple(revokes), previous=state)
+                    written = await self.kube.patch_secret(task.namespace, state.secret_name, patch)
+            except Exception as error:
+                if status_of(error) == 409:
+                    raise Conflict() from error
+                raise
         observed = parse_projection(written)
         if observed is not None:
             self.store.put(observed)
         for name, item in produced.items():
             record = records[name]
             assert record is not None
-            renewal = item.issued.renewals > 0
-            self.book.issued(record, now, renewal)
-            self._audit("renew" if renewal else "issue", task, record, item.issued.token_id,
-                        item.issued.fingerprint, expires=item.issued.expires_at)
+            self.book.issued(record, now, renewal=item.issued.renewals > 0)
         if produced and not any(p.issued.renewals for p in produced.values()):
             issued = ", ".join(sorted(produced))
             self.events.post(
@@ -369,8 +379,7 @@ class Engine:
             )
         for name, reason in revokes.items():
             self._revoke_exchanged(task.key, name)
-            self._revoked(task.namespace, name, state.values.get(name) if state else None, reason,
-                          pod=task.name, pod_uid=task.uid, job=task.job, service_account=task.service_account)
+            self._after_revoke(task.namespace, name, state.values.get(name) if state else None, reason, who)
             self.events.post(
                 pod_ref(task.namespace, task.name, task.uid), "Warning", "CredentialRevoked",
                 f"revoked {name}: {reason}",
@@ -385,15 +394,19 @@ class Engine:
         now: dt.datetime,
     ) -> None:
         assert state is not None
-        try:
-            await self.kube.delete_secret(state.namespace, state.secret_name)
-        except Exception as error:
-            if status_of(error) != 404:
-                raise
+        who = {"pod": state.pod_name, "pod_uid": state.pod_uid, "job": state.job}
+        entries = [self._revoke_entry(state.namespace, r.credential, state.values.get(r.credential), r.reason, who)
+                   for r in decided.revoke]
+        with self._ahead(entries):
+            try:
+                await self.kube.delete_secret(state.namespace, state.secret_name)
+            except Exception as error:
+                if status_of(error) != 404:
+                    raise
         metrics.revocation_latency.observe(max((utcnow() - now).total_seconds(), 0.0))
         for revoke in decided.revoke:
-            self._revoked(state.namespace, revoke.credential, state.values.get(revoke.credential), revoke.reason,
-                          pod=state.pod_name, pod_uid=state.pod_uid, job=state.job)
+            self._after_revoke(state.namespace, revoke.credential, state.values.get(revoke.credential),
+                               revoke.reason, who)
         self._ended(key)
 
     def _ended(self, key: str) -> None:
@@ -406,55 +419,86 @@ class Engine:
     async def _revoke_one(self, key: str, record: CredentialRecord, reason: str, pod_name: str | None) -> int:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
-            state = self.store.get(key)
-            if state is None or record.name not in state.values:
-                return 0
-            if pod_name and state.pod_name != pod_name:
-                return 0
-            task = self.pod(key)
-            desired = without(state, {record.name: reason})
-            patch = secret_patch(desired, {}, (record.name,), previous=state)
-            try:
-                written = await self.kube.patch_secret(state.namespace, state.secret_name, patch)
-            except Exception as error:
-                if status_of(error) == 404:
-                    self.store.forget(key)
-                    return 0
-                if status_of(error) != 409:
-                    raise
-                await self._refresh(key, task)
+            for _ in range(3):
                 state = self.store.get(key)
                 if state is None or record.name not in state.values:
                     return 0
-                written = await self.kube.patch_secret(
-                    state.namespace, state.secret_name,
-                    secret_patch(without(state, {record.name: reason}), {}, (record.name,), previous=state),
-                )
-            observed = parse_projection(written)
-            if observed is not None:
-                self.store.put(observed)
-            self._revoke_exchanged(key, record.name)
-            self._revoked(state.namespace, record.name, state.values.get(record.name), reason,
-                          pod=state.pod_name, pod_uid=state.pod_uid, job=state.job,
-                          service_account=task.service_account if task else None)
-            if task is not None:
-                self.events.post(pod_ref(task.namespace, task.name, task.uid), "Warning", "CredentialRevoked",
-                                 f"revoked {record.name}: {reason}")
-            return 1
+                if pod_name and state.pod_name != pod_name:
+                    return 0
+                task = self.pod(key)
+                who = self._who(task) if task else {"pod": state.pod_name, "pod_uid": state.pod_uid, "job": state.job}
+                value = state.values[record.name]
+                patch = secret_patch(without(state, {record.name: reason}), {}, (record.name,), previous=state)
+                try:
+                    with self._ahead([self._revoke_entry(state.namespace, record.name, value, reason, who)]):
+                        written = await self.kube.patch_secret(state.namespace, state.secret_name, patch)
+                except Exception as error:
+                    if status_of(error) == 404:
+                        self.store.forget(key)
+                        return 0
+                    if status_of(error) != 409:
+                        raise
+                    await self._refresh(key, task)
+                    continue
+                observed = parse_projection(written)
+                if observed is not None:
+                    self.store.put(observed)
+                self._revoke_exchanged(key, record.name)
+                self._after_revoke(state.namespace, record.name, value, reason, who)
+                if task is not None:
+                    self.events.post(pod_ref(task.namespace, task.name, task.uid), "Warning", "CredentialRevoked",
+                                     f"revoked {record.name}: {reason}")
+                return 1
+            return 0
 
-    def _revoked(self, namespace: str, name: str, value: Any, reason: str, **who: Any) -> None:
+    # -- the audit trail: written ahead, so a crash can repeat a line but never lose one --
+
+    @contextlib.contextmanager
+    def _ahead(self, entries: list[dict[str, Any]]) -> Iterator[None]:
+        """The entries were logged before acting; if the act fails, a `void` line follows
+        each; if it succeeds, they count in the metrics."""
+        try:
+            yield
+        except BaseException as error:
+            for entry in entries:
+                audit.record("void", voids=entry["action"], credential=entry.get("credential"),
+                             namespace=entry.get("namespace"), podUID=entry.get("podUID"),
+                             tokenId=entry.get("tokenId"), fingerprint=entry.get("fingerprint"),
+                             reason=f"not applied ({status_of(error) or type(error).__name__})")
+            raise
+        for entry in entries:
+            metrics.observe_audit(entry)
+
+    @staticmethod
+    def _who(task: PodTask) -> dict[str, Any]:
+        return {"pod": task.name, "pod_uid": task.uid, "job": task.job, "service_account": task.service_account}
+
+    def _issue_entry(self, task: PodTask, record: CredentialRecord | None, value: IssuedValue) -> dict[str, Any]:
+        assert record is not None
+        spec = record.spec
+        return audit.record(
+            "renew" if value.renewals > 0 else "issue",
+            count=False,
+            credential=record.name,
+            namespace=task.namespace,
+            category=spec.category if spec else None,
+            owner=spec.owner if spec else None,
+            podName=task.name,
+            podUID=task.uid,
+            job=task.job,
+            serviceAccount=task.service_account,
+            scope=spec.scope.model_dump(by_alias=True, exclude_none=True) if spec and spec.scope else None,
+            tokenId=value.token_id,
+            fingerprint=value.fingerprint,
+            expiresAt=format_time(value.expires_at),
+        )
+
+    def _revoke_entry(self, namespace: str, name: str, value: IssuedValue | None, reason: str,
+                      who: dict[str, Any]) -> dict[str, Any]:
         record = self.credential(namespace, name)
-        if value is not None and value.token_id and value.expires_at > utcnow():
-            if value.source == "jwt":
-                self.revocations.add(value.token_id, value.expires_at)
-            elif value.source == "webhook" and record is not None and record.spec and record.spec.source.webhook:
-                task = asyncio.create_task(self._revoke_at_service(record, value.token_id, who, reason))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-        if record is not None:
-            self.book.revoked(record)
-        audit.record(
+        return audit.record(
             "revoke",
+            count=False,
             credential=name,
             namespace=namespace,
             category=value.category if value is not None else None,
@@ -468,6 +512,21 @@ class Engine:
             serviceAccount=who.get("service_account"),
             removedBy=who.get("removed_by"),
         )
+
+    def _after_revoke(self, namespace: str, name: str, value: IssuedValue | None, reason: str,
+                      who: dict[str, Any]) -> None:
+        """Once a value is gone: its token id on the revocation list, the minting service
+        told, the credential's count updated."""
+        record = self.credential(namespace, name)
+        if value is not None and value.token_id and value.expires_at > utcnow():
+            if value.source == "jwt":
+                self.revocations.add(value.token_id, value.expires_at)
+            elif value.source == "webhook" and record is not None and record.spec and record.spec.source.webhook:
+                task = asyncio.create_task(self._revoke_at_service(record, value.token_id, who, reason))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+        if record is not None:
+            self.book.revoked(record)
 
     async def _revoke_at_service(self, record: CredentialRecord, token_id: str, who: dict[str, Any],
                                  reason: str) -> None:
@@ -548,25 +607,6 @@ class Engine:
             record = self.credential(key[1], key[2])
             if record is not None:
                 await self.credential_changed(record, force=True)
-
-    def _audit(self, action: audit.Action, task: PodTask, record: CredentialRecord, token_id: str | None,
-               fingerprint: str, expires: dt.datetime) -> None:
-        spec = record.spec
-        audit.record(
-            action,
-            credential=record.name,
-            namespace=task.namespace,
-            category=spec.category if spec else None,
-            owner=spec.owner if spec else None,
-            podName=task.name,
-            podUID=task.uid,
-            job=task.job,
-            serviceAccount=task.service_account,
-            scope=spec.scope.model_dump(by_alias=True, exclude_none=True) if spec and spec.scope else None,
-            tokenId=token_id,
-            fingerprint=fingerprint,
-            expiresAt=format_time(expires),
-        )
 
     def _post_ready_transition(self, record: CredentialRecord, known: dict[str, Any], desired: dict[str, Any]) -> None:
         def ready(status: dict[str, Any]) -> dict[str, Any] | None:

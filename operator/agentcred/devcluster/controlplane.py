@@ -103,6 +103,7 @@ class ControlPlane:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="agentcred-cp-"))
         self.detach = detach
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._argv: dict[str, list[str]] = {}
         self.apiserver_port = 0
         self.state: ControlPlaneState | None = None
 
@@ -152,6 +153,27 @@ class ControlPlane:
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    # -- faults, for tests -------------------------------------------------------------
+
+    def restart(self, name: str, down_for: float = 0.0, timeout: float = 60.0) -> None:
+        """Stop one component (SIGTERM), wait `down_for` seconds, start it again the same way."""
+        process = self.processes[name]
+        stop_processes({name: process.pid})
+        process.wait(timeout=15)
+        time.sleep(down_for)
+        self._spawn(name, self._argv[name])
+        if name == "kube-apiserver":
+            self._wait_ready(timeout)
+
+    def freeze(self, name: str, seconds: float) -> None:
+        """Make a component unresponsive (SIGSTOP) for a while, as a stalled disk or a GC pause would."""
+        pid = self.processes[name].pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
     # -- internals ---------------------------------------------------------------------
 
     def _write_pki(self) -> None:
@@ -186,6 +208,7 @@ class ControlPlane:
         )
 
     def _spawn(self, name: str, argv: list[str]) -> None:
+        self._argv[name] = argv
         env = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES}
         log_file = open(self.workdir / "logs" / f"{name}.log", "ab")
         self.processes[name] = subprocess.Popen(

@@ -1,0 +1,125 @@
+"""Property-based: hostile and malformed input gets a clear refusal, never a crash."""
+
+import datetime as dt
+import json
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from agentcred import labels
+from agentcred.admission import Refusal, admit
+from agentcred.credentials import credential_record
+from agentcred.exchange import Refused, bearer_token, parse_request, reviewed_identity
+from agentcred.model import AgentCredentialSpec
+from agentcred.signing import KeyRing, b64url, encode_jwt
+from agentcred.verify import TokenRejected, Verifier
+from samples import credential, spec
+
+json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=30))
+json_values = st.recursive(json_scalars, lambda children: st.one_of(
+    st.lists(children, max_size=4), st.dictionaries(st.text(max_size=12), children, max_size=4)), max_leaves=20)
+nasty_text = st.one_of(
+    st.text(max_size=80),
+    st.sampled_from(["'; DROP TABLE x; --", "$(rm -rf /)", "../../etc/passwd", "\u202egnp.exe", "a\x00b",
+                     "{{7*7}}", "<script>alert(1)</script>", "ﬁ" * 40, "🔑" * 30, "%00", "\r\nX-Injected: 1"]),
+)
+
+
+@given(st.dictionaries(st.sampled_from(list(spec().keys()) + ["extra"]), json_values, max_size=8))
+def test_spec_validation_accepts_or_explains(raw: dict) -> None:
+    try:
+        AgentCredentialSpec.model_validate({**spec(), **raw})
+    except ValidationError as error:
+        assert error.errors()
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=400), st.sampled_from(["application/json", "text/plain", "", "application/json; charset=utf-8"]))
+def test_exchange_request_parsing_never_crashes(body: bytes, content_type: str) -> None:
+    try:
+        request = parse_request(content_type, body)
+    except Refused as refused:
+        assert 400 <= refused.status < 500 and refused.reason
+    else:
+        assert request.credential
+
+
+@given(st.dictionaries(st.sampled_from(["credential", "tool", "action", "resource", "ttlSeconds", "x"]),
+                       st.one_of(nasty_text, st.integers(), st.none()), max_size=6))
+def test_exchange_intents_with_hostile_strings(fields: dict) -> None:
+    try:
+        parse_request("application/json", json.dumps(fields).encode())
+    except Refused as refused:
+        assert refused.status in (400, 413, 415)
+
+
+@given(st.one_of(st.none(), nasty_text))
+def test_authorization_header(header) -> None:
+    try:
+        assert bearer_token(header)
+    except Refused as refused:
+        assert refused.status == 401
+
+
+@given(json_values)
+def test_token_review_answers_of_any_shape(status) -> None:
+    try:
+        reviewed_identity(status if isinstance(status, dict) else {"authenticated": status})
+    except (Refused, AttributeError, TypeError) as error:
+        assert isinstance(error, Refused), f"{type(error).__name__} escaped"
+
+
+RING = KeyRing.generate(dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc))
+VERIFIER = Verifier(jwks=RING.jwks(), issuer="https://issuer")
+
+
+@given(nasty_text)
+def test_verifier_refuses_garbage(token: str) -> None:
+    try:
+        VERIFIER.verify(token, audience="a")
+    except TokenRejected as rejected:
+        assert rejected.reason
+
+
+@given(json_values, json_values)
+def test_verifier_refuses_forged_headers_and_payloads(header, payload) -> None:
+    forged = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}.{b64url(b'sig')}"
+    try:
+        VERIFIER.verify(forged, audience="a")
+    except TokenRejected as rejected:
+        assert rejected.reason in ("malformed", "unsupported-algorithm", "unknown-kid", "algorithm-mismatch",
+                                   "bad-signature")
+
+
+def test_algorithm_confusion_is_refused_before_any_key_is_used() -> None:
+    good = encode_jwt({"iss": "https://issuer", "aud": "a", "exp": 2**40, "nbf": 0, "iat": 0, "jti": "j"},
+                      RING.current("EdDSA"))
+    header, payload, signature = good.split(".")
+    kid = json.loads(__import__("base64").urlsafe_b64decode(header + "=="))["kid"]
+    for alg in ("none", "HS256", "RS256", "ES512", None):
+        forged_header = b64url(json.dumps({"alg": alg, "kid": kid}).encode())
+        for forged_signature in ("", signature):
+            try:
+                VERIFIER.verify(f"{forged_header}.{payload}.{forged_signature}", audience="a")
+                raise AssertionError(f"alg {alg} accepted")
+            except TokenRejected as rejected:
+                assert rejected.reason in ("unsupported-algorithm", "malformed")
+    assert VERIFIER.verify(good, audience="a")["jti"] == "j"
+
+
+record = credential_record({**credential(namespace="ns"), "metadata": {"name": "research-llm", "namespace": "ns",
+                                                                     "creationTimestamp": "2026-11-01T00:00:00Z"}})
+
+
+@given(st.dictionaries(st.sampled_from(["metadata", "spec", "status", "kind"]), json_values, max_size=4),
+       st.one_of(st.none(), nasty_text, st.just("research-llm")))
+def test_admission_of_malformed_pods(pod: dict, annotation) -> None:
+    if annotation is not None:
+        pod = {**pod, "metadata": {"annotations": {labels.CREDENTIALS_ANNOTATION: annotation}}}
+    try:
+        admit(pod, "ns", {"research-llm": record}.get)
+    except Refusal as refusal:
+        assert str(refusal)
+    except (AttributeError, TypeError) as error:
+        raise AssertionError(f"malformed pod crashed admission: {type(error).__name__}")
