@@ -32,5 +32,9 @@ crd: $(BIN)/agentcred
 	$(BIN)/agentcred crd > crds/agentcredentials.agentcred.dev.yaml
 	cp crds/agentcredentials.agentcred.dev.yaml charts/agentcred/files/
 
+# Latency, throughput and memory on the local control plane (see bench/RESULTS.md).
+bench: setup
+	$(BIN)/python bench/run.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -350,6 +350,10 @@ def table(results: dict[str, Any]) -> str:
     if "renewal" in results:
         r = results["renewal"]
         rows.append((f"renewal lateness ({r['n']} renewals)", f"p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms", "on time"))
+    if "scale" in results:
+        s = results["scale"]
+        rows.append(("scale: RSS of a fresh operator", f"{s['rss_mb_idle_before']:.0f} MB before, "
+                     f"{s['rss_mb_at_scale']:.0f} MB with {s['pods']} live", "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows)
 
@@ -358,10 +362,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--json", default=str(REPO / "bench" / "out" / "results.json"))
-    parser.add_argument("--bursts", default=None, help="comma-separated burst sizes (default 100,1000,5000)")
+    parser.add_argument("--bursts", default=None,
+                        help="comma-separated burst sizes (default 100,1000,5000; empty for none)")
     parser.add_argument("--skip-scale", action="store_true", help="skip the 10,000-projection scale and renewal run")
     args = parser.parse_args()
-    bursts = [int(b) for b in (args.bursts or ("50,200" if args.quick else "100,1000,5000")).split(",")]
+    default_bursts = "50,200" if args.quick else "100,1000,5000"
+    bursts = [int(b) for b in (default_bursts if args.bursts is None else args.bursts).split(",") if b]
     scale_pods, scale_credentials = (500, 50) if args.quick else (10000, 500)
     ensure_binaries()
     with tempfile.TemporaryDirectory(prefix="agentcred-bench-") as workdir, ControlPlane() as plane:
@@ -376,6 +382,9 @@ def main() -> int:
                 bench.measure_burst(size)
             if not args.skip_scale:
                 print(f"scale: {scale_pods} pods over {scale_credentials} credentials ...", file=sys.stderr, flush=True)
+                # A fresh process, so memory reflects the live projections, not the bursts' history.
+                bench.stop_operator()
+                bench.start_operator()
                 bench.measure_scale(scale_pods, scale_credentials)
         finally:
             bench.stop_operator()
