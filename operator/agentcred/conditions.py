@@ -43,7 +43,3 @@ def set_condition(
         updated["observedGeneration"] = generation
     others = [c for c in conditions if c.get("type") != type_]
     return sorted([*others, updated], key=lambda c: c["type"])
-
-
-def find(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
-    return next((c for c in conditions if c.get("type") == type_), None)

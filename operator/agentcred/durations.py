@@ -25,15 +25,3 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(f"invalid duration {text!r}: it must be longer than zero")
     return timedelta(seconds=seconds)
 
-
-def format_duration(value: timedelta) -> str:
-    """The shortest spec-style spelling of a whole number of seconds."""
-    remaining = int(value.total_seconds())
-    if remaining <= 0:
-        return "0s"
-    parts = []
-    for unit in ("d", "h", "m", "s"):
-        amount, remaining = divmod(remaining, UNIT_SECONDS[unit])
-        if amount:
-            parts.append(f"{amount}{unit}")
-    return "".join(parts)

@@ -237,18 +237,21 @@ async def crd_event(type: str, memo: kopf.Memo, **_: Any) -> None:
     if not engine.warm.is_set():
         engine.warm.set()
         if not CONFIG.leader_election:
-            asyncio.create_task(memo.take_over(), name="start-up sweep")
+            memo.sweep = asyncio.create_task(memo.take_over(), name="start-up sweep")
 
 
 # -- AgentCredentials ----------------------------------------------------------------
 
 
 @kopf.on.event(model.GROUP, model.VERSION, model.PLURAL)
-async def credential_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def credential_event(
+    type: str, body: kopf.Body, memo: kopf.Memo, credential_index: kopf.Index, **_: Any
+) -> None:
     if type == "DELETED" or body.metadata.get("deletionTimestamp"):
         return
     engine: Engine = memo.engine
-    record = credential_record(dict(body))
+    # The index parsed this very event's body a moment ago.
+    record = _first(credential_index, (body.metadata.namespace, body.metadata.name)) or credential_record(dict(body))
     await engine.credential_changed(record)
     request = body.metadata.annotations.get(labels.REVOKE_ANNOTATION)
     if request:

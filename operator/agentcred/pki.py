@@ -128,13 +128,6 @@ def issue(
     return KeyPair(builder.sign(ca.key, hashes.SHA256()), key)
 
 
-def load(cert_pem: bytes, key_pem: bytes) -> KeyPair:
-    key = serialization.load_pem_private_key(key_pem, password=None)
-    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
-        raise ValueError("only EC and RSA keys are supported")
-    return KeyPair(x509.load_pem_x509_certificate(cert_pem), key)
-
-
 def expires_within(cert_pem: bytes, margin: dt.timedelta) -> bool:
     certificate = x509.load_pem_x509_certificate(cert_pem)
     return certificate.not_valid_after_utc - margin <= dt.datetime.now(dt.timezone.utc)

@@ -36,9 +36,6 @@ class Scheduler:
     def __len__(self) -> int:
         return len(self._due)
 
-    def due_time(self, key: Hashable) -> dt.datetime | None:
-        return self._due.get(key)
-
     def schedule(self, key: Hashable, when: dt.datetime) -> None:
         self._due[key] = when
         heapq.heappush(self._heap, (when, next(self._counter), key))

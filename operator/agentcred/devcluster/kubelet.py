@@ -85,16 +85,6 @@ class FakeKubelet:
     def fail(self, namespace: str, name: str, exit_code: int = 1) -> None:
         self._terminate(namespace, name, exit_code=exit_code)
 
-    def wait_for_phase(self, namespace: str, name: str, phase: str, timeout: float = 30) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        pod: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            pod = self.core.api_client.sanitize_for_serialization(self.core.read_namespaced_pod(name, namespace))
-            if pod.get("status", {}).get("phase") == phase:
-                return pod
-            time.sleep(0.1)
-        raise TimeoutError(f"pod {namespace}/{name} not {phase} after {timeout}s: {pod.get('status')}")
-
     # -- the watch loop ----------------------------------------------------------------
 
     def _run(self) -> None:
