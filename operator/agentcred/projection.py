@@ -33,8 +33,23 @@ def fingerprint(value: bytes) -> str:
     return "sha256:" + hashlib.sha256(value).hexdigest()[:16]
 
 
+class _Bound:
+    """Named by a namespace and a binding id: a pod's task and its Secret's state alike."""
+
+    namespace: str
+    binding: str
+
+    @property
+    def secret_name(self) -> str:
+        return labels.secret_name(self.binding)
+
+    @property
+    def key(self) -> str:
+        return projection_key(self.namespace, self.binding)
+
+
 @dataclass(frozen=True)
-class PodTask:
+class PodTask(_Bound):
     """An opted-in pod as the operator sees it: who it is and what it was admitted for."""
 
     namespace: str
@@ -58,14 +73,6 @@ class PodTask:
         if self.phase == "Failed":
             return "task-failed"
         return None
-
-    @property
-    def secret_name(self) -> str:
-        return labels.secret_name(self.binding)
-
-    @property
-    def key(self) -> str:
-        return projection_key(self.namespace, self.binding)
 
 
 def projection_key(namespace: str, binding: str) -> str:
@@ -168,7 +175,7 @@ class IssuedValue:
 
 
 @dataclass(frozen=True)
-class ProjectionState:
+class ProjectionState(_Bound):
     """A managed Secret read back: whose it is, what is live in it, what was revoked."""
 
     namespace: str
@@ -179,14 +186,6 @@ class ProjectionState:
     values: dict[str, IssuedValue] = field(default_factory=dict)
     revoked: dict[str, str] = field(default_factory=dict)  # credential -> reason
     resource_version: str | None = None
-
-    @property
-    def secret_name(self) -> str:
-        return labels.secret_name(self.binding)
-
-    @property
-    def key(self) -> str:
-        return projection_key(self.namespace, self.binding)
 
 
 def parse_projection(secret: dict[str, Any]) -> ProjectionState | None:
