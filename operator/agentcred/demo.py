@@ -124,7 +124,9 @@ def _run(plane: ControlPlane, workdir: Path) -> int:
         print(f"  fingerprint: {fingerprint(token)}")
         payload = token.split(b".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4)))
-        print("  claims:      " + json.dumps(claims, indent=2).replace("\n", "\n               "))
+        print("  claims:")
+        for name, value in claims.items():
+            print(f"    {name:<10} {json.dumps(value, separators=(', ', ': '))}")
 
         _say("the agent finishes: its Job completes")
         started = time.monotonic()
