@@ -41,9 +41,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "operator"))
 
 from agentcred import labels, model  # noqa: E402
-from agentcred.crd import build_crd  # noqa: E402
 from agentcred.devcluster.binaries import KUBERNETES_VERSION, ensure_binaries  # noqa: E402
 from agentcred.devcluster.controlplane import ControlPlane, free_port  # noqa: E402
+from agentcred.devcluster.install import install_agentcred  # noqa: E402
 
 CLIENT_THREADS = 16
 
@@ -77,11 +77,7 @@ class Bench:
     # -- setup ------------------------------------------------------------------------
 
     def setup(self) -> None:
-        ext = client.ApiextensionsV1Api(self.api)
-        ext.create_custom_resource_definition(build_crd())
-        self._wait(lambda: any(c.type == "Established" and c.status == "True" for c in
-                               ext.read_custom_resource_definition("agentcredentials.agentcred.dev").status.conditions or []))
-        self.core.create_namespace({"metadata": {"name": "agentcred"}})
+        install_agentcred(self.api)
 
     def start_operator(self) -> None:
         log = open(self.workdir / "operator.log", "ab")

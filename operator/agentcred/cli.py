@@ -85,10 +85,17 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
         print(f"export KUBECONFIG={state.kubeconfig}")
         return 0
     state_path.parent.mkdir(parents=True, exist_ok=True)
+    from kubernetes import config
+
+    from .devcluster.binaries import ensure_binaries
+    from .devcluster.install import install_agentcred
+
     plane = ControlPlane(workdir=state_path.parent / "cluster", detach=True)
     state = plane.start()
     state.save(state_path)
-    print(f"local control plane up at {state.server}", file=sys.stderr)
+    install_agentcred(config.new_client_from_config(config_file=state.kubeconfig))
+    print(f"local control plane up at {state.server}, with the AgentCredential CRD", file=sys.stderr)
+    print(f"kubectl: {ensure_binaries()['kubectl']}", file=sys.stderr)
     print(f"export KUBECONFIG={state.kubeconfig}")
     return 0
 

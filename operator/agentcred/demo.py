@@ -24,10 +24,10 @@ import yaml
 from kubernetes import client, config, utils
 
 from . import labels
-from .crd import build_crd
 from .model import GROUP, PLURAL, VERSION
 from .devcluster.binaries import ensure_binaries
 from .devcluster.controlplane import ControlPlane, free_port
+from .devcluster.install import install_agentcred
 from .devcluster.kubelet import FakeKubelet
 from .projection import fingerprint
 
@@ -75,12 +75,7 @@ def _run(plane: ControlPlane, workdir: Path) -> int:
     _say(f"local control plane up at {plane.server} (kubeconfig {plane.kubeconfig})")
     api = config.new_client_from_config(config_file=str(plane.kubeconfig))
     core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
-    ext = client.ApiextensionsV1Api(api)
-    ext.create_custom_resource_definition(build_crd())
-    core.create_namespace({"metadata": {"name": "agentcred"}})
-    _wait("the CRD", lambda: any(
-        c.type == "Established" and c.status == "True"
-        for c in ext.read_custom_resource_definition("agentcredentials.agentcred.dev").status.conditions or []))
+    install_agentcred(api)
 
     port = free_port()
     env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
