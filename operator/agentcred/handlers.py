@@ -34,7 +34,13 @@ from .minting import MintingClient
 from .projection import PodTask, parse_projection, pod_task
 from .settings import OperatorConfig, configure_kopf
 from .signing import KeyRing
-from .webhook import HANDLER_ID, configuration, private_directory, shared_serving_certificate
+from .webhook import (
+    HANDLER_ID,
+    CertificateMonitor,
+    configuration,
+    private_directory,
+    shared_serving_certificate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,18 @@ def _first(index: kopf.Index, key: Any) -> Any:
 
 
 # -- start and stop ------------------------------------------------------------------
+
+
+async def publish_ca(kube: Kube, ca_pem: bytes) -> None:
+    """Tell the API server which CA to trust for the webhook, as configured."""
+    if CONFIG.webhook_config == "manage":
+        service = None if CONFIG.webhook_url else (CONFIG.service, CONFIG.namespace, 443)
+        await kube.apply_mutating_webhook(
+            configuration(ca_pem, url=CONFIG.webhook_url, service=service,
+                          operator_namespace=CONFIG.namespace, name=CONFIG.webhook_configuration)
+        )
+    elif CONFIG.webhook_config == "inject-ca":
+        await kube.inject_webhook_ca(CONFIG.webhook_configuration, ca_pem)
 
 
 @kopf.on.startup()
@@ -77,14 +95,7 @@ async def startup(
     settings.admission.server = kopf.WebhookServer(
         addr=CONFIG.webhook_address, port=CONFIG.webhook_port, certfile=str(certfile), pkeyfile=str(keyfile)
     )
-    if CONFIG.webhook_config == "manage":
-        service = None if CONFIG.webhook_url else (CONFIG.service, CONFIG.namespace, 443)
-        await kube.apply_mutating_webhook(
-            configuration(certificate.ca_pem, url=CONFIG.webhook_url, service=service,
-                          operator_namespace=CONFIG.namespace, name=CONFIG.webhook_configuration)
-        )
-    elif CONFIG.webhook_config == "inject-ca":
-        await kube.inject_webhook_ca(CONFIG.webhook_configuration, certificate.ca_pem)
+    await publish_ca(kube, certificate.ca_pem)
 
     events = EventRecorder(kube)
     engine = Engine(
@@ -136,8 +147,12 @@ async def startup(
         engine.leading = lambda: leadership.is_leader
         memo.leadership = leadership
         loops.append(asyncio.create_task(leadership.run(), name="leader election"))
+    certificates = CertificateMonitor(kube, CONFIG.namespace, CONFIG.service, certificate, engine.leading,
+                                      lambda ca_pem: publish_ca(kube, ca_pem))
+    memo.health.problems.append(lambda: certificates.problem)
     memo.tasks = memo.health.loops = [
         *loops,
+        asyncio.create_task(certificates.run(), name="serving certificate"),
         asyncio.create_task(
             maintain_keyring_forever(kube, CONFIG.namespace, set_keyring, rotation, engine.leading), name="key ring"
         ),

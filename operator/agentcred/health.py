@@ -2,7 +2,8 @@
 
 Ready means: the in-memory indices have listed everything (Kopf runs no handler before
 that, so the first handler call is the signal) and the admission webhook and the HTTPS
-endpoints accept connections. Live means: none of the operator's own loops has died.
+endpoints accept connections. Live means: none of the operator's own loops has died, and
+nothing asks for a restart (a serving certificate about to expire, say).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -25,9 +26,11 @@ class Health:
     ports: Sequence[int]  # the webhook and the HTTPS endpoints, reached on loopback
     warm: asyncio.Event = field(default_factory=asyncio.Event)  # replaced by the engine's
     loops: list[asyncio.Task[None]] = field(default_factory=list)
+    problems: list[Callable[[], str | None]] = field(default_factory=list)  # reasons to be restarted
 
-    def dead_loops(self) -> list[str]:
-        return [task.get_name() for task in self.loops if task.done()]
+    def unhealthy(self) -> list[str]:
+        dead = [f"stopped: {task.get_name()}" for task in self.loops if task.done()]
+        return dead + [problem for check in self.problems if (problem := check())]
 
     async def unreachable_ports(self) -> list[int]:
         closed = []
@@ -42,9 +45,9 @@ class Health:
 
 def build_app(health: Health) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
-        dead = health.dead_loops()
-        if dead:
-            return web.Response(status=500, text=f"stopped: {', '.join(dead)}\n")
+        reasons = health.unhealthy()
+        if reasons:
+            return web.Response(status=500, text="; ".join(reasons) + "\n")
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:

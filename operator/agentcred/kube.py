@@ -55,13 +55,14 @@ def resource_of(path: str) -> str:
     return f"{resource}/{subresource}" if subresource else resource
 
 
-def load_configuration() -> client.Configuration:
-    """In-cluster credentials when running in a pod, else the current kubeconfig."""
+def load_configuration(kubeconfig: str | None = None) -> client.Configuration:
+    """In-cluster credentials when running in a pod, else the (current) kubeconfig."""
     configuration = client.Configuration()
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
         config.load_incluster_config(client_configuration=configuration)
     else:
-        config.load_kube_config(client_configuration=configuration)
+        config.load_kube_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"),
+                                client_configuration=configuration)
     return configuration
 
 

@@ -128,6 +128,13 @@ def issue(
     return KeyPair(builder.sign(ca.key, hashes.SHA256()), key)
 
 
-def expires_within(cert_pem: bytes, margin: dt.timedelta) -> bool:
+def expires_within(cert_pem: bytes, margin: dt.timedelta, now: dt.datetime | None = None) -> bool:
     certificate = x509.load_pem_x509_certificate(cert_pem)
-    return certificate.not_valid_after_utc - margin <= dt.datetime.now(dt.timezone.utc)
+    return certificate.not_valid_after_utc - margin <= (now or dt.datetime.now(dt.timezone.utc))
+
+
+def first_certificate(bundle_pem: bytes) -> bytes:
+    """The first PEM certificate of a bundle."""
+    end = b"-----END CERTIFICATE-----"
+    index = bundle_pem.find(end)
+    return bundle_pem[: index + len(end)] + b"\n" if index >= 0 else b""

@@ -7,22 +7,27 @@ carrying the opt-in label reach the webhook, and only they fail closed.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from . import labels, pki
 from .kube import Kube, status_of
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONFIGURATION_NAME = "agentcred.dev"
 HANDLER_ID = "agentcred-inject"
 TLS_SECRET = "agentcred-webhook-tls"
 CERT_VALIDITY = dt.timedelta(days=365)
 RENEW_WITHIN = dt.timedelta(days=30)
+RESTART_WITHIN = dt.timedelta(days=7)
 TIMEOUT_SECONDS = 5
 
 
@@ -49,67 +54,119 @@ def serving_names(service: str, namespace: str) -> tuple[str, ...]:
     )
 
 
-def new_serving_certificate(service: str, namespace: str) -> ServingCertificate:
-    ca = pki.new_ca(f"agentcred-webhook-ca.{namespace}", validity=CERT_VALIDITY)
+def new_serving_certificate(service: str, namespace: str, previous_ca: bytes = b"",
+                            validity: dt.timedelta = CERT_VALIDITY) -> ServingCertificate:
+    """A new CA and serving certificate. The bundle keeps the previous CA, so replicas
+    still serving the old certificate stay trusted until they restart."""
+    ca = pki.new_ca(f"agentcred-webhook-ca.{namespace}", validity=validity)
     leaf = pki.issue(
         ca, f"{service}.{namespace}.svc", dns_names=serving_names(service, namespace),
-        ip_addresses=("127.0.0.1",), server=True, validity=CERT_VALIDITY,
+        ip_addresses=("127.0.0.1",), server=True, validity=validity,
     )
-    return ServingCertificate(ca.cert_pem, leaf.cert_pem, leaf.key_pem)
+    return ServingCertificate(ca.cert_pem + pki.first_certificate(previous_ca), leaf.cert_pem, leaf.key_pem)
 
 
-def _secret_body(namespace: str, cert: ServingCertificate) -> dict[str, Any]:
+def _secret_body(namespace: str, cert: ServingCertificate, existing: dict[str, Any] | None) -> dict[str, Any]:
     def b64(data: bytes) -> str:
         return base64.b64encode(data).decode()
 
+    labels_ = {"app.kubernetes.io/name": "agentcred"}
+    metadata: dict[str, Any] = {"name": TLS_SECRET, "namespace": namespace, "labels": labels_}
+    if existing is not None:  # keep what the chart put there, and fail on a stale version
+        metadata = {**existing["metadata"], "labels": {**(existing["metadata"].get("labels") or {}), **labels_}}
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "type": "kubernetes.io/tls",
-        "metadata": {"name": TLS_SECRET, "namespace": namespace, "labels": {"app.kubernetes.io/name": "agentcred"}},
+        "type": (existing or {}).get("type", "kubernetes.io/tls"),
+        "metadata": metadata,
         "data": {"ca.crt": b64(cert.ca_pem), "tls.crt": b64(cert.cert_pem), "tls.key": b64(cert.key_pem)},
     }
 
 
-def _from_secret(body: dict[str, Any]) -> ServingCertificate:
-    data = body.get("data") or {}
+def _from_secret(body: dict[str, Any] | None) -> ServingCertificate | None:
+    data = (body or {}).get("data") or {}
+    if not all(k in data for k in ("ca.crt", "tls.crt", "tls.key")):
+        return None  # absent, or pre-created empty by the Helm chart
     return ServingCertificate(*(base64.b64decode(data[k]) for k in ("ca.crt", "tls.crt", "tls.key")))
 
 
-async def shared_serving_certificate(kube: Kube, namespace: str, service: str) -> ServingCertificate:
-    """The replicas' common certificate: read it, or create it if this replica is first."""
+async def _read(kube: Kube, namespace: str) -> dict[str, Any] | None:
     try:
-        existing = await kube.read_secret(namespace, TLS_SECRET)
+        return await kube.read_secret(namespace, TLS_SECRET)
     except Exception as error:
         if status_of(error) != 404:
             raise
-        existing = None
-    if existing is not None:
-        if all(k in (existing.get("data") or {}) for k in ("ca.crt", "tls.crt", "tls.key")):
-            current = _from_secret(existing)
-            if not pki.expires_within(current.cert_pem, RENEW_WITHIN):
-                return current
-        # Empty (pre-created by the Helm chart) or expiring: fill it; a stale version loses.
-        fresh = new_serving_certificate(service, namespace)
-        body = _secret_body(namespace, fresh)
-        body["metadata"] = {**existing["metadata"], "labels": {**(existing["metadata"].get("labels") or {}),
-                                                                 **body["metadata"]["labels"]}}
-        body["type"] = existing.get("type", body["type"])
-        try:
-            await kube.replace_secret(namespace, TLS_SECRET, body)
-            return fresh
-        except Exception as error:
-            if status_of(error) != 409:
-                raise
-            return _from_secret(await kube.read_secret(namespace, TLS_SECRET))  # another replica won
-    fresh = new_serving_certificate(service, namespace)
+        return None
+
+
+async def _renew(kube: Kube, namespace: str, service: str, existing: dict[str, Any] | None) -> ServingCertificate:
+    """Write a new certificate into the shared Secret; if another replica was faster, use its."""
+    current = _from_secret(existing)
+    fresh = new_serving_certificate(service, namespace, previous_ca=current.ca_pem if current else b"")
+    body = _secret_body(namespace, fresh, existing)
     try:
-        await kube.create_secret(namespace, _secret_body(namespace, fresh))
+        if existing is None:
+            await kube.create_secret(namespace, body)
+        else:
+            await kube.replace_secret(namespace, TLS_SECRET, body)
         return fresh
     except Exception as error:
         if status_of(error) != 409:
             raise
-        return _from_secret(await kube.read_secret(namespace, TLS_SECRET))  # another replica won
+    won = _from_secret(await kube.read_secret(namespace, TLS_SECRET))
+    assert won is not None
+    return won
+
+
+async def shared_serving_certificate(kube: Kube, namespace: str, service: str) -> ServingCertificate:
+    """The replicas' common certificate: read it, or create or renew it if this replica is first."""
+    existing = await _read(kube, namespace)
+    current = _from_secret(existing)
+    if current is not None and not pki.expires_within(current.cert_pem, RENEW_WITHIN):
+        return current
+    return await _renew(kube, namespace, service, existing)
+
+
+def certificate_actions(shared: ServingCertificate, serving: ServingCertificate, leading: bool,
+                        now: dt.datetime) -> tuple[bool, bool]:
+    """(renew the shared certificate, restart to load it): the leader renews 30 days ahead;
+    a replica still serving an older certificate asks to be restarted 7 days before it expires."""
+    renew = leading and pki.expires_within(shared.cert_pem, RENEW_WITHIN, now)
+    restart = shared.cert_pem != serving.cert_pem and pki.expires_within(serving.cert_pem, RESTART_WITHIN, now)
+    return renew, restart
+
+
+class CertificateMonitor:
+    """Keeps the serving certificate from expiring under a long-running operator."""
+
+    def __init__(self, kube: Kube, namespace: str, service: str, serving: ServingCertificate,
+                 leading: Callable[[], bool], publish: Callable[[bytes], Awaitable[None]],
+                 interval: float = 3600.0) -> None:
+        self.kube, self.namespace, self.service = kube, namespace, service
+        self.serving, self.leading, self.publish, self.interval = serving, leading, publish, interval
+        self.problem: str | None = None  # set: /healthz fails, so the kubelet restarts us
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.check(dt.datetime.now(dt.timezone.utc))
+            except Exception as error:
+                log.warning("could not check the serving certificate: %s", status_of(error) or error)
+
+    async def check(self, now: dt.datetime) -> None:
+        existing = await _read(self.kube, self.namespace)
+        shared = _from_secret(existing)
+        if shared is None:
+            return
+        renew, _ = certificate_actions(shared, self.serving, self.leading(), now)
+        if renew:
+            shared = await _renew(self.kube, self.namespace, self.service, existing)
+            await self.publish(shared.ca_pem)
+            log.info("renewed the webhook serving certificate; replicas pick it up as they restart")
+        _, restart = certificate_actions(shared, self.serving, self.leading(), now)
+        if restart:
+            self.problem = "the serving certificate expires within 7 days and a renewed one is ready: restart to load it"
 
 
 def private_directory() -> Path:
