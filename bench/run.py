@@ -33,7 +33,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from kubernetes import client, config, watch
 
@@ -44,6 +44,7 @@ from agentcred import labels, model  # noqa: E402
 from agentcred.devcluster.binaries import KUBERNETES_VERSION, ensure_binaries  # noqa: E402
 from agentcred.devcluster.controlplane import ControlPlane, free_port  # noqa: E402
 from agentcred.devcluster.install import install_agentcred  # noqa: E402
+from agentcred.devcluster.polling import wait_for  # noqa: E402
 
 CLIENT_THREADS = 16
 
@@ -90,7 +91,7 @@ class Bench:
             stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "KUBECONFIG": str(self.plane.kubeconfig), "PYTHONPATH": str(REPO / "operator")},
         )
-        self._wait(lambda: self._health("/readyz") == 200, timeout=60)
+        wait_for(lambda: self._health("/readyz") == 200, timeout=60)
 
     def stop_operator(self) -> None:
         if self.operator is not None:
@@ -104,16 +105,6 @@ class Bench:
         except OSError:
             return 0
 
-    @staticmethod
-    def _wait(check: Callable[[], Any], timeout: float = 120, interval: float = 0.1) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            result = check()
-            if result:
-                return result
-            time.sleep(interval)
-        raise TimeoutError(f"benchmark setup timed out waiting for {check}")
-
     def namespace(self, name: str, credentials: int = 1, **spec: Any) -> list[str]:
         self.core.create_namespace({"metadata": {"name": name}})
         self.core.create_namespaced_service_account(name, {"metadata": {"name": "agent"}})
@@ -125,7 +116,7 @@ class Bench:
                              "projection": {"mountPath": f"/var/run/agentcred/{cred}"}, **spec}}
             self.custom.create_namespaced_custom_object(model.GROUP, model.VERSION, name, model.PLURAL, body)
         last = names[-1]
-        self._wait(lambda: any(c["type"] == "Ready" and c["status"] == "True" for c in (
+        wait_for(lambda: any(c["type"] == "Ready" and c["status"] == "True" for c in (
             self.custom.get_namespaced_custom_object(model.GROUP, model.VERSION, name, model.PLURAL, last)
             .get("status") or {}).get("conditions") or []), timeout=300, interval=0.5)
         time.sleep(1)
@@ -218,7 +209,7 @@ class Bench:
         with ThreadPoolExecutor(CLIENT_THREADS) as pool:
             list(pool.map(create, range(count)))
         create_done = time.monotonic()
-        self._wait(lambda: len(seen) >= count, timeout=max(120, count / 5), interval=0.2)
+        wait_for(lambda: len(seen) >= count, timeout=max(120, count / 5), interval=0.2)
         finished = max(seen.values())
         latencies = [seen[b] - created[b] for b in created if b in seen]
         result = {
@@ -249,7 +240,7 @@ class Bench:
         with ThreadPoolExecutor(CLIENT_THREADS) as pool:
             list(pool.map(succeed, bindings[:half]))
             list(pool.map(delete, bindings[half:]))
-        self._wait(lambda: len(deleted) >= count, timeout=max(120, count / 5), interval=0.2)
+        wait_for(lambda: len(deleted) >= count, timeout=max(120, count / 5), interval=0.2)
         stop.set()
         for kind, chosen in (("succeeded", bindings[:half]), ("deleted", bindings[half:])):
             values = [deleted[b] - triggered[b] for b in chosen if b in deleted]
@@ -282,7 +273,7 @@ class Bench:
         with ThreadPoolExecutor(CLIENT_THREADS) as pool:
             list(pool.map(lambda i: self.core.create_namespaced_pod(
                 namespace, self.pod_body(f"s-{i}", names[i % len(names)]), _preload_content=False), range(pods)))
-        self._wait(lambda: len(seen) >= pods, timeout=max(300, pods / 5), interval=0.5)
+        wait_for(lambda: len(seen) >= pods, timeout=max(300, pods / 5), interval=0.5)
         projected = time.monotonic() - started
         at_scale = self.operator_usage()
         # Renewal: with ttl 2m and renewBefore 40s every value renews ~80s after issue; watch

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -23,20 +22,10 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from agentcred.devcluster.polling import wait_for  # noqa: F401  (the tests import it from here)
+
 REPO = Path(__file__).resolve().parent.parent
 CRD_FILE = REPO / "crds" / "agentcredentials.agentcred.dev.yaml"
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.1, what: str = "") -> Any:
-    """Poll until `predicate` returns something truthy; fail naming what never happened."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}: last saw {last!r}")
 
 
 def free_port() -> int:

@@ -20,12 +20,7 @@ KEYRING_LABELS = {ROLE_LABEL: "keyring", "app.kubernetes.io/name": "agentcred"}
 
 
 async def load_keyring(kube: Kube, namespace: str) -> KeyRing:
-    try:
-        secret = await kube.read_secret(namespace, KEYRING_SECRET)
-    except Exception as error:
-        if status_of(error) != 404:
-            raise
-        secret = None
+    secret = await kube.find_secret(namespace, KEYRING_SECRET)
     if secret is not None:
         labelled = all((secret["metadata"].get("labels") or {}).get(k) == v for k, v in KEYRING_LABELS.items())
         if KEYRING_KEY in (secret.get("data") or {}):

@@ -18,7 +18,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
 
 import yaml
 from kubernetes import client, config, utils
@@ -28,6 +27,7 @@ from .model import GROUP, PLURAL, VERSION
 from .devcluster.binaries import ensure_binaries
 from .devcluster.controlplane import ControlPlane, free_port
 from .devcluster.install import install_agentcred
+from .devcluster.polling import wait_for
 from .devcluster.kubelet import FakeKubelet
 from .projection import fingerprint
 
@@ -36,16 +36,6 @@ EXAMPLE = "quickstart.yaml"
 
 def _say(text: str) -> None:
     print(f"\n\033[1m==> {text}\033[0m", flush=True)
-
-
-def _wait(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def _example_path() -> Path:
@@ -88,7 +78,7 @@ def _run(plane: ControlPlane, workdir: Path) -> int:
     )
     kubelet = FakeKubelet(api).start()
     try:
-        _wait("the operator's webhook", lambda: _webhook_listening(port))
+        wait_for(timeout=60, what="the operator's webhook", predicate=lambda: _webhook_listening(port))
         _say(f"operator running (pid {operator.pid}); its webhook is registered for opted-in pods")
 
         _say(f"applying examples/{EXAMPLE}: namespace, ServiceAccount, AgentCredential, agent Job")
@@ -99,7 +89,7 @@ def _run(plane: ControlPlane, workdir: Path) -> int:
                 namespace = document["metadata"]["namespace"]
                 custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, document)
                 # Ready in status means the operator has it in memory for the webhook.
-                _wait("the credential to be Ready", lambda: any(
+                wait_for(timeout=60, what="the credential to be Ready", predicate=lambda: any(
                     c["type"] == "Ready" and c["status"] == "True"
                     for c in (custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
                               .get("status") or {}).get("conditions") or []))
@@ -107,7 +97,7 @@ def _run(plane: ControlPlane, workdir: Path) -> int:
                 utils.create_from_dict(api, document)
             print(f"  created {document['kind']} {name}")
 
-        pod = _wait("the agent's pod to run", lambda: next(
+        pod = wait_for(timeout=60, what="the agent's pod to run", predicate=lambda: next(
             (p for p in core.list_namespaced_pod("agents", label_selector="job-name=research-task").items
              if p.status.phase == "Running"), None))
         binding = pod.metadata.annotations[labels.BINDING_ANNOTATION]
@@ -126,10 +116,10 @@ def _run(plane: ControlPlane, workdir: Path) -> int:
         _say("the agent finishes: its Job completes")
         started = time.monotonic()
         kubelet.succeed("agents", pod.metadata.name)
-        _wait("the Secret to be revoked", lambda: not core.list_namespaced_secret(
+        wait_for(timeout=60, what="the Secret to be revoked", predicate=lambda: not core.list_namespaced_secret(
             "agents", field_selector=f"metadata.name={secret.metadata.name}").items)
         revoked_after = time.monotonic() - started
-        _wait("the Job to complete", lambda: any(
+        wait_for(timeout=60, what="the Job to complete", predicate=lambda: any(
             c.type == "Complete" and c.status == "True"
             for c in batch.read_namespaced_job("research-task", "agents").status.conditions or []))
         print(f"  Job research-task Complete; Secret {secret.metadata.name} deleted "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 from dataclasses import dataclass
@@ -105,6 +106,9 @@ class Engine:
         self._generations: dict[tuple[str, str], int] = {}
         # Tokens handed out by intent exchange, per key: revoked with the pod's value.
         self._exchanged: dict[str, list[tuple[str, str, dt.datetime]]] = {}
+        # Pods seen in a terminal phase, by UID: Succeeded and Failed are final, so a status
+        # that later says otherwise (nothing but a bad actor writes that) gets no new value.
+        self._finished: dict[str, str] = {}
         # Tasks that ended while this replica followed: a new leader finishes their revocation.
         self._ended_while_following: list[tuple[dt.datetime, PodTask]] = []
 
@@ -119,7 +123,7 @@ class Engine:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             for _ in range(3):
-                current = task if task is not None else self.pod(key)
+                current = self._final(task if task is not None else self.pod(key))
                 try:
                     await self._run_plan(key, current)
                     break
@@ -127,6 +131,17 @@ class Engine:
                     await self._refresh(key, current)
         if self.store.get(key) is None and self.pod(key) is None and not lock.locked():
             self._locks.pop(key, None)
+
+    def _final(self, task: PodTask | None) -> PodTask | None:
+        if task is None:
+            return None
+        if task.phase in ("Succeeded", "Failed"):
+            self._finished[task.uid] = task.phase
+        elif task.uid in self._finished:
+            task = dataclasses.replace(task, phase=self._finished[task.uid])
+        if task.deleted:
+            self._finished.pop(task.uid, None)
+        return task
 
     def load(self, states: Iterable[ProjectionState]) -> int:
         """Fill the memory from a listing of the managed Secrets (their metadata only)."""
@@ -330,7 +345,7 @@ class Engine:
             try:
                 produced[issue.credential] = await produce(
                     task, record, issue, keyring=self.keyring, issuer=self.settings.issuer,
-                    read_secret=self._read_upstream, minter=self.minter, now=now,
+                    read_secret=self.kube.find_secret, minter=self.minter, now=now,
                 )
             except SourceUnavailable as unavailable:
                 problems.append(Problem(issue.credential, unavailable.reason, unavailable.message))
@@ -572,24 +587,12 @@ class Engine:
 
     async def _refresh(self, key: str, task: PodTask | None) -> None:
         namespace, raw_binding = split_key(key)
-        try:
-            body = await self.kube.read_secret(namespace, labels.secret_name(raw_binding))
-        except Exception as error:
-            if status_of(error) != 404:
-                raise
+        body = await self.kube.find_secret(namespace, labels.secret_name(raw_binding))
+        state = parse_projection(body) if body is not None else None
+        if state is None:
             self.store.forget(key)
-            return
-        state = parse_projection(body)
-        if state is not None:
+        else:
             self.store.put(state)
-
-    async def _read_upstream(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return await self.kube.read_secret(namespace, name)
-        except Exception as error:
-            if status_of(error) == 404:
-                return None
-            raise
 
     async def _reconcile_all_tasks(self, tasks: Iterable[PodTask]) -> None:
         await asyncio.gather(*(self.reconcile(task.key, task) for task in tasks))

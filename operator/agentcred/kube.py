@@ -130,6 +130,15 @@ class Kube:
     async def read_secret(self, namespace: str, name: str) -> dict[str, Any]:
         return await self.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
 
+    async def find_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret, or None if there is none."""
+        try:
+            return await self.read_secret(namespace, name)
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
     async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self.request("POST", f"/api/v1/namespaces/{namespace}/secrets", body, "application/json")
 

@@ -90,15 +90,6 @@ def _from_secret(body: dict[str, Any] | None) -> ServingCertificate | None:
     return ServingCertificate(*(base64.b64decode(data[k]) for k in ("ca.crt", "tls.crt", "tls.key")))
 
 
-async def _read(kube: Kube, namespace: str) -> dict[str, Any] | None:
-    try:
-        return await kube.read_secret(namespace, TLS_SECRET)
-    except Exception as error:
-        if status_of(error) != 404:
-            raise
-        return None
-
-
 async def _renew(kube: Kube, namespace: str, service: str, existing: dict[str, Any] | None) -> ServingCertificate:
     """Write a new certificate into the shared Secret; if another replica was faster, use its."""
     current = _from_secret(existing)
@@ -120,7 +111,7 @@ async def _renew(kube: Kube, namespace: str, service: str, existing: dict[str, A
 
 async def shared_serving_certificate(kube: Kube, namespace: str, service: str) -> ServingCertificate:
     """The replicas' common certificate: read it, or create or renew it if this replica is first."""
-    existing = await _read(kube, namespace)
+    existing = await kube.find_secret(namespace, TLS_SECRET)
     current = _from_secret(existing)
     if current is not None and not pki.expires_within(current.cert_pem, RENEW_WITHIN):
         return current
@@ -155,7 +146,7 @@ class CertificateMonitor:
                 log.warning("could not check the serving certificate: %s", status_of(error) or error)
 
     async def check(self, now: dt.datetime) -> None:
-        existing = await _read(self.kube, self.namespace)
+        existing = await self.kube.find_secret(self.namespace, TLS_SECRET)
         shared = _from_secret(existing)
         if shared is None:
             return

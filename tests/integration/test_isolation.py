@@ -89,3 +89,19 @@ def test_a_user_who_can_create_pods_cannot_widen_a_credential(
     spec = cluster.custom.get_namespaced_custom_object(model.GROUP, model.VERSION, namespace, model.PLURAL,
                                                       "research-llm")["spec"]
     assert spec["scope"]["tools"] == ["web-search"]
+
+
+def test_a_finished_pod_revived_by_a_status_write_gets_nothing_again(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace)
+    create_pod(cluster, namespace, "agent", "research-llm")
+    pod = wait_for(lambda: running_pod(cluster, namespace, name="agent"), what="pod Running")
+    kubelet.succeed(namespace, "agent")
+    wait_for(lambda: read_secret(cluster, namespace, secret_name_of(pod)) is None, what="revoked")
+    # Only a real kubelet should write pod status; someone with that right says "Running" again.
+    cluster.core.patch_namespaced_pod_status("agent", namespace, {"status": {"phase": "Running"}})
+    import time
+    time.sleep(2)
+    assert read_secret(cluster, namespace, secret_name_of(pod)) is None

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from ..crd import build_crd
+from .polling import wait_for
 
 OPERATOR_NAMESPACE = "agentcred"
 
@@ -23,12 +22,9 @@ def install_agentcred(api_client: client.ApiClient, namespace: str = OPERATOR_NA
             raise
         body["metadata"]["resourceVersion"] = extensions.read_custom_resource_definition(name).metadata.resource_version
         extensions.replace_custom_resource_definition(name, body)
-    deadline = time.monotonic() + timeout
-    while not any(c.type == "Established" and c.status == "True"
-                  for c in extensions.read_custom_resource_definition(name).status.conditions or []):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"CRD {name} not established after {timeout:.0f}s")
-        time.sleep(0.1)
+    wait_for(lambda: any(c.type == "Established" and c.status == "True"
+                         for c in extensions.read_custom_resource_definition(name).status.conditions or []),
+             timeout=timeout, what=f"CRD {name} established")
     try:
         client.CoreV1Api(api_client).create_namespace({"metadata": {"name": namespace}})
     except ApiException as error:

@@ -137,7 +137,7 @@ class FakeKubelet:
             elif node == self.node_name and phase == "Pending":
                 self._set_running(pod)
         except ApiException as error:
-            if error.status not in (404, 409):
+            if error.status not in (404, 409, 422):  # 422: the phase test failed, the pod moved on
                 log.warning("fake kubelet could not handle %s/%s: %s", namespace, name, error.reason)
 
     def _bind(self, namespace: str, name: str) -> None:
@@ -152,25 +152,27 @@ class FakeKubelet:
     def _set_running(self, pod: dict[str, Any]) -> None:
         containers = pod["spec"]["containers"]
         status = {
-            "status": {
-                "phase": "Running",
-                "hostIP": "127.0.0.1",
-                "podIP": "127.0.0.1",
-                "startTime": _now(),
-                "conditions": [
-                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": _now()},
-                    {"type": "Initialized", "status": "True", "lastTransitionTime": _now()},
-                    {"type": "ContainersReady", "status": "True", "lastTransitionTime": _now()},
-                    {"type": "Ready", "status": "True", "lastTransitionTime": _now()},
-                ],
-                "containerStatuses": [
-                    {"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": True,
-                     "restartCount": 0, "started": True, "state": {"running": {"startedAt": _now()}}}
-                    for c in containers
-                ],
-            }
+            "phase": "Running",
+            "hostIP": "127.0.0.1",
+            "podIP": "127.0.0.1",
+            "startTime": _now(),
+            "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": _now()},
+                {"type": "Initialized", "status": "True", "lastTransitionTime": _now()},
+                {"type": "ContainersReady", "status": "True", "lastTransitionTime": _now()},
+                {"type": "Ready", "status": "True", "lastTransitionTime": _now()},
+            ],
+            "containerStatuses": [
+                {"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": True,
+                 "restartCount": 0, "started": True, "state": {"running": {"startedAt": _now()}}}
+                for c in containers
+            ],
         }
-        self.core.patch_namespaced_pod_status(pod["metadata"]["name"], pod["metadata"]["namespace"], status)
+        # Only from Pending, atomically: a pod that ended meanwhile must stay ended, as with
+        # a real kubelet (the API server itself would let a status patch revive it).
+        patch = [{"op": "test", "path": "/status/phase", "value": "Pending"},
+                 {"op": "replace", "path": "/status", "value": {**pod.get("status", {}), **status}}]
+        self.core.patch_namespaced_pod_status(pod["metadata"]["name"], pod["metadata"]["namespace"], patch)
 
     def _terminate(self, namespace: str, name: str, exit_code: int) -> None:
         pod = self.core.read_namespaced_pod(name, namespace)
