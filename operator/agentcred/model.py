@@ -175,6 +175,8 @@ class Review(Model):
 
 
 class AgentCredentialSpec(Model):
+    """What the credential is, whose, who may receive it, where from, and for how long."""
+
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
@@ -276,6 +278,8 @@ class RevocationOutcome(Model):
 
 
 class AgentCredentialStatus(Model):
+    """What the operator observed and did: conditions, live projections, counts, expiry."""
+
     observed_generation: int | None = None
     conditions: Annotated[
         list[Condition],
@@ -301,7 +305,8 @@ class AgentCredentialStatus(Model):
 
 
 class AgentCredentialRoot(Model):
-    """The whole object, for generating the CRD's root schema."""
+    """A short-lived, task-bound credential for AI agents: minted or copied per pod,
+    renewed while the task runs, revoked when it ends."""
 
     model_config = ConfigDict(
         json_schema_extra={
