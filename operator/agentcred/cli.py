@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from . import __version__
 
@@ -128,29 +129,43 @@ def cmd_dev_kubeconfig(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_revoke(args: argparse.Namespace) -> int:
+def _ask_operator(args: argparse.Namespace, ask: Callable[..., dict], **fields: Any) -> tuple[int, dict, str]:
+    """Send a request about one AgentCredential and wait for the operator's answer."""
     from kubernetes import config
     from kubernetes.client.exceptions import ApiException
 
-    from .revoke import RevokeTimeout, request_revoke
+    from .requests import RequestTimeout
 
-    api_client = config.new_client_from_config()
     namespace = args.namespace or config.list_kube_config_contexts()[1]["context"].get("namespace", "default")
     try:
-        outcome = request_revoke(
-            api_client, namespace, args.credential, pod=args.pod, reason=args.reason, timeout=args.timeout
-        )
+        return 0, ask(config.new_client_from_config(), namespace, args.credential, timeout=args.timeout, **fields), namespace
     except ApiException as error:
-        if error.status == 404:
-            print(f"AgentCredential {args.credential} not found in namespace {namespace}", file=sys.stderr)
-            return 1
-        raise
-    except RevokeTimeout as error:
+        if error.status != 404:
+            raise
+        print(f"AgentCredential {args.credential} not found in namespace {namespace}", file=sys.stderr)
+        return 1, {}, namespace
+    except RequestTimeout as error:
         print(str(error), file=sys.stderr)
-        return 2
-    where = f"pod {args.pod}" if args.pod else "every pod"
-    print(f"revoked {outcome['revoked']} live value(s) of {namespace}/{args.credential} in {where}")
-    return 0
+        return 2, {}, namespace
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    from .requests import request_revoke
+
+    status, outcome, namespace = _ask_operator(args, request_revoke, pod=args.pod, reason=args.reason)
+    if status == 0:
+        where = f"pod {args.pod}" if args.pod else "every pod"
+        print(f"revoked {outcome['revoked']} live value(s) of {namespace}/{args.credential} in {where}")
+    return status
+
+
+def cmd_renew(args: argparse.Namespace) -> int:
+    from .requests import request_renew
+
+    status, outcome, namespace = _ask_operator(args, request_renew)
+    if status == 0:
+        print(f"renewed {outcome['renewed']} live value(s) of {namespace}/{args.credential}")
+    return status
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -252,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--reason", help="why, for the audit log")
     revoke.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the operator")
     revoke.set_defaults(func=cmd_revoke)
+
+    renew = commands.add_parser("renew", help="replace a credential's live values now (e.g. after rotating upstream)")
+    renew.add_argument("credential", help="AgentCredential name")
+    renew.add_argument("-n", "--namespace", help="its namespace (default: the kubeconfig's)")
+    renew.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the operator")
+    renew.set_defaults(func=cmd_renew)
 
     demo = commands.add_parser("demo", help="local control plane + operator + an agent Job, end to end")
     demo.set_defaults(func=cmd_demo)

@@ -102,7 +102,7 @@ class Engine:
         self._reported: dict[str, tuple[Problem, ...]] = {}
         self._waiting: dict[tuple[str, str], set[str]] = {}
         self._written_status: dict[tuple[str, str], dict[str, Any]] = {}
-        self._handled_revokes: set[str] = set()
+        self._handled_requests: set[str] = set()
         self._generations: dict[tuple[str, str], int] = {}
         # Tokens handed out by intent exchange, per key: revoked with the pod's value.
         self._exchanged: dict[str, list[tuple[str, str, dt.datetime]]] = {}
@@ -114,8 +114,9 @@ class Engine:
 
     # -- entry points --------------------------------------------------------------
 
-    async def reconcile(self, key: str, task: PodTask | None = None) -> None:
-        """Bring one pod's projection in line with its task; `task` overrides the index."""
+    async def reconcile(self, key: str, task: PodTask | None = None, renew_now: frozenset[str] = frozenset()) -> None:
+        """Bring one pod's projection in line with its task; `task` overrides the index;
+        `renew_now` replaces those credentials' live values whether due or not."""
         if not self.leading():
             return
         # Until the Secrets are listed, "no bookkeeping" would mean "unknown", not "none".
@@ -125,7 +126,7 @@ class Engine:
             for _ in range(3):
                 current = self._final(task if task is not None else self.pod(key))
                 try:
-                    await self._run_plan(key, current)
+                    await self._run_plan(key, current, renew_now)
                     break
                 except Conflict:
                     await self._refresh(key, current)
@@ -240,15 +241,35 @@ class Engine:
         )
         return sum(results)
 
-    async def emergency_revoke(self, record: CredentialRecord, request: dict[str, Any]) -> dict[str, Any] | None:
-        """Carry out an `agentcred revoke` request recorded on the AgentCredential once."""
+    def _new_request(self, record: CredentialRecord, request: dict[str, Any], status_field: str) -> str | None:
+        """The id of a request not carried out yet, by the leader; else None."""
         if not self.leading():
             return None  # the leader carries it out; a new leader finds it still pending
         request_id = str(request.get("id") or "")
-        handled = (record.status.get("lastRevocation") or {}).get("id")
-        if not request_id or request_id == handled or request_id in self._handled_revokes:
+        handled = (record.status.get(status_field) or {}).get("id")
+        if not request_id or request_id == handled or request_id in self._handled_requests:
             return None
-        self._handled_revokes.add(request_id)
+        self._handled_requests.add(request_id)
+        return request_id
+
+    async def renew_now(self, record: CredentialRecord, request: dict[str, Any]) -> dict[str, Any] | None:
+        """Carry out an `agentcred renew` request: replace every live value now."""
+        request_id = self._new_request(record, request, "lastRenewal")
+        if request_id is None:
+            return None
+        await self.loaded.wait()
+        keys = self.store.keys_with(record.namespace, record.name)
+        await asyncio.gather(*(self.reconcile(key, renew_now=frozenset({record.name})) for key in keys))
+        outcome = {"id": request_id, "at": format_time(utcnow()), "renewed": len(keys)}
+        await self.kube.patch_credential_status(record.namespace, record.name, {"lastRenewal": outcome})
+        self.events.post(record.owner_ref, "Normal", "Renewed", f"renewed {len(keys)} live value(s) of {record.name}")
+        return outcome
+
+    async def emergency_revoke(self, record: CredentialRecord, request: dict[str, Any]) -> dict[str, Any] | None:
+        """Carry out an `agentcred revoke` request recorded on the AgentCredential once."""
+        request_id = self._new_request(record, request, "lastRevocation")
+        if request_id is None:
+            return None
         pod_name = request.get("pod") or None
         count = await self.revoke_credential(record, reason="emergency", pod_name=pod_name)
         outcome = {
@@ -310,13 +331,13 @@ class Engine:
 
     # -- the plan ------------------------------------------------------------------
 
-    async def _run_plan(self, key: str, task: PodTask | None) -> None:
+    async def _run_plan(self, key: str, task: PodTask | None, renew_now: frozenset[str] = frozenset()) -> None:
         state = self.store.get(key)
         names = task.credentials if task else tuple(state.values) if state else ()
         namespace = task.namespace if task else state.namespace if state else ""
         records = {name: self.credential(namespace, name) for name in names}
         now = utcnow()
-        decided = plan(task, state, records, now)
+        decided = plan(task, state, records, now, renew_now)
         if decided.delete_secret:
             await self._delete(key, state, decided, records, now)
             return

@@ -268,16 +268,18 @@ async def credential_event(
     # The index parsed this very event's body a moment ago.
     record = _first(credential_index, (body.metadata.namespace, body.metadata.name)) or credential_record(dict(body))
     await engine.credential_changed(record)
-    request = body.metadata.annotations.get(labels.REVOKE_ANNOTATION)
-    if request:
+    for annotation, act in ((labels.REVOKE_ANNOTATION, engine.emergency_revoke),
+                            (labels.RENEW_ANNOTATION, engine.renew_now)):
+        request = body.metadata.annotations.get(annotation)
+        if not request:
+            continue
         try:
             parsed = json.loads(request)
         except ValueError:
-            log.warning("ignoring malformed %s annotation on %s/%s", labels.REVOKE_ANNOTATION,
-                        record.namespace, record.name)
-            return
+            log.warning("ignoring malformed %s annotation on %s/%s", annotation, record.namespace, record.name)
+            continue
         if isinstance(parsed, dict):
-            await engine.emergency_revoke(record, parsed)
+            await act(record, parsed)
 
 
 @kopf.on.delete(model.GROUP, model.VERSION, model.PLURAL)

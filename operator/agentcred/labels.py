@@ -24,8 +24,9 @@ ROLE_LABEL = f"{GROUP}/role"  # on the operator's own Secrets (the key ring)
 POD_ANNOTATION = f"{GROUP}/pod"
 STATE_ANNOTATION = f"{GROUP}/state"
 
-# On AgentCredentials: an emergency revoke request from `agentcred revoke`.
+# On AgentCredentials: requests from `agentcred revoke` and `agentcred renew`.
 REVOKE_ANNOTATION = f"{GROUP}/revoke"
+RENEW_ANNOTATION = f"{GROUP}/renew"
 
 SECRET_PREFIX = "agentcred-"
 VOLUME_PREFIX = "agentcred-"

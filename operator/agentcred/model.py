@@ -277,6 +277,14 @@ class RevocationOutcome(Model):
     reason: Annotated[str, StringConstraints(max_length=256)] | None = None
 
 
+class RenewalOutcome(Model):
+    """The last `agentcred renew` the operator carried out."""
+
+    id: Annotated[str, StringConstraints(max_length=64)]
+    at: dt.datetime
+    renewed: int
+
+
 class AgentCredentialStatus(Model):
     """What the operator observed and did: conditions, live projections, counts, expiry."""
 
@@ -302,6 +310,7 @@ class AgentCredentialStatus(Model):
     review_overdue: bool | None = None
     exception_expired: bool | None = None
     last_revocation: RevocationOutcome | None = None
+    last_renewal: RenewalOutcome | None = None
 
 
 class AgentCredentialRoot(Model):

@@ -107,7 +107,10 @@ def plan(
     state: ProjectionState | None,
     records: Mapping[str, CredentialRecord | None],
     now: dt.datetime,
+    renew_now: frozenset[str] = frozenset(),
 ) -> Plan:
+    """What the pod's projection needs now; `renew_now` names credentials whose live values
+    are replaced at once (`agentcred renew`), due or not."""
     if task is None or task.end_reason:
         if state is None:
             return Plan()
@@ -143,13 +146,13 @@ def plan(
                     reason = "max-lifetime"
                 elif end is not None and now >= end:
                     reason = "exception-expired"
-                elif now >= value.expires_at - spec.renew_before_delta:
+                elif now >= value.expires_at - spec.renew_before_delta or name in renew_now:
                     renewal = Issue(
                         name,
                         expires_at=min(now + spec.ttl_delta, lifetime_end),
                         task_started_at=value.task_started_at,
                         renewals=value.renewals + 1,
-                        planned_at=value.expires_at - spec.renew_before_delta,
+                        planned_at=min(value.expires_at - spec.renew_before_delta, now),
                     )
                     issues.append(renewal)
                     dues.append(_due(renewal, record))

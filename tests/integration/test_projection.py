@@ -347,3 +347,25 @@ def test_no_secret_value_in_logs_events_or_status(cluster: Cluster, operator: Op
     for where, text in haystacks.items():
         for needle in (values[0].decode(), signature.decode(), values[1].decode()):
             assert needle not in text, f"a secret value appears in the {where}"
+
+
+def test_renew_now_pushes_a_rotated_upstream_value_to_running_pods(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    service_account(cluster, namespace)
+    cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "upstream-key"},
+                                                      "stringData": {"api-key": "vendor-key-v1"}})
+    create_credential(cluster, namespace, name="vendor", category="tool", source=STATIC_SOURCE, exception=EXCEPTION,
+                      ttl="1h", maxLifetime="8h")
+    for name in ("a", "b"):
+        create_pod(cluster, namespace, name, "vendor")
+    pods = [wait_for(lambda n=n: running_pod(cluster, namespace, name=n), what=f"pod {n}") for n in ("a", "b")]
+    cluster.core.patch_namespaced_secret("upstream-key", namespace, {"stringData": {"api-key": "vendor-key-v2"}})
+
+    renewed = subprocess.run([sys.executable, "-m", "agentcred", "renew", "vendor", "-n", namespace],
+                             capture_output=True, text=True, env=cluster.env(), timeout=60)
+    assert renewed.returncode == 0, renewed.stderr
+    assert "renewed 2 live value(s)" in renewed.stdout
+    for pod in pods:
+        assert same_value(value_of(read_secret(cluster, namespace, secret_name_of(pod)), "vendor"), b"vendor-key-v2")
+    assert len(audit_lines(operator, "renew", namespace=namespace)) == 2
