@@ -80,6 +80,12 @@ def create_pod(cluster: Cluster, namespace: str, name: str, credentials: str, **
     return cluster.api_client.sanitize_for_serialization(cluster.core.create_namespaced_pod(namespace, body))
 
 
+def start_agent(cluster: Cluster, namespace: str, name: str = "agent", credentials: str = "research-llm") -> dict:
+    """A bare agent pod asking for `credentials`, once it runs (its values written)."""
+    create_pod(cluster, namespace, name, credentials)
+    return wait_for(lambda: running_pod(cluster, namespace, name=name), what=f"pod {name} Running")
+
+
 def running_pod(cluster: Cluster, namespace: str, selector: str = "", name: str | None = None) -> dict | None:
     if name:
         pods = [cluster.core.read_namespaced_pod(name, namespace)]

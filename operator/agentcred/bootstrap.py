@@ -20,40 +20,22 @@ KEYRING_LABELS = {ROLE_LABEL: "keyring", "app.kubernetes.io/name": "agentcred"}
 
 
 async def load_keyring(kube: Kube, namespace: str) -> KeyRing:
+    """The shared key ring; the first replica to start (or to find it pre-created empty by
+    the Helm chart) generates it."""
     secret = await kube.find_secret(namespace, KEYRING_SECRET)
-    if secret is not None:
-        labelled = all((secret["metadata"].get("labels") or {}).get(k) == v for k, v in KEYRING_LABELS.items())
-        if KEYRING_KEY in (secret.get("data") or {}):
-            if not labelled:
-                await kube.patch_secret(namespace, KEYRING_SECRET, {"metadata": {"labels": KEYRING_LABELS}})
-            return KeyRing.from_secret_data(secret["data"])
-        # Pre-created empty by the Helm chart: the first replica fills it.
-        ring = KeyRing.generate(dt.datetime.now(dt.timezone.utc))
-        secret["metadata"]["labels"] = {**(secret["metadata"].get("labels") or {}), **KEYRING_LABELS}
-        secret["data"] = ring.to_secret_data()
-        try:
-            await kube.replace_secret(namespace, KEYRING_SECRET, secret)
-            return ring
-        except Exception as error:
-            if status_of(error) != 409:
-                raise
-            return KeyRing.from_secret_data((await kube.read_secret(namespace, KEYRING_SECRET))["data"])
+    if secret is not None and KEYRING_KEY in (secret.get("data") or {}):
+        if any((secret["metadata"].get("labels") or {}).get(k) != v for k, v in KEYRING_LABELS.items()):
+            await kube.patch_secret(namespace, KEYRING_SECRET, {"metadata": {"labels": KEYRING_LABELS}})
+        return KeyRing.from_secret_data(secret["data"])
     ring = KeyRing.generate(dt.datetime.now(dt.timezone.utc))
-    body = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": {"name": KEYRING_SECRET, "namespace": namespace, "labels": KEYRING_LABELS},
-        "data": ring.to_secret_data(),
-    }
-    try:
-        await kube.create_secret(namespace, body)
-        log.info("created the signing key ring (kids %s)", ", ".join(k.kid for k in ring.keys))
-        return ring
-    except Exception as error:
-        if status_of(error) != 409:
-            raise
-    return KeyRing.from_secret_data((await kube.read_secret(namespace, KEYRING_SECRET))["data"])
+    body = secret or {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                      "metadata": {"name": KEYRING_SECRET, "namespace": namespace}}
+    body["metadata"]["labels"] = {**(body["metadata"].get("labels") or {}), **KEYRING_LABELS}
+    body["data"] = ring.to_secret_data()
+    written = await kube.write_shared_secret(namespace, body, replace=secret is not None)
+    ring = KeyRing.from_secret_data(written["data"])
+    log.info("signing key ring ready (kids %s)", ", ".join(k.kid for k in ring.keys))
+    return ring
 
 
 async def load_revocations(kube: Kube, namespace: str) -> RevocationList:

@@ -139,6 +139,19 @@ class Kube:
                 return None
             raise
 
+    async def write_shared_secret(self, namespace: str, body: dict[str, Any], replace: bool) -> dict[str, Any]:
+        """Create the Secret (or replace the version `body` was read at). Several replicas may
+        race to do it; one wins. Returns the Secret as it now stands, the winner's if not ours."""
+        name = body["metadata"]["name"]
+        try:
+            if replace:
+                return await self.replace_secret(namespace, name, body)
+            return await self.create_secret(namespace, body)
+        except ApiError as error:
+            if error.status != 409:
+                raise
+            return await self.read_secret(namespace, name)
+
     async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self.request("POST", f"/api/v1/namespaces/{namespace}/secrets", body, "application/json")
 

@@ -94,17 +94,9 @@ async def _renew(kube: Kube, namespace: str, service: str, existing: dict[str, A
     """Write a new certificate into the shared Secret; if another replica was faster, use its."""
     current = _from_secret(existing)
     fresh = new_serving_certificate(service, namespace, previous_ca=current.ca_pem if current else b"")
-    body = _secret_body(namespace, fresh, existing)
-    try:
-        if existing is None:
-            await kube.create_secret(namespace, body)
-        else:
-            await kube.replace_secret(namespace, TLS_SECRET, body)
-        return fresh
-    except Exception as error:
-        if status_of(error) != 409:
-            raise
-    won = _from_secret(await kube.read_secret(namespace, TLS_SECRET))
+    written = await kube.write_shared_secret(namespace, _secret_body(namespace, fresh, existing),
+                                             replace=existing is not None)
+    won = _from_secret(written)
     assert won is not None
     return won
 

@@ -7,7 +7,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from agentcred import labels, model
-from agents import create_credential, create_pod, read_secret, running_pod, secret_name_of, service_account, value_of
+from agents import (
+    create_credential, create_pod, read_secret, running_pod, secret_name_of, service_account, start_agent, value_of,
+)
 from clusterkit import Cluster, OperatorProcess, token_kubeconfig, wait_for
 from samples import credential
 
@@ -96,8 +98,7 @@ def test_a_finished_pod_revived_by_a_status_write_gets_nothing_again(
 ) -> None:
     service_account(cluster, namespace)
     create_credential(cluster, namespace)
-    create_pod(cluster, namespace, "agent", "research-llm")
-    pod = wait_for(lambda: running_pod(cluster, namespace, name="agent"), what="pod Running")
+    pod = start_agent(cluster, namespace)
     kubelet.succeed(namespace, "agent")
     wait_for(lambda: read_secret(cluster, namespace, secret_name_of(pod)) is None, what="revoked")
     # Only a real kubelet should write pod status; someone with that right says "Running" again.

@@ -12,7 +12,7 @@ from agentcred import labels, model
 from agentcred.inventory import metadata_list
 from agents import (
     create_credential, create_job, create_pod, job_pod, read_secret, running_pod, secret_gone, secret_name_of,
-    service_account, value_gone,
+    service_account, start_agent, value_gone,
 )
 from clusterkit import Cluster, OperatorProcess, wait_for
 from samples import EXCEPTION, STATIC_SOURCE, credential
@@ -71,8 +71,7 @@ def test_metric_labels_are_bounded_and_carry_no_names_or_values(
 ) -> None:
     service_account(cluster, namespace)
     create_credential(cluster, namespace)
-    create_pod(cluster, namespace, "agent-with-a-distinctive-name", "research-llm")
-    pod = wait_for(lambda: running_pod(cluster, namespace, name="agent-with-a-distinctive-name"), what="Running")
+    pod = start_agent(cluster, namespace, "agent-with-a-distinctive-name")
     token = read_secret(cluster, namespace, secret_name_of(pod))["data"][labels.value_key("research-llm")]
     text = operator.health("/metrics")[1]
     assert "agent-with-a-distinctive-name" not in text and namespace not in text and token not in text

@@ -18,7 +18,7 @@ from agentcred.signing import KeyRing, b64url, b64url_decode, encode_jwt
 from agentcred.verify import TokenRejected, Verifier
 from agents import (
     audit_lines, condition, create_credential, create_pod, get_credential, pod_events, read_secret, running_pod,
-    same_value, secret_name_of, service_account, value_of,
+    same_value, secret_name_of, service_account, start_agent, value_of,
 )
 from clusterkit import Cluster, OperatorProcess, wait_for
 from minting_service import MintingService
@@ -31,8 +31,7 @@ SCOPE = {"tools": ["web-search", "fetch-*"], "resources": ["repo:acme/*"], "acti
 
 
 def _agent(cluster: Cluster, namespace: str, name: str = "agent") -> tuple[dict, bytes]:
-    create_pod(cluster, namespace, name, "research-llm")
-    pod = wait_for(lambda: running_pod(cluster, namespace, name=name), what=f"pod {name} Running")
+    pod = start_agent(cluster, namespace, name)
     return pod, value_of(read_secret(cluster, namespace, secret_name_of(pod)), "research-llm")
 
 
