@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 from typing import Any, Callable
 
@@ -63,12 +64,39 @@ class Witness:
         """Where any recorded value appears (by place, never showing the value)."""
         haystacks = {"events": "\n".join(self.events), "statuses": "\n".join(self.statuses),
                      "operator logs": "\n".join(self.logs), **extra_haystacks}
-        found = []
-        for where, text in haystacks.items():
-            for value in self.values:
-                parts = value.split(".")
-                needles = [value] + ([parts[2]] if len(parts) == 3 and len(parts[2]) > 20 else [])
-                if any(needle in text for needle in needles):
-                    found.append(where)
-                    break
-        return found
+        needles = set(self.values)
+        for value in self.values:  # a JWT's signature alone is as telling as the whole token
+            parts = value.split(".")
+            if len(parts) == 3 and len(parts[2]) > 20:
+                needles.add(parts[2])
+        finder = NeedleFinder(needles)
+        return [where for where, text in haystacks.items() if finder.found_in(text)]
+
+
+class NeedleFinder:
+    """Does any of many needles occur in a text? One pass over the text, not one per needle.
+
+    A needle can only occur inside a run of characters that needles are made of, so the
+    text is cut into such runs (a regular expression, in C); each distinct run is then
+    checked at every offset against the needles' fixed-length prefixes (a dict lookup).
+    The cost grows with the text, not with text x needles.
+    """
+
+    def __init__(self, needles: set[str]) -> None:
+        self.width = min((len(n) for n in needles), default=0)
+        self.prefixes: dict[str, list[str]] = {}
+        for needle in needles:
+            self.prefixes.setdefault(needle[:self.width], []).append(needle)
+        alphabet = "".join(sorted({c for needle in needles for c in needle}))
+        self.runs = re.compile(f"[{re.escape(alphabet)}]{{{self.width},}}") if needles else None
+
+    def found_in(self, text: str) -> bool:
+        if self.runs is None:
+            return False
+        width = self.width
+        for run in set(self.runs.findall(text)):
+            for offset in range(len(run) - width + 1):
+                for needle in self.prefixes.get(run[offset:offset + width], ()):
+                    if run.startswith(needle, offset):
+                        return True
+        return False

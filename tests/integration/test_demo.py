@@ -2,7 +2,7 @@
 
 import subprocess
 import sys
-import tempfile
+import os
 from pathlib import Path
 
 import pytest
@@ -12,17 +12,18 @@ from clusterkit import REPO
 pytestmark = pytest.mark.cluster
 
 
-def test_demo_runs_end_to_end(cluster) -> None:  # the fixture ensures the binaries exist
+def test_demo_runs_end_to_end(cluster, tmp_path: Path) -> None:  # the fixture ensures the binaries exist
     if not cluster.local:
         pytest.skip("the demo starts its own local control plane")
-    before = set(Path(tempfile.gettempdir()).glob("agentcred-*"))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}  # everything the demo and its operator create goes here
     result = subprocess.run([sys.executable, "-m", "agentcred", "demo"], cwd=REPO, capture_output=True, text=True,
-                            timeout=300)
+                            timeout=300, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     for step in ("local control plane up", "held by a scheduling gate", "Job research-task Complete",
                  '"action": "issue"', '"action": "revoke"', '"reason": "task-succeeded"', "done: stopping"):
         assert step in out, step
     assert "sub        \"system:serviceaccount:agents:research-agent\"" in out
-    after = set(Path(tempfile.gettempdir()).glob("agentcred-*"))
-    assert after <= before, f"left behind: {after - before}"
+    assert list(scratch.iterdir()) == [], "the demo left files behind"

@@ -75,6 +75,7 @@ def test_1000_concurrent_exchanges(cluster: Cluster, operator: OperatorProcess, 
     wait_for(lambda: len(audit_lines(operator, "exchange", namespace=namespace)) == 1000, what="1000 audit lines")
 
 
+@pytest.mark.timeout(3600)
 def test_5000_pod_burst_nothing_lost(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
     service_account(cluster, namespace)
     create_credential(cluster, namespace)

@@ -4,7 +4,7 @@ audit line, Event, AgentCredential status or metric."""
 import pytest
 
 from agents import create_credential, create_job, job_pod, service_account
-from clusterkit import Cluster, OperatorProcess
+from clusterkit import Cluster, OperatorProcess, wait_for
 from samples import EXCEPTION, STATIC_SOURCE
 from witness import Witness
 
@@ -23,9 +23,7 @@ def test_no_secret_value_anywhere(cluster: Cluster, operator: OperatorProcess, w
     pod = job_pod(cluster, namespace, "task")
     kubelet.succeed(namespace, pod["metadata"]["name"])
 
-    import time
-    time.sleep(1.5)  # let the witness see the last writes
-    assert len(witness.values) >= 2
+    wait_for(lambda: len(witness.values) >= 2, what="the witness seeing this test's values")
     leaks = witness.leaks({
         "this session's operator log": operator.logs() + operator.audit_text(),
         "metrics": operator.health("/metrics")[1],
