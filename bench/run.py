@@ -1,102 +1,132 @@
-"""agentcred benchmark: latency, throughput and memory on the local control plane.
+"""agentcred benchmark: agentcred, the floor for its design and External Secrets, side by side.
 
-    python bench/run.py [--quick] [--json bench/out/results.json]
+    python bench/run.py                 # the full run (`make bench`), ~40 min on 2 cores
+    python bench/run.py --quick         # `make bench-quick`: webhook, floor and agentcred at 200
 
-Starts etcd + kube-apiserver + kube-controller-manager on loopback and the operator as its
-own process, then measures, printing a table and writing JSON:
+Starts etcd + kube-apiserver + kube-controller-manager on loopback, then runs stages; each
+stage's figures are written to bench/out/results.json as soon as it finishes, a failed stage
+is recorded with its error and the run goes on; namespaces are deleted (and waited for)
+between stages so no stage pays for an earlier one's objects.
 
-  webhook    admission latency per pod (AdmissionReview round trips to the webhook)
-  limit      the rate a plain client creates Secrets on this API server (the physical limit)
-  burst-N    pods created as fast as the client can -> each pod's value written (p50/p99/max),
-             and the sustained projections/second against the limit
-  revoke-N   pods marked Succeeded, and pods deleted, in a burst -> value gone (p50/p99)
-  scale      10,000 live projections over 500 AgentCredentials: operator peak RSS, CPU seconds
-  renewal    10,000 values on short TTLs: how late renewals happen (p50/p99)
+  webhook          admission latency per AdmissionReview (straight to the operator's webhook)
+  floor-N          a plain client doing, per pod, the API writes agentcred causes (no operator)
+  agentcred-N      N pods created at once -> value written and pod ungated; revocation; CPU
+                   (a freshly started operator per burst; its start-up time is recorded)
+  eso-V-N          N ExternalSecrets (Fake store + Password generator) -> target Secret
+                   written; deleted -> Secret gone; ESO's RSS and CPU (V: client limits)
+  eso-refresh      M ExternalSecrets refreshing every 80 s: lateness, RSS, CPU
+  scale            live projections ramped to 20,000 over 500 AgentCredentials: RSS and CPU
+                   at each step, renewal of 10,000 values on 2-minute TTLs, operator
+                   start-up (ready, every index listed) with 1,000 / 10,000 / 20,000 live
 
-Timing is taken on this side of the API (client clock, watch events), so it includes the
-API server's and the watch's latency, as a user would see it.
+Timing is taken on this side of the API (call returned -> watch event read) with the same
+client (16 threads, one HTTP pool) for all three, so it includes the API server's and the
+watch's latency, as a user would see it. Plots go to bench/out/*.png; --publish copies them
+to bench/plots/ and rewrites the generated part of bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import http.client
 import json
 import os
 import platform
+import shutil
+import signal
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
-from kubernetes import client, config, watch
+from kubernetes import client, config
 
 REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
 sys.path.insert(0, str(REPO / "operator"))
+sys.path.insert(0, str(BENCH))
 
 from agentcred import labels, model  # noqa: E402
-from agentcred.devcluster.binaries import KUBERNETES_VERSION, ensure_binaries  # noqa: E402
+from agentcred.devcluster.binaries import ETCD_VERSION, KUBERNETES_VERSION, ensure_binaries  # noqa: E402
 from agentcred.devcluster.controlplane import ControlPlane, free_port  # noqa: E402
 from agentcred.devcluster.install import install_agentcred  # noqa: E402
-from agentcred.devcluster.polling import wait_for  # noqa: E402
 
-CLIENT_THREADS = 16
+import report  # noqa: E402
+from floor import PodBurst, measure_floor, pods_path, secrets_path  # noqa: E402
+from harness import (  # noqa: E402
+    CLIENT_THREADS, Follower, Lean, PartialResult, Results, log_tail, overruns, summary_ms, usage, wait_count, wait_gone,
+)
 
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, int(round(q / 100 * (len(ordered) - 1)))))
-    return ordered[index]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {"n": len(values), "p50": percentile(values, 50), "p99": percentile(values, 99),
-            "max": max(values) if values else float("nan"), "mean": statistics.fmean(values) if values else float("nan")}
+OUT = BENCH / "out"
+RENEW_TTL, RENEW_BEFORE = "2m", "40s"
+RENEW_BEFORE_SECONDS = 40.0
+RENEW_PERIOD = 80.0  # ttl - renewBefore: each value is rewritten this long after the last
 
 
-class Bench:
-    def __init__(self, plane: ControlPlane, workdir: Path) -> None:
+class Agentcred:
+    """The operator under test, as its own process, and what is measured with it."""
+
+    def __init__(self, plane: ControlPlane, lean: Lean, api: client.ApiClient, workdir: Path, profile: bool) -> None:
         self.plane = plane
+        self.lean = lean
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
         self.workdir = workdir
-        self.api = config.new_client_from_config(config_file=str(plane.kubeconfig))
-        self.api.configuration.connection_pool_maxsize = CLIENT_THREADS * 2
-        self.core = client.CoreV1Api(self.api)
-        self.custom = client.CustomObjectsApi(self.api)
-        self.results: dict[str, Any] = {}
-        self.operator: subprocess.Popen[bytes] | None = None
-        self.webhook_port = free_port()
-        self.health_port = free_port()
+        self.profile = profile
+        self.process: subprocess.Popen[bytes] | None = None
+        self.webhook_port = 0
+        self.health_port = 0
 
-    # -- setup ------------------------------------------------------------------------
+    # -- the process ------------------------------------------------------------------
 
-    def setup(self) -> None:
-        install_agentcred(self.api)
+    def start(self, expect_live: int = 0) -> float:
+        """Start the operator; seconds until /readyz (every index listed, endpoints up).
 
-    def start_operator(self) -> None:
+        The ceiling grows with what it must list: a new leader after a failover lists every
+        live pod before it is ready, and that time is a figure, not a reason to give up."""
+        self.stop()
+        self.webhook_port, self.health_port = free_port(), free_port()
         log = open(self.workdir / "operator.log", "ab")
-        self.operator = subprocess.Popen(
+        started = time.monotonic()
+        self.process = subprocess.Popen(
             [sys.executable, "-m", "agentcred", "run", "--standalone", "--namespace", "agentcred",
              "--webhook-address", "127.0.0.1", "--webhook-port", str(self.webhook_port),
              "--webhook-url", f"https://127.0.0.1:{self.webhook_port}", "--api-address", "127.0.0.1",
              "--api-port", str(free_port()), "--health-address", "127.0.0.1", "--health-port", str(self.health_port),
              "--audit-log", str(self.workdir / "audit.log")],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "KUBECONFIG": str(self.plane.kubeconfig), "PYTHONPATH": str(REPO / "operator")},
         )
-        wait_for(lambda: self._health("/readyz") == 200, timeout=60)
+        log.close()
+        ceiling = 120 + expect_live / 10
+        while self._health("/readyz") != 200:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the operator exited with {self.process.returncode}:\n"
+                                   f"{log_tail(self.workdir / 'operator.log')}")
+            if time.monotonic() - started > ceiling:
+                raise TimeoutError(f"the operator was not ready {ceiling:.0f} s after start with {expect_live} live pods")
+            time.sleep(0.1)
+        return time.monotonic() - started
 
-    def stop_operator(self) -> None:
-        if self.operator is not None:
-            self.operator.terminate()
-            self.operator.wait(timeout=30)
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+
+    def usage(self) -> dict[str, float]:
+        assert self.process is not None
+        return usage(self.process.pid)
 
     def _health(self, path: str) -> int:
         try:
@@ -105,284 +135,431 @@ class Bench:
         except OSError:
             return 0
 
+    @contextmanager
+    def profiled(self, name: str) -> Iterator[None]:
+        """py-spy on the operator for the duration (with --profile): a raw profile and a summary."""
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not self.profile or self.process is None or not Path(spy).exists():
+            yield
+            return
+        raw = OUT / f"profile-{name}.txt"
+        OUT.mkdir(parents=True, exist_ok=True)
+        recorder = subprocess.Popen([spy, "record", "--pid", str(self.process.pid), "--rate", "100", "--format", "raw",
+                                     "--output", str(raw), "--nonblocking"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            yield
+        finally:
+            recorder.send_signal(signal.SIGINT)
+            try:
+                recorder.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                recorder.kill()
+            if raw.exists():
+                report.summarize_profile(raw, OUT / f"profile-{name}-top.txt")
+
+    # -- objects ----------------------------------------------------------------------
+
     def namespace(self, name: str, credentials: int = 1, **spec: Any) -> list[str]:
         self.core.create_namespace({"metadata": {"name": name}})
         self.core.create_namespaced_service_account(name, {"metadata": {"name": "agent"}})
         names = [f"cred-{i}" for i in range(credentials)]
-        for cred in names:
-            body = {"apiVersion": model.API_VERSION, "kind": model.KIND, "metadata": {"name": cred},
-                    "spec": {"owner": "bench@example.com", "category": "model", "subjects": {"serviceAccounts": ["agent"]},
-                             "source": {"jwt": {"audiences": ["bench"]}},
-                             "projection": {"mountPath": f"/var/run/agentcred/{cred}"}, **spec}}
-            self.custom.create_namespaced_custom_object(model.GROUP, model.VERSION, name, model.PLURAL, body)
-        last = names[-1]
-        wait_for(lambda: any(c["type"] == "Ready" and c["status"] == "True" for c in (
-            self.custom.get_namespaced_custom_object(model.GROUP, model.VERSION, name, model.PLURAL, last)
-            .get("status") or {}).get("conditions") or []), timeout=300, interval=0.5)
+
+        def create(cred: str) -> None:
+            self.lean.call("POST", f"/apis/{model.GROUP}/{model.VERSION}/namespaces/{name}/{model.PLURAL}", {
+                "apiVersion": model.API_VERSION, "kind": model.KIND, "metadata": {"name": cred},
+                "spec": {"owner": "bench@example.com", "category": "model", "subjects": {"serviceAccounts": ["agent"]},
+                         "source": {"jwt": {"audiences": ["bench"]}},
+                         "projection": {"mountPath": f"/var/run/agentcred/{cred}"}, **spec}})
+        self.lean.run_all(create, names)
+
+        def ready() -> int:
+            listed = self.lean.json("GET", f"/apis/{model.GROUP}/{model.VERSION}/namespaces/{name}/{model.PLURAL}")
+            return sum(1 for item in listed["items"] if any(
+                c["type"] == "Ready" and c["status"] == "True" for c in (item.get("status") or {}).get("conditions") or []))
+        wait_count(ready, credentials, f"{name}: AgentCredentials Ready", stall=120, interval=0.5)
         time.sleep(1)
         return names
 
-    def pod_body(self, name: str, credential: str) -> dict[str, Any]:
-        return {"metadata": {"name": name, "labels": {labels.INJECT_LABEL: "true"},
+    @staticmethod
+    def pod_body(name: str, credential: str) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "labels": {labels.INJECT_LABEL: "true"},
                              "annotations": {labels.CREDENTIALS_ANNOTATION: credential}},
                 "spec": {"serviceAccountName": "agent", "restartPolicy": "Never",
                          "containers": [{"name": "agent", "image": "example.com/agent:1"}]}}
 
-    # -- measurements ---------------------------------------------------------------
+    @staticmethod
+    def secret_pod(secret: dict[str, Any]) -> str | None:
+        return (secret["metadata"].get("annotations") or {}).get(labels.POD_ANNOTATION)
 
-    def measure_limit(self, count: int) -> float:
-        """How fast a plain client creates Secrets here: the physical limit for projections."""
-        namespace = "bench-limit"
-        self.core.create_namespace({"metadata": {"name": namespace}})
-        body = lambda i: {"metadata": {"name": f"plain-{i}"}, "stringData": {"token": "x" * 600}}  # noqa: E731
-        started = time.monotonic()
-        with ThreadPoolExecutor(CLIENT_THREADS) as pool:
-            list(pool.map(lambda i: self.core.create_namespaced_secret(namespace, body(i), _preload_content=False), range(count)))
-        rate = count / (time.monotonic() - started)
-        self.results["limit"] = {"secrets": count, "per_second": rate}
-        return rate
+    # -- measurements -----------------------------------------------------------------
 
-    def measure_webhook(self, count: int) -> None:
-        names = self.namespace("bench-webhook")
-        review = lambda i: json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {  # noqa: E731
-            "uid": f"00000000-0000-0000-0000-{i:012d}", "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"}, "operation": "CREATE",
-            "namespace": "bench-webhook", "userInfo": {"username": "bench"},
-            "object": {"apiVersion": "v1", "kind": "Pod", **self.pod_body(f"w-{i}", names[0]),
-                       "metadata": {**self.pod_body(f"w-{i}", names[0])["metadata"], "namespace": "bench-webhook"}}}}).encode()
-        context = ssl.create_default_context()
-        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-        import http.client
-        connection = http.client.HTTPSConnection("127.0.0.1", self.webhook_port, context=context)
-        durations = []
-        for i in range(count):
-            payload = review(i)
-            started = time.perf_counter()
-            connection.request("POST", "/agentcred-inject", body=payload, headers={"Content-Type": "application/json"})
-            answer = json.loads(connection.getresponse().read())
-            durations.append(time.perf_counter() - started)
-            assert answer["response"]["allowed"], answer
-        self.results["webhook"] = {k: v * 1000 if k != "n" else v for k, v in summary(durations).items()} | {"unit": "ms"}
-
-    def _watch_secrets(self, namespace: str, seen: dict[str, float], deleted: dict[str, float], stop: threading.Event) -> None:
+    def webhook(self, count: int) -> dict[str, Any]:
+        startup = self.start()
         try:
-            self._follow_secrets(namespace, seen, deleted, stop)
-        except Exception:  # the control plane went away at the end of the run
-            if not stop.is_set():
-                raise
+            names = self.namespace("bench-webhook")
 
-    def _follow_secrets(self, namespace: str, seen: dict[str, float], deleted: dict[str, float], stop: threading.Event) -> None:
-        stream = watch.Watch()
-        for event in stream.stream(self.core.list_namespaced_secret, namespace, label_selector=f"{labels.MANAGED_LABEL}=true",
-                                   timeout_seconds=3600, _preload_content=False):
-            now = time.monotonic()
-            binding = event["raw_object"]["metadata"]["labels"].get(labels.BINDING_LABEL)
-            if event["type"] == "ADDED":
-                seen.setdefault(binding, now)
-            elif event["type"] == "DELETED":
-                deleted.setdefault(binding, now)
-            if stop.is_set():
-                stream.stop()
-                return
+            def review(i: int) -> bytes:
+                pod = self.pod_body(f"w-{i}", names[0])
+                pod["metadata"]["namespace"] = "bench-webhook"
+                return json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+                    "uid": f"00000000-0000-0000-0000-{i:012d}", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "resource": {"group": "", "version": "v1", "resource": "pods"}, "operation": "CREATE",
+                    "namespace": "bench-webhook", "userInfo": {"username": "bench"}, "object": pod}}).encode()
 
-    def measure_burst(self, count: int) -> dict[str, Any]:
+            context = ssl.create_default_context()
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            connection = http.client.HTTPSConnection("127.0.0.1", self.webhook_port, context=context, timeout=30)
+            durations = []
+            for i in range(count):
+                payload = review(i)
+                began = time.perf_counter()
+                connection.request("POST", "/agentcred-inject", body=payload, headers={"Content-Type": "application/json"})
+                answer = json.loads(connection.getresponse().read())
+                durations.append(time.perf_counter() - began)
+                if not answer["response"]["allowed"]:
+                    raise RuntimeError(f"the webhook refused a benchmark pod: {answer['response'].get('status')}")
+            return {**summary_ms(durations), "unit": "ms", "operator_startup_seconds": startup}
+        finally:
+            try:
+                clean(self.lean, "bench-webhook", 10)
+            finally:
+                self.stop()
+
+    def burst(self, count: int) -> dict[str, Any]:
+        """A fresh operator, one burst, then the namespace deleted while the operator runs."""
         namespace = f"bench-burst-{count}"
+        startup = self.start()
+
+        def stop_after_cleaning() -> float:
+            try:
+                return clean(self.lean, namespace, count * 3)
+            finally:
+                self.stop()
+        return measure_and_clean(lambda: self._burst(namespace, count, startup), stop_after_cleaning)
+
+    def _burst(self, namespace: str, count: int, startup: float) -> dict[str, Any]:
         names = self.namespace(namespace)
-        seen: dict[str, float] = {}
-        deleted: dict[str, float] = {}
-        stop = threading.Event()
-        watcher = threading.Thread(target=self._watch_secrets, args=(namespace, seen, deleted, stop), daemon=True)
-        watcher.start()
-        time.sleep(1)
-        created: dict[str, float] = {}
-        pods: dict[str, str] = {}
+        burst = PodBurst(self.lean, namespace, count, secret_selector=f"{labels.MANAGED_LABEL}=true",
+                         secret_key=self.secret_pod, gate=labels.SCHEDULING_GATE)
 
         def create(i: int) -> None:
-            response = self.core.create_namespaced_pod(namespace, self.pod_body(f"p-{i}", names[0]), _preload_content=False)
-            body = json.loads(response.data)
-            binding = body["metadata"]["annotations"][labels.BINDING_ANNOTATION]
-            created[binding] = time.monotonic()
-            pods[binding] = body["metadata"]["name"]
+            self.lean.call("POST", pods_path(namespace), self.pod_body(f"p-{i}", names[0]))
+            burst.stamp(f"p-{i}")
 
-        cpu_before = self.operator_usage()["cpu_seconds"]
-        started = time.monotonic()
-        with ThreadPoolExecutor(CLIENT_THREADS) as pool:
-            list(pool.map(create, range(count)))
-        create_done = time.monotonic()
-        wait_for(lambda: len(seen) >= count, timeout=max(120, count / 5), interval=0.2)
-        finished = max(seen.values())
-        latencies = [seen[b] - created[b] for b in created if b in seen]
-        result = {
-            "pods": count,
-            "create_seconds": create_done - started,
-            "written_ms": {k: v * 1000 if k != "n" else v for k, v in summary(latencies).items()},
-            "projections_per_second": count / (finished - started),
-            "pods_created_per_second": count / (create_done - started),
-            "operator_cpu_seconds": self.operator_usage()["cpu_seconds"] - cpu_before,
-        }
-
-        # Revocation: half the pods succeed (the Job path), half are deleted, in a burst.
-        bindings = sorted(created)
-        half = len(bindings) // 2
-        triggered: dict[str, float] = {}
-
-        def succeed(binding: str) -> None:
-            status = {"status": {"phase": "Succeeded", "containerStatuses": [{
-                "name": "agent", "image": "example.com/agent:1", "imageID": "", "ready": False, "restartCount": 0,
-                "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]}}
-            self.core.patch_namespaced_pod_status(pods[binding], namespace, status, _preload_content=False)
-            triggered[binding] = time.monotonic()
-
-        def delete(binding: str) -> None:
-            self.core.delete_namespaced_pod(pods[binding], namespace, grace_period_seconds=0, _preload_content=False)
-            triggered[binding] = time.monotonic()
-
-        with ThreadPoolExecutor(CLIENT_THREADS) as pool:
-            list(pool.map(succeed, bindings[:half]))
-            list(pool.map(delete, bindings[half:]))
-        wait_for(lambda: len(deleted) >= count, timeout=max(120, count / 5), interval=0.2)
-        stop.set()
-        for kind, chosen in (("succeeded", bindings[:half]), ("deleted", bindings[half:])):
-            values = [deleted[b] - triggered[b] for b in chosen if b in deleted]
-            result[f"revoked_{kind}_ms"] = {k: v * 1000 if k != "n" else v for k, v in summary(values).items()}
-        self.results[f"burst-{count}"] = result
+        before = self.usage()
+        with self.profiled(f"agentcred-{count}"):
+            result = burst.measure(create, probe=self.usage, stall=120)
+        result.update(operator_startup_seconds=startup, rss_mb_before=before["rss_mb"],
+                      client_threads=CLIENT_THREADS)
         return result
 
-    def operator_usage(self) -> dict[str, float]:
-        assert self.operator is not None
-        status = Path(f"/proc/{self.operator.pid}/status").read_text()
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        stat = Path(f"/proc/{self.operator.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return {
-            "rss_mb": int(fields["VmRSS"].split()[0]) / 1024,
-            "peak_rss_mb": int(fields["VmHWM"].split()[0]) / 1024,
-            "cpu_seconds": (int(stat[11]) + int(stat[12])) / ticks,
-        }
-
-    def measure_scale(self, pods: int, credentials: int) -> None:
+    def scale(self, checkpoints: list[int], credentials: int, renewal_at: int, window: float,
+              restart_at: set[int], progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Ramp live projections through `checkpoints`; measure renewal at `renewal_at`
+        for `window` seconds and operator start-up at each of `restart_at`."""
         namespace = "bench-scale"
-        names = self.namespace(namespace, credentials=credentials, ttl="2m", renewBefore="40s", maxLifetime="8h")
-        before = self.operator_usage()
-        seen: dict[str, float] = {}
-        deleted: dict[str, float] = {}
-        stop = threading.Event()
-        threading.Thread(target=self._watch_secrets, args=(namespace, seen, deleted, stop), daemon=True).start()
-        time.sleep(1)
-        started = time.monotonic()
-        with ThreadPoolExecutor(CLIENT_THREADS) as pool:
-            list(pool.map(lambda i: self.core.create_namespaced_pod(
-                namespace, self.pod_body(f"s-{i}", names[i % len(names)]), _preload_content=False), range(pods)))
-        wait_for(lambda: len(seen) >= pods, timeout=max(300, pods / 5), interval=0.5)
-        projected = time.monotonic() - started
-        at_scale = self.operator_usage()
-        # Renewal: with ttl 2m and renewBefore 40s every value renews ~80s after issue; watch
-        # two rounds and measure lateness from the audit log.
-        renew_window = 200.0
-        time.sleep(renew_window)
-        after = self.operator_usage()
-        stop.set()
-        lateness = self._renewal_lateness(namespace, renew_before=40.0)
-        self.results["scale"] = {
-            "pods": pods, "credentials": credentials, "projection_seconds": projected,
-            "rss_mb_idle_before": before["rss_mb"], "rss_mb_at_scale": at_scale["rss_mb"],
-            "peak_rss_mb": after["peak_rss_mb"], "cpu_seconds_projecting": at_scale["cpu_seconds"] - before["cpu_seconds"],
-            "cpu_seconds_renewing": after["cpu_seconds"] - at_scale["cpu_seconds"], "renew_window_seconds": renew_window,
-        }
-        self.results["renewal"] = {"values": pods, **{k: v * 1000 if k != "n" else v for k, v in summary(lateness).items()},
-                                   "unit": "ms late"}
+        result: dict[str, Any] = {"credentials": credentials, "points": [], "startup": [],
+                                  "ttl": RENEW_TTL, "renew_before": RENEW_BEFORE}
+        result["startup"].append({"live": 0, "seconds": self.start()})
+        names = self.namespace(namespace, credentials=credentials, ttl=RENEW_TTL, renewBefore=RENEW_BEFORE,
+                               maxLifetime="8h")
+        follower = Follower(self.lean, secrets_path(namespace), self.secret_pod,
+                            selector=f"{labels.MANAGED_LABEL}=true", writes=True)
+        created = 0
+        try:
+            with follower as written:
+                time.sleep(0.5)
+                for checkpoint in checkpoints:
+                    before = self.usage()
+                    began = time.monotonic()
+                    self.lean.run_all(lambda i: self.lean.call(
+                        "POST", pods_path(namespace), self.pod_body(f"s-{i}", names[i % len(names)])),
+                        range(created, checkpoint))
+                    wait_count(lambda: len(written.seen), checkpoint, f"{namespace}: {checkpoint} projections", stall=180)
+                    step = checkpoint - created
+                    created = checkpoint
+                    at = self.usage()
+                    point = {"live": checkpoint, "rss_mb": at["rss_mb"], "peak_rss_mb": at["peak_rss_mb"],
+                             "cpu_seconds_step": at["cpu_seconds"] - before["cpu_seconds"], "pods_step": step,
+                             "step_seconds": time.monotonic() - began}
+                    result["points"].append(point)
+                    print(f"  {checkpoint} live: RSS {at['rss_mb']:.0f} MB (peak {at['peak_rss_mb']:.0f}), "
+                          f"{point['cpu_seconds_step']:.1f} CPU-s for {step} pods in {point['step_seconds']:.0f} s",
+                          flush=True)
+                    progress(result)
+                    if checkpoint == renewal_at:
+                        result["renewal"] = self._renewal(namespace, written, window)
+                        progress(result)
+                    if checkpoint in restart_at:
+                        seconds = self.start(expect_live=checkpoint)
+                        fresh = self.usage()
+                        result["startup"].append({"live": checkpoint, "seconds": seconds, "rss_mb": fresh["rss_mb"]})
+                        print(f"  start-up with {checkpoint} live: {seconds:.1f} s, RSS {fresh['rss_mb']:.0f} MB",
+                              flush=True)
+                        progress(result)
+        finally:
+            self.stop()
+        return result
 
-    def _renewal_lateness(self, namespace: str, renew_before: float) -> list[float]:
-        import datetime as dt
+    def _renewal(self, namespace: str, written: Follower, window: float) -> dict[str, Any]:
+        live = len(written.seen) - len(written.deleted)
+        print(f"  renewal: {live} values, ttl {RENEW_TTL}, renewBefore {RENEW_BEFORE}, watching {window:.0f} s ...",
+              flush=True)
+        before = self.usage()
+        mark, wall = time.monotonic(), time.time()
+        time.sleep(window)
+        after = self.usage()
+        late, overdue = overruns(written.writes, RENEW_PERIOD, since=mark, until=time.monotonic())
+        audit = self._audit_lateness(namespace, RENEW_BEFORE_SECONDS, wall, wall + window)
+        return {"values": live, "window_seconds": window, "lateness_ms": summary_ms(audit),
+                "overrun_ms": summary_ms(late + overdue), "refreshes": len(late), "overdue_at_end": len(overdue),
+                "cpu_seconds": after["cpu_seconds"] - before["cpu_seconds"], "rss_mb": after["rss_mb"],
+                "peak_rss_mb": after["peak_rss_mb"]}
 
+    def _audit_lateness(self, namespace: str, renew_before: float, since: float, until: float) -> list[float]:
+        """Seconds from each renewal's due time (the previous value's expiry - renewBefore) to
+        its audit line, for renewals written between `since` and `until` (wall clock)."""
         def when(text: str) -> float:
             return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
         last_expiry: dict[str, float] = {}
         lateness = []
-        for line in (self.workdir / "audit.log").read_text().splitlines():
-            entry = json.loads(line)
-            if entry.get("namespace") != namespace or entry["action"] not in ("issue", "renew"):
-                continue
-            pod = entry["podUID"]
-            if entry["action"] == "renew" and pod in last_expiry:
-                lateness.append(max(0.0, when(entry["ts"]) - (last_expiry[pod] - renew_before)))
-            last_expiry[pod] = when(entry["expiresAt"])
+        with open(self.workdir / "audit.log") as lines:
+            for line in lines:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if entry.get("namespace") != namespace or entry.get("action") not in ("issue", "renew"):
+                    continue
+                pod, at = entry.get("podUID"), when(entry["ts"])
+                if entry["action"] == "renew" and pod in last_expiry and since <= at <= until:
+                    lateness.append(max(0.0, at - (last_expiry[pod] - renew_before)))
+                if entry.get("expiresAt"):
+                    last_expiry[pod] = when(entry["expiresAt"])
         return lateness
 
 
-def table(results: dict[str, Any]) -> str:
-    rows = [("measure", "result", "target")]
-    if "webhook" in results:
-        w = results["webhook"]
-        rows.append(("admission webhook latency", f"p50 {w['p50']:.2f} ms, p99 {w['p99']:.2f} ms (n={w['n']})", "p99 < 20 ms"))
-    if "limit" in results:
-        rows.append(("plain Secret creation (limit)", f"{results['limit']['per_second']:.0f}/s", "-"))
-    for key in sorted(k for k in results if k.startswith("burst-")):
-        b = results[key]
-        ratio = b["projections_per_second"] / results["limit"]["per_second"] if "limit" in results else float("nan")
-        rows.append((f"{key}: created -> written", f"p50 {b['written_ms']['p50']:.0f} ms, p99 {b['written_ms']['p99']:.0f} ms, "
-                     f"max {b['written_ms']['max']:.0f} ms", "p50 < 200 ms, p99 < 1 s @1000"))
-        rows.append((f"{key}: throughput", f"{b['projections_per_second']:.0f}/s = {ratio:.2f} of the limit "
-                     f"(operator CPU {b['operator_cpu_seconds']:.1f} s)", ">= 0.5"))
-        rows.append((f"{key}: succeeded -> revoked", f"p50 {b['revoked_succeeded_ms']['p50']:.0f} ms, "
-                     f"p99 {b['revoked_succeeded_ms']['p99']:.0f} ms", "p99 < 2 s @1000"))
-        rows.append((f"{key}: deleted -> revoked", f"p50 {b['revoked_deleted_ms']['p50']:.0f} ms, "
-                     f"p99 {b['revoked_deleted_ms']['p99']:.0f} ms", "p99 < 2 s @1000"))
-    if "scale" in results:
-        s = results["scale"]
-        rows.append((f"scale: {s['pods']} live / {s['credentials']} credentials", f"peak RSS {s['peak_rss_mb']:.0f} MB, "
-                     f"CPU {s['cpu_seconds_projecting']:.0f} s projecting + {s['cpu_seconds_renewing']:.0f} s "
-                     f"over {s['renew_window_seconds']:.0f} s of renewals", "RSS < 250 MB"))
-    if "renewal" in results:
-        r = results["renewal"]
-        rows.append((f"renewal lateness ({r['n']} renewals)", f"p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms", "on time"))
-    if "scale" in results:
-        s = results["scale"]
-        rows.append(("scale: RSS of a fresh operator", f"{s['rss_mb_idle_before']:.0f} MB before, "
-                     f"{s['rss_mb_at_scale']:.0f} MB with {s['pods']} live", "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows)
+
+def clean(lean: Lean, namespace: str, objects: int) -> float:
+    """Delete a namespace and wait until it is gone, so the next stage starts clean.
+
+    AgentCredentials carry the operator's finalizer: with the operator running it revokes and
+    lets go; if one is still held after a while (no operator), the benchmark lets go itself."""
+    path = f"/api/v1/namespaces/{namespace}"
+    started = time.monotonic()
+    lean.call("DELETE", path, ok=(200, 202, 404))
+    try:
+        wait_gone(lean, path, f"namespace {namespace}", ceiling=60 + objects / 50)
+    except TimeoutError:
+        credentials = f"/apis/{model.GROUP}/{model.VERSION}/namespaces/{namespace}/{model.PLURAL}"
+        held = [item["metadata"]["name"] for item in lean.json("GET", credentials).get("items") or []
+                if item["metadata"].get("finalizers")]
+        if held:
+            print(f"  {namespace}: releasing the finalizers of {len(held)} AgentCredentials", flush=True)
+        for name in held:
+            lean.call("PATCH", f"{credentials}/{name}", {"metadata": {"finalizers": None}},
+                      content_type="application/merge-patch+json", ok=(200, 404))
+        wait_gone(lean, path, f"namespace {namespace}", ceiling=180 + objects / 20)
+    return time.monotonic() - started
+
+
+def measure_and_clean(measure: Callable[[], dict[str, Any]], cleanup: Callable[[], float]) -> dict[str, Any]:
+    """Measure, then clean up whatever happened; a failed clean-up keeps the figures."""
+    try:
+        value = measure()
+    except BaseException:
+        try:
+            cleanup()
+        except Exception as error:  # noqa: BLE001 - the measurement's own error is the one to report
+            print(f"  clean-up failed too: {error}", flush=True)
+        raise
+    try:
+        value["cleanup_seconds"] = round(cleanup(), 1)
+    except Exception as error:  # noqa: BLE001
+        raise PartialResult(value, error) from error
+    return value
+
+
+def keep_logs(workdir: Path, plane: ControlPlane, into: Path) -> None:
+    """The operator's, ESO's and the control plane's logs, for a look after the run."""
+    shutil.rmtree(into, ignore_errors=True)
+    into.mkdir(parents=True, exist_ok=True)
+    for log in [*workdir.glob("*.log"), *(plane.workdir / "logs").glob("*.log")]:
+        if log.name != "audit.log":
+            shutil.copy2(log, into / log.name)
+
+
+def sizes(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def machine() -> dict[str, Any]:
+    def version(package: str) -> str:
+        try:
+            from importlib.metadata import version as of
+            return of(package)
+        except Exception:  # noqa: BLE001
+            return "?"
+    go = subprocess.run(["go", "version"], capture_output=True, text=True).stdout.strip() if shutil.which("go") else "?"
+    cpu = "?"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory = "?"
+    try:
+        memory = f"{int(Path('/proc/meminfo').read_text().split()[1]) / 2**20:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"cpus": os.cpu_count(), "cpu": cpu, "memory": memory, "python": platform.python_version(),
+            "platform": platform.platform(), "kubernetes": KUBERNETES_VERSION, "etcd": ETCD_VERSION, "go": go,
+            "kopf": version("kopf"), "aiohttp": version("aiohttp"), "agentcred": version("agentcred"),
+            "date": time.strftime("%Y-%m-%d %H:%M %Z"), "load_at_start": os.getloadavg()}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    parser.add_argument("--json", default=str(REPO / "bench" / "out" / "results.json"))
-    parser.add_argument("--bursts", default=None,
-                        help="comma-separated burst sizes (default 100,1000,5000; empty for none)")
-    parser.add_argument("--skip-scale", action="store_true", help="skip the 10,000-projection scale and renewal run")
+    parser.add_argument("--quick", action="store_true",
+                        help="bench-quick: the webhook, the floor and agentcred for one burst of 200; no ESO, no scale")
+    parser.add_argument("--json", default=str(OUT / "results.json"))
+    parser.add_argument("--bursts", help="comma-separated burst sizes (default 100,1000,5000; quick: 200)")
+    parser.add_argument("--webhook", type=int, help="AdmissionReviews to time (default 2000; quick: 300)")
+    parser.add_argument("--eso", choices=["build", "cached", "skip"],
+                        help="External Secrets: build it if missing (full run default), only if already built, "
+                             "or skip (quick default)")
+    parser.add_argument("--eso-sizes", help="ExternalSecret burst sizes (default: the burst sizes)")
+    parser.add_argument("--eso-variants", default="default,raised,tuned",
+                        help="ESO client settings to run: default (qps 50, burst 100, 1 worker), raised "
+                             "(qps 1000, burst 2000), tuned (raised + 16 workers)")
+    parser.add_argument("--eso-refresh", type=int, default=10000,
+                        help="ExternalSecrets on an 80 s refresh for the refresh comparison (0: skip)")
+    parser.add_argument("--eso-refresh-variants", default="tuned,default",
+                        help="variants watched in turn over the same live objects")
+    parser.add_argument("--scale", default=None,
+                        help="live-projection checkpoints (default 1000,2500,5000,10000,15000,20000; empty: skip)")
+    parser.add_argument("--credentials", type=int, default=500, help="AgentCredentials the scale pods spread over")
+    parser.add_argument("--renewal-at", type=int, default=10000, help="checkpoint at which renewal is measured")
+    parser.add_argument("--startup-at", default="1000,10000,20000", help="checkpoints at which the operator restarts")
+    parser.add_argument("--window", type=float, default=200.0, help="seconds to watch renewals / refreshes")
+    parser.add_argument("--profile", action="store_true", help="py-spy the operator during each burst (bench/out/)")
+    parser.add_argument("--publish", action="store_true",
+                        help="copy the plots to bench/plots/ and rewrite the generated part of bench/RESULTS.md")
     args = parser.parse_args()
-    default_bursts = "50,200" if args.quick else "100,1000,5000"
-    bursts = [int(b) for b in (default_bursts if args.bursts is None else args.bursts).split(",") if b]
-    scale_pods, scale_credentials = (500, 50) if args.quick else (10000, 500)
+
+    bursts = sizes(args.bursts if args.bursts is not None else ("200" if args.quick else "100,1000,5000"))
+    webhook_count = args.webhook or (300 if args.quick else 2000)
+    eso_mode = args.eso or ("skip" if args.quick else "build")
+    eso_sizes = sizes(args.eso_sizes) if args.eso_sizes is not None else bursts
+    eso_variants = [v for v in args.eso_variants.split(",") if v]
+    refresh_variants = [v for v in args.eso_refresh_variants.split(",") if v]
+    checkpoints = sizes(args.scale if args.scale is not None else ("" if args.quick else "1000,2500,5000,10000,15000,20000"))
+    restart_at = set(sizes(args.startup_at))
+
+    results = Results(Path(args.json), run={
+        "mode": "quick" if args.quick else "full", "argv": sys.argv[1:], "client_threads": CLIENT_THREADS,
+        "machine": machine(), "bursts": bursts, "eso_sizes": eso_sizes if eso_mode != "skip" else [],
+        "eso_variants": eso_variants, "checkpoints": checkpoints})
+
+    eso_binary = None
+    if eso_mode != "skip":
+        import eso as eso_module
+
+        def find_eso() -> dict[str, Any]:
+            nonlocal eso_binary
+            eso_binary, info = eso_module.ensure_binary(build=eso_mode == "build")
+            return info
+        results.stage("eso-build", find_eso)  # before the control plane: a build would skew every figure
+
     ensure_binaries()
-    with tempfile.TemporaryDirectory(prefix="agentcred-bench-") as workdir, ControlPlane() as plane:
-        bench = Bench(plane, Path(workdir))
-        bench.setup()
-        bench.start_operator()
+    with tempfile.TemporaryDirectory(prefix="agentcred-bench-") as scratch, ControlPlane() as plane:
+        workdir = Path(scratch)
+        api = config.new_client_from_config(config_file=str(plane.kubeconfig))
+        lean = Lean(api.configuration)
+        install_agentcred(api)
+        operator = Agentcred(plane, lean, api, workdir, args.profile)
+        peer = None
         try:
-            bench.measure_webhook(300 if args.quick else 2000)
-            bench.measure_limit(500 if args.quick else 3000)
+            results.stage("webhook", lambda: operator.webhook(webhook_count))
             for size in bursts:
-                print(f"burst of {size} ...", file=sys.stderr, flush=True)
-                bench.measure_burst(size)
-            if not args.skip_scale:
-                print(f"scale: {scale_pods} pods over {scale_credentials} credentials ...", file=sys.stderr, flush=True)
-                # A fresh process, so memory reflects the live projections, not the bursts' history.
-                bench.stop_operator()
-                bench.start_operator()
-                bench.measure_scale(scale_pods, scale_credentials)
+                def floor_stage(size: int = size) -> dict[str, Any]:
+                    namespace = f"bench-floor-{size}"
+                    lean.call("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
+                    lean.call("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts", {"metadata": {"name": "agent"}})
+                    return measure_and_clean(lambda: measure_floor(lean, namespace, size),
+                                             lambda: clean(lean, namespace, size * 3))
+                results.stage(f"floor-{size}", floor_stage)
+                results.stage(f"agentcred-{size}", lambda size=size: operator.burst(size))
+
+            if eso_binary is not None:
+                import eso as eso_module
+                peer = eso_module.Eso(lean, eso_binary, plane.kubeconfig, workdir)
+                if results.stage("eso-crds", peer.apply_crds) is not None:
+                    for variant in eso_variants:
+                        for size in eso_sizes:
+                            def eso_stage(variant: str = variant, size: int = size) -> dict[str, Any]:
+                                namespace = f"bench-eso-{variant}-{size}"
+                                lean.call("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
+
+                                def measure() -> dict[str, Any]:
+                                    startup = peer.start(variant)
+                                    # Deletion is the garbage collector's work, the same for every
+                                    # variant: timed once per size, with the first variant.
+                                    value = peer.burst(namespace, size, measure_delete=variant == eso_variants[0])
+                                    return {**value, "startup_seconds": startup}
+
+                                def cleanup() -> float:
+                                    peer.stop()
+                                    return clean(lean, namespace, size * 3)
+                                return measure_and_clean(measure, cleanup)
+                            results.stage(f"eso-{variant}-{size}", eso_stage)
+                    if args.eso_refresh > 0 and refresh_variants:
+                        def refresh_stage() -> dict[str, Any]:
+                            namespace = "bench-eso-refresh"
+                            lean.call("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
+
+                            def cleanup() -> float:
+                                peer.stop()
+                                return clean(lean, namespace, args.eso_refresh * 3)
+                            return measure_and_clean(
+                                lambda: peer.refresh(namespace, args.eso_refresh, interval=RENEW_PERIOD,
+                                                     window=args.window, variants=refresh_variants), cleanup)
+                        results.stage("eso-refresh", refresh_stage)
+
+            if checkpoints:
+                def scale_stage() -> dict[str, Any]:
+                    return operator.scale(checkpoints, args.credentials, args.renewal_at, args.window, restart_at,
+                                          progress=lambda partial: results.record("scale", partial))
+                results.stage("scale", scale_stage)  # the last stage: the control plane goes with it
         finally:
-            bench.stop_operator()
-        bench.results["machine"] = {
-            "cpus": os.cpu_count(), "python": platform.python_version(), "kubernetes": KUBERNETES_VERSION,
-            "platform": platform.platform(), "date": time.strftime("%Y-%m-%d"),
-        }
-    print(table(bench.results))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(bench.results, indent=2))
+            operator.stop()
+            if peer is not None:
+                peer.stop()
+            results.data["run"]["seconds"] = round(time.monotonic() - results.started, 1)
+            results.write()
+            keep_logs(workdir, plane, OUT / "logs")
+
+    print()
+    print(report.text_table(results.data))
     print(f"\nwritten to {args.json}")
+    try:
+        written = report.write_outputs(results.data, OUT)
+        for path in written:
+            print(f"written {path}")
+        if args.publish:
+            for path in report.publish(results.data, OUT, BENCH / "plots", BENCH / "RESULTS.md"):
+                print(f"published {path}")
+    except Exception as error:  # noqa: BLE001 - the figures are safe in results.json already
+        print(f"plots/report not written: {error}", file=sys.stderr)
+        results.fail("report", error)
+    if results.data["errors"]:
+        print("\nstages that failed:", file=sys.stderr)
+        for name, error in results.data["errors"].items():
+            print(f"  {name}: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

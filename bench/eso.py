@@ -1,0 +1,333 @@
+"""External Secrets Operator, the peer, on the same local control plane.
+
+Built like the control plane: a consumer module requiring ESO at one version (its go.mod's
+one `replace` copied in), `go build` of the module's root package, cached under
+~/.cache/agentcred/bin/external-secrets-v<version>-<recipe hash>. Only the benchmark builds
+it, and only when asked (the full run, or --eso build); never `make test` or bench-quick.
+Its CRDs come from the module source in the Go module cache and are applied at bench time.
+
+ESO runs out of cluster (kubeconfig, no leader election, only the core controller command:
+no webhook, no cert controller). Each ExternalSecret reads one key from a `Fake` SecretStore
+and one freshly generated value from a `Password` generator (dataFrom/generatorRef), the
+closest thing ESO has to minting a per-workload value; its target Secret is owned by it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO / "operator") not in sys.path:
+    sys.path.insert(0, str(REPO / "operator"))
+
+from harness import Follower, Lean, log_tail, overruns, summary_ms, usage, wait_count  # noqa: E402
+
+from agentcred.devcluster import binaries  # noqa: E402
+from agentcred.devcluster.controlplane import PROXY_VARIABLES, free_port  # noqa: E402
+
+ESO_VERSION = "0.16.2"
+ESO_MODULE = "github.com/external-secrets/external-secrets"
+# ESO's own go.mod carries this one replace; a consumer module must repeat it.
+ESO_REPLACE = "github.com/Masterminds/sprig/v3 => github.com/external-secrets/sprig/v3 v3.3.0"
+
+ES_GROUP, ES_VERSION = "external-secrets.io", "v1"
+GEN_GROUP, GEN_VERSION = "generators.external-secrets.io", "v1alpha1"
+MANAGED_LABEL = "reconcile.external-secrets.io/managed"
+
+# The client limits: ESO's defaults, and raised so the API client is not what bounds it.
+VARIANTS: dict[str, list[str]] = {
+    "default": [],  # --client-qps 50 --client-burst 100 --concurrent 1
+    "raised": ["--client-qps", "1000", "--client-burst", "2000"],
+    "tuned": ["--client-qps", "1000", "--client-burst", "2000", "--concurrent", "16"],
+}
+
+
+def component() -> binaries.Component:
+    return binaries.Component(
+        name="external-secrets",
+        version=ESO_VERSION,
+        go_mod=(
+            "module agentcred.dev/build/external-secrets\n\ngo 1.24.2\n\n"
+            f"require {ESO_MODULE} v{ESO_VERSION}\n\nreplace {ESO_REPLACE}\n"
+        ),
+        packages=((ESO_MODULE, "external-secrets"),),
+        ldflags="-s -w",
+    )
+
+
+def ensure_binary(build: bool = True) -> tuple[Path, dict[str, Any]]:
+    """The ESO controller binary (built on first use when `build`), and how it was obtained."""
+    configured = os.environ.get("AGENTCRED_ESO_BINARY")
+    if configured:
+        return Path(configured), {"source": "AGENTCRED_ESO_BINARY"}
+    recipe = component()
+    binary = recipe.binary("external-secrets")
+    info: dict[str, Any] = {"version": ESO_VERSION, "path": str(binary)}
+    if not recipe.is_built():
+        if not build:
+            raise RuntimeError(f"ESO v{ESO_VERSION} is not built ({binary}); run with --eso build")
+        if shutil.which("go") is None:
+            raise RuntimeError("the Go toolchain is needed to build External Secrets")
+        print(f"building External Secrets v{ESO_VERSION} from Go modules (first run only, ~8 min on 2 cores) ...",
+              flush=True)
+        started = time.monotonic()
+        binaries.build(recipe)
+        info["build_seconds"] = round(time.monotonic() - started, 1)
+    info["binary_mb"] = round(binary.stat().st_size / 2**20, 1)
+    info["source"] = "built" if "build_seconds" in info else "cache"
+    return binary, info
+
+
+def _go_env() -> dict[str, str]:
+    return {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"}
+
+
+def crd_files() -> list[Path]:
+    """ESO's CRDs from its module source (downloading the module if the cache lacks it)."""
+    root = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True,
+                          env=_go_env()).stdout.strip()
+    source = Path(root) / f"{ESO_MODULE}@v{ESO_VERSION}"
+    if not source.exists():
+        with tempfile.TemporaryDirectory() as scratch:
+            subprocess.run(["go", "mod", "download", f"{ESO_MODULE}@v{ESO_VERSION}"], cwd=scratch,
+                           env=_go_env(), check=True, capture_output=True)
+    bases = source / "config" / "crds" / "bases"
+    files = sorted(p for p in bases.glob("*.yaml") if p.name != "kustomization.yaml")
+    if not files:
+        raise RuntimeError(f"no CRDs under {bases}")
+    return files
+
+
+class Eso:
+    """The ESO controller as a child process, and its measurements."""
+
+    def __init__(self, lean: Lean, binary: Path, kubeconfig: Path, workdir: Path) -> None:
+        self.lean = lean
+        self.binary = binary
+        self.kubeconfig = kubeconfig
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+        self.variant = ""
+        self.metrics_port = 0
+
+    # -- setup ------------------------------------------------------------------------
+
+    def apply_crds(self) -> dict[str, Any]:
+        import yaml
+
+        started = time.monotonic()
+        names = []
+        for path in crd_files():
+            for body in yaml.safe_load_all(path.read_text()):
+                if not body:
+                    continue
+                names.append(body["metadata"]["name"])
+                path_ = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+                try:
+                    self.lean.call("POST", path_, body)
+                except Exception as error:
+                    if getattr(error, "status", None) != 409:
+                        raise
+        for name in names:
+            wait_count(lambda: int(self._established(name)), 1, f"CRD {name} established", stall=60)
+        return {"crds": len(names), "seconds": time.monotonic() - started}
+
+    def _established(self, name: str) -> bool:
+        crd = self.lean.json("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+        return any(c["type"] == "Established" and c["status"] == "True"
+                   for c in (crd.get("status") or {}).get("conditions") or [])
+
+    # -- the process ------------------------------------------------------------------
+
+    def start(self, variant: str, expect_live: int = 0) -> float:
+        """Start ESO with one variant's flags; seconds until its controllers answer."""
+        self.stop()
+        self.variant = variant
+        self.metrics_port = free_port()
+        log = open(self.workdir / f"eso-{variant}.log", "ab")
+        env = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES}
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        started = time.monotonic()
+        self.process = subprocess.Popen(
+            [str(self.binary), "--metrics-addr", f"127.0.0.1:{self.metrics_port}", "--enable-leader-election=false",
+             "--loglevel", "error", *VARIANTS[variant]],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        )
+        log.close()
+        deadline = started + 120 + expect_live / 20
+        while not self._metrics_up():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ESO exited with {self.process.returncode}:\n"
+                                   f"{log_tail(self.workdir / f'eso-{variant}.log')}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("ESO's metrics endpoint never answered")
+            time.sleep(0.1)
+        return time.monotonic() - started
+
+    def _metrics_up(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+
+    def usage(self) -> dict[str, float]:
+        assert self.process is not None
+        return usage(self.process.pid)
+
+    # -- objects ----------------------------------------------------------------------
+
+    def prepare(self, namespace: str) -> float:
+        """The Fake SecretStore and the Password generator in `namespace`; seconds until the
+        store is Ready (which also says ESO's controllers are running)."""
+        self.lean.call("POST", f"/apis/{ES_GROUP}/{ES_VERSION}/namespaces/{namespace}/secretstores", {
+            "apiVersion": f"{ES_GROUP}/{ES_VERSION}", "kind": "SecretStore", "metadata": {"name": "fake"},
+            "spec": {"provider": {"fake": {"data": [{"key": "bench-static", "value": "s" * 40}]}}}})
+        self.lean.call("POST", f"/apis/{GEN_GROUP}/{GEN_VERSION}/namespaces/{namespace}/passwords", {
+            "apiVersion": f"{GEN_GROUP}/{GEN_VERSION}", "kind": "Password", "metadata": {"name": "token"},
+            "spec": {"length": 680, "digits": 100, "symbols": 0, "noUpper": False, "allowRepeat": True}})
+        started = time.monotonic()
+        store = f"/apis/{ES_GROUP}/{ES_VERSION}/namespaces/{namespace}/secretstores/fake"
+
+        def ready() -> int:
+            conditions = (self.lean.json("GET", store).get("status") or {}).get("conditions") or []
+            return int(any(c["type"] == "Ready" and c["status"] == "True" for c in conditions))
+        wait_count(ready, 1, f"{namespace}: SecretStore fake Ready", stall=90)
+        return time.monotonic() - started
+
+    @staticmethod
+    def external_secret(name: str, refresh: str) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{ES_GROUP}/{ES_VERSION}", "kind": "ExternalSecret", "metadata": {"name": name},
+            "spec": {
+                "refreshInterval": refresh,
+                "secretStoreRef": {"name": "fake", "kind": "SecretStore"},
+                "target": {"name": name},
+                "data": [{"secretKey": "static", "remoteRef": {"key": "bench-static"}}],
+                "dataFrom": [{"sourceRef": {"generatorRef": {
+                    "apiVersion": f"{GEN_GROUP}/{GEN_VERSION}", "kind": "Password", "name": "token"}}}],
+            },
+        }
+
+    def es_path(self, namespace: str, name: str = "") -> str:
+        return f"/apis/{ES_GROUP}/{ES_VERSION}/namespaces/{namespace}/externalsecrets" + (f"/{name}" if name else "")
+
+    def create_all(self, namespace: str, count: int, refresh: str, created: dict[str, float]) -> float:
+        started = time.monotonic()
+
+        def create(i: int) -> None:
+            name = f"es-{i}"
+            self.lean.call("POST", self.es_path(namespace), self.external_secret(name, refresh))
+            created[name] = time.monotonic()
+        self.lean.run_all(create, range(count))
+        return started
+
+    # -- measurements -----------------------------------------------------------------
+
+    def burst(self, namespace: str, count: int, *, measure_delete: bool, stall: float = 180.0) -> dict[str, Any]:
+        """N ExternalSecrets created at once -> each target Secret written; then (optionally)
+        all deleted -> each Secret gone (the cluster's garbage collector deletes it: ESO owns
+        the Secret through an ownerReference and does not delete it itself)."""
+        self.prepare(namespace)
+        created: dict[str, float] = {}
+        follower = Follower(self.lean, f"/api/v1/namespaces/{namespace}/secrets", lambda s: s["metadata"]["name"],
+                            selector=f"{MANAGED_LABEL}=true")
+        with follower as written:
+            time.sleep(0.5)
+            before = self.usage()
+            started = self.create_all(namespace, count, "1h", created)
+            create_done = time.monotonic()
+            wait_count(lambda: len(written.seen), count, f"{namespace}: ESO Secrets written", stall=stall)
+            finished = max(written.seen.values())
+            at_n = self.usage()
+            result: dict[str, Any] = {
+                "objects": count, "variant": self.variant, "flags": VARIANTS[self.variant],
+                "create_seconds": create_done - started,
+                "written_ms": summary_ms(written.seen[n] - created[n] for n in created if n in written.seen),
+                "written_per_second": count / (finished - started),
+                "rss_mb_at_n": at_n["rss_mb"], "peak_rss_mb": at_n["peak_rss_mb"],
+                "cpu_seconds_issuing": at_n["cpu_seconds"] - before["cpu_seconds"],
+            }
+            if measure_delete:
+                deleted_at: dict[str, float] = {}
+                delete_started = time.monotonic()
+
+                def delete(name: str) -> None:
+                    self.lean.call("DELETE", self.es_path(namespace, name), ok=(200, 202, 404))
+                    deleted_at[name] = time.monotonic()
+                self.lean.run_all(delete, sorted(created))
+                wait_count(lambda: len(written.deleted), count, f"{namespace}: ESO Secrets deleted", stall=stall)
+                result["deleted_ms"] = summary_ms(written.deleted[n] - deleted_at[n]
+                                                  for n in deleted_at if n in written.deleted)
+                result["deleted_per_second"] = count / (max(written.deleted.values()) - delete_started)
+                after = self.usage()
+                result["cpu_seconds"] = after["cpu_seconds"] - before["cpu_seconds"]
+                result["peak_rss_mb"] = after["peak_rss_mb"]
+            else:
+                result["cpu_seconds"] = result["cpu_seconds_issuing"]
+            result["cpu_seconds_per_1000"] = result["cpu_seconds"] * 1000 / count
+        return result
+
+    def refresh(self, namespace: str, count: int, *, interval: float, window: float, variants: list[str],
+                stall: float = 300.0) -> dict[str, Any]:
+        """`count` ExternalSecrets on a `interval` refresh: for each variant in turn (ESO
+        restarted with its flags over the same live objects), how much later than `interval`
+        each target Secret's data changes again (the generator makes a new value each time)."""
+        self.start(variants[0])
+        self.prepare(namespace)
+        created: dict[str, float] = {}
+        result: dict[str, Any] = {"objects": count, "interval_seconds": interval, "window_seconds": window}
+        follower = Follower(self.lean, f"/api/v1/namespaces/{namespace}/secrets", lambda s: s["metadata"]["name"],
+                            selector=f"{MANAGED_LABEL}=true", writes=True)
+        with follower as written:
+            time.sleep(0.5)
+            started = self.create_all(namespace, count, f"{int(interval)}s", created)
+            wait_count(lambda: len(written.seen), count, f"{namespace}: ESO Secrets written", stall=stall)
+            result["projection_seconds"] = max(written.seen.values()) - started
+            for index, variant in enumerate(variants):
+                startup = self.start(variant, expect_live=count) if index else 0.0
+                before = self.usage()
+                mark = time.monotonic()
+                time.sleep(window)
+                after = self.usage()
+                late, overdue = overruns(written.writes, interval, since=mark, until=time.monotonic())
+                result[variant] = {
+                    "flags": VARIANTS[variant], "startup_seconds": startup,
+                    "overrun_ms": summary_ms(late + overdue), "refreshes": len(late), "overdue_at_end": len(overdue),
+                    "rss_mb": after["rss_mb"], "peak_rss_mb": after["peak_rss_mb"],
+                    "cpu_seconds": after["cpu_seconds"] - before["cpu_seconds"],
+                }
+                print(f"  ESO refresh ({variant}): {len(late)} refreshes in {window:.0f} s, overrun "
+                      f"p50 {result[variant]['overrun_ms']['p50']:.0f} ms p99 {result[variant]['overrun_ms']['p99']:.0f} ms",
+                      flush=True)
+        return result
+
+
+def main() -> int:
+    """`python bench/eso.py build`: build (or find) the binary and say where and how big."""
+    binary, info = ensure_binary(build=len(sys.argv) > 1 and sys.argv[1] == "build")
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
