@@ -39,7 +39,9 @@ class Keys:
                 print(f"could not refresh keys: {error}")
 
 
-def make_handler(keys: Keys, audience: str) -> type[BaseHTTPRequestHandler]:
+def make_handler(keys: Keys, audience: str, namespace: str | None = None) -> type[BaseHTTPRequestHandler]:
+    """Requests for `audience`; with `namespace`, only tokens issued to agents of that namespace
+    (the tenant this gateway serves), whatever audience another tenant's credential claims."""
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
@@ -48,7 +50,7 @@ def make_handler(keys: Keys, audience: str) -> type[BaseHTTPRequestHandler]:
             try:
                 if scheme.lower() != "bearer":
                     raise TokenRejected("missing-token", "send an agentcred token as a Bearer token")
-                claims = keys.verifier.verify(token, audience=audience, intent=intent)
+                claims = keys.verifier.verify(token, audience=audience, intent=intent, namespace=namespace)
             except TokenRejected as rejected:
                 self._reply(401 if rejected.reason in ("missing-token", "malformed") else 403,
                             f"refused ({rejected.reason}): {rejected.message}\n")
@@ -71,9 +73,11 @@ def main() -> None:
     parser.add_argument("--operator", required=True, help="the operator's HTTPS endpoint")
     parser.add_argument("--cafile", help="CA bundle for the operator's endpoint")
     parser.add_argument("--audience", required=True)
+    parser.add_argument("--namespace", help="accept only tokens of agents in this namespace (the tenant served)")
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args()
-    server = ThreadingHTTPServer(("0.0.0.0", args.port), make_handler(Keys(args.operator, args.cafile), args.audience))
+    server = ThreadingHTTPServer(("0.0.0.0", args.port), make_handler(Keys(args.operator, args.cafile), args.audience,
+                                                                      args.namespace))
     server.serve_forever()
 
 

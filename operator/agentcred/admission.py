@@ -12,8 +12,10 @@ import re
 import secrets
 from typing import Any, Callable
 
-from . import labels
+from . import labels, seal
 from .credentials import CredentialRecord
+from .projection import pod_task
+from .signing import KeyRing
 
 MAX_CREDENTIALS_PER_POD = 16
 MAX_ANNOTATION_LENGTH = 2048
@@ -88,13 +90,30 @@ def _check(names: list[str], namespace: str, service_account: str, lookup: Looku
     return records
 
 
-def _existing_binding(pod: dict[str, Any]) -> str | None:
-    for volume in (pod.get("spec") or {}).get("volumes") or []:
-        for source in (volume.get("projected") or {}).get("sources") or []:
-            name = str((source.get("secret") or {}).get("name", ""))
-            if str(volume.get("name", "")).startswith(labels.VOLUME_PREFIX) and name.startswith(labels.SECRET_PREFIX):
-                return name[len(labels.SECRET_PREFIX):]
-    return None
+OWN_ANNOTATIONS = (labels.BINDING_ANNOTATION, labels.ADMITTED_ANNOTATION, labels.SEAL_ANNOTATION)
+
+
+def _already_admitted(pod: dict[str, Any], namespace: str, keys: KeyRing, now: dt.datetime) -> bool:
+    """This webhook's own work, seen again when the API server reinvokes it (another webhook
+    changed the pod after us): sealed by us, moments ago."""
+    task = pod_task({**pod, "metadata": {**(pod.get("metadata") or {}), "namespace": namespace}})
+    if task is None or task.admitted_at is None or not now - seal.REINVOCATION_WINDOW <= task.admitted_at <= now:
+        return False
+    return seal.holds(keys.mac_keys("admission"), task.seal, namespace, task.binding, task.service_account,
+                      task.credentials, task.admitted_text)
+
+
+def _arrives_clean(pod: dict[str, Any]) -> None:
+    """What the webhook adds is the webhook's alone: a pod that brings a binding, an
+    agentcred volume or the gate of its own is refused, so no pod can name another's Secret."""
+    meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+    brought = [f"annotation {name}" for name in OWN_ANNOTATIONS if name in (meta.get("annotations") or {})]
+    brought += [f"volume {v.get('name')}" for v in spec.get("volumes") or []
+                if str(v.get("name", "")).startswith(labels.VOLUME_PREFIX)]
+    if any(g.get("name") == labels.SCHEDULING_GATE for g in spec.get("schedulingGates") or []):
+        brought.append(f"scheduling gate {labels.SCHEDULING_GATE}")
+    if brought:
+        raise Refusal(f"the pod arrives with {', '.join(brought)}: only the agentcred admission webhook sets these")
 
 
 def _volume(record: CredentialRecord, secret_name: str) -> dict[str, Any]:
@@ -180,9 +199,14 @@ def _well_formed(pod: Any) -> None:
                     raise Refusal(f"malformed pod: spec.{field}[].{nested} is not a list of objects")
 
 
-def admit(pod: dict[str, Any], namespace: str, lookup: Lookup) -> list[CredentialRecord]:
-    """The credentials the pod may receive, or Refusal saying why not. Reads only."""
+def admit(pod: dict[str, Any], namespace: str, lookup: Lookup, keys: KeyRing,
+          now: dt.datetime | None = None) -> list[CredentialRecord] | None:
+    """The credentials the pod may receive, None if this webhook already admitted it (a
+    reinvocation: nothing more to do), or Refusal saying why not. Reads only."""
     _well_formed(pod)
+    if _already_admitted(pod, namespace, keys, now or dt.datetime.now(dt.timezone.utc)):
+        return None
+    _arrives_clean(pod)
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     names = parse_credentials_annotation(annotations.get(labels.CREDENTIALS_ANNOTATION))
     service_account = (pod.get("spec") or {}).get("serviceAccountName") or "default"
@@ -191,34 +215,34 @@ def admit(pod: dict[str, Any], namespace: str, lookup: Lookup) -> list[Credentia
     return records
 
 
-def apply(pod: dict[str, Any], records: list[CredentialRecord], binding: str | None = None,
+def apply(pod: dict[str, Any], namespace: str, records: list[CredentialRecord], keys: KeyRing,
           now: dt.datetime | None = None) -> None:
-    """Add the binding, volumes, mounts, env and gate to `pod` in place; idempotent."""
-    binding = _existing_binding(pod) or binding or new_binding_id()
+    """Add a new binding, volumes, mounts, env, gate and the admission seal to `pod` in place."""
+    binding = new_binding_id()
     secret_name = labels.secret_name(binding)
     meta = pod.setdefault("metadata", {})
     annotations = meta.setdefault("annotations", {})
-    annotations[labels.BINDING_ANNOTATION] = binding
     moment = now or dt.datetime.now(dt.timezone.utc)
-    annotations.setdefault(labels.ADMITTED_ANNOTATION, moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+    admitted_at = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    service_account = (pod.get("spec") or {}).get("serviceAccountName") or "default"
+    annotations[labels.BINDING_ANNOTATION] = binding
+    annotations[labels.ADMITTED_ANNOTATION] = admitted_at
+    annotations[labels.SEAL_ANNOTATION] = seal.seal(keys.mac_key("admission"), namespace, binding, service_account,
+                                                    [record.name for record in records], admitted_at)
     spec = pod.setdefault("spec", {})
     volumes = spec.setdefault("volumes", [])
-    present = {v.get("name") for v in volumes}
     for record in records:
-        if labels.volume_name(record.name) not in present:
-            volumes.append(_volume(record, secret_name))
+        volumes.append(_volume(record, secret_name))
     for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
         _add_to_container(container, records)
-    gates = spec.setdefault("schedulingGates", [])
-    if not any(g.get("name") == labels.SCHEDULING_GATE for g in gates):
-        gates.append({"name": labels.SCHEDULING_GATE})
+    spec.setdefault("schedulingGates", []).append({"name": labels.SCHEDULING_GATE})
 
 
-def inject(
-    pod: dict[str, Any], namespace: str, lookup: Lookup, binding: str | None = None, now: dt.datetime | None = None
-) -> dict[str, Any]:
-    """The pod as it should be admitted, or Refusal. Running it twice changes nothing more."""
-    records = admit(pod, namespace, lookup)
+def inject(pod: dict[str, Any], namespace: str, lookup: Lookup, keys: KeyRing,
+           now: dt.datetime | None = None) -> dict[str, Any]:
+    """The pod as it should be admitted, or Refusal. Running it again on the result changes nothing."""
+    records = admit(pod, namespace, lookup, keys, now)
     admitted = copy.deepcopy(pod)
-    apply(admitted, records, binding, now)
+    if records is not None:
+        apply(admitted, namespace, records, keys, now)
     return admitted

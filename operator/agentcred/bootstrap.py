@@ -6,11 +6,11 @@ import asyncio
 import datetime as dt
 import json
 import logging
-from typing import Callable
+from typing import Any, Callable
 
-from .kube import Kube, status_of
+from .kube import Conflict, Kube, status_of
 from .labels import ROLE_LABEL
-from .revocations import REVOCATIONS_CONFIGMAP, RevocationList
+from .revocations import REVOCATIONS_CONFIGMAP, SHARD_LIMIT_BYTES, RevocationList, shard_name, too_large
 from .signing import ALGORITHMS, KEYRING_KEY, KEYRING_SECRET, KeyRing, prune, rotate, rotation_due
 
 log = logging.getLogger(__name__)
@@ -20,14 +20,19 @@ KEYRING_LABELS = {ROLE_LABEL: "keyring", "app.kubernetes.io/name": "agentcred"}
 
 
 async def load_keyring(kube: Kube, namespace: str) -> KeyRing:
-    """The shared key ring; the first replica to start (or to find it pre-created empty by
-    the Helm chart) generates it."""
+    """The shared key ring (signing and MAC keys); the first replica to start (or to find it
+    pre-created empty by the Helm chart) generates it."""
     secret = await kube.find_secret(namespace, KEYRING_SECRET)
+    now = dt.datetime.now(dt.timezone.utc)
     if secret is not None and KEYRING_KEY in (secret.get("data") or {}):
-        if any((secret["metadata"].get("labels") or {}).get(k) != v for k, v in KEYRING_LABELS.items()):
-            await kube.patch_secret(namespace, KEYRING_SECRET, {"metadata": {"labels": KEYRING_LABELS}})
-        return KeyRing.from_secret_data(secret["data"])
-    ring = KeyRing.generate(dt.datetime.now(dt.timezone.utc))
+        found = KeyRing.from_secret_data(secret["data"])
+        ring = found.with_missing_macs(now)  # a ring written by an older version lacks them
+        if ring is found:
+            if any((secret["metadata"].get("labels") or {}).get(k) != v for k, v in KEYRING_LABELS.items()):
+                await kube.patch_secret(namespace, KEYRING_SECRET, {"metadata": {"labels": KEYRING_LABELS}})
+            return ring
+    else:
+        ring = KeyRing.generate(now)
     body = secret or {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                       "metadata": {"name": KEYRING_SECRET, "namespace": namespace}}
     body["metadata"]["labels"] = {**(body["metadata"].get("labels") or {}), **KEYRING_LABELS}
@@ -38,49 +43,91 @@ async def load_keyring(kube: Kube, namespace: str) -> KeyRing:
     return ring
 
 
-async def load_revocations(kube: Kube, namespace: str) -> RevocationList:
-    revocations = RevocationList()
-    try:
-        revocations.load_configmap_data((await kube.read_configmap(namespace, REVOCATIONS_CONFIGMAP)).get("data"))
-    except Exception as error:
-        if status_of(error) != 404:
-            raise
-    return revocations
+REVOCATION_LABELS = {ROLE_LABEL: "revocations", "app.kubernetes.io/name": "agentcred"}
+REVOCATION_SELECTOR = f"{ROLE_LABEL}=revocations"
+UNSAVED_GRACE = dt.timedelta(seconds=10)  # unsaved longer than this: not ready
 
 
-async def sync_revocations_forever(kube: Kube, namespace: str, revocations: RevocationList,
-                                   leading: Callable[[], bool], interval: float = 2.0) -> None:
-    """The leader persists the list; followers reload it, so every replica serves it."""
-    while True:
-        await asyncio.sleep(interval)
-        revocations.prune(dt.datetime.now(dt.timezone.utc))
-        if not leading():
+class RevocationStore:
+    """Keeps the revocation list in ConfigMaps: the leader saves changed shards (merging on
+    a lost race), followers merge what is saved, so every replica serves the same list."""
+
+    def __init__(self, kube: Kube, namespace: str, revocations: RevocationList) -> None:
+        self.kube, self.namespace, self.revocations = kube, namespace, revocations
+        self._versions: dict[int, str] = {}
+        self.unsaved_since: dt.datetime | None = None
+
+    def problem(self, now: dt.datetime | None = None) -> str | None:
+        """Why this replica should not be ready: revocations it cannot save."""
+        now = now or dt.datetime.now(dt.timezone.utc)
+        if self.unsaved_since is not None and now - self.unsaved_since > UNSAVED_GRACE:
+            return f"revocations not saved since {self.unsaved_since.isoformat(timespec='seconds')}"
+        return None
+
+    async def reload(self) -> None:
+        for item in await self.kube.list_configmaps(self.namespace, REVOCATION_SELECTOR):
+            shard = _shard_number(item["metadata"]["name"])
+            if shard is not None and shard < self.revocations.shards:
+                self.revocations.merge_shard_data(item.get("data"))
+                self._versions[shard] = item["metadata"]["resourceVersion"]
+
+    async def save(self) -> None:
+        failed = False
+        for shard in sorted(self.revocations.dirty):
+            self.revocations.dirty.discard(shard)
             try:
-                revocations.load_configmap_data((await kube.read_configmap(namespace, REVOCATIONS_CONFIGMAP)).get("data"))
+                await self._save_shard(shard)
             except Exception as error:
-                if status_of(error) != 404:
-                    log.warning("could not reload the revocation list (%s)", status_of(error) or error)
-            continue
-        if not revocations.dirty:
-            continue
-        revocations.dirty = False
-        body = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": REVOCATIONS_CONFIGMAP, "namespace": namespace,
-                         "labels": {"app.kubernetes.io/name": "agentcred"}},
-            "data": revocations.to_configmap_data(),
-        }
+                self.revocations.dirty.add(shard)
+                failed = True
+                log.warning("revocation list shard %d not saved (%s); will retry", shard, status_of(error) or error)
+        if failed:
+            self.unsaved_since = self.unsaved_since or dt.datetime.now(dt.timezone.utc)
+        elif not self.revocations.dirty:
+            self.unsaved_since = None
+
+    async def _save_shard(self, shard: int) -> None:
+        name = shard_name(shard)
+        data = self.revocations.shard_data(shard)
+        if too_large(data):
+            raise ValueError(f"shard {shard} is over {SHARD_LIMIT_BYTES} bytes: raise revocations.shards")
+        body: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap",
+                                "metadata": {"name": name, "namespace": self.namespace, "labels": REVOCATION_LABELS},
+                                "data": data}
+        version = self._versions.get(shard)
         try:
+            if version is None:
+                written = await self.kube.create_configmap(self.namespace, body)
+            else:
+                body["metadata"]["resourceVersion"] = version
+                written = await self.kube.replace_configmap(self.namespace, name, body)
+        except Conflict:
+            # Someone else wrote it (another replica, or the chart created it empty): merge
+            # what they wrote and save the union next round.
+            current = await self.kube.read_configmap(self.namespace, name)
+            self.revocations.merge_shard_data(current.get("data"))
+            self._versions[shard] = current["metadata"]["resourceVersion"]
+            self.revocations.dirty.add(shard)
+            return
+        self._versions[shard] = written["metadata"]["resourceVersion"]
+
+    async def run(self, leading: Callable[[], bool], interval: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.revocations.prune(dt.datetime.now(dt.timezone.utc))
             try:
-                await kube.replace_configmap(namespace, REVOCATIONS_CONFIGMAP, body)
+                if leading():
+                    await self.save()
+                else:
+                    await self.reload()
             except Exception as error:
-                if status_of(error) != 404:
-                    raise
-                await kube.create_configmap(namespace, body)
-        except Exception as error:
-            revocations.dirty = True
-            log.warning("revocation list not persisted (%s); will retry", status_of(error) or error)
+                log.warning("revocation list not synchronised (%s)", status_of(error) or error)
+
+
+def _shard_number(name: str) -> int | None:
+    prefix = f"{REVOCATIONS_CONFIGMAP}-"
+    suffix = name[len(prefix):] if name.startswith(prefix) else ""
+    return int(suffix) if suffix.isdigit() else None
 
 
 ROTATE_ANNOTATION = "agentcred.dev/rotate"  # a request from `agentcred rotate-key`

@@ -50,10 +50,12 @@ def build_app(
         try:
             with metrics.exchange_latency.time():
                 result = await exchange(
-                    exchange_context, request.headers.get("Authorization"), request.headers.get("Content-Type"), body
+                    exchange_context, request.headers.get("Authorization"), request.headers.get("Content-Type"), body,
+                    source=request.remote or "",
                 )
         except Refused as refused:
-            return web.json_response(refused.body(), status=refused.status)
+            headers = {"Retry-After": str(refused.retry_after)} if refused.retry_after else None
+            return web.json_response(refused.body(), status=refused.status, headers=headers)
         return web.json_response(result, headers={"Cache-Control": "no-store"})
 
     app = web.Application(client_max_size=MAX_BODY + 1)

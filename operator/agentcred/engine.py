@@ -20,7 +20,9 @@ from typing import Any, Callable, Hashable, Iterable, Iterator
 from . import audit, labels, metrics
 from .credentials import CredentialRecord
 from .events import EventRecorder, pod_ref
+from .exchange import EXCHANGE_MAX_TTL
 from .issuing import Produced, SourceUnavailable, produce
+from . import kube as kube_errors
 from .kube import Kube, status_of
 from .minting import MintingClient
 from .planning import Plan, Problem, exception_end, plan
@@ -47,6 +49,7 @@ from .store import ProjectionStore
 log = logging.getLogger(__name__)
 
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+TASK_ENDS = ("task-succeeded", "task-failed", "pod-deleted", "orphaned")
 UNGATE_PATCH = {"spec": {"schedulingGates": [{"$patch": "delete", "name": labels.SCHEDULING_GATE}]}}
 
 CredentialLookup = Callable[[str, str], CredentialRecord | None]
@@ -104,11 +107,10 @@ class Engine:
         self._written_status: dict[tuple[str, str], dict[str, Any]] = {}
         self._handled_requests: set[str] = set()
         self._generations: dict[tuple[str, str], int] = {}
-        # Tokens handed out by intent exchange, per key: revoked with the pod's value.
-        self._exchanged: dict[str, list[tuple[str, str, dt.datetime]]] = {}
         # Pods seen in a terminal phase, by UID: Succeeded and Failed are final, so a status
         # that later says otherwise (nothing but a bad actor writes that) gets no new value.
         self._finished: dict[str, str] = {}
+        self._flagged: set[str] = set()  # pod UIDs already told they get nothing
         # Tasks that ended while this replica followed: a new leader finishes their revocation.
         self._ended_while_following: list[tuple[dt.datetime, PodTask]] = []
 
@@ -187,25 +189,6 @@ class Engine:
         window = now - dt.timedelta(seconds=self.settings.handover_window)
         self._ended_while_following = [e for e in self._ended_while_following if e[0] >= window]
         self._ended_while_following.append((now, task))
-
-    def remember_exchange(self, key: str, credential: str, token_id: str, expires: dt.datetime) -> None:
-        now = utcnow()
-        live = [entry for entry in self._exchanged.get(key, []) if entry[2] > now]
-        self._exchanged[key] = [*live, (credential, token_id, expires)]
-
-    def _revoke_exchanged(self, key: str, credential: str | None = None) -> None:
-        now = utcnow()
-        kept = []
-        for entry in self._exchanged.pop(key, []):
-            name, token_id, expires = entry
-            if credential is None or name == credential:
-                if expires > now:
-                    self.revocations.add(token_id, expires)
-            else:
-                kept.append(entry)
-        if kept:
-            self._exchanged[key] = kept
-
 
     async def credential_changed(self, record: CredentialRecord, force: bool = False) -> None:
         """A credential was seen: refresh its status; re-plan the pods it may affect."""
@@ -333,6 +316,10 @@ class Engine:
 
     async def _run_plan(self, key: str, task: PodTask | None, renew_now: frozenset[str] = frozenset()) -> None:
         state = self.store.get(key)
+        if task is not None and state is not None and state.pod_uid and state.pod_uid != task.uid:
+            # Another pod made this binding first: the Secret is not this pod's to touch.
+            self._binding_taken(task)
+            return
         names = task.credentials if task else tuple(state.values) if state else ()
         namespace = task.namespace if task else state.namespace if state else ""
         records = {name: self.credential(namespace, name) for name in names}
@@ -341,7 +328,8 @@ class Engine:
         if decided.delete_secret:
             await self._delete(key, state, decided, records, now)
             return
-        assert task is not None
+        if task is None:  # gone before anything was issued: nothing to do
+            return
         for issue in decided.issue:
             if issue.planned_at is not None:
                 metrics.renewal_lateness.observe(max((now - issue.planned_at).total_seconds(), 0.0))
@@ -396,10 +384,10 @@ class Engine:
                 else:
                     patch = secret_patch(desired, values, tuple(revokes), previous=state)
                     written = await self.kube.patch_secret(task.namespace, state.secret_name, patch)
-            except Exception as error:
-                if status_of(error) == 409:
-                    raise Conflict() from error
-                raise
+            except (kube_errors.Conflict, kube_errors.NotFound) as error:
+                # A stale picture, or the Secret was deleted behind our back: read it again
+                # and plan anew (a lost Secret of a live pod is issued afresh: healed).
+                raise Conflict() from error
         observed = parse_projection(written)
         if observed is not None:
             self.store.put(observed)
@@ -414,7 +402,6 @@ class Engine:
                 f"issued {issued} for ServiceAccount {task.service_account}",
             )
         for name, reason in revokes.items():
-            self._revoke_exchanged(task.key, name)
             self._after_revoke(task.namespace, name, state.values.get(name) if state else None, reason, who)
             self.events.post(
                 pod_ref(task.namespace, task.name, task.uid), "Warning", "CredentialRevoked",
@@ -447,7 +434,6 @@ class Engine:
 
     def _ended(self, key: str) -> None:
         self.store.forget(key)
-        self._revoke_exchanged(key)
         self.scheduler.cancel(("binding", key))
         self._attempts.pop(key, None)
         self._reported.pop(key, None)
@@ -479,7 +465,6 @@ class Engine:
                 observed = parse_projection(written)
                 if observed is not None:
                     self.store.put(observed)
-                self._revoke_exchanged(key, record.name)
                 self._after_revoke(state.namespace, record.name, value, reason, who)
                 if task is not None:
                     self.events.post(pod_ref(task.namespace, task.name, task.uid), "Warning", "CredentialRevoked",
@@ -551,13 +536,20 @@ class Engine:
 
     def _after_revoke(self, namespace: str, name: str, value: IssuedValue | None, reason: str,
                       who: dict[str, Any]) -> None:
-        """Once a value is gone: its token id on the revocation list, the minting service
-        told, the credential's count updated."""
+        """Once a value is gone: every token of the pod for it (the value, and all exchanged
+        from it) on the revocation list, the minting service told, the credential's count
+        updated."""
         record = self.credential(namespace, name)
-        if value is not None and value.token_id and value.expires_at > utcnow():
-            if value.source == "jwt":
-                self.revocations.add(value.token_id, value.expires_at)
-            elif value.source == "webhook" and record is not None and record.spec and record.spec.source.webhook:
+        now = utcnow()
+        if value is not None and value.source == "jwt" and who.get("pod_uid"):
+            # Until every token it covers has expired; while the pod lives on, until it could
+            # no longer hold one anyway, so it cannot exchange its way back.
+            until = max(value.expires_at, now + EXCHANGE_MAX_TTL)
+            if reason not in TASK_ENDS and record is not None and record.spec is not None:
+                until = max(until, value.task_started_at + record.spec.max_lifetime_delta)
+            self.revocations.revoke(who["pod_uid"], name, until)
+        if value is not None and value.token_id and value.expires_at > now:
+            if value.source == "webhook" and record is not None and record.spec and record.spec.source.webhook:
                 task = asyncio.create_task(self._revoke_at_service(record, value.token_id, who, reason))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
@@ -571,6 +563,41 @@ class Engine:
         except SourceUnavailable as failure:
             log.warning("%s", failure.message)
             self.events.post(record.owner_ref, "Warning", "ServiceRevokeFailed", failure.message)
+
+    async def still_there(self, task: PodTask) -> PodTask:
+        """A pod that left the label-selected watch: deleted, or only unlabelled (opted out)?"""
+        found = await self.kube.find_pod(task.namespace, task.name)
+        meta = (found or {}).get("metadata") or {}
+        if found is None or meta.get("uid") != task.uid or meta.get("deletionTimestamp"):
+            return task
+        return dataclasses.replace(task, deleted=False, opted_out=True)
+
+    def _binding_taken(self, task: PodTask) -> None:
+        if task.end_reason or task.uid in self._flagged:
+            return
+        self._flagged.add(task.uid)
+        message = f"binding {task.binding} belongs to another pod: this pod gets no credentials"
+        self.events.post(pod_ref(task.namespace, task.name, task.uid), "Warning", "BindingInUse", message)
+        audit.record("deny", namespace=task.namespace, reason="binding-in-use", message=message, podName=task.name,
+                     podUID=task.uid, serviceAccount=task.service_account)
+
+    def flag_unadmitted(self, pod: dict[str, Any]) -> None:
+        """A labelled pod the webhook did not admit (created before it was installed, or
+        changed since): it gets nothing, and people are told."""
+        meta = pod.get("metadata") or {}
+        uid = str(meta.get("uid") or "")
+        if not self.leading() or not uid or uid in self._flagged or meta.get("deletionTimestamp"):
+            return
+        if len(self._flagged) > 100_000:
+            self._flagged.clear()
+        self._flagged.add(uid)
+        namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+        message = (f"pod has label {labels.INJECT_LABEL}=true but was not admitted by the agentcred webhook "
+                   "(created before the webhook was installed, or altered since): it gets no credentials; "
+                   "recreate it")
+        self.events.post(pod_ref(namespace, name, uid), "Warning", "NotAdmitted", message)
+        audit.record("deny", namespace=namespace, reason="not-admitted", message=message, podName=name, podUID=uid,
+                     serviceAccount=(pod.get("spec") or {}).get("serviceAccountName") or "default")
 
     async def _ungate(self, task: PodTask) -> None:
         try:

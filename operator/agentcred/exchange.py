@@ -8,7 +8,9 @@ value; the intent must fall inside the credential's scope. Every outcome is audi
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import hashlib
 import json
 import secrets
 import time
@@ -17,15 +19,16 @@ from typing import Annotated, Any, Awaitable, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from . import audit
+from . import audit, metrics
 from .credentials import CredentialRecord
 from .evaluation import describe_validation_error
-from .policy import Intent, evaluate
-from .projection import PodTask, ProjectionState, format_time
+from .policy import GLOB_CHARACTERS, Intent, evaluate
+from .projection import PodTask, format_time
+from .revocations import RevocationList
 from .signing import DEFAULT_ALGORITHM, KeyRing, encode_jwt
 
 MAX_BODY = 16 * 1024
-DEFAULT_TTL = dt.timedelta(minutes=5)
+EXCHANGE_MAX_TTL = dt.timedelta(minutes=5)  # an exchanged token never lives longer (nor past its credential)
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
 
@@ -39,15 +42,17 @@ class ExchangeRequest(BaseModel):
     tool: Field256
     action: Field256
     resource: Field256
-    ttl_seconds: Annotated[int, Field(ge=1, le=3600)] | None = Field(default=None, alias="ttlSeconds")
+    ttl_seconds: Annotated[int, Field(ge=1, le=int(EXCHANGE_MAX_TTL.total_seconds()))] | None = Field(
+        default=None, alias="ttlSeconds")
 
 
 class Refused(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.message = message
+        self.retry_after = retry_after
 
     def body(self) -> dict[str, str]:
         return {"error": self.reason, "message": self.message}
@@ -70,32 +75,62 @@ class RateLimiter:
         self.rate, self.burst = rate, burst
         self._buckets: dict[str, tuple[float, float]] = {}
 
-    def allow(self, key: str, now: float | None = None) -> bool:
+    def allow(self, key: str, now: float | None = None, take: bool = True) -> bool:
+        """Is there room for one more? `take=False` looks without spending it."""
         now = time.monotonic() if now is None else now
         tokens, last = self._buckets.get(key, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-        if len(self._buckets) > 10000:  # forget idle pods rather than grow without bound
+        if len(self._buckets) > 10000:  # forget idle keys rather than grow without bound
             self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}
         if tokens < 1:
             self._buckets[key] = (tokens, now)
             return False
-        self._buckets[key] = (tokens - 1, now)
+        self._buckets[key] = (tokens - 1 if take else tokens, now)
         return True
 
 
 TokenReviewer = Callable[[str], Awaitable[dict[str, Any]]]
 
 
+class ReviewGate:
+    """TokenReviews are the expensive part of an exchange, so they are bounded: at most
+    `concurrency` at a time, and each token's answer is kept `ttl` seconds (by a hash of
+    the token, never the token), so a flood of the same or of garbage tokens costs the API
+    server little. A source that sends too fast is refused before any review (`by_source`)."""
+
+    def __init__(self, review: TokenReviewer, concurrency: int = 16, ttl: float = 10.0, size: int = 10000) -> None:
+        self._review = review
+        self._slots = asyncio.Semaphore(concurrency)
+        self._ttl, self._size = ttl, size
+        self._answers: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    async def review(self, token: str) -> dict[str, Any]:
+        key = hashlib.sha256(token.encode()).hexdigest()
+        now = time.monotonic()
+        cached = self._answers.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        async with self._slots:
+            answer = await self._review(token)
+        metrics.token_reviews.inc()
+        if len(self._answers) >= self._size:
+            self._answers = {k: v for k, v in self._answers.items() if v[0] > now}
+            if len(self._answers) >= self._size:
+                self._answers.clear()
+        self._answers[key] = (now + self._ttl, answer)
+        return answer
+
+
 @dataclass
 class ExchangeContext:
-    review_token: TokenReviewer
+    reviews: ReviewGate
     pod_by_name: Callable[[str, str], PodTask | None]
     credential: Callable[[str, str], CredentialRecord | None]
-    projection: Callable[[str], ProjectionState | None]
+    revocations: RevocationList
     keyring: Callable[[], KeyRing]
     issuer: str
-    limiter: RateLimiter
-    remember: Callable[[str, str, str, dt.datetime], None]  # binding, credential, token id, expiry
+    limiter: RateLimiter  # per pod, after the review
+    by_source: RateLimiter  # refused tokens per client address, checked before the review
 
 
 def parse_request(content_type: str | None, body: bytes) -> ExchangeRequest:
@@ -108,10 +143,15 @@ def parse_request(content_type: str | None, body: bytes) -> ExchangeRequest:
     except (ValueError, UnicodeDecodeError):
         raise Refused(400, "malformed-body", "the request body is not valid JSON") from None
     try:
-        return ExchangeRequest.model_validate(data)
+        request = ExchangeRequest.model_validate(data)
     except ValidationError as error:
         message = describe_validation_error(error).replace("spec.", "")
         raise Refused(400, "invalid-intent", message) from None
+    for field in ("tool", "action", "resource"):
+        if GLOB_CHARACTERS & set(getattr(request, field)):
+            raise Refused(400, "invalid-intent", f"{field} {getattr(request, field)!r} has a glob character "
+                                                 "(* ? [ ]): an intent names one thing, literally")
+    return request
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -137,12 +177,20 @@ def reviewed_identity(status: dict[str, Any]) -> Reviewed:
 
 
 async def exchange(
-    context: ExchangeContext, authorization: str | None, content_type: str | None, body: bytes
+    context: ExchangeContext, authorization: str | None, content_type: str | None, body: bytes, source: str = ""
 ) -> dict[str, Any]:
     """The narrowed token for a valid request; Refused (with an HTTP status) otherwise."""
+    # An address that keeps sending tokens the API server refuses is cut off before any
+    # TokenReview; valid tokens cost nothing here, so a shared gateway address is not.
+    if not context.by_source.allow(source, take=False):
+        raise Refused(429, "rate-limited", "too many refused tokens from this address; slow down", retry_after=1)
     token = bearer_token(authorization)
     request = parse_request(content_type, body)
-    who = reviewed_identity(await context.review_token(token))
+    try:
+        who = reviewed_identity(await context.reviews.review(token))
+    except Refused:
+        context.by_source.allow(source)
+        raise
     intent = Intent(request.tool, request.action, request.resource)
     facts = {"credential": request.credential, "namespace": who.namespace, "podName": who.pod_name,
              "podUID": who.pod_uid, "serviceAccount": who.service_account,
@@ -157,7 +205,7 @@ async def exchange(
 def _grant(context: ExchangeContext, request: ExchangeRequest, who: Reviewed, intent: Intent,
            facts: dict[str, Any]) -> dict[str, Any]:
     if not context.limiter.allow(who.pod_uid):
-        raise Refused(429, "rate-limited", f"pod {who.pod_name} is exchanging too fast; slow down")
+        raise Refused(429, "rate-limited", f"pod {who.pod_name} is exchanging too fast; slow down", retry_after=1)
     task = context.pod_by_name(who.namespace, who.pod_name)
     if task is None or task.uid != who.pod_uid:
         raise Refused(403, "pod-not-managed", f"pod {who.pod_name} in {who.namespace} was not admitted by agentcred")
@@ -173,17 +221,20 @@ def _grant(context: ExchangeContext, request: ExchangeRequest, who: Reviewed, in
         raise Refused(403, "not-a-subject", f"ServiceAccount {task.service_account} is no longer a subject")
     if spec.source.jwt is None:
         raise Refused(400, "not-exchangeable", f"{request.credential} is a {spec.source.kind} source: only minted credentials narrow")
-    state = context.projection(task.key)
-    live = state.values.get(request.credential) if state else None
-    if live is None:
-        raise Refused(403, "credential-revoked", f"pod {who.pod_name} holds no live value of {request.credential}")
+    now = dt.datetime.now(dt.timezone.utc)
+    if task.gated:
+        raise Refused(403, "not-issued", f"pod {who.pod_name} has not been given {request.credential} yet")
+    # The shared revocation list, not this replica's memory: what any replica revoked counts.
+    if context.revocations.covers(task.uid, request.credential, now):
+        raise Refused(403, "credential-revoked", f"{request.credential} was revoked for pod {who.pod_name}")
+    lifetime_end = (task.admitted_at or now) + spec.max_lifetime_delta
+    if now >= lifetime_end:
+        raise Refused(403, "max-lifetime", f"pod {who.pod_name} reached maxLifetime {spec.max_lifetime}")
     decision = evaluate(spec.scope, intent)
     if not decision.allowed:
         raise Refused(403, decision.reason, decision.message)
 
-    now = dt.datetime.now(dt.timezone.utc)
-    wanted = dt.timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else DEFAULT_TTL
-    lifetime_end = live.task_started_at + spec.max_lifetime_delta
+    wanted = dt.timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else EXCHANGE_MAX_TTL
     expires = min(now + wanted, now + spec.ttl_delta, lifetime_end)
     token_id = secrets.token_urlsafe(16)
     audiences = list(spec.source.jwt.audiences)
@@ -198,12 +249,11 @@ def _grant(context: ExchangeContext, request: ExchangeRequest, who: Reviewed, in
         "agentcred": {
             "credential": record.name, "namespace": record.namespace, "category": spec.category,
             "pod": task.name, "podUID": task.uid, "job": task.job,
-            "scope": intent.as_scope(), "intent": facts["intent"], "exchangedFrom": live.token_id,
+            "scope": intent.as_scope(), "intent": facts["intent"],
         },
     }
     key = context.keyring().current(spec.source.jwt.algorithm or DEFAULT_ALGORITHM)
     token = encode_jwt(claims, key)
-    context.remember(task.key, record.name, token_id, expires)
     audit.record("exchange", category=spec.category, owner=spec.owner, job=task.job, tokenId=token_id,
                  expiresAt=format_time(expires), **facts)
     return {"token": token, "tokenId": token_id, "expiresAt": format_time(expires), "scope": intent.as_scope()}

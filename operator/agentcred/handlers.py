@@ -19,25 +19,27 @@ from typing import Any
 
 import kopf
 
-from . import admission, audit, labels, metrics, model
-from .bootstrap import load_keyring, load_revocations, maintain_keyring_forever, sync_revocations_forever
+from . import admission, audit, labels, metrics, model, seal
+from .bootstrap import RevocationStore, load_keyring, maintain_keyring_forever
 from .credentials import CredentialRecord, credential_record
 from .endpoints import build_app, serve
 from .engine import Engine, EngineSettings, NotLeader
 from .events import EventRecorder
-from .exchange import ExchangeContext, RateLimiter
+from .exchange import ExchangeContext, RateLimiter, ReviewGate
 from .health import Health
 from .health import serve as serve_health
 from .kube import Kube, load_configuration
 from .leader import Leadership
 from .minting import MintingClient
 from .projection import PodTask, parse_projection, pod_task
+from .revocations import RevocationList
 from .settings import OperatorConfig, configure_kopf
 from .signing import KeyRing
 from .webhook import (
     HANDLER_ID,
     CertificateMonitor,
     configuration,
+    pod_guard,
     private_directory,
     shared_serving_certificate,
 )
@@ -66,10 +68,11 @@ async def publish_ca(kube: Kube, ca_pem: bytes) -> None:
     """Tell the API server which CA to trust for the webhook, as configured."""
     if CONFIG.webhook_config == "manage":
         service = None if CONFIG.webhook_url else (CONFIG.service, CONFIG.namespace, 443)
-        await kube.apply_mutating_webhook(
-            configuration(ca_pem, url=CONFIG.webhook_url, service=service,
-                          operator_namespace=CONFIG.namespace, name=CONFIG.webhook_configuration)
-        )
+        await kube.apply_cluster_object("mutatingwebhookconfigurations", configuration(
+            ca_pem, url=CONFIG.webhook_url, service=service, operator_namespace=CONFIG.namespace,
+            name=CONFIG.webhook_configuration))
+        for resources, body in pod_guard(CONFIG.webhook_configuration):
+            await kube.apply_cluster_object(resources, body)
     elif CONFIG.webhook_config == "inject-ca":
         await kube.inject_webhook_ca(CONFIG.webhook_configuration, ca_pem)
 
@@ -87,7 +90,9 @@ async def startup(
     audit.configure(CONFIG.audit_log)
     kube = Kube(load_configuration())
     keyring = await load_keyring(kube, CONFIG.namespace)
-    revocations = await load_revocations(kube, CONFIG.namespace)
+    revocations = RevocationList(CONFIG.revocation_shards)
+    revocation_store = RevocationStore(kube, CONFIG.namespace, revocations)
+    await revocation_store.reload()
 
     certificate = await shared_serving_certificate(kube, CONFIG.namespace, CONFIG.service)
     memo.tls_directory = private_directory()
@@ -115,14 +120,14 @@ async def startup(
         engine.keyring = ring
 
     exchange_context = ExchangeContext(
-        review_token=lambda token: kube.review_token(token, [labels.SERVICE_ACCOUNT_AUDIENCE]),
+        reviews=ReviewGate(lambda token: kube.review_token(token, [labels.SERVICE_ACCOUNT_AUDIENCE])),
         pod_by_name=lambda namespace, name: _first(pod_index, (namespace, name)),
         credential=engine.credential,
-        projection=engine.store.get,
+        revocations=revocations,
         keyring=lambda: engine.keyring,
         issuer=CONFIG.effective_issuer,
         limiter=RateLimiter(rate=CONFIG.exchange_rate, burst=CONFIG.exchange_burst),
-        remember=engine.remember_exchange,
+        by_source=RateLimiter(rate=CONFIG.source_rate, burst=CONFIG.source_burst),
     )
     app = build_app(issuer=CONFIG.effective_issuer, keyring=lambda: engine.keyring, revocations=revocations,
                     exchange_context=exchange_context)
@@ -150,6 +155,7 @@ async def startup(
     certificates = CertificateMonitor(kube, CONFIG.namespace, CONFIG.service, certificate, engine.leading,
                                       lambda ca_pem: publish_ca(kube, ca_pem))
     memo.health.problems.append(lambda: certificates.problem)
+    memo.health.not_ready.append(revocation_store.problem)
     memo.tasks = memo.health.loops = [
         *loops,
         asyncio.create_task(certificates.run(), name="serving certificate"),
@@ -162,9 +168,7 @@ async def startup(
             name="status writer",
         ),
         asyncio.create_task(events.run(), name="event poster"),
-        asyncio.create_task(
-            sync_revocations_forever(kube, CONFIG.namespace, revocations, engine.leading), name="revocation list"
-        ),
+        asyncio.create_task(revocation_store.run(engine.leading), name="revocation list"),
     ]
     logger.info("agentcred ready: issuer %s, %d signing keys", CONFIG.effective_issuer, len(keyring.keys))
 
@@ -198,11 +202,17 @@ async def credential_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], C
     return {record.key: record}
 
 
+def admitted_task(body: kopf.Body, engine: Engine, deleted: bool = False) -> PodTask | None:
+    """The pod's task if the webhook admitted it as it stands (its seal holds), else None."""
+    task = pod_task(dict(body), deleted=deleted)
+    return task if task is not None and seal.admitted(task, engine.keyring.mac_keys("admission")) else None
+
+
 @kopf.index("v1", "pods", labels=POD_FILTER)
-async def pod_index(body: kopf.Body, **_: Any) -> dict[str | tuple[str, str], PodTask] | None:
+async def pod_index(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[str | tuple[str, str], PodTask] | None:
     # Two keys per pod in one index (one handler call per event, not two): the projection
     # key "namespace/binding" for the engine, (namespace, name) for intent exchange.
-    task = pod_task(dict(body))
+    task = admitted_task(body, memo.engine)
     return {task.key: task, (task.namespace, task.name): task} if task else None
 
 
@@ -210,22 +220,25 @@ async def pod_index(body: kopf.Body, **_: Any) -> dict[str | tuple[str, str], Po
 
 
 @kopf.on.mutate("v1", "pods", id=HANDLER_ID, labels=POD_FILTER, operations=["CREATE"])
-async def inject(body: kopf.Body, patch: kopf.Patch, credential_index: kopf.Index, **_: Any) -> None:
+async def inject(body: kopf.Body, patch: kopf.Patch, credential_index: kopf.Index, memo: kopf.Memo,
+                 **_: Any) -> None:
     with metrics.webhook_latency.time():
-        _inject(body, patch, credential_index)
+        _inject(body, patch, credential_index, memo.engine.keyring)
 
 
-def _inject(body: kopf.Body, patch: kopf.Patch, credential_index: kopf.Index) -> None:
+def _inject(body: kopf.Body, patch: kopf.Patch, credential_index: kopf.Index, keyring: KeyRing) -> None:
     namespace = body.metadata.namespace or ""
     try:
-        records = admission.admit(dict(body), namespace, lambda name: _first(credential_index, (namespace, name)))
+        records = admission.admit(dict(body), namespace, lambda name: _first(credential_index, (namespace, name)),
+                                  keyring)
     except admission.Refusal as refusal:
         audit.record("deny", namespace=namespace, reason="AdmissionRefused", message=str(refusal),
                      podName=body.metadata.name or body.metadata.get("generateName"),
                      serviceAccount=body.spec.get("serviceAccountName") or "default")
         raise kopf.AdmissionError(str(refusal), code=403)
-    # Kopf hands this function its own copy of the pod and diffs it into a JSON patch.
-    patch.fns.append(lambda pod: admission.apply(pod, records))
+    if records is not None:
+        # Kopf hands this function its own copy of the pod and diffs it into a JSON patch.
+        patch.fns.append(lambda pod: admission.apply(pod, namespace, records, keyring))
 
 
 # -- pods and their Secrets ----------------------------------------------------------
@@ -234,10 +247,16 @@ def _inject(body: kopf.Body, patch: kopf.Patch, credential_index: kopf.Index) ->
 @kopf.on.event("v1", "pods", labels=POD_FILTER)
 async def pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     engine: Engine = memo.engine
-    task = pod_task(dict(body), deleted=type == "DELETED")
+    task = admitted_task(body, engine, deleted=type == "DELETED")
     if task is None:
+        if type != "DELETED":
+            engine.flag_unadmitted(dict(body))
         return
     if engine.leading():
+        if type == "DELETED" and not body.metadata.get("deletionTimestamp"):
+            # Either deleted at once, or it lost the opt-in label (the watch is label-selected):
+            # only the API server can tell which.
+            task = await engine.still_there(task)
         await engine.reconcile(task.key, task)
     elif task.end_reason:
         engine.note_ended(task)

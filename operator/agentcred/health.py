@@ -27,6 +27,7 @@ class Health:
     warm: asyncio.Event = field(default_factory=asyncio.Event)  # replaced by the engine's
     loops: list[asyncio.Task[None]] = field(default_factory=list)
     problems: list[Callable[[], str | None]] = field(default_factory=list)  # reasons to be restarted
+    not_ready: list[Callable[[], str | None]] = field(default_factory=list)  # reasons to take no traffic
 
     def unhealthy(self) -> list[str]:
         dead = [f"stopped: {task.get_name()}" for task in self.loops if task.done()]
@@ -57,6 +58,7 @@ def build_app(health: Health) -> web.Application:
         closed = await health.unreachable_ports()
         if closed:
             problems.append(f"not listening on {', '.join(map(str, closed))}")
+        problems += [problem for check in health.not_ready if (problem := check())]
         if problems:
             return web.Response(status=503, text="; ".join(problems) + "\n")
         return web.Response(text="ready\n")

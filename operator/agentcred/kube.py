@@ -14,6 +14,7 @@ import json
 import os
 import ssl
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import aiohttp
 from kubernetes import client, config
@@ -35,6 +36,30 @@ class ApiError(Exception):
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
+
+
+class NotFound(ApiError):
+    """404: the object is not there (any more)."""
+
+
+class Conflict(ApiError):
+    """409: already exists, or our resourceVersion is stale."""
+
+
+def api_error(status: int, reason: str, message: str) -> ApiError:
+    kind = {404: NotFound, 409: Conflict}.get(status, ApiError)
+    return kind(status, reason, message)
+
+
+def path(*segments: str) -> str:
+    """An API path from segments, each URL-quoted: a name from an object can never step
+    out of its place in the path ("../", "?", "#")."""
+    return "/" + "/".join(quote(str(segment), safe="") for segment in segments)
+
+
+def namespaced(group_version: str, namespace: str, resource: str, *rest: str) -> str:
+    prefix = ("api", "v1") if group_version == "v1" else ("apis", *group_version.split("/"))
+    return path(*prefix, "namespaces", namespace, resource, *rest)
 
 
 def status_of(error: BaseException) -> int | None:
@@ -115,7 +140,7 @@ class Kube:
                         message = text[:200]
                     if response.status not in EXPECTED_STATUSES:
                         metrics.api_error(operation, response.status)
-                    raise ApiError(response.status, response.reason or "", message)
+                    raise api_error(response.status, response.reason or "", message)
                 return json.loads(text) if text else {}
         except aiohttp.ClientError:
             metrics.api_error(operation, None)
@@ -128,7 +153,7 @@ class Kube:
     # -- Secrets and ConfigMaps ------------------------------------------------------
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, Any]:
-        return await self.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        return await self.request("GET", namespaced("v1", namespace, "secrets", name))
 
     async def find_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Secret, or None if there is none."""
@@ -153,46 +178,58 @@ class Kube:
             return await self.read_secret(namespace, name)
 
     async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        return await self.request("POST", f"/api/v1/namespaces/{namespace}/secrets", body, "application/json")
+        return await self.request("POST", namespaced("v1", namespace, "secrets"), body, "application/json")
 
     async def patch_secret(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        return await self.request("PATCH", f"/api/v1/namespaces/{namespace}/secrets/{name}", patch, MERGE)
+        return await self.request("PATCH", namespaced("v1", namespace, "secrets", name), patch, MERGE)
 
     async def replace_secret(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        return await self.request("PUT", f"/api/v1/namespaces/{namespace}/secrets/{name}", body, "application/json")
+        return await self.request("PUT", namespaced("v1", namespace, "secrets", name), body, "application/json")
 
     async def delete_secret(self, namespace: str, name: str) -> None:
-        await self.request("DELETE", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        await self.request("DELETE", namespaced("v1", namespace, "secrets", name))
 
     async def list_metadata(self, path: str, label_selector: str, page: int = 500) -> list[dict[str, Any]]:
         """Every matching object's metadata (never a Secret's data), page by page."""
         items: list[dict[str, Any]] = []
         token = ""
         while True:
-            query = f"?labelSelector={label_selector}&limit={page}" + (f"&continue={token}" if token else "")
+            query = "?" + urlencode({"labelSelector": label_selector, "limit": page, **({"continue": token} if token else {})})
             answer = await self.request("GET", path + query, accept=METADATA_ONLY)
             items.extend(answer.get("items") or [])
             token = (answer.get("metadata") or {}).get("continue") or ""
             if not token:
                 return items
 
+    async def list_configmaps(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        answer = await self.request("GET", namespaced("v1", namespace, "configmaps") + "?" +
+                                    urlencode({"labelSelector": label_selector}))
+        return list(answer.get("items") or [])
+
     async def read_configmap(self, namespace: str, name: str) -> dict[str, Any]:
-        return await self.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
+        return await self.request("GET", namespaced("v1", namespace, "configmaps", name))
 
     async def create_configmap(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        return await self.request("POST", f"/api/v1/namespaces/{namespace}/configmaps", body, "application/json")
+        return await self.request("POST", namespaced("v1", namespace, "configmaps"), body, "application/json")
 
     async def replace_configmap(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        return await self.request("PUT", f"/api/v1/namespaces/{namespace}/configmaps/{name}", body, "application/json")
+        return await self.request("PUT", namespaced("v1", namespace, "configmaps", name), body, "application/json")
 
     # -- Pods, Events, TokenReviews ----------------------------------------------------
 
+    async def find_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The pod, or None if there is none."""
+        try:
+            return await self.request("GET", namespaced("v1", namespace, "pods", name))
+        except NotFound:
+            return None
+
     async def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        return await self.request("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}", patch, STRATEGIC)
+        return await self.request("PATCH", namespaced("v1", namespace, "pods", name), patch, STRATEGIC)
 
     async def create_event(self, body: dict[str, Any]) -> dict[str, Any]:
         namespace = body["metadata"]["namespace"]
-        return await self.request("POST", f"/api/v1/namespaces/{namespace}/events", body, "application/json")
+        return await self.request("POST", namespaced("v1", namespace, "events"), body, "application/json")
 
     async def review_token(self, token: str, audiences: list[str]) -> dict[str, Any]:
         """TokenReview: the API server authenticates a token (never logged, never kept)."""
@@ -204,41 +241,40 @@ class Kube:
     # -- Leases ------------------------------------------------------------------------
 
     async def read_lease(self, namespace: str, name: str) -> dict[str, Any]:
-        return await self.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}")
+        return await self.request("GET", namespaced("coordination.k8s.io/v1", namespace, "leases", name))
 
     async def create_lease(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        return await self.request("POST", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases", body,
+        return await self.request("POST", namespaced("coordination.k8s.io/v1", namespace, "leases"), body,
                                   "application/json")
 
     async def replace_lease(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        return await self.request("PUT", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}", body,
+        return await self.request("PUT", namespaced("coordination.k8s.io/v1", namespace, "leases", name), body,
                                   "application/json")
 
     # -- AgentCredentials --------------------------------------------------------------
 
     async def patch_credential_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-        path = f"/apis/{model.GROUP}/{model.VERSION}/namespaces/{namespace}/{model.PLURAL}/{name}/status"
+        path = namespaced(model.API_VERSION, namespace, model.PLURAL, name, "status")
         return await self.request("PATCH", path, {"status": status}, MERGE)
 
     # -- Webhook configuration ---------------------------------------------------------
 
-    async def apply_mutating_webhook(self, body: dict[str, Any]) -> None:
-        """Create the configuration, or replace it with this content."""
-        base = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+    async def apply_cluster_object(self, resources: str, body: dict[str, Any]) -> None:
+        """Create a cluster-scoped admission object, or replace it with this content;
+        `resources` is its plural under admissionregistration.k8s.io/v1."""
+        base = path("apis", "admissionregistration.k8s.io", "v1", resources)
         name = body["metadata"]["name"]
         try:
-            current = await self.request("GET", f"{base}/{name}")
-        except ApiError as error:
-            if error.status != 404:
-                raise
+            current = await self.request("GET", base + path(name))
+        except NotFound:
             await self.request("POST", base, body, "application/json")
             return
         body = {**body, "metadata": {**body["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}}
-        await self.request("PUT", f"{base}/{name}", body, "application/json")
+        await self.request("PUT", base + path(name), body, "application/json")
 
     async def inject_webhook_ca(self, name: str, ca_pem: bytes) -> None:
         """Set the caBundle of every webhook in a configuration someone else owns."""
-        path = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}"
+        path = path("apis", "admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", name)
         current = await self.request("GET", path)
         bundle = base64.b64encode(ca_pem).decode()
         patch = [

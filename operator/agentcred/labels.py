@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 from .model import GROUP
 
@@ -11,7 +12,8 @@ INJECT_LABEL = f"{GROUP}/inject"
 CREDENTIALS_ANNOTATION = f"{GROUP}/credentials"
 # On pods (set by the admission webhook).
 BINDING_ANNOTATION = f"{GROUP}/binding"
-ADMITTED_ANNOTATION = f"{GROUP}/admitted-at"  # for the projection latency metric
+ADMITTED_ANNOTATION = f"{GROUP}/admitted-at"  # when; maxLifetime counts from here
+SEAL_ANNOTATION = f"{GROUP}/admission-seal"  # the webhook's MAC over what it admitted
 SCHEDULING_GATE = f"{GROUP}/credentials"
 
 # On the per-pod Secrets the operator manages.
@@ -33,6 +35,23 @@ VOLUME_PREFIX = "agentcred-"
 VALUE_FILE = "token"
 EXPIRY_FILE = "expires-at"
 SERVICE_ACCOUNT_AUDIENCE = "agentcred"
+
+
+# A binding id is what the webhook generates (8 random bytes, hex): anything else found in a
+# pod or a Secret was not made by us and is never used to name an object.
+BINDING_PATTERN = re.compile(r"^[0-9a-f]{16}$")
+
+
+def is_binding(text: object) -> bool:
+    return isinstance(text, str) and BINDING_PATTERN.fullmatch(text) is not None
+
+
+def binding_of_secret_name(name: object) -> str | None:
+    """The binding id in a Secret name we would have made, or None."""
+    if not isinstance(name, str) or not name.startswith(SECRET_PREFIX):
+        return None
+    binding = name[len(SECRET_PREFIX):]
+    return binding if is_binding(binding) else None
 
 
 def secret_name(binding: str) -> str:

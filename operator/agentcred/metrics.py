@@ -43,7 +43,9 @@ renewal_lateness = Histogram("agentcred_renewal_lateness_seconds",
                              buckets=LATENCY_BUCKETS, registry=REGISTRY)
 api_errors = Counter("agentcred_api_errors_total", "Failed calls to the Kubernetes API, by operation and status.",
                      ["operation", "status"], registry=REGISTRY)
-revocation_list = Gauge("agentcred_revocation_list_size", "Token ids on the revocation list.", registry=REGISTRY)
+token_reviews = Counter("agentcred_token_reviews_total", "TokenReviews sent to the API server for intent exchange.",
+                        registry=REGISTRY)
+revocation_list = Gauge("agentcred_revocation_list_size", "Entries (pod, credential) on the revocation list.", registry=REGISTRY)
 events_dropped = Gauge("agentcred_events_dropped", "Events dropped because the posting queue was full.",
                        registry=REGISTRY)
 

@@ -111,9 +111,17 @@ def plan(
 ) -> Plan:
     """What the pod's projection needs now; `renew_now` names credentials whose live values
     are replaced at once (`agentcred renew`), due or not."""
+    if task is not None and task.end_reason == "opted-out":
+        # The pod lives on without the opt-in label (only possible while the label guard is
+        # not installed): its values go, and the Secret stays as a tombstone so that putting
+        # the label back brings nothing back. The garbage collector removes it with the pod.
+        done = set(state.revoked) if state else set()
+        names = [name for name in dict.fromkeys([*task.credentials, *(state.values if state else ())])
+                 if name not in done]
+        return Plan(revoke=tuple(Revoke(name, "opted-out") for name in names))
     if task is None or task.end_reason:
-        if state is None:
-            return Plan()
+        if state is None or (task is None and not state.values and "opted-out" in state.revoked.values()):
+            return Plan()  # nothing live; a tombstone stays until the garbage collector takes it
         reason = task.end_reason if task else "orphaned"
         return Plan(revoke=tuple(Revoke(name, reason) for name in state.values), delete_secret=True)
 
@@ -166,7 +174,15 @@ def plan(
             problems.append(problem)
             continue
         assert record is not None and record.spec is not None
-        fresh = Issue(name, expires_at=now + record.spec.ttl_delta, task_started_at=now)
+        # maxLifetime counts from admission (sealed, so no one can reset it), not from the
+        # first value: a pod that lost its Secret and is healed gets no extra lifetime.
+        started = min(task.admitted_at or now, now)
+        lifetime_end = started + record.spec.max_lifetime_delta
+        if now >= lifetime_end:
+            problems.append(Problem(name, "MaxLifetimeReached",
+                                    f"the task reached maxLifetime {record.spec.max_lifetime} of {name}"))
+            continue
+        fresh = Issue(name, expires_at=min(now + record.spec.ttl_delta, lifetime_end), task_started_at=started)
         issues.append(fresh)
         dues.append(_due(fresh, record))
 

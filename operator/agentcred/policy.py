@@ -38,7 +38,17 @@ def _patterns(scope: Any, dimension: str) -> list[str]:
     return list(getattr(scope, f"{dimension}s", None) or [])
 
 
+GLOB_CHARACTERS = frozenset("*?[]")
+
+
 def evaluate(scope: Scope | None, intent: Intent) -> Decision:
+    for dimension in DIMENSIONS:
+        value = getattr(intent, dimension)
+        if GLOB_CHARACTERS & set(value):
+            # An intent is one thing: "repo:acme/*" as an intent would slip past a deny on
+            # "repo:acme/secrets-*" and then cover it.
+            return Decision(False, "invalid-intent", f"{dimension} {value!r} has a glob character (* ? [ ]): "
+                                                     "an intent names one thing, literally")
     if scope is None:
         return Decision(False, "no-scope", "the credential has no scope, so no intent can be allowed")
     for dimension in DIMENSIONS:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from . import labels
 
-EndReason = Literal["task-succeeded", "task-failed", "pod-deleted"]
+EndReason = Literal["task-succeeded", "task-failed", "pod-deleted", "opted-out"]
 
 
 def parse_time(text: str) -> dt.datetime:
@@ -62,12 +62,18 @@ class PodTask(_Bound):
     phase: str
     deleted: bool
     gated: bool
+    opted_out: bool = False  # still there, but no longer labelled for agentcred
     admitted_at: dt.datetime | None = None
+    admitted_text: str = ""  # the annotation as written (what the seal covers)
+    seal: str | None = None
+    created_at: dt.datetime | None = None
 
     @property
     def end_reason(self) -> EndReason | None:
         if self.deleted:
             return "pod-deleted"
+        if self.opted_out:
+            return "opted-out"
         if self.phase == "Succeeded":
             return "task-succeeded"
         if self.phase == "Failed":
@@ -97,9 +103,10 @@ def pod_task(pod: dict[str, Any], deleted: bool = False) -> PodTask | None:
             continue
         for source in (volume.get("projected") or {}).get("sources") or []:
             secret = source.get("secret") or {}
-            if not str(secret.get("name", "")).startswith(labels.SECRET_PREFIX):
-                continue
-            binding = secret["name"][len(labels.SECRET_PREFIX):]
+            found = labels.binding_of_secret_name(secret.get("name"))
+            if found is None or binding not in (None, found):
+                return None  # not a volume the webhook made: not ours to act on
+            binding = found
             for item in secret.get("items") or []:
                 key = str(item.get("key", ""))
                 suffix = f".{labels.VALUE_FILE}"
@@ -111,6 +118,7 @@ def pod_task(pod: dict[str, Any], deleted: bool = False) -> PodTask | None:
         (ref.get("name") for ref in meta.get("ownerReferences") or [] if ref.get("kind") == "Job"),
         None,
     )
+    annotations = meta.get("annotations") or {}
     return PodTask(
         namespace=meta.get("namespace", ""),
         name=meta.get("name", ""),
@@ -122,14 +130,17 @@ def pod_task(pod: dict[str, Any], deleted: bool = False) -> PodTask | None:
         phase=(pod.get("status") or {}).get("phase") or "Pending",
         deleted=deleted or bool(meta.get("deletionTimestamp")),
         gated=any(g.get("name") == labels.SCHEDULING_GATE for g in spec.get("schedulingGates") or []),
-        admitted_at=_admitted_at(meta),
+        admitted_at=_time(annotations.get(labels.ADMITTED_ANNOTATION)),
+        admitted_text=str(annotations.get(labels.ADMITTED_ANNOTATION) or ""),
+        seal=annotations.get(labels.SEAL_ANNOTATION),
+        created_at=_time(meta.get("creationTimestamp")),
     )
 
 
-def _admitted_at(meta: dict[str, Any]) -> dt.datetime | None:
+def _time(text: Any) -> dt.datetime | None:
     try:
-        return parse_time((meta.get("annotations") or {})[labels.ADMITTED_ANNOTATION])
-    except (KeyError, ValueError, TypeError):
+        return parse_time(text)
+    except (ValueError, TypeError, AttributeError):
         return None
 
 
@@ -191,7 +202,7 @@ class ProjectionState(_Bound):
 def parse_projection(secret: dict[str, Any]) -> ProjectionState | None:
     meta = secret.get("metadata") or {}
     tags = meta.get("labels") or {}
-    if tags.get(labels.MANAGED_LABEL) != "true" or not tags.get(labels.BINDING_LABEL):
+    if tags.get(labels.MANAGED_LABEL) != "true" or not labels.is_binding(tags.get(labels.BINDING_LABEL)):
         return None
     annotations = meta.get("annotations") or {}
     try:

@@ -35,6 +35,9 @@ class OperatorConfig:
     health_port: int = 8080  # /healthz, /readyz, /metrics
     exchange_rate: float = 5.0  # exchanges per second per pod, sustained
     exchange_burst: int = 20
+    source_rate: float = 10.0  # refused tokens per second per client address before it gets 429
+    source_burst: int = 40
+    revocation_shards: int = 8  # ConfigMaps holding the revocation list (~12,000 entries each)
     key_rotation_days: int = 30  # 0: rotate only on `agentcred rotate-key`
     audit_log: str = "-"
     leader_election: bool = True  # several replicas: one leader writes; off for a lone replica
@@ -63,6 +66,9 @@ class OperatorConfig:
             health_port=int(_env("HEALTH_PORT", str(cls.health_port))),
             exchange_rate=float(_env("EXCHANGE_RATE", str(cls.exchange_rate))),
             exchange_burst=int(_env("EXCHANGE_BURST", str(cls.exchange_burst))),
+            source_rate=float(_env("SOURCE_RATE", str(cls.source_rate))),
+            source_burst=int(_env("SOURCE_BURST", str(cls.source_burst))),
+            revocation_shards=int(_env("REVOCATION_SHARDS", str(cls.revocation_shards))),
             key_rotation_days=int(_env("KEY_ROTATION_DAYS", str(cls.key_rotation_days))),
             audit_log=_env("AUDIT_LOG", cls.audit_log),
             leader_election=_env("LEADER_ELECTION", "true").lower() == "true",

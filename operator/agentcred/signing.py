@@ -11,7 +11,9 @@ import dataclasses
 import datetime as dt
 import functools
 import hashlib
+import hmac
 import json
+import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,6 +26,7 @@ ALGORITHMS: tuple[Algorithm, ...] = ("EdDSA", "ES256")
 DEFAULT_ALGORITHM: Algorithm = "EdDSA"
 KEYRING_SECRET = "agentcred-signing-keys"
 KEYRING_KEY = "keys.json"
+MACS_KEY = "macs.json"
 
 SigningPrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 
@@ -110,13 +113,69 @@ def new_signing_key(alg: Algorithm, now: dt.datetime) -> SigningKey:
     return SigningKey(alg=alg, private_key=private_key, created_at=now)
 
 
+MacPurpose = Literal["admission", "fingerprint"]
+MAC_PURPOSES: tuple[MacPurpose, ...] = ("admission", "fingerprint")
+
+
+@dataclass(frozen=True)
+class MacKey:
+    """A shared secret for keyed MACs: the webhook's admission seal, value fingerprints."""
+
+    purpose: MacPurpose
+    secret: bytes
+    created_at: dt.datetime
+    retired_at: dt.datetime | None = None
+
+    @functools.cached_property
+    def id(self) -> str:
+        # Names the key in what it signed; a hash of a 256-bit secret reveals nothing of it.
+        return hashlib.sha256(b"agentcred-mac-id:" + self.secret).hexdigest()[:8]
+
+    def mac(self, message: bytes) -> bytes:
+        return hmac.new(self.secret, message, hashlib.sha256).digest()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"purpose": self.purpose, "secret": b64url(self.secret), "createdAt": self.created_at.isoformat(),
+                "retiredAt": self.retired_at.isoformat() if self.retired_at else None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "MacKey":
+        retired = data.get("retiredAt")
+        return cls(purpose=data["purpose"], secret=b64url_decode(data["secret"]),
+                   created_at=dt.datetime.fromisoformat(data["createdAt"]),
+                   retired_at=dt.datetime.fromisoformat(retired) if retired else None)
+
+
+def new_mac_key(purpose: MacPurpose, now: dt.datetime) -> MacKey:
+    return MacKey(purpose=purpose, secret=secrets.token_bytes(32), created_at=now)
+
+
 @dataclass(frozen=True)
 class KeyRing:
     keys: tuple[SigningKey, ...]
+    macs: tuple[MacKey, ...] = ()
 
     @classmethod
     def generate(cls, now: dt.datetime) -> "KeyRing":
-        return cls(tuple(new_signing_key(alg, now) for alg in ALGORITHMS))
+        return cls(tuple(new_signing_key(alg, now) for alg in ALGORITHMS),
+                   tuple(new_mac_key(purpose, now) for purpose in MAC_PURPOSES))
+
+    def with_missing_macs(self, now: dt.datetime) -> "KeyRing":
+        """The ring with a MAC key for every purpose (rings written by older versions lack them)."""
+        have = {key.purpose for key in self.macs if key.retired_at is None}
+        added = tuple(new_mac_key(purpose, now) for purpose in MAC_PURPOSES if purpose not in have)
+        return dataclasses.replace(self, macs=(*self.macs, *added)) if added else self
+
+    def mac_key(self, purpose: MacPurpose) -> MacKey:
+        """The current key for `purpose` (the newest one not retired)."""
+        active = [k for k in self.macs if k.purpose == purpose and k.retired_at is None]
+        if not active:
+            raise LookupError(f"no active {purpose} MAC key")
+        return max(active, key=lambda k: k.created_at)
+
+    def mac_keys(self, purpose: MacPurpose) -> dict[str, MacKey]:
+        """Every key for `purpose` still kept, current and retired, by id."""
+        return {k.id: k for k in self.macs if k.purpose == purpose}
 
     def current(self, alg: Algorithm) -> SigningKey:
         active = [k for k in self.keys if k.alg == alg and k.retired_at is None]
@@ -128,13 +187,18 @@ class KeyRing:
         return {"keys": [key.public_jwk for key in self.keys]}
 
     def to_secret_data(self) -> dict[str, str]:
-        payload = json.dumps([key.to_json() for key in self.keys]).encode()
-        return {KEYRING_KEY: base64.b64encode(payload).decode()}
+        def encoded(items: list[dict[str, Any]]) -> str:
+            return base64.b64encode(json.dumps(items).encode()).decode()
+
+        return {KEYRING_KEY: encoded([key.to_json() for key in self.keys]),
+                MACS_KEY: encoded([key.to_json() for key in self.macs])}
 
     @classmethod
     def from_secret_data(cls, data: dict[str, str]) -> "KeyRing":
         entries = json.loads(base64.b64decode(data[KEYRING_KEY]))
-        return cls(tuple(SigningKey.from_json(entry) for entry in entries))
+        macs = json.loads(base64.b64decode(data[MACS_KEY])) if data.get(MACS_KEY) else []
+        return cls(tuple(SigningKey.from_json(entry) for entry in entries),
+                   tuple(MacKey.from_json(entry) for entry in macs))
 
 
 # Retired keys stay published this long: longer than any token they signed can live
@@ -147,12 +211,15 @@ def rotate(ring: KeyRing, alg: Algorithm, now: dt.datetime) -> KeyRing:
     retired = tuple(
         dataclasses.replace(k, retired_at=now) if k.alg == alg and k.retired_at is None else k for k in ring.keys
     )
-    return KeyRing((*retired, new_signing_key(alg, now)))
+    return dataclasses.replace(ring, keys=(*retired, new_signing_key(alg, now)))
 
 
 def prune(ring: KeyRing, now: dt.datetime, retention: dt.timedelta = KEY_RETENTION) -> KeyRing:
     """Drop retired keys whose every token has expired."""
-    return KeyRing(tuple(k for k in ring.keys if k.retired_at is None or k.retired_at + retention > now))
+    def kept(key: SigningKey | MacKey) -> bool:
+        return key.retired_at is None or key.retired_at + retention > now
+
+    return KeyRing(tuple(k for k in ring.keys if kept(k)), tuple(k for k in ring.macs if kept(k)))
 
 
 def rotation_due(ring: KeyRing, alg: Algorithm, now: dt.datetime, interval: dt.timedelta | None) -> bool:

@@ -11,12 +11,13 @@ audience, time window, revocation, and -- if an intent is given -- scope.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import ssl
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from .policy import Intent, scope_covers
+from .revocations import RevocationList, parse_document
 from .signing import ALGORITHMS, b64url_decode
 
 CLOCK_SKEW = 30  # seconds of tolerance on exp/nbf/iat
@@ -65,7 +67,7 @@ def _decode_part(part: str, what: str) -> dict[str, Any]:
 class Verifier:
     jwks: dict[str, Any]
     issuer: str
-    revoked: set[str] = field(default_factory=set)
+    revoked: RevocationList = field(default_factory=RevocationList)
 
     def __post_init__(self) -> None:
         self._keys = {}
@@ -84,19 +86,24 @@ class Verifier:
             with urllib.request.urlopen(base + path, context=context, timeout=timeout) as response:
                 return json.loads(response.read())
 
-        return cls(jwks=fetch(JWKS_PATH), issuer=issuer or base, revoked=set(revoked_ids(fetch(REVOCATIONS_PATH))))
+        return cls(jwks=fetch(JWKS_PATH), issuer=issuer or base, revoked=revocation_list(fetch(REVOCATIONS_PATH)))
 
-    def verify(self, token: str, audience: str, intent: Intent | None = None,
-               now: float | None = None) -> dict[str, Any]:
+    def verify(self, token: str, audience: str, intent: Intent | None = None, *, namespace: str | None = None,
+               credential: str | None = None, now: float | None = None) -> dict[str, Any]:
+        """The token's claims if it is ours, for `audience`, live and not revoked -- and, when
+        given, issued in `namespace`, for `credential`, and covering `intent`."""
         parts = token.strip().split(".")
         if len(parts) != 3 or not all(parts[:2]):
             raise TokenRejected("malformed", "a token has three dot-separated parts")
         header = _decode_part(parts[0], "header")
         alg = header.get("alg")
-        if alg not in ALGORITHMS:
+        if not isinstance(alg, str) or alg not in ALGORITHMS:
             raise TokenRejected("unsupported-algorithm", f"algorithm {alg!r} is not accepted (only EdDSA and ES256)")
+        if "crit" in header:  # RFC 7515 4.1.11: refuse extensions we do not understand
+            raise TokenRejected("unsupported-critical-header", f"critical header parameters {header['crit']!r} "
+                                                               "are not understood")
         kid = header.get("kid")
-        if kid not in self._keys:
+        if not isinstance(kid, str) or kid not in self._keys:
             raise TokenRejected("unknown-kid", f"no published key has kid {kid!r}")
         key_alg, key = self._keys[kid]
         if key_alg != alg:
@@ -108,6 +115,11 @@ class Verifier:
         self._check_signature(key, f"{parts[0]}.{parts[1]}".encode(), signature)
         claims = _decode_part(parts[1], "payload")
         self._check_claims(claims, audience, time.time() if now is None else now)
+        issued = claims.get("agentcred") if isinstance(claims.get("agentcred"), dict) else {}
+        for expected, name in ((namespace, "namespace"), (credential, "credential")):
+            if expected is not None and issued.get(name) != expected:
+                raise TokenRejected(f"wrong-{name}", f"the token was issued for {name} {issued.get(name)!r}, "
+                                                     f"not {expected!r}")
         if intent is not None:
             decision = scope_covers((claims.get("agentcred") or {}).get("scope") or {}, intent)
             if not decision.allowed:
@@ -141,10 +153,19 @@ class Verifier:
             raise TokenRejected("expired", f"the token expired at {claims['exp']}")
         if not isinstance(claims["nbf"], (int, float)) or now + CLOCK_SKEW < claims["nbf"]:
             raise TokenRejected("not-yet-valid", f"the token is not valid before {claims['nbf']}")
-        if claims["jti"] in self.revoked:
-            raise TokenRejected("revoked", f"token {claims['jti']} was revoked")
+        if not isinstance(claims["iat"], (int, float)):
+            raise TokenRejected("malformed", "the iat claim is not a number")
+        issued = claims.get("agentcred") if isinstance(claims.get("agentcred"), dict) else {}
+        pod_uid, credential = issued.get("podUID"), issued.get("credential")
+        if not isinstance(pod_uid, str) or not isinstance(credential, str):
+            raise TokenRejected("malformed", "the token names no pod and credential (agentcred claim)")
+        if self.revoked.covers(pod_uid, credential, dt.datetime.fromtimestamp(claims["iat"], dt.timezone.utc)):
+            raise TokenRejected("revoked", f"token {claims['jti']} was revoked (credential {credential} of its pod)")
 
 
-def revoked_ids(document: dict[str, Any]) -> Iterable[str]:
-    """Token ids from the operator's revocation list document."""
-    return (str(entry["jti"]) for entry in document.get("revoked", []) if isinstance(entry, dict) and "jti" in entry)
+def revocation_list(document: dict[str, Any]) -> RevocationList:
+    """The operator's revocation list document, as a list to check tokens against."""
+    revoked = RevocationList()
+    for entry in parse_document(document):
+        revoked.add(entry)
+    return revoked

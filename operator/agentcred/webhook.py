@@ -203,3 +203,52 @@ def configuration(
             }
         ],
     }
+
+
+GUARDED_ANNOTATIONS = (labels.CREDENTIALS_ANNOTATION, labels.BINDING_ANNOTATION, labels.ADMITTED_ANNOTATION,
+                       labels.SEAL_ANNOTATION)
+
+
+def _cel_value(field: str, key: str, obj: str) -> str:
+    return f"(has({obj}.metadata.{field}) && {key} in {obj}.metadata.{field} ? {obj}.metadata.{field}[{key}] : '')"
+
+
+def pod_guard(name: str = DEFAULT_CONFIGURATION_NAME) -> list[tuple[str, dict[str, Any]]]:
+    """An in-tree ValidatingAdmissionPolicy (and its binding) that refuses, for any pod that
+    carries or would carry the opt-in label, adding, changing or removing the label or what
+    the webhook sealed. It needs no webhook, so it holds even while the operator is down."""
+    label = f"'{labels.INJECT_LABEL}'"
+    annotations = ", ".join(f"'{a}'" for a in GUARDED_ANNOTATIONS)
+    policy_name = f"{name}-pod-guard"
+    meta = {"labels": {"app.kubernetes.io/name": "agentcred"}}
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": policy_name, **meta},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"],
+                                   "operations": ["UPDATE"]}],
+                "objectSelector": {"matchExpressions": [{"key": labels.INJECT_LABEL, "operator": "Exists"}]},
+            },
+            "validations": [
+                {"expression": f"{_cel_value('labels', label, 'object')} == {_cel_value('labels', label, 'oldObject')}",
+                 "message": f"the {labels.INJECT_LABEL} label cannot be added, changed or removed on an existing pod: "
+                            "delete the pod and create it again",
+                 "reason": "Forbidden"},
+                {"expression": f"[{annotations}].all(k, {_cel_value('annotations', 'k', 'object')} == "
+                               f"{_cel_value('annotations', 'k', 'oldObject')})",
+                 "message": f"the annotations {', '.join(GUARDED_ANNOTATIONS)} cannot change after admission: "
+                            "delete the pod and create it again",
+                 "reason": "Forbidden"},
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": policy_name, **meta},
+        "spec": {"policyName": policy_name, "validationActions": ["Deny"]},
+    }
+    return [("validatingadmissionpolicies", policy), ("validatingadmissionpolicybindings", binding)]

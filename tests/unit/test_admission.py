@@ -1,15 +1,20 @@
 import copy
+import datetime as dt
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentcred import labels
+from agentcred import labels, seal
 from agentcred.admission import Refusal, inject, parse_credentials_annotation
 from agentcred.credentials import credential_record
+from agentcred.projection import pod_task
+from agentcred.signing import KeyRing
 from samples import EXCEPTION, credential
 
 NS = "agents"
+NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
+KEYS = KeyRing.generate(NOW)
 
 
 def record(name: str = "research-llm", **overrides):
@@ -36,11 +41,12 @@ def pod(credentials: str = "research-llm", sa: str = "research-agent", **spec_ex
 
 def test_admitted_pod_gets_volume_mounts_gate_and_binding() -> None:
     admitted = inject(pod(initContainers=[{"name": "init", "image": "i"}]), NS,
-                      lookup_of(record(projection={"mountPath": "/creds", "envVar": "TOKEN_FILE"})), binding="b1")
-    assert admitted["metadata"]["annotations"][labels.BINDING_ANNOTATION] == "b1"
+                      lookup_of(record(projection={"mountPath": "/creds", "envVar": "TOKEN_FILE"})), KEYS, NOW)
+    binding = admitted["metadata"]["annotations"][labels.BINDING_ANNOTATION]
+    assert labels.is_binding(binding)
     (volume,) = admitted["spec"]["volumes"]
     secret = volume["projected"]["sources"][0]["secret"]
-    assert secret["name"] == "agentcred-b1" and secret["optional"] is True
+    assert secret["name"] == f"agentcred-{binding}" and secret["optional"] is True
     assert [i["path"] for i in secret["items"]] == ["token", "expires-at"]
     assert volume["projected"]["defaultMode"] == 0o444
     for container in admitted["spec"]["containers"] + admitted["spec"]["initContainers"]:
@@ -49,23 +55,60 @@ def test_admitted_pod_gets_volume_mounts_gate_and_binding() -> None:
     assert admitted["spec"]["schedulingGates"] == [{"name": labels.SCHEDULING_GATE}]
 
 
+def test_the_admitted_pod_carries_a_seal_over_what_it_was_admitted_for() -> None:
+    admitted = inject(pod("research-llm,search"), NS, lookup_of(record(), record("search", category="tool")), KEYS, NOW)
+    admitted["metadata"]["creationTimestamp"] = "2026-11-28T12:00:00Z"
+    task = pod_task(admitted)
+    assert task is not None and seal.admitted(task, KEYS.mac_keys("admission"))
+    # Another ring (another cluster's operator), or any change to what was sealed, breaks it.
+    assert not seal.admitted(task, KeyRing.generate(NOW).mac_keys("admission"))
+    other_sa = copy.deepcopy(admitted)
+    other_sa["spec"]["serviceAccountName"] = "someone-else"
+    assert not seal.admitted(pod_task(other_sa), KEYS.mac_keys("admission"))
+    elsewhere = copy.deepcopy(admitted)
+    elsewhere["metadata"]["namespace"] = "other-team"
+    assert not seal.admitted(pod_task(elsewhere), KEYS.mac_keys("admission"))
+    # A copy of the seal on a pod created later is not the pod that was admitted.
+    later = copy.deepcopy(admitted)
+    later["metadata"]["creationTimestamp"] = "2026-11-28T12:05:00Z"
+    assert not seal.admitted(pod_task(later), KEYS.mac_keys("admission"))
+
+
 def test_reinvocation_changes_nothing_more() -> None:
     lookup = lookup_of(record(), record("search", category="tool"))
-    once = inject(pod("research-llm,search"), NS, lookup)
-    twice = inject(once, NS, lookup)
+    once = inject(pod("research-llm,search"), NS, lookup, KEYS, NOW)
+    twice = inject(once, NS, lookup, KEYS, NOW + dt.timedelta(seconds=1))
     assert twice == once
+
+
+@pytest.mark.parametrize("brought", ["binding", "volume", "gate", "stale copy"])
+def test_a_pod_cannot_bring_its_own_binding_volume_or_gate(brought: str) -> None:
+    lookup = lookup_of(record())
+    victim = inject(pod(), NS, lookup, KEYS, NOW)
+    body = pod()
+    if brought == "binding":
+        body["metadata"]["annotations"][labels.BINDING_ANNOTATION] = victim["metadata"]["annotations"][
+            labels.BINDING_ANNOTATION]
+    elif brought == "volume":
+        body["spec"]["volumes"] = victim["spec"]["volumes"]
+    elif brought == "gate":
+        body["spec"]["schedulingGates"] = [{"name": labels.SCHEDULING_GATE}]
+    else:  # the victim's whole admitted pod, sent again a minute later
+        body = victim
+    with pytest.raises(Refusal, match="only the agentcred admission webhook sets these"):
+        inject(body, NS, lookup, KEYS, NOW + dt.timedelta(minutes=1))
 
 
 def test_input_pod_is_not_mutated() -> None:
     original = pod()
     snapshot = copy.deepcopy(original)
-    inject(original, NS, lookup_of(record()))
+    inject(original, NS, lookup_of(record()), KEYS)
     assert original == snapshot
 
 
 def test_default_service_account_is_checked() -> None:
     with pytest.raises(Refusal, match="ServiceAccount default in namespace agents is not a subject"):
-        inject(pod(sa=""), NS, lookup_of(record()))
+        inject(pod(sa=""), NS, lookup_of(record()), KEYS)
 
 
 @pytest.mark.parametrize(
@@ -86,12 +129,12 @@ def test_refusals_say_why(annotation, lookup, message) -> None:
     else:
         body["metadata"]["annotations"][labels.CREDENTIALS_ANNOTATION] = annotation
     with pytest.raises(Refusal, match=message):
-        inject(body, NS, lookup)
+        inject(body, NS, lookup, KEYS)
 
 
 def test_not_a_subject_names_credential_account_namespace_and_subjects() -> None:
     with pytest.raises(Refusal) as refused:
-        inject(pod(sa="intruder"), NS, lookup_of(record()))
+        inject(pod(sa="intruder"), NS, lookup_of(record()), KEYS)
     assert str(refused.value) == (
         "ServiceAccount intruder in namespace agents is not a subject of AgentCredential research-llm "
         "(its subjects: research-agent)"
@@ -102,23 +145,23 @@ def test_not_ready_credential_is_refused() -> None:
     expired = record("legacy", source={"secretRef": {"name": "k", "key": "v"}},
                      exception={**EXCEPTION, "expires": "2020-01-01"})
     with pytest.raises(Refusal, match=r"legacy in namespace agents is not Ready \(ExceptionExpired\)"):
-        inject(pod("legacy"), NS, lookup_of(expired))
+        inject(pod("legacy"), NS, lookup_of(expired), KEYS)
 
 
 def test_all_problems_are_reported_at_once() -> None:
     with pytest.raises(Refusal) as refused:
-        inject(pod("missing,research-llm", sa="intruder"), NS, lookup_of(record()))
+        inject(pod("missing,research-llm", sa="intruder"), NS, lookup_of(record()), KEYS)
     assert "missing does not exist" in str(refused.value) and "intruder" in str(refused.value)
 
 
 def test_mount_path_clashes_are_refused() -> None:
     same = record("other", projection={"mountPath": "/var/run/agentcred/research-llm"})
     with pytest.raises(Refusal, match="both mount at /var/run/agentcred/research-llm"):
-        inject(pod("research-llm,other"), NS, lookup_of(record(), same))
+        inject(pod("research-llm,other"), NS, lookup_of(record(), same), KEYS)
     body = pod()
     body["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/var/run/agentcred/research-llm"}]
     with pytest.raises(Refusal, match="container agent already mounts volume data"):
-        inject(body, NS, lookup_of(record()))
+        inject(body, NS, lookup_of(record()), KEYS)
 
 
 @given(st.text(max_size=300))

@@ -3,6 +3,7 @@
 import datetime as dt
 import json
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -89,12 +90,30 @@ def test_verifier_refuses_forged_headers_and_payloads(header, payload) -> None:
         VERIFIER.verify(forged, audience="a")
     except TokenRejected as rejected:
         assert rejected.reason in ("malformed", "unsupported-algorithm", "unknown-kid", "algorithm-mismatch",
-                                   "bad-signature")
+                                   "bad-signature", "unsupported-critical-header")
+
+
+GOOD_CLAIMS = {"iss": "https://issuer", "aud": "a", "exp": 2**40, "nbf": 0, "iat": 0, "jti": "j",
+               "agentcred": {"podUID": "p", "credential": "c", "namespace": "ns"}}
+
+
+@pytest.mark.parametrize("extra, reason", [
+    ({"kid": ["a", "b"]}, "unknown-kid"),
+    ({"kid": {"k": 1}}, "unknown-kid"),
+    ({"alg": ["EdDSA"]}, "unsupported-algorithm"),
+    ({"crit": ["exp"], "exp": 1}, "unsupported-critical-header"),
+])
+def test_odd_headers_are_refused_with_a_reason(extra: dict, reason: str) -> None:
+    good = encode_jwt(GOOD_CLAIMS, RING.current("EdDSA"))
+    header, payload, signature = good.split(".")
+    fields = {**json.loads(__import__("base64").urlsafe_b64decode(header + "==")), **extra}
+    with pytest.raises(TokenRejected) as rejected:
+        VERIFIER.verify(f"{b64url(json.dumps(fields).encode())}.{payload}.{signature}", audience="a")
+    assert rejected.value.reason == reason
 
 
 def test_algorithm_confusion_is_refused_before_any_key_is_used() -> None:
-    good = encode_jwt({"iss": "https://issuer", "aud": "a", "exp": 2**40, "nbf": 0, "iat": 0, "jti": "j"},
-                      RING.current("EdDSA"))
+    good = encode_jwt(GOOD_CLAIMS, RING.current("EdDSA"))
     header, payload, signature = good.split(".")
     kid = json.loads(__import__("base64").urlsafe_b64decode(header + "=="))["kid"]
     for alg in ("none", "HS256", "RS256", "ES512", None):
@@ -118,7 +137,7 @@ def test_admission_of_malformed_pods(pod: dict, annotation) -> None:
     if annotation is not None:
         pod = {**pod, "metadata": {"annotations": {labels.CREDENTIALS_ANNOTATION: annotation}}}
     try:
-        admit(pod, "ns", {"research-llm": record}.get)
+        admit(pod, "ns", {"research-llm": record}.get, RING)
     except Refusal as refusal:
         assert str(refusal)
     except (AttributeError, TypeError) as error:

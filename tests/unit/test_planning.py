@@ -16,11 +16,11 @@ def record(name="research-llm", **overrides):
 
 
 def task(phase="Pending", gated=True, deleted=False, credentials=("research-llm",), sa="research-agent") -> PodTask:
-    return PodTask("agents", "pod-1", "uid-1", sa, "b1", tuple(credentials), "job-1", phase, deleted, gated)
+    return PodTask("agents", "pod-1", "uid-1", sa, "0123456789abcdef", tuple(credentials), "job-1", phase, deleted, gated)
 
 
 def state(**values: IssuedValue) -> ProjectionState:
-    return ProjectionState("agents", "b1", "pod-1", "uid-1", "job-1", values=dict(values))
+    return ProjectionState("agents", "0123456789abcdef", "pod-1", "uid-1", "job-1", values=dict(values))
 
 
 def value(issued_ago: dt.timedelta, ttl=15 * MIN, started_ago: dt.timedelta | None = None, name="research-llm"):
@@ -104,7 +104,7 @@ def test_problems_keep_the_pod_gated() -> None:
 
 
 def test_revoked_values_are_never_issued_again_in_the_same_task() -> None:
-    tombstone = ProjectionState("agents", "b1", "pod-1", "uid-1", "job-1", revoked={"research-llm": "emergency"})
+    tombstone = ProjectionState("agents", "0123456789abcdef", "pod-1", "uid-1", "job-1", revoked={"research-llm": "emergency"})
     assert plan(task(gated=False), tombstone, {"research-llm": record()}, NOW).idle
     gated = plan(task(gated=True), tombstone, {"research-llm": record()}, NOW)
     assert not gated.ungate and gated.problems[0].reason == "Revoked"

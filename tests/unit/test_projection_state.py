@@ -21,7 +21,7 @@ def admitted_pod(**meta_extra) -> dict:
             "volumes": [
                 {"name": "data", "emptyDir": {}},
                 {"name": labels.volume_name("a"), "projected": {"sources": [{"secret": {
-                    "name": "agentcred-b1", "items": [{"key": "a.token", "path": "token"},
+                    "name": "agentcred-0123456789abcdef", "items": [{"key": "a.token", "path": "token"},
                                                       {"key": "a.expires-at", "path": "expires-at"}]}}]}},
             ],
         },
@@ -32,7 +32,7 @@ def admitted_pod(**meta_extra) -> dict:
 def test_task_comes_from_the_immutable_volumes_not_the_annotations() -> None:
     task = pod_task(admitted_pod())
     assert task is not None
-    assert (task.binding, task.credentials, task.job, task.service_account) == ("b1", ("a",), "task", "agent")
+    assert (task.binding, task.credentials, task.job, task.service_account) == ("0123456789abcdef", ("a",), "task", "agent")
     assert task.gated and task.end_reason is None
 
 
@@ -80,7 +80,7 @@ def test_patch_removes_revoked_keys_and_labels_and_guards_the_version() -> None:
 
 
 def test_damaged_bookkeeping_is_treated_as_revoked() -> None:
-    body = {"metadata": {"labels": {labels.MANAGED_LABEL: "true", labels.BINDING_LABEL: "b1"},
+    body = {"metadata": {"labels": {labels.MANAGED_LABEL: "true", labels.BINDING_LABEL: "0123456789abcdef"},
                          "annotations": {labels.STATE_ANNOTATION: "{not json"}}}
     assert parse_projection(body).revoked == {"*": "unreadable-state"}
     assert parse_projection({"metadata": {"labels": {}}}) is None

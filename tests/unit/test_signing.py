@@ -7,7 +7,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from agentcred.revocations import RevocationList
+from agentcred.revocations import ALL_CREDENTIALS, RevocationList
 from agentcred.signing import KeyRing, b64url_decode, encode_jwt, thumbprint
 
 NOW = dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc)
@@ -45,12 +45,30 @@ def test_key_ring_survives_its_secret_and_publishes_public_keys_only() -> None:
     assert all(set(jwk) <= {"kty", "crv", "x", "y", "kid", "alg", "use"} for jwk in ring.jwks()["keys"])
 
 
-def test_revocation_list_prunes_and_round_trips() -> None:
-    revocations = RevocationList()
-    revocations.add("old", NOW)
-    revocations.add("new", NOW + dt.timedelta(minutes=5))
+def test_revocation_list_is_by_pod_prunes_and_round_trips_through_its_shards() -> None:
+    revocations = RevocationList(shards=4)
+    revocations.revoke("pod-old", "llm", until=NOW)
+    revocations.revoke("pod-a", "llm", until=NOW + dt.timedelta(minutes=5))
+    revocations.revoke("pod-b", ALL_CREDENTIALS, until=NOW + dt.timedelta(minutes=5))
+    revocations.revoke("pod-c", "llm", until=NOW + dt.timedelta(hours=1), before=NOW)  # a leaked value replaced
     revocations.prune(NOW)
-    assert "old" not in revocations and "new" in revocations
-    again = RevocationList()
-    again.load_configmap_data(revocations.to_configmap_data())
-    assert "new" in again and len(again) == 1
+    assert len(revocations) == 3
+    assert revocations.covers("pod-a", "llm", NOW + dt.timedelta(minutes=1))  # every token of it, even later ones
+    assert not revocations.covers("pod-a", "search", NOW)
+    assert revocations.covers("pod-b", "anything", NOW)
+    assert revocations.covers("pod-c", "llm", NOW - dt.timedelta(seconds=1))
+    assert not revocations.covers("pod-c", "llm", NOW)  # the fresh value after the leak stands
+    again = RevocationList(shards=4)
+    for shard in range(4):
+        again.merge_shard_data(revocations.shard_data(shard))
+    assert again.document() == revocations.document()
+
+
+def test_revocation_lists_merge_as_a_union() -> None:
+    ours, theirs = RevocationList(shards=1), RevocationList(shards=1)
+    ours.revoke("pod-a", "llm", until=NOW + dt.timedelta(minutes=5), before=NOW)
+    theirs.revoke("pod-a", "llm", until=NOW + dt.timedelta(minutes=1))  # an emergency revoke: all tokens
+    theirs.revoke("pod-b", "llm", until=NOW + dt.timedelta(minutes=1))
+    ours.merge_shard_data(theirs.shard_data(0))
+    assert ours.covers("pod-a", "llm", NOW + dt.timedelta(minutes=2)) and ours.covers("pod-b", "llm", NOW)
+    assert [e.until for e in ours if e.pod_uid == "pod-a"] == [NOW + dt.timedelta(minutes=5)]

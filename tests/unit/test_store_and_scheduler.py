@@ -12,12 +12,12 @@ def test_store_indexes_projections_by_credential() -> None:
     now = dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc)
     value = IssuedValue("llm", "model", now, now, now, "f")
     store = ProjectionStore()
-    store.put(ProjectionState("ns", "b1", "pod", "uid", None, values={"llm": value}))
-    store.put(ProjectionState("ns", "b2", "pod2", "uid2", None, values={"llm": value}))
-    assert store.keys_with("ns", "llm") == {"ns/b1", "ns/b2"} and store.count_by_category() == {"model": 2}
-    store.put(ProjectionState("ns", "b1", "pod", "uid", None))  # its value revoked
-    assert store.keys_with("ns", "llm") == {"ns/b2"}
-    store.forget("ns/b2")
+    store.put(ProjectionState("ns", "0123456789abcdef", "pod", "uid", None, values={"llm": value}))
+    store.put(ProjectionState("ns", "1111111111111111", "pod2", "uid2", None, values={"llm": value}))
+    assert store.keys_with("ns", "llm") == {"ns/0123456789abcdef", "ns/1111111111111111"} and store.count_by_category() == {"model": 2}
+    store.put(ProjectionState("ns", "0123456789abcdef", "pod", "uid", None))  # its value revoked
+    assert store.keys_with("ns", "llm") == {"ns/1111111111111111"}
+    store.forget("ns/1111111111111111")
     assert store.keys_with("ns", "llm") == set() and len(store) == 1
 
 
