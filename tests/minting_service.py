@@ -41,12 +41,15 @@ class MintingService:
     def stop(self) -> None:
         if not self._loop.is_running():
             return
+        self._loop.call_soon_threadsafe(self._released.set)
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
 
     async def _serve(self) -> None:
         import ssl
+
+        self._released = asyncio.Event()
 
         app = web.Application()
         app.router.add_post("/mint", self._mint)
@@ -61,6 +64,8 @@ class MintingService:
         payload = await request.json()
         if self.mode == "slow":
             await asyncio.sleep(3)
+        if self.mode == "hang":
+            await self._released.wait()  # until the service stops
         if self.mode == "error":
             return web.json_response({"error": "database down"}, status=500)
         if self.mode == "malformed":

@@ -64,6 +64,8 @@ INVALID = [
      "spec.exception.expires", "Required value"),
     ("plain-http webhook", {"source": {"webhook": {"url": "http://minter.internal"}}},
      "spec.source.webhook.url", "should match"),
+    ("minting timeout over 30s", {"source": {"webhook": {"url": "https://minter.internal", "timeout": "1h"}}},
+     "spec.source.webhook.timeout", "at most 30s"),
     ("jwt without audiences", {"source": {"jwt": {"audiences": []}}}, "spec.source.jwt.audiences", "at least 1"),
     ("unknown jwt algorithm", {"source": {"jwt": {"audiences": ["a"], "algorithm": "HS256"}}},
      "spec.source.jwt.algorithm", "Unsupported value"),

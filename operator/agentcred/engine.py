@@ -99,7 +99,7 @@ class Engine:
         self._background: set[asyncio.Task[None]] = set()
         self.store = ProjectionStore()
         self.book = StatusBook()
-        self.scheduler = Scheduler(self._scheduled)
+        self.scheduler = Scheduler(self._scheduled, partition=_namespace_of)
         self._locks: dict[str, asyncio.Lock] = {}
         self._attempts: dict[str, int] = {}
         self._reported: dict[str, tuple[Problem, ...]] = {}
@@ -672,3 +672,9 @@ class Engine:
     def _next_midnight() -> dt.datetime:
         tomorrow = utcnow().date() + dt.timedelta(days=1)
         return dt.datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=dt.timezone.utc)
+
+
+def _namespace_of(key: Hashable) -> str:
+    """The tenant a scheduled key belongs to: ("binding", "ns/binding") or ("credential", ns, name)."""
+    assert isinstance(key, tuple)
+    return split_key(key[1])[0] if key[0] == "binding" else str(key[1])

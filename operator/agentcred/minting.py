@@ -47,9 +47,14 @@ def _short(text: str, limit: int = 200) -> str:
 
 
 class MintingClient:
-    def __init__(self) -> None:
+    """Calls minting services, at most `per_namespace` at a time for each tenant, so a service
+    that hangs ties up its own tenant's calls and no one else's."""
+
+    def __init__(self, per_namespace: int = 8) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._contexts: dict[str, ssl.SSLContext] = {}
+        self._per_namespace = per_namespace
+        self._slots: dict[str, asyncio.Semaphore] = {}
 
     async def close(self) -> None:
         if self._session is not None:
@@ -73,7 +78,8 @@ class MintingClient:
             if attempt:
                 await asyncio.sleep(BACKOFF[attempt - 1])
             try:
-                return await self._attempt(url, payload, timeout, self._ssl(source.ca_bundle))
+                async with self._slots.setdefault(record.namespace, asyncio.Semaphore(self._per_namespace)):
+                    return await self._attempt(url, payload, timeout, self._ssl(source.ca_bundle))
             except _Retriable as retriable:
                 last = retriable
         assert last is not None

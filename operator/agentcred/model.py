@@ -88,12 +88,35 @@ class SecretRefSource(Model):
     key: Annotated[str, StringConstraints(pattern=SECRET_KEY, max_length=253)]
 
 
+MAX_MINTING_TIMEOUT = "30s"
+
+
 class WebhookSource(Model):
     """An external minting service called over HTTPS."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    f"!has(self.timeout) || duration(self.timeout) <= duration('{MAX_MINTING_TIMEOUT}')",
+                    f"timeout must be at most {MAX_MINTING_TIMEOUT}: a slow minting service must not hold "
+                    "the operator's renewals",
+                    ".timeout",
+                )
+            ]
+        }
+    )
+
     url: Annotated[str, StringConstraints(pattern=HTTPS_URL, max_length=2048)]
     ca_bundle: str | None = Field(default=None, description="PEM CA bundle for the service.")
-    timeout: TaskDuration | None = Field(default=None, description="Per-call timeout.")
+    timeout: TaskDuration | None = Field(default=None, description=f"Per-call timeout (default 5s, at most "
+                                                                    f"{MAX_MINTING_TIMEOUT}).")
+
+    @model_validator(mode="after")
+    def _short_timeout(self) -> "WebhookSource":
+        if self.timeout is not None and parse_duration(self.timeout) > parse_duration(MAX_MINTING_TIMEOUT):
+            raise ValueError(f"timeout must be at most {MAX_MINTING_TIMEOUT}")
+        return self
 
 
 class Source(Model):

@@ -24,13 +24,20 @@ def utcnow() -> dt.datetime:
 
 
 class Scheduler:
-    def __init__(self, callback: Callback, concurrency: int = 64) -> None:
+    """Due work runs with bounded concurrency per partition (a namespace): a tenant whose
+    work hangs (a minting service that never answers) fills its own slots, never another's."""
+
+    def __init__(self, callback: Callback, concurrency: int = 16,
+                 partition: Callable[[Hashable], str] = lambda key: "") -> None:
         self._callback = callback
+        self._partition = partition
         self._heap: list[tuple[dt.datetime, int, Hashable]] = []
         self._due: dict[Hashable, dt.datetime] = {}
         self._counter = itertools.count()
         self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._users: dict[str, int] = {}  # tasks holding or waiting for each partition's slots
         self._running: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
@@ -54,7 +61,6 @@ class Scheduler:
                 if self._due.get(key) != when:
                     continue  # rescheduled or cancelled since
                 del self._due[key]
-                await self._slots.acquire()
                 task = asyncio.create_task(self._fire(key))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
@@ -65,9 +71,15 @@ class Scheduler:
                 pass
 
     async def _fire(self, key: Hashable) -> None:
+        partition = self._partition(key)
+        slots = self._slots.setdefault(partition, asyncio.Semaphore(self._concurrency))
+        self._users[partition] = self._users.get(partition, 0) + 1
         try:
-            await self._callback(key)
+            async with slots:
+                await self._callback(key)
         except Exception:
             log.exception("scheduled work for %s failed", key)
         finally:
-            self._slots.release()
+            self._users[partition] -= 1
+            if not self._users[partition]:  # idle: forget it, namespaces come and go
+                del self._users[partition], self._slots[partition]

@@ -28,6 +28,7 @@ from agents import (
     start_agent, state_of, value_gone, value_of,
 )
 from clusterkit import OPERATOR_NAMESPACE, Cluster, OperatorProcess, token_kubeconfig, wait_for
+from minting_service import MintingService
 
 pytestmark = pytest.mark.cluster
 
@@ -332,3 +333,34 @@ def test_exchanges_do_not_grow_the_revocation_list(
         with pytest.raises(TokenRejected) as rejected:
             verifier.verify(exchanged, audience="https://llm-gateway.internal")
         assert rejected.value.reason == "revoked"
+
+
+def test_a_tenants_hanging_minting_service_does_not_delay_anothers_renewals(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    hanging, working = MintingService(), MintingService()
+    hanging.mode = "hang"
+    hanging.start()
+    working.start()
+    other = cluster.create_namespace("tenant")
+    try:
+        service_account(cluster, other)
+        create_credential(cluster, other, name="stuck", category="tool",
+                          source={"webhook": {"url": hanging.url, "caBundle": hanging.ca_pem, "timeout": "5s"}})
+        with ThreadPoolExecutor(8) as pool:  # more hung calls than the operator has connections or slots
+            list(pool.map(lambda i: create_pod(cluster, other, f"stuck-{i}", "stuck"), range(120)))
+        service_account(cluster, namespace)
+        create_credential(cluster, namespace, name="minted", category="tool", ttl="20s", renewBefore="15s",
+                          source={"webhook": {"url": working.url, "caBundle": working.ca_pem, "timeout": "5s"}})
+        start_agent(cluster, namespace, credentials="minted")
+        # The stuck tenant's retries come round every few seconds and hang again; meanwhile
+        # this tenant's value is renewed every ~5 s.
+        time.sleep(20)
+        before = len(working.minted)
+        time.sleep(30)
+        renewals = len(working.minted) - before
+        assert renewals >= 3, f"only {renewals} renewals in 30 s while another tenant's service hung"
+    finally:
+        cluster.delete_namespace(other)
+        hanging.stop()
+        working.stop()

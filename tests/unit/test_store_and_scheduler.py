@@ -43,3 +43,25 @@ def test_scheduler_fires_in_order_and_honours_replacement_and_cancel() -> None:
 
     asyncio.run(main())
     assert fired == ["early", "moved", "late"]
+
+
+def test_one_partition_hanging_does_not_hold_another_back() -> None:
+    fired: list[str] = []
+
+    async def main() -> None:
+        async def callback(key):
+            if key.startswith("hung/"):
+                await asyncio.sleep(3600)  # a minting service that never answers
+            fired.append(key)
+
+        scheduler = Scheduler(callback, concurrency=4, partition=lambda key: key.split("/")[0])
+        runner = asyncio.create_task(scheduler.run())
+        now = utcnow()
+        for i in range(50):
+            scheduler.schedule(f"hung/{i}", now)
+        scheduler.schedule("fine/renewal", now + dt.timedelta(milliseconds=50))
+        await asyncio.sleep(0.3)
+        runner.cancel()
+
+    asyncio.run(main())
+    assert fired == ["fine/renewal"]
