@@ -29,8 +29,10 @@ unit: $(BIN)/agentcred
 
 # Regenerate the CRD from the models (a test fails when they differ).
 crd: $(BIN)/agentcred
-	$(BIN)/agentcred crd > crds/agentcredentials.agentcred.dev.yaml
-	cp crds/agentcredentials.agentcred.dev.yaml charts/agentcred/files/
+	for resource in agentcredentials agentcredentialpolicies; do \
+		$(BIN)/agentcred crd $$resource > crds/$$resource.agentcred.dev.yaml && \
+		cp crds/$$resource.agentcred.dev.yaml charts/agentcred/files/ || exit 1; \
+	done
 
 # The benchmark's own packages (matplotlib for the plots, py-spy for --profile).
 $(VENV)/.bench-deps: $(BIN)/agentcred pyproject.toml

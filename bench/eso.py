@@ -7,9 +7,15 @@ it, and only when asked (the full run, or --eso build); never `make test` or ben
 Its CRDs come from the module source in the Go module cache and are applied at bench time.
 
 ESO runs out of cluster (kubeconfig, no leader election, only the core controller command:
-no webhook, no cert controller). Each ExternalSecret reads one key from a `Fake` SecretStore
-and one freshly generated value from a `Password` generator (dataFrom/generatorRef), the
-closest thing ESO has to minting a per-workload value; its target Secret is owned by it.
+no webhook, no cert controller). Each ExternalSecret gets a freshly generated value from a
+`Password` generator (dataFrom/generatorRef, 680 characters, about the size of agentcred's
+JWT), the closest thing ESO has to minting a per-workload value; its target Secret is owned by
+it. A `Fake` SecretStore is created in each namespace and must be Ready first (the sign ESO's
+controllers run); with `source="store+generator"` each ExternalSecret also reads one key from
+it. That is not the default because ESO v0.16.2's Fake provider is not safe with more than one
+worker: its NewClient writes a map shared by all reconciles, and with --concurrent 16 ESO dies
+with "fatal error: concurrent map read and map write" (pkg/provider/fake/fake.go). Real
+providers do not share that map, so the generator alone is the fair common ground.
 """
 
 from __future__ import annotations
@@ -110,8 +116,9 @@ def crd_files() -> list[Path]:
 class Eso:
     """The ESO controller as a child process, and its measurements."""
 
-    def __init__(self, lean: Lean, binary: Path, kubeconfig: Path, workdir: Path) -> None:
+    def __init__(self, lean: Lean, binary: Path, kubeconfig: Path, workdir: Path, source: str = "generator") -> None:
         self.lean = lean
+        self.source = source
         self.binary = binary
         self.kubeconfig = kubeconfig
         self.workdir = workdir
@@ -180,6 +187,24 @@ class Eso:
         except OSError:
             return False
 
+    def reconcile_stats(self) -> dict[str, float]:
+        """From ESO's /metrics: ExternalSecret reconciles, errors, total seconds spent in them."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return {}
+        stats = {"reconciles": 0.0, "reconcile_errors": 0.0, "reconcile_seconds": 0.0}
+        names = {"controller_runtime_reconcile_total": "reconciles",
+                 "controller_runtime_reconcile_errors_total": "reconcile_errors",
+                 "controller_runtime_reconcile_time_seconds_sum": "reconcile_seconds"}
+        for line in text.splitlines():
+            metric, _, value = line.rpartition(" ")
+            name = metric.split("{", 1)[0]
+            if name in names and 'controller="externalsecret"' in metric:
+                stats[names[name]] += float(value)
+        return stats
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
@@ -192,6 +217,9 @@ class Eso:
 
     def usage(self) -> dict[str, float]:
         assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"ESO exited with {self.process.returncode}:\n"
+                               f"{log_tail(self.workdir / f'eso-{self.variant}.log')}")
         return usage(self.process.pid)
 
     # -- objects ----------------------------------------------------------------------
@@ -214,19 +242,36 @@ class Eso:
         wait_count(ready, 1, f"{namespace}: SecretStore fake Ready", stall=90)
         return time.monotonic() - started
 
-    @staticmethod
-    def external_secret(name: str, refresh: str) -> dict[str, Any]:
-        return {
-            "apiVersion": f"{ES_GROUP}/{ES_VERSION}", "kind": "ExternalSecret", "metadata": {"name": name},
-            "spec": {
-                "refreshInterval": refresh,
-                "secretStoreRef": {"name": "fake", "kind": "SecretStore"},
-                "target": {"name": name},
-                "data": [{"secretKey": "static", "remoteRef": {"key": "bench-static"}}],
-                "dataFrom": [{"sourceRef": {"generatorRef": {
-                    "apiVersion": f"{GEN_GROUP}/{GEN_VERSION}", "kind": "Password", "name": "token"}}}],
-            },
+    def external_secret(self, name: str, refresh: str) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "refreshInterval": refresh,
+            "target": {"name": name},
+            "dataFrom": [{"sourceRef": {"generatorRef": {
+                "apiVersion": f"{GEN_GROUP}/{GEN_VERSION}", "kind": "Password", "name": "token"}}}],
         }
+        if self.source == "store+generator":
+            spec["secretStoreRef"] = {"name": "fake", "kind": "SecretStore"}
+            spec["data"] = [{"secretKey": "static", "remoteRef": {"key": "bench-static"}}]
+        return {"apiVersion": f"{ES_GROUP}/{ES_VERSION}", "kind": "ExternalSecret", "metadata": {"name": name},
+                "spec": spec}
+
+    def wait_for_garbage_collector(self, namespace: str) -> float:
+        """Seconds until the cluster's garbage collector follows ExternalSecrets as owners.
+
+        It picks up new resource types on its next discovery sync (every 30 s), and until then
+        a deleted ExternalSecret's Secret stays: measuring deletion before that would time the
+        sync, not ESO. A probe (with ESO stopped): an ExternalSecret owning a ConfigMap, deleted."""
+        started = time.monotonic()
+        probe = self.lean.json("POST", self.es_path(namespace), self.external_secret("gc-probe", "1h"))
+        self.lean.call("POST", f"/api/v1/namespaces/{namespace}/configmaps", {
+            "metadata": {"name": "gc-probe", "ownerReferences": [{
+                "apiVersion": f"{ES_GROUP}/{ES_VERSION}", "kind": "ExternalSecret", "name": "gc-probe",
+                "uid": probe["metadata"]["uid"]}]}})
+        self.lean.call("DELETE", self.es_path(namespace, "gc-probe"))
+        path = f"/api/v1/namespaces/{namespace}/configmaps/gc-probe"
+        wait_count(lambda: int(not self.lean.exists(path)), 1, "garbage collector following ExternalSecrets",
+                   stall=120, interval=0.5)
+        return time.monotonic() - started
 
     def es_path(self, namespace: str, name: str = "") -> str:
         return f"/apis/{ES_GROUP}/{ES_VERSION}/namespaces/{namespace}/externalsecrets" + (f"/{name}" if name else "")
@@ -259,13 +304,15 @@ class Eso:
             wait_count(lambda: len(written.seen), count, f"{namespace}: ESO Secrets written", stall=stall)
             finished = max(written.seen.values())
             at_n = self.usage()
+            reconciles = self.reconcile_stats()
             result: dict[str, Any] = {
-                "objects": count, "variant": self.variant, "flags": VARIANTS[self.variant],
+                "objects": count, "variant": self.variant, "flags": VARIANTS[self.variant], "source": self.source,
                 "create_seconds": create_done - started,
                 "written_ms": summary_ms(written.seen[n] - created[n] for n in created if n in written.seen),
                 "written_per_second": count / (finished - started),
                 "rss_mb_at_n": at_n["rss_mb"], "peak_rss_mb": at_n["peak_rss_mb"],
                 "cpu_seconds_issuing": at_n["cpu_seconds"] - before["cpu_seconds"],
+                "reconciles": reconciles,
             }
             if measure_delete:
                 deleted_at: dict[str, float] = {}
@@ -295,7 +342,8 @@ class Eso:
         self.start(variants[0])
         self.prepare(namespace)
         created: dict[str, float] = {}
-        result: dict[str, Any] = {"objects": count, "interval_seconds": interval, "window_seconds": window}
+        result: dict[str, Any] = {"objects": count, "interval_seconds": interval, "window_seconds": window,
+                                  "source": self.source}
         follower = Follower(self.lean, f"/api/v1/namespaces/{namespace}/secrets", lambda s: s["metadata"]["name"],
                             selector=f"{MANAGED_LABEL}=true", writes=True)
         with follower as written:

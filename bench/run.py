@@ -126,6 +126,9 @@ class Agentcred:
 
     def usage(self) -> dict[str, float]:
         assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"the operator exited with {self.process.returncode}:\n"
+                               f"{log_tail(self.workdir / 'operator.log')}")
         return usage(self.process.pid)
 
     def _health(self, path: str) -> int:
@@ -435,6 +438,9 @@ def main() -> int:
     parser.add_argument("--eso-variants", default="default,raised,tuned",
                         help="ESO client settings to run: default (qps 50, burst 100, 1 worker), raised "
                              "(qps 1000, burst 2000), tuned (raised + 16 workers)")
+    parser.add_argument("--eso-source", choices=["generator", "store+generator"], default="generator",
+                        help="what each ExternalSecret reads: a Password generator, or also a Fake store key "
+                             "(ESO v0.16.2 crashes with the Fake store and more than one worker: see bench/eso.py)")
     parser.add_argument("--eso-refresh", type=int, default=10000,
                         help="ExternalSecrets on an 80 s refresh for the refresh comparison (0: skip)")
     parser.add_argument("--eso-refresh-variants", default="tuned,default",
@@ -445,6 +451,8 @@ def main() -> int:
     parser.add_argument("--renewal-at", type=int, default=10000, help="checkpoint at which renewal is measured")
     parser.add_argument("--startup-at", default="1000,10000,20000", help="checkpoints at which the operator restarts")
     parser.add_argument("--window", type=float, default=200.0, help="seconds to watch renewals / refreshes")
+    parser.add_argument("--only", default="",
+                        help="run only these stage kinds, comma-separated: webhook, floor, agentcred, eso, scale")
     parser.add_argument("--profile", action="store_true", help="py-spy the operator during each burst (bench/out/)")
     parser.add_argument("--publish", action="store_true",
                         help="copy the plots to bench/plots/ and rewrite the generated part of bench/RESULTS.md")
@@ -458,6 +466,14 @@ def main() -> int:
     refresh_variants = [v for v in args.eso_refresh_variants.split(",") if v]
     checkpoints = sizes(args.scale if args.scale is not None else ("" if args.quick else "1000,2500,5000,10000,15000,20000"))
     restart_at = set(sizes(args.startup_at))
+    only = {kind for kind in args.only.split(",") if kind}
+
+    def wanted(kind: str) -> bool:
+        return not only or kind in only
+    if not wanted("eso"):
+        eso_mode = "skip"
+    if not wanted("scale"):
+        checkpoints = []
 
     results = Results(Path(args.json), run={
         "mode": "quick" if args.quick else "full", "argv": sys.argv[1:], "client_threads": CLIENT_THREADS,
@@ -483,7 +499,8 @@ def main() -> int:
         operator = Agentcred(plane, lean, api, workdir, args.profile)
         peer = None
         try:
-            results.stage("webhook", lambda: operator.webhook(webhook_count))
+            if wanted("webhook"):
+                results.stage("webhook", lambda: operator.webhook(webhook_count))
             for size in bursts:
                 def floor_stage(size: int = size) -> dict[str, Any]:
                     namespace = f"bench-floor-{size}"
@@ -491,13 +508,22 @@ def main() -> int:
                     lean.call("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts", {"metadata": {"name": "agent"}})
                     return measure_and_clean(lambda: measure_floor(lean, namespace, size),
                                              lambda: clean(lean, namespace, size * 3))
-                results.stage(f"floor-{size}", floor_stage)
-                results.stage(f"agentcred-{size}", lambda size=size: operator.burst(size))
+                if wanted("floor"):
+                    results.stage(f"floor-{size}", floor_stage)
+                if wanted("agentcred"):
+                    results.stage(f"agentcred-{size}", lambda size=size: operator.burst(size))
 
             if eso_binary is not None:
                 import eso as eso_module
-                peer = eso_module.Eso(lean, eso_binary, plane.kubeconfig, workdir)
-                if results.stage("eso-crds", peer.apply_crds) is not None:
+                peer = eso_module.Eso(lean, eso_binary, plane.kubeconfig, workdir, source=args.eso_source)
+
+                def eso_setup() -> dict[str, Any]:
+                    value = peer.apply_crds()
+                    lean.call("POST", "/api/v1/namespaces", {"metadata": {"name": "bench-eso-probe"}})
+                    value["garbage_collector_ready_seconds"] = peer.wait_for_garbage_collector("bench-eso-probe")
+                    value["cleanup_seconds"] = clean(lean, "bench-eso-probe", 2)
+                    return value
+                if results.stage("eso-setup", eso_setup) is not None:
                     for variant in eso_variants:
                         for size in eso_sizes:
                             def eso_stage(variant: str = variant, size: int = size) -> dict[str, Any]:
