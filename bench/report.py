@@ -314,6 +314,19 @@ def run_line(results: dict[str, Any]) -> str:
             f"`{' '.join(run.get('argv') or []) or '(none)'}`; {run.get('seconds', '?')} s")
 
 
+NOTES = """Times are client-side: the create (or patch, or delete) call returned -> the watch event
+read, with the same 16-thread client for all three. *floor*: a plain client doing per pod, in
+one thread, what the webhook and operator cause (create the pod with the gate, create its
+Secret, patch the gate away; delete the Secret right after the trigger), with no operator
+running. *ESO*: each ExternalSecret gets a 680-character value from a Password generator; its
+Secret is removed by the cluster's garbage collector when the ExternalSecret is deleted (timed
+with the first variant only; kube-controller-manager at its default 20 QPS). ESO's CPU is for
+issuing, plus deleting where that was timed; agentcred's is issuing and revoking. RSS with N
+live: the controller's resident memory once all N values are written (a fresh process per
+burst). Variants: default = qps 50, burst 100, 1 worker; raised = qps 1000, burst 2000;
+tuned = raised + 16 workers."""
+
+
 def markdown(results: dict[str, Any], plots: list[str], image_prefix: str) -> str:
     parts = [f"Run: {run_line(results)}", ""]
     build = results.get("eso-build")
@@ -323,7 +336,8 @@ def markdown(results: dict[str, Any], plots: list[str], image_prefix: str) -> st
     if results.get("webhook"):
         w = results["webhook"]
         parts += [f"Admission webhook: p50 {w['p50']:.2f} ms, p99 {w['p99']:.2f} ms over {w['n']:,} AdmissionReviews.", ""]
-    parts += ["### agentcred, the floor and External Secrets", "", markdown_table(side_by_side(results)), ""]
+    parts += ["### agentcred, the floor and External Secrets", "", markdown_table(side_by_side(results)), "",
+              NOTES, ""]
     if versus_eso(results):
         parts += ["### agentcred against ESO's best variant, measure by measure", "",
                   markdown_table(versus_eso(results)), ""]
