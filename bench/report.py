@@ -118,9 +118,9 @@ def scale_rows(results: dict[str, Any]) -> list[list[str]]:
 
 
 def startup_rows(results: dict[str, Any]) -> list[list[str]]:
-    rows = [["live pods", "operator start-up (ready, every index listed), s", "RSS after start-up, MB"]]
+    rows = [["live pods", "operator start-up (ready, every index listed), s", "RSS after start-up, MB", "peak RSS, MB"]]
     for s in (results.get("scale") or {}).get("startup") or []:
-        rows.append([f"{s['live']:,}", _num(s["seconds"], 1), _num(s.get("rss_mb"))])
+        rows.append([f"{s['live']:,}", _num(s["seconds"], 1), _num(s.get("rss_mb")), _num(s.get("peak_rss_mb"))])
     return rows
 
 

@@ -71,8 +71,10 @@ RENEW_PERIOD = RENEW_TTL * 2 / 3  # ttl - renewBefore: each value is rewritten t
 class Agentcred:
     """The operator under test, as its own process, and what is measured with it."""
 
-    def __init__(self, plane: ControlPlane, lean: Lean, api: client.ApiClient, workdir: Path, profile: bool) -> None:
+    def __init__(self, plane: ControlPlane, lean: Lean, api: client.ApiClient, workdir: Path, profile: bool,
+                 out: Path = OUT) -> None:
         self.plane = plane
+        self.out = out
         self.lean = lean
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -148,8 +150,8 @@ class Agentcred:
         if not self.profile or self.process is None or not Path(spy).exists():
             yield
             return
-        raw = OUT / f"profile-{name}.txt"
-        OUT.mkdir(parents=True, exist_ok=True)
+        raw = self.out / f"profile-{name}.txt"
+        self.out.mkdir(parents=True, exist_ok=True)
         recorder = subprocess.Popen([spy, "record", "--pid", str(self.process.pid), "--rate", "100", "--format", "raw",
                                      "--output", str(raw), "--nonblocking"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -162,7 +164,7 @@ class Agentcred:
             except subprocess.TimeoutExpired:
                 recorder.kill()
             if raw.exists():
-                report.summarize_profile(raw, OUT / f"profile-{name}-top.txt")
+                report.summarize_profile(raw, self.out / f"profile-{name}-top.txt")
 
     # -- objects ----------------------------------------------------------------------
 
@@ -301,7 +303,8 @@ class Agentcred:
                     if checkpoint in restart_at:
                         seconds = self.start(expect_live=checkpoint)
                         fresh = self.usage()
-                        result["startup"].append({"live": checkpoint, "seconds": seconds, "rss_mb": fresh["rss_mb"]})
+                        result["startup"].append({"live": checkpoint, "seconds": seconds, "rss_mb": fresh["rss_mb"],
+                                                  "peak_rss_mb": fresh["peak_rss_mb"]})
                         print(f"  start-up with {checkpoint} live: {seconds:.1f} s, RSS {fresh['rss_mb']:.0f} MB",
                               flush=True)
                         progress(result)
@@ -431,7 +434,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="bench-quick: the webhook, the floor and agentcred for one burst of 200; no ESO, no scale")
-    parser.add_argument("--json", default=str(OUT / "results.json"))
+    parser.add_argument("--json", default=str(OUT / "results.json"),
+                        help="results file; plots, logs and profiles go to its folder (default bench/out/)")
     parser.add_argument("--bursts", help="comma-separated burst sizes (default 100,1000,5000; quick: 200)")
     parser.add_argument("--webhook", type=int, help="AdmissionReviews to time (default 2000; quick: 300)")
     parser.add_argument("--eso", choices=["build", "cached", "skip"],
@@ -483,6 +487,7 @@ def main() -> int:
     if not wanted("scale"):
         checkpoints = []
 
+    out = Path(args.json).resolve().parent
     results = Results(Path(args.json), run={
         "mode": "quick" if args.quick else "full", "argv": sys.argv[1:], "client_threads": CLIENT_THREADS,
         "machine": machine(), "bursts": bursts, "eso_sizes": eso_sizes if eso_mode != "skip" else [],
@@ -504,7 +509,7 @@ def main() -> int:
         api = config.new_client_from_config(config_file=str(plane.kubeconfig))
         lean = Lean(api.configuration)
         install_agentcred(api)
-        operator = Agentcred(plane, lean, api, workdir, args.profile)
+        operator = Agentcred(plane, lean, api, workdir, args.profile, out)
         peer = None
         try:
             if wanted("webhook"):
@@ -574,17 +579,17 @@ def main() -> int:
                 peer.stop()
             results.data["run"]["seconds"] = round(time.monotonic() - results.started, 1)
             results.write()
-            keep_logs(workdir, plane, OUT / "logs")
+            keep_logs(workdir, plane, out / "logs")
 
     print()
     print(report.text_table(results.data))
     print(f"\nwritten to {args.json}")
     try:
-        written = report.write_outputs(results.data, OUT)
+        written = report.write_outputs(results.data, out)
         for path in written:
             print(f"written {path}")
         if args.publish:
-            for path in report.publish(results.data, OUT, BENCH / "plots", BENCH / "RESULTS.md"):
+            for path in report.publish(results.data, out, BENCH / "plots", BENCH / "RESULTS.md"):
                 print(f"published {path}")
     except Exception as error:  # noqa: BLE001 - the figures are safe in results.json already
         print(f"plots/report not written: {error}", file=sys.stderr)
