@@ -40,7 +40,7 @@ $(VENV)/.bench-deps: $(BIN)/agentcred pyproject.toml
 	touch $@
 
 # agentcred, the floor for its design and External Secrets side by side, on the local control
-# plane (see bench/RESULTS.md): ~40 min of both cores, plus ~8 min to build ESO the first time.
+# plane (see bench/RESULTS.md): about an hour of both cores, plus ~6 min to build ESO the first time.
 # BENCH_ARGS passes options, e.g. BENCH_ARGS="--publish" or BENCH_ARGS="--eso skip".
 BENCH_ARGS ?=
 bench: setup $(VENV)/.bench-deps

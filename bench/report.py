@@ -142,8 +142,9 @@ def refresh_rows(results: dict[str, Any]) -> list[list[str]]:
     for variant in ESO_VARIANTS:
         r = refresh.get(variant)
         if r:
-            rows.append([f"ESO {variant} (watch: write -> next write - 80 s)", f"{refresh['objects']:,}",
-                         "refreshInterval 80s", _lat(r["overrun_ms"]), f"{r['refreshes']:,}",
+            period = refresh.get("interval_seconds", 80)
+            rows.append([f"ESO {variant} (watch: write -> next write - {period:.0f} s)", f"{refresh['objects']:,}",
+                         f"refreshInterval {period:.0f}s", _lat(r["overrun_ms"]), f"{r['refreshes']:,}",
                          f"{r['overdue_at_end']:,}", _num(r["cpu_seconds"], 1), _num(r["rss_mb"])])
     return rows
 

@@ -1,6 +1,6 @@
 """agentcred benchmark: agentcred, the floor for its design and External Secrets, side by side.
 
-    python bench/run.py                 # the full run (`make bench`), ~40 min on 2 cores
+    python bench/run.py                 # the full run (`make bench`), about an hour on 2 cores
     python bench/run.py --quick         # `make bench-quick`: webhook, floor and agentcred at 200
 
 Starts etcd + kube-apiserver + kube-controller-manager on loopback, then runs stages; each
@@ -449,7 +449,8 @@ def main() -> int:
                         help="what each ExternalSecret reads: a Password generator, or also a Fake store key "
                              "(ESO v0.16.2 crashes with the Fake store and more than one worker: see bench/eso.py)")
     parser.add_argument("--eso-refresh", type=int, default=10000,
-                        help="ExternalSecrets on an 80 s refresh for the refresh comparison (0: skip)")
+                        help="ExternalSecrets refreshing every ttl - renewBefore (80 s), next to agentcred's "
+                             "renewal (0: skip)")
     parser.add_argument("--eso-refresh-variants", default="tuned,default",
                         help="variants watched in turn over the same live objects")
     parser.add_argument("--scale", default=None,
@@ -564,7 +565,7 @@ def main() -> int:
                                 peer.stop()
                                 return clean(lean, namespace, args.eso_refresh * 3)
                             return measure_and_clean(
-                                lambda: peer.refresh(namespace, args.eso_refresh, interval=RENEW_PERIOD,
+                                lambda: peer.refresh(namespace, args.eso_refresh, interval=args.ttl * 2 / 3,
                                                      window=args.window, variants=refresh_variants), cleanup)
                         results.stage("eso-refresh", refresh_stage)
 
