@@ -39,6 +39,15 @@ def condition(body: dict, type_: str) -> dict | None:
     return next((c for c in (body.get("status") or {}).get("conditions") or [] if c["type"] == type_), None)
 
 
+def shared_secret(cluster: Cluster, namespace: str, value: str, name: str = "upstream-key", key: str = "api-key",
+                  shared_with: str = "*") -> None:
+    """An upstream Secret for a static source, shared by its owner as agentcred requires."""
+    cluster.core.create_namespaced_secret(namespace, {
+        "metadata": {"name": name, "labels": {labels.SHARED_LABEL: "true"},
+                     "annotations": {labels.SHARED_WITH_ANNOTATION: shared_with}},
+        "stringData": {key: value}})
+
+
 def service_account(cluster: Cluster, namespace: str, name: str = "research-agent") -> str:
     cluster.core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
     return name

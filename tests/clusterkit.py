@@ -23,9 +23,12 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from agentcred.devcluster import polling
+from agentcred.devcluster.install import apply_crd, apply_policy, permissive_policy
 
 REPO = Path(__file__).resolve().parent.parent
 CRD_FILE = REPO / "crds" / "agentcredentials.agentcred.dev.yaml"
+CRD_FILES = (CRD_FILE, REPO / "crds" / "agentcredentialpolicies.agentcred.dev.yaml")
+TEST_LABEL = "agentcred.dev/test"
 
 
 # Every wait in the suite is a ceiling on a condition: it returns as soon as the condition
@@ -86,25 +89,17 @@ class Cluster:
         )
 
     def install_crd(self) -> None:
-        body = yaml.safe_load(CRD_FILE.read_text())
-        name = body["metadata"]["name"]
-        try:
-            self.extensions.create_custom_resource_definition(body)
-        except ApiException as error:
-            if error.status != 409:
-                raise
-            current = self.extensions.read_custom_resource_definition(name)
-            body["metadata"]["resourceVersion"] = current.metadata.resource_version
-            self.extensions.replace_custom_resource_definition(name, body)
-        wait_for(lambda: self._established(name), what=f"CRD {name} established")
+        """The committed CRDs (the files a user applies), and a policy allowing everything in
+        the suite's namespaces (tests of policies make namespaces of their own)."""
+        for path in CRD_FILES:
+            apply_crd(self.api_client, yaml.safe_load(path.read_text()))
+        apply_policy(self.api_client, permissive_policy("test-namespaces", {
+            "matchLabels": {TEST_LABEL: "true"},
+            "matchExpressions": [{"key": "agentcred.dev/tenant", "operator": "DoesNotExist"}]}))
 
-    def _established(self, name: str) -> bool:
-        crd = self.extensions.read_custom_resource_definition(name)
-        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
-
-    def create_namespace(self, prefix: str = "t") -> str:
+    def create_namespace(self, prefix: str = "t", labels: dict[str, str] | None = None) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-        self.core.create_namespace({"metadata": {"name": name, "labels": {"agentcred.dev/test": "true"}}})
+        self.core.create_namespace({"metadata": {"name": name, "labels": {TEST_LABEL: "true", **(labels or {})}}})
         wait_for(
             lambda: self._has_default_sa(name), timeout=30, what=f"default ServiceAccount in {name}"
         )

@@ -10,8 +10,9 @@ from typing import Any, Callable
 
 from .kube import Conflict, Kube, status_of
 from .labels import ROLE_LABEL
-from .revocations import REVOCATIONS_CONFIGMAP, SHARD_LIMIT_BYTES, RevocationList, shard_name, too_large
-from .signing import ALGORITHMS, KEYRING_KEY, KEYRING_SECRET, KeyRing, prune, rotate, rotation_due
+from .labels import StateNames
+from .revocations import SHARD_LIMIT_BYTES, RevocationList, too_large
+from .signing import ALGORITHMS, KEYRING_KEY, KeyRing, prune, rotate, rotation_due
 
 log = logging.getLogger(__name__)
 
@@ -19,22 +20,22 @@ log = logging.getLogger(__name__)
 KEYRING_LABELS = {ROLE_LABEL: "keyring", "app.kubernetes.io/name": "agentcred"}
 
 
-async def load_keyring(kube: Kube, namespace: str) -> KeyRing:
+async def load_keyring(kube: Kube, namespace: str, name: str) -> KeyRing:
     """The shared key ring (signing and MAC keys); the first replica to start (or to find it
     pre-created empty by the Helm chart) generates it."""
-    secret = await kube.find_secret(namespace, KEYRING_SECRET)
+    secret = await kube.find_secret(namespace, name)
     now = dt.datetime.now(dt.timezone.utc)
     if secret is not None and KEYRING_KEY in (secret.get("data") or {}):
         found = KeyRing.from_secret_data(secret["data"])
         ring = found.with_missing_macs(now)  # a ring written by an older version lacks them
         if ring is found:
             if any((secret["metadata"].get("labels") or {}).get(k) != v for k, v in KEYRING_LABELS.items()):
-                await kube.patch_secret(namespace, KEYRING_SECRET, {"metadata": {"labels": KEYRING_LABELS}})
+                await kube.patch_secret(namespace, name, {"metadata": {"labels": KEYRING_LABELS}})
             return ring
     else:
         ring = KeyRing.generate(now)
     body = secret or {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                      "metadata": {"name": KEYRING_SECRET, "namespace": namespace}}
+                      "metadata": {"name": name, "namespace": namespace}}
     body["metadata"]["labels"] = {**(body["metadata"].get("labels") or {}), **KEYRING_LABELS}
     body["data"] = ring.to_secret_data()
     written = await kube.write_shared_secret(namespace, body, replace=secret is not None)
@@ -52,8 +53,8 @@ class RevocationStore:
     """Keeps the revocation list in ConfigMaps: the leader saves changed shards (merging on
     a lost race), followers merge what is saved, so every replica serves the same list."""
 
-    def __init__(self, kube: Kube, namespace: str, revocations: RevocationList) -> None:
-        self.kube, self.namespace, self.revocations = kube, namespace, revocations
+    def __init__(self, kube: Kube, namespace: str, revocations: RevocationList, names: StateNames) -> None:
+        self.kube, self.namespace, self.revocations, self.names = kube, namespace, revocations, names
         self._versions: dict[int, str] = {}
         self.unsaved_since: dt.datetime | None = None
 
@@ -66,7 +67,7 @@ class RevocationStore:
 
     async def reload(self) -> None:
         for item in await self.kube.list_configmaps(self.namespace, REVOCATION_SELECTOR):
-            shard = _shard_number(item["metadata"]["name"])
+            shard = self.names.shard_number(item["metadata"]["name"])
             if shard is not None and shard < self.revocations.shards:
                 self.revocations.merge_shard_data(item.get("data"))
                 self._versions[shard] = item["metadata"]["resourceVersion"]
@@ -87,7 +88,7 @@ class RevocationStore:
             self.unsaved_since = None
 
     async def _save_shard(self, shard: int) -> None:
-        name = shard_name(shard)
+        name = self.names.revocation_shard(shard)
         data = self.revocations.shard_data(shard)
         if too_large(data):
             raise ValueError(f"shard {shard} is over {SHARD_LIMIT_BYTES} bytes: raise revocations.shards")
@@ -124,12 +125,6 @@ class RevocationStore:
                 log.warning("revocation list not synchronised (%s)", status_of(error) or error)
 
 
-def _shard_number(name: str) -> int | None:
-    prefix = f"{REVOCATIONS_CONFIGMAP}-"
-    suffix = name[len(prefix):] if name.startswith(prefix) else ""
-    return int(suffix) if suffix.isdigit() else None
-
-
 ROTATE_ANNOTATION = "agentcred.dev/rotate"  # a request from `agentcred rotate-key`
 ROTATED_ANNOTATION = "agentcred.dev/rotated"  # the id of the last request carried out
 
@@ -162,6 +157,7 @@ def plan_keyring(
 async def maintain_keyring_forever(
     kube: Kube,
     namespace: str,
+    name: str,
     on_change: Callable[[KeyRing], None],
     interval: dt.timedelta | None,
     leading: Callable[[], bool],
@@ -172,7 +168,7 @@ async def maintain_keyring_forever(
     while True:
         await asyncio.sleep(poll)
         try:
-            secret = await kube.read_secret(namespace, KEYRING_SECRET)
+            secret = await kube.read_secret(namespace, name)
             current = KeyRing.from_secret_data(secret["data"])
             if not leading():
                 on_change(current)
@@ -184,7 +180,7 @@ async def maintain_keyring_forever(
                     annotations[ROTATED_ANNOTATION] = handled
                 secret["metadata"]["annotations"] = annotations
                 secret["data"] = updated.to_secret_data()
-                await kube.replace_secret(namespace, KEYRING_SECRET, secret)  # fails on a stale version
+                await kube.replace_secret(namespace, name, secret)  # fails on a stale version
                 log.info("signing keys now %s", ", ".join(f"{k.alg}:{k.kid}" for k in updated.keys))
             on_change(updated)
         except Exception as error:

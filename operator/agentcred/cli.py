@@ -64,7 +64,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_crd(args: argparse.Namespace) -> int:
     from .crd import render_crd_yaml
 
-    sys.stdout.write(render_crd_yaml())
+    sys.stdout.write(render_crd_yaml(args.resource))
     return 0
 
 
@@ -203,9 +203,11 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
     from kubernetes import config
 
     from .keyrotation import RotationTimeout, request_rotation
+    from .labels import StateNames
 
     try:
-        ring = request_rotation(config.new_client_from_config(), args.namespace, args.algorithm, args.timeout)
+        ring = request_rotation(config.new_client_from_config(), args.namespace, args.algorithm, args.timeout,
+                                StateNames(args.instance))
     except RotationTimeout as error:
         print(str(error), file=sys.stderr)
         return 2
@@ -291,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rotate = commands.add_parser("rotate-key", help="make new signing keys current; old ones stay published")
     rotate.add_argument("--namespace", default="agentcred", help="the operator's namespace")
+    rotate.add_argument("--instance", default="agentcred",
+                        help="the operator's instance name (the Helm release's full name; default agentcred)")
     rotate.add_argument("--algorithm", choices=["EdDSA", "ES256", "all"], default="all")
     rotate.add_argument("--timeout", type=float, default=30.0)
     rotate.set_defaults(func=cmd_rotate_key)
@@ -301,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "expired-exception,overdue-review,orphan")
     inventory.set_defaults(func=cmd_inventory)
 
-    crd = commands.add_parser("crd", help="print the AgentCredential CRD generated from the models")
+    crd = commands.add_parser("crd", help="print a CRD generated from the models")
+    crd.add_argument("resource", nargs="?", default="agentcredentials",
+                     choices=["agentcredentials", "agentcredentialpolicies"], help="which CRD (default: agentcredentials)")
     crd.set_defaults(func=cmd_crd)
 
     dev = commands.add_parser("dev", help="a local control plane for development").add_subparsers(

@@ -13,7 +13,7 @@ import yaml
 
 from . import model
 
-STRUCTURAL_NOISE = {"title", "additionalProperties"}
+STRUCTURAL_NOISE = {"title"}
 
 PRINTER_COLUMNS = [
     {"name": "Category", "type": "string", "jsonPath": ".spec.category"},
@@ -56,9 +56,11 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         node.pop("default", None)
     result: dict[str, Any] = {}
     for key, value in node.items():
-        if key in STRUCTURAL_NOISE:
+        if key in STRUCTURAL_NOISE or (key == "additionalProperties" and not isinstance(value, dict)):
             continue
-        if key == "properties":
+        if key == "additionalProperties" and isinstance(value, dict):
+            result[key] = _structural(value, defs)  # a map's values (labels); `false` is dropped
+        elif key == "properties":
             result[key] = {name: _structural(prop, defs) for name, prop in value.items()}
         elif key == "items":
             result[key] = _structural(value, defs)
@@ -67,45 +69,58 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     return dict(sorted(result.items()))
 
 
-def openapi_schema() -> dict[str, Any]:
+POLICY_PRINTER_COLUMNS = [
+    {"name": "Sources", "type": "string", "jsonPath": ".spec.sources"},
+    {"name": "Max-TTL", "type": "string", "jsonPath": ".spec.maxTTL"},
+    {"name": "Max-Lifetime", "type": "string", "jsonPath": ".spec.maxLifetime"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def openapi_schema(root: type[model.Model] = model.AgentCredentialRoot) -> dict[str, Any]:
     """The v1alpha1 schema of the whole object."""
-    raw = model.AgentCredentialRoot.model_json_schema(by_alias=True)
+    raw = root.model_json_schema(by_alias=True)
     schema = _structural(raw, raw.get("$defs", {}))
     schema.pop("$defs", None)
     schema["properties"]["metadata"] = {"type": "object"}
     return schema
 
 
-def build_crd() -> dict[str, Any]:
+def _definition(*, kind: str, plural: str, singular: str, short_names: list[str], scope: str,
+                root: type[model.Model], columns: list[dict[str, Any]], status: bool) -> dict[str, Any]:
+    version: dict[str, Any] = {"name": model.VERSION, "served": True, "storage": True}
+    if status:
+        version["subresources"] = {"status": {}}
+    version["additionalPrinterColumns"] = columns
+    version["schema"] = {"openAPIV3Schema": openapi_schema(root)}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{model.PLURAL}.{model.GROUP}"},
+        "metadata": {"name": f"{plural}.{model.GROUP}"},
         "spec": {
             "group": model.GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": model.KIND,
-                "listKind": f"{model.KIND}List",
-                "plural": model.PLURAL,
-                "singular": model.SINGULAR,
-                "shortNames": model.SHORT_NAMES,
-                "categories": ["agentcred"],
-            },
-            "versions": [
-                {
-                    "name": model.VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
-                    "schema": {"openAPIV3Schema": openapi_schema()},
-                }
-            ],
+            "scope": scope,
+            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": singular,
+                      "shortNames": short_names, "categories": ["agentcred"]},
+            "versions": [version],
         },
     }
 
 
-def render_crd_yaml() -> str:
+def build_crd() -> dict[str, Any]:
+    return _definition(kind=model.KIND, plural=model.PLURAL, singular=model.SINGULAR, short_names=model.SHORT_NAMES,
+                       scope="Namespaced", root=model.AgentCredentialRoot, columns=PRINTER_COLUMNS, status=True)
+
+
+def build_policy_crd() -> dict[str, Any]:
+    return _definition(kind=model.POLICY_KIND, plural=model.POLICY_PLURAL, singular=model.POLICY_SINGULAR,
+                       short_names=model.POLICY_SHORT_NAMES, scope="Cluster", root=model.AgentCredentialPolicyRoot,
+                       columns=POLICY_PRINTER_COLUMNS, status=False)
+
+
+CRDS = {"agentcredentials": build_crd, "agentcredentialpolicies": build_policy_crd}
+
+
+def render_crd_yaml(which: str = "agentcredentials") -> str:
     header = "# Generated from agentcred.model by `agentcred crd`; do not edit by hand.\n"
-    return header + yaml.safe_dump(build_crd(), sort_keys=False, width=100)
+    return header + yaml.safe_dump(CRDS[which](), sort_keys=False, width=100)

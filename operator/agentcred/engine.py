@@ -111,6 +111,7 @@ class Engine:
         # that later says otherwise (nothing but a bad actor writes that) gets no new value.
         self._finished: dict[str, str] = {}
         self._flagged: set[str] = set()  # pod UIDs already told they get nothing
+        self._verdicts: dict[tuple[str, str], tuple[bool, str, str]] = {}  # last verdict seen per credential
         # Tasks that ended while this replica followed: a new leader finishes their revocation.
         self._ended_while_following: list[tuple[dt.datetime, PodTask]] = []
 
@@ -125,13 +126,22 @@ class Engine:
         await self.loaded.wait()
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
-            for _ in range(3):
-                current = self._final(task if task is not None else self.pod(key))
-                try:
-                    await self._run_plan(key, current, renew_now)
-                    break
-                except Conflict:
-                    await self._refresh(key, current)
+            try:
+                for _ in range(3):
+                    current = self._final(task if task is not None else self.pod(key))
+                    try:
+                        await self._run_plan(key, current, renew_now)
+                        break
+                    except Conflict:
+                        await self._refresh(key, current)
+            except Exception as error:
+                # The API server restarting, a timeout, a refusal: look again shortly, from
+                # state, rather than leave a pod gated or a value unrevoked until its next event.
+                attempt = self._attempts.get(key, 0)
+                self._attempts[key] = attempt + 1
+                delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+                log.warning("could not bring %s in line (%s); again in %.0fs", key, status_of(error) or error, delay)
+                self.scheduler.schedule(("binding", key), utcnow() + dt.timedelta(seconds=delay))
         if self.store.get(key) is None and self.pod(key) is None and not lock.locked():
             self._locks.pop(key, None)
 
@@ -193,6 +203,9 @@ class Engine:
     async def credential_changed(self, record: CredentialRecord, force: bool = False) -> None:
         """A credential was seen: refresh its status; re-plan the pods it may affect."""
         self.book.touch(record.key)
+        judged = self.credential(record.namespace, record.name)
+        if judged is not None:
+            self._note_verdict(judged)
         end = exception_end(record)
         if end is not None and end > utcnow():
             self.scheduler.schedule(("credential", record.namespace, record.name), end)
@@ -204,12 +217,32 @@ class Engine:
         self._generations[record.key] = record.generation
         await self._reconcile_all(affected)
 
+    async def reevaluate(self, records: Iterable[CredentialRecord]) -> None:
+        """What surrounds these credentials changed (a policy, a namespace's labels, a shared
+        upstream Secret): act on those whose verdict changed."""
+        changed = []
+        for record in records:
+            judged = self.credential(record.namespace, record.name)
+            if judged is not None and self._note_verdict(judged):
+                changed.append(record)
+        for record in changed:
+            await self.credential_changed(record, force=True)
+
+    def _note_verdict(self, judged: CredentialRecord) -> bool:
+        """Remember the verdict; True if it differs from the last one seen (first sight: False)."""
+        verdict = judged.verdict()
+        seen = (verdict.ready, verdict.reason, verdict.message)
+        previous = self._verdicts.get(judged.key)
+        self._verdicts[judged.key] = seen
+        return previous is not None and previous != seen
+
     async def credential_deleted(self, record: CredentialRecord) -> int:
         """The finalizer's work: revoke every projection of the credential first."""
         if not self.leading():
             raise NotLeader()
         count = await self.revoke_credential(record, reason="credential-deleted")
         self.book.forget(record.key)
+        self._verdicts.pop(record.key, None)
         self._written_status.pop(record.key, None)
         self._generations.pop(record.key, None)
         self.scheduler.cancel(("credential", record.namespace, record.name))

@@ -21,7 +21,11 @@ import kopf
 
 from . import admission, audit, labels, metrics, model, seal
 from .bootstrap import RevocationStore, load_keyring, maintain_keyring_forever
-from .credentials import CredentialRecord, credential_record
+from pydantic import ValidationError
+
+from .credentials import CredentialRecord, Gatekeeper, SharedSecret, credential_record, shared_secret
+from .evaluation import describe_validation_error
+from .model import AgentCredentialPolicySpec, parse_policy_spec
 from .endpoints import build_app, serve
 from .engine import Engine, EngineSettings, NotLeader
 from .events import EventRecorder
@@ -48,6 +52,7 @@ log = logging.getLogger(__name__)
 
 CONFIG = OperatorConfig.from_env()
 POD_FILTER = {labels.INJECT_LABEL: "true"}
+SHARED_FILTER = {labels.SHARED_LABEL: "true"}
 
 
 def configure(config: OperatorConfig) -> None:
@@ -62,6 +67,13 @@ def _first(index: kopf.Index, key: Any) -> Any:
 
 
 # -- start and stop ------------------------------------------------------------------
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    # The official client's loader, whatever else is installed: one way to read credentials,
+    # and its temporary certificate files are removed when the operator exits.
+    return kopf.login_via_client(**kwargs)
 
 
 async def publish_ca(kube: Kube, ca_pem: bytes) -> None:
@@ -83,18 +95,22 @@ async def startup(
     memo: kopf.Memo,
     credential_index: kopf.Index,
     pod_index: kopf.Index,
+    policy_index: kopf.Index,
+    namespace_index: kopf.Index,
+    shared_secret_index: kopf.Index,
     logger: logging.Logger,
     **_: Any,
 ) -> None:
     configure_kopf(settings, CONFIG)
     audit.configure(CONFIG.audit_log)
     kube = Kube(load_configuration())
-    keyring = await load_keyring(kube, CONFIG.namespace)
+    keyring = await load_keyring(kube, CONFIG.namespace, CONFIG.names.keyring)
     revocations = RevocationList(CONFIG.revocation_shards)
-    revocation_store = RevocationStore(kube, CONFIG.namespace, revocations)
+    revocation_store = RevocationStore(kube, CONFIG.namespace, revocations, CONFIG.names)
     await revocation_store.reload()
 
-    certificate = await shared_serving_certificate(kube, CONFIG.namespace, CONFIG.service)
+    certificate = await shared_serving_certificate(kube, CONFIG.namespace, CONFIG.service,
+                                                   CONFIG.names.serving_certificate)
     memo.tls_directory = private_directory()
     certfile, keyfile = certificate.write(memo.tls_directory)
     settings.admission.server = kopf.WebhookServer(
@@ -103,12 +119,18 @@ async def startup(
     await publish_ca(kube, certificate.ca_pem)
 
     events = EventRecorder(kube)
+    gate = Gatekeeper(
+        policies=lambda: {name: _first(policy_index, name) for name in list(policy_index)},
+        namespace_labels=lambda namespace: _first(namespace_index, namespace),
+        shared=lambda namespace, name: _first(shared_secret_index, (namespace, name)),
+    )
+    memo.gate = gate
     engine = Engine(
         kube,
         keyring,
         EngineSettings(issuer=CONFIG.effective_issuer, status_interval=CONFIG.status_interval,
                        handover_window=2 * (CONFIG.lease_duration + CONFIG.lease_renew)),
-        credentials=lambda namespace, name: _first(credential_index, (namespace, name)),
+        credentials=lambda namespace, name: gate.judged(_first(credential_index, (namespace, name))),
         pods=lambda binding: _first(pod_index, binding),
         events=events,
         revocations=revocations,
@@ -147,12 +169,13 @@ async def startup(
     memo.health.warm = engine.warm
     loops = []
     if CONFIG.leader_election:
-        leadership = Leadership(kube, CONFIG.namespace, on_elected=take_over,
+        leadership = Leadership(kube, CONFIG.namespace, on_elected=take_over, lease=CONFIG.names.lease,
                                 duration=CONFIG.lease_duration, renew=CONFIG.lease_renew)
         engine.leading = lambda: leadership.is_leader
         memo.leadership = leadership
         loops.append(asyncio.create_task(leadership.run(), name="leader election"))
-    certificates = CertificateMonitor(kube, CONFIG.namespace, CONFIG.service, certificate, engine.leading,
+    certificates = CertificateMonitor(kube, CONFIG.namespace, CONFIG.service, CONFIG.names.serving_certificate,
+                                      certificate, engine.leading,
                                       lambda ca_pem: publish_ca(kube, ca_pem))
     memo.health.problems.append(lambda: certificates.problem)
     memo.health.not_ready.append(revocation_store.problem)
@@ -160,7 +183,8 @@ async def startup(
         *loops,
         asyncio.create_task(certificates.run(), name="serving certificate"),
         asyncio.create_task(
-            maintain_keyring_forever(kube, CONFIG.namespace, set_keyring, rotation, engine.leading), name="key ring"
+            maintain_keyring_forever(kube, CONFIG.namespace, CONFIG.names.keyring, set_keyring, rotation,
+                                     engine.leading), name="key ring"
         ),
         asyncio.create_task(engine.scheduler.run(), name="expiry scheduler"),
         asyncio.create_task(
@@ -216,21 +240,65 @@ async def pod_index(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[str | tu
     return {task.key: task, (task.namespace, task.name): task} if task else None
 
 
+@kopf.index(model.GROUP, model.VERSION, model.POLICY_PLURAL)
+async def policy_index(body: kopf.Body, **_: Any) -> dict[str, AgentCredentialPolicySpec] | None:
+    try:
+        return {body.metadata.name: parse_policy_spec(dict(body.get("spec") or {}))}
+    except ValidationError as error:  # the API server's schema makes this rare; such a policy allows nothing
+        log.warning("AgentCredentialPolicy %s is invalid and allows nothing: %s", body.metadata.name,
+                    describe_validation_error(error))
+        return None
+
+
+@kopf.index("v1", "namespaces")
+async def namespace_index(body: kopf.Body, **_: Any) -> dict[str, dict[str, str]]:
+    return {body.metadata.name: dict(body.metadata.labels or {})}
+
+
+@kopf.index("v1", "secrets", labels=SHARED_FILTER)
+async def shared_secret_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], SharedSecret]:
+    # Metadata and key names only: the value is read when it is copied, never kept here.
+    return {(body.metadata.namespace, body.metadata.name): shared_secret(dict(body))}
+
+
+# -- what surrounds a credential: re-judged when it changes -----------------------------
+
+
+def _records(credential_index: kopf.Index, namespace: str | None = None) -> list[CredentialRecord]:
+    found = (_first(credential_index, key) for key in list(credential_index)
+             if namespace is None or key[0] == namespace)
+    return [record for record in found if record is not None]
+
+
+@kopf.on.event(model.GROUP, model.VERSION, model.POLICY_PLURAL)
+async def policy_event(memo: kopf.Memo, credential_index: kopf.Index, **_: Any) -> None:
+    await memo.engine.reevaluate(_records(credential_index))
+
+
+@kopf.on.event("v1", "namespaces")
+async def namespace_event(body: kopf.Body, memo: kopf.Memo, credential_index: kopf.Index, **_: Any) -> None:
+    await memo.engine.reevaluate(_records(credential_index, body.metadata.name))
+
+
+@kopf.on.event("v1", "secrets", labels=SHARED_FILTER)
+async def shared_secret_event(body: kopf.Body, memo: kopf.Memo, credential_index: kopf.Index, **_: Any) -> None:
+    await memo.engine.reevaluate(_records(credential_index, body.metadata.namespace))
+
+
 # -- the admission webhook -----------------------------------------------------------
 
 
 @kopf.on.mutate("v1", "pods", id=HANDLER_ID, labels=POD_FILTER, operations=["CREATE"])
-async def inject(body: kopf.Body, patch: kopf.Patch, credential_index: kopf.Index, memo: kopf.Memo,
-                 **_: Any) -> None:
+async def inject(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     with metrics.webhook_latency.time():
-        _inject(body, patch, credential_index, memo.engine.keyring)
+        _inject(body, patch, memo.engine)
 
 
-def _inject(body: kopf.Body, patch: kopf.Patch, credential_index: kopf.Index, keyring: KeyRing) -> None:
+def _inject(body: kopf.Body, patch: kopf.Patch, engine: Engine) -> None:
     namespace = body.metadata.namespace or ""
+    keyring = engine.keyring
     try:
-        records = admission.admit(dict(body), namespace, lambda name: _first(credential_index, (namespace, name)),
-                                  keyring)
+        records = admission.admit(dict(body), namespace, lambda name: engine.credential(namespace, name), keyring)
     except admission.Refusal as refusal:
         audit.record("deny", namespace=namespace, reason="AdmissionRefused", message=str(refusal),
                      podName=body.metadata.name or body.metadata.get("generateName"),
@@ -249,7 +317,8 @@ async def pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
     engine: Engine = memo.engine
     task = admitted_task(body, engine, deleted=type == "DELETED")
     if task is None:
-        if type != "DELETED":
+        found = pod_task(dict(body))
+        if type != "DELETED" and (found is None or not seal.foreign(found, engine.keyring.mac_keys("admission"))):
             engine.flag_unadmitted(dict(body))
         return
     if engine.leading():

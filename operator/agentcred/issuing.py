@@ -8,7 +8,8 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from .credentials import CredentialRecord
+from . import labels
+from .credentials import CredentialRecord, shared_secret, upstream_problem
 from .planning import Issue
 from .projection import IssuedValue, PodTask, fingerprint
 from .signing import DEFAULT_ALGORITHM, KeyRing, encode_jwt
@@ -103,16 +104,11 @@ async def _copy_upstream(record: CredentialRecord, read_secret: SecretReader) ->
     assert spec is not None and spec.source.secret_ref is not None
     ref = spec.source.secret_ref
     upstream = await read_secret(record.namespace, ref.name)
-    if upstream is None:
-        raise SourceUnavailable(
-            "UpstreamSecretMissing",
-            f"AgentCredential {record.name}: upstream Secret {ref.name} does not exist in namespace {record.namespace}",
-        )
-    encoded = (upstream.get("data") or {}).get(ref.key)
-    if encoded is None:
-        raise SourceUnavailable(
-            "UpstreamKeyMissing",
-            f"AgentCredential {record.name}: upstream Secret {ref.name} in namespace {record.namespace} "
-            f"has no key {ref.key}",
-        )
-    return base64.b64decode(encoded)
+    # Checked again on what was just read: the operator copies only what the Secret's owner
+    # shares with this very credential (the operator can read more than its tenants can).
+    shared = upstream is not None and (upstream["metadata"].get("labels") or {}).get(labels.SHARED_LABEL) == "true"
+    problem = upstream_problem(record, shared_secret(upstream) if upstream is not None and shared else None)
+    if problem is not None:
+        raise SourceUnavailable(problem.reason, f"AgentCredential {record.name}: {problem.message}")
+    assert upstream is not None
+    return base64.b64decode(upstream["data"][ref.key])

@@ -14,7 +14,8 @@ from typing import Any
 from kubernetes import client
 
 from .bootstrap import ROTATE_ANNOTATION, ROTATED_ANNOTATION
-from .signing import KEYRING_SECRET, KeyRing
+from .labels import StateNames
+from .signing import KeyRing
 
 
 class RotationTimeout(Exception):
@@ -22,14 +23,14 @@ class RotationTimeout(Exception):
 
 
 def request_rotation(api_client: client.ApiClient, namespace: str, algorithm: str,
-                     timeout: float = 30.0) -> list[dict[str, Any]]:
+                     timeout: float = 30.0, names: StateNames = StateNames()) -> list[dict[str, Any]]:
     core = client.CoreV1Api(api_client)
     request_id = uuid.uuid4().hex
-    core.patch_namespaced_secret(KEYRING_SECRET, namespace, {"metadata": {"annotations": {
+    core.patch_namespaced_secret(names.keyring, namespace, {"metadata": {"annotations": {
         ROTATE_ANNOTATION: json.dumps({"id": request_id, "algorithm": algorithm})}}})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        secret = core.read_namespaced_secret(KEYRING_SECRET, namespace)
+        secret = core.read_namespaced_secret(names.keyring, namespace)
         if (secret.metadata.annotations or {}).get(ROTATED_ANNOTATION) == request_id:
             ring = KeyRing.from_secret_data(secret.data)
             return [

@@ -254,8 +254,8 @@ class Kube:
     # -- AgentCredentials --------------------------------------------------------------
 
     async def patch_credential_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-        path = namespaced(model.API_VERSION, namespace, model.PLURAL, name, "status")
-        return await self.request("PATCH", path, {"status": status}, MERGE)
+        target = namespaced(model.API_VERSION, namespace, model.PLURAL, name, "status")
+        return await self.request("PATCH", target, {"status": status}, MERGE)
 
     # -- Webhook configuration ---------------------------------------------------------
 
@@ -274,8 +274,8 @@ class Kube:
 
     async def inject_webhook_ca(self, name: str, ca_pem: bytes) -> None:
         """Set the caBundle of every webhook in a configuration someone else owns."""
-        path = path("apis", "admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", name)
-        current = await self.request("GET", path)
+        target = path("apis", "admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", name)
+        current = await self.request("GET", target)
         bundle = base64.b64encode(ca_pem).decode()
         patch = [
             {"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": bundle}
@@ -283,4 +283,4 @@ class Kube:
             if hook.get("clientConfig", {}).get("caBundle") != bundle
         ]
         if patch:
-            await self.request("PATCH", path, patch, JSON_PATCH)
+            await self.request("PATCH", target, patch, JSON_PATCH)

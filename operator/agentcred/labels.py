@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 
 from .model import GROUP
 
@@ -25,6 +26,10 @@ CREDENTIAL_LABEL_PREFIX = f"credential.{GROUP}/"  # + credential name, value: ca
 ROLE_LABEL = f"{GROUP}/role"  # on the operator's own Secrets (the key ring)
 POD_ANNOTATION = f"{GROUP}/pod"
 STATE_ANNOTATION = f"{GROUP}/state"
+
+# On upstream Secrets of static (secretRef) sources, set by whoever owns the Secret.
+SHARED_LABEL = f"{GROUP}/shared"  # "true": the operator may look at it
+SHARED_WITH_ANNOTATION = f"{GROUP}/shared-with"  # AgentCredential names (comma-separated), or "*"
 
 # On AgentCredentials: requests from `agentcred revoke` and `agentcred renew`.
 REVOKE_ANNOTATION = f"{GROUP}/revoke"
@@ -73,3 +78,31 @@ def expiry_key(credential: str) -> str:
 
 def credential_label(credential: str) -> str:
     return f"{CREDENTIAL_LABEL_PREFIX}{credential}"
+
+
+@dataclass(frozen=True)
+class StateNames:
+    """The operator's own objects in its namespace, named after its instance (the Helm
+    release's full name), so that two installations side by side never share one."""
+
+    instance: str = "agentcred"
+
+    @property
+    def keyring(self) -> str:
+        return f"{self.instance}-signing-keys"
+
+    @property
+    def serving_certificate(self) -> str:
+        return f"{self.instance}-webhook-tls"
+
+    @property
+    def lease(self) -> str:
+        return f"{self.instance}-leader"
+
+    def revocation_shard(self, shard: int) -> str:
+        return f"{self.instance}-revocations-{shard}"
+
+    def shard_number(self, name: str) -> int | None:
+        prefix = f"{self.instance}-revocations-"
+        suffix = name[len(prefix):] if name.startswith(prefix) else ""
+        return int(suffix) if suffix.isdigit() else None

@@ -21,9 +21,6 @@ from .kube import Kube, status_of
 
 log = logging.getLogger(__name__)
 
-LEASE_NAME = "agentcred-leader"
-
-
 def identity() -> str:
     return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
 
@@ -55,11 +52,12 @@ class Leadership:
         namespace: str,
         on_elected: Callable[[], Awaitable[None]],
         *,
+        lease: str = "agentcred-leader",
         me: str | None = None,
         duration: int = 15,
         renew: float = 5.0,
     ) -> None:
-        self.kube, self.namespace = kube, namespace
+        self.kube, self.namespace, self.lease = kube, namespace, lease
         self.me = me or identity()
         self.duration, self.renew = duration, renew
         self.on_elected = on_elected
@@ -86,7 +84,7 @@ class Leadership:
     async def _try(self) -> bool:
         now = dt.datetime.now(dt.timezone.utc)
         try:
-            lease = await self.kube.read_lease(self.namespace, LEASE_NAME)
+            lease = await self.kube.read_lease(self.namespace, self.lease)
         except Exception as error:
             if status_of(error) != 404:
                 raise
@@ -100,7 +98,7 @@ class Leadership:
         body = self._body(lease["metadata"]["resourceVersion"], now, transitions,
                           acquired=now if taking_over else _parse(spec.get("acquireTime")) or now)
         try:
-            await self.kube.replace_lease(self.namespace, LEASE_NAME, body)  # fails if someone was faster
+            await self.kube.replace_lease(self.namespace, self.lease, body)  # fails if someone was faster
         except Exception as error:
             if status_of(error) == 409:
                 return False
@@ -113,16 +111,16 @@ class Leadership:
             return
         self.is_leader = False
         try:
-            lease = await self.kube.read_lease(self.namespace, LEASE_NAME)
+            lease = await self.kube.read_lease(self.namespace, self.lease)
             if (lease.get("spec") or {}).get("holderIdentity") == self.me:
                 lease["spec"]["holderIdentity"] = None
-                await self.kube.replace_lease(self.namespace, LEASE_NAME, lease)
+                await self.kube.replace_lease(self.namespace, self.lease, lease)
         except Exception as error:
             log.warning("could not release the lease: %s", status_of(error) or error)
 
     def _body(self, resource_version: str | None, now: dt.datetime, transitions: int,
               acquired: dt.datetime | None = None) -> dict[str, Any]:
-        metadata: dict[str, Any] = {"name": LEASE_NAME, "namespace": self.namespace,
+        metadata: dict[str, Any] = {"name": self.lease, "namespace": self.namespace,
                                     "labels": {"app.kubernetes.io/name": "agentcred"}}
         if resource_version:
             metadata["resourceVersion"] = resource_version

@@ -20,7 +20,6 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
-REVOCATIONS_CONFIGMAP = "agentcred-revocations"  # + "-<shard>"
 REVOCATIONS_KEY = "revoked.json"
 DEFAULT_SHARDS = 8
 # A ConfigMap holds at most 1 MiB; stay well under it so a shard never fails to save.
@@ -118,10 +117,6 @@ class RevocationList:
             revocation = Revocation(pod_uid, credential, _moment(until), _moment(before) if before else None)
             current = self._entries.get((pod_uid, credential))
             self._entries[(pod_uid, credential)] = revocation if current is None else current.merged(revocation)
-
-
-def shard_name(shard: int) -> str:
-    return f"{REVOCATIONS_CONFIGMAP}-{shard}"
 
 
 def too_large(data: dict[str, str]) -> bool:

@@ -64,3 +64,8 @@ def admitted(task: "PodTask", keys: Mapping[str, MacKey]) -> bool:
     """The pod carries a seal of ours over what it asks for, made when it was created."""
     return holds(keys, task.seal, task.namespace, task.binding, task.service_account, task.credentials,
                  task.admitted_text) and created_with_admission(task.admitted_at, task.created_at)
+
+
+def foreign(task: "PodTask", keys: Mapping[str, MacKey]) -> bool:
+    """Sealed with a key that is not ours: another agentcred instance admitted it, and acts on it."""
+    return isinstance(task.seal, str) and "." in task.seal and task.seal.partition(".")[0] not in keys

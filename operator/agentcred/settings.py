@@ -19,6 +19,7 @@ def _env(name: str, default: str) -> str:
 @dataclass(frozen=True)
 class OperatorConfig:
     namespace: str = "agentcred"  # where the signing keys, webhook cert and revocation list live
+    instance: str = "agentcred"  # names those objects (the Helm release's full name)
     service: str = "agentcred"  # the Service in front of the webhook and the HTTPS endpoints
     issuer: str = ""  # `iss` of minted tokens; defaults to the Service's URL
     webhook_address: str = "0.0.0.0"
@@ -46,6 +47,10 @@ class OperatorConfig:
     status_interval: float = 1.0
 
     @property
+    def names(self) -> labels.StateNames:
+        return labels.StateNames(self.instance)
+
+    @property
     def effective_issuer(self) -> str:
         return self.issuer or f"https://{self.service}.{self.namespace}.svc:{self.api_port}"
 
@@ -53,6 +58,7 @@ class OperatorConfig:
     def from_env(cls) -> "OperatorConfig":
         return cls(
             namespace=_env("NAMESPACE", cls.namespace),
+            instance=_env("INSTANCE", cls.instance),
             service=_env("SERVICE", cls.service),
             issuer=_env("ISSUER", cls.issuer),
             webhook_address=_env("WEBHOOK_ADDRESS", cls.webhook_address),
@@ -95,9 +101,10 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     settings.watching.client_timeout = 300
     settings.watching.connect_timeout = 10
     # Watch only what is ours, filtered by the API server: opted-in pods, and the one CRD
-    # (whose first event says every index has listed). Secrets are not watched at all:
-    # the operator is their only writer, and it lists them at start and on election.
+    # (whose first event says every index has listed). Of Secrets, only those their owners
+    # share for static sources are watched; the operator's own it lists at start and on election.
     settings.watching.label_selectors["v1", "pods"] = f"{labels.INJECT_LABEL}=true"
+    settings.watching.label_selectors["v1", "secrets"] = f"{labels.SHARED_LABEL}=true"  # shared upstream values
     settings.watching.field_selectors["apiextensions.k8s.io", "customresourcedefinitions"] = (
         f"metadata.name={model.PLURAL}.{model.GROUP}"
     )

@@ -24,7 +24,6 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 Algorithm = Literal["EdDSA", "ES256"]
 ALGORITHMS: tuple[Algorithm, ...] = ("EdDSA", "ES256")
 DEFAULT_ALGORITHM: Algorithm = "EdDSA"
-KEYRING_SECRET = "agentcred-signing-keys"
 KEYRING_KEY = "keys.json"
 MACS_KEY = "macs.json"
 

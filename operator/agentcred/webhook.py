@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONFIGURATION_NAME = "agentcred.dev"
 HANDLER_ID = "agentcred-inject"
-TLS_SECRET = "agentcred-webhook-tls"
 CERT_VALIDITY = dt.timedelta(days=365)
 RENEW_WITHIN = dt.timedelta(days=30)
 RESTART_WITHIN = dt.timedelta(days=7)
@@ -66,12 +65,12 @@ def new_serving_certificate(service: str, namespace: str, previous_ca: bytes = b
     return ServingCertificate(ca.cert_pem + pki.first_certificate(previous_ca), leaf.cert_pem, leaf.key_pem)
 
 
-def _secret_body(namespace: str, cert: ServingCertificate, existing: dict[str, Any] | None) -> dict[str, Any]:
+def _secret_body(namespace: str, name: str, cert: ServingCertificate, existing: dict[str, Any] | None) -> dict[str, Any]:
     def b64(data: bytes) -> str:
         return base64.b64encode(data).decode()
 
     labels_ = {"app.kubernetes.io/name": "agentcred"}
-    metadata: dict[str, Any] = {"name": TLS_SECRET, "namespace": namespace, "labels": labels_}
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels_}
     if existing is not None:  # keep what the chart put there, and fail on a stale version
         metadata = {**existing["metadata"], "labels": {**(existing["metadata"].get("labels") or {}), **labels_}}
     return {
@@ -90,24 +89,25 @@ def _from_secret(body: dict[str, Any] | None) -> ServingCertificate | None:
     return ServingCertificate(*(base64.b64decode(data[k]) for k in ("ca.crt", "tls.crt", "tls.key")))
 
 
-async def _renew(kube: Kube, namespace: str, service: str, existing: dict[str, Any] | None) -> ServingCertificate:
+async def _renew(kube: Kube, namespace: str, service: str, name: str,
+                 existing: dict[str, Any] | None) -> ServingCertificate:
     """Write a new certificate into the shared Secret; if another replica was faster, use its."""
     current = _from_secret(existing)
     fresh = new_serving_certificate(service, namespace, previous_ca=current.ca_pem if current else b"")
-    written = await kube.write_shared_secret(namespace, _secret_body(namespace, fresh, existing),
+    written = await kube.write_shared_secret(namespace, _secret_body(namespace, name, fresh, existing),
                                              replace=existing is not None)
     won = _from_secret(written)
     assert won is not None
     return won
 
 
-async def shared_serving_certificate(kube: Kube, namespace: str, service: str) -> ServingCertificate:
+async def shared_serving_certificate(kube: Kube, namespace: str, service: str, name: str) -> ServingCertificate:
     """The replicas' common certificate: read it, or create or renew it if this replica is first."""
-    existing = await kube.find_secret(namespace, TLS_SECRET)
+    existing = await kube.find_secret(namespace, name)
     current = _from_secret(existing)
     if current is not None and not pki.expires_within(current.cert_pem, RENEW_WITHIN):
         return current
-    return await _renew(kube, namespace, service, existing)
+    return await _renew(kube, namespace, service, name, existing)
 
 
 def certificate_actions(shared: ServingCertificate, serving: ServingCertificate, leading: bool,
@@ -122,10 +122,10 @@ def certificate_actions(shared: ServingCertificate, serving: ServingCertificate,
 class CertificateMonitor:
     """Keeps the serving certificate from expiring under a long-running operator."""
 
-    def __init__(self, kube: Kube, namespace: str, service: str, serving: ServingCertificate,
+    def __init__(self, kube: Kube, namespace: str, service: str, name: str, serving: ServingCertificate,
                  leading: Callable[[], bool], publish: Callable[[bytes], Awaitable[None]],
                  interval: float = 3600.0) -> None:
-        self.kube, self.namespace, self.service = kube, namespace, service
+        self.kube, self.namespace, self.service, self.name = kube, namespace, service, name
         self.serving, self.leading, self.publish, self.interval = serving, leading, publish, interval
         self.problem: str | None = None  # set: /healthz fails, so the kubelet restarts us
 
@@ -138,13 +138,13 @@ class CertificateMonitor:
                 log.warning("could not check the serving certificate: %s", status_of(error) or error)
 
     async def check(self, now: dt.datetime) -> None:
-        existing = await self.kube.find_secret(self.namespace, TLS_SECRET)
+        existing = await self.kube.find_secret(self.namespace, self.name)
         shared = _from_secret(existing)
         if shared is None:
             return
         renew, _ = certificate_actions(shared, self.serving, self.leading(), now)
         if renew:
-            shared = await _renew(self.kube, self.namespace, self.service, existing)
+            shared = await _renew(self.kube, self.namespace, self.service, self.name, existing)
             await self.publish(shared.ca_pem)
             log.info("renewed the webhook serving certificate; replicas pick it up as they restart")
         _, restart = certificate_actions(shared, self.serving, self.leading(), now)

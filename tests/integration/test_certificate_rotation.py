@@ -8,7 +8,10 @@ import pytest
 from cryptography import x509
 
 from agentcred.kube import Kube, load_configuration
-from agentcred.webhook import TLS_SECRET, CertificateMonitor, new_serving_certificate, shared_serving_certificate
+from agentcred.labels import StateNames
+from agentcred.webhook import CertificateMonitor, new_serving_certificate, shared_serving_certificate
+
+TLS_SECRET = StateNames().serving_certificate
 from clusterkit import Cluster
 
 pytestmark = pytest.mark.cluster
@@ -20,8 +23,8 @@ def test_renewal_while_running(cluster: Cluster, namespace: str) -> None:
     async def scenario() -> None:
         kube = Kube(load_configuration(str(cluster.kubeconfig)))
         try:
-            first = await shared_serving_certificate(kube, namespace, "agentcred")  # created: this replica is first
-            assert await shared_serving_certificate(kube, namespace, "agentcred") == first  # then shared
+            first = await shared_serving_certificate(kube, namespace, "agentcred", TLS_SECRET)  # created: this replica is first
+            assert await shared_serving_certificate(kube, namespace, "agentcred", TLS_SECRET) == first  # then shared
             expiring = new_serving_certificate("agentcred", namespace, validity=dt.timedelta(days=5))
             secret = await kube.read_secret(namespace, TLS_SECRET)
             secret["data"] = {"ca.crt": base64.b64encode(expiring.ca_pem).decode(),
@@ -32,12 +35,12 @@ def test_renewal_while_running(cluster: Cluster, namespace: str) -> None:
             async def publish(ca_pem: bytes) -> None:
                 published.append(ca_pem)
 
-            follower = CertificateMonitor(kube, namespace, "agentcred", expiring, lambda: False, publish)
+            follower = CertificateMonitor(kube, namespace, "agentcred", TLS_SECRET, expiring, lambda: False, publish)
             await follower.check(dt.datetime.now(dt.timezone.utc))
             assert published == [] and follower.problem is None  # followers never renew
-            leader = CertificateMonitor(kube, namespace, "agentcred", expiring, lambda: True, publish)
+            leader = CertificateMonitor(kube, namespace, "agentcred", TLS_SECRET, expiring, lambda: True, publish)
             await leader.check(dt.datetime.now(dt.timezone.utc))
-            renewed = await shared_serving_certificate(kube, namespace, "agentcred")
+            renewed = await shared_serving_certificate(kube, namespace, "agentcred", TLS_SECRET)
             assert renewed.cert_pem != expiring.cert_pem
             assert published == [renewed.ca_pem]
             bundle = x509.load_pem_x509_certificates(renewed.ca_pem)

@@ -25,11 +25,12 @@ pytestmark = pytest.mark.cluster
 NAMESPACE = "agentcred-ha"
 LEASE = {"AGENTCRED_LEASE_DURATION": "6", "AGENTCRED_LEASE_RENEW": "1"}
 ISSUER = "https://agentcred.agentcred-ha.svc:8443"
+STALE_NAMESPACE = "agentcred-ha-stale"  # its own: the first test's namespace may still be terminating
 
 
-def _holder(cluster: Cluster) -> str | None:
+def _holder(cluster: Cluster, namespace: str = NAMESPACE) -> str | None:
     try:
-        lease = client.CoordinationV1Api(cluster.api_client).read_namespaced_lease("agentcred-leader", NAMESPACE)
+        lease = client.CoordinationV1Api(cluster.api_client).read_namespaced_lease("agentcred-leader", namespace)
     except client.exceptions.ApiException:
         return None
     return lease.spec.holder_identity
@@ -125,14 +126,14 @@ def test_every_replica_exchanges_and_a_stale_leader_hands_out_nothing_that_outli
     with operator_paused(operator):
         replicas = {
             # One issuer for both, as replicas behind one Service have.
-            name: OperatorProcess(cluster, "--issuer", ISSUER, *(() if name == "replica-a" else ("--webhook-config", "none")),
-                                  namespace=NAMESPACE, standalone=False, env={**LEASE, "POD_NAME": name})
-            for name in ("replica-a", "replica-b")
+            name: OperatorProcess(cluster, "--issuer", ISSUER, *(() if name == "replica-c" else ("--webhook-config", "none")),
+                                  namespace=STALE_NAMESPACE, standalone=False, env={**LEASE, "POD_NAME": name})
+            for name in ("replica-c", "replica-d")
         }
         try:
             for replica in replicas.values():
                 replica.start()
-            leader_name = wait_for(lambda: _holder(cluster), what="a leader")
+            leader_name = wait_for(lambda: _holder(cluster, STALE_NAMESPACE), what="a leader")
             follower_name = next(name for name in replicas if name != leader_name)
             leader, follower = replicas[leader_name], replicas[follower_name]
             cafile = leader.ca_file()
@@ -152,7 +153,8 @@ def test_every_replica_exchanges_and_a_stale_leader_hands_out_nothing_that_outli
             leader.pause()
             try:
                 try:
-                    wait_for(lambda: _holder(cluster) == follower_name, timeout=30, what="the follower taking the lead")
+                    wait_for(lambda: _holder(cluster, STALE_NAMESPACE) == follower_name, timeout=30,
+                             what="the follower taking the lead")
                 except TimeoutError:
                     print(follower.logs()[-6000:])
                     raise
@@ -178,4 +180,4 @@ def test_every_replica_exchanges_and_a_stale_leader_hands_out_nothing_that_outli
             for replica in replicas.values():
                 replica.resume()
                 replica.cleanup()
-            cluster.delete_namespace(NAMESPACE)
+            cluster.delete_namespace(STALE_NAMESPACE)

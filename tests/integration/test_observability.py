@@ -11,6 +11,7 @@ import pytest
 from agentcred import labels, model
 from agentcred.inventory import metadata_list
 from agents import (
+    shared_secret,
     create_credential, create_job, create_pod, job_pod, read_secret, running_pod, secret_gone, secret_name_of,
     service_account, start_agent, value_gone,
 )
@@ -90,7 +91,7 @@ def test_inventory_reports_every_finding_in_every_format(
     cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
 ) -> None:
     service_account(cluster, namespace)
-    cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "upstream-key"}, "stringData": {"api-key": "v"}})
+    shared_secret(cluster, namespace, "v")
     create_credential(cluster, namespace, name="llm", category="model")
     create_credential(cluster, namespace, name="mcp", category="tool", owner="platform tools team")
     create_credential(cluster, namespace, name="vectors", category="retrieval", source=STATIC_SOURCE, exception=EXCEPTION)

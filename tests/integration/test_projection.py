@@ -11,12 +11,13 @@ from kubernetes.client.exceptions import ApiException
 
 from agentcred import labels, model
 from agents import (
+    shared_secret,
     audit_lines, claims_of, condition, create_credential, create_job, create_pod, get_credential, job_condition,
     job_pod, pod_events, read_secret, running_pod, same_value, secret_gone, secret_name_of, service_account,
     state_of, value_gone, value_of,
 )
 from clusterkit import Cluster, OperatorProcess, wait_for
-from samples import EXCEPTION, STATIC_SOURCE, spec
+from samples import EXCEPTION, STATIC_SOURCE, credential, spec
 
 pytestmark = pytest.mark.cluster
 
@@ -201,7 +202,7 @@ def test_emergency_revoke_from_the_command_line(
 
 def test_expired_exception_revokes_static_values(cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str) -> None:
     service_account(cluster, namespace)
-    cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "upstream-key"}, "stringData": {"api-key": "static-value-1"}})
+    shared_secret(cluster, namespace, "static-value-1")
     create_credential(cluster, namespace, name="legacy", category="retrieval", source=STATIC_SOURCE, exception=EXCEPTION)
     create_pod(cluster, namespace, "agent", "legacy")
     pod = wait_for(lambda: running_pod(cluster, namespace, name="agent"), what="pod Running")
@@ -251,33 +252,35 @@ def test_refusals_name_the_reason(cluster: Cluster, operator: OperatorProcess, n
     assert len(denied) == 4
 
 
-def test_upstream_secret_appearing_late_heals_by_itself(
+def test_a_static_credential_is_ready_only_while_its_upstream_is_shared(
     cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
 ) -> None:
     service_account(cluster, namespace)
-    create_credential(cluster, namespace, name="vendor", category="tool", source=STATIC_SOURCE, exception=EXCEPTION)
+    cluster.custom.create_namespaced_custom_object(model.GROUP, model.VERSION, namespace, model.PLURAL, credential(
+        name="vendor", category="tool", source=STATIC_SOURCE, exception=EXCEPTION,
+        projection={"mountPath": "/var/run/agentcred/vendor"}))
+
+    def ready() -> dict | None:
+        return condition(get_credential(cluster, namespace, "vendor"), "Ready")
+
+    missing = wait_for(lambda: (found := ready()) and found["status"] == "False" and found, what="Ready=False")
+    assert missing["reason"] == "UpstreamNotShared" and "upstream-key" in missing["message"]
+    assert "not Ready (UpstreamNotShared)" in _refusal(cluster, namespace, "vendor")
+
+    # Its owner creates and shares it: Ready follows, without any pod's help.
+    shared_secret(cluster, namespace, "late-value")
+    wait_for(lambda: ready()["status"] == "True", what="Ready once the upstream is shared")
     create_pod(cluster, namespace, "agent", "vendor")
-
-    def source_condition() -> dict | None:
-        found = condition(get_credential(cluster, namespace, "vendor"), "SourceAvailable")
-        return found if found and found["status"] == "False" else None
-
-    missing = wait_for(source_condition, what="SourceAvailable=False")
-    assert missing["reason"] == "UpstreamSecretMissing" and "upstream-key" in missing["message"]
-    events = wait_for(lambda: [e for e in pod_events(cluster, namespace, "agent") if e.reason == "UpstreamSecretMissing"],
-                      what="Event on the pod")
-    assert events[0].type == "Warning"
-    pod = cluster.core.read_namespaced_pod("agent", namespace)
-    assert pod.spec.scheduling_gates and pod.spec.node_name is None  # held back, not crash-looping
-
-    cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "upstream-key"}, "stringData": {"api-key": "late-value"}})
-    running = wait_for(lambda: running_pod(cluster, namespace, name="agent"), timeout=45, what="pod released")
+    running = wait_for(lambda: running_pod(cluster, namespace, name="agent"), what="pod released")
     assert same_value(value_of(read_secret(cluster, namespace, secret_name_of(running)), "vendor"), b"late-value")
-    healed = wait_for(
-        lambda: (c := condition(get_credential(cluster, namespace, "vendor"), "SourceAvailable")) and c["status"] == "True",
-        what="SourceAvailable=True",
-    )
-    assert healed
+
+    # Shared with someone else only: not Ready, and the live value is revoked.
+    cluster.core.patch_namespaced_secret("upstream-key", namespace, {"metadata": {"annotations": {
+        labels.SHARED_WITH_ANNOTATION: "another-credential"}}})
+    wait_for(lambda: ready()["reason"] == "UpstreamNotShared", what="Ready=False once no longer shared")
+    wait_for(lambda: value_gone(cluster, namespace, secret_name_of(running), "vendor"), what="the static value revoked")
+    revoked = audit_lines(operator, "revoke", podUID=running["metadata"]["uid"])
+    assert [line["reason"] for line in revoked] == ["credential-not-ready"]
 
 
 def test_operator_killed_during_a_burst_leaves_no_orphan_and_misses_no_revocation(
@@ -327,7 +330,7 @@ def test_operator_killed_during_a_burst_leaves_no_orphan_and_misses_no_revocatio
 
 def test_no_secret_value_in_logs_events_or_status(cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str) -> None:
     service_account(cluster, namespace)
-    cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "upstream-key"}, "stringData": {"api-key": "sk-live-LEAKCHECK-0123456789"}})
+    shared_secret(cluster, namespace, "sk-live-LEAKCHECK-0123456789")
     create_credential(cluster, namespace)
     create_credential(cluster, namespace, name="vendor", category="tool", source=STATIC_SOURCE, exception=EXCEPTION)
     create_job(cluster, namespace, "task", "research-llm,vendor")
@@ -353,8 +356,7 @@ def test_renew_now_pushes_a_rotated_upstream_value_to_running_pods(
     cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
 ) -> None:
     service_account(cluster, namespace)
-    cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "upstream-key"},
-                                                      "stringData": {"api-key": "vendor-key-v1"}})
+    shared_secret(cluster, namespace, "vendor-key-v1")
     create_credential(cluster, namespace, name="vendor", category="tool", source=STATIC_SOURCE, exception=EXCEPTION,
                       ttl="1h", maxLifetime="8h")
     for name in ("a", "b"):

@@ -3,7 +3,7 @@ audit line, Event, AgentCredential status or metric."""
 
 import pytest
 
-from agents import create_credential, create_job, job_pod, service_account
+from agents import shared_secret, create_credential, create_job, job_pod, service_account
 from clusterkit import Cluster, OperatorProcess, wait_for
 from samples import EXCEPTION, STATIC_SOURCE
 from witness import Witness
@@ -15,8 +15,7 @@ def test_no_secret_value_anywhere(cluster: Cluster, operator: OperatorProcess, w
                                   namespace: str) -> None:
     # Handle at least one minted and one static value even when this file runs alone.
     service_account(cluster, namespace)
-    cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "upstream-key"},
-                                                      "stringData": {"api-key": "sk-live-witness-0123456789"}})
+    shared_secret(cluster, namespace, "sk-live-witness-0123456789")
     create_credential(cluster, namespace)
     create_credential(cluster, namespace, name="vendor", category="tool", source=STATIC_SOURCE, exception=EXCEPTION)
     create_job(cluster, namespace, "task", "research-llm,vendor")
