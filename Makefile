@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test unit crd bench bench-quick clean
+.PHONY: setup demo test check unit crd bench bench-quick clean
 
 $(BIN)/agentcred: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,16 @@ setup: $(BIN)/agentcred
 demo: setup
 	$(BIN)/agentcred demo
 
-# Unit tests and tests against the real local control plane.
-test: setup
+# The architecture checks, then unit tests and tests against the real local control plane.
+test: setup check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Layers imported only downwards (import-linter), types (mypy), style (ruff).
+check: $(BIN)/agentcred
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+	$(BIN)/ruff check operator tests bench examples
+	$(BIN)/ruff format --check operator tests bench examples
 
 unit: $(BIN)/agentcred
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

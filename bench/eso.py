@@ -35,10 +35,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO / "operator") not in sys.path:
     sys.path.insert(0, str(REPO / "operator"))
 
-from harness import Follower, Lean, log_tail, overruns, summary_ms, usage, wait_count  # noqa: E402
-
 from agentcred.devcluster import binaries  # noqa: E402
 from agentcred.devcluster.controlplane import PROXY_VARIABLES, free_port  # noqa: E402
+from harness import Follower, Lean, log_tail, overruns, summary_ms, usage, wait_count  # noqa: E402
 
 ESO_VERSION = "0.16.2"
 ESO_MODULE = "github.com/external-secrets/external-secrets"
@@ -83,8 +82,10 @@ def ensure_binary(build: bool = True) -> tuple[Path, dict[str, Any]]:
             raise RuntimeError(f"ESO v{ESO_VERSION} is not built ({binary}); run with --eso build")
         if shutil.which("go") is None:
             raise RuntimeError("the Go toolchain is needed to build External Secrets")
-        print(f"building External Secrets v{ESO_VERSION} from Go modules (first run only, ~8 min on 2 cores) ...",
-              flush=True)
+        print(
+            f"building External Secrets v{ESO_VERSION} from Go modules (first run only, ~8 min on 2 cores) ...",
+            flush=True,
+        )
         started = time.monotonic()
         build(recipe)
         info["build_seconds"] = round(time.monotonic() - started, 1)
@@ -103,22 +104,26 @@ def build(recipe: binaries.Component, log: Path | None = None) -> None:
     log = log or REPO / "bench" / "out" / "eso-build.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     recipe.directory.parent.mkdir(parents=True, exist_ok=True)
-    (package, binary), = recipe.packages
+    ((package, binary),) = recipe.packages
     with tempfile.TemporaryDirectory(dir=recipe.directory.parent) as scratch, open(log, "w") as output:
         work = Path(scratch)
         (work / "go.mod").write_text(recipe.go_mod)
         (work / "tools.go").write_text(f'//go:build tools\n\npackage tools\n\nimport _ "{package}"\n')
         out = work / "out"
         out.mkdir()
-        for argv in (["go", "mod", "tidy"],
-                     ["go", "build", "-trimpath", "-ldflags", recipe.ldflags, "-o", str(out / binary), package]):
+        for argv in (
+            ["go", "mod", "tidy"],
+            ["go", "build", "-trimpath", "-ldflags", recipe.ldflags, "-o", str(out / binary), package],
+        ):
             output.write(f"$ {' '.join(argv)}\n")
             output.flush()
             done = subprocess.run(argv, cwd=work, env=_go_env(), stdout=output, stderr=subprocess.STDOUT)
             if done.returncode != 0:
                 output.flush()
-                raise RuntimeError(f"building External Secrets v{ESO_VERSION}: `{' '.join(argv[:2])}` exited with "
-                                   f"{done.returncode} (full output in {log}):\n{log_tail(log, 25)}")
+                raise RuntimeError(
+                    f"building External Secrets v{ESO_VERSION}: `{' '.join(argv[:2])}` exited with "
+                    f"{done.returncode} (full output in {log}):\n{log_tail(log, 25)}"
+                )
         if recipe.directory.exists():
             shutil.rmtree(recipe.directory)
         out.rename(recipe.directory)
@@ -126,13 +131,19 @@ def build(recipe: binaries.Component, log: Path | None = None) -> None:
 
 def crd_files() -> list[Path]:
     """ESO's CRDs from its module source (downloading the module if the cache lacks it)."""
-    root = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True,
-                          env=_go_env()).stdout.strip()
+    root = subprocess.run(
+        ["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True, env=_go_env()
+    ).stdout.strip()
     source = Path(root) / f"{ESO_MODULE}@v{ESO_VERSION}"
     if not source.exists():
         with tempfile.TemporaryDirectory() as scratch:
-            subprocess.run(["go", "mod", "download", f"{ESO_MODULE}@v{ESO_VERSION}"], cwd=scratch,
-                           env=_go_env(), check=True, capture_output=True)
+            subprocess.run(
+                ["go", "mod", "download", f"{ESO_MODULE}@v{ESO_VERSION}"],
+                cwd=scratch,
+                env=_go_env(),
+                check=True,
+                capture_output=True,
+            )
     bases = source / "config" / "crds" / "bases"
     files = sorted(p for p in bases.glob("*.yaml") if p.name != "kustomization.yaml")
     if not files:
@@ -172,13 +183,15 @@ class Eso:
                     if getattr(error, "status", None) != 409:
                         raise
         for name in names:
-            wait_count(lambda: int(self._established(name)), 1, f"CRD {name} established", stall=60)
+            wait_count(lambda name=name: int(self._established(name)), 1, f"CRD {name} established", stall=60)
         return {"crds": len(names), "seconds": time.monotonic() - started}
 
     def _established(self, name: str) -> bool:
         crd = self.lean.json("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-        return any(c["type"] == "Established" and c["status"] == "True"
-                   for c in (crd.get("status") or {}).get("conditions") or [])
+        return any(
+            c["type"] == "Established" and c["status"] == "True"
+            for c in (crd.get("status") or {}).get("conditions") or []
+        )
 
     # -- the process ------------------------------------------------------------------
 
@@ -192,16 +205,27 @@ class Eso:
         env["KUBECONFIG"] = str(self.kubeconfig)
         started = time.monotonic()
         self.process = subprocess.Popen(
-            [str(self.binary), "--metrics-addr", f"127.0.0.1:{self.metrics_port}", "--enable-leader-election=false",
-             "--loglevel", "error", *VARIANTS[variant]],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            [
+                str(self.binary),
+                "--metrics-addr",
+                f"127.0.0.1:{self.metrics_port}",
+                "--enable-leader-election=false",
+                "--loglevel",
+                "error",
+                *VARIANTS[variant],
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
         )
         log.close()
         deadline = started + 120 + expect_live / 20
         while not self._metrics_up():
             if self.process.poll() is not None:
-                raise RuntimeError(f"ESO exited with {self.process.returncode}:\n"
-                                   f"{log_tail(self.workdir / f'eso-{variant}.log')}")
+                raise RuntimeError(
+                    f"ESO exited with {self.process.returncode}:\n{log_tail(self.workdir / f'eso-{variant}.log')}"
+                )
             if time.monotonic() > deadline:
                 raise TimeoutError("ESO's metrics endpoint never answered")
             time.sleep(0.1)
@@ -222,9 +246,11 @@ class Eso:
         except OSError:
             return {}
         stats = {"reconciles": 0.0, "reconcile_errors": 0.0, "reconcile_seconds": 0.0}
-        names = {"controller_runtime_reconcile_total": "reconciles",
-                 "controller_runtime_reconcile_errors_total": "reconcile_errors",
-                 "controller_runtime_reconcile_time_seconds_sum": "reconcile_seconds"}
+        names = {
+            "controller_runtime_reconcile_total": "reconciles",
+            "controller_runtime_reconcile_errors_total": "reconcile_errors",
+            "controller_runtime_reconcile_time_seconds_sum": "reconcile_seconds",
+        }
         for line in text.splitlines():
             metric, _, value = line.rpartition(" ")
             name = metric.split("{", 1)[0]
@@ -245,8 +271,9 @@ class Eso:
     def usage(self) -> dict[str, float]:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise RuntimeError(f"ESO exited with {self.process.returncode}:\n"
-                               f"{log_tail(self.workdir / f'eso-{self.variant}.log')}")
+            raise RuntimeError(
+                f"ESO exited with {self.process.returncode}:\n{log_tail(self.workdir / f'eso-{self.variant}.log')}"
+            )
         return usage(self.process.pid)
 
     # -- objects ----------------------------------------------------------------------
@@ -254,18 +281,33 @@ class Eso:
     def prepare(self, namespace: str) -> float:
         """The Fake SecretStore and the Password generator in `namespace`; seconds until the
         store is Ready (which also says ESO's controllers are running)."""
-        self.lean.call("POST", f"/apis/{ES_GROUP}/{ES_VERSION}/namespaces/{namespace}/secretstores", {
-            "apiVersion": f"{ES_GROUP}/{ES_VERSION}", "kind": "SecretStore", "metadata": {"name": "fake"},
-            "spec": {"provider": {"fake": {"data": [{"key": "bench-static", "value": "s" * 40}]}}}})
-        self.lean.call("POST", f"/apis/{GEN_GROUP}/{GEN_VERSION}/namespaces/{namespace}/passwords", {
-            "apiVersion": f"{GEN_GROUP}/{GEN_VERSION}", "kind": "Password", "metadata": {"name": "token"},
-            "spec": {"length": 680, "digits": 100, "symbols": 0, "noUpper": False, "allowRepeat": True}})
+        self.lean.call(
+            "POST",
+            f"/apis/{ES_GROUP}/{ES_VERSION}/namespaces/{namespace}/secretstores",
+            {
+                "apiVersion": f"{ES_GROUP}/{ES_VERSION}",
+                "kind": "SecretStore",
+                "metadata": {"name": "fake"},
+                "spec": {"provider": {"fake": {"data": [{"key": "bench-static", "value": "s" * 40}]}}},
+            },
+        )
+        self.lean.call(
+            "POST",
+            f"/apis/{GEN_GROUP}/{GEN_VERSION}/namespaces/{namespace}/passwords",
+            {
+                "apiVersion": f"{GEN_GROUP}/{GEN_VERSION}",
+                "kind": "Password",
+                "metadata": {"name": "token"},
+                "spec": {"length": 680, "digits": 100, "symbols": 0, "noUpper": False, "allowRepeat": True},
+            },
+        )
         started = time.monotonic()
         store = f"/apis/{ES_GROUP}/{ES_VERSION}/namespaces/{namespace}/secretstores/fake"
 
         def ready() -> int:
             conditions = (self.lean.json("GET", store).get("status") or {}).get("conditions") or []
             return int(any(c["type"] == "Ready" and c["status"] == "True" for c in conditions))
+
         wait_count(ready, 1, f"{namespace}: SecretStore fake Ready", stall=90)
         return time.monotonic() - started
 
@@ -273,14 +315,27 @@ class Eso:
         spec: dict[str, Any] = {
             "refreshInterval": refresh,
             "target": {"name": name},
-            "dataFrom": [{"sourceRef": {"generatorRef": {
-                "apiVersion": f"{GEN_GROUP}/{GEN_VERSION}", "kind": "Password", "name": "token"}}}],
+            "dataFrom": [
+                {
+                    "sourceRef": {
+                        "generatorRef": {
+                            "apiVersion": f"{GEN_GROUP}/{GEN_VERSION}",
+                            "kind": "Password",
+                            "name": "token",
+                        }
+                    }
+                }
+            ],
         }
         if self.source == "store+generator":
             spec["secretStoreRef"] = {"name": "fake", "kind": "SecretStore"}
             spec["data"] = [{"secretKey": "static", "remoteRef": {"key": "bench-static"}}]
-        return {"apiVersion": f"{ES_GROUP}/{ES_VERSION}", "kind": "ExternalSecret", "metadata": {"name": name},
-                "spec": spec}
+        return {
+            "apiVersion": f"{ES_GROUP}/{ES_VERSION}",
+            "kind": "ExternalSecret",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
 
     def wait_for_garbage_collector(self, namespace: str) -> float:
         """Seconds until the cluster's garbage collector follows ExternalSecrets as owners.
@@ -290,14 +345,32 @@ class Eso:
         sync, not ESO. A probe (with ESO stopped): an ExternalSecret owning a ConfigMap, deleted."""
         started = time.monotonic()
         probe = self.lean.json("POST", self.es_path(namespace), self.external_secret("gc-probe", "1h"))
-        self.lean.call("POST", f"/api/v1/namespaces/{namespace}/configmaps", {
-            "metadata": {"name": "gc-probe", "ownerReferences": [{
-                "apiVersion": f"{ES_GROUP}/{ES_VERSION}", "kind": "ExternalSecret", "name": "gc-probe",
-                "uid": probe["metadata"]["uid"]}]}})
+        self.lean.call(
+            "POST",
+            f"/api/v1/namespaces/{namespace}/configmaps",
+            {
+                "metadata": {
+                    "name": "gc-probe",
+                    "ownerReferences": [
+                        {
+                            "apiVersion": f"{ES_GROUP}/{ES_VERSION}",
+                            "kind": "ExternalSecret",
+                            "name": "gc-probe",
+                            "uid": probe["metadata"]["uid"],
+                        }
+                    ],
+                }
+            },
+        )
         self.lean.call("DELETE", self.es_path(namespace, "gc-probe"))
         path = f"/api/v1/namespaces/{namespace}/configmaps/gc-probe"
-        wait_count(lambda: int(not self.lean.exists(path)), 1, "garbage collector following ExternalSecrets",
-                   stall=120, interval=0.5)
+        wait_count(
+            lambda: int(not self.lean.exists(path)),
+            1,
+            "garbage collector following ExternalSecrets",
+            stall=120,
+            interval=0.5,
+        )
         return time.monotonic() - started
 
     def es_path(self, namespace: str, name: str = "") -> str:
@@ -310,6 +383,7 @@ class Eso:
             name = f"es-{i}"
             self.lean.call("POST", self.es_path(namespace), self.external_secret(name, refresh))
             created[name] = time.monotonic()
+
         self.lean.run_all(create, range(count))
         return started
 
@@ -321,8 +395,12 @@ class Eso:
         the Secret through an ownerReference and does not delete it itself)."""
         self.prepare(namespace)
         created: dict[str, float] = {}
-        follower = Follower(self.lean, f"/api/v1/namespaces/{namespace}/secrets", lambda s: s["metadata"]["name"],
-                            selector=f"{MANAGED_LABEL}=true")
+        follower = Follower(
+            self.lean,
+            f"/api/v1/namespaces/{namespace}/secrets",
+            lambda s: s["metadata"]["name"],
+            selector=f"{MANAGED_LABEL}=true",
+        )
         with follower as written:
             time.sleep(0.5)
             before = self.usage()
@@ -333,11 +411,15 @@ class Eso:
             at_n = self.usage()
             reconciles = self.reconcile_stats()
             result: dict[str, Any] = {
-                "objects": count, "variant": self.variant, "flags": VARIANTS[self.variant], "source": self.source,
+                "objects": count,
+                "variant": self.variant,
+                "flags": VARIANTS[self.variant],
+                "source": self.source,
                 "create_seconds": create_done - started,
                 "written_ms": summary_ms(written.seen[n] - created[n] for n in created if n in written.seen),
                 "written_per_second": count / (finished - started),
-                "rss_mb_at_n": at_n["rss_mb"], "peak_rss_mb": at_n["peak_rss_mb"],
+                "rss_mb_at_n": at_n["rss_mb"],
+                "peak_rss_mb": at_n["peak_rss_mb"],
                 "cpu_seconds_issuing": at_n["cpu_seconds"] - before["cpu_seconds"],
                 "reconciles": reconciles,
             }
@@ -348,10 +430,12 @@ class Eso:
                 def delete(name: str) -> None:
                     self.lean.call("DELETE", self.es_path(namespace, name), ok=(200, 202, 404))
                     deleted_at[name] = time.monotonic()
+
                 self.lean.run_all(delete, sorted(created))
                 wait_count(lambda: len(written.deleted), count, f"{namespace}: ESO Secrets deleted", stall=stall)
-                result["deleted_ms"] = summary_ms(written.deleted[n] - deleted_at[n]
-                                                  for n in deleted_at if n in written.deleted)
+                result["deleted_ms"] = summary_ms(
+                    written.deleted[n] - deleted_at[n] for n in deleted_at if n in written.deleted
+                )
                 result["deleted_per_second"] = count / (max(written.deleted.values()) - delete_started)
                 after = self.usage()
                 result["cpu_seconds"] = after["cpu_seconds"] - before["cpu_seconds"]
@@ -361,18 +445,28 @@ class Eso:
             result["cpu_seconds_per_1000"] = result["cpu_seconds"] * 1000 / count
         return result
 
-    def refresh(self, namespace: str, count: int, *, interval: float, window: float, variants: list[str],
-                stall: float = 300.0) -> dict[str, Any]:
+    def refresh(
+        self, namespace: str, count: int, *, interval: float, window: float, variants: list[str], stall: float = 300.0
+    ) -> dict[str, Any]:
         """`count` ExternalSecrets on a `interval` refresh: for each variant in turn (ESO
         restarted with its flags over the same live objects), how much later than `interval`
         each target Secret's data changes again (the generator makes a new value each time)."""
         self.start(variants[0])
         self.prepare(namespace)
         created: dict[str, float] = {}
-        result: dict[str, Any] = {"objects": count, "interval_seconds": interval, "window_seconds": window,
-                                  "source": self.source}
-        follower = Follower(self.lean, f"/api/v1/namespaces/{namespace}/secrets", lambda s: s["metadata"]["name"],
-                            selector=f"{MANAGED_LABEL}=true", writes=True)
+        result: dict[str, Any] = {
+            "objects": count,
+            "interval_seconds": interval,
+            "window_seconds": window,
+            "source": self.source,
+        }
+        follower = Follower(
+            self.lean,
+            f"/api/v1/namespaces/{namespace}/secrets",
+            lambda s: s["metadata"]["name"],
+            selector=f"{MANAGED_LABEL}=true",
+            writes=True,
+        )
         with follower as written:
             time.sleep(0.5)
             started = self.create_all(namespace, count, f"{int(interval)}s", created)
@@ -386,14 +480,21 @@ class Eso:
                 after = self.usage()
                 late, overdue = overruns(written.writes, interval, since=mark, until=time.monotonic())
                 result[variant] = {
-                    "flags": VARIANTS[variant], "startup_seconds": startup,
-                    "overrun_ms": summary_ms(late + overdue), "refreshes": len(late), "overdue_at_end": len(overdue),
-                    "rss_mb": after["rss_mb"], "peak_rss_mb": after["peak_rss_mb"],
+                    "flags": VARIANTS[variant],
+                    "startup_seconds": startup,
+                    "overrun_ms": summary_ms(late + overdue),
+                    "refreshes": len(late),
+                    "overdue_at_end": len(overdue),
+                    "rss_mb": after["rss_mb"],
+                    "peak_rss_mb": after["peak_rss_mb"],
                     "cpu_seconds": after["cpu_seconds"] - before["cpu_seconds"],
                 }
-                print(f"  ESO refresh ({variant}): {len(late)} refreshes in {window:.0f} s, overrun "
-                      f"p50 {result[variant]['overrun_ms']['p50']:.0f} ms p99 {result[variant]['overrun_ms']['p99']:.0f} ms",
-                      flush=True)
+                print(
+                    f"  ESO refresh ({variant}): {len(late)} refreshes in {window:.0f} s, overrun "
+                    f"p50 {result[variant]['overrun_ms']['p50']:.0f} ms "
+                    f"p99 {result[variant]['overrun_ms']['p99']:.0f} ms",
+                    flush=True,
+                )
         return result
 
 

@@ -14,9 +14,10 @@ import threading
 import time
 import traceback
 import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import urllib3
 from kubernetes import client
@@ -73,21 +74,40 @@ class Lean:
         if token:
             self.headers["Authorization"] = token if token.lower().startswith("bearer ") else f"Bearer {token}"
         self.pool = urllib3.PoolManager(
-            num_pools=4, maxsize=pool, block=False,
+            num_pools=4,
+            maxsize=pool,
+            block=False,
             cert_reqs="CERT_REQUIRED" if configuration.verify_ssl else "CERT_NONE",
-            ca_certs=configuration.ssl_ca_cert, cert_file=configuration.cert_file, key_file=configuration.key_file,
+            ca_certs=configuration.ssl_ca_cert,
+            cert_file=configuration.cert_file,
+            key_file=configuration.key_file,
         )
 
-    def call(self, method: str, path: str, body: Any = None, *, content_type: str = "application/json",
-             ok: tuple[int, ...] = (200, 201, 202), timeout: float = 60.0, attempts: int = 5) -> bytes:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        content_type: str = "application/json",
+        ok: tuple[int, ...] = (200, 201, 202),
+        timeout: float = 60.0,
+        attempts: int = 5,
+    ) -> bytes:
         data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         headers = dict(self.headers)
         if data is not None:
             headers["Content-Type"] = content_type
         for attempt in range(attempts):
             try:
-                response = self.pool.request(method, self.host + path, body=data, headers=headers,
-                                             timeout=urllib3.Timeout(connect=10, read=timeout), retries=False)
+                response = self.pool.request(
+                    method,
+                    self.host + path,
+                    body=data,
+                    headers=headers,
+                    timeout=urllib3.Timeout(connect=10, read=timeout),
+                    retries=False,
+                )
             except (urllib3.exceptions.HTTPError, OSError):
                 if attempt == attempts - 1:
                     raise
@@ -115,8 +135,14 @@ class Lean:
 
     def stream(self, path: str, timeout: float) -> Iterator[dict[str, Any]]:
         """The events of one watch request, decoded, until the server ends it."""
-        response = self.pool.request("GET", self.host + path, headers=self.headers, preload_content=False,
-                                     timeout=urllib3.Timeout(connect=10, read=timeout), retries=False)
+        response = self.pool.request(
+            "GET",
+            self.host + path,
+            headers=self.headers,
+            preload_content=False,
+            timeout=urllib3.Timeout(connect=10, read=timeout),
+            retries=False,
+        )
         try:
             if response.status != 200:
                 raise ApiError(response.status, "GET", path, response.read())
@@ -127,7 +153,7 @@ class Lean:
                     cut = buffer.find(b"\n")
                     if cut < 0:
                         break
-                    line, buffer = buffer[:cut], buffer[cut + 1:]
+                    line, buffer = buffer[:cut], buffer[cut + 1 :]
                     if line.strip():
                         yield json.loads(line)
         finally:
@@ -151,9 +177,16 @@ class Follower:
     client-side times per key: first seen, first time each mark held, every change of `data`,
     and deletion. Times are time.monotonic() when the event was read."""
 
-    def __init__(self, lean: Lean, collection: str, key: Callable[[dict[str, Any]], str | None], *,
-                 selector: str = "", marks: dict[str, Callable[[dict[str, Any]], bool]] | None = None,
-                 writes: bool = False) -> None:
+    def __init__(
+        self,
+        lean: Lean,
+        collection: str,
+        key: Callable[[dict[str, Any]], str | None],
+        *,
+        selector: str = "",
+        marks: dict[str, Callable[[dict[str, Any]], bool]] | None = None,
+        writes: bool = False,
+    ) -> None:
         self.lean = lean
         self.collection = collection
         self.key = key
@@ -172,7 +205,7 @@ class Follower:
         self.error: BaseException | None = None
         self.events = 0
 
-    def __enter__(self) -> "Follower":
+    def __enter__(self) -> Follower:
         self._thread.start()
         if not self._listed.wait(60):
             raise TimeoutError(f"could not list {self.collection}: {self.error}")
@@ -206,7 +239,9 @@ class Follower:
         present: set[str] = set()
         token = ""
         while True:
-            page = self.lean.json("GET", self.collection + query(labelSelector=self.selector, limit=500, **{"continue": token}))
+            page = self.lean.json(
+                "GET", self.collection + query(labelSelector=self.selector, limit=500, **{"continue": token})
+            )
             for item in page.get("items") or []:
                 self._observe("ADDED", item, now)
                 key = self.key(item)
@@ -227,8 +262,13 @@ class Follower:
                 if not version:
                     version = self._list()
                     self._listed.set()
-                path = self.collection + query(watch=1, resourceVersion=version, allowWatchBookmarks="true",
-                                               timeoutSeconds=300, labelSelector=self.selector)
+                path = self.collection + query(
+                    watch=1,
+                    resourceVersion=version,
+                    allowWatchBookmarks="true",
+                    timeoutSeconds=300,
+                    labelSelector=self.selector,
+                )
                 for event in self.lean.stream(path, timeout=330):
                     now = time.monotonic()
                     self.events += 1
@@ -251,16 +291,18 @@ class Follower:
 
     def intervals(self) -> list[float]:
         """Seconds between consecutive changes of each object's data."""
-        return [b - a for times in self.writes.values() for a, b in zip(times, times[1:])]
+        return [b - a for times in self.writes.values() for a, b in zip(times, times[1:], strict=False)]
 
 
-def overruns(writes: dict[str, list[float]], period: float, *, since: float, until: float) -> tuple[list[float], list[float]]:
+def overruns(
+    writes: dict[str, list[float]], period: float, *, since: float, until: float
+) -> tuple[list[float], list[float]]:
     """How much later than `period` after its previous write each object was written again,
     for writes after `since`; and, for objects not written again by `until` though due, how
     overdue they are then (a lower bound on that refresh's lateness, so stalls are counted)."""
     late, overdue = [], []
     for times in writes.values():
-        late += [max(0.0, b - a - period) for a, b in zip(times, times[1:]) if b >= since]
+        late += [max(0.0, b - a - period) for a, b in zip(times, times[1:], strict=False) if b >= since]
         if times and until - times[-1] > period and until - times[-1] - period > 0:
             overdue.append(until - times[-1] - period)
     return late, overdue
@@ -269,8 +311,15 @@ def overruns(writes: dict[str, list[float]], period: float, *, since: float, unt
 # -- waiting ------------------------------------------------------------------------------
 
 
-def wait_count(count: Callable[[], int], target: int, what: str, *, stall: float = 120.0,
-               ceiling: float | None = None, interval: float = 0.2) -> float:
+def wait_count(
+    count: Callable[[], int],
+    target: int,
+    what: str,
+    *,
+    stall: float = 120.0,
+    ceiling: float | None = None,
+    interval: float = 0.2,
+) -> float:
     """Wait until count() >= target; fail when it stops moving for `stall` seconds or the whole
     wait passes `ceiling`. Returns the seconds waited. A big burst is never cut short by a
     fixed timeout, and a stuck one fails in bounded time."""

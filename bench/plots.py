@@ -89,18 +89,34 @@ def memory(results: dict[str, Any], path: Path) -> Path | None:
     drawn = False
     if scale:
         drawn = True
-        ax.plot([p["live"] for p in scale], [p["rss_mb"] for p in scale], marker="o", color="tab:blue",
-                label="agentcred RSS")
-        ax.plot([p["live"] for p in scale], [p["peak_rss_mb"] for p in scale], marker="o", color="tab:blue",
-                linestyle=":", label="agentcred peak RSS")
+        ax.plot(
+            [p["live"] for p in scale],
+            [p["rss_mb"] for p in scale],
+            marker="o",
+            color="tab:blue",
+            label="agentcred RSS",
+        )
+        ax.plot(
+            [p["live"] for p in scale],
+            [p["peak_rss_mb"] for p in scale],
+            marker="o",
+            color="tab:blue",
+            linestyle=":",
+            label="agentcred peak RSS",
+        )
         startups = [s for s in (results.get("scale") or {}).get("startup") or [] if s.get("rss_mb") and s["live"]]
         if startups:
-            ax.scatter([s["live"] for s in startups], [s["rss_mb"] for s in startups], color="tab:cyan", zorder=3,
-                       label="agentcred just restarted (listed)")
+            ax.scatter(
+                [s["live"] for s in startups],
+                [s["rss_mb"] for s in startups],
+                color="tab:cyan",
+                zorder=3,
+                label="agentcred just restarted (listed)",
+            )
     for who in ("eso-default", "eso-raised", "eso-tuned"):
         label, colour, marker = STYLE[who]
         points = [(n, r["rss_mb_at_n"]) for n, r in _series(results, who) if r.get("rss_mb_at_n")]
-        refresh = (results.get("eso-refresh") or {})
+        refresh = results.get("eso-refresh") or {}
         variant = who.split("-", 1)[1]
         if refresh.get(variant, {}).get("rss_mb"):
             points.append((refresh["objects"], refresh[variant]["rss_mb"]))
@@ -145,8 +161,13 @@ def startup(results: dict[str, Any], path: Path) -> Path | None:
     if len(points) < 2:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot([s["live"] for s in points], [s["seconds"] for s in points], marker="o", color="tab:blue",
-            label="agentcred: start → ready (every index listed)")
+    ax.plot(
+        [s["live"] for s in points],
+        [s["seconds"] for s in points],
+        marker="o",
+        color="tab:blue",
+        label="agentcred: start → ready (every index listed)",
+    )
     ax.set_xlabel("live pods with values")
     ax.set_ylabel("seconds")
     ax.set_ylim(bottom=0)
@@ -155,6 +176,11 @@ def startup(results: dict[str, Any], path: Path) -> Path | None:
 
 def draw(results: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    drawn = [latency(results, out / "latency.png"), throughput(results, out / "throughput.png"),
-             memory(results, out / "memory.png"), cpu(results, out / "cpu.png"), startup(results, out / "startup.png")]
+    drawn = [
+        latency(results, out / "latency.png"),
+        throughput(results, out / "throughput.png"),
+        memory(results, out / "memory.png"),
+        cpu(results, out / "cpu.png"),
+        startup(results, out / "startup.png"),
+    ]
     return [p for p in drawn if p is not None]

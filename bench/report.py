@@ -67,30 +67,65 @@ def side_by_side(results: dict[str, Any]) -> list[list[str]]:
         a, f = results.get(f"agentcred-{n}") or {}, results.get(f"floor-{n}") or {}
         e = {v: results.get(f"eso-{v}-{n}") or {} for v in variants}
 
-        def row(measure: str, ours: str, floor: str, ratio: str, eso: list[str]) -> None:
+        def row(measure: str, ours: str, floor: str, ratio: str, eso: list[str], n: int = n) -> None:
             rows.append([f"{n:,}", measure, ours, floor, ratio, *eso])
 
-        row("created -> written, p50 / p99 / max ms", _lat(a.get("written_ms")), _lat(f.get("written_ms")),
+        row(
+            "created -> written, p50 / p99 / max ms",
+            _lat(a.get("written_ms")),
+            _lat(f.get("written_ms")),
             _ratio(_p99(a.get("written_ms")), _p99(f.get("written_ms"))) + " (p99)",
-            [_lat(x.get("written_ms")) for x in e.values()])
-        row("throughput, written/s", _num(a.get("written_per_second")), _num(f.get("written_per_second")),
+            [_lat(x.get("written_ms")) for x in e.values()],
+        )
+        row(
+            "throughput, written/s",
+            _num(a.get("written_per_second")),
+            _num(f.get("written_per_second")),
             _ratio(a.get("written_per_second"), f.get("written_per_second")),
-            [_num(x.get("written_per_second")) for x in e.values()])
-        row("created -> ungated, p50 / p99 / max ms", _lat(a.get("ungated_ms")), _lat(f.get("ungated_ms")),
-            _ratio(_p99(a.get("ungated_ms")), _p99(f.get("ungated_ms"))) + " (p99)", [NA] * len(e))
-        row("Succeeded -> revoked, p50 / p99 / max ms", _lat(a.get("revoked_succeeded_ms")),
+            [_num(x.get("written_per_second")) for x in e.values()],
+        )
+        row(
+            "created -> ungated, p50 / p99 / max ms",
+            _lat(a.get("ungated_ms")),
+            _lat(f.get("ungated_ms")),
+            _ratio(_p99(a.get("ungated_ms")), _p99(f.get("ungated_ms"))) + " (p99)",
+            [NA] * len(e),
+        )
+        row(
+            "Succeeded -> revoked, p50 / p99 / max ms",
+            _lat(a.get("revoked_succeeded_ms")),
             _lat(f.get("revoked_succeeded_ms")),
-            _ratio(_p99(a.get("revoked_succeeded_ms")), _p99(f.get("revoked_succeeded_ms"))) + " (p99)", [NA] * len(e))
-        row("deleted -> Secret gone, p50 / p99 / max ms", _lat(a.get("revoked_deleted_ms")),
+            _ratio(_p99(a.get("revoked_succeeded_ms")), _p99(f.get("revoked_succeeded_ms"))) + " (p99)",
+            [NA] * len(e),
+        )
+        row(
+            "deleted -> Secret gone, p50 / p99 / max ms",
+            _lat(a.get("revoked_deleted_ms")),
             _lat(f.get("revoked_deleted_ms")),
             _ratio(_p99(a.get("revoked_deleted_ms")), _p99(f.get("revoked_deleted_ms"))) + " (p99)",
-            [_lat(x.get("deleted_ms")) if x.get("deleted_ms") else NA for x in e.values()])
-        row("controller CPU s per 1,000 (issued + revoked)", _num(a.get("cpu_seconds_per_1000"), 1), NA, NA,
-            [_num(x.get("cpu_seconds_per_1000"), 1) for x in e.values()])
-        row("controller RSS with N live, MB", _num(a.get("rss_mb_at_n")), NA, NA,
-            [_num(x.get("rss_mb_at_n")) for x in e.values()])
-        row("operator start-up (empty cluster) -> ready, s", _num(a.get("operator_startup_seconds"), 1), NA, NA,
-            [NA for _ in e.values()])  # ESO has no readiness endpoint: its figure is not comparable
+            [_lat(x.get("deleted_ms")) if x.get("deleted_ms") else NA for x in e.values()],
+        )
+        row(
+            "controller CPU s per 1,000 (issued + revoked)",
+            _num(a.get("cpu_seconds_per_1000"), 1),
+            NA,
+            NA,
+            [_num(x.get("cpu_seconds_per_1000"), 1) for x in e.values()],
+        )
+        row(
+            "controller RSS with N live, MB",
+            _num(a.get("rss_mb_at_n")),
+            NA,
+            NA,
+            [_num(x.get("rss_mb_at_n")) for x in e.values()],
+        )
+        row(
+            "operator start-up (empty cluster) -> ready, s",
+            _num(a.get("operator_startup_seconds"), 1),
+            NA,
+            NA,
+            [NA for _ in e.values()],
+        )  # ESO has no readiness endpoint: its figure is not comparable
     return rows
 
 
@@ -112,8 +147,16 @@ def scale_rows(results: dict[str, Any]) -> list[list[str]]:
     scale = results.get("scale") or {}
     rows = [["live projections", "RSS MB", "peak RSS MB", "CPU s for the step", "pods in the step", "step s"]]
     for p in scale.get("points") or []:
-        rows.append([f"{p['live']:,}", _num(p["rss_mb"]), _num(p["peak_rss_mb"]), _num(p["cpu_seconds_step"], 1),
-                     f"{p['pods_step']:,}", _num(p["step_seconds"])])
+        rows.append(
+            [
+                f"{p['live']:,}",
+                _num(p["rss_mb"]),
+                _num(p["peak_rss_mb"]),
+                _num(p["cpu_seconds_step"], 1),
+                f"{p['pods_step']:,}",
+                _num(p["step_seconds"]),
+            ]
+        )
     return rows
 
 
@@ -125,27 +168,62 @@ def startup_rows(results: dict[str, Any]) -> list[list[str]]:
 
 
 def refresh_rows(results: dict[str, Any]) -> list[list[str]]:
-    rows = [["who", "values", "period", "late by, p50 / p99 / max ms", "refreshes seen", "overdue at end",
-             "CPU s in window", "RSS MB"]]
+    rows = [
+        [
+            "who",
+            "values",
+            "period",
+            "late by, p50 / p99 / max ms",
+            "refreshes seen",
+            "overdue at end",
+            "CPU s in window",
+            "RSS MB",
+        ]
+    ]
     renewal = (results.get("scale") or {}).get("renewal")
     if renewal:
         ttl = renewal.get("ttl_seconds", 120)
-        rows.append(["agentcred (audit log: due -> renewed)", f"{renewal['values']:,}",
-                     f"ttl {ttl:.0f} s, renewBefore {ttl / 3:.0f} s",
-                     _lat(renewal["lateness_ms"]), f"{renewal['lateness_ms']['n']:,}", NA,
-                     _num(renewal["cpu_seconds"], 1), _num(renewal["rss_mb"])])
-        rows.append([f"agentcred (watch: write -> next write - {ttl * 2 / 3:.0f} s)", f"{renewal['values']:,}",
-                     f"{ttl * 2 / 3:.0f} s",
-                     _lat(renewal["overrun_ms"]), f"{renewal['refreshes']:,}", f"{renewal['overdue_at_end']:,}",
-                     _num(renewal["cpu_seconds"], 1), _num(renewal["rss_mb"])])
+        rows.append(
+            [
+                "agentcred (audit log: due -> renewed)",
+                f"{renewal['values']:,}",
+                f"ttl {ttl:.0f} s, renewBefore {ttl / 3:.0f} s",
+                _lat(renewal["lateness_ms"]),
+                f"{renewal['lateness_ms']['n']:,}",
+                NA,
+                _num(renewal["cpu_seconds"], 1),
+                _num(renewal["rss_mb"]),
+            ]
+        )
+        rows.append(
+            [
+                f"agentcred (watch: write -> next write - {ttl * 2 / 3:.0f} s)",
+                f"{renewal['values']:,}",
+                f"{ttl * 2 / 3:.0f} s",
+                _lat(renewal["overrun_ms"]),
+                f"{renewal['refreshes']:,}",
+                f"{renewal['overdue_at_end']:,}",
+                _num(renewal["cpu_seconds"], 1),
+                _num(renewal["rss_mb"]),
+            ]
+        )
     refresh = results.get("eso-refresh") or {}
     for variant in ESO_VARIANTS:
         r = refresh.get(variant)
         if r:
             period = refresh.get("interval_seconds", 80)
-            rows.append([f"ESO {variant} (watch: write -> next write - {period:.0f} s)", f"{refresh['objects']:,}",
-                         f"refreshInterval {period:.0f}s", _lat(r["overrun_ms"]), f"{r['refreshes']:,}",
-                         f"{r['overdue_at_end']:,}", _num(r["cpu_seconds"], 1), _num(r["rss_mb"])])
+            rows.append(
+                [
+                    f"ESO {variant} (watch: write -> next write - {period:.0f} s)",
+                    f"{refresh['objects']:,}",
+                    f"refreshInterval {period:.0f}s",
+                    _lat(r["overrun_ms"]),
+                    f"{r['refreshes']:,}",
+                    f"{r['overdue_at_end']:,}",
+                    _num(r["cpu_seconds"], 1),
+                    _num(r["rss_mb"]),
+                ]
+            )
     return rows
 
 
@@ -165,14 +243,22 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
     rows.append(["pod created -> value written p99 < 300 ms at 1,000", f"{_num(p99)} ms", _verdict(p99, 300)])
     for n in (1000, 5000):
         a, f = results.get(f"agentcred-{n}") or {}, results.get(f"floor-{n}") or {}
-        ratio = a["written_per_second"] / f["written_per_second"] if a.get("written_per_second") and f.get(
-            "written_per_second") else None
+        ratio = (
+            a["written_per_second"] / f["written_per_second"]
+            if a.get("written_per_second") and f.get("written_per_second")
+            else None
+        )
         rows.append([f"throughput >= 0.8 of the floor at {n:,}", _num(ratio, 2), _verdict(ratio, 0.8, below=False)])
     a5000 = results.get("agentcred-5000") or {}
     revoked = [x for x in (_p99(a5000.get("revoked_succeeded_ms")), _p99(a5000.get("revoked_deleted_ms"))) if x]
     worst = max(revoked) if revoked else None
-    rows.append(["trigger -> revoked p99 < 1 s at 5,000 (worse of Succeeded, deleted)", f"{_num(worst)} ms",
-                 _verdict(worst, 1000)])
+    rows.append(
+        [
+            "trigger -> revoked p99 < 1 s at 5,000 (worse of Succeeded, deleted)",
+            f"{_num(worst)} ms",
+            _verdict(worst, 1000),
+        ]
+    )
     scale = results.get("scale") or {}
     points = {p["live"]: p for p in scale.get("points") or []}
     peak10 = None
@@ -184,20 +270,36 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
     for n in burst_sizes(results):
         cpu = (results.get(f"agentcred-{n}") or {}).get("cpu_seconds_per_1000")
         if cpu is not None and n >= 1000:
-            rows.append([f"operator CPU <= 3 s per 1,000 pods issued and revoked ({n:,} burst)", f"{_num(cpu, 1)} s",
-                         _verdict(cpu, 3.0001)])
+            rows.append(
+                [
+                    f"operator CPU <= 3 s per 1,000 pods issued and revoked ({n:,} burst)",
+                    f"{_num(cpu, 1)} s",
+                    _verdict(cpu, 3.0001),
+                ]
+            )
     renewal = scale.get("renewal")
     late = renewal["lateness_ms"]["p99"] if renewal else None
     values = f" ({renewal['values']:,} values)" if renewal else ""
-    rows.append([f"renewal lateness p99 < 1 s with 10,000 values on 2-minute TTLs{values}", f"{_num(late)} ms",
-                 _verdict(late, 1000) if not renewal or renewal["values"] >= 10000 else
-                 _verdict(late, 1000).replace("**", "") + " (fewer values than the target's)"])
+    rows.append(
+        [
+            f"renewal lateness p99 < 1 s with 10,000 values on 2-minute TTLs{values}",
+            f"{_num(late)} ms",
+            _verdict(late, 1000)
+            if not renewal or renewal["values"] >= 10000
+            else _verdict(late, 1000).replace("**", "") + " (fewer values than the target's)",
+        ]
+    )
     ahead = versus_eso(results)
     if ahead:
         behind = [row[0] for row in ahead[1:] if row[-1] == "no"]
-        rows.append(["ahead of ESO on every comparable measure",
-                     f"{len(ahead) - 1 - len(behind)} of {len(ahead) - 1} measures" +
-                     (f"; behind on: {', '.join(behind)}" if behind else ""), "**met**" if not behind else "**missed**"])
+        rows.append(
+            [
+                "ahead of ESO on every comparable measure",
+                f"{len(ahead) - 1 - len(behind)} of {len(ahead) - 1} measures"
+                + (f"; behind on: {', '.join(behind)}" if behind else ""),
+                "**met**" if not behind else "**missed**",
+            ]
+        )
     return rows
 
 
@@ -208,8 +310,9 @@ def versus_eso(results: dict[str, Any]) -> list[list[str]]:
         return []
     rows = [["measure", "agentcred", "ESO, best variant", "ahead"]]
 
-    def compare(measure: str, ours: float | None, theirs: dict[str, float | None], higher_better: bool = False,
-                digits: int = 0) -> None:
+    def compare(
+        measure: str, ours: float | None, theirs: dict[str, float | None], higher_better: bool = False, digits: int = 0
+    ) -> None:
         present = {v: x for v, x in theirs.items() if x is not None and not (isinstance(x, float) and math.isnan(x))}
         if ours is None or not present:
             return
@@ -223,21 +326,40 @@ def versus_eso(results: dict[str, Any]) -> list[list[str]]:
         e = {v: results.get(f"eso-{v}-{n}") or {} for v in variants}
         if not a or not any(e.values()):
             continue
-        compare(f"{n:,}: written p50 ms", (a.get("written_ms") or {}).get("p50"),
-                {v: (x.get("written_ms") or {}).get("p50") for v, x in e.items()})
-        compare(f"{n:,}: written p99 ms", _p99(a.get("written_ms")), {v: _p99(x.get("written_ms")) for v, x in e.items()})
-        compare(f"{n:,}: written/s", a.get("written_per_second"), {v: x.get("written_per_second") for v, x in e.items()},
-                higher_better=True)
-        compare(f"{n:,}: deleted -> gone p99 ms", _p99(a.get("revoked_deleted_ms")),
-                {v: _p99(x.get("deleted_ms")) for v, x in e.items()})
-        compare(f"{n:,}: CPU s per 1,000", a.get("cpu_seconds_per_1000"),
-                {v: x.get("cpu_seconds_per_1000") for v, x in e.items()}, digits=1)
+        compare(
+            f"{n:,}: written p50 ms",
+            (a.get("written_ms") or {}).get("p50"),
+            {v: (x.get("written_ms") or {}).get("p50") for v, x in e.items()},
+        )
+        compare(
+            f"{n:,}: written p99 ms", _p99(a.get("written_ms")), {v: _p99(x.get("written_ms")) for v, x in e.items()}
+        )
+        compare(
+            f"{n:,}: written/s",
+            a.get("written_per_second"),
+            {v: x.get("written_per_second") for v, x in e.items()},
+            higher_better=True,
+        )
+        compare(
+            f"{n:,}: deleted -> gone p99 ms",
+            _p99(a.get("revoked_deleted_ms")),
+            {v: _p99(x.get("deleted_ms")) for v, x in e.items()},
+        )
+        compare(
+            f"{n:,}: CPU s per 1,000",
+            a.get("cpu_seconds_per_1000"),
+            {v: x.get("cpu_seconds_per_1000") for v, x in e.items()},
+            digits=1,
+        )
         compare(f"{n:,}: RSS MB with N live", a.get("rss_mb_at_n"), {v: x.get("rss_mb_at_n") for v, x in e.items()})
     renewal = (results.get("scale") or {}).get("renewal")
     refresh = results.get("eso-refresh") or {}
     if renewal:
-        compare(f"refresh: late by p99 ms (agentcred {renewal['values']:,}, ESO {refresh.get('objects', 0):,} values)",
-                _p99(renewal.get("overrun_ms")), {v: _p99((refresh.get(v) or {}).get("overrun_ms")) for v in ESO_VARIANTS})
+        compare(
+            f"refresh: late by p99 ms (agentcred {renewal['values']:,}, ESO {refresh.get('objects', 0):,} values)",
+            _p99(renewal.get("overrun_ms")),
+            {v: _p99((refresh.get(v) or {}).get("overrun_ms")) for v in ESO_VARIANTS},
+        )
     return rows
 
 
@@ -245,14 +367,14 @@ def versus_eso(results: dict[str, Any]) -> list[list[str]]:
 
 
 def _exponent(xs: list[float], ys: list[float]) -> float | None:
-    pairs = [(x, y) for x, y in zip(xs, ys) if x and y and x > 0 and y > 0]
+    pairs = [(x, y) for x, y in zip(xs, ys, strict=False) if x and y and x > 0 and y > 0]
     if len(pairs) < 2:
         return None
     lx = [math.log(x) for x, _ in pairs]
     ly = [math.log(y) for _, y in pairs]
     mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
     var = sum((x - mx) ** 2 for x in lx)
-    return sum((x - mx) * (y - my) for x, y in zip(lx, ly)) / var if var else None
+    return sum((x - mx) * (y - my) for x, y in zip(lx, ly, strict=False)) / var if var else None
 
 
 def _shape(exponent: float | None) -> str:
@@ -277,29 +399,40 @@ def growth(results: dict[str, Any]) -> list[str]:
             cpu = _exponent(ns, [r["cpu_seconds"] for _, r in points])
             p99 = _exponent(ns, [_p99(r.get("written_ms")) or 0 for _, r in points])
             per_1000 = ", ".join(f"{_num(r['cpu_seconds_per_1000'], 1)} s per 1,000 at {n:,}" for n, r in points)
-            lines.append(f"{who}: total CPU for N objects grows as {_shape(cpu)} "
-                         f"({per_1000}); "
-                         f"written p99 grows as N^{p99:.2f}" if p99 is not None else f"{who}: CPU grows as {_shape(cpu)}")
+            lines.append(
+                f"{who}: total CPU for N objects grows as {_shape(cpu)} ({per_1000}); written p99 grows as N^{p99:.2f}"
+                if p99 is not None
+                else f"{who}: CPU grows as {_shape(cpu)}"
+            )
     scale = (results.get("scale") or {}).get("points") or []
     if len(scale) >= 2:
         xs = [p["live"] for p in scale]
         ys = [p["rss_mb"] for p in scale]
         mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-        steps = [(b["rss_mb"] - a["rss_mb"]) * 1000 / (b["live"] - a["live"]) for a, b in zip(scale, scale[1:])]
-        lines.append(f"agentcred memory: {slope * 1000:.1f} MB per 1,000 live projections (least squares over "
-                     f"{len(scale)} points, {xs[0]:,} to {xs[-1]:,}); per step: "
-                     f"{', '.join(f'{s:.1f}' for s in steps)} MB per 1,000 (restarts at the start-up checkpoints "
-                     "reset the heap's history)")
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=False)) / sum((x - mx) ** 2 for x in xs)
+        steps = [
+            (b["rss_mb"] - a["rss_mb"]) * 1000 / (b["live"] - a["live"]) for a, b in zip(scale, scale[1:], strict=False)
+        ]
+        lines.append(
+            f"agentcred memory: {slope * 1000:.1f} MB per 1,000 live projections (least squares over "
+            f"{len(scale)} points, {xs[0]:,} to {xs[-1]:,}); per step: "
+            f"{', '.join(f'{s:.1f}' for s in steps)} MB per 1,000 (restarts at the start-up checkpoints "
+            "reset the heap's history)"
+        )
         cpus = [p["cpu_seconds_step"] * 1000 / p["pods_step"] for p in scale if p["pods_step"]]
-        lines.append("agentcred CPU per 1,000 pods projected at each step of the ramp: "
-                     + ", ".join(f"{c:.1f} s" for c in cpus) + " (includes renewals running meanwhile)")
+        lines.append(
+            "agentcred CPU per 1,000 pods projected at each step of the ramp: "
+            + ", ".join(f"{c:.1f} s" for c in cpus)
+            + " (includes renewals running meanwhile)"
+        )
     startup = (results.get("scale") or {}).get("startup") or []
     live = [s for s in startup if s["live"]]
     if len(live) >= 2 and live[-1]["live"] >= 2 * live[0]["live"]:
         times = ", ".join(f"{_num(s['seconds'], 1)} s at {s['live']:,}" for s in live)
-        lines.append(f"agentcred start-up grows as {_shape(_exponent([s['live'] for s in live], [s['seconds'] for s in live]))} "
-                     f"in live pods ({times})")
+        lines.append(
+            f"agentcred start-up grows as {_shape(_exponent([s['live'] for s in live], [s['seconds'] for s in live]))} "
+            f"in live pods ({times})"
+        )
     return lines
 
 
@@ -309,13 +442,15 @@ def growth(results: dict[str, Any]) -> list[str]:
 def run_line(results: dict[str, Any]) -> str:
     run = results.get("run") or {}
     m = run.get("machine") or {}
-    return (f"{m.get('date', '?')}; {m.get('cpus', '?')} CPUs ({m.get('cpu', '?')}), {m.get('memory', '?')}, "
-            f"{m.get('platform', '?')}; Python {m.get('python', '?')}, Kopf {m.get('kopf', '?')}, aiohttp "
-            f"{m.get('aiohttp', '?')}; Kubernetes v{m.get('kubernetes', '?')}, etcd v{m.get('etcd', '?')} "
-            f"({m.get('go', '?')}); External Secrets v{(results.get('eso-build') or {}).get('version', '-')}; "
-            f"load average at start {', '.join(f'{x:.2f}' for x in m.get('load_at_start') or [])}; "
-            f"client threads {run.get('client_threads', '?')}; mode {run.get('mode', '?')}, argv "
-            f"`{' '.join(run.get('argv') or []) or '(none)'}`; {run.get('seconds', '?')} s")
+    return (
+        f"{m.get('date', '?')}; {m.get('cpus', '?')} CPUs ({m.get('cpu', '?')}), {m.get('memory', '?')}, "
+        f"{m.get('platform', '?')}; Python {m.get('python', '?')}, Kopf {m.get('kopf', '?')}, aiohttp "
+        f"{m.get('aiohttp', '?')}; Kubernetes v{m.get('kubernetes', '?')}, etcd v{m.get('etcd', '?')} "
+        f"({m.get('go', '?')}); External Secrets v{(results.get('eso-build') or {}).get('version', '-')}; "
+        f"load average at start {', '.join(f'{x:.2f}' for x in m.get('load_at_start') or [])}; "
+        f"client threads {run.get('client_threads', '?')}; mode {run.get('mode', '?')}, argv "
+        f"`{' '.join(run.get('argv') or []) or '(none)'}`; {run.get('seconds', '?')} s"
+    )
 
 
 NOTES = """Times are client-side: the create (or patch, or delete) call returned -> the watch event
@@ -343,20 +478,35 @@ def markdown(results: dict[str, Any], plots: list[str], image_prefix: str) -> st
     parts = [f"Run: {run_line(results)}", ""]
     build = results.get("eso-build")
     if build:
-        parts += [f"External Secrets binary: {build.get('binary_mb', '?')} MB, "
-                  + (f"built in {build['build_seconds']:.0f} s" if build.get("build_seconds") else "from the cache"), ""]
+        parts += [
+            f"External Secrets binary: {build.get('binary_mb', '?')} MB, "
+            + (f"built in {build['build_seconds']:.0f} s" if build.get("build_seconds") else "from the cache"),
+            "",
+        ]
     if results.get("webhook"):
         w = results["webhook"]
-        parts += [f"Admission webhook: p50 {w['p50']:.2f} ms, p99 {w['p99']:.2f} ms over {w['n']:,} AdmissionReviews.", ""]
-    parts += ["### agentcred, the floor and External Secrets", "", markdown_table(side_by_side(results)), "",
-              NOTES, ""]
+        parts += [
+            f"Admission webhook: p50 {w['p50']:.2f} ms, p99 {w['p99']:.2f} ms over {w['n']:,} AdmissionReviews.",
+            "",
+        ]
+    parts += ["### agentcred, the floor and External Secrets", "", markdown_table(side_by_side(results)), "", NOTES, ""]
     if versus_eso(results):
-        parts += ["### agentcred against ESO's best variant, measure by measure", "",
-                  markdown_table(versus_eso(results)), ""]
+        parts += [
+            "### agentcred against ESO's best variant, measure by measure",
+            "",
+            markdown_table(versus_eso(results)),
+            "",
+        ]
     if (results.get("scale") or {}).get("points"):
         credentials = (results.get("scale") or {}).get("credentials", "?")
-        parts += [f"### Live projections ({credentials:,} AgentCredentials)", "", markdown_table(scale_rows(results)), "",
-                  markdown_table(startup_rows(results)), ""]
+        parts += [
+            f"### Live projections ({credentials:,} AgentCredentials)",
+            "",
+            markdown_table(scale_rows(results)),
+            "",
+            markdown_table(startup_rows(results)),
+            "",
+        ]
     if len(refresh_rows(results)) > 1:
         parts += ["### Renewal and refresh", "", markdown_table(refresh_rows(results)), "", REFRESH_NOTES, ""]
     parts += ["### Targets", "", markdown_table(targets(results)), ""]
@@ -387,6 +537,7 @@ def write_outputs(results: dict[str, Any], out: Path) -> list[Path]:
     written: list[Path] = []
     try:
         import plots
+
         written += plots.draw(results, out)
     except ImportError as error:
         print(f"no plots: {error} (install the bench extra: pip install -e '.[bench]')", file=sys.stderr)

@@ -41,9 +41,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from kubernetes import client, config
 
@@ -52,15 +53,24 @@ BENCH = REPO / "bench"
 sys.path.insert(0, str(REPO / "operator"))
 sys.path.insert(0, str(BENCH))
 
+import report  # noqa: E402
 from agentcred import labels, model  # noqa: E402
 from agentcred.devcluster.binaries import ETCD_VERSION, KUBERNETES_VERSION, ensure_binaries  # noqa: E402
 from agentcred.devcluster.controlplane import ControlPlane, free_port  # noqa: E402
 from agentcred.devcluster.install import install_agentcred  # noqa: E402
-
-import report  # noqa: E402
 from floor import PodBurst, measure_floor, pods_path, secrets_path  # noqa: E402
 from harness import (  # noqa: E402
-    CLIENT_THREADS, Follower, Lean, PartialResult, Results, log_tail, overruns, summary_ms, usage, wait_count, wait_gone,
+    CLIENT_THREADS,
+    Follower,
+    Lean,
+    PartialResult,
+    Results,
+    log_tail,
+    overruns,
+    summary_ms,
+    usage,
+    wait_count,
+    wait_gone,
 )
 
 OUT = BENCH / "out"
@@ -71,8 +81,9 @@ RENEW_PERIOD = RENEW_TTL * 2 / 3  # ttl - renewBefore: each value is rewritten t
 class Agentcred:
     """The operator under test, as its own process, and what is measured with it."""
 
-    def __init__(self, plane: ControlPlane, lean: Lean, api: client.ApiClient, workdir: Path, profile: bool,
-                 out: Path = OUT) -> None:
+    def __init__(
+        self, plane: ControlPlane, lean: Lean, api: client.ApiClient, workdir: Path, profile: bool, out: Path = OUT
+    ) -> None:
         self.plane = plane
         self.out = out
         self.lean = lean
@@ -96,26 +107,51 @@ class Agentcred:
         log = open(self.workdir / "operator.log", "ab")
         started = time.monotonic()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "agentcred", "run", "--standalone", "--namespace", "agentcred",
-             "--webhook-address", "127.0.0.1", "--webhook-port", str(self.webhook_port),
-             "--webhook-url", f"https://127.0.0.1:{self.webhook_port}", "--api-address", "127.0.0.1",
-             "--api-port", str(free_port()), "--health-address", "127.0.0.1", "--health-port", str(self.health_port),
-             "--audit-log", str(self.workdir / "audit.log")],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "agentcred",
+                "run",
+                "--standalone",
+                "--namespace",
+                "agentcred",
+                "--webhook-address",
+                "127.0.0.1",
+                "--webhook-port",
+                str(self.webhook_port),
+                "--webhook-url",
+                f"https://127.0.0.1:{self.webhook_port}",
+                "--api-address",
+                "127.0.0.1",
+                "--api-port",
+                str(free_port()),
+                "--health-address",
+                "127.0.0.1",
+                "--health-port",
+                str(self.health_port),
+                "--audit-log",
+                str(self.workdir / "audit.log"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             env={**os.environ, "KUBECONFIG": str(self.plane.kubeconfig), "PYTHONPATH": str(REPO / "operator")},
         )
         log.close()
         # A hang guard only. Start-up has measured worse than linear in live pods (5 s at 1,000,
         # 75 s at 4,000 on 2 cores), so the guard grows with the square of what must be listed.
-        ceiling = 300 + expect_live / 10 + expect_live ** 2 / 200_000
+        ceiling = 300 + expect_live / 10 + expect_live**2 / 200_000
         with self.profiled(f"startup-{expect_live}") if expect_live else nullcontext():
             while self._health("/readyz") != 200:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"the operator exited with {self.process.returncode}:\n"
-                                       f"{log_tail(self.workdir / 'operator.log')}")
+                    raise RuntimeError(
+                        f"the operator exited with {self.process.returncode}:\n"
+                        f"{log_tail(self.workdir / 'operator.log')}"
+                    )
                 if time.monotonic() - started > ceiling:
-                    raise TimeoutError(f"the operator was not ready {ceiling:.0f} s after start "
-                                       f"with {expect_live} live pods")
+                    raise TimeoutError(
+                        f"the operator was not ready {ceiling:.0f} s after start with {expect_live} live pods"
+                    )
                 time.sleep(0.1)
         return time.monotonic() - started
 
@@ -132,8 +168,9 @@ class Agentcred:
     def usage(self) -> dict[str, float]:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise RuntimeError(f"the operator exited with {self.process.returncode}:\n"
-                               f"{log_tail(self.workdir / 'operator.log')}")
+            raise RuntimeError(
+                f"the operator exited with {self.process.returncode}:\n{log_tail(self.workdir / 'operator.log')}"
+            )
         return usage(self.process.pid)
 
     def _health(self, path: str) -> int:
@@ -152,9 +189,23 @@ class Agentcred:
             return
         raw = self.out / f"profile-{name}.txt"
         self.out.mkdir(parents=True, exist_ok=True)
-        recorder = subprocess.Popen([spy, "record", "--pid", str(self.process.pid), "--rate", "100", "--format", "raw",
-                                     "--output", str(raw), "--nonblocking"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        recorder = subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(self.process.pid),
+                "--rate",
+                "100",
+                "--format",
+                "raw",
+                "--output",
+                str(raw),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             yield
         finally:
@@ -174,28 +225,57 @@ class Agentcred:
         names = [f"cred-{i}" for i in range(credentials)]
 
         def create(cred: str) -> None:
-            self.lean.call("POST", f"/apis/{model.GROUP}/{model.VERSION}/namespaces/{name}/{model.PLURAL}", {
-                "apiVersion": model.API_VERSION, "kind": model.KIND, "metadata": {"name": cred},
-                "spec": {"owner": "bench@example.com", "category": "model", "subjects": {"serviceAccounts": ["agent"]},
-                         "source": {"jwt": {"audiences": ["bench"]}},
-                         "projection": {"mountPath": f"/var/run/agentcred/{cred}"}, **spec}})
+            self.lean.call(
+                "POST",
+                f"/apis/{model.GROUP}/{model.VERSION}/namespaces/{name}/{model.PLURAL}",
+                {
+                    "apiVersion": model.API_VERSION,
+                    "kind": model.KIND,
+                    "metadata": {"name": cred},
+                    "spec": {
+                        "owner": "bench@example.com",
+                        "category": "model",
+                        "subjects": {"serviceAccounts": ["agent"]},
+                        "source": {"jwt": {"audiences": ["bench"]}},
+                        "projection": {"mountPath": f"/var/run/agentcred/{cred}"},
+                        **spec,
+                    },
+                },
+            )
+
         self.lean.run_all(create, names)
 
         def ready() -> int:
             listed = self.lean.json("GET", f"/apis/{model.GROUP}/{model.VERSION}/namespaces/{name}/{model.PLURAL}")
-            return sum(1 for item in listed["items"] if any(
-                c["type"] == "Ready" and c["status"] == "True" for c in (item.get("status") or {}).get("conditions") or []))
+            return sum(
+                1
+                for item in listed["items"]
+                if any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in (item.get("status") or {}).get("conditions") or []
+                )
+            )
+
         wait_count(ready, credentials, f"{name}: AgentCredentials Ready", stall=120, interval=0.5)
         time.sleep(1)
         return names
 
     @staticmethod
     def pod_body(name: str, credential: str) -> dict[str, Any]:
-        return {"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": name, "labels": {labels.INJECT_LABEL: "true"},
-                             "annotations": {labels.CREDENTIALS_ANNOTATION: credential}},
-                "spec": {"serviceAccountName": "agent", "restartPolicy": "Never",
-                         "containers": [{"name": "agent", "image": "example.com/agent:1"}]}}
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "labels": {labels.INJECT_LABEL: "true"},
+                "annotations": {labels.CREDENTIALS_ANNOTATION: credential},
+            },
+            "spec": {
+                "serviceAccountName": "agent",
+                "restartPolicy": "Never",
+                "containers": [{"name": "agent", "image": "example.com/agent:1"}],
+            },
+        }
 
     @staticmethod
     def secret_pod(secret: dict[str, Any]) -> str | None:
@@ -211,10 +291,21 @@ class Agentcred:
             def review(i: int) -> bytes:
                 pod = self.pod_body(f"w-{i}", names[0])
                 pod["metadata"]["namespace"] = "bench-webhook"
-                return json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-                    "uid": f"00000000-0000-0000-0000-{i:012d}", "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                    "resource": {"group": "", "version": "v1", "resource": "pods"}, "operation": "CREATE",
-                    "namespace": "bench-webhook", "userInfo": {"username": "bench"}, "object": pod}}).encode()
+                return json.dumps(
+                    {
+                        "apiVersion": "admission.k8s.io/v1",
+                        "kind": "AdmissionReview",
+                        "request": {
+                            "uid": f"00000000-0000-0000-0000-{i:012d}",
+                            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                            "resource": {"group": "", "version": "v1", "resource": "pods"},
+                            "operation": "CREATE",
+                            "namespace": "bench-webhook",
+                            "userInfo": {"username": "bench"},
+                            "object": pod,
+                        },
+                    }
+                ).encode()
 
             context = ssl.create_default_context()
             context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
@@ -223,7 +314,9 @@ class Agentcred:
             for i in range(count):
                 payload = review(i)
                 began = time.perf_counter()
-                connection.request("POST", "/agentcred-inject", body=payload, headers={"Content-Type": "application/json"})
+                connection.request(
+                    "POST", "/agentcred-inject", body=payload, headers={"Content-Type": "application/json"}
+                )
                 answer = json.loads(connection.getresponse().read())
                 durations.append(time.perf_counter() - began)
                 if not answer["response"]["allowed"]:
@@ -245,12 +338,19 @@ class Agentcred:
                 return clean(self.lean, namespace, count * 3)
             finally:
                 self.stop()
+
         return measure_and_clean(lambda: self._burst(namespace, count, startup), stop_after_cleaning)
 
     def _burst(self, namespace: str, count: int, startup: float) -> dict[str, Any]:
         names = self.namespace(namespace)
-        burst = PodBurst(self.lean, namespace, count, secret_selector=f"{labels.MANAGED_LABEL}=true",
-                         secret_key=self.secret_pod, gate=labels.SCHEDULING_GATE)
+        burst = PodBurst(
+            self.lean,
+            namespace,
+            count,
+            secret_selector=f"{labels.MANAGED_LABEL}=true",
+            secret_key=self.secret_pod,
+            gate=labels.SCHEDULING_GATE,
+        )
 
         def create(i: int) -> None:
             self.lean.call("POST", pods_path(namespace), self.pod_body(f"p-{i}", names[0]))
@@ -259,22 +359,36 @@ class Agentcred:
         before = self.usage()
         with self.profiled(f"agentcred-{count}"):
             result = burst.measure(create, probe=self.usage, stall=120)
-        result.update(operator_startup_seconds=startup, rss_mb_before=before["rss_mb"],
-                      client_threads=CLIENT_THREADS)
+        result.update(operator_startup_seconds=startup, rss_mb_before=before["rss_mb"], client_threads=CLIENT_THREADS)
         return result
 
-    def scale(self, checkpoints: list[int], credentials: int, renewal_at: int, window: float,
-              restart_at: set[int], progress: Callable[[dict[str, Any]], None], ttl: float = RENEW_TTL) -> dict[str, Any]:
+    def scale(
+        self,
+        checkpoints: list[int],
+        credentials: int,
+        renewal_at: int,
+        window: float,
+        restart_at: set[int],
+        progress: Callable[[dict[str, Any]], None],
+        ttl: float = RENEW_TTL,
+    ) -> dict[str, Any]:
         """Ramp live projections through `checkpoints`; measure renewal at `renewal_at`
         for `window` seconds and operator start-up at each of `restart_at`."""
         namespace = "bench-scale"
-        result: dict[str, Any] = {"credentials": credentials, "points": [], "startup": [],
-                                  "ttl_seconds": ttl, "renew_before_seconds": ttl / 3}
+        result: dict[str, Any] = {
+            "credentials": credentials,
+            "points": [],
+            "startup": [],
+            "ttl_seconds": ttl,
+            "renew_before_seconds": ttl / 3,
+        }
         result["startup"].append({"live": 0, "seconds": self.start()})
-        names = self.namespace(namespace, credentials=credentials, ttl=f"{ttl:.0f}s", renewBefore=f"{ttl / 3:.0f}s",
-                               maxLifetime="8h")
-        follower = Follower(self.lean, secrets_path(namespace), self.secret_pod,
-                            selector=f"{labels.MANAGED_LABEL}=true", writes=True)
+        names = self.namespace(
+            namespace, credentials=credentials, ttl=f"{ttl:.0f}s", renewBefore=f"{ttl / 3:.0f}s", maxLifetime="8h"
+        )
+        follower = Follower(
+            self.lean, secrets_path(namespace), self.secret_pod, selector=f"{labels.MANAGED_LABEL}=true", writes=True
+        )
         created = 0
         try:
             with follower as written:
@@ -282,20 +396,32 @@ class Agentcred:
                 for checkpoint in checkpoints:
                     before = self.usage()
                     began = time.monotonic()
-                    self.lean.run_all(lambda i: self.lean.call(
-                        "POST", pods_path(namespace), self.pod_body(f"s-{i}", names[i % len(names)])),
-                        range(created, checkpoint))
-                    wait_count(lambda: len(written.seen), checkpoint, f"{namespace}: {checkpoint} projections", stall=180)
+                    self.lean.run_all(
+                        lambda i: self.lean.call(
+                            "POST", pods_path(namespace), self.pod_body(f"s-{i}", names[i % len(names)])
+                        ),
+                        range(created, checkpoint),
+                    )
+                    wait_count(
+                        lambda: len(written.seen), checkpoint, f"{namespace}: {checkpoint} projections", stall=180
+                    )
                     step = checkpoint - created
                     created = checkpoint
                     at = self.usage()
-                    point = {"live": checkpoint, "rss_mb": at["rss_mb"], "peak_rss_mb": at["peak_rss_mb"],
-                             "cpu_seconds_step": at["cpu_seconds"] - before["cpu_seconds"], "pods_step": step,
-                             "step_seconds": time.monotonic() - began}
+                    point = {
+                        "live": checkpoint,
+                        "rss_mb": at["rss_mb"],
+                        "peak_rss_mb": at["peak_rss_mb"],
+                        "cpu_seconds_step": at["cpu_seconds"] - before["cpu_seconds"],
+                        "pods_step": step,
+                        "step_seconds": time.monotonic() - began,
+                    }
                     result["points"].append(point)
-                    print(f"  {checkpoint} live: RSS {at['rss_mb']:.0f} MB (peak {at['peak_rss_mb']:.0f}), "
-                          f"{point['cpu_seconds_step']:.1f} CPU-s for {step} pods in {point['step_seconds']:.0f} s",
-                          flush=True)
+                    print(
+                        f"  {checkpoint} live: RSS {at['rss_mb']:.0f} MB (peak {at['peak_rss_mb']:.0f}), "
+                        f"{point['cpu_seconds_step']:.1f} CPU-s for {step} pods in {point['step_seconds']:.0f} s",
+                        flush=True,
+                    )
                     progress(result)
                     if checkpoint == renewal_at:
                         result["renewal"] = self._renewal(namespace, written, window, ttl)
@@ -303,10 +429,18 @@ class Agentcred:
                     if checkpoint in restart_at:
                         seconds = self.start(expect_live=checkpoint)
                         fresh = self.usage()
-                        result["startup"].append({"live": checkpoint, "seconds": seconds, "rss_mb": fresh["rss_mb"],
-                                                  "peak_rss_mb": fresh["peak_rss_mb"]})
-                        print(f"  start-up with {checkpoint} live: {seconds:.1f} s, RSS {fresh['rss_mb']:.0f} MB",
-                              flush=True)
+                        result["startup"].append(
+                            {
+                                "live": checkpoint,
+                                "seconds": seconds,
+                                "rss_mb": fresh["rss_mb"],
+                                "peak_rss_mb": fresh["peak_rss_mb"],
+                            }
+                        )
+                        print(
+                            f"  start-up with {checkpoint} live: {seconds:.1f} s, RSS {fresh['rss_mb']:.0f} MB",
+                            flush=True,
+                        )
                         progress(result)
         finally:
             self.stop()
@@ -314,22 +448,33 @@ class Agentcred:
 
     def _renewal(self, namespace: str, written: Follower, window: float, ttl: float) -> dict[str, Any]:
         live = len(written.seen) - len(written.deleted)
-        print(f"  renewal: {live} values, ttl {ttl:.0f} s, renewBefore {ttl / 3:.0f} s, watching {window:.0f} s ...",
-              flush=True)
+        print(
+            f"  renewal: {live} values, ttl {ttl:.0f} s, renewBefore {ttl / 3:.0f} s, watching {window:.0f} s ...",
+            flush=True,
+        )
         before = self.usage()
         mark, wall = time.monotonic(), time.time()
         time.sleep(window)
         after = self.usage()
         late, overdue = overruns(written.writes, ttl * 2 / 3, since=mark, until=time.monotonic())
         audit = self._audit_lateness(namespace, ttl / 3, wall, wall + window)
-        return {"values": live, "window_seconds": window, "ttl_seconds": ttl, "lateness_ms": summary_ms(audit),
-                "overrun_ms": summary_ms(late + overdue), "refreshes": len(late), "overdue_at_end": len(overdue),
-                "cpu_seconds": after["cpu_seconds"] - before["cpu_seconds"], "rss_mb": after["rss_mb"],
-                "peak_rss_mb": after["peak_rss_mb"]}
+        return {
+            "values": live,
+            "window_seconds": window,
+            "ttl_seconds": ttl,
+            "lateness_ms": summary_ms(audit),
+            "overrun_ms": summary_ms(late + overdue),
+            "refreshes": len(late),
+            "overdue_at_end": len(overdue),
+            "cpu_seconds": after["cpu_seconds"] - before["cpu_seconds"],
+            "rss_mb": after["rss_mb"],
+            "peak_rss_mb": after["peak_rss_mb"],
+        }
 
     def _audit_lateness(self, namespace: str, renew_before: float, since: float, until: float) -> list[float]:
         """Seconds from each renewal's due time (the previous value's expiry - renewBefore) to
         its audit line, for renewals written between `since` and `until` (wall clock)."""
+
         def when(text: str) -> float:
             return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
@@ -351,7 +496,6 @@ class Agentcred:
         return lateness
 
 
-
 def clean(lean: Lean, namespace: str, objects: int) -> float:
     """Delete a namespace and wait until it is gone, so the next stage starts clean.
 
@@ -364,13 +508,21 @@ def clean(lean: Lean, namespace: str, objects: int) -> float:
         wait_gone(lean, path, f"namespace {namespace}", ceiling=60 + objects / 50)
     except TimeoutError:
         credentials = f"/apis/{model.GROUP}/{model.VERSION}/namespaces/{namespace}/{model.PLURAL}"
-        held = [item["metadata"]["name"] for item in lean.json("GET", credentials).get("items") or []
-                if item["metadata"].get("finalizers")]
+        held = [
+            item["metadata"]["name"]
+            for item in lean.json("GET", credentials).get("items") or []
+            if item["metadata"].get("finalizers")
+        ]
         if held:
             print(f"  {namespace}: releasing the finalizers of {len(held)} AgentCredentials", flush=True)
         for name in held:
-            lean.call("PATCH", f"{credentials}/{name}", {"metadata": {"finalizers": None}},
-                      content_type="application/merge-patch+json", ok=(200, 404))
+            lean.call(
+                "PATCH",
+                f"{credentials}/{name}",
+                {"metadata": {"finalizers": None}},
+                content_type="application/merge-patch+json",
+                ok=(200, 404),
+            )
         wait_gone(lean, path, f"namespace {namespace}", ceiling=180 + objects / 20)
     return time.monotonic() - started
 
@@ -409,14 +561,19 @@ def machine() -> dict[str, Any]:
     def version(package: str) -> str:
         try:
             from importlib.metadata import version as of
+
             return of(package)
         except Exception:  # noqa: BLE001
             return "?"
+
     go = subprocess.run(["go", "version"], capture_output=True, text=True).stdout.strip() if shutil.which("go") else "?"
     cpu = "?"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     memory = "?"
@@ -424,49 +581,90 @@ def machine() -> dict[str, Any]:
         memory = f"{int(Path('/proc/meminfo').read_text().split()[1]) / 2**20:.0f} GiB"
     except (OSError, ValueError, IndexError):
         pass
-    return {"cpus": os.cpu_count(), "cpu": cpu, "memory": memory, "python": platform.python_version(),
-            "platform": platform.platform(), "kubernetes": KUBERNETES_VERSION, "etcd": ETCD_VERSION, "go": go,
-            "kopf": version("kopf"), "aiohttp": version("aiohttp"), "agentcred": version("agentcred"),
-            "date": time.strftime("%Y-%m-%d %H:%M %Z"), "load_at_start": os.getloadavg()}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory": memory,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "kubernetes": KUBERNETES_VERSION,
+        "etcd": ETCD_VERSION,
+        "go": go,
+        "kopf": version("kopf"),
+        "aiohttp": version("aiohttp"),
+        "agentcred": version("agentcred"),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "load_at_start": os.getloadavg(),
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="bench-quick: the webhook, the floor and agentcred for one burst of 200; no ESO, no scale")
-    parser.add_argument("--json", default=str(OUT / "results.json"),
-                        help="results file; plots, logs and profiles go to its folder (default bench/out/)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="bench-quick: the webhook, the floor and agentcred for one burst of 200; no ESO, no scale",
+    )
+    parser.add_argument(
+        "--json",
+        default=str(OUT / "results.json"),
+        help="results file; plots, logs and profiles go to its folder (default bench/out/)",
+    )
     parser.add_argument("--bursts", help="comma-separated burst sizes (default 100,1000,5000; quick: 200)")
     parser.add_argument("--webhook", type=int, help="AdmissionReviews to time (default 2000; quick: 300)")
-    parser.add_argument("--eso", choices=["build", "cached", "skip"],
-                        help="External Secrets: build it if missing (full run default), only if already built, "
-                             "or skip (quick default)")
+    parser.add_argument(
+        "--eso",
+        choices=["build", "cached", "skip"],
+        help="External Secrets: build it if missing (full run default), only if already built, or skip (quick default)",
+    )
     parser.add_argument("--eso-sizes", help="ExternalSecret burst sizes (default: the burst sizes)")
-    parser.add_argument("--eso-variants", default="default,raised,tuned",
-                        help="ESO client settings to run: default (qps 50, burst 100, 1 worker), raised "
-                             "(qps 1000, burst 2000), tuned (raised + 16 workers)")
-    parser.add_argument("--eso-source", choices=["generator", "store+generator"], default="generator",
-                        help="what each ExternalSecret reads: a Password generator, or also a Fake store key "
-                             "(ESO v0.16.2 crashes with the Fake store and more than one worker: see bench/eso.py)")
-    parser.add_argument("--eso-refresh", type=int, default=10000,
-                        help="ExternalSecrets refreshing every ttl - renewBefore (80 s), next to agentcred's "
-                             "renewal (0: skip)")
-    parser.add_argument("--eso-refresh-variants", default="tuned,default",
-                        help="variants watched in turn over the same live objects")
-    parser.add_argument("--scale", default=None,
-                        help="live-projection checkpoints (default 1000,2500,5000,10000,15000,20000; empty: skip)")
+    parser.add_argument(
+        "--eso-variants",
+        default="default,raised,tuned",
+        help="ESO client settings to run: default (qps 50, burst 100, 1 worker), raised "
+        "(qps 1000, burst 2000), tuned (raised + 16 workers)",
+    )
+    parser.add_argument(
+        "--eso-source",
+        choices=["generator", "store+generator"],
+        default="generator",
+        help="what each ExternalSecret reads: a Password generator, or also a Fake store key "
+        "(ESO v0.16.2 crashes with the Fake store and more than one worker: see bench/eso.py)",
+    )
+    parser.add_argument(
+        "--eso-refresh",
+        type=int,
+        default=10000,
+        help="ExternalSecrets refreshing every ttl - renewBefore (80 s), next to agentcred's renewal (0: skip)",
+    )
+    parser.add_argument(
+        "--eso-refresh-variants", default="tuned,default", help="variants watched in turn over the same live objects"
+    )
+    parser.add_argument(
+        "--scale",
+        default=None,
+        help="live-projection checkpoints (default 1000,2500,5000,10000,15000,20000; empty: skip)",
+    )
     parser.add_argument("--skip-scale", action="store_true", help="same as --scale ''")
     parser.add_argument("--credentials", type=int, default=500, help="AgentCredentials the scale pods spread over")
     parser.add_argument("--renewal-at", type=int, default=10000, help="checkpoint at which renewal is measured")
-    parser.add_argument("--ttl", type=float, default=RENEW_TTL,
-                        help="seconds of ttl for the scale stage's values (renewBefore: a third); default 120")
+    parser.add_argument(
+        "--ttl",
+        type=float,
+        default=RENEW_TTL,
+        help="seconds of ttl for the scale stage's values (renewBefore: a third); default 120",
+    )
     parser.add_argument("--startup-at", default="1000,10000", help="checkpoints at which the operator restarts")
     parser.add_argument("--window", type=float, default=200.0, help="seconds to watch renewals / refreshes")
-    parser.add_argument("--only", default="",
-                        help="run only these stage kinds, comma-separated: webhook, floor, agentcred, eso, scale")
+    parser.add_argument(
+        "--only", default="", help="run only these stage kinds, comma-separated: webhook, floor, agentcred, eso, scale"
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the operator during each burst (bench/out/)")
-    parser.add_argument("--publish", action="store_true",
-                        help="copy the plots to bench/plots/ and rewrite the generated part of bench/RESULTS.md")
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="copy the plots to bench/plots/ and rewrite the generated part of bench/RESULTS.md",
+    )
     args = parser.parse_args()
 
     bursts = sizes(args.bursts if args.bursts is not None else ("200" if args.quick else "100,1000,5000"))
@@ -475,7 +673,9 @@ def main() -> int:
     eso_sizes = sizes(args.eso_sizes) if args.eso_sizes is not None else bursts
     eso_variants = [v for v in args.eso_variants.split(",") if v]
     refresh_variants = [v for v in args.eso_refresh_variants.split(",") if v]
-    checkpoints = sizes(args.scale if args.scale is not None else ("" if args.quick else "1000,2500,5000,10000,15000,20000"))
+    checkpoints = sizes(
+        args.scale if args.scale is not None else ("" if args.quick else "1000,2500,5000,10000,15000,20000")
+    )
     if args.skip_scale:
         checkpoints = []
     restart_at = set(sizes(args.startup_at))
@@ -483,16 +683,26 @@ def main() -> int:
 
     def wanted(kind: str) -> bool:
         return not only or kind in only
+
     if not wanted("eso"):
         eso_mode = "skip"
     if not wanted("scale"):
         checkpoints = []
 
     out = Path(args.json).resolve().parent
-    results = Results(Path(args.json), run={
-        "mode": "quick" if args.quick else "full", "argv": sys.argv[1:], "client_threads": CLIENT_THREADS,
-        "machine": machine(), "bursts": bursts, "eso_sizes": eso_sizes if eso_mode != "skip" else [],
-        "eso_variants": eso_variants, "checkpoints": checkpoints})
+    results = Results(
+        Path(args.json),
+        run={
+            "mode": "quick" if args.quick else "full",
+            "argv": sys.argv[1:],
+            "client_threads": CLIENT_THREADS,
+            "machine": machine(),
+            "bursts": bursts,
+            "eso_sizes": eso_sizes if eso_mode != "skip" else [],
+            "eso_variants": eso_variants,
+            "checkpoints": checkpoints,
+        },
+    )
 
     eso_binary = None
     if eso_mode != "skip":
@@ -502,6 +712,7 @@ def main() -> int:
             nonlocal eso_binary
             eso_binary, info = eso_module.ensure_binary(build=eso_mode == "build")
             return info
+
         results.stage("eso-build", find_eso)  # before the control plane: a build would skew every figure
 
     ensure_binaries()
@@ -516,12 +727,17 @@ def main() -> int:
             if wanted("webhook"):
                 results.stage("webhook", lambda: operator.webhook(webhook_count))
             for size in bursts:
+
                 def floor_stage(size: int = size) -> dict[str, Any]:
                     namespace = f"bench-floor-{size}"
                     lean.call("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
-                    lean.call("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts", {"metadata": {"name": "agent"}})
-                    return measure_and_clean(lambda: measure_floor(lean, namespace, size),
-                                             lambda: clean(lean, namespace, size * 3))
+                    lean.call(
+                        "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts", {"metadata": {"name": "agent"}}
+                    )
+                    return measure_and_clean(
+                        lambda: measure_floor(lean, namespace, size), lambda: clean(lean, namespace, size * 3)
+                    )
+
                 if wanted("floor"):
                     results.stage(f"floor-{size}", floor_stage)
                 if wanted("agentcred"):
@@ -529,6 +745,7 @@ def main() -> int:
 
             if eso_binary is not None:
                 import eso as eso_module
+
                 peer = eso_module.Eso(lean, eso_binary, plane.kubeconfig, workdir, source=args.eso_source)
 
                 def eso_setup() -> dict[str, Any]:
@@ -537,9 +754,11 @@ def main() -> int:
                     value["garbage_collector_ready_seconds"] = peer.wait_for_garbage_collector("bench-eso-probe")
                     value["cleanup_seconds"] = clean(lean, "bench-eso-probe", 2)
                     return value
+
                 if results.stage("eso-setup", eso_setup) is not None:
                     for variant in eso_variants:
                         for size in eso_sizes:
+
                             def eso_stage(variant: str = variant, size: int = size) -> dict[str, Any]:
                                 namespace = f"bench-eso-{variant}-{size}"
                                 lean.call("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
@@ -554,9 +773,12 @@ def main() -> int:
                                 def cleanup() -> float:
                                     peer.stop()
                                     return clean(lean, namespace, size * 3)
+
                                 return measure_and_clean(measure, cleanup)
+
                             results.stage(f"eso-{variant}-{size}", eso_stage)
                     if args.eso_refresh > 0 and refresh_variants:
+
                         def refresh_stage() -> dict[str, Any]:
                             namespace = "bench-eso-refresh"
                             lean.call("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
@@ -564,15 +786,33 @@ def main() -> int:
                             def cleanup() -> float:
                                 peer.stop()
                                 return clean(lean, namespace, args.eso_refresh * 3)
+
                             return measure_and_clean(
-                                lambda: peer.refresh(namespace, args.eso_refresh, interval=args.ttl * 2 / 3,
-                                                     window=args.window, variants=refresh_variants), cleanup)
+                                lambda: peer.refresh(
+                                    namespace,
+                                    args.eso_refresh,
+                                    interval=args.ttl * 2 / 3,
+                                    window=args.window,
+                                    variants=refresh_variants,
+                                ),
+                                cleanup,
+                            )
+
                         results.stage("eso-refresh", refresh_stage)
 
             if checkpoints:
+
                 def scale_stage() -> dict[str, Any]:
-                    return operator.scale(checkpoints, args.credentials, args.renewal_at, args.window, restart_at,
-                                          progress=lambda partial: results.record("scale", partial), ttl=args.ttl)
+                    return operator.scale(
+                        checkpoints,
+                        args.credentials,
+                        args.renewal_at,
+                        args.window,
+                        restart_at,
+                        progress=lambda partial: results.record("scale", partial),
+                        ttl=args.ttl,
+                    )
+
                 results.stage("scale", scale_stage)  # the last stage: the control plane goes with it
         finally:
             operator.stop()

@@ -12,8 +12,8 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from agentcred import labels, model
-from agentcred.projection import fingerprint
+from agentcred.api import labels, model
+from agentcred.api.projection import fingerprint
 from clusterkit import Cluster, wait_for
 from samples import credential
 
@@ -39,13 +39,26 @@ def condition(body: dict, type_: str) -> dict | None:
     return next((c for c in (body.get("status") or {}).get("conditions") or [] if c["type"] == type_), None)
 
 
-def shared_secret(cluster: Cluster, namespace: str, value: str, name: str = "upstream-key", key: str = "api-key",
-                  shared_with: str = "*") -> None:
+def shared_secret(
+    cluster: Cluster,
+    namespace: str,
+    value: str,
+    name: str = "upstream-key",
+    key: str = "api-key",
+    shared_with: str = "*",
+) -> None:
     """An upstream Secret for a static source, shared by its owner as agentcred requires."""
-    cluster.core.create_namespaced_secret(namespace, {
-        "metadata": {"name": name, "labels": {labels.SHARED_LABEL: "true"},
-                     "annotations": {labels.SHARED_WITH_ANNOTATION: shared_with}},
-        "stringData": {key: value}})
+    cluster.core.create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {
+                "name": name,
+                "labels": {labels.SHARED_LABEL: "true"},
+                "annotations": {labels.SHARED_WITH_ANNOTATION: shared_with},
+            },
+            "stringData": {key: value},
+        },
+    )
 
 
 def service_account(cluster: Cluster, namespace: str, name: str = "research-agent") -> str:
@@ -107,8 +120,9 @@ def running_pod(cluster: Cluster, namespace: str, selector: str = "", name: str 
 
 
 def job_pod(cluster: Cluster, namespace: str, job: str, timeout: float = 30) -> dict:
-    return wait_for(lambda: running_pod(cluster, namespace, f"job-name={job}"), timeout=timeout,
-                    what=f"a Running pod of Job {job}")
+    return wait_for(
+        lambda: running_pod(cluster, namespace, f"job-name={job}"), timeout=timeout, what=f"a Running pod of Job {job}"
+    )
 
 
 def secret_name_of(pod: dict) -> str:
@@ -149,7 +163,8 @@ def value_gone(cluster: Cluster, namespace: str, name: str, credential_name: str
 
 def audit_lines(operator: Any, action: str, **match: Any) -> list[dict]:
     return [
-        line for line in operator.audit()
+        line
+        for line in operator.audit()
         if line["action"] == action and all(line.get(k) == v for k, v in match.items())
     ]
 

@@ -15,8 +15,9 @@ import tempfile
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import yaml
 from kubernetes import client, config
@@ -48,7 +49,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def ensure_namespace(cluster: "Cluster", name: str) -> None:
+def ensure_namespace(cluster: Cluster, name: str) -> None:
     try:
         cluster.core.create_namespace({"metadata": {"name": name}})
     except ApiException as error:
@@ -59,8 +60,9 @@ def ensure_namespace(cluster: "Cluster", name: str) -> None:
 class Cluster:
     """A reachable cluster: its kubeconfig, a client, and the kubectl/helm binaries if built."""
 
-    def __init__(self, kubeconfig: Path, binaries: dict[str, Path] | None = None, local: bool = False,
-                 plane: Any = None) -> None:
+    def __init__(
+        self, kubeconfig: Path, binaries: dict[str, Path] | None = None, local: bool = False, plane: Any = None
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.plane = plane  # the local ControlPlane, for fault tests
         self.binaries = binaries or {}
@@ -93,16 +95,21 @@ class Cluster:
         the suite's namespaces (tests of policies make namespaces of their own)."""
         for path in CRD_FILES:
             apply_crd(self.api_client, yaml.safe_load(path.read_text()))
-        apply_policy(self.api_client, permissive_policy("test-namespaces", {
-            "matchLabels": {TEST_LABEL: "true"},
-            "matchExpressions": [{"key": "agentcred.dev/tenant", "operator": "DoesNotExist"}]}))
+        apply_policy(
+            self.api_client,
+            permissive_policy(
+                "test-namespaces",
+                {
+                    "matchLabels": {TEST_LABEL: "true"},
+                    "matchExpressions": [{"key": "agentcred.dev/tenant", "operator": "DoesNotExist"}],
+                },
+            ),
+        )
 
     def create_namespace(self, prefix: str = "t", labels: dict[str, str] | None = None) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
         self.core.create_namespace({"metadata": {"name": name, "labels": {TEST_LABEL: "true", **(labels or {})}}})
-        wait_for(
-            lambda: self._has_default_sa(name), timeout=30, what=f"default ServiceAccount in {name}"
-        )
+        wait_for(lambda: self._has_default_sa(name), timeout=30, what=f"default ServiceAccount in {name}")
         return name
 
     def _has_default_sa(self, namespace: str) -> bool:
@@ -132,8 +139,15 @@ class OperatorProcess:
     API server at that URL (the local-development mode of `agentcred run`).
     """
 
-    def __init__(self, cluster: Cluster, *extra_args: str, env: dict[str, str] | None = None,
-                 namespace: str = OPERATOR_NAMESPACE, standalone: bool = True, kubeconfig: Path | None = None) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        *extra_args: str,
+        env: dict[str, str] | None = None,
+        namespace: str = OPERATOR_NAMESPACE,
+        standalone: bool = True,
+        kubeconfig: Path | None = None,
+    ) -> None:
         self.cluster = cluster
         self.extra_args = extra_args
         self.extra_env = env or {}
@@ -152,17 +166,36 @@ class OperatorProcess:
     def command(self) -> list[str]:
         url = f"https://127.0.0.1:{self.webhook_port}"
         return [
-            sys.executable, "-m", "agentcred", "run", "--verbose",
+            sys.executable,
+            "-m",
+            "agentcred",
+            "run",
+            "--verbose",
             *(["--standalone"] if self.standalone else []),
-            "--namespace", self.namespace,
-            "--webhook-address", "127.0.0.1", "--webhook-port", str(self.webhook_port), "--webhook-url", url,
-            "--api-address", "127.0.0.1", "--api-port", str(self.api_port), "--issuer", self.api_url,
-            "--health-address", "127.0.0.1", "--health-port", str(self.health_port),
-            "--audit-log", str(self.audit_path),
+            "--namespace",
+            self.namespace,
+            "--webhook-address",
+            "127.0.0.1",
+            "--webhook-port",
+            str(self.webhook_port),
+            "--webhook-url",
+            url,
+            "--api-address",
+            "127.0.0.1",
+            "--api-port",
+            str(self.api_port),
+            "--issuer",
+            self.api_url,
+            "--health-address",
+            "127.0.0.1",
+            "--health-port",
+            str(self.health_port),
+            "--audit-log",
+            str(self.audit_path),
             *self.extra_args,
         ]
 
-    def start(self, wait: bool = True) -> "OperatorProcess":
+    def start(self, wait: bool = True) -> OperatorProcess:
         ensure_namespace(self.cluster, self.namespace)
         self.starts += 1
         log = open(self.log_path, "ab")
@@ -170,11 +203,7 @@ class OperatorProcess:
         if self.kubeconfig is not None:
             env["KUBECONFIG"] = str(self.kubeconfig)
         self.process = subprocess.Popen(
-            self.command(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
+            self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
         log.close()
         if wait:
@@ -203,6 +232,7 @@ class OperatorProcess:
 
     def wait_ready(self, timeout: float = 60) -> None:
         """Ready as the operator itself reports it on /readyz (indices warm, servers up)."""
+
         def ready() -> bool:
             self.assert_alive()
             return self.health("/readyz")[0] == 200
@@ -262,7 +292,7 @@ class OperatorProcess:
         return self.audit_path.read_text(errors="replace") if self.audit_path.exists() else ""
 
     # Set by the session's leak witness: it keeps every operator's output for the final scan.
-    on_cleanup: Callable[["OperatorProcess"], None] | None = None
+    on_cleanup: Callable[[OperatorProcess], None] | None = None
 
     def cleanup(self) -> None:
         self.stop()
@@ -291,7 +321,7 @@ def token_kubeconfig(cluster: Cluster, namespace: str, service_account: str, pat
 
 
 @contextlib.contextmanager
-def operator_paused(operator: "OperatorProcess") -> Iterator[None]:
+def operator_paused(operator: OperatorProcess) -> Iterator[None]:
     """Stop the session's operator and unregister its webhook while a test runs its own."""
     operator.stop()
     try:

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agentcred import pki
+from agentcred.platform import pki
 from clusterkit import free_port
 
 
@@ -33,7 +33,7 @@ class MintingService:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}/mint"
 
-    def start(self) -> "MintingService":
+    def start(self) -> MintingService:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(timeout=10)
         return self
@@ -79,4 +79,3 @@ class MintingService:
     async def _revoke(self, request: web.Request) -> web.Response:
         self.revoked.append(await request.json())
         return web.json_response({"ok": True})
-

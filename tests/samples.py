@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from agentcred import model
+from agentcred.api import model
 
 
 def spec(**overrides: Any) -> dict[str, Any]:
@@ -46,8 +46,12 @@ INVALID = [
     ("ttl over a day", {"ttl": "25h", "maxLifetime": "48h"}, "spec.ttl", "at most 24h"),
     ("missing owner", {"owner": DROP}, "spec.owner", "Required value"),
     ("unknown category", {"category": "database"}, "spec.category", "Unsupported value"),
-    ("two sources", {"source": {"jwt": {"audiences": ["a"]}, **STATIC_SOURCE}, "exception": EXCEPTION},
-     "spec.source", "exactly one of jwt, secretRef, webhook"),
+    (
+        "two sources",
+        {"source": {"jwt": {"audiences": ["a"]}, **STATIC_SOURCE}, "exception": EXCEPTION},
+        "spec.source",
+        "exactly one of jwt, secretRef, webhook",
+    ),
     ("no source", {"source": {}}, "spec.source", "exactly one of jwt, secretRef, webhook"),
     ("secretRef without exception", {"source": STATIC_SOURCE}, "spec.exception", "exception is required"),
     ("exception on a minted source", {"exception": EXCEPTION}, "spec.exception", "only to static"),
@@ -55,20 +59,39 @@ INVALID = [
     ("ttl over maxLifetime", {"ttl": "9h"}, "spec.ttl", "ttl must not exceed maxLifetime"),
     ("renewBefore not under ttl", {"renewBefore": "15m"}, "spec.renewBefore", "shorter than ttl"),
     ("empty subjects", {"subjects": {"serviceAccounts": []}}, "spec.subjects.serviceAccounts", "at least 1"),
-    ("bad ServiceAccount name", {"subjects": {"serviceAccounts": ["Bad_Name"]}},
-     "spec.subjects.serviceAccounts[0]", "should match"),
+    (
+        "bad ServiceAccount name",
+        {"subjects": {"serviceAccounts": ["Bad_Name"]}},
+        "spec.subjects.serviceAccounts[0]",
+        "should match",
+    ),
     ("relative mountPath", {"projection": {"mountPath": "var/run/x"}}, "spec.projection.mountPath", "should match"),
     ("dot-dot mountPath", {"projection": {"mountPath": "/var/../etc"}}, "spec.projection.mountPath", "should match"),
     ("missing projection", {"projection": DROP}, "spec.projection", "Required value"),
-    ("exception without expiry", {"source": STATIC_SOURCE, "exception": {"reason": "r", "approvedBy": "a"}},
-     "spec.exception.expires", "Required value"),
-    ("plain-http webhook", {"source": {"webhook": {"url": "http://minter.internal"}}},
-     "spec.source.webhook.url", "should match"),
-    ("minting timeout over 30s", {"source": {"webhook": {"url": "https://minter.internal", "timeout": "1h"}}},
-     "spec.source.webhook.timeout", "at most 30s"),
+    (
+        "exception without expiry",
+        {"source": STATIC_SOURCE, "exception": {"reason": "r", "approvedBy": "a"}},
+        "spec.exception.expires",
+        "Required value",
+    ),
+    (
+        "plain-http webhook",
+        {"source": {"webhook": {"url": "http://minter.internal"}}},
+        "spec.source.webhook.url",
+        "should match",
+    ),
+    (
+        "minting timeout over 30s",
+        {"source": {"webhook": {"url": "https://minter.internal", "timeout": "1h"}}},
+        "spec.source.webhook.timeout",
+        "at most 30s",
+    ),
     ("jwt without audiences", {"source": {"jwt": {"audiences": []}}}, "spec.source.jwt.audiences", "at least 1"),
-    ("unknown jwt algorithm", {"source": {"jwt": {"audiences": ["a"], "algorithm": "HS256"}}},
-     "spec.source.jwt.algorithm", "Unsupported value"),
+    (
+        "unknown jwt algorithm",
+        {"source": {"jwt": {"audiences": ["a"], "algorithm": "HS256"}}},
+        "spec.source.jwt.algorithm",
+        "Unsupported value",
+    ),
     ("malformed review cadence", {"review": {"cadence": "quarterly"}}, "spec.review.cadence", "should match"),
 ]
-

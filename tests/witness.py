@@ -11,11 +11,12 @@ import base64
 import json
 import re
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kubernetes import watch
 
-from agentcred import labels, model
+from agentcred.api import labels, model
 from clusterkit import Cluster
 
 
@@ -29,13 +30,17 @@ class Witness:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def start(self) -> "Witness":
+    def start(self) -> Witness:
         core, custom = self.cluster.core, self.cluster.custom
-        self._follow(lambda **kw: core.list_secret_for_all_namespaces(
-            label_selector=f"{labels.MANAGED_LABEL}=true", **kw), self._secret)
+        self._follow(
+            lambda **kw: core.list_secret_for_all_namespaces(label_selector=f"{labels.MANAGED_LABEL}=true", **kw),
+            self._secret,
+        )
         self._follow(core.list_event_for_all_namespaces, lambda obj: self.events.append(json.dumps(obj)))
-        self._follow(lambda **kw: custom.list_cluster_custom_object(model.GROUP, model.VERSION, model.PLURAL, **kw),
-                     lambda obj: self.statuses.append(json.dumps(obj.get("status") or {})))
+        self._follow(
+            lambda **kw: custom.list_cluster_custom_object(model.GROUP, model.VERSION, model.PLURAL, **kw),
+            lambda obj: self.statuses.append(json.dumps(obj.get("status") or {})),
+        )
         return self
 
     def stop(self) -> None:
@@ -62,8 +67,12 @@ class Witness:
 
     def leaks(self, extra_haystacks: dict[str, str]) -> list[str]:
         """Where any recorded value appears (by place, never showing the value)."""
-        haystacks = {"events": "\n".join(self.events), "statuses": "\n".join(self.statuses),
-                     "operator logs": "\n".join(self.logs), **extra_haystacks}
+        haystacks = {
+            "events": "\n".join(self.events),
+            "statuses": "\n".join(self.statuses),
+            "operator logs": "\n".join(self.logs),
+            **extra_haystacks,
+        }
         needles = set(self.values)
         for value in self.values:  # a JWT's signature alone is as telling as the whole token
             parts = value.split(".")
@@ -86,7 +95,7 @@ class NeedleFinder:
         self.width = min((len(n) for n in needles), default=0)
         self.prefixes: dict[str, list[str]] = {}
         for needle in needles:
-            self.prefixes.setdefault(needle[:self.width], []).append(needle)
+            self.prefixes.setdefault(needle[: self.width], []).append(needle)
         alphabet = "".join(sorted({c for needle in needles for c in needle}))
         self.runs = re.compile(f"[{re.escape(alphabet)}]{{{self.width},}}") if needles else None
 
@@ -96,7 +105,7 @@ class NeedleFinder:
         width = self.width
         for run in set(self.runs.findall(text)):
             for offset in range(len(run) - width + 1):
-                for needle in self.prefixes.get(run[offset:offset + width], ()):
+                for needle in self.prefixes.get(run[offset : offset + width], ()):
                     if run.startswith(needle, offset):
                         return True
         return False

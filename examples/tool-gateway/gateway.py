@@ -16,8 +16,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from agentcred.policy import Intent
-from agentcred.verify import TokenRejected, Verifier
+from agentcred.client.verify import TokenRejected, Verifier
+from agentcred.rules.scope import Intent
 
 REFRESH_SECONDS = 60
 
@@ -42,18 +42,22 @@ class Keys:
 def make_handler(keys: Keys, audience: str, namespace: str | None = None) -> type[BaseHTTPRequestHandler]:
     """Requests for `audience`; with `namespace`, only tokens issued to agents of that namespace
     (the tenant this gateway serves), whatever audience another tenant's credential claims."""
+
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
-            intent = Intent(self.headers.get("X-Tool", ""), self.headers.get("X-Action", ""),
-                            self.headers.get("X-Resource", ""))
+            intent = Intent(
+                self.headers.get("X-Tool", ""), self.headers.get("X-Action", ""), self.headers.get("X-Resource", "")
+            )
             try:
                 if scheme.lower() != "bearer":
                     raise TokenRejected("missing-token", "send an agentcred token as a Bearer token")
                 claims = keys.verifier.verify(token, audience=audience, intent=intent, namespace=namespace)
             except TokenRejected as rejected:
-                self._reply(401 if rejected.reason in ("missing-token", "malformed") else 403,
-                            f"refused ({rejected.reason}): {rejected.message}\n")
+                self._reply(
+                    401 if rejected.reason in ("missing-token", "malformed") else 403,
+                    f"refused ({rejected.reason}): {rejected.message}\n",
+                )
                 return
             who = claims["agentcred"]
             # ... call the real tool here, on behalf of who["pod"] in who["namespace"] ...
@@ -76,8 +80,9 @@ def main() -> None:
     parser.add_argument("--namespace", help="accept only tokens of agents in this namespace (the tenant served)")
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args()
-    server = ThreadingHTTPServer(("0.0.0.0", args.port), make_handler(Keys(args.operator, args.cafile), args.audience,
-                                                                      args.namespace))
+    server = ThreadingHTTPServer(
+        ("0.0.0.0", args.port), make_handler(Keys(args.operator, args.cafile), args.audience, args.namespace)
+    )
     server.serve_forever()
 
 

@@ -6,16 +6,10 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
-from typing import Any, Callable
 
 from . import __version__
-
-
-def _dev_state_path() -> Path:
-    from .devcluster.binaries import cache_root
-
-    return cache_root() / "dev" / "state.json"
+from .client.commands import cmd_inventory, cmd_renew, cmd_revoke, cmd_rotate_key, cmd_verify
+from .devcluster.commands import cmd_dev_build, cmd_dev_down, cmd_dev_kubeconfig, cmd_dev_up
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -23,8 +17,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import kopf
 
-    from . import handlers
-    from .settings import OperatorConfig
+    from .app.config import OperatorConfig
+    from .app.handlers import registry_for
+    from .app.operator import Operator
 
     overrides = {
         "namespace": args.namespace,
@@ -38,203 +33,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         "health_port": args.health_port,
         "audit_log": args.audit_log,
     }
-    config = dataclasses.replace(
-        OperatorConfig.from_env(), **{k: v for k, v in overrides.items() if v is not None}
-    )
+    config = dataclasses.replace(OperatorConfig.from_env(), **{k: v for k, v in overrides.items() if v is not None})
     if args.webhook_config:
         config = dataclasses.replace(config, webhook_config=args.webhook_config)
     if args.standalone:
         config = dataclasses.replace(config, leader_election=False)
-    handlers.configure(config)
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.log_json else kopf.LogFormat.PLAIN)
     if not args.verbose:
         # A line per handler per event is noise at scale; warnings and errors still show.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    # Kopf's own peering is off: replicas coordinate through our Lease (see `leader`).
-    kopf.run(clusterwide=True, standalone=True)
+    # Kopf's own peering is off: replicas coordinate through our Lease (see runtime.leader).
+    kopf.run(registry=registry_for(Operator(config)), clusterwide=True, standalone=True)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .devcluster.demo import run_demo
 
     return run_demo()
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
-    from .crd import render_crd_yaml
+    from .api.crd import render_crd_yaml
 
     sys.stdout.write(render_crd_yaml(args.resource))
-    return 0
-
-
-def cmd_dev_build(args: argparse.Namespace) -> int:
-    from .devcluster.binaries import ensure_binaries
-
-    for name, path in sorted(ensure_binaries().items()):
-        print(f"{name}\t{path}")
-    return 0
-
-
-def cmd_dev_up(args: argparse.Namespace) -> int:
-    from .devcluster.controlplane import ControlPlane, ControlPlaneState
-
-    state_path = _dev_state_path()
-    if state_path.exists():
-        state = ControlPlaneState.load(state_path)
-        print(f"a local control plane is already up at {state.server}", file=sys.stderr)
-        print(f"export KUBECONFIG={state.kubeconfig}")
-        return 0
-    state_path.parent.mkdir(parents=True, exist_ok=True)
-    from kubernetes import config
-
-    from .devcluster.binaries import ensure_binaries
-    from .devcluster.install import install_agentcred
-
-    plane = ControlPlane(workdir=state_path.parent / "cluster", detach=True)
-    state = plane.start()
-    state.save(state_path)
-    install_agentcred(config.new_client_from_config(config_file=state.kubeconfig))
-    print(f"local control plane up at {state.server}, with the AgentCredential CRD", file=sys.stderr)
-    print(f"kubectl: {ensure_binaries()['kubectl']}", file=sys.stderr)
-    print(f"export KUBECONFIG={state.kubeconfig}")
-    return 0
-
-
-def cmd_dev_down(args: argparse.Namespace) -> int:
-    import shutil
-
-    from .devcluster.controlplane import ControlPlaneState, stop_processes
-
-    state_path = _dev_state_path()
-    if not state_path.exists():
-        print("no local control plane is up", file=sys.stderr)
-        return 0
-    state = ControlPlaneState.load(state_path)
-    stop_processes(state.pids)
-    shutil.rmtree(state.workdir, ignore_errors=True)
-    state_path.unlink()
-    print("local control plane stopped and removed", file=sys.stderr)
-    return 0
-
-
-def cmd_dev_kubeconfig(args: argparse.Namespace) -> int:
-    from .devcluster.controlplane import ControlPlaneState
-
-    state_path = _dev_state_path()
-    if not state_path.exists():
-        print("no local control plane is up: run `agentcred dev up`", file=sys.stderr)
-        return 1
-    print(ControlPlaneState.load(state_path).kubeconfig)
-    return 0
-
-
-def _ask_operator(args: argparse.Namespace, ask: Callable[..., dict], **fields: Any) -> tuple[int, dict, str]:
-    """Send a request about one AgentCredential and wait for the operator's answer."""
-    from kubernetes import config
-    from kubernetes.client.exceptions import ApiException
-
-    from .requests import RequestTimeout
-
-    namespace = args.namespace or config.list_kube_config_contexts()[1]["context"].get("namespace", "default")
-    try:
-        return 0, ask(config.new_client_from_config(), namespace, args.credential, timeout=args.timeout, **fields), namespace
-    except ApiException as error:
-        if error.status != 404:
-            raise
-        print(f"AgentCredential {args.credential} not found in namespace {namespace}", file=sys.stderr)
-        return 1, {}, namespace
-    except RequestTimeout as error:
-        print(str(error), file=sys.stderr)
-        return 2, {}, namespace
-
-
-def cmd_revoke(args: argparse.Namespace) -> int:
-    from .requests import request_revoke
-
-    status, outcome, namespace = _ask_operator(args, request_revoke, pod=args.pod, reason=args.reason)
-    if status == 0:
-        where = f"pod {args.pod}" if args.pod else "every pod"
-        print(f"revoked {outcome['revoked']} live value(s) of {namespace}/{args.credential} in {where}")
-    return status
-
-
-def cmd_renew(args: argparse.Namespace) -> int:
-    from .requests import request_renew
-
-    status, outcome, namespace = _ask_operator(args, request_renew)
-    if status == 0:
-        print(f"renewed {outcome['renewed']} live value(s) of {namespace}/{args.credential}")
-    return status
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    import json
-
-    from .policy import Intent
-    from .verify import TokenRejected, Verifier
-
-    token = sys.stdin.read() if args.token in (None, "-") else args.token
-    if args.jwks_file:
-        with open(args.jwks_file) as handle:
-            verifier = Verifier(jwks=json.load(handle), issuer=args.issuer or "")
-    elif args.url:
-        verifier = Verifier.from_url(args.url, issuer=args.issuer, cafile=args.cafile)
-    else:
-        print("say where the keys are: --url https://<operator>:8443 or --jwks-file", file=sys.stderr)
-        return 2
-    intent_parts = (args.tool, args.action, args.resource)
-    if any(intent_parts) and not all(intent_parts):
-        print("an intent needs all of --tool, --action and --resource", file=sys.stderr)
-        return 2
-    intent = Intent(*intent_parts) if all(intent_parts) else None  # type: ignore[arg-type]
-    try:
-        claims = verifier.verify(token, audience=args.audience, intent=intent)
-    except TokenRejected as rejected:
-        print(f"refused ({rejected.reason}): {rejected.message}")
-        return 1
-    facts = claims.get("agentcred") or {}
-    print(f"valid: sub={claims['sub']} credential={facts.get('credential')} pod={facts.get('pod')} "
-          f"jti={claims['jti']} exp={claims['exp']}")
-    return 0
-
-
-def cmd_rotate_key(args: argparse.Namespace) -> int:
-    from kubernetes import config
-
-    from .keyrotation import RotationTimeout, request_rotation
-    from .labels import StateNames
-
-    try:
-        ring = request_rotation(config.new_client_from_config(), args.namespace, args.algorithm, args.timeout,
-                                StateNames(args.instance))
-    except RotationTimeout as error:
-        print(str(error), file=sys.stderr)
-        return 2
-    for key in ring:
-        state = f"retired {key['retiredAt']}" if key["retiredAt"] else "current"
-        print(f"{key['alg']}\t{key['kid']}\t{state}")
-    return 0
-
-
-def cmd_inventory(args: argparse.Namespace) -> int:
-    from kubernetes import config
-
-    from .inventory import FINDING_KINDS, RENDERERS, read_cluster
-
-    fail_on = {kind.strip() for kind in (args.fail_on or "").split(",") if kind.strip()}
-    unknown = fail_on - set(FINDING_KINDS)
-    if unknown:
-        print(f"unknown finding kind(s) for --fail-on: {', '.join(sorted(unknown))}; "
-              f"choose from {', '.join(FINDING_KINDS)}", file=sys.stderr)
-        return 2
-    inventory = read_cluster(config.new_client_from_config())
-    sys.stdout.write(RENDERERS[args.output](inventory))
-    needing_action = inventory.needs_action(fail_on)
-    if needing_action:
-        print(f"{len(needing_action)} finding(s) need action: "
-              f"{', '.join(sorted({f.kind for f in needing_action}))}", file=sys.stderr)
-        return 1
     return 0
 
 
@@ -254,9 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--api-port", type=int, help="port of the HTTPS endpoints (default 8443)")
     run.add_argument("--health-address", help="address of /healthz, /readyz and /metrics")
     run.add_argument("--health-port", type=int, help="port of /healthz, /readyz and /metrics (default 8080)")
-    run.add_argument("--webhook-config", choices=["manage", "inject-ca", "none"],
-                     help="manage the MutatingWebhookConfiguration (default), only inject its CA bundle "
-                          "(the Helm chart owns it), or leave it alone")
+    run.add_argument(
+        "--webhook-config",
+        choices=["manage", "inject-ca", "none"],
+        help="manage the MutatingWebhookConfiguration (default), only inject its CA bundle "
+        "(the Helm chart owns it), or leave it alone",
+    )
     run.add_argument("--audit-log", help="audit destination: - for stdout (default) or a file path")
     run.add_argument("--verbose", action="store_true")
     run.add_argument("--log-json", action="store_true", help="log as JSON lines")
@@ -293,21 +118,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     rotate = commands.add_parser("rotate-key", help="make new signing keys current; old ones stay published")
     rotate.add_argument("--namespace", default="agentcred", help="the operator's namespace")
-    rotate.add_argument("--instance", default="agentcred",
-                        help="the operator's instance name (the Helm release's full name; default agentcred)")
+    rotate.add_argument(
+        "--instance",
+        default="agentcred",
+        help="the operator's instance name (the Helm release's full name; default agentcred)",
+    )
     rotate.add_argument("--algorithm", choices=["EdDSA", "ES256", "all"], default="all")
     rotate.add_argument("--timeout", type=float, default=30.0)
     rotate.set_defaults(func=cmd_rotate_key)
 
     inventory = commands.add_parser("inventory", help="every credential per category, exceptions, findings")
     inventory.add_argument("-o", "--output", choices=["table", "json", "csv"], default="table")
-    inventory.add_argument("--fail-on", help="exit 1 if any finding of these kinds exists, e.g. "
-                           "expired-exception,overdue-review,orphan")
+    inventory.add_argument(
+        "--fail-on", help="exit 1 if any finding of these kinds exists, e.g. expired-exception,overdue-review,orphan"
+    )
     inventory.set_defaults(func=cmd_inventory)
 
     crd = commands.add_parser("crd", help="print a CRD generated from the models")
-    crd.add_argument("resource", nargs="?", default="agentcredentials",
-                     choices=["agentcredentials", "agentcredentialpolicies"], help="which CRD (default: agentcredentials)")
+    crd.add_argument(
+        "resource",
+        nargs="?",
+        default="agentcredentials",
+        choices=["agentcredentials", "agentcredentialpolicies"],
+        help="which CRD (default: agentcredentials)",
+    )
     crd.set_defaults(func=cmd_crd)
 
     dev = commands.add_parser("dev", help="a local control plane for development").add_subparsers(
@@ -316,15 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_parser("build", help="build (or find in the cache) the control plane binaries").set_defaults(
         func=cmd_dev_build
     )
-    dev.add_parser("up", help="start etcd, kube-apiserver, kube-controller-manager").set_defaults(
-        func=cmd_dev_up
-    )
-    dev.add_parser("down", help="stop the local control plane and remove its files").set_defaults(
-        func=cmd_dev_down
-    )
-    dev.add_parser("kubeconfig", help="print the admin kubeconfig path").set_defaults(
-        func=cmd_dev_kubeconfig
-    )
+    dev.add_parser("up", help="start etcd, kube-apiserver, kube-controller-manager").set_defaults(func=cmd_dev_up)
+    dev.add_parser("down", help="stop the local control plane and remove its files").set_defaults(func=cmd_dev_down)
+    dev.add_parser("kubeconfig", help="print the admin kubeconfig path").set_defaults(func=cmd_dev_kubeconfig)
     return parser
 
 

@@ -11,37 +11,53 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from concurrent.futures import ThreadPoolExecutor
-
-from agentcred import labels
-from agentcred.verify import TokenRejected, Verifier
-from agentcred.webhook import pod_guard
+from agentcred.api import labels
+from agentcred.api.webhook_configuration import pod_guard
+from agentcred.client.verify import TokenRejected, Verifier
 from agents import (
-    audit_lines, claims_of, create_credential, create_pod, pod_events, read_secret, secret_name_of, service_account,
-    start_agent, state_of, value_gone, value_of,
+    audit_lines,
+    claims_of,
+    create_credential,
+    create_pod,
+    pod_events,
+    read_secret,
+    secret_name_of,
+    service_account,
+    start_agent,
+    state_of,
+    value_gone,
+    value_of,
 )
 from clusterkit import OPERATOR_NAMESPACE, Cluster, OperatorProcess, token_kubeconfig, wait_for
 from minting_service import MintingService
 
 pytestmark = pytest.mark.cluster
 
-PODS_ONLY = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "patch", "update", "delete"]}]
+PODS_ONLY = [
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "patch", "update", "delete"]}
+]
 
 
 def _user(cluster: Cluster, namespace: str, name: str, rules: list[dict], tmp_path: Path) -> client.CoreV1Api:
     """A ServiceAccount of `namespace` with only `rules` there, as a client (a TokenRequest token)."""
     service_account(cluster, namespace, name)
     cluster.rbac.create_namespaced_role(namespace, {"metadata": {"name": name}, "rules": rules})
-    cluster.rbac.create_namespaced_role_binding(namespace, {"metadata": {"name": name}, "roleRef": {
-        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}, "subjects": [
-        {"kind": "ServiceAccount", "name": name, "namespace": namespace}]})
+    cluster.rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        },
+    )
     kubeconfig = token_kubeconfig(cluster, namespace, name, tmp_path / f"{name}.kubeconfig")
     return client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
 
@@ -67,8 +83,12 @@ def _guard_active(cluster: Cluster, namespace: str, pod: str) -> bool:
     """Does the guard refuse a (dry-run) change of the pod's opt-in label right now?"""
     current = (cluster.core.read_namespaced_pod(pod, namespace).metadata.labels or {}).get(labels.INJECT_LABEL)
     try:
-        cluster.core.patch_namespaced_pod(pod, namespace, {"metadata": {"labels": {
-            labels.INJECT_LABEL: "probe" if current != "probe" else "true"}}}, dry_run="All")
+        cluster.core.patch_namespaced_pod(
+            pod,
+            namespace,
+            {"metadata": {"labels": {labels.INJECT_LABEL: "probe" if current != "probe" else "true"}}},
+            dry_run="All",
+        )
     except ApiException as error:
         return error.status in (403, 422)
     return False
@@ -82,12 +102,32 @@ def test_a_label_added_after_creation_is_refused_and_gets_nothing_without_the_gu
     developer = _user(cluster, namespace, "developer", PODS_ONLY, tmp_path)
     # A pod created without the label, carrying by hand what the webhook would have added.
     binding = "abcdefabcdef0123"
-    crafted = {"metadata": {"name": "sneaky", "annotations": {labels.CREDENTIALS_ANNOTATION: "research-llm",
-                                                              labels.BINDING_ANNOTATION: binding}},
-               "spec": {"serviceAccountName": "research-agent", "containers": [{"name": "c", "image": "x"}],
-                        "volumes": [{"name": labels.volume_name("research-llm"), "projected": {"sources": [
-                            {"secret": {"name": labels.secret_name(binding), "optional": True, "items": [
-                                {"key": labels.value_key("research-llm"), "path": "token"}]}}]}}]}}
+    crafted = {
+        "metadata": {
+            "name": "sneaky",
+            "annotations": {labels.CREDENTIALS_ANNOTATION: "research-llm", labels.BINDING_ANNOTATION: binding},
+        },
+        "spec": {
+            "serviceAccountName": "research-agent",
+            "containers": [{"name": "c", "image": "x"}],
+            "volumes": [
+                {
+                    "name": labels.volume_name("research-llm"),
+                    "projected": {
+                        "sources": [
+                            {
+                                "secret": {
+                                    "name": labels.secret_name(binding),
+                                    "optional": True,
+                                    "items": [{"key": labels.value_key("research-llm"), "path": "token"}],
+                                }
+                            }
+                        ]
+                    },
+                }
+            ],
+        },
+    }
     developer.create_namespaced_pod(namespace, crafted)
     with pytest.raises(ApiException) as refused:
         developer.patch_namespaced_pod("sneaky", namespace, {"metadata": {"labels": {labels.INJECT_LABEL: "true"}}})
@@ -98,8 +138,10 @@ def test_a_label_added_after_creation_is_refused_and_gets_nothing_without_the_gu
     with _without_pod_guard(cluster):
         wait_for(lambda: not _guard_active(cluster, namespace, "sneaky"), what="the guard gone")
         developer.patch_namespaced_pod("sneaky", namespace, {"metadata": {"labels": {labels.INJECT_LABEL: "true"}}})
-        events = wait_for(lambda: [e for e in pod_events(cluster, namespace, "sneaky") if e.reason == "NotAdmitted"],
-                          what="a NotAdmitted Event on the pod")
+        events = wait_for(
+            lambda: [e for e in pod_events(cluster, namespace, "sneaky") if e.reason == "NotAdmitted"],
+            what="a NotAdmitted Event on the pod",
+        )
         assert "was not admitted by the agentcred webhook" in events[0].message
     assert read_secret(cluster, namespace, labels.secret_name(binding)) is None
     assert audit_lines(operator, "deny", namespace=namespace, reason="not-admitted")
@@ -116,9 +158,25 @@ def test_relabelling_cannot_undo_an_emergency_revoke(
     pod = start_agent(cluster, namespace, credentials="research-llm,search")
     secret = secret_name_of(pod)
     token = value_of(read_secret(cluster, namespace, secret), "research-llm").decode()
-    revoked = subprocess.run([sys.executable, "-m", "agentcred", "revoke", "research-llm", "-n", namespace,
-                              "--pod", "agent", "--reason", "prompt injection"], capture_output=True, text=True,
-                             env=cluster.env(), timeout=120)
+    revoked = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agentcred",
+            "revoke",
+            "research-llm",
+            "-n",
+            namespace,
+            "--pod",
+            "agent",
+            "--reason",
+            "prompt injection",
+        ],
+        capture_output=True,
+        text=True,
+        env=cluster.env(),
+        timeout=120,
+    )
     assert revoked.returncode == 0, revoked.stderr
     wait_for(lambda: value_gone(cluster, namespace, secret, "research-llm"), what="revoked")
 
@@ -129,8 +187,10 @@ def test_relabelling_cannot_undo_an_emergency_revoke(
     with _without_pod_guard(cluster):
         wait_for(lambda: not _guard_active(cluster, namespace, "agent"), what="the guard gone")
         developer.patch_namespaced_pod("agent", namespace, {"metadata": {"labels": {labels.INJECT_LABEL: None}}})
-        opted_out = wait_for(lambda: audit_lines(operator, "revoke", namespace=namespace, reason="opted-out"),
-                             what="leaving opt-in revokes what was left")
+        opted_out = wait_for(
+            lambda: audit_lines(operator, "revoke", namespace=namespace, reason="opted-out"),
+            what="leaving opt-in revokes what was left",
+        )
         assert [line["credential"] for line in opted_out] == ["search"]
         developer.patch_namespaced_pod("agent", namespace, {"metadata": {"labels": {labels.INJECT_LABEL: "true"}}})
         time.sleep(3)  # every chance to (wrongly) issue again
@@ -140,7 +200,9 @@ def test_relabelling_cannot_undo_an_emergency_revoke(
     issues = audit_lines(operator, "issue", podUID=pod["metadata"]["uid"])
     assert sorted(line["credential"] for line in issues) == ["research-llm", "search"], "issued again"
     with pytest.raises(TokenRejected) as rejected:
-        Verifier.from_url(operator.api_url, cafile=operator.ca_file()).verify(token, audience="https://llm-gateway.internal")
+        Verifier.from_url(operator.api_url, cafile=operator.ca_file()).verify(
+            token, audience="https://llm-gateway.internal"
+        )
     assert rejected.value.reason == "revoked"
 
 
@@ -153,16 +215,27 @@ def test_a_pod_cannot_name_another_pods_binding_or_secret(
     victim = start_agent(cluster, namespace, "victim")
     victim_secret = secret_name_of(victim)
     before = value_of(read_secret(cluster, namespace, victim_secret), "research-llm")
-    intruder = {"metadata": {"name": "intruder", "labels": {labels.INJECT_LABEL: "true"},
-                             "annotations": {labels.CREDENTIALS_ANNOTATION: "research-llm"}},
-                "spec": {"serviceAccountName": "research-agent", "containers": [{"name": "c", "image": "x"}]}}
+    intruder = {
+        "metadata": {
+            "name": "intruder",
+            "labels": {labels.INJECT_LABEL: "true"},
+            "annotations": {labels.CREDENTIALS_ANNOTATION: "research-llm"},
+        },
+        "spec": {"serviceAccountName": "research-agent", "containers": [{"name": "c", "image": "x"}]},
+    }
     attempts = {
-        "its binding": {"metadata": {"annotations": {
-            labels.BINDING_ANNOTATION: victim["metadata"]["annotations"][labels.BINDING_ANNOTATION]}}},
+        "its binding": {
+            "metadata": {
+                "annotations": {labels.BINDING_ANNOTATION: victim["metadata"]["annotations"][labels.BINDING_ANNOTATION]}
+            }
+        },
         "its volume": {"spec": {"volumes": victim["spec"]["volumes"]}},
         "its gate": {"spec": {"schedulingGates": [{"name": labels.SCHEDULING_GATE}]}},
-        "a path in the name": {"spec": {"volumes": [{"name": "agentcred-x", "secret": {
-            "secretName": "agentcred-x/../../../other/secrets/y"}}]}},
+        "a path in the name": {
+            "spec": {
+                "volumes": [{"name": "agentcred-x", "secret": {"secretName": "agentcred-x/../../../other/secrets/y"}}]
+            }
+        },
     }
     for what, extra in attempts.items():
         body = json.loads(json.dumps(intruder))
@@ -199,8 +272,13 @@ def test_a_gated_pod_deleted_before_issuing_does_not_upset_the_operator(
     cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
 ) -> None:
     service_account(cluster, namespace)
-    create_credential(cluster, namespace, name="minted", category="tool",
-                      source={"webhook": {"url": "https://127.0.0.1:1/mint", "timeout": "1s"}})
+    create_credential(
+        cluster,
+        namespace,
+        name="minted",
+        category="tool",
+        source={"webhook": {"url": "https://127.0.0.1:1/mint", "timeout": "1s"}},
+    )
     for i in range(5):
         create_pod(cluster, namespace, f"gated-{i}", "minted")
         cluster.core.delete_namespaced_pod(f"gated-{i}", namespace, grace_period_seconds=0)
@@ -217,15 +295,26 @@ def test_pods_in_namespaces_the_webhook_skips_get_nothing(
     victim = start_agent(cluster, namespace, "victim")
     # A pod in the operator's own namespace (skipped by the webhook), carrying a copy of
     # everything the webhook put on an admitted pod.
-    copied = {"metadata": {"name": "copy", "labels": {labels.INJECT_LABEL: "true"},
-                           "annotations": {k: v for k, v in victim["metadata"]["annotations"].items()
-                                           if k.startswith("agentcred.dev/")}},
-              "spec": {"serviceAccountName": "default", "containers": [{"name": "c", "image": "x"}],
-                       "volumes": victim["spec"]["volumes"]}}
+    copied = {
+        "metadata": {
+            "name": "copy",
+            "labels": {labels.INJECT_LABEL: "true"},
+            "annotations": {
+                k: v for k, v in victim["metadata"]["annotations"].items() if k.startswith("agentcred.dev/")
+            },
+        },
+        "spec": {
+            "serviceAccountName": "default",
+            "containers": [{"name": "c", "image": "x"}],
+            "volumes": victim["spec"]["volumes"],
+        },
+    }
     cluster.core.create_namespaced_pod(OPERATOR_NAMESPACE, copied)
     try:
-        wait_for(lambda: [e for e in pod_events(cluster, OPERATOR_NAMESPACE, "copy") if e.reason == "NotAdmitted"],
-                 what="a NotAdmitted Event")
+        wait_for(
+            lambda: [e for e in pod_events(cluster, OPERATOR_NAMESPACE, "copy") if e.reason == "NotAdmitted"],
+            what="a NotAdmitted Event",
+        )
         assert read_secret(cluster, OPERATOR_NAMESPACE, secret_name_of(victim)) is None
     finally:
         cluster.core.delete_namespaced_pod("copy", OPERATOR_NAMESPACE, grace_period_seconds=0)
@@ -237,8 +326,12 @@ def test_pods_in_namespaces_the_webhook_skips_get_nothing(
 def _sa_token(cluster: Cluster, namespace: str, pod: dict | None, sa: str = "research-agent") -> str:
     spec: dict = {"audiences": ["agentcred"], "expirationSeconds": 600}
     if pod is not None:
-        spec["boundObjectRef"] = {"apiVersion": "v1", "kind": "Pod", "name": pod["metadata"]["name"],
-                                  "uid": pod["metadata"]["uid"]}
+        spec["boundObjectRef"] = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": pod["metadata"]["name"],
+            "uid": pod["metadata"]["uid"],
+        }
     return cluster.core.create_namespaced_service_account_token(sa, namespace, {"spec": spec}).status.token
 
 
@@ -246,8 +339,12 @@ _CONTEXTS: dict[str, ssl.SSLContext] = {}
 
 
 def _exchange(operator: OperatorProcess, token: str, body: dict) -> tuple[int, dict, dict]:
-    request = urllib.request.Request(f"{operator.api_url}/v1/exchange", data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    request = urllib.request.Request(
+        f"{operator.api_url}/v1/exchange",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
     if operator.api_url not in _CONTEXTS:
         _CONTEXTS[operator.api_url] = ssl.create_default_context(cafile=operator.ca_file())
     try:
@@ -275,8 +372,9 @@ def test_a_flood_of_garbage_tokens_costs_few_token_reviews(
     reviews = _reviews(operator) - before
     assert 429 in statuses and set(statuses) <= {401, 429}
     assert reviews <= 120, f"{reviews} TokenReviews for 400 garbage requests"
-    status, body, headers = next(r for r in (_exchange(operator, "garbage-x", intent) for _ in range(50))
-                                 if r[0] == 429)
+    status, body, headers = next(
+        r for r in (_exchange(operator, "garbage-x", intent) for _ in range(50)) if r[0] == 429
+    )
     assert body["error"] == "rate-limited" and headers.get("Retry-After")
 
 
@@ -284,9 +382,16 @@ def test_intents_are_literal_and_exchanged_tokens_live_at_most_five_minutes(
     cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
 ) -> None:
     service_account(cluster, namespace)
-    create_credential(cluster, namespace, scope={"tools": ["web-search"], "actions": ["read"],
-                                                 "resources": ["repo:acme/*"],
-                                                 "deny": {"resources": ["repo:acme/secrets-*"]}})
+    create_credential(
+        cluster,
+        namespace,
+        scope={
+            "tools": ["web-search"],
+            "actions": ["read"],
+            "resources": ["repo:acme/*"],
+            "deny": {"resources": ["repo:acme/secrets-*"]},
+        },
+    )
     pod = start_agent(cluster, namespace)
     token = _sa_token(cluster, namespace, pod)
     base = {"credential": "research-llm", "tool": "web-search", "action": "read"}
@@ -311,8 +416,9 @@ def test_exchanges_do_not_grow_the_revocation_list(
     token = _sa_token(cluster, namespace, pod)
     granted = []
     for i in range(60):
-        status, body, _ = _exchange(operator, token, {"credential": "research-llm", "tool": f"t{i}", "action": "read",
-                                                      "resource": f"r{i}"})
+        status, body, _ = _exchange(
+            operator, token, {"credential": "research-llm", "tool": f"t{i}", "action": "read", "resource": f"r{i}"}
+        )
         if status == 200:
             granted.append(body["token"])
         else:
@@ -322,8 +428,9 @@ def test_exchanges_do_not_grow_the_revocation_list(
 
     def document() -> list[dict]:
         verifier_url = f"{operator.api_url}/v1/revocations"
-        with urllib.request.urlopen(verifier_url, context=ssl.create_default_context(cafile=operator.ca_file()),
-                                    timeout=10) as answer:
+        with urllib.request.urlopen(
+            verifier_url, context=ssl.create_default_context(cafile=operator.ca_file()), timeout=10
+        ) as answer:
             return [e for e in json.loads(answer.read())["revoked"] if e["podUID"] == pod["metadata"]["uid"]]
 
     entries = wait_for(document, what="the pod on the revocation list")
@@ -345,13 +452,25 @@ def test_a_tenants_hanging_minting_service_does_not_delay_anothers_renewals(
     other = cluster.create_namespace("tenant")
     try:
         service_account(cluster, other)
-        create_credential(cluster, other, name="stuck", category="tool",
-                          source={"webhook": {"url": hanging.url, "caBundle": hanging.ca_pem, "timeout": "5s"}})
+        create_credential(
+            cluster,
+            other,
+            name="stuck",
+            category="tool",
+            source={"webhook": {"url": hanging.url, "caBundle": hanging.ca_pem, "timeout": "5s"}},
+        )
         with ThreadPoolExecutor(8) as pool:  # more hung calls than the operator has connections or slots
             list(pool.map(lambda i: create_pod(cluster, other, f"stuck-{i}", "stuck"), range(120)))
         service_account(cluster, namespace)
-        create_credential(cluster, namespace, name="minted", category="tool", ttl="20s", renewBefore="15s",
-                          source={"webhook": {"url": working.url, "caBundle": working.ca_pem, "timeout": "5s"}})
+        create_credential(
+            cluster,
+            namespace,
+            name="minted",
+            category="tool",
+            ttl="20s",
+            renewBefore="15s",
+            source={"webhook": {"url": working.url, "caBundle": working.ca_pem, "timeout": "5s"}},
+        )
         start_agent(cluster, namespace, credentials="minted")
         # The stuck tenant's retries come round every few seconds and hang again; meanwhile
         # this tenant's value is renewed every ~5 s.

@@ -7,12 +7,16 @@ import datetime as dt
 import pytest
 from cryptography import x509
 
-from agentcred.kube import Kube, load_configuration
-from agentcred.labels import StateNames
-from agentcred.webhook import CertificateMonitor, new_serving_certificate, shared_serving_certificate
+from agentcred.api.labels import StateNames
+from agentcred.platform.kube import Kube, load_configuration
+from agentcred.runtime.serving_certificate import (
+    CertificateMonitor,
+    new_serving_certificate,
+    shared_serving_certificate,
+)
+from clusterkit import Cluster
 
 TLS_SECRET = StateNames().serving_certificate
-from clusterkit import Cluster
 
 pytestmark = pytest.mark.cluster
 
@@ -23,13 +27,17 @@ def test_renewal_while_running(cluster: Cluster, namespace: str) -> None:
     async def scenario() -> None:
         kube = Kube(load_configuration(str(cluster.kubeconfig)))
         try:
-            first = await shared_serving_certificate(kube, namespace, "agentcred", TLS_SECRET)  # created: this replica is first
+            first = await shared_serving_certificate(
+                kube, namespace, "agentcred", TLS_SECRET
+            )  # created: this replica is first
             assert await shared_serving_certificate(kube, namespace, "agentcred", TLS_SECRET) == first  # then shared
             expiring = new_serving_certificate("agentcred", namespace, validity=dt.timedelta(days=5))
             secret = await kube.read_secret(namespace, TLS_SECRET)
-            secret["data"] = {"ca.crt": base64.b64encode(expiring.ca_pem).decode(),
-                              "tls.crt": base64.b64encode(expiring.cert_pem).decode(),
-                              "tls.key": base64.b64encode(expiring.key_pem).decode()}
+            secret["data"] = {
+                "ca.crt": base64.b64encode(expiring.ca_pem).decode(),
+                "tls.crt": base64.b64encode(expiring.cert_pem).decode(),
+                "tls.key": base64.b64encode(expiring.key_pem).decode(),
+            }
             await kube.replace_secret(namespace, TLS_SECRET, secret)
 
             async def publish(ca_pem: bytes) -> None:

@@ -22,8 +22,9 @@ NAMESPACE = "agentcred-chart"
 
 
 def helm(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(cluster.binaries["helm"]), *args], capture_output=True, text=True,
-                            env=cluster.env(), timeout=120)
+    result = subprocess.run(
+        [str(cluster.binaries["helm"]), *args], capture_output=True, text=True, env=cluster.env(), timeout=120
+    )
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -52,13 +53,23 @@ def test_lint_and_default_rendering_is_hardened(cluster: Cluster) -> None:
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert deployment["spec"]["replicas"] == 2 and "--standalone" not in container["args"]
-    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
-    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                            "privileged": False, "capabilities": {"drop": ["ALL"]}}
+    assert (
+        pod["securityContext"]["runAsNonRoot"] is True
+        and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    )
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["resources"]["limits"]["memory"] and container["resources"]["requests"]["cpu"]
-    assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == {
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    }
     assert rendered["PodDisruptionBudget/agentcred"]["spec"]["minAvailable"] == 1
     webhook = rendered["MutatingWebhookConfiguration/agentcred.agentcred.dev"]["webhooks"][0]
     assert webhook["failurePolicy"] == "Fail" and webhook["timeoutSeconds"] == 5
@@ -75,34 +86,59 @@ def test_lint_and_default_rendering_is_hardened(cluster: Cluster) -> None:
     assert not any("*" in rule["verbs"] or "*" in rule["resources"] for rule in role["rules"])
 
 
-@pytest.mark.parametrize("sets, check", [
-    (["replicaCount=1"], lambda r: "--standalone" in r["Deployment/agentcred"]["spec"]["template"]["spec"]["containers"][0]["args"]
-     and "PodDisruptionBudget/agentcred" not in r),
-    (["serviceMonitor.enabled=true", "networkPolicy.enabled=true", "dashboards.enabled=true"],
-     lambda r: {"ServiceMonitor/agentcred", "NetworkPolicy/agentcred", "ConfigMap/agentcred-dashboard"} <= set(r)
-     and json.loads(r["ConfigMap/agentcred-dashboard"]["data"]["agentcred.json"])["panels"]),
-    (["crds.install=false", "rbac.create=false", "serviceAccount.create=false", "serviceAccount.name=custom"],
-     lambda r: not any(k.startswith(("CustomResourceDefinition/", "ClusterRole", "Role", "ServiceAccount/")) for k in r)
-     and r["Deployment/agentcred"]["spec"]["template"]["spec"]["serviceAccountName"] == "custom"),
-    (["webhook.url=https://127.0.0.1:9443", "issuer=https://tokens.example.com", "crds.keep=false"],
-     lambda r: r["MutatingWebhookConfiguration/agentcred.agentcred.dev"]["webhooks"][0]["clientConfig"]
-     == {"url": "https://127.0.0.1:9443/agentcred-inject"}
-     and {"name": "AGENTCRED_ISSUER", "value": "https://tokens.example.com"}
-     in r["Deployment/agentcred"]["spec"]["template"]["spec"]["containers"][0]["env"]
-     and not r["CustomResourceDefinition/agentcredentials.agentcred.dev"]["metadata"]["annotations"]),
-])
+@pytest.mark.parametrize(
+    "sets, check",
+    [
+        (
+            ["replicaCount=1"],
+            lambda r: (
+                "--standalone" in r["Deployment/agentcred"]["spec"]["template"]["spec"]["containers"][0]["args"]
+                and "PodDisruptionBudget/agentcred" not in r
+            ),
+        ),
+        (
+            ["serviceMonitor.enabled=true", "networkPolicy.enabled=true", "dashboards.enabled=true"],
+            lambda r: (
+                {"ServiceMonitor/agentcred", "NetworkPolicy/agentcred", "ConfigMap/agentcred-dashboard"} <= set(r)
+                and json.loads(r["ConfigMap/agentcred-dashboard"]["data"]["agentcred.json"])["panels"]
+            ),
+        ),
+        (
+            ["crds.install=false", "rbac.create=false", "serviceAccount.create=false", "serviceAccount.name=custom"],
+            lambda r: (
+                not any(
+                    k.startswith(("CustomResourceDefinition/", "ClusterRole", "Role", "ServiceAccount/")) for k in r
+                )
+                and r["Deployment/agentcred"]["spec"]["template"]["spec"]["serviceAccountName"] == "custom"
+            ),
+        ),
+        (
+            ["webhook.url=https://127.0.0.1:9443", "issuer=https://tokens.example.com", "crds.keep=false"],
+            lambda r: (
+                r["MutatingWebhookConfiguration/agentcred.agentcred.dev"]["webhooks"][0]["clientConfig"]
+                == {"url": "https://127.0.0.1:9443/agentcred-inject"}
+                and {"name": "AGENTCRED_ISSUER", "value": "https://tokens.example.com"}
+                in r["Deployment/agentcred"]["spec"]["template"]["spec"]["containers"][0]["env"]
+                and not r["CustomResourceDefinition/agentcredentials.agentcred.dev"]["metadata"]["annotations"]
+            ),
+        ),
+    ],
+)
 def test_template_variants(cluster: Cluster, sets: list[str], check) -> None:
     assert check(kinds(render(cluster, *sets)))
 
 
-@pytest.mark.parametrize("sets, message", [
-    (["replicaCount=-1"], "/replicaCount': minimum"),
-    (["replicaCount=two"], "/replicaCount': got string, want integer"),
-    (["surprise=1"], "additional properties 'surprise' not allowed"),
-    (["webhook.timeoutSeconds=60"], "/webhook/timeoutSeconds': maximum"),
-    (["image.pullPolicy=Sometimes"], "/image/pullPolicy'"),
-    (["issuer=http://plain"], "/issuer'"),
-])
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["replicaCount=-1"], "/replicaCount': minimum"),
+        (["replicaCount=two"], "/replicaCount': got string, want integer"),
+        (["surprise=1"], "additional properties 'surprise' not allowed"),
+        (["webhook.timeoutSeconds=60"], "/webhook/timeoutSeconds': maximum"),
+        (["image.pullPolicy=Sometimes"], "/image/pullPolicy'"),
+        (["issuer=http://plain"], "/issuer'"),
+    ],
+)
 def test_bad_values_are_refused_by_the_schema(cluster: Cluster, sets: list[str], message: str) -> None:
     args = [a for s in sets for a in ("--set", s)]
     result = helm(cluster, "template", RELEASE, str(CHART), *args, check=False)
@@ -113,11 +149,28 @@ def test_install_run_as_the_chart_service_account_upgrade_uninstall(
     cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str, tmp_path: Path
 ) -> None:
     with operator_paused(operator):
-        chart_operator = OperatorProcess(cluster, "--webhook-config", "inject-ca", namespace=NAMESPACE,
-                                         standalone=False,
-                                         env={"AGENTCRED_WEBHOOK_CONFIGURATION": "agentcred.agentcred.dev"})
-        helm(cluster, "install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace", "--wait=false",
-             "--set", "crds.install=false", "--set", f"webhook.url=https://127.0.0.1:{chart_operator.webhook_port}")
+        chart_operator = OperatorProcess(
+            cluster,
+            "--webhook-config",
+            "inject-ca",
+            namespace=NAMESPACE,
+            standalone=False,
+            env={"AGENTCRED_WEBHOOK_CONFIGURATION": "agentcred.agentcred.dev"},
+        )
+        helm(
+            cluster,
+            "install",
+            RELEASE,
+            str(CHART),
+            "-n",
+            NAMESPACE,
+            "--create-namespace",
+            "--wait=false",
+            "--set",
+            "crds.install=false",
+            "--set",
+            f"webhook.url=https://127.0.0.1:{chart_operator.webhook_port}",
+        )
         try:
             kubeconfig = token_kubeconfig(cluster, NAMESPACE, "agentcred", tmp_path / "sa.kubeconfig")
             chart_operator.kubeconfig = kubeconfig
@@ -132,9 +185,12 @@ def test_install_run_as_the_chart_service_account_upgrade_uninstall(
                 kubelet.succeed(namespace, pod["metadata"]["name"])
                 wait_for(lambda: secret_gone(cluster, namespace, secret_name_of(pod)), what="revoked as the chart's SA")
                 lease = cluster.api_client.sanitize_for_serialization(
-                    client.CoordinationV1Api(cluster.api_client).read_namespaced_lease("agentcred-leader", NAMESPACE))
+                    client.CoordinationV1Api(cluster.api_client).read_namespaced_lease("agentcred-leader", NAMESPACE)
+                )
                 assert lease["spec"]["holderIdentity"]
-                forbidden = [line for line in chart_operator.logs().splitlines() if "Forbidden" in line or " 403" in line]
+                forbidden = [
+                    line for line in chart_operator.logs().splitlines() if "Forbidden" in line or " 403" in line
+                ]
                 assert not forbidden, forbidden[:5]
             finally:
                 chart_operator.cleanup()
@@ -145,16 +201,25 @@ def test_install_run_as_the_chart_service_account_upgrade_uninstall(
             refused = []
             for attempt in (
                 lambda: core.list_namespaced_config_map(namespace),
-                lambda: core.create_namespaced_pod(namespace, {"metadata": {"name": "x"},
-                                                               "spec": {"containers": [{"name": "c", "image": "x"}]}}),
+                lambda: core.create_namespaced_pod(
+                    namespace, {"metadata": {"name": "x"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}
+                ),
                 lambda: core.delete_namespaced_pod(pod["metadata"]["name"], namespace),
                 lambda: core.list_node(),
                 lambda: client.RbacAuthorizationV1Api(as_operator).create_cluster_role_binding(
-                    {"metadata": {"name": "escalate"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io",
-                     "kind": "ClusterRole", "name": "cluster-admin"}, "subjects": [{"kind": "ServiceAccount",
-                     "name": "agentcred", "namespace": NAMESPACE}]}),
+                    {
+                        "metadata": {"name": "escalate"},
+                        "roleRef": {
+                            "apiGroup": "rbac.authorization.k8s.io",
+                            "kind": "ClusterRole",
+                            "name": "cluster-admin",
+                        },
+                        "subjects": [{"kind": "ServiceAccount", "name": "agentcred", "namespace": NAMESPACE}],
+                    }
+                ),
                 lambda: client.AdmissionregistrationV1Api(as_operator).delete_mutating_webhook_configuration(
-                    "agentcred.agentcred.dev"),
+                    "agentcred.agentcred.dev"
+                ),
                 lambda: core.delete_namespaced_config_map("agentcred-revocations", NAMESPACE),
             ):
                 with pytest.raises(ApiException) as denied:
@@ -162,22 +227,47 @@ def test_install_run_as_the_chart_service_account_upgrade_uninstall(
                 refused.append(denied.value.status)
             assert refused == [403] * 7
 
-            helm(cluster, "upgrade", RELEASE, str(CHART), "-n", NAMESPACE, "--set", "crds.install=false",
-                 "--set", f"webhook.url=https://127.0.0.1:{chart_operator.webhook_port}", "--set", "keyRotationDays=7")
+            helm(
+                cluster,
+                "upgrade",
+                RELEASE,
+                str(CHART),
+                "-n",
+                NAMESPACE,
+                "--set",
+                "crds.install=false",
+                "--set",
+                f"webhook.url=https://127.0.0.1:{chart_operator.webhook_port}",
+                "--set",
+                "keyRotationDays=7",
+            )
         finally:
             helm(cluster, "uninstall", RELEASE, "-n", NAMESPACE, "--wait")
 
         leftovers = {
             "secrets": [s.metadata.name for s in cluster.core.list_namespaced_secret(NAMESPACE).items],
-            "configmaps": [c.metadata.name for c in cluster.core.list_namespaced_config_map(NAMESPACE).items
-                           if c.metadata.name != "kube-root-ca.crt"],
-            "leases": [item.metadata.name for item in
-                       client.CoordinationV1Api(cluster.api_client).list_namespaced_lease(NAMESPACE).items],
-            "serviceaccounts": [s.metadata.name for s in cluster.core.list_namespaced_service_account(NAMESPACE).items
-                                if s.metadata.name != "default"],
-            "webhooks": [w.metadata.name for w in cluster.admission.list_mutating_webhook_configuration().items
-                         if w.metadata.name.startswith(RELEASE)],
-            "clusterroles": [r.metadata.name for r in cluster.rbac.list_cluster_role().items if r.metadata.name == RELEASE],
+            "configmaps": [
+                c.metadata.name
+                for c in cluster.core.list_namespaced_config_map(NAMESPACE).items
+                if c.metadata.name != "kube-root-ca.crt"
+            ],
+            "leases": [
+                item.metadata.name
+                for item in client.CoordinationV1Api(cluster.api_client).list_namespaced_lease(NAMESPACE).items
+            ],
+            "serviceaccounts": [
+                s.metadata.name
+                for s in cluster.core.list_namespaced_service_account(NAMESPACE).items
+                if s.metadata.name != "default"
+            ],
+            "webhooks": [
+                w.metadata.name
+                for w in cluster.admission.list_mutating_webhook_configuration().items
+                if w.metadata.name.startswith(RELEASE)
+            ],
+            "clusterroles": [
+                r.metadata.name for r in cluster.rbac.list_cluster_role().items if r.metadata.name == RELEASE
+            ],
         }
         assert leftovers == {k: [] for k in leftovers}
         cluster.delete_namespace(NAMESPACE)

@@ -5,9 +5,9 @@ import json
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from agentcred import model
+from agentcred.api import model
 from clusterkit import Cluster
-from samples import INVALID, STATIC_SOURCE, EXCEPTION, DROP, credential
+from samples import DROP, EXCEPTION, INVALID, STATIC_SOURCE, credential
 
 pytestmark = pytest.mark.cluster
 

@@ -33,8 +33,9 @@ def test_dev_up_kubeconfig_down(cluster: Cluster, tmp_path: Path) -> None:
     env.pop("KUBECONFIG", None)
 
     def agentcred(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "agentcred", *args], capture_output=True, text=True, env=env,
-                              timeout=180)
+        return subprocess.run(
+            [sys.executable, "-m", "agentcred", *args], capture_output=True, text=True, env=env, timeout=180
+        )
 
     up = agentcred("dev", "up")
     assert up.returncode == 0, up.stderr
@@ -43,8 +44,12 @@ def test_dev_up_kubeconfig_down(cluster: Cluster, tmp_path: Path) -> None:
     assert up.stdout.strip() == f"export KUBECONFIG={kubeconfig}"
     state = json.loads((tmp_path / "cache" / "dev" / "state.json").read_text())
     try:
-        listed = subprocess.run([str(cluster.binaries["kubectl"]), "--kubeconfig", kubeconfig, "get", "acred", "-A"],
-                                capture_output=True, text=True, timeout=60)
+        listed = subprocess.run(
+            [str(cluster.binaries["kubectl"]), "--kubeconfig", kubeconfig, "get", "acred", "-A"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert listed.returncode == 0 and "No resources found" in listed.stderr + listed.stdout
         again = agentcred("dev", "up")
         assert again.returncode == 0 and "already up" in again.stderr

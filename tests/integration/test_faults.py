@@ -10,7 +10,7 @@ import time
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from agentcred import labels
+from agentcred.api import labels
 from agents import audit_lines, create_credential, create_job, create_pod, read_secret, service_account, value_of
 from clusterkit import Cluster, OperatorProcess, wait_for
 
@@ -155,13 +155,21 @@ def test_webhook_unreachable_fails_closed_for_opted_in_pods_only(
             create_pod(cluster, namespace, "opted-in", "research-llm")
         message = json.loads(refused.value.body)["message"]
         assert "agentcred.dev" in message and "failed calling webhook" in message, message
-        plain = cluster.core.create_namespaced_pod(namespace, {"metadata": {"name": "plain"},
-                                                               "spec": {"containers": [{"name": "c", "image": "x"}]}})
+        plain = cluster.core.create_namespaced_pod(
+            namespace, {"metadata": {"name": "plain"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}
+        )
         assert plain.metadata.name == "plain"
     finally:
         operator.start()
     create_pod(cluster, namespace, "opted-in", "research-llm")
-    secret = wait_for(lambda: read_secret(cluster, namespace, labels.secret_name(
-        cluster.core.read_namespaced_pod("opted-in", namespace).metadata.annotations[labels.BINDING_ANNOTATION])),
-        what="issued once the operator is back")
+    secret = wait_for(
+        lambda: read_secret(
+            cluster,
+            namespace,
+            labels.secret_name(
+                cluster.core.read_namespaced_pod("opted-in", namespace).metadata.annotations[labels.BINDING_ANNOTATION]
+            ),
+        ),
+        what="issued once the operator is back",
+    )
     assert value_of(secret, "research-llm") is not None

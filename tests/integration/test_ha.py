@@ -13,9 +13,16 @@ import urllib.request
 import pytest
 from kubernetes import client
 
-from agentcred.verify import TokenRejected, Verifier
+from agentcred.client.verify import TokenRejected, Verifier
 from agents import (
-    audit_lines, create_credential, create_job, job_pod, read_secret, secret_gone, secret_name_of, service_account,
+    audit_lines,
+    create_credential,
+    create_job,
+    job_pod,
+    read_secret,
+    secret_gone,
+    secret_name_of,
+    service_account,
     start_agent,
 )
 from clusterkit import PATIENCE, Cluster, OperatorProcess, operator_paused, wait_for
@@ -45,15 +52,30 @@ def _certificate(port: int) -> bytes:
 
 
 def _review(port: int, cafile: str, namespace: str) -> dict:
-    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-        "uid": "00000000-0000-0000-0000-000000000001", "kind": {"group": "", "version": "v1", "kind": "Pod"},
-        "resource": {"group": "", "version": "v1", "resource": "pods"}, "operation": "CREATE",
-        "namespace": namespace, "userInfo": {"username": "test"},
-        "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {
-            "name": "probe", "namespace": namespace, "labels": {"agentcred.dev/inject": "true"}},
-            "spec": {"containers": [{"name": "c", "image": "x"}]}}}}
-    request = urllib.request.Request(f"https://127.0.0.1:{port}/agentcred-inject", data=json.dumps(review).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "00000000-0000-0000-0000-000000000001",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE",
+            "namespace": namespace,
+            "userInfo": {"username": "test"},
+            "object": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "probe", "namespace": namespace, "labels": {"agentcred.dev/inject": "true"}},
+                "spec": {"containers": [{"name": "c", "image": "x"}]},
+            },
+        },
+    }
+    request = urllib.request.Request(
+        f"https://127.0.0.1:{port}/agentcred-inject",
+        data=json.dumps(review).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     with urllib.request.urlopen(request, context=ssl.create_default_context(cafile=cafile), timeout=10) as response:
         return json.loads(response.read())["response"]
 
@@ -63,9 +85,17 @@ def test_one_leader_both_serve_and_failover_loses_no_revocation(
 ) -> None:
     with operator_paused(operator):
         replicas = {
-            "replica-a": OperatorProcess(cluster, namespace=NAMESPACE, standalone=False, env={**LEASE, "POD_NAME": "replica-a"}),
-            "replica-b": OperatorProcess(cluster, "--webhook-config", "none", namespace=NAMESPACE, standalone=False,
-                                         env={**LEASE, "POD_NAME": "replica-b"}),
+            "replica-a": OperatorProcess(
+                cluster, namespace=NAMESPACE, standalone=False, env={**LEASE, "POD_NAME": "replica-a"}
+            ),
+            "replica-b": OperatorProcess(
+                cluster,
+                "--webhook-config",
+                "none",
+                namespace=NAMESPACE,
+                standalone=False,
+                env={**LEASE, "POD_NAME": "replica-b"},
+            ),
         }
         try:
             replicas["replica-a"].start()
@@ -95,14 +125,19 @@ def test_one_leader_both_serve_and_failover_loses_no_revocation(
             cluster.core.delete_namespaced_pod(pods["deleted"]["metadata"]["name"], namespace)
             wait_for(lambda: _holder(cluster) == follower_name, timeout=30, what="the follower taking the lead")
             for name in ("done", "deleted"):
-                wait_for(lambda n=name: secret_gone(cluster, namespace, secret_name_of(pods[n])), timeout=30,
-                         what=f"the {name} task's value revoked by the new leader")
+                wait_for(
+                    lambda n=name: secret_gone(cluster, namespace, secret_name_of(pods[n])),
+                    timeout=30,
+                    what=f"the {name} task's value revoked by the new leader",
+                )
             handover = time.monotonic() - killed_at
             assert handover < 20 * PATIENCE, f"handover took {handover:.1f}s"
             assert read_secret(cluster, namespace, secret_name_of(pods["running"])) is not None
             ended = {pods["done"]["metadata"]["name"], pods["deleted"]["metadata"]["name"]}
-            wait_for(lambda: {line["podName"] for line in audit_lines(follower, "revoke", namespace=namespace)} == ended,
-                     what="both revocations in the new leader's audit log")
+            wait_for(
+                lambda: {line["podName"] for line in audit_lines(follower, "revoke", namespace=namespace)} == ended,
+                what="both revocations in the new leader's audit log",
+            )
         finally:
             for replica in replicas.values():
                 replica.cleanup()
@@ -111,8 +146,12 @@ def test_one_leader_both_serve_and_failover_loses_no_revocation(
 
 def _exchange(replica: OperatorProcess, cafile: str, token: str) -> tuple[int, dict]:
     body = {"credential": "research-llm", "tool": "web-search", "action": "read", "resource": "repo:acme/app"}
-    request = urllib.request.Request(f"{replica.api_url}/v1/exchange", data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    request = urllib.request.Request(
+        f"{replica.api_url}/v1/exchange",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
     try:
         with urllib.request.urlopen(request, context=ssl.create_default_context(cafile=cafile), timeout=30) as answer:
             return answer.status, json.loads(answer.read())
@@ -126,8 +165,15 @@ def test_every_replica_exchanges_and_a_stale_leader_hands_out_nothing_that_outli
     with operator_paused(operator):
         replicas = {
             # One issuer for both, as replicas behind one Service have.
-            name: OperatorProcess(cluster, "--issuer", ISSUER, *(() if name == "replica-c" else ("--webhook-config", "none")),
-                                  namespace=STALE_NAMESPACE, standalone=False, env={**LEASE, "POD_NAME": name})
+            name: OperatorProcess(
+                cluster,
+                "--issuer",
+                ISSUER,
+                *(() if name == "replica-c" else ("--webhook-config", "none")),
+                namespace=STALE_NAMESPACE,
+                standalone=False,
+                env={**LEASE, "POD_NAME": name},
+            )
             for name in ("replica-c", "replica-d")
         }
         try:
@@ -140,9 +186,22 @@ def test_every_replica_exchanges_and_a_stale_leader_hands_out_nothing_that_outli
             service_account(cluster, namespace)
             create_credential(cluster, namespace)
             pod = start_agent(cluster, namespace)
-            token = cluster.core.create_namespaced_service_account_token("research-agent", namespace, {"spec": {
-                "audiences": ["agentcred"], "expirationSeconds": 600, "boundObjectRef": {
-                    "apiVersion": "v1", "kind": "Pod", "name": "agent", "uid": pod["metadata"]["uid"]}}}).status.token
+            token = cluster.core.create_namespaced_service_account_token(
+                "research-agent",
+                namespace,
+                {
+                    "spec": {
+                        "audiences": ["agentcred"],
+                        "expirationSeconds": 600,
+                        "boundObjectRef": {
+                            "apiVersion": "v1",
+                            "kind": "Pod",
+                            "name": "agent",
+                            "uid": pod["metadata"]["uid"],
+                        },
+                    }
+                },
+            ).status.token
 
             # A follower answers exchanges from the shared state, as the leader does.
             for replica in (follower, leader):
@@ -153,14 +212,33 @@ def test_every_replica_exchanges_and_a_stale_leader_hands_out_nothing_that_outli
             leader.pause()
             try:
                 try:
-                    wait_for(lambda: _holder(cluster, STALE_NAMESPACE) == follower_name, timeout=30,
-                             what="the follower taking the lead")
+                    wait_for(
+                        lambda: _holder(cluster, STALE_NAMESPACE) == follower_name,
+                        timeout=30,
+                        what="the follower taking the lead",
+                    )
                 except TimeoutError:
                     print(follower.logs()[-6000:])
                     raise
-                revoked = subprocess.run([sys.executable, "-m", "agentcred", "revoke", "research-llm", "-n", namespace,
-                                          "--pod", "agent", "--reason", "test"], capture_output=True, text=True,
-                                         env=cluster.env(), timeout=120)
+                revoked = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "agentcred",
+                        "revoke",
+                        "research-llm",
+                        "-n",
+                        namespace,
+                        "--pod",
+                        "agent",
+                        "--reason",
+                        "test",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env=cluster.env(),
+                    timeout=120,
+                )
                 assert revoked.returncode == 0, revoked.stderr
             finally:
                 leader.resume()
@@ -173,9 +251,13 @@ def test_every_replica_exchanges_and_a_stale_leader_hands_out_nothing_that_outli
                 assert rejected.value.reason == "revoked"
             # And once the revocation list has reached every replica, both refuse.
             for replica in (follower, leader):
-                wait_for(lambda r=replica: _exchange(r, cafile, token) == (403, {
-                    "error": "credential-revoked", "message": "research-llm was revoked for pod agent"}),
-                    what="the revocation seen by every replica")
+                wait_for(
+                    lambda r=replica: (
+                        _exchange(r, cafile, token)
+                        == (403, {"error": "credential-revoked", "message": "research-llm was revoked for pod agent"})
+                    ),
+                    what="the revocation seen by every replica",
+                )
         finally:
             for replica in replicas.values():
                 replica.resume()

@@ -10,17 +10,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agentcred import labels
+from agentcred.api import labels
 from agents import create_credential, service_account
 from clusterkit import Cluster, OperatorProcess
 
 pytestmark = pytest.mark.cluster
 
 
-def _post(url: str, cafile: str, body: bytes, content_type: str = "application/json",
-          headers: dict | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": content_type, **(headers or {})})
+def _post(
+    url: str, cafile: str, body: bytes, content_type: str = "application/json", headers: dict | None = None
+) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": content_type, **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(request, context=ssl.create_default_context(cafile=cafile), timeout=10) as answer:
             return answer.status, answer.read()
@@ -29,25 +31,47 @@ def _post(url: str, cafile: str, body: bytes, content_type: str = "application/j
 
 
 def _review(namespace: str, pod: dict) -> bytes:
-    return json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-        "uid": "11111111-2222-3333-4444-555555555555", "kind": {"group": "", "version": "v1", "kind": "Pod"},
-        "resource": {"group": "", "version": "v1", "resource": "pods"}, "operation": "CREATE",
-        "namespace": namespace, "userInfo": {"username": "mallory"}, "object": pod}}).encode()
+    return json.dumps(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "11111111-2222-3333-4444-555555555555",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "operation": "CREATE",
+                "namespace": namespace,
+                "userInfo": {"username": "mallory"},
+                "object": pod,
+            },
+        }
+    ).encode()
 
 
 def _pod(namespace: str, annotation: str, name: str = "probe") -> dict:
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {
-        "name": name, "namespace": namespace, "labels": {labels.INJECT_LABEL: "true"},
-        "annotations": {labels.CREDENTIALS_ANNOTATION: annotation}},
-        "spec": {"serviceAccountName": "research-agent", "containers": [{"name": "c", "image": "x"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {labels.INJECT_LABEL: "true"},
+            "annotations": {labels.CREDENTIALS_ANNOTATION: annotation},
+        },
+        "spec": {"serviceAccountName": "research-agent", "containers": [{"name": "c", "image": "x"}]},
+    }
 
 
 @pytest.fixture
 def target(cluster: Cluster, operator: OperatorProcess, namespace: str) -> dict:
     service_account(cluster, namespace)
     create_credential(cluster, namespace)
-    return {"webhook": f"https://127.0.0.1:{operator.webhook_port}/agentcred-inject",
-            "exchange": f"{operator.api_url}/v1/exchange", "ca": operator.ca_file(), "namespace": namespace}
+    return {
+        "webhook": f"https://127.0.0.1:{operator.webhook_port}/agentcred-inject",
+        "exchange": f"{operator.api_url}/v1/exchange",
+        "ca": operator.ca_file(),
+        "namespace": namespace,
+    }
 
 
 def test_malformed_admission_reviews(cluster: Cluster, operator: OperatorProcess, target: dict) -> None:
@@ -56,12 +80,17 @@ def test_malformed_admission_reviews(cluster: Cluster, operator: OperatorProcess
         "not json": b"{not json",
         "empty": b"",
         "no request": json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}).encode(),
-        "no object": json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                                 "request": {"uid": "x", "operation": "CREATE"}}).encode(),
+        "no object": json.dumps(
+            {
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "request": {"uid": "x", "operation": "CREATE"},
+            }
+        ).encode(),
         "metadata not an object": _review(namespace, {"metadata": 7, "spec": {}}),
         "huge annotation": _review(namespace, _pod(namespace, "a," * 200000)),
         "unicode name": _review(namespace, _pod(namespace, "résearch-llm")),
-        "injection": _review(namespace, _pod(namespace, "research-llm\"; rm -rf /; echo \"")),
+        "injection": _review(namespace, _pod(namespace, 'research-llm"; rm -rf /; echo "')),
         "path traversal": _review(namespace, _pod(namespace, "../../kube-system/secret")),
         "another namespace": _review("kube-system", _pod("kube-system", "research-llm")),
     }
@@ -81,17 +110,33 @@ def test_malformed_admission_reviews(cluster: Cluster, operator: OperatorProcess
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=st.one_of(st.binary(max_size=300), st.dictionaries(
-    st.sampled_from(["credential", "tool", "action", "resource", "ttlSeconds"]),
-    st.one_of(st.text(max_size=40), st.integers(), st.none(), st.lists(st.integers(), max_size=3)), max_size=5
-).map(lambda d: json.dumps(d).encode())),
-       content_type=st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded"]),
-       token=st.sampled_from(["", "Bearer ", "Bearer not-a-token", "Basic dXNlcjpwYXNz", "Bearer " + "A" * 3000,
-                              "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."]))
-def test_hostile_exchange_requests(operator: OperatorProcess, target: dict, body: bytes, content_type: str,
-                                   token: str) -> None:
-    status, answer = _post(target["exchange"], target["ca"], body, content_type,
-                           {"Authorization": token} if token else {})
+@given(
+    body=st.one_of(
+        st.binary(max_size=300),
+        st.dictionaries(
+            st.sampled_from(["credential", "tool", "action", "resource", "ttlSeconds"]),
+            st.one_of(st.text(max_size=40), st.integers(), st.none(), st.lists(st.integers(), max_size=3)),
+            max_size=5,
+        ).map(lambda d: json.dumps(d).encode()),
+    ),
+    content_type=st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded"]),
+    token=st.sampled_from(
+        [
+            "",
+            "Bearer ",
+            "Bearer not-a-token",
+            "Basic dXNlcjpwYXNz",
+            "Bearer " + "A" * 3000,
+            "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.",
+        ]
+    ),
+)
+def test_hostile_exchange_requests(
+    operator: OperatorProcess, target: dict, body: bytes, content_type: str, token: str
+) -> None:
+    status, answer = _post(
+        target["exchange"], target["ca"], body, content_type, {"Authorization": token} if token else {}
+    )
     assert status in (400, 401, 403, 413, 415, 429), (status, answer[:200])
     assert set(json.loads(answer)) == {"error", "message"}
     assert b"token" not in answer or b'"token":' not in answer

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from agentcred import labels
+from agentcred.api import labels
 from agents import audit_lines, create_credential, pod_template, service_account
 from clusterkit import Cluster, OperatorProcess, wait_for
 
@@ -45,17 +45,37 @@ def test_1000_concurrent_exchanges(cluster: Cluster, operator: OperatorProcess, 
     _create_pods(cluster, namespace, 50, "x")
     wait_for(lambda: _managed_count(cluster, namespace) == 50, timeout=120, what="50 pods issued")
     pods = cluster.core.list_namespaced_pod(namespace).items
-    tokens = [cluster.core.create_namespaced_service_account_token("research-agent", namespace, {"spec": {
-        "audiences": ["agentcred"], "expirationSeconds": 600,
-        "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": p.metadata.name, "uid": p.metadata.uid}}}
-    ).status.token for p in pods]
+    tokens = [
+        cluster.core.create_namespaced_service_account_token(
+            "research-agent",
+            namespace,
+            {
+                "spec": {
+                    "audiences": ["agentcred"],
+                    "expirationSeconds": 600,
+                    "boundObjectRef": {
+                        "apiVersion": "v1",
+                        "kind": "Pod",
+                        "name": p.metadata.name,
+                        "uid": p.metadata.uid,
+                    },
+                }
+            },
+        ).status.token
+        for p in pods
+    ]
     context = ssl.create_default_context(cafile=operator.ca_file())
 
     def exchange(i: int) -> tuple[int, float]:
-        body = json.dumps({"credential": "research-llm", "tool": f"tool-{i % 7}", "action": "read",
-                           "resource": f"repo:acme/r{i}"}).encode()
-        request = urllib.request.Request(f"{operator.api_url}/v1/exchange", data=body, method="POST", headers={
-            "Content-Type": "application/json", "Authorization": f"Bearer {tokens[i % len(tokens)]}"})
+        body = json.dumps(
+            {"credential": "research-llm", "tool": f"tool-{i % 7}", "action": "read", "resource": f"repo:acme/r{i}"}
+        ).encode()
+        request = urllib.request.Request(
+            f"{operator.api_url}/v1/exchange",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {tokens[i % len(tokens)]}"},
+        )
         started = time.monotonic()
         try:
             with urllib.request.urlopen(request, context=context, timeout=60) as answer:
@@ -69,8 +89,10 @@ def test_1000_concurrent_exchanges(cluster: Cluster, operator: OperatorProcess, 
     elapsed = time.monotonic() - started
     statuses = [status for status, _ in results]
     latencies = sorted(seconds for _, seconds in results)
-    print(f"\n1000 exchanges, 100 at a time: {elapsed:.1f} s, {1000 / elapsed:.0f}/s, "
-          f"p50 {statistics.median(latencies) * 1000:.0f} ms, p99 {latencies[989] * 1000:.0f} ms")
+    print(
+        f"\n1000 exchanges, 100 at a time: {elapsed:.1f} s, {1000 / elapsed:.0f}/s, "
+        f"p50 {statistics.median(latencies) * 1000:.0f} ms, p99 {latencies[989] * 1000:.0f} ms"
+    )
     assert statuses.count(200) == 1000, {s: statuses.count(s) for s in set(statuses)}
     wait_for(lambda: len(audit_lines(operator, "exchange", namespace=namespace)) == 1000, what="1000 audit lines")
 
@@ -89,22 +111,29 @@ def test_5000_pod_burst_nothing_lost(cluster: Cluster, operator: OperatorProcess
     def end(index_pod: tuple) -> None:
         index, pod = index_pod
         if index % 2:
-            cluster.core.delete_namespaced_pod(pod.metadata.name, namespace, grace_period_seconds=0,
-                                               _preload_content=False)
+            cluster.core.delete_namespaced_pod(
+                pod.metadata.name, namespace, grace_period_seconds=0, _preload_content=False
+            )
         else:
-            cluster.core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": {"phase": "Succeeded"}},
-                                                     _preload_content=False)
+            cluster.core.patch_namespaced_pod_status(
+                pod.metadata.name, namespace, {"status": {"phase": "Succeeded"}}, _preload_content=False
+            )
 
     ended = time.monotonic()
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(end, enumerate(pods)))
     wait_for(lambda: _managed_count(cluster, namespace) == 0, timeout=600, interval=1, what="every value revoked")
     revoked_after = time.monotonic() - ended
-    print(f"\n5000 pods: created in {created_in:.0f} s, all issued {issued_after:.0f} s later; "
-          f"ended in a burst, all revoked {revoked_after:.0f} s after it began")
+    print(
+        f"\n5000 pods: created in {created_in:.0f} s, all issued {issued_after:.0f} s later; "
+        f"ended in a burst, all revoked {revoked_after:.0f} s after it began"
+    )
 
     def counted(action: str) -> int:
         return len({line["podUID"] for line in audit_lines(operator, action, namespace=namespace)})
 
-    wait_for(lambda: counted("issue") == 5000 and counted("revoke") == 5000, timeout=60,
-             what="an issue and a revoke line for each of the 5000 pods")
+    wait_for(
+        lambda: counted("issue") == 5000 and counted("revoke") == 5000,
+        timeout=60,
+        what="an issue and a revoke line for each of the 5000 pods",
+    )

@@ -2,7 +2,7 @@
 
 import pytest
 
-from agentcred import model
+from agentcred.api import model
 from clusterkit import Cluster, OperatorProcess, wait_for
 from samples import EXCEPTION, STATIC_SOURCE, credential
 
@@ -39,7 +39,11 @@ def test_update_is_reflected_with_new_generation(cluster: Cluster, operator: Ope
     cluster.custom.create_namespaced_custom_object(model.GROUP, model.VERSION, namespace, model.PLURAL, credential())
     wait_for(lambda: _ready(cluster, namespace, "research-llm", 1), what="first Ready")
     cluster.custom.patch_namespaced_custom_object(
-        model.GROUP, model.VERSION, namespace, model.PLURAL, "research-llm",
+        model.GROUP,
+        model.VERSION,
+        namespace,
+        model.PLURAL,
+        "research-llm",
         {"spec": {"ttl": "10m", "subjects": {"serviceAccounts": ["research-agent", "helper"]}}},
     )
     ready = wait_for(lambda: _ready(cluster, namespace, "research-llm", 2), what="Ready at generation 2")

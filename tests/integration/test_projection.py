@@ -9,12 +9,27 @@ import time
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from agentcred import labels, model
+from agentcred.api import labels, model
 from agents import (
+    audit_lines,
+    claims_of,
+    condition,
+    create_credential,
+    create_job,
+    create_pod,
+    get_credential,
+    job_condition,
+    job_pod,
+    read_secret,
+    running_pod,
+    same_value,
+    secret_gone,
+    secret_name_of,
+    service_account,
     shared_secret,
-    audit_lines, claims_of, condition, create_credential, create_job, create_pod, get_credential, job_condition,
-    job_pod, pod_events, read_secret, running_pod, same_value, secret_gone, secret_name_of, service_account,
-    state_of, value_gone, value_of,
+    state_of,
+    value_gone,
+    value_of,
 )
 from clusterkit import Cluster, OperatorProcess, wait_for
 from samples import EXCEPTION, STATIC_SOURCE, credential, spec
@@ -26,7 +41,9 @@ def test_job_receives_a_minted_token_and_loses_it_when_the_job_completes(
     cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
 ) -> None:
     service_account(cluster, namespace)
-    create_credential(cluster, namespace, projection={"mountPath": "/var/run/agentcred/llm", "envVar": "LLM_TOKEN_FILE"})
+    create_credential(
+        cluster, namespace, projection={"mountPath": "/var/run/agentcred/llm", "envVar": "LLM_TOKEN_FILE"}
+    )
     create_job(cluster, namespace, "task", "research-llm", init_container=True)
     pod = job_pod(cluster, namespace, "task")
 
@@ -82,7 +99,9 @@ def test_failed_job_revokes(cluster: Cluster, operator: OperatorProcess, kubelet
     assert revoked[0]["reason"] == "task-failed"
 
 
-def test_bare_pod_succeeded_and_deleted_revoke(cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str) -> None:
+def test_bare_pod_succeeded_and_deleted_revoke(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
     service_account(cluster, namespace)
     create_credential(cluster, namespace)
     create_pod(cluster, namespace, "one", "research-llm")
@@ -95,6 +114,7 @@ def test_bare_pod_succeeded_and_deleted_revoke(cluster: Cluster, operator: Opera
     cluster.core.delete_namespaced_pod("two", namespace)
     wait_for(lambda: secret_gone(cluster, namespace, secret_name_of(one)), what="Secret of the succeeded pod deleted")
     wait_for(lambda: secret_gone(cluster, namespace, secret_name_of(two)), what="Secret of the deleted pod deleted")
+
     def reasons() -> dict:
         return {line["podName"]: line["reason"] for line in audit_lines(operator, "revoke", namespace=namespace)}
 
@@ -173,7 +193,10 @@ def test_emergency_revoke_from_the_command_line(
     def revoke(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "agentcred", "revoke", "research-llm", "-n", namespace, *args],
-            capture_output=True, text=True, env=cluster.env(), timeout=60,
+            capture_output=True,
+            text=True,
+            env=cluster.env(),
+            timeout=60,
         )
 
     started = time.monotonic()
@@ -191,26 +214,40 @@ def test_emergency_revoke_from_the_command_line(
         assert value_gone(cluster, namespace, secret_name_of(pod), "research-llm")
     status = get_credential(cluster, namespace, "research-llm")["status"]["lastRevocation"]
     assert status["revoked"] == 2 and status.get("pod") is None
-    assert len([line for line in audit_lines(operator, "revoke", namespace=namespace) if line["reason"] == "emergency"]) == 3
+    assert (
+        len([line for line in audit_lines(operator, "revoke", namespace=namespace) if line["reason"] == "emergency"])
+        == 3
+    )
 
     unknown = subprocess.run(
         [sys.executable, "-m", "agentcred", "revoke", "no-such-credential", "-n", namespace],
-        capture_output=True, text=True, env=cluster.env(), timeout=60,
+        capture_output=True,
+        text=True,
+        env=cluster.env(),
+        timeout=60,
     )
     assert unknown.returncode == 1 and "not found" in unknown.stderr
 
 
-def test_expired_exception_revokes_static_values(cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str) -> None:
+def test_expired_exception_revokes_static_values(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
     service_account(cluster, namespace)
     shared_secret(cluster, namespace, "static-value-1")
-    create_credential(cluster, namespace, name="legacy", category="retrieval", source=STATIC_SOURCE, exception=EXCEPTION)
+    create_credential(
+        cluster, namespace, name="legacy", category="retrieval", source=STATIC_SOURCE, exception=EXCEPTION
+    )
     create_pod(cluster, namespace, "agent", "legacy")
     pod = wait_for(lambda: running_pod(cluster, namespace, name="agent"), what="pod Running")
     name = secret_name_of(pod)
     assert same_value(value_of(read_secret(cluster, namespace, name), "legacy"), b"static-value-1")
 
     cluster.custom.patch_namespaced_custom_object(
-        model.GROUP, model.VERSION, namespace, model.PLURAL, "legacy",
+        model.GROUP,
+        model.VERSION,
+        namespace,
+        model.PLURAL,
+        "legacy",
         {"spec": {"exception": {"expires": "2020-01-01"}}},
     )
     wait_for(lambda: value_gone(cluster, namespace, name, "legacy"), what="static value revoked")
@@ -230,10 +267,20 @@ def test_refusals_name_the_reason(cluster: Cluster, operator: OperatorProcess, n
     service_account(cluster, namespace, "intruder")
     create_credential(cluster, namespace)
     cluster.custom.create_namespaced_custom_object(
-        model.GROUP, model.VERSION, namespace, model.PLURAL,
-        {"apiVersion": model.API_VERSION, "kind": model.KIND, "metadata": {"name": "expired"},
-         "spec": spec(source=STATIC_SOURCE, exception={**EXCEPTION, "expires": "2020-01-01"},
-                      projection={"mountPath": "/var/run/agentcred/expired"})},
+        model.GROUP,
+        model.VERSION,
+        namespace,
+        model.PLURAL,
+        {
+            "apiVersion": model.API_VERSION,
+            "kind": model.KIND,
+            "metadata": {"name": "expired"},
+            "spec": spec(
+                source=STATIC_SOURCE,
+                exception={**EXCEPTION, "expires": "2020-01-01"},
+                projection={"mountPath": "/var/run/agentcred/expired"},
+            ),
+        },
     )
     wait_for(lambda: condition(get_credential(cluster, namespace, "expired"), "Ready"), what="verdict on expired")
 
@@ -246,8 +293,9 @@ def test_refusals_name_the_reason(cluster: Cluster, operator: OperatorProcess, n
     message = _refusal(cluster, namespace, "expired")
     assert "expired" in message and "not Ready" in message and "ExceptionExpired" in message
     # Pods without the opt-in label never meet the webhook.
-    cluster.core.create_namespaced_pod(namespace, {"metadata": {"name": "plain"},
-                                                   "spec": {"containers": [{"name": "c", "image": "x"}]}})
+    cluster.core.create_namespaced_pod(
+        namespace, {"metadata": {"name": "plain"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}
+    )
     denied = [line for line in operator.audit() if line["action"] == "deny" and line.get("namespace") == namespace]
     assert len(denied) == 4
 
@@ -256,9 +304,19 @@ def test_a_static_credential_is_ready_only_while_its_upstream_is_shared(
     cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
 ) -> None:
     service_account(cluster, namespace)
-    cluster.custom.create_namespaced_custom_object(model.GROUP, model.VERSION, namespace, model.PLURAL, credential(
-        name="vendor", category="tool", source=STATIC_SOURCE, exception=EXCEPTION,
-        projection={"mountPath": "/var/run/agentcred/vendor"}))
+    cluster.custom.create_namespaced_custom_object(
+        model.GROUP,
+        model.VERSION,
+        namespace,
+        model.PLURAL,
+        credential(
+            name="vendor",
+            category="tool",
+            source=STATIC_SOURCE,
+            exception=EXCEPTION,
+            projection={"mountPath": "/var/run/agentcred/vendor"},
+        ),
+    )
 
     def ready() -> dict | None:
         return condition(get_credential(cluster, namespace, "vendor"), "Ready")
@@ -275,8 +333,9 @@ def test_a_static_credential_is_ready_only_while_its_upstream_is_shared(
     assert same_value(value_of(read_secret(cluster, namespace, secret_name_of(running)), "vendor"), b"late-value")
 
     # Shared with someone else only: not Ready, and the live value is revoked.
-    cluster.core.patch_namespaced_secret("upstream-key", namespace, {"metadata": {"annotations": {
-        labels.SHARED_WITH_ANNOTATION: "another-credential"}}})
+    cluster.core.patch_namespaced_secret(
+        "upstream-key", namespace, {"metadata": {"annotations": {labels.SHARED_WITH_ANNOTATION: "another-credential"}}}
+    )
     wait_for(lambda: ready()["reason"] == "UpstreamNotShared", what="Ready=False once no longer shared")
     wait_for(lambda: value_gone(cluster, namespace, secret_name_of(running), "vendor"), what="the static value revoked")
     revoked = audit_lines(operator, "revoke", podUID=running["metadata"]["uid"])
@@ -307,8 +366,10 @@ def test_operator_killed_during_a_burst_leaves_no_orphan_and_misses_no_revocatio
         pods = cluster.core.list_namespaced_pod(namespace).items
         if len(pods) != 50 or any(p.status.phase == "Pending" for p in pods):
             return False
-        secrets = {s.metadata.name for s in cluster.core.list_namespaced_secret(
-            namespace, label_selector=f"{labels.MANAGED_LABEL}=true").items}
+        secrets = {
+            s.metadata.name
+            for s in cluster.core.list_namespaced_secret(namespace, label_selector=f"{labels.MANAGED_LABEL}=true").items
+        }
         for pod in pods:
             has = labels.secret_name(pod.metadata.annotations[labels.BINDING_ANNOTATION]) in secrets
             if has != (pod.status.phase == "Running"):
@@ -318,8 +379,11 @@ def test_operator_killed_during_a_burst_leaves_no_orphan_and_misses_no_revocatio
     wait_for(converged, timeout=90, interval=0.5, what="every live pod with its value, every ended task without")
     for pod in cluster.core.list_namespaced_pod(namespace).items:
         if pod.status.phase == "Running":
-            secret = read_secret(cluster, namespace, labels.secret_name(pod.metadata.annotations[labels.BINDING_ANNOTATION]))
+            secret = read_secret(
+                cluster, namespace, labels.secret_name(pod.metadata.annotations[labels.BINDING_ANNOTATION])
+            )
             assert value_of(secret, "research-llm") is not None
+
     def revoked() -> set:
         return {line["podName"] for line in audit_lines(operator, "revoke", namespace=namespace)}
 
@@ -328,7 +392,9 @@ def test_operator_killed_during_a_burst_leaves_no_orphan_and_misses_no_revocatio
     assert len(issued) == len(set(issued)) == 50, "a pod was issued twice or not at all"
 
 
-def test_no_secret_value_in_logs_events_or_status(cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str) -> None:
+def test_no_secret_value_in_logs_events_or_status(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
     service_account(cluster, namespace)
     shared_secret(cluster, namespace, "sk-live-LEAKCHECK-0123456789")
     create_credential(cluster, namespace)
@@ -344,7 +410,9 @@ def test_no_secret_value_in_logs_events_or_status(cluster: Cluster, operator: Op
     haystacks = {
         "operator log": operator.logs(),
         "audit log": operator.audit_path.read_text(),
-        "events": json.dumps(cluster.api_client.sanitize_for_serialization(cluster.core.list_namespaced_event(namespace))),
+        "events": json.dumps(
+            cluster.api_client.sanitize_for_serialization(cluster.core.list_namespaced_event(namespace))
+        ),
         "status": json.dumps([get_credential(cluster, namespace, n)["status"] for n in ("research-llm", "vendor")]),
     }
     for where, text in haystacks.items():
@@ -357,15 +425,28 @@ def test_renew_now_pushes_a_rotated_upstream_value_to_running_pods(
 ) -> None:
     service_account(cluster, namespace)
     shared_secret(cluster, namespace, "vendor-key-v1")
-    create_credential(cluster, namespace, name="vendor", category="tool", source=STATIC_SOURCE, exception=EXCEPTION,
-                      ttl="1h", maxLifetime="8h")
+    create_credential(
+        cluster,
+        namespace,
+        name="vendor",
+        category="tool",
+        source=STATIC_SOURCE,
+        exception=EXCEPTION,
+        ttl="1h",
+        maxLifetime="8h",
+    )
     for name in ("a", "b"):
         create_pod(cluster, namespace, name, "vendor")
     pods = [wait_for(lambda n=n: running_pod(cluster, namespace, name=n), what=f"pod {n}") for n in ("a", "b")]
     cluster.core.patch_namespaced_secret("upstream-key", namespace, {"stringData": {"api-key": "vendor-key-v2"}})
 
-    renewed = subprocess.run([sys.executable, "-m", "agentcred", "renew", "vendor", "-n", namespace],
-                             capture_output=True, text=True, env=cluster.env(), timeout=60)
+    renewed = subprocess.run(
+        [sys.executable, "-m", "agentcred", "renew", "vendor", "-n", namespace],
+        capture_output=True,
+        text=True,
+        env=cluster.env(),
+        timeout=60,
+    )
     assert renewed.returncode == 0, renewed.stderr
     assert "renewed 2 live value(s)" in renewed.stdout
     for pod in pods:

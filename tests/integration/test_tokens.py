@@ -12,13 +12,24 @@ import urllib.request
 
 import pytest
 
-from agentcred import labels
-from agentcred.policy import Intent
-from agentcred.signing import KeyRing, b64url, b64url_decode, encode_jwt
-from agentcred.verify import TokenRejected, Verifier
+from agentcred.api import labels
+from agentcred.client.verify import TokenRejected, Verifier
+from agentcred.platform.keys import KeyRing, b64url, b64url_decode, encode_jwt
+from agentcred.rules.scope import Intent
 from agents import (
-    audit_lines, condition, create_credential, create_pod, get_credential, pod_events, read_secret, running_pod,
-    same_value, secret_name_of, service_account, start_agent, value_of,
+    audit_lines,
+    condition,
+    create_credential,
+    create_pod,
+    get_credential,
+    pod_events,
+    read_secret,
+    running_pod,
+    same_value,
+    secret_name_of,
+    service_account,
+    start_agent,
+    value_of,
 )
 from clusterkit import Cluster, OperatorProcess, wait_for
 from minting_service import MintingService
@@ -26,8 +37,12 @@ from minting_service import MintingService
 pytestmark = pytest.mark.cluster
 
 AUDIENCE = "https://llm-gateway.internal"
-SCOPE = {"tools": ["web-search", "fetch-*"], "resources": ["repo:acme/*"], "actions": ["read"],
-         "deny": {"resources": ["repo:acme/secrets*"]}}
+SCOPE = {
+    "tools": ["web-search", "fetch-*"],
+    "resources": ["repo:acme/*"],
+    "actions": ["read"],
+    "deny": {"resources": ["repo:acme/secrets*"]},
+}
 
 
 def _agent(cluster: Cluster, namespace: str, name: str = "agent") -> tuple[dict, bytes]:
@@ -35,20 +50,27 @@ def _agent(cluster: Cluster, namespace: str, name: str = "agent") -> tuple[dict,
     return pod, value_of(read_secret(cluster, namespace, secret_name_of(pod)), "research-llm")
 
 
-def _sa_token(cluster: Cluster, namespace: str, pod: dict | None, audience: str = "agentcred",
-              sa: str = "research-agent") -> str:
+def _sa_token(
+    cluster: Cluster, namespace: str, pod: dict | None, audience: str = "agentcred", sa: str = "research-agent"
+) -> str:
     spec: dict = {"audiences": [audience], "expirationSeconds": 600}
     if pod is not None:
-        spec["boundObjectRef"] = {"apiVersion": "v1", "kind": "Pod", "name": pod["metadata"]["name"],
-                                  "uid": pod["metadata"]["uid"]}
+        spec["boundObjectRef"] = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": pod["metadata"]["name"],
+            "uid": pod["metadata"]["uid"],
+        }
     return cluster.core.create_namespaced_service_account_token(sa, namespace, {"spec": spec}).status.token
 
 
-def _exchange(operator: OperatorProcess, token: str | None, body: bytes | dict,
-              content_type: str = "application/json") -> tuple[int, dict]:
+def _exchange(
+    operator: OperatorProcess, token: str | None, body: bytes | dict, content_type: str = "application/json"
+) -> tuple[int, dict]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(f"{operator.api_url}/v1/exchange", data=data, method="POST",
-                                     headers={"Content-Type": content_type})
+    request = urllib.request.Request(
+        f"{operator.api_url}/v1/exchange", data=data, method="POST", headers={"Content-Type": content_type}
+    )
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
     context = ssl.create_default_context(cafile=operator.ca_file())
@@ -92,9 +114,12 @@ def test_projected_tokens_verify_and_each_refusal_has_its_own_reason(
     tampered_claims = json.loads(b64url_decode(payload))
     tampered_claims["agentcred"]["scope"]["actions"] = ["write"]
     tampered = f"{header}.{b64url(json.dumps(tampered_claims).encode())}.{signature}"
-    stranger = encode_jwt(json.loads(b64url_decode(payload)), KeyRing.generate(dt.datetime.now(dt.timezone.utc)).current("EdDSA"))
+    stranger = encode_jwt(
+        json.loads(b64url_decode(payload)), KeyRing.generate(dt.datetime.now(dt.timezone.utc)).current("EdDSA")
+    )
     none_alg = f"{b64url(json.dumps({'alg': 'none', 'typ': 'JWT'}).encode())}.{payload}."
-    hs256 = f"{b64url(json.dumps({'alg': 'HS256', 'kid': json.loads(b64url_decode(header))['kid']}).encode())}.{payload}.{signature}"
+    hs256_header = {"alg": "HS256", "kid": json.loads(b64url_decode(header))["kid"]}
+    hs256 = f"{b64url(json.dumps(hs256_header).encode())}.{payload}.{signature}"
     reasons = {
         "wrong audience": _reason(verifier, token, audience="https://someone-else"),
         "tampered": _reason(verifier, tampered),
@@ -106,17 +131,42 @@ def test_projected_tokens_verify_and_each_refusal_has_its_own_reason(
         "garbage": _reason(verifier, "not-a-token"),
     }
     assert reasons == {
-        "wrong audience": "wrong-audience", "tampered": "bad-signature", "unknown kid": "unknown-kid",
-        "alg none": "unsupported-algorithm", "HS256 confusion": "unsupported-algorithm", "expired": "expired",
-        "out of scope": "out-of-scope", "garbage": "malformed",
+        "wrong audience": "wrong-audience",
+        "tampered": "bad-signature",
+        "unknown kid": "unknown-kid",
+        "alg none": "unsupported-algorithm",
+        "HS256 confusion": "unsupported-algorithm",
+        "expired": "expired",
+        "out of scope": "out-of-scope",
+        "garbage": "malformed",
     }
 
     # The command line says the same, and reads the token from stdin (never from argv).
     def cli(token_text: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "agentcred", "verify", "--audience", AUDIENCE, "--url",
-                               operator.api_url, "--cafile", operator.ca_file(), "--tool", "web-search",
-                               "--action", "read", "--resource", "repo:acme/app"],
-                              input=token_text, capture_output=True, text=True, timeout=30)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "agentcred",
+                "verify",
+                "--audience",
+                AUDIENCE,
+                "--url",
+                operator.api_url,
+                "--cafile",
+                operator.ca_file(),
+                "--tool",
+                "web-search",
+                "--action",
+                "read",
+                "--resource",
+                "repo:acme/app",
+            ],
+            input=token_text,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
 
     ok = cli(token)
     assert ok.returncode == 0 and ok.stdout.startswith("valid:") and pod["metadata"]["name"] in ok.stdout
@@ -129,13 +179,20 @@ def test_projected_tokens_verify_and_each_refusal_has_its_own_reason(
     assert _reason(_verifier(operator), token) == "revoked"
 
 
-def test_key_rotation_keeps_old_tokens_valid(cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str) -> None:
+def test_key_rotation_keeps_old_tokens_valid(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
     service_account(cluster, namespace)
     create_credential(cluster, namespace)
     _, before = _agent(cluster, namespace, "before")
     old_kid = json.loads(b64url_decode(before.decode().split(".")[0]))["kid"]
-    rotated = subprocess.run([sys.executable, "-m", "agentcred", "rotate-key", "--algorithm", "EdDSA"],
-                             capture_output=True, text=True, env=cluster.env(), timeout=60)
+    rotated = subprocess.run(
+        [sys.executable, "-m", "agentcred", "rotate-key", "--algorithm", "EdDSA"],
+        capture_output=True,
+        text=True,
+        env=cluster.env(),
+        timeout=60,
+    )
     assert rotated.returncode == 0, rotated.stderr
     assert f"EdDSA\t{old_kid}\tretired" in rotated.stdout
 
@@ -163,21 +220,33 @@ def test_intent_exchange(cluster: Cluster, operator: OperatorProcess, kubelet, n
 
     status, granted = _exchange(operator, token, intent)
     assert status == 200, granted
-    narrowed = _verifier(operator).verify(granted["token"], audience=AUDIENCE,
-                                          intent=Intent("fetch-page", "read", "repo:acme/app"))
-    assert narrowed["agentcred"]["scope"] == {"tools": ["fetch-page"], "actions": ["read"], "resources": ["repo:acme/app"]}
+    narrowed = _verifier(operator).verify(
+        granted["token"], audience=AUDIENCE, intent=Intent("fetch-page", "read", "repo:acme/app")
+    )
+    assert narrowed["agentcred"]["scope"] == {
+        "tools": ["fetch-page"],
+        "actions": ["read"],
+        "resources": ["repo:acme/app"],
+    }
     assert narrowed["exp"] - narrowed["iat"] == 300  # the default short TTL
     assert narrowed["agentcred"]["podUID"] == pod["metadata"]["uid"]
     with pytest.raises(TokenRejected) as other_intent:
-        _verifier(operator).verify(granted["token"], audience=AUDIENCE, intent=Intent("web-search", "read", "repo:acme/app"))
+        _verifier(operator).verify(
+            granted["token"], audience=AUDIENCE, intent=Intent("web-search", "read", "repo:acme/app")
+        )
     assert other_intent.value.reason == "out-of-scope"
     record = audit_lines(operator, "exchange", podUID=pod["metadata"]["uid"])[0]
     assert record["tokenId"] == granted["tokenId"] and record["intent"]["tool"] == "fetch-page"
     assert record["serviceAccount"] == "research-agent" and "job" not in record  # a bare pod has no Job
 
     # A bystander pod (admitted for nothing) and an unbound token.
-    bystander = cluster.core.create_namespaced_pod(namespace, {"metadata": {"name": "bystander"}, "spec": {
-        "serviceAccountName": "bystander", "containers": [{"name": "c", "image": "x"}]}})
+    bystander = cluster.core.create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {"name": "bystander"},
+            "spec": {"serviceAccountName": "bystander", "containers": [{"name": "c", "image": "x"}]},
+        },
+    )
     bystander_pod = cluster.api_client.sanitize_for_serialization(bystander)
     refusals = {
         "tool not allowed": _exchange(operator, token, {**intent, "tool": "delete-repo"}),
@@ -204,7 +273,7 @@ def test_intent_exchange(cluster: Cluster, operator: OperatorProcess, kubelet, n
         "wrong content type": (415, "unsupported-media-type"),
         "oversized": (413, "body-too-large"),
     }
-    for status, body in refusals.values():
+    for _, body in refusals.values():
         assert token not in json.dumps(body)
 
     # After the pod ends: its token is refused, and what it was handed is revoked.
@@ -233,8 +302,13 @@ def minting_service():
 
 
 def _webhook_credential(cluster: Cluster, namespace: str, service: MintingService, name: str = "minted") -> None:
-    create_credential(cluster, namespace, name=name, category="tool",
-                      source={"webhook": {"url": service.url, "caBundle": service.ca_pem, "timeout": "1s"}})
+    create_credential(
+        cluster,
+        namespace,
+        name=name,
+        category="tool",
+        source={"webhook": {"url": service.url, "caBundle": service.ca_pem, "timeout": "1s"}},
+    )
 
 
 def test_webhook_source_mints_and_revokes_at_the_service(
@@ -254,16 +328,24 @@ def test_webhook_source_mints_and_revokes_at_the_service(
     assert minting_service.revoked[0]["id"] == minted["id"] and minting_service.revoked[0]["reason"] == "pod-deleted"
 
 
-@pytest.mark.parametrize("mode, reason", [
-    ("slow", "MintingServiceTimeout"),
-    ("error", "MintingServiceError"),
-    ("malformed", "MintingServiceMalformedReply"),
-    ("refuse", "MintingServiceRefused"),
-    ("unreachable", "MintingServiceUnreachable"),
-])
+@pytest.mark.parametrize(
+    "mode, reason",
+    [
+        ("slow", "MintingServiceTimeout"),
+        ("error", "MintingServiceError"),
+        ("malformed", "MintingServiceMalformedReply"),
+        ("refuse", "MintingServiceRefused"),
+        ("unreachable", "MintingServiceUnreachable"),
+    ],
+)
 def test_minting_service_failures_give_a_condition_and_an_event_and_no_secret(
-    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str, minting_service: MintingService,
-    mode: str, reason: str,
+    cluster: Cluster,
+    operator: OperatorProcess,
+    kubelet,
+    namespace: str,
+    minting_service: MintingService,
+    mode: str,
+    reason: str,
 ) -> None:
     service_account(cluster, namespace)
     minting_service.mode = mode
@@ -278,8 +360,10 @@ def test_minting_service_failures_give_a_condition_and_an_event_and_no_secret(
 
     found = wait_for(failed, timeout=30, what=f"SourceAvailable=False ({mode})")
     assert found["reason"] == reason, found
-    events = wait_for(lambda: [e for e in pod_events(cluster, namespace, "agent") if e.reason == reason],
-                      what="Warning Event on the pod")
+    events = wait_for(
+        lambda: [e for e in pod_events(cluster, namespace, "agent") if e.reason == reason],
+        what="Warning Event on the pod",
+    )
     assert minting_service.url.split("/mint")[0] in events[0].message
     assert read_secret(cluster, namespace, secret_name_of(created)) is None, "a Secret was written anyway"
     pod = cluster.core.read_namespaced_pod("agent", namespace)
@@ -303,13 +387,23 @@ def test_example_tool_gateway_accepts_in_scope_tokens_only(
     create_credential(cluster, namespace, scope=SCOPE)
     _, value = _agent(cluster, namespace)
     port = free_port()
-    server = ThreadingHTTPServer(("127.0.0.1", port),
-                                 gateway.make_handler(gateway.Keys(operator.api_url, operator.ca_file()), AUDIENCE))
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", port), gateway.make_handler(gateway.Keys(operator.api_url, operator.ca_file()), AUDIENCE)
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
 
     def call(token: str, tool: str) -> tuple[int, str]:
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/", data=b"", method="POST", headers={
-            "Authorization": f"Bearer {token}", "X-Tool": tool, "X-Action": "read", "X-Resource": "repo:acme/app"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/",
+            data=b"",
+            method="POST",
+            headers={
+                "Authorization": f"Bearer {token}",
+                "X-Tool": tool,
+                "X-Action": "read",
+                "X-Resource": "repo:acme/app",
+            },
+        )
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, response.read().decode()

@@ -3,7 +3,7 @@ audit line, Event, AgentCredential status or metric."""
 
 import pytest
 
-from agents import shared_secret, create_credential, create_job, job_pod, service_account
+from agents import create_credential, create_job, job_pod, service_account, shared_secret
 from clusterkit import Cluster, OperatorProcess, wait_for
 from samples import EXCEPTION, STATIC_SOURCE
 from witness import Witness
@@ -11,8 +11,9 @@ from witness import Witness
 pytestmark = pytest.mark.cluster
 
 
-def test_no_secret_value_anywhere(cluster: Cluster, operator: OperatorProcess, witness: Witness, kubelet,
-                                  namespace: str) -> None:
+def test_no_secret_value_anywhere(
+    cluster: Cluster, operator: OperatorProcess, witness: Witness, kubelet, namespace: str
+) -> None:
     # Handle at least one minted and one static value even when this file runs alone.
     service_account(cluster, namespace)
     shared_secret(cluster, namespace, "sk-live-witness-0123456789")
@@ -23,8 +24,10 @@ def test_no_secret_value_anywhere(cluster: Cluster, operator: OperatorProcess, w
     kubelet.succeed(namespace, pod["metadata"]["name"])
 
     wait_for(lambda: len(witness.values) >= 2, what="the witness seeing this test's values")
-    leaks = witness.leaks({
-        "this session's operator log": operator.logs() + operator.audit_text(),
-        "metrics": operator.health("/metrics")[1],
-    })
+    leaks = witness.leaks(
+        {
+            "this session's operator log": operator.logs() + operator.audit_text(),
+            "metrics": operator.health("/metrics")[1],
+        }
+    )
     assert leaks == [], f"secret values found in: {leaks}"

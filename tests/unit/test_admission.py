@@ -5,11 +5,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentcred import labels, seal
-from agentcred.admission import Refusal, inject, parse_credentials_annotation
-from agentcred.credentials import credential_record
-from agentcred.projection import pod_task
-from agentcred.signing import KeyRing
+from agentcred.api import labels
+from agentcred.api.pods import pod_task
+from agentcred.platform.keys import KeyRing
+from agentcred.rules import seal
+from agentcred.rules.admission import Refusal, inject, parse_credentials_annotation
+from agentcred.rules.credentials import credential_record
 from samples import EXCEPTION, credential
 
 NS = "agents"
@@ -31,17 +32,28 @@ def lookup_of(*records):
 
 def pod(credentials: str = "research-llm", sa: str = "research-agent", **spec_extra) -> dict:
     return {
-        "metadata": {"generateName": "task-", "namespace": NS,
-                     "labels": {labels.INJECT_LABEL: "true"},
-                     "annotations": {labels.CREDENTIALS_ANNOTATION: credentials}},
-        "spec": {"serviceAccountName": sa, "containers": [{"name": "agent", "image": "a"}, {"name": "b", "image": "b"}],
-                 **spec_extra},
+        "metadata": {
+            "generateName": "task-",
+            "namespace": NS,
+            "labels": {labels.INJECT_LABEL: "true"},
+            "annotations": {labels.CREDENTIALS_ANNOTATION: credentials},
+        },
+        "spec": {
+            "serviceAccountName": sa,
+            "containers": [{"name": "agent", "image": "a"}, {"name": "b", "image": "b"}],
+            **spec_extra,
+        },
     }
 
 
 def test_admitted_pod_gets_volume_mounts_gate_and_binding() -> None:
-    admitted = inject(pod(initContainers=[{"name": "init", "image": "i"}]), NS,
-                      lookup_of(record(projection={"mountPath": "/creds", "envVar": "TOKEN_FILE"})), KEYS, NOW)
+    admitted = inject(
+        pod(initContainers=[{"name": "init", "image": "i"}]),
+        NS,
+        lookup_of(record(projection={"mountPath": "/creds", "envVar": "TOKEN_FILE"})),
+        KEYS,
+        NOW,
+    )
     binding = admitted["metadata"]["annotations"][labels.BINDING_ANNOTATION]
     assert labels.is_binding(binding)
     (volume,) = admitted["spec"]["volumes"]
@@ -88,7 +100,8 @@ def test_a_pod_cannot_bring_its_own_binding_volume_or_gate(brought: str) -> None
     body = pod()
     if brought == "binding":
         body["metadata"]["annotations"][labels.BINDING_ANNOTATION] = victim["metadata"]["annotations"][
-            labels.BINDING_ANNOTATION]
+            labels.BINDING_ANNOTATION
+        ]
     elif brought == "volume":
         body["spec"]["volumes"] = victim["spec"]["volumes"]
     elif brought == "gate":
@@ -142,8 +155,9 @@ def test_not_a_subject_names_credential_account_namespace_and_subjects() -> None
 
 
 def test_not_ready_credential_is_refused() -> None:
-    expired = record("legacy", source={"secretRef": {"name": "k", "key": "v"}},
-                     exception={**EXCEPTION, "expires": "2020-01-01"})
+    expired = record(
+        "legacy", source={"secretRef": {"name": "k", "key": "v"}}, exception={**EXCEPTION, "expires": "2020-01-01"}
+    )
     with pytest.raises(Refusal, match=r"legacy in namespace agents is not Ready \(ExceptionExpired\)"):
         inject(pod("legacy"), NS, lookup_of(expired), KEYS)
 

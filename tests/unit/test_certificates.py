@@ -2,8 +2,8 @@ import datetime as dt
 
 from cryptography import x509
 
-from agentcred import pki
-from agentcred.webhook import certificate_actions, new_serving_certificate
+from agentcred.platform import pki
+from agentcred.runtime.serving_certificate import certificate_actions, new_serving_certificate
 
 NOW = dt.datetime.now(dt.timezone.utc)
 

@@ -1,12 +1,13 @@
 """The committed CRD is exactly what the models generate, and is a structural schema."""
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
 
-from agentcred import model
-from agentcred.crd import build_crd, build_policy_crd, render_crd_yaml
+from agentcred.api import model
+from agentcred.api.crd import build_crd, build_policy_crd, render_crd_yaml
 from clusterkit import CRD_FILE, CRD_FILES
 
 

@@ -3,7 +3,7 @@
 import json
 import re
 
-from agentcred import metrics
+from agentcred.platform import metrics
 from clusterkit import REPO
 
 DASHBOARD = REPO / "charts" / "agentcred" / "dashboards" / "agentcred.json"

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentcred.durations import parse_duration
+from agentcred.api.durations import parse_duration
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,8 @@
 import datetime as dt
 
-from agentcred import conditions
-from agentcred.evaluation import evaluate
-from agentcred.status import spec_status, status_patch
+from agentcred.api import conditions
+from agentcred.rules.status import spec_status, status_patch
+from agentcred.rules.verdicts import evaluate
 from samples import EXCEPTION, STATIC_SOURCE, spec
 
 TODAY = dt.date(2026, 11, 28)
@@ -22,9 +22,7 @@ def test_review_overdue_counts_from_creation_without_last_review() -> None:
 
 
 def test_expired_exception_is_not_ready_and_names_approver() -> None:
-    verdict = evaluate(
-        spec(source=STATIC_SOURCE, exception={**EXCEPTION, "expires": "2026-11-01"}), CREATED, TODAY
-    )
+    verdict = evaluate(spec(source=STATIC_SOURCE, exception={**EXCEPTION, "expires": "2026-11-01"}), CREATED, TODAY)
     assert (verdict.ready, verdict.reason, verdict.exception_expired) == (False, "ExceptionExpired", True)
     assert "ciso@example.com" in verdict.message and "2026-11-01" in verdict.message
 
@@ -50,7 +48,9 @@ def test_condition_transition_time_moves_only_on_status_change() -> None:
     t1 = t0 + dt.timedelta(minutes=1)
     first = conditions.set_condition([], type_="Ready", status="True", reason="A", message="a", generation=1, now=t0)
     same = conditions.set_condition(first, type_="Ready", status="True", reason="B", message="b", generation=2, now=t1)
-    flipped = conditions.set_condition(same, type_="Ready", status="False", reason="C", message="c", generation=2, now=t1)
+    flipped = conditions.set_condition(
+        same, type_="Ready", status="False", reason="C", message="c", generation=2, now=t1
+    )
     assert same[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z" and same[0]["reason"] == "B"
     assert flipped[0]["lastTransitionTime"] == "2026-01-01T00:01:00Z"
     assert len(flipped) == 1

@@ -8,22 +8,40 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from agentcred import labels
-from agentcred.admission import Refusal, admit
-from agentcred.credentials import credential_record
-from agentcred.exchange import Refused, bearer_token, parse_request, reviewed_identity
-from agentcred.model import AgentCredentialSpec
-from agentcred.signing import KeyRing, b64url, encode_jwt
-from agentcred.verify import TokenRejected, Verifier
+from agentcred.api import labels
+from agentcred.api.model import AgentCredentialSpec
+from agentcred.client.verify import TokenRejected, Verifier
+from agentcred.platform.keys import KeyRing, b64url, encode_jwt
+from agentcred.rules.admission import Refusal, admit
+from agentcred.rules.credentials import credential_record
+from agentcred.runtime.exchange import Refused, bearer_token, parse_request, reviewed_identity
 from samples import credential, spec
 
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=30))
-json_values = st.recursive(json_scalars, lambda children: st.one_of(
-    st.lists(children, max_size=4), st.dictionaries(st.text(max_size=12), children, max_size=4)), max_leaves=20)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=20,
+)
 nasty_text = st.one_of(
     st.text(max_size=80),
-    st.sampled_from(["'; DROP TABLE x; --", "$(rm -rf /)", "../../etc/passwd", "\u202egnp.exe", "a\x00b",
-                     "{{7*7}}", "<script>alert(1)</script>", "ﬁ" * 40, "🔑" * 30, "%00", "\r\nX-Injected: 1"]),
+    st.sampled_from(
+        [
+            "'; DROP TABLE x; --",
+            "$(rm -rf /)",
+            "../../etc/passwd",
+            "\u202egnp.exe",
+            "a\x00b",
+            "{{7*7}}",
+            "<script>alert(1)</script>",
+            "ﬁ" * 40,
+            "🔑" * 30,
+            "%00",
+            "\r\nX-Injected: 1",
+        ]
+    ),
 )
 
 
@@ -36,7 +54,9 @@ def test_spec_validation_accepts_or_explains(raw: dict) -> None:
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow])
-@given(st.binary(max_size=400), st.sampled_from(["application/json", "text/plain", "", "application/json; charset=utf-8"]))
+@given(
+    st.binary(max_size=400), st.sampled_from(["application/json", "text/plain", "", "application/json; charset=utf-8"])
+)
 def test_exchange_request_parsing_never_crashes(body: bytes, content_type: str) -> None:
     try:
         request = parse_request(content_type, body)
@@ -46,8 +66,13 @@ def test_exchange_request_parsing_never_crashes(body: bytes, content_type: str) 
         assert request.credential
 
 
-@given(st.dictionaries(st.sampled_from(["credential", "tool", "action", "resource", "ttlSeconds", "x"]),
-                       st.one_of(nasty_text, st.integers(), st.none()), max_size=6))
+@given(
+    st.dictionaries(
+        st.sampled_from(["credential", "tool", "action", "resource", "ttlSeconds", "x"]),
+        st.one_of(nasty_text, st.integers(), st.none()),
+        max_size=6,
+    )
+)
 def test_exchange_intents_with_hostile_strings(fields: dict) -> None:
     try:
         parse_request("application/json", json.dumps(fields).encode())
@@ -89,20 +114,36 @@ def test_verifier_refuses_forged_headers_and_payloads(header, payload) -> None:
     try:
         VERIFIER.verify(forged, audience="a")
     except TokenRejected as rejected:
-        assert rejected.reason in ("malformed", "unsupported-algorithm", "unknown-kid", "algorithm-mismatch",
-                                   "bad-signature", "unsupported-critical-header")
+        assert rejected.reason in (
+            "malformed",
+            "unsupported-algorithm",
+            "unknown-kid",
+            "algorithm-mismatch",
+            "bad-signature",
+            "unsupported-critical-header",
+        )
 
 
-GOOD_CLAIMS = {"iss": "https://issuer", "aud": "a", "exp": 2**40, "nbf": 0, "iat": 0, "jti": "j",
-               "agentcred": {"podUID": "p", "credential": "c", "namespace": "ns"}}
+GOOD_CLAIMS = {
+    "iss": "https://issuer",
+    "aud": "a",
+    "exp": 2**40,
+    "nbf": 0,
+    "iat": 0,
+    "jti": "j",
+    "agentcred": {"podUID": "p", "credential": "c", "namespace": "ns"},
+}
 
 
-@pytest.mark.parametrize("extra, reason", [
-    ({"kid": ["a", "b"]}, "unknown-kid"),
-    ({"kid": {"k": 1}}, "unknown-kid"),
-    ({"alg": ["EdDSA"]}, "unsupported-algorithm"),
-    ({"crit": ["exp"], "exp": 1}, "unsupported-critical-header"),
-])
+@pytest.mark.parametrize(
+    "extra, reason",
+    [
+        ({"kid": ["a", "b"]}, "unknown-kid"),
+        ({"kid": {"k": 1}}, "unknown-kid"),
+        ({"alg": ["EdDSA"]}, "unsupported-algorithm"),
+        ({"crit": ["exp"], "exp": 1}, "unsupported-critical-header"),
+    ],
+)
 def test_odd_headers_are_refused_with_a_reason(extra: dict, reason: str) -> None:
     good = encode_jwt(GOOD_CLAIMS, RING.current("EdDSA"))
     header, payload, signature = good.split(".")
@@ -127,12 +168,18 @@ def test_algorithm_confusion_is_refused_before_any_key_is_used() -> None:
     assert VERIFIER.verify(good, audience="a")["jti"] == "j"
 
 
-record = credential_record({**credential(namespace="ns"), "metadata": {"name": "research-llm", "namespace": "ns",
-                                                                     "creationTimestamp": "2026-11-01T00:00:00Z"}})
+record = credential_record(
+    {
+        **credential(namespace="ns"),
+        "metadata": {"name": "research-llm", "namespace": "ns", "creationTimestamp": "2026-11-01T00:00:00Z"},
+    }
+)
 
 
-@given(st.dictionaries(st.sampled_from(["metadata", "spec", "status", "kind"]), json_values, max_size=4),
-       st.one_of(st.none(), nasty_text, st.just("research-llm")))
+@given(
+    st.dictionaries(st.sampled_from(["metadata", "spec", "status", "kind"]), json_values, max_size=4),
+    st.one_of(st.none(), nasty_text, st.just("research-llm")),
+)
 def test_admission_of_malformed_pods(pod: dict, annotation) -> None:
     if annotation is not None:
         pod = {**pod, "metadata": {"annotations": {labels.CREDENTIALS_ANNOTATION: annotation}}}
@@ -141,4 +188,4 @@ def test_admission_of_malformed_pods(pod: dict, annotation) -> None:
     except Refusal as refusal:
         assert str(refusal)
     except (AttributeError, TypeError) as error:
-        raise AssertionError(f"malformed pod crashed admission: {type(error).__name__}")
+        raise AssertionError(f"malformed pod crashed admission: {type(error).__name__}") from error

@@ -1,7 +1,7 @@
 import datetime as dt
 
-from agentcred import labels
-from agentcred.inventory import build_inventory, render_csv, render_json, render_table
+from agentcred.api import labels
+from agentcred.client.inventory import build_inventory, render_csv, render_json, render_table
 from samples import EXCEPTION, STATIC_SOURCE, credential
 
 NOW = dt.datetime(2026, 11, 28, 12, tzinfo=dt.timezone.utc)
@@ -27,13 +27,23 @@ def test_findings_and_counts() -> None:
         body("stale", review={"cadence": "30d", "lastReviewed": "2026-01-01"}),
         body("anon", owner="someone"),
     ]
-    secrets = [secret("0123456789abcdef", "live", "llm"), secret("1111111111111111", "live", "llm", "ghost"), secret("2222222222222222", "dead", "llm"),
-               {"metadata": {"name": "agentcred-signing-keys", "namespace": "ns", "labels": {labels.MANAGED_LABEL: "true"}}}]
+    secrets = [
+        secret("0123456789abcdef", "live", "llm"),
+        secret("1111111111111111", "live", "llm", "ghost"),
+        secret("2222222222222222", "dead", "llm"),
+        {"metadata": {"name": "agentcred-signing-keys", "namespace": "ns", "labels": {labels.MANAGED_LABEL: "true"}}},
+    ]
     inventory = build_inventory(credentials, secrets, {"live"}, NOW)
     assert {e.name: e.active for e in inventory.credentials}["llm"] == 2
     kinds = [(f.kind, f.name) for f in inventory.findings]
-    assert kinds == [("expired-exception", "old"), ("exception-expiring", "soon"), ("overdue-review", "stale"),
-                     ("orphan", "agentcred-1111111111111111"), ("orphan", "agentcred-2222222222222222"), ("no-owner-contact", "anon")]
+    assert kinds == [
+        ("expired-exception", "old"),
+        ("exception-expiring", "soon"),
+        ("overdue-review", "stale"),
+        ("orphan", "agentcred-1111111111111111"),
+        ("orphan", "agentcred-2222222222222222"),
+        ("no-owner-contact", "anon"),
+    ]
     assert [f.kind for f in inventory.needs_action({"orphan"})] == ["orphan", "orphan"]
     for render in (render_table, render_json, render_csv):
         text = render(inventory)

@@ -3,7 +3,7 @@ import datetime as dt
 import pytest
 from pydantic import ValidationError
 
-from agentcred.model import AgentCredentialSpec, parse_spec
+from agentcred.api.model import AgentCredentialSpec, parse_spec
 from samples import DROP, EXCEPTION, INVALID, STATIC_SOURCE, spec
 
 

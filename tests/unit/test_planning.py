@@ -1,8 +1,9 @@
 import datetime as dt
 
-from agentcred.credentials import credential_record
-from agentcred.planning import plan
-from agentcred.projection import IssuedValue, PodTask, ProjectionState
+from agentcred.api.pods import PodTask
+from agentcred.api.projection import IssuedValue, ProjectionState
+from agentcred.rules.credentials import credential_record
+from agentcred.rules.planning import plan
 from samples import EXCEPTION, STATIC_SOURCE, credential
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
@@ -16,7 +17,9 @@ def record(name="research-llm", **overrides):
 
 
 def task(phase="Pending", gated=True, deleted=False, credentials=("research-llm",), sa="research-agent") -> PodTask:
-    return PodTask("agents", "pod-1", "uid-1", sa, "0123456789abcdef", tuple(credentials), "job-1", phase, deleted, gated)
+    return PodTask(
+        "agents", "pod-1", "uid-1", sa, "0123456789abcdef", tuple(credentials), "job-1", phase, deleted, gated
+    )
 
 
 def state(**values: IssuedValue) -> ProjectionState:
@@ -37,8 +40,9 @@ def test_fresh_pod_gets_issued_and_ungated_with_renewal_scheduled() -> None:
 
 
 def test_live_value_is_left_alone_until_renewal_time() -> None:
-    decided = plan(task(gated=False, phase="Running"), state(**{"research-llm": value(2 * MIN)}),
-                   {"research-llm": record()}, NOW)
+    decided = plan(
+        task(gated=False, phase="Running"), state(**{"research-llm": value(2 * MIN)}), {"research-llm": record()}, NOW
+    )
     assert decided.idle and decided.next_due == NOW + 8 * MIN
 
 
@@ -54,8 +58,9 @@ def test_renewal_is_capped_at_max_lifetime_then_revoked() -> None:
     near_end = state(**{"research-llm": value(11 * MIN, started_ago=55 * MIN)})
     (renewal,) = plan(task(gated=False), near_end, records, NOW).issue
     assert renewal.expires_at == NOW + 5 * MIN  # never beyond task start + maxLifetime
-    capped = state(**{"research-llm": IssuedValue("research-llm", "model", NOW, NOW + 5 * MIN,
-                                                   NOW - 55 * MIN, "f", "j")})
+    capped = state(
+        **{"research-llm": IssuedValue("research-llm", "model", NOW, NOW + 5 * MIN, NOW - 55 * MIN, "f", "j")}
+    )
     assert plan(task(gated=False), capped, records, NOW).next_due == NOW + 5 * MIN
     over = state(**{"research-llm": value(1 * MIN, started_ago=61 * MIN)})
     decided = plan(task(gated=False), over, records, NOW)
@@ -65,8 +70,11 @@ def test_renewal_is_capped_at_max_lifetime_then_revoked() -> None:
 
 def test_task_end_deletes_the_secret_with_the_reason() -> None:
     live = state(**{"research-llm": value(MIN)})
-    for phase, deleted, reason in [("Succeeded", False, "task-succeeded"), ("Failed", False, "task-failed"),
-                                   ("Running", True, "pod-deleted")]:
+    for phase, deleted, reason in [
+        ("Succeeded", False, "task-succeeded"),
+        ("Failed", False, "task-failed"),
+        ("Running", True, "pod-deleted"),
+    ]:
         decided = plan(task(phase=phase, deleted=deleted, gated=False), live, {"research-llm": record()}, NOW)
         assert decided.delete_secret and [r.reason for r in decided.revoke] == [reason]
     assert plan(task(phase="Succeeded"), None, {}, NOW).idle
@@ -90,13 +98,16 @@ def test_static_value_is_revoked_when_its_exception_ends() -> None:
     assert plan(task(gated=False), live, {"research-llm": static}, NOW).next_due == NOW + 9 * MIN
     long_lived = state(**{"research-llm": value(MIN, ttl=20 * 60 * MIN)})
     assert plan(task(gated=False), long_lived, {"research-llm": static}, NOW).next_due == dt.datetime(
-        2026, 11, 29, tzinfo=dt.timezone.utc)  # the exception's end comes before the renewal
+        2026, 11, 29, tzinfo=dt.timezone.utc
+    )  # the exception's end comes before the renewal
     later = NOW + dt.timedelta(days=1)
     assert plan(task(gated=False), live, {"research-llm": static}, later).revoke[0].reason == "exception-expired"
 
 
 def test_problems_keep_the_pod_gated() -> None:
-    decided = plan(task(credentials=("research-llm", "missing")), None, {"research-llm": record(), "missing": None}, NOW)
+    decided = plan(
+        task(credentials=("research-llm", "missing")), None, {"research-llm": record(), "missing": None}, NOW
+    )
     assert not decided.ungate and decided.problems[0].reason == "CredentialNotFound"
     assert [i.credential for i in decided.issue] == ["research-llm"]
     intruder = plan(task(sa="intruder"), None, {"research-llm": record()}, NOW)
@@ -104,7 +115,9 @@ def test_problems_keep_the_pod_gated() -> None:
 
 
 def test_revoked_values_are_never_issued_again_in_the_same_task() -> None:
-    tombstone = ProjectionState("agents", "0123456789abcdef", "pod-1", "uid-1", "job-1", revoked={"research-llm": "emergency"})
+    tombstone = ProjectionState(
+        "agents", "0123456789abcdef", "pod-1", "uid-1", "job-1", revoked={"research-llm": "emergency"}
+    )
     assert plan(task(gated=False), tombstone, {"research-llm": record()}, NOW).idle
     gated = plan(task(gated=True), tombstone, {"research-llm": record()}, NOW)
     assert not gated.ungate and gated.problems[0].reason == "Revoked"

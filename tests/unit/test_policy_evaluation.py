@@ -6,14 +6,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentcred.model import AgentCredentialPolicySpec, LabelSelector, parse_policy_spec, parse_spec
-from agentcred.tenancy import allows_value, covers, judge, selects
+from agentcred.api.model import parse_spec
+from agentcred.api.policy_model import AgentCredentialPolicySpec, LabelSelector, parse_policy_spec
+from agentcred.rules.tenancy import allows_value, covers, judge, selects
 from samples import EXCEPTION, spec
 
 
 def policy(**overrides) -> AgentCredentialPolicySpec:
-    base = {"namespaceSelector": {"matchLabels": {"team": "research"}}, "sources": ["jwt"],
-            "audiences": ["https://llm-gateway.internal"], "maxTTL": "1h", "maxLifetime": "8h"}
+    base = {
+        "namespaceSelector": {"matchLabels": {"team": "research"}},
+        "sources": ["jwt"],
+        "audiences": ["https://llm-gateway.internal"],
+        "maxTTL": "1h",
+        "maxLifetime": "8h",
+    }
     return parse_policy_spec({**base, **overrides})
 
 
@@ -21,9 +27,15 @@ RESEARCH = {"team": "research", "kubernetes.io/metadata.name": "agents"}
 
 
 def test_selector_semantics() -> None:
-    selector = LabelSelector.model_validate({"matchLabels": {"team": "a"}, "matchExpressions": [
-        {"key": "env", "operator": "In", "values": ["dev", "test"]},
-        {"key": "frozen", "operator": "DoesNotExist"}]})
+    selector = LabelSelector.model_validate(
+        {
+            "matchLabels": {"team": "a"},
+            "matchExpressions": [
+                {"key": "env", "operator": "In", "values": ["dev", "test"]},
+                {"key": "frozen", "operator": "DoesNotExist"},
+            ],
+        }
+    )
     assert selects(selector, {"team": "a", "env": "dev"})
     assert not selects(selector, {"team": "a", "env": "prod"})
     assert not selects(selector, {"team": "a", "env": "dev", "frozen": "yes"})
@@ -32,7 +44,9 @@ def test_selector_semantics() -> None:
 
 
 def test_no_policy_no_credential() -> None:
-    verdict = judge(parse_spec(spec()), "agents", RESEARCH, {"other": policy(namespaceSelector={"matchLabels": {"team": "x"}})})
+    verdict = judge(
+        parse_spec(spec()), "agents", RESEARCH, {"other": policy(namespaceSelector={"matchLabels": {"team": "x"}})}
+    )
     assert (verdict.allowed, verdict.reason) == (False, "NoPolicy")
     assert "no AgentCredentialPolicy applies to namespace agents" in verdict.message
 
@@ -42,18 +56,34 @@ def test_allowed_names_the_policy() -> None:
     assert (verdict.allowed, verdict.policy) == (True, "research")
 
 
-@pytest.mark.parametrize("credential, allowed, phrase", [
-    (spec(source={"jwt": {"audiences": ["https://team-b-gateway.internal"]}}), policy(),
-     "audience 'https://team-b-gateway.internal' is not allowed"),
-    (spec(ttl="2h"), policy(), "ttl 2h is over the maximum 1h"),
-    (spec(maxLifetime="24h"), policy(), "maxLifetime 24h is over the maximum 8h"),
-    (spec(source={"secretRef": {"name": "k", "key": "v"}}, exception=EXCEPTION), policy(), "source secretRef is not allowed"),
-    (spec(source={"webhook": {"url": "https://169.254.169.254/latest"}}), policy(sources=["webhook"],
-     mintingServices=["https://minter.research.internal/*"]), "minting service 'https://169.254.169.254/latest'"),
-    (spec(scope={"tools": ["*"], "actions": ["read"], "resources": ["repo:acme/*"]}),
-     policy(scope={"tools": ["web-*"]}), "scope tools pattern '*' is wider than allowed"),
-    (spec(category="deployment"), policy(categories=["model", "tool"]), "category deployment is not allowed"),
-])
+@pytest.mark.parametrize(
+    "credential, allowed, phrase",
+    [
+        (
+            spec(source={"jwt": {"audiences": ["https://team-b-gateway.internal"]}}),
+            policy(),
+            "audience 'https://team-b-gateway.internal' is not allowed",
+        ),
+        (spec(ttl="2h"), policy(), "ttl 2h is over the maximum 1h"),
+        (spec(maxLifetime="24h"), policy(), "maxLifetime 24h is over the maximum 8h"),
+        (
+            spec(source={"secretRef": {"name": "k", "key": "v"}}, exception=EXCEPTION),
+            policy(),
+            "source secretRef is not allowed",
+        ),
+        (
+            spec(source={"webhook": {"url": "https://169.254.169.254/latest"}}),
+            policy(sources=["webhook"], mintingServices=["https://minter.research.internal/*"]),
+            "minting service 'https://169.254.169.254/latest'",
+        ),
+        (
+            spec(scope={"tools": ["*"], "actions": ["read"], "resources": ["repo:acme/*"]}),
+            policy(scope={"tools": ["web-*"]}),
+            "scope tools pattern '*' is wider than allowed",
+        ),
+        (spec(category="deployment"), policy(categories=["model", "tool"]), "category deployment is not allowed"),
+    ],
+)
 def test_each_rule_refuses_with_its_reason(credential, allowed, phrase) -> None:
     verdict = judge(parse_spec(credential), "agents", RESEARCH, {"research": allowed})
     assert (verdict.allowed, verdict.reason) == (False, "PolicyDenied")
@@ -62,7 +92,10 @@ def test_each_rule_refuses_with_its_reason(credential, allowed, phrase) -> None:
 
 def test_any_applicable_policy_may_allow() -> None:
     strict, broad = policy(), policy(audiences=["https://*.internal"], maxTTL="4h")
-    assert judge(parse_spec(spec(ttl="2h")), "agents", RESEARCH, {"a-strict": strict, "b-broad": broad}).policy == "b-broad"
+    assert (
+        judge(parse_spec(spec(ttl="2h")), "agents", RESEARCH, {"a-strict": strict, "b-broad": broad}).policy
+        == "b-broad"
+    )
 
 
 def test_allow_patterns_have_only_star() -> None:
@@ -73,17 +106,20 @@ def test_allow_patterns_have_only_star() -> None:
     assert not allows_value([], "anything")
 
 
-@pytest.mark.parametrize("bound, pattern, expected", [
-    ("repo:acme/*", "repo:acme/app-*", True),
-    ("repo:acme/*", "repo:acme/*", True),
-    ("repo:acme/*", "repo:*", False),
-    ("repo:acme/?", "repo:acme/*", False),  # ? is literal in a bound
-    ("web-*", "web-search", True),
-    ("web-search", "web-?earch", False),
-    ("web-*", "[w]eb-search", False),
-    ("*", "[!a]*?", True),
-    ("a*b*c", "a?x*yb[c]zc", True),
-])
+@pytest.mark.parametrize(
+    "bound, pattern, expected",
+    [
+        ("repo:acme/*", "repo:acme/app-*", True),
+        ("repo:acme/*", "repo:acme/*", True),
+        ("repo:acme/*", "repo:*", False),
+        ("repo:acme/?", "repo:acme/*", False),  # ? is literal in a bound
+        ("web-*", "web-search", True),
+        ("web-search", "web-?earch", False),
+        ("web-*", "[w]eb-search", False),
+        ("*", "[!a]*?", True),
+        ("a*b*c", "a?x*yb[c]zc", True),
+    ],
+)
 def test_scope_bounds(bound: str, pattern: str, expected: bool) -> None:
     assert covers(bound, pattern) is expected
 

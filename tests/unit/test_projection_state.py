@@ -2,9 +2,16 @@ import base64
 import datetime as dt
 import json
 
-from agentcred import labels
-from agentcred.projection import (
-    IssuedValue, new_projection, parse_projection, pod_task, secret_body, secret_patch, with_values, without,
+from agentcred.api import labels
+from agentcred.api.pods import pod_task
+from agentcred.api.projection import (
+    IssuedValue,
+    new_projection,
+    parse_projection,
+    secret_body,
+    secret_patch,
+    with_values,
+    without,
 )
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
@@ -12,17 +19,35 @@ NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
 
 def admitted_pod(**meta_extra) -> dict:
     return {
-        "metadata": {"name": "p", "namespace": "agents", "uid": "u1",
-                     "annotations": {labels.CREDENTIALS_ANNOTATION: "a,b,c", labels.BINDING_ANNOTATION: "forged"},
-                     "ownerReferences": [{"kind": "Job", "name": "task"}], **meta_extra},
+        "metadata": {
+            "name": "p",
+            "namespace": "agents",
+            "uid": "u1",
+            "annotations": {labels.CREDENTIALS_ANNOTATION: "a,b,c", labels.BINDING_ANNOTATION: "forged"},
+            "ownerReferences": [{"kind": "Job", "name": "task"}],
+            **meta_extra,
+        },
         "spec": {
             "serviceAccountName": "agent",
             "schedulingGates": [{"name": labels.SCHEDULING_GATE}],
             "volumes": [
                 {"name": "data", "emptyDir": {}},
-                {"name": labels.volume_name("a"), "projected": {"sources": [{"secret": {
-                    "name": "agentcred-0123456789abcdef", "items": [{"key": "a.token", "path": "token"},
-                                                      {"key": "a.expires-at", "path": "expires-at"}]}}]}},
+                {
+                    "name": labels.volume_name("a"),
+                    "projected": {
+                        "sources": [
+                            {
+                                "secret": {
+                                    "name": "agentcred-0123456789abcdef",
+                                    "items": [
+                                        {"key": "a.token", "path": "token"},
+                                        {"key": "a.expires-at", "path": "expires-at"},
+                                    ],
+                                }
+                            }
+                        ]
+                    },
+                },
             ],
         },
         "status": {"phase": "Pending"},
@@ -32,7 +57,12 @@ def admitted_pod(**meta_extra) -> dict:
 def test_task_comes_from_the_immutable_volumes_not_the_annotations() -> None:
     task = pod_task(admitted_pod())
     assert task is not None
-    assert (task.binding, task.credentials, task.job, task.service_account) == ("0123456789abcdef", ("a",), "task", "agent")
+    assert (task.binding, task.credentials, task.job, task.service_account) == (
+        "0123456789abcdef",
+        ("a",),
+        "task",
+        "agent",
+    )
     assert task.gated and task.end_reason is None
 
 
@@ -68,9 +98,12 @@ def test_patch_removes_revoked_keys_and_labels_and_guards_the_version() -> None:
     task = pod_task(admitted_pod())
     issued = IssuedValue("a", "model", NOW, NOW + dt.timedelta(minutes=15), NOW, "sha256:abc", "jti-1")
     previous = with_values(new_projection(task), {"a": issued})
-    previous = parse_projection({**secret_body(previous, {"a": b"v"}, "u1"),
-                                 "metadata": {**secret_body(previous, {"a": b"v"}, "u1")["metadata"],
-                                              "resourceVersion": "42"}})
+    previous = parse_projection(
+        {
+            **secret_body(previous, {"a": b"v"}, "u1"),
+            "metadata": {**secret_body(previous, {"a": b"v"}, "u1")["metadata"], "resourceVersion": "42"},
+        }
+    )
     revoked = without(previous, {"a": "emergency"})
     patch = secret_patch(revoked, {}, ("a",), previous=previous)
     assert patch["data"] == {"a.token": None, "a.expires-at": None}
@@ -80,7 +113,11 @@ def test_patch_removes_revoked_keys_and_labels_and_guards_the_version() -> None:
 
 
 def test_damaged_bookkeeping_is_treated_as_revoked() -> None:
-    body = {"metadata": {"labels": {labels.MANAGED_LABEL: "true", labels.BINDING_LABEL: "0123456789abcdef"},
-                         "annotations": {labels.STATE_ANNOTATION: "{not json"}}}
+    body = {
+        "metadata": {
+            "labels": {labels.MANAGED_LABEL: "true", labels.BINDING_LABEL: "0123456789abcdef"},
+            "annotations": {labels.STATE_ANNOTATION: "{not json"},
+        }
+    }
     assert parse_projection(body).revoked == {"*": "unreadable-state"}
     assert parse_projection({"metadata": {"labels": {}}}) is None

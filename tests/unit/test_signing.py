@@ -7,8 +7,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from agentcred.revocations import ALL_CREDENTIALS, RevocationList
-from agentcred.signing import KeyRing, b64url_decode, encode_jwt, thumbprint
+from agentcred.platform.keys import KeyRing, b64url_decode, encode_jwt, thumbprint
+from agentcred.platform.revocations import ALL_CREDENTIALS, RevocationList
 
 NOW = dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc)
 

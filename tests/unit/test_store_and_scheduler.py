@@ -1,20 +1,23 @@
 import asyncio
 import datetime as dt
 
-from agentcred.projection import ProjectionState
-from agentcred.scheduler import Scheduler, utcnow
-from agentcred.store import ProjectionStore
+from agentcred.api.projection import ProjectionState
+from agentcred.runtime.scheduler import Scheduler, utcnow
+from agentcred.runtime.store import ProjectionStore
 
 
 def test_store_indexes_projections_by_credential() -> None:
-    from agentcred.projection import IssuedValue
+    from agentcred.api.projection import IssuedValue
 
     now = dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc)
     value = IssuedValue("llm", "model", now, now, now, "f")
     store = ProjectionStore()
     store.put(ProjectionState("ns", "0123456789abcdef", "pod", "uid", None, values={"llm": value}))
     store.put(ProjectionState("ns", "1111111111111111", "pod2", "uid2", None, values={"llm": value}))
-    assert store.keys_with("ns", "llm") == {"ns/0123456789abcdef", "ns/1111111111111111"} and store.count_by_category() == {"model": 2}
+    assert store.keys_with("ns", "llm") == {
+        "ns/0123456789abcdef",
+        "ns/1111111111111111",
+    } and store.count_by_category() == {"model": 2}
     store.put(ProjectionState("ns", "0123456789abcdef", "pod", "uid", None))  # its value revoked
     assert store.keys_with("ns", "llm") == {"ns/1111111111111111"}
     store.forget("ns/1111111111111111")

@@ -29,4 +29,4 @@ def test_many_needles_against_a_large_text() -> None:
     finder = NeedleFinder(needles)
     assert not finder.found_in(text)
     planted = next(iter(needles))
-    assert finder.found_in(text[:len(text) // 2] + planted[5:] + planted + text[len(text) // 2:])
+    assert finder.found_in(text[: len(text) // 2] + planted[5:] + planted + text[len(text) // 2 :])

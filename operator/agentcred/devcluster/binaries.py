@@ -67,9 +67,7 @@ def _staging_modules(version: str) -> list[str]:
     """Modules k8s.io/kubernetes replaces with ./staging at this tag (they need real versions)."""
     with urllib.request.urlopen(GO_PROXY_MOD.format(version=version), timeout=60) as response:
         text = response.read().decode()
-    return sorted(
-        line.split()[0] for line in text.splitlines() if "=> ./staging" in line
-    )
+    return sorted(line.split()[0] for line in text.splitlines() if "=> ./staging" in line)
 
 
 def _kubernetes_component() -> Component:
@@ -103,8 +101,7 @@ def components() -> list[Component]:
             version=ETCD_VERSION,
             # etcd's own go.mod files carry replace lines; a consumer module avoids them.
             go_mod=(
-                "module agentcred.dev/build/etcd\n\ngo 1.26.0\n\n"
-                f"require go.etcd.io/etcd/server/v3 v{ETCD_VERSION}\n"
+                f"module agentcred.dev/build/etcd\n\ngo 1.26.0\n\nrequire go.etcd.io/etcd/server/v3 v{ETCD_VERSION}\n"
             ),
             packages=(("go.etcd.io/etcd/server/v3", "etcd"),),
             ldflags="-s -w",
@@ -112,10 +109,7 @@ def components() -> list[Component]:
         Component(
             name="helm",
             version=HELM_VERSION,
-            go_mod=(
-                "module agentcred.dev/build/helm\n\ngo 1.24.0\n\n"
-                f"require helm.sh/helm/v3 v{HELM_VERSION}\n"
-            ),
+            go_mod=(f"module agentcred.dev/build/helm\n\ngo 1.24.0\n\nrequire helm.sh/helm/v3 v{HELM_VERSION}\n"),
             packages=(("helm.sh/helm/v3/cmd/helm", "helm"),),
             # Helm's default capabilities (what `helm template` assumes) follow its client-go.
             ldflags=(

@@ -25,7 +25,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .. import pki
+from ..platform import pki
 from .binaries import ensure_binaries
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,10 @@ def kubeconfig_yaml(server: str, ca_pem: bytes, client: pki.KeyPair, user: str) 
                 {"name": "agentcred-dev", "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}
             ],
             "users": [
-                {"name": user, "user": {"client-certificate-data": b64(client.cert_pem), "client-key-data": b64(client.key_pem)}}
+                {
+                    "name": user,
+                    "user": {"client-certificate-data": b64(client.cert_pem), "client-key-data": b64(client.key_pem)},
+                }
             ],
             "contexts": [{"name": "agentcred-dev", "context": {"cluster": "agentcred-dev", "user": user}}],
             "current-context": "agentcred-dev",
@@ -87,7 +90,7 @@ class ControlPlaneState:
         path.write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def load(cls, path: Path) -> "ControlPlaneState":
+    def load(cls, path: Path) -> ControlPlaneState:
         return cls(**json.loads(path.read_text()))
 
 
@@ -115,7 +118,7 @@ class ControlPlane:
     def server(self) -> str:
         return f"https://127.0.0.1:{self.apiserver_port}"
 
-    def __enter__(self) -> "ControlPlane":
+    def __enter__(self) -> ControlPlane:
         self.start()
         return self
 

@@ -8,8 +8,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from .. import model
-from ..crd import build_crd, build_policy_crd
+from ..api import model
+from ..api.crd import build_crd, build_policy_crd
 from .polling import wait_for
 
 OPERATOR_NAMESPACE = "agentcred"
@@ -18,9 +18,19 @@ OPERATOR_NAMESPACE = "agentcred"
 def permissive_policy(name: str, namespace_selector: dict[str, Any]) -> dict[str, Any]:
     """Every source, audience and minting service, the longest lifetimes: for a cluster on
     loopback only. A real cluster gets the chart's policy, and the admins' own."""
-    return {"apiVersion": model.API_VERSION, "kind": model.POLICY_KIND, "metadata": {"name": name},
-            "spec": {"namespaceSelector": namespace_selector, "sources": ["jwt", "webhook", "secretRef"],
-                     "audiences": ["*"], "mintingServices": ["https://*"], "maxTTL": "24h", "maxLifetime": "720h"}}
+    return {
+        "apiVersion": model.API_VERSION,
+        "kind": model.POLICY_KIND,
+        "metadata": {"name": name},
+        "spec": {
+            "namespaceSelector": namespace_selector,
+            "sources": ["jwt", "webhook", "secretRef"],
+            "audiences": ["*"],
+            "mintingServices": ["https://*"],
+            "maxTTL": "24h",
+            "maxLifetime": "720h",
+        },
+    }
 
 
 LOCAL_POLICY = permissive_policy("local-development", {})
@@ -36,9 +46,14 @@ def apply_crd(api_client: client.ApiClient, body: dict[str, Any], timeout: float
             raise
         body["metadata"]["resourceVersion"] = extensions.read_custom_resource_definition(name).metadata.resource_version
         extensions.replace_custom_resource_definition(name, body)
-    wait_for(lambda: any(c.type == "Established" and c.status == "True"
-                         for c in extensions.read_custom_resource_definition(name).status.conditions or []),
-             timeout=timeout, what=f"CRD {name} established")
+    wait_for(
+        lambda: any(
+            c.type == "Established" and c.status == "True"
+            for c in extensions.read_custom_resource_definition(name).status.conditions or []
+        ),
+        timeout=timeout,
+        what=f"CRD {name} established",
+    )
 
 
 def apply_policy(api_client: client.ApiClient, body: dict[str, Any]) -> None:
@@ -54,8 +69,12 @@ def apply_policy(api_client: client.ApiClient, body: dict[str, Any]) -> None:
         custom.replace_cluster_custom_object(model.GROUP, model.VERSION, model.POLICY_PLURAL, name, body)
 
 
-def install_agentcred(api_client: client.ApiClient, namespace: str = OPERATOR_NAMESPACE, timeout: float = 60,
-                      policy: dict[str, Any] | None = LOCAL_POLICY) -> None:
+def install_agentcred(
+    api_client: client.ApiClient,
+    namespace: str = OPERATOR_NAMESPACE,
+    timeout: float = 60,
+    policy: dict[str, Any] | None = LOCAL_POLICY,
+) -> None:
     for body in (build_crd(), build_policy_crd()):
         apply_crd(api_client, body, timeout)
     if policy is not None:

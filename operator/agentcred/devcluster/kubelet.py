@@ -35,7 +35,7 @@ class FakeKubelet:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def start(self) -> "FakeKubelet":
+    def start(self) -> FakeKubelet:
         self.register_node()
         self._thread = threading.Thread(target=self._run, name="fake-kubelet-watch", daemon=True)
         self._thread.start()
@@ -47,7 +47,7 @@ class FakeKubelet:
             self._thread.join(timeout=10)
         self._workers.shutdown(wait=True, cancel_futures=True)
 
-    def __enter__(self) -> "FakeKubelet":
+    def __enter__(self) -> FakeKubelet:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -67,9 +67,14 @@ class FakeKubelet:
         status = {
             "status": {
                 "conditions": [
-                    {"type": "Ready", "status": "True", "reason": "KubeletReady",
-                     "message": "agentcred fake kubelet", "lastHeartbeatTime": _now(),
-                     "lastTransitionTime": _now()}
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "KubeletReady",
+                        "message": "agentcred fake kubelet",
+                        "lastHeartbeatTime": _now(),
+                        "lastTransitionTime": _now(),
+                    }
                 ],
                 "capacity": {"cpu": "64", "memory": "256Gi", "pods": "20000"},
                 "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "20000"},
@@ -163,15 +168,24 @@ class FakeKubelet:
                 {"type": "Ready", "status": "True", "lastTransitionTime": _now()},
             ],
             "containerStatuses": [
-                {"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": True,
-                 "restartCount": 0, "started": True, "state": {"running": {"startedAt": _now()}}}
+                {
+                    "name": c["name"],
+                    "image": c.get("image", ""),
+                    "imageID": "",
+                    "ready": True,
+                    "restartCount": 0,
+                    "started": True,
+                    "state": {"running": {"startedAt": _now()}},
+                }
                 for c in containers
             ],
         }
         # Only from Pending, atomically: a pod that ended meanwhile must stay ended, as with
         # a real kubelet (the API server itself would let a status patch revive it).
-        patch = [{"op": "test", "path": "/status/phase", "value": "Pending"},
-                 {"op": "replace", "path": "/status", "value": {**pod.get("status", {}), **status}}]
+        patch = [
+            {"op": "test", "path": "/status/phase", "value": "Pending"},
+            {"op": "replace", "path": "/status", "value": {**pod.get("status", {}), **status}},
+        ]
         self.core.patch_namespaced_pod_status(pod["metadata"]["name"], pod["metadata"]["namespace"], patch)
 
     def _terminate(self, namespace: str, name: str, exit_code: int) -> None:
@@ -184,12 +198,23 @@ class FakeKubelet:
                 "phase": phase,
                 "conditions": [
                     {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": _now()},
-                    {"type": "ContainersReady", "status": "False", "reason": "PodCompleted",
-                     "lastTransitionTime": _now()},
+                    {
+                        "type": "ContainersReady",
+                        "status": "False",
+                        "reason": "PodCompleted",
+                        "lastTransitionTime": _now(),
+                    },
                 ],
                 "containerStatuses": [
-                    {"name": c.name, "image": c.image or "", "imageID": "", "ready": False,
-                     "restartCount": 0, "started": False, "state": {"terminated": terminated}}
+                    {
+                        "name": c.name,
+                        "image": c.image or "",
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                        "started": False,
+                        "state": {"terminated": terminated},
+                    }
                     for c in pod.spec.containers
                 ],
             }

@@ -1,0 +1,129 @@
+"""An opted-in pod as the operator sees it: who it is and what it was admitted for.
+
+A pod's task is read from its immutable spec (the volumes the webhook added), never from its
+mutable annotations, so editing a pod after admission cannot widen what it receives.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from . import labels
+from .times import parse_time
+
+EndReason = Literal["task-succeeded", "task-failed", "pod-deleted", "opted-out"]
+
+
+class Bound:
+    """Named by a namespace and a binding id: a pod's task and its Secret's state alike."""
+
+    namespace: str
+    binding: str
+
+    @property
+    def secret_name(self) -> str:
+        return labels.secret_name(self.binding)
+
+    @property
+    def key(self) -> str:
+        return projection_key(self.namespace, self.binding)
+
+
+@dataclass(frozen=True)
+class PodTask(Bound):
+    """An opted-in pod as the operator sees it: who it is and what it was admitted for."""
+
+    namespace: str
+    name: str
+    uid: str
+    service_account: str
+    binding: str
+    credentials: tuple[str, ...]
+    job: str | None
+    phase: str
+    deleted: bool
+    gated: bool
+    opted_out: bool = False  # still there, but no longer labelled for agentcred
+    admitted_at: dt.datetime | None = None
+    admitted_text: str = ""  # the annotation as written (what the seal covers)
+    seal: str | None = None
+    created_at: dt.datetime | None = None
+
+    @property
+    def end_reason(self) -> EndReason | None:
+        if self.deleted:
+            return "pod-deleted"
+        if self.opted_out:
+            return "opted-out"
+        if self.phase == "Succeeded":
+            return "task-succeeded"
+        if self.phase == "Failed":
+            return "task-failed"
+        return None
+
+
+def projection_key(namespace: str, binding: str) -> str:
+    """Bindings are random, but only unique together with their namespace: a tenant must
+    not be able to alias another namespace's projection by reusing a binding id it saw."""
+    return f"{namespace}/{binding}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    namespace, _, binding = key.partition("/")
+    return namespace, binding
+
+
+def pod_task(pod: dict[str, Any], deleted: bool = False) -> PodTask | None:
+    """The task of a pod the webhook admitted, or None for any other pod."""
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    binding = None
+    credentials: list[str] = []
+    for volume in spec.get("volumes") or []:
+        if not str(volume.get("name", "")).startswith(labels.VOLUME_PREFIX):
+            continue
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            secret = source.get("secret") or {}
+            found = labels.binding_of_secret_name(secret.get("name"))
+            if found is None or binding not in (None, found):
+                return None  # not a volume the webhook made: not ours to act on
+            binding = found
+            for item in secret.get("items") or []:
+                key = str(item.get("key", ""))
+                suffix = f".{labels.VALUE_FILE}"
+                if key.endswith(suffix) and key[: -len(suffix)] not in credentials:
+                    credentials.append(key[: -len(suffix)])
+    if binding is None or not credentials:
+        return None
+    job = next((ref.get("name") for ref in meta.get("ownerReferences") or [] if ref.get("kind") == "Job"), None)
+    annotations = meta.get("annotations") or {}
+    return PodTask(
+        namespace=meta.get("namespace", ""),
+        name=meta.get("name", ""),
+        uid=meta.get("uid", ""),
+        service_account=spec.get("serviceAccountName") or "default",
+        binding=binding,
+        credentials=tuple(credentials),
+        job=job,
+        phase=(pod.get("status") or {}).get("phase") or "Pending",
+        deleted=deleted or bool(meta.get("deletionTimestamp")),
+        gated=any(g.get("name") == labels.SCHEDULING_GATE for g in spec.get("schedulingGates") or []),
+        admitted_at=_time(annotations.get(labels.ADMITTED_ANNOTATION)),
+        admitted_text=str(annotations.get(labels.ADMITTED_ANNOTATION) or ""),
+        seal=annotations.get(labels.SEAL_ANNOTATION),
+        created_at=_time(meta.get("creationTimestamp")),
+    )
+
+
+def _time(text: Any) -> dt.datetime | None:
+    try:
+        return parse_time(text)
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def pod_ref(namespace: str, name: str, uid: str) -> dict[str, Any]:
+    """Enough of a pod to name it in an Event."""
+    return {"apiVersion": "v1", "kind": "Pod", "namespace": namespace, "name": name, "uid": uid}

@@ -1,0 +1,81 @@
+"""The AgentCredentialPolicy resource: what cluster admins allow, per namespace, as typed
+models (the CRD's schema is generated from them, as for AgentCredential)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StringConstraints
+
+from .schema import Category, Model, SourceKind, TaskDuration
+
+LabelValue = Annotated[str, StringConstraints(max_length=63)]
+AllowPattern = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+
+
+class LabelSelectorRequirement(Model):
+    """One requirement of a label selector, as in Kubernetes."""
+
+    key: Annotated[str, StringConstraints(min_length=1, max_length=317)]
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: Annotated[list[LabelValue], Field(max_length=64)] = []
+
+
+class LabelSelector(Model):
+    """A Kubernetes label selector; empty selects every namespace."""
+
+    match_labels: dict[str, LabelValue] = Field(default_factory=dict)
+    match_expressions: Annotated[list[LabelSelectorRequirement], Field(max_length=16)] = []
+
+
+class ScopeBounds(Model):
+    """The widest scope a credential may have: each of its patterns must lie within one of
+    these (here only `*` is a wildcard). An absent dimension leaves it unbounded."""
+
+    tools: Annotated[list[AllowPattern], Field(max_length=64)] | None = None
+    resources: Annotated[list[AllowPattern], Field(max_length=64)] | None = None
+    actions: Annotated[list[AllowPattern], Field(max_length=64)] | None = None
+
+
+class AgentCredentialPolicySpec(Model):
+    """Which namespaces may have which credentials. An AgentCredential is Ready only when a
+    policy selecting its namespace allows every part of it; with no policy, nothing is."""
+
+    namespace_selector: LabelSelector = Field(
+        description="The namespaces this policy applies to (by their labels; {} is every namespace)."
+    )
+    sources: Annotated[
+        list[SourceKind], Field(min_length=1, max_length=3, json_schema_extra={"x-kubernetes-list-type": "set"})
+    ] = Field(
+        description="Source kinds allowed: jwt (minted here), webhook (a minting service), secretRef (a static copy)."
+    )
+    categories: (
+        Annotated[list[Category], Field(max_length=4, json_schema_extra={"x-kubernetes-list-type": "set"})] | None
+    ) = Field(default=None, description="Categories allowed (all when unset).")
+    audiences: Annotated[list[AllowPattern], Field(max_length=64)] = Field(
+        default=[],
+        description="Audiences minted tokens may carry; `*` matches any run of characters. "
+        "Empty: no jwt audience is allowed.",
+    )
+    minting_services: Annotated[list[AllowPattern], Field(max_length=64)] = Field(
+        default=[],
+        description="URLs webhook sources may call (`*` matches any run of characters), so the "
+        "operator's network position serves only the services named here.",
+    )
+    max_ttl: TaskDuration = Field(default="1h", alias="maxTTL", description="The longest ttl allowed.")
+    max_lifetime: TaskDuration = Field(default="8h", description="The longest maxLifetime allowed.")
+    scope: ScopeBounds | None = Field(default=None, description="The widest scope allowed (unbounded when unset).")
+
+
+class AgentCredentialPolicyRoot(Model):
+    """Cluster-scoped, owned by cluster admins: which namespaces may have AgentCredentials
+    with which audiences, sources, minting services, lifetimes and scope."""
+
+    api_version: str | None = None
+    kind: str | None = None
+    metadata: dict[str, Any] | None = None
+    spec: AgentCredentialPolicySpec
+
+
+def parse_policy_spec(spec: dict[str, Any]) -> AgentCredentialPolicySpec:
+    return AgentCredentialPolicySpec.model_validate(spec)

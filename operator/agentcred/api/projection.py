@@ -1,0 +1,218 @@
+"""What a pod's Secret holds, read from and written to plain dicts: its bookkeeping (expiries,
+token ids, fingerprints, revocations) lives in the Secret's metadata, so the operator's state
+is derivable from the cluster after a restart; values live only in its data.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from . import labels
+from .pods import Bound, PodTask
+from .times import format_time, parse_time
+
+
+def fingerprint(value: bytes) -> str:
+    """A short, one-way identifier of a value for logs and audit; never the value itself."""
+    return "sha256:" + hashlib.sha256(value).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Whose value it is: one pod of one namespace (and its Job and ServiceAccount)."""
+
+    namespace: str
+    pod: str | None
+    pod_uid: str | None
+    job: str | None = None
+    service_account: str | None = None
+    removed_by: str | None = None  # who took the Secret away, when it was not the operator
+
+    @classmethod
+    def of_task(cls, task: PodTask) -> Subject:
+        return cls(task.namespace, task.name, task.uid, task.job, task.service_account)
+
+    @classmethod
+    def of_state(cls, state: ProjectionState) -> Subject:
+        return cls(state.namespace, state.pod_name, state.pod_uid, state.job)
+
+    def removed(self, by: str) -> Subject:
+        return replace(self, removed_by=by)
+
+    def fields(self) -> dict[str, Any]:
+        """As audit lines and minting-service calls name them."""
+        return {
+            "namespace": self.namespace,
+            "podName": self.pod,
+            "podUID": self.pod_uid,
+            "job": self.job,
+            "serviceAccount": self.service_account,
+            "removedBy": self.removed_by,
+        }
+
+
+@dataclass(frozen=True)
+class IssuedValue:
+    """Bookkeeping of one live value (never the value itself)."""
+
+    credential: str
+    category: str
+    issued_at: dt.datetime
+    expires_at: dt.datetime
+    task_started_at: dt.datetime  # first issuance in this task: maxLifetime counts from here
+    fingerprint: str
+    token_id: str | None = None  # a JWT's jti, or the minting service's id for the value
+    renewals: int = 0
+    source: str = "jwt"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "category": self.category,
+            "issuedAt": format_time(self.issued_at),
+            "expiresAt": format_time(self.expires_at),
+            "taskStartedAt": format_time(self.task_started_at),
+            "fingerprint": self.fingerprint,
+            "tokenId": self.token_id,
+            "renewals": self.renewals,
+        }
+
+    @classmethod
+    def from_json(cls, credential: str, data: dict[str, Any]) -> IssuedValue:
+        return cls(
+            credential=credential,
+            category=data["category"],
+            issued_at=parse_time(data["issuedAt"]),
+            expires_at=parse_time(data["expiresAt"]),
+            task_started_at=parse_time(data["taskStartedAt"]),
+            fingerprint=data["fingerprint"],
+            token_id=data.get("tokenId"),
+            renewals=int(data.get("renewals", 0)),
+            source=str(data.get("source", "jwt")),
+        )
+
+
+@dataclass(frozen=True)
+class ProjectionState(Bound):
+    """A managed Secret read back: whose it is, what is live in it, what was revoked."""
+
+    namespace: str
+    binding: str
+    pod_name: str
+    pod_uid: str
+    job: str | None
+    values: dict[str, IssuedValue] = field(default_factory=dict)
+    revoked: dict[str, str] = field(default_factory=dict)  # credential -> reason
+    resource_version: str | None = None
+
+
+def parse_projection(secret: dict[str, Any]) -> ProjectionState | None:
+    meta = secret.get("metadata") or {}
+    tags = meta.get("labels") or {}
+    if tags.get(labels.MANAGED_LABEL) != "true" or not labels.is_binding(tags.get(labels.BINDING_LABEL)):
+        return None
+    annotations = meta.get("annotations") or {}
+    try:
+        state = json.loads(annotations.get(labels.STATE_ANNOTATION) or "{}")
+        values = {name: IssuedValue.from_json(name, data) for name, data in (state.get("values") or {}).items()}
+        revoked = {str(k): str(v) for k, v in (state.get("revoked") or {}).items()}
+    except (ValueError, KeyError, TypeError):
+        # Damaged bookkeeping: treat as holding unknown values, which the planner revokes.
+        values, revoked = {}, {"*": "unreadable-state"}
+    return ProjectionState(
+        namespace=meta.get("namespace", ""),
+        binding=tags[labels.BINDING_LABEL],
+        pod_name=annotations.get(labels.POD_ANNOTATION, ""),
+        pod_uid=tags.get(labels.POD_UID_LABEL, ""),
+        job=tags.get(labels.JOB_LABEL),
+        values=values,
+        revoked=revoked,
+        resource_version=meta.get("resourceVersion"),
+    )
+
+
+def new_projection(task: PodTask) -> ProjectionState:
+    return ProjectionState(
+        namespace=task.namespace, binding=task.binding, pod_name=task.name, pod_uid=task.uid, job=task.job
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _metadata(state: ProjectionState) -> dict[str, Any]:
+    tags = {labels.MANAGED_LABEL: "true", labels.BINDING_LABEL: state.binding, labels.POD_UID_LABEL: state.pod_uid}
+    if state.job:
+        tags[labels.JOB_LABEL] = state.job
+    for value in state.values.values():
+        tags[labels.credential_label(value.credential)] = value.category
+    body = {
+        "values": {name: value.to_json() for name, value in sorted(state.values.items())},
+        "revoked": dict(sorted(state.revoked.items())),
+    }
+    return {
+        "labels": tags,
+        "annotations": {
+            labels.POD_ANNOTATION: state.pod_name,
+            labels.STATE_ANNOTATION: json.dumps(body, separators=(",", ":")),
+        },
+    }
+
+
+def secret_body(state: ProjectionState, new_values: dict[str, bytes], pod_uid: str) -> dict[str, Any]:
+    """A new Secret holding `new_values`, owned by the pod so the cluster's GC backs us up."""
+    metadata = _metadata(state)
+    metadata.update(
+        name=state.secret_name,
+        namespace=state.namespace,
+        ownerReferences=[
+            {"apiVersion": "v1", "kind": "Pod", "name": state.pod_name, "uid": pod_uid, "blockOwnerDeletion": False}
+        ],
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "immutable": False,
+        "metadata": metadata,
+        "data": _data(state, new_values),
+    }
+
+
+def secret_patch(
+    state: ProjectionState, new_values: dict[str, bytes], removed: tuple[str, ...], previous: ProjectionState
+) -> dict[str, Any]:
+    """A merge patch that writes `new_values`, drops `removed`, and fails on a stale base."""
+    metadata = _metadata(state)
+    stale_labels = {labels.credential_label(name): None for name in previous.values if name not in state.values}
+    metadata["labels"].update(stale_labels)
+    metadata["resourceVersion"] = previous.resource_version
+    data: dict[str, Any] = dict(_data(state, new_values))
+    for name in removed:
+        data[labels.value_key(name)] = None
+        data[labels.expiry_key(name)] = None
+    return {"metadata": metadata, "data": data}
+
+
+def _data(state: ProjectionState, new_values: dict[str, bytes]) -> dict[str, str]:
+    data = {}
+    for name, value in new_values.items():
+        data[labels.value_key(name)] = _b64(value)
+        data[labels.expiry_key(name)] = _b64(format_time(state.values[name].expires_at).encode())
+    return data
+
+
+def with_values(state: ProjectionState, values: dict[str, IssuedValue]) -> ProjectionState:
+    return replace(state, values={**state.values, **values})
+
+
+def without(state: ProjectionState, revoked: dict[str, str]) -> ProjectionState:
+    return replace(
+        state, values={k: v for k, v in state.values.items() if k not in revoked}, revoked={**state.revoked, **revoked}
+    )

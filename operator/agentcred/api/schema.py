@@ -1,0 +1,48 @@
+"""The building blocks of agentcred's resource schemas: the base model, the field types
+and patterns the API server enforces, and CEL rules. Every constraint here reaches the CRDs
+(generated from the models), so the API server refuses invalid objects itself."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic.alias_generators import to_camel
+
+from .durations import DURATION_PATTERN
+
+Category = Literal["model", "tool", "retrieval", "deployment"]
+CATEGORIES: tuple[str, ...] = Category.__args__  # type: ignore[attr-defined]
+SourceKind = Literal["jwt", "secretRef", "webhook"]
+JwtAlgorithm = Literal["EdDSA", "ES256"]
+
+# Task durations (ttl, renewBefore, maxLifetime) use the units the API server's CEL
+# `duration()` understands (s, m, h), so the schema can compare them; review cadences
+# are calendar-scale and may also use days.
+TASK_DURATION_PATTERN = r"^([0-9]{1,6}[smh])+$"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+# Absolute, no "." or ".." segments, no hidden names, nothing the kubelet would reject.
+MOUNT_PATH = r"^(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+$"
+ENV_VAR_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+HTTPS_URL = r"^https://[^\s]+$"
+
+TaskDuration = Annotated[str, StringConstraints(pattern=TASK_DURATION_PATTERN, max_length=32)]
+CalendarDuration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, max_length=32)]
+NonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+Pattern = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, Any]:
+    """One `x-kubernetes-validations` entry; fieldPath makes the error name the field."""
+    entry: dict[str, Any] = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+class Model(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are an error."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)

@@ -1,0 +1,131 @@
+"""The admission objects agentcred installs, as plain Kubernetes objects: the mutating
+webhook configuration (opted-in pods only, fail closed, a short timeout) and the pod guard
+(an in-tree ValidatingAdmissionPolicy). `agentcred run` applies them when it manages its own
+configuration; the Helm chart ships the same (a test compares them).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from . import labels
+
+DEFAULT_CONFIGURATION_NAME = "agentcred.dev"
+HANDLER_ID = "agentcred-inject"
+TIMEOUT_SECONDS = 5
+
+
+def configuration(
+    ca_pem: bytes,
+    *,
+    url: str | None = None,
+    service: tuple[str, str, int] | None = None,
+    operator_namespace: str,
+    name: str = DEFAULT_CONFIGURATION_NAME,
+) -> dict[str, Any]:
+    """The MutatingWebhookConfiguration: opted-in pods only, fail closed, short timeout."""
+    client_config: dict[str, Any] = {"caBundle": base64.b64encode(ca_pem).decode()}
+    if url is not None:
+        client_config["url"] = f"{url.rstrip('/')}/{HANDLER_ID}"
+    elif service is not None:
+        name, namespace, port = service
+        client_config["service"] = {"name": name, "namespace": namespace, "port": port, "path": f"/{HANDLER_ID}"}
+    else:
+        raise ValueError("the webhook needs either a URL or a Service to be reached at")
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "agentcred"}},
+        "webhooks": [
+            {
+                "name": "pods.agentcred.dev",
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "None",
+                "failurePolicy": "Fail",
+                "matchPolicy": "Equivalent",
+                "reinvocationPolicy": "IfNeeded",
+                "timeoutSeconds": TIMEOUT_SECONDS,
+                "objectSelector": {"matchLabels": {labels.INJECT_LABEL: "true"}},
+                # The operator's own pods must never wait on the operator.
+                "namespaceSelector": {
+                    "matchExpressions": [
+                        {
+                            "key": "kubernetes.io/metadata.name",
+                            "operator": "NotIn",
+                            "values": ["kube-system", operator_namespace],
+                        }
+                    ]
+                },
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "resources": ["pods"],
+                        "operations": ["CREATE"],
+                        "scope": "Namespaced",
+                    }
+                ],
+                "clientConfig": client_config,
+            }
+        ],
+    }
+
+
+GUARDED_ANNOTATIONS = (
+    labels.CREDENTIALS_ANNOTATION,
+    labels.BINDING_ANNOTATION,
+    labels.ADMITTED_ANNOTATION,
+    labels.SEAL_ANNOTATION,
+)
+
+
+def _cel_value(field: str, key: str, obj: str) -> str:
+    return f"(has({obj}.metadata.{field}) && {key} in {obj}.metadata.{field} ? {obj}.metadata.{field}[{key}] : '')"
+
+
+def pod_guard(name: str = DEFAULT_CONFIGURATION_NAME) -> list[tuple[str, dict[str, Any]]]:
+    """An in-tree ValidatingAdmissionPolicy (and its binding) that refuses, for any pod that
+    carries or would carry the opt-in label, adding, changing or removing the label or what
+    the webhook sealed. It needs no webhook, so it holds even while the operator is down."""
+    label = f"'{labels.INJECT_LABEL}'"
+    annotations = ", ".join(f"'{a}'" for a in GUARDED_ANNOTATIONS)
+    policy_name = f"{name}-pod-guard"
+    meta = {"labels": {"app.kubernetes.io/name": "agentcred"}}
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": policy_name, **meta},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "operations": ["UPDATE"]}
+                ],
+                "objectSelector": {"matchExpressions": [{"key": labels.INJECT_LABEL, "operator": "Exists"}]},
+            },
+            "validations": [
+                {
+                    "expression": f"{_cel_value('labels', label, 'object')} == "
+                    f"{_cel_value('labels', label, 'oldObject')}",
+                    "message": f"the {labels.INJECT_LABEL} label cannot be added, changed or removed on an "
+                    "existing pod: delete the pod and create it again",
+                    "reason": "Forbidden",
+                },
+                {
+                    "expression": f"[{annotations}].all(k, {_cel_value('annotations', 'k', 'object')} == "
+                    f"{_cel_value('annotations', 'k', 'oldObject')})",
+                    "message": f"the annotations {', '.join(GUARDED_ANNOTATIONS)} cannot change after admission: "
+                    "delete the pod and create it again",
+                    "reason": "Forbidden",
+                },
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": policy_name, **meta},
+        "spec": {"policyName": policy_name, "validationActions": ["Deny"]},
+    }
+    return [("validatingadmissionpolicies", policy), ("validatingadmissionpolicybindings", binding)]

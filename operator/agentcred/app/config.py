@@ -1,0 +1,122 @@
+"""Operator configuration: explicit settings, from flags or AGENTCRED_* environment variables."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from ..api import labels, model
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"AGENTCRED_{name}", default)
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    namespace: str = "agentcred"  # where the signing keys, webhook cert and revocation list live
+    instance: str = "agentcred"  # names those objects (the Helm release's full name)
+    service: str = "agentcred"  # the Service in front of the webhook and the HTTPS endpoints
+    issuer: str = ""  # `iss` of minted tokens; defaults to the Service's URL
+    webhook_address: str = "0.0.0.0"
+    webhook_port: int = 9443
+    # The MutatingWebhookConfiguration: "manage" creates and owns it (reached at webhook_url
+    # if set, else through the Service); "inject-ca" only keeps the caBundle of the one the
+    # Helm chart installed up to date; "none" leaves it alone.
+    webhook_url: str | None = None
+    webhook_config: str = "manage"
+    webhook_configuration: str = "agentcred.dev"  # the MutatingWebhookConfiguration's name
+    api_address: str = "0.0.0.0"
+    api_port: int = 8443  # JWKS, revocation list, intent exchange
+    health_address: str = "0.0.0.0"
+    health_port: int = 8080  # /healthz, /readyz, /metrics
+    exchange_rate: float = 5.0  # exchanges per second per pod, sustained
+    exchange_burst: int = 20
+    source_rate: float = 10.0  # refused tokens per second per client address before it gets 429
+    source_burst: int = 40
+    revocation_shards: int = 8  # ConfigMaps holding the revocation list (~12,000 entries each)
+    key_rotation_days: int = 30  # 0: rotate only on `agentcred rotate-key`
+    audit_log: str = "-"
+    leader_election: bool = True  # several replicas: one leader writes; off for a lone replica
+    lease_duration: int = 15  # seconds without renewal before a follower takes over
+    lease_renew: float = 5.0
+    status_interval: float = 1.0
+
+    @property
+    def names(self) -> labels.StateNames:
+        return labels.StateNames(self.instance)
+
+    @property
+    def effective_issuer(self) -> str:
+        return self.issuer or f"https://{self.service}.{self.namespace}.svc:{self.api_port}"
+
+    @classmethod
+    def from_env(cls) -> OperatorConfig:
+        return cls(
+            namespace=_env("NAMESPACE", cls.namespace),
+            instance=_env("INSTANCE", cls.instance),
+            service=_env("SERVICE", cls.service),
+            issuer=_env("ISSUER", cls.issuer),
+            webhook_address=_env("WEBHOOK_ADDRESS", cls.webhook_address),
+            webhook_port=int(_env("WEBHOOK_PORT", str(cls.webhook_port))),
+            webhook_url=_env("WEBHOOK_URL", "") or None,
+            webhook_config=_env("WEBHOOK_CONFIG", cls.webhook_config),
+            webhook_configuration=_env("WEBHOOK_CONFIGURATION", cls.webhook_configuration),
+            api_address=_env("API_ADDRESS", cls.api_address),
+            api_port=int(_env("API_PORT", str(cls.api_port))),
+            health_address=_env("HEALTH_ADDRESS", cls.health_address),
+            health_port=int(_env("HEALTH_PORT", str(cls.health_port))),
+            exchange_rate=float(_env("EXCHANGE_RATE", str(cls.exchange_rate))),
+            exchange_burst=int(_env("EXCHANGE_BURST", str(cls.exchange_burst))),
+            source_rate=float(_env("SOURCE_RATE", str(cls.source_rate))),
+            source_burst=int(_env("SOURCE_BURST", str(cls.source_burst))),
+            revocation_shards=int(_env("REVOCATION_SHARDS", str(cls.revocation_shards))),
+            key_rotation_days=int(_env("KEY_ROTATION_DAYS", str(cls.key_rotation_days))),
+            audit_log=_env("AUDIT_LOG", cls.audit_log),
+            leader_election=_env("LEADER_ELECTION", "true").lower() == "true",
+            lease_duration=int(_env("LEASE_DURATION", str(cls.lease_duration))),
+            lease_renew=float(_env("LEASE_RENEW", str(cls.lease_renew))),
+            status_interval=float(_env("STATUS_INTERVAL", str(cls.status_interval))),
+        )
+
+
+class CredentialsOnlyDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """Kopf builds a diff base (a deep copy of the body) for every event of every resource.
+    Only AgentCredentials have change-detecting handlers; for pods and Secrets -- thousands
+    of events in a burst -- the copy would be thrown away, so it is never made."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        if body.get("apiVersion") != model.API_VERSION:
+            return kopf.BodyEssence()
+        return super().build(body=body, extra_fields=extra_fields)
+
+
+def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+    # Watches go quiet without explicit timeouts (a known Kopf/aiohttp behaviour).
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.watching.connect_timeout = 10
+    # Watch only what is ours, filtered by the API server: opted-in pods, and the one CRD
+    # (whose first event says every index has listed). Of Secrets, only those their owners
+    # share for static sources are watched; the operator's own it lists at start and on election.
+    settings.watching.label_selectors["v1", "pods"] = f"{labels.INJECT_LABEL}=true"
+    settings.watching.label_selectors["v1", "secrets"] = f"{labels.SHARED_LABEL}=true"  # shared upstream values
+    settings.watching.field_selectors["apiextensions.k8s.io", "customresourcedefinitions"] = (
+        f"metadata.name={model.PLURAL}.{model.GROUP}"
+    )
+    # Our own annotation prefix and finalizer, not Kopf's defaults.
+    settings.persistence.finalizer = f"{model.GROUP}/revoke-projections"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=model.GROUP)
+    settings.persistence.diffbase_storage = CredentialsOnlyDiffBase(
+        prefix=model.GROUP, key="last-handled-configuration"
+    )
+    # Process an object's event as soon as it arrives (the default waits 0.1 s for more).
+    settings.batching.batch_window = 0.01
+    # Events are posted deliberately; log lines do not become Events.
+    settings.posting.level = logging.WARNING
+    settings.posting.enabled = False
+    settings.admission.server = None  # set at start-up once the shared certificate is known

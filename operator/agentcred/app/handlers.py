@@ -1,0 +1,214 @@
+"""The Kopf registrations: each handler hands an event to a part of the Operator.
+
+`registry_for(operator)` builds a registry whose handlers close over one Operator (no module
+state). Pods use `on.event` (nothing persisted on objects that are not ours); indices keep
+credentials, pods, policies, namespaces and shared Secrets in memory, and Kopf starts
+handlers only once every index has listed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, cast
+
+import kopf
+from pydantic import ValidationError
+
+from ..api import labels, model
+from ..api.pods import PodTask, pod_task
+from ..api.policy_model import AgentCredentialPolicySpec, parse_policy_spec
+from ..api.webhook_configuration import HANDLER_ID
+from ..platform import metrics
+from ..rules import admission, seal
+from ..rules.credentials import CredentialRecord, SharedSecret, credential_record, shared_secret
+from ..rules.verdicts import describe_validation_error
+from ..runtime.credential_events import NotLeader
+from .operator import Indices, Operator, first
+
+log = logging.getLogger(__name__)
+
+POD_FILTER = {labels.INJECT_LABEL: "true"}
+SHARED_FILTER = {labels.SHARED_LABEL: "true"}
+
+
+def registry_for(operator: Operator) -> kopf.OperatorRegistry:
+    # Handlers are closures, so each gets an explicit id: Kopf hands indices to handlers by
+    # their index's id, and names progress and diff-base records by handler id.
+    registry = kopf.OperatorRegistry()
+
+    # -- start and stop ---------------------------------------------------------------
+
+    @kopf.on.login(id="login", registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # The official client's loader, whatever else is installed: one way to read
+        # credentials, and its temporary certificate files are removed at exit.
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(id="startup", registry=registry)  # type: ignore[arg-type]
+    async def startup(
+        settings: kopf.OperatorSettings,
+        credential_index: kopf.Index,
+        pod_index: kopf.Index,
+        policy_index: kopf.Index,
+        namespace_index: kopf.Index,
+        shared_secret_index: kopf.Index,
+        **_: Any,
+    ) -> None:
+        await operator.start(
+            settings, Indices(credential_index, pod_index, policy_index, namespace_index, shared_secret_index)
+        )
+
+    @kopf.on.cleanup(id="cleanup", registry=registry)
+    async def cleanup(**_: Any) -> None:
+        await operator.stop()
+
+    # -- indices (async, though they do not await: Kopf runs sync handlers on a thread
+    # pool, a thread hop per event for a few microseconds of work) ----------------------
+
+    @kopf.index(model.GROUP, model.VERSION, model.PLURAL, id="credential_index", registry=registry)
+    async def credential_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], CredentialRecord]:
+        record = credential_record(dict(body))
+        return {record.key: record}
+
+    @kopf.index("v1", "pods", labels=POD_FILTER, id="pod_index", registry=registry)
+    async def pod_index(body: kopf.Body, **_: Any) -> dict[str | tuple[str, str], PodTask] | None:
+        # Two keys per pod in one index (one handler call per event, not two): the
+        # projection key for the runtime, (namespace, name) for intent exchange.
+        task = _admitted(operator, body)
+        return {task.key: task, (task.namespace, task.name): task} if task else None
+
+    @kopf.index(model.GROUP, model.VERSION, model.POLICY_PLURAL, id="policy_index", registry=registry)
+    async def policy_index(body: kopf.Body, **_: Any) -> dict[str, AgentCredentialPolicySpec] | None:
+        try:
+            return {body.metadata.name: parse_policy_spec(dict(body.get("spec") or {}))}
+        except ValidationError as error:  # the API server's schema makes this rare; it allows nothing
+            log.warning(
+                "AgentCredentialPolicy %s is invalid and allows nothing: %s",
+                body.metadata.name,
+                describe_validation_error(error),
+            )
+            return None
+
+    @kopf.index("v1", "namespaces", id="namespace_index", registry=registry)
+    async def namespace_index(body: kopf.Body, **_: Any) -> dict[str, dict[str, str]]:
+        return {body.metadata.name: dict(body.metadata.labels or {})}
+
+    @kopf.index("v1", "secrets", labels=SHARED_FILTER, id="shared_secret_index", registry=registry)
+    async def shared_secret_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], SharedSecret]:
+        # Metadata and key names only: the value is read when it is copied, never kept here.
+        return {(body.metadata.namespace or "", body.metadata.name): shared_secret(dict(body))}
+
+    # -- the admission webhook ------------------------------------------------------------
+
+    @kopf.on.mutate("v1", "pods", id=HANDLER_ID, labels=POD_FILTER, operations=["CREATE"], registry=registry)
+    async def inject(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        with metrics.webhook_latency.time():
+            namespace = body.metadata.namespace or ""
+            keyring = operator.current_keyring()
+            try:
+                records = admission.admit(
+                    dict(body), namespace, lambda name: operator.credential(namespace, name), keyring
+                )
+            except admission.Refusal as refusal:
+                operator.audit.record(
+                    "deny",
+                    namespace=namespace,
+                    reason="AdmissionRefused",
+                    message=str(refusal),
+                    podName=body.metadata.name or body.metadata.get("generateName"),
+                    serviceAccount=body.spec.get("serviceAccountName") or "default",
+                )
+                raise kopf.AdmissionError(str(refusal), code=403) from None
+            if records is not None:
+                # Kopf hands this function its own copy of the pod and diffs it into a JSON patch.
+                patch.fns.append(lambda pod: admission.apply(cast(dict[str, Any], pod), namespace, records, keyring))
+
+    # -- pods -----------------------------------------------------------------------------
+
+    @kopf.on.event("v1", "pods", labels=POD_FILTER, id="pod_event", registry=registry)
+    async def pod_event(type: str, body: kopf.Body, **_: Any) -> None:
+        task = _admitted(operator, body, deleted=type == "DELETED")
+        if task is None:
+            found = pod_task(dict(body))
+            ours = found is None or not seal.foreign(found, operator.current_keyring().mac_keys("admission"))
+            if type != "DELETED" and ours:
+                operator.reconciler.checks.flag_unadmitted(dict(body))
+            return
+        if operator.leading():
+            if type == "DELETED" and not body.metadata.get("deletionTimestamp"):
+                # Deleted at once, or it lost the opt-in label (the watch is label-selected):
+                # only the API server can tell which.
+                task = await operator.reconciler.checks.still_there(task)
+            await operator.reconciler.reconcile(task.key, task)
+        elif task.end_reason:
+            operator.handover.note_ended(task)
+
+    @kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", id="crd_event", registry=registry)
+    async def crd_event(**_: Any) -> None:
+        # Only our CRD is watched (a field selector). Kopf calls no handler before every
+        # index has listed, so its first event means the memory is complete.
+        operator.indices_listed()
+
+    # -- AgentCredentials and what surrounds them -------------------------------------------
+
+    @kopf.on.event(model.GROUP, model.VERSION, model.PLURAL, id="credential_event", registry=registry)  # type: ignore[arg-type]
+    async def credential_event(type: str, body: kopf.Body, credential_index: kopf.Index, **_: Any) -> None:
+        if type == "DELETED" or body.metadata.get("deletionTimestamp"):
+            return
+        # The index parsed this very event's body a moment ago.
+        record = first(credential_index, (body.metadata.namespace, body.metadata.name)) or credential_record(dict(body))
+        await operator.credentials.changed(record)
+        for annotation, act in (
+            (labels.REVOKE_ANNOTATION, operator.requests.revoke),
+            (labels.RENEW_ANNOTATION, operator.requests.renew),
+        ):
+            request = _request(body, annotation)
+            if request is not None:
+                await act(record, request)
+
+    @kopf.on.delete(model.GROUP, model.VERSION, model.PLURAL, id="credential_deleted", registry=registry)  # type: ignore[arg-type]
+    async def credential_deleted(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+        try:
+            count = await operator.credentials.deleted(credential_record(dict(body)))
+        except NotLeader:
+            raise kopf.TemporaryError(
+                "waiting for the leader to revoke this credential's projections", delay=5
+            ) from None
+        logger.info("revoked %d projection(s) of %s before deletion", count, body.metadata.name)
+
+    @kopf.on.event(model.GROUP, model.VERSION, model.POLICY_PLURAL, id="policy_event", registry=registry)
+    async def policy_event(**_: Any) -> None:
+        await operator.credentials.surroundings_changed(operator.raw_credentials())
+
+    @kopf.on.event("v1", "namespaces", id="namespace_event", registry=registry)
+    async def namespace_event(body: kopf.Body, **_: Any) -> None:
+        await operator.credentials.surroundings_changed(operator.raw_credentials(body.metadata.name))
+
+    @kopf.on.event("v1", "secrets", labels=SHARED_FILTER, id="shared_secret_event", registry=registry)
+    async def shared_secret_event(body: kopf.Body, **_: Any) -> None:
+        await operator.credentials.surroundings_changed(operator.raw_credentials(body.metadata.namespace))
+
+    return registry
+
+
+def _admitted(operator: Operator, body: kopf.Body, deleted: bool = False) -> PodTask | None:
+    """The pod's task if the webhook admitted it as it stands (its seal holds), else None."""
+    task = pod_task(dict(body), deleted=deleted)
+    keys = operator.current_keyring().mac_keys("admission")
+    return task if task is not None and seal.admitted(task, keys) else None
+
+
+def _request(body: kopf.Body, annotation: str) -> dict[str, Any] | None:
+    """A request (`agentcred revoke` / `renew`) recorded on the credential, if well-formed."""
+    text = body.metadata.annotations.get(annotation)
+    if not text:
+        return None
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        log.warning(
+            "ignoring malformed %s annotation on %s/%s", annotation, body.metadata.namespace, body.metadata.name
+        )
+        return None
+    return parsed if isinstance(parsed, dict) else None

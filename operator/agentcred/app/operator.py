@@ -1,0 +1,317 @@
+"""The Operator: every moving part, built from an OperatorConfig, started and stopped.
+
+This is the composition root. `start` runs once Kopf has its indices (and before any watch
+event is handled): it loads the shared state (key ring, revocation list, serving
+certificate), wires the runtime's parts together, starts the HTTPS and health servers and
+the background loops. The Kopf handlers (`app.handlers`) only hand events to its parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import shutil
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kopf
+from aiohttp import web
+
+from ..api import labels
+from ..api.pods import PodTask
+from ..api.projection import parse_projection
+from ..api.webhook_configuration import configuration, pod_guard
+from ..platform.keys import KeyRing
+from ..platform.kube import Kube, load_configuration
+from ..platform.revocations import RevocationList
+from ..rules.credentials import CredentialRecord, Gatekeeper
+from ..runtime.audit import AuditTrail
+from ..runtime.credential_events import CredentialEvents
+from ..runtime.endpoints import build_app, serve
+from ..runtime.events import EventRecorder
+from ..runtime.exchange import ExchangeContext, RateLimiter, ReviewGate
+from ..runtime.handover import Handover
+from ..runtime.health import Health
+from ..runtime.health import serve as serve_health
+from ..runtime.keyring import load_keyring, maintain_keyring_forever
+from ..runtime.leader import Leadership
+from ..runtime.reconciler import Reconciler
+from ..runtime.requests import Requests
+from ..runtime.revocation_store import RevocationStore
+from ..runtime.revoker import Revoker
+from ..runtime.scheduler import Scheduler
+from ..runtime.serving_certificate import CertificateMonitor, private_directory, shared_serving_certificate
+from ..runtime.status_writer import StatusWriter
+from ..runtime.statusbook import StatusBook
+from ..runtime.store import ProjectionStore
+from ..sources.base import Sources
+from ..sources.jwt import JwtSource
+from ..sources.minting_service import MintingServiceSource
+from ..sources.static import StaticSource
+from .config import OperatorConfig, configure_kopf
+
+log = logging.getLogger(__name__)
+
+
+def first(index: kopf.Index, key: Any) -> Any:
+    """The one value an index holds for `key`, or None."""
+    for value in index.get(key, ()):
+        return value
+    return None
+
+
+@dataclass(frozen=True)
+class Indices:
+    """What Kopf keeps in memory for the webhook and the runtime to look up without a call."""
+
+    credentials: kopf.Index
+    pods: kopf.Index  # by "namespace/binding" and by (namespace, name)
+    policies: kopf.Index
+    namespaces: kopf.Index
+    shared_secrets: kopf.Index
+
+
+class Operator:
+    def __init__(self, config: OperatorConfig) -> None:
+        self.config = config
+        self.warm = asyncio.Event()  # every index has listed (see app.handlers.crd_event)
+        self.keyring: KeyRing | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runners: list[web.AppRunner] = []
+        self._tls_directory: Path | None = None
+        self._leadership: Leadership | None = None
+
+    # -- lookups (the runtime's view of the indices) ------------------------------------
+
+    def leading(self) -> bool:
+        return self._leadership is None or self._leadership.is_leader
+
+    def credential(self, namespace: str, name: str) -> CredentialRecord | None:
+        """The credential as judged here and now: its spec, the policies, its upstream."""
+        return self.gate.judged(first(self.indices.credentials, (namespace, name)))
+
+    def raw_credentials(self, namespace: str | None = None) -> list[CredentialRecord]:
+        found = (
+            first(self.indices.credentials, key)
+            for key in list(self.indices.credentials)
+            if namespace is None or key[0] == namespace
+        )
+        return [record for record in found if record is not None]
+
+    def pod(self, key: str) -> PodTask | None:
+        return first(self.indices.pods, key)
+
+    def pod_by_name(self, namespace: str, name: str) -> PodTask | None:
+        return first(self.indices.pods, (namespace, name))
+
+    def current_keyring(self) -> KeyRing:
+        assert self.keyring is not None, "the key ring is loaded at start"
+        return self.keyring
+
+    # -- start and stop ------------------------------------------------------------------
+
+    async def start(self, settings: kopf.OperatorSettings, indices: Indices) -> None:
+        config = self.config
+        configure_kopf(settings, config)
+        self.indices = indices
+        self.audit = AuditTrail(config.audit_log)
+        self.kube = kube = Kube(load_configuration())
+        self.keyring = await load_keyring(kube, config.namespace, config.names.keyring)
+        self.revocations = RevocationList(config.revocation_shards)
+        revocation_store = RevocationStore(kube, config.namespace, self.revocations, config.names)
+        await revocation_store.reload()
+
+        certificate = await shared_serving_certificate(
+            kube, config.namespace, config.service, config.names.serving_certificate
+        )
+        self._tls_directory = private_directory()
+        certfile, keyfile = certificate.write(self._tls_directory)
+        settings.admission.server = kopf.WebhookServer(
+            addr=config.webhook_address, port=config.webhook_port, certfile=str(certfile), pkeyfile=str(keyfile)
+        )
+        await self.publish_ca(certificate.ca_pem)
+
+        self.gate = Gatekeeper(
+            policies=lambda: {name: first(indices.policies, name) for name in list(indices.policies)},
+            namespace_labels=lambda namespace: first(indices.namespaces, namespace),
+            shared=lambda namespace, name: first(indices.shared_secrets, (namespace, name)),
+        )
+        self.events = EventRecorder(kube)
+        self.book = StatusBook()
+        self.store = ProjectionStore()
+        self.scheduler = Scheduler(self._scheduled, partition=_namespace_of)
+        self.jwt = JwtSource(self.current_keyring, config.effective_issuer, self.revocations)
+        self.minting = MintingServiceSource(
+            on_revoke_failure=lambda record, message: self.events.post(
+                record.owner_ref, "Warning", "ServiceRevokeFailed", message
+            )
+        )
+        self.sources = Sources(self.jwt, StaticSource(kube.find_secret), self.minting)
+        revoker = Revoker(self.audit, self.sources, self.book, self.events, self.credential)
+        self.reconciler = Reconciler(
+            kube,
+            self.store,
+            self.scheduler,
+            self.sources,
+            revoker,
+            self.audit,
+            self.events,
+            self.book,
+            credential=self.credential,
+            pod=self.pod,
+            leading=self.leading,
+        )
+        self.handover = Handover(
+            self.reconciler,
+            revoker,
+            self.store,
+            self.book,
+            window=dt.timedelta(seconds=2 * (config.lease_duration + config.lease_renew)),
+        )
+        self.requests = Requests(self.reconciler, self.store, kube, self.events)
+        self.status = StatusWriter(
+            kube,
+            self.book,
+            self.store,
+            self.events,
+            self.revocations,
+            credential=self.credential,
+            leading=self.leading,
+            interval=config.status_interval,
+        )
+        self.credentials = CredentialEvents(
+            self.reconciler, self.requests, self.store, self.book, self.status, self.scheduler, self.credential
+        )
+
+        exchange = ExchangeContext(
+            reviews=ReviewGate(lambda token: kube.review_token(token, [labels.SERVICE_ACCOUNT_AUDIENCE])),
+            pod_by_name=self.pod_by_name,
+            credential=self.credential,
+            revocations=self.revocations,
+            sources=self.sources,
+            minted=self.jwt,
+            issuer=config.effective_issuer,
+            audit=self.audit,
+            limiter=RateLimiter(rate=config.exchange_rate, burst=config.exchange_burst),
+            by_source=RateLimiter(rate=config.source_rate, burst=config.source_burst),
+        )
+        app = build_app(
+            issuer=config.effective_issuer,
+            keyring=self.current_keyring,
+            revocations=self.revocations,
+            exchange_context=exchange,
+        )
+        self._runners.append(await serve(app, config.api_address, config.api_port, certfile, keyfile))
+        health = Health(ports=(config.webhook_port, config.api_port), warm=self.warm)
+        self._runners.append(await serve_health(health, config.health_address, config.health_port))
+
+        if config.leader_election:
+            self._leadership = Leadership(
+                kube,
+                config.namespace,
+                on_elected=self.take_over,
+                lease=config.names.lease,
+                duration=config.lease_duration,
+                renew=config.lease_renew,
+            )
+        certificates = CertificateMonitor(
+            kube,
+            config.namespace,
+            config.service,
+            config.names.serving_certificate,
+            certificate,
+            self.leading,
+            self.publish_ca,
+        )
+        health.problems.append(lambda: certificates.problem)
+        health.not_ready.append(revocation_store.problem)
+        rotation = dt.timedelta(days=config.key_rotation_days) if config.key_rotation_days > 0 else None
+        loops: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+            "serving certificate": certificates.run,
+            "key ring": lambda: maintain_keyring_forever(
+                kube, config.namespace, config.names.keyring, self._set_keyring, rotation, self.leading
+            ),
+            "expiry scheduler": self.scheduler.run,
+            "status writer": lambda: self.status.run(self.raw_credentials),
+            "event poster": self.events.run,
+            "revocation list": lambda: revocation_store.run(self.leading),
+        }
+        if self._leadership is not None:
+            loops["leader election"] = self._leadership.run
+        self._tasks = health.loops = [asyncio.create_task(run(), name=name) for name, run in loops.items()]
+        log.info("agentcred ready: issuer %s, %d signing keys", config.effective_issuer, len(self.keyring.keys))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._leadership is not None:
+            await self._leadership.release()
+        for runner in self._runners:
+            await runner.cleanup()
+        if hasattr(self, "status"):
+            await self.status.flush()
+            await self.minting.close()
+            await self.kube.close()
+        if self._tls_directory is not None:
+            shutil.rmtree(self._tls_directory, ignore_errors=True)
+
+    # -- taking over ---------------------------------------------------------------------
+
+    def indices_listed(self) -> asyncio.Task[None] | None:
+        """Every index has listed: ready; and, for a lone replica, time for the start-up
+        sweep (with leader election, being elected starts it)."""
+        if self.warm.is_set():
+            return None
+        self.warm.set()
+        if self.config.leader_election:
+            return None
+        return asyncio.create_task(self.take_over(), name="start-up sweep")
+
+    async def take_over(self) -> None:
+        # Only once every index has listed: planning against a half-listed index would take
+        # live pods' Secrets for orphans.
+        await self.warm.wait()
+        listed = await self.kube.list_metadata("/api/v1/secrets", f"{labels.MANAGED_LABEL}=true")
+        states = [state for state in map(parse_projection, listed) if state is not None]
+        await self.handover.take_over((key for key in list(self.indices.pods) if isinstance(key, str)), states)
+
+    async def publish_ca(self, ca_pem: bytes) -> None:
+        """Tell the API server which CA to trust for the webhook, as configured."""
+        config = self.config
+        if config.webhook_config == "manage":
+            service = None if config.webhook_url else (config.service, config.namespace, 443)
+            await self.kube.apply_cluster_object(
+                "mutatingwebhookconfigurations",
+                configuration(
+                    ca_pem,
+                    url=config.webhook_url,
+                    service=service,
+                    operator_namespace=config.namespace,
+                    name=config.webhook_configuration,
+                ),
+            )
+            for resources, body in pod_guard(config.webhook_configuration):
+                await self.kube.apply_cluster_object(resources, body)
+        elif config.webhook_config == "inject-ca":
+            await self.kube.inject_webhook_ca(config.webhook_configuration, ca_pem)
+
+    def _set_keyring(self, ring: KeyRing) -> None:
+        self.keyring = ring
+
+    async def _scheduled(self, key: Any) -> None:
+        if not self.leading():
+            return  # dropped: a new leader re-plans and reschedules everything
+        if key[0] == "binding":
+            await self.reconciler.reconcile(key[1])
+        elif key[0] == "credential":
+            record = first(self.indices.credentials, (key[1], key[2]))
+            if record is not None:
+                await self.credentials.changed(record, force=True)
+
+
+def _namespace_of(key: Any) -> str:
+    """The tenant a scheduled key belongs to: ("binding", "ns/binding") or ("credential", ns, name)."""
+    return str(key[1]).partition("/")[0] if key[0] == "binding" else str(key[1])

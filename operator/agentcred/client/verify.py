@@ -1,0 +1,189 @@
+"""Verify agentcred tokens: what gateways and MCP servers run (`agentcred.verify`).
+
+Checks, in order, each with its own refusal reason: structure, algorithm (only EdDSA and
+ES256; `none` and HMAC are refused before any key is touched), `kid`, signature, issuer,
+audience, time window, revocation, and -- if an intent is given -- scope.
+
+    verifier = Verifier.from_url("https://agentcred.agentcred.svc:8443", cafile="ca.crt")
+    claims = verifier.verify(token, audience="https://llm-gateway.internal",
+                             intent=Intent("web-search", "read", "repo:acme/app"))
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import ssl
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from ..platform.keys import ALGORITHMS, b64url_decode
+from ..platform.revocations import RevocationList, parse_document
+from ..rules.scope import Intent, scope_covers
+
+CLOCK_SKEW = 30  # seconds of tolerance on exp/nbf/iat
+JWKS_PATH = "/.well-known/jwks.json"
+REVOCATIONS_PATH = "/v1/revocations"
+
+
+class TokenRejected(Exception):
+    """The token is refused; `reason` is stable for programs, the message is for people."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+def _public_key(jwk: dict[str, str]) -> ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey:
+    if jwk.get("kty") == "OKP" and jwk.get("crv") == "Ed25519":
+        return ed25519.Ed25519PublicKey.from_public_bytes(b64url_decode(jwk["x"]))
+    if jwk.get("kty") == "EC" and jwk.get("crv") == "P-256":
+        numbers = ec.EllipticCurvePublicNumbers(
+            int.from_bytes(b64url_decode(jwk["x"]), "big"),
+            int.from_bytes(b64url_decode(jwk["y"]), "big"),
+            ec.SECP256R1(),
+        )
+        return numbers.public_key()
+    raise ValueError(f"unsupported key type {jwk.get('kty')}/{jwk.get('crv')}")
+
+
+def _decode_part(part: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(b64url_decode(part))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise TokenRejected("malformed", f"the {what} is not base64url-encoded JSON") from error
+    if not isinstance(value, dict):
+        raise TokenRejected("malformed", f"the {what} is not a JSON object")
+    return value
+
+
+@dataclass
+class Verifier:
+    jwks: dict[str, Any]
+    issuer: str
+    revoked: RevocationList = field(default_factory=RevocationList)
+
+    def __post_init__(self) -> None:
+        self._keys = {}
+        for jwk in self.jwks.get("keys", []):
+            if jwk.get("alg") in ALGORITHMS and jwk.get("kid"):
+                self._keys[jwk["kid"]] = (jwk["alg"], _public_key(jwk))
+
+    @classmethod
+    def from_url(
+        cls, base_url: str, *, issuer: str | None = None, cafile: str | None = None, timeout: float = 5.0
+    ) -> Verifier:
+        """Fetch the JWKS and revocation list the operator serves."""
+        context = ssl.create_default_context(cafile=cafile)
+        base = base_url.rstrip("/")
+
+        def fetch(path: str) -> dict[str, Any]:
+            with urllib.request.urlopen(base + path, context=context, timeout=timeout) as response:
+                return json.loads(response.read())
+
+        return cls(jwks=fetch(JWKS_PATH), issuer=issuer or base, revoked=revocation_list(fetch(REVOCATIONS_PATH)))
+
+    def verify(
+        self,
+        token: str,
+        audience: str,
+        intent: Intent | None = None,
+        *,
+        namespace: str | None = None,
+        credential: str | None = None,
+        now: float | None = None,
+    ) -> dict[str, Any]:
+        """The token's claims if it is ours, for `audience`, live and not revoked -- and, when
+        given, issued in `namespace`, for `credential`, and covering `intent`."""
+        parts = token.strip().split(".")
+        if len(parts) != 3 or not all(parts[:2]):
+            raise TokenRejected("malformed", "a token has three dot-separated parts")
+        header = _decode_part(parts[0], "header")
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in ALGORITHMS:
+            raise TokenRejected("unsupported-algorithm", f"algorithm {alg!r} is not accepted (only EdDSA and ES256)")
+        if "crit" in header:  # RFC 7515 4.1.11: refuse extensions we do not understand
+            raise TokenRejected(
+                "unsupported-critical-header", f"critical header parameters {header['crit']!r} are not understood"
+            )
+        kid = header.get("kid")
+        if not isinstance(kid, str) or kid not in self._keys:
+            raise TokenRejected("unknown-kid", f"no published key has kid {kid!r}")
+        key_alg, key = self._keys[kid]
+        if key_alg != alg:
+            raise TokenRejected("algorithm-mismatch", f"key {kid} is for {key_alg}, the token says {alg}")
+        try:
+            signature = b64url_decode(parts[2])
+        except ValueError as error:
+            raise TokenRejected("malformed", "the signature is not base64url") from error
+        self._check_signature(key, f"{parts[0]}.{parts[1]}".encode(), signature)
+        claims = _decode_part(parts[1], "payload")
+        self._check_claims(claims, audience, time.time() if now is None else now)
+        issued = _agentcred_claim(claims)
+        for expected, name in ((namespace, "namespace"), (credential, "credential")):
+            if expected is not None and issued.get(name) != expected:
+                raise TokenRejected(
+                    f"wrong-{name}", f"the token was issued for {name} {issued.get(name)!r}, not {expected!r}"
+                )
+        if intent is not None:
+            decision = scope_covers((claims.get("agentcred") or {}).get("scope") or {}, intent)
+            if not decision.allowed:
+                raise TokenRejected("out-of-scope", decision.message)
+        return claims
+
+    @staticmethod
+    def _check_signature(key: Any, message: bytes, signature: bytes) -> None:
+        try:
+            if isinstance(key, ed25519.Ed25519PublicKey):
+                key.verify(signature, message)
+            else:
+                if len(signature) != 64:
+                    raise InvalidSignature()
+                der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
+                key.verify(der, message, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature as error:
+            raise TokenRejected("bad-signature", "the signature does not match the token") from error
+
+    def _check_claims(self, claims: dict[str, Any], audience: str, now: float) -> None:
+        if claims.get("iss") != self.issuer:
+            raise TokenRejected("wrong-issuer", f"issuer {claims.get('iss')!r} is not {self.issuer!r}")
+        audiences = claims.get("aud")
+        audiences = [audiences] if isinstance(audiences, str) else list(audiences or [])
+        if audience not in audiences:
+            raise TokenRejected("wrong-audience", f"the token is for {audiences}, not {audience!r}")
+        for name in ("exp", "iat", "nbf", "jti"):
+            if name not in claims:
+                raise TokenRejected("malformed", f"the token has no {name} claim")
+        if not isinstance(claims["exp"], (int, float)) or now > claims["exp"] + CLOCK_SKEW:
+            raise TokenRejected("expired", f"the token expired at {claims['exp']}")
+        if not isinstance(claims["nbf"], (int, float)) or now + CLOCK_SKEW < claims["nbf"]:
+            raise TokenRejected("not-yet-valid", f"the token is not valid before {claims['nbf']}")
+        if not isinstance(claims["iat"], (int, float)):
+            raise TokenRejected("malformed", "the iat claim is not a number")
+        issued = _agentcred_claim(claims)
+        pod_uid, credential = issued.get("podUID"), issued.get("credential")
+        if not isinstance(pod_uid, str) or not isinstance(credential, str):
+            raise TokenRejected("malformed", "the token names no pod and credential (agentcred claim)")
+        if self.revoked.covers(pod_uid, credential, dt.datetime.fromtimestamp(claims["iat"], dt.timezone.utc)):
+            raise TokenRejected("revoked", f"token {claims['jti']} was revoked (credential {credential} of its pod)")
+
+
+def _agentcred_claim(claims: dict[str, Any]) -> dict[str, Any]:
+    found = claims.get("agentcred")
+    return found if isinstance(found, dict) else {}
+
+
+def revocation_list(document: dict[str, Any]) -> RevocationList:
+    """The operator's revocation list document, as a list to check tokens against."""
+    revoked = RevocationList()
+    for entry in parse_document(document):
+        revoked.add(entry)
+    return revoked

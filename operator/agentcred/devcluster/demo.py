@@ -1,0 +1,186 @@
+"""`agentcred demo`: the whole story on a local control plane, in about a minute.
+
+Starts etcd, kube-apiserver and kube-controller-manager on loopback, the operator with
+its admission webhook, and the kubelet stand-in; applies examples/quickstart.yaml (a
+namespace, a ServiceAccount, an AgentCredential and an agent Job); shows the token the
+agent's pod receives (its claims and fingerprint, not the token), completes the Job, and
+shows the value revoked and the audit trail. Everything started is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from kubernetes import client, config, utils
+
+from ..api import labels
+from ..api.model import GROUP, PLURAL, VERSION
+from ..api.projection import fingerprint
+from .binaries import ensure_binaries
+from .controlplane import ControlPlane, free_port
+from .install import install_agentcred
+from .kubelet import FakeKubelet
+from .polling import wait_for
+
+EXAMPLE = "quickstart.yaml"
+
+
+def _say(text: str) -> None:
+    print(f"\n\033[1m==> {text}\033[0m", flush=True)
+
+
+def _example_path() -> Path:
+    candidates = [Path.cwd() / "examples" / EXAMPLE, Path(__file__).resolve().parents[2] / "examples" / EXAMPLE]
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"examples/{EXAMPLE} not found; run the demo from the repository root")
+
+
+def _webhook_listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def run_demo() -> int:
+    ensure_binaries()
+    with tempfile.TemporaryDirectory(prefix="agentcred-demo-") as workdir, ControlPlane() as plane:
+        return _run(plane, Path(workdir))
+
+
+def _run(plane: ControlPlane, workdir: Path) -> int:
+    audit_log = workdir / "audit.log"
+    _say(f"local control plane up at {plane.server} (kubeconfig {plane.kubeconfig})")
+    api = config.new_client_from_config(config_file=str(plane.kubeconfig))
+    core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+    install_agentcred(api)
+
+    port = free_port()
+    env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
+    operator_log = open(workdir / "operator.log", "wb")
+    operator = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agentcred",
+            "run",
+            "--standalone",
+            "--namespace",
+            "agentcred",
+            "--webhook-address",
+            "127.0.0.1",
+            "--webhook-port",
+            str(port),
+            "--webhook-url",
+            f"https://127.0.0.1:{port}",
+            "--audit-log",
+            str(audit_log),
+        ],
+        stdout=operator_log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    kubelet = FakeKubelet(api).start()
+    try:
+        wait_for(timeout=60, what="the operator's webhook", predicate=lambda: _webhook_listening(port))
+        _say(f"operator running (pid {operator.pid}); its webhook is registered for opted-in pods")
+
+        _say(f"applying examples/{EXAMPLE}: namespace, ServiceAccount, AgentCredential, agent Job")
+        custom = client.CustomObjectsApi(api)
+        for document in yaml.safe_load_all(_example_path().read_text()):
+            name = document["metadata"]["name"]
+            if document["kind"] == "AgentCredential":
+                namespace = document["metadata"]["namespace"]
+                custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, document)
+                # Ready in status means the operator has it in memory for the webhook.
+                wait_for(
+                    timeout=60,
+                    what="the credential to be Ready",
+                    predicate=functools.partial(_ready, custom, namespace, name),
+                )
+            else:
+                utils.create_from_dict(api, document)
+            print(f"  created {document['kind']} {name}")
+
+        pod = wait_for(
+            timeout=60,
+            what="the agent's pod to run",
+            predicate=lambda: next(
+                (
+                    p
+                    for p in core.list_namespaced_pod("agents", label_selector="job-name=research-task").items
+                    if p.status.phase == "Running"
+                ),
+                None,
+            ),
+        )
+        binding = pod.metadata.annotations[labels.BINDING_ANNOTATION]
+        secret = core.read_namespaced_secret(labels.secret_name(binding), "agents")
+        token = base64.b64decode(secret.data[labels.value_key("research-llm")])
+        mount = next(m for m in pod.spec.containers[0].volume_mounts if m.name.startswith("agentcred-"))
+        _say(f"pod {pod.metadata.name} was held by a scheduling gate until its Secret existed, then ran")
+        print(f"  file:        {mount.mount_path}/{labels.VALUE_FILE} (read-only, from Secret {secret.metadata.name})")
+        print(f"  fingerprint: {fingerprint(token)}")
+        payload = token.split(b".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4)))
+        print("  claims:")
+        for name, value in claims.items():
+            print(f"    {name:<10} {json.dumps(value, separators=(', ', ': '))}")
+
+        _say("the agent finishes: its Job completes")
+        started = time.monotonic()
+        kubelet.succeed("agents", pod.metadata.name)
+        wait_for(
+            timeout=60,
+            what="the Secret to be revoked",
+            predicate=lambda: (
+                not core.list_namespaced_secret("agents", field_selector=f"metadata.name={secret.metadata.name}").items
+            ),
+        )
+        revoked_after = time.monotonic() - started
+        wait_for(
+            timeout=60,
+            what="the Job to complete",
+            predicate=lambda: any(
+                c.type == "Complete" and c.status == "True"
+                for c in batch.read_namespaced_job("research-task", "agents").status.conditions or []
+            ),
+        )
+        print(
+            f"  Job research-task Complete; Secret {secret.metadata.name} deleted "
+            f"{revoked_after * 1000:.0f} ms after the pod succeeded"
+        )
+
+        _say("the audit log: one line per issue and revoke, a fingerprint, never the value")
+        time.sleep(0.5)
+        for line in audit_log.read_text().splitlines():
+            print("  " + line)
+        _say("done: stopping the operator, the kubelet stand-in and the control plane")
+        return 0
+    finally:
+        kubelet.stop()
+        operator.terminate()
+        try:
+            operator.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+        operator_log.close()
+
+
+def _ready(custom: client.CustomObjectsApi, namespace: str, name: str) -> bool:
+    body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    conditions = (body.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)

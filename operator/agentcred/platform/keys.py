@@ -1,0 +1,249 @@
+"""Signing keys for minted tokens: Ed25519 (EdDSA) and P-256 (ES256), JWKS, compact JWS.
+
+The key ring lives in one Secret in the operator's namespace, so every replica signs with
+the same keys and a restart keeps them. Keys carry a `kid` (their RFC 7638 thumbprint).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import functools
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+Algorithm = Literal["EdDSA", "ES256"]
+ALGORITHMS: tuple[Algorithm, ...] = ("EdDSA", "ES256")
+DEFAULT_ALGORITHM: Algorithm = "EdDSA"
+KEYRING_KEY = "keys.json"
+MACS_KEY = "macs.json"
+
+SigningPrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _canonical(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+
+
+def public_jwk_of(alg: Algorithm, private_key: SigningPrivateKey) -> dict[str, str]:
+    if alg == "EdDSA":
+        assert isinstance(private_key, ed25519.Ed25519PrivateKey)
+        raw = private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return {"kty": "OKP", "crv": "Ed25519", "x": b64url(raw)}
+    assert isinstance(private_key, ec.EllipticCurvePrivateKey)
+    numbers = private_key.public_key().public_numbers()
+    return {
+        "kty": "EC",
+        "crv": "P-256",
+        "x": b64url(numbers.x.to_bytes(32, "big")),
+        "y": b64url(numbers.y.to_bytes(32, "big")),
+    }
+
+
+def thumbprint(jwk: dict[str, str]) -> str:
+    """RFC 7638: the SHA-256 of the key's required members, canonically serialised."""
+    required = {"OKP": ("crv", "kty", "x"), "EC": ("crv", "kty", "x", "y")}[jwk["kty"]]
+    return b64url(hashlib.sha256(_canonical({k: jwk[k] for k in required})).digest())
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    alg: Algorithm
+    private_key: SigningPrivateKey
+    created_at: dt.datetime
+    retired_at: dt.datetime | None = None  # no longer signs; published until its tokens expire
+
+    @functools.cached_property
+    def public_jwk(self) -> dict[str, str]:
+        jwk = public_jwk_of(self.alg, self.private_key)
+        return {**jwk, "kid": thumbprint(jwk), "alg": self.alg, "use": "sig"}
+
+    @functools.cached_property
+    def kid(self) -> str:
+        return self.public_jwk["kid"]
+
+    def sign(self, message: bytes) -> bytes:
+        if isinstance(self.private_key, ed25519.Ed25519PrivateKey):
+            return self.private_key.sign(message)
+        r, s = decode_dss_signature(self.private_key.sign(message, ec.ECDSA(hashes.SHA256())))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")  # JWS wants raw r||s
+
+    def to_json(self) -> dict[str, Any]:
+        pem = self.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        return {
+            "alg": self.alg,
+            "createdAt": self.created_at.isoformat(),
+            "retiredAt": self.retired_at.isoformat() if self.retired_at else None,
+            "pem": pem.decode(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SigningKey:
+        key = serialization.load_pem_private_key(data["pem"].encode(), password=None)
+        if not isinstance(key, (ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey)):
+            raise ValueError("signing keys must be Ed25519 or EC P-256")
+        retired = data.get("retiredAt")
+        return cls(
+            alg=data["alg"],
+            private_key=key,
+            created_at=dt.datetime.fromisoformat(data["createdAt"]),
+            retired_at=dt.datetime.fromisoformat(retired) if retired else None,
+        )
+
+
+def new_signing_key(alg: Algorithm, now: dt.datetime) -> SigningKey:
+    private_key: SigningPrivateKey = (
+        ed25519.Ed25519PrivateKey.generate() if alg == "EdDSA" else ec.generate_private_key(ec.SECP256R1())
+    )
+    return SigningKey(alg=alg, private_key=private_key, created_at=now)
+
+
+MacPurpose = Literal["admission", "fingerprint"]
+MAC_PURPOSES: tuple[MacPurpose, ...] = ("admission", "fingerprint")
+
+
+@dataclass(frozen=True)
+class MacKey:
+    """A shared secret for keyed MACs: the webhook's admission seal, value fingerprints."""
+
+    purpose: MacPurpose
+    secret: bytes
+    created_at: dt.datetime
+    retired_at: dt.datetime | None = None
+
+    @functools.cached_property
+    def id(self) -> str:
+        # Names the key in what it signed; a hash of a 256-bit secret reveals nothing of it.
+        return hashlib.sha256(b"agentcred-mac-id:" + self.secret).hexdigest()[:8]
+
+    def mac(self, message: bytes) -> bytes:
+        return hmac.new(self.secret, message, hashlib.sha256).digest()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "purpose": self.purpose,
+            "secret": b64url(self.secret),
+            "createdAt": self.created_at.isoformat(),
+            "retiredAt": self.retired_at.isoformat() if self.retired_at else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MacKey:
+        retired = data.get("retiredAt")
+        return cls(
+            purpose=data["purpose"],
+            secret=b64url_decode(data["secret"]),
+            created_at=dt.datetime.fromisoformat(data["createdAt"]),
+            retired_at=dt.datetime.fromisoformat(retired) if retired else None,
+        )
+
+
+def new_mac_key(purpose: MacPurpose, now: dt.datetime) -> MacKey:
+    return MacKey(purpose=purpose, secret=secrets.token_bytes(32), created_at=now)
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    keys: tuple[SigningKey, ...]
+    macs: tuple[MacKey, ...] = ()
+
+    @classmethod
+    def generate(cls, now: dt.datetime) -> KeyRing:
+        return cls(
+            tuple(new_signing_key(alg, now) for alg in ALGORITHMS),
+            tuple(new_mac_key(purpose, now) for purpose in MAC_PURPOSES),
+        )
+
+    def with_missing_macs(self, now: dt.datetime) -> KeyRing:
+        """The ring with a MAC key for every purpose (rings written by older versions lack them)."""
+        have = {key.purpose for key in self.macs if key.retired_at is None}
+        added = tuple(new_mac_key(purpose, now) for purpose in MAC_PURPOSES if purpose not in have)
+        return dataclasses.replace(self, macs=(*self.macs, *added)) if added else self
+
+    def mac_key(self, purpose: MacPurpose) -> MacKey:
+        """The current key for `purpose` (the newest one not retired)."""
+        active = [k for k in self.macs if k.purpose == purpose and k.retired_at is None]
+        if not active:
+            raise LookupError(f"no active {purpose} MAC key")
+        return max(active, key=lambda k: k.created_at)
+
+    def mac_keys(self, purpose: MacPurpose) -> dict[str, MacKey]:
+        """Every key for `purpose` still kept, current and retired, by id."""
+        return {k.id: k for k in self.macs if k.purpose == purpose}
+
+    def current(self, alg: Algorithm) -> SigningKey:
+        active = [k for k in self.keys if k.alg == alg and k.retired_at is None]
+        if not active:
+            raise LookupError(f"no active {alg} signing key")
+        return max(active, key=lambda k: k.created_at)
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [key.public_jwk for key in self.keys]}
+
+    def to_secret_data(self) -> dict[str, str]:
+        def encoded(items: list[dict[str, Any]]) -> str:
+            return base64.b64encode(json.dumps(items).encode()).decode()
+
+        return {
+            KEYRING_KEY: encoded([key.to_json() for key in self.keys]),
+            MACS_KEY: encoded([key.to_json() for key in self.macs]),
+        }
+
+    @classmethod
+    def from_secret_data(cls, data: dict[str, str]) -> KeyRing:
+        entries = json.loads(base64.b64decode(data[KEYRING_KEY]))
+        macs = json.loads(base64.b64decode(data[MACS_KEY])) if data.get(MACS_KEY) else []
+        return cls(
+            tuple(SigningKey.from_json(entry) for entry in entries), tuple(MacKey.from_json(entry) for entry in macs)
+        )
+
+
+# Retired keys stay published this long: longer than any token they signed can live
+# (the CRD caps ttl at 24h), plus clock skew.
+KEY_RETENTION = dt.timedelta(hours=25)
+
+
+def rotate(ring: KeyRing, alg: Algorithm, now: dt.datetime) -> KeyRing:
+    """A new current key for `alg`; the old one retires but stays published."""
+    retired = tuple(
+        dataclasses.replace(k, retired_at=now) if k.alg == alg and k.retired_at is None else k for k in ring.keys
+    )
+    return dataclasses.replace(ring, keys=(*retired, new_signing_key(alg, now)))
+
+
+def prune(ring: KeyRing, now: dt.datetime, retention: dt.timedelta = KEY_RETENTION) -> KeyRing:
+    """Drop retired keys whose every token has expired."""
+
+    def kept(key: SigningKey | MacKey) -> bool:
+        return key.retired_at is None or key.retired_at + retention > now
+
+    return KeyRing(tuple(k for k in ring.keys if kept(k)), tuple(k for k in ring.macs if kept(k)))
+
+
+def rotation_due(ring: KeyRing, alg: Algorithm, now: dt.datetime, interval: dt.timedelta | None) -> bool:
+    return interval is not None and ring.current(alg).created_at + interval <= now
+
+
+def encode_jwt(claims: dict[str, Any], key: SigningKey) -> str:
+    header = {"alg": key.alg, "typ": "JWT", "kid": key.kid}
+    signing_input = f"{b64url(_canonical(header))}.{b64url(_canonical(claims))}"
+    return f"{signing_input}.{b64url(key.sign(signing_input.encode()))}"

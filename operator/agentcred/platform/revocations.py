@@ -1,0 +1,144 @@
+"""Tokens revoked before their expiry, by pod: one entry covers every token of a pod.
+
+An entry names a pod UID and a credential (or `*`, every credential of the pod): it revokes
+every token issued to that pod for that credential -- the projected value and every token
+exchanged from it -- or, with `before`, those issued before a moment (a leaked value is
+replaced by a fresh one). So the list grows with revoked pods, never with exchanges, and a
+token revoked by one replica is revoked for every replica without anyone remembering its id.
+An entry is dropped at `until`, once every token it covers has expired.
+
+Verifiers fetch the list with the JWKS; the operator keeps it in a few ConfigMaps (shards,
+by pod UID) in its namespace. Replicas only ever add entries and drop expired ones, so
+merging two views is their union: a write that lost a race is merged and written again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+REVOCATIONS_KEY = "revoked.json"
+DEFAULT_SHARDS = 8
+# A ConfigMap holds at most 1 MiB; stay well under it so a shard never fails to save.
+SHARD_LIMIT_BYTES = 900 * 1024
+ALL_CREDENTIALS = "*"
+
+
+def _epoch(moment: dt.datetime) -> int:
+    return int(moment.timestamp())
+
+
+def _moment(epoch: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc)
+
+
+@dataclass(frozen=True)
+class Revocation:
+    pod_uid: str
+    credential: str  # or ALL_CREDENTIALS
+    until: dt.datetime  # every token this covers has expired by then
+    before: dt.datetime | None = None  # only tokens issued before this; None: all of them
+
+    def covers(self, issued_at: dt.datetime) -> bool:
+        return self.before is None or issued_at < self.before
+
+    def merged(self, other: Revocation) -> Revocation:
+        """Both at once: the wider cut-off, the later expiry."""
+        before = None if self.before is None or other.before is None else max(self.before, other.before)
+        return Revocation(self.pod_uid, self.credential, max(self.until, other.until), before)
+
+    def document(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"podUID": self.pod_uid, "credential": self.credential, "exp": _epoch(self.until)}
+        if self.before is not None:
+            entry["before"] = _epoch(self.before)
+        return entry
+
+
+def shard_of(pod_uid: str, shards: int) -> int:
+    return int(hashlib.sha256(pod_uid.encode()).hexdigest()[:8], 16) % shards
+
+
+class RevocationList:
+    def __init__(self, shards: int = DEFAULT_SHARDS) -> None:
+        self.shards = shards
+        self._entries: dict[tuple[str, str], Revocation] = {}
+        self.dirty: set[int] = set()  # shards changed since they were last saved
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[Revocation]:
+        return iter(list(self._entries.values()))
+
+    def add(self, revocation: Revocation) -> None:
+        key = (revocation.pod_uid, revocation.credential)
+        current = self._entries.get(key)
+        merged = revocation if current is None else current.merged(revocation)
+        if merged != current:
+            self._entries[key] = merged
+            self.dirty.add(shard_of(revocation.pod_uid, self.shards))
+
+    def revoke(self, pod_uid: str, credential: str, until: dt.datetime, before: dt.datetime | None = None) -> None:
+        self.add(Revocation(pod_uid, credential, until, before))
+
+    def covers(self, pod_uid: str, credential: str, issued_at: dt.datetime) -> bool:
+        """Is a token issued to this pod for this credential at `issued_at` revoked?"""
+        return any(
+            entry is not None and entry.covers(issued_at)
+            for entry in (self._entries.get((pod_uid, credential)), self._entries.get((pod_uid, ALL_CREDENTIALS)))
+        )
+
+    def prune(self, now: dt.datetime) -> None:
+        for key, entry in list(self._entries.items()):
+            if entry.until <= now:
+                del self._entries[key]
+                self.dirty.add(shard_of(entry.pod_uid, self.shards))
+
+    def document(self) -> dict[str, Any]:
+        """The served form, for verifiers."""
+        return {
+            "revoked": [
+                entry.document() for entry in sorted(self._entries.values(), key=lambda e: (e.pod_uid, e.credential))
+            ]
+        }
+
+    # -- persistence: one ConfigMap per shard ------------------------------------------
+
+    def shard_data(self, shard: int) -> dict[str, str]:
+        entries = {
+            f"{e.pod_uid}/{e.credential}": [_epoch(e.until), _epoch(e.before) if e.before else None]
+            for e in self._entries.values()
+            if shard_of(e.pod_uid, self.shards) == shard
+        }
+        return {REVOCATIONS_KEY: json.dumps(entries, separators=(",", ":"), sort_keys=True)}
+
+    def merge_shard_data(self, data: dict[str, str] | None) -> None:
+        """Add what a saved shard holds (a union: nothing known here is lost)."""
+        raw = json.loads((data or {}).get(REVOCATIONS_KEY) or "{}")
+        for key, (until, before) in raw.items():
+            pod_uid, _, credential = str(key).partition("/")
+            revocation = Revocation(pod_uid, credential, _moment(until), _moment(before) if before else None)
+            current = self._entries.get((pod_uid, credential))
+            self._entries[(pod_uid, credential)] = revocation if current is None else current.merged(revocation)
+
+
+def too_large(data: dict[str, str]) -> bool:
+    return sum(len(value) for value in data.values()) > SHARD_LIMIT_BYTES
+
+
+def parse_document(document: dict[str, Any]) -> Iterable[Revocation]:
+    """Entries from the served document (what verifiers read), skipping malformed ones."""
+    for entry in document.get("revoked") or []:
+        try:
+            yield Revocation(
+                str(entry["podUID"]),
+                str(entry["credential"]),
+                _moment(entry["exp"]),
+                _moment(entry["before"]) if entry.get("before") is not None else None,
+            )
+        except (KeyError, TypeError, ValueError, OverflowError):
+            continue

@@ -1,0 +1,272 @@
+"""The admission decision for an opted-in pod: refuse with a reason, or the pod to admit.
+
+Pure: the webhook hands in the pod and a lookup into the in-memory credential index; no
+API call happens while a pod waits for admission.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import re
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from ..api import labels
+from ..api.pods import pod_task
+from . import seal
+from .credentials import CredentialRecord
+
+MAX_CREDENTIALS_PER_POD = 16
+MAX_ANNOTATION_LENGTH = 2048
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DEFAULT_FILE_MODE = 0o444
+
+Lookup = Callable[[str], CredentialRecord | None]
+
+
+class Refusal(Exception):
+    """The pod cannot be admitted; the message says why and names what is wrong."""
+
+
+def new_binding_id() -> str:
+    return secrets.token_hex(8)
+
+
+def parse_credentials_annotation(text: str | None) -> list[str]:
+    if text is None or not text.strip():
+        raise Refusal(
+            f"the pod has label {labels.INJECT_LABEL}=true but no {labels.CREDENTIALS_ANNOTATION} "
+            "annotation naming the AgentCredentials it needs"
+        )
+    if len(text) > MAX_ANNOTATION_LENGTH:
+        raise Refusal(f"annotation {labels.CREDENTIALS_ANNOTATION} is longer than {MAX_ANNOTATION_LENGTH} characters")
+    names: list[str] = []
+    for part in text.split(","):
+        name = part.strip()
+        if not _NAME.fullmatch(name):
+            shown = name if len(name) <= 80 else name[:80] + "..."
+            raise Refusal(
+                f"annotation {labels.CREDENTIALS_ANNOTATION} has an invalid credential name {shown!r}: "
+                "use a comma-separated list of AgentCredential names"
+            )
+        if name not in names:
+            names.append(name)
+    if len(names) > MAX_CREDENTIALS_PER_POD:
+        raise Refusal(f"a pod may ask for at most {MAX_CREDENTIALS_PER_POD} credentials, not {len(names)}")
+    return names
+
+
+def _check(names: list[str], namespace: str, service_account: str, lookup: Lookup) -> list[CredentialRecord]:
+    records, problems = [], []
+    for name in names:
+        record = lookup(name)
+        if record is None:
+            problems.append(f"AgentCredential {name} does not exist in namespace {namespace}")
+        elif not record.ready or record.spec is None:
+            verdict = record.verdict()
+            problems.append(
+                f"AgentCredential {name} in namespace {namespace} is not Ready ({verdict.reason}): {verdict.message}"
+            )
+        elif not record.allows(service_account):
+            allowed = ", ".join(record.spec.subjects.service_accounts)
+            problems.append(
+                f"ServiceAccount {service_account} in namespace {namespace} is not a subject of "
+                f"AgentCredential {name} (its subjects: {allowed})"
+            )
+        else:
+            records.append(record)
+    if problems:
+        raise Refusal("; ".join(problems))
+    mount_paths: dict[str, str] = {}
+    for record in records:
+        assert record.spec is not None
+        path = record.spec.projection.mount_path
+        if path in mount_paths:
+            raise Refusal(f"AgentCredentials {mount_paths[path]} and {record.name} both mount at {path}")
+        mount_paths[path] = record.name
+    return records
+
+
+OWN_ANNOTATIONS = (labels.BINDING_ANNOTATION, labels.ADMITTED_ANNOTATION, labels.SEAL_ANNOTATION)
+
+
+def _already_admitted(pod: dict[str, Any], namespace: str, keys: seal.SealKeys, now: dt.datetime) -> bool:
+    """This webhook's own work, seen again when the API server reinvokes it (another webhook
+    changed the pod after us): sealed by us, moments ago."""
+    task = pod_task({**pod, "metadata": {**(pod.get("metadata") or {}), "namespace": namespace}})
+    if task is None or task.admitted_at is None or not now - seal.REINVOCATION_WINDOW <= task.admitted_at <= now:
+        return False
+    return seal.holds(
+        keys.mac_keys("admission"),
+        task.seal,
+        namespace,
+        task.binding,
+        task.service_account,
+        task.credentials,
+        task.admitted_text,
+    )
+
+
+def _arrives_clean(pod: dict[str, Any]) -> None:
+    """What the webhook adds is the webhook's alone: a pod that brings a binding, an
+    agentcred volume or the gate of its own is refused, so no pod can name another's Secret."""
+    meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+    brought = [f"annotation {name}" for name in OWN_ANNOTATIONS if name in (meta.get("annotations") or {})]
+    brought += [
+        f"volume {v.get('name')}"
+        for v in spec.get("volumes") or []
+        if str(v.get("name", "")).startswith(labels.VOLUME_PREFIX)
+    ]
+    if any(g.get("name") == labels.SCHEDULING_GATE for g in spec.get("schedulingGates") or []):
+        brought.append(f"scheduling gate {labels.SCHEDULING_GATE}")
+    if brought:
+        raise Refusal(f"the pod arrives with {', '.join(brought)}: only the agentcred admission webhook sets these")
+
+
+def _volume(record: CredentialRecord, secret_name: str) -> dict[str, Any]:
+    assert record.spec is not None
+    mode = record.spec.projection.file_mode or DEFAULT_FILE_MODE
+    return {
+        "name": labels.volume_name(record.name),
+        "projected": {
+            "defaultMode": mode,
+            "sources": [
+                {
+                    "secret": {
+                        "name": secret_name,
+                        # optional: when a value is revoked the kubelet removes the file
+                        # instead of keeping the last value around.
+                        "optional": True,
+                        "items": [
+                            {"key": labels.value_key(record.name), "path": labels.VALUE_FILE},
+                            {"key": labels.expiry_key(record.name), "path": labels.EXPIRY_FILE},
+                        ],
+                    }
+                }
+            ],
+        },
+    }
+
+
+def _mount_clashes(pod: dict[str, Any], records: list[CredentialRecord]) -> None:
+    spec = pod.get("spec") or {}
+    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        for record in records:
+            assert record.spec is not None
+            path, volume = record.spec.projection.mount_path, labels.volume_name(record.name)
+            clash = next(
+                (
+                    m
+                    for m in container.get("volumeMounts") or []
+                    if m.get("mountPath") == path and m.get("name") != volume
+                ),
+                None,
+            )
+            if clash is not None:
+                raise Refusal(
+                    f"container {container.get('name')} already mounts volume {clash.get('name')} at "
+                    f"{path}, where AgentCredential {record.name} is projected"
+                )
+
+
+def _add_to_container(container: dict[str, Any], records: list[CredentialRecord]) -> None:
+    mounts = container.setdefault("volumeMounts", [])
+    env = container.setdefault("env", [])
+    for record in records:
+        assert record.spec is not None
+        projection = record.spec.projection
+        volume = labels.volume_name(record.name)
+        if not any(m.get("name") == volume for m in mounts):
+            mounts.append({"name": volume, "mountPath": projection.mount_path, "readOnly": True})
+        if projection.env_var and not any(e.get("name") == projection.env_var for e in env):
+            env.append({"name": projection.env_var, "value": f"{projection.mount_path}/{labels.VALUE_FILE}"})
+    if not env:
+        container.pop("env")
+
+
+def _well_formed(pod: Any) -> None:
+    """The API server sends well-formed pods; anything else is refused, not crashed on."""
+
+    def mapping(value: Any, where: str) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise Refusal(f"malformed pod: {where} is not an object")
+        return value
+
+    body = mapping(pod, "the pod")
+    meta, spec = mapping(body.get("metadata"), "metadata"), mapping(body.get("spec"), "spec")
+    annotations = mapping(meta.get("annotations"), "metadata.annotations")
+    if not isinstance(annotations.get(labels.CREDENTIALS_ANNOTATION, ""), str):
+        raise Refusal(f"malformed pod: annotation {labels.CREDENTIALS_ANNOTATION} is not a string")
+    if not isinstance(spec.get("serviceAccountName") or "", str):
+        raise Refusal("malformed pod: spec.serviceAccountName is not a string")
+    for field in ("containers", "initContainers", "volumes", "schedulingGates"):
+        items = spec.get(field) or []
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise Refusal(f"malformed pod: spec.{field} is not a list of objects")
+    for field in ("containers", "initContainers"):
+        for container in spec.get(field) or []:
+            for nested in ("volumeMounts", "env"):
+                items = container.get(nested) or []
+                if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+                    raise Refusal(f"malformed pod: spec.{field}[].{nested} is not a list of objects")
+
+
+def admit(
+    pod: dict[str, Any], namespace: str, lookup: Lookup, keys: seal.SealKeys, now: dt.datetime | None = None
+) -> list[CredentialRecord] | None:
+    """The credentials the pod may receive, None if this webhook already admitted it (a
+    reinvocation: nothing more to do), or Refusal saying why not. Reads only."""
+    _well_formed(pod)
+    if _already_admitted(pod, namespace, keys, now or dt.datetime.now(dt.timezone.utc)):
+        return None
+    _arrives_clean(pod)
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    names = parse_credentials_annotation(annotations.get(labels.CREDENTIALS_ANNOTATION))
+    service_account = (pod.get("spec") or {}).get("serviceAccountName") or "default"
+    records = _check(names, namespace, service_account, lookup)
+    _mount_clashes(pod, records)
+    return records
+
+
+def apply(
+    pod: dict[str, Any],
+    namespace: str,
+    records: list[CredentialRecord],
+    keys: seal.SealKeys,
+    now: dt.datetime | None = None,
+) -> None:
+    """Add a new binding, volumes, mounts, env, gate and the admission seal to `pod` in place."""
+    binding = new_binding_id()
+    secret_name = labels.secret_name(binding)
+    meta = pod.setdefault("metadata", {})
+    annotations = meta.setdefault("annotations", {})
+    moment = now or dt.datetime.now(dt.timezone.utc)
+    admitted_at = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    service_account = (pod.get("spec") or {}).get("serviceAccountName") or "default"
+    annotations[labels.BINDING_ANNOTATION] = binding
+    annotations[labels.ADMITTED_ANNOTATION] = admitted_at
+    annotations[labels.SEAL_ANNOTATION] = seal.seal(
+        keys.mac_key("admission"), namespace, binding, service_account, [record.name for record in records], admitted_at
+    )
+    spec = pod.setdefault("spec", {})
+    volumes = spec.setdefault("volumes", [])
+    for record in records:
+        volumes.append(_volume(record, secret_name))
+    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        _add_to_container(container, records)
+    spec.setdefault("schedulingGates", []).append({"name": labels.SCHEDULING_GATE})
+
+
+def inject(
+    pod: dict[str, Any], namespace: str, lookup: Lookup, keys: seal.SealKeys, now: dt.datetime | None = None
+) -> dict[str, Any]:
+    """The pod as it should be admitted, or Refusal. Running it again on the result changes nothing."""
+    records = admit(pod, namespace, lookup, keys, now)
+    admitted = copy.deepcopy(pod)
+    if records is not None:
+        apply(admitted, namespace, records, keys, now)
+    return admitted

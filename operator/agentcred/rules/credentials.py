@@ -1,0 +1,169 @@
+"""The in-memory view of one AgentCredential: what the webhook and the issuer consult.
+
+Built by a Kopf index from each AgentCredential event, so admission and issuing never need
+an API round-trip to look a credential up. The spec is parsed once per event; the verdict
+depends on the date (exceptions and reviews expire), so it is re-judged when the day turns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..api import labels
+from ..api.model import AgentCredentialSpec, parse_spec
+from ..api.policy_model import AgentCredentialPolicySpec
+from . import tenancy
+from .verdicts import Verdict, describe_validation_error, judge
+
+
+def today() -> dt.date:
+    return dt.datetime.now(dt.timezone.utc).date()
+
+
+@dataclass(frozen=True)
+class CredentialRecord:
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    created: dt.date
+    spec: AgentCredentialSpec | None
+    invalid: Verdict | None  # set when the spec does not parse
+    status: dict[str, Any]
+    owner_ref: dict[str, Any]  # enough for Events: apiVersion, kind, name, namespace, uid
+    # What the cluster around it says (see `Gatekeeper`): no policy allows it, or its source
+    # is not there. Set on the copy handed out by a lookup; None: nothing stands in the way.
+    blocked: Verdict | None = None
+    allowed_by: str | None = None  # the AgentCredentialPolicy that allows it
+    _verdicts: dict[dt.date, Verdict] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    def verdict(self, on: dt.date | None = None) -> Verdict:
+        if self.invalid is not None or self.spec is None:
+            assert self.invalid is not None
+            return self.invalid
+        day = on or today()
+        if day not in self._verdicts:
+            self._verdicts.clear()
+            self._verdicts[day] = judge(self.spec, self.created, day)
+        own = self._verdicts[day]
+        if not own.ready:
+            return own
+        if self.blocked is not None:
+            return dataclasses.replace(
+                self.blocked,
+                spec=own.spec,
+                review_due=own.review_due,
+                review_overdue=own.review_overdue,
+                exception_expired=own.exception_expired,
+            )
+        if self.allowed_by:
+            return dataclasses.replace(
+                own, message=f"{own.message}; allowed by AgentCredentialPolicy {self.allowed_by}"
+            )
+        return own
+
+    @property
+    def ready(self) -> bool:
+        return self.verdict().ready
+
+    def allows(self, service_account: str) -> bool:
+        return self.spec is not None and service_account in self.spec.subjects.service_accounts
+
+
+def credential_record(body: dict[str, Any]) -> CredentialRecord:
+    meta = body.get("metadata") or {}
+    created = meta.get("creationTimestamp")
+    spec: AgentCredentialSpec | None = None
+    invalid: Verdict | None = None
+    try:
+        spec = parse_spec(dict(body.get("spec") or {}))
+    except ValidationError as error:
+        invalid = Verdict(False, "InvalidSpec", describe_validation_error(error))
+    return CredentialRecord(
+        namespace=meta.get("namespace", ""),
+        name=meta.get("name", ""),
+        uid=meta.get("uid", ""),
+        generation=int(meta.get("generation") or 0),
+        created=dt.date.fromisoformat(created[:10]) if created else today(),
+        spec=spec,
+        invalid=invalid,
+        status=dict(body.get("status") or {}),
+        owner_ref={
+            "apiVersion": body.get("apiVersion"),
+            "kind": body.get("kind"),
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+        },
+    )
+
+
+@dataclass(frozen=True)
+class SharedSecret:
+    """An upstream Secret its owner shares with agentcred (metadata only, never a value)."""
+
+    keys: frozenset[str]
+    shared_with: frozenset[str] | None  # AgentCredential names in its namespace; None: any
+
+
+def shared_secret(body: dict[str, Any]) -> SharedSecret:
+    meta = body.get("metadata") or {}
+    names = str((meta.get("annotations") or {}).get(labels.SHARED_WITH_ANNOTATION) or "")
+    listed = frozenset(n.strip() for n in names.split(",") if n.strip())
+    return SharedSecret(
+        keys=frozenset((body.get("data") or {}).keys()), shared_with=None if listed == {"*"} else listed
+    )
+
+
+def upstream_problem(record: CredentialRecord, found: SharedSecret | None) -> Verdict | None:
+    """Why a static credential's upstream Secret cannot be copied, or None."""
+    spec = record.spec
+    if spec is None or spec.source.secret_ref is None:
+        return None
+    ref = spec.source.secret_ref
+    where = f"Secret {ref.name} in namespace {record.namespace}"
+    if found is None or (found.shared_with is not None and record.name not in found.shared_with):
+        return Verdict(
+            False,
+            "UpstreamNotShared",
+            f"{where} does not exist or is not shared with AgentCredential {record.name}: its owner "
+            f"labels it {labels.SHARED_LABEL}=true and annotates it {labels.SHARED_WITH_ANNOTATION}: "
+            f"{record.name}",
+        )
+    if ref.key not in found.keys:
+        return Verdict(False, "UpstreamKeyMissing", f"{where} has no key {ref.key}")
+    return None
+
+
+class Gatekeeper:
+    """Judges credentials against what surrounds them: the cluster's AgentCredentialPolicies
+    (for the namespace's labels) and, for static sources, the shared upstream Secret."""
+
+    def __init__(
+        self,
+        policies: Callable[[], Mapping[str, AgentCredentialPolicySpec]],
+        namespace_labels: Callable[[str], Mapping[str, str] | None],
+        shared: Callable[[str, str], SharedSecret | None],
+    ) -> None:
+        self._policies, self._namespace_labels, self._shared = policies, namespace_labels, shared
+
+    def judged(self, record: CredentialRecord | None) -> CredentialRecord | None:
+        if record is None or record.spec is None:
+            return record
+        labels_ = self._namespace_labels(record.namespace) or {"kubernetes.io/metadata.name": record.namespace}
+        decision = tenancy.judge(record.spec, record.namespace, labels_, self._policies())
+        if not decision.allowed:
+            return dataclasses.replace(record, blocked=Verdict(False, decision.reason, decision.message))
+        ref = record.spec.source.secret_ref
+        problem = upstream_problem(record, self._shared(record.namespace, ref.name) if ref else None)
+        return dataclasses.replace(record, blocked=problem, allowed_by=decision.policy)

@@ -1,0 +1,205 @@
+"""Decide, from state alone, what a pod's projection needs now: issue, renew, revoke, wait.
+
+Pure: the engine gathers the pod, its Secret's bookkeeping and the credentials, asks for a
+plan, carries it out, and calls again at `next_due`. One function, one place for the rules.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..api.pods import PodTask
+from ..api.projection import IssuedValue, ProjectionState
+from .credentials import CredentialRecord
+
+
+@dataclass(frozen=True)
+class Issue:
+    credential: str
+    expires_at: dt.datetime
+    task_started_at: dt.datetime
+    renewals: int = 0
+    planned_at: dt.datetime | None = None  # when a renewal was due (for lateness)
+
+    @property
+    def is_renewal(self) -> bool:
+        return self.renewals > 0
+
+
+@dataclass(frozen=True)
+class Revoke:
+    credential: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a credential cannot be issued to this pod right now (it stays gated)."""
+
+    credential: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    issue: tuple[Issue, ...] = ()
+    revoke: tuple[Revoke, ...] = ()
+    delete_secret: bool = False
+    problems: tuple[Problem, ...] = ()
+    ungate: bool = False
+    next_due: dt.datetime | None = None
+
+    @property
+    def idle(self) -> bool:
+        return not (self.issue or self.revoke or self.delete_secret or self.ungate)
+
+
+def exception_end(record: CredentialRecord) -> dt.datetime | None:
+    """A static value's exception holds through its `expires` day (UTC)."""
+    spec = record.spec
+    if spec is None or spec.exception is None:
+        return None
+    day_after = spec.exception.expires + dt.timedelta(days=1)
+    return dt.datetime(day_after.year, day_after.month, day_after.day, tzinfo=dt.timezone.utc)
+
+
+def _revocation_reason(task: PodTask, record: CredentialRecord | None, today: dt.date) -> str | None:
+    """Why a live value must go although its task goes on, or None."""
+    if record is None:
+        return "credential-deleted"
+    verdict = record.verdict(today)
+    if not verdict.ready:
+        return "exception-expired" if verdict.reason == "ExceptionExpired" else "credential-not-ready"
+    if not record.allows(task.service_account):
+        return "subject-removed"
+    return None
+
+
+def _problem(task: PodTask, name: str, record: CredentialRecord | None, today: dt.date) -> Problem | None:
+    where = f"namespace {task.namespace}"
+    if record is None:
+        return Problem(name, "CredentialNotFound", f"AgentCredential {name} does not exist in {where}")
+    verdict = record.verdict(today)
+    if not verdict.ready:
+        return Problem(name, "CredentialNotReady", f"AgentCredential {name} in {where} is not Ready: {verdict.message}")
+    if not record.allows(task.service_account):
+        return Problem(
+            name,
+            "NotASubject",
+            f"ServiceAccount {task.service_account} is not a subject of AgentCredential {name} in {where}",
+        )
+    return None
+
+
+def _due(value: IssuedValue | Issue, record: CredentialRecord) -> dt.datetime:
+    spec = record.spec
+    assert spec is not None  # only called for ready records
+    lifetime_end = value.task_started_at + spec.max_lifetime_delta
+    due = lifetime_end if value.expires_at >= lifetime_end else value.expires_at - spec.renew_before_delta
+    end = exception_end(record)
+    return min(due, end) if end else due
+
+
+def plan(
+    task: PodTask | None,
+    state: ProjectionState | None,
+    records: Mapping[str, CredentialRecord | None],
+    now: dt.datetime,
+    renew_now: frozenset[str] = frozenset(),
+) -> Plan:
+    """What the pod's projection needs now; `renew_now` names credentials whose live values
+    are replaced at once (`agentcred renew`), due or not."""
+    if task is not None and task.end_reason == "opted-out":
+        # The pod lives on without the opt-in label (only possible while the label guard is
+        # not installed): its values go, and the Secret stays as a tombstone so that putting
+        # the label back brings nothing back. The garbage collector removes it with the pod.
+        done = set(state.revoked) if state else set()
+        names = [
+            name for name in dict.fromkeys([*task.credentials, *(state.values if state else ())]) if name not in done
+        ]
+        return Plan(revoke=tuple(Revoke(name, "opted-out") for name in names))
+    if task is None or task.end_reason:
+        if state is None or (task is None and not state.values and "opted-out" in state.revoked.values()):
+            return Plan()  # nothing live; a tombstone stays until the garbage collector takes it
+        ending: str = (task.end_reason if task else None) or "orphaned"
+        return Plan(revoke=tuple(Revoke(name, ending) for name in state.values), delete_secret=True)
+
+    live = dict(state.values) if state else {}
+    revoked = dict(state.revoked) if state else {}
+    issues: list[Issue] = []
+    revokes: list[Revoke] = []
+    problems: list[Problem] = []
+    dues: list[dt.datetime] = []
+
+    # Values of credentials the pod no longer asks for, or that were damaged, go.
+    for name in live:
+        if name not in task.credentials:
+            revokes.append(Revoke(name, "not-requested"))
+
+    for name in task.credentials:
+        record = records.get(name)
+        value = live.get(name)
+        if name in revoked or "*" in revoked:
+            if task.gated:
+                problems.append(Problem(name, "Revoked", f"credential {name} was revoked for this pod"))
+            continue
+        if value is not None:
+            reason = _revocation_reason(task, record, now.date())
+            if reason is None and record is not None and record.spec is not None:
+                spec = record.spec
+                lifetime_end = value.task_started_at + spec.max_lifetime_delta
+                end = exception_end(record)
+                if now >= lifetime_end:
+                    reason = "max-lifetime"
+                elif end is not None and now >= end:
+                    reason = "exception-expired"
+                elif now >= value.expires_at - spec.renew_before_delta or name in renew_now:
+                    renewal = Issue(
+                        name,
+                        expires_at=min(now + spec.ttl_delta, lifetime_end),
+                        task_started_at=value.task_started_at,
+                        renewals=value.renewals + 1,
+                        planned_at=min(value.expires_at - spec.renew_before_delta, now),
+                    )
+                    issues.append(renewal)
+                    dues.append(_due(renewal, record))
+                else:
+                    dues.append(_due(value, record))
+            if reason is not None:
+                revokes.append(Revoke(name, reason))
+            continue
+        problem = _problem(task, name, record, now.date())
+        if problem is not None:
+            problems.append(problem)
+            continue
+        assert record is not None and record.spec is not None
+        # maxLifetime counts from admission (sealed, so no one can reset it), not from the
+        # first value: a pod that lost its Secret and is healed gets no extra lifetime.
+        started = min(task.admitted_at or now, now)
+        lifetime_end = started + record.spec.max_lifetime_delta
+        if now >= lifetime_end:
+            problems.append(
+                Problem(
+                    name, "MaxLifetimeReached", f"the task reached maxLifetime {record.spec.max_lifetime} of {name}"
+                )
+            )
+            continue
+        fresh = Issue(name, expires_at=min(now + record.spec.ttl_delta, lifetime_end), task_started_at=started)
+        issues.append(fresh)
+        dues.append(_due(fresh, record))
+
+    revoked_now = {r.credential for r in revokes}
+    ready_to_run = not problems and all(
+        (name in live and name not in revoked_now) or any(i.credential == name for i in issues)
+        for name in task.credentials
+    )
+    return Plan(
+        issue=tuple(issues),
+        revoke=tuple(revokes),
+        problems=tuple(problems),
+        ungate=task.gated and ready_to_run,
+        next_due=min(dues, default=None),
+    )

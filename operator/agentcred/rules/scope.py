@@ -1,0 +1,79 @@
+"""Does an intent (tool, action, resource) fall inside a credential's scope?
+
+Patterns are shell-style globs (`*`, `?`, `[...]`), matched case-sensitively. Each
+dimension must be allowed by one of its patterns -- an empty list allows nothing, `*`
+allows everything -- and any matching `deny` pattern refuses the intent: deny wins.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+from ..api.model import Scope
+
+DIMENSIONS = ("tool", "action", "resource")
+# An exchanged token never lives longer than this (nor past its credential's own limits).
+EXCHANGE_MAX_TTL = dt.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Intent:
+    tool: str
+    action: str
+    resource: str
+
+    def as_scope(self) -> dict[str, list[str]]:
+        """The narrowest scope that allows exactly this intent."""
+        return {"tools": [self.tool], "actions": [self.action], "resources": [self.resource]}
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str  # a short machine-readable reason
+    message: str
+
+
+def _patterns(scope: Any, dimension: str) -> list[str]:
+    return list(getattr(scope, f"{dimension}s", None) or [])
+
+
+GLOB_CHARACTERS = frozenset("*?[]")
+
+
+def evaluate(scope: Scope | None, intent: Intent) -> Decision:
+    for dimension in DIMENSIONS:
+        value = getattr(intent, dimension)
+        if GLOB_CHARACTERS & set(value):
+            # An intent is one thing: "repo:acme/*" as an intent would slip past a deny on
+            # "repo:acme/secrets-*" and then cover it.
+            return Decision(
+                False,
+                "invalid-intent",
+                f"{dimension} {value!r} has a glob character (* ? [ ]): an intent names one thing, literally",
+            )
+    if scope is None:
+        return Decision(False, "no-scope", "the credential has no scope, so no intent can be allowed")
+    for dimension in DIMENSIONS:
+        value = getattr(intent, dimension)
+        if scope.deny is not None:
+            denied_by = next((p for p in _patterns(scope.deny, dimension) if fnmatchcase(value, p)), None)
+            if denied_by is not None:
+                return Decision(
+                    False, f"{dimension}-denied", f"{dimension} {value!r} is denied by pattern {denied_by!r}"
+                )
+    for dimension in DIMENSIONS:
+        value = getattr(intent, dimension)
+        if not any(fnmatchcase(value, p) for p in _patterns(scope, dimension)):
+            return Decision(
+                False, f"{dimension}-not-allowed", f"{dimension} {value!r} is not in the credential's scope"
+            )
+    return Decision(True, "allowed", "the intent is within the credential's scope")
+
+
+def scope_covers(token_scope: dict[str, Any], intent: Intent) -> Decision:
+    """The same rules against a token's `scope` claim (as a verifier sees it)."""
+    return evaluate(Scope.model_validate(token_scope), intent)

@@ -1,0 +1,96 @@
+"""What happens when an AgentCredential, or what surrounds it, changes.
+
+A new spec (or the first sight, or a date that expires an exception) re-plans the pods it may
+affect; a change around it (a policy, the namespace's labels, a shared upstream Secret) does
+so only when its verdict changes; its deletion revokes it everywhere first (the finalizer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from ..api.times import utcnow
+from ..rules.credentials import CredentialRecord
+from ..rules.planning import exception_end
+from .reconciler import Reconciler
+from .requests import Requests
+from .scheduler import Scheduler
+from .status_writer import StatusWriter
+from .statusbook import StatusBook
+from .store import ProjectionStore
+
+Verdict = tuple[bool, str, str]
+
+
+class NotLeader(Exception):
+    """This replica is not the leader: the leader will do it."""
+
+
+def credential_key(namespace: str, name: str) -> tuple[str, str, str]:
+    """The scheduler's key for a credential's own deadline (its exception's end)."""
+    return ("credential", namespace, name)
+
+
+class CredentialEvents:
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        requests: Requests,
+        store: ProjectionStore,
+        book: StatusBook,
+        status: StatusWriter,
+        scheduler: Scheduler,
+        credential: Callable[[str, str], CredentialRecord | None],
+    ) -> None:
+        self.reconciler, self.requests, self.store, self.book = reconciler, requests, store, book
+        self.status, self.scheduler, self.credential = status, scheduler, credential
+        self._generations: dict[tuple[str, str], int] = {}
+        self._verdicts: dict[tuple[str, str], Verdict] = {}
+
+    async def changed(self, record: CredentialRecord, force: bool = False) -> None:
+        """A credential was seen: refresh its status; re-plan the pods it may affect."""
+        self.book.touch(record.key)
+        judged = self.credential(record.namespace, record.name)
+        if judged is not None:
+            self._note_verdict(judged)
+        end = exception_end(record)
+        if end is not None and end > utcnow():
+            self.scheduler.schedule(credential_key(record.namespace, record.name), end)
+        affected = self.reconciler.waiting_on(record.namespace, record.name)
+        # Our own status writes come back as events too; only a new spec (or the first
+        # sight, or a date that expired an exception) can change what pods may hold.
+        if force or self._generations.get(record.key) != record.generation:
+            affected |= self.store.keys_with(record.namespace, record.name)
+        self._generations[record.key] = record.generation
+        await self.reconciler.reconcile_all(affected)
+
+    async def surroundings_changed(self, records: Iterable[CredentialRecord]) -> None:
+        """A policy, a namespace's labels or a shared upstream Secret changed: act on the
+        credentials whose verdict changed with it."""
+        changed = []
+        for record in records:
+            judged = self.credential(record.namespace, record.name)
+            if judged is not None and self._note_verdict(judged):
+                changed.append(record)
+        for record in changed:
+            await self.changed(record, force=True)
+
+    async def deleted(self, record: CredentialRecord) -> int:
+        """The finalizer's work: revoke every value of the credential first."""
+        if not self.reconciler.leading():
+            raise NotLeader()
+        count = await self.requests.revoke_everywhere(record, "credential-deleted")
+        self.book.forget(record.key)
+        self.status.forget(record.key)
+        self._verdicts.pop(record.key, None)
+        self._generations.pop(record.key, None)
+        self.scheduler.cancel(credential_key(record.namespace, record.name))
+        return count
+
+    def _note_verdict(self, judged: CredentialRecord) -> bool:
+        """Remember the verdict; True if it differs from the last one seen (first sight: False)."""
+        verdict = judged.verdict()
+        seen = (verdict.ready, verdict.reason, verdict.message)
+        previous = self._verdicts.get(judged.key)
+        self._verdicts[judged.key] = seen
+        return previous is not None and previous != seen

@@ -1,0 +1,147 @@
+"""Leader election on a coordination.k8s.io Lease, so that one replica acts at a time.
+
+Every replica watches, keeps its indices warm and serves the admission webhook and the
+HTTPS endpoints; only the leader writes (issues, renews, revokes, writes status, rotates
+keys). A leader renews the Lease every `renew` seconds; a follower takes over when the
+Lease has not been renewed for `duration` seconds, then re-plans every projection from
+the cluster's state, so a revocation the old leader did not finish still happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ..api.times import format_time, parse_time, utcnow
+from ..platform.kube import Kube, status_of
+
+log = logging.getLogger(__name__)
+
+
+def identity() -> str:
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+
+
+def _micro(moment: dt.datetime) -> str:
+    return format_time(moment, "microseconds")  # the Lease's MicroTime
+
+
+def _parse(text: str | None) -> dt.datetime | None:
+    return parse_time(text) if text else None
+
+
+def lease_is_free(spec: dict[str, Any], me: str, now: dt.datetime) -> bool:
+    """Ours already, never held, released, or not renewed within its duration."""
+    holder = spec.get("holderIdentity")
+    if not holder or holder == me:
+        return True
+    renewed = _parse(spec.get("renewTime")) or _parse(spec.get("acquireTime"))
+    duration = int(spec.get("leaseDurationSeconds") or 0)
+    return renewed is None or renewed + dt.timedelta(seconds=duration) < now
+
+
+class Leadership:
+    def __init__(
+        self,
+        kube: Kube,
+        namespace: str,
+        on_elected: Callable[[], Coroutine[Any, Any, None]],
+        *,
+        lease: str = "agentcred-leader",
+        me: str | None = None,
+        duration: int = 15,
+        renew: float = 5.0,
+    ) -> None:
+        self.kube, self.namespace, self.lease = kube, namespace, lease
+        self.me = me or identity()
+        self.duration, self.renew = duration, renew
+        self.on_elected = on_elected
+        self.is_leader = False
+        self._takeover: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        while True:
+            try:
+                leading = await self._try()
+            except Exception as error:
+                log.warning("leader election: %s", status_of(error) or error)
+                leading = False
+            if leading and not self.is_leader:
+                self.is_leader = True
+                log.info("%s is now the leader", self.me)
+                # Not awaited: taking over may wait for the indices, the Lease must not.
+                self._takeover = asyncio.create_task(self.on_elected(), name="take over")
+            elif not leading and self.is_leader:
+                self.is_leader = False
+                log.warning("%s lost the lead; pausing writes", self.me)
+            await asyncio.sleep(self.renew)
+
+    async def _try(self) -> bool:
+        now = utcnow()
+        try:
+            lease = await self.kube.read_lease(self.namespace, self.lease)
+        except Exception as error:
+            if status_of(error) != 404:
+                raise
+            await self.kube.create_lease(self.namespace, self._body(None, now, transitions=0))
+            return True
+        spec = lease.get("spec") or {}
+        if not lease_is_free(spec, self.me, now):
+            return False
+        taking_over = spec.get("holderIdentity") != self.me
+        transitions = int(spec.get("leaseTransitions") or 0) + (1 if taking_over else 0)
+        body = self._body(
+            lease["metadata"]["resourceVersion"],
+            now,
+            transitions,
+            acquired=now if taking_over else _parse(spec.get("acquireTime")) or now,
+        )
+        try:
+            await self.kube.replace_lease(self.namespace, self.lease, body)  # fails if someone was faster
+        except Exception as error:
+            if status_of(error) == 409:
+                return False
+            raise
+        return True
+
+    async def release(self) -> None:
+        """Hand over at once on a clean shutdown instead of waiting for the Lease to lapse."""
+        if not self.is_leader:
+            return
+        self.is_leader = False
+        try:
+            lease = await self.kube.read_lease(self.namespace, self.lease)
+            if (lease.get("spec") or {}).get("holderIdentity") == self.me:
+                lease["spec"]["holderIdentity"] = None
+                await self.kube.replace_lease(self.namespace, self.lease, lease)
+        except Exception as error:
+            log.warning("could not release the lease: %s", status_of(error) or error)
+
+    def _body(
+        self, resource_version: str | None, now: dt.datetime, transitions: int, acquired: dt.datetime | None = None
+    ) -> dict[str, Any]:
+        metadata: dict[str, Any] = {
+            "name": self.lease,
+            "namespace": self.namespace,
+            "labels": {"app.kubernetes.io/name": "agentcred"},
+        }
+        if resource_version:
+            metadata["resourceVersion"] = resource_version
+        return {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": metadata,
+            "spec": {
+                "holderIdentity": self.me,
+                "leaseDurationSeconds": self.duration,
+                "acquireTime": _micro(acquired or now),
+                "renewTime": _micro(now),
+                "leaseTransitions": transitions,
+            },
+        }

@@ -1,0 +1,333 @@
+"""The reconciler: brings one pod's projection in line with its task, one pod at a time.
+
+Every entry point (a pod event, a scheduled expiry, a changed or deleted AgentCredential, a
+request) ends in `reconcile(key)` for one projection ("namespace/binding"): gather the pod,
+its Secret's bookkeeping and the credentials from memory, ask `rules.planning.plan` what to
+do, do it, and schedule the next look. Work on one key is serialised by a lock; different
+pods proceed concurrently. A stale picture of a Secret is re-read and planned again; any
+other failure is retried from state a little later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..api import labels
+from ..api.pods import PodTask, pod_ref, split_key
+from ..api.projection import (
+    ProjectionState,
+    Subject,
+    new_projection,
+    parse_projection,
+    secret_body,
+    secret_patch,
+    with_values,
+    without,
+)
+from ..api.times import utcnow
+from ..platform import metrics
+from ..platform.kube import Conflict, Kube, NotFound, status_of
+from ..rules.credentials import CredentialRecord
+from ..rules.planning import Plan, Problem, plan
+from ..sources.base import Produced, Sources, SourceUnavailable
+from .audit import AuditTrail
+from .events import EventRecorder
+from .pod_checks import PodChecks
+from .revoker import Revocation, Revoker
+from .scheduler import Scheduler
+from .statusbook import StatusBook
+from .store import ProjectionStore
+
+log = logging.getLogger(__name__)
+
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+UNGATE_PATCH = {"spec": {"schedulingGates": [{"$patch": "delete", "name": labels.SCHEDULING_GATE}]}}
+
+CredentialLookup = Callable[[str, str], CredentialRecord | None]
+PodLookup = Callable[[str], PodTask | None]
+Records = dict[str, CredentialRecord | None]
+
+
+class StalePicture(Exception):
+    """Our picture of a Secret was stale (or the Secret is gone): re-read it and plan again."""
+
+
+def binding_key(key: str) -> tuple[str, str]:
+    """The scheduler's key for a projection."""
+    return ("binding", key)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        kube: Kube,
+        store: ProjectionStore,
+        scheduler: Scheduler,
+        sources: Sources,
+        revoker: Revoker,
+        audit: AuditTrail,
+        events: EventRecorder,
+        book: StatusBook,
+        *,
+        credential: CredentialLookup,
+        pod: PodLookup,
+        leading: Callable[[], bool],
+    ) -> None:
+        self.kube, self.store, self.scheduler, self.sources = kube, store, scheduler, sources
+        self.revoker, self.audit, self.events, self.book = revoker, audit, events, book
+        self.credential, self.pod, self.leading = credential, pod, leading
+        self.checks = PodChecks(kube, audit, events, leading)
+        self.loaded = asyncio.Event()  # the managed Secrets have been listed into the store
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._attempts: dict[str, int] = {}
+        self._reported: dict[str, tuple[Problem, ...]] = {}
+        self._waiting: dict[tuple[str, str], set[str]] = {}  # pods held back by a credential's problem
+        # Pods seen in a terminal phase, by UID: Succeeded and Failed are final, so a status
+        # that later says otherwise (nothing but a bad actor writes that) gets no new value.
+        self._finished: dict[str, str] = {}
+
+    # -- entry points ----------------------------------------------------------------
+
+    async def reconcile(self, key: str, task: PodTask | None = None, renew_now: frozenset[str] = frozenset()) -> None:
+        """Bring one pod's projection in line with its task; `task` overrides the index;
+        `renew_now` replaces those credentials' live values whether due or not."""
+        if not self.leading():
+            return
+        # Until the Secrets are listed, "no bookkeeping" would mean "unknown", not "none".
+        await self.loaded.wait()
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            try:
+                for _ in range(3):
+                    current = self._final(task if task is not None else self.pod(key))
+                    try:
+                        await self._run_plan(key, current, renew_now)
+                        break
+                    except StalePicture:
+                        await self.refresh(key)
+            except Exception as error:
+                # The API server restarting, a timeout, a refusal: look again shortly, from
+                # state, rather than leave a pod gated or a value unrevoked until its next event.
+                delay = self._backoff(key)
+                log.warning("could not bring %s in line (%s); again in %.0fs", key, status_of(error) or error, delay)
+                self.scheduler.schedule(binding_key(key), utcnow() + dt.timedelta(seconds=delay))
+        if self.store.get(key) is None and self.pod(key) is None and not lock.locked():
+            self._locks.pop(key, None)
+
+    async def reconcile_all(self, keys: Any) -> None:
+        await asyncio.gather(*(self.reconcile(key) for key in keys))
+
+    def waiting_on(self, namespace: str, credential: str) -> set[str]:
+        """The pods held back by a problem of this credential (forgotten once asked)."""
+        return self._waiting.pop((namespace, credential), set())
+
+    async def revoke_value(self, key: str, credential: str, reason: str, pod_name: str | None = None) -> int:
+        """Revoke one credential's live value in one projection now (1 if there was one)."""
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            for _ in range(3):
+                state = self.store.get(key)
+                if state is None or credential not in state.values or (pod_name and state.pod_name != pod_name):
+                    return 0
+                task = self.pod(key)
+                subject = Subject.of_task(task) if task else Subject.of_state(state)
+                revocation = Revocation(credential, state.values[credential], reason)
+                patch = secret_patch(without(state, {credential: reason}), {}, (credential,), previous=state)
+                write = functools.partial(self.kube.patch_secret, state.namespace, state.secret_name, patch)
+                try:
+                    written = await self.revoker.revoke(subject, [revocation], write, tell_pod=task is not None)
+                except NotFound:
+                    self.store.forget(key)
+                    return 0
+                except Conflict:
+                    await self.refresh(key)
+                    continue
+                self._remember(written)
+                return 1
+            return 0
+
+    async def refresh(self, key: str) -> None:
+        """Re-read a projection's Secret into memory."""
+        namespace, binding = split_key(key)
+        body = await self.kube.find_secret(namespace, labels.secret_name(binding))
+        state = parse_projection(body) if body is not None else None
+        if state is None:
+            self.store.forget(key)
+        else:
+            self.store.put(state)
+
+    # -- the plan, carried out ---------------------------------------------------------
+
+    async def _run_plan(self, key: str, task: PodTask | None, renew_now: frozenset[str]) -> None:
+        state = self.store.get(key)
+        if task is not None and state is not None and state.pod_uid and state.pod_uid != task.uid:
+            self.checks.binding_taken(task)  # another pod made this binding first: not this pod's to touch
+            return
+        names = task.credentials if task else tuple(state.values) if state else ()
+        namespace = task.namespace if task else state.namespace if state else ""
+        records: Records = {name: self.credential(namespace, name) for name in names}
+        now = utcnow()
+        decided = plan(task, state, records, now, renew_now)
+        if decided.delete_secret:
+            assert state is not None
+            await self._end(key, task, state, decided, now)
+            return
+        if task is None:  # gone before anything was issued: nothing to do
+            return
+        for issue in decided.issue:
+            if issue.planned_at is not None:
+                metrics.renewal_lateness.observe(max((now - issue.planned_at).total_seconds(), 0.0))
+        produced, problems = await self._produce(task, decided, records, now)
+        if produced or decided.revoke:
+            await self._write(task, state, produced, decided, records, now)
+        if decided.ungate and not problems:
+            await self._ungate(task)
+            if task.admitted_at is not None:
+                metrics.projection_latency.observe(max((utcnow() - task.admitted_at).total_seconds(), 0.0))
+        self._follow_up(task, decided, problems, now)
+
+    async def _produce(
+        self, task: PodTask, decided: Plan, records: Records, now: dt.datetime
+    ) -> tuple[dict[str, Produced], list[Problem]]:
+        produced: dict[str, Produced] = {}
+        problems = list(decided.problems)
+        for issue in decided.issue:
+            record = records[issue.credential]
+            assert record is not None
+            try:
+                produced[issue.credential] = await self.sources.of(record).produce(task, record, issue, now)
+            except SourceUnavailable as unavailable:
+                problems.append(Problem(issue.credential, unavailable.reason, unavailable.message))
+                self.book.source_failed(record, unavailable.reason, unavailable.message)
+        return produced, problems
+
+    async def _write(
+        self,
+        task: PodTask,
+        state: ProjectionState | None,
+        produced: dict[str, Produced],
+        decided: Plan,
+        records: Records,
+        now: dt.datetime,
+    ) -> None:
+        """Issue, renew and revoke in one write of the pod's Secret."""
+        revokes = {r.credential: r.reason for r in decided.revoke}
+        base = state or new_projection(task)
+        desired = without(with_values(base, {n: p.issued for n, p in produced.items()}), revokes)
+        values = {name: p.value for name, p in produced.items()}
+        subject = Subject.of_task(task)
+        revocations = [
+            Revocation(name, state.values.get(name) if state else None, reason) for name, reason in revokes.items()
+        ]
+        entries = [
+            self.audit.issue(subject, record, item.issued)
+            for name, item in produced.items()
+            if (record := records[name]) is not None
+        ]
+        entries += self.revoker.ahead(subject, revocations)
+        with self.audit.ahead(entries):
+            try:
+                if state is None:
+                    written = await self.kube.create_secret(task.namespace, secret_body(desired, values, task.uid))
+                else:
+                    written = await self.kube.patch_secret(
+                        task.namespace, state.secret_name, secret_patch(desired, values, tuple(revokes), previous=state)
+                    )
+            except (Conflict, NotFound) as error:
+                # A stale picture, or the Secret was deleted behind our back: read it again
+                # and plan anew (a lost Secret of a live pod is issued afresh: healed).
+                raise StalePicture() from error
+        self._remember(written)
+        for name, item in produced.items():
+            record = records[name]
+            assert record is not None
+            self.book.issued(record, now, renewal=item.issued.renewals > 0)
+        if produced and not any(p.issued.renewals for p in produced.values()):
+            self.events.post(
+                pod_ref(task.namespace, task.name, task.uid),
+                "Normal",
+                "CredentialsIssued",
+                f"issued {', '.join(sorted(produced))} for ServiceAccount {task.service_account}",
+            )
+        await self.revoker.after(subject, revocations)
+
+    async def _end(
+        self, key: str, task: PodTask | None, state: ProjectionState, decided: Plan, now: dt.datetime
+    ) -> None:
+        """The task ended (or the pod is unknown): revoke everything and delete its Secret."""
+        subject = Subject.of_task(task) if task else Subject.of_state(state)
+        revocations = [Revocation(r.credential, state.values.get(r.credential), r.reason) for r in decided.revoke]
+
+        async def delete() -> None:
+            try:
+                await self.kube.delete_secret(state.namespace, state.secret_name)
+            except NotFound:
+                pass  # the garbage collector was faster: gone all the same
+
+        await self.revoker.revoke(subject, revocations, delete, tell_pod=False)
+        metrics.revocation_latency.observe(max((utcnow() - now).total_seconds(), 0.0))
+        self.store.forget(key)
+        self.scheduler.cancel(binding_key(key))
+        self._attempts.pop(key, None)
+        self._reported.pop(key, None)
+
+    async def _ungate(self, task: PodTask) -> None:
+        try:
+            await self.kube.patch_pod(task.namespace, task.name, UNGATE_PATCH)
+        except NotFound:
+            pass  # deleted meanwhile
+
+    def _follow_up(self, task: PodTask, decided: Plan, problems: list[Problem], now: dt.datetime) -> None:
+        """Schedule the next look: a retry with backoff while something stands in the way
+        (and tell people once per change of problems), else the next renewal or expiry."""
+        if problems:
+            self.scheduler.schedule(binding_key(task.key), now + dt.timedelta(seconds=self._backoff(task.key)))
+            for problem in problems:
+                self._waiting.setdefault((task.namespace, problem.credential), set()).add(task.key)
+            if tuple(problems) != self._reported.get(task.key):
+                self._reported[task.key] = tuple(problems)
+                self._report(task, problems)
+            return
+        self._attempts.pop(task.key, None)
+        self._reported.pop(task.key, None)
+        if decided.next_due is not None:
+            self.scheduler.schedule(binding_key(task.key), decided.next_due)
+
+    def _report(self, task: PodTask, problems: list[Problem]) -> None:
+        subject = Subject.of_task(task)
+        for problem in problems:
+            self.events.post(pod_ref(task.namespace, task.name, task.uid), "Warning", problem.reason, problem.message)
+            record = self.credential(task.namespace, problem.credential)
+            self.audit.deny(
+                subject,
+                problem.reason,
+                problem.message,
+                credential=problem.credential,
+                category=record.spec.category if record and record.spec else None,
+            )
+
+    def _backoff(self, key: str) -> float:
+        attempt = self._attempts.get(key, 0)
+        self._attempts[key] = attempt + 1
+        return RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+
+    def _final(self, task: PodTask | None) -> PodTask | None:
+        if task is None:
+            return None
+        if task.phase in ("Succeeded", "Failed"):
+            self._finished[task.uid] = task.phase
+        elif task.uid in self._finished:
+            task = dataclasses.replace(task, phase=self._finished[task.uid])
+        if task.deleted:
+            self._finished.pop(task.uid, None)
+        return task
+
+    def _remember(self, written: dict[str, Any]) -> None:
+        observed = parse_projection(written)
+        if observed is not None:
+            self.store.put(observed)

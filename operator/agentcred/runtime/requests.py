@@ -1,0 +1,79 @@
+"""Requests people make of a credential: `agentcred revoke` and `agentcred renew`.
+
+A request is an annotation on the AgentCredential (see `client.requests`); the leader
+carries out each one once, records the outcome in the credential's status (the command
+waits for it), and says so in an Event. A new leader finds a request not yet carried out
+still pending, and carries it out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ..api.times import format_time, utcnow
+from ..platform.kube import Kube
+from ..rules.credentials import CredentialRecord
+from .events import EventRecorder
+from .reconciler import Reconciler
+from .store import ProjectionStore
+
+
+class Requests:
+    def __init__(self, reconciler: Reconciler, store: ProjectionStore, kube: Kube, events: EventRecorder) -> None:
+        self.reconciler, self.store, self.kube, self.events = reconciler, store, kube, events
+        self._handled: set[str] = set()
+
+    async def revoke_everywhere(self, record: CredentialRecord, reason: str, pod_name: str | None = None) -> int:
+        """Revoke the credential's live values in every pod (or one pod) right now."""
+        await self.reconciler.loaded.wait()
+        keys = self.store.keys_with(record.namespace, record.name)
+        counts = await asyncio.gather(
+            *(self.reconciler.revoke_value(key, record.name, reason, pod_name) for key in keys)
+        )
+        return sum(counts)
+
+    async def renew(self, record: CredentialRecord, request: dict[str, Any]) -> dict[str, Any] | None:
+        """Replace every live value now (after an upstream key was rotated, say)."""
+        request_id = self._new(record, request, "lastRenewal")
+        if request_id is None:
+            return None
+        await self.reconciler.loaded.wait()
+        keys = self.store.keys_with(record.namespace, record.name)
+        await asyncio.gather(*(self.reconciler.reconcile(key, renew_now=frozenset({record.name})) for key in keys))
+        outcome = {"id": request_id, "at": format_time(utcnow()), "renewed": len(keys)}
+        await self.kube.patch_credential_status(record.namespace, record.name, {"lastRenewal": outcome})
+        self.events.post(record.owner_ref, "Normal", "Renewed", f"renewed {len(keys)} live value(s) of {record.name}")
+        return outcome
+
+    async def revoke(self, record: CredentialRecord, request: dict[str, Any]) -> dict[str, Any] | None:
+        """An emergency revoke, in one pod or in every pod."""
+        request_id = self._new(record, request, "lastRevocation")
+        if request_id is None:
+            return None
+        pod_name = request.get("pod") or None
+        count = await self.revoke_everywhere(record, "emergency", pod_name)
+        outcome = {
+            "id": request_id,
+            "at": format_time(utcnow()),
+            "pod": pod_name,
+            "revoked": count,
+            "reason": str(request.get("reason") or "")[:256] or None,
+        }
+        await self.kube.patch_credential_status(record.namespace, record.name, {"lastRevocation": outcome})
+        where = f"pod {pod_name}" if pod_name else "every pod"
+        self.events.post(
+            record.owner_ref, "Warning", "EmergencyRevoke", f"revoked {count} live value(s) of {record.name} in {where}"
+        )
+        return outcome
+
+    def _new(self, record: CredentialRecord, request: dict[str, Any], status_field: str) -> str | None:
+        """The id of a request not carried out yet, by the leader; else None."""
+        if not self.reconciler.leading():
+            return None  # the leader carries it out; a new leader finds it still pending
+        request_id = str(request.get("id") or "")
+        handled = (record.status.get(status_field) or {}).get("id")
+        if not request_id or request_id == handled or request_id in self._handled:
+            return None
+        self._handled.add(request_id)
+        return request_id

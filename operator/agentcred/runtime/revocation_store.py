@@ -1,0 +1,98 @@
+"""The revocation list kept in ConfigMaps: the leader saves changed shards (merging on a
+lost race), followers merge what is saved, so every replica serves the same list; a replica
+that cannot save it is not ready."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..api.labels import ROLE_LABEL, StateNames
+from ..api.times import format_time, utcnow
+from ..platform.kube import Conflict, Kube, status_of
+from ..platform.revocations import SHARD_LIMIT_BYTES, RevocationList, too_large
+
+log = logging.getLogger(__name__)
+
+REVOCATION_LABELS = {ROLE_LABEL: "revocations", "app.kubernetes.io/name": "agentcred"}
+REVOCATION_SELECTOR = f"{ROLE_LABEL}=revocations"
+UNSAVED_GRACE = dt.timedelta(seconds=10)  # unsaved longer than this: not ready
+
+
+class RevocationStore:
+    def __init__(self, kube: Kube, namespace: str, revocations: RevocationList, names: StateNames) -> None:
+        self.kube, self.namespace, self.revocations, self.names = kube, namespace, revocations, names
+        self._versions: dict[int, str] = {}
+        self.unsaved_since: dt.datetime | None = None
+
+    def problem(self, now: dt.datetime | None = None) -> str | None:
+        """Why this replica should not be ready: revocations it cannot save."""
+        now = now or utcnow()
+        if self.unsaved_since is not None and now - self.unsaved_since > UNSAVED_GRACE:
+            return f"revocations not saved since {format_time(self.unsaved_since)}"
+        return None
+
+    async def reload(self) -> None:
+        for item in await self.kube.list_configmaps(self.namespace, REVOCATION_SELECTOR):
+            shard = self.names.shard_number(item["metadata"]["name"])
+            if shard is not None and shard < self.revocations.shards:
+                self.revocations.merge_shard_data(item.get("data"))
+                self._versions[shard] = item["metadata"]["resourceVersion"]
+
+    async def save(self) -> None:
+        failed = False
+        for shard in sorted(self.revocations.dirty):
+            self.revocations.dirty.discard(shard)
+            try:
+                await self._save_shard(shard)
+            except Exception as error:
+                self.revocations.dirty.add(shard)
+                failed = True
+                log.warning("revocation list shard %d not saved (%s); will retry", shard, status_of(error) or error)
+        if failed:
+            self.unsaved_since = self.unsaved_since or utcnow()
+        elif not self.revocations.dirty:
+            self.unsaved_since = None
+
+    async def _save_shard(self, shard: int) -> None:
+        name = self.names.revocation_shard(shard)
+        data = self.revocations.shard_data(shard)
+        if too_large(data):
+            raise ValueError(f"shard {shard} is over {SHARD_LIMIT_BYTES} bytes: raise revocations.shards")
+        body: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": self.namespace, "labels": REVOCATION_LABELS},
+            "data": data,
+        }
+        version = self._versions.get(shard)
+        try:
+            if version is None:
+                written = await self.kube.create_configmap(self.namespace, body)
+            else:
+                body["metadata"]["resourceVersion"] = version
+                written = await self.kube.replace_configmap(self.namespace, name, body)
+        except Conflict:
+            # Someone else wrote it (another replica, or the chart created it empty): merge
+            # what they wrote and save the union next round.
+            current = await self.kube.read_configmap(self.namespace, name)
+            self.revocations.merge_shard_data(current.get("data"))
+            self._versions[shard] = current["metadata"]["resourceVersion"]
+            self.revocations.dirty.add(shard)
+            return
+        self._versions[shard] = written["metadata"]["resourceVersion"]
+
+    async def run(self, leading: Callable[[], bool], interval: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.revocations.prune(utcnow())
+            try:
+                if leading():
+                    await self.save()
+                else:
+                    await self.reload()
+            except Exception as error:
+                log.warning("revocation list not synchronised (%s)", status_of(error) or error)

@@ -1,0 +1,101 @@
+"""AgentCredential status: one writer, batched, from the operator's own counts.
+
+Issuing a value to a thousand pods must not mean a thousand writes to one object, so the
+other parts note what happened in the StatusBook and this writer patches each changed
+credential's status at most once per interval, only the fields that differ, and posts an
+Event when Ready changes. When the date turns, every credential is judged again (reviews and
+exceptions expire by the day).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..api.times import next_midnight, utcnow
+from ..platform import metrics
+from ..platform.kube import Kube, status_of
+from ..platform.revocations import RevocationList
+from ..rules.credentials import CredentialRecord
+from ..rules.status import status_patch
+from .events import EventRecorder
+from .statusbook import StatusBook
+from .store import ProjectionStore
+
+log = logging.getLogger(__name__)
+
+
+class StatusWriter:
+    def __init__(
+        self,
+        kube: Kube,
+        book: StatusBook,
+        store: ProjectionStore,
+        events: EventRecorder,
+        revocations: RevocationList,
+        *,
+        credential: Callable[[str, str], CredentialRecord | None],
+        leading: Callable[[], bool],
+        interval: float = 1.0,
+    ) -> None:
+        self.kube, self.book, self.store, self.events, self.revocations = kube, book, store, events, revocations
+        self.credential, self.leading, self.interval = credential, leading, interval
+        self._written: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def forget(self, key: tuple[str, str]) -> None:
+        self._written.pop(key, None)
+
+    async def run(self, every_credential: Callable[[], Iterable[CredentialRecord]]) -> None:
+        turn = next_midnight(utcnow())
+        while True:
+            await asyncio.sleep(self.interval)
+            if utcnow() >= turn:
+                for record in every_credential():
+                    self.book.touch(record.key)
+                turn = next_midnight(utcnow())
+            if self.leading():
+                await self.flush()
+
+    async def flush(self) -> None:
+        metrics.set_active(self.store.count_by_category())
+        metrics.revocation_list.set(len(self.revocations))
+        metrics.events_dropped.set(self.events.dropped)
+        dirty, self.book.dirty = self.book.dirty, set()
+        now = utcnow()
+        for namespace, name in dirty:
+            record = self.credential(namespace, name)
+            if record is None:
+                continue
+            expiries = [
+                state.values[name].expires_at
+                for state in map(self.store.get, self.store.keys_with(namespace, name))
+                if state is not None and name in state.values
+            ]
+            desired = self.book.desired(record, len(expiries), min(expiries, default=None), now)
+            known = {**record.status, **self._written.get(record.key, {})}
+            changes = status_patch(known, desired)
+            if not changes:
+                continue
+            try:
+                await self.kube.patch_credential_status(namespace, name, changes)
+            except Exception as error:
+                log.warning("status of %s/%s not written (%s); will retry", namespace, name, status_of(error) or error)
+                self.book.dirty.add(record.key)
+                continue
+            self._written[record.key] = {**self._written.get(record.key, {}), **changes}
+            self._post_ready_transition(record, known, desired)
+
+    def _post_ready_transition(self, record: CredentialRecord, known: dict[str, Any], desired: dict[str, Any]) -> None:
+        def ready(status: dict[str, Any]) -> dict[str, Any] | None:
+            return next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+
+        before, after = ready(known), ready(desired)
+        if after and (before is None or before.get("status") != after.get("status")):
+            self.events.post(
+                record.owner_ref,
+                "Normal" if after["status"] == "True" else "Warning",
+                after["reason"],
+                after["message"],
+            )

@@ -1,0 +1,72 @@
+"""The `jwt` source: tokens minted and signed here, revoked through the revocation list."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import Callable
+
+from ..api.model import SourceKind
+from ..api.pods import PodTask
+from ..api.projection import IssuedValue, Subject, fingerprint
+from ..platform.keys import DEFAULT_ALGORITHM, KeyRing, encode_jwt
+from ..platform.revocations import RevocationList
+from ..rules.credentials import CredentialRecord
+from ..rules.planning import Issue
+from .base import Produced
+from .claims import credential_scope, token_claims
+
+
+class JwtSource:
+    kind: SourceKind = "jwt"
+    exchangeable = True
+
+    def __init__(self, keyring: Callable[[], KeyRing], issuer: str, revocations: RevocationList) -> None:
+        self._keyring, self._issuer, self._revocations = keyring, issuer, revocations
+
+    async def produce(self, task: PodTask, record: CredentialRecord, issue: Issue, now: dt.datetime) -> Produced:
+        spec = record.spec
+        assert spec is not None and spec.source.jwt is not None
+        token_id = secrets.token_urlsafe(16)
+        claims = token_claims(
+            issuer=self._issuer,
+            record=record,
+            task=task,
+            issued_at=now,
+            expires_at=issue.expires_at,
+            token_id=token_id,
+            scope=credential_scope(record),
+        )
+        value = self.sign(record, claims).encode()
+        return Produced(
+            value,
+            IssuedValue(
+                credential=record.name,
+                category=spec.category,
+                issued_at=now,
+                expires_at=issue.expires_at,
+                task_started_at=issue.task_started_at,
+                fingerprint=fingerprint(value),
+                token_id=token_id,
+                renewals=issue.renewals,
+                source=self.kind,
+            ),
+        )
+
+    def sign(self, record: CredentialRecord, claims: dict[str, object]) -> str:
+        spec = record.spec
+        assert spec is not None and spec.source.jwt is not None
+        return encode_jwt(claims, self._keyring().current(spec.source.jwt.algorithm or DEFAULT_ALGORITHM))
+
+    async def revoked(
+        self,
+        record: CredentialRecord | None,
+        credential: str,
+        value: IssuedValue,
+        subject: Subject,
+        reason: str,
+        until: dt.datetime,
+    ) -> None:
+        # One entry for the pod and credential covers this value and every token exchanged from it.
+        if subject.pod_uid:
+            self._revocations.revoke(subject.pod_uid, credential, until)

@@ -1,0 +1,67 @@
+"""The `secretRef` source: a static value copied from an upstream Secret its owner shares.
+
+The operator can read Secrets its tenants cannot, so the copy happens only when the Secret
+as read right now is shared with this very credential. A static value cannot be revoked
+upstream: revoking removes it from the pod, nothing more.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..api import labels
+from ..api.model import SourceKind
+from ..api.pods import PodTask
+from ..api.projection import IssuedValue, Subject, fingerprint
+from ..rules.credentials import CredentialRecord, shared_secret, upstream_problem
+from ..rules.planning import Issue
+from .base import Produced, SourceUnavailable
+
+SecretReader = Callable[[str, str], Awaitable[dict[str, Any] | None]]
+
+
+class StaticSource:
+    kind: SourceKind = "secretRef"
+    exchangeable = False
+
+    def __init__(self, read_secret: SecretReader) -> None:
+        self._read_secret = read_secret
+
+    async def produce(self, task: PodTask, record: CredentialRecord, issue: Issue, now: dt.datetime) -> Produced:
+        spec = record.spec
+        assert spec is not None and spec.source.secret_ref is not None
+        ref = spec.source.secret_ref
+        upstream = await self._read_secret(record.namespace, ref.name)
+        shared = upstream is not None and (upstream["metadata"].get("labels") or {}).get(labels.SHARED_LABEL) == "true"
+        problem = upstream_problem(record, shared_secret(upstream) if upstream is not None and shared else None)
+        if problem is not None:
+            raise SourceUnavailable(problem.reason, f"AgentCredential {record.name}: {problem.message}")
+        assert upstream is not None
+        value = base64.b64decode(upstream["data"][ref.key])
+        return Produced(
+            value,
+            IssuedValue(
+                credential=record.name,
+                category=spec.category,
+                issued_at=now,
+                expires_at=issue.expires_at,
+                task_started_at=issue.task_started_at,
+                fingerprint=fingerprint(value),
+                renewals=issue.renewals,
+                source=self.kind,
+            ),
+        )
+
+    async def revoked(
+        self,
+        record: CredentialRecord | None,
+        credential: str,
+        value: IssuedValue,
+        subject: Subject,
+        reason: str,
+        until: dt.datetime,
+    ) -> None:
+        """Nothing to tell anyone: the value stays valid upstream until its owner rotates it."""

@@ -1,0 +1,312 @@
+"""The runtime's parts without a cluster: a plan carried out, the one revocation sequence,
+status writing and the handover, against an in-memory stand-in for the few API calls they
+make (the real API server is what tests/integration is for)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentcred.api import labels
+from agentcred.api.pods import PodTask
+from agentcred.api.projection import IssuedValue, ProjectionState, Subject
+from agentcred.api.times import utcnow
+from agentcred.platform.keys import KeyRing
+from agentcred.platform.kube import Conflict, NotFound
+from agentcred.platform.revocations import RevocationList
+from agentcred.rules.credentials import credential_record
+from agentcred.runtime.audit import AuditTrail
+from agentcred.runtime.events import EventRecorder
+from agentcred.runtime.handover import Handover
+from agentcred.runtime.reconciler import Reconciler
+from agentcred.runtime.revoker import Revocation, Revoker
+from agentcred.runtime.scheduler import Scheduler
+from agentcred.runtime.status_writer import StatusWriter
+from agentcred.runtime.statusbook import StatusBook
+from agentcred.runtime.store import ProjectionStore
+from agentcred.sources.base import Sources
+from agentcred.sources.jwt import JwtSource
+from samples import credential
+
+NS, BINDING = "agents", "0123456789abcdef"
+KEY = f"{NS}/{BINDING}"
+
+
+def merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386 merge patch."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+    return target
+
+
+class FakeKube:
+    """Secrets, pods and credential statuses in memory; optimistic concurrency like the API server."""
+
+    def __init__(self) -> None:
+        self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.calls: list[str] = []
+        self.statuses: dict[tuple[str, str], dict[str, Any]] = {}
+        self.fail_next: Exception | None = None
+        self._version = 0
+
+    def _stamp(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._version += 1
+        body["metadata"]["resourceVersion"] = str(self._version)
+        return copy.deepcopy(body)
+
+    def _maybe_fail(self) -> None:
+        if self.fail_next is not None:
+            error, self.fail_next = self.fail_next, None
+            raise error
+
+    async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append("create")
+        self._maybe_fail()
+        key = (namespace, body["metadata"]["name"])
+        if key in self.secrets:
+            raise Conflict(409, "AlreadyExists", "exists")
+        self.secrets[key] = copy.deepcopy(body)
+        return self._stamp(self.secrets[key])
+
+    async def patch_secret(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append("patch")
+        self._maybe_fail()
+        current = self.secrets.get((namespace, name))
+        if current is None:
+            raise NotFound(404, "NotFound", "gone")
+        expected = (patch.get("metadata") or {}).get("resourceVersion")
+        if expected and expected != current["metadata"]["resourceVersion"]:
+            raise Conflict(409, "Conflict", "stale")
+        merge(current, {k: v for k, v in patch.items()})
+        return self._stamp(current)
+
+    async def delete_secret(self, namespace: str, name: str) -> None:
+        self.calls.append("delete")
+        self._maybe_fail()
+        if self.secrets.pop((namespace, name), None) is None:
+            raise NotFound(404, "NotFound", "gone")
+
+    async def find_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        found = self.secrets.get((namespace, name))
+        return copy.deepcopy(found) if found else None
+
+    async def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append("ungate")
+        return {}
+
+    async def patch_credential_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append("status")
+        merge(self.statuses.setdefault((namespace, name), {}), status)
+        return {}
+
+
+def record(**overrides: Any):
+    body = credential(namespace=NS, **overrides)
+    body["metadata"].update(uid="cred-uid", creationTimestamp="2026-11-01T00:00:00Z", generation=1)
+    return credential_record(body)
+
+
+def task(phase: str = "Pending", gated: bool = True, deleted: bool = False) -> PodTask:
+    return PodTask(
+        NS,
+        "agent",
+        "pod-uid",
+        "research-agent",
+        BINDING,
+        ("research-llm",),
+        "job-1",
+        phase,
+        deleted,
+        gated,
+        admitted_at=utcnow() - dt.timedelta(seconds=1),
+    )
+
+
+class Parts:
+    """One operator's runtime, wired as app.operator wires it, around the fake."""
+
+    def __init__(self, tmp_path: Path, pod: PodTask | None) -> None:
+        self.kube = FakeKube()
+        self.audit_path = tmp_path / "audit.log"
+        self.audit = AuditTrail(str(self.audit_path))
+        self.events = EventRecorder(self.kube)
+        self.book, self.store, self.revocations = StatusBook(), ProjectionStore(), RevocationList()
+        self.records = {"research-llm": record()}
+        self.pod = pod
+        ring = KeyRing.generate(utcnow())
+        self.sources = Sources(JwtSource(lambda: ring, "https://issuer", self.revocations))
+        self.revoker = Revoker(self.audit, self.sources, self.book, self.events, self.credential)
+        self.scheduler = Scheduler(self._scheduled)
+        self.reconciler = Reconciler(
+            self.kube,
+            self.store,
+            self.scheduler,
+            self.sources,
+            self.revoker,
+            self.audit,
+            self.events,
+            self.book,
+            credential=self.credential,
+            pod=lambda key: self.pod,
+            leading=lambda: True,
+        )
+        self.reconciler.loaded.set()
+
+    def credential(self, namespace: str, name: str):
+        return self.records.get(name)
+
+    async def _scheduled(self, key: Any) -> None:
+        """Never fires within these tests."""
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines()]
+
+    def secret(self) -> dict[str, Any] | None:
+        return self.kube.secrets.get((NS, labels.secret_name(BINDING)))
+
+
+def test_a_gated_pod_gets_its_value_written_then_released(tmp_path: Path) -> None:
+    parts = Parts(tmp_path, task())
+    asyncio.run(parts.reconciler.reconcile(KEY))
+    secret = parts.secret()
+    assert secret is not None and labels.value_key("research-llm") in secret["data"]
+    assert parts.kube.calls == ["create", "ungate"]
+    (line,) = parts.audit_lines()
+    assert line["action"] == "issue" and line["podUID"] == "pod-uid" and line["serviceAccount"] == "research-agent"
+    assert parts.store.get(KEY) is not None and len(parts.scheduler) == 1  # the renewal is scheduled
+    assert parts.book.tallies[(NS, "research-llm")].issued == 1
+
+
+def test_a_task_that_ends_is_revoked_through_the_one_sequence(tmp_path: Path) -> None:
+    parts = Parts(tmp_path, task())
+    asyncio.run(parts.reconciler.reconcile(KEY))
+    parts.pod = task(phase="Succeeded", gated=False)
+    asyncio.run(parts.reconciler.reconcile(KEY))
+    assert parts.secret() is None and parts.store.get(KEY) is None
+    issue, revoke = parts.audit_lines()
+    assert (revoke["action"], revoke["reason"], revoke["tokenId"]) == ("revoke", "task-succeeded", issue["tokenId"])
+    # Every token of the pod for the credential -- the value and what was exchanged from it.
+    assert parts.revocations.covers("pod-uid", "research-llm", utcnow())
+    assert parts.book.tallies[(NS, "research-llm")].revoked == 1
+
+
+def test_a_failed_act_is_voided_and_changes_nothing_else(tmp_path: Path) -> None:
+    parts = Parts(tmp_path, task())
+    value = IssuedValue(
+        "research-llm", "model", utcnow(), utcnow() + dt.timedelta(minutes=5), utcnow(), "fp", token_id="jti-1"
+    )
+
+    async def refused() -> None:
+        raise Conflict(409, "Conflict", "stale")
+
+    with pytest.raises(Conflict):
+        asyncio.run(
+            parts.revoker.revoke(
+                Subject(NS, "agent", "pod-uid"), [Revocation("research-llm", value, "emergency")], refused
+            )
+        )
+    revoke, void = parts.audit_lines()
+    assert revoke["action"] == "revoke" and void == {**void, "action": "void", "voids": "revoke", "tokenId": "jti-1"}
+    assert "409" in void["reason"]
+    assert not parts.revocations.covers("pod-uid", "research-llm", utcnow())
+
+
+def test_a_minting_service_hears_of_its_values_revocation(tmp_path: Path) -> None:
+    parts = Parts(tmp_path, task())
+    told: list[tuple[str, str, str]] = []
+
+    class Minting:
+        kind, exchangeable = "webhook", False
+
+        async def revoked(self, record, credential, value, subject, reason, until):
+            told.append((credential, value.token_id, reason))
+
+    parts.revoker.sources = Sources(Minting())
+    value = IssuedValue(
+        "research-llm",
+        "model",
+        utcnow(),
+        utcnow() + dt.timedelta(minutes=5),
+        utcnow(),
+        "fp",
+        token_id="minted-7",
+        source="webhook",
+    )
+
+    async def done() -> None:
+        pass
+
+    asyncio.run(
+        parts.revoker.revoke(Subject(NS, "agent", "pod-uid"), [Revocation("research-llm", value, "emergency")], done)
+    )
+    assert told == [("research-llm", "minted-7", "emergency")]
+
+
+def test_a_stale_picture_is_read_again_and_planned_anew(tmp_path: Path) -> None:
+    parts = Parts(tmp_path, task())
+    asyncio.run(parts.reconciler.reconcile(KEY))
+    secret = parts.secret()
+    assert secret is not None
+    secret["metadata"]["resourceVersion"] = "changed-by-someone"  # our memory is now stale
+    parts.pod = task(gated=False)
+    asyncio.run(parts.reconciler.reconcile(KEY, renew_now=frozenset({"research-llm"})))
+    assert parts.kube.calls == ["create", "ungate", "patch", "patch"]
+    assert [line["action"] for line in parts.audit_lines()] == ["issue", "renew", "void", "renew"]
+
+
+def test_status_is_written_once_per_change(tmp_path: Path) -> None:
+    parts = Parts(tmp_path, task())
+    writer = StatusWriter(
+        parts.kube,
+        parts.book,
+        parts.store,
+        parts.events,
+        parts.revocations,
+        credential=parts.credential,
+        leading=lambda: True,
+    )
+    asyncio.run(parts.reconciler.reconcile(KEY))
+    asyncio.run(writer.flush())
+    status = parts.kube.statuses[(NS, "research-llm")]
+    assert status["activeProjections"] == 1 and status["issuedTotal"] == 1
+    assert next(c for c in status["conditions"] if c["type"] == "Ready")["status"] == "True"
+    writes = parts.kube.calls.count("status")
+    parts.book.touch((NS, "research-llm"))
+    asyncio.run(writer.flush())
+    assert parts.kube.calls.count("status") == writes  # nothing changed: nothing written
+
+
+def test_a_new_leader_records_what_the_garbage_collector_already_removed(tmp_path: Path) -> None:
+    parts = Parts(tmp_path, None)
+    handover = Handover(parts.reconciler, parts.revoker, parts.store, parts.book, window=dt.timedelta(seconds=60))
+    handover.note_ended(task(phase="Running", gated=False, deleted=True))
+    orphan = ProjectionState(
+        NS,
+        "1111111111111111",
+        "gone",
+        "gone-uid",
+        None,
+        values={
+            "research-llm": IssuedValue(
+                "research-llm", "model", utcnow(), utcnow() + dt.timedelta(minutes=5), utcnow(), "fp", token_id="t"
+            )
+        },
+    )
+    parts.kube.secrets[(NS, orphan.secret_name)] = {"metadata": {"name": orphan.secret_name, "resourceVersion": "1"}}
+    asyncio.run(handover.take_over([], [orphan]))
+    lines = parts.audit_lines()
+    collected = next(line for line in lines if line.get("removedBy") == "garbage-collector")
+    assert (collected["action"], collected["podUID"], collected["reason"]) == ("revoke", "pod-uid", "pod-deleted")
+    orphaned = next(line for line in lines if line.get("podUID") == "gone-uid")
+    assert orphaned["reason"] == "orphaned" and (NS, orphan.secret_name) not in parts.kube.secrets
