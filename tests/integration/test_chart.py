@@ -11,6 +11,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from agentcred.webhook import pod_guard
 from agents import create_credential, create_job, job_pod, read_secret, secret_gone, secret_name_of, service_account
 from clusterkit import REPO, Cluster, OperatorProcess, operator_paused, token_kubeconfig, wait_for
 
@@ -65,13 +66,20 @@ def test_lint_and_default_rendering_is_hardened(cluster: Cluster) -> None:
     assert webhook["objectSelector"] == {"matchLabels": {"agentcred.dev/inject": "true"}}
     assert NAMESPACE in webhook["namespaceSelector"]["matchExpressions"][0]["values"]
     assert "caBundle" not in webhook["clientConfig"]  # the operator injects it; upgrades keep it
-    crd = rendered["CustomResourceDefinition/agentcredentials.agentcred.dev"]
-    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
-    assert crd["spec"] == yaml.safe_load((REPO / "crds" / "agentcredentials.agentcred.dev.yaml").read_text())["spec"]
+    for plural in ("agentcredentials", "agentcredentialpolicies"):
+        crd = rendered[f"CustomResourceDefinition/{plural}.agentcred.dev"]
+        assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        assert crd["spec"] == yaml.safe_load((REPO / "crds" / f"{plural}.agentcred.dev.yaml").read_text())["spec"]
+    # The label guard is what `agentcred run` installs when it manages its own configuration.
+    for _, body in pod_guard("agentcred.agentcred.dev"):
+        shipped = rendered[f"{body['kind']}/{body['metadata']['name']}"]
+        assert shipped["spec"] == body["spec"]
+    policy = rendered["AgentCredentialPolicy/agentcred-default"]["spec"]
+    assert policy["namespaceSelector"] == {"matchLabels": {"agentcred.dev/enabled": "true"}} and policy["sources"] == ["jwt"]
     role = rendered["ClusterRole/agentcred"]
     verbs = {(rule["apiGroups"][0], rule["resources"][0]): set(rule["verbs"]) for rule in role["rules"]}
     assert verbs[("", "pods")] == {"get", "list", "watch", "patch"}  # never create or delete pods
-    assert ("", "configmaps") not in verbs and ("", "nodes") not in verbs
+    assert ("", "nodes") not in verbs
     assert not any("*" in rule["verbs"] or "*" in rule["resources"] for rule in role["rules"])
 
 
@@ -155,7 +163,7 @@ def test_install_run_as_the_chart_service_account_upgrade_uninstall(
                      "name": "agentcred", "namespace": NAMESPACE}]}),
                 lambda: client.AdmissionregistrationV1Api(as_operator).delete_mutating_webhook_configuration(
                     "agentcred.agentcred.dev"),
-                lambda: core.delete_namespaced_config_map("agentcred-revocations", NAMESPACE),
+                lambda: core.delete_namespaced_config_map("agentcred-revocations-0", NAMESPACE),
             ):
                 with pytest.raises(ApiException) as denied:
                     attempt()
