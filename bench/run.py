@@ -54,7 +54,7 @@ sys.path.insert(0, str(REPO / "operator"))
 sys.path.insert(0, str(BENCH))
 
 import report  # noqa: E402
-from agentcred import labels, model  # noqa: E402
+from agentcred.api import labels, model  # noqa: E402
 from agentcred.devcluster.binaries import ETCD_VERSION, KUBERNETES_VERSION, ensure_binaries  # noqa: E402
 from agentcred.devcluster.controlplane import ControlPlane, free_port  # noqa: E402
 from agentcred.devcluster.install import install_agentcred  # noqa: E402

@@ -1,8 +1,12 @@
 """The Helm chart: lint and template variants, install on the real control plane, the
-operator running as the chart's ServiceAccount (and refused outside its RBAC), upgrade,
-uninstall leaving nothing behind, and bad values refused by the schema."""
+operator running as the chart's ServiceAccount (and refused outside its RBAC and the
+operator-bounds policy: more in test_operator_bounds.py), upgrade, uninstall leaving nothing
+behind but the signing keys, bad values refused by the schema, the chart as a subchart, two
+releases side by side, and the README's permission tables matching the rendered RBAC."""
 
+import hashlib
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -11,6 +15,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from agentcred.api.webhook_configuration import pod_guard
 from agents import create_credential, create_job, job_pod, read_secret, secret_gone, secret_name_of, service_account
 from clusterkit import REPO, Cluster, OperatorProcess, operator_paused, token_kubeconfig, wait_for
 
@@ -30,10 +35,15 @@ def helm(cluster: Cluster, *args: str, check: bool = True) -> subprocess.Complet
     return result
 
 
-def render(cluster: Cluster, *sets: str) -> list[dict]:
+def render(cluster: Cluster, *sets: str, release: str = RELEASE) -> list[dict]:
     args = [a for s in sets for a in ("--set", s)]
-    out = helm(cluster, "template", RELEASE, str(CHART), "-n", NAMESPACE, *args).stdout
+    out = helm(cluster, "template", release, str(CHART), "-n", NAMESPACE, *args).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def env_of(rendered: dict[str, dict], deployment: str = "Deployment/agentcred") -> dict[str, str]:
+    container = rendered[deployment]["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in container["env"]}
 
 
 def kinds(documents: list[dict]) -> dict[str, dict]:
@@ -76,14 +86,51 @@ def test_lint_and_default_rendering_is_hardened(cluster: Cluster) -> None:
     assert webhook["objectSelector"] == {"matchLabels": {"agentcred.dev/inject": "true"}}
     assert NAMESPACE in webhook["namespaceSelector"]["matchExpressions"][0]["values"]
     assert "caBundle" not in webhook["clientConfig"]  # the operator injects it; upgrades keep it
-    crd = rendered["CustomResourceDefinition/agentcredentials.agentcred.dev"]
-    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
-    assert crd["spec"] == yaml.safe_load((REPO / "crds" / "agentcredentials.agentcred.dev.yaml").read_text())["spec"]
+    for plural in ("agentcredentials", "agentcredentialpolicies"):
+        crd = rendered[f"CustomResourceDefinition/{plural}.agentcred.dev"]
+        assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        assert crd["spec"] == yaml.safe_load((REPO / "crds" / f"{plural}.agentcred.dev.yaml").read_text())["spec"]
+    # The label guard is what `agentcred run` installs when it manages its own configuration.
+    for _, body in pod_guard("agentcred.agentcred.dev"):
+        shipped = rendered[f"{body['kind']}/{body['metadata']['name']}"]
+        assert shipped["spec"] == body["spec"]
+    policy = rendered["AgentCredentialPolicy/agentcred-default"]["spec"]
+    assert policy["namespaceSelector"] == {"matchLabels": {"agentcred.dev/enabled": "true"}} and policy["sources"] == [
+        "jwt"
+    ]
     role = rendered["ClusterRole/agentcred"]
     verbs = {(rule["apiGroups"][0], rule["resources"][0]): set(rule["verbs"]) for rule in role["rules"]}
     assert verbs[("", "pods")] == {"get", "list", "watch", "patch"}  # never create or delete pods
-    assert ("", "configmaps") not in verbs and ("", "nodes") not in verbs
+    assert ("", "nodes") not in verbs
     assert not any("*" in rule["verbs"] or "*" in rule["resources"] for rule in role["rules"])
+    # The operator's state is named after the release; for the release "agentcred", as before.
+    env = env_of(rendered)
+    assert env["AGENTCRED_INSTANCE"] == "agentcred" and env["AGENTCRED_WEBHOOK_CONFIG"] == "inject-ca"
+    assert {
+        "Secret/agentcred-signing-keys",
+        "Secret/agentcred-webhook-tls",
+        "Lease/agentcred-leader",
+        "ConfigMap/agentcred-revocations-0",
+        "ConfigMap/agentcred-revocations-7",
+    } <= set(rendered)
+    keys = rendered["Secret/agentcred-signing-keys"]["metadata"]
+    assert keys["annotations"] == {"helm.sh/resource-policy": "keep"}  # outstanding tokens stay verifiable
+    for bound in ("secrets", "pods", "pod-lifecycle", "webhook"):  # the operator's own bounds
+        name = f"agentcred.agentcred.dev-operator-{bound}"
+        policy = rendered[f"ValidatingAdmissionPolicy/{name}"]["spec"]
+        assert policy["failurePolicy"] == "Fail" and policy["matchConditions"] == [
+            {
+                "name": "is-the-operator",
+                "expression": f"request.userInfo.username == 'system:serviceaccount:{NAMESPACE}:agentcred'",
+            }
+        ]
+        binding = rendered[f"ValidatingAdmissionPolicyBinding/{name}"]["spec"]
+        assert binding == {"policyName": name, "validationActions": ["Deny"]}
+    # People manage AgentCredentials through the built-in roles; never policies.
+    for name, aggregate in (("agentcred-edit", {"admin", "edit"}), ("agentcred-view", {"view"})):
+        people = rendered[f"ClusterRole/{name}"]
+        assert {k.rsplit("-", 1)[1] for k in people["metadata"]["labels"] if "aggregate-to-" in k} == aggregate
+        assert [r["resources"] for r in people["rules"]] == [["agentcredentials"]]
 
 
 @pytest.mark.parametrize(
@@ -110,6 +157,52 @@ def test_lint_and_default_rendering_is_hardened(cluster: Cluster) -> None:
                     k.startswith(("CustomResourceDefinition/", "ClusterRole", "Role", "ServiceAccount/")) for k in r
                 )
                 and r["Deployment/agentcred"]["spec"]["template"]["spec"]["serviceAccountName"] == "custom"
+                and "system:serviceaccount:agentcred-chart:custom"
+                in r["ValidatingAdmissionPolicy/agentcred.agentcred.dev-operator-secrets"]["spec"]["matchConditions"][
+                    0
+                ]["expression"]
+            ),
+        ),
+        (
+            ["rbac.aggregateToDefaultRoles=false", "signingKeys.keepOnUninstall=false", "webhook.failurePolicy=Ignore"],
+            lambda r: (
+                "ClusterRole/agentcred-edit" not in r
+                and "ClusterRole/agentcred-view" not in r
+                and "annotations" not in r["Secret/agentcred-signing-keys"]["metadata"]
+                and r["MutatingWebhookConfiguration/agentcred.agentcred.dev"]["webhooks"][0]["failurePolicy"]
+                == "Ignore"
+            ),
+        ),
+        (
+            [
+                "extraArgs[0]=--verbose",
+                "extraEnv[0].name=HTTPS_PROXY",
+                "extraEnv[0].value=http://proxy.example:3128",
+                "podAnnotations.a=b",
+                "podLabels.c=d",
+                "priorityClassName=system-cluster-critical",
+            ],
+            lambda r: (
+                r["Deployment/agentcred"]["spec"]["template"]["spec"]["containers"][0]["args"][-1] == "--verbose"
+                and env_of(r)["HTTPS_PROXY"] == "http://proxy.example:3128"
+                and r["Deployment/agentcred"]["spec"]["template"]["metadata"]["annotations"] == {"a": "b"}
+                and r["Deployment/agentcred"]["spec"]["template"]["metadata"]["labels"]["c"] == "d"
+                and r["Deployment/agentcred"]["spec"]["template"]["spec"]["priorityClassName"]
+                == "system-cluster-critical"
+            ),
+        ),
+        (
+            ["fullnameOverride=tokens"],
+            lambda r: (
+                {
+                    "Deployment/tokens",
+                    "Secret/tokens-signing-keys",
+                    "Lease/tokens-leader",
+                    "Role/tokens",
+                    "ValidatingAdmissionPolicy/tokens.agentcred.dev-operator-secrets",
+                }
+                <= set(r)
+                and env_of(r, "Deployment/tokens")["AGENTCRED_INSTANCE"] == "tokens"
             ),
         ),
         (
@@ -128,6 +221,89 @@ def test_template_variants(cluster: Cluster, sets: list[str], check) -> None:
     assert check(kinds(render(cluster, *sets)))
 
 
+def test_cert_manager_issues_the_serving_certificate(cluster: Cluster) -> None:
+    rendered = kinds(render(cluster, "certManager.enabled=true"))
+    webhook = rendered["MutatingWebhookConfiguration/agentcred.agentcred.dev"]
+    assert webhook["metadata"]["annotations"] == {
+        "cert-manager.io/inject-ca-from": f"{NAMESPACE}/agentcred-webhook-tls"
+    }
+    assert "caBundle" not in webhook["webhooks"][0]["clientConfig"]
+    certificate = rendered["Certificate/agentcred-webhook-tls"]["spec"]
+    assert certificate["secretName"] == "agentcred-webhook-tls"  # the Secret the operator reads
+    assert certificate["dnsNames"] == [
+        "agentcred",
+        f"agentcred.{NAMESPACE}",
+        f"agentcred.{NAMESPACE}.svc",
+        f"agentcred.{NAMESPACE}.svc.cluster.local",
+    ]
+    assert certificate["issuerRef"] == {"name": "agentcred-ca", "kind": "Issuer", "group": "cert-manager.io"}
+    assert rendered["Certificate/agentcred-ca"]["spec"]["isCA"] is True
+    assert rendered["Issuer/agentcred-ca"]["spec"] == {"ca": {"secretName": "agentcred-ca"}}
+    # The operator leaves the webhook configuration and that Secret to cert-manager, and may not write them.
+    assert env_of(rendered)["AGENTCRED_WEBHOOK_CONFIG"] == "none"
+    assert "Secret/agentcred-webhook-tls" not in rendered
+    assert not any(
+        "mutatingwebhookconfigurations" in r["resources"] for r in rendered["ClusterRole/agentcred"]["rules"]
+    )
+    role_secrets = [r for r in rendered["Role/agentcred"]["rules"] if r["resources"] == ["secrets"]]
+    assert role_secrets == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["agentcred-signing-keys"], "verbs": ["update"]}
+    ]
+    bounds = json.dumps(rendered["ValidatingAdmissionPolicy/agentcred.agentcred.dev-operator-secrets"])
+    assert "agentcred-webhook-tls" not in bounds and "agentcred-signing-keys" in bounds
+
+    given = kinds(
+        render(
+            cluster,
+            "certManager.enabled=true",
+            "certManager.issuerRef.name=corp",
+            "certManager.issuerRef.kind=ClusterIssuer",
+        )
+    )
+    assert not any(k.startswith("Issuer/") or k == "Certificate/agentcred-ca" for k in given)
+    assert given["Certificate/agentcred-webhook-tls"]["spec"]["issuerRef"] == {
+        "name": "corp",
+        "kind": "ClusterIssuer",
+        "group": "cert-manager.io",
+    }
+
+
+def test_network_policy_limits_each_port_and_egress(cluster: Cluster) -> None:
+    policy = kinds(render(cluster, "networkPolicy.enabled=true"))["NetworkPolicy/agentcred"]["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    ingress = {rule["ports"][0]["port"]: rule["from"] for rule in policy["ingress"]}
+    assert ingress["api"] == [
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"agentcred.dev/inject": "true"}}}
+    ]
+    assert ingress["health"] == [
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+    ]
+    assert {peer["ipBlock"]["cidr"] for peer in ingress["webhook"]} == {"0.0.0.0/0", "::/0"}
+    api_server, dns = policy["egress"]
+    assert {p["port"] for p in api_server["ports"]} == {443, 6443}
+    assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+    assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
+
+    narrowed = kinds(
+        render(
+            cluster,
+            "networkPolicy.enabled=true",
+            "networkPolicy.apiFrom=null",
+            "networkPolicy.webhookFrom[0].ipBlock.cidr=10.0.0.0/24",
+            "networkPolicy.egress.apiServer.to[0].ipBlock.cidr=10.0.0.1/32",
+            "networkPolicy.egress.mintingServices[0].to[0].podSelector.matchLabels.app=mint",
+            "networkPolicy.egress.mintingServices[0].ports[0].port=8443",
+        )
+    )["NetworkPolicy/agentcred"]["spec"]
+    assert [rule["ports"][0]["port"] for rule in narrowed["ingress"]] == ["webhook", "health"]  # api closed
+    assert narrowed["ingress"][0]["from"] == [{"ipBlock": {"cidr": "10.0.0.0/24"}}]
+    assert narrowed["egress"][0]["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
+    assert narrowed["egress"][2] == {
+        "to": [{"podSelector": {"matchLabels": {"app": "mint"}}}],
+        "ports": [{"port": 8443}],
+    }
+
+
 @pytest.mark.parametrize(
     "sets, message",
     [
@@ -137,12 +313,163 @@ def test_template_variants(cluster: Cluster, sets: list[str], check) -> None:
         (["webhook.timeoutSeconds=60"], "/webhook/timeoutSeconds': maximum"),
         (["image.pullPolicy=Sometimes"], "/image/pullPolicy'"),
         (["issuer=http://plain"], "/issuer'"),
+        (["webhook.failurePolicy=Sometimes"], "/webhook/failurePolicy'"),
+        (["serviceMonitor.interval=90"], "/serviceMonitor/interval'"),
+        (["extraEnv[0].value=x"], "/extraEnv/0'"),
+        (["nameOverride=Not_A_Name"], "/nameOverride'"),
+        (["certManager.issuerRef.kind=ClusterIssuer"], "/certManager/issuerRef'"),
+        (["networkPolicy.egress.dns.to=null"], "/networkPolicy/egress/dns"),
     ],
 )
 def test_bad_values_are_refused_by_the_schema(cluster: Cluster, sets: list[str], message: str) -> None:
     args = [a for s in sets for a in ("--set", s)]
     result = helm(cluster, "template", RELEASE, str(CHART), *args, check=False)
     assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ["global.imageRegistry=registry.example"],  # what an umbrella chart passes to every subchart
+        ["nameOverride=tokens", "fullnameOverride=agent-tokens"],
+        ["serviceMonitor.enabled=true", "serviceMonitor.interval=1m30s"],
+        ["webhook.failurePolicy=Ignore", "extraArgs[0]=--verbose", "extraEnv[0].name=A", "extraEnv[0].value=b"],
+        ["podAnnotations.a=b", "podLabels.c=d", "priorityClassName=high"],
+    ],
+)
+def test_common_values_are_accepted(cluster: Cluster, sets: list[str]) -> None:
+    assert render(cluster, *sets)
+
+
+def test_as_a_dependency_of_an_umbrella_chart(cluster: Cluster, tmp_path: Path) -> None:
+    umbrella = tmp_path / "platform"
+    umbrella.mkdir()
+    (umbrella / "Chart.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v2",
+                "name": "platform",
+                "version": "1.0.0",
+                "dependencies": [{"name": "agentcred", "version": "0.1.0", "repository": f"file://{CHART}"}],
+            }
+        )
+    )
+    (umbrella / "values.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "global": {"imageRegistry": "registry.example", "labels": {"team": "platform"}},
+                "agentcred": {"replicaCount": 3, "crds": {"install": False}},
+            }
+        )
+    )
+    helm(cluster, "dependency", "build", str(umbrella), "--skip-refresh")
+    assert "0 chart(s) failed" in helm(cluster, "lint", str(umbrella), "--strict").stdout
+    out = helm(cluster, "template", "platform", str(umbrella), "-n", NAMESPACE).stdout
+    rendered = kinds([doc for doc in yaml.safe_load_all(out) if doc])
+    assert rendered["Deployment/platform-agentcred"]["spec"]["replicas"] == 3
+    assert env_of(rendered, "Deployment/platform-agentcred")["AGENTCRED_INSTANCE"] == "platform-agentcred"
+    assert not any(k.startswith("CustomResourceDefinition/") for k in rendered)
+    refused = helm(cluster, "template", "platform", str(umbrella), "--set", "agentcred.surprise=1", check=False)
+    assert refused.returncode != 0 and "additional properties 'surprise' not allowed" in refused.stderr
+
+
+def test_two_releases_in_one_namespace_share_no_object(cluster: Cluster) -> None:
+    first = render(cluster, release="agentcred")
+    second = render(cluster, "crds.install=false", release="tenant-b")  # the CRDs are the cluster's, once
+    key = lambda doc: (doc["kind"], doc["metadata"].get("namespace"), doc["metadata"]["name"])  # noqa: E731
+    assert not {key(d) for d in first} & {key(d) for d in second}
+    rendered = kinds(second)
+    assert env_of(rendered, "Deployment/tenant-b-agentcred")["AGENTCRED_INSTANCE"] == "tenant-b-agentcred"
+    state = {
+        "Secret/tenant-b-agentcred-signing-keys",
+        "Secret/tenant-b-agentcred-webhook-tls",
+        "Lease/tenant-b-agentcred-leader",
+        "ConfigMap/tenant-b-agentcred-revocations-0",
+    }
+    assert state <= set(rendered)
+    named = {n for rule in rendered["Role/tenant-b-agentcred"]["rules"] for n in rule.get("resourceNames", [])}
+    assert {
+        "tenant-b-agentcred-leader",
+        "tenant-b-agentcred-signing-keys",
+        "tenant-b-agentcred-webhook-tls",
+        "tenant-b-agentcred-revocations-7",
+    } <= named and not any(n.startswith("agentcred-") for n in named)
+    bounds = rendered["ValidatingAdmissionPolicy/tenant-b-agentcred.agentcred.dev-operator-secrets"]["spec"]
+    own_state = next(v["expression"] for v in bounds["variables"] if v["name"] == "ownState")
+    assert "'tenant-b-agentcred-signing-keys', 'tenant-b-agentcred-webhook-tls'" in own_state
+    assert f"system:serviceaccount:{NAMESPACE}:tenant-b-agentcred" in bounds["matchConditions"][0]["expression"]
+
+
+def readme_tables() -> list[set[tuple[str, str, frozenset, frozenset]]]:
+    """The rows of the tables under "Permissions, and why": (resource, where, verbs, names)."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Permissions, and why", 1)[1].split("\n## ", 1)[0]
+    tables, rows = [], None
+    for line in section.splitlines():
+        if not line.startswith("|"):
+            rows = None
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] == "resource" or set(cells[0]) <= {"-"}:
+            continue
+        if rows is None:
+            rows = set()
+            tables.append(rows)
+        resource, where, verbs = cells[0].strip("`"), cells[1], cells[2]
+        names = set()
+        named = re.sub(r"\(.*?\)", "", where.split(":", 1)[1]) if ":" in where else ""  # remarks in parentheses
+        for name in re.findall(r"`([^`]+)`", named):
+            name = name.replace("<fullname>", RELEASE)
+            names |= {name.replace("<n>", str(n)) for n in range(8)} if "<n>" in name else {name}
+        scope = (
+            "cluster"
+            if where.startswith("cluster")
+            else "namespace"
+            if where.startswith("its namespace")
+            else ",".join(sorted(re.findall(r"`(admin|edit|view)`", where)))
+        )
+        rows.add((resource, scope, frozenset(v.strip() for v in verbs.split(",")), frozenset(names)))
+    return tables
+
+
+def test_readme_permission_tables_match_the_rendered_rbac(cluster: Cluster) -> None:
+    rendered = kinds(render(cluster))
+
+    def rules(role: dict, scope: str) -> set:
+        return {
+            (resource, scope, frozenset(rule["verbs"]), frozenset(rule.get("resourceNames", [])))
+            for rule in role["rules"]
+            for resource in rule["resources"]
+        }
+
+    operator = rules(rendered["ClusterRole/agentcred"], "cluster") | rules(rendered["Role/agentcred"], "namespace")
+    people = rules(rendered["ClusterRole/agentcred-edit"], "admin,edit") | rules(
+        rendered["ClusterRole/agentcred-view"], "view"
+    )
+    assert readme_tables() == [operator, people]
+
+
+def test_notes_print_the_first_steps_and_create_nothing(cluster: Cluster) -> None:
+    out = helm(
+        cluster,
+        "install",
+        "notes",
+        str(CHART),
+        "-n",
+        "agentcred-notes",
+        "--dry-run=client",
+        "--set",
+        "crds.install=false",
+    ).stdout
+    notes = out.split("NOTES:", 1)[1]
+    for command in (
+        "kubectl create namespace agents",
+        "kubectl label namespace agents agentcred.dev/enabled=true",
+        "kubectl -n agents create serviceaccount research-agent",
+        "kubectl -n agentcred-notes delete secret notes-agentcred-signing-keys",
+    ):
+        assert command in notes, notes
+    assert "kind: Namespace" not in out and "kind: ServiceAccount\nmetadata:\n  name: research-agent" not in out
 
 
 def test_install_run_as_the_chart_service_account_upgrade_uninstall(
@@ -220,12 +547,42 @@ def test_install_run_as_the_chart_service_account_upgrade_uninstall(
                 lambda: client.AdmissionregistrationV1Api(as_operator).delete_mutating_webhook_configuration(
                     "agentcred.agentcred.dev"
                 ),
-                lambda: core.delete_namespaced_config_map("agentcred-revocations", NAMESPACE),
+                lambda: core.delete_namespaced_config_map("agentcred-revocations-0", NAMESPACE),
+                lambda: client.AdmissionregistrationV1Api(as_operator).delete_validating_admission_policy(
+                    "agentcred.agentcred.dev-operator-secrets"
+                ),
             ):
                 with pytest.raises(ApiException) as denied:
                     attempt()
                 refused.append(denied.value.status)
-            assert refused == [403] * 7
+            assert refused == [403] * 8
+            # RBAC would let these through; the operator-bounds policies do not (test_operator_bounds.py).
+            for attempt, policy in (
+                (
+                    lambda: core.create_namespaced_secret(
+                        "kube-system",
+                        {
+                            "metadata": {
+                                "name": "gc-token",
+                                "annotations": {"kubernetes.io/service-account.name": "generic-garbage-collector"},
+                            },
+                            "type": "kubernetes.io/service-account-token",
+                        },
+                    ),
+                    "secrets",
+                ),
+                (
+                    lambda: core.patch_namespaced_pod(
+                        pod["metadata"]["name"],
+                        namespace,
+                        {"spec": {"containers": [{"name": "agent", "image": "evil"}]}},
+                    ),
+                    "pods",
+                ),
+            ):
+                with pytest.raises(ApiException) as denied:
+                    attempt()
+                assert f"ValidatingAdmissionPolicy 'agentcred.agentcred.dev-operator-{policy}'" in denied.value.body
 
             helm(
                 cluster,
@@ -243,6 +600,35 @@ def test_install_run_as_the_chart_service_account_upgrade_uninstall(
             )
         finally:
             helm(cluster, "uninstall", RELEASE, "-n", NAMESPACE, "--wait")
+
+        # The signing keys stay (tokens still outstanding stay verifiable), and a reinstall
+        # under the same name takes them over as they are; nothing else stays.
+        def keys_digest() -> str:  # compared by digest: a failed assertion prints no key
+            data = cluster.core.read_namespaced_secret("agentcred-signing-keys", NAMESPACE).data or {}
+            return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest() if data else ""
+
+        kept = cluster.core.read_namespaced_secret("agentcred-signing-keys", NAMESPACE)
+        assert kept.metadata.annotations["helm.sh/resource-policy"] == "keep"
+        written = keys_digest()
+        assert written
+        helm(
+            cluster,
+            "install",
+            RELEASE,
+            str(CHART),
+            "-n",
+            NAMESPACE,
+            "--wait=false",
+            "--set",
+            "crds.install=false",
+            "--set",
+            "webhook.url=https://127.0.0.1:9",
+            "--set",
+            "webhook.failurePolicy=Ignore",
+        )
+        assert keys_digest() == written
+        helm(cluster, "uninstall", RELEASE, "-n", NAMESPACE, "--wait")
+        cluster.core.delete_namespaced_secret("agentcred-signing-keys", NAMESPACE)
 
         leftovers = {
             "secrets": [s.metadata.name for s in cluster.core.list_namespaced_secret(NAMESPACE).items],
@@ -266,7 +652,12 @@ def test_install_run_as_the_chart_service_account_upgrade_uninstall(
                 if w.metadata.name.startswith(RELEASE)
             ],
             "clusterroles": [
-                r.metadata.name for r in cluster.rbac.list_cluster_role().items if r.metadata.name == RELEASE
+                r.metadata.name for r in cluster.rbac.list_cluster_role().items if r.metadata.name.startswith(RELEASE)
+            ],
+            "policies": [
+                p.metadata.name
+                for p in cluster.admission.list_validating_admission_policy().items
+                if p.metadata.name.startswith(f"{RELEASE}.agentcred.dev-")
             ],
         }
         assert leftovers == {k: [] for k in leftovers}

@@ -1,12 +1,19 @@
 {{- define "agentcred.name" -}}
-{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* The release's full name. It also names the operator's own objects (AGENTCRED_INSTANCE), so
+two releases never share a Secret, ConfigMap or Lease. */}}
 {{- define "agentcred.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -37,4 +44,21 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{- define "agentcred.webhookConfiguration" -}}
 {{- printf "%s.agentcred.dev" (include "agentcred.fullname" .) -}}
+{{- end -}}
+
+{{/* The operator's state in the release's namespace (agentcred.labels.StateNames). */}}
+{{- define "agentcred.keyringSecret" -}}
+{{- printf "%s-signing-keys" (include "agentcred.fullname" .) -}}
+{{- end -}}
+
+{{- define "agentcred.servingSecret" -}}
+{{- printf "%s-webhook-tls" (include "agentcred.fullname" .) -}}
+{{- end -}}
+
+{{- define "agentcred.lease" -}}
+{{- printf "%s-leader" (include "agentcred.fullname" .) -}}
+{{- end -}}
+
+{{- define "agentcred.revocationShard" -}}
+{{- printf "%s-revocations-%d" (include "agentcred.fullname" .root) (int .shard) -}}
 {{- end -}}
