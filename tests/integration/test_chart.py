@@ -241,6 +241,7 @@ def test_cert_manager_issues_the_serving_certificate(cluster: Cluster) -> None:
     assert rendered["Issuer/agentcred-ca"]["spec"] == {"ca": {"secretName": "agentcred-ca"}}
     # The operator leaves the webhook configuration and that Secret to cert-manager, and may not write them.
     assert env_of(rendered)["AGENTCRED_WEBHOOK_CONFIG"] == "none"
+    assert env_of(rendered)["AGENTCRED_SERVING_CERTIFICATE"] == "external"  # read, never written
     assert "Secret/agentcred-webhook-tls" not in rendered
     assert not any(
         "mutatingwebhookconfigurations" in r["resources"] for r in rendered["ClusterRole/agentcred"]["rules"]

@@ -29,6 +29,9 @@ class OperatorConfig:
     # Helm chart installed up to date; "none" leaves it alone.
     webhook_url: str | None = None
     webhook_config: str = "manage"
+    # The serving certificate: "managed" (made, shared and renewed by the replicas) or
+    # "external" (issued into the Secret by cert-manager or another issuer: only read).
+    serving_certificate: str = "managed"
     webhook_configuration: str = "agentcred.dev"  # the MutatingWebhookConfiguration's name
     api_address: str = "0.0.0.0"
     api_port: int = 8443  # JWKS, revocation list, intent exchange
@@ -65,6 +68,7 @@ class OperatorConfig:
             webhook_port=int(_env("WEBHOOK_PORT", str(cls.webhook_port))),
             webhook_url=_env("WEBHOOK_URL", "") or None,
             webhook_config=_env("WEBHOOK_CONFIG", cls.webhook_config),
+            serving_certificate=_env("SERVING_CERTIFICATE", cls.serving_certificate),
             webhook_configuration=_env("WEBHOOK_CONFIGURATION", cls.webhook_configuration),
             api_address=_env("API_ADDRESS", cls.api_address),
             api_port=int(_env("API_PORT", str(cls.api_port))),

@@ -124,8 +124,9 @@ class Operator:
         revocation_store = RevocationStore(kube, config.namespace, self.revocations, config.names)
         await revocation_store.reload()
 
+        managed = config.serving_certificate == "managed"
         certificate = await shared_serving_certificate(
-            kube, config.namespace, config.service, config.names.serving_certificate
+            kube, config.namespace, config.service, config.names.serving_certificate, managed
         )
         self._tls_directory = private_directory()
         certfile, keyfile = certificate.write(self._tls_directory)
@@ -225,6 +226,7 @@ class Operator:
             certificate,
             self.leading,
             self.publish_ca,
+            managed=managed,
         )
         health.problems.append(lambda: certificates.problem)
         health.not_ready.append(revocation_store.problem)

@@ -41,6 +41,7 @@ CONTROLLERS = (
     "root-ca-certificate-publisher-controller",
     "ttl-after-finished-controller",
     "clusterrole-aggregation-controller",
+    "validatingadmissionpolicy-status-controller",  # type-checks the policies' CEL
 )
 # Proxies would route loopback traffic away from the servers we start.
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")

@@ -17,7 +17,10 @@ from ..platform.kube import Kube, status_of
 log = logging.getLogger(__name__)
 
 
-KEYRING_LABELS = {ROLE_LABEL: "keyring", "app.kubernetes.io/name": "agentcred"}
+# The role label says what the Secret is (the inventory skips it); other labels are whoever
+# created it's (the chart's, or ours on a Secret we create).
+ROLE = {ROLE_LABEL: "keyring"}
+CREATED_LABELS = {**ROLE, "app.kubernetes.io/name": "agentcred"}
 
 
 async def load_keyring(kube: Kube, namespace: str, name: str) -> KeyRing:
@@ -29,8 +32,8 @@ async def load_keyring(kube: Kube, namespace: str, name: str) -> KeyRing:
         found = KeyRing.from_secret_data(secret["data"])
         ring = found.with_missing_macs(now)  # a ring written by an older version lacks them
         if ring is found:
-            if any((secret["metadata"].get("labels") or {}).get(k) != v for k, v in KEYRING_LABELS.items()):
-                await kube.patch_secret(namespace, name, {"metadata": {"labels": KEYRING_LABELS}})
+            if (secret["metadata"].get("labels") or {}).get(ROLE_LABEL) != ROLE[ROLE_LABEL]:
+                await kube.patch_secret(namespace, name, {"metadata": {"labels": ROLE}})
             return ring
     else:
         ring = KeyRing.generate(now)
@@ -40,7 +43,7 @@ async def load_keyring(kube: Kube, namespace: str, name: str) -> KeyRing:
         "type": "Opaque",
         "metadata": {"name": name, "namespace": namespace},
     }
-    body["metadata"]["labels"] = {**(body["metadata"].get("labels") or {}), **KEYRING_LABELS}
+    body["metadata"]["labels"] = {**(body["metadata"].get("labels") or CREATED_LABELS), **ROLE}
     body["data"] = ring.to_secret_data()
     written = await kube.write_shared_secret(namespace, body, replace=secret is not None)
     ring = KeyRing.from_secret_data(written["data"])

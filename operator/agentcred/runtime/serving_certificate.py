@@ -74,10 +74,13 @@ def _secret_body(
     def b64(data: bytes) -> str:
         return base64.b64encode(data).decode()
 
-    labels_ = {"app.kubernetes.io/name": "agentcred"}
-    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels_}
-    if existing is not None:  # keep what the chart put there, and fail on a stale version
-        metadata = {**existing["metadata"], "labels": {**(existing["metadata"].get("labels") or {}), **labels_}}
+    # Labels only on a Secret we create; one the chart made keeps the chart's (Helm sees no drift),
+    # and its version, so a stale write fails.
+    metadata: dict[str, Any] = (
+        dict(existing["metadata"])
+        if existing is not None
+        else {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/name": "agentcred"}}
+    )
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -108,13 +111,23 @@ async def _renew(
     return won
 
 
-async def shared_serving_certificate(kube: Kube, namespace: str, service: str, name: str) -> ServingCertificate:
-    """The replicas' common certificate: read it, or create or renew it if this replica is first."""
-    existing = await kube.find_secret(namespace, name)
-    current = _from_secret(existing)
-    if current is not None and not pki.expires_within(current.cert_pem, RENEW_WITHIN):
-        return current
-    return await _renew(kube, namespace, service, name, existing)
+async def shared_serving_certificate(
+    kube: Kube, namespace: str, service: str, name: str, managed: bool = True, poll: float = 5.0
+) -> ServingCertificate:
+    """The replicas' common certificate: read it, or create or renew it if this replica is
+    first. When it is not ours to manage (cert-manager issues it), wait until it is there."""
+    while True:
+        existing = await kube.find_secret(namespace, name)
+        current = _from_secret(existing)
+        if not managed:
+            if current is not None:
+                return current
+            log.info("waiting for Secret %s/%s (ca.crt, tls.crt, tls.key) from its issuer", namespace, name)
+            await asyncio.sleep(poll)
+            continue
+        if current is not None and not pki.expires_within(current.cert_pem, RENEW_WITHIN):
+            return current
+        return await _renew(kube, namespace, service, name, existing)
 
 
 def certificate_actions(
@@ -128,7 +141,8 @@ def certificate_actions(
 
 
 class CertificateMonitor:
-    """Keeps the serving certificate from expiring under a long-running operator."""
+    """Keeps the serving certificate from expiring under a long-running operator: the leader
+    renews a managed one; every replica asks to be restarted when a newer one is waiting."""
 
     def __init__(
         self,
@@ -140,8 +154,10 @@ class CertificateMonitor:
         leading: Callable[[], bool],
         publish: Callable[[bytes], Awaitable[None]],
         interval: float = 3600.0,
+        managed: bool = True,
     ) -> None:
         self.kube, self.namespace, self.service, self.name = kube, namespace, service, name
+        self.managed = managed
         self.serving, self.leading, self.publish, self.interval = serving, leading, publish, interval
         self.problem: str | None = None  # set: /healthz fails, so the kubelet restarts us
 
@@ -158,7 +174,7 @@ class CertificateMonitor:
         shared = _from_secret(existing)
         if shared is None:
             return
-        renew, _ = certificate_actions(shared, self.serving, self.leading(), now)
+        renew, _ = certificate_actions(shared, self.serving, self.leading() and self.managed, now)
         if renew:
             shared = await _renew(self.kube, self.namespace, self.service, self.name, existing)
             await self.publish(shared.ca_pem)
