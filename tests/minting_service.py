@@ -18,6 +18,8 @@ from clusterkit import free_port
 class MintingService:
     def __init__(self) -> None:
         self.mode = "ok"
+        self.redirect_to: str | None = None  # answer every call with a redirect there
+        self.calls = 0
         self.minted: list[dict[str, Any]] = []
         self.revoked: list[dict[str, Any]] = []
         self.port = free_port()
@@ -61,6 +63,9 @@ class MintingService:
         await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=context).start()
 
     async def _mint(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        if self.redirect_to is not None:
+            raise web.HTTPTemporaryRedirect(self.redirect_to)
         payload = await request.json()
         if self.mode == "slow":
             await asyncio.sleep(3)

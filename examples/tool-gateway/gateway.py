@@ -6,7 +6,7 @@ signature, issuer, audience, expiry, revocation and scope are checked with
 `agentcred.verify`; the keys and the revocation list are refreshed every 60 seconds.
 
     python gateway.py --operator https://agentcred.agentcred.svc:8443 --cafile ca.crt \
-        --audience https://llm-gateway.internal --port 8080
+        --audience https://llm-gateway.agents.svc --namespace agents --port 8080
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Keys:
                 print(f"could not refresh keys: {error}")
 
 
-def make_handler(keys: Keys, audience: str, namespace: str | None = None) -> type[BaseHTTPRequestHandler]:
+def make_handler(keys: Keys, audience: str, namespace: str | None) -> type[BaseHTTPRequestHandler]:
     """Requests for `audience`; with `namespace`, only tokens issued to agents of that namespace
     (the tenant this gateway serves), whatever audience another tenant's credential claims."""
 
@@ -77,7 +77,9 @@ def main() -> None:
     parser.add_argument("--operator", required=True, help="the operator's HTTPS endpoint")
     parser.add_argument("--cafile", help="CA bundle for the operator's endpoint")
     parser.add_argument("--audience", required=True)
-    parser.add_argument("--namespace", help="accept only tokens of agents in this namespace (the tenant served)")
+    tenant = parser.add_mutually_exclusive_group(required=True)
+    tenant.add_argument("--namespace", help="accept only tokens of agents in this namespace (the tenant served)")
+    tenant.add_argument("--any-namespace", action="store_true", help="accept tokens of agents in any namespace")
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args()
     server = ThreadingHTTPServer(

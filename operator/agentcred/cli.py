@@ -110,10 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--url", help="the operator's HTTPS endpoint (JWKS and revocations)")
     verify.add_argument("--cafile", help="CA bundle for --url")
     verify.add_argument("--jwks-file", help="verify offline against this JWKS (no revocation check)")
-    verify.add_argument("--issuer", help="the issuer to expect (default: --url)")
-    verify.add_argument("--tool")
-    verify.add_argument("--action")
-    verify.add_argument("--resource")
+    verify.add_argument("--issuer", help="the issuer to expect (default: what the operator's discovery document says)")
+    tenant = verify.add_mutually_exclusive_group(required=True)
+    tenant.add_argument(
+        "-n", "--namespace", help="accept only tokens of agents in this namespace (the tenant you serve)"
+    )
+    tenant.add_argument("--any-namespace", action="store_true", help="accept tokens of any namespace")
+    verify.add_argument("--tool", help="the tool the token must cover")
+    verify.add_argument("--action", help="the action the token must cover")
+    verify.add_argument("--resource", help="the resource the token must cover")
     verify.set_defaults(func=cmd_verify)
 
     rotate = commands.add_parser("rotate-key", help="make new signing keys current; old ones stay published")

@@ -247,7 +247,7 @@ def test_every_replica_exchanges_and_a_stale_leader_hands_out_nothing_that_outli
             verifier = Verifier.from_url(follower.api_url, issuer=ISSUER, cafile=cafile)
             if status == 200:
                 with pytest.raises(TokenRejected) as rejected:
-                    verifier.verify(body["token"], audience="https://llm-gateway.internal")
+                    verifier.verify(body["token"], audience="https://llm-gateway.internal", namespace=None)
                 assert rejected.value.reason == "revoked"
             # And once the revocation list has reached every replica, both refuse.
             for replica in (follower, leader):

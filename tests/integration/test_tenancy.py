@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from agentcred.api import model
@@ -29,7 +29,8 @@ from agents import (
     value_gone,
     value_of,
 )
-from clusterkit import Cluster, OperatorProcess, token_kubeconfig, wait_for
+from clusterkit import Cluster, OperatorProcess, wait_for
+from identities import namespace_admin
 from samples import EXCEPTION, credential
 
 pytestmark = pytest.mark.cluster
@@ -39,35 +40,7 @@ GATEWAY_A, GATEWAY_B = "https://gateway.team-a.internal", "https://gateway.team-
 
 
 def _tenant_admin(cluster: Cluster, namespace: str, tmp_path: Path) -> client.CustomObjectsApi:
-    """The namespace's admin: everything in it (the built-in `admin` role, plus AgentCredentials),
-    nothing outside it."""
-    service_account(cluster, namespace, "tenant-admin")
-    for role in ("admin",):
-        cluster.rbac.create_namespaced_role_binding(
-            namespace,
-            {
-                "metadata": {"name": f"tenant-{role}"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-                "subjects": [{"kind": "ServiceAccount", "name": "tenant-admin", "namespace": namespace}],
-            },
-        )
-    cluster.rbac.create_namespaced_role(
-        namespace,
-        {
-            "metadata": {"name": "credentials"},
-            "rules": [{"apiGroups": [model.GROUP], "resources": [model.PLURAL], "verbs": ["*"]}],
-        },
-    )
-    cluster.rbac.create_namespaced_role_binding(
-        namespace,
-        {
-            "metadata": {"name": "credentials"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "credentials"},
-            "subjects": [{"kind": "ServiceAccount", "name": "tenant-admin", "namespace": namespace}],
-        },
-    )
-    kubeconfig = token_kubeconfig(cluster, namespace, "tenant-admin", tmp_path / f"{namespace}.kubeconfig")
-    return client.CustomObjectsApi(config.new_client_from_config(config_file=str(kubeconfig)))
+    return client.CustomObjectsApi(namespace_admin(cluster, namespace, tmp_path))
 
 
 def _policy(name: str, tenant: str, **spec: Any) -> dict:
@@ -257,7 +230,7 @@ def test_a_tenant_cannot_copy_a_secret_its_owner_did_not_share(
         create_pod(cluster, a, "thief", "exfiltrate")
 
     # Shared with another credential only: still no.
-    shared_secret(cluster, a, "vendor-key", name="vendor", key="key", shared_with="vendor-llm")
+    shared_secret(cluster, a, "vendor-key", name="vendor", key="key", shared_with="vendor-llm/key")
     _create(
         cluster.custom,
         a,
@@ -279,6 +252,19 @@ def test_a_tenant_cannot_copy_a_secret_its_owner_did_not_share(
     create_pod(cluster, a, "agent", "vendor-llm")
     pod = wait_for(lambda: running_pod(cluster, a, name="agent"), what="pod Running")
     assert value_of(read_secret(cluster, a, secret_name_of(pod)), "vendor-llm") is not None
+
+    # Sharing names the key: pointing the credential at another key of the same Secret gets nothing.
+    cluster.core.patch_namespaced_secret("vendor", a, {"stringData": {"root-key": "s3cret-root"}})
+    cluster.custom.patch_namespaced_custom_object(
+        model.GROUP,
+        model.VERSION,
+        a,
+        model.PLURAL,
+        "vendor-llm",
+        {"spec": {"source": {"secretRef": {"key": "root-key"}}}},
+    )
+    wait_for(lambda: _ready(cluster, a, "vendor-llm")["reason"] == "UpstreamNotShared", what="the other key refused")
+    wait_for(lambda: value_gone(cluster, a, secret_name_of(pod), "vendor-llm"), what="the value revoked")
 
     # Where the policy allows no static sources at all, even a shared one is refused.
     apply_policy(

@@ -87,7 +87,7 @@ def _verifier(operator: OperatorProcess) -> Verifier:
 
 def _revoked(operator: OperatorProcess, token: str) -> bool:
     try:
-        _verifier(operator).verify(token, audience=AUDIENCE)
+        _verifier(operator).verify(token, audience=AUDIENCE, namespace=None)
     except TokenRejected as rejected:
         return rejected.reason == "revoked"
     return False
@@ -95,7 +95,7 @@ def _revoked(operator: OperatorProcess, token: str) -> bool:
 
 def _reason(verifier: Verifier, token: str, **kwargs) -> str:
     with pytest.raises(TokenRejected) as rejected:
-        verifier.verify(token, **{"audience": AUDIENCE, **kwargs})
+        verifier.verify(token, **{"audience": AUDIENCE, "namespace": None, **kwargs})
     return rejected.value.reason
 
 
@@ -107,7 +107,9 @@ def test_projected_tokens_verify_and_each_refusal_has_its_own_reason(
     pod, value = _agent(cluster, namespace)
     token = value.decode()
     verifier = _verifier(operator)
-    claims = verifier.verify(token, audience=AUDIENCE, intent=Intent("web-search", "read", "repo:acme/app"))
+    claims = verifier.verify(
+        token, audience=AUDIENCE, intent=Intent("web-search", "read", "repo:acme/app"), namespace=None
+    )
     assert claims["agentcred"]["podUID"] == pod["metadata"]["uid"]
 
     header, payload, signature = token.split(".")
@@ -151,6 +153,8 @@ def test_projected_tokens_verify_and_each_refusal_has_its_own_reason(
                 "verify",
                 "--audience",
                 AUDIENCE,
+                "--namespace",
+                namespace,
                 "--url",
                 operator.api_url,
                 "--cafile",
@@ -172,6 +176,25 @@ def test_projected_tokens_verify_and_each_refusal_has_its_own_reason(
     assert ok.returncode == 0 and ok.stdout.startswith("valid:") and pod["metadata"]["name"] in ok.stdout
     bad = cli(tampered)
     assert bad.returncode == 1 and "refused (bad-signature)" in bad.stdout
+    # Without the operator's CA: a sentence, not a traceback; the issuer comes from discovery.
+    no_ca = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agentcred",
+            "verify",
+            "--audience",
+            AUDIENCE,
+            "--any-namespace",
+            "--url",
+            operator.api_url,
+        ],
+        input=token,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert no_ca.returncode == 2 and "could not read the keys" in no_ca.stderr and "Traceback" not in no_ca.stderr
 
     # When the task ends the pod goes on the revocation list verifiers fetch: its tokens are refused.
     cluster.core.delete_namespaced_pod(pod["metadata"]["name"], namespace)
@@ -206,8 +229,8 @@ def test_key_rotation_keeps_old_tokens_valid(
     _, after = _agent(cluster, namespace, "after")
     assert json.loads(b64url_decode(after.decode().split(".")[0]))["kid"] == new_kid
     verifier = _verifier(operator)
-    assert verifier.verify(before.decode(), audience=AUDIENCE)["jti"]
-    assert verifier.verify(after.decode(), audience=AUDIENCE)["jti"]
+    assert verifier.verify(before.decode(), audience=AUDIENCE, namespace=None)["jti"]
+    assert verifier.verify(after.decode(), audience=AUDIENCE, namespace=None)["jti"]
 
 
 def test_intent_exchange(cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str) -> None:
@@ -221,7 +244,7 @@ def test_intent_exchange(cluster: Cluster, operator: OperatorProcess, kubelet, n
     status, granted = _exchange(operator, token, intent)
     assert status == 200, granted
     narrowed = _verifier(operator).verify(
-        granted["token"], audience=AUDIENCE, intent=Intent("fetch-page", "read", "repo:acme/app")
+        granted["token"], audience=AUDIENCE, intent=Intent("fetch-page", "read", "repo:acme/app"), namespace=None
     )
     assert narrowed["agentcred"]["scope"] == {
         "tools": ["fetch-page"],
@@ -232,7 +255,7 @@ def test_intent_exchange(cluster: Cluster, operator: OperatorProcess, kubelet, n
     assert narrowed["agentcred"]["podUID"] == pod["metadata"]["uid"]
     with pytest.raises(TokenRejected) as other_intent:
         _verifier(operator).verify(
-            granted["token"], audience=AUDIENCE, intent=Intent("web-search", "read", "repo:acme/app")
+            granted["token"], audience=AUDIENCE, intent=Intent("web-search", "read", "repo:acme/app"), namespace=None
         )
     assert other_intent.value.reason == "out-of-scope"
     record = audit_lines(operator, "exchange", podUID=pod["metadata"]["uid"])[0]
@@ -388,7 +411,8 @@ def test_example_tool_gateway_accepts_in_scope_tokens_only(
     _, value = _agent(cluster, namespace)
     port = free_port()
     server = ThreadingHTTPServer(
-        ("127.0.0.1", port), gateway.make_handler(gateway.Keys(operator.api_url, operator.ca_file()), AUDIENCE)
+        ("127.0.0.1", port),
+        gateway.make_handler(gateway.Keys(operator.api_url, operator.ca_file()), AUDIENCE, namespace),
     )
     threading.Thread(target=server.serve_forever, daemon=True).start()
 

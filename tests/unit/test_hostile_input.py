@@ -103,7 +103,7 @@ VERIFIER = Verifier(jwks=RING.jwks(), issuer="https://issuer")
 @given(nasty_text)
 def test_verifier_refuses_garbage(token: str) -> None:
     try:
-        VERIFIER.verify(token, audience="a")
+        VERIFIER.verify(token, audience="a", namespace=None)
     except TokenRejected as rejected:
         assert rejected.reason
 
@@ -112,7 +112,7 @@ def test_verifier_refuses_garbage(token: str) -> None:
 def test_verifier_refuses_forged_headers_and_payloads(header, payload) -> None:
     forged = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}.{b64url(b'sig')}"
     try:
-        VERIFIER.verify(forged, audience="a")
+        VERIFIER.verify(forged, audience="a", namespace=None)
     except TokenRejected as rejected:
         assert rejected.reason in (
             "malformed",
@@ -149,7 +149,7 @@ def test_odd_headers_are_refused_with_a_reason(extra: dict, reason: str) -> None
     header, payload, signature = good.split(".")
     fields = {**json.loads(__import__("base64").urlsafe_b64decode(header + "==")), **extra}
     with pytest.raises(TokenRejected) as rejected:
-        VERIFIER.verify(f"{b64url(json.dumps(fields).encode())}.{payload}.{signature}", audience="a")
+        VERIFIER.verify(f"{b64url(json.dumps(fields).encode())}.{payload}.{signature}", audience="a", namespace=None)
     assert rejected.value.reason == reason
 
 
@@ -161,11 +161,11 @@ def test_algorithm_confusion_is_refused_before_any_key_is_used() -> None:
         forged_header = b64url(json.dumps({"alg": alg, "kid": kid}).encode())
         for forged_signature in ("", signature):
             try:
-                VERIFIER.verify(f"{forged_header}.{payload}.{forged_signature}", audience="a")
+                VERIFIER.verify(f"{forged_header}.{payload}.{forged_signature}", audience="a", namespace=None)
                 raise AssertionError(f"alg {alg} accepted")
             except TokenRejected as rejected:
                 assert rejected.reason in ("unsupported-algorithm", "malformed")
-    assert VERIFIER.verify(good, audience="a")["jti"] == "j"
+    assert VERIFIER.verify(good, audience="a", namespace=None)["jti"] == "j"
 
 
 record = credential_record(

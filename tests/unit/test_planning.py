@@ -16,9 +16,22 @@ def record(name="research-llm", **overrides):
     return credential_record(body)
 
 
-def task(phase="Pending", gated=True, deleted=False, credentials=("research-llm",), sa="research-agent") -> PodTask:
+def task(
+    phase="Pending", gated=True, deleted=False, credentials=("research-llm",), sa="research-agent", admitted_ago=None
+) -> PodTask:
+    admitted = NOW - admitted_ago if admitted_ago is not None else None
     return PodTask(
-        "agents", "pod-1", "uid-1", sa, "0123456789abcdef", tuple(credentials), "job-1", phase, deleted, gated
+        "agents",
+        "pod-1",
+        "uid-1",
+        sa,
+        "0123456789abcdef",
+        tuple(credentials),
+        "job-1",
+        phase,
+        deleted,
+        gated,
+        admitted_at=admitted,
     )
 
 
@@ -47,7 +60,12 @@ def test_live_value_is_left_alone_until_renewal_time() -> None:
 
 
 def test_renewal_keeps_the_task_start_and_counts() -> None:
-    decided = plan(task(gated=False), state(**{"research-llm": value(11 * MIN)}), {"research-llm": record()}, NOW)
+    decided = plan(
+        task(gated=False, admitted_ago=11 * MIN),
+        state(**{"research-llm": value(11 * MIN)}),
+        {"research-llm": record()},
+        NOW,
+    )
     (renewal,) = decided.issue
     assert renewal.is_renewal and renewal.renewals == 1
     assert renewal.task_started_at == NOW - 11 * MIN and renewal.expires_at == NOW + 15 * MIN
@@ -55,17 +73,34 @@ def test_renewal_keeps_the_task_start_and_counts() -> None:
 
 def test_renewal_is_capped_at_max_lifetime_then_revoked() -> None:
     records = {"research-llm": record(maxLifetime="1h")}
-    near_end = state(**{"research-llm": value(11 * MIN, started_ago=55 * MIN)})
-    (renewal,) = plan(task(gated=False), near_end, records, NOW).issue
-    assert renewal.expires_at == NOW + 5 * MIN  # never beyond task start + maxLifetime
-    capped = state(
-        **{"research-llm": IssuedValue("research-llm", "model", NOW, NOW + 5 * MIN, NOW - 55 * MIN, "f", "j")}
-    )
-    assert plan(task(gated=False), capped, records, NOW).next_due == NOW + 5 * MIN
-    over = state(**{"research-llm": value(1 * MIN, started_ago=61 * MIN)})
-    decided = plan(task(gated=False), over, records, NOW)
+    near_end = state(**{"research-llm": value(11 * MIN)})
+    (renewal,) = plan(task(gated=False, admitted_ago=55 * MIN), near_end, records, NOW).issue
+    assert renewal.expires_at == NOW + 5 * MIN  # never beyond admission + maxLifetime
+    capped = state(**{"research-llm": IssuedValue("research-llm", "model", NOW, NOW + 5 * MIN, NOW, "f", "j")})
+    assert plan(task(gated=False, admitted_ago=55 * MIN), capped, records, NOW).next_due == NOW + 5 * MIN
+    over = state(**{"research-llm": value(1 * MIN)})
+    decided = plan(task(gated=False, admitted_ago=61 * MIN), over, records, NOW)
     assert [(r.credential, r.reason) for r in decided.revoke] == [("research-llm", "max-lifetime")]
     assert not decided.issue
+
+
+def test_the_lifetime_counts_from_the_sealed_admission_whatever_the_secret_says() -> None:
+    records = {"research-llm": record(maxLifetime="1h")}
+    forged = state(**{"research-llm": value(11 * MIN, started_ago=-1000 * 24 * 60 * MIN)})  # "started" in 2029
+    decided = plan(task(gated=False, admitted_ago=61 * MIN), forged, records, NOW)
+    assert [(r.credential, r.reason) for r in decided.revoke] == [("research-llm", "max-lifetime")]
+
+
+def test_a_barred_credential_is_never_issued_again_and_a_live_value_goes() -> None:
+    records = {"research-llm": record()}
+    gated = plan(task(), None, records, NOW, barred=frozenset({"research-llm"}))
+    assert not gated.issue and not gated.ungate and gated.problems[0].reason == "Revoked"
+    healed_without_secret = plan(task(gated=False), None, records, NOW, barred=frozenset({"research-llm"}))
+    assert healed_without_secret.idle
+    live = plan(
+        task(gated=False), state(**{"research-llm": value(MIN)}), records, NOW, barred=frozenset({"research-llm"})
+    )
+    assert [(r.credential, r.reason) for r in live.revoke] == [("research-llm", "barred")]
 
 
 def test_task_end_deletes_the_secret_with_the_reason() -> None:

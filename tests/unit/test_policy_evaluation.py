@@ -133,3 +133,54 @@ def test_covering_is_sound(bound: str, pattern: str, value: str) -> None:
     """Whatever the credential's pattern lets through, the bound lets through too."""
     if covers(bound, pattern) and fnmatchcase(value, pattern):
         assert allows_value([bound], value), (bound, pattern, value)
+
+
+def test_the_charts_default_policy_keeps_each_tenant_to_its_own_gateways() -> None:
+    import yaml
+
+    from clusterkit import REPO
+
+    values = yaml.safe_load((REPO / "charts" / "agentcred" / "values.yaml").read_text())["defaultPolicy"]
+    default = parse_policy_spec({k: v for k, v in values.items() if k != "enabled"})
+    enabled = {"agentcred.dev/enabled": "true"}
+
+    def verdict(namespace: str, audience: str):
+        return judge(
+            parse_spec(spec(source={"jwt": {"audiences": [audience]}})), namespace, enabled, {"default": default}
+        )
+
+    assert verdict("team-a", "https://gateway.team-a.svc").allowed
+    assert verdict("team-a", "https://gateway.team-a.svc.cluster.local").allowed
+    assert not verdict("team-a", "https://gateway.team-b.svc").allowed
+    assert not verdict("team-a", "https://llm-gateway.internal").allowed
+    assert not verdict("team-a", "https://evil.example/x.team-a.svc.example").allowed
+
+
+def test_minting_service_urls_are_matched_part_by_part() -> None:
+    from agentcred.rules.tenancy import allows_url
+
+    allowed = ["https://*.team-a.internal/mint", "https://minter.team-a.internal:8443/v1/*"]
+    assert allows_url(allowed, "https://minter.team-a.internal/mint")
+    assert allows_url(allowed, "https://minter.team-a.internal:8443/v1/tokens")
+    for url in (
+        "https://127.0.0.1:41501/x.team-a.internal/mint",  # the host is a host, not a substring
+        "https://evil.example/?.team-a.internal/mint",
+        "https://evil.example/#.team-a.internal/mint",
+        "https://a.b.team-a.internal/mint",  # `*` is one label
+        "https://minter.team-a.internal@evil.example/mint",
+        "https://minter.team-a.internal/mint?x=1",
+        "https://minter.team-a.internal:444/mint",
+        "http://minter.team-a.internal/mint",
+        "https://minter.team-a.internal:8443/v2/tokens",
+    ):
+        assert not allows_url(allowed, url), url
+
+
+def test_wide_url_patterns_say_so() -> None:
+    from agentcred.rules.tenancy import allows_url
+
+    assert allows_url(["https://*:*/*"], "https://127.0.0.1:41501/mint")
+    assert allows_url(["https://*/*"], "https://minter.example/mint") and not allows_url(
+        ["https://*/*"], "https://m.example:8443/"
+    )
+    assert not allows_url(["https://*:*/*"], "https://user@127.0.0.1:41501/mint")

@@ -13,8 +13,12 @@ from agentcred.api.projection import (
     with_values,
     without,
 )
+from agentcred.platform.keys import KeyRing
+from agentcred.rules.seal import Bookkeeping
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
+RING = KeyRing.generate(NOW)
+SEAL = Bookkeeping(lambda: RING)
 
 
 def admitted_pod(**meta_extra) -> dict:
@@ -84,14 +88,14 @@ def test_secret_round_trips_its_bookkeeping_without_values_in_metadata() -> None
     task = pod_task(admitted_pod())
     issued = IssuedValue("a", "model", NOW, NOW + dt.timedelta(minutes=15), NOW, "sha256:abc", "jti-1")
     state = with_values(new_projection(task), {"a": issued})
-    body = secret_body(state, {"a": b"the-value"}, pod_uid="u1")
+    body = secret_body(state, {"a": b"the-value"}, pod_uid="u1", sign=SEAL.sign)
     assert base64.b64decode(body["data"]["a.token"]) == b"the-value"
     assert base64.b64decode(body["data"]["a.expires-at"]) == b"2026-11-28T12:15:00Z"
     assert "the-value" not in json.dumps(body["metadata"])
     assert body["metadata"]["ownerReferences"][0]["uid"] == "u1"
     assert body["metadata"]["labels"][labels.credential_label("a")] == "model"
-    parsed = parse_projection(body)
-    assert parsed.values == {"a": issued} and parsed.pod_name == "p" and parsed.job == "task"
+    parsed = parse_projection(body, SEAL.verify)
+    assert parsed.values == {"a": issued} and parsed.pod_name == "p" and parsed.job == "task" and parsed.sealed
 
 
 def test_patch_removes_revoked_keys_and_labels_and_guards_the_version() -> None:
@@ -100,12 +104,13 @@ def test_patch_removes_revoked_keys_and_labels_and_guards_the_version() -> None:
     previous = with_values(new_projection(task), {"a": issued})
     previous = parse_projection(
         {
-            **secret_body(previous, {"a": b"v"}, "u1"),
-            "metadata": {**secret_body(previous, {"a": b"v"}, "u1")["metadata"], "resourceVersion": "42"},
-        }
+            **secret_body(previous, {"a": b"v"}, "u1", SEAL.sign),
+            "metadata": {**secret_body(previous, {"a": b"v"}, "u1", SEAL.sign)["metadata"], "resourceVersion": "42"},
+        },
+        SEAL.verify,
     )
     revoked = without(previous, {"a": "emergency"})
-    patch = secret_patch(revoked, {}, ("a",), previous=previous)
+    patch = secret_patch(revoked, {}, ("a",), previous=previous, sign=SEAL.sign)
     assert patch["data"] == {"a.token": None, "a.expires-at": None}
     assert patch["metadata"]["labels"][labels.credential_label("a")] is None
     assert patch["metadata"]["resourceVersion"] == "42"
@@ -121,3 +126,30 @@ def test_damaged_bookkeeping_is_treated_as_revoked() -> None:
     }
     assert parse_projection(body).revoked == {"*": "unreadable-state"}
     assert parse_projection({"metadata": {"labels": {}}}) is None
+    for odd in ("[]", '{"values": []}', '{"values": {"a": {"issuedAt": 7}}}', '"x"', "null"):
+        body["metadata"]["annotations"][labels.STATE_ANNOTATION] = odd
+        assert parse_projection(body).revoked == {"*": "unreadable-state"}, odd
+
+
+def test_bookkeeping_someone_else_wrote_counts_for_nothing() -> None:
+    task = pod_task(admitted_pod())
+    issued = IssuedValue("a", "model", NOW, NOW + dt.timedelta(minutes=15), NOW, "sha256:abc", "jti-1")
+    body = secret_body(with_values(new_projection(task), {"a": issued}), {"a": b"v"}, "u1", SEAL.sign)
+    assert parse_projection(body, SEAL.verify).sealed
+    for tamper in (
+        lambda m: m["labels"].update({labels.POD_UID_LABEL: "victim-uid"}),
+        lambda m: m["annotations"].update(
+            {
+                labels.STATE_ANNOTATION: m["annotations"][labels.STATE_ANNOTATION].replace(
+                    "2026-11-28T12:15:00Z", "2099-01-01T00:00:00Z"
+                )
+            }
+        ),
+        lambda m: m["annotations"].pop(labels.STATE_SEAL_ANNOTATION),
+    ):
+        forged = json.loads(json.dumps(body))
+        tamper(forged["metadata"])
+        parsed = parse_projection(forged, SEAL.verify)
+        assert not parsed.sealed and parsed.values == {} and parsed.pod_uid == ""
+    other = Bookkeeping(lambda: KeyRing.generate(NOW))  # another installation's key
+    assert not parse_projection(body, other.verify).sealed

@@ -21,6 +21,7 @@ from agentcred.platform.keys import KeyRing
 from agentcred.platform.kube import Conflict, NotFound
 from agentcred.platform.revocations import RevocationList
 from agentcred.rules.credentials import credential_record
+from agentcred.rules.seal import Bookkeeping
 from agentcred.runtime.audit import AuditTrail
 from agentcred.runtime.events import EventRecorder
 from agentcred.runtime.handover import Handover
@@ -145,8 +146,8 @@ class Parts:
         self.records = {"research-llm": record()}
         self.pod = pod
         ring = KeyRing.generate(utcnow())
-        self.sources = Sources(JwtSource(lambda: ring, "https://issuer", self.revocations))
-        self.revoker = Revoker(self.audit, self.sources, self.book, self.events, self.credential)
+        self.sources = Sources(JwtSource(lambda: ring, "https://issuer"))
+        self.revoker = Revoker(self.audit, self.sources, self.book, self.events, self.credential, self.revocations)
         self.scheduler = Scheduler(self._scheduled)
         self.reconciler = Reconciler(
             self.kube,
@@ -160,6 +161,8 @@ class Parts:
             credential=self.credential,
             pod=lambda key: self.pod,
             leading=lambda: True,
+            bookkeeping=Bookkeeping(lambda: ring),
+            revocations=self.revocations,
         )
         self.reconciler.loaded.set()
 
@@ -167,7 +170,7 @@ class Parts:
         return self.records.get(name)
 
     async def _scheduled(self, key: Any) -> None:
-        """Never fires within these tests."""
+        await self.reconciler.reconcile(key[1])
 
     def audit_lines(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.audit_path.read_text().splitlines()]
@@ -304,7 +307,14 @@ def test_a_new_leader_records_what_the_garbage_collector_already_removed(tmp_pat
         },
     )
     parts.kube.secrets[(NS, orphan.secret_name)] = {"metadata": {"name": orphan.secret_name, "resourceVersion": "1"}}
-    asyncio.run(handover.take_over([], [orphan]))
+
+    async def take_over_and_let_the_scheduler_run() -> None:
+        await handover.take_over([], [orphan])
+        runner = asyncio.create_task(parts.scheduler.run())
+        await asyncio.sleep(0.3)
+        runner.cancel()
+
+    asyncio.run(take_over_and_let_the_scheduler_run())
     lines = parts.audit_lines()
     collected = next(line for line in lines if line.get("removedBy") == "garbage-collector")
     assert (collected["action"], collected["podUID"], collected["reason"]) == ("revoke", "pod-uid", "pod-deleted")

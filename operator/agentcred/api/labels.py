@@ -26,6 +26,7 @@ CREDENTIAL_LABEL_PREFIX = f"credential.{GROUP}/"  # + credential name, value: ca
 ROLE_LABEL = f"{GROUP}/role"  # on the operator's own Secrets (the key ring)
 POD_ANNOTATION = f"{GROUP}/pod"
 STATE_ANNOTATION = f"{GROUP}/state"
+STATE_SEAL_ANNOTATION = f"{GROUP}/state-seal"  # the operator's MAC over the bookkeeping
 
 # On upstream Secrets of static (secretRef) sources, set by whoever owns the Secret.
 SHARED_LABEL = f"{GROUP}/shared"  # "true": the operator may look at it
@@ -35,7 +36,9 @@ SHARED_WITH_ANNOTATION = f"{GROUP}/shared-with"  # AgentCredential names (comma-
 ROTATE_ANNOTATION = f"{GROUP}/rotate"
 ROTATED_ANNOTATION = f"{GROUP}/rotated"
 
-# On AgentCredentials: requests from `agentcred revoke` and `agentcred renew`.
+# On AgentCredentials: the operator's finalizer (it revokes every value before letting go),
+# and requests from `agentcred revoke` and `agentcred renew`.
+FINALIZER = f"{GROUP}/revoke-projections"
 REVOKE_ANNOTATION = f"{GROUP}/revoke"
 RENEW_ANNOTATION = f"{GROUP}/renew"
 

@@ -21,6 +21,7 @@ from .schema import (
     SECRET_KEY,
     CalendarDuration,
     Category,
+    Date,
     JwtAlgorithm,
     Model,
     NonEmpty,
@@ -171,14 +172,14 @@ class ExceptionApproval(Model):
 
     reason: NonEmpty
     approved_by: NonEmpty
-    expires: dt.date
+    expires: Date
 
 
 class Review(Model):
     """The accountable review cadence of the credential."""
 
     cadence: CalendarDuration = "90d"
-    last_reviewed: dt.date | None = None
+    last_reviewed: Date | None = None
     escalation: NonEmpty | None = None
 
 

@@ -54,13 +54,15 @@ class AgentCredentialPolicySpec(Model):
     ) = Field(default=None, description="Categories allowed (all when unset).")
     audiences: Annotated[list[AllowPattern], Field(max_length=64)] = Field(
         default=[],
-        description="Audiences minted tokens may carry; `*` matches any run of characters. "
-        "Empty: no jwt audience is allowed.",
+        description="Audiences minted tokens may carry; `*` matches any run of characters and "
+        "`${namespace}` stands for the credential's own namespace (so one policy can give every "
+        "tenant its own gateways). Empty: no jwt audience is allowed.",
     )
     minting_services: Annotated[list[AllowPattern], Field(max_length=64)] = Field(
         default=[],
-        description="URLs webhook sources may call (`*` matches any run of characters), so the "
-        "operator's network position serves only the services named here.",
+        description="URLs webhook sources may call, matched part by part: scheme and port exactly, the "
+        "host label by label (`*` is one label), the path with `*` for any run; `${namespace}` stands "
+        "for the credential's namespace. The operator's network position serves only these.",
     )
     max_ttl: TaskDuration = Field(default="1h", alias="maxTTL", description="The longest ttl allowed.")
     max_lifetime: TaskDuration = Field(default="8h", description="The longest maxLifetime allowed.")

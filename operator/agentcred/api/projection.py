@@ -9,12 +9,19 @@ import base64
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import labels
 from .pods import Bound, PodTask
 from .times import format_time, parse_time
+
+# A Secret's bookkeeping is sealed (see rules.seal.Bookkeeping): whoever may edit Secrets in
+# the namespace must not be able to make the operator believe a value, an expiry, a pod or a
+# revocation that it did not write.
+Sign = Callable[[bytes], str]
+Verify = Callable[[bytes, object], bool]
 
 
 def fingerprint(value: bytes) -> str:
@@ -33,9 +40,11 @@ class Subject:
     service_account: str | None = None
     removed_by: str | None = None  # who took the Secret away, when it was not the operator
 
+    admitted_at: dt.datetime | None = None  # sealed at admission: the task's lifetime counts from here
+
     @classmethod
     def of_task(cls, task: PodTask) -> Subject:
-        return cls(task.namespace, task.name, task.uid, task.job, task.service_account)
+        return cls(task.namespace, task.name, task.uid, task.job, task.service_account, admitted_at=task.admitted_at)
 
     @classmethod
     def of_state(cls, state: ProjectionState) -> Subject:
@@ -84,14 +93,19 @@ class IssuedValue:
 
     @classmethod
     def from_json(cls, credential: str, data: dict[str, Any]) -> IssuedValue:
+        """ValueError unless every field has its type."""
+        text = {k: data.get(k) for k in ("category", "issuedAt", "expiresAt", "taskStartedAt", "fingerprint")}
+        if not all(isinstance(v, str) for v in text.values()) or not isinstance(data.get("renewals", 0), int):
+            raise ValueError(f"bookkeeping of {credential} is malformed")
+        token_id = data.get("tokenId")
         return cls(
             credential=credential,
-            category=data["category"],
-            issued_at=parse_time(data["issuedAt"]),
-            expires_at=parse_time(data["expiresAt"]),
-            task_started_at=parse_time(data["taskStartedAt"]),
-            fingerprint=data["fingerprint"],
-            token_id=data.get("tokenId"),
+            category=str(text["category"]),
+            issued_at=parse_time(str(text["issuedAt"])),
+            expires_at=parse_time(str(text["expiresAt"])),
+            task_started_at=parse_time(str(text["taskStartedAt"])),
+            fingerprint=str(text["fingerprint"]),
+            token_id=token_id if isinstance(token_id, str) else None,
             renewals=int(data.get("renewals", 0)),
             source=str(data.get("source", "jwt")),
         )
@@ -109,31 +123,64 @@ class ProjectionState(Bound):
     values: dict[str, IssuedValue] = field(default_factory=dict)
     revoked: dict[str, str] = field(default_factory=dict)  # credential -> reason
     resource_version: str | None = None
+    sealed: bool = True  # False: the bookkeeping did not verify (damaged or forged): nothing in it counts
 
 
-def parse_projection(secret: dict[str, Any]) -> ProjectionState | None:
+def parse_projection(secret: dict[str, Any], verify: Verify | None = None) -> ProjectionState | None:
+    """A managed Secret's bookkeeping, or None for any other Secret. With `verify`, a Secret
+    whose bookkeeping does not carry a valid seal is returned damaged: no values, no pod UID,
+    everything revoked (the planner then removes it and starts afresh). Never raises."""
     meta = secret.get("metadata") or {}
     tags = meta.get("labels") or {}
-    if tags.get(labels.MANAGED_LABEL) != "true" or not labels.is_binding(tags.get(labels.BINDING_LABEL)):
+    if not isinstance(tags, dict) or tags.get(labels.MANAGED_LABEL) != "true":
         return None
-    annotations = meta.get("annotations") or {}
+    binding = tags.get(labels.BINDING_LABEL)
+    if not labels.is_binding(binding):
+        return None
+    found = meta.get("annotations")
+    annotations: dict[str, Any] = found if isinstance(found, dict) else {}
+    namespace, pod_name = str(meta.get("namespace") or ""), str(annotations.get(labels.POD_ANNOTATION) or "")
+    pod_uid, job = str(tags.get(labels.POD_UID_LABEL) or ""), tags.get(labels.JOB_LABEL)
+    text = annotations.get(labels.STATE_ANNOTATION)
+    damaged = ProjectionState(
+        namespace=namespace,
+        binding=str(binding),
+        pod_name=pod_name,
+        pod_uid="",
+        job=None,
+        revoked={"*": "unreadable-state"},
+        resource_version=meta.get("resourceVersion"),
+        sealed=False,
+    )
+    message = _bookkeeping_message(namespace, str(binding), pod_uid, pod_name, job, text)
+    if verify is not None and not verify(message, annotations.get(labels.STATE_SEAL_ANNOTATION)):
+        return damaged
     try:
-        state = json.loads(annotations.get(labels.STATE_ANNOTATION) or "{}")
-        values = {name: IssuedValue.from_json(name, data) for name, data in (state.get("values") or {}).items()}
-        revoked = {str(k): str(v) for k, v in (state.get("revoked") or {}).items()}
-    except (ValueError, KeyError, TypeError):
-        # Damaged bookkeeping: treat as holding unknown values, which the planner revokes.
-        values, revoked = {}, {"*": "unreadable-state"}
+        state = json.loads(text or "{}")
+        listed, crossed = state.get("values", {}), state.get("revoked", {})
+        if not isinstance(listed, dict) or not isinstance(crossed, dict):
+            raise ValueError("values and revoked are maps")
+        values = {str(name): IssuedValue.from_json(str(name), data) for name, data in listed.items()}
+        revoked = {str(k): str(v) for k, v in crossed.items()}
+    except Exception:  # whatever the annotation holds, it is not bookkeeping we wrote
+        return damaged
     return ProjectionState(
-        namespace=meta.get("namespace", ""),
-        binding=tags[labels.BINDING_LABEL],
-        pod_name=annotations.get(labels.POD_ANNOTATION, ""),
-        pod_uid=tags.get(labels.POD_UID_LABEL, ""),
-        job=tags.get(labels.JOB_LABEL),
+        namespace=namespace,
+        binding=str(binding),
+        pod_name=pod_name,
+        pod_uid=pod_uid,
+        job=str(job) if job else None,
         values=values,
         revoked=revoked,
         resource_version=meta.get("resourceVersion"),
     )
+
+
+def _bookkeeping_message(
+    namespace: str, binding: str, pod_uid: str, pod_name: str, job: object, state: object
+) -> bytes:
+    fields = ("agentcred-bookkeeping-v1", namespace, binding, pod_uid, pod_name, str(job or ""), str(state or ""))
+    return "\n".join(fields).encode()
 
 
 def new_projection(task: PodTask) -> ProjectionState:
@@ -146,7 +193,7 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def _metadata(state: ProjectionState) -> dict[str, Any]:
+def _metadata(state: ProjectionState, sign: Sign) -> dict[str, Any]:
     tags = {labels.MANAGED_LABEL: "true", labels.BINDING_LABEL: state.binding, labels.POD_UID_LABEL: state.pod_uid}
     if state.job:
         tags[labels.JOB_LABEL] = state.job
@@ -156,18 +203,21 @@ def _metadata(state: ProjectionState) -> dict[str, Any]:
         "values": {name: value.to_json() for name, value in sorted(state.values.items())},
         "revoked": dict(sorted(state.revoked.items())),
     }
+    text = json.dumps(body, separators=(",", ":"))
+    message = _bookkeeping_message(state.namespace, state.binding, state.pod_uid, state.pod_name, state.job, text)
     return {
         "labels": tags,
         "annotations": {
             labels.POD_ANNOTATION: state.pod_name,
-            labels.STATE_ANNOTATION: json.dumps(body, separators=(",", ":")),
+            labels.STATE_ANNOTATION: text,
+            labels.STATE_SEAL_ANNOTATION: sign(message),
         },
     }
 
 
-def secret_body(state: ProjectionState, new_values: dict[str, bytes], pod_uid: str) -> dict[str, Any]:
+def secret_body(state: ProjectionState, new_values: dict[str, bytes], pod_uid: str, sign: Sign) -> dict[str, Any]:
     """A new Secret holding `new_values`, owned by the pod so the cluster's GC backs us up."""
-    metadata = _metadata(state)
+    metadata = _metadata(state, sign)
     metadata.update(
         name=state.secret_name,
         namespace=state.namespace,
@@ -186,10 +236,14 @@ def secret_body(state: ProjectionState, new_values: dict[str, bytes], pod_uid: s
 
 
 def secret_patch(
-    state: ProjectionState, new_values: dict[str, bytes], removed: tuple[str, ...], previous: ProjectionState
+    state: ProjectionState,
+    new_values: dict[str, bytes],
+    removed: tuple[str, ...],
+    previous: ProjectionState,
+    sign: Sign,
 ) -> dict[str, Any]:
     """A merge patch that writes `new_values`, drops `removed`, and fails on a stale base."""
-    metadata = _metadata(state)
+    metadata = _metadata(state, sign)
     stale_labels = {labels.credential_label(name): None for name in previous.values if name not in state.values}
     metadata["labels"].update(stale_labels)
     metadata["resourceVersion"] = previous.resource_version

@@ -4,9 +4,10 @@ and patterns the API server enforces, and CEL rules. Every constraint here reach
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 from .durations import DURATION_PATTERN
@@ -26,7 +27,8 @@ SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
 # Absolute, no "." or ".." segments, no hidden names, nothing the kubelet would reject.
 MOUNT_PATH = r"^(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+$"
 ENV_VAR_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-HTTPS_URL = r"^https://[^\s]+$"
+# https, a host name or IPv4 address, an optional port and path: no userinfo, query or fragment.
+HTTPS_URL = r"^https://[A-Za-z0-9]([-.A-Za-z0-9]*[A-Za-z0-9])?(:[0-9]{1,5})?(/[^\s?#@]*)?$"
 
 TaskDuration = Annotated[str, StringConstraints(pattern=TASK_DURATION_PATTERN, max_length=32)]
 CalendarDuration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, max_length=32)]
@@ -46,3 +48,16 @@ class Model(BaseModel):
     """camelCase on the wire, snake_case in Python; unknown fields are an error."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+def _this_millennium(value: dt.date) -> dt.date:
+    if not 2000 <= value.year <= 2999:
+        raise ValueError(f"{value.isoformat()} is not a date between 2000-01-01 and 2999-12-31")
+    return value
+
+
+# A calendar date agentcred computes with (exception expiries, reviews): one this millennium,
+# so no date arithmetic overflows; the API server refuses others (the pattern).
+Date = Annotated[
+    dt.date, AfterValidator(_this_millennium), Field(json_schema_extra={"pattern": r"^2[0-9]{3}-[0-9]{2}-[0-9]{2}$"})
+]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import kopf
 
@@ -88,17 +87,6 @@ class OperatorConfig:
         )
 
 
-class CredentialsOnlyDiffBase(kopf.AnnotationsDiffBaseStorage):
-    """Kopf builds a diff base (a deep copy of the body) for every event of every resource.
-    Only AgentCredentials have change-detecting handlers; for pods and Secrets -- thousands
-    of events in a burst -- the copy would be thrown away, so it is never made."""
-
-    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
-        if body.get("apiVersion") != model.API_VERSION:
-            return kopf.BodyEssence()
-        return super().build(body=body, extra_fields=extra_fields)
-
-
 def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     # Watches go quiet without explicit timeouts (a known Kopf/aiohttp behaviour).
     settings.watching.server_timeout = 270
@@ -112,12 +100,9 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     settings.watching.field_selectors["apiextensions.k8s.io", "customresourcedefinitions"] = (
         f"metadata.name={model.PLURAL}.{model.GROUP}"
     )
-    # Our own annotation prefix and finalizer, not Kopf's defaults.
-    settings.persistence.finalizer = f"{model.GROUP}/revoke-projections"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=model.GROUP)
-    settings.persistence.diffbase_storage = CredentialsOnlyDiffBase(
-        prefix=model.GROUP, key="last-handled-configuration"
-    )
+    # Every handler is an event handler: Kopf keeps no progress or diff base on any object (the
+    # credentials' finalizer is the operator's own, see runtime.credential_events), so nothing
+    # a tenant writes into an object's annotations can steer it.
     # Process an object's event as soon as it arrives (the default waits 0.1 s for more).
     settings.batching.batch_window = 0.01
     # Events are posted deliberately; log lines do not become Events.

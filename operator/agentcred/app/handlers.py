@@ -23,7 +23,6 @@ from ..platform import metrics
 from ..rules import admission, seal
 from ..rules.credentials import CredentialRecord, SharedSecret, credential_record, shared_secret
 from ..rules.verdicts import describe_validation_error
-from ..runtime.credential_events import NotLeader
 from .operator import Indices, Operator, first
 
 log = logging.getLogger(__name__)
@@ -154,11 +153,17 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
 
     @kopf.on.event(model.GROUP, model.VERSION, model.PLURAL, id="credential_event", registry=registry)  # type: ignore[arg-type]
     async def credential_event(type: str, body: kopf.Body, credential_index: kopf.Index, **_: Any) -> None:
-        if type == "DELETED" or body.metadata.get("deletionTimestamp"):
+        if type == "DELETED":
             return
         # The index parsed this very event's body a moment ago.
         record = first(credential_index, (body.metadata.namespace, body.metadata.name)) or credential_record(dict(body))
+        if record.deleting:
+            count = await operator.credentials.finalize(record)
+            if count is not None:
+                log.info("revoked %d value(s) of %s/%s before its deletion", count, record.namespace, record.name)
+            return
         await operator.credentials.changed(record)
+        await operator.credentials.hold(record)
         for annotation, act in (
             (labels.REVOKE_ANNOTATION, operator.requests.revoke),
             (labels.RENEW_ANNOTATION, operator.requests.renew),
@@ -166,16 +171,6 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
             request = _request(body, annotation)
             if request is not None:
                 await act(record, request)
-
-    @kopf.on.delete(model.GROUP, model.VERSION, model.PLURAL, id="credential_deleted", registry=registry)  # type: ignore[arg-type]
-    async def credential_deleted(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
-        try:
-            count = await operator.credentials.deleted(credential_record(dict(body)))
-        except NotLeader:
-            raise kopf.TemporaryError(
-                "waiting for the leader to revoke this credential's projections", delay=5
-            ) from None
-        logger.info("revoked %d projection(s) of %s before deletion", count, body.metadata.name)
 
     @kopf.on.event(model.GROUP, model.VERSION, model.POLICY_PLURAL, id="policy_event", registry=registry)
     async def policy_event(**_: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import logging
 import shutil
 from collections.abc import Callable, Coroutine
@@ -28,6 +29,7 @@ from ..platform.keys import KeyRing
 from ..platform.kube import Kube, load_configuration
 from ..platform.revocations import RevocationList
 from ..rules.credentials import CredentialRecord, Gatekeeper
+from ..rules.seal import Bookkeeping
 from ..runtime.audit import AuditTrail
 from ..runtime.credential_events import CredentialEvents
 from ..runtime.endpoints import build_app, serve
@@ -102,7 +104,12 @@ class Operator:
         return [record for record in found if record is not None]
 
     def pod(self, key: str) -> PodTask | None:
-        return first(self.indices.pods, key)
+        """The pod a binding belongs to: of several naming it (a copied admission), the first
+        created."""
+        found = list(self.indices.pods.get(key, ()))
+        return min(
+            found, key=lambda t: (t.created_at or dt.datetime.max.replace(tzinfo=dt.timezone.utc), t.uid), default=None
+        )
 
     def pod_by_name(self, namespace: str, name: str) -> PodTask | None:
         return first(self.indices.pods, (namespace, name))
@@ -144,14 +151,15 @@ class Operator:
         self.book = StatusBook()
         self.store = ProjectionStore()
         self.scheduler = Scheduler(self._scheduled, partition=_namespace_of)
-        self.jwt = JwtSource(self.current_keyring, config.effective_issuer, self.revocations)
+        self.jwt = JwtSource(self.current_keyring, config.effective_issuer)
         self.minting = MintingServiceSource(
             on_revoke_failure=lambda record, message: self.events.post(
                 record.owner_ref, "Warning", "ServiceRevokeFailed", message
             )
         )
         self.sources = Sources(self.jwt, StaticSource(kube.find_secret), self.minting)
-        revoker = Revoker(self.audit, self.sources, self.book, self.events, self.credential)
+        revoker = Revoker(self.audit, self.sources, self.book, self.events, self.credential, self.revocations)
+        self.bookkeeping = Bookkeeping(self.current_keyring)
         self.reconciler = Reconciler(
             kube,
             self.store,
@@ -164,6 +172,8 @@ class Operator:
             credential=self.credential,
             pod=self.pod,
             leading=self.leading,
+            bookkeeping=self.bookkeeping,
+            revocations=self.revocations,
         )
         self.handover = Handover(
             self.reconciler,
@@ -184,7 +194,7 @@ class Operator:
             interval=config.status_interval,
         )
         self.credentials = CredentialEvents(
-            self.reconciler, self.requests, self.store, self.book, self.status, self.scheduler, self.credential
+            kube, self.reconciler, self.requests, self.store, self.book, self.status, self.scheduler, self.credential
         )
 
         exchange = ExchangeContext(
@@ -230,6 +240,11 @@ class Operator:
         )
         health.problems.append(lambda: certificates.problem)
         health.not_ready.append(revocation_store.problem)
+        health.not_ready.append(
+            lambda: (
+                "taking over" if self.leading() and self.warm.is_set() and not self.reconciler.loaded.is_set() else None
+            )
+        )
         rotation = dt.timedelta(days=config.key_rotation_days) if config.key_rotation_days > 0 else None
         loops: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "serving certificate": certificates.run,
@@ -273,12 +288,25 @@ class Operator:
         return asyncio.create_task(self.take_over(), name="start-up sweep")
 
     async def take_over(self) -> None:
+        """List the managed Secrets, re-plan everything, finish deletions no leader finished;
+        until it has, this replica is not ready, and a failure is retried."""
         # Only once every index has listed: planning against a half-listed index would take
         # live pods' Secrets for orphans.
         await self.warm.wait()
-        listed = await self.kube.list_metadata("/api/v1/secrets", f"{labels.MANAGED_LABEL}=true")
-        states = [state for state in map(parse_projection, listed) if state is not None]
-        await self.handover.take_over((key for key in list(self.indices.pods) if isinstance(key, str)), states)
+        for attempt in itertools.count():
+            try:
+                listed = await self.kube.list_metadata("/api/v1/secrets", f"{labels.MANAGED_LABEL}=true")
+                states = [s for item in listed if (s := parse_projection(item, self.bookkeeping.verify)) is not None]
+                pods = [key for key in list(self.indices.pods) if isinstance(key, str)]
+                await self.handover.take_over(pods, states)
+                for record in self.raw_credentials():
+                    if record.deleting:
+                        await self.credentials.finalize(record)
+                return
+            except Exception:
+                delay = min(2.0**attempt, 30.0)
+                log.exception("taking over failed; again in %.0fs", delay)
+                await asyncio.sleep(delay)
 
     async def publish_ca(self, ca_pem: bytes) -> None:
         """Tell the API server which CA to trust for the webhook, as configured."""
@@ -299,6 +327,11 @@ class Operator:
                 await self.kube.apply_cluster_object(resources, body)
         elif config.webhook_config == "inject-ca":
             await self.kube.inject_webhook_ca(config.webhook_configuration, ca_pem)
+
+    def _taking_over(self) -> str | None:
+        """A leader that has not yet listed its Secrets and re-planned serves no one."""
+        listing = self.leading() and self.warm.is_set() and not self.reconciler.loaded.is_set()
+        return "taking over (listing the managed Secrets)" if listing else None
 
     def _set_keyring(self, ring: KeyRing) -> None:
         self.keyring = ring

@@ -52,34 +52,50 @@ def cmd_renew(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    import datetime as dt
     import json
+    import ssl
+    import urllib.error
 
+    from ..api.times import format_time
     from ..rules.scope import Intent
     from .verify import TokenRejected, Verifier
 
     token = sys.stdin.read() if args.token in (None, "-") else args.token
-    if args.jwks_file:
-        with open(args.jwks_file) as handle:
-            verifier = Verifier(jwks=json.load(handle), issuer=args.issuer or "")
-    elif args.url:
-        verifier = Verifier.from_url(args.url, issuer=args.issuer, cafile=args.cafile)
-    else:
-        print("say where the keys are: --url https://<operator>:8443 or --jwks-file", file=sys.stderr)
+    try:
+        if args.jwks_file:
+            with open(args.jwks_file) as handle:
+                verifier = Verifier(jwks=json.load(handle), issuer=args.issuer or "")
+        elif args.url:
+            verifier = Verifier.from_url(args.url, issuer=args.issuer, cafile=args.cafile)
+        else:
+            print("say where the keys are: --url https://<operator>:8443 or --jwks-file", file=sys.stderr)
+            return 2
+    except (OSError, ValueError, ssl.SSLError, urllib.error.URLError) as error:
+        where = args.jwks_file or args.url
+        hint = (
+            " (is --cafile the operator's CA?)"
+            if isinstance(error, ssl.SSLError) or "CERTIFICATE" in str(error)
+            else ""
+        )
+        print(f"could not read the keys from {where}: {error}{hint}", file=sys.stderr)
         return 2
     intent_parts = (args.tool, args.action, args.resource)
     if any(intent_parts) and not all(intent_parts):
         print("an intent needs all of --tool, --action and --resource", file=sys.stderr)
         return 2
     intent = Intent(*intent_parts) if all(intent_parts) else None
+    namespace = None if args.any_namespace else args.namespace
     try:
-        claims = verifier.verify(token, audience=args.audience, intent=intent)
+        claims = verifier.verify(token, audience=args.audience, intent=intent, namespace=namespace)
     except TokenRejected as rejected:
         print(f"refused ({rejected.reason}): {rejected.message}")
         return 1
     facts = claims.get("agentcred") or {}
+    expires = format_time(dt.datetime.fromtimestamp(claims["exp"], dt.timezone.utc))
     print(
-        f"valid: sub={claims['sub']} credential={facts.get('credential')} pod={facts.get('pod')} "
-        f"jti={claims['jti']} exp={claims['exp']}"
+        f"valid: sub={claims['sub']} namespace={facts.get('namespace')} credential={facts.get('credential')} "
+        f"pod={facts.get('pod')} jti={claims['jti']} expires={expires}"
     )
     return 0
 

@@ -5,7 +5,7 @@ ES256; `none` and HMAC are refused before any key is touched), `kid`, signature,
 audience, time window, revocation, and -- if an intent is given -- scope.
 
     verifier = Verifier.from_url("https://agentcred.agentcred.svc:8443", cafile="ca.crt")
-    claims = verifier.verify(token, audience="https://llm-gateway.internal",
+    claims = verifier.verify(token, audience="https://llm-gateway.internal", namespace="agents",
                              intent=Intent("web-search", "read", "repo:acme/app"))
 """
 
@@ -30,6 +30,7 @@ from ..rules.scope import Intent, scope_covers
 
 CLOCK_SKEW = 30  # seconds of tolerance on exp/nbf/iat
 JWKS_PATH = "/.well-known/jwks.json"
+DISCOVERY_PATH = "/.well-known/openid-configuration"
 REVOCATIONS_PATH = "/v1/revocations"
 
 
@@ -81,15 +82,20 @@ class Verifier:
     def from_url(
         cls, base_url: str, *, issuer: str | None = None, cafile: str | None = None, timeout: float = 5.0
     ) -> Verifier:
-        """Fetch the JWKS and revocation list the operator serves."""
+        """Fetch the JWKS and revocation list the operator serves; the issuer to expect is
+        the one its discovery document names, unless given."""
         context = ssl.create_default_context(cafile=cafile)
         base = base_url.rstrip("/")
 
         def fetch(path: str) -> dict[str, Any]:
             with urllib.request.urlopen(base + path, context=context, timeout=timeout) as response:
-                return json.loads(response.read())
+                found = json.loads(response.read())
+                if not isinstance(found, dict):
+                    raise ValueError(f"{base + path} did not answer with a JSON object")
+                return found
 
-        return cls(jwks=fetch(JWKS_PATH), issuer=issuer or base, revoked=revocation_list(fetch(REVOCATIONS_PATH)))
+        expected = issuer or str(fetch(DISCOVERY_PATH).get("issuer") or base)
+        return cls(jwks=fetch(JWKS_PATH), issuer=expected, revoked=revocation_list(fetch(REVOCATIONS_PATH)))
 
     def verify(
         self,
@@ -97,12 +103,14 @@ class Verifier:
         audience: str,
         intent: Intent | None = None,
         *,
-        namespace: str | None = None,
+        namespace: str | None,
         credential: str | None = None,
         now: float | None = None,
     ) -> dict[str, Any]:
-        """The token's claims if it is ours, for `audience`, live and not revoked -- and, when
-        given, issued in `namespace`, for `credential`, and covering `intent`."""
+        """The token's claims if it is ours, for `audience`, live and not revoked, issued in
+        `namespace` (the tenant this verifier serves: required, so that no gateway forgets to
+        pin it; None accepts any namespace, said out loud), for `credential` if given, and
+        covering `intent` if given."""
         parts = token.strip().split(".")
         if len(parts) != 3 or not all(parts[:2]):
             raise TokenRejected("malformed", "a token has three dot-separated parts")

@@ -26,7 +26,7 @@ def permissive_policy(name: str, namespace_selector: dict[str, Any]) -> dict[str
             "namespaceSelector": namespace_selector,
             "sources": ["jwt", "webhook", "secretRef"],
             "audiences": ["*"],
-            "mintingServices": ["https://*"],
+            "mintingServices": ["https://*:*/*"],
             "maxTTL": "24h",
             "maxLifetime": "720h",
         },

@@ -117,8 +117,8 @@ def new_signing_key(alg: Algorithm, now: dt.datetime) -> SigningKey:
     return SigningKey(alg=alg, private_key=private_key, created_at=now)
 
 
-MacPurpose = Literal["admission", "fingerprint"]
-MAC_PURPOSES: tuple[MacPurpose, ...] = ("admission", "fingerprint")
+MacPurpose = Literal["admission", "bookkeeping", "fingerprint"]
+MAC_PURPOSES: tuple[MacPurpose, ...] = ("admission", "bookkeeping", "fingerprint")
 
 
 @dataclass(frozen=True)

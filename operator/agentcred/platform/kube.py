@@ -269,6 +269,11 @@ class Kube:
 
     # -- AgentCredentials --------------------------------------------------------------
 
+    async def patch_credential(self, namespace: str, name: str, operations: list[dict[str, Any]]) -> dict[str, Any]:
+        """A JSON patch of an AgentCredential (its finalizers): `test` operations guard it."""
+        target = namespaced(model.API_VERSION, namespace, model.PLURAL, name)
+        return await self.request("PATCH", target, operations, JSON_PATCH)
+
     async def patch_credential_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         target = namespaced(model.API_VERSION, namespace, model.PLURAL, name, "status")
         return await self.request("PATCH", target, {"status": status}, MERGE)

@@ -92,6 +92,14 @@ class RevocationList:
             for entry in (self._entries.get((pod_uid, credential)), self._entries.get((pod_uid, ALL_CREDENTIALS)))
         )
 
+    def bars(self, pod_uid: str, credential: str, now: dt.datetime) -> bool:
+        """Is the pod barred from the credential (every token of it revoked, not only those
+        issued before some moment)?"""
+        return any(
+            entry is not None and entry.before is None and entry.until > now
+            for entry in (self._entries.get((pod_uid, credential)), self._entries.get((pod_uid, ALL_CREDENTIALS)))
+        )
+
     def prune(self, now: dt.datetime) -> None:
         for key, entry in list(self._entries.items()):
             if entry.until <= now:

@@ -94,9 +94,13 @@ OWN_ANNOTATIONS = (labels.BINDING_ANNOTATION, labels.ADMITTED_ANNOTATION, labels
 
 def _already_admitted(pod: dict[str, Any], namespace: str, keys: seal.SealKeys, now: dt.datetime) -> bool:
     """This webhook's own work, seen again when the API server reinvokes it (another webhook
-    changed the pod after us): sealed by us, moments ago."""
+    changed the pod after us): sealed by us moments ago, and still held by our gate. (A copy of
+    another pod's admission that passes this is held by the gate too, and the operator gives
+    it nothing: the binding belongs to the pod that claimed it first.)"""
     task = pod_task({**pod, "metadata": {**(pod.get("metadata") or {}), "namespace": namespace}})
-    if task is None or task.admitted_at is None or not now - seal.REINVOCATION_WINDOW <= task.admitted_at <= now:
+    if task is None or not task.gated or task.admitted_at is None:
+        return False
+    if not now - seal.REINVOCATION_WINDOW <= task.admitted_at <= now:
         return False
     return seal.holds(
         keys.mac_keys("admission"),

@@ -39,6 +39,8 @@ class CredentialRecord:
     owner_ref: dict[str, Any]  # enough for Events: apiVersion, kind, name, namespace, uid
     # What the cluster around it says (see `Gatekeeper`): no policy allows it, or its source
     # is not there. Set on the copy handed out by a lookup; None: nothing stands in the way.
+    deleting: bool = False  # a deletion is under way (the finalizers hold it)
+    finalizers: tuple[str, ...] = ()
     blocked: Verdict | None = None
     allowed_by: str | None = None  # the AgentCredentialPolicy that allows it
     _verdicts: dict[dt.date, Verdict] = field(default_factory=dict, compare=False, repr=False)
@@ -105,6 +107,8 @@ def credential_record(body: dict[str, Any]) -> CredentialRecord:
             "namespace": meta.get("namespace"),
             "uid": meta.get("uid"),
         },
+        deleting=bool(meta.get("deletionTimestamp")),
+        finalizers=tuple(str(f) for f in meta.get("finalizers") or []),
     )
 
 
@@ -113,7 +117,12 @@ class SharedSecret:
     """An upstream Secret its owner shares with agentcred (metadata only, never a value)."""
 
     keys: frozenset[str]
-    shared_with: frozenset[str] | None  # AgentCredential names in its namespace; None: any
+    # Who may copy it: "<credential>/<key>" (that key only: what owners should write),
+    # "<credential>" (any key of it), or None for "*" (any credential of the namespace).
+    shared_with: frozenset[str] | None
+
+    def allows(self, credential: str, key: str) -> bool:
+        return self.shared_with is None or bool({credential, f"{credential}/{key}"} & self.shared_with)
 
 
 def shared_secret(body: dict[str, Any]) -> SharedSecret:
@@ -132,13 +141,13 @@ def upstream_problem(record: CredentialRecord, found: SharedSecret | None) -> Ve
         return None
     ref = spec.source.secret_ref
     where = f"Secret {ref.name} in namespace {record.namespace}"
-    if found is None or (found.shared_with is not None and record.name not in found.shared_with):
+    if found is None or not found.allows(record.name, ref.key):
         return Verdict(
             False,
             "UpstreamNotShared",
-            f"{where} does not exist or is not shared with AgentCredential {record.name}: its owner "
-            f"labels it {labels.SHARED_LABEL}=true and annotates it {labels.SHARED_WITH_ANNOTATION}: "
-            f"{record.name}",
+            f"{where} does not exist or does not share key {ref.key} with AgentCredential {record.name}: "
+            f"its owner labels it {labels.SHARED_LABEL}=true and annotates it "
+            f"{labels.SHARED_WITH_ANNOTATION}: {record.name}/{ref.key}",
         )
     if ref.key not in found.keys:
         return Verdict(False, "UpstreamKeyMissing", f"{where} has no key {ref.key}")

@@ -94,10 +94,10 @@ def _problem(task: PodTask, name: str, record: CredentialRecord | None, today: d
     return None
 
 
-def _due(value: IssuedValue | Issue, record: CredentialRecord) -> dt.datetime:
+def _due(value: IssuedValue | Issue, record: CredentialRecord, started: dt.datetime) -> dt.datetime:
     spec = record.spec
     assert spec is not None  # only called for ready records
-    lifetime_end = value.task_started_at + spec.max_lifetime_delta
+    lifetime_end = started + spec.max_lifetime_delta
     due = lifetime_end if value.expires_at >= lifetime_end else value.expires_at - spec.renew_before_delta
     end = exception_end(record)
     return min(due, end) if end else due
@@ -109,9 +109,12 @@ def plan(
     records: Mapping[str, CredentialRecord | None],
     now: dt.datetime,
     renew_now: frozenset[str] = frozenset(),
+    barred: frozenset[str] = frozenset(),
 ) -> Plan:
     """What the pod's projection needs now; `renew_now` names credentials whose live values
-    are replaced at once (`agentcred renew`), due or not."""
+    are replaced at once (`agentcred renew`), due or not; `barred` names credentials the
+    revocation list bars this pod from (revoked for it while it lives, whatever its Secret
+    says). The task's lifetime counts from its sealed admission, never from bookkeeping."""
     if task is not None and task.end_reason == "opted-out":
         # The pod lives on without the opt-in label (only possible while the label guard is
         # not installed): its values go, and the Secret stays as a tombstone so that putting
@@ -129,6 +132,9 @@ def plan(
 
     live = dict(state.values) if state else {}
     revoked = dict(state.revoked) if state else {}
+    # maxLifetime counts from admission (sealed, so no one can move it), not from the first
+    # value or anything a Secret says: a healed pod gets no extra lifetime.
+    started = min(task.admitted_at or now, now)
     issues: list[Issue] = []
     revokes: list[Revoke] = []
     problems: list[Problem] = []
@@ -142,15 +148,15 @@ def plan(
     for name in task.credentials:
         record = records.get(name)
         value = live.get(name)
-        if name in revoked or "*" in revoked:
+        if name in revoked or "*" in revoked or (name in barred and value is None):
             if task.gated:
                 problems.append(Problem(name, "Revoked", f"credential {name} was revoked for this pod"))
             continue
         if value is not None:
-            reason = _revocation_reason(task, record, now.date())
+            reason = "barred" if name in barred else _revocation_reason(task, record, now.date())
             if reason is None and record is not None and record.spec is not None:
                 spec = record.spec
-                lifetime_end = value.task_started_at + spec.max_lifetime_delta
+                lifetime_end = started + spec.max_lifetime_delta
                 end = exception_end(record)
                 if now >= lifetime_end:
                     reason = "max-lifetime"
@@ -160,14 +166,14 @@ def plan(
                     renewal = Issue(
                         name,
                         expires_at=min(now + spec.ttl_delta, lifetime_end),
-                        task_started_at=value.task_started_at,
+                        task_started_at=started,
                         renewals=value.renewals + 1,
                         planned_at=min(value.expires_at - spec.renew_before_delta, now),
                     )
                     issues.append(renewal)
-                    dues.append(_due(renewal, record))
+                    dues.append(_due(renewal, record, started))
                 else:
-                    dues.append(_due(value, record))
+                    dues.append(_due(value, record, started))
             if reason is not None:
                 revokes.append(Revoke(name, reason))
             continue
@@ -176,9 +182,6 @@ def plan(
             problems.append(problem)
             continue
         assert record is not None and record.spec is not None
-        # maxLifetime counts from admission (sealed, so no one can reset it), not from the
-        # first value: a pod that lost its Secret and is healed gets no extra lifetime.
-        started = min(task.admitted_at or now, now)
         lifetime_end = started + record.spec.max_lifetime_delta
         if now >= lifetime_end:
             problems.append(
@@ -189,7 +192,7 @@ def plan(
             continue
         fresh = Issue(name, expires_at=min(now + record.spec.ttl_delta, lifetime_end), task_started_at=started)
         issues.append(fresh)
-        dues.append(_due(fresh, record))
+        dues.append(_due(fresh, record, started))
 
     revoked_now = {r.credential for r in revokes}
     ready_to_run = not problems and all(

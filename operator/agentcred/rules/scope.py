@@ -42,19 +42,29 @@ def _patterns(scope: Any, dimension: str) -> list[str]:
 
 
 GLOB_CHARACTERS = frozenset("*?[]")
+# Spellings a tool may read as the same name as a denied one: deny patterns match literally,
+# so intents must come in one plain spelling.
+AMBIGUOUS = ("..", "//", "/./", "\\")
+
+
+def intent_problem(value: str) -> str | None:
+    """Why a tool, action or resource cannot be an intent, or None."""
+    if GLOB_CHARACTERS & set(value):
+        # "repo:acme/*" as an intent would slip past a deny on "repo:acme/secrets-*" and then cover it.
+        return "has a glob character (* ? [ ]): an intent names one thing, literally"
+    if not value.isascii() or not value.isprintable():
+        return "has characters outside printable ASCII (look-alikes and controls are refused)"
+    if any(part in value for part in AMBIGUOUS) or value.startswith("./"):
+        return "has a path spelling (.. // /./ \\ ./) that could name a denied resource another way"
+    return None
 
 
 def evaluate(scope: Scope | None, intent: Intent) -> Decision:
     for dimension in DIMENSIONS:
         value = getattr(intent, dimension)
-        if GLOB_CHARACTERS & set(value):
-            # An intent is one thing: "repo:acme/*" as an intent would slip past a deny on
-            # "repo:acme/secrets-*" and then cover it.
-            return Decision(
-                False,
-                "invalid-intent",
-                f"{dimension} {value!r} has a glob character (* ? [ ]): an intent names one thing, literally",
-            )
+        problem = intent_problem(value)
+        if problem is not None:
+            return Decision(False, "invalid-intent", f"{dimension} {value!r} {problem}")
     if scope is None:
         return Decision(False, "no-scope", "the credential has no scope, so no intent can be allowed")
     for dimension in DIMENSIONS:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
@@ -32,12 +32,15 @@ class MacKey(Protocol):
     def mac(self, message: bytes) -> bytes: ...
 
 
+Purpose = Literal["admission", "bookkeeping"]
+
+
 class SealKeys(Protocol):
     """Where the seal's keys come from: the current one, and every one still kept, by id."""
 
-    def mac_key(self, purpose: Literal["admission"]) -> MacKey: ...
+    def mac_key(self, purpose: Purpose) -> MacKey: ...
 
-    def mac_keys(self, purpose: Literal["admission"]) -> Mapping[str, MacKey]: ...
+    def mac_keys(self, purpose: Purpose) -> Mapping[str, MacKey]: ...
 
 
 # A reinvocation of the webhook happens within one admission request.
@@ -96,3 +99,25 @@ def admitted(task: PodTask, keys: Mapping[str, MacKey]) -> bool:
 def foreign(task: PodTask, keys: Mapping[str, MacKey]) -> bool:
     """Sealed with a key that is not ours: another agentcred instance admitted it, and acts on it."""
     return isinstance(task.seal, str) and "." in task.seal and task.seal.partition(".")[0] not in keys
+
+
+class Bookkeeping:
+    """Seals a Secret's bookkeeping (see api.projection) with the key ring's bookkeeping key,
+    so that whoever may edit Secrets in a namespace cannot make the operator believe a value,
+    an expiry, a pod or a revocation it did not write."""
+
+    def __init__(self, keys: Callable[[], SealKeys]) -> None:
+        self._keys = keys
+
+    def sign(self, message: bytes) -> str:
+        key = self._keys().mac_key("bookkeeping")
+        return f"{key.id}.{base64.urlsafe_b64encode(key.mac(message)).rstrip(b'=').decode()}"
+
+    def verify(self, message: bytes, text: object) -> bool:
+        if not isinstance(text, str) or "." not in text:
+            return False
+        key = self._keys().mac_keys("bookkeeping").get(text.partition(".")[0])
+        if key is None:
+            return False
+        expected = f"{key.id}.{base64.urlsafe_b64encode(key.mac(message)).rstrip(b'=').decode()}"
+        return hmac.compare_digest(expected.encode(), text.encode())

@@ -14,12 +14,14 @@ import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from ..api.durations import parse_duration
 from ..api.model import AgentCredentialSpec
 from ..api.policy_model import AgentCredentialPolicySpec, LabelSelector
 
 MAX_REASONS = 4
+NAMESPACE_PLACEHOLDER = "${namespace}"
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,46 @@ def _allow_regex(pattern: str) -> re.Pattern[str]:
 
 
 def allows_value(patterns: Iterable[str], value: str) -> bool:
-    """A literal value (an audience, a URL) against allow patterns where `*` is the only wildcard."""
+    """A literal value (an audience) against allow patterns where `*` is the only wildcard."""
     return any(_allow_regex(pattern).fullmatch(value) for pattern in patterns)
+
+
+URL_PATTERN = re.compile(r"^https://(?P<host>[^/:]+)(?::(?P<port>[0-9]+|\*))?(?P<path>/.*)?$")
+
+
+def allows_url(patterns: Iterable[str], url: str) -> bool:
+    """A minting service's URL against allow patterns (`https://host[:port][/path]`), part by
+    part: the host label by label (`*` stands for one label, never a dot; a host of just `*`
+    for any host), the port exactly (443 when absent; `*` for any), the path with `*` for any
+    run (absent: `/` only). A URL with userinfo, a query or a fragment is never allowed."""
+    try:
+        target = urlsplit(url)
+        port = target.port or 443
+    except ValueError:
+        return False
+    if target.scheme != "https" or not target.hostname or "@" in target.netloc or target.query or target.fragment:
+        return False
+    wanted = target.hostname.split(".")
+    for pattern in patterns:
+        allowed = URL_PATTERN.match(pattern)
+        if allowed is None:
+            continue
+        host, allowed_port, path = allowed.group("host").lower(), allowed.group("port"), allowed.group("path")
+        if allowed_port not in ("*", str(port)) and not (allowed_port is None and port == 443):
+            continue
+        labels_ = host.split(".")
+        if host != "*" and (
+            len(labels_) != len(wanted) or not all(a in ("*", w) for a, w in zip(labels_, wanted, strict=True))
+        ):
+            continue
+        if _allow_regex(path or "/").fullmatch(target.path or "/"):
+            return True
+    return False
+
+
+def for_namespace(patterns: Iterable[str], namespace: str) -> list[str]:
+    """Patterns with `${namespace}` standing for the credential's own namespace."""
+    return [pattern.replace(NAMESPACE_PLACEHOLDER, namespace) for pattern in patterns]
 
 
 WILDCARD = "\x00"  # marks a wildcard atom, which no literal character equals
@@ -113,9 +153,11 @@ def covers(bound: str, pattern: str) -> bool:
     return len(atoms) - position >= len(last) and atoms[len(atoms) - len(last) :] == last
 
 
-def _refusals(policy: AgentCredentialPolicySpec, spec: AgentCredentialSpec) -> list[str]:
+def _refusals(policy: AgentCredentialPolicySpec, spec: AgentCredentialSpec, namespace: str) -> list[str]:
     """Everything in `spec` this policy does not allow (empty: allowed)."""
     refused = []
+    audiences = for_namespace(policy.audiences, namespace)
+    services = for_namespace(policy.minting_services, namespace)
     if policy.categories is not None and spec.category not in policy.categories:
         refused.append(f"category {spec.category} is not allowed (allowed: {', '.join(policy.categories)})")
     kind = spec.source.kind
@@ -123,14 +165,11 @@ def _refusals(policy: AgentCredentialPolicySpec, spec: AgentCredentialSpec) -> l
         refused.append(f"source {kind} is not allowed (allowed: {', '.join(policy.sources)})")
     if spec.source.jwt is not None:
         for audience in spec.source.jwt.audiences:
-            if not allows_value(policy.audiences, audience):
-                refused.append(
-                    f"audience {audience!r} is not allowed (allowed: {', '.join(policy.audiences) or 'none'})"
-                )
-    if spec.source.webhook is not None and not allows_value(policy.minting_services, spec.source.webhook.url):
+            if not allows_value(audiences, audience):
+                refused.append(f"audience {audience!r} is not allowed (allowed: {', '.join(audiences) or 'none'})")
+    if spec.source.webhook is not None and not allows_url(services, spec.source.webhook.url):
         refused.append(
-            f"minting service {spec.source.webhook.url!r} is not allowed "
-            f"(allowed: {', '.join(policy.minting_services) or 'none'})"
+            f"minting service {spec.source.webhook.url!r} is not allowed (allowed: {', '.join(services) or 'none'})"
         )
     if spec.ttl_delta > parse_duration(policy.max_ttl):
         refused.append(f"ttl {spec.ttl} is over the maximum {policy.max_ttl}")
@@ -171,7 +210,7 @@ def judge(
         )
     reasons = []
     for name, policy in applicable.items():
-        refused = _refusals(policy, spec)
+        refused = _refusals(policy, spec, namespace)
         if not refused:
             return PolicyVerdict(True, name, "Allowed", f"allowed by AgentCredentialPolicy {name}")
         reasons.append(f"policy {name}: {'; '.join(refused)}")

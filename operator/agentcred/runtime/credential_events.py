@@ -7,9 +7,13 @@ so only when its verdict changes; its deletion revokes it everywhere first (the 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
+from typing import Any
 
+from ..api.labels import FINALIZER
 from ..api.times import utcnow
+from ..platform.kube import ApiError, Conflict, Kube, NotFound
 from ..rules.credentials import CredentialRecord
 from ..rules.planning import exception_end
 from .reconciler import Reconciler
@@ -18,6 +22,8 @@ from .scheduler import Scheduler
 from .status_writer import StatusWriter
 from .statusbook import StatusBook
 from .store import ProjectionStore
+
+log = logging.getLogger(__name__)
 
 Verdict = tuple[bool, str, str]
 
@@ -34,6 +40,7 @@ def credential_key(namespace: str, name: str) -> tuple[str, str, str]:
 class CredentialEvents:
     def __init__(
         self,
+        kube: Kube,
         reconciler: Reconciler,
         requests: Requests,
         store: ProjectionStore,
@@ -42,7 +49,7 @@ class CredentialEvents:
         scheduler: Scheduler,
         credential: Callable[[str, str], CredentialRecord | None],
     ) -> None:
-        self.reconciler, self.requests, self.store, self.book = reconciler, requests, store, book
+        self.kube, self.reconciler, self.requests, self.store, self.book = kube, reconciler, requests, store, book
         self.status, self.scheduler, self.credential = status, scheduler, credential
         self._generations: dict[tuple[str, str], int] = {}
         self._verdicts: dict[tuple[str, str], Verdict] = {}
@@ -69,14 +76,49 @@ class CredentialEvents:
         credentials whose verdict changed with it."""
         changed = []
         for record in records:
-            judged = self.credential(record.namespace, record.name)
-            if judged is not None and self._note_verdict(judged):
-                changed.append(record)
+            try:
+                judged = self.credential(record.namespace, record.name)
+                if judged is not None and self._note_verdict(judged):
+                    changed.append(record)
+            except Exception:  # one credential must never stop the others' re-judging
+                log.exception("AgentCredential %s/%s not judged", record.namespace, record.name)
         for record in changed:
             await self.changed(record, force=True)
 
+    async def hold(self, record: CredentialRecord) -> None:
+        """Put the operator's finalizer on a live credential (the leader does), so that its
+        deletion waits until every value is revoked."""
+        if FINALIZER in record.finalizers or not self.reconciler.leading():
+            return
+        operations: list[dict[str, Any]] = (
+            [{"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}]
+            if record.finalizers
+            else [{"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}]
+        )
+        try:
+            await self.kube.patch_credential(record.namespace, record.name, operations)
+        except (Conflict, NotFound, ApiError) as error:  # changed meanwhile: its next event tries again
+            log.info("finalizer not added to %s/%s yet (%s)", record.namespace, record.name, error.status)
+
+    async def finalize(self, record: CredentialRecord) -> int | None:
+        """A credential being deleted: the leader revokes every value, then lets it go. The
+        finalizer is ours alone (no progress kept where tenants could write it)."""
+        if FINALIZER not in record.finalizers or not self.reconciler.leading():
+            return None  # not ours to hold, or the leader will (a new leader, when it takes over)
+        count = await self.deleted(record)
+        index = record.finalizers.index(FINALIZER)
+        await self.kube.patch_credential(
+            record.namespace,
+            record.name,
+            [
+                {"op": "test", "path": f"/metadata/finalizers/{index}", "value": FINALIZER},
+                {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+            ],
+        )
+        return count
+
     async def deleted(self, record: CredentialRecord) -> int:
-        """The finalizer's work: revoke every value of the credential first."""
+        """Revoke every value of the credential first (the finalizer's work)."""
         if not self.reconciler.leading():
             raise NotLeader()
         count = await self.requests.revoke_everywhere(record, "credential-deleted")

@@ -25,7 +25,7 @@ from ..api.times import format_time, utcnow
 from ..platform import metrics
 from ..platform.revocations import RevocationList
 from ..rules.credentials import CredentialRecord
-from ..rules.scope import EXCHANGE_MAX_TTL, GLOB_CHARACTERS, Intent, evaluate
+from ..rules.scope import EXCHANGE_MAX_TTL, Intent, evaluate, intent_problem
 from ..rules.verdicts import describe_validation_error
 from ..sources.base import Sources
 from ..sources.claims import token_claims
@@ -155,13 +155,9 @@ def parse_request(content_type: str | None, body: bytes) -> ExchangeRequest:
         message = describe_validation_error(error).replace("spec.", "")
         raise Refused(400, "invalid-intent", message) from None
     for field in ("tool", "action", "resource"):
-        if GLOB_CHARACTERS & set(getattr(request, field)):
-            raise Refused(
-                400,
-                "invalid-intent",
-                f"{field} {getattr(request, field)!r} has a glob character "
-                "(* ? [ ]): an intent names one thing, literally",
-            )
+        problem = intent_problem(getattr(request, field))
+        if problem is not None:
+            raise Refused(400, "invalid-intent", f"{field} {getattr(request, field)!r} {problem}")
     return request
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from ..api.pods import PodTask
 from ..api.projection import ProjectionState, Subject
 from ..api.times import utcnow
-from .reconciler import Reconciler
+from .reconciler import Reconciler, binding_key
 from .revoker import Revocation, Revoker
 from .statusbook import StatusBook
 from .store import ProjectionStore
@@ -41,7 +41,7 @@ class Handover:
         self._ended_while_following = [e for e in self._ended_while_following if e[0] >= now - self.window]
         self._ended_while_following.append((now, task))
 
-    async def take_over(self, pod_keys: Iterable[str], states: Iterable[ProjectionState], batch: int = 200) -> None:
+    async def take_over(self, pod_keys: Iterable[str], states: Iterable[ProjectionState]) -> None:
         for state in states:
             self.store.put(state)
         self.reconciler.loaded.set()
@@ -61,8 +61,11 @@ class Handover:
         )
         keys = sorted(set(pod_keys) | {state.key for state in self.store})
         log.info("re-planning %d projection(s)", len(keys))
-        for start in range(0, len(keys), batch):
-            await self.reconciler.reconcile_all(keys[start : start + batch])
+        # Through the scheduler, bounded per namespace: a tenant whose minting service hangs
+        # holds back its own pods, never another tenant's renewals.
+        now = utcnow()
+        for key in keys:
+            self.reconciler.scheduler.schedule(binding_key(key), now)
         for record_key in list(self.book.tallies):
             self.book.touch(record_key)
 

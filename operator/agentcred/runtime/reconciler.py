@@ -33,8 +33,10 @@ from ..api.projection import (
 from ..api.times import utcnow
 from ..platform import metrics
 from ..platform.kube import Conflict, Kube, NotFound, status_of
+from ..platform.revocations import RevocationList
 from ..rules.credentials import CredentialRecord
 from ..rules.planning import Plan, Problem, plan
+from ..rules.seal import Bookkeeping
 from ..sources.base import Produced, Sources, SourceUnavailable
 from .audit import AuditTrail
 from .events import EventRecorder
@@ -47,6 +49,7 @@ from .store import ProjectionStore
 log = logging.getLogger(__name__)
 
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+MAX_CLAIMS = 200_000
 UNGATE_PATCH = {"spec": {"schedulingGates": [{"$patch": "delete", "name": labels.SCHEDULING_GATE}]}}
 
 CredentialLookup = Callable[[str, str], CredentialRecord | None]
@@ -78,8 +81,11 @@ class Reconciler:
         credential: CredentialLookup,
         pod: PodLookup,
         leading: Callable[[], bool],
+        bookkeeping: Bookkeeping,
+        revocations: RevocationList,
     ) -> None:
         self.kube, self.store, self.scheduler, self.sources = kube, store, scheduler, sources
+        self.bookkeeping, self.revocations = bookkeeping, revocations
         self.revoker, self.audit, self.events, self.book = revoker, audit, events, book
         self.credential, self.pod, self.leading = credential, pod, leading
         self.checks = PodChecks(kube, audit, events, leading)
@@ -91,6 +97,9 @@ class Reconciler:
         # Pods seen in a terminal phase, by UID: Succeeded and Failed are final, so a status
         # that later says otherwise (nothing but a bad actor writes that) gets no new value.
         self._finished: dict[str, str] = {}
+        # Whose each binding is, once we wrote for it: a copy of a pod's admission (same
+        # binding, another UID) never takes over, not even once the first pod is gone.
+        self._claims: dict[str, str] = {}
 
     # -- entry points ----------------------------------------------------------------
 
@@ -137,7 +146,9 @@ class Reconciler:
                 task = self.pod(key)
                 subject = Subject.of_task(task) if task else Subject.of_state(state)
                 revocation = Revocation(credential, state.values[credential], reason)
-                patch = secret_patch(without(state, {credential: reason}), {}, (credential,), previous=state)
+                patch = secret_patch(
+                    without(state, {credential: reason}), {}, (credential,), previous=state, sign=self.bookkeeping.sign
+                )
                 write = functools.partial(self.kube.patch_secret, state.namespace, state.secret_name, patch)
                 try:
                     written = await self.revoker.revoke(subject, [revocation], write, tell_pod=task is not None)
@@ -155,7 +166,7 @@ class Reconciler:
         """Re-read a projection's Secret into memory."""
         namespace, binding = split_key(key)
         body = await self.kube.find_secret(namespace, labels.secret_name(binding))
-        state = parse_projection(body) if body is not None else None
+        state = parse_projection(body, self.bookkeeping.verify) if body is not None else None
         if state is None:
             self.store.forget(key)
         else:
@@ -165,14 +176,18 @@ class Reconciler:
 
     async def _run_plan(self, key: str, task: PodTask | None, renew_now: frozenset[str]) -> None:
         state = self.store.get(key)
-        if task is not None and state is not None and state.pod_uid and state.pod_uid != task.uid:
+        if task is not None and self._owner(key, state) not in (None, task.uid):
             self.checks.binding_taken(task)  # another pod made this binding first: not this pod's to touch
+            return
+        now = utcnow()
+        if state is not None and not state.sealed:
+            await self._start_over(key, task, state, now)
             return
         names = task.credentials if task else tuple(state.values) if state else ()
         namespace = task.namespace if task else state.namespace if state else ""
         records: Records = {name: self.credential(namespace, name) for name in names}
-        now = utcnow()
-        decided = plan(task, state, records, now, renew_now)
+        barred = frozenset(name for name in names if task and self.revocations.bars(task.uid, name, now))
+        decided = plan(task, state, records, now, renew_now, barred)
         if decided.delete_secret:
             assert state is not None
             await self._end(key, task, state, decided, now)
@@ -233,16 +248,21 @@ class Reconciler:
         with self.audit.ahead(entries):
             try:
                 if state is None:
-                    written = await self.kube.create_secret(task.namespace, secret_body(desired, values, task.uid))
+                    written = await self.kube.create_secret(
+                        task.namespace, secret_body(desired, values, task.uid, self.bookkeeping.sign)
+                    )
                 else:
                     written = await self.kube.patch_secret(
-                        task.namespace, state.secret_name, secret_patch(desired, values, tuple(revokes), previous=state)
+                        task.namespace,
+                        state.secret_name,
+                        secret_patch(desired, values, tuple(revokes), previous=state, sign=self.bookkeeping.sign),
                     )
             except (Conflict, NotFound) as error:
                 # A stale picture, or the Secret was deleted behind our back: read it again
                 # and plan anew (a lost Secret of a live pod is issued afresh: healed).
                 raise StalePicture() from error
         self._remember(written)
+        self._claim(task.key, task.uid)
         for name, item in produced.items():
             record = records[name]
             assert record is not None
@@ -275,6 +295,40 @@ class Reconciler:
         self.scheduler.cancel(binding_key(key))
         self._attempts.pop(key, None)
         self._reported.pop(key, None)
+
+    def _owner(self, key: str, state: ProjectionState | None) -> str | None:
+        """The UID of the pod a binding belongs to: the one its (sealed) Secret names, else the
+        one we first wrote for, else the first created of the pods naming it."""
+        if state is not None and state.sealed and state.pod_uid:
+            return state.pod_uid
+        if key in self._claims:
+            return self._claims[key]
+        earliest = self.pod(key)
+        return earliest.uid if earliest is not None else None
+
+    def _claim(self, key: str, uid: str) -> None:
+        if len(self._claims) >= MAX_CLAIMS:
+            for stale in list(self._claims)[: MAX_CLAIMS // 10]:  # the oldest tenth
+                del self._claims[stale]
+        self._claims.setdefault(key, uid)
+
+    async def _start_over(self, key: str, task: PodTask | None, state: ProjectionState, now: dt.datetime) -> None:
+        """Bookkeeping we did not write (damaged, or forged by someone who may edit Secrets):
+        nothing in it counts. The Secret goes, every token the pod was issued until now is
+        revoked, and the pod (if it lives) is planned afresh, within its sealed lifetime."""
+        subject = Subject.of_task(task) if task else Subject(state.namespace, None, None)
+        revocations = [Revocation(name, None, "unreadable-state") for name in (task.credentials if task else ())]
+
+        async def delete() -> None:
+            try:
+                await self.kube.delete_secret(state.namespace, state.secret_name)
+            except NotFound:
+                pass
+
+        await self.revoker.revoke(subject, revocations, delete, tell_pod=False)
+        self.store.forget(key)
+        if task is not None:
+            self.scheduler.schedule(binding_key(key), now)
 
     async def _ungate(self, task: PodTask) -> None:
         try:
@@ -328,6 +382,6 @@ class Reconciler:
         return task
 
     def _remember(self, written: dict[str, Any]) -> None:
-        observed = parse_projection(written)
+        observed = parse_projection(written, self.bookkeeping.verify)
         if observed is not None:
             self.store.put(observed)

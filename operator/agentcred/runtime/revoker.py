@@ -3,8 +3,9 @@ that no longer allows a value, a policy, a leak):
 
 1. an audit line per value, written *ahead* of the act (a `void` line follows if it fails);
 2. the act: the Secret patched or deleted (the caller's part);
-3. the value's source told: minted tokens go on the revocation list (by pod, so every token
-   exchanged from the value goes with it), a minting service is asked to revoke its value;
+3. the pod and credential on the revocation list -- one entry covers the value and every token
+   exchanged from it, and bars the pod from that credential while it lives on -- and the
+   value's source told (a minting service is asked to revoke its value);
 4. the credential's revoked count, and an Event on the pod.
 """
 
@@ -18,6 +19,7 @@ from typing import TypeVar
 from ..api.pods import pod_ref
 from ..api.projection import IssuedValue, Subject
 from ..api.times import utcnow
+from ..platform.revocations import RevocationList
 from ..rules.credentials import CredentialRecord
 from ..rules.scope import EXCHANGE_MAX_TTL
 from ..sources.base import Sources
@@ -40,11 +42,25 @@ class Revocation:
     reason: str
 
 
+# Reasons that revoke what a pod held without barring it: its bookkeeping was unreadable, so
+# only the tokens issued until now go (a fresh value may follow).
+FRESH_START = frozenset({"unreadable-state"})
+# No token of ours lives longer than this (ttl is capped at 24h) plus an exchange's 5 minutes.
+LONGEST_TOKEN = dt.timedelta(hours=24) + EXCHANGE_MAX_TTL
+
+
 class Revoker:
     def __init__(
-        self, audit: AuditTrail, sources: Sources, book: StatusBook, events: EventRecorder, credential: CredentialLookup
+        self,
+        audit: AuditTrail,
+        sources: Sources,
+        book: StatusBook,
+        events: EventRecorder,
+        credential: CredentialLookup,
+        revocations: RevocationList,
     ) -> None:
         self.audit, self.sources, self.book, self.events, self.credential = audit, sources, book, events, credential
+        self.revocations = revocations
 
     def ahead(self, subject: Subject, revocations: Sequence[Revocation]) -> list[Entry]:
         """Step 1: the audit lines, before the act (for `AuditTrail.ahead`)."""
@@ -63,16 +79,12 @@ class Revoker:
         for revocation in revocations:
             record = self.credential(subject.namespace, revocation.credential)
             value = revocation.value
+            if subject.pod_uid:
+                self._list(subject, revocation, record, now)
             source = self.sources.of_value(value) if value is not None else None
             if value is not None and source is not None:
-                await source.revoked(
-                    record,
-                    revocation.credential,
-                    value,
-                    subject,
-                    revocation.reason,
-                    self._covered_until(value, record, revocation.reason, now),
-                )
+                until = self._covered_until(subject, revocation, record, now)
+                await source.revoked(record, revocation.credential, value, subject, revocation.reason, until)
             if record is not None:
                 self.book.revoked(record)
             if tell_pod and subject.pod and subject.pod_uid:
@@ -96,14 +108,26 @@ class Revoker:
         await self.after(subject, revocations, tell_pod)
         return result
 
+    def _list(
+        self, subject: Subject, revocation: Revocation, record: CredentialRecord | None, now: dt.datetime
+    ) -> None:
+        """The revocation list entry: by the pod's UID (from the pod, or from bookkeeping we
+        sealed), so whichever replica answers refuses every token of it."""
+        assert subject.pod_uid
+        until = self._covered_until(subject, revocation, record, now)
+        before = now if revocation.reason in FRESH_START else None
+        self.revocations.revoke(subject.pod_uid, revocation.credential, until, before)
+
     @staticmethod
     def _covered_until(
-        value: IssuedValue, record: CredentialRecord | None, reason: str, now: dt.datetime
+        subject: Subject, revocation: Revocation, record: CredentialRecord | None, now: dt.datetime
     ) -> dt.datetime:
-        """Until when the pod's tokens of this value must stay revoked: past the last one's
-        expiry; while the pod lives on, also until it could no longer hold one anyway, so it
-        cannot exchange its way back."""
-        until = max(value.expires_at, now + EXCHANGE_MAX_TTL)
-        if reason not in TASK_ENDS and record is not None and record.spec is not None:
-            until = max(until, value.task_started_at + record.spec.max_lifetime_delta)
+        """Until when: past the last token's expiry (unknown: the longest a token lives); while
+        the pod lives on, also until its task could no longer hold one (counted from its sealed
+        admission, which no one can move), so it cannot exchange or be issued its way back."""
+        value = revocation.value
+        until = max(value.expires_at if value else now + LONGEST_TOKEN, now + EXCHANGE_MAX_TTL)
+        lives_on = revocation.reason not in TASK_ENDS | FRESH_START
+        if lives_on and record is not None and record.spec is not None and subject.admitted_at is not None:
+            until = max(until, subject.admitted_at + record.spec.max_lifetime_delta)
         return until

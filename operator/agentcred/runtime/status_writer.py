@@ -10,6 +10,7 @@ exceptions expire by the day).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -65,27 +66,33 @@ class StatusWriter:
         dirty, self.book.dirty = self.book.dirty, set()
         now = utcnow()
         for namespace, name in dirty:
-            record = self.credential(namespace, name)
-            if record is None:
-                continue
-            expiries = [
-                state.values[name].expires_at
-                for state in map(self.store.get, self.store.keys_with(namespace, name))
-                if state is not None and name in state.values
-            ]
-            desired = self.book.desired(record, len(expiries), min(expiries, default=None), now)
-            known = {**record.status, **self._written.get(record.key, {})}
-            changes = status_patch(known, desired)
-            if not changes:
-                continue
             try:
-                await self.kube.patch_credential_status(namespace, name, changes)
-            except Exception as error:
-                log.warning("status of %s/%s not written (%s); will retry", namespace, name, status_of(error) or error)
-                self.book.dirty.add(record.key)
-                continue
-            self._written[record.key] = {**self._written.get(record.key, {}), **changes}
-            self._post_ready_transition(record, known, desired)
+                await self._write(namespace, name, now)
+            except Exception:  # one credential must never stop the others' status
+                log.exception("status of %s/%s not computed", namespace, name)
+
+    async def _write(self, namespace: str, name: str, now: dt.datetime) -> None:
+        record = self.credential(namespace, name)
+        if record is None:
+            return
+        expiries = [
+            state.values[name].expires_at
+            for state in map(self.store.get, self.store.keys_with(namespace, name))
+            if state is not None and name in state.values
+        ]
+        desired = self.book.desired(record, len(expiries), min(expiries, default=None), now)
+        known = {**record.status, **self._written.get(record.key, {})}
+        changes = status_patch(known, desired)
+        if not changes:
+            return
+        try:
+            await self.kube.patch_credential_status(namespace, name, changes)
+        except Exception as error:
+            log.warning("status of %s/%s not written (%s); will retry", namespace, name, status_of(error) or error)
+            self.book.dirty.add(record.key)
+            return
+        self._written[record.key] = {**self._written.get(record.key, {}), **changes}
+        self._post_ready_transition(record, known, desired)
 
     def _post_ready_transition(self, record: CredentialRecord, known: dict[str, Any], desired: dict[str, Any]) -> None:
         def ready(status: dict[str, Any]) -> dict[str, Any] | None:

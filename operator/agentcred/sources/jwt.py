@@ -10,7 +10,6 @@ from ..api.model import SourceKind
 from ..api.pods import PodTask
 from ..api.projection import IssuedValue, Subject, fingerprint
 from ..platform.keys import DEFAULT_ALGORITHM, KeyRing, encode_jwt
-from ..platform.revocations import RevocationList
 from ..rules.credentials import CredentialRecord
 from ..rules.planning import Issue
 from .base import Produced
@@ -21,8 +20,8 @@ class JwtSource:
     kind: SourceKind = "jwt"
     exchangeable = True
 
-    def __init__(self, keyring: Callable[[], KeyRing], issuer: str, revocations: RevocationList) -> None:
-        self._keyring, self._issuer, self._revocations = keyring, issuer, revocations
+    def __init__(self, keyring: Callable[[], KeyRing], issuer: str) -> None:
+        self._keyring, self._issuer = keyring, issuer
 
     async def produce(self, task: PodTask, record: CredentialRecord, issue: Issue, now: dt.datetime) -> Produced:
         spec = record.spec
@@ -67,6 +66,5 @@ class JwtSource:
         reason: str,
         until: dt.datetime,
     ) -> None:
-        # One entry for the pod and credential covers this value and every token exchanged from it.
-        if subject.pod_uid:
-            self._revocations.revoke(subject.pod_uid, credential, until)
+        """Nothing more to do: the revocation list entry the revoker wrote covers this value
+        and every token exchanged from it."""

@@ -114,10 +114,16 @@ class MintingServiceSource:
     ) -> dict[str, Any]:
         assert self._session is not None
         try:
+            # Never follow a redirect: the policy approved this URL, not wherever it points.
             async with self._session.post(
-                url, json=payload, ssl=context, timeout=aiohttp.ClientTimeout(total=timeout)
+                url, json=payload, ssl=context, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False
             ) as response:
                 text = (await response.content.read(MAX_REPLY)).decode("utf-8", errors="replace")
+                if 300 <= response.status < 400:
+                    raise SourceUnavailable(
+                        "MintingServiceRefused",
+                        f"minting service {url} redirected (HTTP {response.status}): redirects are not followed",
+                    )
                 if response.status in RETRIABLE:
                     raise _Retriable("MintingServiceError", f"answered HTTP {response.status}")
                 if response.status >= 300:
