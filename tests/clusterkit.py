@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -130,6 +129,7 @@ class Cluster:
 
 
 OPERATOR_NAMESPACE = "agentcred"
+INTROSPECTOR = ("agentcred-introspection", "gateway")  # allowed to introspect, in the session's operator
 
 
 class OperatorProcess:
@@ -215,10 +215,11 @@ class OperatorProcess:
         return f"https://127.0.0.1:{self.api_port}"
 
     def ca_file(self) -> str:
-        """The CA of the operator's serving certificate (shared by webhook and endpoints)."""
+        """The CA of the operator's serving certificate (shared by webhook and endpoints), from
+        the ConfigMap the operator publishes it in for verifiers."""
         path = self.log_dir / "ca.crt"
-        secret = self.cluster.core.read_namespaced_secret("agentcred-webhook-tls", self.namespace)
-        path.write_bytes(base64.b64decode(secret.data["ca.crt"]))
+        bundle = self.cluster.core.read_namespaced_config_map("agentcred-ca-bundle", self.namespace)
+        path.write_text(bundle.data["ca.crt"])
         return str(path)
 
     def health(self, path: str) -> tuple[int, str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit import Cluster, OperatorProcess
+from clusterkit import INTROSPECTOR, Cluster, OperatorProcess
 from witness import Witness
 
 CLUSTER_MODE = os.environ.get("AGENTCRED_TEST_CLUSTER", "local")
@@ -88,7 +88,8 @@ def witness(cluster: Cluster) -> Iterator[Witness]:
 
 @pytest.fixture(scope="session")
 def operator(cluster: Cluster, witness: Witness) -> Iterator[OperatorProcess]:
-    """One operator process for the session (tests that restart it use `restart()`)."""
-    process = OperatorProcess(cluster).start()
+    """One operator process for the session (tests that restart it use `restart()`); the
+    ServiceAccount INTROSPECTOR may introspect tokens."""
+    process = OperatorProcess(cluster, "--introspector", "/".join(INTROSPECTOR)).start()
     yield process
     process.cleanup()

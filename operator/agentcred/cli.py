@@ -36,6 +36,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = dataclasses.replace(OperatorConfig.from_env(), **{k: v for k, v in overrides.items() if v is not None})
     if args.webhook_config:
         config = dataclasses.replace(config, webhook_config=args.webhook_config)
+    if args.introspector:
+        config = dataclasses.replace(config, introspectors=tuple(args.introspector))
     if args.standalone:
         config = dataclasses.replace(config, leader_election=False)
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.log_json else kopf.LogFormat.PLAIN)
@@ -72,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--webhook-address", help="address the admission webhook listens on")
     run.add_argument("--webhook-port", type=int, help="port the admission webhook listens on")
     run.add_argument("--webhook-url", help="URL the API server reaches the webhook at (local development)")
-    run.add_argument("--api-address", help="address of the HTTPS endpoints (JWKS, revocations, exchange)")
+    run.add_argument("--api-address", help="address of the HTTPS endpoints (token service, JWKS, revocations)")
     run.add_argument("--api-port", type=int, help="port of the HTTPS endpoints (default 8443)")
     run.add_argument("--health-address", help="address of /healthz, /readyz and /metrics")
     run.add_argument("--health-port", type=int, help="port of /healthz, /readyz and /metrics (default 8080)")
@@ -81,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["manage", "inject-ca", "none"],
         help="manage the MutatingWebhookConfiguration (default), only inject its CA bundle "
         "(the Helm chart owns it), or leave it alone",
+    )
+    run.add_argument(
+        "--introspector",
+        action="append",
+        metavar="NAMESPACE/SERVICEACCOUNT",
+        help="a ServiceAccount allowed to introspect tokens (RFC 7662); repeat for several",
     )
     run.add_argument("--audit-log", help="audit destination: - for stdout (default) or a file path")
     run.add_argument("--verbose", action="store_true")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,7 @@ from agents import (
 from clusterkit import OPERATOR_NAMESPACE, Cluster, OperatorProcess, wait_for
 from identities import PODS_ONLY, narrow_user
 from minting_service import MintingService
+from oauth import JWT_BEARER, bound_token, details
 
 pytestmark = pytest.mark.cluster
 
@@ -307,30 +309,19 @@ def test_pods_in_namespaces_the_webhook_skips_get_nothing(
         cluster.core.delete_namespaced_pod("copy", OPERATOR_NAMESPACE, grace_period_seconds=0)
 
 
-# -- intent exchange: floods, globs, lifetimes -----------------------------------------------
-
-
-def _sa_token(cluster: Cluster, namespace: str, pod: dict | None, sa: str = "research-agent") -> str:
-    spec: dict = {"audiences": ["agentcred"], "expirationSeconds": 600}
-    if pod is not None:
-        spec["boundObjectRef"] = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "name": pod["metadata"]["name"],
-            "uid": pod["metadata"]["uid"],
-        }
-    return cluster.core.create_namespaced_service_account_token(sa, namespace, {"spec": spec}).status.token
+# -- the token service: floods, globs, lifetimes ---------------------------------------------
 
 
 _CONTEXTS: dict[str, ssl.SSLContext] = {}
 
 
-def _exchange(operator: OperatorProcess, token: str, body: dict) -> tuple[int, dict, dict]:
+def _token(operator: OperatorProcess, form: dict) -> tuple[int, dict, dict]:
+    """A token request, over one TLS context per operator (a flood must not measure handshakes)."""
     request = urllib.request.Request(
-        f"{operator.api_url}/v1/exchange",
-        data=json.dumps(body).encode(),
+        f"{operator.api_url}/oauth2/token",
+        data=urllib.parse.urlencode(form).encode(),
         method="POST",
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     if operator.api_url not in _CONTEXTS:
         _CONTEXTS[operator.api_url] = ssl.create_default_context(cafile=operator.ca_file())
@@ -350,19 +341,20 @@ def test_a_flood_of_garbage_tokens_costs_few_token_reviews(
 ) -> None:
     service_account(cluster, namespace)
     create_credential(cluster, namespace)
-    intent = {"credential": "research-llm", "tool": "web-search", "action": "read", "resource": "repo:acme/a"}
-    _exchange(operator, "garbage-token", intent)  # one on its own first (and the client's TLS set up)
+
+    def bearer(assertion: str) -> dict:
+        return {"grant_type": JWT_BEARER, "assertion": assertion}
+
+    _token(operator, bearer("garbage-token"))  # one on its own first (and the client's TLS set up)
     before = _reviews(operator)
     tokens = ["garbage-token"] * 150 + [f"garbage-{i}" for i in range(250)]
     with ThreadPoolExecutor(20) as pool:
-        statuses = [status for status, _, _ in pool.map(lambda t: _exchange(operator, t, intent), tokens)]
+        statuses = [status for status, _, _ in pool.map(lambda t: _token(operator, bearer(t)), tokens)]
     reviews = _reviews(operator) - before
-    assert 429 in statuses and set(statuses) <= {401, 429}
+    assert 429 in statuses and set(statuses) <= {400, 429}
     assert reviews <= 120, f"{reviews} TokenReviews for 400 garbage requests"
-    status, body, headers = next(
-        r for r in (_exchange(operator, "garbage-x", intent) for _ in range(50)) if r[0] == 429
-    )
-    assert body["error"] == "rate-limited" and headers.get("Retry-After")
+    status, body, headers = next(r for r in (_token(operator, bearer("garbage-x")) for _ in range(50)) if r[0] == 429)
+    assert body["error"] == "temporarily_unavailable" and headers.get("Retry-After")
 
 
 def test_intents_are_literal_and_exchanged_tokens_live_at_most_five_minutes(
@@ -372,6 +364,8 @@ def test_intents_are_literal_and_exchanged_tokens_live_at_most_five_minutes(
     create_credential(
         cluster,
         namespace,
+        ttl="1h",
+        maxLifetime="8h",
         scope={
             "tools": ["web-search"],
             "actions": ["read"],
@@ -380,18 +374,17 @@ def test_intents_are_literal_and_exchanged_tokens_live_at_most_five_minutes(
         },
     )
     pod = start_agent(cluster, namespace)
-    token = _sa_token(cluster, namespace, pod)
-    base = {"credential": "research-llm", "tool": "web-search", "action": "read"}
+    base = {"grant_type": JWT_BEARER, "assertion": bound_token(cluster, namespace, pod)}
     for resource in ("repo:acme/*", "repo:acme/?ecrets-vault", "repo:acme/[s]ecrets-vault"):
-        status, body, _ = _exchange(operator, token, {**base, "resource": resource})
-        assert (status, body["error"]) == (400, "invalid-intent"), resource
-        assert "glob character" in body["message"]
-    status, body, _ = _exchange(operator, token, {**base, "resource": "repo:acme/app", "ttlSeconds": 3600})
-    assert (status, body["error"]) == (400, "invalid-intent")
-    status, body, _ = _exchange(operator, token, {**base, "resource": "repo:acme/app", "ttlSeconds": 300})
-    assert status == 200
-    claims = claims_of(body["token"].encode())
-    assert claims["exp"] - claims["iat"] <= 300
+        status, body, _ = _token(operator, {**base, "scope": f"tool:web-search action:read resource:{resource}"})
+        assert (status, body["error"]) == (400, "invalid_scope"), resource
+        assert "glob character" in body["error_description"]
+        status, body, _ = _token(operator, {**base, "authorization_details": details("web-search", ["read"], resource)})
+        assert (status, body["error"]) == (400, "invalid_authorization_details"), resource
+    status, body, _ = _token(operator, {**base, "scope": "tool:web-search action:read resource:repo:acme/app"})
+    assert status == 200 and body["expires_in"] <= 300
+    claims = claims_of(body["access_token"].encode())
+    assert claims["exp"] - claims["iat"] <= 300  # not the credential's hour
 
 
 def test_exchanges_do_not_grow_the_revocation_list(
@@ -400,14 +393,14 @@ def test_exchanges_do_not_grow_the_revocation_list(
     service_account(cluster, namespace)
     create_credential(cluster, namespace, scope={"tools": ["*"], "actions": ["read"], "resources": ["*"]})
     pod = start_agent(cluster, namespace)
-    token = _sa_token(cluster, namespace, pod)
+    token = bound_token(cluster, namespace, pod)
     granted = []
     for i in range(60):
-        status, body, _ = _exchange(
-            operator, token, {"credential": "research-llm", "tool": f"t{i}", "action": "read", "resource": f"r{i}"}
+        status, body, _ = _token(
+            operator, {"grant_type": JWT_BEARER, "assertion": token, "scope": f"tool:t{i} action:read resource:r{i}"}
         )
         if status == 200:
-            granted.append(body["token"])
+            granted.append(body["access_token"])
         else:
             time.sleep(0.3)  # the per-pod rate limit
     assert len(granted) >= 20

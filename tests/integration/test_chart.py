@@ -112,6 +112,7 @@ def test_lint_and_default_rendering_is_hardened(cluster: Cluster) -> None:
         "Lease/agentcred-leader",
         "ConfigMap/agentcred-revocations-0",
         "ConfigMap/agentcred-revocations-7",
+        "ConfigMap/agentcred-ca-bundle",
     } <= set(rendered)
     keys = rendered["Secret/agentcred-signing-keys"]["metadata"]
     assert keys["annotations"] == {"helm.sh/resource-policy": "keep"}  # outstanding tokens stay verifiable
@@ -394,6 +395,7 @@ def test_two_releases_in_one_namespace_share_no_object(cluster: Cluster) -> None
         "tenant-b-agentcred-signing-keys",
         "tenant-b-agentcred-webhook-tls",
         "tenant-b-agentcred-revocations-7",
+        "tenant-b-agentcred-ca-bundle",
     } <= named and not any(n.startswith("agentcred-") for n in named)
     bounds = rendered["ValidatingAdmissionPolicy/tenant-b-agentcred.agentcred.dev-operator-secrets"]["spec"]
     own_state = next(v["expression"] for v in bounds["variables"] if v["name"] == "ownState")

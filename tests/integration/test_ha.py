@@ -26,6 +26,7 @@ from agents import (
     start_agent,
 )
 from clusterkit import PATIENCE, Cluster, OperatorProcess, operator_paused, wait_for
+from oauth import JWT_BEARER, bound_token, post
 
 pytestmark = pytest.mark.cluster
 
@@ -145,18 +146,9 @@ def test_one_leader_both_serve_and_failover_loses_no_revocation(
 
 
 def _exchange(replica: OperatorProcess, cafile: str, token: str) -> tuple[int, dict]:
-    body = {"credential": "research-llm", "tool": "web-search", "action": "read", "resource": "repo:acme/app"}
-    request = urllib.request.Request(
-        f"{replica.api_url}/v1/exchange",
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
-    )
-    try:
-        with urllib.request.urlopen(request, context=ssl.create_default_context(cafile=cafile), timeout=30) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    form = {"grant_type": JWT_BEARER, "assertion": token, "scope": "tool:web-search action:read resource:repo:acme/app"}
+    status, answer, _ = post(f"{replica.api_url}/oauth2/token", cafile, form)
+    return status, answer
 
 
 def test_every_replica_exchanges_and_a_stale_leader_hands_out_nothing_that_outlives_a_revoke(
@@ -186,22 +178,7 @@ def test_every_replica_exchanges_and_a_stale_leader_hands_out_nothing_that_outli
             service_account(cluster, namespace)
             create_credential(cluster, namespace)
             pod = start_agent(cluster, namespace)
-            token = cluster.core.create_namespaced_service_account_token(
-                "research-agent",
-                namespace,
-                {
-                    "spec": {
-                        "audiences": ["agentcred"],
-                        "expirationSeconds": 600,
-                        "boundObjectRef": {
-                            "apiVersion": "v1",
-                            "kind": "Pod",
-                            "name": "agent",
-                            "uid": pod["metadata"]["uid"],
-                        },
-                    }
-                },
-            ).status.token
+            token = bound_token(cluster, namespace, pod)
 
             # A follower answers exchanges from the shared state, as the leader does.
             for replica in (follower, leader):
@@ -247,14 +224,17 @@ def test_every_replica_exchanges_and_a_stale_leader_hands_out_nothing_that_outli
             verifier = Verifier.from_url(follower.api_url, issuer=ISSUER, cafile=cafile)
             if status == 200:
                 with pytest.raises(TokenRejected) as rejected:
-                    verifier.verify(body["token"], audience="https://llm-gateway.internal", namespace=None)
+                    verifier.verify(body["access_token"], audience="https://llm-gateway.internal", namespace=None)
                 assert rejected.value.reason == "revoked"
             # And once the revocation list has reached every replica, both refuse.
             for replica in (follower, leader):
                 wait_for(
                     lambda r=replica: (
                         _exchange(r, cafile, token)
-                        == (403, {"error": "credential-revoked", "message": "research-llm was revoked for pod agent"})
+                        == (
+                            400,
+                            {"error": "invalid_grant", "error_description": "research-llm was revoked for pod agent"},
+                        )
                     ),
                     what="the revocation seen by every replica",
                 )

@@ -4,11 +4,11 @@ The figures (run with -s to see them) go in the issue notes; speed is not assert
 bench/run.py measures it -- only that every request and every pod is served.
 """
 
-import json
 import ssl
 import statistics
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +17,7 @@ import pytest
 from agentcred.api import labels
 from agents import audit_lines, create_credential, pod_template, service_account
 from clusterkit import Cluster, OperatorProcess, wait_for
+from oauth import JWT_TYPE, TOKEN_EXCHANGE, bound_token
 
 pytestmark = pytest.mark.cluster
 
@@ -45,36 +46,23 @@ def test_1000_concurrent_exchanges(cluster: Cluster, operator: OperatorProcess, 
     _create_pods(cluster, namespace, 50, "x")
     wait_for(lambda: _managed_count(cluster, namespace) == 50, timeout=120, what="50 pods issued")
     pods = cluster.core.list_namespaced_pod(namespace).items
-    tokens = [
-        cluster.core.create_namespaced_service_account_token(
-            "research-agent",
-            namespace,
-            {
-                "spec": {
-                    "audiences": ["agentcred"],
-                    "expirationSeconds": 600,
-                    "boundObjectRef": {
-                        "apiVersion": "v1",
-                        "kind": "Pod",
-                        "name": p.metadata.name,
-                        "uid": p.metadata.uid,
-                    },
-                }
-            },
-        ).status.token
-        for p in pods
-    ]
+    tokens = [bound_token(cluster, namespace, cluster.api_client.sanitize_for_serialization(p)) for p in pods]
     context = ssl.create_default_context(cafile=operator.ca_file())
 
     def exchange(i: int) -> tuple[int, float]:
-        body = json.dumps(
-            {"credential": "research-llm", "tool": f"tool-{i % 7}", "action": "read", "resource": f"repo:acme/r{i}"}
+        body = urllib.parse.urlencode(
+            {
+                "grant_type": TOKEN_EXCHANGE,
+                "subject_token": tokens[i % len(tokens)],
+                "subject_token_type": JWT_TYPE,
+                "scope": f"tool:tool-{i % 7} action:read resource:repo:acme/r{i}",
+            }
         ).encode()
         request = urllib.request.Request(
-            f"{operator.api_url}/v1/exchange",
+            f"{operator.api_url}/oauth2/token",
             data=body,
             method="POST",
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {tokens[i % len(tokens)]}"},
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
         )
         started = time.monotonic()
         try:
@@ -90,7 +78,7 @@ def test_1000_concurrent_exchanges(cluster: Cluster, operator: OperatorProcess, 
     statuses = [status for status, _ in results]
     latencies = sorted(seconds for _, seconds in results)
     print(
-        f"\n1000 exchanges, 100 at a time: {elapsed:.1f} s, {1000 / elapsed:.0f}/s, "
+        f"\n1000 token exchanges, 100 at a time: {elapsed:.1f} s, {1000 / elapsed:.0f}/s, "
         f"p50 {statistics.median(latencies) * 1000:.0f} ms, p99 {latencies[989] * 1000:.0f} ms"
     )
     assert statuses.count(200) == 1000, {s: statuses.count(s) for s in set(statuses)}

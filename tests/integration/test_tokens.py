@@ -1,9 +1,8 @@
-"""Minted tokens tools can verify, key rotation with overlap, intent exchange with real
-pod-bound ServiceAccount tokens, and the webhook (minting service) source."""
+"""Minted tokens tools can verify, key rotation with overlap, and the webhook (minting
+service) source. The token service has its own tests (test_token_service)."""
 
 import datetime as dt
 import json
-import ssl
 import subprocess
 import sys
 import time
@@ -17,7 +16,6 @@ from agentcred.client.verify import TokenRejected, Verifier
 from agentcred.platform.keys import KeyRing, b64url, b64url_decode, encode_jwt
 from agentcred.rules.scope import Intent
 from agents import (
-    audit_lines,
     condition,
     create_credential,
     create_pod,
@@ -48,37 +46,6 @@ SCOPE = {
 def _agent(cluster: Cluster, namespace: str, name: str = "agent") -> tuple[dict, bytes]:
     pod = start_agent(cluster, namespace, name)
     return pod, value_of(read_secret(cluster, namespace, secret_name_of(pod)), "research-llm")
-
-
-def _sa_token(
-    cluster: Cluster, namespace: str, pod: dict | None, audience: str = "agentcred", sa: str = "research-agent"
-) -> str:
-    spec: dict = {"audiences": [audience], "expirationSeconds": 600}
-    if pod is not None:
-        spec["boundObjectRef"] = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "name": pod["metadata"]["name"],
-            "uid": pod["metadata"]["uid"],
-        }
-    return cluster.core.create_namespaced_service_account_token(sa, namespace, {"spec": spec}).status.token
-
-
-def _exchange(
-    operator: OperatorProcess, token: str | None, body: bytes | dict, content_type: str = "application/json"
-) -> tuple[int, dict]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(
-        f"{operator.api_url}/v1/exchange", data=data, method="POST", headers={"Content-Type": content_type}
-    )
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    context = ssl.create_default_context(cafile=operator.ca_file())
-    try:
-        with urllib.request.urlopen(request, context=context, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def _verifier(operator: OperatorProcess) -> Verifier:
@@ -119,8 +86,10 @@ def test_projected_tokens_verify_and_each_refusal_has_its_own_reason(
     stranger = encode_jwt(
         json.loads(b64url_decode(payload)), KeyRing.generate(dt.datetime.now(dt.timezone.utc)).current("EdDSA")
     )
-    none_alg = f"{b64url(json.dumps({'alg': 'none', 'typ': 'JWT'}).encode())}.{payload}."
-    hs256_header = {"alg": "HS256", "kid": json.loads(b64url_decode(header))["kid"]}
+    none_alg = f"{b64url(json.dumps({'alg': 'none', 'typ': 'at+jwt'}).encode())}.{payload}."
+    hs256_header = {"alg": "HS256", "typ": "at+jwt", "kid": json.loads(b64url_decode(header))["kid"]}
+    id_token_header = {**json.loads(b64url_decode(header)), "typ": "JWT"}
+    as_id_token = f"{b64url(json.dumps(id_token_header).encode())}.{payload}.{signature}"
     hs256 = f"{b64url(json.dumps(hs256_header).encode())}.{payload}.{signature}"
     reasons = {
         "wrong audience": _reason(verifier, token, audience="https://someone-else"),
@@ -128,6 +97,7 @@ def test_projected_tokens_verify_and_each_refusal_has_its_own_reason(
         "unknown kid": _reason(verifier, stranger),
         "alg none": _reason(verifier, none_alg),
         "HS256 confusion": _reason(verifier, hs256),
+        "not an access token": _reason(verifier, as_id_token),
         "expired": _reason(verifier, token, now=claims["exp"] + 3600),
         "out of scope": _reason(verifier, token, intent=Intent("web-search", "write", "repo:acme/app")),
         "garbage": _reason(verifier, "not-a-token"),
@@ -138,6 +108,7 @@ def test_projected_tokens_verify_and_each_refusal_has_its_own_reason(
         "unknown kid": "unknown-kid",
         "alg none": "unsupported-algorithm",
         "HS256 confusion": "unsupported-algorithm",
+        "not an access token": "wrong-type",
         "expired": "expired",
         "out of scope": "out-of-scope",
         "garbage": "malformed",
@@ -231,90 +202,6 @@ def test_key_rotation_keeps_old_tokens_valid(
     verifier = _verifier(operator)
     assert verifier.verify(before.decode(), audience=AUDIENCE, namespace=None)["jti"]
     assert verifier.verify(after.decode(), audience=AUDIENCE, namespace=None)["jti"]
-
-
-def test_intent_exchange(cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str) -> None:
-    service_account(cluster, namespace)
-    service_account(cluster, namespace, "bystander")
-    create_credential(cluster, namespace, scope=SCOPE, ttl="10m")
-    pod, value = _agent(cluster, namespace)
-    token = _sa_token(cluster, namespace, pod)
-    intent = {"credential": "research-llm", "tool": "fetch-page", "action": "read", "resource": "repo:acme/app"}
-
-    status, granted = _exchange(operator, token, intent)
-    assert status == 200, granted
-    narrowed = _verifier(operator).verify(
-        granted["token"], audience=AUDIENCE, intent=Intent("fetch-page", "read", "repo:acme/app"), namespace=None
-    )
-    assert narrowed["agentcred"]["scope"] == {
-        "tools": ["fetch-page"],
-        "actions": ["read"],
-        "resources": ["repo:acme/app"],
-    }
-    assert narrowed["exp"] - narrowed["iat"] == 300  # the default short TTL
-    assert narrowed["agentcred"]["podUID"] == pod["metadata"]["uid"]
-    with pytest.raises(TokenRejected) as other_intent:
-        _verifier(operator).verify(
-            granted["token"], audience=AUDIENCE, intent=Intent("web-search", "read", "repo:acme/app"), namespace=None
-        )
-    assert other_intent.value.reason == "out-of-scope"
-    record = audit_lines(operator, "exchange", podUID=pod["metadata"]["uid"])[0]
-    assert record["tokenId"] == granted["tokenId"] and record["intent"]["tool"] == "fetch-page"
-    assert record["serviceAccount"] == "research-agent" and "job" not in record  # a bare pod has no Job
-
-    # A bystander pod (admitted for nothing) and an unbound token.
-    bystander = cluster.core.create_namespaced_pod(
-        namespace,
-        {
-            "metadata": {"name": "bystander"},
-            "spec": {"serviceAccountName": "bystander", "containers": [{"name": "c", "image": "x"}]},
-        },
-    )
-    bystander_pod = cluster.api_client.sanitize_for_serialization(bystander)
-    refusals = {
-        "tool not allowed": _exchange(operator, token, {**intent, "tool": "delete-repo"}),
-        "resource denied": _exchange(operator, token, {**intent, "resource": "repo:acme/secrets-vault"}),
-        "wrong audience": _exchange(operator, _sa_token(cluster, namespace, pod, audience="kubernetes"), intent),
-        "another pod": _exchange(operator, _sa_token(cluster, namespace, bystander_pod, sa="bystander"), intent),
-        "unbound token": _exchange(operator, _sa_token(cluster, namespace, None), intent),
-        "no token": _exchange(operator, None, intent),
-        "malformed body": _exchange(operator, token, b"{not json"),
-        "missing field": _exchange(operator, token, {"credential": "research-llm", "tool": "x"}),
-        "wrong content type": _exchange(operator, token, json.dumps(intent).encode(), "text/plain"),
-        "oversized": _exchange(operator, token, json.dumps({**intent, "resource": "x" * 20000}).encode()),
-    }
-    summary = {case: (status, body["error"]) for case, (status, body) in refusals.items()}
-    assert summary == {
-        "tool not allowed": (403, "tool-not-allowed"),
-        "resource denied": (403, "resource-denied"),
-        "wrong audience": (401, "invalid-token"),
-        "another pod": (403, "pod-not-managed"),
-        "unbound token": (401, "unbound-token"),
-        "no token": (401, "missing-token"),
-        "malformed body": (400, "malformed-body"),
-        "missing field": (400, "invalid-intent"),
-        "wrong content type": (415, "unsupported-media-type"),
-        "oversized": (413, "body-too-large"),
-    }
-    for _, body in refusals.values():
-        assert token not in json.dumps(body)
-
-    # After the pod ends: its token is refused, and what it was handed is revoked.
-    kubelet.succeed(namespace, pod["metadata"]["name"])
-    wait_for(lambda: _revoked(operator, granted["token"]), timeout=15, what="exchanged token revoked")
-    status, ended = _exchange(operator, token, intent)
-    assert (status, ended["error"]) == (403, "pod-ended")
-
-
-def test_exchange_is_rate_limited_per_pod(cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str) -> None:
-    service_account(cluster, namespace)
-    create_credential(cluster, namespace, scope=SCOPE)
-    pod, _ = _agent(cluster, namespace)
-    token = _sa_token(cluster, namespace, pod)
-    intent = {"credential": "research-llm", "tool": "web-search", "action": "read", "resource": "repo:acme/x"}
-    statuses = [_exchange(operator, token, intent)[0] for _ in range(40)]
-    assert statuses[0] == 200 and 429 in statuses
-    assert set(statuses) <= {200, 429}
 
 
 @pytest.fixture

@@ -186,3 +186,50 @@ def test_annotation_parser_never_crashes(text: str) -> None:
         assert labels.CREDENTIALS_ANNOTATION in str(refusal) or "at most" in str(refusal)
     else:
         assert names and all(0 < len(name) <= 63 for name in names)
+
+
+ISSUER = "https://agentcred.agentcred.svc:8443"
+
+
+def test_a_pod_with_a_minted_credential_gets_its_identity_for_the_token_service() -> None:
+    admitted = inject(pod(), NS, lookup_of(record()), KEYS, NOW, issuer=ISSUER)
+    binding = admitted["metadata"]["annotations"][labels.BINDING_ANNOTATION]
+    identity = next(v for v in admitted["spec"]["volumes"] if v["name"] == labels.IDENTITY_VOLUME)
+    token, ca = identity["projected"]["sources"]
+    assert token == {"serviceAccountToken": {"audience": "agentcred", "expirationSeconds": 600, "path": "token"}}
+    assert ca["secret"] == {
+        "name": f"agentcred-{binding}",
+        "optional": True,
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }
+    for container in admitted["spec"]["containers"]:
+        assert {"name": labels.IDENTITY_VOLUME, "mountPath": "/var/run/secrets/agentcred", "readOnly": True} in (
+            container["volumeMounts"]
+        )
+        assert {e["name"]: e["value"] for e in container["env"]} == {
+            "AGENTCRED_ISSUER": ISSUER,
+            "AGENTCRED_TOKEN_ENDPOINT": f"{ISSUER}/oauth2/token",
+            "AGENTCRED_IDENTITY_TOKEN_FILE": "/var/run/secrets/agentcred/token",
+            "AGENTCRED_CA_FILE": "/var/run/secrets/agentcred/ca.crt",
+        }
+    # The identity volume is not a credential: the operator still reads the task right.
+    task = pod_task({**admitted, "metadata": {**admitted["metadata"], "name": "p", "uid": "u"}})
+    assert task is not None and task.credentials == ("research-llm",) and task.binding == binding
+
+
+def test_a_pod_without_a_minted_credential_gets_no_identity_volume() -> None:
+    static = record(source={"secretRef": {"name": "upstream", "key": "token"}}, exception=EXCEPTION)
+    admitted = inject(pod(), NS, lookup_of(static), KEYS, NOW, issuer=ISSUER)
+    assert [v["name"] for v in admitted["spec"]["volumes"]] == [labels.volume_name("research-llm")]
+    assert all("env" not in c for c in admitted["spec"]["containers"])
+
+
+def test_the_identity_path_cannot_be_taken() -> None:
+    taken = pod()
+    taken["spec"]["containers"][0]["volumeMounts"] = [{"name": "mine", "mountPath": "/var/run/secrets/agentcred"}]
+    taken["spec"]["volumes"] = [{"name": "mine", "emptyDir": {}}]
+    with pytest.raises(Refusal, match="already mounts volume mine at /var/run/secrets/agentcred, where the pod's"):
+        inject(taken, NS, lookup_of(record()), KEYS, NOW, issuer=ISSUER)
+    there = record(projection={"mountPath": "/var/run/secrets/agentcred"})
+    with pytest.raises(Refusal, match="AgentCredential research-llm mounts at /var/run/secrets/agentcred"):
+        inject(pod(), NS, lookup_of(there), KEYS, NOW, issuer=ISSUER)

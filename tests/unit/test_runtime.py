@@ -230,7 +230,7 @@ def test_a_minting_service_hears_of_its_values_revocation(tmp_path: Path) -> Non
     told: list[tuple[str, str, str]] = []
 
     class Minting:
-        kind, exchangeable = "webhook", False
+        kind = "webhook"
 
         async def revoked(self, record, credential, value, subject, reason, until):
             told.append((credential, value.token_id, reason))

@@ -4,22 +4,22 @@ import json
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from agentcred.platform.keys import KeyRing, b64url_decode, encode_jwt, thumbprint
+from agentcred.platform.keys import KeyRing, NotOurs, b64url_decode, decode_own, encode_jwt, thumbprint
 from agentcred.platform.revocations import ALL_CREDENTIALS, RevocationList
 
 NOW = dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc)
 
 
-@pytest.mark.parametrize("alg", ["EdDSA", "ES256"])
+@pytest.mark.parametrize("alg", ["EdDSA", "ES256", "RS256"])
 def test_tokens_verify_with_the_public_key_and_name_their_kid(alg: str) -> None:
     ring = KeyRing.generate(NOW)
     key = ring.current(alg)
     token = encode_jwt({"sub": "x", "exp": 1}, key)
     header, payload, signature = token.split(".")
-    assert json.loads(b64url_decode(header)) == {"alg": alg, "typ": "JWT", "kid": key.kid}
+    assert json.loads(b64url_decode(header)) == {"alg": alg, "typ": "at+jwt", "kid": key.kid}
     message = f"{header}.{payload}".encode()
     public = key.private_key.public_key()
     raw = b64url_decode(signature)
@@ -27,6 +27,10 @@ def test_tokens_verify_with_the_public_key_and_name_their_kid(alg: str) -> None:
         public.verify(raw, message)
         with pytest.raises(InvalidSignature):
             public.verify(raw, message + b"x")
+    elif alg == "RS256":
+        public.verify(raw, message, padding.PKCS1v15(), hashes.SHA256())
+        with pytest.raises(InvalidSignature):
+            public.verify(raw, message + b"x", padding.PKCS1v15(), hashes.SHA256())
     else:
         der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
         public.verify(der, message, ec.ECDSA(hashes.SHA256()))
@@ -42,7 +46,26 @@ def test_key_ring_survives_its_secret_and_publishes_public_keys_only() -> None:
     ring = KeyRing.generate(NOW)
     again = KeyRing.from_secret_data(ring.to_secret_data())
     assert again.jwks() == ring.jwks()
-    assert all(set(jwk) <= {"kty", "crv", "x", "y", "kid", "alg", "use"} for jwk in ring.jwks()["keys"])
+    assert all(set(jwk) <= {"kty", "crv", "x", "y", "n", "e", "kid", "alg", "use"} for jwk in ring.jwks()["keys"])
+    assert {jwk["alg"] for jwk in ring.jwks()["keys"]} == {"EdDSA", "ES256", "RS256"}
+
+
+def test_a_ring_from_an_older_version_gains_the_keys_it_lacks() -> None:
+    ring = KeyRing.generate(NOW)
+    old = KeyRing(tuple(k for k in ring.keys if k.alg != "RS256"), ring.macs[:1])
+    completed = old.completed(NOW)
+    assert {k.alg for k in completed.keys} == {"EdDSA", "ES256", "RS256"}
+    assert {k.purpose for k in completed.macs} == {"admission", "bookkeeping", "fingerprint"}
+    assert completed.keys[:2] == old.keys and completed.completed(NOW) is completed
+
+
+def test_only_tokens_this_ring_signed_are_decoded_as_its_own() -> None:
+    ring, other = KeyRing.generate(NOW), KeyRing.generate(NOW)
+    token = encode_jwt({"sub": "x"}, ring.current("RS256"))
+    assert decode_own(token, ring)[1] == {"sub": "x"}
+    for forged in (encode_jwt({"sub": "x"}, other.current("RS256")), token[:-4] + "AAAA", "a.b", "a.b.c"):
+        with pytest.raises(NotOurs):
+            decode_own(forged, ring)
 
 
 def test_revocation_list_is_by_pod_prunes_and_round_trips_through_its_shards() -> None:
@@ -72,3 +95,17 @@ def test_revocation_lists_merge_as_a_union() -> None:
     ours.merge_shard_data(theirs.shard_data(0))
     assert ours.covers("pod-a", "llm", NOW + dt.timedelta(minutes=2)) and ours.covers("pod-b", "llm", NOW)
     assert [e.until for e in ours if e.pod_uid == "pod-a"] == [NOW + dt.timedelta(minutes=5)]
+
+
+def test_a_token_revoked_by_its_holder_takes_only_its_descendants_along() -> None:
+    revocations = RevocationList(shards=2)
+    revocations.revoke_token("pod-a", "llm", "jti-1", until=NOW + dt.timedelta(minutes=5))
+    assert revocations.covers("pod-a", "llm", NOW, ("jti-1",))
+    assert revocations.covers("pod-a", "llm", NOW, ("jti-2", "jti-1"))  # exchanged from it
+    assert not revocations.covers("pod-a", "llm", NOW, ("jti-3",))
+    assert not revocations.covers("pod-a", "llm", NOW) and not revocations.bars("pod-a", "llm", NOW)
+    again = RevocationList(shards=2)
+    for shard in range(2):
+        again.merge_shard_data(revocations.shard_data(shard))
+    assert again.document() == revocations.document()
+    assert again.document()["revoked"][0]["jti"] == "jti-1"

@@ -55,6 +55,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s-webhook-tls" (include "agentcred.fullname" .) -}}
 {{- end -}}
 
+{{- define "agentcred.caBundle" -}}
+{{- printf "%s-ca-bundle" (include "agentcred.fullname" .) -}}
+{{- end -}}
+
 {{- define "agentcred.lease" -}}
 {{- printf "%s-leader" (include "agentcred.fullname" .) -}}
 {{- end -}}

@@ -48,6 +48,19 @@ VALUE_FILE = "token"
 EXPIRY_FILE = "expires-at"
 SERVICE_ACCOUNT_AUDIENCE = "agentcred"
 
+# What a pod that asks for a minted credential gets to reach the token service with: its
+# ServiceAccount token for audience `agentcred` (kubelet-rotated) and the operator's CA, in
+# one read-only volume, and environment variables naming them and the token endpoint.
+IDENTITY_VOLUME = f"{VOLUME_PREFIX}identity"
+IDENTITY_MOUNT_PATH = "/var/run/secrets/agentcred"
+IDENTITY_TOKEN_FILE = "token"
+IDENTITY_TOKEN_SECONDS = 600  # the shortest the API server allows; the kubelet renews at 80%
+CA_KEY = "ca.crt"  # in each pod's Secret, and in the operator's `<instance>-ca-bundle` ConfigMap
+IDENTITY_ENV = {
+    "AGENTCRED_IDENTITY_TOKEN_FILE": f"{IDENTITY_MOUNT_PATH}/{IDENTITY_TOKEN_FILE}",
+    "AGENTCRED_CA_FILE": f"{IDENTITY_MOUNT_PATH}/{CA_KEY}",
+}
+
 
 # A binding id is what the webhook generates (8 random bytes, hex): anything else found in a
 # pod or a Secret was not made by us and is never used to name an object.
@@ -101,6 +114,10 @@ class StateNames:
     @property
     def serving_certificate(self) -> str:
         return f"{self.instance}-webhook-tls"
+
+    @property
+    def ca_bundle(self) -> str:
+        return f"{self.instance}-ca-bundle"
 
     @property
     def lease(self) -> str:

@@ -85,6 +85,8 @@ def pod_task(pod: dict[str, Any], deleted: bool = False) -> PodTask | None:
         if not str(volume.get("name", "")).startswith(labels.VOLUME_PREFIX):
             continue
         for source in (volume.get("projected") or {}).get("sources") or []:
+            if "secret" not in source:
+                continue  # the identity volume's ServiceAccount token
             secret = source.get("secret") or {}
             found = labels.binding_of_secret_name(secret.get("name"))
             if found is None or binding not in (None, found):

@@ -215,8 +215,11 @@ def _metadata(state: ProjectionState, sign: Sign) -> dict[str, Any]:
     }
 
 
-def secret_body(state: ProjectionState, new_values: dict[str, bytes], pod_uid: str, sign: Sign) -> dict[str, Any]:
-    """A new Secret holding `new_values`, owned by the pod so the cluster's GC backs us up."""
+def secret_body(
+    state: ProjectionState, new_values: dict[str, bytes], pod_uid: str, sign: Sign, ca: bytes = b""
+) -> dict[str, Any]:
+    """A new Secret holding `new_values` (and the operator's CA, for the pod to reach the
+    token service), owned by the pod so the cluster's GC backs us up."""
     metadata = _metadata(state, sign)
     metadata.update(
         name=state.secret_name,
@@ -231,7 +234,7 @@ def secret_body(state: ProjectionState, new_values: dict[str, bytes], pod_uid: s
         "type": "Opaque",
         "immutable": False,
         "metadata": metadata,
-        "data": _data(state, new_values),
+        "data": _data(state, new_values, ca),
     }
 
 
@@ -241,21 +244,23 @@ def secret_patch(
     removed: tuple[str, ...],
     previous: ProjectionState,
     sign: Sign,
+    ca: bytes = b"",
 ) -> dict[str, Any]:
-    """A merge patch that writes `new_values`, drops `removed`, and fails on a stale base."""
+    """A merge patch that writes `new_values` (and the current CA), drops `removed`, and
+    fails on a stale base."""
     metadata = _metadata(state, sign)
     stale_labels = {labels.credential_label(name): None for name in previous.values if name not in state.values}
     metadata["labels"].update(stale_labels)
     metadata["resourceVersion"] = previous.resource_version
-    data: dict[str, Any] = dict(_data(state, new_values))
+    data: dict[str, Any] = dict(_data(state, new_values, ca))
     for name in removed:
         data[labels.value_key(name)] = None
         data[labels.expiry_key(name)] = None
     return {"metadata": metadata, "data": data}
 
 
-def _data(state: ProjectionState, new_values: dict[str, bytes]) -> dict[str, str]:
-    data = {}
+def _data(state: ProjectionState, new_values: dict[str, bytes], ca: bytes) -> dict[str, str]:
+    data = {labels.CA_KEY: _b64(ca)} if ca else {}
     for name, value in new_values.items():
         data[labels.value_key(name)] = _b64(value)
         data[labels.expiry_key(name)] = _b64(format_time(state.values[name].expires_at).encode())

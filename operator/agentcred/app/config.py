@@ -33,11 +33,13 @@ class OperatorConfig:
     serving_certificate: str = "managed"
     webhook_configuration: str = "agentcred.dev"  # the MutatingWebhookConfiguration's name
     api_address: str = "0.0.0.0"
-    api_port: int = 8443  # JWKS, revocation list, intent exchange
+    api_port: int = 8443  # the token service, JWKS, revocation list
     health_address: str = "0.0.0.0"
     health_port: int = 8080  # /healthz, /readyz, /metrics
-    exchange_rate: float = 5.0  # exchanges per second per pod, sustained
-    exchange_burst: int = 20
+    token_rate: float = 5.0  # token requests per second per pod, sustained
+    token_burst: int = 20
+    # ServiceAccounts allowed to introspect tokens ("namespace/name"), e.g. gateways and MCP servers.
+    introspectors: tuple[str, ...] = ()
     source_rate: float = 10.0  # refused tokens per second per client address before it gets 429
     source_burst: int = 40
     revocation_shards: int = 8  # ConfigMaps holding the revocation list (~12,000 entries each)
@@ -73,8 +75,9 @@ class OperatorConfig:
             api_port=int(_env("API_PORT", str(cls.api_port))),
             health_address=_env("HEALTH_ADDRESS", cls.health_address),
             health_port=int(_env("HEALTH_PORT", str(cls.health_port))),
-            exchange_rate=float(_env("EXCHANGE_RATE", str(cls.exchange_rate))),
-            exchange_burst=int(_env("EXCHANGE_BURST", str(cls.exchange_burst))),
+            token_rate=float(_env("TOKEN_RATE", str(cls.token_rate))),
+            token_burst=int(_env("TOKEN_BURST", str(cls.token_burst))),
+            introspectors=tuple(item.strip() for item in _env("INTROSPECTORS", "").split(",") if item.strip()),
             source_rate=float(_env("SOURCE_RATE", str(cls.source_rate))),
             source_burst=int(_env("SOURCE_BURST", str(cls.source_burst))),
             revocation_shards=int(_env("REVOCATION_SHARDS", str(cls.revocation_shards))),

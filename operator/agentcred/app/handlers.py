@@ -73,7 +73,7 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
     @kopf.index("v1", "pods", labels=POD_FILTER, id="pod_index", registry=registry)
     async def pod_index(body: kopf.Body, **_: Any) -> dict[str | tuple[str, str], PodTask] | None:
         # Two keys per pod in one index (one handler call per event, not two): the
-        # projection key for the runtime, (namespace, name) for intent exchange.
+        # projection key for the runtime, (namespace, name) for the token service.
         task = _admitted(operator, body)
         return {task.key: task, (task.namespace, task.name): task} if task else None
 
@@ -121,7 +121,10 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
                 raise kopf.AdmissionError(str(refusal), code=403) from None
             if records is not None:
                 # Kopf hands this function its own copy of the pod and diffs it into a JSON patch.
-                patch.fns.append(lambda pod: admission.apply(cast(dict[str, Any], pod), namespace, records, keyring))
+                issuer = operator.config.effective_issuer
+                patch.fns.append(
+                    lambda pod: admission.apply(cast(dict[str, Any], pod), namespace, records, keyring, issuer=issuer)
+                )
 
     # -- pods -----------------------------------------------------------------------------
 

@@ -26,15 +26,15 @@ from ..api.pods import PodTask
 from ..api.projection import parse_projection
 from ..api.webhook_configuration import configuration, pod_guard
 from ..platform.keys import KeyRing
-from ..platform.kube import Kube, load_configuration
+from ..platform.kube import Kube, NotFound, load_configuration
 from ..platform.revocations import RevocationList
 from ..rules.credentials import CredentialRecord, Gatekeeper
 from ..rules.seal import Bookkeeping
 from ..runtime.audit import AuditTrail
+from ..runtime.callers import RateLimiter, ReviewGate
 from ..runtime.credential_events import CredentialEvents
 from ..runtime.endpoints import build_app, serve
 from ..runtime.events import EventRecorder
-from ..runtime.exchange import ExchangeContext, RateLimiter, ReviewGate
 from ..runtime.handover import Handover
 from ..runtime.health import Health
 from ..runtime.health import serve as serve_health
@@ -49,6 +49,7 @@ from ..runtime.serving_certificate import CertificateMonitor, private_directory,
 from ..runtime.status_writer import StatusWriter
 from ..runtime.statusbook import StatusBook
 from ..runtime.store import ProjectionStore
+from ..runtime.token_service import TokenService
 from ..sources.base import Sources
 from ..sources.jwt import JwtSource
 from ..sources.minting_service import MintingServiceSource
@@ -81,6 +82,7 @@ class Operator:
         self.config = config
         self.warm = asyncio.Event()  # every index has listed (see app.handlers.crd_event)
         self.keyring: KeyRing | None = None
+        self.ca_pem = b""  # the serving certificate's CA, once known
         self._tasks: list[asyncio.Task[None]] = []
         self._runners: list[web.AppRunner] = []
         self._tls_directory: Path | None = None
@@ -174,6 +176,7 @@ class Operator:
             leading=self.leading,
             bookkeeping=self.bookkeeping,
             revocations=self.revocations,
+            ca_bundle=lambda: self.ca_pem,
         )
         self.handover = Handover(
             self.reconciler,
@@ -197,23 +200,24 @@ class Operator:
             kube, self.reconciler, self.requests, self.store, self.book, self.status, self.scheduler, self.credential
         )
 
-        exchange = ExchangeContext(
-            reviews=ReviewGate(lambda token: kube.review_token(token, [labels.SERVICE_ACCOUNT_AUDIENCE])),
+        # Pods present their projected token (audience `agentcred`); OAuth clients that follow
+        # RFC 7523bis address their assertion to the issuer itself.
+        audiences = [labels.SERVICE_ACCOUNT_AUDIENCE, config.effective_issuer]
+        tokens = TokenService(
+            reviews=ReviewGate(lambda token: kube.review_token(token, audiences)),
             pod_by_name=self.pod_by_name,
             credential=self.credential,
             revocations=self.revocations,
-            sources=self.sources,
             minted=self.jwt,
+            keyring=self.current_keyring,
             issuer=config.effective_issuer,
             audit=self.audit,
-            limiter=RateLimiter(rate=config.exchange_rate, burst=config.exchange_burst),
+            limiter=RateLimiter(rate=config.token_rate, burst=config.token_burst),
             by_source=RateLimiter(rate=config.source_rate, burst=config.source_burst),
+            introspectors=frozenset(config.introspectors),
         )
         app = build_app(
-            issuer=config.effective_issuer,
-            keyring=self.current_keyring,
-            revocations=self.revocations,
-            exchange_context=exchange,
+            issuer=config.effective_issuer, keyring=self.current_keyring, revocations=self.revocations, tokens=tokens
         )
         self._runners.append(await serve(app, config.api_address, config.api_port, certfile, keyfile))
         health = Health(ports=(config.webhook_port, config.api_port), warm=self.warm)
@@ -309,8 +313,12 @@ class Operator:
                 await asyncio.sleep(delay)
 
     async def publish_ca(self, ca_pem: bytes) -> None:
-        """Tell the API server which CA to trust for the webhook, as configured."""
+        """Tell the API server which CA to trust for the webhook, as configured; and publish
+        it where verifiers read it (never next to the private key): the `<instance>-ca`
+        ConfigMap, and each pod's Secret as it is next written."""
         config = self.config
+        self.ca_pem = ca_pem
+        await self._write_ca_bundle(ca_pem)
         if config.webhook_config == "manage":
             service = None if config.webhook_url else (config.service, config.namespace, 443)
             await self.kube.apply_cluster_object(
@@ -327,6 +335,23 @@ class Operator:
                 await self.kube.apply_cluster_object(resources, body)
         elif config.webhook_config == "inject-ca":
             await self.kube.inject_webhook_ca(config.webhook_configuration, ca_pem)
+
+    async def _write_ca_bundle(self, ca_pem: bytes) -> None:
+        namespace, name = self.config.namespace, self.config.names.ca_bundle
+        body: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/name": "agentcred"}},
+            "data": {labels.CA_KEY: ca_pem.decode()},
+        }
+        try:  # the chart creates it empty (the operator may only read and update it)
+            current = await self.kube.read_configmap(namespace, name)
+        except NotFound:
+            await self.kube.create_configmap(namespace, body)
+            return
+        if (current.get("data") or {}).get(labels.CA_KEY) != body["data"][labels.CA_KEY]:
+            current["data"] = body["data"]
+            await self.kube.replace_configmap(namespace, name, current)
 
     def _taking_over(self) -> str | None:
         """A leader that has not yet listed its Secrets and re-planned serves no one."""

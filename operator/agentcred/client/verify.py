@@ -1,8 +1,10 @@
 """Verify agentcred tokens: what gateways and MCP servers run (`agentcred.verify`).
 
-Checks, in order, each with its own refusal reason: structure, algorithm (only EdDSA and
-ES256; `none` and HMAC are refused before any key is touched), `kid`, signature, issuer,
-audience, time window, revocation, and -- if an intent is given -- scope.
+Checks, in order, each with its own refusal reason: structure, type (`at+jwt`, RFC 9068 --
+no other kind of JWT passes for an access token), algorithm (EdDSA, ES256 or RS256; `none`
+and HMAC are refused before any key is touched), `kid`, signature, issuer, audience, time
+window, revocation, and -- if an intent is given -- scope (the intents a narrowed token
+grants, else its credential's scope patterns).
 
     verifier = Verifier.from_url("https://agentcred.agentcred.svc:8443", cafile="ca.crt")
     claims = verifier.verify(token, audience="https://llm-gateway.internal", namespace="agents",
@@ -21,11 +23,12 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from ..platform.keys import ALGORITHMS, b64url_decode
+from ..platform.keys import ACCESS_TOKEN_TYPE, ALGORITHMS, b64url_decode
 from ..platform.revocations import RevocationList, parse_document
+from ..rules.oauth import granted_intents
 from ..rules.scope import Intent, scope_covers
 
 CLOCK_SKEW = 30  # seconds of tolerance on exp/nbf/iat
@@ -43,7 +46,13 @@ class TokenRejected(Exception):
         self.message = message
 
 
-def _public_key(jwk: dict[str, str]) -> ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey:
+PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+
+
+def _public_key(jwk: dict[str, str]) -> PublicKey:
+    if jwk.get("kty") == "RSA":
+        exponent, modulus = (int.from_bytes(b64url_decode(jwk[name]), "big") for name in ("e", "n"))
+        return rsa.RSAPublicNumbers(exponent, modulus).public_key()
     if jwk.get("kty") == "OKP" and jwk.get("crv") == "Ed25519":
         return ed25519.Ed25519PublicKey.from_public_bytes(b64url_decode(jwk["x"]))
     if jwk.get("kty") == "EC" and jwk.get("crv") == "P-256":
@@ -115,9 +124,13 @@ class Verifier:
         if len(parts) != 3 or not all(parts[:2]):
             raise TokenRejected("malformed", "a token has three dot-separated parts")
         header = _decode_part(parts[0], "header")
+        if str(header.get("typ", "")).lower() not in (ACCESS_TOKEN_TYPE, f"application/{ACCESS_TOKEN_TYPE}"):
+            raise TokenRejected("wrong-type", f"type {header.get('typ')!r} is not {ACCESS_TOKEN_TYPE} (RFC 9068)")
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in ALGORITHMS:
-            raise TokenRejected("unsupported-algorithm", f"algorithm {alg!r} is not accepted (only EdDSA and ES256)")
+            raise TokenRejected(
+                "unsupported-algorithm", f"algorithm {alg!r} is not accepted (only {', '.join(ALGORITHMS)})"
+            )
         if "crit" in header:  # RFC 7515 4.1.11: refuse extensions we do not understand
             raise TokenRejected(
                 "unsupported-critical-header", f"critical header parameters {header['crit']!r} are not understood"
@@ -142,9 +155,13 @@ class Verifier:
                     f"wrong-{name}", f"the token was issued for {name} {issued.get(name)!r}, not {expected!r}"
                 )
         if intent is not None:
-            decision = scope_covers((claims.get("agentcred") or {}).get("scope") or {}, intent)
-            if not decision.allowed:
-                raise TokenRejected("out-of-scope", decision.message)
+            granted = granted_intents(claims)
+            if granted is not None and intent not in granted:
+                raise TokenRejected("out-of-scope", f"the token does not grant {intent.as_dict()}")
+            if granted is None:
+                decision = scope_covers(issued.get("scope") or {}, intent)
+                if not decision.allowed:
+                    raise TokenRejected("out-of-scope", decision.message)
         return claims
 
     @staticmethod
@@ -152,6 +169,8 @@ class Verifier:
         try:
             if isinstance(key, ed25519.Ed25519PublicKey):
                 key.verify(signature, message)
+            elif isinstance(key, rsa.RSAPublicKey):
+                key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
             else:
                 if len(signature) != 64:
                     raise InvalidSignature()
@@ -180,7 +199,9 @@ class Verifier:
         pod_uid, credential = issued.get("podUID"), issued.get("credential")
         if not isinstance(pod_uid, str) or not isinstance(credential, str):
             raise TokenRejected("malformed", "the token names no pod and credential (agentcred claim)")
-        if self.revoked.covers(pod_uid, credential, dt.datetime.fromtimestamp(claims["iat"], dt.timezone.utc)):
+        lineage = (str(claims["jti"]), *[str(i) for i in issued.get("derivedFrom") or []])
+        issued_at = dt.datetime.fromtimestamp(claims["iat"], dt.timezone.utc)
+        if self.revoked.covers(pod_uid, credential, issued_at, lineage):
             raise TokenRejected("revoked", f"token {claims['jti']} was revoked (credential {credential} of its pod)")
 
 

@@ -4,7 +4,9 @@ Starts etcd, kube-apiserver and kube-controller-manager on loopback, the operato
 its admission webhook, and the kubelet stand-in; applies examples/quickstart.yaml (a
 namespace, a ServiceAccount, an AgentCredential and an agent Job); shows the token the
 agent's pod receives (its claims and fingerprint, not the token), completes the Job, and
-shows the value revoked and the audit trail. Everything started is stopped at the end.
+shows the agent narrowing it at the token service (OAuth 2.0 JWT bearer) and a refusal,
+completes the Job, and shows the value revoked and the audit trail. Everything started is
+stopped at the end.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ import functools
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -68,7 +74,8 @@ def _run(plane: ControlPlane, workdir: Path) -> int:
     core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
     install_agentcred(api)
 
-    port = free_port()
+    port, api_port = free_port(), free_port()
+    issuer = f"https://127.0.0.1:{api_port}"
     env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
     operator_log = open(workdir / "operator.log", "wb")
     operator = subprocess.Popen(
@@ -86,6 +93,12 @@ def _run(plane: ControlPlane, workdir: Path) -> int:
             str(port),
             "--webhook-url",
             f"https://127.0.0.1:{port}",
+            "--api-address",
+            "127.0.0.1",
+            "--api-port",
+            str(api_port),
+            "--issuer",
+            issuer,
             "--audit-log",
             str(audit_log),
         ],
@@ -140,6 +153,8 @@ def _run(plane: ControlPlane, workdir: Path) -> int:
         for name, value in claims.items():
             print(f"    {name:<10} {json.dumps(value, separators=(', ', ': '))}")
 
+        _narrow(core, pod, issuer, workdir)
+
         _say("the agent finishes: its Job completes")
         started = time.monotonic()
         kubelet.succeed("agents", pod.metadata.name)
@@ -178,6 +193,38 @@ def _run(plane: ControlPlane, workdir: Path) -> int:
         except subprocess.TimeoutExpired:
             operator.kill()
         operator_log.close()
+
+
+def _narrow(core: client.CoreV1Api, pod: client.V1Pod, issuer: str, workdir: Path) -> None:
+    """What the agent does with the identity the webhook mounted for it: a JWT bearer grant
+    for one intent at the token endpoint (the kubelet stand-in projects no files, so the
+    demo asks the API server for the same pod-bound token the kubelet would write)."""
+    env = {e.name: e.value for e in pod.spec.containers[0].env or []}
+    _say(f"the agent asks the token service for one intent ({env['AGENTCRED_TOKEN_ENDPOINT']})")
+    print(f"  its identity: {env['AGENTCRED_IDENTITY_TOKEN_FILE']} (audience agentcred), CA {env['AGENTCRED_CA_FILE']}")
+    bound = {"apiVersion": "v1", "kind": "Pod", "name": pod.metadata.name, "uid": pod.metadata.uid}
+    spec = {"audiences": ["agentcred"], "expirationSeconds": 600, "boundObjectRef": bound}
+    identity = core.create_namespaced_service_account_token(
+        pod.spec.service_account_name, "agents", {"spec": spec}
+    ).status.token
+    ca = workdir / "ca.crt"
+    ca.write_text(core.read_namespaced_config_map("agentcred-ca-bundle", "agentcred").data[labels.CA_KEY])
+    context = ssl.create_default_context(cafile=str(ca))
+    for resource in ("repo:acme/app", "repo:other/secrets"):
+        form = {
+            "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+            "assertion": identity,
+            "resource": "https://llm-gateway.agents.svc",
+            "scope": f"tool:web-search action:read resource:{resource}",
+        }
+        request = urllib.request.Request(f"{issuer}/oauth2/token", data=urllib.parse.urlencode(form).encode())
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=10) as response:
+                granted = json.loads(response.read())
+            print(f"  {form['scope']!r}: 200, a token for {granted['expires_in']} s, scope {granted['scope']!r}")
+        except urllib.error.HTTPError as error:
+            refused = json.loads(error.read())
+            print(f"  {form['scope']!r}: {error.code} {refused['error']}: {refused['error_description']}")
 
 
 def _ready(custom: client.CustomObjectsApi, namespace: str, name: str) -> bool:

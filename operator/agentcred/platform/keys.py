@@ -1,4 +1,5 @@
-"""Signing keys for minted tokens: Ed25519 (EdDSA) and P-256 (ES256), JWKS, compact JWS.
+"""Signing keys for minted tokens: Ed25519 (EdDSA), P-256 (ES256) and RSA (RS256, which
+RFC 9068 asks every access-token issuer to support), JWKS, compact JWS.
 
 The key ring lives in one Secret in the operator's namespace, so every replica signs with
 the same keys and a restart keeps them. Keys carry a `kid` (their RFC 7638 thumbprint).
@@ -17,17 +18,22 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
-Algorithm = Literal["EdDSA", "ES256"]
-ALGORITHMS: tuple[Algorithm, ...] = ("EdDSA", "ES256")
+Algorithm = Literal["EdDSA", "ES256", "RS256"]
+ALGORITHMS: tuple[Algorithm, ...] = ("EdDSA", "ES256", "RS256")
 DEFAULT_ALGORITHM: Algorithm = "EdDSA"
+RSA_BITS = 2048
 KEYRING_KEY = "keys.json"
 MACS_KEY = "macs.json"
+# RFC 9068: the media type of JWT access tokens, which a verifier checks so that no other
+# kind of JWT (an ID token, a ServiceAccount token) can be passed off as one.
+ACCESS_TOKEN_TYPE = "at+jwt"
 
-SigningPrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+SigningPrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 def b64url(data: bytes) -> str:
@@ -43,6 +49,14 @@ def _canonical(data: dict[str, Any]) -> bytes:
 
 
 def public_jwk_of(alg: Algorithm, private_key: SigningPrivateKey) -> dict[str, str]:
+    if alg == "RS256":
+        assert isinstance(private_key, rsa.RSAPrivateKey)
+        public = private_key.public_key().public_numbers()
+        return {
+            "kty": "RSA",
+            "n": b64url(public.n.to_bytes((public.n.bit_length() + 7) // 8, "big")),
+            "e": b64url(public.e.to_bytes((public.e.bit_length() + 7) // 8, "big")),
+        }
     if alg == "EdDSA":
         assert isinstance(private_key, ed25519.Ed25519PrivateKey)
         raw = private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -59,7 +73,7 @@ def public_jwk_of(alg: Algorithm, private_key: SigningPrivateKey) -> dict[str, s
 
 def thumbprint(jwk: dict[str, str]) -> str:
     """RFC 7638: the SHA-256 of the key's required members, canonically serialised."""
-    required = {"OKP": ("crv", "kty", "x"), "EC": ("crv", "kty", "x", "y")}[jwk["kty"]]
+    required = {"OKP": ("crv", "kty", "x"), "EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n")}[jwk["kty"]]
     return b64url(hashlib.sha256(_canonical({k: jwk[k] for k in required})).digest())
 
 
@@ -82,8 +96,27 @@ class SigningKey:
     def sign(self, message: bytes) -> bytes:
         if isinstance(self.private_key, ed25519.Ed25519PrivateKey):
             return self.private_key.sign(message)
+        if isinstance(self.private_key, rsa.RSAPrivateKey):
+            return self.private_key.sign(message, padding.PKCS1v15(), hashes.SHA256())
         r, s = decode_dss_signature(self.private_key.sign(message, ec.ECDSA(hashes.SHA256())))
         return r.to_bytes(32, "big") + s.to_bytes(32, "big")  # JWS wants raw r||s
+
+    def signed(self, message: bytes, signature: bytes) -> bool:
+        """Did this key sign `message`?"""
+        public = self.private_key.public_key()
+        try:
+            if isinstance(public, ed25519.Ed25519PublicKey):
+                public.verify(signature, message)
+            elif isinstance(public, rsa.RSAPublicKey):
+                public.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
+            else:
+                if len(signature) != 64:
+                    return False
+                der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
+                public.verify(der, message, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            return False
+        return True
 
     def to_json(self) -> dict[str, Any]:
         pem = self.private_key.private_bytes(
@@ -99,8 +132,8 @@ class SigningKey:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SigningKey:
         key = serialization.load_pem_private_key(data["pem"].encode(), password=None)
-        if not isinstance(key, (ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey)):
-            raise ValueError("signing keys must be Ed25519 or EC P-256")
+        if not isinstance(key, (ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
+            raise ValueError("signing keys must be Ed25519, EC P-256 or RSA")
         retired = data.get("retiredAt")
         return cls(
             alg=data["alg"],
@@ -111,9 +144,13 @@ class SigningKey:
 
 
 def new_signing_key(alg: Algorithm, now: dt.datetime) -> SigningKey:
-    private_key: SigningPrivateKey = (
-        ed25519.Ed25519PrivateKey.generate() if alg == "EdDSA" else ec.generate_private_key(ec.SECP256R1())
-    )
+    private_key: SigningPrivateKey
+    if alg == "EdDSA":
+        private_key = ed25519.Ed25519PrivateKey.generate()
+    elif alg == "ES256":
+        private_key = ec.generate_private_key(ec.SECP256R1())
+    else:
+        private_key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
     return SigningKey(alg=alg, private_key=private_key, created_at=now)
 
 
@@ -173,11 +210,16 @@ class KeyRing:
             tuple(new_mac_key(purpose, now) for purpose in MAC_PURPOSES),
         )
 
-    def with_missing_macs(self, now: dt.datetime) -> KeyRing:
-        """The ring with a MAC key for every purpose (rings written by older versions lack them)."""
-        have = {key.purpose for key in self.macs if key.retired_at is None}
-        added = tuple(new_mac_key(purpose, now) for purpose in MAC_PURPOSES if purpose not in have)
-        return dataclasses.replace(self, macs=(*self.macs, *added)) if added else self
+    def completed(self, now: dt.datetime) -> KeyRing:
+        """The ring with a signing key for every algorithm and a MAC key for every purpose
+        (rings written by older versions lack some)."""
+        algorithms = {key.alg for key in self.keys if key.retired_at is None}
+        purposes = {key.purpose for key in self.macs if key.retired_at is None}
+        keys = tuple(new_signing_key(alg, now) for alg in ALGORITHMS if alg not in algorithms)
+        macs = tuple(new_mac_key(purpose, now) for purpose in MAC_PURPOSES if purpose not in purposes)
+        if not keys and not macs:
+            return self
+        return KeyRing((*self.keys, *keys), (*self.macs, *macs))
 
     def mac_key(self, purpose: MacPurpose) -> MacKey:
         """The current key for `purpose` (the newest one not retired)."""
@@ -243,7 +285,38 @@ def rotation_due(ring: KeyRing, alg: Algorithm, now: dt.datetime, interval: dt.t
     return interval is not None and ring.current(alg).created_at + interval <= now
 
 
-def encode_jwt(claims: dict[str, Any], key: SigningKey) -> str:
-    header = {"alg": key.alg, "typ": "JWT", "kid": key.kid}
+def encode_jwt(claims: dict[str, Any], key: SigningKey, typ: str = ACCESS_TOKEN_TYPE) -> str:
+    header = {"alg": key.alg, "typ": typ, "kid": key.kid}
     signing_input = f"{b64url(_canonical(header))}.{b64url(_canonical(claims))}"
     return f"{signing_input}.{b64url(key.sign(signing_input.encode()))}"
+
+
+class NotOurs(Exception):
+    """A token this key ring did not sign (or cannot read); the message says which check failed."""
+
+
+def decode_own(token: str, ring: KeyRing) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The header and claims of a token signed by a key of `ring`, checked before any claim is
+    read: three parts, a known `kid` whose algorithm matches `alg`, and a valid signature."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise NotOurs("a JWT has three dot-separated parts")
+    try:
+        header = json.loads(b64url_decode(parts[0]))
+        signature = b64url_decode(parts[2])
+    except (ValueError, UnicodeDecodeError):
+        raise NotOurs("the token is not base64url-encoded JSON") from None
+    if not isinstance(header, dict):
+        raise NotOurs("the token's header is not a JSON object")
+    key = next((k for k in ring.keys if k.kid == header.get("kid")), None)
+    if key is None or header.get("alg") != key.alg or "crit" in header:
+        raise NotOurs("the token was not signed by one of this issuer's keys")
+    if not key.signed(f"{parts[0]}.{parts[1]}".encode(), signature):
+        raise NotOurs("the token's signature does not verify")
+    try:
+        claims = json.loads(b64url_decode(parts[1]))
+    except (ValueError, UnicodeDecodeError):
+        raise NotOurs("the token's claims are not base64url-encoded JSON") from None
+    if not isinstance(claims, dict):
+        raise NotOurs("the token's claims are not a JSON object")
+    return header, claims

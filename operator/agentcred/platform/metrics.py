@@ -1,7 +1,7 @@
 """Prometheus metrics. Labels are bounded on purpose: categories and reasons come from
 fixed sets, and nothing names a pod, a credential value or any other unbounded thing.
 
-Counters of issue/renew/revoke/deny/exchange are driven by the audit log (`observe_audit`),
+Counters of issue/renew/revoke/deny and issued tokens are driven by the audit log (`observe_audit`),
 so the two can never disagree.
 """
 
@@ -26,12 +26,12 @@ renewed = Counter("agentcred_renewed_total", "Values renewed in place before exp
 revoked = Counter("agentcred_revoked_total", "Values revoked, by trigger.", ["category", "reason"], registry=REGISTRY)
 denied = Counter(
     "agentcred_denied_total",
-    "Admissions, issues and exchanges refused, by reason.",
+    "Admissions, issues and token requests refused, by reason.",
     ["category", "reason"],
     registry=REGISTRY,
 )
 exchanged = Counter(
-    "agentcred_exchanged_total", "Narrowed tokens handed out by intent exchange.", ["category"], registry=REGISTRY
+    "agentcred_tokens_issued_total", "Access tokens issued at the token endpoint.", ["category"], registry=REGISTRY
 )
 active = Gauge("agentcred_active_projections", "Live values held by pods.", ["category"], registry=REGISTRY)
 webhook_latency = Histogram(
@@ -49,8 +49,11 @@ revocation_latency = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
-exchange_latency = Histogram(
-    "agentcred_exchange_duration_seconds", "Intent exchange handling time.", buckets=LATENCY_BUCKETS, registry=REGISTRY
+token_latency = Histogram(
+    "agentcred_token_endpoint_duration_seconds",
+    "Token endpoint handling time.",
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
 )
 renewal_lateness = Histogram(
     "agentcred_renewal_lateness_seconds",
@@ -65,7 +68,7 @@ api_errors = Counter(
     registry=REGISTRY,
 )
 token_reviews = Counter(
-    "agentcred_token_reviews_total", "TokenReviews sent to the API server for intent exchange.", registry=REGISTRY
+    "agentcred_token_reviews_total", "TokenReviews sent to the API server by the token service.", registry=REGISTRY
 )
 revocation_list = Gauge(
     "agentcred_revocation_list_size", "Entries (pod, credential) on the revocation list.", registry=REGISTRY

@@ -5,7 +5,9 @@ every token issued to that pod for that credential -- the projected value and ev
 exchanged from it -- or, with `before`, those issued before a moment (a leaked value is
 replaced by a fresh one). So the list grows with revoked pods, never with exchanges, and a
 token revoked by one replica is revoked for every replica without anyone remembering its id.
-An entry is dropped at `until`, once every token it covers has expired.
+An entry is dropped at `until`, once every token it covers has expired. A token its holder
+revokes (RFC 7009) gets an entry of its own, naming its `jti` too: it covers that token and
+every token exchanged from it (they carry their ancestors' ids), nothing else.
 
 Verifiers fetch the list with the JWKS; the operator keeps it in a few ConfigMaps (shards,
 by pod UID) in its namespace. Replicas only ever add entries and drop expired ones, so
@@ -42,6 +44,11 @@ class Revocation:
     credential: str  # or ALL_CREDENTIALS
     until: dt.datetime  # every token this covers has expired by then
     before: dt.datetime | None = None  # only tokens issued before this; None: all of them
+    token_id: str = ""  # only this token and those exchanged from it; "": every token
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.pod_uid, self.credential, self.token_id)
 
     def covers(self, issued_at: dt.datetime) -> bool:
         return self.before is None or issued_at < self.before
@@ -49,12 +56,14 @@ class Revocation:
     def merged(self, other: Revocation) -> Revocation:
         """Both at once: the wider cut-off, the later expiry."""
         before = None if self.before is None or other.before is None else max(self.before, other.before)
-        return Revocation(self.pod_uid, self.credential, max(self.until, other.until), before)
+        return Revocation(self.pod_uid, self.credential, max(self.until, other.until), before, self.token_id)
 
     def document(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"podUID": self.pod_uid, "credential": self.credential, "exp": _epoch(self.until)}
         if self.before is not None:
             entry["before"] = _epoch(self.before)
+        if self.token_id:
+            entry["jti"] = self.token_id
         return entry
 
 
@@ -65,7 +74,7 @@ def shard_of(pod_uid: str, shards: int) -> int:
 class RevocationList:
     def __init__(self, shards: int = DEFAULT_SHARDS) -> None:
         self.shards = shards
-        self._entries: dict[tuple[str, str], Revocation] = {}
+        self._entries: dict[tuple[str, str, str], Revocation] = {}
         self.dirty: set[int] = set()  # shards changed since they were last saved
 
     def __len__(self) -> int:
@@ -75,29 +84,35 @@ class RevocationList:
         return iter(list(self._entries.values()))
 
     def add(self, revocation: Revocation) -> None:
-        key = (revocation.pod_uid, revocation.credential)
-        current = self._entries.get(key)
+        current = self._entries.get(revocation.key)
         merged = revocation if current is None else current.merged(revocation)
         if merged != current:
-            self._entries[key] = merged
+            self._entries[revocation.key] = merged
             self.dirty.add(shard_of(revocation.pod_uid, self.shards))
 
     def revoke(self, pod_uid: str, credential: str, until: dt.datetime, before: dt.datetime | None = None) -> None:
         self.add(Revocation(pod_uid, credential, until, before))
 
-    def covers(self, pod_uid: str, credential: str, issued_at: dt.datetime) -> bool:
-        """Is a token issued to this pod for this credential at `issued_at` revoked?"""
-        return any(
-            entry is not None and entry.covers(issued_at)
-            for entry in (self._entries.get((pod_uid, credential)), self._entries.get((pod_uid, ALL_CREDENTIALS)))
-        )
+    def revoke_token(self, pod_uid: str, credential: str, token_id: str, until: dt.datetime) -> None:
+        """One token (and those exchanged from it), as its holder asked."""
+        self.add(Revocation(pod_uid, credential, until, token_id=token_id))
+
+    def covers(self, pod_uid: str, credential: str, issued_at: dt.datetime, token_ids: tuple[str, ...] = ()) -> bool:
+        """Is a token issued to this pod for this credential at `issued_at` revoked? `token_ids`:
+        the token's own id and those of the tokens it was exchanged from."""
+        keys = [(pod_uid, credential, ""), (pod_uid, ALL_CREDENTIALS, "")]
+        keys += [(pod_uid, credential, token_id) for token_id in token_ids if token_id]
+        return any(entry is not None and entry.covers(issued_at) for entry in map(self._entries.get, keys))
 
     def bars(self, pod_uid: str, credential: str, now: dt.datetime) -> bool:
         """Is the pod barred from the credential (every token of it revoked, not only those
         issued before some moment)?"""
         return any(
             entry is not None and entry.before is None and entry.until > now
-            for entry in (self._entries.get((pod_uid, credential)), self._entries.get((pod_uid, ALL_CREDENTIALS)))
+            for entry in (
+                self._entries.get((pod_uid, credential, "")),
+                self._entries.get((pod_uid, ALL_CREDENTIALS, "")),
+            )
         )
 
     def prune(self, now: dt.datetime) -> None:
@@ -108,17 +123,13 @@ class RevocationList:
 
     def document(self) -> dict[str, Any]:
         """The served form, for verifiers."""
-        return {
-            "revoked": [
-                entry.document() for entry in sorted(self._entries.values(), key=lambda e: (e.pod_uid, e.credential))
-            ]
-        }
+        return {"revoked": [entry.document() for entry in sorted(self._entries.values(), key=lambda e: e.key)]}
 
     # -- persistence: one ConfigMap per shard ------------------------------------------
 
     def shard_data(self, shard: int) -> dict[str, str]:
         entries = {
-            f"{e.pod_uid}/{e.credential}": [_epoch(e.until), _epoch(e.before) if e.before else None]
+            "/".join(part for part in e.key if part): [_epoch(e.until), _epoch(e.before) if e.before else None]
             for e in self._entries.values()
             if shard_of(e.pod_uid, self.shards) == shard
         }
@@ -128,10 +139,11 @@ class RevocationList:
         """Add what a saved shard holds (a union: nothing known here is lost)."""
         raw = json.loads((data or {}).get(REVOCATIONS_KEY) or "{}")
         for key, (until, before) in raw.items():
-            pod_uid, _, credential = str(key).partition("/")
-            revocation = Revocation(pod_uid, credential, _moment(until), _moment(before) if before else None)
-            current = self._entries.get((pod_uid, credential))
-            self._entries[(pod_uid, credential)] = revocation if current is None else current.merged(revocation)
+            pod_uid, _, rest = str(key).partition("/")
+            credential, _, token_id = rest.partition("/")
+            revocation = Revocation(pod_uid, credential, _moment(until), _moment(before) if before else None, token_id)
+            current = self._entries.get(revocation.key)
+            self._entries[revocation.key] = revocation if current is None else current.merged(revocation)
 
 
 def too_large(data: dict[str, str]) -> bool:
@@ -147,6 +159,7 @@ def parse_document(document: dict[str, Any]) -> Iterable[Revocation]:
                 str(entry["credential"]),
                 _moment(entry["exp"]),
                 _moment(entry["before"]) if entry.get("before") is not None else None,
+                str(entry.get("jti") or ""),
             )
         except (KeyError, TypeError, ValueError, OverflowError):
             continue

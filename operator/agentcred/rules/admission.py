@@ -154,12 +154,55 @@ def _volume(record: CredentialRecord, secret_name: str) -> dict[str, Any]:
     }
 
 
+def needs_identity(records: list[CredentialRecord]) -> bool:
+    """A pod with a minted credential can trade it at the token service, so it gets the
+    identity volume and the token endpoint's address."""
+    return any(record.spec is not None and record.spec.source.jwt is not None for record in records)
+
+
+def _identity_volume(secret_name: str) -> dict[str, Any]:
+    return {
+        "name": labels.IDENTITY_VOLUME,
+        "projected": {
+            "defaultMode": DEFAULT_FILE_MODE,
+            "sources": [
+                {
+                    "serviceAccountToken": {
+                        "audience": labels.SERVICE_ACCOUNT_AUDIENCE,
+                        "expirationSeconds": labels.IDENTITY_TOKEN_SECONDS,
+                        "path": labels.IDENTITY_TOKEN_FILE,
+                    }
+                },
+                {
+                    "secret": {
+                        "name": secret_name,
+                        "optional": True,
+                        "items": [{"key": labels.CA_KEY, "path": labels.CA_KEY}],
+                    }
+                },
+            ],
+        },
+    }
+
+
+def identity_env(issuer: str) -> dict[str, str]:
+    return {"AGENTCRED_ISSUER": issuer, "AGENTCRED_TOKEN_ENDPOINT": f"{issuer}/oauth2/token", **labels.IDENTITY_ENV}
+
+
 def _mount_clashes(pod: dict[str, Any], records: list[CredentialRecord]) -> None:
     spec = pod.get("spec") or {}
+    wanted = [
+        (r.spec.projection.mount_path, labels.volume_name(r.name), f"AgentCredential {r.name}")
+        for r in records
+        if r.spec
+    ]
+    if needs_identity(records):
+        for path, _, what in wanted:
+            if path == labels.IDENTITY_MOUNT_PATH:
+                raise Refusal(f"{what} mounts at {path}, where the pod's identity for the token service goes")
+        wanted.append((labels.IDENTITY_MOUNT_PATH, labels.IDENTITY_VOLUME, "the pod's identity for the token service"))
     for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
-        for record in records:
-            assert record.spec is not None
-            path, volume = record.spec.projection.mount_path, labels.volume_name(record.name)
+        for path, volume, what in wanted:
             clash = next(
                 (
                     m
@@ -171,21 +214,32 @@ def _mount_clashes(pod: dict[str, Any], records: list[CredentialRecord]) -> None
             if clash is not None:
                 raise Refusal(
                     f"container {container.get('name')} already mounts volume {clash.get('name')} at "
-                    f"{path}, where AgentCredential {record.name} is projected"
+                    f"{path}, where {what} is projected"
                 )
 
 
-def _add_to_container(container: dict[str, Any], records: list[CredentialRecord]) -> None:
+def _add_to_container(container: dict[str, Any], records: list[CredentialRecord], identity: dict[str, str]) -> None:
     mounts = container.setdefault("volumeMounts", [])
     env = container.setdefault("env", [])
+
+    def mount(volume: str, path: str) -> None:
+        if not any(m.get("name") == volume for m in mounts):
+            mounts.append({"name": volume, "mountPath": path, "readOnly": True})
+
+    def set_env(name: str, value: str) -> None:
+        if not any(e.get("name") == name for e in env):
+            env.append({"name": name, "value": value})
+
     for record in records:
         assert record.spec is not None
         projection = record.spec.projection
-        volume = labels.volume_name(record.name)
-        if not any(m.get("name") == volume for m in mounts):
-            mounts.append({"name": volume, "mountPath": projection.mount_path, "readOnly": True})
-        if projection.env_var and not any(e.get("name") == projection.env_var for e in env):
-            env.append({"name": projection.env_var, "value": f"{projection.mount_path}/{labels.VALUE_FILE}"})
+        mount(labels.volume_name(record.name), projection.mount_path)
+        if projection.env_var:
+            set_env(projection.env_var, f"{projection.mount_path}/{labels.VALUE_FILE}")
+    if identity:
+        mount(labels.IDENTITY_VOLUME, labels.IDENTITY_MOUNT_PATH)
+        for name, value in identity.items():
+            set_env(name, value)
     if not env:
         container.pop("env")
 
@@ -242,8 +296,10 @@ def apply(
     records: list[CredentialRecord],
     keys: seal.SealKeys,
     now: dt.datetime | None = None,
+    issuer: str = "",
 ) -> None:
-    """Add a new binding, volumes, mounts, env, gate and the admission seal to `pod` in place."""
+    """Add a new binding, volumes, mounts, env, gate and the admission seal to `pod` in place;
+    and, for a pod with a minted credential and an `issuer` to reach, its identity volume."""
     binding = new_binding_id()
     secret_name = labels.secret_name(binding)
     meta = pod.setdefault("metadata", {})
@@ -260,17 +316,25 @@ def apply(
     volumes = spec.setdefault("volumes", [])
     for record in records:
         volumes.append(_volume(record, secret_name))
+    identity = identity_env(issuer) if issuer and needs_identity(records) else {}
+    if identity:
+        volumes.append(_identity_volume(secret_name))
     for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
-        _add_to_container(container, records)
+        _add_to_container(container, records, identity)
     spec.setdefault("schedulingGates", []).append({"name": labels.SCHEDULING_GATE})
 
 
 def inject(
-    pod: dict[str, Any], namespace: str, lookup: Lookup, keys: seal.SealKeys, now: dt.datetime | None = None
+    pod: dict[str, Any],
+    namespace: str,
+    lookup: Lookup,
+    keys: seal.SealKeys,
+    now: dt.datetime | None = None,
+    issuer: str = "",
 ) -> dict[str, Any]:
     """The pod as it should be admitted, or Refusal. Running it again on the result changes nothing."""
     records = admit(pod, namespace, lookup, keys, now)
     admitted = copy.deepcopy(pod)
     if records is not None:
-        apply(admitted, namespace, records, keys, now)
+        apply(admitted, namespace, records, keys, now, issuer)
     return admitted

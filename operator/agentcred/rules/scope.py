@@ -25,9 +25,8 @@ class Intent:
     action: str
     resource: str
 
-    def as_scope(self) -> dict[str, list[str]]:
-        """The narrowest scope that allows exactly this intent."""
-        return {"tools": [self.tool], "actions": [self.action], "resources": [self.resource]}
+    def as_dict(self) -> dict[str, str]:
+        return {"tool": self.tool, "action": self.action, "resource": self.resource}
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from ..platform import metrics
 from ..platform.kube import status_of
 from ..rules.credentials import CredentialRecord
 
-Action = Literal["issue", "renew", "revoke", "deny", "exchange", "void", "leak"]
+Action = Literal["issue", "renew", "revoke", "deny", "exchange", "revoke-token", "void", "leak"]
 Entry = dict[str, Any]
 
 

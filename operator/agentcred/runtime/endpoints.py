@@ -1,72 +1,132 @@
-"""The operator's HTTPS endpoints for verifiers and agents.
+"""The operator's HTTPS endpoints: an OAuth 2.0 authorization server for agents, and what
+verifiers fetch.
 
-GET  /.well-known/jwks.json               public signing keys (current and retired)
-GET  /.well-known/openid-configuration    issuer and JWKS location, for generic verifiers
-GET  /v1/revocations                      token ids revoked before their expiry
-POST /v1/exchange                         intent exchange (see `exchange`)
+GET  /.well-known/oauth-authorization-server  RFC 8414 metadata (where everything below is)
+GET  /.well-known/openid-configuration        the same, for verifiers that look there
+GET  /.well-known/jwks.json                   public signing keys (current and retired)
+GET  /v1/revocations                          tokens revoked before their expiry
+POST /oauth2/token                            token exchange, JWT bearer, client credentials
+POST /oauth2/introspect                       RFC 7662, for allowed resource servers
+POST /oauth2/revoke                           RFC 7009, for a token's holder
+GET  /oauth2/authorize                        no browser flows: always unsupported_response_type
+
+When the issuer has a path, every route is also served under it (RFC 8414 §3 puts the
+metadata at `/.well-known/oauth-authorization-server/<path>`).
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from ..platform import metrics
-from ..platform.keys import KeyRing
+from ..platform.keys import ALGORITHMS, KeyRing
 from ..platform.revocations import RevocationList
-from .exchange import MAX_BODY, ExchangeContext, Refused, exchange
+from ..rules.oauth import MAX_BODY, OAuthError, authorization_server_metadata
+from .token_service import NO_STORE, TokenService
 
 log = logging.getLogger(__name__)
 
 
+async def _body(request: web.Request) -> bytes:
+    body = b""
+    while len(body) <= MAX_BODY:  # read at most one byte past the limit, then stop
+        chunk = await request.content.read(MAX_BODY + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return body
+
+
+def _refused(refused: OAuthError) -> web.Response:
+    headers = dict(NO_STORE)
+    if refused.retry_after:
+        headers["Retry-After"] = str(refused.retry_after)
+    if refused.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer error="invalid_client"'
+    return web.json_response(refused.body(), status=refused.status, headers=headers)
+
+
+def _oauth(answer: Callable[[web.Request, bytes], Awaitable[dict[str, Any] | None]]) -> Callable[..., Any]:
+    """A POST endpoint: the body read within bounds, OAuth errors as RFC 6749 §5.2 responses."""
+
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            result = await answer(request, await _body(request))
+        except OAuthError as refused:
+            return _refused(refused)
+        if result is None:
+            return web.Response(status=200, headers=NO_STORE)
+        return web.json_response(result, headers=NO_STORE)
+
+    return handler
+
+
 def build_app(
-    *, issuer: str, keyring: Callable[[], KeyRing], revocations: RevocationList, exchange_context: ExchangeContext
+    *, issuer: str, keyring: Callable[[], KeyRing], revocations: RevocationList, tokens: TokenService
 ) -> web.Application:
+    metadata = authorization_server_metadata(issuer, ALGORITHMS)
+    discovery = {
+        **metadata,
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": list(ALGORITHMS),
+    }
+
+    async def server_metadata(_: web.Request) -> web.Response:
+        return web.json_response(metadata, headers={"Cache-Control": "max-age=300"})
+
+    async def openid_configuration(_: web.Request) -> web.Response:
+        return web.json_response(discovery, headers={"Cache-Control": "max-age=300"})
+
     async def jwks(_: web.Request) -> web.Response:
         return web.json_response(keyring().jwks(), headers={"Cache-Control": "max-age=60"})
-
-    async def discovery(_: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "issuer": issuer,
-                "jwks_uri": f"{issuer}/.well-known/jwks.json",
-                "id_token_signing_alg_values_supported": ["EdDSA", "ES256"],
-            }
-        )
 
     async def revoked(_: web.Request) -> web.Response:
         return web.json_response(revocations.document(), headers={"Cache-Control": "no-cache"})
 
-    async def exchange_intent(request: web.Request) -> web.Response:
-        body = b""
-        while len(body) <= MAX_BODY:  # read at most one byte past the limit, then stop
-            chunk = await request.content.read(MAX_BODY + 1 - len(body))
-            if not chunk:
-                break
-            body += chunk
-        try:
-            with metrics.exchange_latency.time():
-                result = await exchange(
-                    exchange_context,
-                    request.headers.get("Authorization"),
-                    request.headers.get("Content-Type"),
-                    body,
-                    source=request.remote or "",
-                )
-        except Refused as refused:
-            headers = {"Retry-After": str(refused.retry_after)} if refused.retry_after else None
-            return web.json_response(refused.body(), status=refused.status, headers=headers)
-        return web.json_response(result, headers={"Cache-Control": "no-store"})
+    async def authorize(_: web.Request) -> web.Response:
+        # RFC 6749 §4.1.2.1: with no client and redirect URI to trust, the error is shown, not redirected.
+        return _refused(
+            OAuthError(
+                "unsupported_response_type",
+                "agentcred has no browser flows: agents use the token endpoint with their pod's identity",
+            )
+        )
+
+    async def token(request: web.Request, body: bytes) -> dict[str, Any]:
+        with metrics.token_latency.time():
+            return await tokens.token(
+                request.headers.get("Content-Type"), body, request.headers.get("Authorization"), request.remote or ""
+            )
+
+    async def introspect(request: web.Request, body: bytes) -> dict[str, Any]:
+        return await tokens.introspect(
+            request.headers.get("Content-Type"), body, request.headers.get("Authorization"), request.remote or ""
+        )
+
+    async def revoke(request: web.Request, body: bytes) -> None:
+        tokens.revoke(request.headers.get("Content-Type"), body)
 
     app = web.Application(client_max_size=MAX_BODY + 1)
-    app.router.add_get("/.well-known/jwks.json", jwks)
-    app.router.add_get("/.well-known/openid-configuration", discovery)
-    app.router.add_get("/v1/revocations", revoked)
-    app.router.add_post("/v1/exchange", exchange_intent)
+    path = urlsplit(issuer).path.rstrip("/")
+    for prefix in dict.fromkeys(["", path]):
+        for location in dict.fromkeys(
+            [f"/.well-known/oauth-authorization-server{prefix}", f"{prefix}/.well-known/oauth-authorization-server"]
+        ):
+            app.router.add_get(location, server_metadata)
+        app.router.add_get(f"{prefix}/.well-known/openid-configuration", openid_configuration)
+        app.router.add_get(f"{prefix}/.well-known/jwks.json", jwks)
+        app.router.add_get(f"{prefix}/v1/revocations", revoked)
+        app.router.add_get(f"{prefix}/oauth2/authorize", authorize)
+        app.router.add_post(f"{prefix}/oauth2/token", _oauth(token))
+        app.router.add_post(f"{prefix}/oauth2/introspect", _oauth(introspect))
+        app.router.add_post(f"{prefix}/oauth2/revoke", _oauth(revoke))
     return app
 
 
@@ -77,5 +137,5 @@ async def serve(app: web.Application, address: str, port: int, certfile: Path, k
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, address, port, ssl_context=context).start()
-    log.info("serving JWKS, revocations and intent exchange on https://%s:%d", address, port)
+    log.info("serving the token service, JWKS and revocations on https://%s:%d", address, port)
     return runner

@@ -30,7 +30,7 @@ async def load_keyring(kube: Kube, namespace: str, name: str) -> KeyRing:
     now = utcnow()
     if secret is not None and KEYRING_KEY in (secret.get("data") or {}):
         found = KeyRing.from_secret_data(secret["data"])
-        ring = found.with_missing_macs(now)  # a ring written by an older version lacks them
+        ring = found.completed(now)  # a ring written by an older version lacks some keys
         if ring is found:
             if (secret["metadata"].get("labels") or {}).get(ROLE_LABEL) != ROLE[ROLE_LABEL]:
                 await kube.patch_secret(namespace, name, {"metadata": {"labels": ROLE}})

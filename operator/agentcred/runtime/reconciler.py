@@ -83,11 +83,13 @@ class Reconciler:
         leading: Callable[[], bool],
         bookkeeping: Bookkeeping,
         revocations: RevocationList,
+        ca_bundle: Callable[[], bytes] = lambda: b"",
     ) -> None:
         self.kube, self.store, self.scheduler, self.sources = kube, store, scheduler, sources
         self.bookkeeping, self.revocations = bookkeeping, revocations
         self.revoker, self.audit, self.events, self.book = revoker, audit, events, book
         self.credential, self.pod, self.leading = credential, pod, leading
+        self.ca_bundle = ca_bundle  # written into each pod's Secret next to its values
         self.checks = PodChecks(kube, audit, events, leading)
         self.loaded = asyncio.Event()  # the managed Secrets have been listed into the store
         self._locks: dict[str, asyncio.Lock] = {}
@@ -249,13 +251,20 @@ class Reconciler:
             try:
                 if state is None:
                     written = await self.kube.create_secret(
-                        task.namespace, secret_body(desired, values, task.uid, self.bookkeeping.sign)
+                        task.namespace, secret_body(desired, values, task.uid, self.bookkeeping.sign, self.ca_bundle())
                     )
                 else:
                     written = await self.kube.patch_secret(
                         task.namespace,
                         state.secret_name,
-                        secret_patch(desired, values, tuple(revokes), previous=state, sign=self.bookkeeping.sign),
+                        secret_patch(
+                            desired,
+                            values,
+                            tuple(revokes),
+                            previous=state,
+                            sign=self.bookkeeping.sign,
+                            ca=self.ca_bundle(),
+                        ),
                     )
             except (Conflict, NotFound) as error:
                 # A stale picture, or the Secret was deleted behind our back: read it again

@@ -1,6 +1,7 @@
 """The revocation list kept in ConfigMaps: the leader saves changed shards (merging on a
-lost race), followers merge what is saved, so every replica serves the same list; a replica
-that cannot save it is not ready."""
+lost race), followers merge what is saved -- and save what they added themselves (a token
+its holder revoked at that replica) -- so every replica serves the same list; a replica that
+cannot save it is not ready."""
 
 from __future__ import annotations
 
@@ -90,9 +91,9 @@ class RevocationStore:
             await asyncio.sleep(interval)
             self.revocations.prune(utcnow())
             try:
-                if leading():
+                if leading() or self.revocations.dirty:
                     await self.save()
-                else:
+                if not leading():
                     await self.reload()
             except Exception as error:
                 log.warning("revocation list not synchronised (%s)", status_of(error) or error)

@@ -35,7 +35,6 @@ class Produced:
 
 class Source(Protocol):
     kind: SourceKind
-    exchangeable: bool  # its values can be narrowed to one intent (minted tokens only)
 
     async def produce(self, task: PodTask, record: CredentialRecord, issue: Issue, now: dt.datetime) -> Produced:
         """A value for the pod, or SourceUnavailable saying why not."""

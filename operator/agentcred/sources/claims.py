@@ -1,14 +1,19 @@
 """The claims of every token agentcred signs, built in one place.
 
-Tokens are JWT access tokens: `iss`, `sub` (the pod's ServiceAccount), `aud`, `iat`/`nbf`/
-`exp`, `jti`, and an `agentcred` claim naming the credential, its namespace and category,
-the pod, its UID and Job, and the scope the token covers (plus the intent, for exchanged
-tokens). Verifiers pin a tenant with `agentcred.namespace` and revoke by `agentcred.podUID`.
+Tokens are JWT access tokens as RFC 9068 profiles them (header `typ: at+jwt`): `iss`, `sub`
+and `client_id` (the pod's ServiceAccount), `aud`, `iat`/`nbf`/`exp`, `jti`; a narrowed token
+adds `scope` and/or `authorization_details` as granted, and `act` when someone acts through
+the pod (RFC 8693 §4.1). The `agentcred` claim names the credential, its namespace and
+category, the pod, its UID and Job; a token that is not narrowed carries the credential's
+scope patterns there, and an exchanged one the ids of the tokens it came from (so revoking
+one of them revokes it). Verifiers pin a tenant with `agentcred.namespace` and revoke by
+`agentcred.podUID`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 from ..api.pods import PodTask
@@ -19,6 +24,19 @@ def service_account_subject(namespace: str, service_account: str) -> str:
     return f"system:serviceaccount:{namespace}:{service_account}"
 
 
+@dataclass(frozen=True)
+class Grant:
+    """What a token is for, beyond its credential: its audiences, and either the credential's
+    own scope patterns (`scope`) or the intents granted (`scope_strings`, `details`)."""
+
+    audiences: tuple[str, ...]
+    scope: dict[str, Any] | None = None
+    scope_strings: tuple[str, ...] = ()
+    details: tuple[dict[str, Any], ...] = ()
+    act: dict[str, Any] | None = None
+    derived_from: tuple[str, ...] = ()
+
+
 def token_claims(
     *,
     issuer: str,
@@ -27,33 +45,51 @@ def token_claims(
     issued_at: dt.datetime,
     expires_at: dt.datetime,
     token_id: str,
-    scope: dict[str, Any],
-    extra: dict[str, Any] | None = None,
+    grant: Grant,
 ) -> dict[str, Any]:
     spec = record.spec
     assert spec is not None and spec.source.jwt is not None, "only minted credentials have token claims"
-    audiences = list(spec.source.jwt.audiences)
-    return {
+    subject = service_account_subject(task.namespace, task.service_account)
+    audiences = list(grant.audiences)
+    issued: dict[str, Any] = {
+        "credential": record.name,
+        "namespace": record.namespace,
+        "category": spec.category,
+        "pod": task.name,
+        "podUID": task.uid,
+        "job": task.job,
+    }
+    if grant.scope is not None:
+        issued["scope"] = grant.scope
+    if grant.derived_from:
+        issued["derivedFrom"] = list(grant.derived_from)
+    claims: dict[str, Any] = {
         "iss": issuer,
-        "sub": service_account_subject(task.namespace, task.service_account),
+        "sub": subject,
+        "client_id": subject,
         "aud": audiences[0] if len(audiences) == 1 else audiences,
         "iat": int(issued_at.timestamp()),
         "nbf": int(issued_at.timestamp()),
         "exp": int(expires_at.timestamp()),
         "jti": token_id,
-        "agentcred": {
-            "credential": record.name,
-            "namespace": record.namespace,
-            "category": spec.category,
-            "pod": task.name,
-            "podUID": task.uid,
-            "job": task.job,
-            "scope": scope,
-            **(extra or {}),
-        },
     }
+    if grant.scope_strings:
+        claims["scope"] = " ".join(grant.scope_strings)
+    if grant.details:
+        claims["authorization_details"] = list(grant.details)
+    if grant.act is not None:
+        claims["act"] = grant.act
+    claims["agentcred"] = issued
+    return claims
 
 
 def credential_scope(record: CredentialRecord) -> dict[str, Any]:
     spec = record.spec
     return spec.scope.model_dump(by_alias=True, exclude_none=True) if spec is not None and spec.scope else {}
+
+
+def credential_grant(record: CredentialRecord) -> Grant:
+    """What a projected value is for: every audience and the whole scope of its credential."""
+    spec = record.spec
+    assert spec is not None and spec.source.jwt is not None
+    return Grant(audiences=tuple(spec.source.jwt.audiences), scope=credential_scope(record))

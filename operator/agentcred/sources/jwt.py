@@ -13,12 +13,11 @@ from ..platform.keys import DEFAULT_ALGORITHM, KeyRing, encode_jwt
 from ..rules.credentials import CredentialRecord
 from ..rules.planning import Issue
 from .base import Produced
-from .claims import credential_scope, token_claims
+from .claims import credential_grant, token_claims
 
 
 class JwtSource:
     kind: SourceKind = "jwt"
-    exchangeable = True
 
     def __init__(self, keyring: Callable[[], KeyRing], issuer: str) -> None:
         self._keyring, self._issuer = keyring, issuer
@@ -34,7 +33,7 @@ class JwtSource:
             issued_at=now,
             expires_at=issue.expires_at,
             token_id=token_id,
-            scope=credential_scope(record),
+            grant=credential_grant(record),
         )
         value = self.sign(record, claims).encode()
         return Produced(

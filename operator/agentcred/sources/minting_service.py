@@ -61,7 +61,6 @@ class MintingServiceSource:
     background; if it fails, `on_revoke_failure` hears of it."""
 
     kind: SourceKind = "webhook"
-    exchangeable = False
 
     def __init__(
         self,

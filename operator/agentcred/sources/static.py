@@ -25,7 +25,6 @@ SecretReader = Callable[[str, str], Awaitable[dict[str, Any] | None]]
 
 class StaticSource:
     kind: SourceKind = "secretRef"
-    exchangeable = False
 
     def __init__(self, read_secret: SecretReader) -> None:
         self._read_secret = read_secret

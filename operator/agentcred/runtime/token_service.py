@@ -1,0 +1,450 @@
+"""The token service: an OAuth 2.0 authorization server whose only clients are admitted pods.
+
+`token` answers the token endpoint's three grants -- token exchange (RFC 8693), JWT bearer
+(RFC 7523 §2.1) and client credentials with a JWT client assertion (RFC 7523 §2.2) -- with an
+RFC 9068 access token for one of the pod's minted credentials, narrowed to the intents asked
+for. The pod proves who it is with its projected ServiceAccount token (reviewed by the API
+server, bound to the pod) or with an agentcred token it holds (checked here); it must be
+alive, admitted for the credential, still hold it, and the intents must fall inside the
+credential's scope (deny wins). `introspect` (RFC 7662) tells allowed resource servers
+whether a token is live; `revoke` (RFC 7009) lets a holder end a token early. Every grant and
+every refusal is audited; a refusal is an `OAuthError` with the RFC's code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..api.pods import PodTask
+from ..api.times import format_time, utcnow
+from ..platform.keys import KeyRing, NotOurs, decode_own
+from ..platform.revocations import RevocationList
+from ..rules.credentials import CredentialRecord
+from ..rules.oauth import (
+    ACCESS_TOKEN_TYPE,
+    CLIENT_CREDENTIALS,
+    JWT_BEARER,
+    JWT_TOKEN_TYPE,
+    TOKEN_EXCHANGE,
+    OAuthError,
+    TokenRequest,
+    granted_intents,
+    invalid_request,
+    parse_form,
+    parse_token_request,
+)
+from ..rules.scope import EXCHANGE_MAX_TTL, Intent, evaluate, scope_covers
+from ..sources.claims import Grant, credential_scope, service_account_subject, token_claims
+from ..sources.jwt import JwtSource
+from .audit import AuditTrail
+from .callers import NotAuthenticated, RateLimiter, Reviewed, ReviewGate
+
+CLOCK_SKEW = dt.timedelta(seconds=30)
+MAX_CHAIN = 4  # exchanges of exchanged tokens, deep
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+@dataclass(frozen=True)
+class Subject:
+    """The pod a request speaks for, and what an agentcred subject token already limits."""
+
+    namespace: str
+    service_account: str
+    pod_name: str
+    pod_uid: str
+    parent: dict[str, Any] | None = None  # the claims of an agentcred subject token
+
+    def facts(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "podName": self.pod_name,
+            "podUID": self.pod_uid,
+            "serviceAccount": self.service_account,
+        }
+
+
+def _refusal(grant_type: str, authenticated: bool) -> Callable[[str], OAuthError]:
+    """The error each grant's RFC gives when the presented identity fails: before the caller is
+    authenticated (`authenticated=False`) or after, on policy."""
+    if grant_type == CLIENT_CREDENTIALS:
+        if authenticated:
+            return lambda text: OAuthError("unauthorized_client", text)
+        return lambda text: OAuthError("invalid_client", text, status=401)
+    if grant_type == JWT_BEARER:
+        return lambda text: OAuthError("invalid_grant", text)
+    return invalid_request  # RFC 8693 §2.2.2: an invalid or unacceptable subject token
+
+
+@dataclass
+class TokenService:
+    reviews: ReviewGate
+    pod_by_name: Callable[[str, str], PodTask | None]
+    credential: Callable[[str, str], CredentialRecord | None]
+    revocations: RevocationList
+    minted: JwtSource  # signs what is issued here
+    keyring: Callable[[], KeyRing]
+    issuer: str
+    audit: AuditTrail
+    limiter: RateLimiter  # per pod, after authentication
+    by_source: RateLimiter  # refused tokens per client address, checked before any review
+    introspectors: frozenset[str] = field(default_factory=frozenset)  # ServiceAccount usernames
+
+    # -- the token endpoint --------------------------------------------------------------
+
+    async def token(
+        self, content_type: str | None, body: bytes, authorization: str | None = None, source: str = ""
+    ) -> dict[str, Any]:
+        """The token response for a valid request; OAuthError otherwise."""
+        # An address that keeps sending tokens the API server refuses is cut off before any
+        # TokenReview; valid tokens cost nothing here, so a shared gateway address is not.
+        if not self.by_source.allow(source, take=False):
+            raise OAuthError("temporarily_unavailable", "too many refused tokens from this address", 429, 1)
+        facts: dict[str, Any] = {}
+        subject = None
+        try:
+            request = parse_token_request(parse_form(content_type, body), authorization)
+            facts["grant"] = request.grant_type
+            subject = await self._subject(request)
+            facts.update(subject.facts())
+            act = await self._actor(request, subject.parent)
+            return self._issue(request, subject, act, facts)
+        except OAuthError as refused:
+            if subject is None:  # nobody established: this address pays for it
+                self.by_source.allow(source)
+            self.audit.record("deny", reason=refused.error, message=refused.description, **facts)
+            raise
+
+    async def _subject(self, request: TokenRequest) -> Subject:
+        unauthenticated = _refusal(request.grant_type, authenticated=False)
+        what = {TOKEN_EXCHANGE: "subject_token", JWT_BEARER: "assertion"}.get(request.grant_type, "client_assertion")
+        if request.subject_token_type == ACCESS_TOKEN_TYPE:
+            claims = self._live_own_token(request.subject_token, what, unauthenticated)
+            issued = claims["agentcred"]
+            namespace, _, service_account = (
+                str(claims.get("sub", "")).removeprefix("system:serviceaccount:").partition(":")
+            )
+            subject = Subject(namespace, service_account, str(issued["pod"]), str(issued["podUID"]), claims)
+        else:
+            try:
+                who = await self.reviews.identity(request.subject_token)
+            except NotAuthenticated as error:
+                raise unauthenticated(f"{what}: {error}") from None
+            if who.pod_name is None or who.pod_uid is None:
+                raise unauthenticated(f"{what} is not bound to a pod: send the pod's projected ServiceAccount token")
+            subject = Subject(who.namespace, who.service_account, who.pod_name, who.pod_uid)
+        if request.client_id is not None and request.client_id != service_account_subject(
+            subject.namespace, subject.service_account
+        ):
+            raise OAuthError(
+                "invalid_client",
+                f"client_id {request.client_id} is not the caller: the pod's client_id is its ServiceAccount "
+                f"{service_account_subject(subject.namespace, subject.service_account)}",
+                status=401,
+            )
+        return subject
+
+    def _live_own_token(self, token: str, what: str, refuse: Callable[[str], OAuthError]) -> dict[str, Any]:
+        """The claims of a live, unrevoked token this issuer signed, or a refusal naming `what`."""
+        try:
+            _, claims = decode_own(token, self.keyring())
+        except NotOurs as error:
+            raise refuse(f"{what} was not issued by agentcred {self.issuer}: {error}") from None
+        problem = self._inactive(claims, utcnow())
+        if problem is not None:
+            raise refuse(f"{what} {problem}")
+        return claims
+
+    def _inactive(self, claims: dict[str, Any], now: dt.datetime) -> str | None:
+        """Why a token signed by our keys is not live, or None."""
+        issued = claims.get("agentcred")
+        if claims.get("iss") != self.issuer:
+            return f"was issued by {claims.get('iss')}, not {self.issuer}"
+        if not isinstance(issued, dict) or not all(
+            isinstance(issued.get(name), str) for name in ("pod", "podUID", "credential", "namespace")
+        ):
+            return "names no pod and credential"
+        exp, iat = claims.get("exp"), claims.get("iat")
+        if not isinstance(exp, int) or not isinstance(iat, int):
+            return "has no expiry or issue time"
+        if dt.datetime.fromtimestamp(exp, dt.timezone.utc) <= now:
+            return f"expired at {format_time(dt.datetime.fromtimestamp(exp, dt.timezone.utc))}"
+        lineage = (str(claims.get("jti") or ""), *[str(i) for i in issued.get("derivedFrom") or []])
+        if self.revocations.covers(
+            issued["podUID"], issued["credential"], dt.datetime.fromtimestamp(iat, dt.timezone.utc), lineage
+        ):
+            return "was revoked"
+        task = self.pod_by_name(issued["namespace"], issued["pod"])
+        if task is None or task.uid != issued["podUID"] or task.end_reason is not None:
+            return f"belongs to pod {issued['pod']}, which has ended"
+        return None
+
+    def _issue(
+        self, request: TokenRequest, subject: Subject, act: dict[str, Any] | None, facts: dict[str, Any]
+    ) -> dict[str, Any]:
+        unacceptable = _refusal(request.grant_type, authenticated=True)
+        if not self.limiter.allow(subject.pod_uid):
+            raise OAuthError("temporarily_unavailable", f"pod {subject.pod_name} asks too fast; slow down", 429, 1)
+        task = self.pod_by_name(subject.namespace, subject.pod_name)
+        if task is None or task.uid != subject.pod_uid:
+            raise unacceptable(f"pod {subject.pod_name} in {subject.namespace} was not admitted by agentcred")
+        if task.end_reason is not None:
+            raise unacceptable(f"pod {subject.pod_name} has ended ({task.end_reason})")
+        if task.gated:
+            raise unacceptable(f"pod {subject.pod_name} has not been given its credentials yet")
+        record, audiences = self._target(request, task, subject)
+        facts["credential"] = record.name
+        spec = record.spec
+        assert spec is not None and spec.source.jwt is not None
+        now = utcnow()
+        if not record.ready:
+            raise unacceptable(f"AgentCredential {record.name} is not Ready")
+        if not record.allows(task.service_account):
+            raise unacceptable(f"ServiceAccount {task.service_account} is no longer a subject of {record.name}")
+        # The shared revocation list, not this replica's memory: what any replica revoked counts.
+        if self.revocations.covers(task.uid, record.name, now):
+            raise unacceptable(f"{record.name} was revoked for pod {subject.pod_name}")
+        lifetime_end = (task.admitted_at or now) + spec.max_lifetime_delta
+        if now >= lifetime_end:
+            raise unacceptable(f"pod {subject.pod_name} reached maxLifetime {spec.max_lifetime} of {record.name}")
+        grant = self._grant(request, record, audiences, subject, act)
+        expires = min(now + EXCHANGE_MAX_TTL, now + spec.ttl_delta, lifetime_end)
+        if subject.parent is not None:  # never outlive the token it came from
+            expires = min(expires, dt.datetime.fromtimestamp(subject.parent["exp"], dt.timezone.utc))
+        token_id = secrets.token_urlsafe(16)
+        claims = token_claims(
+            issuer=self.issuer,
+            record=record,
+            task=task,
+            issued_at=now,
+            expires_at=expires,
+            token_id=token_id,
+            grant=grant,
+        )
+        token = self.minted.sign(record, claims)
+        self.audit.record(
+            "exchange",
+            category=spec.category,
+            owner=spec.owner,
+            job=task.job,
+            tokenId=token_id,
+            expiresAt=format_time(expires),
+            audience=list(grant.audiences),
+            intents=[r.intent.as_dict() for r in request.requested] or None,
+            actor=(grant.act or {}).get("sub"),
+            derivedFrom=list(grant.derived_from) or None,
+            **facts,
+        )
+        response: dict[str, Any] = {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": max(1, int((expires - now).total_seconds())),
+        }
+        if request.grant_type == TOKEN_EXCHANGE:
+            response["issued_token_type"] = request.requested_token_type or ACCESS_TOKEN_TYPE
+        if grant.scope_strings:
+            response["scope"] = " ".join(grant.scope_strings)
+        if grant.details:
+            response["authorization_details"] = list(grant.details)
+        return response
+
+    def _target(
+        self, request: TokenRequest, task: PodTask, subject: Subject
+    ) -> tuple[CredentialRecord, tuple[str, ...]]:
+        """The one minted credential of the pod the request is for, and the token's audiences."""
+        parent = subject.parent
+        minted: list[CredentialRecord] = []
+        for name in task.credentials:
+            record = self.credential(task.namespace, name)
+            if record is not None and record.spec is not None and record.spec.source.jwt is not None:
+                if parent is None or parent["agentcred"]["credential"] == name:
+                    minted.append(record)
+        if not minted:
+            raise OAuthError("invalid_target", f"pod {task.name} holds no minted (jwt) credential to issue a token for")
+        parent_audiences = _audiences(parent) if parent is not None else None
+        if not request.targets:
+            if parent_audiences is not None:
+                return minted[0], parent_audiences
+            if len(minted) > 1:
+                names = ", ".join(sorted(r.name for r in minted))
+                raise OAuthError(
+                    "invalid_target", f"pod {task.name} holds several minted credentials ({names}): name a resource"
+                )
+            assert minted[0].spec is not None and minted[0].spec.source.jwt is not None
+            return minted[0], tuple(minted[0].spec.source.jwt.audiences)
+        matching = [r for r in minted if all(t in _credential_audiences(r) for t in request.targets)]
+        wanted = ", ".join(request.targets)
+        if not matching:
+            offered = "; ".join(f"{r.name}: {', '.join(_credential_audiences(r))}" for r in minted)
+            raise OAuthError(
+                "invalid_target", f"no credential of pod {task.name} is for {wanted} (its audiences: {offered})"
+            )
+        if len(matching) > 1:
+            names = ", ".join(sorted(r.name for r in matching))
+            raise OAuthError("invalid_target", f"{wanted} is an audience of several credentials ({names})")
+        if parent_audiences is not None and not set(request.targets) <= set(parent_audiences):
+            raise OAuthError(
+                "invalid_target", f"the subject token is for {', '.join(parent_audiences)}; it cannot widen to {wanted}"
+            )
+        return matching[0], request.targets
+
+    def _grant(
+        self,
+        request: TokenRequest,
+        record: CredentialRecord,
+        audiences: tuple[str, ...],
+        subject: Subject,
+        act: dict[str, Any] | None,
+    ) -> Grant:
+        """What the token will allow: the intents asked for, each inside the credential's scope
+        and inside the subject token's own grant; or, asking for none, what the subject had."""
+        spec = record.spec
+        assert spec is not None
+        parent = subject.parent
+        parent_intents = granted_intents(parent) if parent is not None else None
+        for requested in request.requested:
+            error = "invalid_scope" if requested.via == "scope" else "invalid_authorization_details"
+            decision = evaluate(spec.scope, requested.intent)
+            if not decision.allowed:
+                raise OAuthError(error, decision.message)
+            if parent is not None:
+                inside = (
+                    requested.intent in parent_intents
+                    if parent_intents is not None
+                    else scope_covers(parent["agentcred"].get("scope") or {}, requested.intent).allowed
+                )
+                if not inside:
+                    raise OAuthError(error, f"{_describe(requested.intent)} is outside the subject token's grant")
+        lineage: tuple[str, ...] = ()
+        if parent is not None:
+            lineage = (*[str(i) for i in parent["agentcred"].get("derivedFrom") or []], str(parent["jti"]))
+            if len(lineage) > MAX_CHAIN:
+                raise invalid_request(f"the subject token is {len(lineage)} exchanges deep; at most {MAX_CHAIN}")
+        if request.narrowed:
+            return Grant(audiences, scope_strings=request.scope, details=request.details, act=act, derived_from=lineage)
+        if parent is not None:  # nothing asked for: what the subject token had, no more
+            details = parent.get("authorization_details")
+            return Grant(
+                audiences,
+                scope=parent["agentcred"].get("scope"),
+                scope_strings=tuple(str(parent.get("scope") or "").split()),
+                details=tuple(details) if isinstance(details, list) else (),
+                act=act,
+                derived_from=lineage,
+            )
+        return Grant(audiences, scope=credential_scope(record), act=act)
+
+    async def _actor(self, request: TokenRequest, parent: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The `act` claim (RFC 8693 §4.1): the actor presented now -- a ServiceAccount, or the
+        pod holding an agentcred token -- with whoever acted before nested inside it."""
+        before = parent.get("act") if parent is not None else None
+        if request.actor_token is None:
+            return before if isinstance(before, dict) else None
+        act: dict[str, Any]
+        if request.actor_token_type == JWT_TOKEN_TYPE:
+            try:
+                who = await self.reviews.identity(request.actor_token)
+            except NotAuthenticated as error:
+                raise invalid_request(f"actor_token: {error}") from None
+            act = {"sub": who.username}
+            if who.pod_name is not None:
+                act["agentcred"] = {"namespace": who.namespace, "podName": who.pod_name, "podUID": who.pod_uid}
+        else:
+            claims = self._live_own_token(request.actor_token, "actor_token", invalid_request)
+            act = {"sub": claims["sub"], "agentcred": _who(claims)}
+            if isinstance(claims.get("act"), dict):
+                act["act"] = claims["act"]
+        if isinstance(before, dict) and "act" not in act:
+            act["act"] = before
+        return act
+
+    # -- introspection and revocation -------------------------------------------------------
+
+    async def caller(self, authorization: str | None, source: str) -> Reviewed:
+        """A resource server allowed to introspect, by its ServiceAccount token."""
+        if not self.by_source.allow(source, take=False):
+            raise OAuthError("temporarily_unavailable", "too many refused tokens from this address", 429, 1)
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise OAuthError("invalid_client", "authenticate with 'Authorization: Bearer <ServiceAccount token>'", 401)
+        try:
+            who = await self.reviews.identity(token.strip())
+        except NotAuthenticated as error:
+            self.by_source.allow(source)
+            raise OAuthError("invalid_client", str(error), 401) from None
+        if (
+            who.username not in self.introspectors
+            and f"{who.namespace}/{who.service_account}" not in self.introspectors
+        ):
+            self.audit.record(
+                "deny", reason="invalid_client", message="not an allowed introspection caller", caller=who.username
+            )
+            raise OAuthError("invalid_client", f"{who.username} is not allowed to introspect tokens", 401)
+        return who
+
+    async def introspect(
+        self, content_type: str | None, body: bytes, authorization: str | None, source: str = ""
+    ) -> dict[str, Any]:
+        await self.caller(authorization, source)
+        token = _required_token(parse_form(content_type, body))
+        try:
+            _, claims = decode_own(token, self.keyring())
+        except NotOurs:
+            return {"active": False}
+        now = utcnow()
+        nbf = claims.get("nbf")
+        if self._inactive(claims, now) is not None or (
+            isinstance(nbf, int) and dt.datetime.fromtimestamp(nbf, dt.timezone.utc) > now + CLOCK_SKEW
+        ):
+            return {"active": False}
+        return {"active": True, "token_type": "Bearer", **claims}
+
+    def revoke(self, content_type: str | None, body: bytes) -> None:
+        """RFC 7009: the holder of a token ends it (and every token exchanged from it). A token
+        that is not ours, already expired or unknown is answered the same way: done."""
+        token = _required_token(parse_form(content_type, body))
+        try:
+            _, claims = decode_own(token, self.keyring())
+        except NotOurs:
+            return
+        issued, jti, exp = claims.get("agentcred"), claims.get("jti"), claims.get("exp")
+        if claims.get("iss") != self.issuer or not isinstance(issued, dict) or not isinstance(jti, str):
+            return
+        if not isinstance(exp, int) or not isinstance(issued.get("podUID"), str):
+            return
+        until = dt.datetime.fromtimestamp(exp, dt.timezone.utc) + CLOCK_SKEW
+        if until <= utcnow():
+            return
+        self.revocations.revoke_token(issued["podUID"], str(issued.get("credential")), jti, until)
+        self.audit.record(
+            "revoke-token", tokenId=jti, credential=issued.get("credential"), reason="holder", **_who(claims)
+        )
+
+
+def _required_token(form: dict[str, list[str]]) -> str:
+    values = form.get("token")
+    if not values:
+        raise invalid_request("token is missing: send the token to look at")
+    return values[0]
+
+
+def _who(claims: dict[str, Any]) -> dict[str, Any]:
+    issued = claims.get("agentcred") or {}
+    return {"namespace": issued.get("namespace"), "podName": issued.get("pod"), "podUID": issued.get("podUID")}
+
+
+def _audiences(claims: dict[str, Any]) -> tuple[str, ...]:
+    aud = claims.get("aud")
+    return (aud,) if isinstance(aud, str) else tuple(str(a) for a in aud or [])
+
+
+def _credential_audiences(record: CredentialRecord) -> tuple[str, ...]:
+    assert record.spec is not None and record.spec.source.jwt is not None
+    return tuple(record.spec.source.jwt.audiences)
+
+
+def _describe(intent: Intent) -> str:
+    return f"tool {intent.tool!r}, action {intent.action!r}, resource {intent.resource!r}"
