@@ -12,6 +12,8 @@ between stages so no stage pays for an earlier one's objects.
   floor-N          a plain client doing, per pod, the API writes agentcred causes (no operator)
   agentcred-N      N pods created at once -> value written and pod ungated; revocation; CPU
                    (a freshly started operator per burst; its start-up time is recorded)
+  tokens           the token service at 100 concurrent clients: token exchange and JWT
+                   bearer grants by pods' bound ServiceAccount tokens, throughput, p50/p99
   eso-V-N          N ExternalSecrets (Fake store + Password generator) -> target Secret
                    written; deleted -> Secret gone; ESO's RSS and CPU (V: client limits)
   eso-refresh      M ExternalSecrets refreshing every 80 s: lateness, RSS, CPU
@@ -40,8 +42,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -94,16 +98,17 @@ class Agentcred:
         self.process: subprocess.Popen[bytes] | None = None
         self.webhook_port = 0
         self.health_port = 0
+        self.api_port = 0
 
     # -- the process ------------------------------------------------------------------
 
-    def start(self, expect_live: int = 0) -> float:
+    def start(self, expect_live: int = 0, env: dict[str, str] | None = None) -> float:
         """Start the operator; seconds until /readyz (every index listed, endpoints up).
 
         The ceiling grows with what it must list: a new leader after a failover lists every
         live pod before it is ready, and that time is a figure, not a reason to give up."""
         self.stop()
-        self.webhook_port, self.health_port = free_port(), free_port()
+        self.webhook_port, self.health_port, self.api_port = free_port(), free_port(), free_port()
         log = open(self.workdir / "operator.log", "ab")
         started = time.monotonic()
         self.process = subprocess.Popen(
@@ -124,7 +129,9 @@ class Agentcred:
                 "--api-address",
                 "127.0.0.1",
                 "--api-port",
-                str(free_port()),
+                str(self.api_port),
+                "--issuer",
+                f"https://127.0.0.1:{self.api_port}",
                 "--health-address",
                 "127.0.0.1",
                 "--health-port",
@@ -135,7 +142,12 @@ class Agentcred:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "KUBECONFIG": str(self.plane.kubeconfig), "PYTHONPATH": str(REPO / "operator")},
+            env={
+                **os.environ,
+                "KUBECONFIG": str(self.plane.kubeconfig),
+                "PYTHONPATH": str(REPO / "operator"),
+                **(env or {}),
+            },
         )
         log.close()
         # A hang guard only. Start-up has measured worse than linear in live pods (5 s at 1,000,
@@ -361,6 +373,108 @@ class Agentcred:
             result = burst.measure(create, probe=self.usage, stall=120)
         result.update(operator_startup_seconds=startup, rss_mb_before=before["rss_mb"], client_threads=CLIENT_THREADS)
         return result
+
+    def tokens(self, pods: int, requests: int, concurrency: int = 100) -> dict[str, Any]:
+        """`requests` token requests per grant from `concurrency` clients at once, each its own
+        HTTPS connection per request (as the earlier /v1/exchange figure was taken), by `pods`
+        admitted pods with their own bound tokens. The per-pod rate limit is lifted: this
+        measures what the service can do, not the limit."""
+        namespace = "bench-tokens"
+        startup = self.start(env={"AGENTCRED_TOKEN_RATE": "100000", "AGENTCRED_TOKEN_BURST": "100000"})
+
+        def stop_after_cleaning() -> float:
+            try:
+                return clean(self.lean, namespace, pods * 3)
+            finally:
+                self.stop()
+
+        return measure_and_clean(
+            lambda: self._tokens(namespace, pods, requests, concurrency, startup), stop_after_cleaning
+        )
+
+    def _tokens(self, namespace: str, pods: int, requests: int, concurrency: int, startup: float) -> dict[str, Any]:
+        names = self.namespace(namespace, scope={"tools": ["*"], "actions": ["read"], "resources": ["repo:acme/*"]})
+        self.lean.run_all(
+            lambda i: self.lean.call("POST", pods_path(namespace), self.pod_body(f"t-{i}", names[0])), range(pods)
+        )
+
+        def released() -> list[dict[str, Any]]:
+            listed = self.lean.json("GET", pods_path(namespace))["items"]
+            return [pod for pod in listed if not pod["spec"].get("schedulingGates")]
+
+        wait_count(lambda: len(released()), pods, f"{namespace}: {pods} pods issued and released", stall=120)
+        listed = released()
+
+        def bound(pod: dict[str, Any]) -> str:
+            ref = {"apiVersion": "v1", "kind": "Pod", "name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]}
+            answer = self.lean.json(
+                "POST",
+                f"/api/v1/namespaces/{namespace}/serviceaccounts/agent/token",
+                {"spec": {"audiences": ["agentcred"], "expirationSeconds": 3600, "boundObjectRef": ref}},
+            )
+            return str(answer["status"]["token"])
+
+        identities = [bound(pod) for pod in listed]
+        ca = self.core.read_namespaced_config_map("agentcred-ca-bundle", "agentcred").data[labels.CA_KEY]
+        context = ssl.create_default_context(cadata=ca)
+        grants = {
+            "token-exchange": lambda i: {
+                "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+                "subject_token": identities[i % len(identities)],
+                "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                "authorization_details": json.dumps(
+                    [
+                        {
+                            "type": "agentcred.dev/tool",
+                            "tool": f"tool-{i % 7}",
+                            "actions": ["read"],
+                            "identifier": f"repo:acme/r{i}",
+                        }
+                    ]
+                ),
+            },
+            "jwt-bearer": lambda i: {
+                "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+                "assertion": identities[i % len(identities)],
+                "scope": f"tool:tool-{i % 7} action:read resource:repo:acme/r{i}",
+            },
+        }
+        figures: dict[str, Any] = {"operator_startup_seconds": startup, "pods": pods, "concurrency": concurrency}
+        for grant, form in grants.items():
+
+            def ask(i: int, form: Callable[[int], dict[str, str]] = form) -> tuple[int, float]:
+                connection = http.client.HTTPSConnection("127.0.0.1", self.api_port, context=context, timeout=60)
+                began = time.perf_counter()
+                try:
+                    connection.request(
+                        "POST",
+                        "/oauth2/token",
+                        body=urllib.parse.urlencode(form(i)),
+                        headers={"Content-Type": "application/x-www-form-urlencoded"},
+                    )
+                    response = connection.getresponse()
+                    response.read()
+                    return response.status, time.perf_counter() - began
+                finally:
+                    connection.close()
+
+            ask(0)  # TokenReview answers are cached per token: every pod's first review is part of the run
+            before = self.usage()
+            began = time.monotonic()
+            with ThreadPoolExecutor(concurrency) as pool:
+                answers = list(pool.map(ask, range(requests)))
+            elapsed = time.monotonic() - began
+            after = self.usage()
+            refused = [status for status, _ in answers if status != 200]
+            if refused:
+                raise RuntimeError(f"{grant}: {len(refused)} of {requests} refused (statuses {sorted(set(refused))})")
+            figures[grant] = {
+                **summary_ms(seconds for _, seconds in answers),
+                "unit": "ms",
+                "per_second": round(requests / elapsed, 1),
+                "cpu_seconds": round(after["cpu_seconds"] - before["cpu_seconds"], 2),
+            }
+        return figures
 
     def scale(
         self,
@@ -613,6 +727,9 @@ def main() -> int:
     parser.add_argument("--bursts", help="comma-separated burst sizes (default 100,1000,5000; quick: 200)")
     parser.add_argument("--webhook", type=int, help="AdmissionReviews to time (default 2000; quick: 300)")
     parser.add_argument(
+        "--token-requests", type=int, help="token requests per grant at 100 clients (default 3000; quick: 500)"
+    )
+    parser.add_argument(
         "--eso",
         choices=["build", "cached", "skip"],
         help="External Secrets: build it if missing (full run default), only if already built, or skip (quick default)",
@@ -657,7 +774,9 @@ def main() -> int:
     parser.add_argument("--startup-at", default="1000,10000", help="checkpoints at which the operator restarts")
     parser.add_argument("--window", type=float, default=200.0, help="seconds to watch renewals / refreshes")
     parser.add_argument(
-        "--only", default="", help="run only these stage kinds, comma-separated: webhook, floor, agentcred, eso, scale"
+        "--only",
+        default="",
+        help="run only these stage kinds, comma-separated: webhook, floor, agentcred, tokens, eso, scale",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the operator during each burst (bench/out/)")
     parser.add_argument(
@@ -742,6 +861,9 @@ def main() -> int:
                     results.stage(f"floor-{size}", floor_stage)
                 if wanted("agentcred"):
                     results.stage(f"agentcred-{size}", lambda size=size: operator.burst(size))
+            if wanted("tokens"):
+                token_requests = args.token_requests or (500 if args.quick else 3000)
+                results.stage("tokens", lambda: operator.tokens(50, token_requests))
 
             if eso_binary is not None:
                 import eso as eso_module
