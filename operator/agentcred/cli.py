@@ -32,6 +32,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "health_address": args.health_address,
         "health_port": args.health_port,
         "audit_log": args.audit_log,
+        "leak_reporters": args.leak_reporters,
     }
     config = dataclasses.replace(OperatorConfig.from_env(), **{k: v for k, v in overrides.items() if v is not None})
     if args.webhook_config:
@@ -83,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(the Helm chart owns it), or leave it alone",
     )
     run.add_argument("--audit-log", help="audit destination: - for stdout (default) or a file path")
+    run.add_argument(
+        "--leak-reporters",
+        help="ServiceAccounts (namespace/name, comma-separated) that may report and trace leaked values "
+        "(AGENTCRED_LEAK_REPORTERS)",
+    )
     run.add_argument("--verbose", action="store_true")
     run.add_argument("--log-json", action="store_true", help="log as JSON lines")
     run.set_defaults(func=cmd_run)

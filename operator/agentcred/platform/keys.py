@@ -17,9 +17,10 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 Algorithm = Literal["EdDSA", "ES256"]
 ALGORITHMS: tuple[Algorithm, ...] = ("EdDSA", "ES256")
@@ -230,6 +231,16 @@ def rotate(ring: KeyRing, alg: Algorithm, now: dt.datetime) -> KeyRing:
     return dataclasses.replace(ring, keys=(*retired, new_signing_key(alg, now)))
 
 
+def rotate_mac(ring: KeyRing, purpose: MacPurpose, now: dt.datetime) -> KeyRing:
+    """A new current MAC key for `purpose`; the old one retires but is kept as long as a
+    retired signing key (for fingerprints: while a value it fingerprinted can live)."""
+    retired = tuple(
+        dataclasses.replace(k, retired_at=now) if k.purpose == purpose and k.retired_at is None else k
+        for k in ring.macs
+    )
+    return dataclasses.replace(ring, macs=(*retired, new_mac_key(purpose, now)))
+
+
 def prune(ring: KeyRing, now: dt.datetime, retention: dt.timedelta = KEY_RETENTION) -> KeyRing:
     """Drop retired keys whose every token has expired."""
 
@@ -243,7 +254,49 @@ def rotation_due(ring: KeyRing, alg: Algorithm, now: dt.datetime, interval: dt.t
     return interval is not None and ring.current(alg).created_at + interval <= now
 
 
+def fingerprint_rotation_due(ring: KeyRing, now: dt.datetime, interval: dt.timedelta | None) -> bool:
+    return interval is not None and ring.mac_key("fingerprint").created_at + interval <= now
+
+
 def encode_jwt(claims: dict[str, Any], key: SigningKey) -> str:
     header = {"alg": key.alg, "typ": "JWT", "kid": key.kid}
     signing_input = f"{b64url(_canonical(header))}.{b64url(_canonical(claims))}"
     return f"{signing_input}.{b64url(key.sign(signing_input.encode()))}"
+
+
+def peek_claims(token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Header and claims of something shaped like a compact JWS, unverified (to tell a forgery
+    that names our issuer from a string that is no token at all), else None."""
+    parts = token.strip().split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        header, claims = json.loads(b64url_decode(parts[0])), json.loads(b64url_decode(parts[1]))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return (header, claims) if isinstance(header, dict) and isinstance(claims, dict) else None
+
+
+def verified_claims(token: str, ring: KeyRing) -> dict[str, Any] | None:
+    """The claims of a token signed by a key of this ring (current or retired), else None."""
+    peeked = peek_claims(token)
+    if peeked is None:
+        return None
+    header, claims = peeked
+    key = next((k for k in ring.keys if k.kid == header.get("kid")), None)
+    if key is None or header.get("alg") != key.alg:
+        return None
+    head, body, signed = token.strip().split(".")
+    try:
+        signature = b64url_decode(signed)
+        public = key.private_key.public_key()
+        if isinstance(public, ed25519.Ed25519PublicKey):
+            public.verify(signature, f"{head}.{body}".encode())
+        else:
+            if len(signature) != 64:
+                return None
+            r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+            public.verify(encode_dss_signature(r, s), f"{head}.{body}".encode(), ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError):
+        return None
+    return claims

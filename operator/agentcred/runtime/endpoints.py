@@ -18,6 +18,7 @@ from aiohttp import web
 from ..platform import metrics
 from ..platform.keys import KeyRing
 from ..platform.revocations import RevocationList
+from . import leak_intake
 from .exchange import MAX_BODY, ExchangeContext, Refused, exchange
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ def build_app(
     app.router.add_get("/.well-known/openid-configuration", discovery)
     app.router.add_get("/v1/revocations", revoked)
     app.router.add_post("/v1/exchange", exchange_intent)
+    leak_intake.add_routes(app)
     return app
 
 
