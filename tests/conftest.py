@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit import Cluster, OperatorProcess
+from clusterkit import LEAK_REPORTERS, Cluster, OperatorProcess
 from witness import Witness
 
 CLUSTER_MODE = os.environ.get("AGENTCRED_TEST_CLUSTER", "local")
@@ -89,6 +89,6 @@ def witness(cluster: Cluster) -> Iterator[Witness]:
 @pytest.fixture(scope="session")
 def operator(cluster: Cluster, witness: Witness) -> Iterator[OperatorProcess]:
     """One operator process for the session (tests that restart it use `restart()`)."""
-    process = OperatorProcess(cluster).start()
+    process = OperatorProcess(cluster, env={"AGENTCRED_LEAK_REPORTERS": LEAK_REPORTERS}).start()
     yield process
     process.cleanup()
