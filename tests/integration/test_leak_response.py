@@ -503,6 +503,12 @@ def test_quarantine_revokes_bars_and_labels_the_pod(
     entry = next(e for e in revocations(operator) if e.pod_uid == pod["metadata"]["uid"])
     assert entry.before is None, "barred: no token of this pod for this credential verifies"
     wait_for(lambda: [e for e in pod_events(cluster, namespace, "agent") if e.reason == "Quarantined"], what="Event")
+    # Whoever may update the pod cannot lift the quarantine a NetworkPolicy selects.
+    with pytest.raises(ApiException) as refused:
+        cluster.core.patch_namespaced_pod(
+            "agent", namespace, {"metadata": {"labels": {labels.QUARANTINED_LABEL: None}}}
+        )
+    assert refused.value.status == 403 and "quarantined" in refused.value.body
     # A renewal would have come by now if anything were to come.
     assert value_of(read_secret(cluster, namespace, secret_name_of(pod)), "research-llm") is None
 

@@ -3,6 +3,7 @@ tokens by signature, reading reports, who may act by reference, and tracing in m
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
@@ -264,3 +265,49 @@ def test_token_ids_are_indexed_and_a_renewal_supersedes() -> None:
     assert world.tracer.trace(Candidate(tokenId="t1")).holders[0].state == "superseded"
     assert world.tracer.trace(Candidate(tokenId="t2")).holders[0].state == "live"
     assert world.tracer.trace(Candidate(tokenId="nope")).verdict == "unknown"
+
+
+# -- detectors for secret scanners ---------------------------------------------------------
+
+
+def _detector_patterns() -> list[str]:
+    import re
+    import tomllib
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2] / "detectors"
+    gitleaks = tomllib.loads((root / "gitleaks.toml").read_text())["rules"][0]
+    trufflehog = yaml.safe_load((root / "trufflehog.yaml").read_text())["detectors"][0]
+    assert gitleaks["keywords"] == trufflehog["keywords"] == ["eyJhZ2VudGNyZWQiOnsi"]
+    for pattern in (gitleaks["regex"], trufflehog["regex"]["token"]):
+        assert not re.search(r"\(\?[=!<]", pattern), "RE2 (Go) has no lookaround"
+    return [gitleaks["regex"], trufflehog["regex"]["token"]]
+
+
+def test_the_scanner_rules_find_our_tokens_and_only_ours() -> None:
+    import re
+
+    from agentcred.api.pods import PodTask
+    from agentcred.rules.planning import Issue
+    from agentcred.sources.jwt import JwtSource
+
+    ring = ring_now()
+    pod = PodTask(
+        "agents", "agent", "uid", "research-agent", "0123456789abcdef", ("research-llm",), None, "Pending", False, True
+    )
+    tokens = []
+    for alg in ("EdDSA", "ES256"):
+        record = credential_record(
+            credential(namespace="agents", source={"jwt": {"audiences": ["a"], "algorithm": alg}})
+        )
+        issue = Issue("research-llm", utcnow() + dt.timedelta(minutes=15), utcnow())
+        produced = asyncio.run(JwtSource(lambda: ring, ISSUER).produce(pod, record, issue, utcnow()))
+        tokens.append(produced.value.decode())
+    foreign = encode_jwt({"iss": ISSUER, "sub": "x", "exp": 1}, ring.current("EdDSA"))
+    for pattern in _detector_patterns():
+        for token in tokens:
+            found = re.findall(pattern, f"export LLM_TOKEN={token}\n")
+            assert found == [token]
+        assert re.findall(pattern, foreign) == [], "another JWT is not an agentcred token"
