@@ -24,8 +24,8 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from agentcred.api import labels
+from agentcred.api.fingerprints import short
 from agentcred.client.verify import TokenRejected, Verifier
-from agentcred.platform.fingerprints import short
 from agentcred.platform.keys import KeyRing, encode_jwt
 from agentcred.platform.revocations import parse_document
 from agents import (
@@ -572,3 +572,11 @@ def test_another_tenants_reporter_cannot_revoke_by_fingerprint_or_token_id(
     leak = cli(cluster, operator, "leak", "-o", "json", "--token", recorded["tokenId"])
     assert leak.returncode == 0 and json.loads(leak.stdout)[0]["outcome"] == "revoked"
     wait_for(lambda: fresh_value(cluster, namespace, pod, "research-llm", held), what="a fresh value")
+
+
+def test_a_flood_of_bad_tokens_stops_costing_token_reviews(cluster: Cluster, operator: OperatorProcess) -> None:
+    statuses = [intake(operator, "/v1/trace", [{"token": "x"}], f"garbage-{i}")[0] for i in range(60)]
+    assert set(statuses) == {401, 429} and statuses[-1] == 429
+    # The address is heard again once it slows down.
+    listed = reporter_token(cluster)
+    wait_for(lambda: intake(operator, "/v1/trace", [{"token": "x"}], listed)[0] == 200, what="heard again")

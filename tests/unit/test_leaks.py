@@ -11,9 +11,10 @@ import json
 
 import pytest
 
+from agentcred.api.fingerprints import is_fingerprint, short
 from agentcred.api.projection import IssuedValue, ProjectionState
 from agentcred.api.times import utcnow
-from agentcred.platform.fingerprints import Fingerprints, is_fingerprint, short
+from agentcred.platform.fingerprints import Fingerprints
 from agentcred.platform.keys import KeyRing, b64url, encode_jwt, prune, verified_claims
 from agentcred.platform.revocations import RevocationList
 from agentcred.rules.credentials import credential_record
@@ -123,6 +124,7 @@ def test_a_report_in_the_scanners_shape_is_read_and_its_value_kept_out_of_origin
         ("application/json", b"[" + b" " * (1024 * 1024 + 1) + b"]", 413, "body-too-large"),
         ("application/json", json.dumps([{"token": "sk-1", "tokenId": "t"}]).encode(), 400, "invalid-item"),
         ("application/json", json.dumps([{"token": "x" * 20000}]).encode(), 400, "invalid-item"),
+        ("application/json", json.dumps([{"fingerprint": "sk-1-pasted-here"}]).encode(), 400, "invalid-item"),
     ],
 )
 def test_bad_reports_are_refused_without_echoing_the_strings(content_type, body, status, reason) -> None:

@@ -10,39 +10,16 @@ value is traced by trying every key still kept.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
+from ..api.fingerprints import DIGEST_HEX, PREFIX, key_id
 from .keys import KeyRing, MacKey
-
-PREFIX = "hmac-sha256"
-DIGEST_HEX = 32  # 128 bits
-SHORT_HEX = 12
-PATTERN = re.compile(rf"^{PREFIX}:[0-9a-f]{{8}}:[0-9a-f]{{{DIGEST_HEX}}}$")
-# What people may paste: the full form, or the short one shown in tables and Events.
-SHORT_PATTERN = re.compile(rf"^{PREFIX}:[0-9a-f]{{{SHORT_HEX}}}$")
-
 
 DOMAIN = b"agentcred-fingerprint-v1\n"  # this key's MACs mean nothing anywhere else
 
 
 def _with(key: MacKey, value: bytes) -> str:
     return f"{PREFIX}:{key.id}:{key.mac(DOMAIN + value).hex()[:DIGEST_HEX]}"
-
-
-def short(fingerprint: str) -> str:
-    """The display form: enough to tell values apart in a table, not to look one up alone."""
-    if not PATTERN.match(fingerprint):
-        return fingerprint
-    return f"{PREFIX}:{fingerprint.rsplit(':', 1)[1][:SHORT_HEX]}"
-
-
-def is_fingerprint(text: str) -> bool:
-    return bool(PATTERN.match(text) or SHORT_PATTERN.match(text))
-
-
-def key_id(fingerprint: str) -> str | None:
-    return fingerprint.split(":")[1] if PATTERN.match(fingerprint) else None
 
 
 class Fingerprints:

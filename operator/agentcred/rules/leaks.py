@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
+from ..api.fingerprints import is_fingerprint
 from ..api.times import format_time, parse_time
 from .verdicts import describe_validation_error
 
@@ -50,6 +51,9 @@ class Candidate(BaseModel):
     def _one_of(self) -> Candidate:
         if sum(x is not None for x in (self.token, self.fingerprint, self.token_id)) != 1:
             raise ValueError("each item names exactly one of token, fingerprint, tokenId")
+        # A value pasted where a fingerprint belongs would end up in the audit line.
+        if self.fingerprint is not None and not is_fingerprint(self.fingerprint.strip()):
+            raise ValueError("fingerprint is not an agentcred fingerprint (hmac-sha256:...)")
         return self
 
     @property

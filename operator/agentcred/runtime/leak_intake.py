@@ -29,6 +29,7 @@ from .leak_response import LeakResponder, Reporter
 
 REVIEW_TTL = 10.0  # seconds a reviewed token's answer is kept (by hash, never the token)
 CONCURRENT_ITEMS = 16
+REFUSAL_RATE, REFUSAL_BURST = 2.0, 20  # refused tokens per second per address, and the burst
 
 
 @dataclass
@@ -40,12 +41,33 @@ class LeakIntake:
     audit: AuditTrail
     _reviews: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
     _answers: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
+    _refusals: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     async def reporter(self, authorization: str | None, source: str) -> Reporter:
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise BadReport(401, "missing-token", "send a reporter's ServiceAccount token as 'Authorization: Bearer'")
-        status = await self._review(token.strip())
+        if not self._may_try(source, take=False):
+            raise BadReport(429, "rate-limited", "too many refused tokens from this address; slow down")
+        try:
+            return await self._identify(token.strip(), source)
+        except BadReport:
+            self._may_try(source, take=True)
+            raise
+
+    def _may_try(self, source: str, take: bool) -> bool:
+        """A token bucket of refused tokens per client address: a flood of garbage tokens stops
+        costing TokenReviews after a burst. Accepted tokens cost nothing."""
+        now = time.monotonic()
+        tokens, last = self._refusals.get(source, (float(REFUSAL_BURST), now))
+        tokens = min(float(REFUSAL_BURST), tokens + (now - last) * REFUSAL_RATE)
+        if len(self._refusals) > 10_000:  # forget idle addresses rather than grow without bound
+            self._refusals = {k: v for k, v in self._refusals.items() if now - v[1] < 60}
+        self._refusals[source] = (tokens - 1 if take else tokens, now)
+        return tokens >= 1
+
+    async def _identify(self, token: str, source: str) -> Reporter:
+        status = await self._review(token)
         username = str((status.get("user") or {}).get("username") or "")
         parts = username.split(":")
         if not status.get("authenticated") or len(parts) != 4 or parts[:2] != ["system", "serviceaccount"]:
@@ -105,7 +127,7 @@ async def _handle(request: web.Request, contain: bool) -> web.Response:
         body = await _read(request)
         candidates = parse_report(request.headers.get("Content-Type"), body)
     except BadReport as refused:
-        return _refused(refused)
+        return _refused(refused, 1 if refused.status == 429 else None)
     except Exception as error:  # the API server unreachable for the review, say
         return _refused(BadReport(503, "unavailable", f"could not review the token ({status_of(error) or error})"), 2)
     slots = asyncio.Semaphore(CONCURRENT_ITEMS)

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api import labels
+from ..api.fingerprints import short
 from ..api.pods import PodTask, pod_ref
 from ..api.projection import Subject
 from ..api.times import utcnow
-from ..platform.fingerprints import short
 from ..platform.kube import Kube, NotFound, status_of
 from ..rules.credentials import CredentialRecord
 from ..rules.leaks import Candidate, Compromise, may_act_by_reference

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api import conditions
+from ..api.fingerprints import short
 from ..api.projection import format_time
-from ..platform.fingerprints import short
 from ..rules.credentials import CredentialRecord
 from ..rules.leaks import Compromise
 from ..rules.status import spec_status

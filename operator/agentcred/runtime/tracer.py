@@ -17,10 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..api.fingerprints import PATTERN, SHORT_PATTERN, is_fingerprint, short
 from ..api.pods import PodTask
 from ..api.projection import IssuedValue, ProjectionState
 from ..api.times import format_time, utcnow
-from ..platform.fingerprints import PATTERN, SHORT_PATTERN, Fingerprints, short
+from ..platform.fingerprints import Fingerprints
 from ..platform.keys import KeyRing, peek_claims, verified_claims
 from ..platform.revocations import RevocationList
 from ..rules.credentials import CredentialRecord
@@ -126,9 +127,12 @@ class Tracer:
             digest = text.rsplit(":", 1)[1]
             references = [fp for fp in self.store.fingerprints_matching(digest) if PATTERN.match(fp)]
         holders = self._referenced(references)
+        # Named in audit lines: a fingerprint as given; anything else (a token id, or a value
+        # pasted in its place) only by its keyed fingerprint.
+        named = text if is_fingerprint(text) else self.fingerprints(text.encode())
         if holders:
-            return Trace("ours", text, holders)
-        return Trace("unknown", text, why="no live or remembered value has this fingerprint or token id")
+            return Trace("ours", named, holders)
+        return Trace("unknown", named, why="no live or remembered value has this fingerprint or token id")
 
     # -- minted tokens ---------------------------------------------------------------------
 

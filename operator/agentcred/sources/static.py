@@ -14,10 +14,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..api import labels
+from ..api.fingerprints import short
 from ..api.model import SourceKind
 from ..api.pods import PodTask
 from ..api.projection import IssuedValue, Subject
-from ..platform.fingerprints import Fingerprints, short
+from ..platform.fingerprints import Fingerprints
 from ..rules.credentials import CredentialRecord, shared_secret, upstream_problem
 from ..rules.leaks import Compromise, still_compromised
 from ..rules.planning import Issue
