@@ -368,7 +368,8 @@ class Operator:
             responder,
             review=lambda token: kube.review_token(token, [labels.SERVICE_ACCOUNT_AUDIENCE]),
             reporters=parse_reporters(config.leak_reporters),
-            leading=self.leading,
+            # A leader still listing its Secrets would answer "unknown" for values it holds.
+            leading=lambda: self.leading() and self.reconciler.loaded.is_set(),
             audit=self.audit,
         )
 
