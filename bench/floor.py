@@ -241,7 +241,7 @@ def floor_secret(pod: dict[str, Any], binding: str, credential: str) -> dict[str
                 "issuedAt": _now(),
                 "expiresAt": expires,
                 "taskStartedAt": _now(),
-                "fingerprint": "sha256:" + secrets.token_hex(8),
+                "fingerprint": f"hmac-sha256:{secrets.token_hex(4)}:{secrets.token_hex(16)}",
                 "tokenId": secrets.token_urlsafe(16),
                 "renewals": 0,
                 "source": "jwt",

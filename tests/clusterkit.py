@@ -130,6 +130,11 @@ class Cluster:
 
 OPERATOR_NAMESPACE = "agentcred"
 INTROSPECTOR = ("agentcred-introspection", "gateway")  # allowed to introspect, in the session's operator
+# The session operator's leak reporters: one in its own namespace (acts anywhere, also by
+# fingerprint), one a tenant's (by fingerprint, only in its own namespace).
+LEAK_REPORTER = (OPERATOR_NAMESPACE, "leak-reporter")
+TENANT_REPORTER = ("leak-tenant", "scanner")
+LEAK_REPORTERS = ",".join(f"{ns}/{name}" for ns, name in (LEAK_REPORTER, TENANT_REPORTER))
 
 
 class OperatorProcess:

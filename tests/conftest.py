@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit import INTROSPECTOR, Cluster, OperatorProcess
+from clusterkit import INTROSPECTOR, LEAK_REPORTERS, Cluster, OperatorProcess
 from witness import Witness
 
 CLUSTER_MODE = os.environ.get("AGENTCRED_TEST_CLUSTER", "local")
@@ -89,7 +89,9 @@ def witness(cluster: Cluster) -> Iterator[Witness]:
 @pytest.fixture(scope="session")
 def operator(cluster: Cluster, witness: Witness) -> Iterator[OperatorProcess]:
     """One operator process for the session (tests that restart it use `restart()`); the
-    ServiceAccount INTROSPECTOR may introspect tokens."""
-    process = OperatorProcess(cluster, "--introspector", "/".join(INTROSPECTOR)).start()
+    ServiceAccount INTROSPECTOR may introspect tokens, LEAK_REPORTERS may report leaks."""
+    process = OperatorProcess(
+        cluster, "--introspector", "/".join(INTROSPECTOR), env={"AGENTCRED_LEAK_REPORTERS": LEAK_REPORTERS}
+    ).start()
     yield process
     process.cleanup()

@@ -8,7 +8,7 @@ import os
 import sys
 
 from . import __version__
-from .client.commands import cmd_inventory, cmd_renew, cmd_revoke, cmd_rotate_key, cmd_verify
+from .client.commands import cmd_inventory, cmd_leak, cmd_renew, cmd_revoke, cmd_rotate_key, cmd_trace, cmd_verify
 from .devcluster.commands import cmd_dev_build, cmd_dev_down, cmd_dev_kubeconfig, cmd_dev_up
 
 
@@ -32,6 +32,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "health_address": args.health_address,
         "health_port": args.health_port,
         "audit_log": args.audit_log,
+        "leak_reporters": args.leak_reporters,
     }
     config = dataclasses.replace(OperatorConfig.from_env(), **{k: v for k, v in overrides.items() if v is not None})
     if args.webhook_config:
@@ -91,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a ServiceAccount allowed to introspect tokens (RFC 7662); repeat for several",
     )
     run.add_argument("--audit-log", help="audit destination: - for stdout (default) or a file path")
+    run.add_argument(
+        "--leak-reporters",
+        help="ServiceAccounts (namespace/name, comma-separated) that may report and trace leaked values "
+        "(AGENTCRED_LEAK_REPORTERS)",
+    )
     run.add_argument("--verbose", action="store_true")
     run.add_argument("--log-json", action="store_true", help="log as JSON lines")
     run.set_defaults(func=cmd_run)
@@ -136,9 +142,36 @@ def build_parser() -> argparse.ArgumentParser:
         default="agentcred",
         help="the operator's instance name (the Helm release's full name; default agentcred)",
     )
-    rotate.add_argument("--algorithm", choices=["EdDSA", "ES256", "all"], default="all")
+    rotate.add_argument(
+        "--algorithm",
+        choices=["EdDSA", "ES256", "fingerprint", "all"],
+        default="all",
+        help="which key: a signing algorithm's, the fingerprint key, or all (default)",
+    )
     rotate.add_argument("--timeout", type=float, default=30.0)
     rotate.set_defaults(func=cmd_rotate_key)
+
+    for name, func, text in (
+        ("trace", cmd_trace, "whose is a suspected value: credential, owner, pod, Job, ServiceAccount, state"),
+        ("leak", cmd_leak, "report a leaked value: revoke every live copy, reissue or quarantine, flag static values"),
+    ):
+        leak = commands.add_parser(name, help=text)
+        what = leak.add_mutually_exclusive_group()
+        what.add_argument("--fingerprint", help="a fingerprint from an audit line or Event (full or short form)")
+        what.add_argument("--token", help="a token id (jti, or a minting service's id) from an audit line")
+        leak.add_argument(
+            "--url", required=True, help="the operator's HTTPS endpoint, e.g. https://agentcred.agentcred.svc:8443"
+        )
+        leak.add_argument("--cafile", help="CA bundle for --url")
+        who = leak.add_mutually_exclusive_group()
+        who.add_argument("--token-file", help="a leak reporter's ServiceAccount token (audience agentcred)")
+        who.add_argument("--as", dest="reporter", help="request a token for this reporter: NAMESPACE/SERVICEACCOUNT")
+        leak.add_argument("-o", "--output", choices=["table", "json"], default="table")
+        if name == "leak":
+            leak.add_argument("--found-type", help="what kind of string it is, for the audit line")
+            leak.add_argument("--found-url", help="where it was found, for the audit line")
+            leak.add_argument("--found-source", help="what found it (a scanner, a transcript), for the audit line")
+        leak.set_defaults(func=func)
 
     inventory = commands.add_parser("inventory", help="every credential per category, exceptions, findings")
     inventory.add_argument("-o", "--output", choices=["table", "json", "csv"], default="table")

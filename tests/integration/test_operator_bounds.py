@@ -235,7 +235,7 @@ def test_secrets_it_does_not_manage_cannot_be_made_changed_or_deleted(
     refused_by_policy("secrets", lambda: core.delete_namespaced_secret(f"{FULLNAME}-signing-keys", NAMESPACE))
 
 
-def test_pods_can_only_lose_the_scheduling_gate(
+def test_pods_can_only_lose_the_scheduling_gate_or_be_quarantined(
     cluster: Cluster, operator_api: client.ApiClient, namespace: str
 ) -> None:
     core = client.CoreV1Api(operator_api)
@@ -275,8 +275,16 @@ def test_pods_can_only_lose_the_scheduling_gate(
             "agent", namespace, [{"op": "add", "path": "/spec/tolerations/-", "value": {"operator": "Exists"}}]
         ),
         patch({"spec": {"schedulingGates": [{"$patch": "delete", "name": "example.com/quota"}]}}),
+        patch({"metadata": {"labels": {"agentcred.dev/quarantined": "false"}}}),
+        patch({"metadata": {"labels": {"agentcred.dev/quarantined": "true", "app": "other"}}}),
     ):
         refused_by_policy("pods", attempt)
+    # A leaked value's quarantine is the one label it may add (a NetworkPolicy selects it).
+    patch({"metadata": {"labels": {"agentcred.dev/quarantined": "true"}}})()
+    assert cluster.core.read_namespaced_pod("agent", namespace).metadata.labels == {
+        "app": "agent",
+        "agentcred.dev/quarantined": "true",
+    }
     # Nor create, delete or write a subresource of a pod, even were RBAC widened by mistake.
     cluster.rbac.create_namespaced_role(
         namespace,
@@ -327,7 +335,8 @@ def test_pods_can_only_lose_the_scheduling_gate(
     core.patch_namespaced_pod("agent", namespace, {"metadata": {"annotations": {"agentcred.dev/note": "x"}}})
     pod = cluster.core.read_namespaced_pod("agent", namespace)
     assert [g.name for g in pod.spec.scheduling_gates] == ["example.com/quota"]
-    assert pod.spec.containers[0].image == "registry.example/agent:1" and pod.metadata.labels == {"app": "agent"}
+    assert pod.spec.containers[0].image == "registry.example/agent:1"
+    assert pod.metadata.labels == {"app": "agent", "agentcred.dev/quarantined": "true"}
 
 
 def _may(cluster: Cluster, verb: str, resource: str, subresource: str, namespace: str) -> bool:

@@ -84,7 +84,7 @@ def test_job_receives_a_minted_token_and_loses_it_when_the_job_completes(
     assert revoked[0]["reason"] == "task-succeeded" and revoked[0]["tokenId"] == claims["jti"]
     issued = audit_lines(operator, "issue", podUID=pod["metadata"]["uid"])
     assert issued[0]["job"] == "task" and issued[0]["serviceAccount"] == "research-agent"
-    assert issued[0]["fingerprint"].startswith("sha256:") and "value" not in issued[0]
+    assert issued[0]["fingerprint"].startswith("hmac-sha256:") and "value" not in issued[0]
 
 
 def test_failed_job_revokes(cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str) -> None:

@@ -48,3 +48,20 @@ def test_findings_and_counts() -> None:
     for render in (render_table, render_json, render_csv):
         text = render(inventory)
         assert "agentcred-2222222222222222" in text and "ciso@example.com" in text
+
+
+def test_a_compromised_static_value_is_a_finding_until_rotated() -> None:
+    leaked = body("vendor", source=STATIC_SOURCE, exception=EXCEPTION)
+    condition = {
+        "type": "Compromised",
+        "status": "True",
+        "reason": "LeakReported",
+        "message": "a value of this credential was reported leaked (fingerprint hmac-sha256:0123456789ab)",
+        "lastTransitionTime": "2026-11-28T11:00:00Z",
+    }
+    leaked["status"] = {"conditions": [condition]}
+    rotated = body("rotated", source=STATIC_SOURCE, exception=EXCEPTION)
+    rotated["status"] = {"conditions": [{**condition, "status": "False", "reason": "Rotated"}]}
+    inventory = build_inventory([leaked, rotated], [], set(), NOW)
+    assert [(f.kind, f.name) for f in inventory.needs_action({"compromised"})] == [("compromised", "vendor")]
+    assert "hmac-sha256:0123456789ab" in render_table(inventory)

@@ -11,6 +11,7 @@ Status = Literal["True", "False", "Unknown"]
 
 READY = "Ready"
 SOURCE_AVAILABLE = "SourceAvailable"
+COMPROMISED = "Compromised"  # a static value was reported leaked and is not rotated yet
 
 
 def set_condition(

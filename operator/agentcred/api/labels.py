@@ -16,6 +16,9 @@ BINDING_ANNOTATION = f"{GROUP}/binding"
 ADMITTED_ANNOTATION = f"{GROUP}/admitted-at"  # when; maxLifetime counts from here
 SEAL_ANNOTATION = f"{GROUP}/admission-seal"  # the webhook's MAC over what it admitted
 SCHEDULING_GATE = f"{GROUP}/credentials"
+# On pods (set by the operator): a value leaked and `spec.onLeak: quarantine` -- for a
+# NetworkPolicy to select. Once set it cannot be removed (the pod guard).
+QUARANTINED_LABEL = f"{GROUP}/quarantined"
 
 # On the per-pod Secrets the operator manages.
 MANAGED_LABEL = f"{GROUP}/managed"

@@ -25,6 +25,7 @@ from .schema import (
     JwtAlgorithm,
     Model,
     NonEmpty,
+    OnLeak,
     Pattern,
     SourceKind,
     TaskDuration,
@@ -228,6 +229,13 @@ class AgentCredentialSpec(Model):
     projection: Projection
     exception: ExceptionApproval | None = None
     review: Review | None = None
+    on_leak: OnLeak = Field(
+        default="reissue",
+        description="What a pod gets after its value is reported leaked (the value is revoked either way): "
+        "reissue (a fresh value in the still-running pod; for secretRef sources only once the upstream "
+        "Secret holds a different value) or quarantine (nothing more; the pod is labelled "
+        "agentcred.dev/quarantined=true for a NetworkPolicy to select).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> AgentCredentialSpec:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -22,11 +21,6 @@ from .times import format_time, parse_time
 # revocation that it did not write.
 Sign = Callable[[bytes], str]
 Verify = Callable[[bytes, object], bool]
-
-
-def fingerprint(value: bytes) -> str:
-    """A short, one-way identifier of a value for logs and audit; never the value itself."""
-    return "sha256:" + hashlib.sha256(value).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -74,7 +68,7 @@ class IssuedValue:
     issued_at: dt.datetime
     expires_at: dt.datetime
     task_started_at: dt.datetime  # first issuance in this task: maxLifetime counts from here
-    fingerprint: str
+    fingerprint: str  # keyed (platform.fingerprints): never the value, no guessing oracle
     token_id: str | None = None  # a JWT's jti, or the minting service's id for the value
     renewals: int = 0
     source: str = "jwt"

@@ -16,6 +16,7 @@ Category = Literal["model", "tool", "retrieval", "deployment"]
 CATEGORIES: tuple[str, ...] = Category.__args__  # type: ignore[attr-defined]
 SourceKind = Literal["jwt", "secretRef", "webhook"]
 JwtAlgorithm = Literal["EdDSA", "ES256", "RS256"]
+OnLeak = Literal["reissue", "quarantine"]
 
 # Task durations (ttl, renewBefore, maxLifetime) use the units the API server's CEL
 # `duration()` understands (s, m, h), so the schema can compare them; review cadences

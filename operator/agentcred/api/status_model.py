@@ -39,6 +39,20 @@ class RenewalOutcome(Model):
     renewed: int
 
 
+class Compromise(Model):
+    """A static value reported leaked: no pod gets it again until the upstream Secret changes."""
+
+    fingerprint: Annotated[str, StringConstraints(max_length=128)] = Field(
+        description="Keyed fingerprint of the leaked value (never the value)."
+    )
+    upstream_version: Annotated[str, StringConstraints(max_length=64)] | None = Field(
+        default=None,
+        description="resourceVersion of the upstream Secret when reported: once the fingerprint's key "
+        "is retired and gone, any change of the Secret ends the compromise.",
+    )
+    reported_at: dt.datetime = Field(description="When the leak was reported.")
+
+
 class AgentCredentialStatus(Model):
     """What the operator observed and did: conditions, live projections, counts, expiry."""
 
@@ -61,3 +75,6 @@ class AgentCredentialStatus(Model):
     exception_expired: bool | None = None
     last_revocation: RevocationOutcome | None = None
     last_renewal: RenewalOutcome | None = None
+    compromised: Annotated[list[Compromise], Field(max_length=16)] | None = Field(
+        default=None, description="Static values reported leaked and not yet rotated upstream (condition Compromised)."
+    )

@@ -87,8 +87,9 @@ def _cel_value(field: str, key: str, obj: str) -> str:
 def pod_guard(name: str = DEFAULT_CONFIGURATION_NAME) -> list[tuple[str, dict[str, Any]]]:
     """An in-tree ValidatingAdmissionPolicy (and its binding) that refuses, for any pod that
     carries or would carry the opt-in label, adding, changing or removing the label or what
-    the webhook sealed. It needs no webhook, so it holds even while the operator is down."""
+    the webhook sealed, and lifting a quarantine. It needs no webhook, so it holds even while the operator is down."""
     label = f"'{labels.INJECT_LABEL}'"
+    quarantined = f"'{labels.QUARANTINED_LABEL}'"
     annotations = ", ".join(f"'{a}'" for a in GUARDED_ANNOTATIONS)
     policy_name = f"{name}-pod-guard"
     meta = {"labels": {"app.kubernetes.io/name": "agentcred"}}
@@ -117,6 +118,16 @@ def pod_guard(name: str = DEFAULT_CONFIGURATION_NAME) -> list[tuple[str, dict[st
                     f"{_cel_value('annotations', 'k', 'oldObject')})",
                     "message": f"the annotations {', '.join(GUARDED_ANNOTATIONS)} cannot change after admission: "
                     "delete the pod and create it again",
+                    "reason": "Forbidden",
+                },
+                {
+                    # A quarantine is what a NetworkPolicy selects: whoever may update the pod
+                    # must not be able to lift it.
+                    "expression": f"{_cel_value('labels', quarantined, 'oldObject')} == '' || "
+                    f"{_cel_value('labels', quarantined, 'object')} == "
+                    f"{_cel_value('labels', quarantined, 'oldObject')}",
+                    "message": f"the {labels.QUARANTINED_LABEL} label cannot be changed or removed: the pod's "
+                    "credential leaked; delete the pod",
                     "reason": "Forbidden",
                 },
             ],

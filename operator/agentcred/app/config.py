@@ -49,6 +49,8 @@ class OperatorConfig:
     lease_duration: int = 15  # seconds without renewal before a follower takes over
     lease_renew: float = 5.0
     status_interval: float = 1.0
+    # ServiceAccounts (namespace/name, comma-separated) that may report and trace leaked values.
+    leak_reporters: str = ""
 
     @property
     def names(self) -> labels.StateNames:
@@ -87,6 +89,7 @@ class OperatorConfig:
             lease_duration=int(_env("LEASE_DURATION", str(cls.lease_duration))),
             lease_renew=float(_env("LEASE_RENEW", str(cls.lease_renew))),
             status_interval=float(_env("STATUS_INTERVAL", str(cls.status_interval))),
+            leak_reporters=_env("LEAK_REPORTERS", cls.leak_reporters),
         )
 
 

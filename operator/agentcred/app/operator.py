@@ -25,10 +25,12 @@ from ..api import labels
 from ..api.pods import PodTask
 from ..api.projection import parse_projection
 from ..api.webhook_configuration import configuration, pod_guard
+from ..platform.fingerprints import Fingerprints
 from ..platform.keys import KeyRing
 from ..platform.kube import Kube, NotFound, load_configuration
 from ..platform.revocations import RevocationList
 from ..rules.credentials import CredentialRecord, Gatekeeper
+from ..rules.leaks import parse_reporters
 from ..rules.seal import Bookkeeping
 from ..runtime.audit import AuditTrail
 from ..runtime.callers import RateLimiter, ReviewGate
@@ -40,6 +42,8 @@ from ..runtime.health import Health
 from ..runtime.health import serve as serve_health
 from ..runtime.keyring import load_keyring, maintain_keyring_forever
 from ..runtime.leader import Leadership
+from ..runtime.leak_intake import LEAK_INTAKE, LeakIntake
+from ..runtime.leak_response import LeakResponder
 from ..runtime.reconciler import Reconciler
 from ..runtime.requests import Requests
 from ..runtime.revocation_store import RevocationStore
@@ -50,6 +54,7 @@ from ..runtime.status_writer import StatusWriter
 from ..runtime.statusbook import StatusBook
 from ..runtime.store import ProjectionStore
 from ..runtime.token_service import TokenService
+from ..runtime.tracer import Tracer
 from ..sources.base import Sources
 from ..sources.jwt import JwtSource
 from ..sources.minting_service import MintingServiceSource
@@ -153,13 +158,16 @@ class Operator:
         self.book = StatusBook()
         self.store = ProjectionStore()
         self.scheduler = Scheduler(self._scheduled, partition=_namespace_of)
+        self.fingerprints = Fingerprints(self.current_keyring)
         self.jwt = JwtSource(self.current_keyring, config.effective_issuer)
         self.minting = MintingServiceSource(
+            self.fingerprints,
             on_revoke_failure=lambda record, message: self.events.post(
                 record.owner_ref, "Warning", "ServiceRevokeFailed", message
-            )
+            ),
         )
-        self.sources = Sources(self.jwt, StaticSource(kube.find_secret), self.minting)
+        static = StaticSource(kube.find_secret, self.fingerprints, self.book.marks, self.book.rotated)
+        self.sources = Sources(self.jwt, static, self.minting)
         revoker = Revoker(self.audit, self.sources, self.book, self.events, self.credential, self.revocations)
         self.bookkeeping = Bookkeeping(self.current_keyring)
         self.reconciler = Reconciler(
@@ -219,6 +227,7 @@ class Operator:
         app = build_app(
             issuer=config.effective_issuer, keyring=self.current_keyring, revocations=self.revocations, tokens=tokens
         )
+        app[LEAK_INTAKE] = self._leak_intake(kube)
         self._runners.append(await serve(app, config.api_address, config.api_port, certfile, keyfile))
         health = Health(ports=(config.webhook_port, config.api_port), warm=self.warm)
         self._runners.append(await serve_health(health, config.health_address, config.health_port))
@@ -357,6 +366,37 @@ class Operator:
         """A leader that has not yet listed its Secrets and re-planned serves no one."""
         listing = self.leading() and self.warm.is_set() and not self.reconciler.loaded.is_set()
         return "taking over (listing the managed Secrets)" if listing else None
+
+    def _leak_intake(self, kube: Kube) -> LeakIntake:
+        config = self.config
+        tracer = Tracer(
+            keyring=self.current_keyring,
+            issuer=config.effective_issuer,
+            fingerprints=self.fingerprints,
+            store=self.store,
+            revocations=self.revocations,
+            pod=self.pod,
+            credential=self.credential,
+        )
+        responder = LeakResponder(
+            tracer,
+            self.reconciler,
+            kube,
+            credential=self.credential,
+            pod=self.pod,
+            book=self.book,
+            audit=self.audit,
+            events=self.events,
+            operator_namespace=config.namespace,
+        )
+        return LeakIntake(
+            responder,
+            review=lambda token: kube.review_token(token, [labels.SERVICE_ACCOUNT_AUDIENCE]),
+            reporters=parse_reporters(config.leak_reporters),
+            # A leader still listing its Secrets would answer "unknown" for values it holds.
+            leading=lambda: self.leading() and self.reconciler.loaded.is_set(),
+            audit=self.audit,
+        )
 
     def _set_keyring(self, ring: KeyRing) -> None:
         self.keyring = ring

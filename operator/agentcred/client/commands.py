@@ -1,4 +1,4 @@
-"""The commands people run against a cluster: revoke, renew, verify, rotate-key, inventory."""
+"""The commands people run against a cluster: revoke, renew, verify, rotate-key, inventory, trace, leak."""
 
 from __future__ import annotations
 
@@ -143,3 +143,60 @@ def cmd_inventory(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _leak_items(args: argparse.Namespace) -> list[dict[str, Any]] | None:
+    """What to ask about: a fingerprint, a token id, or the value from stdin (never argv)."""
+    if getattr(args, "fingerprint", None):
+        return [{"fingerprint": args.fingerprint}]
+    if getattr(args, "token", None):
+        return [{"tokenId": args.token}]
+    value = sys.stdin.read()
+    if value.endswith("\n") and "\n" not in value[:-1]:
+        value = value[:-1]  # `echo` and editors add one; a value never ends with it (tried both anyway)
+    if not value:
+        print("paste the suspected value on stdin, or give --fingerprint or --token", file=sys.stderr)
+        return None
+    item: dict[str, Any] = {"token": value}
+    for key in ("type", "url", "source"):
+        if getattr(args, f"found_{key}", None):
+            item[key] = getattr(args, f"found_{key}")
+    return [item]
+
+
+def _intake(args: argparse.Namespace, path: str) -> tuple[int, list[dict[str, Any]]]:
+    from .leaks import IntakeError, ask, reporter_token
+
+    items = _leak_items(args)
+    if items is None:
+        return 2, []
+    try:
+        token = reporter_token(args.token_file, args.reporter)
+        return 0, ask(args.url, path, token, items, args.cafile)
+    except IntakeError as error:
+        print(str(error), file=sys.stderr)
+        return 2, []
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    import json
+
+    from .leaks import render
+
+    status, answers = _intake(args, "/v1/trace")
+    if status:
+        return status
+    sys.stdout.write(json.dumps(answers, indent=2) + "\n" if args.output == "json" else render(answers, False))
+    return 0 if all(a.get("verdict") == "ours" for a in answers) else 1
+
+
+def cmd_leak(args: argparse.Namespace) -> int:
+    import json
+
+    from .leaks import render
+
+    status, answers = _intake(args, "/v1/leaks")
+    if status:
+        return status
+    sys.stdout.write(json.dumps(answers, indent=2) + "\n" if args.output == "json" else render(answers, True))
+    return 0 if all(a.get("verdict") == "ours" for a in answers) else 1

@@ -2,7 +2,8 @@
 
 Every credential with its owner, source, TTL, live projections and last issue; static
 exceptions with approver and expiry; and the findings that need someone to act: expired
-exceptions, overdue reviews, orphaned Secrets, owners without a contact, credentials that
+exceptions, static values reported leaked and not yet rotated upstream (`compromised`),
+overdue reviews, orphaned Secrets, owners without a contact, credentials that
 are not Ready. Reads are paginated and metadata-only: no Secret value is ever fetched.
 """
 
@@ -23,7 +24,15 @@ from ..api import labels, model
 from ..rules.credentials import credential_record
 from ..rules.verdicts import review_due
 
-FINDING_KINDS = ("expired-exception", "exception-expiring", "overdue-review", "orphan", "no-owner-contact", "not-ready")
+FINDING_KINDS = (
+    "compromised",
+    "expired-exception",
+    "exception-expiring",
+    "overdue-review",
+    "orphan",
+    "no-owner-contact",
+    "not-ready",
+)
 EXPIRING_WITHIN = dt.timedelta(days=14)
 PAGE = 500
 CONTACT = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+|https?://\S+")
@@ -155,6 +164,12 @@ def build_inventory(
             )
         if not verdict.ready and verdict.reason != "ExceptionExpired":
             inventory.findings.append(Finding("not-ready", record.namespace, record.name, verdict.message))
+        compromised = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "Compromised" and c.get("status") == "True"),
+            None,
+        )
+        if compromised is not None:
+            inventory.findings.append(Finding("compromised", record.namespace, record.name, compromised["message"]))
         inventory.credentials.append(entry)
     inventory.findings.sort(key=lambda f: (FINDING_KINDS.index(f.kind), f.namespace, f.name))
     return inventory

@@ -31,7 +31,6 @@ from kubernetes import client, config, utils
 
 from ..api import labels
 from ..api.model import GROUP, PLURAL, VERSION
-from ..api.projection import fingerprint
 from .binaries import ensure_binaries
 from .controlplane import ControlPlane, free_port
 from .install import install_agentcred
@@ -146,7 +145,8 @@ def _run(plane: ControlPlane, workdir: Path) -> int:
         mount = next(m for m in pod.spec.containers[0].volume_mounts if m.name.startswith("agentcred-"))
         _say(f"pod {pod.metadata.name} was held by a scheduling gate until its Secret existed, then ran")
         print(f"  file:        {mount.mount_path}/{labels.VALUE_FILE} (read-only, from Secret {secret.metadata.name})")
-        print(f"  fingerprint: {fingerprint(token)}")
+        recorded = json.loads(secret.metadata.annotations[labels.STATE_ANNOTATION])["values"]["research-llm"]
+        print(f"  fingerprint: {recorded['fingerprint']} (keyed: what audit lines and trace name)")
         payload = token.split(b".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4)))
         print("  claims:")

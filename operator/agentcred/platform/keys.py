@@ -272,6 +272,16 @@ def rotate(ring: KeyRing, alg: Algorithm, now: dt.datetime) -> KeyRing:
     return dataclasses.replace(ring, keys=(*retired, new_signing_key(alg, now)))
 
 
+def rotate_mac(ring: KeyRing, purpose: MacPurpose, now: dt.datetime) -> KeyRing:
+    """A new current MAC key for `purpose`; the old one retires but is kept as long as a
+    retired signing key (for fingerprints: while a value it fingerprinted can live)."""
+    retired = tuple(
+        dataclasses.replace(k, retired_at=now) if k.purpose == purpose and k.retired_at is None else k
+        for k in ring.macs
+    )
+    return dataclasses.replace(ring, macs=(*retired, new_mac_key(purpose, now)))
+
+
 def prune(ring: KeyRing, now: dt.datetime, retention: dt.timedelta = KEY_RETENTION) -> KeyRing:
     """Drop retired keys whose every token has expired."""
 
@@ -283,6 +293,10 @@ def prune(ring: KeyRing, now: dt.datetime, retention: dt.timedelta = KEY_RETENTI
 
 def rotation_due(ring: KeyRing, alg: Algorithm, now: dt.datetime, interval: dt.timedelta | None) -> bool:
     return interval is not None and ring.current(alg).created_at + interval <= now
+
+
+def fingerprint_rotation_due(ring: KeyRing, now: dt.datetime, interval: dt.timedelta | None) -> bool:
+    return interval is not None and ring.mac_key("fingerprint").created_at + interval <= now
 
 
 def encode_jwt(claims: dict[str, Any], key: SigningKey, typ: str = ACCESS_TOKEN_TYPE) -> str:
@@ -320,3 +334,16 @@ def decode_own(token: str, ring: KeyRing) -> tuple[dict[str, Any], dict[str, Any
     if not isinstance(claims, dict):
         raise NotOurs("the token's claims are not a JSON object")
     return header, claims
+
+
+def peek_claims(token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Header and claims of something shaped like a compact JWS, unverified (to tell a forgery
+    that names our issuer from a string that is no token at all), else None."""
+    parts = token.strip().split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        header, claims = json.loads(b64url_decode(parts[0])), json.loads(b64url_decode(parts[1]))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return (header, claims) if isinstance(header, dict) and isinstance(claims, dict) else None

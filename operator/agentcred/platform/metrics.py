@@ -33,6 +33,13 @@ denied = Counter(
 exchanged = Counter(
     "agentcred_tokens_issued_total", "Access tokens issued at the token endpoint.", ["category"], registry=REGISTRY
 )
+leaks = Counter(
+    "agentcred_leaks_reported_total",
+    "Reported values, by category and outcome (revoked, already-revoked, expired, not-ours, unknown).",
+    ["category", "outcome"],
+    registry=REGISTRY,
+)
+LEAK_OUTCOMES = frozenset({"revoked", "already-revoked", "expired", "not-ours", "unknown"})
 active = Gauge("agentcred_active_projections", "Live values held by pods.", ["category"], registry=REGISTRY)
 webhook_latency = Histogram(
     "agentcred_webhook_duration_seconds", "Admission webhook handling time.", buckets=FAST_BUCKETS, registry=REGISTRY
@@ -93,6 +100,9 @@ def observe_audit(entry: dict[str, Any]) -> None:
         revoked.labels(category, str(entry.get("reason", UNKNOWN))).inc()
     elif action == "deny":
         denied.labels(category, str(entry.get("reason", UNKNOWN))).inc()
+    elif action == "leak":
+        outcome = entry.get("outcome")
+        leaks.labels(category, outcome if outcome in LEAK_OUTCOMES else UNKNOWN).inc()
 
 
 def set_active(counts: dict[str, int]) -> None:

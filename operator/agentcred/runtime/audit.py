@@ -1,4 +1,4 @@
-"""The audit trail: one JSON line per issue, renew, revoke, deny, exchange and void.
+"""The audit trail: one JSON line per issue, renew, revoke, deny, exchange, void, leak and trace.
 
 Each line ties an act to one credential and one pod (name and UID), its Job and its
 ServiceAccount, with a token id or a value fingerprint -- never the value itself. Issue,
@@ -22,7 +22,7 @@ from ..platform import metrics
 from ..platform.kube import status_of
 from ..rules.credentials import CredentialRecord
 
-Action = Literal["issue", "renew", "revoke", "deny", "exchange", "revoke-token", "void", "leak"]
+Action = Literal["issue", "renew", "revoke", "deny", "exchange", "revoke-token", "void", "leak", "trace"]
 Entry = dict[str, Any]
 
 

@@ -29,6 +29,7 @@ from ..platform import metrics
 from ..platform.keys import ALGORITHMS, KeyRing
 from ..platform.revocations import RevocationList
 from ..rules.oauth import MAX_BODY, OAuthError, authorization_server_metadata
+from . import leak_intake
 from .token_service import NO_STORE, TokenService
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ def build_app(
         app.router.add_post(f"{prefix}/oauth2/token", _oauth(token))
         app.router.add_post(f"{prefix}/oauth2/introspect", _oauth(introspect))
         app.router.add_post(f"{prefix}/oauth2/revoke", _oauth(revoke))
+    leak_intake.add_routes(app)
     return app
 
 

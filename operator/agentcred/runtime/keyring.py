@@ -11,7 +11,16 @@ from collections.abc import Callable
 
 from ..api.labels import ROLE_LABEL, ROTATE_ANNOTATION, ROTATED_ANNOTATION
 from ..api.times import utcnow
-from ..platform.keys import ALGORITHMS, KEYRING_KEY, KeyRing, prune, rotate, rotation_due
+from ..platform.keys import (
+    ALGORITHMS,
+    KEYRING_KEY,
+    KeyRing,
+    fingerprint_rotation_due,
+    prune,
+    rotate,
+    rotate_mac,
+    rotation_due,
+)
 from ..platform.kube import Kube, status_of
 
 log = logging.getLogger(__name__)
@@ -52,13 +61,16 @@ async def load_keyring(kube: Kube, namespace: str, name: str) -> KeyRing:
 
 
 def _shape(ring: KeyRing) -> tuple[tuple[str, str | None], ...]:
-    return tuple((key.kid, key.retired_at.isoformat() if key.retired_at else None) for key in ring.keys)
+    keys = [(key.kid, key.retired_at) for key in ring.keys] + [(key.id, key.retired_at) for key in ring.macs]
+    return tuple((name, retired.isoformat() if retired else None) for name, retired in keys)
 
 
 def plan_keyring(
     ring: KeyRing, annotations: dict[str, str], now: dt.datetime, interval: dt.timedelta | None
 ) -> tuple[KeyRing, str | None]:
-    """The key ring after requested and scheduled rotations and pruning, and the request handled."""
+    """The key ring after requested and scheduled rotations and pruning, and the request handled.
+    The fingerprint key rotates with the signing keys; its predecessor stays kept (retired)
+    while values it fingerprinted can live, so they can still be traced."""
     handled = None
     try:
         request = json.loads(annotations.get(ROTATE_ANNOTATION) or "{}")
@@ -69,10 +81,14 @@ def plan_keyring(
         for alg in ALGORITHMS:
             if wanted in ("all", alg):
                 ring = rotate(ring, alg, now)
+        if wanted in ("all", "fingerprint"):
+            ring = rotate_mac(ring, "fingerprint", now)
         handled = str(request["id"])
     for alg in ALGORITHMS:
         if rotation_due(ring, alg, now, interval):
             ring = rotate(ring, alg, now)
+    if fingerprint_rotation_due(ring, now, interval):
+        ring = rotate_mac(ring, "fingerprint", now)
     return prune(ring, now), handled
 
 

@@ -138,8 +138,11 @@ class Reconciler:
         """The pods held back by a problem of this credential (forgotten once asked)."""
         return self._waiting.pop((namespace, credential), set())
 
-    async def revoke_value(self, key: str, credential: str, reason: str, pod_name: str | None = None) -> int:
-        """Revoke one credential's live value in one projection now (1 if there was one)."""
+    async def revoke_value(
+        self, key: str, credential: str, reason: str, pod_name: str | None = None, tombstone: bool = True
+    ) -> int:
+        """Revoke one credential's live value in one projection now (1 if there was one);
+        `tombstone=False` lets a later plan issue it again (a leaked static value, once rotated)."""
         async with self._locks.setdefault(key, asyncio.Lock()):
             for _ in range(3):
                 state = self.store.get(key)
@@ -148,9 +151,12 @@ class Reconciler:
                 task = self.pod(key)
                 subject = Subject.of_task(task) if task else Subject.of_state(state)
                 revocation = Revocation(credential, state.values[credential], reason)
-                patch = secret_patch(
-                    without(state, {credential: reason}), {}, (credential,), previous=state, sign=self.bookkeeping.sign
+                remaining = (
+                    without(state, {credential: reason})
+                    if tombstone
+                    else dataclasses.replace(state, values={k: v for k, v in state.values.items() if k != credential})
                 )
+                patch = secret_patch(remaining, {}, (credential,), previous=state, sign=self.bookkeeping.sign)
                 write = functools.partial(self.kube.patch_secret, state.namespace, state.secret_name, patch)
                 try:
                     written = await self.revoker.revoke(subject, [revocation], write, tell_pod=task is not None)

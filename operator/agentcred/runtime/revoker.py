@@ -42,9 +42,22 @@ class Revocation:
     reason: str
 
 
-# Reasons that revoke what a pod held without barring it: its bookkeeping was unreadable, so
-# only the tokens issued until now go (a fresh value may follow).
-FRESH_START = frozenset({"unreadable-state"})
+# A leaked value: every token of the pod for that credential issued until now goes, a fresh one
+# may follow (`spec.onLeak: reissue`); with `quarantine` the pod is barred instead.
+LEAKED = "leaked"
+QUARANTINED = "leaked-quarantine"
+# Reasons that revoke what a pod held without barring it: its bookkeeping was unreadable, or
+# its value leaked, so only the tokens issued until now go (a fresh value may follow).
+FRESH_START = frozenset({"unreadable-state", LEAKED})
+
+
+def cut_off(now: dt.datetime) -> dt.datetime:
+    """Where a leak's revocation ends: the next whole second. Tokens carry whole seconds
+    (`iat`), so a cut-off inside a second would cover a fresh token minted in that second and
+    spare none of the old; a fresh value is minted only once this moment has passed."""
+    return now.replace(microsecond=0) + dt.timedelta(seconds=1)
+
+
 # No token of ours lives longer than this (ttl is capped at 24h) plus an exchange's 5 minutes.
 LONGEST_TOKEN = dt.timedelta(hours=24) + EXCHANGE_MAX_TTL
 
@@ -115,7 +128,7 @@ class Revoker:
         sealed), so whichever replica answers refuses every token of it."""
         assert subject.pod_uid
         until = self._covered_until(subject, revocation, record, now)
-        before = now if revocation.reason in FRESH_START else None
+        before = cut_off(now) if revocation.reason == LEAKED else now if revocation.reason in FRESH_START else None
         self.revocations.revoke(subject.pod_uid, revocation.credential, until, before)
 
     @staticmethod

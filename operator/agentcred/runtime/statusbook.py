@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api import conditions
+from ..api.fingerprints import short
 from ..api.projection import format_time
 from ..rules.credentials import CredentialRecord
+from ..rules.leaks import Compromise
 from ..rules.status import spec_status
 
 Key = tuple[str, str]
@@ -28,6 +30,7 @@ class Tally:
     last_issued: str | None
     source_problem: tuple[str, str] | None = None  # (reason, message) while issuing fails
     source_checked: bool = False
+    compromised: list[Compromise] = field(default_factory=list)  # static values reported leaked
 
 
 @dataclass
@@ -44,6 +47,7 @@ class StatusBook:
                 renewed=int(status.get("renewedTotal") or 0),
                 revoked=int(status.get("revokedTotal") or 0),
                 last_issued=status.get("lastIssued"),
+                compromised=[m for m in map(Compromise.from_json, status.get("compromised") or []) if m],
             )
             self.tallies[record.key] = tally
         return tally
@@ -66,6 +70,23 @@ class StatusBook:
         tally = self._tally(record)
         if tally.source_problem != (reason, message):
             tally.source_problem, tally.source_checked = (reason, message), True
+            self.dirty.add(record.key)
+
+    def compromise(self, record: CredentialRecord, mark: Compromise) -> None:
+        """A static value was reported leaked: kept (in status too) until rotated upstream."""
+        tally = self._tally(record)
+        if all(m.fingerprint != mark.fingerprint for m in tally.compromised):
+            tally.compromised = [*tally.compromised, mark][-16:]
+            self.dirty.add(record.key)
+
+    def marks(self, record: CredentialRecord) -> list[Compromise]:
+        return list(self._tally(record).compromised)
+
+    def rotated(self, record: CredentialRecord) -> None:
+        """The upstream value no longer matches any leaked one."""
+        tally = self._tally(record)
+        if tally.compromised:
+            tally.compromised = []
             self.dirty.add(record.key)
 
     def touch(self, key: Key) -> None:
@@ -93,7 +114,22 @@ class StatusBook:
                 generation=record.generation,
                 now=now,
             )
+        if tally.compromised or any(c.get("type") == conditions.COMPROMISED for c in status["conditions"]):
+            names = ", ".join(short(m.fingerprint) for m in tally.compromised)
+            status["conditions"] = conditions.set_condition(
+                status["conditions"],
+                type_=conditions.COMPROMISED,
+                status="True" if tally.compromised else "False",
+                reason="LeakReported" if tally.compromised else "Rotated",
+                message=f"a value of this credential was reported leaked (fingerprint {names}): no pod receives "
+                "it again; rotate it in the upstream Secret"
+                if tally.compromised
+                else "the upstream Secret no longer holds a value reported leaked",
+                generation=record.generation,
+                now=now,
+            )
         status.update(
+            compromised=[m.to_json() for m in tally.compromised] or None,
             activeProjections=active,
             issuedTotal=tally.issued,
             renewedTotal=tally.renewed,

@@ -324,7 +324,14 @@ class TokenService:
             if len(lineage) > MAX_CHAIN:
                 raise invalid_request(f"the subject token is {len(lineage)} exchanges deep; at most {MAX_CHAIN}")
         if request.narrowed:
-            return Grant(audiences, scope_strings=request.scope, details=request.details, act=act, derived_from=lineage)
+            return Grant(
+                audiences,
+                scope_strings=request.scope,
+                details=request.details,
+                act=act,
+                derived_from=lineage,
+                grant_type=request.grant_type,
+            )
         if parent is not None:  # nothing asked for: what the subject token had, no more
             details = parent.get("authorization_details")
             return Grant(
@@ -334,8 +341,9 @@ class TokenService:
                 details=tuple(details) if isinstance(details, list) else (),
                 act=act,
                 derived_from=lineage,
+                grant_type=request.grant_type,
             )
-        return Grant(audiences, scope=credential_scope(record), act=act)
+        return Grant(audiences, scope=credential_scope(record), act=act, grant_type=request.grant_type)
 
     async def _actor(self, request: TokenRequest, parent: dict[str, Any] | None) -> dict[str, Any] | None:
         """The `act` claim (RFC 8693 §4.1): the actor presented now -- a ServiceAccount, or the

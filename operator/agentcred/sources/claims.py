@@ -5,9 +5,9 @@ and `client_id` (the pod's ServiceAccount), `aud`, `iat`/`nbf`/`exp`, `jti`; a n
 adds `scope` and/or `authorization_details` as granted, and `act` when someone acts through
 the pod (RFC 8693 §4.1). The `agentcred` claim names the credential, its namespace and
 category, the pod, its UID and Job; a token that is not narrowed carries the credential's
-scope patterns there, and an exchanged one the ids of the tokens it came from (so revoking
-one of them revokes it). Verifiers pin a tenant with `agentcred.namespace` and revoke by
-`agentcred.podUID`.
+scope patterns there; one the token service issued names its `grant`, and the ids of the
+agentcred tokens it came from (`derivedFrom`: revoking one of them revokes it). Verifiers pin
+a tenant with `agentcred.namespace` and revoke by `agentcred.podUID`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class Grant:
     details: tuple[dict[str, Any], ...] = ()
     act: dict[str, Any] | None = None
     derived_from: tuple[str, ...] = ()
+    grant_type: str | None = None  # the OAuth grant it was issued by; None: a projected value
 
 
 def token_claims(
@@ -63,6 +64,8 @@ def token_claims(
         issued["scope"] = grant.scope
     if grant.derived_from:
         issued["derivedFrom"] = list(grant.derived_from)
+    if grant.grant_type:
+        issued["grant"] = grant.grant_type
     claims: dict[str, Any] = {
         "iss": issuer,
         "sub": subject,

@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 from ..api.model import SourceKind
 from ..api.pods import PodTask
-from ..api.projection import IssuedValue, Subject, fingerprint
+from ..api.projection import IssuedValue, Subject
+from ..platform.fingerprints import Fingerprints
 from ..platform.keys import DEFAULT_ALGORITHM, KeyRing, encode_jwt
 from ..rules.credentials import CredentialRecord
 from ..rules.planning import Issue
@@ -21,6 +22,7 @@ class JwtSource:
 
     def __init__(self, keyring: Callable[[], KeyRing], issuer: str) -> None:
         self._keyring, self._issuer = keyring, issuer
+        self._fingerprints = Fingerprints(keyring)
 
     async def produce(self, task: PodTask, record: CredentialRecord, issue: Issue, now: dt.datetime) -> Produced:
         spec = record.spec
@@ -44,7 +46,7 @@ class JwtSource:
                 issued_at=now,
                 expires_at=issue.expires_at,
                 task_started_at=issue.task_started_at,
-                fingerprint=fingerprint(value),
+                fingerprint=self._fingerprints(value),
                 token_id=token_id,
                 renewals=issue.renewals,
                 source=self.kind,

@@ -28,7 +28,7 @@ import aiohttp
 from ..api.durations import parse_duration
 from ..api.model import SourceKind
 from ..api.pods import PodTask
-from ..api.projection import IssuedValue, Subject, fingerprint
+from ..api.projection import IssuedValue, Subject
 from ..api.times import parse_time
 from ..rules.credentials import CredentialRecord
 from ..rules.planning import Issue
@@ -64,9 +64,11 @@ class MintingServiceSource:
 
     def __init__(
         self,
+        fingerprint: Callable[[bytes], str],
         per_namespace: int = 8,
         on_revoke_failure: Callable[[CredentialRecord, str], None] = lambda record, message: None,
     ) -> None:
+        self._fingerprint = fingerprint
         self._session: aiohttp.ClientSession | None = None
         self._contexts: dict[str, ssl.SSLContext] = {}
         self._per_namespace = per_namespace
@@ -166,7 +168,7 @@ class MintingServiceSource:
                 issued_at=now,
                 expires_at=expires_at,
                 task_started_at=issue.task_started_at,
-                fingerprint=fingerprint(value),
+                fingerprint=self._fingerprint(value),
                 token_id=token_id,
                 renewals=issue.renewals,
                 source=self.kind,

@@ -2,7 +2,8 @@
 
 The operator can read Secrets its tenants cannot, so the copy happens only when the Secret
 as read right now is shared with this very credential. A static value cannot be revoked
-upstream: revoking removes it from the pod, nothing more.
+upstream: revoking removes it from the pod, nothing more. A value reported leaked is copied
+to no pod again until the upstream Secret holds a different one.
 """
 
 from __future__ import annotations
@@ -13,21 +14,35 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..api import labels
+from ..api.fingerprints import short
 from ..api.model import SourceKind
 from ..api.pods import PodTask
-from ..api.projection import IssuedValue, Subject, fingerprint
+from ..api.projection import IssuedValue, Subject
+from ..platform.fingerprints import Fingerprints
 from ..rules.credentials import CredentialRecord, shared_secret, upstream_problem
+from ..rules.leaks import Compromise, still_compromised
 from ..rules.planning import Issue
 from .base import Produced, SourceUnavailable
 
 SecretReader = Callable[[str, str], Awaitable[dict[str, Any] | None]]
 
 
+def _no_marks(record: CredentialRecord) -> list[Compromise]:
+    return []
+
+
 class StaticSource:
     kind: SourceKind = "secretRef"
 
-    def __init__(self, read_secret: SecretReader) -> None:
-        self._read_secret = read_secret
+    def __init__(
+        self,
+        read_secret: SecretReader,
+        fingerprints: Fingerprints,
+        compromised: Callable[[CredentialRecord], list[Compromise]] = _no_marks,
+        rotated: Callable[[CredentialRecord], None] = lambda record: None,
+    ) -> None:
+        self._read_secret, self._fingerprints = read_secret, fingerprints
+        self._compromised, self._rotated = compromised, rotated
 
     async def produce(self, task: PodTask, record: CredentialRecord, issue: Issue, now: dt.datetime) -> Produced:
         spec = record.spec
@@ -40,6 +55,17 @@ class StaticSource:
             raise SourceUnavailable(problem.reason, f"AgentCredential {record.name}: {problem.message}")
         assert upstream is not None
         value = base64.b64decode(upstream["data"][ref.key])
+        marks = self._compromised(record)
+        version = upstream["metadata"].get("resourceVersion")
+        for mark in marks:
+            if still_compromised(mark, self._fingerprints.under(mark.fingerprint, value), version):
+                raise SourceUnavailable(
+                    "Compromised",
+                    f"AgentCredential {record.name}: the value in Secret {ref.name} (fingerprint "
+                    f"{short(mark.fingerprint)}) was reported leaked; rotate it upstream",
+                )
+        if marks:
+            self._rotated(record)
         return Produced(
             value,
             IssuedValue(
@@ -48,7 +74,7 @@ class StaticSource:
                 issued_at=now,
                 expires_at=issue.expires_at,
                 task_started_at=issue.task_started_at,
-                fingerprint=fingerprint(value),
+                fingerprint=self._fingerprints(value),
                 renewals=issue.renewals,
                 source=self.kind,
             ),

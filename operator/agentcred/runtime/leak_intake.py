@@ -1,0 +1,160 @@
+"""The leak intake on the operator's HTTPS endpoint, for scanners, SIEMs and `agentcred leak`:
+
+POST /v1/leaks   a report: a JSON array of {token, type, url, source} (the shape secret-scanning
+                 services send; `fingerprint` or `tokenId` instead of `token` from the CLI);
+                 every value found is contained (see `leak_response`), each answered
+POST /v1/trace   the same body: whose each value is and its state, nothing changed
+
+Callers send a ServiceAccount token (audience `agentcred`) as a bearer token; the API server
+reviews it, and only ServiceAccounts listed as leak reporters (`--leak-reporters`, the Helm
+value `leakResponse.reporters`) are heard. The leader answers (it holds the bookkeeping and
+writes); another replica answers 503 with Retry-After, and the client asks again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from ..platform.kube import status_of
+from ..rules.leaks import MAX_BODY, BadReport, parse_report
+from .audit import AuditTrail
+from .leak_response import LeakResponder, Reporter
+
+REVIEW_TTL = 10.0  # seconds a reviewed token's answer is kept (by hash, never the token)
+CONCURRENT_ITEMS = 16
+REFUSAL_RATE, REFUSAL_BURST = 2.0, 20  # refused tokens per second per address, and the burst
+
+
+@dataclass
+class LeakIntake:
+    responder: LeakResponder
+    review: Callable[[str], Awaitable[dict[str, Any]]]  # a TokenReview
+    reporters: frozenset[str]  # namespace/name
+    leading: Callable[[], bool]
+    audit: AuditTrail
+    _reviews: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
+    _answers: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
+    _refusals: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    async def reporter(self, authorization: str | None, source: str) -> Reporter:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise BadReport(401, "missing-token", "send a reporter's ServiceAccount token as 'Authorization: Bearer'")
+        if not self._may_try(source, take=False):
+            raise BadReport(429, "rate-limited", "too many refused tokens from this address; slow down")
+        try:
+            return await self._identify(token.strip(), source)
+        except BadReport:
+            self._may_try(source, take=True)
+            raise
+
+    def _may_try(self, source: str, take: bool) -> bool:
+        """A token bucket of refused tokens per client address: a flood of garbage tokens stops
+        costing TokenReviews after a burst. Accepted tokens cost nothing."""
+        now = time.monotonic()
+        tokens, last = self._refusals.get(source, (float(REFUSAL_BURST), now))
+        tokens = min(float(REFUSAL_BURST), tokens + (now - last) * REFUSAL_RATE)
+        if len(self._refusals) > 10_000:  # forget idle addresses rather than grow without bound
+            self._refusals = {k: v for k, v in self._refusals.items() if now - v[1] < 60}
+        self._refusals[source] = (tokens - 1 if take else tokens, now)
+        return tokens >= 1
+
+    async def _identify(self, token: str, source: str) -> Reporter:
+        status = await self._review(token)
+        username = str((status.get("user") or {}).get("username") or "")
+        parts = username.split(":")
+        if not status.get("authenticated") or len(parts) != 4 or parts[:2] != ["system", "serviceaccount"]:
+            self.audit.record(
+                "deny", reason="invalid-token", message="leak report with a token not accepted", source=source
+            )
+            raise BadReport(401, "invalid-token", "the API server did not accept the token as a ServiceAccount's")
+        if f"{parts[2]}/{parts[3]}" not in self.reporters:
+            self.audit.record(
+                "deny",
+                reason="not-a-reporter",
+                message="leak report from a ServiceAccount not listed",
+                reporter=username,
+            )
+            raise BadReport(403, "not-a-reporter", f"{username} is not a leak reporter (leakResponse.reporters)")
+        return Reporter(parts[2], parts[3])
+
+    async def _review(self, token: str) -> dict[str, Any]:
+        key = hashlib.sha256(token.encode()).hexdigest()
+        now = time.monotonic()
+        cached = self._answers.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        async with self._reviews:  # a flood of garbage tokens costs the API server little
+            answer = await self.review(token)
+        if len(self._answers) > 1000:
+            self._answers = {k: v for k, v in self._answers.items() if v[0] > now}
+        self._answers[key] = (now + REVIEW_TTL, answer)
+        return answer
+
+
+LEAK_INTAKE = web.AppKey("agentcred-leak-intake", LeakIntake)
+
+
+def add_routes(app: web.Application) -> None:
+    """Registered by `endpoints.build_app`; answers 404 until the operator sets LEAK_INTAKE."""
+    app.router.add_post("/v1/leaks", _report)
+    app.router.add_post("/v1/trace", _trace)
+
+
+async def _report(request: web.Request) -> web.Response:
+    return await _handle(request, contain=True)
+
+
+async def _trace(request: web.Request) -> web.Response:
+    return await _handle(request, contain=False)
+
+
+async def _handle(request: web.Request, contain: bool) -> web.Response:
+    intake = request.app.get(LEAK_INTAKE)
+    if intake is None:
+        raise web.HTTPNotFound()
+    if not intake.leading():
+        return _refused(BadReport(503, "not-leader", "another replica leads; ask again"), retry_after=1)
+    try:
+        reporter = await intake.reporter(request.headers.get("Authorization"), request.remote or "")
+        body = await _read(request)
+        candidates = parse_report(request.headers.get("Content-Type"), body)
+    except BadReport as refused:
+        return _refused(refused, 1 if refused.status == 429 else None)
+    except Exception as error:  # the API server unreachable for the review, say
+        return _refused(BadReport(503, "unavailable", f"could not review the token ({status_of(error) or error})"), 2)
+    slots = asyncio.Semaphore(CONCURRENT_ITEMS)
+
+    async def answer(index: int) -> dict[str, Any]:
+        async with slots:
+            candidate = candidates[index]
+            if contain:
+                return {"index": index, **await intake.responder.report(candidate, reporter)}
+            return {"index": index, "type": candidate.type, **intake.responder.trace(candidate, reporter).to_json()}
+
+    answers = await asyncio.gather(*(answer(i) for i in range(len(candidates))))
+    return web.json_response(list(answers), headers={"Cache-Control": "no-store"})
+
+
+async def _read(request: web.Request) -> bytes:
+    body = b""
+    while len(body) <= MAX_BODY:  # at most one byte past the limit, then stop reading
+        chunk = await request.content.read(MAX_BODY + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return body
+
+
+def _refused(refused: BadReport, retry_after: int | None = None) -> web.Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return web.json_response(
+        {"error": refused.reason, "message": refused.message}, status=refused.status, headers=headers
+    )
