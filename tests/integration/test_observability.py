@@ -69,9 +69,10 @@ def test_metrics_follow_issue_renew_revoke_and_deny(
         lambda: _value(operator.metrics(), "agentcred_active_projections", category="deployment") >= 1,
         what="the active-projections gauge",
     )
+    # The wrong ServiceAccount for an existing credential: its category is known, and counted.
     assert (
-        _value(during, "agentcred_denied_total", category="unknown", reason="AdmissionRefused")
-        == _value(before, "agentcred_denied_total", category="unknown", reason="AdmissionRefused") + 1
+        _value(during, "agentcred_denied_total", category="deployment", reason="AdmissionRefused")
+        == _value(before, "agentcred_denied_total", category="deployment", reason="AdmissionRefused") + 1
     )
     for histogram in (
         "agentcred_webhook_duration_seconds",

@@ -114,6 +114,7 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
                     "deny",
                     namespace=namespace,
                     reason="AdmissionRefused",
+                    category=refusal.category,
                     message=str(refusal),
                     podName=body.metadata.name or body.metadata.get("generateName"),
                     serviceAccount=body.spec.get("serviceAccountName") or "default",
