@@ -140,6 +140,7 @@ class SecretRefSource(Model):
 
 
 MAX_MINTING_TIMEOUT = "30s"
+HEALTH_PATH = "/healthz"  # appended to the minting service's URL, as /revoke is
 
 
 class WebhookSource(Model):
@@ -169,6 +170,12 @@ class WebhookSource(Model):
     timeout: Duration | None = Field(
         default=None,
         description=f"Per-call timeout, a duration (s, m, h, d; e.g. 5s). Default 5s, at most {MAX_MINTING_TIMEOUT}.",
+    )
+    health_check: bool | None = Field(
+        default=None,
+        description=f"Probe GET <url>{HEALTH_PATH} (any 2xx is healthy) when the credential changes and every "
+        "30s: while it fails the credential is not Ready (reason MintingServiceUnhealthy) and no new pod is "
+        "admitted for it; values already held stay until they expire or their task ends. Default false.",
     )
 
     @model_validator(mode="after")

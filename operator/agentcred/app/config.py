@@ -47,6 +47,7 @@ class OperatorConfig:
     lease_duration: int = 15  # seconds without renewal before a follower takes over
     lease_renew: float = 5.0
     status_interval: float = 1.0
+    health_check_interval: float = 30.0  # seconds between minting-service health checks
 
     @property
     def names(self) -> labels.StateNames:
@@ -84,6 +85,7 @@ class OperatorConfig:
             lease_duration=int(_env("LEASE_DURATION", str(cls.lease_duration))),
             lease_renew=float(_env("LEASE_RENEW", str(cls.lease_renew))),
             status_interval=float(_env("STATUS_INTERVAL", str(cls.status_interval))),
+            health_check_interval=float(_env("HEALTH_CHECK_INTERVAL", str(cls.health_check_interval))),
         )
 
 

@@ -163,6 +163,7 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
             if count is not None:
                 log.info("revoked %d value(s) of %s/%s before its deletion", count, record.namespace, record.name)
             return
+        operator.minting_health.seen(record)
         await operator.credentials.changed(record)
         await operator.credentials.hold(record)
         for annotation, act in (

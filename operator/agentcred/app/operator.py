@@ -40,6 +40,7 @@ from ..runtime.health import Health
 from ..runtime.health import serve as serve_health
 from ..runtime.keyring import load_keyring, maintain_keyring_forever
 from ..runtime.leader import Leadership
+from ..runtime.minting_health import MintingHealth
 from ..runtime.reconciler import Reconciler
 from ..runtime.requests import Requests
 from ..runtime.revocation_store import RevocationStore
@@ -146,6 +147,7 @@ class Operator:
             policies=lambda: {name: first(indices.policies, name) for name in list(indices.policies)},
             namespace_labels=lambda namespace: first(indices.namespaces, namespace),
             shared=lambda namespace, name: first(indices.shared_secrets, (namespace, name)),
+            source_health=lambda namespace, name: self.minting_health.problem(namespace, name),
         )
         self.events = EventRecorder(kube)
         self.book = StatusBook()
@@ -195,6 +197,12 @@ class Operator:
         )
         self.credentials = CredentialEvents(
             kube, self.reconciler, self.requests, self.store, self.book, self.status, self.scheduler, self.credential
+        )
+        self.minting_health = MintingHealth(
+            self.minting.probe,
+            self.raw_credentials,
+            self.credentials.surroundings_changed,
+            interval=config.health_check_interval,
         )
 
         exchange = ExchangeContext(
@@ -255,6 +263,7 @@ class Operator:
             "status writer": lambda: self.status.run(self.raw_credentials),
             "event poster": self.events.run,
             "revocation list": lambda: revocation_store.run(self.leading),
+            "minting-service health checks": self.minting_health.run,
         }
         if self._leadership is not None:
             loops["leader election"] = self._leadership.run
