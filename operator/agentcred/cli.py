@@ -91,7 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("credential", help="AgentCredential name")
     revoke.add_argument("-n", "--namespace", help="its namespace (default: the kubeconfig's)")
     revoke.add_argument("--pod", help="revoke only in this pod")
-    revoke.add_argument("--reason", help="why, for the audit log")
+    revoke.add_argument(
+        "--reason", help="why, in words: goes into the audit line, the pod's Event and the credential's status"
+    )
+    revoke.add_argument(
+        "--evict",
+        action="store_true",
+        help="then evict the pods that held it, with your own rights (create pods/eviction): "
+        "for when the agent itself is the threat; exit 3 if any could not be evicted",
+    )
     revoke.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the operator")
     revoke.set_defaults(func=cmd_revoke)
 

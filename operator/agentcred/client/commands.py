@@ -36,10 +36,29 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     from .requests import request_revoke
 
     status, outcome, namespace = _ask_operator(args, request_revoke, pod=args.pod, reason=args.reason)
-    if status == 0:
-        where = f"pod {args.pod}" if args.pod else "every pod"
-        print(f"revoked {outcome['revoked']} live value(s) of {namespace}/{args.credential} in {where}")
-    return status
+    if status != 0:
+        return status
+    where = f"pod {args.pod}" if args.pod else "every pod"
+    print(f"revoked {outcome['revoked']} live value(s) of {namespace}/{args.credential} in {where}")
+    return _evict(args, namespace) if args.evict else 0
+
+
+def _evict(args: argparse.Namespace, namespace: str) -> int:
+    """Evict the pods that held the credential, as the caller (their rights, their PDBs)."""
+    from kubernetes import config
+
+    from .eviction import evict, holders
+
+    api_client = config.new_client_from_config()
+    outcomes = evict(api_client, namespace, holders(api_client, namespace, args.credential, args.pod))
+    for outcome in outcomes:
+        if outcome.evicted:
+            print(f"evicted pod {outcome.pod}")
+        else:
+            print(f"pod {outcome.pod} not evicted: {outcome.detail}", file=sys.stderr)
+    if not outcomes:
+        print("no running pod holds it: nothing to evict", file=sys.stderr)
+    return 0 if all(outcome.evicted for outcome in outcomes) else 3
 
 
 def cmd_renew(args: argparse.Namespace) -> int:

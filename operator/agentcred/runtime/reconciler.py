@@ -136,8 +136,11 @@ class Reconciler:
         """The pods held back by a problem of this credential (forgotten once asked)."""
         return self._waiting.pop((namespace, credential), set())
 
-    async def revoke_value(self, key: str, credential: str, reason: str, pod_name: str | None = None) -> int:
-        """Revoke one credential's live value in one projection now (1 if there was one)."""
+    async def revoke_value(
+        self, key: str, credential: str, reason: str, pod_name: str | None = None, message: str | None = None
+    ) -> int:
+        """Revoke one credential's live value in one projection now (1 if there was one);
+        `message` is what a person said about it."""
         async with self._locks.setdefault(key, asyncio.Lock()):
             for _ in range(3):
                 state = self.store.get(key)
@@ -145,7 +148,7 @@ class Reconciler:
                     return 0
                 task = self.pod(key)
                 subject = Subject.of_task(task) if task else Subject.of_state(state)
-                revocation = Revocation(credential, state.values[credential], reason)
+                revocation = Revocation(credential, state.values[credential], reason, message)
                 patch = secret_patch(
                     without(state, {credential: reason}), {}, (credential,), previous=state, sign=self.bookkeeping.sign
                 )
