@@ -9,7 +9,7 @@ import sys
 
 from . import __version__
 from .client.commands import cmd_inventory, cmd_renew, cmd_revoke, cmd_rotate_key, cmd_verify
-from .devcluster.commands import cmd_dev_build, cmd_dev_down, cmd_dev_kubeconfig, cmd_dev_up
+from .devcluster.commands import add_dev_commands
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -157,15 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     crd.set_defaults(func=cmd_crd)
 
-    dev = commands.add_parser("dev", help="a local control plane for development").add_subparsers(
-        dest="dev_command", required=True
-    )
-    dev.add_parser("build", help="build (or find in the cache) the control plane binaries").set_defaults(
-        func=cmd_dev_build
-    )
-    dev.add_parser("up", help="start etcd, kube-apiserver, kube-controller-manager").set_defaults(func=cmd_dev_up)
-    dev.add_parser("down", help="stop the local control plane and remove its files").set_defaults(func=cmd_dev_down)
-    dev.add_parser("kubeconfig", help="print the admin kubeconfig path").set_defaults(func=cmd_dev_kubeconfig)
+    add_dev_commands(commands)
     return parser
 
 

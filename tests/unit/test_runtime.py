@@ -320,3 +320,15 @@ def test_a_new_leader_records_what_the_garbage_collector_already_removed(tmp_pat
     assert (collected["action"], collected["podUID"], collected["reason"]) == ("revoke", "pod-uid", "pod-deleted")
     orphaned = next(line for line in lines if line.get("podUID") == "gone-uid")
     assert orphaned["reason"] == "orphaned" and (NS, orphan.secret_name) not in parts.kube.secrets
+
+
+def test_each_checkout_gets_its_own_dev_control_plane(tmp_path) -> None:
+    from agentcred.devcluster.commands import default_name
+
+    one, two = tmp_path / "one" / "agentcred", tmp_path / "two" / "agentcred"
+    for checkout in (one, two):
+        (checkout / ".git").mkdir(parents=True)
+        (checkout / "operator").mkdir()
+    assert default_name(one) == default_name(one / "operator")  # anywhere inside the checkout
+    assert default_name(one) != default_name(two)  # a second clone of the same project
+    assert default_name(one).startswith("agentcred-")
