@@ -50,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .devcluster.demo import run_demo
 
-    return run_demo()
+    return run_demo(keep=args.keep)
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     renew.set_defaults(func=cmd_renew)
 
     demo = commands.add_parser("demo", help="local control plane + operator + an agent Job, end to end")
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the control plane, the operator and the kubelet stand-in running afterwards (print the "
+        "kubeconfig; `agentcred dev down --name demo` stops them)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     verify = commands.add_parser("verify", help="verify an agentcred token and say exactly why it is refused")

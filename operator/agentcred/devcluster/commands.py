@@ -74,7 +74,7 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
         timings["CRDs established, policy and namespace"] = time.monotonic() - step
         if not args.no_kubelet:
             step = time.monotonic()
-            state.pids["kubelet"] = _start_kubelet(Path(state.workdir), state.kubeconfig, args.complete_after)
+            state.pids["kubelet"] = start_kubelet(Path(state.workdir), state.kubeconfig, args.complete_after)
             timings["scheduler/kubelet stand-in started"] = time.monotonic() - step
     except BaseException:
         from .controlplane import stop_processes
@@ -98,7 +98,7 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_kubelet(workdir: Path, kubeconfig: str, complete_after: float) -> int:
+def start_kubelet(workdir: Path, kubeconfig: str, complete_after: float) -> int:
     """The stand-in as its own detached process, logging into the control plane's logs."""
     import os
 
