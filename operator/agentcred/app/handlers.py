@@ -134,6 +134,8 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
             ours = found is None or not seal.foreign(found, operator.current_keyring().mac_keys("admission"))
             if type != "DELETED" and ours:
                 operator.reconciler.checks.flag_unadmitted(dict(body))
+            elif type == "DELETED":
+                operator.reconciler.checks.gone(body.metadata.uid or "")
             return
         if operator.leading():
             if type == "DELETED" and not body.metadata.get("deletionTimestamp"):

@@ -308,6 +308,9 @@ class Operator:
                 states = [s for item in listed if (s := parse_projection(item, self.bookkeeping.verify)) is not None]
                 pods = [key for key in list(self.indices.pods) if isinstance(key, str)]
                 await self.handover.take_over(pods, states)
+                # Labelled pods no webhook admitted (created before it was installed) that a
+                # follower saw at start-up: flagged now that this replica leads.
+                self.reconciler.checks.flag_pending()
                 for record in self.raw_credentials():
                     if record.deleting:
                         await self.credentials.finalize(record)
