@@ -82,9 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="manage the MutatingWebhookConfiguration (default), only inject its CA bundle "
         "(the Helm chart owns it), or leave it alone",
     )
-    run.add_argument("--audit-log", help="audit destination: - for stdout (default) or a file path")
-    run.add_argument("--verbose", action="store_true")
-    run.add_argument("--log-json", action="store_true", help="log as JSON lines")
+    run.add_argument(
+        "--audit-log",
+        help="audit destination: - for stdout (default; stdout then carries audit JSON lines only) or a file path",
+    )
+    run.add_argument("--verbose", action="store_true", help="log every handler call (logs go to stderr)")
+    run.add_argument("--log-json", action="store_true", help="log as JSON lines (on stderr, as plain logs are)")
     run.set_defaults(func=cmd_run)
 
     revoke = commands.add_parser("revoke", help="revoke a credential's live values now (emergency)")
