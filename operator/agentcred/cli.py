@@ -21,8 +21,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .app.handlers import registry_for
     from .app.operator import Operator
 
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig  # read by Kopf's login and the operator's own client
     overrides = {
-        "namespace": args.namespace,
+        "namespace": args.operator_namespace,
         "issuer": args.issuer,
         "webhook_address": args.webhook_address,
         "webhook_port": args.webhook_port,
@@ -65,9 +67,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"agentcred {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the operator against the current kubeconfig")
+    # Every command that talks to a cluster: which one, as kubectl says it.
+    kubeconfig = argparse.ArgumentParser(add_help=False)
+    kubeconfig.add_argument("--kubeconfig", help="the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)")
+    cluster = argparse.ArgumentParser(add_help=False, parents=[kubeconfig])
+    cluster.add_argument("--context", help="the kubeconfig context to use (default: its current context)")
+
+    run = commands.add_parser(
+        "run", parents=[kubeconfig], help="run the operator (in a pod: its ServiceAccount; else the kubeconfig)"
+    )
     run.add_argument("--standalone", action="store_true", help="no leader election: this is the only replica")
-    run.add_argument("--namespace", help="the operator's namespace (keys, certificate, revocations)")
+    run.add_argument(
+        "--operator-namespace",
+        "--namespace",
+        dest="operator_namespace",
+        help="the operator's namespace: its keys, certificate and revocation list (default agentcred)",
+    )
     run.add_argument("--issuer", help="`iss` claim of minted tokens")
     run.add_argument("--webhook-address", help="address the admission webhook listens on")
     run.add_argument("--webhook-port", type=int, help="port the admission webhook listens on")
@@ -90,9 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-json", action="store_true", help="log as JSON lines (on stderr, as plain logs are)")
     run.set_defaults(func=cmd_run)
 
-    revoke = commands.add_parser("revoke", help="revoke a credential's live values now (emergency)")
+    revoke = commands.add_parser("revoke", parents=[cluster], help="revoke a credential's live values now (emergency)")
     revoke.add_argument("credential", help="AgentCredential name")
-    revoke.add_argument("-n", "--namespace", help="its namespace (default: the kubeconfig's)")
+    revoke.add_argument("-n", "--namespace", help="its namespace (default: the kubeconfig context's)")
     revoke.add_argument("--pod", help="revoke only in this pod")
     revoke.add_argument(
         "--reason", help="why, in words: goes into the audit line, the pod's Event and the credential's status"
@@ -106,9 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the operator")
     revoke.set_defaults(func=cmd_revoke)
 
-    renew = commands.add_parser("renew", help="replace a credential's live values now (e.g. after rotating upstream)")
+    renew = commands.add_parser(
+        "renew", parents=[cluster], help="replace a credential's live values now (e.g. after rotating upstream)"
+    )
     renew.add_argument("credential", help="AgentCredential name")
-    renew.add_argument("-n", "--namespace", help="its namespace (default: the kubeconfig's)")
+    renew.add_argument("-n", "--namespace", help="its namespace (default: the kubeconfig context's)")
     renew.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the operator")
     renew.set_defaults(func=cmd_renew)
 
@@ -138,19 +155,36 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--resource", help="the resource the token must cover")
     verify.set_defaults(func=cmd_verify)
 
-    rotate = commands.add_parser("rotate-key", help="make new signing keys current; old ones stay published")
-    rotate.add_argument("--namespace", default="agentcred", help="the operator's namespace")
+    rotate = commands.add_parser(
+        "rotate-key", parents=[cluster], help="make new signing keys current; old ones stay published"
+    )
+    rotate.add_argument(
+        "--operator-namespace", default="agentcred", help="the operator's namespace (default agentcred)"
+    )
     rotate.add_argument(
         "--instance",
         default="agentcred",
         help="the operator's instance name (the Helm release's full name; default agentcred)",
     )
-    rotate.add_argument("--algorithm", choices=["EdDSA", "ES256", "all"], default="all")
-    rotate.add_argument("--timeout", type=float, default=30.0)
+    rotate.add_argument(
+        "--algorithm", choices=["EdDSA", "ES256", "all"], default="all", help="which keys to rotate (default all)"
+    )
+    rotate.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the operator (default 30)")
     rotate.set_defaults(func=cmd_rotate_key)
 
-    inventory = commands.add_parser("inventory", help="every credential per category, exceptions, findings")
-    inventory.add_argument("-o", "--output", choices=["table", "json", "csv"], default="table")
+    inventory = commands.add_parser(
+        "inventory", parents=[cluster], help="every credential per category, exceptions, findings"
+    )
+    where = inventory.add_mutually_exclusive_group()
+    where.add_argument("-n", "--namespace", help="only this namespace")
+    where.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace (the default)")
+    inventory.add_argument(
+        "-o",
+        "--output",
+        choices=["table", "json", "yaml", "csv"],
+        default="table",
+        help="table (default), json or yaml (camelCase keys, as Kubernetes), or csv",
+    )
     inventory.add_argument(
         "--fail-on", help="exit 1 if any finding of these kinds exists, e.g. expired-exception,overdue-review,orphan"
     )
