@@ -204,7 +204,7 @@ class OperatorProcess:
         ensure_namespace(self.cluster, self.namespace)
         self.starts += 1
         log = open(self.log_path, "ab")
-        env = self.cluster.env(AGENTCRED_STATUS_INTERVAL="0.5", **self.extra_env)
+        env = self.cluster.env(AGENTCRED_STATUS_INTERVAL="0.5", AGENTCRED_HEALTH_CHECK_INTERVAL="1", **self.extra_env)
         if self.kubeconfig is not None:
             env["KUBECONFIG"] = str(self.kubeconfig)
         self.process = subprocess.Popen(

@@ -18,6 +18,7 @@ from clusterkit import free_port
 class MintingService:
     def __init__(self) -> None:
         self.mode = "ok"
+        self.healthy = True  # what GET /mint/healthz answers: 200, or 503
         self.redirect_to: str | None = None  # answer every call with a redirect there
         self.calls = 0
         self.minted: list[dict[str, Any]] = []
@@ -56,6 +57,7 @@ class MintingService:
         app = web.Application()
         app.router.add_post("/mint", self._mint)
         app.router.add_post("/mint/revoke", self._revoke)
+        app.router.add_get("/mint/healthz", self._health)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(str(self._dir / "tls.crt"), str(self._dir / "tls.key"))
         self._runner = web.AppRunner(app)
@@ -80,6 +82,9 @@ class MintingService:
         token_id = uuid.uuid4().hex
         self.minted.append({**payload, "id": token_id})
         return web.json_response({"value": f"minted-{token_id}", "id": token_id})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok") if self.healthy else web.Response(status=503, text="draining")
 
     async def _revoke(self, request: web.Request) -> web.Response:
         self.revoked.append(await request.json())

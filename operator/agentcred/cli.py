@@ -9,7 +9,7 @@ import sys
 
 from . import __version__
 from .client.commands import cmd_inventory, cmd_leak, cmd_renew, cmd_revoke, cmd_rotate_key, cmd_trace, cmd_verify
-from .devcluster.commands import cmd_dev_build, cmd_dev_down, cmd_dev_kubeconfig, cmd_dev_up
+from .devcluster.commands import add_dev_commands
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -21,8 +21,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .app.handlers import registry_for
     from .app.operator import Operator
 
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig  # read by Kopf's login and the operator's own client
     overrides = {
-        "namespace": args.namespace,
+        "namespace": args.operator_namespace,
         "issuer": args.issuer,
         "webhook_address": args.webhook_address,
         "webhook_port": args.webhook_port,
@@ -53,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .devcluster.demo import run_demo
 
-    return run_demo()
+    return run_demo(keep=args.keep)
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
@@ -68,9 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"agentcred {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the operator against the current kubeconfig")
+    # Every command that talks to a cluster: which one, as kubectl says it.
+    kubeconfig = argparse.ArgumentParser(add_help=False)
+    kubeconfig.add_argument("--kubeconfig", help="the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)")
+    cluster = argparse.ArgumentParser(add_help=False, parents=[kubeconfig])
+    cluster.add_argument("--context", help="the kubeconfig context to use (default: its current context)")
+
+    run = commands.add_parser(
+        "run", parents=[kubeconfig], help="run the operator (in a pod: its ServiceAccount; else the kubeconfig)"
+    )
     run.add_argument("--standalone", action="store_true", help="no leader election: this is the only replica")
-    run.add_argument("--namespace", help="the operator's namespace (keys, certificate, revocations)")
+    run.add_argument(
+        "--operator-namespace",
+        "--namespace",
+        dest="operator_namespace",
+        help="the operator's namespace: its keys, certificate and revocation list (default agentcred)",
+    )
     run.add_argument("--issuer", help="`iss` claim of minted tokens")
     run.add_argument("--webhook-address", help="address the admission webhook listens on")
     run.add_argument("--webhook-port", type=int, help="port the admission webhook listens on")
@@ -91,31 +106,50 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAMESPACE/SERVICEACCOUNT",
         help="a ServiceAccount allowed to introspect tokens (RFC 7662); repeat for several",
     )
-    run.add_argument("--audit-log", help="audit destination: - for stdout (default) or a file path")
+    run.add_argument(
+        "--audit-log",
+        help="audit destination: - for stdout (default; stdout then carries audit JSON lines only) or a file path",
+    )
     run.add_argument(
         "--leak-reporters",
         help="ServiceAccounts (namespace/name, comma-separated) that may report and trace leaked values "
         "(AGENTCRED_LEAK_REPORTERS)",
     )
-    run.add_argument("--verbose", action="store_true")
-    run.add_argument("--log-json", action="store_true", help="log as JSON lines")
+    run.add_argument("--verbose", action="store_true", help="log every handler call (logs go to stderr)")
+    run.add_argument("--log-json", action="store_true", help="log as JSON lines (on stderr, as plain logs are)")
     run.set_defaults(func=cmd_run)
 
-    revoke = commands.add_parser("revoke", help="revoke a credential's live values now (emergency)")
+    revoke = commands.add_parser("revoke", parents=[cluster], help="revoke a credential's live values now (emergency)")
     revoke.add_argument("credential", help="AgentCredential name")
-    revoke.add_argument("-n", "--namespace", help="its namespace (default: the kubeconfig's)")
+    revoke.add_argument("-n", "--namespace", help="its namespace (default: the kubeconfig context's)")
     revoke.add_argument("--pod", help="revoke only in this pod")
-    revoke.add_argument("--reason", help="why, for the audit log")
+    revoke.add_argument(
+        "--reason", help="why, in words: goes into the audit line, the pod's Event and the credential's status"
+    )
+    revoke.add_argument(
+        "--evict",
+        action="store_true",
+        help="then evict the pods that held it, with your own rights (create pods/eviction): "
+        "for when the agent itself is the threat; exit 3 if any could not be evicted",
+    )
     revoke.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the operator")
     revoke.set_defaults(func=cmd_revoke)
 
-    renew = commands.add_parser("renew", help="replace a credential's live values now (e.g. after rotating upstream)")
+    renew = commands.add_parser(
+        "renew", parents=[cluster], help="replace a credential's live values now (e.g. after rotating upstream)"
+    )
     renew.add_argument("credential", help="AgentCredential name")
-    renew.add_argument("-n", "--namespace", help="its namespace (default: the kubeconfig's)")
+    renew.add_argument("-n", "--namespace", help="its namespace (default: the kubeconfig context's)")
     renew.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the operator")
     renew.set_defaults(func=cmd_renew)
 
     demo = commands.add_parser("demo", help="local control plane + operator + an agent Job, end to end")
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the control plane, the operator and the kubelet stand-in running afterwards (print the "
+        "kubeconfig; `agentcred dev down --name demo` stops them)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     verify = commands.add_parser("verify", help="verify an agentcred token and say exactly why it is refused")
@@ -135,8 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--resource", help="the resource the token must cover")
     verify.set_defaults(func=cmd_verify)
 
-    rotate = commands.add_parser("rotate-key", help="make new signing keys current; old ones stay published")
-    rotate.add_argument("--namespace", default="agentcred", help="the operator's namespace")
+    rotate = commands.add_parser(
+        "rotate-key", parents=[cluster], help="make new signing keys current; old ones stay published"
+    )
+    rotate.add_argument(
+        "--operator-namespace", default="agentcred", help="the operator's namespace (default agentcred)"
+    )
     rotate.add_argument(
         "--instance",
         default="agentcred",
@@ -144,11 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument(
         "--algorithm",
-        choices=["EdDSA", "ES256", "fingerprint", "all"],
+        choices=["EdDSA", "ES256", "RS256", "fingerprint", "all"],
         default="all",
         help="which key: a signing algorithm's, the fingerprint key, or all (default)",
     )
-    rotate.add_argument("--timeout", type=float, default=30.0)
+    rotate.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the operator (default 30)")
     rotate.set_defaults(func=cmd_rotate_key)
 
     for name, func, text in (
@@ -166,15 +204,26 @@ def build_parser() -> argparse.ArgumentParser:
         who = leak.add_mutually_exclusive_group()
         who.add_argument("--token-file", help="a leak reporter's ServiceAccount token (audience agentcred)")
         who.add_argument("--as", dest="reporter", help="request a token for this reporter: NAMESPACE/SERVICEACCOUNT")
-        leak.add_argument("-o", "--output", choices=["table", "json"], default="table")
+        leak.add_argument("-o", "--output", choices=["table", "json"], default="table", help="table (default) or json")
         if name == "leak":
             leak.add_argument("--found-type", help="what kind of string it is, for the audit line")
             leak.add_argument("--found-url", help="where it was found, for the audit line")
             leak.add_argument("--found-source", help="what found it (a scanner, a transcript), for the audit line")
         leak.set_defaults(func=func)
 
-    inventory = commands.add_parser("inventory", help="every credential per category, exceptions, findings")
-    inventory.add_argument("-o", "--output", choices=["table", "json", "csv"], default="table")
+    inventory = commands.add_parser(
+        "inventory", parents=[cluster], help="every credential per category, exceptions, findings"
+    )
+    where = inventory.add_mutually_exclusive_group()
+    where.add_argument("-n", "--namespace", help="only this namespace")
+    where.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace (the default)")
+    inventory.add_argument(
+        "-o",
+        "--output",
+        choices=["table", "json", "yaml", "csv"],
+        default="table",
+        help="table (default), json or yaml (camelCase keys, as Kubernetes), or csv",
+    )
     inventory.add_argument(
         "--fail-on", help="exit 1 if any finding of these kinds exists, e.g. expired-exception,overdue-review,orphan"
     )
@@ -190,15 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     crd.set_defaults(func=cmd_crd)
 
-    dev = commands.add_parser("dev", help="a local control plane for development").add_subparsers(
-        dest="dev_command", required=True
-    )
-    dev.add_parser("build", help="build (or find in the cache) the control plane binaries").set_defaults(
-        func=cmd_dev_build
-    )
-    dev.add_parser("up", help="start etcd, kube-apiserver, kube-controller-manager").set_defaults(func=cmd_dev_up)
-    dev.add_parser("down", help="stop the local control plane and remove its files").set_defaults(func=cmd_dev_down)
-    dev.add_parser("kubeconfig", help="print the admin kubeconfig path").set_defaults(func=cmd_dev_kubeconfig)
+    add_dev_commands(commands)
     return parser
 
 

@@ -41,6 +41,54 @@ def test_invalid_credential_is_refused_naming_the_field(
     assert refused.value.status == 422, refused.value.body
     message = json.loads(refused.value.body)["message"]
     assert field in message and phrase in message, message
+    # No CEL conversion error, no internal path; durations and file modes said in words, not a regex.
+    assert "google.protobuf" not in message and "spec.spec" not in message, message
+    if field in WORDED_FIELDS:
+        assert "should match" not in message, message
+
+
+WORDED_FIELDS = {
+    "spec.ttl",
+    "spec.maxLifetime",
+    "spec.renewBefore",
+    "spec.review.cadence",
+    "spec.source.webhook.timeout",
+    "spec.projection.fileMode",
+}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"ttl": "1d", "maxLifetime": "7d", "renewBefore": "6h"},
+        {"ttl": "1h30m", "maxLifetime": "2d12h", "review": {"cadence": "90d"}},
+        {"source": {"webhook": {"url": "https://minter.internal", "timeout": "30s"}}},
+    ],
+    ids=["days", "mixed units", "timeout at its limit"],
+)
+def test_one_duration_grammar_with_days_everywhere(cluster: Cluster, namespace: str, overrides: dict) -> None:
+    _create(cluster, namespace, credential(**overrides))
+
+
+@pytest.mark.parametrize("mode, stored", [("0400", "0400"), (0o440, 0o440), ("444", "444")])
+def test_file_mode_as_octal_text_or_number(cluster: Cluster, namespace: str, mode: object, stored: object) -> None:
+    projection = {"mountPath": "/var/run/agentcred/x", "fileMode": mode}
+    created = _create(cluster, namespace, credential(projection=projection))
+    assert created["spec"]["projection"]["fileMode"] == stored
+    assert model.parse_spec(created["spec"]).projection.file_mode in (0o400, 0o440, 0o444)
+
+
+def test_policy_durations_share_the_grammar(cluster: Cluster) -> None:
+    body = {
+        "apiVersion": model.API_VERSION,
+        "kind": model.POLICY_KIND,
+        "metadata": {"name": "zero-ttl-policy"},
+        "spec": {"namespaceSelector": {}, "sources": ["jwt"], "maxTTL": "0s", "maxLifetime": "2d"},
+    }
+    with pytest.raises(ApiException) as refused:
+        cluster.custom.create_cluster_custom_object(model.GROUP, model.VERSION, model.POLICY_PLURAL, body)
+    message = json.loads(refused.value.body)["message"]
+    assert "spec.maxTTL" in message and "d (days)" in message and "spec.maxLifetime" not in message, message
 
 
 def test_name_longer_than_a_label_is_refused(cluster: Cluster, namespace: str) -> None:

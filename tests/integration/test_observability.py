@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from kubernetes.client.exceptions import ApiException
 
 from agentcred.api import labels, model
@@ -69,9 +70,10 @@ def test_metrics_follow_issue_renew_revoke_and_deny(
         lambda: _value(operator.metrics(), "agentcred_active_projections", category="deployment") >= 1,
         what="the active-projections gauge",
     )
+    # The wrong ServiceAccount for an existing credential: its category is known, and counted.
     assert (
-        _value(during, "agentcred_denied_total", category="unknown", reason="AdmissionRefused")
-        == _value(before, "agentcred_denied_total", category="unknown", reason="AdmissionRefused") + 1
+        _value(during, "agentcred_denied_total", category="deployment", reason="AdmissionRefused")
+        == _value(before, "agentcred_denied_total", category="deployment", reason="AdmissionRefused") + 1
     )
     for histogram in (
         "agentcred_webhook_duration_seconds",
@@ -182,9 +184,10 @@ def test_inventory_reports_every_finding_in_every_format(
         assert [e["name"] for e in mine["tool"]] == ["mcp"]
         assert sorted(e["name"] for e in mine["retrieval"]) == ["legacy", "vectors"]
         assert [e["name"] for e in mine["deployment"]] == ["deployer"]
-        assert {
-            e["name"]: e["exception_approved_by"] for e in document["exceptions"] if e["namespace"] == namespace
-        } == {"legacy": "ciso@example.com", "vectors": "ciso@example.com"}
+        assert {e["name"]: e["exceptionApprovedBy"] for e in document["exceptions"] if e["namespace"] == namespace} == {
+            "legacy": "ciso@example.com",
+            "vectors": "ciso@example.com",
+        }
         findings = {(f["kind"], f["name"]) for f in document["findings"] if f["namespace"] == namespace}
         assert findings == {
             ("expired-exception", "legacy"),
@@ -192,6 +195,21 @@ def test_inventory_reports_every_finding_in_every_format(
             ("orphan", "agentcred-0000000000000000"),
             ("no-owner-contact", "mcp"),
         }
+
+        # One namespace, as YAML, in one casing; the cluster named by --kubeconfig alone.
+        scoped = subprocess.run(
+            [sys.executable, "-m", "agentcred", "inventory", "-n", namespace, "-o", "yaml"]
+            + ["--kubeconfig", str(cluster.kubeconfig)],
+            capture_output=True,
+            text=True,
+            env={k: v for k, v in cluster.env().items() if k != "KUBECONFIG"},
+            timeout=60,
+        )
+        assert scoped.returncode == 0, scoped.stderr
+        narrowed = yaml.safe_load(scoped.stdout)
+        entries = [e for found in narrowed["categories"].values() for e in found]
+        assert {e["namespace"] for e in entries} == {namespace} and len(entries) == 5
+        assert "lastIssued" in entries[0] and not any("_" in key for e in entries for key in e)
 
         table = inventory()
         assert table.returncode == 0

@@ -3,6 +3,7 @@
 import pytest
 
 from agentcred.api import model
+from agents import create_credential, service_account, start_agent
 from clusterkit import Cluster, OperatorProcess, wait_for
 from samples import EXCEPTION, STATIC_SOURCE, credential
 
@@ -67,3 +68,20 @@ def test_printer_columns_answer_at_a_glance(cluster: Cluster, operator: Operator
     header, row = table.splitlines()[:2]
     assert header.split() == ["NAME", "CATEGORY", "OWNER", "SOURCE", "TTL", "ACTIVE", "READY", "AGE"]
     assert row.split()[:5] == ["research-llm", "model", "team-research@example.com", "jwt", "15m"]
+
+
+def test_wide_output_shows_the_next_expiry_as_a_time(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace)
+    start_agent(cluster, namespace)
+    expiry = wait_for(
+        lambda: (_get(cluster, namespace, "research-llm").get("status") or {}).get("nextExpiry"),
+        what="status.nextExpiry",
+    )
+    table = cluster.kubectl("get", "acred", "research-llm", "-n", namespace, "-o", "wide").stdout
+    header, row = table.splitlines()[:2]
+    columns = dict(zip(header.split(), row.split(), strict=True))
+    # A future time in a `date` column renders as `<invalid>`; as a string it reads as it is.
+    assert columns["NEXT-EXPIRY"] == expiry and columns["READY"] == "True" and columns["REASON"] == "Valid"

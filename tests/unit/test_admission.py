@@ -154,6 +154,19 @@ def test_not_a_subject_names_credential_account_namespace_and_subjects() -> None
     )
 
 
+def test_a_refusal_carries_the_category_when_every_credential_refused_shares_one() -> None:
+    tool = record("github", category="tool")
+    with pytest.raises(Refusal) as refused:
+        inject(pod(sa="intruder"), NS, lookup_of(record()), KEYS)
+    assert refused.value.category == "model"
+    with pytest.raises(Refusal) as refused:  # two categories refused: no single one to count under
+        inject(pod("research-llm,github", sa="intruder"), NS, lookup_of(record(), tool), KEYS)
+    assert refused.value.category is None
+    with pytest.raises(Refusal) as refused:  # one does not exist: its category is not known
+        inject(pod("research-llm,missing", sa="intruder"), NS, lookup_of(record()), KEYS)
+    assert refused.value.category is None
+
+
 def test_not_ready_credential_is_refused() -> None:
     expired = record(
         "legacy", source={"secretRef": {"name": "k", "key": "v"}}, exception={**EXCEPTION, "expires": "2020-01-01"}

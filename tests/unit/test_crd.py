@@ -56,3 +56,39 @@ def test_enums_and_names() -> None:
     columns = [column["name"] for column in version["additionalPrinterColumns"]]
     for wanted in ("Category", "Owner", "Source", "TTL", "Active", "Ready", "Age"):
         assert wanted in columns
+
+
+def _fields(node: dict, path: str) -> Iterator[tuple[str, dict]]:
+    """Every field of a schema, by its path as `kubectl explain` spells it."""
+    for name, field in (node.get("properties") or {}).items():
+        yield f"{path}.{name}", field
+        yield from _fields(field, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from _fields(node["items"], path)
+
+
+@pytest.mark.parametrize("build", [build_crd, build_policy_crd], ids=["agentcredentials", "agentcredentialpolicies"])
+def test_every_field_has_a_description(build) -> None:
+    schema = build()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    # metadata is the API server's own ObjectMeta (a CRD may say nothing else about it).
+    undescribed = [
+        path for path, field in _fields(schema, "") if path != ".metadata" and not field.get("description", "").strip()
+    ]
+    assert undescribed == [], f"`kubectl explain` would show <no description> for: {', '.join(undescribed)}"
+
+
+@pytest.mark.parametrize("build", [build_crd, build_policy_crd], ids=["agentcredentials", "agentcredentialpolicies"])
+def test_duration_fields_name_their_units_and_default(build) -> None:
+    schema = build()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    durations = [
+        (path, field)
+        for path, field in _fields(schema, "")
+        if any("must be a duration" in rule.get("message", "") for rule in field.get("x-kubernetes-validations", []))
+    ]
+    assert durations
+    for path, field in durations:
+        assert "(s, m, h, d" in field["description"], path
+        if "default" in field:
+            assert f"Default {field['default']}" in field["description"] or (
+                f"default {field['default']}" in field["description"]
+            ), path

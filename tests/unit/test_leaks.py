@@ -208,7 +208,7 @@ class World:
             credential=lambda namespace, name: records.get(name),
         )
 
-    def minted(self, uid: str, token_id: str, iat: dt.datetime, intent: bool = False) -> str:
+    def minted(self, uid: str, token_id: str, iat: dt.datetime, exchanged: bool = False) -> str:
         facts = {"namespace": "agents", "credential": "research-llm", "pod": "p", "podUID": uid, "category": "model"}
         claims = {
             "iss": ISSUER,
@@ -216,7 +216,7 @@ class World:
             "iat": int(iat.timestamp()),
             "exp": int((iat + dt.timedelta(minutes=15)).timestamp()),
             "jti": token_id,
-            "agentcred": {**facts, **({"intent": {"tool": "x"}} if intent else {})},
+            "agentcred": {**facts, **({"grant": "urn:ietf:params:oauth:grant-type:jwt-bearer"} if exchanged else {})},
         }
         return encode_jwt(claims, self.ring.current("EdDSA"))
 
@@ -252,7 +252,7 @@ def test_a_minted_token_is_traced_by_its_signature_and_a_forgery_is_not_ours() -
         "agents/0000000000000001",
     )
     assert holder.service_account == "research-agent"
-    exchanged = world.tracer.trace(Candidate(token=world.minted("uid-1", "x1", now, intent=True)))
+    exchanged = world.tracer.trace(Candidate(token=world.minted("uid-1", "x1", now, exchanged=True)))
     assert exchanged.holders[0].kind == "exchanged"
     older = world.minted("uid-1", "t0", now - dt.timedelta(minutes=5))
     assert world.tracer.trace(Candidate(token=older)).holders[0].state == "superseded"

@@ -4,6 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from agentcred.api.model import AgentCredentialSpec, parse_spec
+from agentcred.rules.verdicts import describe_validation_error
 from samples import DROP, EXCEPTION, INVALID, STATIC_SOURCE, spec
 
 
@@ -67,3 +68,25 @@ def test_models_refuse_what_the_api_server_refuses(case: str, overrides: dict, f
     """The CRD's schema and CEL rules and the models agree on every invalid sample."""
     with pytest.raises(ValidationError):
         AgentCredentialSpec.model_validate(spec(**overrides))
+
+
+@pytest.mark.parametrize("written, mode", [("0400", 0o400), ("440", 0o440), (0o444, 0o444), (256, 0o400)])
+def test_file_mode_is_octal_text_or_a_number(written: object, mode: int) -> None:
+    parsed = parse_spec(spec(projection={"mountPath": "/var/run/agentcred/x", "fileMode": written}))
+    assert parsed.projection.file_mode == mode
+
+
+@pytest.mark.parametrize(
+    "written, said", [(0o600, "fileMode 0600 (octal; 384 in decimal)"), ("0644", "0644"), ("rw", "'rw'")]
+)
+def test_a_wrong_file_mode_is_said_in_octal(written: object, said: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        parse_spec(spec(projection={"mountPath": "/var/run/agentcred/x", "fileMode": written}))
+    message = describe_validation_error(refused.value)
+    assert said in message and message.startswith("spec.projection.fileMode: ") and "Value error" not in message
+
+
+def test_a_problem_of_the_whole_spec_names_no_internal_path() -> None:
+    with pytest.raises(ValidationError) as refused:
+        parse_spec(spec(ttl="2h", maxLifetime="1h"))
+    assert describe_validation_error(refused.value) == "spec: ttl must not exceed maxLifetime"

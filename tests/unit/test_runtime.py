@@ -320,3 +320,29 @@ def test_a_new_leader_records_what_the_garbage_collector_already_removed(tmp_pat
     assert (collected["action"], collected["podUID"], collected["reason"]) == ("revoke", "pod-uid", "pod-deleted")
     orphaned = next(line for line in lines if line.get("podUID") == "gone-uid")
     assert orphaned["reason"] == "orphaned" and (NS, orphan.secret_name) not in parts.kube.secrets
+
+
+def test_unadmitted_pods_a_follower_saw_are_flagged_once_it_leads(tmp_path: Path) -> None:
+    from agentcred.runtime.pod_checks import PodChecks
+
+    leading = False
+    audit_path = tmp_path / "audit.log"
+    events = EventRecorder(None)  # type: ignore[arg-type]  # only its queue is used here
+    checks = PodChecks(None, AuditTrail(str(audit_path)), events, lambda: leading)  # type: ignore[arg-type]
+
+    def pod(uid: str) -> dict:
+        meta = {"namespace": NS, "name": f"early-{uid}", "uid": uid, "labels": {labels.INJECT_LABEL: "true"}}
+        return {"metadata": meta, "spec": {"serviceAccountName": "research-agent"}}
+
+    checks.flag_unadmitted(pod("u1"))  # seen in the start-up listing, while following
+    checks.flag_unadmitted(pod("u2"))
+    checks.gone("u2")  # deleted before this replica led
+    assert events._queue.qsize() == 0 and not audit_path.read_text()
+    leading = True
+    assert checks.flag_pending() == 1
+    checks.flag_unadmitted(pod("u1"))  # seen again: told once only
+    assert events._queue.qsize() == 1
+    event = events._queue.get_nowait()
+    assert (event.reason, event.involved["name"]) == ("NotAdmitted", "early-u1")
+    [line] = [json.loads(text) for text in audit_path.read_text().splitlines()]
+    assert (line["action"], line["reason"], line["podUID"]) == ("deny", "not-admitted", "u1")

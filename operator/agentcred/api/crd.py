@@ -23,7 +23,9 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Active", "type": "integer", "jsonPath": ".status.activeProjections"},
     {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
     {"name": "Reason", "type": "string", "priority": 1, "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
-    {"name": "Next-Expiry", "type": "date", "priority": 1, "jsonPath": ".status.nextExpiry"},
+    # A string, not a date: kubectl renders a date column as an age, and a time still to
+    # come as `<invalid>`; the RFC 3339 text reads as it is.
+    {"name": "Next-Expiry", "type": "string", "priority": 1, "jsonPath": ".status.nextExpiry"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

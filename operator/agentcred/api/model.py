@@ -7,11 +7,20 @@ constraint here reaches the API server, which refuses invalid objects itself.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
 
-from .durations import parse_duration
+from .durations import cel_seconds, parse_duration
 from .schema import (
     CATEGORIES,
     DNS_SUBDOMAIN,
@@ -19,21 +28,22 @@ from .schema import (
     HTTPS_URL,
     MOUNT_PATH,
     SECRET_KEY,
-    CalendarDuration,
     Category,
     Date,
+    Duration,
     JwtAlgorithm,
     Model,
     NonEmpty,
     OnLeak,
     Pattern,
     SourceKind,
-    TaskDuration,
+    api_version_field,
     cel,
+    kind_field,
 )
 from .status_model import AgentCredentialStatus
 
-__all__ = ["CATEGORIES", "Category", "Model", "SourceKind", "TaskDuration", "cel"]
+__all__ = ["CATEGORIES", "Category", "Duration", "Model", "SourceKind", "cel"]
 
 GROUP = "agentcred.dev"
 VERSION = "v1alpha1"
@@ -46,6 +56,55 @@ POLICY_KIND = "AgentCredentialPolicy"
 POLICY_PLURAL = "agentcredentialpolicies"
 POLICY_SINGULAR = "agentcredentialpolicy"
 POLICY_SHORT_NAMES = ["acredpol"]
+
+
+MAX_TTL_SECONDS = 86400
+
+# Read-only modes only: a credential file is never writable or executable.
+READ_ONLY_MODES = (0o400, 0o440, 0o444, 0o404)
+_OCTAL_MODE = re.compile(r"0?[0-7]{3}")
+
+
+def _octal(value: Any) -> Any:
+    """A mode written as text ("0400") is octal; a number is what YAML or JSON made of it."""
+    if isinstance(value, str):
+        if not _OCTAL_MODE.fullmatch(value):
+            raise ValueError(f'fileMode {value!r} is not an octal mode such as "0400"')
+        return int(value, 8)
+    return value
+
+
+def _read_only(value: int) -> int:
+    if value not in READ_ONLY_MODES:
+        shown = f"0{value:o} (octal; {value} in decimal)" if value >= 0 else str(value)
+        raise ValueError(f"fileMode {shown} is not allowed: {FILE_MODE_HINT}")
+    return value
+
+
+FILE_MODE_HINT = (
+    'use a read-only mode in octal, 0400, 0440, 0444 or 0404: write "0400" quoted, or 0400 unquoted '
+    "(YAML reads it as octal)"
+)
+_MODES_AS_TEXT = [f"0{mode:o}" for mode in READ_ONLY_MODES] + [f"{mode:o}" for mode in READ_ONLY_MODES]
+FileMode = Annotated[
+    int,
+    BeforeValidator(_octal),
+    AfterValidator(_read_only),
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"type(self) != int || self in {list(READ_ONLY_MODES)}",
+                    # Said in octal, as modes are written (YAML turns 0600 into 384).
+                    "messageExpression": f"'fileMode 0%o (octal; %d in decimal) is not allowed: {FILE_MODE_HINT}'"
+                    ".format([self, self])",
+                },
+                cel(f"type(self) == int || self in {_MODES_AS_TEXT}", f"fileMode is not allowed: {FILE_MODE_HINT}"),
+            ],
+        }
+    ),
+]
 
 
 class Subjects(Model):
@@ -61,7 +120,8 @@ class JwtSource(Model):
     """A token minted and signed by the operator."""
 
     audiences: Annotated[list[Pattern], Field(min_length=1, max_length=16)] = Field(
-        description="The `aud` claim: who the token is for."
+        description="The `aud` claim: the gateways or MCP servers the token is for. An "
+        "AgentCredentialPolicy selecting the namespace must allow each one."
     )
     algorithm: JwtAlgorithm | None = Field(
         default=None, description="Signing algorithm; the operator's default when unset."
@@ -71,11 +131,17 @@ class JwtSource(Model):
 class SecretRefSource(Model):
     """A static value copied from a Secret in the credential's namespace."""
 
-    name: Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN, max_length=253)]
-    key: Annotated[str, StringConstraints(pattern=SECRET_KEY, max_length=253)]
+    name: Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN, max_length=253)] = Field(
+        description="The upstream Secret, in the credential's namespace. Its owner shares it: label "
+        "agentcred.dev/shared=true and annotation agentcred.dev/shared-with: <credential>/<key>."
+    )
+    key: Annotated[str, StringConstraints(pattern=SECRET_KEY, max_length=253)] = Field(
+        description="The key of the upstream Secret whose value is copied into each pod."
+    )
 
 
 MAX_MINTING_TIMEOUT = "30s"
+HEALTH_PATH = "/healthz"  # appended to the minting service's URL, as /revoke is
 
 
 class WebhookSource(Model):
@@ -85,7 +151,8 @@ class WebhookSource(Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
-                    f"!has(self.timeout) || duration(self.timeout) <= duration('{MAX_MINTING_TIMEOUT}')",
+                    f"!has(self.timeout) || {cel_seconds('self.timeout')} <= "
+                    f"{parse_duration(MAX_MINTING_TIMEOUT).total_seconds():.0f}",
                     f"timeout must be at most {MAX_MINTING_TIMEOUT}: a slow minting service must not hold "
                     "the operator's renewals",
                     ".timeout",
@@ -94,10 +161,22 @@ class WebhookSource(Model):
         }
     )
 
-    url: Annotated[str, StringConstraints(pattern=HTTPS_URL, max_length=2048)]
-    ca_bundle: str | None = Field(default=None, description="PEM CA bundle for the service.")
-    timeout: TaskDuration | None = Field(
-        default=None, description=f"Per-call timeout (default 5s, at most {MAX_MINTING_TIMEOUT})."
+    url: Annotated[str, StringConstraints(pattern=HTTPS_URL, max_length=2048)] = Field(
+        description="The minting service: POST <url> mints a value, POST <url>/revoke revokes one. https "
+        "only, no userinfo, query or fragment; an AgentCredentialPolicy's mintingServices must allow it."
+    )
+    ca_bundle: str | None = Field(
+        default=None, description="PEM CA bundle for the service (default: the operator's system CAs)."
+    )
+    timeout: Duration | None = Field(
+        default=None,
+        description=f"Per-call timeout, a duration (s, m, h, d; e.g. 5s). Default 5s, at most {MAX_MINTING_TIMEOUT}.",
+    )
+    health_check: bool | None = Field(
+        default=None,
+        description=f"Probe GET <url>{HEALTH_PATH} (any 2xx is healthy) when the credential changes and every "
+        "30s: while it fails the credential is not Ready (reason MintingServiceUnhealthy) and no new pod is "
+        "admitted for it; values already held stay until they expire or their task ends. Default false.",
     )
 
     @model_validator(mode="after")
@@ -121,9 +200,12 @@ class Source(Model):
         }
     )
 
-    jwt: JwtSource | None = None
-    secret_ref: SecretRefSource | None = None
-    webhook: WebhookSource | None = None
+    jwt: JwtSource | None = Field(default=None, description="A token minted and signed by the operator.")
+    secret_ref: SecretRefSource | None = Field(
+        default=None,
+        description="A static value copied from a shared Secret in the credential's namespace (needs `exception`).",
+    )
+    webhook: WebhookSource | None = Field(default=None, description="An external minting service called over HTTPS.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Source:
@@ -140,18 +222,35 @@ class Source(Model):
         return "webhook"
 
 
-class ScopeRules(Model):
-    """Glob patterns an intent is matched against."""
+GLOB_RULES = (
+    "Shell-style globs, case-sensitive: `*` any run of characters, `?` one, `[...]` a set. "
+    'An empty or absent list allows nothing in this dimension; ["*"] allows everything.'
+)
 
-    tools: Annotated[list[Pattern], Field(max_length=64)] = []
-    resources: Annotated[list[Pattern], Field(max_length=64)] = []
-    actions: Annotated[list[Pattern], Field(max_length=64)] = []
+
+class ScopeRules(Model):
+    """Glob patterns an intent (tool, action, resource) is matched against."""
+
+    tools: Annotated[list[Pattern], Field(max_length=64)] = Field(
+        default=[], description=f"Tools the credential may be used with, e.g. web-search. {GLOB_RULES}"
+    )
+    resources: Annotated[list[Pattern], Field(max_length=64)] = Field(
+        default=[], description=f"Resources it may touch, e.g. repo:acme/*. {GLOB_RULES}"
+    )
+    actions: Annotated[list[Pattern], Field(max_length=64)] = Field(
+        default=[], description=f"Actions it may take, e.g. read. {GLOB_RULES}"
+    )
 
 
 class Scope(ScopeRules):
-    """What the credential may be used for; `deny` wins over the allow lists."""
+    """What the credential may be used for, checked at intent exchange and by verifiers: an
+    intent must match a pattern in each of tools, actions and resources; `deny` wins."""
 
-    deny: ScopeRules | None = None
+    deny: ScopeRules | None = Field(
+        default=None,
+        description="Patterns refused even where the allow lists match (deny wins); in deny, an empty "
+        "or absent list refuses nothing.",
+    )
 
 
 class Projection(Model):
@@ -163,25 +262,36 @@ class Projection(Model):
     env_var: Annotated[str, StringConstraints(pattern=ENV_VAR_NAME, max_length=128)] | None = Field(
         default=None, description="Optional env var carrying the value file's path."
     )
-    file_mode: Annotated[int, Field(ge=0o400, le=0o444)] | None = Field(
-        default=None, description="File mode of the projected files (default 0444)."
+    file_mode: FileMode | None = Field(
+        default=None,
+        description="Mode of the projected files, read-only: 0400, 0440, 0444 or 0404 (octal). Write it "
+        'quoted ("0400") or as a YAML octal number (0400); default 0444.',
     )
 
 
 class ExceptionApproval(Model):
     """Why a long-lived static value is allowed, who approved it, and until when."""
 
-    reason: NonEmpty
-    approved_by: NonEmpty
-    expires: Date
+    reason: NonEmpty = Field(description="Why no minted source will do (e.g. the vendor issues static keys only).")
+    approved_by: NonEmpty = Field(description="Who approved the exception (a person or team contact).")
+    expires: Date = Field(
+        description="The last day (YYYY-MM-DD, UTC) the exception holds; from the next, the credential is "
+        "not Ready and its values are revoked."
+    )
 
 
 class Review(Model):
     """The accountable review cadence of the credential."""
 
-    cadence: CalendarDuration = "90d"
-    last_reviewed: Date | None = None
-    escalation: NonEmpty | None = None
+    cadence: Duration = Field(
+        default="90d", description="How often the credential is reviewed, a duration (s, m, h, d); default 90d."
+    )
+    last_reviewed: Date | None = Field(
+        default=None,
+        description="The day (YYYY-MM-DD) it was last reviewed; the next review is due cadence later "
+        "(counted from creation when unset).",
+    )
+    escalation: NonEmpty | None = Field(default=None, description="Whom to tell when a review is overdue.")
 
 
 class AgentCredentialSpec(Model):
@@ -202,13 +312,17 @@ class AgentCredentialSpec(Model):
                     ".exception",
                 ),
                 cel(
-                    "duration(self.ttl) <= duration('24h')",
-                    "ttl must be at most 24h: values are short-lived, renewal keeps long tasks going",
+                    f"{cel_seconds('self.ttl')} <= {MAX_TTL_SECONDS}",
+                    "ttl must be at most 24h (1d): values are short-lived, renewal keeps long tasks going",
                     ".ttl",
                 ),
-                cel("duration(self.ttl) <= duration(self.maxLifetime)", "ttl must not exceed maxLifetime", ".ttl"),
                 cel(
-                    "!has(self.renewBefore) || duration(self.renewBefore) < duration(self.ttl)",
+                    f"{cel_seconds('self.ttl')} <= {cel_seconds('self.maxLifetime')}",
+                    "ttl must not exceed maxLifetime",
+                    ".ttl",
+                ),
+                cel(
+                    f"!has(self.renewBefore) || {cel_seconds('self.renewBefore')} < {cel_seconds('self.ttl')}",
                     "renewBefore must be shorter than ttl",
                     ".renewBefore",
                 ),
@@ -217,18 +331,39 @@ class AgentCredentialSpec(Model):
     )
 
     owner: NonEmpty = Field(description="The accountable owner (a team or person contact).")
-    category: Category
-    subjects: Subjects
-    source: Source
-    scope: Scope | None = None
-    ttl: TaskDuration = Field(default="15m", description="Lifetime of one issued value.")
-    renew_before: TaskDuration | None = Field(
-        default=None, description="Renew this long before expiry (default: a third of ttl)."
+    category: Category = Field(
+        description="Which inventory it belongs to: model (model API keys), tool (tool and MCP tokens), "
+        "retrieval (retrieval connectors), deployment (deployment credentials)."
     )
-    max_lifetime: TaskDuration = Field(default="8h", description="Cap on renewals within one task.")
-    projection: Projection
-    exception: ExceptionApproval | None = None
-    review: Review | None = None
+    subjects: Subjects = Field(description="The workload identities allowed to receive the credential.")
+    source: Source = Field(description="Where values come from: exactly one of jwt, secretRef, webhook.")
+    scope: Scope | None = Field(
+        default=None,
+        description="What it may be used for (tools, actions, resources, deny). Without a scope no intent "
+        "is allowed: intent exchange refuses every request.",
+    )
+    ttl: Duration = Field(
+        default="15m",
+        description="Lifetime of one issued value, a duration (s, m, h, d; e.g. 15m, 1h30m); at most 24h "
+        "and at most maxLifetime. Default 15m.",
+    )
+    renew_before: Duration | None = Field(
+        default=None,
+        description="Renew this long before a value expires, a duration (s, m, h, d), shorter than ttl. "
+        "Default: a third of ttl.",
+    )
+    max_lifetime: Duration = Field(
+        default="8h",
+        description="How long one task may hold the credential, renewals included, counted from the pod's "
+        "admission; a duration (s, m, h, d; e.g. 8h, 2d). Default 8h.",
+    )
+    projection: Projection = Field(description="How the value appears inside the pod.")
+    exception: ExceptionApproval | None = Field(
+        default=None,
+        description="Required for secretRef sources, refused for others: why a long-lived static value is "
+        "allowed, who approved it, and until when.",
+    )
+    review: Review | None = Field(default=None, description="The accountable review cadence of the credential.")
     on_leak: OnLeak = Field(
         default="reissue",
         description="What a pod gets after its value is reported leaked (the value is revoked either way): "
@@ -282,11 +417,15 @@ class AgentCredentialRoot(Model):
         }
     )
 
-    api_version: str | None = None
-    kind: str | None = None
+    api_version: str | None = api_version_field()
+    kind: str | None = kind_field()
     metadata: dict[str, Any] | None = None
-    spec: AgentCredentialSpec
-    status: AgentCredentialStatus | None = None
+    spec: AgentCredentialSpec = Field(
+        description="What the credential is, whose, who may receive it, where from, and for how long."
+    )
+    status: AgentCredentialStatus | None = Field(
+        default=None, description="What the operator observed and did (written by the operator only)."
+    )
 
 
 def parse_spec(spec: dict[str, Any]) -> AgentCredentialSpec:

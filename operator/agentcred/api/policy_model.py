@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints
 
-from .schema import Category, Model, SourceKind, TaskDuration
+from .schema import Category, Duration, Model, SourceKind, api_version_field, kind_field
 
 LabelValue = Annotated[str, StringConstraints(max_length=63)]
 AllowPattern = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
@@ -16,25 +16,45 @@ AllowPattern = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
 class LabelSelectorRequirement(Model):
     """One requirement of a label selector, as in Kubernetes."""
 
-    key: Annotated[str, StringConstraints(min_length=1, max_length=317)]
-    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
-    values: Annotated[list[LabelValue], Field(max_length=64)] = []
+    key: Annotated[str, StringConstraints(min_length=1, max_length=317)] = Field(
+        description="The label key the requirement applies to."
+    )
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(description="In, NotIn, Exists or DoesNotExist.")
+    values: Annotated[list[LabelValue], Field(max_length=64)] = Field(
+        default=[], description="The values for In and NotIn (empty for Exists and DoesNotExist)."
+    )
 
 
 class LabelSelector(Model):
     """A Kubernetes label selector; empty selects every namespace."""
 
-    match_labels: dict[str, LabelValue] = Field(default_factory=dict)
-    match_expressions: Annotated[list[LabelSelectorRequirement], Field(max_length=16)] = []
+    match_labels: dict[str, LabelValue] = Field(
+        default_factory=dict, description="Labels a namespace must carry, each with this value."
+    )
+    match_expressions: Annotated[list[LabelSelectorRequirement], Field(max_length=16)] = Field(
+        default=[], description="Requirements a namespace's labels must all meet."
+    )
+
+
+BOUND_RULES = (
+    "Each of a credential's patterns must lie within one of these (`*` is the only wildcard here); "
+    "an empty list allows no pattern, an absent one leaves the dimension unbounded."
+)
 
 
 class ScopeBounds(Model):
     """The widest scope a credential may have: each of its patterns must lie within one of
     these (here only `*` is a wildcard). An absent dimension leaves it unbounded."""
 
-    tools: Annotated[list[AllowPattern], Field(max_length=64)] | None = None
-    resources: Annotated[list[AllowPattern], Field(max_length=64)] | None = None
-    actions: Annotated[list[AllowPattern], Field(max_length=64)] | None = None
+    tools: Annotated[list[AllowPattern], Field(max_length=64)] | None = Field(
+        default=None, description=f"The widest tool patterns allowed. {BOUND_RULES}"
+    )
+    resources: Annotated[list[AllowPattern], Field(max_length=64)] | None = Field(
+        default=None, description=f"The widest resource patterns allowed. {BOUND_RULES}"
+    )
+    actions: Annotated[list[AllowPattern], Field(max_length=64)] | None = Field(
+        default=None, description=f"The widest action patterns allowed. {BOUND_RULES}"
+    )
 
 
 class AgentCredentialPolicySpec(Model):
@@ -64,8 +84,12 @@ class AgentCredentialPolicySpec(Model):
         "host label by label (`*` is one label), the path with `*` for any run; `${namespace}` stands "
         "for the credential's namespace. The operator's network position serves only these.",
     )
-    max_ttl: TaskDuration = Field(default="1h", alias="maxTTL", description="The longest ttl allowed.")
-    max_lifetime: TaskDuration = Field(default="8h", description="The longest maxLifetime allowed.")
+    max_ttl: Duration = Field(
+        default="1h", alias="maxTTL", description="The longest ttl allowed, a duration (s, m, h, d). Default 1h."
+    )
+    max_lifetime: Duration = Field(
+        default="8h", description="The longest maxLifetime allowed, a duration (s, m, h, d). Default 8h."
+    )
     scope: ScopeBounds | None = Field(default=None, description="The widest scope allowed (unbounded when unset).")
 
 
@@ -73,10 +97,10 @@ class AgentCredentialPolicyRoot(Model):
     """Cluster-scoped, owned by cluster admins: which namespaces may have AgentCredentials
     with which audiences, sources, minting services, lifetimes and scope."""
 
-    api_version: str | None = None
-    kind: str | None = None
+    api_version: str | None = api_version_field()
+    kind: str | None = kind_field()
     metadata: dict[str, Any] | None = None
-    spec: AgentCredentialPolicySpec
+    spec: AgentCredentialPolicySpec = Field(description="Which namespaces may have which credentials.")
 
 
 def parse_policy_spec(spec: dict[str, Any]) -> AgentCredentialPolicySpec:

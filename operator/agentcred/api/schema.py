@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
-from .durations import DURATION_PATTERN
+from .durations import DURATION_PATTERN, GRAMMAR_TEXT, cel_seconds, parse_duration
 
 Category = Literal["model", "tool", "retrieval", "deployment"]
 CATEGORIES: tuple[str, ...] = Category.__args__  # type: ignore[attr-defined]
@@ -18,10 +18,6 @@ SourceKind = Literal["jwt", "secretRef", "webhook"]
 JwtAlgorithm = Literal["EdDSA", "ES256", "RS256"]
 OnLeak = Literal["reissue", "quarantine"]
 
-# Task durations (ttl, renewBefore, maxLifetime) use the units the API server's CEL
-# `duration()` understands (s, m, h), so the schema can compare them; review cadences
-# are calendar-scale and may also use days.
-TASK_DURATION_PATTERN = r"^([0-9]{1,6}[smh])+$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
@@ -31,8 +27,6 @@ ENV_VAR_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 # https, a host name or IPv4 address, an optional port and path: no userinfo, query or fragment.
 HTTPS_URL = r"^https://[A-Za-z0-9]([-.A-Za-z0-9]*[A-Za-z0-9])?(:[0-9]{1,5})?(/[^\s?#@]*)?$"
 
-TaskDuration = Annotated[str, StringConstraints(pattern=TASK_DURATION_PATTERN, max_length=32)]
-CalendarDuration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, max_length=32)]
 NonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 Pattern = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
@@ -49,6 +43,44 @@ class Model(BaseModel):
     """camelCase on the wire, snake_case in Python; unknown fields are an error."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+def api_version_field() -> Any:
+    return Field(
+        default=None,
+        description="APIVersion defines the versioned schema of this representation of an object "
+        "(here agentcred.dev/v1alpha1).",
+    )
+
+
+def kind_field() -> Any:
+    return Field(
+        default=None, description="Kind is a string value representing the REST resource this object represents."
+    )
+
+
+def _duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+# Every duration field, one grammar (see `durations`). A CEL rule rather than a `pattern`:
+# the API server then answers with this message, not with a regular expression.
+Duration = Annotated[
+    str,
+    StringConstraints(max_length=32),
+    AfterValidator(_duration),
+    Field(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    f"self.matches('{DURATION_PATTERN}') && {cel_seconds('self')} > 0",
+                    f"must be a duration longer than zero: {GRAMMAR_TEXT}",
+                )
+            ]
+        }
+    ),
+]
 
 
 def _this_millennium(value: dt.date) -> dt.date:

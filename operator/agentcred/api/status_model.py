@@ -13,30 +13,40 @@ from .schema import Model, SourceKind
 class Condition(Model):
     """A Kubernetes-style condition: every one carries a reason and a message."""
 
-    type: Annotated[str, StringConstraints(max_length=64)]
-    status: Literal["True", "False", "Unknown"]
-    reason: Annotated[str, StringConstraints(max_length=128)]
-    message: Annotated[str, StringConstraints(max_length=4096)]
-    last_transition_time: dt.datetime
-    observed_generation: int | None = None
+    type: Annotated[str, StringConstraints(max_length=64)] = Field(
+        description="Ready (pods are admitted for it) or SourceAvailable (its source answers)."
+    )
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: Annotated[str, StringConstraints(max_length=128)] = Field(
+        description="A one-word reason, e.g. Valid, NoPolicy, UpstreamNotShared, MintingServiceUnhealthy."
+    )
+    message: Annotated[str, StringConstraints(max_length=4096)] = Field(
+        description="What is wrong and what to do, in words."
+    )
+    last_transition_time: dt.datetime = Field(description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(default=None, description="The generation the condition was judged at.")
 
 
 class RevocationOutcome(Model):
     """The last emergency revoke (`agentcred revoke`) the operator carried out."""
 
-    id: Annotated[str, StringConstraints(max_length=64)]
-    at: dt.datetime
-    pod: Annotated[str, StringConstraints(max_length=253)] | None = None
-    revoked: int
-    reason: Annotated[str, StringConstraints(max_length=256)] | None = None
+    id: Annotated[str, StringConstraints(max_length=64)] = Field(description="The request's id.")
+    at: dt.datetime = Field(description="When it was carried out (RFC 3339).")
+    pod: Annotated[str, StringConstraints(max_length=253)] | None = Field(
+        default=None, description="The one pod it was limited to (every pod when unset)."
+    )
+    revoked: int = Field(description="How many live values were revoked.")
+    reason: Annotated[str, StringConstraints(max_length=256)] | None = Field(
+        default=None, description="The reason the person gave (`agentcred revoke --reason`)."
+    )
 
 
 class RenewalOutcome(Model):
     """The last `agentcred renew` the operator carried out."""
 
-    id: Annotated[str, StringConstraints(max_length=64)]
-    at: dt.datetime
-    renewed: int
+    id: Annotated[str, StringConstraints(max_length=64)] = Field(description="The request's id.")
+    at: dt.datetime = Field(description="When it was carried out (RFC 3339).")
+    renewed: int = Field(description="How many live values were replaced.")
 
 
 class Compromise(Model):
@@ -56,25 +66,29 @@ class Compromise(Model):
 class AgentCredentialStatus(Model):
     """What the operator observed and did: conditions, live projections, counts, expiry."""
 
-    observed_generation: int | None = None
+    observed_generation: int | None = Field(default=None, description="The generation last judged.")
     conditions: Annotated[
         list[Condition],
         Field(
             max_length=16, json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
         ),
-    ] = []
-    source_kind: SourceKind | None = None
-    active_projections: int | None = None
-    issued_total: int | None = None
-    renewed_total: int | None = None
-    revoked_total: int | None = None
-    last_issued: dt.datetime | None = None
-    next_expiry: dt.datetime | None = None
-    review_due: dt.date | None = None
-    review_overdue: bool | None = None
-    exception_expired: bool | None = None
-    last_revocation: RevocationOutcome | None = None
-    last_renewal: RenewalOutcome | None = None
+    ] = Field(default=[], description="Ready and SourceAvailable, each with a reason and a message.")
+    source_kind: SourceKind | None = Field(default=None, description="jwt, secretRef or webhook.")
+    active_projections: int | None = Field(default=None, description="Live values held by pods now.")
+    issued_total: int | None = Field(default=None, description="Values issued to pods, ever (first issue in a task).")
+    renewed_total: int | None = Field(default=None, description="Values renewed in place, ever.")
+    revoked_total: int | None = Field(default=None, description="Values revoked, ever.")
+    last_issued: dt.datetime | None = Field(default=None, description="When a value was last issued (RFC 3339).")
+    next_expiry: dt.datetime | None = Field(
+        default=None, description="When the soonest live value expires unless renewed (RFC 3339)."
+    )
+    review_due: dt.date | None = Field(default=None, description="When the next review is due (YYYY-MM-DD).")
+    review_overdue: bool | None = Field(default=None, description="The review is past due.")
+    exception_expired: bool | None = Field(default=None, description="The static-value exception has expired.")
+    last_revocation: RevocationOutcome | None = Field(
+        default=None, description="The last emergency revoke (`agentcred revoke`) carried out."
+    )
+    last_renewal: RenewalOutcome | None = Field(default=None, description="The last `agentcred renew` carried out.")
     compromised: Annotated[list[Compromise], Field(max_length=16)] | None = Field(
         default=None, description="Static values reported leaked and not yet rotated upstream (condition Compromised)."
     )

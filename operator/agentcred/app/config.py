@@ -51,6 +51,7 @@ class OperatorConfig:
     status_interval: float = 1.0
     # ServiceAccounts (namespace/name, comma-separated) that may report and trace leaked values.
     leak_reporters: str = ""
+    health_check_interval: float = 30.0  # seconds between minting-service health checks
 
     @property
     def names(self) -> labels.StateNames:
@@ -90,6 +91,7 @@ class OperatorConfig:
             lease_renew=float(_env("LEASE_RENEW", str(cls.lease_renew))),
             status_interval=float(_env("STATUS_INTERVAL", str(cls.status_interval))),
             leak_reporters=_env("LEAK_REPORTERS", cls.leak_reporters),
+            health_check_interval=float(_env("HEALTH_CHECK_INTERVAL", str(cls.health_check_interval))),
         )
 
 

@@ -114,6 +114,7 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
                     "deny",
                     namespace=namespace,
                     reason="AdmissionRefused",
+                    category=refusal.category,
                     message=str(refusal),
                     podName=body.metadata.name or body.metadata.get("generateName"),
                     serviceAccount=body.spec.get("serviceAccountName") or "default",
@@ -136,6 +137,8 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
             ours = found is None or not seal.foreign(found, operator.current_keyring().mac_keys("admission"))
             if type != "DELETED" and ours:
                 operator.reconciler.checks.flag_unadmitted(dict(body))
+            elif type == "DELETED":
+                operator.reconciler.checks.gone(body.metadata.uid or "")
             return
         if operator.leading():
             if type == "DELETED" and not body.metadata.get("deletionTimestamp"):
@@ -165,6 +168,7 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
             if count is not None:
                 log.info("revoked %d value(s) of %s/%s before its deletion", count, record.namespace, record.name)
             return
+        operator.minting_health.seen(record)
         await operator.credentials.changed(record)
         await operator.credentials.hold(record)
         for annotation, act in (

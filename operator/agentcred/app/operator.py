@@ -44,6 +44,7 @@ from ..runtime.keyring import load_keyring, maintain_keyring_forever
 from ..runtime.leader import Leadership
 from ..runtime.leak_intake import LEAK_INTAKE, LeakIntake
 from ..runtime.leak_response import LeakResponder
+from ..runtime.minting_health import MintingHealth
 from ..runtime.reconciler import Reconciler
 from ..runtime.requests import Requests
 from ..runtime.revocation_store import RevocationStore
@@ -153,6 +154,7 @@ class Operator:
             policies=lambda: {name: first(indices.policies, name) for name in list(indices.policies)},
             namespace_labels=lambda namespace: first(indices.namespaces, namespace),
             shared=lambda namespace, name: first(indices.shared_secrets, (namespace, name)),
+            source_health=lambda namespace, name: self.minting_health.problem(namespace, name),
         )
         self.events = EventRecorder(kube)
         self.book = StatusBook()
@@ -206,6 +208,12 @@ class Operator:
         )
         self.credentials = CredentialEvents(
             kube, self.reconciler, self.requests, self.store, self.book, self.status, self.scheduler, self.credential
+        )
+        self.minting_health = MintingHealth(
+            self.minting.probe,
+            self.raw_credentials,
+            self.credentials.surroundings_changed,
+            interval=config.health_check_interval,
         )
 
         # Pods present their projected token (audience `agentcred`); OAuth clients that follow
@@ -268,6 +276,7 @@ class Operator:
             "status writer": lambda: self.status.run(self.raw_credentials),
             "event poster": self.events.run,
             "revocation list": lambda: revocation_store.run(self.leading),
+            "minting-service health checks": self.minting_health.run,
         }
         if self._leadership is not None:
             loops["leader election"] = self._leadership.run
@@ -312,6 +321,9 @@ class Operator:
                 states = [s for item in listed if (s := parse_projection(item, self.bookkeeping.verify)) is not None]
                 pods = [key for key in list(self.indices.pods) if isinstance(key, str)]
                 await self.handover.take_over(pods, states)
+                # Labelled pods no webhook admitted (created before it was installed) that a
+                # follower saw at start-up: flagged now that this replica leads.
+                self.reconciler.checks.flag_pending()
                 for record in self.raw_credentials():
                     if record.deleting:
                         await self.credentials.finalize(record)

@@ -8,20 +8,33 @@ from collections.abc import Callable
 from typing import Any
 
 
+def api_client(args: argparse.Namespace) -> Any:
+    """A client for the cluster the command's --kubeconfig and --context name (default: as kubectl)."""
+    from kubernetes import config
+
+    return config.new_client_from_config(config_file=args.kubeconfig, context=args.context)
+
+
+def object_namespace(args: argparse.Namespace) -> str:
+    """-n, else the namespace of the kubeconfig's context, else default (as kubectl)."""
+    from kubernetes import config
+
+    if args.namespace:
+        return str(args.namespace)
+    contexts, current = config.list_kube_config_contexts(config_file=args.kubeconfig)
+    chosen = next((c for c in contexts if c["name"] == args.context), current) if args.context else current
+    return str(chosen["context"].get("namespace") or "default")
+
+
 def _ask_operator(args: argparse.Namespace, ask: Callable[..., dict], **fields: Any) -> tuple[int, dict, str]:
     """Send a request about one AgentCredential and wait for the operator's answer."""
-    from kubernetes import config
     from kubernetes.client.exceptions import ApiException
 
     from .requests import RequestTimeout
 
-    namespace = args.namespace or config.list_kube_config_contexts()[1]["context"].get("namespace", "default")
+    namespace = object_namespace(args)
     try:
-        return (
-            0,
-            ask(config.new_client_from_config(), namespace, args.credential, timeout=args.timeout, **fields),
-            namespace,
-        )
+        return (0, ask(api_client(args), namespace, args.credential, timeout=args.timeout, **fields), namespace)
     except ApiException as error:
         if error.status != 404:
             raise
@@ -36,10 +49,27 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     from .requests import request_revoke
 
     status, outcome, namespace = _ask_operator(args, request_revoke, pod=args.pod, reason=args.reason)
-    if status == 0:
-        where = f"pod {args.pod}" if args.pod else "every pod"
-        print(f"revoked {outcome['revoked']} live value(s) of {namespace}/{args.credential} in {where}")
-    return status
+    if status != 0:
+        return status
+    where = f"pod {args.pod}" if args.pod else "every pod"
+    print(f"revoked {outcome['revoked']} live value(s) of {namespace}/{args.credential} in {where}")
+    return _evict(args, namespace) if args.evict else 0
+
+
+def _evict(args: argparse.Namespace, namespace: str) -> int:
+    """Evict the pods that held the credential, as the caller (their rights, their PDBs)."""
+    from .eviction import evict, holders
+
+    cluster = api_client(args)
+    outcomes = evict(cluster, namespace, holders(cluster, namespace, args.credential, args.pod))
+    for outcome in outcomes:
+        if outcome.evicted:
+            print(f"evicted pod {outcome.pod}")
+        else:
+            print(f"pod {outcome.pod} not evicted: {outcome.detail}", file=sys.stderr)
+    if not outcomes:
+        print("no running pod holds it: nothing to evict", file=sys.stderr)
+    return 0 if all(outcome.evicted for outcome in outcomes) else 3
 
 
 def cmd_renew(args: argparse.Namespace) -> int:
@@ -101,14 +131,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate_key(args: argparse.Namespace) -> int:
-    from kubernetes import config
-
     from ..api.labels import StateNames
     from .keyrotation import RotationTimeout, request_rotation
 
     try:
         ring = request_rotation(
-            config.new_client_from_config(), args.namespace, args.algorithm, args.timeout, StateNames(args.instance)
+            api_client(args), args.operator_namespace, args.algorithm, args.timeout, StateNames(args.instance)
         )
     except RotationTimeout as error:
         print(str(error), file=sys.stderr)
@@ -120,8 +148,6 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
 
 
 def cmd_inventory(args: argparse.Namespace) -> int:
-    from kubernetes import config
-
     from .inventory import FINDING_KINDS, RENDERERS, read_cluster
 
     fail_on = {kind.strip() for kind in (args.fail_on or "").split(",") if kind.strip()}
@@ -133,7 +159,7 @@ def cmd_inventory(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    inventory = read_cluster(config.new_client_from_config())
+    inventory = read_cluster(api_client(args), namespace=None if args.all_namespaces else args.namespace)
     sys.stdout.write(RENDERERS[args.output](inventory))
     needing_action = inventory.needs_action(fail_on)
     if needing_action:

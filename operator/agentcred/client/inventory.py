@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import io
 import json
 import re
@@ -18,7 +19,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import yaml
 from kubernetes import client
+from pydantic.alias_generators import to_camel
 
 from ..api import labels, model
 from ..rules.credentials import credential_record
@@ -201,20 +204,33 @@ def metadata_list(list_call: Any, **selectors: str) -> Iterator[dict[str, Any]]:
     return _pages(fetch)
 
 
-def read_cluster(api_client: client.ApiClient, now: dt.datetime | None = None) -> Inventory:
+def read_cluster(
+    api_client: client.ApiClient, now: dt.datetime | None = None, namespace: str | None = None
+) -> Inventory:
+    """The inventory of one namespace, or of every namespace (None)."""
     custom = client.CustomObjectsApi(api_client)
 
     def credentials_page(token: str | None) -> dict[str, Any]:
         kwargs = {"limit": PAGE, **({"_continue": token} if token else {})}
+        if namespace:
+            return custom.list_namespaced_custom_object(model.GROUP, model.VERSION, namespace, model.PLURAL, **kwargs)
         return custom.list_cluster_custom_object(model.GROUP, model.VERSION, model.PLURAL, **kwargs)
 
     credentials = list(_pages(credentials_page))
     core = client.CoreV1Api(api_client)
-    secrets = list(metadata_list(core.list_secret_for_all_namespaces, label_selector=f"{labels.MANAGED_LABEL}=true"))
+    secrets_call, pods_call = (
+        (
+            functools.partial(core.list_namespaced_secret, namespace),
+            functools.partial(core.list_namespaced_pod, namespace),
+        )
+        if namespace
+        else (core.list_secret_for_all_namespaces, core.list_pod_for_all_namespaces)
+    )
+    secrets = list(metadata_list(secrets_call, label_selector=f"{labels.MANAGED_LABEL}=true"))
     live = {
         pod["metadata"]["uid"]
         for pod in metadata_list(
-            core.list_pod_for_all_namespaces,
+            pods_call,
             label_selector=f"{labels.INJECT_LABEL}=true",
             field_selector="status.phase!=Succeeded,status.phase!=Failed",
         )
@@ -271,21 +287,33 @@ def render_table(inventory: Inventory) -> str:
     return "\n".join(out) + "\n"
 
 
-def render_json(inventory: Inventory) -> str:
-    document = {
+def _camel(record: Any) -> dict[str, Any]:
+    """A record's fields in Kubernetes' casing (lastIssued, not last_issued)."""
+    return {to_camel(key): value for key, value in asdict(record).items()}
+
+
+def document(inventory: Inventory) -> dict[str, Any]:
+    return {
         "generatedAt": inventory.generated_at,
-        "categories": {c: [asdict(e) for e in entries] for c, entries in inventory.by_category().items()},
-        "exceptions": [asdict(e) for e in inventory.credentials if e.exception_expires],
-        "findings": [asdict(f) for f in inventory.findings],
+        "categories": {c: [_camel(e) for e in entries] for c, entries in inventory.by_category().items()},
+        "exceptions": [_camel(e) for e in inventory.credentials if e.exception_expires],
+        "findings": [_camel(f) for f in inventory.findings],
     }
-    return json.dumps(document, indent=2) + "\n"
+
+
+def render_json(inventory: Inventory) -> str:
+    return json.dumps(document(inventory), indent=2) + "\n"
+
+
+def render_yaml(inventory: Inventory) -> str:
+    return yaml.safe_dump(document(inventory), sort_keys=False)
 
 
 def render_csv(inventory: Inventory) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     columns = list(CredentialEntry.__dataclass_fields__)
-    writer.writerow(["record", *columns, "kind", "detail"])
+    writer.writerow(["record", *map(to_camel, columns), "kind", "detail"])
     for entry in inventory.credentials:
         writer.writerow(["credential", *[getattr(entry, c) for c in columns], "", ""])
     for finding in inventory.findings:
@@ -295,4 +323,4 @@ def render_csv(inventory: Inventory) -> str:
     return buffer.getvalue()
 
 
-RENDERERS = {"table": render_table, "json": render_json, "csv": render_csv}
+RENDERERS = {"table": render_table, "json": render_json, "yaml": render_yaml, "csv": render_csv}

@@ -1,16 +1,43 @@
-"""`agentcred dev ...`: a local control plane for development, from the command line."""
+"""`agentcred dev ...`: a local control plane for development, from the command line.
+
+Each control plane has a name, and its state and files live under the cache in
+`dev/<name>/`: by default the name comes from the checkout `dev up` runs in (so a second
+project or clone on the same machine gets its own), or `--name` picks one.
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import re
+import subprocess
 import sys
+import time
 from pathlib import Path
 
+# Pods of Jobs succeed this long after they start running, unless told otherwise.
+DEFAULT_COMPLETE_AFTER = 10.0
 
-def _dev_state_path() -> Path:
+
+def checkout_root(start: Path) -> Path:
+    """The checkout `start` is in (the nearest folder with .git), else `start` itself."""
+    for folder in (start, *start.parents):
+        if (folder / ".git").exists():
+            return folder
+    return start
+
+
+def default_name(start: Path | None = None) -> str:
+    """A name for this checkout's control plane: its folder's name and a digest of its path."""
+    root = checkout_root((start or Path.cwd()).resolve())
+    readable = re.sub(r"[^a-z0-9-]+", "-", root.name.lower()).strip("-")[:32] or "dev"
+    return f"{readable}-{hashlib.sha256(str(root).encode()).hexdigest()[:8]}"
+
+
+def _dev_dir(args: argparse.Namespace) -> Path:
     from .binaries import cache_root
 
-    return cache_root() / "dev" / "state.json"
+    return cache_root() / "dev" / (args.name or default_name())
 
 
 def cmd_dev_build(args: argparse.Namespace) -> int:
@@ -24,51 +51,159 @@ def cmd_dev_build(args: argparse.Namespace) -> int:
 def cmd_dev_up(args: argparse.Namespace) -> int:
     from .controlplane import ControlPlane, ControlPlaneState
 
-    state_path = _dev_state_path()
+    folder = _dev_dir(args)
+    state_path = folder / "state.json"
     if state_path.exists():
         state = ControlPlaneState.load(state_path)
-        print(f"a local control plane is already up at {state.server}", file=sys.stderr)
+        print(f"local control plane {folder.name} is already up at {state.server}", file=sys.stderr)
         print(f"export KUBECONFIG={state.kubeconfig}")
         return 0
-    state_path.parent.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     from kubernetes import config
 
     from .binaries import ensure_binaries
     from .install import install_agentcred
 
-    plane = ControlPlane(workdir=state_path.parent / "cluster", detach=True)
+    started = time.monotonic()
+    plane = ControlPlane(workdir=folder / "cluster", detach=True)
     state = plane.start()
+    timings = dict(plane.timings)
+    try:
+        step = time.monotonic()
+        install_agentcred(config.new_client_from_config(config_file=state.kubeconfig))
+        timings["CRDs established, policy and namespace"] = time.monotonic() - step
+        if not args.no_kubelet:
+            step = time.monotonic()
+            state.pids["kubelet"] = start_kubelet(Path(state.workdir), state.kubeconfig, args.complete_after)
+            timings["scheduler/kubelet stand-in started"] = time.monotonic() - step
+    except BaseException:
+        from .controlplane import stop_processes
+
+        stop_processes(state.pids)
+        raise
     state.save(state_path)
-    install_agentcred(config.new_client_from_config(config_file=state.kubeconfig))
-    print(f"local control plane up at {state.server}, with the AgentCredential CRD", file=sys.stderr)
+    total = time.monotonic() - started
+    print(f"local control plane {folder.name} up at {state.server} in {total:.1f}s:", file=sys.stderr)
+    for what, seconds in timings.items():
+        print(f"  {seconds:5.1f}s  {what}", file=sys.stderr)
+    if args.no_kubelet:
+        print("no scheduler/kubelet stand-in (--no-kubelet): pods stay Pending", file=sys.stderr)
+    else:
+        print(
+            f"pods are bound to a stand-in node and run; a Job's pods succeed after {args.complete_after:g}s",
+            file=sys.stderr,
+        )
     print(f"kubectl: {ensure_binaries()['kubectl']}", file=sys.stderr)
     print(f"export KUBECONFIG={state.kubeconfig}")
     return 0
 
 
+def start_kubelet(workdir: Path, kubeconfig: str, complete_after: float) -> int:
+    """The stand-in as its own detached process, logging into the control plane's logs."""
+    import os
+
+    # The same agentcred as this process, wherever it was imported from.
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    with open(workdir / "logs" / "kubelet.log", "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "agentcred", "dev", "kubelet", "--kubeconfig", kubeconfig]
+            + ["--complete-after", str(complete_after)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
+    return process.pid
+
+
 def cmd_dev_down(args: argparse.Namespace) -> int:
     import shutil
 
-    from .controlplane import ControlPlaneState, stop_processes
+    from .controlplane import ControlPlaneState, ours, stop_processes
 
-    state_path = _dev_state_path()
+    folder = _dev_dir(args)
+    state_path = folder / "state.json"
     if not state_path.exists():
-        print("no local control plane is up", file=sys.stderr)
+        print(f"no local control plane {folder.name} is up", file=sys.stderr)
         return 0
     state = ControlPlaneState.load(state_path)
-    stop_processes(state.pids)
-    shutil.rmtree(state.workdir, ignore_errors=True)
-    state_path.unlink()
-    print("local control plane stopped and removed", file=sys.stderr)
+    # Only processes that are still this plane's: a pid may have been reused since.
+    left = stop_processes({name: pid for name, pid in state.pids.items() if ours(pid, state.workdir)})
+    if left:
+        print(f"still running after SIGKILL: {', '.join(left)}; state kept in {folder}", file=sys.stderr)
+        return 1
+    shutil.rmtree(folder, ignore_errors=True)
+    print(f"local control plane {folder.name} stopped (every process exited) and removed", file=sys.stderr)
     return 0
 
 
 def cmd_dev_kubeconfig(args: argparse.Namespace) -> int:
     from .controlplane import ControlPlaneState
 
-    state_path = _dev_state_path()
+    state_path = _dev_dir(args) / "state.json"
     if not state_path.exists():
         print("no local control plane is up: run `agentcred dev up`", file=sys.stderr)
         return 1
     print(ControlPlaneState.load(state_path).kubeconfig)
     return 0
+
+
+def cmd_dev_kubelet(args: argparse.Namespace) -> int:
+    from kubernetes import config
+
+    from .kubelet import FakeKubelet
+
+    api_client = config.new_client_from_config(config_file=args.kubeconfig)
+    complete_after = args.complete_after if args.complete_after > 0 else None
+    FakeKubelet(api_client, complete_after=complete_after).run_forever()
+    return 0
+
+
+def add_dev_commands(commands: argparse._SubParsersAction) -> None:
+    dev = commands.add_parser("dev", help="a local control plane for development").add_subparsers(
+        dest="dev_command", required=True
+    )
+    build = dev.add_parser("build", help="build (or find in the cache) the control plane binaries")
+    build.set_defaults(func=cmd_dev_build)
+    named = argparse.ArgumentParser(add_help=False)
+    named.add_argument(
+        "--name", help="which local control plane (default: one per checkout, named after the folder `dev up` ran in)"
+    )
+    up = dev.add_parser(
+        "up",
+        parents=[named],
+        help="start etcd, kube-apiserver, kube-controller-manager and the scheduler/kubelet stand-in",
+    )
+    up.add_argument(
+        "--no-kubelet", action="store_true", help="leave out the scheduler/kubelet stand-in (pods stay Pending)"
+    )
+    up.add_argument(
+        "--complete-after",
+        type=float,
+        default=DEFAULT_COMPLETE_AFTER,
+        metavar="SECONDS",
+        help=f"a Job's pod succeeds this long after it starts running (default {DEFAULT_COMPLETE_AFTER:g}; "
+        "0: never by itself)",
+    )
+    up.set_defaults(func=cmd_dev_up)
+    down = dev.add_parser(
+        "down", parents=[named], help="stop the local control plane, wait until its processes exit, remove its files"
+    )
+    down.set_defaults(func=cmd_dev_down)
+    kubeconfig = dev.add_parser("kubeconfig", parents=[named], help="print the admin kubeconfig path")
+    kubeconfig.set_defaults(func=cmd_dev_kubeconfig)
+    kubelet = dev.add_parser(
+        "kubelet", help="run the scheduler/kubelet stand-in in the foreground (`dev up` starts one for you)"
+    )
+    kubelet.add_argument("--kubeconfig", required=True, help="the control plane's admin kubeconfig")
+    kubelet.add_argument(
+        "--complete-after",
+        type=float,
+        default=DEFAULT_COMPLETE_AFTER,
+        metavar="SECONDS",
+        help=f"a Job's pod succeeds this long after it starts running (default {DEFAULT_COMPLETE_AFTER:g}; "
+        "0: never by itself)",
+    )
+    kubelet.set_defaults(func=cmd_dev_kubelet)

@@ -110,6 +110,7 @@ class ControlPlane:
         self._argv: dict[str, list[str]] = {}
         self.apiserver_port = 0
         self.state: ControlPlaneState | None = None
+        self.timings: dict[str, float] = {}  # seconds each step of `start` took, in order
 
     @property
     def kubeconfig(self) -> Path:
@@ -127,13 +128,25 @@ class ControlPlane:
         self.stop()
 
     def start(self, timeout: float = 120.0) -> ControlPlaneState:
+        step = time.monotonic()
+
+        def took(what: str) -> None:
+            nonlocal step
+            now = time.monotonic()
+            self.timings[what] = now - step
+            step = now
+
         binaries = ensure_binaries()
+        took("finding the binaries")
         try:
             self._write_pki()
+            took("certificates and keys")
             etcd_url = self._start_etcd(binaries["etcd"])
             self._start_apiserver(binaries["kube-apiserver"], etcd_url)
             self._wait_ready(timeout)
+            took("etcd and kube-apiserver until ready")
             self._start_controller_manager(binaries["kube-controller-manager"])
+            took("kube-controller-manager started")
         except BaseException:
             self.stop()
             raise
@@ -313,8 +326,9 @@ class ControlPlane:
         raise TimeoutError(f"kube-apiserver not ready after {timeout:.0f}s: {last_error}")
 
 
-def stop_processes(pids: dict[str, int], grace: float = 10.0) -> None:
-    """SIGTERM each process group, then SIGKILL whatever is still alive after `grace`."""
+def stop_processes(pids: dict[str, int], grace: float = 10.0) -> list[str]:
+    """SIGTERM each process group, SIGKILL whatever is still alive after `grace`, and wait
+    until they have gone; returns the names of any still alive after that."""
     for pid in pids.values():
         _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
@@ -323,6 +337,22 @@ def stop_processes(pids: dict[str, int], grace: float = 10.0) -> None:
     for pid in pids.values():
         if _alive(pid):
             _signal_group(pid, signal.SIGKILL)
+    deadline = time.monotonic() + grace  # SIGKILL cannot be refused; exiting can still take a moment
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids.values()):
+        time.sleep(0.1)
+    return [name for name, pid in pids.items() if _alive(pid)]
+
+
+def ours(pid: int, workdir: str) -> bool:
+    """Is `pid` still one of this control plane's processes? Each has its working directory
+    on its command line; a pid reused by someone else's process does not (where /proc tells)."""
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if not Path("/proc/self/cmdline").exists():
+        return _alive(pid)  # no /proc here: the pid is all there is to go by
+    try:
+        return workdir in cmdline.read_bytes().decode(errors="replace")
+    except OSError:
+        return False
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -343,4 +373,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    try:  # a zombie has exited; only its parent has yet to reap it
+        return "\tZ" not in Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1][:4]
+    except (OSError, IndexError):
+        return True

@@ -6,7 +6,9 @@ namespace, a ServiceAccount, an AgentCredential and an agent Job); shows the tok
 agent's pod receives (its claims and fingerprint, not the token), completes the Job, and
 shows the agent narrowing it at the token service (OAuth 2.0 JWT bearer) and a refusal,
 completes the Job, and shows the value revoked and the audit trail. Everything started is
-stopped at the end.
+stopped at the end, or with `keep` left running as the local control plane named "demo"
+(`agentcred dev down --name demo` stops it). Headings are bold only on a terminal, and never
+with NO_COLOR set.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import base64
 import functools
 import json
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -31,7 +34,8 @@ from kubernetes import client, config, utils
 
 from ..api import labels
 from ..api.model import GROUP, PLURAL, VERSION
-from .binaries import ensure_binaries
+from .binaries import cache_root, ensure_binaries
+from .commands import DEFAULT_COMPLETE_AFTER, start_kubelet
 from .controlplane import ControlPlane, free_port
 from .install import install_agentcred
 from .kubelet import FakeKubelet
@@ -40,8 +44,16 @@ from .polling import wait_for
 EXAMPLE = "quickstart.yaml"
 
 
+DEMO_NAME = "demo"  # the kept demo is the local control plane of this name (`dev ... --name demo`)
+
+
+def _bold() -> bool:
+    """Escape codes only for a person at a terminal (https://no-color.org)."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
 def _say(text: str) -> None:
-    print(f"\n\033[1m==> {text}\033[0m", flush=True)
+    print(f"\n\033[1m==> {text}\033[0m" if _bold() else f"\n==> {text}", flush=True)
 
 
 def _example_path() -> Path:
@@ -60,13 +72,35 @@ def _webhook_listening(port: int) -> bool:
         return False
 
 
-def run_demo() -> int:
+def run_demo(keep: bool = False) -> int:
     ensure_binaries()
-    with tempfile.TemporaryDirectory(prefix="agentcred-demo-") as workdir, ControlPlane() as plane:
-        return _run(plane, Path(workdir))
+    if not keep:
+        with tempfile.TemporaryDirectory(prefix="agentcred-demo-") as workdir, ControlPlane() as plane:
+            _run(plane, Path(workdir), keep=False)
+            return 0
+    folder = cache_root() / "dev" / DEMO_NAME
+    if (folder / "state.json").exists():
+        print(f"a kept demo is still up: `agentcred dev down --name {DEMO_NAME}` first", file=sys.stderr)
+        return 1
+    plane = ControlPlane(workdir=folder / "cluster", detach=True)
+    state = plane.start()
+    try:
+        state.pids.update(_run(plane, plane.workdir, keep=True))
+    except BaseException:
+        plane.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    state.save(folder / "state.json")
+    _say(f"left running (--keep): the local control plane {DEMO_NAME!r}, the operator and the kubelet stand-in")
+    print(f"  operator log: {plane.workdir / 'operator.log'}, audit log: {plane.workdir / 'audit.log'}")
+    print(f"  stop it all:  agentcred dev down --name {DEMO_NAME}")
+    print(f"export KUBECONFIG={state.kubeconfig}")
+    return 0
 
 
-def _run(plane: ControlPlane, workdir: Path) -> int:
+def _run(plane: ControlPlane, workdir: Path, keep: bool) -> dict[str, int]:
+    """The story; with `keep`, the operator and a kubelet stand-in are left running, detached
+    (their pids returned)."""
     audit_log = workdir / "audit.log"
     _say(f"local control plane up at {plane.server} (kubeconfig {plane.kubeconfig})")
     api = config.new_client_from_config(config_file=str(plane.kubeconfig))
@@ -104,8 +138,10 @@ def _run(plane: ControlPlane, workdir: Path) -> int:
         stdout=operator_log,
         stderr=subprocess.STDOUT,
         env=env,
+        start_new_session=keep,  # kept: it outlives this process, and `dev down` stops its group
     )
     kubelet = FakeKubelet(api).start()
+    kept: dict[str, int] = {}
     try:
         wait_for(timeout=60, what="the operator's webhook", predicate=lambda: _webhook_listening(port))
         _say(f"operator running (pid {operator.pid}); its webhook is registered for opted-in pods")
@@ -183,15 +219,22 @@ def _run(plane: ControlPlane, workdir: Path) -> int:
         time.sleep(0.5)
         for line in audit_log.read_text().splitlines():
             print("  " + line)
-        _say("done: stopping the operator, the kubelet stand-in and the control plane")
-        return 0
+        if keep:
+            kept = {"operator": operator.pid}
+        else:
+            _say("done: stopping the operator, the kubelet stand-in and the control plane")
+        return kept
     finally:
         kubelet.stop()
-        operator.terminate()
-        try:
-            operator.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            operator.kill()
+        if kept:
+            # The stand-in goes on as its own process, so Jobs applied now run and complete too.
+            kept["kubelet"] = start_kubelet(workdir, str(plane.kubeconfig), DEFAULT_COMPLETE_AFTER)
+        else:
+            operator.terminate()
+            try:
+                operator.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                operator.kill()
         operator_log.close()
 
 

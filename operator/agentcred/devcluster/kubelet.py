@@ -4,6 +4,9 @@ There is no kubelet on the local control plane. This helper binds pods to a regi
 Node (skipping pods that still carry scheduling gates, as the real scheduler does),
 reports them Running, and on request Succeeded or Failed, so the real Job controller
 marks Jobs Complete or Failed. Pods being deleted are confirmed gone, as a kubelet would.
+With `complete_after`, a pod that would not be restarted (restartPolicy Never or OnFailure:
+a Job's) succeeds by itself that many seconds after it started running, as a short task
+would (`agentcred dev up`); others run until deleted.
 """
 
 from __future__ import annotations
@@ -26,9 +29,13 @@ def _now() -> str:
 
 
 class FakeKubelet:
-    def __init__(self, api_client: client.ApiClient, node_name: str = "agentcred-node-0") -> None:
+    def __init__(
+        self, api_client: client.ApiClient, node_name: str = "agentcred-node-0", complete_after: float | None = None
+    ) -> None:
         self.core = client.CoreV1Api(api_client)
         self.node_name = node_name
+        self.complete_after = complete_after
+        self._timers: set[threading.Timer] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fake-kubelet")
@@ -43,6 +50,8 @@ class FakeKubelet:
 
     def stop(self) -> None:
         self._stop.set()
+        for timer in list(self._timers):
+            timer.cancel()
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._workers.shutdown(wait=True, cancel_futures=True)
@@ -187,6 +196,37 @@ class FakeKubelet:
             {"op": "replace", "path": "/status", "value": {**pod.get("status", {}), **status}},
         ]
         self.core.patch_namespaced_pod_status(pod["metadata"]["name"], pod["metadata"]["namespace"], patch)
+        if self.complete_after is not None and pod["spec"].get("restartPolicy") in ("Never", "OnFailure"):
+            meta = pod["metadata"]
+            timer = threading.Timer(self.complete_after, self._complete, (meta["namespace"], meta["name"], meta["uid"]))
+            timer.daemon = True
+            self._timers.add(timer)
+            timer.start()
+
+    def _complete(self, namespace: str, name: str, uid: str) -> None:
+        """The task ends by itself: the same pod (not a successor of the same name), if still running."""
+        self._timers.difference_update({t for t in self._timers if t.finished.is_set()})
+        try:
+            pod = self.core.read_namespaced_pod(name, namespace)
+            if pod.metadata.uid == uid and pod.status.phase == "Running" and not pod.metadata.deletion_timestamp:
+                self.succeed(namespace, name)
+        except ApiException as error:
+            if error.status != 404:
+                log.warning("fake kubelet could not complete %s/%s: %s", namespace, name, error.reason)
+
+    def run_forever(self) -> None:
+        """In the foreground until SIGTERM or Ctrl-C (`agentcred dev kubelet`)."""
+        import signal
+
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        self.start()
+        try:
+            while not self._stop.wait(1.0):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
 
     def _terminate(self, namespace: str, name: str, exit_code: int) -> None:
         pod = self.core.read_namespaced_pod(name, namespace)

@@ -29,6 +29,10 @@ Lookup = Callable[[str], CredentialRecord | None]
 class Refusal(Exception):
     """The pod cannot be admitted; the message says why and names what is wrong."""
 
+    def __init__(self, message: str, category: str | None = None) -> None:
+        super().__init__(message)
+        self.category = category  # of the credentials refused, when they share one (for metrics)
+
 
 def new_binding_id() -> str:
     return secrets.token_hex(8)
@@ -60,17 +64,21 @@ def parse_credentials_annotation(text: str | None) -> list[str]:
 
 def _check(names: list[str], namespace: str, service_account: str, lookup: Lookup) -> list[CredentialRecord]:
     records, problems = [], []
+    categories: set[str | None] = set()  # of the credentials refused (None: not known)
     for name in names:
         record = lookup(name)
         if record is None:
+            categories.add(None)
             problems.append(f"AgentCredential {name} does not exist in namespace {namespace}")
         elif not record.ready or record.spec is None:
             verdict = record.verdict()
+            categories.add(record.spec.category if record.spec else None)
             problems.append(
                 f"AgentCredential {name} in namespace {namespace} is not Ready ({verdict.reason}): {verdict.message}"
             )
         elif not record.allows(service_account):
             allowed = ", ".join(record.spec.subjects.service_accounts)
+            categories.add(record.spec.category)
             problems.append(
                 f"ServiceAccount {service_account} in namespace {namespace} is not a subject of "
                 f"AgentCredential {name} (its subjects: {allowed})"
@@ -78,7 +86,8 @@ def _check(names: list[str], namespace: str, service_account: str, lookup: Looku
         else:
             records.append(record)
     if problems:
-        raise Refusal("; ".join(problems))
+        # Known when every credential refused exists and all share one category.
+        raise Refusal("; ".join(problems), category=categories.pop() if len(categories) == 1 else None)
     mount_paths: dict[str, str] = {}
     for record in records:
         assert record.spec is not None

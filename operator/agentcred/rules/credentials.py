@@ -154,17 +154,25 @@ def upstream_problem(record: CredentialRecord, found: SharedSecret | None) -> Ve
     return None
 
 
+# A minting service failing its health check: no new pod is admitted for the credential, but
+# the values pods already hold stay (they are still good at the service) until they expire.
+UNHEALTHY = "MintingServiceUnhealthy"
+
+
 class Gatekeeper:
     """Judges credentials against what surrounds them: the cluster's AgentCredentialPolicies
-    (for the namespace's labels) and, for static sources, the shared upstream Secret."""
+    (for the namespace's labels), for static sources the shared upstream Secret, and for
+    minting services with a health check its last answer."""
 
     def __init__(
         self,
         policies: Callable[[], Mapping[str, AgentCredentialPolicySpec]],
         namespace_labels: Callable[[str], Mapping[str, str] | None],
         shared: Callable[[str, str], SharedSecret | None],
+        source_health: Callable[[str, str], tuple[str, str] | None] = lambda namespace, name: None,
     ) -> None:
         self._policies, self._namespace_labels, self._shared = policies, namespace_labels, shared
+        self._source_health = source_health
 
     def judged(self, record: CredentialRecord | None) -> CredentialRecord | None:
         if record is None or record.spec is None:
@@ -173,6 +181,9 @@ class Gatekeeper:
         decision = tenancy.judge(record.spec, record.namespace, labels_, self._policies())
         if not decision.allowed:
             return dataclasses.replace(record, blocked=Verdict(False, decision.reason, decision.message))
-        ref = record.spec.source.secret_ref
+        ref, webhook = record.spec.source.secret_ref, record.spec.source.webhook
         problem = upstream_problem(record, self._shared(record.namespace, ref.name) if ref else None)
+        if problem is None and webhook is not None and webhook.health_check:
+            unhealthy = self._source_health(record.namespace, record.name)
+            problem = Verdict(False, *unhealthy) if unhealthy else None
         return dataclasses.replace(record, blocked=problem, allowed_by=decision.policy)

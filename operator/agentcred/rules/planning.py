@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..api.pods import PodTask
 from ..api.projection import IssuedValue, ProjectionState
-from .credentials import CredentialRecord
+from .credentials import UNHEALTHY, CredentialRecord
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def _revocation_reason(task: PodTask, record: CredentialRecord | None, today: dt
     if record is None:
         return "credential-deleted"
     verdict = record.verdict(today)
-    if not verdict.ready:
+    if not verdict.ready and verdict.reason != UNHEALTHY:
         return "exception-expired" if verdict.reason == "ExceptionExpired" else "credential-not-ready"
     if not record.allows(task.service_account):
         return "subject-removed"

@@ -33,11 +33,13 @@ class Verdict:
 
 
 def describe_validation_error(error: ValidationError) -> str:
-    """One line per problem, each naming the field in the spec's own (camelCase) spelling."""
+    """One line per problem, each naming the field as people write it (`spec.ttl`): a problem
+    of the whole spec is `spec`, and pydantic's own wording ("Value error, ") is left out."""
     lines = []
     for problem in error.errors():
-        where = ".".join(str(part) for part in problem["loc"]) or "spec"
-        lines.append(f"spec.{where}: {problem['msg']}")
+        where = ".".join(["spec", *(str(part) for part in problem["loc"])])
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        lines.append(f"{where}: {message}")
     return "; ".join(lines)
 
 

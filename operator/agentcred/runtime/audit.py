@@ -73,6 +73,7 @@ class AuditTrail:
         value: IssuedValue | None,
         reason: str,
         owner: str | None,
+        message: str | None = None,
         count: bool = False,
     ) -> Entry:
         return self.record(
@@ -82,6 +83,7 @@ class AuditTrail:
             category=value.category if value else None,
             owner=owner,
             reason=reason,
+            message=message,
             tokenId=value.token_id if value else None,
             fingerprint=value.fingerprint if value else None,
             **subject.fields(),

@@ -20,6 +20,9 @@ class PodChecks:
     def __init__(self, kube: Kube, audit: AuditTrail, events: EventRecorder, leading: Callable[[], bool]) -> None:
         self.kube, self.audit, self.events, self.leading = kube, audit, events, leading
         self._flagged: set[str] = set()  # pod UIDs already told they get nothing
+        # Unadmitted pods a follower saw (at start-up, every pod is listed once): the leader's
+        # to flag, so this replica flags them if it becomes the leader (`flag_pending`).
+        self._pending: dict[str, dict[str, Any]] = {}
 
     async def still_there(self, task: PodTask) -> PodTask:
         """A pod that left the label-selected watch: deleted, or only unlabelled (opted out)?"""
@@ -34,7 +37,14 @@ class PodChecks:
         changed since): it gets nothing, and people are told."""
         meta = pod.get("metadata") or {}
         uid = str(meta.get("uid") or "")
-        if not self.leading() or not uid or meta.get("deletionTimestamp") or not self._first_flag(uid):
+        if not uid or meta.get("deletionTimestamp"):
+            return
+        if not self.leading():
+            if len(self._pending) < 100_000:
+                self._pending[uid] = pod
+            return
+        self._pending.pop(uid, None)
+        if not self._first_flag(uid):
             return
         namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
         message = (
@@ -47,6 +57,17 @@ class PodChecks:
             namespace, name, uid, service_account=(pod.get("spec") or {}).get("serviceAccountName") or "default"
         )
         self.audit.deny(subject, "not-admitted", message)
+
+    def gone(self, uid: str) -> None:
+        """A pod was deleted: nothing left to flag."""
+        self._pending.pop(uid, None)
+
+    def flag_pending(self) -> int:
+        """Now leading: flag the unadmitted pods seen while following; how many were."""
+        pending, self._pending = self._pending, {}
+        for pod in pending.values():
+            self.flag_unadmitted(pod)
+        return len(pending)
 
     def binding_taken(self, task: PodTask) -> None:
         if task.end_reason or not self._first_flag(task.uid):

@@ -139,10 +139,17 @@ class Reconciler:
         return self._waiting.pop((namespace, credential), set())
 
     async def revoke_value(
-        self, key: str, credential: str, reason: str, pod_name: str | None = None, tombstone: bool = True
+        self,
+        key: str,
+        credential: str,
+        reason: str,
+        pod_name: str | None = None,
+        tombstone: bool = True,
+        message: str | None = None,
     ) -> int:
         """Revoke one credential's live value in one projection now (1 if there was one);
-        `tombstone=False` lets a later plan issue it again (a leaked static value, once rotated)."""
+        `tombstone=False` lets a later plan issue it again (a leaked static value, once rotated);
+        `message` is what a person said about it."""
         async with self._locks.setdefault(key, asyncio.Lock()):
             for _ in range(3):
                 state = self.store.get(key)
@@ -150,7 +157,7 @@ class Reconciler:
                     return 0
                 task = self.pod(key)
                 subject = Subject.of_task(task) if task else Subject.of_state(state)
-                revocation = Revocation(credential, state.values[credential], reason)
+                revocation = Revocation(credential, state.values[credential], reason, message)
                 remaining = (
                     without(state, {credential: reason})
                     if tombstone

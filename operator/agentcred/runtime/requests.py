@@ -24,12 +24,14 @@ class Requests:
         self.reconciler, self.store, self.kube, self.events = reconciler, store, kube, events
         self._handled: set[str] = set()
 
-    async def revoke_everywhere(self, record: CredentialRecord, reason: str, pod_name: str | None = None) -> int:
+    async def revoke_everywhere(
+        self, record: CredentialRecord, reason: str, pod_name: str | None = None, message: str | None = None
+    ) -> int:
         """Revoke the credential's live values in every pod (or one pod) right now."""
         await self.reconciler.loaded.wait()
         keys = self.store.keys_with(record.namespace, record.name)
         counts = await asyncio.gather(
-            *(self.reconciler.revoke_value(key, record.name, reason, pod_name) for key in keys)
+            *(self.reconciler.revoke_value(key, record.name, reason, pod_name, message=message) for key in keys)
         )
         return sum(counts)
 
@@ -52,18 +54,18 @@ class Requests:
         if request_id is None:
             return None
         pod_name = request.get("pod") or None
-        count = await self.revoke_everywhere(record, "emergency", pod_name)
-        outcome = {
-            "id": request_id,
-            "at": format_time(utcnow()),
-            "pod": pod_name,
-            "revoked": count,
-            "reason": str(request.get("reason") or "")[:256] or None,
-        }
+        # The trigger stays "emergency" (a bounded metric label); the person's words go with it.
+        said = " ".join(str(request.get("reason") or "").split())[:256] or None
+        count = await self.revoke_everywhere(record, "emergency", pod_name, said)
+        outcome = {"id": request_id, "at": format_time(utcnow()), "pod": pod_name, "revoked": count, "reason": said}
         await self.kube.patch_credential_status(record.namespace, record.name, {"lastRevocation": outcome})
         where = f"pod {pod_name}" if pod_name else "every pod"
+        because = f": {said}" if said else ""
         self.events.post(
-            record.owner_ref, "Warning", "EmergencyRevoke", f"revoked {count} live value(s) of {record.name} in {where}"
+            record.owner_ref,
+            "Warning",
+            "EmergencyRevoke",
+            f"revoked {count} live value(s) of {record.name} in {where}{because}",
         )
         return outcome
 

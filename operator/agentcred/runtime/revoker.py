@@ -39,7 +39,8 @@ CredentialLookup = Callable[[str, str], CredentialRecord | None]
 class Revocation:
     credential: str
     value: IssuedValue | None  # None: nothing was live (a tombstone, or already gone)
-    reason: str
+    reason: str  # the trigger (bounded: a metric label)
+    message: str | None = None  # what a person said (`agentcred revoke --reason`)
 
 
 # A leaked value: every token of the pod for that credential issued until now goes, a fresh one
@@ -82,7 +83,9 @@ class Revoker:
             record = self.credential(subject.namespace, revocation.credential)
             owner = record.spec.owner if record is not None and record.spec is not None else None
             entries.append(
-                self.audit.revoke(subject, revocation.credential, revocation.value, revocation.reason, owner)
+                self.audit.revoke(
+                    subject, revocation.credential, revocation.value, revocation.reason, owner, revocation.message
+                )
             )
         return entries
 
@@ -105,7 +108,8 @@ class Revoker:
                     pod_ref(subject.namespace, subject.pod, subject.pod_uid),
                     "Warning",
                     "CredentialRevoked",
-                    f"revoked {revocation.credential}: {revocation.reason}",
+                    f"revoked {revocation.credential}: {revocation.reason}"
+                    + (f": {revocation.message}" if revocation.message else ""),
                 )
 
     async def revoke(

@@ -26,11 +26,11 @@ from typing import Any
 import aiohttp
 
 from ..api.durations import parse_duration
-from ..api.model import SourceKind
+from ..api.model import HEALTH_PATH, SourceKind
 from ..api.pods import PodTask
 from ..api.projection import IssuedValue, Subject
 from ..api.times import parse_time
-from ..rules.credentials import CredentialRecord
+from ..rules.credentials import UNHEALTHY, CredentialRecord
 from ..rules.planning import Issue
 from .base import Produced, SourceUnavailable
 from .claims import credential_scope, service_account_subject
@@ -141,6 +141,34 @@ class MintingServiceSource:
             ) from None
         except aiohttp.ClientError as error:
             raise _Retriable("MintingServiceUnreachable", f"failed: {_short(type(error).__name__)}") from None
+
+    async def probe(self, record: CredentialRecord) -> tuple[str, str] | None:
+        """GET <url>/healthz once, within the call timeout: None if it answers 2xx, else a
+        (reason, message) saying what failed. Never follows a redirect."""
+        spec = record.spec
+        assert spec is not None and spec.source.webhook is not None
+        source = spec.source.webhook
+        url = source.url.rstrip("/") + HEALTH_PATH
+        timeout = parse_duration(source.timeout).total_seconds() if source.timeout else DEFAULT_TIMEOUT
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        try:
+            async with self._session.get(
+                url,
+                ssl=self._ssl(source.ca_bundle),
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
+            ) as response:
+                if 200 <= response.status < 300:
+                    return None
+                detail = f"answered HTTP {response.status}"
+        except TimeoutError:
+            detail = f"did not answer within {timeout:g}s"
+        except aiohttp.ClientConnectorError as error:
+            detail = f"is unreachable ({_short(str(error.os_error or error), 120)})"
+        except aiohttp.ClientError as error:
+            detail = f"failed: {_short(type(error).__name__)}"
+        return (UNHEALTHY, f"the health check of the minting service, GET {url}, {detail}")
 
     async def produce(self, task: PodTask, record: CredentialRecord, issue: Issue, now: dt.datetime) -> Produced:
         spec = record.spec
