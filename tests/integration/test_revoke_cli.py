@@ -94,5 +94,8 @@ def test_revoke_says_why_and_evicts_with_the_callers_rights(
     assert "evicted pod b" in evicted.stdout
     wait_for(lambda: _gone(cluster, namespace, "b"), what="pod b evicted")
     assert not _gone(cluster, namespace, "a")
-    reasons = [(line["reason"], line.get("message")) for line in audit_lines(operator, "revoke", podName="b")]
+    reasons = [
+        (line["reason"], line.get("message"))
+        for line in audit_lines(operator, "revoke", podName="b", namespace=namespace)
+    ]
     assert reasons == [("emergency", "exfiltration")]

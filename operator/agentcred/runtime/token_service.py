@@ -104,7 +104,7 @@ class TokenService:
         if not self.by_source.allow(source, take=False):
             raise OAuthError("temporarily_unavailable", "too many refused tokens from this address", 429, 1)
         facts: dict[str, Any] = {}
-        subject = None
+        request, subject = None, None
         try:
             request = parse_token_request(parse_form(content_type, body), authorization)
             facts["grant"] = request.grant_type
@@ -113,7 +113,7 @@ class TokenService:
             act = await self._actor(request, subject.parent)
             return self._issue(request, subject, act, facts)
         except OAuthError as refused:
-            if subject is None:  # nobody established: this address pays for it
+            if request is not None and subject is None:  # a token that did not authenticate: this address pays
                 self.by_source.allow(source)
             self.audit.record("deny", reason=refused.error, message=refused.description, **facts)
             raise
