@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import ssl
 import sys
@@ -134,4 +135,7 @@ async def run(settings: Settings) -> int:
 
 
 if __name__ == "__main__":
+    # The SDK logs a failed token request with its traceback before raising it; run() reports
+    # the refusal itself, once.
+    logging.getLogger("mcp.client.auth").setLevel(logging.CRITICAL)
     sys.exit(asyncio.run(run(Settings.from_env())))

@@ -9,10 +9,10 @@ from clusterkit import REPO, Cluster, ensure_namespace
 
 pytestmark = pytest.mark.cluster
 
-EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+EXAMPLES = sorted([*(REPO / "examples").glob("*.yaml"), *(REPO / "examples").glob("*/*.yaml")])
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+@pytest.mark.parametrize("path", EXAMPLES, ids=[str(p.relative_to(REPO / "examples")) for p in EXAMPLES])
 def test_example_is_valid(cluster: Cluster, path: Path) -> None:
     ensure_namespace(cluster, "agents")
     documents = [d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] != "Namespace"]
