@@ -31,6 +31,7 @@ from agents import (
 )
 from clusterkit import Cluster, OperatorProcess, wait_for
 from minting_service import MintingService
+from oauth import bound_token, details, exchange
 
 pytestmark = pytest.mark.cluster
 
@@ -145,6 +146,21 @@ def test_projected_tokens_verify_and_each_refusal_has_its_own_reason(
 
     ok = cli(token)
     assert ok.returncode == 0 and ok.stdout.startswith("valid:") and pod["metadata"]["name"] in ok.stdout
+    assert "  not narrowed: the credential's scope tools=web-search,fetch-* actions=read" in ok.stdout
+    # A token narrowed at the token service (RFC 9068, `scope` claim): the grant it names.
+    status, answer = exchange(
+        operator,
+        bound_token(cluster, namespace, pod),
+        resource=AUDIENCE,
+        scope="tool:web-search action:read resource:repo:acme/app",
+    )
+    assert status == 200, answer
+    narrowed = cli(answer["access_token"])
+    assert narrowed.returncode == 0, narrowed.stdout + narrowed.stderr
+    assert narrowed.stdout.splitlines()[1:] == [
+        f"  audience: {AUDIENCE}",
+        "  scope: tool:web-search action:read resource:repo:acme/app",
+    ]
     bad = cli(tampered)
     assert bad.returncode == 1 and "refused (bad-signature)" in bad.stdout
     # Without the operator's CA: a sentence, not a traceback; the issuer comes from discovery.
@@ -292,7 +308,6 @@ def test_example_tool_gateway_speaks_rfc_6750_and_rfc_9728(
     from http.server import ThreadingHTTPServer
 
     from clusterkit import REPO, free_port
-    from oauth import bound_token, details, exchange
 
     spec = importlib.util.spec_from_file_location("gateway", REPO / "examples" / "tool-gateway" / "gateway.py")
     gateway = importlib.util.module_from_spec(spec)
