@@ -9,7 +9,8 @@ agentcred's code. What makes it an OAuth 2.0 resource server:
   with `WWW-Authenticate: Bearer ..., resource_metadata="<that metadata>"` (the SDK's);
 - a token is valid when PyJWT verifies it with a key from the `jwks_uri` of agentcred's
   RFC 8414 metadata, its header says `typ: at+jwt` (RFC 9068), `iss` is the issuer, `aud`
-  is this server's resource URL and it has not expired;
+  is this server's resource URL, it has not expired, and (`--namespace`) its `sub` is a
+  ServiceAccount of the tenant this server serves;
 - each `tools/call` needs the tool granted by the token's `scope`
   (`tool:<tool> action:call resource:docs:<collection>`) or by an `authorization_details`
   entry of type `agentcred.dev/tool`; otherwise the answer is 403 with
@@ -22,7 +23,7 @@ credential, so an agent allowed one tool would get no token at all. Clients ask 
 when a call is refused.
 
     python server.py --issuer https://agentcred.agentcred.svc:8443 --cafile ca.crt \
-        --resource http://docs-mcp.agents.svc:8000/mcp --collection handbook --host 0.0.0.0 --port 8000
+        --resource http://docs-mcp.agents.svc:8000/mcp --namespace agents --port 8000
 """
 
 from __future__ import annotations
@@ -71,11 +72,20 @@ def authorization_server_metadata(issuer: str, context: ssl.SSLContext) -> dict[
     return metadata
 
 
+def tenant_problem(claims: dict[str, Any], namespace: str | None) -> str | None:
+    """Why a token is not from the tenant this server serves, or None. agentcred's `sub` is the
+    agent's ServiceAccount, `system:serviceaccount:<namespace>:<name>`; another namespace whose
+    AgentCredential names this server as an audience (if a policy lets it) is another tenant."""
+    if namespace is None or str(claims.get("sub", "")).startswith(f"system:serviceaccount:{namespace}:"):
+        return None
+    return f"sub {claims.get('sub')!r} is not a ServiceAccount of namespace {namespace}"
+
+
 class AgentcredTokens(TokenVerifier):
     """Verifies RFC 9068 access tokens with PyJWT and the issuer's published keys."""
 
-    def __init__(self, issuer: str, resource: str, context: ssl.SSLContext) -> None:
-        self.issuer, self.resource = issuer, resource
+    def __init__(self, issuer: str, resource: str, context: ssl.SSLContext, namespace: str | None = None) -> None:
+        self.issuer, self.resource, self.namespace = issuer, resource, namespace
         metadata = authorization_server_metadata(issuer, context)
         # The key set is cached and fetched again when a token names a key it does not hold
         # (agentcred rotates keys with overlap).
@@ -86,7 +96,7 @@ class AgentcredTokens(TokenVerifier):
         if str(header.get("typ", "")).lower() not in ACCESS_TOKEN_TYPES:
             raise jwt.InvalidTokenError(f"typ {header.get('typ')!r} is not at+jwt")
         key = self.keys.get_signing_key_from_jwt(token)
-        return jwt.decode(
+        claims: dict[str, Any] = jwt.decode(
             token,
             key.key,
             algorithms=ALGORITHMS,
@@ -95,6 +105,10 @@ class AgentcredTokens(TokenVerifier):
             leeway=LEEWAY,
             options={"require": ["iss", "sub", "aud", "exp", "iat", "jti", "client_id"]},
         )
+        problem = tenant_problem(claims, self.namespace)
+        if problem is not None:
+            raise jwt.InvalidTokenError(problem)
+        return claims
 
     async def verify_token(self, token: str) -> AccessToken | None:
         try:
@@ -232,13 +246,20 @@ DOCS = {
 }
 
 
-def build(issuer: str, resource: str, collection: str, context: ssl.SSLContext, host: str = "0.0.0.0") -> Starlette:
-    """The server's ASGI application."""
+def build(
+    issuer: str,
+    resource: str,
+    collection: str,
+    context: ssl.SSLContext,
+    host: str = "0.0.0.0",
+    namespace: str | None = None,
+) -> Starlette:
+    """The server's ASGI application; with `namespace`, only that tenant's agents get in."""
     docs = dict(DOCS)
     tools = Tools({"search_docs", "delete_docs"}, collection, resource)
     server = MCPServer(
         "docs",
-        token_verifier=AgentcredTokens(issuer, resource, context),
+        token_verifier=AgentcredTokens(issuer, resource, context, namespace),
         # Strings, not AnyHttpUrl objects: the settings keep a path-less issuer as it is
         # spelled, where AnyHttpUrl would add a "/" and the issuer would no longer match.
         auth=AuthSettings.model_validate(
@@ -278,12 +299,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cafile", help="CA bundle for the issuer's HTTPS (agentcred's ca-bundle ConfigMap)")
     parser.add_argument("--resource", required=True, help="this server's MCP endpoint URL: the tokens' audience")
     parser.add_argument("--collection", default="handbook", help="the document collection served")
+    tenant = parser.add_mutually_exclusive_group(required=True)
+    tenant.add_argument("--namespace", help="accept only agents of this namespace (the tenant served)")
+    tenant.add_argument("--any-namespace", action="store_true", help="accept agents of any namespace")
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     context = ssl.create_default_context(cafile=args.cafile)
-    uvicorn.run(build(args.issuer, args.resource, args.collection, context, args.host), host=args.host, port=args.port)
+    app = build(args.issuer, args.resource, args.collection, context, args.host, args.namespace)
+    uvicorn.run(app, host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

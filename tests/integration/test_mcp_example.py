@@ -49,8 +49,9 @@ def _load(name: str) -> ModuleType:
 
 
 @pytest.fixture
-def mcp_server(operator: OperatorProcess, tmp_path: Path) -> Iterator[str]:
-    """The example server as its own process on loopback (plain HTTP); its resource URL."""
+def mcp_server(operator: OperatorProcess, namespace: str, tmp_path: Path) -> Iterator[str]:
+    """The example server as its own process on loopback (plain HTTP), serving the test's
+    namespace; its resource URL."""
     port = free_port()
     resource = f"http://127.0.0.1:{port}/mcp"
     log_path = tmp_path / "server.log"
@@ -60,7 +61,8 @@ def mcp_server(operator: OperatorProcess, tmp_path: Path) -> Iterator[str]:
                 sys.executable,
                 str(EXAMPLE / "server.py"),
                 *("--issuer", operator.api_url, "--cafile", operator.ca_file()),
-                *("--resource", resource, "--host", "127.0.0.1", "--port", str(port)),
+                *("--resource", resource, "--namespace", namespace),
+                *("--host", "127.0.0.1", "--port", str(port)),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -1,5 +1,5 @@
 """examples/mcp/server.py: which tool calls a token's claims grant (the check the server makes
-on each tools/call, over HTTP and again inside the tool)."""
+on each tools/call, over HTTP and again inside the tool), and which tenant it serves."""
 
 from __future__ import annotations
 
@@ -65,3 +65,11 @@ def test_the_scope_a_tool_needs_and_the_check_inside_the_tool() -> None:
     assert TOOLS.needed_scope("delete_docs") == "tool:delete_docs action:call resource:docs:handbook"
     with pytest.raises(server.ToolError, match="does not grant tool:search_docs"):
         TOOLS.require("search_docs")  # no authenticated request: nothing is granted
+
+
+def test_the_tenant_is_pinned_by_the_standard_sub_claim() -> None:
+    agent = {"sub": "system:serviceaccount:agents:docs-agent"}
+    assert server.tenant_problem(agent, "agents") is None and server.tenant_problem(agent, None) is None
+    for other in ("system:serviceaccount:agents-x:docs-agent", "system:serviceaccount:other:agents", "agents"):
+        assert server.tenant_problem({"sub": other}, "agents") is not None
+    assert server.tenant_problem({}, "agents") is not None
