@@ -149,13 +149,16 @@ class Tools:
             return True
         details = claims.get("authorization_details")
         for detail in details if isinstance(details, list) else []:
+            if not isinstance(detail, dict) or detail.get("type") != TOOL_DETAILS:
+                continue
+            actions, locations = detail.get("actions"), detail.get("locations", [self.resource])
             if (
-                isinstance(detail, dict)
-                and detail.get("type") == TOOL_DETAILS
-                and detail.get("tool") == tool
-                and ACTION in (detail.get("actions") or [])
+                detail.get("tool") == tool
+                and isinstance(actions, list)  # lists, or `in` would match substrings
+                and ACTION in actions
                 and detail.get("identifier") == self.identifier
-                and self.resource in detail.get("locations", [self.resource])
+                and isinstance(locations, list)
+                and self.resource in locations
             ):
                 return True
         return False

@@ -52,6 +52,8 @@ def _detail(**overrides: object) -> dict[str, object]:
         ({"authorization_details": [_detail(type="other")]}, False),
         ({"authorization_details": [_detail(actions=["read"])]}, False),
         ({"authorization_details": [_detail(identifier="docs:other")]}, False),
+        ({"authorization_details": [_detail(actions="recall")]}, False),
+        ({"authorization_details": [_detail(locations=RESOURCE + "-elsewhere")]}, False),
         # a token that names no intent grants no tool here: the client asks for one
         ({"agentcred": {"scope": {"tools": ["*"], "actions": ["*"], "resources": ["*"]}}}, False),
         ({}, False),
