@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--audience", required=True, help="the audience you expect (your service)")
     verify.add_argument("--url", help="the operator's HTTPS endpoint (JWKS and revocations)")
     verify.add_argument("--cafile", help="CA bundle for --url")
-    verify.add_argument("--jwks-file", help="verify offline against this JWKS (no revocation check)")
+    verify.add_argument("--jwks-file", help="verify offline against this JWKS, with --issuer (no revocation check)")
     verify.add_argument("--issuer", help="the issuer to expect (default: what the operator's discovery document says)")
     tenant = verify.add_mutually_exclusive_group(required=True)
     tenant.add_argument(

@@ -31,6 +31,7 @@ from agents import (
 )
 from clusterkit import Cluster, OperatorProcess, wait_for
 from minting_service import MintingService
+from oauth import bound_token, details, exchange
 
 pytestmark = pytest.mark.cluster
 
@@ -145,6 +146,21 @@ def test_projected_tokens_verify_and_each_refusal_has_its_own_reason(
 
     ok = cli(token)
     assert ok.returncode == 0 and ok.stdout.startswith("valid:") and pod["metadata"]["name"] in ok.stdout
+    assert "  not narrowed: the credential's scope tools=web-search,fetch-* actions=read" in ok.stdout
+    # A token narrowed at the token service (RFC 9068, `scope` claim): the grant it names.
+    status, answer = exchange(
+        operator,
+        bound_token(cluster, namespace, pod),
+        resource=AUDIENCE,
+        scope="tool:web-search action:read resource:repo:acme/app",
+    )
+    assert status == 200, answer
+    narrowed = cli(answer["access_token"])
+    assert narrowed.returncode == 0, narrowed.stdout + narrowed.stderr
+    assert narrowed.stdout.splitlines()[1:] == [
+        f"  audience: {AUDIENCE}",
+        "  scope: tool:web-search action:read resource:repo:acme/app",
+    ]
     bad = cli(tampered)
     assert bad.returncode == 1 and "refused (bad-signature)" in bad.stdout
     # Without the operator's CA: a sentence, not a traceback; the issuer comes from discovery.
@@ -281,9 +297,12 @@ def test_minting_service_failures_give_a_condition_and_an_event_and_no_secret(
     assert labels.BINDING_ANNOTATION in pod.metadata.annotations
 
 
-def test_example_tool_gateway_accepts_in_scope_tokens_only(
+def test_example_tool_gateway_speaks_rfc_6750_and_rfc_9728(
     cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
 ) -> None:
+    """examples/tool-gateway: RFC 9728 metadata naming agentcred, 401 with its location, 403
+    insufficient_scope naming the scope to ask for; a narrowed token grants exactly its
+    scope or authorization_details, a projected value its credential's scope."""
     import importlib.util
     import threading
     from http.server import ThreadingHTTPServer
@@ -295,36 +314,74 @@ def test_example_tool_gateway_accepts_in_scope_tokens_only(
     spec.loader.exec_module(gateway)
     service_account(cluster, namespace)
     create_credential(cluster, namespace, scope=SCOPE)
-    _, value = _agent(cluster, namespace)
+    pod, value = _agent(cluster, namespace)
+    projected = value.decode()
     port = free_port()
     server = ThreadingHTTPServer(
         ("127.0.0.1", port),
         gateway.make_handler(gateway.Keys(operator.api_url, operator.ca_file()), AUDIENCE, namespace),
     )
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    metadata_url = f"{AUDIENCE}/.well-known/oauth-protected-resource"
 
-    def call(token: str, tool: str) -> tuple[int, str]:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/",
-            data=b"",
-            method="POST",
-            headers={
-                "Authorization": f"Bearer {token}",
-                "X-Tool": tool,
-                "X-Action": "read",
-                "X-Resource": "repo:acme/app",
-            },
-        )
+    def call(token: str | None, tool: str, resource: str = "repo:acme/app") -> tuple[int, dict, str]:
+        headers = {"X-Tool": tool, "X-Action": "read", "X-Resource": resource}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/", data=b"", method="POST", headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, response.read().decode()
+                return response.status, json.loads(response.read()), response.headers.get("WWW-Authenticate", "")
         except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
+            return error.code, json.loads(error.read()), error.headers.get("WWW-Authenticate", "")
+
+    def narrowed(**fields: str) -> str:
+        status, answer = exchange(operator, bound_token(cluster, namespace, pod), resource=AUDIENCE, **fields)
+        assert status == 200, answer
+        return str(answer["access_token"])
 
     try:
-        assert call(value.decode(), "web-search")[0] == 200
-        status, text = call(value.decode(), "delete-repo")
-        assert status == 403 and "out-of-scope" in text
-        assert call("forged.token.here", "web-search")[0] in (401, 403)
+        local = f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource"
+        with urllib.request.urlopen(local, timeout=10) as response:
+            metadata = json.loads(response.read())
+        assert metadata["resource"] == AUDIENCE and metadata["authorization_servers"] == [operator.api_url]
+
+        # No token: 401 and where to learn more, no error code (RFC 6750 §3.1).
+        status, _, challenge = call(None, "web-search")
+        assert (status, challenge) == (401, f'Bearer resource_metadata="{metadata_url}"')
+        status, body, challenge = call("forged.token.here", "web-search")
+        assert (status, body["error"]) == (401, "invalid_token")
+        assert challenge.startswith('Bearer error="invalid_token"')
+        assert f'resource_metadata="{metadata_url}"' in challenge
+
+        # A projected value grants what its credential's scope allows.
+        status, body, _ = call(projected, "web-search")
+        assert (status, body["grantedBy"]) == (200, ["credential"])
+        status, body, challenge = call(projected, "delete-repo")
+        assert (status, body["error"]) == (403, "insufficient_scope") and "out-of-scope" in body["error_description"]
+        assert challenge.startswith(
+            'Bearer error="insufficient_scope", scope="tool:delete-repo action:read resource:repo:acme/app"'
+        )
+        assert f'resource_metadata="{metadata_url}"' in challenge
+
+        # A narrowed token grants exactly its scope, or its authorization details: fetch-page
+        # is in the credential's scope, but not in what this token was narrowed to.
+        by_scope = narrowed(scope="tool:web-search action:read resource:repo:acme/app")
+        status, body, _ = call(by_scope, "web-search")
+        assert (status, body["grantedBy"]) == (200, ["scope"])
+        status, body, challenge = call(by_scope, "fetch-page")
+        assert status == 403 and 'scope="tool:fetch-page action:read resource:repo:acme/app"' in challenge
+        by_details = narrowed(authorization_details=details("fetch-page", ["read"], "repo:acme/docs"))
+        status, body, _ = call(by_details, "fetch-page", "repo:acme/docs")
+        assert (status, body["grantedBy"]) == (200, ["authorization_details"])
+        assert call(by_details, "fetch-page", "repo:acme/app")[0] == 403
+
+        # An intent that is not named: 400.
+        incomplete = urllib.request.Request(
+            f"http://127.0.0.1:{port}/", data=b"", method="POST", headers={"Authorization": f"Bearer {projected}"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(incomplete, timeout=10)
+        assert refused.value.code == 400 and json.loads(refused.value.read())["error"] == "invalid_request"
     finally:
         server.shutdown()

@@ -89,9 +89,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     from ..api.times import format_time
     from ..rules.scope import Intent
-    from .verify import TokenRejected, Verifier
+    from .verify import TokenRejected, Verifier, describe_grant
 
     token = sys.stdin.read() if args.token in (None, "-") else args.token
+    if args.jwks_file and not args.issuer:
+        # Offline there is no discovery document to learn the issuer from, and a token whose
+        # issuer is not checked could come from anyone holding a key in that file.
+        print("with --jwks-file, say which issuer to expect: --issuer https://<operator>:8443", file=sys.stderr)
+        return 2
     try:
         if args.jwks_file:
             with open(args.jwks_file) as handle:
@@ -127,6 +132,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         f"valid: sub={claims['sub']} namespace={facts.get('namespace')} credential={facts.get('credential')} "
         f"pod={facts.get('pod')} jti={claims['jti']} expires={expires}"
     )
+    for line in describe_grant(claims):
+        print(f"  {line}")
     return 0
 
 

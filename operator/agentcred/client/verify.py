@@ -205,6 +205,51 @@ class Verifier:
             raise TokenRejected("revoked", f"token {claims['jti']} was revoked (credential {credential} of its pod)")
 
 
+def describe_grant(claims: dict[str, Any]) -> list[str]:
+    """What a verified token is for and allows, a line each, for people: its audience, the
+    intents a narrowed token grants (its `scope` and `authorization_details`, RFC 9068 /
+    RFC 9396), or the credential's scope patterns a token that names none carries, and who
+    acts through it (`act`, RFC 8693)."""
+    audiences = claims.get("aud")
+    lines = [f"audience: {', '.join([audiences] if isinstance(audiences, str) else map(str, audiences or []))}"]
+    if claims.get("scope") is not None:
+        lines.append(f"scope: {claims['scope']}")
+    details = claims.get("authorization_details")
+    for detail in details if isinstance(details, list) else []:
+        if not isinstance(detail, dict):
+            continue
+        actions = detail.get("actions")
+        line = (
+            f"authorization_details: type={detail.get('type')} tool={detail.get('tool')} "
+            f"actions={','.join(map(str, actions)) if isinstance(actions, list) else actions} "
+            f"identifier={detail.get('identifier')}"
+        )
+        if detail.get("locations"):
+            line += f" locations={','.join(map(str, detail['locations']))}"
+        lines.append(line)
+    if granted_intents(claims) is None:
+        scope = _agentcred_claim(claims).get("scope") or {}
+        patterns = " ".join(
+            f"{name}={','.join(map(str, scope[name]))}"
+            for name in ("tools", "actions", "resources")
+            if isinstance(scope.get(name), list)
+        )
+        deny = scope.get("deny")
+        deny = deny if isinstance(deny, dict) else {}
+        denied = " ".join(f"{name}={','.join(map(str, v))}" for name, v in deny.items() if isinstance(v, list))
+        lines.append(f"not narrowed: the credential's scope {patterns or '(none: allows nothing)'}")
+        if denied:
+            lines.append(f"  deny {denied}")
+    act = claims.get("act")
+    chain: list[str] = []
+    while isinstance(act, dict) and len(chain) < 8:
+        chain.append(str(act.get("sub")))
+        act = act.get("act")
+    if chain:
+        lines.append(f"acting: {' <- '.join(chain)}")
+    return lines
+
+
 def _agentcred_claim(claims: dict[str, Any]) -> dict[str, Any]:
     found = claims.get("agentcred")
     return found if isinstance(found, dict) else {}

@@ -1,0 +1,141 @@
+"""An MCP agent whose only credential is its pod's identity.
+
+It gets its access tokens with the `mcp` SDK's own OAuth client, `PrivateKeyJWTOAuthProvider`:
+the server's 401 names its RFC 9728 metadata, that names the authorization server, whose
+RFC 8414 metadata gives the token endpoint; the token request is `client_credentials` with a
+JWT client assertion (RFC 7523 §2.2) -- here the pod's projected ServiceAccount token, read
+from the file the kubelet keeps fresh -- and `resource` = the server (RFC 8707). When the
+server answers a call 403 `insufficient_scope`, the SDK asks for the scope it names and
+retries (step-up). `issuer` pins the authorization server: the pod's token is only ever sent
+to agentcred, whatever a server's metadata says.
+
+In a pod that asks agentcred for a minted credential, the webhook sets everything it reads:
+AGENTCRED_ISSUER, AGENTCRED_IDENTITY_TOKEN_FILE and AGENTCRED_CA_FILE. MCP_SERVER_URL names
+the server.
+
+    MCP_SERVER_URL=http://docs-mcp.agents.svc:8000/mcp python agent.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import ssl
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2
+from mcp import Client
+from mcp.client.auth import OAuthTokenError
+from mcp.client.auth.extensions.client_credentials import PrivateKeyJWTOAuthProvider
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
+
+
+class MemoryStorage:
+    """Tokens live as long as the process (they last minutes; the pod's identity gets more)."""
+
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client = client_info
+
+
+def pod_identity(token_file: str) -> Callable[[str], Awaitable[str]]:
+    """The assertion provider: the pod's projected ServiceAccount token, read at each use
+    because the kubelet rotates it. Its audience is fixed when the pod is created
+    (`agentcred`, which the token service accepts as well as its issuer URL)."""
+
+    async def assertion(audience: str) -> str:
+        return Path(token_file).read_text().strip()
+
+    return assertion
+
+
+def client_id(token_file: str) -> str:
+    """The client is the ServiceAccount: the assertion's `sub` (RFC 7523 §3), read, not trusted
+    -- the authorization server checks the token."""
+    payload = Path(token_file).read_text().strip().split(".")[1]
+    return str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sub"])
+
+
+@dataclass(frozen=True)
+class Settings:
+    server_url: str
+    issuer: str
+    token_file: str
+    cafile: str | None
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            server_url=os.environ["MCP_SERVER_URL"],
+            issuer=os.environ["AGENTCRED_ISSUER"],
+            token_file=os.environ["AGENTCRED_IDENTITY_TOKEN_FILE"],
+            cafile=os.environ.get("AGENTCRED_CA_FILE"),
+        )
+
+
+@asynccontextmanager
+async def connect(settings: Settings) -> AsyncIterator[Client]:
+    """An MCP client session with the server, authorized by agentcred."""
+    auth = PrivateKeyJWTOAuthProvider(
+        server_url=settings.server_url,
+        storage=MemoryStorage(),
+        client_id=client_id(settings.token_file),
+        assertion_provider=pod_identity(settings.token_file),
+        issuer=settings.issuer,
+    )
+    context = ssl.create_default_context()  # public CAs for the server, and agentcred's CA
+    if settings.cafile:
+        context.load_verify_locations(settings.cafile)
+    timeout = httpx2.Timeout(30, read=300)
+    async with httpx2.AsyncClient(auth=auth, verify=context, timeout=timeout) as http:
+        async with Client(streamable_http_client(settings.server_url, http_client=http)) as client:
+            yield client
+
+
+async def run(settings: Settings) -> int:
+    """Search (allowed), then try to delete (not allowed). The delete is refused twice over:
+    the server answers 403 insufficient_scope naming the scope it needs; the SDK asks agentcred
+    for it, which refuses (invalid_scope: outside the agent's AgentCredential). The SDK then
+    ends the connection with that error."""
+    refusal = None
+    try:
+        async with connect(settings) as client:
+            tools = await client.list_tools()
+            print("tools:", ", ".join(tool.name for tool in tools.tools))
+            found = await client.call_tool("search_docs", {"query": "rotate"})
+            print("search_docs:", *(getattr(item, "text", item) for item in found.content))
+            deleted = await client.call_tool("delete_docs", {"titles": ["rotation"]})
+            print("delete_docs was not refused:", *(getattr(item, "text", item) for item in deleted.content))
+    except* OAuthTokenError as refused:
+        refusal = refused.exceptions[0]
+    if refusal is None:
+        return 1
+    print("delete_docs refused:", refusal)
+    return 0
+
+
+if __name__ == "__main__":
+    # The SDK logs a failed token request with its traceback before raising it; run() reports
+    # the refusal itself, once.
+    logging.getLogger("mcp.client.auth").setLevel(logging.CRITICAL)
+    sys.exit(asyncio.run(run(Settings.from_env())))
