@@ -17,7 +17,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import kopf
 
-    from .app.config import OperatorConfig
+    from .app.config import OperatorConfig, parse_namespaces
     from .app.handlers import registry_for
     from .app.operator import Operator
 
@@ -36,7 +36,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         "audit_log": args.audit_log,
         "leak_reporters": args.leak_reporters,
     }
-    config = dataclasses.replace(OperatorConfig.from_env(), **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        config = OperatorConfig.from_env()
+        if args.watch_namespace:
+            config = dataclasses.replace(config, watch_namespaces=parse_namespaces(args.watch_namespace))
+    except ValueError as error:  # AGENTCRED_WATCH_NAMESPACES or --watch-namespace
+        print(f"agentcred run: {error}", file=sys.stderr)
+        return 2
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if args.webhook_config:
         config = dataclasses.replace(config, webhook_config=args.webhook_config)
     if args.introspector:
@@ -48,7 +55,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         # A line per handler per event is noise at scale; warnings and errors still show.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # Kopf's own peering is off: replicas coordinate through our Lease (see runtime.leader).
-    kopf.run(registry=registry_for(Operator(config)), clusterwide=True, standalone=True)
+    # Namespace-scoped: Kopf watches pods, Secrets and AgentCredentials in each listed namespace
+    # only (cluster-scoped objects -- policies, namespaces, the CRD -- as before).
+    kopf.run(
+        registry=registry_for(Operator(config)),
+        clusterwide=not config.scoped,
+        namespaces=list(config.watch_namespaces),
+        standalone=True,
+    )
     return 0
 
 
@@ -114,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--leak-reporters",
         help="ServiceAccounts (namespace/name, comma-separated) that may report and trace leaked values "
         "(AGENTCRED_LEAK_REPORTERS)",
+    )
+    run.add_argument(
+        "--watch-namespace",
+        action="append",
+        metavar="NAMESPACE",
+        help="namespace-scoped mode: see pods, Secrets and AgentCredentials, and admit pods, only in this "
+        "namespace; repeat for several (AGENTCRED_WATCH_NAMESPACES, comma-separated; default: every namespace)",
     )
     run.add_argument("--verbose", action="store_true", help="log every handler call (logs go to stderr)")
     run.add_argument("--log-json", action="store_true", help="log as JSON lines (on stderr, as plain logs are)")

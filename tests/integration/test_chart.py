@@ -270,6 +270,70 @@ def test_cert_manager_issues_the_serving_certificate(cluster: Cluster) -> None:
     }
 
 
+def test_namespace_scoped_rendering(cluster: Cluster) -> None:
+    """watchNamespaces: Roles in the watched namespaces replace the cluster-wide grant on pods,
+    Secrets, AgentCredentials and Events; what stays cluster-wide is what has no namespace."""
+    documents = render(cluster, "watchNamespaces={team-a,team-b}")
+    rendered = kinds(documents)
+    cluster_wide = {r for rule in rendered["ClusterRole/agentcred"]["rules"] for r in rule["resources"]}
+    assert cluster_wide == {
+        "agentcredentialpolicies",
+        "namespaces",
+        "tokenreviews",
+        "customresourcedefinitions",
+        "mutatingwebhookconfigurations",
+    }
+    webhook_rule = next(
+        rule
+        for rule in rendered["ClusterRole/agentcred"]["rules"]
+        if "mutatingwebhookconfigurations" in rule["resources"]
+    )
+    assert webhook_rule["resourceNames"] == ["agentcred.agentcred.dev"]
+    by_place = {
+        (d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d
+        for d in documents
+        if d["kind"] in ("Role", "RoleBinding")
+    }
+    for namespace in ("team-a", "team-b"):
+        role = by_place[("Role", namespace, "agentcred-watch")]
+        verbs = {(rule["apiGroups"][0], r): set(rule["verbs"]) for rule in role["rules"] for r in rule["resources"]}
+        assert verbs == {
+            ("agentcred.dev", "agentcredentials"): {"get", "list", "watch", "patch"},
+            ("agentcred.dev", "agentcredentials/status"): {"get", "patch"},
+            ("", "pods"): {"get", "list", "watch", "patch"},
+            ("", "secrets"): {"get", "list", "watch", "create", "patch", "delete"},
+            ("", "events"): {"create", "patch"},
+        }
+        binding = by_place[("RoleBinding", namespace, "agentcred-watch")]
+        assert binding["roleRef"]["name"] == "agentcred-watch"
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "agentcred", "namespace": NAMESPACE}]
+    assert {k[1] for k in by_place if k[2] == "agentcred-watch"} == {"team-a", "team-b"}
+    # Its own state: read by name too, since no cluster-wide Secret read covers it now.
+    own = next(r for r in rendered["Role/agentcred"]["rules"] if r["resources"] == ["secrets"])
+    assert set(own["verbs"]) == {"get", "update"}
+    assert set(own["resourceNames"]) == {"agentcred-signing-keys", "agentcred-webhook-tls"}
+    webhook = rendered["MutatingWebhookConfiguration/agentcred.agentcred.dev"]["webhooks"][0]
+    assert webhook["namespaceSelector"]["matchExpressions"] == [
+        {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", NAMESPACE]},
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]},
+    ]
+    assert env_of(rendered)["AGENTCRED_WATCH_NAMESPACES"] == "team-a,team-b"
+    # The pod guard, as `agentcred run --watch-namespace` installs it: only there.
+    for _, body in pod_guard("agentcred.agentcred.dev", ("team-a", "team-b")):
+        assert rendered[f"{body['kind']}/{body['metadata']['name']}"]["spec"] == body["spec"]
+    # The operator-bounds policies refuse writes elsewhere too, should someone widen its RBAC.
+    for bound in ("secrets", "pods"):
+        validations = rendered[f"ValidatingAdmissionPolicy/agentcred.agentcred.dev-operator-{bound}"]["spec"][
+            "validations"
+        ]
+        assert "request.namespace in ['team-a', 'team-b']" in validations[0]["expression"]
+    # The default stays cluster-wide: no Role elsewhere, no In selector, no setting.
+    default = render(cluster)
+    assert not [d for d in default if d["metadata"]["name"] == "agentcred-watch"]
+    assert "AGENTCRED_WATCH_NAMESPACES" not in env_of(kinds(default))
+    assert "namespace-scoped" not in json.dumps(default)
+
+
 def test_network_policy_limits_each_port_and_egress(cluster: Cluster) -> None:
     policy = kinds(render(cluster, "networkPolicy.enabled=true"))["NetworkPolicy/agentcred"]["spec"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
@@ -321,6 +385,8 @@ def test_network_policy_limits_each_port_and_egress(cluster: Cluster) -> None:
         (["nameOverride=Not_A_Name"], "/nameOverride'"),
         (["certManager.issuerRef.kind=ClusterIssuer"], "/certManager/issuerRef'"),
         (["networkPolicy.egress.dns.to=null"], "/networkPolicy/egress/dns"),
+        (["watchNamespaces={Team_A}"], "/watchNamespaces/0'"),
+        (["watchNamespaces={a,a}"], "/watchNamespaces'"),
     ],
 )
 def test_bad_values_are_refused_by_the_schema(cluster: Cluster, sets: list[str], message: str) -> None:
@@ -429,6 +495,8 @@ def readme_tables() -> list[set[tuple[str, str, frozenset, frozenset]]]:
             if where.startswith("cluster")
             else "namespace"
             if where.startswith("its namespace")
+            else "watched"
+            if where.startswith("each watched namespace")
             else ",".join(sorted(re.findall(r"`(admin|edit|view)`", where)))
         )
         rows.add((resource, scope, frozenset(v.strip() for v in verbs.split(",")), frozenset(names)))
@@ -449,7 +517,13 @@ def test_readme_permission_tables_match_the_rendered_rbac(cluster: Cluster) -> N
     people = rules(rendered["ClusterRole/agentcred-edit"], "admin,edit") | rules(
         rendered["ClusterRole/agentcred-view"], "view"
     )
-    assert readme_tables() == [operator, people]
+    scoped = kinds(render(cluster, "watchNamespaces={team-a}"))  # README: Namespace-scoped mode
+    namespaced = (
+        rules(scoped["ClusterRole/agentcred"], "cluster")
+        | rules(scoped["Role/agentcred"], "namespace")
+        | rules(scoped["Role/agentcred-watch"], "watched")
+    )
+    assert readme_tables() == [operator, people, namespaced]
 
 
 def test_notes_print_the_first_steps_and_create_nothing(cluster: Cluster) -> None:
@@ -473,6 +547,22 @@ def test_notes_print_the_first_steps_and_create_nothing(cluster: Cluster) -> Non
     ):
         assert command in notes, notes
     assert "kind: Namespace" not in out and "kind: ServiceAccount\nmetadata:\n  name: research-agent" not in out
+    scoped = helm(
+        cluster,
+        "install",
+        "notes",
+        str(CHART),
+        "-n",
+        "agentcred-notes",
+        "--dry-run=client",
+        "--set",
+        "crds.install=false",
+        "--set",
+        "watchNamespaces={team-a,team-b}",
+    ).stdout.split("NOTES:", 1)[1]
+    assert "namespace-scoped" in scoped and "team-a, team-b" in scoped
+    assert "kubectl -n team-a create serviceaccount research-agent" in scoped
+    assert "create namespace" not in scoped and " agents" not in scoped, scoped
 
 
 def test_install_run_as_the_chart_service_account_upgrade_uninstall(

@@ -7,6 +7,7 @@ configuration; the Helm chart ships the same (a test compares them).
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from typing import Any
 
 from . import labels
@@ -14,6 +15,7 @@ from . import labels
 DEFAULT_CONFIGURATION_NAME = "agentcred.dev"
 HANDLER_ID = "agentcred-inject"
 TIMEOUT_SECONDS = 5
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 
 def configuration(
@@ -23,8 +25,10 @@ def configuration(
     service: tuple[str, str, int] | None = None,
     operator_namespace: str,
     name: str = DEFAULT_CONFIGURATION_NAME,
+    namespaces: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The MutatingWebhookConfiguration: opted-in pods only, fail closed, short timeout."""
+    """The MutatingWebhookConfiguration: opted-in pods only, fail closed, short timeout; with
+    `namespaces` (namespace-scoped mode), only pods in those."""
     client_config: dict[str, Any] = {"caBundle": base64.b64encode(ca_pem).decode()}
     if url is not None:
         client_config["url"] = f"{url.rstrip('/')}/{HANDLER_ID}"
@@ -48,15 +52,7 @@ def configuration(
                 "timeoutSeconds": TIMEOUT_SECONDS,
                 "objectSelector": {"matchLabels": {labels.INJECT_LABEL: "true"}},
                 # The operator's own pods must never wait on the operator.
-                "namespaceSelector": {
-                    "matchExpressions": [
-                        {
-                            "key": "kubernetes.io/metadata.name",
-                            "operator": "NotIn",
-                            "values": ["kube-system", operator_namespace],
-                        }
-                    ]
-                },
+                "namespaceSelector": {"matchExpressions": namespace_expressions(operator_namespace, namespaces)},
                 "rules": [
                     {
                         "apiGroups": [""],
@@ -72,6 +68,17 @@ def configuration(
     }
 
 
+def namespace_expressions(operator_namespace: str, namespaces: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Never kube-system or the operator's own namespace; in namespace-scoped mode, only the
+    namespaces watched (the API server sets kubernetes.io/metadata.name on every namespace)."""
+    expressions: list[dict[str, Any]] = [
+        {"key": NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": ["kube-system", operator_namespace]}
+    ]
+    if namespaces:
+        expressions.append({"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": list(namespaces)})
+    return expressions
+
+
 GUARDED_ANNOTATIONS = (
     labels.CREDENTIALS_ANNOTATION,
     labels.BINDING_ANNOTATION,
@@ -84,10 +91,13 @@ def _cel_value(field: str, key: str, obj: str) -> str:
     return f"(has({obj}.metadata.{field}) && {key} in {obj}.metadata.{field} ? {obj}.metadata.{field}[{key}] : '')"
 
 
-def pod_guard(name: str = DEFAULT_CONFIGURATION_NAME) -> list[tuple[str, dict[str, Any]]]:
+def pod_guard(
+    name: str = DEFAULT_CONFIGURATION_NAME, namespaces: Sequence[str] = ()
+) -> list[tuple[str, dict[str, Any]]]:
     """An in-tree ValidatingAdmissionPolicy (and its binding) that refuses, for any pod that
     carries or would carry the opt-in label, adding, changing or removing the label or what
-    the webhook sealed, and lifting a quarantine. It needs no webhook, so it holds even while the operator is down."""
+    the webhook sealed, and lifting a quarantine. It needs no webhook, so it holds even while the operator is down.
+    With `namespaces` (namespace-scoped mode), only there: admitted pods live nowhere else."""
     label = f"'{labels.INJECT_LABEL}'"
     quarantined = f"'{labels.QUARANTINED_LABEL}'"
     annotations = ", ".join(f"'{a}'" for a in GUARDED_ANNOTATIONS)
@@ -104,6 +114,17 @@ def pod_guard(name: str = DEFAULT_CONFIGURATION_NAME) -> list[tuple[str, dict[st
                     {"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "operations": ["UPDATE"]}
                 ],
                 "objectSelector": {"matchExpressions": [{"key": labels.INJECT_LABEL, "operator": "Exists"}]},
+                **(
+                    {
+                        "namespaceSelector": {
+                            "matchExpressions": [
+                                {"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": list(namespaces)}
+                            ]
+                        }
+                    }
+                    if namespaces
+                    else {}
+                ),
             },
             "validations": [
                 {

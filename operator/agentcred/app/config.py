@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 import kopf
 
 from ..api import labels, model
+
+NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def _env(name: str, default: str) -> str:
@@ -52,6 +55,28 @@ class OperatorConfig:
     # ServiceAccounts (namespace/name, comma-separated) that may report and trace leaked values.
     leak_reporters: str = ""
     health_check_interval: float = 30.0  # seconds between minting-service health checks
+    # Namespace-scoped mode: watch pods, Secrets and AgentCredentials only in these namespaces
+    # (and admit pods only there); empty: every namespace (the default).
+    watch_namespaces: tuple[str, ...] = ()
+
+    @property
+    def scoped(self) -> bool:
+        return bool(self.watch_namespaces)
+
+    def watches(self, namespace: str) -> bool:
+        """Whether objects in `namespace` are this operator's to see."""
+        return not self.watch_namespaces or namespace in self.watch_namespaces
+
+    def unwatched(self, namespace: str) -> str | None:
+        """Why a pod in `namespace` cannot be admitted here, if it is outside the watch. The
+        webhook configuration selects only watched namespaces, so this answers only a
+        configuration widened by hand: admitted and gated, such a pod would wait forever."""
+        if self.watches(namespace):
+            return None
+        return (
+            f"this agentcred operator is namespace-scoped to {', '.join(self.watch_namespaces)}; namespace "
+            f"{namespace} is not one of them, so nothing would issue the pod's credentials"
+        )
 
     @property
     def names(self) -> labels.StateNames:
@@ -92,7 +117,22 @@ class OperatorConfig:
             status_interval=float(_env("STATUS_INTERVAL", str(cls.status_interval))),
             leak_reporters=_env("LEAK_REPORTERS", cls.leak_reporters),
             health_check_interval=float(_env("HEALTH_CHECK_INTERVAL", str(cls.health_check_interval))),
+            watch_namespaces=parse_namespaces(_env("WATCH_NAMESPACES", "").split(",")),
         )
+
+
+def parse_namespaces(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Namespace names, in order, each once (blank entries dropped); a name that is not a valid
+    namespace name is refused here rather than watched in vain."""
+    found: list[str] = []
+    for name in (n.strip() for n in names):
+        if not name:
+            continue
+        if not NAMESPACE_NAME.fullmatch(name):
+            raise ValueError(f"not a namespace name: {name!r} (lowercase letters, digits and '-', at most 63)")
+        if name not in found:
+            found.append(name)
+    return tuple(found)
 
 
 def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:

@@ -90,7 +90,9 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
             return None
 
     @kopf.index("v1", "namespaces", id="namespace_index", registry=registry)
-    async def namespace_index(body: kopf.Body, **_: Any) -> dict[str, dict[str, str]]:
+    async def namespace_index(body: kopf.Body, **_: Any) -> dict[str, dict[str, str]] | None:
+        if not operator.config.watches(body.metadata.name):
+            return None  # namespace-scoped: only the watched namespaces' labels matter
         return {body.metadata.name: dict(body.metadata.labels or {})}
 
     @kopf.index("v1", "secrets", labels=SHARED_FILTER, id="shared_secret_index", registry=registry)
@@ -106,6 +108,8 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
             namespace = body.metadata.namespace or ""
             keyring = operator.current_keyring()
             try:
+                if (outside := operator.config.unwatched(namespace)) is not None:
+                    raise admission.Refusal(outside)
                 records = admission.admit(
                     dict(body), namespace, lambda name: operator.credential(namespace, name), keyring
                 )

@@ -27,7 +27,7 @@ from ..api.projection import parse_projection
 from ..api.webhook_configuration import configuration, pod_guard
 from ..platform.fingerprints import Fingerprints
 from ..platform.keys import KeyRing
-from ..platform.kube import Kube, NotFound, load_configuration
+from ..platform.kube import Kube, NotFound, load_configuration, namespaced
 from ..platform.revocations import RevocationList
 from ..rules.credentials import CredentialRecord, Gatekeeper
 from ..rules.leaks import parse_reporters
@@ -317,7 +317,7 @@ class Operator:
         await self.warm.wait()
         for attempt in itertools.count():
             try:
-                listed = await self.kube.list_metadata("/api/v1/secrets", f"{labels.MANAGED_LABEL}=true")
+                listed = await self._managed_secrets()
                 states = [s for item in listed if (s := parse_projection(item, self.bookkeeping.verify)) is not None]
                 pods = [key for key in list(self.indices.pods) if isinstance(key, str)]
                 await self.handover.take_over(pods, states)
@@ -332,6 +332,17 @@ class Operator:
                 delay = min(2.0**attempt, 30.0)
                 log.exception("taking over failed; again in %.0fs", delay)
                 await asyncio.sleep(delay)
+
+    async def _managed_secrets(self) -> list[dict[str, Any]]:
+        """The managed Secrets' metadata: in every namespace, or (namespace-scoped) in each
+        watched one -- the only places this operator may list them."""
+        selector = f"{labels.MANAGED_LABEL}=true"
+        if not self.config.scoped:
+            return await self.kube.list_metadata("/api/v1/secrets", selector)
+        listed: list[dict[str, Any]] = []
+        for namespace in self.config.watch_namespaces:
+            listed.extend(await self.kube.list_metadata(namespaced("v1", namespace, "secrets"), selector))
+        return listed
 
     async def publish_ca(self, ca_pem: bytes) -> None:
         """Tell the API server which CA to trust for the webhook, as configured; and publish
@@ -350,9 +361,10 @@ class Operator:
                     service=service,
                     operator_namespace=config.namespace,
                     name=config.webhook_configuration,
+                    namespaces=config.watch_namespaces,
                 ),
             )
-            for resources, body in pod_guard(config.webhook_configuration):
+            for resources, body in pod_guard(config.webhook_configuration, config.watch_namespaces):
                 await self.kube.apply_cluster_object(resources, body)
         elif config.webhook_config == "inject-ca":
             await self.kube.inject_webhook_ca(config.webhook_configuration, ca_pem)
