@@ -1,7 +1,7 @@
-"""AgentCredential status: one writer, batched, from the operator's own counts.
+"""What each AgentCredential's status should say, counted here as things happen.
 
 Issuing a value to a thousand pods must not mean a thousand writes to one object, so the
-engine notes what happened here and a single flusher writes each changed credential's
+runtime notes what happened here and a single flusher (`status_writer`) writes each changed credential's
 status at most once per interval. Totals start from what the status already says, so
 they survive restarts; active projections and next expiry are counted from the Secrets.
 """
