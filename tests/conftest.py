@@ -15,11 +15,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from clusterkit import INTROSPECTOR, LEAK_REPORTERS, Cluster, OperatorProcess
 from witness import Witness
 
 CLUSTER_MODE = os.environ.get("AGENTCRED_TEST_CLUSTER", "local")
+
+# Hypothesis's per-example deadline is a timed assertion: on a loaded machine it fails tests
+# that are right. Speed is the benchmark's to measure.
+settings.register_profile("agentcred", deadline=None)
+settings.load_profile("agentcred")
 
 
 def _docker_available() -> bool:
