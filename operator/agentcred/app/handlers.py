@@ -204,7 +204,7 @@ def _request(body: kopf.Body, annotation: str) -> dict[str, Any] | None:
         return None
     try:
         parsed = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # a tenant writes this annotation: nested too deep is malformed too
         log.warning(
             "ignoring malformed %s annotation on %s/%s", annotation, body.metadata.namespace, body.metadata.name
         )

@@ -68,7 +68,7 @@ def _public_key(jwk: dict[str, str]) -> PublicKey:
 def _decode_part(part: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(b64url_decode(part))
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:  # nested too deep to parse: not ours
         raise TokenRejected("malformed", f"the {what} is not base64url-encoded JSON") from error
     if not isinstance(value, dict):
         raise TokenRejected("malformed", f"the {what} is not a JSON object")

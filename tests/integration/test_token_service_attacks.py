@@ -1,0 +1,368 @@
+"""Attacks on what the token service grants, checks and revokes, by identities that are not
+cluster admins (a pod creator, a namespace admin of another tenant, a pod's own workload
+identity), on the real control plane. Each test performs the attack and asserts that it is
+refused; those that once succeeded name the fix in SECURITY.md."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import ssl
+import urllib.request
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from agentcred.api import labels
+from agentcred.client.verify import TokenRejected, Verifier
+from agentcred.platform.keys import b64url
+from agents import create_credential, read_secret, running_pod, secret_name_of, service_account, start_agent, value_of
+from clusterkit import INTROSPECTOR, Cluster, OperatorProcess, ensure_namespace, wait_for
+from identities import PODS_ONLY, namespace_admin, narrow_user
+from oauth import ACCESS_TOKEN_TYPE, JWT_BEARER, JWT_TYPE, bound_token, details, exchange, post, token_request
+
+pytestmark = pytest.mark.cluster
+
+AUDIENCE = "https://llm-gateway.internal"
+SCOPE = {"tools": ["web-search"], "resources": ["repo:acme/*"], "actions": ["read"]}
+READ_APP = details("web-search", ["read"], "repo:acme/app")
+
+
+def _agent(
+    cluster: Cluster, namespace: str, name: str = "agent", credentials: str = "research-llm"
+) -> tuple[dict, str]:
+    """An admitted, running agent pod and its projected agentcred token (its first credential)."""
+    pod = start_agent(cluster, namespace, name, credentials)
+    value = value_of(read_secret(cluster, namespace, secret_name_of(pod)), credentials.split(",")[0])
+    assert value is not None
+    return pod, value.decode()
+
+
+def _fingerprint(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def _revocations(operator: OperatorProcess, pod_uid: str) -> list[dict]:
+    context = ssl.create_default_context(cafile=operator.ca_file())
+    with urllib.request.urlopen(f"{operator.api_url}/v1/revocations", context=context, timeout=10) as answer:
+        return [e for e in json.loads(answer.read())["revoked"] if e["podUID"] == pod_uid]
+
+
+def _revoke(operator: OperatorProcess, token: str) -> tuple[int, dict | None, dict[str, str]]:
+    return post(f"{operator.api_url}/oauth2/revoke", operator.ca_file(), {"token": token})
+
+
+def _caller(cluster: Cluster, namespace: str, name: str) -> str:
+    ensure_namespace(cluster, namespace)
+    try:
+        service_account(cluster, namespace, name)
+    except ApiException as error:
+        if error.status != 409:
+            raise
+    return bound_token(cluster, namespace, None, sa=name)
+
+
+def _introspect(operator: OperatorProcess, token: str, caller: str) -> tuple[int, dict]:
+    status, body, _ = post(
+        f"{operator.api_url}/oauth2/introspect",
+        operator.ca_file(),
+        {"token": token},
+        {"Authorization": f"Bearer {caller}"},
+    )
+    return status, body
+
+
+def _reviews(operator: OperatorProcess) -> float:
+    return sum(v for (name, _), v in operator.metrics().items() if name == "agentcred_token_reviews_total")
+
+
+def _jws(header: dict, claims: dict, signature: bytes = b"x" * 64) -> str:
+    encode = lambda part: b64url(json.dumps(part, separators=(",", ":")).encode())  # noqa: E731
+    return f"{encode(header)}.{encode(claims)}.{b64url(signature)}"
+
+
+def _jwks(operator: OperatorProcess) -> list[dict]:
+    context = ssl.create_default_context(cafile=operator.ca_file())
+    with urllib.request.urlopen(f"{operator.api_url}/.well-known/jwks.json", context=context, timeout=10) as answer:
+        return json.loads(answer.read())["keys"]
+
+
+# -- revocation ---------------------------------------------------------------------------
+
+
+def test_revocation_needs_the_token_itself(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    """Someone who knows a token's claims (its jti, its pod) but does not hold it cannot revoke
+    it: a copy with another signature, or signed with a key of its own, is not ours."""
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace, scope=SCOPE)
+    pod, _ = _agent(cluster, namespace)
+    status, granted = exchange(operator, bound_token(cluster, namespace, pod), authorization_details=READ_APP)
+    assert status == 200, granted
+    header, claims, _ = granted["access_token"].split(".")
+    forged = f"{header}.{claims}.{b64url(b'x' * 64)}"
+    assert _revoke(operator, forged)[0] == 200  # RFC 7009: unknown tokens are answered the same way
+    gateway = _caller(cluster, *INTROSPECTOR)
+    assert _introspect(operator, granted["access_token"], gateway)[1]["active"] is True
+    assert _revocations(operator, pod["metadata"]["uid"]) == []
+
+
+# -- admission and the identity volume --------------------------------------------------
+
+
+def test_a_pod_that_brings_its_own_identity_volume_is_refused(
+    cluster: Cluster, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    """A pod creator who writes the `agentcred-identity` volume (say, with a token for another
+    audience, or another pod's Secret as its CA) is refused at admission."""
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace, scope=SCOPE)
+    developer = client.CoreV1Api(narrow_user(cluster, namespace, "developer", PODS_ONLY, tmp_path))
+    body = {
+        "metadata": {
+            "name": "own-identity",
+            "labels": {labels.INJECT_LABEL: "true"},
+            "annotations": {labels.CREDENTIALS_ANNOTATION: "research-llm"},
+        },
+        "spec": {
+            "serviceAccountName": "research-agent",
+            "containers": [{"name": "c", "image": "x"}],
+            "volumes": [
+                {
+                    "name": labels.IDENTITY_VOLUME,
+                    "projected": {"sources": [{"serviceAccountToken": {"audience": "kubernetes", "path": "token"}}]},
+                }
+            ],
+        },
+    }
+    with pytest.raises(ApiException) as refused:
+        developer.create_namespaced_pod(namespace, body)
+    assert refused.value.status == 403 and labels.IDENTITY_VOLUME in refused.value.body
+
+
+# -- hostile input ------------------------------------------------------------------------
+
+
+def test_deeply_nested_json_is_an_rfc_error_not_a_server_error(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    """JSON nested a thousand deep (in `authorization_details`, or in a token's header, which
+    is read before any signature is checked) made Python's parser raise RecursionError: a 500
+    at the token, introspection and revocation endpoints, with no audit line and nothing
+    charged to the sender; and `Verifier.verify` raised it instead of TokenRejected."""
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace, scope=SCOPE)
+    pod, projected = _agent(cluster, namespace)
+    deep = "[" * 1500 + "]" * 1500  # well under the body limit, percent-encoded
+    deep_header = f"{b64url(deep.encode())}.{b64url(b'{}')}.{b64url(b'x')}"
+    status, body = exchange(operator, projected, ACCESS_TOKEN_TYPE, authorization_details=deep)
+    assert (status, body["error"]) == (400, "invalid_authorization_details")
+    status, body = exchange(operator, deep_header, ACCESS_TOKEN_TYPE)
+    assert (status, body["error"]) == (400, "invalid_request")
+    status, body = exchange(
+        operator, projected, ACCESS_TOKEN_TYPE, actor_token=deep_header, actor_token_type=ACCESS_TOKEN_TYPE
+    )
+    assert (status, body["error"]) == (400, "invalid_request")
+    assert _revoke(operator, deep_header)[0] == 200
+    gateway = _caller(cluster, *INTROSPECTOR)
+    assert _introspect(operator, deep_header, gateway) == (200, {"active": False})
+    verifier = Verifier.from_url(operator.api_url, cafile=operator.ca_file())
+    with pytest.raises(TokenRejected) as rejected:
+        verifier.verify(deep_header, AUDIENCE, namespace=namespace)
+    assert rejected.value.reason == "malformed"
+
+
+# -- algorithm and type confusion -----------------------------------------------------------
+
+
+def _rsa_public_pem(jwk: dict) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from agentcred.platform.keys import b64url_decode
+
+    numbers = rsa.RSAPublicNumbers(
+        int.from_bytes(b64url_decode(jwk["e"]), "big"), int.from_bytes(b64url_decode(jwk["n"]), "big")
+    )
+    return numbers.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def test_algorithm_and_type_confusion_is_refused_everywhere(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    """Forgeries that need no private key: HS256 keyed with the published RSA public key (the
+    classic confusion), `alg: none`, a published key under another algorithm's name, and a
+    Kubernetes ServiceAccount token passed off as an access token -- at the token endpoint,
+    at introspection, and by the verifier gateways run."""
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace, scope=SCOPE)
+    pod, projected = _agent(cluster, namespace)
+    good = json.loads(base64.urlsafe_b64decode(projected.split(".")[1] + "==="))
+    claims = {**good, "scope": "tool:anything action:write resource:repo:acme/secrets", "exp": good["exp"] + 3600}
+    keys = _jwks(operator)
+    rsa_key = next(k for k in keys if k["alg"] == "RS256")
+    ed_key = next(k for k in keys if k["alg"] == "EdDSA")
+
+    def hs256(secret: bytes, kid: str) -> str:
+        header = b64url(json.dumps({"alg": "HS256", "typ": "at+jwt", "kid": kid}).encode())
+        payload = b64url(json.dumps(claims).encode())
+        mac = hmac.new(secret, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+        return f"{header}.{payload}.{b64url(mac)}"
+
+    forgeries = {
+        "HS256 keyed with the RSA public key (PEM)": hs256(_rsa_public_pem(rsa_key), rsa_key["kid"]),
+        "HS256 keyed with the RSA modulus": hs256(rsa_key["n"].encode(), rsa_key["kid"]),
+        "HS256 keyed with the Ed25519 public key": hs256(ed_key["x"].encode(), ed_key["kid"]),
+        "alg none": _jws({"alg": "none", "typ": "at+jwt", "kid": rsa_key["kid"]}, claims, b""),
+        "RS256 named for the EdDSA key": _jws({"alg": "RS256", "typ": "at+jwt", "kid": ed_key["kid"]}, claims),
+        "a ServiceAccount token": bound_token(cluster, namespace, pod),
+    }
+    gateway = _caller(cluster, *INTROSPECTOR)
+    verifier = Verifier.from_url(operator.api_url, cafile=operator.ca_file())
+    for case, forged in forgeries.items():
+        status, body = exchange(operator, forged, ACCESS_TOKEN_TYPE, authorization_details=READ_APP)
+        assert (status, body.get("error")) == (400, "invalid_request"), case
+        assert "not issued by agentcred" in body["error_description"], case
+        assert _introspect(operator, forged, gateway) == (200, {"active": False}), case
+        with pytest.raises(TokenRejected) as rejected:
+            verifier.verify(forged, AUDIENCE, namespace=namespace)
+        assert rejected.value.reason in {"unsupported-algorithm", "algorithm-mismatch", "wrong-type"}, case
+    # ...and the other way round: an agentcred token is not a ServiceAccount token.
+    status, body = exchange(operator, projected, JWT_TYPE, authorization_details=READ_APP)
+    assert (status, body.get("error")) == (400, "invalid_request")
+    status, body, _ = token_request(operator, {"grant_type": JWT_BEARER, "assertion": projected})
+    assert (status, body.get("error")) == (400, "invalid_grant")
+
+
+# -- tenants ------------------------------------------------------------------------------
+
+
+def test_a_pod_gets_nothing_for_another_tenants_credential_and_learns_nothing_of_it(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str, tmp_path: Path
+) -> None:
+    """Tenant B's admin runs an admitted pod of their own and asks, with its identity, for a
+    token for tenant A's audience, for A's credential by another of B's credentials, with A's
+    ServiceAccount as client_id, or narrows A's token it was handed: refused every time,
+    and no refusal names what A has. B's ServiceAccounts cannot introspect."""
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace, scope=SCOPE, source={"jwt": {"audiences": ["https://tenant-a.internal"]}})
+    victim, victim_value = _agent(cluster, namespace, "victim")
+    other = cluster.create_namespace("b")
+    try:
+        admin = client.CoreV1Api(namespace_admin(cluster, other, tmp_path))
+        service_account(cluster, other)
+        create_credential(cluster, other, scope=SCOPE, source={"jwt": {"audiences": ["https://tenant-b.internal"]}})
+        create_credential(
+            cluster, other, "second", scope=SCOPE, source={"jwt": {"audiences": ["https://tenant-b2.internal"]}}
+        )
+        body = {
+            "metadata": {
+                "name": "mine",
+                "labels": {labels.INJECT_LABEL: "true"},
+                "annotations": {labels.CREDENTIALS_ANNOTATION: "research-llm,second"},
+            },
+            "spec": {"serviceAccountName": "research-agent", "containers": [{"name": "c", "image": "x"}]},
+        }
+        admin.create_namespaced_pod(other, body)
+        mine = wait_for(lambda: running_pod(cluster, other, name="mine"), what="tenant B's pod Running")
+        token = bound_token(cluster, other, mine)
+        cases = {
+            "A's audience": {"resource": "https://tenant-a.internal"},
+            "A's audience beside B's": {"resource": ["https://tenant-b.internal", "https://tenant-a.internal"]},
+            "A's ServiceAccount as client": {
+                "resource": "https://tenant-b.internal",
+                "client_id": f"system:serviceaccount:{namespace}:research-agent",
+            },
+        }
+        for case, fields in cases.items():
+            form = [("grant_type", JWT_BEARER), ("assertion", token)]
+            for name, value in fields.items():
+                form += [(name, v) for v in (value if isinstance(value, list) else [value])]
+            status, answer, _ = token_request(operator, form)
+            assert status in (400, 401), (case, answer)
+            # What the caller sent may be echoed back; nothing else of A's.
+            said = answer["error_description"]
+            for sent in (v for value in fields.values() for v in (value if isinstance(value, list) else [value])):
+                said = said.replace(sent, "")
+            assert namespace not in said and "victim" not in said and "tenant-a" not in said, case
+        # A's token, handed to B's pod: narrowed for B's audience? No, and B learns nothing more.
+        status, answer = exchange(operator, victim_value, ACCESS_TOKEN_TYPE, resource="https://tenant-b.internal")
+        assert (status, answer["error"]) == (400, "invalid_target")
+        assert "tenant-b" not in answer["error_description"].replace("https://tenant-b.internal", "")
+        # B's admin's own ServiceAccount is not an introspector.
+        b_caller = bound_token(cluster, other, None, sa="tenant-admin")
+        assert _introspect(operator, victim_value, b_caller)[0] == 401
+    finally:
+        cluster.delete_namespace(other)
+
+
+def test_a_pod_gets_nothing_for_a_credential_it_was_not_admitted_for(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace, scope=SCOPE)
+    create_credential(
+        cluster, namespace, "payments", scope=SCOPE, source={"jwt": {"audiences": ["https://payments.internal"]}}
+    )
+    pod, projected = _agent(cluster, namespace)
+    token = bound_token(cluster, namespace, pod)
+    status, answer, _ = token_request(
+        operator, {"grant_type": JWT_BEARER, "assertion": token, "resource": "https://payments.internal"}
+    )
+    assert (status, answer["error"]) == (400, "invalid_target")
+    assert "payments" not in answer["error_description"].replace("https://payments.internal", "")
+
+
+# -- widening through an agentcred subject token ----------------------------------------------
+
+
+def test_an_exchanged_token_cannot_widen_or_chain_without_end(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    """Through its own tokens a pod cannot gain lifetime, audience or intents, nor chain
+    exchanges beyond the limit; an actor's `act` comes only from a token we verified."""
+    service_account(cluster, namespace)
+    create_credential(
+        cluster,
+        namespace,
+        scope={**SCOPE, "tools": ["web-search", "fetch-page"]},
+        source={"jwt": {"audiences": [AUDIENCE, "https://second.internal"]}},
+        ttl="10m",
+    )
+    pod, projected = _agent(cluster, namespace)
+    status, narrowed = exchange(
+        operator, projected, ACCESS_TOKEN_TYPE, resource=AUDIENCE, authorization_details=READ_APP
+    )
+    assert status == 200, narrowed
+    narrowed_claims = json.loads(base64.urlsafe_b64decode(narrowed["access_token"].split(".")[1] + "==="))
+    refusals = {
+        "another audience": {"resource": "https://second.internal"},
+        "both audiences": {"audience": AUDIENCE, "resource": "https://second.internal"},
+        "another tool": {"authorization_details": details("fetch-page", ["read"], "repo:acme/app")},
+        "another action": {"scope": "tool:web-search action:write resource:repo:acme/app"},
+        "a forged actor": {
+            "actor_token": _jws({"alg": "EdDSA", "typ": "at+jwt", "kid": "x"}, {"sub": "system:admin"}),
+            "actor_token_type": ACCESS_TOKEN_TYPE,
+        },
+    }
+    for case, fields in refusals.items():
+        status, answer = exchange(operator, narrowed["access_token"], ACCESS_TOKEN_TYPE, **fields)
+        assert status == 400, (case, answer)
+    current = narrowed["access_token"]
+    depth = 1
+    while True:
+        status, answer = exchange(operator, current, ACCESS_TOKEN_TYPE)
+        if status != 200:
+            break
+        claims = json.loads(base64.urlsafe_b64decode(answer["access_token"].split(".")[1] + "==="))
+        assert claims["exp"] <= narrowed_claims["exp"] and claims["aud"] == AUDIENCE
+        current, depth = answer["access_token"], depth + 1
+        assert depth < 10, "exchanges chain without end"
+    assert answer["error"] == "invalid_request" and "exchanges deep" in answer["error_description"]
