@@ -11,6 +11,7 @@ import hmac
 import json
 import ssl
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,17 @@ from agentcred.platform.keys import b64url
 from agents import create_credential, read_secret, running_pod, secret_name_of, service_account, start_agent, value_of
 from clusterkit import INTROSPECTOR, Cluster, OperatorProcess, ensure_namespace, wait_for
 from identities import PODS_ONLY, namespace_admin, narrow_user
-from oauth import ACCESS_TOKEN_TYPE, JWT_BEARER, JWT_TYPE, bound_token, details, exchange, post, token_request
+from oauth import (
+    ACCESS_TOKEN_TYPE,
+    JWT_BEARER,
+    JWT_TYPE,
+    TOKEN_EXCHANGE,
+    bound_token,
+    details,
+    exchange,
+    post,
+    token_request,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -143,6 +154,38 @@ def test_a_pod_that_brings_its_own_identity_volume_is_refused(
     with pytest.raises(ApiException) as refused:
         developer.create_namespaced_pod(namespace, body)
     assert refused.value.status == 403 and labels.IDENTITY_VOLUME in refused.value.body
+
+
+# -- rate limits --------------------------------------------------------------------------
+
+
+def test_garbage_actor_tokens_cost_the_caller_not_the_api_server(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    """One admitted pod sends a valid subject token and a fresh garbage `actor_token` each
+    time: every actor token used to be reviewed by the API server, and the refusal cost
+    neither the address's budget (a subject was established) nor the pod's (counted only
+    later, at issuing) -- unlimited TokenReviews for the price of one identity."""
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace, scope=SCOPE)
+    pod, projected = _agent(cluster, namespace)
+    form = {"actor_token_type": JWT_TYPE, "authorization_details": READ_APP}
+    form = {
+        "grant_type": TOKEN_EXCHANGE,
+        "subject_token": projected,
+        "subject_token_type": ACCESS_TOKEN_TYPE,
+        "actor_token_type": JWT_TYPE,
+        "authorization_details": READ_APP,
+    }
+    url, cafile = f"{operator.api_url}/oauth2/token", operator.ca_file()
+    post(url, cafile, {**form, "actor_token": "garbage-first"})
+    before = _reviews(operator)
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda i: post(url, cafile, {**form, "actor_token": f"garbage-{i}"}), range(200)))
+    reviews = _reviews(operator) - before
+    statuses = {status for status, _, _ in answers}
+    assert statuses <= {400, 429}, statuses
+    assert reviews <= 60, f"{reviews:.0f} TokenReviews for 200 garbage actor tokens"
 
 
 # -- hostile input ------------------------------------------------------------------------

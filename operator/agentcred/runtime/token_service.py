@@ -110,7 +110,11 @@ class TokenService:
             facts["grant"] = request.grant_type
             subject = await self._subject(request)
             facts.update(subject.facts())
-            act = await self._actor(request, subject.parent)
+            # Counted before the actor token is reviewed: every request costs the pod, so one
+            # valid identity sending fresh garbage actor tokens cannot buy TokenReviews.
+            if not self.limiter.allow(subject.pod_uid):
+                raise OAuthError("temporarily_unavailable", f"pod {subject.pod_name} asks too fast; slow down", 429, 1)
+            act = await self._actor(request, subject.parent, source)
             return self._issue(request, subject, act, facts)
         except OAuthError as refused:
             if subject is None:  # nobody established: this address pays for it
@@ -186,8 +190,6 @@ class TokenService:
         self, request: TokenRequest, subject: Subject, act: dict[str, Any] | None, facts: dict[str, Any]
     ) -> dict[str, Any]:
         unacceptable = _refusal(request.grant_type, authenticated=True)
-        if not self.limiter.allow(subject.pod_uid):
-            raise OAuthError("temporarily_unavailable", f"pod {subject.pod_name} asks too fast; slow down", 429, 1)
         task = self.pod_by_name(subject.namespace, subject.pod_name)
         if task is None or task.uid != subject.pod_uid:
             raise unacceptable(f"pod {subject.pod_name} in {subject.namespace} was not admitted by agentcred")
@@ -337,7 +339,9 @@ class TokenService:
             )
         return Grant(audiences, scope=credential_scope(record), act=act)
 
-    async def _actor(self, request: TokenRequest, parent: dict[str, Any] | None) -> dict[str, Any] | None:
+    async def _actor(
+        self, request: TokenRequest, parent: dict[str, Any] | None, source: str = ""
+    ) -> dict[str, Any] | None:
         """The `act` claim (RFC 8693 §4.1): the actor presented now -- a ServiceAccount, or the
         pod holding an agentcred token -- with whoever acted before nested inside it."""
         before = parent.get("act") if parent is not None else None
@@ -348,6 +352,7 @@ class TokenService:
             try:
                 who = await self.reviews.identity(request.actor_token)
             except NotAuthenticated as error:
+                self.by_source.allow(source)  # a token the API server refused: the address pays, as for a subject
                 raise invalid_request(f"actor_token: {error}") from None
             act = {"sub": who.username}
             if who.pod_name is not None:
