@@ -21,7 +21,16 @@ from kubernetes.client.exceptions import ApiException
 from agentcred.api import labels
 from agentcred.client.verify import TokenRejected, Verifier
 from agentcred.platform.keys import b64url
-from agents import create_credential, read_secret, running_pod, secret_name_of, service_account, start_agent, value_of
+from agents import (
+    create_credential,
+    pod_events,
+    read_secret,
+    running_pod,
+    secret_name_of,
+    service_account,
+    start_agent,
+    value_of,
+)
 from clusterkit import INTROSPECTOR, Cluster, OperatorProcess, ensure_namespace, wait_for
 from identities import PODS_ONLY, namespace_admin, narrow_user
 from oauth import (
@@ -124,6 +133,59 @@ def test_revocation_needs_the_token_itself(
 
 
 # -- admission and the identity volume --------------------------------------------------
+
+
+def test_a_copied_admission_ungated_by_its_creator_gets_no_token(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str, tmp_path: Path
+) -> None:
+    """A pod creator copies an admitted pod (its sealed annotations, volumes and gate) within
+    the webhook's reinvocation window, then removes the gate itself (Kubernetes lets anyone
+    who may update pods remove a scheduling gate). The operator never gives the copy a value
+    -- the binding belongs to the first pod -- but the token service used to issue it tokens
+    on its own pod-bound identity, even after an emergency revoke or once the original was gone."""
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace, scope=SCOPE)
+    developer = client.CoreV1Api(narrow_user(cluster, namespace, "developer", PODS_ONLY, tmp_path))
+    original, _ = _agent(cluster, namespace, "original")
+    copy = {
+        "metadata": {
+            "name": "copy",
+            "labels": dict(original["metadata"]["labels"]),
+            "annotations": dict(original["metadata"]["annotations"]),
+        },
+        "spec": {
+            "serviceAccountName": "research-agent",
+            "containers": [{"name": "c", "image": "x"}],
+            "volumes": original["spec"]["volumes"],
+            "schedulingGates": [{"name": labels.SCHEDULING_GATE}],
+        },
+    }
+    try:
+        developer.create_namespaced_pod(namespace, copy)
+    except ApiException as refused:
+        assert refused.status == 403  # refused outright is fine too
+        return
+    wait_for(
+        lambda: [e for e in pod_events(cluster, namespace, "copy") if e.reason == "BindingInUse"],
+        what="the copy told the binding is taken",
+    )
+    copied = cluster.api_client.sanitize_for_serialization(cluster.core.read_namespaced_pod("copy", namespace))
+    status, gated = exchange(operator, bound_token(cluster, namespace, copied), authorization_details=READ_APP)
+    assert (status, gated["error"]) == (400, "invalid_request")
+
+    ungate = {"spec": {"schedulingGates": [{"$patch": "delete", "name": labels.SCHEDULING_GATE}]}}
+    developer.patch_namespaced_pod("copy", namespace, ungate)
+    wait_for(lambda: running_pod(cluster, namespace, name="copy"), what="the ungated copy Running")
+    token = bound_token(cluster, namespace, copied)
+    status, answer = exchange(operator, token, authorization_details=READ_APP)
+    assert (status, answer.get("error")) == (400, "invalid_request"), "the copy was issued a token"
+    assert "another pod" in answer["error_description"]
+
+    # Nor once the pod that owns the binding is gone.
+    cluster.core.delete_namespaced_pod("original", namespace)
+    wait_for(lambda: read_secret(cluster, namespace, secret_name_of(original)) is None, what="the original revoked")
+    status, answer = exchange(operator, token, authorization_details=READ_APP)
+    assert (status, answer.get("error")) == (400, "invalid_request"), "the copy was issued a token"
 
 
 def test_a_pod_that_brings_its_own_identity_volume_is_refused(

@@ -31,6 +31,7 @@ from ..platform.revocations import RevocationList
 from ..rules.credentials import CredentialRecord, Gatekeeper
 from ..rules.seal import Bookkeeping
 from ..runtime.audit import AuditTrail
+from ..runtime.bindings import BindingOwners
 from ..runtime.callers import RateLimiter, ReviewGate
 from ..runtime.credential_events import CredentialEvents
 from ..runtime.endpoints import build_app, serve
@@ -87,6 +88,7 @@ class Operator:
         self._runners: list[web.AppRunner] = []
         self._tls_directory: Path | None = None
         self._leadership: Leadership | None = None
+        self.bindings = BindingOwners()  # fed by the pod index, at every replica
 
     # -- lookups (the runtime's view of the indices) ------------------------------------
 
@@ -215,6 +217,7 @@ class Operator:
             limiter=RateLimiter(rate=config.token_rate, burst=config.token_burst),
             by_source=RateLimiter(rate=config.source_rate, burst=config.source_burst),
             introspectors=frozenset(config.introspectors),
+            owns_binding=self.bindings.owns,
         )
         app = build_app(
             issuer=config.effective_issuer, keyring=self.current_keyring, revocations=self.revocations, tokens=tokens

@@ -92,6 +92,8 @@ class TokenService:
     limiter: RateLimiter  # per pod, after authentication
     by_source: RateLimiter  # refused tokens per client address, checked before any review
     introspectors: frozenset[str] = field(default_factory=frozenset)  # ServiceAccount usernames
+    # Whether a pod's binding is its own (a copy of another pod's admission is sealed too).
+    owns_binding: Callable[[PodTask], bool] = lambda task: True
 
     # -- the token endpoint --------------------------------------------------------------
 
@@ -195,6 +197,12 @@ class TokenService:
             raise unacceptable(f"pod {subject.pod_name} in {subject.namespace} was not admitted by agentcred")
         if task.end_reason is not None:
             raise unacceptable(f"pod {subject.pod_name} has ended ({task.end_reason})")
+        # A copy's creator can remove its gate; the gate alone does not say the pod is served.
+        if not self.owns_binding(task):
+            raise unacceptable(
+                f"pod {subject.pod_name} carries the admission of another pod (binding {task.binding}): "
+                "it is given nothing"
+            )
         if task.gated:
             raise unacceptable(f"pod {subject.pod_name} has not been given its credentials yet")
         record, audiences = self._target(request, task, subject)
