@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import ssl
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -112,6 +113,44 @@ def _jwks(operator: OperatorProcess) -> list[dict]:
 
 
 # -- revocation ---------------------------------------------------------------------------
+
+
+def test_one_pod_cannot_grow_the_revocation_list_by_revoking_its_own_tokens(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    """Every holder revocation (RFC 7009) used to add an entry of its own, and a pod may be
+    issued 5 tokens a second: one pod revoking what it is issued kept ~1,650 entries alive
+    (each lives until its token's expiry), all in its pod's shard -- a handful of pods and the
+    900 KiB shard cannot be saved, every replica turns not ready, and no revocation in that
+    shard (any tenant's) reaches the other replicas. A pod's own entries are now bounded."""
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace, scope=SCOPE)
+    pod, _ = _agent(cluster, namespace)
+    uid = pod["metadata"]["uid"]
+    token = bound_token(cluster, namespace, pod)
+    answers: list[tuple[int, dict | None, dict[str, str]]] = []
+    revoked: list[str] = []
+    for _ in range(400):
+        status, body = exchange(operator, token, authorization_details=READ_APP)
+        if status == 429:
+            time.sleep(0.2)  # the per-pod rate limit
+            continue
+        assert status == 200, body
+        answers.append(_revoke(operator, body["access_token"]))
+        if answers[-1][0] == 200:
+            revoked.append(body["access_token"])
+        if len(answers) >= 48:
+            break
+    assert len(answers) >= 48
+    entries = _revocations(operator, uid)
+    assert len(entries) <= 32, f"one pod holds {len(entries)} entries of the revocation list"
+    refused = [(status, body, headers) for status, body, headers in answers if status != 200]
+    assert refused, "every revocation was accepted"
+    status, body, headers = refused[0]
+    assert status == 503 and body["error"] == "temporarily_unavailable" and int(headers["Retry-After"]) > 0
+    # What was accepted is revoked, as promised.
+    gateway = _caller(cluster, *INTROSPECTOR)
+    assert revoked and all(_introspect(operator, t, gateway)[1] == {"active": False} for t in revoked[-3:])
 
 
 def test_revocation_needs_the_token_itself(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 from agentcred.api.pods import PodTask
+from agentcred.platform.revocations import MAX_TOKEN_ENTRIES_PER_POD, REVOCATIONS_KEY, SHARD_LIMIT_BYTES, RevocationList
 from agentcred.runtime.bindings import BindingOwners
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -48,3 +49,38 @@ def test_the_memory_is_bounded() -> None:
     for i in range(1000):
         owners.note(_pod(str(i), T0, binding=f"{i:016x}"))
     assert len(owners._owners) <= 100
+
+
+def test_one_pod_holds_a_bounded_share_of_the_revocation_list() -> None:
+    """Holder revocations are bounded per pod, so a shard's size follows pods, not exchanges:
+    even the longest names a pod may have fill its shard only with hundreds of such pods."""
+    revoked = RevocationList(shards=1)
+    until = T0 + dt.timedelta(minutes=5)
+    accepted = [
+        revoked.revoke_token("pod-a", "research-llm", f"jti-{i}", until + dt.timedelta(seconds=i)) for i in range(100)
+    ]
+    assert accepted.count(True) == MAX_TOKEN_ENTRIES_PER_POD and not any(accepted[MAX_TOKEN_ENTRIES_PER_POD:])
+    assert revoked.revoke_token("pod-a", "research-llm", "jti-0", until)  # again: nothing new
+    assert revoked.revoke_token("pod-b", "research-llm", "jti-0", until)  # another pod has its own room
+    assert revoked.token_room_at("pod-a") == until
+    assert revoked.covers("pod-a", "research-llm", T0, ("jti-3",))
+    assert not revoked.covers("pod-a", "research-llm", T0, (f"jti-{MAX_TOKEN_ENTRIES_PER_POD}",))
+    # The first lapses: room for one more.
+    revoked.prune(until + dt.timedelta(seconds=0.5))
+    assert revoked.revoke_token("pod-a", "research-llm", "jti-new", until + dt.timedelta(minutes=1))
+    assert not revoked.revoke_token("pod-a", "research-llm", "jti-newer", until + dt.timedelta(minutes=1))
+    # Read back from a saved shard, the bound still holds.
+    reread = RevocationList(shards=1)
+    reread.merge_shard_data(revoked.shard_data(0))
+    assert not reread.revoke_token("pod-a", "research-llm", "jti-more", until)
+    # Worst case: a pod UID, a credential name of 63 characters and a token id per entry.
+    worst = RevocationList(shards=1)
+    uid, name = "0" * 36, "c" * 63
+    for i in range(MAX_TOKEN_ENTRIES_PER_POD):
+        worst.revoke_token(uid, name, secrets_like(i), until)
+    per_pod = len(worst.shard_data(0)[REVOCATIONS_KEY])
+    assert SHARD_LIMIT_BYTES // per_pod >= 300, per_pod
+
+
+def secrets_like(i: int) -> str:
+    return f"{i:022d}"  # as long as secrets.token_urlsafe(16)
