@@ -5,9 +5,21 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from agentcred.api.pods import PodTask
-from agentcred.platform.revocations import MAX_TOKEN_ENTRIES_PER_POD, REVOCATIONS_KEY, SHARD_LIMIT_BYTES, RevocationList
+from agentcred.api.projection import IssuedValue, Subject
+from agentcred.client.verify import TokenRejected, Verifier, revocation_list
+from agentcred.platform.keys import KeyRing, encode_jwt
+from agentcred.platform.revocations import (
+    EXPIRY_SKEW,
+    MAX_TOKEN_ENTRIES_PER_POD,
+    REVOCATIONS_KEY,
+    SHARD_LIMIT_BYTES,
+    RevocationList,
+)
 from agentcred.runtime.bindings import BindingOwners
+from agentcred.runtime.revoker import Revocation, Revoker
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -62,11 +74,11 @@ def test_one_pod_holds_a_bounded_share_of_the_revocation_list() -> None:
     assert accepted.count(True) == MAX_TOKEN_ENTRIES_PER_POD and not any(accepted[MAX_TOKEN_ENTRIES_PER_POD:])
     assert revoked.revoke_token("pod-a", "research-llm", "jti-0", until)  # again: nothing new
     assert revoked.revoke_token("pod-b", "research-llm", "jti-0", until)  # another pod has its own room
-    assert revoked.token_room_at("pod-a") == until
+    assert revoked.token_room_at("pod-a") == until + EXPIRY_SKEW
     assert revoked.covers("pod-a", "research-llm", T0, ("jti-3",))
     assert not revoked.covers("pod-a", "research-llm", T0, (f"jti-{MAX_TOKEN_ENTRIES_PER_POD}",))
     # The first lapses: room for one more.
-    revoked.prune(until + dt.timedelta(seconds=0.5))
+    revoked.prune(until + EXPIRY_SKEW + dt.timedelta(seconds=0.5))
     assert revoked.revoke_token("pod-a", "research-llm", "jti-new", until + dt.timedelta(minutes=1))
     assert not revoked.revoke_token("pod-a", "research-llm", "jti-newer", until + dt.timedelta(minutes=1))
     # Read back from a saved shard, the bound still holds.
@@ -84,3 +96,37 @@ def test_one_pod_holds_a_bounded_share_of_the_revocation_list() -> None:
 
 def secrets_like(i: int) -> str:
     return f"{i:022d}"  # as long as secrets.token_urlsafe(16)
+
+
+def test_a_revoked_value_does_not_verify_again_in_its_last_seconds() -> None:
+    """A pod ends while its projected value (ttl 10 minutes) has 8 minutes to live: the entry
+    lasted exactly until the value's expiry and was then dropped -- but verifiers accept a
+    token up to 30 s past its `exp` (clock skew), so for those 30 s the revoked value verified
+    again. The same for a token exchanged moments before the revocation."""
+    ring = KeyRing.generate(T0)
+    issued = T0 + dt.timedelta(minutes=2)
+    expires = issued + dt.timedelta(minutes=10)
+    value = IssuedValue("research-llm", "model", issued, expires, issued, "fp", token_id="jti-v")
+    claims = {
+        "iss": "https://agentcred.test",
+        "sub": "system:serviceaccount:agents:research-agent",
+        "aud": "https://llm-gateway.internal",
+        "iat": int(issued.timestamp()),
+        "nbf": int(issued.timestamp()),
+        "exp": int(expires.timestamp()),
+        "jti": "jti-v",
+        "agentcred": {"credential": "research-llm", "namespace": "agents", "podUID": "pod-a", "pod": "agent"},
+    }
+    token = encode_jwt(claims, ring.current("EdDSA"))
+    revoked_at = issued + dt.timedelta(minutes=2)
+    subject = Subject("agents", "agent", "pod-a")
+    until = Revoker._covered_until(subject, Revocation("research-llm", value, "pod-deleted"), None, revoked_at)
+    served = RevocationList()
+    served.revoke("pod-a", "research-llm", until)
+    for seconds in (1, 10, 25):
+        moment = expires + dt.timedelta(seconds=seconds)
+        served.prune(moment)  # what the operator serves at that moment
+        verifier = Verifier(jwks=ring.jwks(), issuer=claims["iss"], revoked=revocation_list(served.document()))
+        with pytest.raises(TokenRejected) as rejected:
+            verifier.verify(token, "https://llm-gateway.internal", namespace="agents", now=moment.timestamp())
+        assert rejected.value.reason == "revoked", seconds

@@ -27,11 +27,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ..platform.keys import ACCESS_TOKEN_TYPE, ALGORITHMS, b64url_decode
-from ..platform.revocations import RevocationList, parse_document
+from ..platform.revocations import EXPIRY_SKEW, RevocationList, parse_document
 from ..rules.oauth import granted_intents
 from ..rules.scope import Intent, scope_covers
 
-CLOCK_SKEW = 30  # seconds of tolerance on exp/nbf/iat
+CLOCK_SKEW = int(EXPIRY_SKEW.total_seconds())  # seconds of tolerance on exp/nbf/iat (revocations allow for it)
 JWKS_PATH = "/.well-known/jwks.json"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 REVOCATIONS_PATH = "/v1/revocations"

@@ -5,7 +5,8 @@ every token issued to that pod for that credential -- the projected value and ev
 exchanged from it -- or, with `before`, those issued before a moment (a leaked value is
 replaced by a fresh one). So the list grows with revoked pods, never with exchanges, and a
 token revoked by one replica is revoked for every replica without anyone remembering its id.
-An entry is dropped at `until`, once every token it covers has expired. A token its holder
+An entry is dropped `EXPIRY_SKEW` after `until`, once every token it covers has expired even
+to a verifier that allows for clock skew. A token its holder
 revokes (RFC 7009) gets an entry of its own, naming its `jti` too: it covers that token and
 every token exchanged from it (they carry their ancestors' ids), nothing else. A pod may hold
 at most `MAX_TOKEN_ENTRIES_PER_POD` of those at once (they lapse with their tokens): else one
@@ -34,6 +35,9 @@ ALL_CREDENTIALS = "*"
 # Holder revocations (RFC 7009) one pod may have on the list at once: its entries stay within
 # a few KiB, as a revoked pod's do.
 MAX_TOKEN_ENTRIES_PER_POD = 16
+# Verifiers accept a token this long past its `exp` (clock skew): an entry outlives the
+# tokens it covers by as much, or a revoked token would verify again in its last seconds.
+EXPIRY_SKEW = dt.timedelta(seconds=30)
 
 
 def _epoch(moment: dt.datetime) -> int:
@@ -125,7 +129,8 @@ class RevocationList:
 
     def token_room_at(self, pod_uid: str) -> dt.datetime | None:
         """When the first of the pod's holder revocations lapses (None: it has none)."""
-        return min((self._entries[key].until for key in self._token_keys.get(pod_uid, ())), default=None)
+        first = min((self._entries[key].until for key in self._token_keys.get(pod_uid, ())), default=None)
+        return None if first is None else first + EXPIRY_SKEW
 
     def covers(self, pod_uid: str, credential: str, issued_at: dt.datetime, token_ids: tuple[str, ...] = ()) -> bool:
         """Is a token issued to this pod for this credential at `issued_at` revoked? `token_ids`:
@@ -147,7 +152,7 @@ class RevocationList:
 
     def prune(self, now: dt.datetime) -> None:
         for key, entry in list(self._entries.items()):
-            if entry.until <= now:
+            if entry.until + EXPIRY_SKEW <= now:
                 self._drop(key)
                 self.dirty.add(shard_of(entry.pod_uid, self.shards))
 

@@ -22,7 +22,7 @@ from typing import Any
 from ..api.pods import PodTask
 from ..api.times import format_time, utcnow
 from ..platform.keys import KeyRing, NotOurs, decode_own
-from ..platform.revocations import MAX_TOKEN_ENTRIES_PER_POD, RevocationList
+from ..platform.revocations import EXPIRY_SKEW, MAX_TOKEN_ENTRIES_PER_POD, RevocationList
 from ..rules.credentials import CredentialRecord
 from ..rules.oauth import (
     ACCESS_TOKEN_TYPE,
@@ -428,9 +428,9 @@ class TokenService:
             return
         if not isinstance(exp, int) or not isinstance(issued.get("podUID"), str):
             return
-        until = dt.datetime.fromtimestamp(exp, dt.timezone.utc) + CLOCK_SKEW
+        until = dt.datetime.fromtimestamp(exp, dt.timezone.utc)  # the list keeps it EXPIRY_SKEW longer
         now = utcnow()
-        if until <= now:
+        if until + EXPIRY_SKEW <= now:
             return
         if not self.revocations.revoke_token(issued["podUID"], str(issued.get("credential")), jti, until):
             # One pod must not fill its shard of the list (RFC 7009 §2.2.1 allows a 503): the
@@ -439,7 +439,7 @@ class TokenService:
             message = (
                 f"pod {issued.get('pod')} already has {MAX_TOKEN_ENTRIES_PER_POD} revoked tokens that have not "
                 f"expired; try again when the first expires, or let this one expire at "
-                f"{format_time(until - CLOCK_SKEW)}"
+                f"{format_time(until)}"
             )
             self.audit.record("deny", reason="revocation-limit", message=message, tokenId=jti, **_who(claims))
             raise OAuthError("temporarily_unavailable", message, 503, max(1, int((room - now).total_seconds()) + 1))
