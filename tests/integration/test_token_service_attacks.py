@@ -32,7 +32,7 @@ from agents import (
     start_agent,
     value_of,
 )
-from clusterkit import INTROSPECTOR, Cluster, OperatorProcess, ensure_namespace, wait_for
+from clusterkit import INTROSPECTOR, Cluster, OperatorProcess, ensure_namespace, operator_paused, wait_for
 from identities import PODS_ONLY, namespace_admin, narrow_user
 from oauth import (
     ACCESS_TOKEN_TYPE,
@@ -171,6 +171,77 @@ def test_revocation_needs_the_token_itself(
     assert _revocations(operator, pod["metadata"]["uid"]) == []
 
 
+HA_NAMESPACE = "agentcred-ha-revoke"
+HA_ISSUER = "https://agentcred.agentcred-ha-revoke.svc:8443"
+LEASE = {"AGENTCRED_LEASE_DURATION": "6", "AGENTCRED_LEASE_RENEW": "1"}
+
+
+def _lease_holder(cluster: Cluster) -> str | None:
+    try:
+        lease = client.CoordinationV1Api(cluster.api_client).read_namespaced_lease("agentcred-leader", HA_NAMESPACE)
+    except ApiException:
+        return None
+    return lease.spec.holder_identity
+
+
+def test_a_token_its_holder_revoked_at_a_follower_is_revoked_at_the_leader(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    """Behind one Service, a holder's RFC 7009 revocation lands at whichever replica answers.
+    A follower saves it to the shared list; the leader never read the list back (only
+    followers reload), so at the leader the revoked token stayed live -- it exchanged for
+    fresh tokens, and the leader's /v1/revocations (what verifiers fetch) did not name it."""
+    with operator_paused(operator):
+        replicas = {
+            name: OperatorProcess(
+                cluster,
+                "--issuer",
+                HA_ISSUER,
+                *(() if name == "replica-e" else ("--webhook-config", "none")),
+                namespace=HA_NAMESPACE,
+                standalone=False,
+                env={**LEASE, "POD_NAME": name},
+            )
+            for name in ("replica-e", "replica-f")
+        }
+        try:
+            for replica in replicas.values():
+                replica.start()
+            leader_name = wait_for(lambda: _lease_holder(cluster), what="a leader")
+            leader = replicas[leader_name]
+            follower = next(r for name, r in replicas.items() if name != leader_name)
+            cafile = leader.ca_file()
+            service_account(cluster, namespace)
+            create_credential(cluster, namespace, scope=SCOPE)
+            pod = start_agent(cluster, namespace)
+            form = {"grant_type": JWT_BEARER, "assertion": bound_token(cluster, namespace, pod)}
+            status, granted, _ = post(
+                f"{leader.api_url}/oauth2/token", cafile, {**form, "authorization_details": READ_APP}
+            )
+            assert status == 200, granted
+            token = granted["access_token"]
+            assert post(f"{follower.api_url}/oauth2/revoke", cafile, {"token": token})[0] == 200
+
+            def refused_by(replica: OperatorProcess) -> bool:
+                status, answer, _ = post(
+                    f"{replica.api_url}/oauth2/token",
+                    cafile,
+                    {"grant_type": TOKEN_EXCHANGE, "subject_token": token, "subject_token_type": ACCESS_TOKEN_TYPE},
+                )
+                return status == 400 and "was revoked" in answer["error_description"]
+
+            assert refused_by(follower)
+            wait_for(lambda: refused_by(leader), timeout=10, what="the leader refusing the revoked token")
+            verifier = Verifier.from_url(leader.api_url, issuer=HA_ISSUER, cafile=cafile)
+            with pytest.raises(TokenRejected) as rejected:
+                verifier.verify(token, AUDIENCE, namespace=namespace)
+            assert rejected.value.reason == "revoked"
+        finally:
+            for replica in replicas.values():
+                replica.cleanup()
+            cluster.delete_namespace(HA_NAMESPACE)
+
+
 # -- admission and the identity volume --------------------------------------------------
 
 
@@ -270,7 +341,6 @@ def test_garbage_actor_tokens_cost_the_caller_not_the_api_server(
     service_account(cluster, namespace)
     create_credential(cluster, namespace, scope=SCOPE)
     pod, projected = _agent(cluster, namespace)
-    form = {"actor_token_type": JWT_TYPE, "authorization_details": READ_APP}
     form = {
         "grant_type": TOKEN_EXCHANGE,
         "subject_token": projected,
