@@ -534,6 +534,35 @@ def test_a_pod_gets_nothing_for_a_credential_it_was_not_admitted_for(
     assert "payments" not in answer["error_description"].replace("https://payments.internal", "")
 
 
+def test_an_ended_pods_own_tokens_get_nothing(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    """Once a pod's task ended, its projected value and the tokens it exchanged are no
+    subject, no actor, and not active -- whoever holds them."""
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace, scope=SCOPE)
+    pod, projected = _agent(cluster, namespace)
+    other, other_value = _agent(cluster, namespace, "other")
+    status, granted = exchange(operator, projected, ACCESS_TOKEN_TYPE, authorization_details=READ_APP)
+    assert status == 200, granted
+    kubelet.succeed(namespace, pod["metadata"]["name"])
+    gateway = _caller(cluster, *INTROSPECTOR)
+    wait_for(
+        lambda: _introspect(operator, projected, gateway)[1] == {"active": False}, what="the ended pod's value inactive"
+    )
+    for token in (projected, granted["access_token"]):
+        status, answer = exchange(operator, token, ACCESS_TOKEN_TYPE)
+        assert (status, answer["error"]) == (400, "invalid_request"), _fingerprint(token)
+        assert "was revoked" in answer["error_description"] or "has ended" in answer["error_description"]
+        status, answer = exchange(
+            operator, other_value, ACCESS_TOKEN_TYPE, actor_token=token, actor_token_type=ACCESS_TOKEN_TYPE
+        )
+        assert (status, answer["error"]) == (400, "invalid_request"), _fingerprint(token)
+        assert _introspect(operator, token, gateway)[1] == {"active": False}
+    status, answer = exchange(operator, bound_token(cluster, namespace, pod), authorization_details=READ_APP)
+    assert (status, answer["error"]) == (400, "invalid_request") and "ended" in answer["error_description"]
+
+
 # -- widening through an agentcred subject token ----------------------------------------------
 
 

@@ -208,6 +208,7 @@ class Operator:
         tokens = TokenService(
             reviews=ReviewGate(lambda token: kube.review_token(token, audiences)),
             pod_by_name=self.pod_by_name,
+            owns_binding=self.bindings.owns,
             credential=self.credential,
             revocations=self.revocations,
             minted=self.jwt,
@@ -217,7 +218,6 @@ class Operator:
             limiter=RateLimiter(rate=config.token_rate, burst=config.token_burst),
             by_source=RateLimiter(rate=config.source_rate, burst=config.source_burst),
             introspectors=frozenset(config.introspectors),
-            owns_binding=self.bindings.owns,
         )
         app = build_app(
             issuer=config.effective_issuer, keyring=self.current_keyring, revocations=self.revocations, tokens=tokens

@@ -83,6 +83,8 @@ def _refusal(grant_type: str, authenticated: bool) -> Callable[[str], OAuthError
 class TokenService:
     reviews: ReviewGate
     pod_by_name: Callable[[str, str], PodTask | None]
+    # Whether a pod's binding is its own (a copy of another pod's admission is sealed too).
+    owns_binding: Callable[[PodTask], bool]
     credential: Callable[[str, str], CredentialRecord | None]
     revocations: RevocationList
     minted: JwtSource  # signs what is issued here
@@ -92,8 +94,6 @@ class TokenService:
     limiter: RateLimiter  # per pod, after authentication
     by_source: RateLimiter  # refused tokens per client address, checked before any review
     introspectors: frozenset[str] = field(default_factory=frozenset)  # ServiceAccount usernames
-    # Whether a pod's binding is its own (a copy of another pod's admission is sealed too).
-    owns_binding: Callable[[PodTask], bool] = lambda task: True
 
     # -- the token endpoint --------------------------------------------------------------
 
