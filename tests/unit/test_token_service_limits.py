@@ -130,3 +130,13 @@ def test_a_revoked_value_does_not_verify_again_in_its_last_seconds() -> None:
         with pytest.raises(TokenRejected) as rejected:
             verifier.verify(token, "https://llm-gateway.internal", namespace="agents", now=moment.timestamp())
         assert rejected.value.reason == "revoked", seconds
+
+
+def test_the_owner_a_sealed_secret_names_wins_over_a_listing() -> None:
+    """After a restart, two pods created in one second arrive in name order: the copy first.
+    Where the binding's Secret is known, the pod it names owns the binding."""
+    original, copy = _pod("z", T0), _pod("a", T0)
+    owners = BindingOwners(sealed=lambda key: "z")
+    owners.note(copy)
+    owners.note(original)
+    assert owners.owns(original) and not owners.owns(copy)

@@ -88,7 +88,7 @@ class Operator:
         self._runners: list[web.AppRunner] = []
         self._tls_directory: Path | None = None
         self._leadership: Leadership | None = None
-        self.bindings = BindingOwners()  # fed by the pod index, at every replica
+        self.bindings = BindingOwners(sealed=self._sealed_owner)  # fed by the pod index, at every replica
 
     # -- lookups (the runtime's view of the indices) ------------------------------------
 
@@ -114,6 +114,11 @@ class Operator:
         return min(
             found, key=lambda t: (t.created_at or dt.datetime.max.replace(tzinfo=dt.timezone.utc), t.uid), default=None
         )
+
+    def _sealed_owner(self, key: str) -> str | None:
+        """The pod a binding's Secret names, as far as this replica knows its Secrets."""
+        state = self.store.get(key)  # asked only by the token service, which start() builds after the store
+        return state.pod_uid if state is not None and state.sealed and state.pod_uid else None
 
     def pod_by_name(self, namespace: str, name: str) -> PodTask | None:
         return first(self.indices.pods, (namespace, name))
