@@ -157,7 +157,7 @@ def test_revocation_needs_the_token_itself(
     cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
 ) -> None:
     """Someone who knows a token's claims (its jti, its pod) but does not hold it cannot revoke
-    it: a copy with another signature, or signed with a key of its own, is not ours."""
+    it: a copy with another signature is not ours; nor does a token exchanged from it revoke it."""
     service_account(cluster, namespace)
     create_credential(cluster, namespace, scope=SCOPE)
     pod, _ = _agent(cluster, namespace)
@@ -169,6 +169,12 @@ def test_revocation_needs_the_token_itself(
     gateway = _caller(cluster, *INTROSPECTOR)
     assert _introspect(operator, granted["access_token"], gateway)[1]["active"] is True
     assert _revocations(operator, pod["metadata"]["uid"]) == []
+    # Holding a token exchanged from it is not holding it: revoking the child leaves the parent.
+    status, child = exchange(operator, granted["access_token"], ACCESS_TOKEN_TYPE)
+    assert status == 200, child
+    assert _revoke(operator, child["access_token"])[0] == 200
+    assert _introspect(operator, child["access_token"], gateway)[1] == {"active": False}
+    assert _introspect(operator, granted["access_token"], gateway)[1]["active"] is True
 
 
 HA_NAMESPACE = "agentcred-ha-revoke"
