@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from agentcred.platform.keys import KeyRing, NotOurs, b64url_decode, decode_own, encode_jwt, thumbprint
-from agentcred.platform.revocations import ALL_CREDENTIALS, RevocationList
+from agentcred.platform.revocations import ALL_CREDENTIALS, EXPIRY_SKEW, RevocationList
 
 NOW = dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc)
 
@@ -70,7 +70,7 @@ def test_only_tokens_this_ring_signed_are_decoded_as_its_own() -> None:
 
 def test_revocation_list_is_by_pod_prunes_and_round_trips_through_its_shards() -> None:
     revocations = RevocationList(shards=4)
-    revocations.revoke("pod-old", "llm", until=NOW)
+    revocations.revoke("pod-old", "llm", until=NOW - EXPIRY_SKEW)  # expired even to a lenient verifier
     revocations.revoke("pod-a", "llm", until=NOW + dt.timedelta(minutes=5))
     revocations.revoke("pod-b", ALL_CREDENTIALS, until=NOW + dt.timedelta(minutes=5))
     revocations.revoke("pod-c", "llm", until=NOW + dt.timedelta(hours=1), before=NOW)  # a leaked value replaced

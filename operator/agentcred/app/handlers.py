@@ -75,7 +75,10 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
         # Two keys per pod in one index (one handler call per event, not two): the
         # projection key for the runtime, (namespace, name) for the token service.
         task = _admitted(operator, body)
-        return {task.key: task, (task.namespace, task.name): task} if task else None
+        if task is None:
+            return None
+        operator.bindings.note(task)  # in watch order: of two pods created in one second, the first seen
+        return {task.key: task, (task.namespace, task.name): task}
 
     @kopf.index(model.GROUP, model.VERSION, model.POLICY_PLURAL, id="policy_index", registry=registry)
     async def policy_index(body: kopf.Body, **_: Any) -> dict[str, AgentCredentialPolicySpec] | None:
@@ -212,7 +215,7 @@ def _request(body: kopf.Body, annotation: str) -> dict[str, Any] | None:
         return None
     try:
         parsed = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # a tenant writes this annotation: nested too deep is malformed too
         log.warning(
             "ignoring malformed %s annotation on %s/%s", annotation, body.metadata.namespace, body.metadata.name
         )

@@ -33,6 +33,7 @@ from ..rules.credentials import CredentialRecord, Gatekeeper
 from ..rules.leaks import parse_reporters
 from ..rules.seal import Bookkeeping
 from ..runtime.audit import AuditTrail
+from ..runtime.bindings import BindingOwners
 from ..runtime.callers import RateLimiter, ReviewGate
 from ..runtime.credential_events import CredentialEvents
 from ..runtime.endpoints import build_app, serve
@@ -93,6 +94,7 @@ class Operator:
         self._runners: list[web.AppRunner] = []
         self._tls_directory: Path | None = None
         self._leadership: Leadership | None = None
+        self.bindings = BindingOwners(sealed=self._sealed_owner)  # fed by the pod index, at every replica
 
     # -- lookups (the runtime's view of the indices) ------------------------------------
 
@@ -118,6 +120,11 @@ class Operator:
         return min(
             found, key=lambda t: (t.created_at or dt.datetime.max.replace(tzinfo=dt.timezone.utc), t.uid), default=None
         )
+
+    def _sealed_owner(self, key: str) -> str | None:
+        """The pod a binding's Secret names, as far as this replica knows its Secrets."""
+        state = self.store.get(key)  # asked only by the token service, which start() builds after the store
+        return state.pod_uid if state is not None and state.sealed and state.pod_uid else None
 
     def pod_by_name(self, namespace: str, name: str) -> PodTask | None:
         return first(self.indices.pods, (namespace, name))
@@ -222,6 +229,7 @@ class Operator:
         tokens = TokenService(
             reviews=ReviewGate(lambda token: kube.review_token(token, audiences)),
             pod_by_name=self.pod_by_name,
+            owns_binding=self.bindings.owns,
             credential=self.credential,
             revocations=self.revocations,
             minted=self.jwt,

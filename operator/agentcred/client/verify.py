@@ -27,11 +27,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ..platform.keys import ACCESS_TOKEN_TYPE, ALGORITHMS, b64url_decode
-from ..platform.revocations import RevocationList, parse_document
+from ..platform.revocations import EXPIRY_SKEW, RevocationList, parse_document
 from ..rules.oauth import granted_intents
 from ..rules.scope import Intent, scope_covers
 
-CLOCK_SKEW = 30  # seconds of tolerance on exp/nbf/iat
+CLOCK_SKEW = int(EXPIRY_SKEW.total_seconds())  # seconds of tolerance on exp/nbf/iat (revocations allow for it)
 JWKS_PATH = "/.well-known/jwks.json"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 REVOCATIONS_PATH = "/v1/revocations"
@@ -68,7 +68,7 @@ def _public_key(jwk: dict[str, str]) -> PublicKey:
 def _decode_part(part: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(b64url_decode(part))
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:  # nested too deep to parse: not ours
         raise TokenRejected("malformed", f"the {what} is not base64url-encoded JSON") from error
     if not isinstance(value, dict):
         raise TokenRejected("malformed", f"the {what} is not a JSON object")

@@ -318,7 +318,7 @@ def decode_own(token: str, ring: KeyRing) -> tuple[dict[str, Any], dict[str, Any
     try:
         header = json.loads(b64url_decode(parts[0]))
         signature = b64url_decode(parts[2])
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # the header is read unsigned: anything goes
         raise NotOurs("the token is not base64url-encoded JSON") from None
     if not isinstance(header, dict):
         raise NotOurs("the token's header is not a JSON object")
@@ -329,7 +329,7 @@ def decode_own(token: str, ring: KeyRing) -> tuple[dict[str, Any], dict[str, Any
         raise NotOurs("the token's signature does not verify")
     try:
         claims = json.loads(b64url_decode(parts[1]))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise NotOurs("the token's claims are not base64url-encoded JSON") from None
     if not isinstance(claims, dict):
         raise NotOurs("the token's claims are not a JSON object")

@@ -5,9 +5,13 @@ every token issued to that pod for that credential -- the projected value and ev
 exchanged from it -- or, with `before`, those issued before a moment (a leaked value is
 replaced by a fresh one). So the list grows with revoked pods, never with exchanges, and a
 token revoked by one replica is revoked for every replica without anyone remembering its id.
-An entry is dropped at `until`, once every token it covers has expired. A token its holder
+An entry is dropped `EXPIRY_SKEW` after `until`, once every token it covers has expired even
+to a verifier that allows for clock skew. A token its holder
 revokes (RFC 7009) gets an entry of its own, naming its `jti` too: it covers that token and
-every token exchanged from it (they carry their ancestors' ids), nothing else.
+every token exchanged from it (they carry their ancestors' ids), nothing else. A pod may hold
+at most `MAX_TOKEN_ENTRIES_PER_POD` of those at once (they lapse with their tokens): else one
+pod issued 5 tokens a second and revoking each would keep ~1,650 entries in its shard, and a
+few such pods would make the shard too large to save.
 
 Verifiers fetch the list with the JWKS; the operator keeps it in a few ConfigMaps (shards,
 by pod UID) in its namespace. Replicas only ever add entries and drop expired ones, so
@@ -28,6 +32,12 @@ DEFAULT_SHARDS = 8
 # A ConfigMap holds at most 1 MiB; stay well under it so a shard never fails to save.
 SHARD_LIMIT_BYTES = 900 * 1024
 ALL_CREDENTIALS = "*"
+# Holder revocations (RFC 7009) one pod may have on the list at once: its entries stay within
+# a few KiB, as a revoked pod's do.
+MAX_TOKEN_ENTRIES_PER_POD = 16
+# Verifiers accept a token this long past its `exp` (clock skew): an entry outlives the
+# tokens it covers by as much, or a revoked token would verify again in its last seconds.
+EXPIRY_SKEW = dt.timedelta(seconds=30)
 
 
 def _epoch(moment: dt.datetime) -> int:
@@ -75,6 +85,7 @@ class RevocationList:
     def __init__(self, shards: int = DEFAULT_SHARDS) -> None:
         self.shards = shards
         self._entries: dict[tuple[str, str, str], Revocation] = {}
+        self._token_keys: dict[str, set[tuple[str, str, str]]] = {}  # a pod's holder revocations
         self.dirty: set[int] = set()  # shards changed since they were last saved
 
     def __len__(self) -> int:
@@ -87,15 +98,39 @@ class RevocationList:
         current = self._entries.get(revocation.key)
         merged = revocation if current is None else current.merged(revocation)
         if merged != current:
-            self._entries[revocation.key] = merged
+            self._put(merged)
             self.dirty.add(shard_of(revocation.pod_uid, self.shards))
+
+    def _put(self, entry: Revocation) -> None:
+        self._entries[entry.key] = entry
+        if entry.token_id:
+            self._token_keys.setdefault(entry.pod_uid, set()).add(entry.key)
+
+    def _drop(self, key: tuple[str, str, str]) -> None:
+        self._entries.pop(key, None)
+        keys = self._token_keys.get(key[0])
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._token_keys[key[0]]
 
     def revoke(self, pod_uid: str, credential: str, until: dt.datetime, before: dt.datetime | None = None) -> None:
         self.add(Revocation(pod_uid, credential, until, before))
 
-    def revoke_token(self, pod_uid: str, credential: str, token_id: str, until: dt.datetime) -> None:
-        """One token (and those exchanged from it), as its holder asked."""
-        self.add(Revocation(pod_uid, credential, until, token_id=token_id))
+    def revoke_token(self, pod_uid: str, credential: str, token_id: str, until: dt.datetime) -> bool:
+        """One token (and those exchanged from it), as its holder asked; False, and nothing
+        added, if the pod already has `MAX_TOKEN_ENTRIES_PER_POD` such entries."""
+        revocation = Revocation(pod_uid, credential, until, token_id=token_id)
+        held = self._token_keys.get(pod_uid, set())
+        if revocation.key not in held and len(held) >= MAX_TOKEN_ENTRIES_PER_POD:
+            return False
+        self.add(revocation)
+        return True
+
+    def token_room_at(self, pod_uid: str) -> dt.datetime | None:
+        """When the first of the pod's holder revocations lapses (None: it has none)."""
+        first = min((self._entries[key].until for key in self._token_keys.get(pod_uid, ())), default=None)
+        return None if first is None else first + EXPIRY_SKEW
 
     def covers(self, pod_uid: str, credential: str, issued_at: dt.datetime, token_ids: tuple[str, ...] = ()) -> bool:
         """Is a token issued to this pod for this credential at `issued_at` revoked? `token_ids`:
@@ -117,8 +152,8 @@ class RevocationList:
 
     def prune(self, now: dt.datetime) -> None:
         for key, entry in list(self._entries.items()):
-            if entry.until <= now:
-                del self._entries[key]
+            if entry.until + EXPIRY_SKEW <= now:
+                self._drop(key)
                 self.dirty.add(shard_of(entry.pod_uid, self.shards))
 
     def document(self) -> dict[str, Any]:
@@ -143,7 +178,7 @@ class RevocationList:
             credential, _, token_id = rest.partition("/")
             revocation = Revocation(pod_uid, credential, _moment(until), _moment(before) if before else None, token_id)
             current = self._entries.get(revocation.key)
-            self._entries[revocation.key] = revocation if current is None else current.merged(revocation)
+            self._put(revocation if current is None else current.merged(revocation))
 
 
 def too_large(data: dict[str, str]) -> bool:

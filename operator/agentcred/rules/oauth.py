@@ -264,7 +264,7 @@ def _details(text: str | None, targets: tuple[str, ...]) -> tuple[dict[str, Any]
         return ()
     try:
         parsed = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested a thousand deep, the parser recurses out
         raise OAuthError("invalid_authorization_details", "authorization_details is not valid JSON") from None
     if not isinstance(parsed, list) or not parsed or not all(isinstance(item, dict) for item in parsed):
         raise OAuthError("invalid_authorization_details", "authorization_details is not a JSON array of objects")

@@ -1,7 +1,7 @@
 """The revocation list kept in ConfigMaps: the leader saves changed shards (merging on a
-lost race), followers merge what is saved -- and save what they added themselves (a token
-its holder revoked at that replica) -- so every replica serves the same list; a replica that
-cannot save it is not ready."""
+lost race), followers save what they added themselves (a token its holder revoked at that
+replica), and every replica -- the leader too -- merges what is saved, so every replica
+serves the same list; a replica that cannot save it is not ready."""
 
 from __future__ import annotations
 
@@ -93,7 +93,8 @@ class RevocationStore:
             try:
                 if leading() or self.revocations.dirty:
                     await self.save()
-                if not leading():
-                    await self.reload()
+                # The leader too: a follower saves what its token service revoked, and the
+                # leader would otherwise never read it back (its own saves rarely conflict).
+                await self.reload()
             except Exception as error:
                 log.warning("revocation list not synchronised (%s)", status_of(error) or error)

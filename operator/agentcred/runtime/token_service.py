@@ -22,7 +22,7 @@ from typing import Any
 from ..api.pods import PodTask
 from ..api.times import format_time, utcnow
 from ..platform.keys import KeyRing, NotOurs, decode_own
-from ..platform.revocations import RevocationList
+from ..platform.revocations import EXPIRY_SKEW, MAX_TOKEN_ENTRIES_PER_POD, RevocationList
 from ..rules.credentials import CredentialRecord
 from ..rules.oauth import (
     ACCESS_TOKEN_TYPE,
@@ -83,6 +83,8 @@ def _refusal(grant_type: str, authenticated: bool) -> Callable[[str], OAuthError
 class TokenService:
     reviews: ReviewGate
     pod_by_name: Callable[[str, str], PodTask | None]
+    # Whether a pod's binding is its own (a copy of another pod's admission is sealed too).
+    owns_binding: Callable[[PodTask], bool]
     credential: Callable[[str, str], CredentialRecord | None]
     revocations: RevocationList
     minted: JwtSource  # signs what is issued here
@@ -110,7 +112,11 @@ class TokenService:
             facts["grant"] = request.grant_type
             subject = await self._subject(request)
             facts.update(subject.facts())
-            act = await self._actor(request, subject.parent)
+            # Counted before the actor token is reviewed: every request costs the pod, so one
+            # valid identity sending fresh garbage actor tokens cannot buy TokenReviews.
+            if not self.limiter.allow(subject.pod_uid):
+                raise OAuthError("temporarily_unavailable", f"pod {subject.pod_name} asks too fast; slow down", 429, 1)
+            act = await self._actor(request, subject.parent, source)
             return self._issue(request, subject, act, facts)
         except OAuthError as refused:
             if request is not None and subject is None:  # a token that did not authenticate: this address pays
@@ -186,13 +192,17 @@ class TokenService:
         self, request: TokenRequest, subject: Subject, act: dict[str, Any] | None, facts: dict[str, Any]
     ) -> dict[str, Any]:
         unacceptable = _refusal(request.grant_type, authenticated=True)
-        if not self.limiter.allow(subject.pod_uid):
-            raise OAuthError("temporarily_unavailable", f"pod {subject.pod_name} asks too fast; slow down", 429, 1)
         task = self.pod_by_name(subject.namespace, subject.pod_name)
         if task is None or task.uid != subject.pod_uid:
             raise unacceptable(f"pod {subject.pod_name} in {subject.namespace} was not admitted by agentcred")
         if task.end_reason is not None:
             raise unacceptable(f"pod {subject.pod_name} has ended ({task.end_reason})")
+        # A copy's creator can remove its gate; the gate alone does not say the pod is served.
+        if not self.owns_binding(task):
+            raise unacceptable(
+                f"pod {subject.pod_name} carries the admission of another pod (binding {task.binding}): "
+                "it is given nothing"
+            )
         if task.gated:
             raise unacceptable(f"pod {subject.pod_name} has not been given its credentials yet")
         record, audiences = self._target(request, task, subject)
@@ -345,7 +355,9 @@ class TokenService:
             )
         return Grant(audiences, scope=credential_scope(record), act=act, grant_type=request.grant_type)
 
-    async def _actor(self, request: TokenRequest, parent: dict[str, Any] | None) -> dict[str, Any] | None:
+    async def _actor(
+        self, request: TokenRequest, parent: dict[str, Any] | None, source: str = ""
+    ) -> dict[str, Any] | None:
         """The `act` claim (RFC 8693 §4.1): the actor presented now -- a ServiceAccount, or the
         pod holding an agentcred token -- with whoever acted before nested inside it."""
         before = parent.get("act") if parent is not None else None
@@ -356,6 +368,7 @@ class TokenService:
             try:
                 who = await self.reviews.identity(request.actor_token)
             except NotAuthenticated as error:
+                self.by_source.allow(source)  # a token the API server refused: the address pays, as for a subject
                 raise invalid_request(f"actor_token: {error}") from None
             act = {"sub": who.username}
             if who.pod_name is not None:
@@ -423,10 +436,21 @@ class TokenService:
             return
         if not isinstance(exp, int) or not isinstance(issued.get("podUID"), str):
             return
-        until = dt.datetime.fromtimestamp(exp, dt.timezone.utc) + CLOCK_SKEW
-        if until <= utcnow():
+        until = dt.datetime.fromtimestamp(exp, dt.timezone.utc)  # the list keeps it EXPIRY_SKEW longer
+        now = utcnow()
+        if until + EXPIRY_SKEW <= now:
             return
-        self.revocations.revoke_token(issued["podUID"], str(issued.get("credential")), jti, until)
+        if not self.revocations.revoke_token(issued["podUID"], str(issued.get("credential")), jti, until):
+            # One pod must not fill its shard of the list (RFC 7009 §2.2.1 allows a 503): the
+            # token still lapses at its expiry, at most 5 minutes away for an exchanged one.
+            room = self.revocations.token_room_at(issued["podUID"]) or now
+            message = (
+                f"pod {issued.get('pod')} already has {MAX_TOKEN_ENTRIES_PER_POD} revoked tokens that have not "
+                f"expired; try again when the first expires, or let this one expire at "
+                f"{format_time(until)}"
+            )
+            self.audit.record("deny", reason="revocation-limit", message=message, tokenId=jti, **_who(claims))
+            raise OAuthError("temporarily_unavailable", message, 503, max(1, int((room - now).total_seconds()) + 1))
         self.audit.record(
             "revoke-token", tokenId=jti, credential=issued.get("credential"), reason="holder", **_who(claims)
         )
