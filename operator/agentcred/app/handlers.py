@@ -1,9 +1,10 @@
 """The Kopf registrations: each handler hands an event to a part of the Operator.
 
 `registry_for(operator)` builds a registry whose handlers close over one Operator (no module
-state). Pods use `on.event` (nothing persisted on objects that are not ours); indices keep
-credentials, pods, policies, namespaces and shared Secrets in memory, and Kopf starts
-handlers only once every index has listed.
+state). Kopf's indices keep credentials, policies, namespaces and shared Secrets in memory,
+and Kopf starts handlers only once every index has listed; handlers are `on.event` (nothing
+persisted on objects that are not ours). Pods are followed by the operator's own list and
+watch (runtime.pod_watch, for its cost per pod), which hands their events to `pod_event` here.
 """
 
 from __future__ import annotations
@@ -48,14 +49,16 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
     async def startup(
         settings: kopf.OperatorSettings,
         credential_index: kopf.Index,
-        pod_index: kopf.Index,
         policy_index: kopf.Index,
         namespace_index: kopf.Index,
         shared_secret_index: kopf.Index,
         **_: Any,
     ) -> None:
         await operator.start(
-            settings, Indices(credential_index, pod_index, policy_index, namespace_index, shared_secret_index)
+            settings,
+            Indices(credential_index, policy_index, namespace_index, shared_secret_index),
+            pod_event=lambda type, body, task: pod_event(type, kopf.Body(cast(kopf.RawBody, body)), task),
+            admitted=lambda body, deleted: _admitted(operator, body, deleted),
         )
 
     @kopf.on.cleanup(id="cleanup", registry=registry)
@@ -69,13 +72,6 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
     async def credential_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], CredentialRecord]:
         record = credential_record(dict(body))
         return {record.key: record}
-
-    @kopf.index("v1", "pods", labels=POD_FILTER, id="pod_index", registry=registry)
-    async def pod_index(body: kopf.Body, **_: Any) -> dict[str | tuple[str, str], PodTask] | None:
-        # Two keys per pod in one index (one handler call per event, not two): the
-        # projection key for the runtime, (namespace, name) for the token service.
-        task = _admitted(operator, body)
-        return {task.key: task, (task.namespace, task.name): task} if task else None
 
     @kopf.index(model.GROUP, model.VERSION, model.POLICY_PLURAL, id="policy_index", registry=registry)
     async def policy_index(body: kopf.Body, **_: Any) -> dict[str, AgentCredentialPolicySpec] | None:
@@ -128,9 +124,8 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
 
     # -- pods -----------------------------------------------------------------------------
 
-    @kopf.on.event("v1", "pods", labels=POD_FILTER, id="pod_event", registry=registry)
-    async def pod_event(type: str, body: kopf.Body, **_: Any) -> None:
-        task = _admitted(operator, body, deleted=type == "DELETED")
+    async def pod_event(type: str | None, body: kopf.Body, task: PodTask | None) -> None:
+        # `task`: the pod's, if the webhook admitted it as it stands (see `_admitted`).
         if task is None:
             found = pod_task(dict(body))
             ours = found is None or not seal.foreign(found, operator.current_keyring().mac_keys("admission"))
@@ -190,9 +185,9 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
     return registry
 
 
-def _admitted(operator: Operator, body: kopf.Body, deleted: bool = False) -> PodTask | None:
+def _admitted(operator: Operator, body: dict[str, Any], deleted: bool = False) -> PodTask | None:
     """The pod's task if the webhook admitted it as it stands (its seal holds), else None."""
-    task = pod_task(dict(body), deleted=deleted)
+    task = pod_task(body, deleted=deleted)
     keys = operator.current_keyring().mac_keys("admission")
     return task if task is not None and seal.admitted(task, keys) else None
 

@@ -44,6 +44,8 @@ from ..runtime.keyring import load_keyring, maintain_keyring_forever
 from ..runtime.leader import Leadership
 from ..runtime.leak_intake import LEAK_INTAKE, LeakIntake
 from ..runtime.leak_response import LeakResponder
+from ..runtime.pod_watch import Admitted, PodWatch
+from ..runtime.pod_watch import Handler as PodHandler
 from ..runtime.reconciler import Reconciler
 from ..runtime.requests import Requests
 from ..runtime.revocation_store import RevocationStore
@@ -73,10 +75,10 @@ def first(index: kopf.Index, key: Any) -> Any:
 
 @dataclass(frozen=True)
 class Indices:
-    """What Kopf keeps in memory for the webhook and the runtime to look up without a call."""
+    """What Kopf keeps in memory for the webhook and the runtime to look up without a call.
+    (Pods are followed by the operator's own watch: `Operator.pods`.)"""
 
     credentials: kopf.Index
-    pods: kopf.Index  # by "namespace/binding" and by (namespace, name)
     policies: kopf.Index
     namespaces: kopf.Index
     shared_secrets: kopf.Index
@@ -85,7 +87,8 @@ class Indices:
 class Operator:
     def __init__(self, config: OperatorConfig) -> None:
         self.config = config
-        self.warm = asyncio.Event()  # every index has listed (see app.handlers.crd_event)
+        self.warm = asyncio.Event()  # every index has listed (see app.handlers.crd_event), pods too
+        self._warming: asyncio.Task[None] | None = None
         self.keyring: KeyRing | None = None
         self.ca_pem = b""  # the serving certificate's CA, once known
         self._tasks: list[asyncio.Task[None]] = []
@@ -113,13 +116,13 @@ class Operator:
     def pod(self, key: str) -> PodTask | None:
         """The pod a binding belongs to: of several naming it (a copied admission), the first
         created."""
-        found = list(self.indices.pods.get(key, ()))
+        found = self.pods.index.tasks(key)
         return min(
             found, key=lambda t: (t.created_at or dt.datetime.max.replace(tzinfo=dt.timezone.utc), t.uid), default=None
         )
 
     def pod_by_name(self, namespace: str, name: str) -> PodTask | None:
-        return first(self.indices.pods, (namespace, name))
+        return self.pods.index.by_name(namespace, name)
 
     def current_keyring(self) -> KeyRing:
         assert self.keyring is not None, "the key ring is loaded at start"
@@ -127,12 +130,17 @@ class Operator:
 
     # -- start and stop ------------------------------------------------------------------
 
-    async def start(self, settings: kopf.OperatorSettings, indices: Indices) -> None:
+    async def start(
+        self, settings: kopf.OperatorSettings, indices: Indices, pod_event: PodHandler, admitted: Admitted
+    ) -> None:
+        """`pod_event` handles each event of an opted-in pod, `admitted` tells its task (see
+        runtime.pod_watch), once every index has listed."""
         config = self.config
         configure_kopf(settings, config)
         self.indices = indices
         self.audit = AuditTrail(config.audit_log)
         self.kube = kube = Kube(load_configuration())
+        self.pods = PodWatch(kube, f"{labels.INJECT_LABEL}=true", admitted, pod_event, handling=self.warm)
         self.keyring = await load_keyring(kube, config.namespace, config.names.keyring)
         self.revocations = RevocationList(config.revocation_shards)
         revocation_store = RevocationStore(kube, config.namespace, self.revocations, config.names)
@@ -264,6 +272,7 @@ class Operator:
             "key ring": lambda: maintain_keyring_forever(
                 kube, config.namespace, config.names.keyring, self._set_keyring, rotation, self.leading
             ),
+            "pod watch": self.pods.run,
             "expiry scheduler": self.scheduler.run,
             "status writer": lambda: self.status.run(self.raw_credentials),
             "event poster": self.events.run,
@@ -291,14 +300,18 @@ class Operator:
     # -- taking over ---------------------------------------------------------------------
 
     def indices_listed(self) -> asyncio.Task[None] | None:
-        """Every index has listed: ready; and, for a lone replica, time for the start-up
-        sweep (with leader election, being elected starts it)."""
-        if self.warm.is_set():
+        """Kopf's indices have listed: once the pods have too, ready; and, for a lone replica,
+        time for the start-up sweep (with leader election, being elected starts it)."""
+        if self._warming is not None:
             return None
+        self._warming = asyncio.create_task(self._warm_up(), name="warm-up")
+        return self._warming
+
+    async def _warm_up(self) -> None:
+        await self.pods.listed.wait()
         self.warm.set()
-        if self.config.leader_election:
-            return None
-        return asyncio.create_task(self.take_over(), name="start-up sweep")
+        if not self.config.leader_election:
+            await self.take_over()
 
     async def take_over(self) -> None:
         """List the managed Secrets, re-plan everything, finish deletions no leader finished;
@@ -310,8 +323,7 @@ class Operator:
             try:
                 listed = await self.kube.list_metadata("/api/v1/secrets", f"{labels.MANAGED_LABEL}=true")
                 states = [s for item in listed if (s := parse_projection(item, self.bookkeeping.verify)) is not None]
-                pods = [key for key in list(self.indices.pods) if isinstance(key, str)]
-                await self.handover.take_over(pods, states)
+                await self.handover.take_over(self.pods.index.keys(), states)
                 for record in self.raw_credentials():
                     if record.deleting:
                         await self.credentials.finalize(record)
