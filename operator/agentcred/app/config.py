@@ -114,4 +114,5 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     # Events are posted deliberately; log lines do not become Events.
     settings.posting.level = logging.WARNING
     settings.posting.enabled = False
-    settings.admission.server = None  # set at start-up once the shared certificate is known
+    # The admission webhook is the operator's own endpoint (runtime.admission_webhook), not Kopf's.
+    settings.admission.server = None

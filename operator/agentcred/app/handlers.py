@@ -4,7 +4,8 @@
 state). Kopf's indices keep credentials, policies, namespaces and shared Secrets in memory,
 and Kopf starts handlers only once every index has listed; handlers are `on.event` (nothing
 persisted on objects that are not ours). Pods are followed by the operator's own list and
-watch (runtime.pod_watch, for its cost per pod), which hands their events to `pod_event` here.
+watch (runtime.pod_watch, for its cost per pod), which hands their events to `pod_event` here;
+the admission webhook is the operator's own endpoint too (runtime.admission_webhook).
 """
 
 from __future__ import annotations
@@ -19,16 +20,13 @@ from pydantic import ValidationError
 from ..api import labels, model
 from ..api.pods import PodTask, pod_task
 from ..api.policy_model import AgentCredentialPolicySpec, parse_policy_spec
-from ..api.webhook_configuration import HANDLER_ID
-from ..platform import metrics
-from ..rules import admission, seal
+from ..rules import seal
 from ..rules.credentials import CredentialRecord, SharedSecret, credential_record, shared_secret
 from ..rules.verdicts import describe_validation_error
 from .operator import Indices, Operator, first
 
 log = logging.getLogger(__name__)
 
-POD_FILTER = {labels.INJECT_LABEL: "true"}
 SHARED_FILTER = {labels.SHARED_LABEL: "true"}
 
 
@@ -93,34 +91,6 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
     async def shared_secret_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], SharedSecret]:
         # Metadata and key names only: the value is read when it is copied, never kept here.
         return {(body.metadata.namespace or "", body.metadata.name): shared_secret(dict(body))}
-
-    # -- the admission webhook ------------------------------------------------------------
-
-    @kopf.on.mutate("v1", "pods", id=HANDLER_ID, labels=POD_FILTER, operations=["CREATE"], registry=registry)
-    async def inject(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        with metrics.webhook_latency.time():
-            namespace = body.metadata.namespace or ""
-            keyring = operator.current_keyring()
-            try:
-                records = admission.admit(
-                    dict(body), namespace, lambda name: operator.credential(namespace, name), keyring
-                )
-            except admission.Refusal as refusal:
-                operator.audit.record(
-                    "deny",
-                    namespace=namespace,
-                    reason="AdmissionRefused",
-                    message=str(refusal),
-                    podName=body.metadata.name or body.metadata.get("generateName"),
-                    serviceAccount=body.spec.get("serviceAccountName") or "default",
-                )
-                raise kopf.AdmissionError(str(refusal), code=403) from None
-            if records is not None:
-                # Kopf hands this function its own copy of the pod and diffs it into a JSON patch.
-                issuer = operator.config.effective_issuer
-                patch.fns.append(
-                    lambda pod: admission.apply(cast(dict[str, Any], pod), namespace, records, keyring, issuer=issuer)
-                )
 
     # -- pods -----------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from ..platform.revocations import RevocationList
 from ..rules.credentials import CredentialRecord, Gatekeeper
 from ..rules.leaks import parse_reporters
 from ..rules.seal import Bookkeeping
+from ..runtime.admission_webhook import AdmissionWebhook
 from ..runtime.audit import AuditTrail
 from ..runtime.callers import RateLimiter, ReviewGate
 from ..runtime.credential_events import CredentialEvents
@@ -87,7 +88,8 @@ class Indices:
 class Operator:
     def __init__(self, config: OperatorConfig) -> None:
         self.config = config
-        self.warm = asyncio.Event()  # every index has listed (see app.handlers.crd_event), pods too
+        self.indexed = asyncio.Event()  # Kopf's indices have listed (see app.handlers.crd_event)
+        self.warm = asyncio.Event()  # and the pods too
         self._warming: asyncio.Task[None] | None = None
         self.keyring: KeyRing | None = None
         self.ca_pem = b""  # the serving certificate's CA, once known
@@ -152,9 +154,6 @@ class Operator:
         )
         self._tls_directory = private_directory()
         certfile, keyfile = certificate.write(self._tls_directory)
-        settings.admission.server = kopf.WebhookServer(
-            addr=config.webhook_address, port=config.webhook_port, certfile=str(certfile), pkeyfile=str(keyfile)
-        )
         await self.publish_ca(certificate.ca_pem)
 
         self.gate = Gatekeeper(
@@ -237,6 +236,14 @@ class Operator:
         )
         app[LEAK_INTAKE] = self._leak_intake(kube)
         self._runners.append(await serve(app, config.api_address, config.api_port, certfile, keyfile))
+        webhook = AdmissionWebhook(
+            self.credential, self.current_keyring, self.audit, issuer=config.effective_issuer, ready=self.indexed
+        )
+        self._runners.append(
+            await serve(
+                webhook.app(), config.webhook_address, config.webhook_port, certfile, keyfile, "the admission webhook"
+            )
+        )
         health = Health(ports=(config.webhook_port, config.api_port), warm=self.warm)
         self._runners.append(await serve_health(health, config.health_address, config.health_port))
 
@@ -304,6 +311,7 @@ class Operator:
         time for the start-up sweep (with leader election, being elected starts it)."""
         if self._warming is not None:
             return None
+        self.indexed.set()
         self._warming = asyncio.create_task(self._warm_up(), name="warm-up")
         return self._warming
 
