@@ -133,7 +133,10 @@ class Kube:
         body: Any = None,
         content_type: str | None = None,
         accept: str = "application/json",
+        answer: bool = True,
     ) -> dict[str, Any]:
+        """The answer, decoded; with `answer=False` ({} returned) it is read but not decoded:
+        the object a patch or a delete returns costs a JSON decode no caller needs."""
         session = self._open()
         data = None if body is None else json.dumps(body).encode()
         operation = f"{method} {resource_of(path)}"
@@ -141,7 +144,11 @@ class Kube:
             async with session.request(
                 method, self.base + path, data=data, headers=self._headers(content_type if data else None, accept)
             ) as response:
-                text = await response.text()
+                if answer or response.status >= 300:
+                    text = await response.text()
+                else:
+                    await response.read()
+                    return {}
                 if response.status >= 300:
                     try:
                         message = json.loads(text).get("message", "")
@@ -204,7 +211,7 @@ class Kube:
         return await self.request("PUT", namespaced("v1", namespace, "secrets", name), body, "application/json")
 
     async def delete_secret(self, namespace: str, name: str) -> None:
-        await self.request("DELETE", namespaced("v1", namespace, "secrets", name))
+        await self.request("DELETE", namespaced("v1", namespace, "secrets", name), answer=False)
 
     async def list_metadata(self, path: str, label_selector: str, page: int = 500) -> list[dict[str, Any]]:
         """Every matching object's metadata (never a Secret's data), page by page."""
@@ -305,12 +312,12 @@ class Kube:
         except NotFound:
             return None
 
-    async def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        return await self.request("PATCH", namespaced("v1", namespace, "pods", name), patch, STRATEGIC)
+    async def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        await self.request("PATCH", namespaced("v1", namespace, "pods", name), patch, STRATEGIC, answer=False)
 
-    async def create_event(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def create_event(self, body: dict[str, Any]) -> None:
         namespace = body["metadata"]["namespace"]
-        return await self.request("POST", namespaced("v1", namespace, "events"), body, "application/json")
+        await self.request("POST", namespaced("v1", namespace, "events"), body, "application/json", answer=False)
 
     async def review_token(self, token: str, audiences: list[str]) -> dict[str, Any]:
         """TokenReview: the API server authenticates a token (never logged, never kept)."""
