@@ -246,3 +246,37 @@ def test_the_identity_path_cannot_be_taken() -> None:
     there = record(projection={"mountPath": "/var/run/secrets/agentcred"})
     with pytest.raises(Refusal, match="AgentCredential research-llm mounts at /var/run/secrets/agentcred"):
         inject(pod(), NS, lookup_of(there), KEYS, NOW, issuer=ISSUER)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pod(),
+        pod(initContainers=[{"name": "init", "image": "i", "env": [{"name": "A", "value": "1"}]}]),
+        pod(
+            volumes=[{"name": "data", "emptyDir": {}}],
+            schedulingGates=[{"name": "other.example/gate"}],
+            containers=[{"name": "c", "image": "x", "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+        ),
+        {**pod(), "spec": {"serviceAccountName": "research-agent"}},  # no containers (the API server refuses it later)
+    ],
+)
+@pytest.mark.parametrize("minted", [True, False])
+def test_the_webhooks_patch_makes_the_admitted_pod_and_leaves_the_request_alone(
+    case: dict, minted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jsonpatch
+
+    from agentcred.rules import admission
+
+    monkeypatch.setattr(admission, "new_binding_id", lambda: "0123456789abcdef")
+    found = admission.admit(case, NS, lookup_of(record()), KEYS, NOW)
+    assert found is not None
+    if not minted:
+        found = [record(source={"secretRef": {"name": "upstream", "key": "token"}}, exception=EXCEPTION)]
+    sent = copy.deepcopy(case)
+    patch = admission.admission_patch(case, NS, found, KEYS, NOW, issuer=ISSUER)
+    assert case == sent  # the request's pod is not touched
+    expected = copy.deepcopy(case)
+    admission.apply(expected, NS, found, KEYS, NOW, issuer=ISSUER)
+    assert jsonpatch.apply_patch(sent, patch) == expected

@@ -184,3 +184,37 @@ def test_wide_url_patterns_say_so() -> None:
         ["https://*/*"], "https://m.example:8443/"
     )
     assert not allows_url(["https://*:*/*"], "https://user@127.0.0.1:41501/mint")
+
+
+def test_a_policy_decision_is_kept_until_what_it_was_made_from_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentcred.rules import credentials as gatekeeping
+    from agentcred.rules.credentials import Gatekeeper, credential_record
+    from samples import credential
+
+    judged: list[str] = []
+    original = gatekeeping.tenancy.judge
+
+    def counted(*args, **kwargs):
+        judged.append("judged")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(gatekeeping.tenancy, "judge", counted)
+    record = credential_record(credential(namespace="agents"))
+    policies = {"research": policy()}
+    namespaces = {"agents": RESEARCH}
+    gate = Gatekeeper(lambda: dict(policies), namespaces.get, lambda namespace, name: None)
+    first = gate.judged(record)
+    assert first is not None and first.ready and first.allowed_by == "research"
+    assert gate.judged(record) == first and len(judged) == 1  # asked again, not judged again
+    namespaces["agents"] = {"team": "elsewhere"}  # the namespace's labels changed
+    moved = gate.judged(record)
+    assert moved is not None and not moved.ready and moved.verdict().reason == "NoPolicy" and len(judged) == 2
+    namespaces["agents"] = RESEARCH
+    assert gate.judged(record).ready
+    policies["research"] = policy(maxTTL="1m")  # the policy changed: the default ttl is beyond it now
+    assert not gate.judged(record).ready
+    policies.clear()
+    assert gate.judged(record).verdict().reason == "NoPolicy"
+    policies["research"] = policy()
+    changed = credential_record(credential(namespace="agents", ttl="2h"))  # a new spec: judged anew
+    assert not gate.judged(changed).ready and gate.judged(record).ready and len(judged) == 7

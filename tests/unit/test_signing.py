@@ -109,3 +109,33 @@ def test_a_token_revoked_by_its_holder_takes_only_its_descendants_along() -> Non
         again.merge_shard_data(revocations.shard_data(shard))
     assert again.document() == revocations.document()
     assert again.document()["revoked"][0]["jti"] == "jti-1"
+
+
+def test_the_shared_key_ring_is_parsed_again_only_when_its_secret_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from agentcred.runtime import keyring as following
+
+    ring = KeyRing.generate(NOW)
+    secret = {"metadata": {"resourceVersion": "1", "annotations": {}}, "data": ring.to_secret_data()}
+    parsed, seen, reads = [], [], []
+
+    class Kube:
+        async def read_secret(self, namespace: str, name: str) -> dict:
+            reads.append(1)
+            if len(seen) == 3:
+                secret["metadata"]["resourceVersion"] = "2"
+            if len(seen) == 5 or len(reads) > 10:
+                raise asyncio.CancelledError
+            return json.loads(json.dumps(secret))
+
+    original = KeyRing.from_secret_data
+
+    def counted(data: dict[str, str]) -> KeyRing:
+        parsed.append(1)
+        return original(data)
+
+    monkeypatch.setattr(following.KeyRing, "from_secret_data", staticmethod(counted))
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(following.maintain_keyring_forever(Kube(), "ns", "keys", seen.append, None, lambda: False, poll=0))
+    assert len(seen) == 5 and len(parsed) == 2 and seen[0] is seen[2] and seen[3] is not seen[2]

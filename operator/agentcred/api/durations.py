@@ -9,6 +9,7 @@ a message that names the units.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import timedelta
 
@@ -24,7 +25,15 @@ _PART_RE = re.compile(r"([0-9]+)([smhd])")
 
 def parse_duration(text: str) -> timedelta:
     """Parse a duration such as "1h30m"; raise ValueError naming the bad text."""
-    if not isinstance(text, str) or not _DURATION_RE.fullmatch(text):
+    if not isinstance(text, str):
+        raise ValueError(f"invalid duration {text!r}: use {GRAMMAR_TEXT}")
+    return _parse(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse(text: str) -> timedelta:
+    """Kept: specs are read on every plan, and their few durations repeat."""
+    if not _DURATION_RE.fullmatch(text):
         raise ValueError(f"invalid duration {text!r}: use {GRAMMAR_TEXT}")
     seconds = sum(int(amount) * UNIT_SECONDS[unit] for amount, unit in _PART_RE.findall(text))
     if seconds <= 0:

@@ -140,10 +140,10 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     settings.watching.connect_timeout = 10
-    # Watch only what is ours, filtered by the API server: opted-in pods, and the one CRD
-    # (whose first event says every index has listed). Of Secrets, only those their owners
-    # share for static sources are watched; the operator's own it lists at start and on election.
-    settings.watching.label_selectors["v1", "pods"] = f"{labels.INJECT_LABEL}=true"
+    # Watch only what is ours, filtered by the API server: the one CRD (whose first event says
+    # every index has listed) and, of Secrets, only those their owners share for static sources;
+    # the operator's own it lists at start and on election. Opted-in pods are not Kopf's to
+    # watch: the operator follows them itself (runtime.pod_watch).
     settings.watching.label_selectors["v1", "secrets"] = f"{labels.SHARED_LABEL}=true"  # shared upstream values
     settings.watching.field_selectors["apiextensions.k8s.io", "customresourcedefinitions"] = (
         f"metadata.name={model.PLURAL}.{model.GROUP}"
@@ -156,4 +156,5 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     # Events are posted deliberately; log lines do not become Events.
     settings.posting.level = logging.WARNING
     settings.posting.enabled = False
-    settings.admission.server = None  # set at start-up once the shared certificate is known
+    # The admission webhook is the operator's own endpoint (runtime.admission_webhook), not Kopf's.
+    settings.admission.server = None

@@ -1,9 +1,11 @@
 """The Kopf registrations: each handler hands an event to a part of the Operator.
 
 `registry_for(operator)` builds a registry whose handlers close over one Operator (no module
-state). Pods use `on.event` (nothing persisted on objects that are not ours); indices keep
-credentials, pods, policies, namespaces and shared Secrets in memory, and Kopf starts
-handlers only once every index has listed.
+state). Kopf's indices keep credentials, policies, namespaces and shared Secrets in memory,
+and Kopf starts handlers only once every index has listed; handlers are `on.event` (nothing
+persisted on objects that are not ours). Pods are followed by the operator's own list and
+watch (runtime.pod_watch, for its cost per pod), which hands their events to `pod_event` here;
+the admission webhook is the operator's own endpoint too (runtime.admission_webhook).
 """
 
 from __future__ import annotations
@@ -18,16 +20,13 @@ from pydantic import ValidationError
 from ..api import labels, model
 from ..api.pods import PodTask, pod_task
 from ..api.policy_model import AgentCredentialPolicySpec, parse_policy_spec
-from ..api.webhook_configuration import HANDLER_ID
-from ..platform import metrics
-from ..rules import admission, seal
+from ..rules import seal
 from ..rules.credentials import CredentialRecord, SharedSecret, credential_record, shared_secret
 from ..rules.verdicts import describe_validation_error
 from .operator import Indices, Operator, first
 
 log = logging.getLogger(__name__)
 
-POD_FILTER = {labels.INJECT_LABEL: "true"}
 SHARED_FILTER = {labels.SHARED_LABEL: "true"}
 
 
@@ -48,14 +47,16 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
     async def startup(
         settings: kopf.OperatorSettings,
         credential_index: kopf.Index,
-        pod_index: kopf.Index,
         policy_index: kopf.Index,
         namespace_index: kopf.Index,
         shared_secret_index: kopf.Index,
         **_: Any,
     ) -> None:
         await operator.start(
-            settings, Indices(credential_index, pod_index, policy_index, namespace_index, shared_secret_index)
+            settings,
+            Indices(credential_index, policy_index, namespace_index, shared_secret_index),
+            pod_event=lambda type, body, task: pod_event(type, kopf.Body(cast(kopf.RawBody, body)), task),
+            admitted=lambda body, deleted: _admitted(operator, body, deleted),
         )
 
     @kopf.on.cleanup(id="cleanup", registry=registry)
@@ -69,16 +70,6 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
     async def credential_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], CredentialRecord]:
         record = credential_record(dict(body))
         return {record.key: record}
-
-    @kopf.index("v1", "pods", labels=POD_FILTER, id="pod_index", registry=registry)
-    async def pod_index(body: kopf.Body, **_: Any) -> dict[str | tuple[str, str], PodTask] | None:
-        # Two keys per pod in one index (one handler call per event, not two): the
-        # projection key for the runtime, (namespace, name) for the token service.
-        task = _admitted(operator, body)
-        if task is None:
-            return None
-        operator.bindings.note(task)  # in watch order: of two pods created in one second, the first seen
-        return {task.key: task, (task.namespace, task.name): task}
 
     @kopf.index(model.GROUP, model.VERSION, model.POLICY_PLURAL, id="policy_index", registry=registry)
     async def policy_index(body: kopf.Body, **_: Any) -> dict[str, AgentCredentialPolicySpec] | None:
@@ -103,42 +94,10 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
         # Metadata and key names only: the value is read when it is copied, never kept here.
         return {(body.metadata.namespace or "", body.metadata.name): shared_secret(dict(body))}
 
-    # -- the admission webhook ------------------------------------------------------------
-
-    @kopf.on.mutate("v1", "pods", id=HANDLER_ID, labels=POD_FILTER, operations=["CREATE"], registry=registry)
-    async def inject(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        with metrics.webhook_latency.time():
-            namespace = body.metadata.namespace or ""
-            keyring = operator.current_keyring()
-            try:
-                if (outside := operator.config.unwatched(namespace)) is not None:
-                    raise admission.Refusal(outside)
-                records = admission.admit(
-                    dict(body), namespace, lambda name: operator.credential(namespace, name), keyring
-                )
-            except admission.Refusal as refusal:
-                operator.audit.record(
-                    "deny",
-                    namespace=namespace,
-                    reason="AdmissionRefused",
-                    category=refusal.category,
-                    message=str(refusal),
-                    podName=body.metadata.name or body.metadata.get("generateName"),
-                    serviceAccount=body.spec.get("serviceAccountName") or "default",
-                )
-                raise kopf.AdmissionError(str(refusal), code=403) from None
-            if records is not None:
-                # Kopf hands this function its own copy of the pod and diffs it into a JSON patch.
-                issuer = operator.config.effective_issuer
-                patch.fns.append(
-                    lambda pod: admission.apply(cast(dict[str, Any], pod), namespace, records, keyring, issuer=issuer)
-                )
-
     # -- pods -----------------------------------------------------------------------------
 
-    @kopf.on.event("v1", "pods", labels=POD_FILTER, id="pod_event", registry=registry)
-    async def pod_event(type: str, body: kopf.Body, **_: Any) -> None:
-        task = _admitted(operator, body, deleted=type == "DELETED")
+    async def pod_event(type: str | None, body: kopf.Body, task: PodTask | None) -> None:
+        # `task`: the pod's, if the webhook admitted it as it stands (see `_admitted`).
         if task is None:
             found = pod_task(dict(body))
             ours = found is None or not seal.foreign(found, operator.current_keyring().mac_keys("admission"))
@@ -201,11 +160,14 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
     return registry
 
 
-def _admitted(operator: Operator, body: kopf.Body, deleted: bool = False) -> PodTask | None:
+def _admitted(operator: Operator, body: dict[str, Any], deleted: bool = False) -> PodTask | None:
     """The pod's task if the webhook admitted it as it stands (its seal holds), else None."""
-    task = pod_task(dict(body), deleted=deleted)
+    task = pod_task(body, deleted=deleted)
     keys = operator.current_keyring().mac_keys("admission")
-    return task if task is not None and seal.admitted(task, keys) else None
+    if task is None or not seal.admitted(task, keys):
+        return None
+    operator.bindings.note(task)  # in watch order: of two pods created in one second, the first seen
+    return task
 
 
 def _request(body: kopf.Body, annotation: str) -> dict[str, Any] | None:

@@ -32,6 +32,7 @@ from ..platform.revocations import RevocationList
 from ..rules.credentials import CredentialRecord, Gatekeeper
 from ..rules.leaks import parse_reporters
 from ..rules.seal import Bookkeeping
+from ..runtime.admission_webhook import AdmissionWebhook
 from ..runtime.audit import AuditTrail
 from ..runtime.bindings import BindingOwners
 from ..runtime.callers import RateLimiter, ReviewGate
@@ -46,6 +47,8 @@ from ..runtime.leader import Leadership
 from ..runtime.leak_intake import LEAK_INTAKE, LeakIntake
 from ..runtime.leak_response import LeakResponder
 from ..runtime.minting_health import MintingHealth
+from ..runtime.pod_watch import Admitted, PodWatch
+from ..runtime.pod_watch import Handler as PodHandler
 from ..runtime.reconciler import Reconciler
 from ..runtime.requests import Requests
 from ..runtime.revocation_store import RevocationStore
@@ -75,10 +78,10 @@ def first(index: kopf.Index, key: Any) -> Any:
 
 @dataclass(frozen=True)
 class Indices:
-    """What Kopf keeps in memory for the webhook and the runtime to look up without a call."""
+    """What Kopf keeps in memory for the webhook and the runtime to look up without a call.
+    (Pods are followed by the operator's own watch: `Operator.pods`.)"""
 
     credentials: kopf.Index
-    pods: kopf.Index  # by "namespace/binding" and by (namespace, name)
     policies: kopf.Index
     namespaces: kopf.Index
     shared_secrets: kopf.Index
@@ -87,14 +90,16 @@ class Indices:
 class Operator:
     def __init__(self, config: OperatorConfig) -> None:
         self.config = config
-        self.warm = asyncio.Event()  # every index has listed (see app.handlers.crd_event)
+        self.indexed = asyncio.Event()  # Kopf's indices have listed (see app.handlers.crd_event)
+        self.warm = asyncio.Event()  # and the pods too
+        self._warming: asyncio.Task[None] | None = None
         self.keyring: KeyRing | None = None
         self.ca_pem = b""  # the serving certificate's CA, once known
         self._tasks: list[asyncio.Task[None]] = []
         self._runners: list[web.AppRunner] = []
         self._tls_directory: Path | None = None
         self._leadership: Leadership | None = None
-        self.bindings = BindingOwners(sealed=self._sealed_owner)  # fed by the pod index, at every replica
+        self.bindings = BindingOwners(sealed=self._sealed_owner)  # fed by the pod watch, at every replica
 
     # -- lookups (the runtime's view of the indices) ------------------------------------
 
@@ -116,7 +121,7 @@ class Operator:
     def pod(self, key: str) -> PodTask | None:
         """The pod a binding belongs to: of several naming it (a copied admission), the first
         created."""
-        found = list(self.indices.pods.get(key, ()))
+        found = self.pods.index.tasks(key)
         return min(
             found, key=lambda t: (t.created_at or dt.datetime.max.replace(tzinfo=dt.timezone.utc), t.uid), default=None
         )
@@ -127,7 +132,7 @@ class Operator:
         return state.pod_uid if state is not None and state.sealed and state.pod_uid else None
 
     def pod_by_name(self, namespace: str, name: str) -> PodTask | None:
-        return first(self.indices.pods, (namespace, name))
+        return self.pods.index.by_name(namespace, name)
 
     def current_keyring(self) -> KeyRing:
         assert self.keyring is not None, "the key ring is loaded at start"
@@ -135,12 +140,24 @@ class Operator:
 
     # -- start and stop ------------------------------------------------------------------
 
-    async def start(self, settings: kopf.OperatorSettings, indices: Indices) -> None:
+    async def start(
+        self, settings: kopf.OperatorSettings, indices: Indices, pod_event: PodHandler, admitted: Admitted
+    ) -> None:
+        """`pod_event` handles each event of an opted-in pod, `admitted` tells its task (see
+        runtime.pod_watch), once every index has listed."""
         config = self.config
         configure_kopf(settings, config)
         self.indices = indices
         self.audit = AuditTrail(config.audit_log)
         self.kube = kube = Kube(load_configuration())
+        self.pods = PodWatch(
+            kube,
+            f"{labels.INJECT_LABEL}=true",
+            admitted,
+            pod_event,
+            handling=self.warm,
+            namespaces=config.watch_namespaces,
+        )
         self.keyring = await load_keyring(kube, config.namespace, config.names.keyring)
         self.revocations = RevocationList(config.revocation_shards)
         revocation_store = RevocationStore(kube, config.namespace, self.revocations, config.names)
@@ -152,9 +169,6 @@ class Operator:
         )
         self._tls_directory = private_directory()
         certfile, keyfile = certificate.write(self._tls_directory)
-        settings.admission.server = kopf.WebhookServer(
-            addr=config.webhook_address, port=config.webhook_port, certfile=str(certfile), pkeyfile=str(keyfile)
-        )
         await self.publish_ca(certificate.ca_pem)
 
         self.gate = Gatekeeper(
@@ -245,6 +259,19 @@ class Operator:
         )
         app[LEAK_INTAKE] = self._leak_intake(kube)
         self._runners.append(await serve(app, config.api_address, config.api_port, certfile, keyfile))
+        webhook = AdmissionWebhook(
+            self.credential,
+            self.current_keyring,
+            self.audit,
+            issuer=config.effective_issuer,
+            ready=self.indexed,
+            unwatched=config.unwatched,
+        )
+        self._runners.append(
+            await serve(
+                webhook.app(), config.webhook_address, config.webhook_port, certfile, keyfile, "the admission webhook"
+            )
+        )
         health = Health(ports=(config.webhook_port, config.api_port), warm=self.warm)
         self._runners.append(await serve_health(health, config.health_address, config.health_port))
 
@@ -280,6 +307,7 @@ class Operator:
             "key ring": lambda: maintain_keyring_forever(
                 kube, config.namespace, config.names.keyring, self._set_keyring, rotation, self.leading
             ),
+            "pod watch": self.pods.run,
             "expiry scheduler": self.scheduler.run,
             "status writer": lambda: self.status.run(self.raw_credentials),
             "event poster": self.events.run,
@@ -308,14 +336,19 @@ class Operator:
     # -- taking over ---------------------------------------------------------------------
 
     def indices_listed(self) -> asyncio.Task[None] | None:
-        """Every index has listed: ready; and, for a lone replica, time for the start-up
-        sweep (with leader election, being elected starts it)."""
-        if self.warm.is_set():
+        """Kopf's indices have listed: once the pods have too, ready; and, for a lone replica,
+        time for the start-up sweep (with leader election, being elected starts it)."""
+        if self._warming is not None:
             return None
+        self.indexed.set()
+        self._warming = asyncio.create_task(self._warm_up(), name="warm-up")
+        return self._warming
+
+    async def _warm_up(self) -> None:
+        await self.pods.listed.wait()
         self.warm.set()
-        if self.config.leader_election:
-            return None
-        return asyncio.create_task(self.take_over(), name="start-up sweep")
+        if not self.config.leader_election:
+            await self.take_over()
 
     async def take_over(self) -> None:
         """List the managed Secrets, re-plan everything, finish deletions no leader finished;
@@ -327,8 +360,7 @@ class Operator:
             try:
                 listed = await self._managed_secrets()
                 states = [s for item in listed if (s := parse_projection(item, self.bookkeeping.verify)) is not None]
-                pods = [key for key in list(self.indices.pods) if isinstance(key, str)]
-                await self.handover.take_over(pods, states)
+                await self.handover.take_over(self.pods.index.keys(), states)
                 # Labelled pods no webhook admitted (created before it was installed) that a
                 # follower saw at start-up: flagged now that this replica leads.
                 self.reconciler.checks.flag_pending()

@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import ssl
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -47,8 +48,12 @@ class Conflict(ApiError):
     """409: already exists, or our resourceVersion is stale."""
 
 
+class Gone(ApiError):
+    """410: a watch's resourceVersion is too old to resume from: list again."""
+
+
 def api_error(status: int, reason: str, message: str) -> ApiError:
-    kind = {404: NotFound, 409: Conflict}.get(status, ApiError)
+    kind = {404: NotFound, 409: Conflict, 410: Gone}.get(status, ApiError)
     return kind(status, reason, message)
 
 
@@ -128,19 +133,22 @@ class Kube:
         body: Any = None,
         content_type: str | None = None,
         accept: str = "application/json",
+        answer: bool = True,
     ) -> dict[str, Any]:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._concurrency, ssl=self._ssl),
-                timeout=aiohttp.ClientTimeout(total=30),
-            )
+        """The answer, decoded; with `answer=False` ({} returned) it is read but not decoded:
+        the object a patch or a delete returns costs a JSON decode no caller needs."""
+        session = self._open()
         data = None if body is None else json.dumps(body).encode()
         operation = f"{method} {resource_of(path)}"
         try:
-            async with self._session.request(
+            async with session.request(
                 method, self.base + path, data=data, headers=self._headers(content_type if data else None, accept)
             ) as response:
-                text = await response.text()
+                if answer or response.status >= 300:
+                    text = await response.text()
+                else:
+                    await response.read()
+                    return {}
                 if response.status >= 300:
                     try:
                         message = json.loads(text).get("message", "")
@@ -153,6 +161,14 @@ class Kube:
         except aiohttp.ClientError:
             metrics.api_error(operation, None)
             raise
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._concurrency, ssl=self._ssl),
+                timeout=aiohttp.ClientTimeout(total=30),
+            )
+        return self._session
 
     async def close(self) -> None:
         if self._session is not None:
@@ -195,7 +211,7 @@ class Kube:
         return await self.request("PUT", namespaced("v1", namespace, "secrets", name), body, "application/json")
 
     async def delete_secret(self, namespace: str, name: str) -> None:
-        await self.request("DELETE", namespaced("v1", namespace, "secrets", name))
+        await self.request("DELETE", namespaced("v1", namespace, "secrets", name), answer=False)
 
     async def list_metadata(self, path: str, label_selector: str, page: int = 500) -> list[dict[str, Any]]:
         """Every matching object's metadata (never a Secret's data), page by page."""
@@ -210,6 +226,67 @@ class Kube:
             token = (answer.get("metadata") or {}).get("continue") or ""
             if not token:
                 return items
+
+    async def list_objects(self, path: str, label_selector: str, page: int = 500) -> tuple[list[dict[str, Any]], str]:
+        """Every matching object, page by page, and the resourceVersion to watch from."""
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            query = {"labelSelector": label_selector, "limit": page, **({"continue": token} if token else {})}
+            answer = await self.request("GET", path + "?" + urlencode(query))
+            items.extend(answer.get("items") or [])
+            meta = answer.get("metadata") or {}
+            token = meta.get("continue") or ""
+            if not token:
+                return items, str(meta.get("resourceVersion") or "")
+
+    async def watch(
+        self, path: str, label_selector: str, resource_version: str, timeout: int = 270
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The watch events after `resource_version` (bookmarks included), until the server
+        ends the watch (after about `timeout` seconds); Gone if that version is too old."""
+        query = {
+            "labelSelector": label_selector,
+            "watch": "true",
+            "allowWatchBookmarks": "true",
+            "resourceVersion": resource_version,
+            "timeoutSeconds": timeout,
+        }
+        operation = f"WATCH {resource_of(path)}"
+        try:
+            async with self._open().get(
+                self.base + path + "?" + urlencode(query),
+                headers=self._headers(None, "application/json"),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout + 30),
+            ) as response:
+                if response.status >= 300:
+                    text = await response.text()
+                    try:
+                        message = json.loads(text).get("message", "")
+                    except ValueError:
+                        message = text[:200]
+                    metrics.api_error(operation, response.status)
+                    raise api_error(response.status, response.reason or "", message)
+                rest = b""
+                # Lines, not readline(): one event is one line, and a pod can be larger than
+                # aiohttp's line limit.
+                async for chunk in response.content.iter_any():
+                    lines = (rest + chunk).split(b"\n")
+                    rest = lines.pop()
+                    for line in lines:
+                        if line.strip():
+                            event = json.loads(line)
+                            if event.get("type") == "ERROR":
+                                status = event.get("object") or {}
+                                raise api_error(
+                                    int(status.get("code") or 500),
+                                    str(status.get("reason") or ""),
+                                    str(status.get("message") or ""),
+                                )
+                            yield event
+        except aiohttp.ClientError:
+            metrics.api_error(operation, None)
+            raise
 
     async def list_configmaps(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         answer = await self.request(
@@ -235,12 +312,12 @@ class Kube:
         except NotFound:
             return None
 
-    async def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        return await self.request("PATCH", namespaced("v1", namespace, "pods", name), patch, STRATEGIC)
+    async def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        await self.request("PATCH", namespaced("v1", namespace, "pods", name), patch, STRATEGIC, answer=False)
 
-    async def create_event(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def create_event(self, body: dict[str, Any]) -> None:
         namespace = body["metadata"]["namespace"]
-        return await self.request("POST", namespaced("v1", namespace, "events"), body, "application/json")
+        await self.request("POST", namespaced("v1", namespace, "events"), body, "application/json", answer=False)
 
     async def review_token(self, token: str, audiences: list[str]) -> dict[str, Any]:
         """TokenReview: the API server authenticates a token (never logged, never kept)."""

@@ -265,6 +265,7 @@ def _well_formed(pod: Any) -> None:
 
     body = mapping(pod, "the pod")
     meta, spec = mapping(body.get("metadata"), "metadata"), mapping(body.get("spec"), "spec")
+    mapping(meta.get("labels"), "metadata.labels")
     annotations = mapping(meta.get("annotations"), "metadata.annotations")
     if not isinstance(annotations.get(labels.CREDENTIALS_ANNOTATION, ""), str):
         raise Refusal(f"malformed pod: annotation {labels.CREDENTIALS_ANNOTATION} is not a string")
@@ -331,6 +332,51 @@ def apply(
     for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
         _add_to_container(container, records, identity)
     spec.setdefault("schedulingGates", []).append({"name": labels.SCHEDULING_GATE})
+
+
+def admission_patch(
+    pod: dict[str, Any],
+    namespace: str,
+    records: list[CredentialRecord],
+    keys: seal.SealKeys,
+    now: dt.datetime | None = None,
+    issuer: str = "",
+) -> list[dict[str, Any]]:
+    """`apply` as the JSON patch (RFC 6902) the webhook answers with; `pod` is left as it is.
+
+    `apply` runs on a copy of only the parts it changes (annotations, volumes, containers'
+    mounts and env, scheduling gates), and each changed part is replaced whole: no copy of the
+    whole pod, no diff."""
+    meta = pod.get("metadata")
+    spec = pod.get("spec")
+    meta_copy = dict(meta or {})
+    meta_copy["annotations"] = dict(meta_copy.get("annotations") or {})
+    spec_copy = dict(spec or {})
+    for field in ("volumes", "schedulingGates"):
+        spec_copy[field] = list(spec_copy.get(field) or [])
+    containers = [field for field in ("initContainers", "containers") if spec_copy.get(field)]
+    for field in containers:
+        spec_copy[field] = [_container_copy(container) for container in spec_copy[field]]
+    apply({**pod, "metadata": meta_copy, "spec": spec_copy}, namespace, records, keys, now, issuer)
+    operations: list[dict[str, Any]] = []
+    for top, original, changed, parts in (
+        ("metadata", meta, meta_copy, ("annotations",)),
+        ("spec", spec, spec_copy, ("volumes", *containers, "schedulingGates")),
+    ):
+        if not isinstance(original, dict):
+            operations.append({"op": "add", "path": f"/{top}", "value": changed})
+            continue
+        # "add" of a member that exists replaces it (RFC 6902, 4.1).
+        operations += [{"op": "add", "path": f"/{top}/{part}", "value": changed[part]} for part in parts]
+    return operations
+
+
+def _container_copy(container: dict[str, Any]) -> dict[str, Any]:
+    copied = dict(container)
+    for field in ("volumeMounts", "env"):
+        if field in copied:
+            copied[field] = list(copied[field] or [])
+    return copied
 
 
 def inject(

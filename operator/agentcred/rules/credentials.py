@@ -162,7 +162,13 @@ UNHEALTHY = "MintingServiceUnhealthy"
 class Gatekeeper:
     """Judges credentials against what surrounds them: the cluster's AgentCredentialPolicies
     (for the namespace's labels), for static sources the shared upstream Secret, and for
-    minting services with a health check its last answer."""
+    minting services with a health check its last answer.
+
+    The policies' decision is kept per credential until one of the things it was made from is
+    replaced (the indices hold each object until its next event), so looking a credential up
+    once per pod event does not judge it against every policy again."""
+
+    KEPT = 10_000
 
     def __init__(
         self,
@@ -173,12 +179,12 @@ class Gatekeeper:
     ) -> None:
         self._policies, self._namespace_labels, self._shared = policies, namespace_labels, shared
         self._source_health = source_health
+        self._decisions: dict[tuple[str, str], tuple[tuple[object, ...], tenancy.PolicyVerdict]] = {}
 
     def judged(self, record: CredentialRecord | None) -> CredentialRecord | None:
         if record is None or record.spec is None:
             return record
-        labels_ = self._namespace_labels(record.namespace) or {"kubernetes.io/metadata.name": record.namespace}
-        decision = tenancy.judge(record.spec, record.namespace, labels_, self._policies())
+        decision = self._decision(record, record.spec)
         if not decision.allowed:
             return dataclasses.replace(record, blocked=Verdict(False, decision.reason, decision.message))
         ref, webhook = record.spec.source.secret_ref, record.spec.source.webhook
@@ -187,3 +193,25 @@ class Gatekeeper:
             unhealthy = self._source_health(record.namespace, record.name)
             problem = Verdict(False, *unhealthy) if unhealthy else None
         return dataclasses.replace(record, blocked=problem, allowed_by=decision.policy)
+
+    def _decision(self, record: CredentialRecord, spec: AgentCredentialSpec) -> tenancy.PolicyVerdict:
+        """tenancy.judge, or the decision it made from the very same spec, labels and policies."""
+        found = self._namespace_labels(record.namespace)
+        policies = self._policies()
+        inputs = (spec, found, *policies.keys(), *policies.values())
+        kept = self._decisions.get(record.key)
+        if kept is not None and _same(kept[0], inputs):
+            return kept[1]
+        labels_ = found or {"kubernetes.io/metadata.name": record.namespace}
+        decision = tenancy.judge(spec, record.namespace, labels_, policies)
+        if len(self._decisions) >= self.KEPT:
+            self._decisions.clear()
+        self._decisions[record.key] = (inputs, decision)
+        return decision
+
+
+def _same(kept: tuple[object, ...], now: tuple[object, ...]) -> bool:
+    """The very same objects (names: equal strings)."""
+    if len(kept) != len(now):
+        return False
+    return all(a is b or (isinstance(a, str) and a == b) for a, b in zip(kept, now, strict=True))

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import sys
+import threading
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 from ..api.projection import IssuedValue, Subject
 from ..api.times import format_time, utcnow
@@ -28,15 +28,12 @@ Entry = dict[str, Any]
 
 class AuditTrail:
     def __init__(self, destination: str = "-") -> None:
-        """Lines go, unformatted, to stdout ("-") or are appended to a file."""
-        self._logger = logging.getLogger("agentcred.audit")
-        handler: logging.Handler = (
-            logging.StreamHandler(sys.stdout) if destination == "-" else logging.FileHandler(destination)
-        )
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        self._logger.handlers[:] = [handler]
-        self._logger.setLevel(logging.INFO)
-        self._logger.propagate = False
+        """Lines go, unformatted, to stdout ("-") or are appended to a file; each is flushed
+        before `record` returns (written ahead means written). Straight to the stream, not
+        through `logging`: a log record (caller lookup, handlers, formatter) cost more than
+        the line."""
+        self._stream: TextIO = sys.stdout if destination == "-" else open(destination, "a", encoding="utf-8")  # noqa: SIM115
+        self._lock = threading.Lock()
 
     def record(self, action: Action, count: bool = True, **fields: Any) -> Entry:
         """Write one line; `count=False` when the act is still to happen (`ahead` counts it)."""
@@ -46,7 +43,10 @@ class AuditTrail:
             "action": action,
             **{key: value for key, value in fields.items() if value is not None},
         }
-        self._logger.info(json.dumps(entry, default=str))
+        line = json.dumps(entry, default=str) + "\n"
+        with self._lock:
+            self._stream.write(line)
+            self._stream.flush()
         if count:
             metrics.observe_audit(entry)
         return entry

@@ -132,12 +132,19 @@ def build_app(
     return app
 
 
-async def serve(app: web.Application, address: str, port: int, certfile: Path, keyfile: Path) -> web.AppRunner:
+async def serve(
+    app: web.Application,
+    address: str,
+    port: int,
+    certfile: Path,
+    keyfile: Path,
+    what: str = "the token service, JWKS and revocations",
+) -> web.AppRunner:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(str(certfile), str(keyfile))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, address, port, ssl_context=context).start()
-    log.info("serving the token service, JWKS and revocations on https://%s:%d", address, port)
+    log.info("serving %s on https://%s:%d", what, address, port)
     return runner

@@ -13,6 +13,7 @@ or "revoked" rather than "unknown".
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -122,7 +123,7 @@ class ProjectionStore:
         while self._past and len(self._past) >= PAST_LIMIT:
             self._past.popitem(last=False)  # the oldest first
         # Expired long ago: nothing to say about it that its expiry does not.
-        for reference in list(self._past)[:8]:
+        for reference in list(itertools.islice(self._past, 8)):  # not list(self._past): a copy of every key
             if all(p.value.expires_at + PAST_KEPT < now for p in self._past[reference]):
                 del self._past[reference]
         past = PastValue(state, value, ended, now)

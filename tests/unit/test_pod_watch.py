@@ -1,0 +1,192 @@
+"""The operator's own pod list and watch: the index, what is handed on, and when."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+from agentcred.api.pods import PodTask
+from agentcred.platform.kube import Gone
+from agentcred.runtime.pod_watch import PodIndex, PodWatch
+
+NS = "team-a"
+
+
+def pod(name: str, uid: str, binding: str | None = "b1", phase: str = "Pending", version: str = "1") -> dict[str, Any]:
+    annotations = {"binding": binding} if binding else {}
+    return {
+        "metadata": {"name": name, "namespace": NS, "uid": uid, "resourceVersion": version, "annotations": annotations},
+        "status": {"phase": phase, "conditions": [{"type": "PodScheduled", "status": version}]},
+    }
+
+
+def admitted(body: dict[str, Any], deleted: bool) -> PodTask | None:
+    """A stand-in for the seal check: a pod with a binding is admitted."""
+    meta = body["metadata"]
+    binding = (meta.get("annotations") or {}).get("binding")
+    if not binding:
+        return None
+    phase = (body.get("status") or {}).get("phase", "Pending")
+    return PodTask(NS, meta["name"], meta["uid"], "agent", binding, ("llm",), None, phase, deleted, True)
+
+
+class FakeKube:
+    """Lists from `listings` in turn; each watch replays the next batch of `watches`, then
+    either ends (Gone: the next list) or waits for more."""
+
+    def __init__(self, listings: list[list[dict[str, Any]]], watches: list[list[dict[str, Any]] | type]) -> None:
+        self.listings, self.watches = listings, watches
+        self.lists = 0
+        self.more = asyncio.Event()
+
+    async def list_objects(self, path: str, selector: str) -> tuple[list[dict[str, Any]], str]:
+        self.lists += 1
+        return self.listings.pop(0), str(self.lists)
+
+    async def watch(self, path: str, selector: str, version: str) -> AsyncIterator[dict[str, Any]]:
+        batch = self.watches.pop(0) if self.watches else []
+        if batch is Gone:
+            raise Gone(410, "Gone", "too old")
+        assert isinstance(batch, list)
+        await asyncio.sleep(0.01)  # the listed pods' handling has begun
+        for event in batch:
+            yield event
+        await self.more.wait()  # an open watch with nothing more to say
+        self.more.clear()
+
+
+def watcher(kube: FakeKube, handled: list[tuple[str | None, str, PodTask | None]], delay: float = 0.0) -> PodWatch:
+    async def handler(kind: str | None, body: dict[str, Any], task: PodTask | None) -> None:
+        handled.append((kind, body["metadata"]["uid"], task))
+        await asyncio.sleep(delay)
+
+    return PodWatch(kube, "x=true", admitted, handler, handling=asyncio.Event())  # type: ignore[arg-type]
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def test_listed_pods_are_indexed_at_once_and_handed_on_only_once_handling_starts() -> None:
+    async def main() -> None:
+        kube = FakeKube([[pod("a", "u1"), pod("other", "u2", binding=None)]], [])
+        handled: list[Any] = []
+        watch = watcher(kube, handled)
+        runner = asyncio.create_task(watch.run())
+        await asyncio.wait_for(watch.listed.wait(), 1)
+        assert watch.index.by_name(NS, "a") is not None and watch.index.keys() == [f"{NS}/b1"]
+        assert watch.index.by_name(NS, "other") is None and len(watch.index) == 2
+        await settle()
+        assert handled == []
+        watch.handling.set()
+        await settle()
+        assert sorted((kind, uid) for kind, uid, _ in handled) == [(None, "u1"), (None, "u2")]
+        runner.cancel()
+
+    asyncio.run(main())
+
+
+def test_an_update_that_changes_nothing_read_is_not_handed_on() -> None:
+    async def main() -> None:
+        events = [
+            {"type": "MODIFIED", "object": pod("a", "u1", version="2")},  # a condition changed: nothing we read
+            {"type": "MODIFIED", "object": pod("other", "u2", binding=None, version="2")},
+            {"type": "MODIFIED", "object": pod("a", "u1", phase="Succeeded", version="3")},
+        ]
+        kube = FakeKube([[pod("a", "u1"), pod("other", "u2", binding=None)]], [events])
+        handled: list[Any] = []
+        watch = watcher(kube, handled)
+        watch.handling.set()
+        runner = asyncio.create_task(watch.run())
+        await asyncio.sleep(0.05)
+        assert [(kind, uid) for kind, uid, _ in handled if kind] == [("MODIFIED", "u1")]
+        assert handled[-1][2].phase == "Succeeded" and watch.index.by_name(NS, "a").phase == "Succeeded"
+        runner.cancel()
+
+    asyncio.run(main())
+
+
+def test_a_deleted_pod_leaves_the_index_before_its_event_is_handled() -> None:
+    async def main() -> None:
+        kube = FakeKube([[pod("a", "u1")]], [[{"type": "DELETED", "object": pod("a", "u1", version="2")}]])
+        handled: list[Any] = []
+        seen_in_index: list[PodTask | None] = []
+        watch = watcher(kube, handled)
+
+        async def handler(kind: str | None, body: dict[str, Any], task: PodTask | None) -> None:
+            handled.append((kind, body["metadata"]["uid"], task))
+            seen_in_index.append(watch.index.by_name(NS, "a"))
+
+        watch.handler = handler
+        watch.handling.set()
+        runner = asyncio.create_task(watch.run())
+        await asyncio.sleep(0.05)
+        assert handled[-1][0] == "DELETED" and handled[-1][2].deleted
+        assert seen_in_index[-1] is None and watch.index.keys() == [] and len(watch.index) == 0
+        runner.cancel()
+
+    asyncio.run(main())
+
+
+def test_a_watch_too_old_to_resume_lists_again_and_hands_on_what_vanished_meanwhile() -> None:
+    async def main() -> None:
+        first = [pod("a", "u1"), pod("b", "u2", binding="b2"), pod("other", "u3", binding=None)]
+        again = [pod("b", "u2", binding="b2"), pod("c", "u4", binding="b4")]
+        kube = FakeKube([first, again], [Gone])
+        handled: list[Any] = []
+        watch = watcher(kube, handled)
+        watch.handling.set()
+        runner = asyncio.create_task(watch.run())
+        await settle()
+        assert kube.lists == 2
+        after_listing = {(kind, uid): task for kind, uid, task in handled if kind}
+        # a's pod was deleted while no watch was open: handed on as deleted, with its last task
+        gone = after_listing[("DELETED", "u1")]
+        assert gone is not None and gone.deleted and gone.name == "a"
+        assert ("DELETED", "u3") in after_listing and after_listing[("DELETED", "u3")] is None
+        assert ("MODIFIED", "u4") in after_listing and ("MODIFIED", "u2") not in after_listing  # b unchanged
+        assert sorted(watch.index.keys()) == [f"{NS}/b2", f"{NS}/b4"]
+        runner.cancel()
+
+    asyncio.run(main())
+
+
+def test_one_pods_events_are_handled_one_at_a_time_and_collapse_into_the_latest() -> None:
+    async def main() -> None:
+        events = [
+            {"type": "MODIFIED", "object": pod("a", "u1", phase="Running", version="2")},
+            {"type": "MODIFIED", "object": pod("a", "u1", phase="Succeeded", version="3")},
+            {"type": "ADDED", "object": pod("b", "u2", binding="b2")},
+        ]
+        kube = FakeKube([[pod("a", "u1")]], [events])
+        handled: list[Any] = []
+        watch = watcher(kube, handled, delay=0.05)
+        watch.handling.set()
+        runner = asyncio.create_task(watch.run())
+        await asyncio.sleep(0.2)
+        phases = [(kind, task.phase) for kind, uid, task in handled if uid == "u1"]
+        # listed (being handled) -> Running superseded by Succeeded while it was
+        assert phases == [(None, "Pending"), ("MODIFIED", "Succeeded")]
+        assert ("ADDED", "u2") in [(kind, uid) for kind, uid, _ in handled]
+        runner.cancel()
+
+    asyncio.run(main())
+
+
+def test_the_index_keeps_every_pod_naming_a_binding_and_names_by_uid() -> None:
+    index = PodIndex()
+    original = admitted(pod("a", "u1"), False)
+    copy = dataclasses.replace(original, name="copy", uid="u2")
+    index.put("u1", NS, "a", original)
+    index.put("u2", NS, "copy", copy)
+    assert {t.uid for t in index.tasks(f"{NS}/b1")} == {"u1", "u2"}
+    recreated = dataclasses.replace(original, uid="u3")  # the same name, a new pod
+    index.put("u3", NS, "a", recreated)
+    index.drop("u1")  # the old pod's deletion arrives late: the new pod keeps the name
+    assert index.by_name(NS, "a") == recreated
+    index.drop("u2")
+    index.drop("u3")
+    assert index.tasks(f"{NS}/b1") == [] and index.keys() == [] and len(index) == 0
