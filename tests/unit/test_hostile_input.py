@@ -15,6 +15,8 @@ from agentcred.platform.keys import KeyRing, b64url, encode_jwt
 from agentcred.rules.admission import Refusal, admit
 from agentcred.rules.credentials import credential_record
 from agentcred.runtime.callers import NotAuthenticated, reviewed_identity
+from agentcred.sources.base import SourceUnavailable
+from agentcred.sources.minting_service import _parse_reply
 from samples import credential, spec
 
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=30))
@@ -157,3 +159,13 @@ def test_admission_of_malformed_pods(pod: dict, annotation) -> None:
         assert str(refusal)
     except (AttributeError, TypeError) as error:
         raise AssertionError(f"malformed pod crashed admission: {type(error).__name__}") from error
+
+
+@pytest.mark.parametrize("reply", ["[" * 100_000, '{"value": ' + "[" * 100_000, "<html>", '{"value": ""}'])
+def test_a_minting_service_reply_of_any_shape_is_a_malformed_reply(reply: str) -> None:
+    """A hostile minting service cannot crash the operator's call (nested too deep included)."""
+    record = credential_record(credential(source={"webhook": {"url": "https://m.example"}}))
+    now = dt.datetime.now(dt.timezone.utc)
+    with pytest.raises(SourceUnavailable) as refused:
+        _parse_reply(record, "https://m.example", reply, now + dt.timedelta(minutes=5), now)
+    assert refused.value.reason == "MintingServiceMalformedReply"

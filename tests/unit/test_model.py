@@ -39,6 +39,10 @@ def test_explicit_renew_before_wins() -> None:
         ({"projection": {"mountPath": "/var/../etc"}}, "projection.mountPath"),
         ({"projection": {"mountPath": "/ok", "envVar": "1BAD"}}, "projection.envVar"),
         ({"source": {"webhook": {"url": "http://insecure.example"}}}, "source.webhook.url"),
+        (
+            {"source": {"webhook": {"url": "https://m.example", "caBundle": "not a certificate"}}},
+            "source.webhook.caBundle",
+        ),
         ({"exception": {**EXCEPTION, "expires": "someday"}, "source": STATIC_SOURCE}, "exception.expires"),
         ({"surprise": True}, "surprise"),
     ],
@@ -90,3 +94,11 @@ def test_a_problem_of_the_whole_spec_names_no_internal_path() -> None:
     with pytest.raises(ValidationError) as refused:
         parse_spec(spec(ttl="2h", maxLifetime="1h"))
     assert describe_validation_error(refused.value) == "spec: ttl must not exceed maxLifetime"
+
+
+def test_a_ca_bundle_that_is_no_certificate_is_refused_by_name() -> None:
+    with pytest.raises(ValidationError) as refused:
+        parse_spec(spec(source={"webhook": {"url": "https://m.example", "caBundle": "-----BEGIN CERTIFICATE-----"}}))
+    assert describe_validation_error(refused.value).startswith(
+        "spec.source.webhook.caBundle: not a PEM bundle of CA certificates"
+    )

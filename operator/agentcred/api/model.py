@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import ssl
 from typing import Annotated, Any
 
 from pydantic import (
@@ -17,6 +18,7 @@ from pydantic import (
     Field,
     StringConstraints,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
@@ -184,6 +186,18 @@ class WebhookSource(Model):
         if self.timeout is not None and parse_duration(self.timeout) > parse_duration(MAX_MINTING_TIMEOUT):
             raise ValueError(f"timeout must be at most {MAX_MINTING_TIMEOUT}")
         return self
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _pem_bundle(cls, bundle: str | None) -> str | None:
+        # Found here, the credential is not Ready and says why; found at the first call, every
+        # pod would wait on an error no condition names.
+        if bundle is not None:
+            try:
+                ssl.create_default_context(cadata=bundle)
+            except (ssl.SSLError, ValueError):
+                raise ValueError("not a PEM bundle of CA certificates") from None
+        return bundle
 
 
 class Source(Model):

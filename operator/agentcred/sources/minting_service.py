@@ -243,7 +243,7 @@ class MintingServiceSource:
 def _error_of(text: str) -> str:
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested too deep is not JSON we read either
         return "(no JSON error)"
     if isinstance(data, dict):
         return str(data.get("error") or data.get("message") or "(no error field)")
@@ -260,7 +260,7 @@ def _parse_reply(
 
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested too deep is not JSON we read either
         raise malformed("with something that is not JSON") from None
     if not isinstance(data, dict) or not isinstance(data.get("value"), str) or not data["value"]:
         raise malformed("without a non-empty string 'value'")
