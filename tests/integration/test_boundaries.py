@@ -23,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from agentcred.api import labels
 from agentcred.api.webhook_configuration import pod_guard
 from agentcred.client.verify import TokenRejected, Verifier
+from agentcred.platform.revocations import served_key
 from agents import (
     audit_lines,
     claims_of,
@@ -414,7 +415,9 @@ def test_exchanges_do_not_grow_the_revocation_list(
         with urllib.request.urlopen(
             verifier_url, context=ssl.create_default_context(cafile=operator.ca_file()), timeout=10
         ) as answer:
-            return [e for e in json.loads(answer.read())["revoked"] if e["podUID"] == pod["metadata"]["uid"]]
+            return [
+                e for e in json.loads(answer.read())["revoked"] if e["pod"] == served_key(pod["metadata"]["uid"], "")[0]
+            ]
 
     entries = wait_for(document, what="the pod on the revocation list")
     assert len(entries) == 1, entries  # one entry covers the value and every token exchanged from it

@@ -27,7 +27,7 @@ from agentcred.api import labels
 from agentcred.api.fingerprints import short
 from agentcred.client.verify import TokenRejected, Verifier
 from agentcred.platform.keys import KeyRing
-from agentcred.platform.revocations import parse_document
+from agentcred.platform.revocations import parse_document, served_key
 from agents import (
     audit_lines,
     claims_of,
@@ -217,7 +217,7 @@ def test_a_leaked_minted_token_is_traced_revoked_and_replaced_in_the_running_pod
         ["reissued"],
         "true_positive",
     )
-    entry = next(e for e in revocations(operator) if e.pod_uid == uid and e.credential == "research-llm")
+    entry = next(e for e in revocations(operator) if (e.pod_uid, e.credential) == served_key(uid, "research-llm"))
     assert entry.before is not None and entry.covers(dt_of(claims_of(leaked)["iat"]))
     verifier = Verifier.from_url(operator.api_url, cafile=operator.ca_file())
     with pytest.raises(TokenRejected) as refused:
@@ -450,7 +450,7 @@ def test_a_forged_token_naming_our_issuer_is_not_ours_and_changes_nothing(
     assert (answer["verdict"], answer["outcome"], answer["holders"], answer["label"]) == (
         "not-ours", "not-ours", [], "false_positive",
     )  # fmt: skip
-    assert not [e for e in revocations(operator) if e.pod_uid == pod["metadata"]["uid"]]
+    assert not [e for e in revocations(operator) if e.pod_uid == served_key(pod["metadata"]["uid"], "")[0]]
     assert same_value(value_of(read_secret(cluster, namespace, secret_name_of(pod)), "research-llm"), held)
     assert [
         line
@@ -498,7 +498,7 @@ def test_quarantine_revokes_bars_and_labels_the_pod(
         what="the quarantine label",
     )
     assert value_of(read_secret(cluster, namespace, secret_name_of(pod)), "research-llm") is None
-    entry = next(e for e in revocations(operator) if e.pod_uid == pod["metadata"]["uid"])
+    entry = next(e for e in revocations(operator) if e.pod_uid == served_key(pod["metadata"]["uid"], "")[0])
     assert entry.before is None, "barred: no token of this pod for this credential verifies"
     wait_for(lambda: [e for e in pod_events(cluster, namespace, "agent") if e.reason == "Quarantined"], what="Event")
     # Whoever may update the pod cannot lift the quarantine a NetworkPolicy selects.
@@ -563,7 +563,7 @@ def test_another_tenants_reporter_cannot_revoke_by_fingerprint_or_token_id(
             status, [answer] = intake(operator, path, [item], tenant)
             assert status == 200 and answer["verdict"] == "unknown" and answer["holders"] == [], (path, item)
     assert same_value(value_of(read_secret(cluster, namespace, secret_name_of(pod)), "research-llm"), held)
-    assert not [e for e in revocations(operator) if e.pod_uid == pod["metadata"]["uid"]]
+    assert not [e for e in revocations(operator) if e.pod_uid == served_key(pod["metadata"]["uid"], "")[0]]
     # The operator's own reporter may: by the short fingerprint from the CLI, then by token id.
     traced = cli(cluster, operator, "trace", "-o", "json", "--fingerprint", short(recorded["fingerprint"]))
     assert json.loads(traced.stdout)[0]["holders"][0]["podUID"] == pod["metadata"]["uid"]

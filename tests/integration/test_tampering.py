@@ -16,6 +16,7 @@ from kubernetes.client.exceptions import ApiException
 
 from agentcred.api import labels, model
 from agentcred.client.verify import TokenRejected, Verifier
+from agentcred.platform.revocations import served_key
 from agents import (
     audit_lines,
     condition,
@@ -114,8 +115,10 @@ def test_forged_bookkeeping_counts_for_nothing(
     )
     assert healed["metadata"]["labels"][labels.POD_UID_LABEL] == attacker["metadata"]["uid"]
     entries = _revocations(operator)
-    assert not [e for e in entries if e["podUID"] == victim["metadata"]["uid"]], "the victim was revoked"
-    assert {e["credential"] for e in entries if e["podUID"] == attacker["metadata"]["uid"]} <= {"research-llm"}
+    victim_pod, _ = served_key(victim["metadata"]["uid"], "")
+    attacker_pod, attacker_credential = served_key(attacker["metadata"]["uid"], "research-llm")
+    assert not [e for e in entries if e["pod"] == victim_pod], "the victim was revoked"
+    assert {e["credential"] for e in entries if e["pod"] == attacker_pod} <= {attacker_credential}
     assert all(e["exp"] < time.time() + 25 * 3600 for e in entries), "an entry outlives any token"
     assert value_of(read_secret(cluster, namespace, secret_name_of(victim)), "research-llm") is not None
 
@@ -171,9 +174,10 @@ def test_an_emergency_revoke_holds_whatever_the_secret_says(
     time.sleep(3)  # every chance to (wrongly) issue it again
     issues = [line["credential"] for line in audit_lines(operator, "issue", podUID=pod["metadata"]["uid"])]
     assert issues.count("research-llm") == 1, issues
+    served_pod, served_credential = served_key(pod["metadata"]["uid"], "research-llm")
     assert any(
-        e["podUID"] == pod["metadata"]["uid"]
-        and e["credential"] == "research-llm"
+        e["pod"] == served_pod
+        and e["credential"] == served_credential
         and "before" not in e
         and e["exp"] > time.time() + 3600
         for e in _revocations(operator)

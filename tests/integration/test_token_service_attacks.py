@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from agentcred.api import labels
 from agentcred.client.verify import TokenRejected, Verifier
 from agentcred.platform.keys import b64url
+from agentcred.platform.revocations import served_key
 from agents import (
     create_credential,
     pod_events,
@@ -67,10 +68,16 @@ def _fingerprint(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
-def _revocations(operator: OperatorProcess, pod_uid: str) -> list[dict]:
+def _served_revocations(operator: OperatorProcess) -> str:
+    """The revocation list as anyone who reaches the token service reads it: no token, no identity."""
     context = ssl.create_default_context(cafile=operator.ca_file())
     with urllib.request.urlopen(f"{operator.api_url}/v1/revocations", context=context, timeout=10) as answer:
-        return [e for e in json.loads(answer.read())["revoked"] if e["podUID"] == pod_uid]
+        return answer.read().decode()
+
+
+def _revocations(operator: OperatorProcess, pod_uid: str) -> list[dict]:
+    pod, _ = served_key(pod_uid, "")
+    return [e for e in json.loads(_served_revocations(operator))["revoked"] if e["pod"] == pod]
 
 
 def _revoke(operator: OperatorProcess, token: str) -> tuple[int, dict | None, dict[str, str]]:
@@ -616,3 +623,24 @@ def test_an_exchanged_token_cannot_widen_or_chain_without_end(
         current, depth = answer["access_token"], depth + 1
         assert depth < 10, "exchanges chain without end"
     assert answer["error"] == "invalid_request" and "exchanges deep" in answer["error_description"]
+
+
+def test_the_public_revocation_list_names_no_tenant_pod_or_credential(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    """Another tenant reading /v1/revocations (anonymous, as any agent may) once learned the pod
+    UIDs and credential names of every revoked pod. Now it finds neither, while a verifier
+    holding the token still refuses it as revoked."""
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace, "quarterly-merger-plans", scope=SCOPE)
+    pod, value = _agent(cluster, namespace, credentials="quarterly-merger-plans")
+    uid = pod["metadata"]["uid"]
+    cluster.core.delete_namespaced_pod("agent", namespace, grace_period_seconds=0)
+    entry = wait_for(lambda: _revocations(operator, uid), what="the ended pod's revocation")[0]
+    assert entry["credential"] in ("*", served_key(uid, "quarterly-merger-plans")[1])
+    served = _served_revocations(operator)
+    assert uid not in served and "quarterly-merger-plans" not in served and namespace not in served
+    verifier = Verifier.from_url(operator.api_url, cafile=operator.ca_file())
+    with pytest.raises(TokenRejected) as refused:
+        verifier.verify(value, audience=AUDIENCE, namespace=namespace)
+    assert refused.value.reason == "revoked"

@@ -7,8 +7,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from agentcred.client.verify import revocation_list
 from agentcred.platform.keys import KeyRing, NotOurs, b64url_decode, decode_own, encode_jwt, thumbprint
-from agentcred.platform.revocations import ALL_CREDENTIALS, EXPIRY_SKEW, RevocationList
+from agentcred.platform.revocations import ALL_CREDENTIALS, EXPIRY_SKEW, RevocationList, served_key
 
 NOW = dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc)
 
@@ -85,6 +86,19 @@ def test_revocation_list_is_by_pod_prunes_and_round_trips_through_its_shards() -
     for shard in range(4):
         again.merge_shard_data(revocations.shard_data(shard))
     assert again.document() == revocations.document()
+
+
+def test_the_served_list_blinds_pods_and_credentials_but_verifiers_still_find_them() -> None:
+    revocations = RevocationList(shards=2)
+    revocations.revoke("5d1c-pod-a", "merger-plans", until=NOW + dt.timedelta(minutes=5))
+    revocations.revoke("5d1c-pod-b", ALL_CREDENTIALS, until=NOW + dt.timedelta(minutes=5))
+    document = revocations.document()
+    assert "5d1c" not in json.dumps(document) and "merger-plans" not in json.dumps(document)
+    served = revocation_list(document)
+    assert served.covers(*served_key("5d1c-pod-a", "merger-plans"), NOW)
+    assert not served.covers(*served_key("5d1c-pod-a", "search"), NOW)
+    assert served.covers(*served_key("5d1c-pod-b", "anything"), NOW)
+    assert not served.covers(*served_key("5d1c-pod-c", "merger-plans"), NOW)
 
 
 def test_revocation_lists_merge_as_a_union() -> None:

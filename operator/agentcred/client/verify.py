@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ..platform.keys import ACCESS_TOKEN_TYPE, ALGORITHMS, b64url_decode
-from ..platform.revocations import EXPIRY_SKEW, RevocationList, parse_document
+from ..platform.revocations import EXPIRY_SKEW, RevocationList, parse_document, served_key
 from ..rules.oauth import granted_intents
 from ..rules.scope import Intent, scope_covers
 
@@ -201,7 +201,7 @@ class Verifier:
             raise TokenRejected("malformed", "the token names no pod and credential (agentcred claim)")
         lineage = (str(claims["jti"]), *[str(i) for i in issued.get("derivedFrom") or []])
         issued_at = dt.datetime.fromtimestamp(claims["iat"], dt.timezone.utc)
-        if self.revoked.covers(pod_uid, credential, issued_at, lineage):
+        if self.revoked.covers(*served_key(pod_uid, credential), issued_at, lineage):
             raise TokenRejected("revoked", f"token {claims['jti']} was revoked (credential {credential} of its pod)")
 
 

@@ -13,7 +13,10 @@ at most `MAX_TOKEN_ENTRIES_PER_POD` of those at once (they lapse with their toke
 pod issued 5 tokens a second and revoking each would keep ~1,650 entries in its shard, and a
 few such pods would make the shard too large to save.
 
-Verifiers fetch the list with the JWKS; the operator keeps it in a few ConfigMaps (shards,
+Verifiers fetch the list with the JWKS, anonymously, so the served list names pods and
+credentials only by a hash (`blinded`) a verifier computes from the token it holds: a reader
+without a token learns no other tenant's pod UIDs or credential names (pod UIDs are random,
+so the hashes cannot be guessed back). The operator keeps the list in a few ConfigMaps (shards,
 by pod UID) in its namespace. Replicas only ever add entries and drop expired ones, so
 merging two views is their union: a write that lost a race is merged and written again.
 """
@@ -69,12 +72,23 @@ class Revocation:
         return Revocation(self.pod_uid, self.credential, max(self.until, other.until), before, self.token_id)
 
     def document(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {"podUID": self.pod_uid, "credential": self.credential, "exp": _epoch(self.until)}
+        """The served form: pod and credential blinded (see `served_key`)."""
+        pod, credential = served_key(self.pod_uid, self.credential)
+        entry: dict[str, Any] = {"pod": pod, "credential": credential, "exp": _epoch(self.until)}
         if self.before is not None:
             entry["before"] = _epoch(self.before)
         if self.token_id:
             entry["jti"] = self.token_id
         return entry
+
+
+def blinded(*parts: str) -> str:
+    return hashlib.sha256("\0".join(("agentcred-revocation", *parts)).encode()).hexdigest()[:32]
+
+
+def served_key(pod_uid: str, credential: str) -> tuple[str, str]:
+    """How the served list names a pod and one of its credentials (`*` stays `*`)."""
+    return blinded(pod_uid), credential if credential == ALL_CREDENTIALS else blinded(pod_uid, credential)
 
 
 def shard_of(pod_uid: str, shards: int) -> int:
@@ -186,11 +200,12 @@ def too_large(data: dict[str, str]) -> bool:
 
 
 def parse_document(document: dict[str, Any]) -> Iterable[Revocation]:
-    """Entries from the served document (what verifiers read), skipping malformed ones."""
+    """Entries from the served document (what verifiers read), skipping malformed ones; they
+    name pods and credentials blinded, so look a token up by its `served_key`."""
     for entry in document.get("revoked") or []:
         try:
             yield Revocation(
-                str(entry["podUID"]),
+                str(entry["pod"]),
                 str(entry["credential"]),
                 _moment(entry["exp"]),
                 _moment(entry["before"]) if entry.get("before") is not None else None,
