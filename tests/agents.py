@@ -108,6 +108,24 @@ def start_agent(cluster: Cluster, namespace: str, name: str = "agent", credentia
     return wait_for(lambda: running_pod(cluster, namespace, name=name), what=f"pod {name} Running")
 
 
+def admitted_copy(original: dict, name: str = "copy") -> dict:
+    """A pod carrying everything the webhook put on `original` (labels, sealed annotations,
+    volumes, the gate): what a pod creator can send within the webhook's reinvocation window."""
+    return {
+        "metadata": {
+            "name": name,
+            "labels": dict(original["metadata"]["labels"]),
+            "annotations": dict(original["metadata"]["annotations"]),
+        },
+        "spec": {
+            "serviceAccountName": original["spec"].get("serviceAccountName") or "default",
+            "containers": [{"name": "c", "image": "x"}],
+            "volumes": original["spec"]["volumes"],
+            "schedulingGates": [{"name": labels.SCHEDULING_GATE}],
+        },
+    }
+
+
 def running_pod(cluster: Cluster, namespace: str, selector: str = "", name: str | None = None) -> dict | None:
     if name:
         pods = [cluster.core.read_namespaced_pod(name, namespace)]

@@ -18,6 +18,7 @@ from agentcred.api import labels, model
 from agentcred.client.verify import TokenRejected, Verifier
 from agentcred.platform.revocations import served_key
 from agents import (
+    admitted_copy,
     audit_lines,
     condition,
     create_credential,
@@ -240,19 +241,7 @@ def test_a_copy_of_an_admission_gets_nothing_even_once_the_original_is_gone(
     create_credential(cluster, namespace)
     developer = client.CoreV1Api(narrow_user(cluster, namespace, "developer", PODS_ONLY, tmp_path))
     original = start_agent(cluster, namespace, "original")
-    copy = {
-        "metadata": {
-            "name": "copy",
-            "labels": dict(original["metadata"]["labels"]),
-            "annotations": dict(original["metadata"]["annotations"]),
-        },
-        "spec": {
-            "serviceAccountName": "research-agent",
-            "containers": [{"name": "c", "image": "x"}],
-            "volumes": original["spec"]["volumes"],
-            "schedulingGates": [{"name": labels.SCHEDULING_GATE}],
-        },
-    }
+    copy = admitted_copy(original)
     try:
         developer.create_namespaced_pod(namespace, copy)  # within the reinvocation window, gate and all
     except ApiException as refused:

@@ -24,6 +24,7 @@ from agentcred.client.verify import TokenRejected, Verifier
 from agentcred.platform.keys import b64url
 from agentcred.platform.revocations import served_key
 from agents import (
+    admitted_copy,
     create_credential,
     pod_events,
     read_secret,
@@ -270,19 +271,7 @@ def test_a_copied_admission_ungated_by_its_creator_gets_no_token(
     create_credential(cluster, namespace, scope=SCOPE)
     developer = client.CoreV1Api(narrow_user(cluster, namespace, "developer", PODS_ONLY, tmp_path))
     original, _ = _agent(cluster, namespace, "original")
-    copy = {
-        "metadata": {
-            "name": "copy",
-            "labels": dict(original["metadata"]["labels"]),
-            "annotations": dict(original["metadata"]["annotations"]),
-        },
-        "spec": {
-            "serviceAccountName": "research-agent",
-            "containers": [{"name": "c", "image": "x"}],
-            "volumes": original["spec"]["volumes"],
-            "schedulingGates": [{"name": labels.SCHEDULING_GATE}],
-        },
-    }
+    copy = admitted_copy(original)
     try:
         developer.create_namespaced_pod(namespace, copy)
     except ApiException as refused:
