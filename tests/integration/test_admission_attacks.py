@@ -1,0 +1,141 @@
+"""Attacks on the operator's own admission endpoint and pod watch, by people without admin
+rights: a pod creator, another tenant, an anonymous client that reaches the webhook's port
+(by default any address may: README, NetworkPolicy) and sends AdmissionReviews itself, not
+through the API server."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import ssl
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from agentcred.api import labels
+from agentcred.api.webhook_configuration import pod_guard
+from agentcred.client.verify import TokenRejected, Verifier
+from agents import audit_lines, create_credential, read_secret, secret_name_of, service_account, start_agent, value_of
+from clusterkit import Cluster, OperatorProcess, wait_for
+from identities import PODS_ONLY, narrow_user
+
+pytestmark = pytest.mark.cluster
+
+AUDIENCE = "https://llm-gateway.internal"
+
+
+def _post(operator: OperatorProcess, body: bytes) -> tuple[int, bytes]:
+    """A request straight to the webhook's port, as any network client may send one."""
+    request = urllib.request.Request(
+        f"https://127.0.0.1:{operator.webhook_port}/agentcred-inject",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    context = ssl.create_default_context(cafile=operator.ca_file())
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def _review(pod: dict[str, Any], operation: str = "CREATE", **extra: Any) -> bytes:
+    request = {
+        "uid": "0b1c0b1c-0000-4000-8000-000000000001",
+        "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "operation": operation,
+        "namespace": pod["metadata"]["namespace"],
+        "userInfo": {"username": "mallory"},
+        "object": pod,
+        **extra,
+    }
+    return json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}).encode()
+
+
+def _pod(namespace: str, name: str = "probe", credentials: str = "research-llm") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {labels.INJECT_LABEL: "true"},
+            "annotations": {labels.CREDENTIALS_ANNOTATION: credentials},
+        },
+        "spec": {"serviceAccountName": "research-agent", "containers": [{"name": "c", "image": "x"}]},
+    }
+
+
+def _response(answer: bytes) -> dict[str, Any]:
+    return json.loads(answer)["response"]
+
+
+@contextlib.contextmanager
+def _without_pod_guard(cluster: Cluster) -> Iterator[None]:
+    """The pod guard taken away (as if the cluster never installed it): the operator's own
+    checks must hold on their own."""
+    (_, policy), (_, binding) = pod_guard()
+    api = cluster.admission
+    api.delete_validating_admission_policy_binding(binding["metadata"]["name"])
+    try:
+        yield
+    finally:
+        api.create_validating_admission_policy_binding(binding)
+
+
+def _guard_refuses(cluster: Cluster, namespace: str, pod: str, patch: dict[str, Any]) -> bool:
+    try:
+        cluster.core.patch_namespaced_pod(pod, namespace, patch, dry_run="All")
+    except ApiException as error:
+        return error.status in (403, 422)
+    return False
+
+
+# -- the pod watch: what a pod creator does to an admitted pod --------------------------------
+
+
+def test_an_admitted_pod_whose_seal_is_edited_away_is_revoked_not_forgotten(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str, tmp_path: Path
+) -> None:
+    """Without the pod guard, a pod creator could edit an admitted pod's sealed annotations.
+    The seal no longer held, so the pod watch forgot the pod: no revocation when its task
+    ended, the value (and every token exchanged from it) verified on until the next renewal
+    was due -- most of its ttl after the task's end. Now the pod is still the one that was
+    given values, and what it holds is revoked at once."""
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace)
+    developer = client.CoreV1Api(narrow_user(cluster, namespace, "developer", PODS_ONLY, tmp_path))
+    pod = start_agent(cluster, namespace)
+    uid = pod["metadata"]["uid"]
+    value = value_of(read_secret(cluster, namespace, secret_name_of(pod)), "research-llm")
+    assert value is not None
+    sealed = pod["metadata"]["annotations"][labels.SEAL_ANNOTATION]
+    edit = {"metadata": {"annotations": {labels.SEAL_ANNOTATION: sealed + "x"}}}
+
+    # With the guard, the edit is refused.
+    with pytest.raises(ApiException) as refused:
+        developer.patch_namespaced_pod("agent", namespace, edit)
+    assert refused.value.status in (403, 422)
+
+    with _without_pod_guard(cluster):
+        wait_for(lambda: not _guard_refuses(cluster, namespace, "agent", edit), what="the guard gone")
+        developer.patch_namespaced_pod("agent", namespace, edit)
+        kubelet.succeed(namespace, "agent")  # the task ends: its values must not outlive it
+        wait_for(
+            lambda: audit_lines(operator, "revoke", podUID=uid, credential="research-llm"),
+            timeout=15,
+            what="the altered pod's value revoked",
+        )
+    verifier = Verifier.from_url(operator.api_url, cafile=operator.ca_file())
+    with pytest.raises(TokenRejected) as rejected:
+        verifier.verify(value.decode(), audience=AUDIENCE, namespace=namespace)
+    assert rejected.value.reason == "revoked"
+    operator.assert_alive()
