@@ -18,11 +18,12 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from agentcred.api import labels
+from agentcred.api import labels, model
 from agentcred.api.webhook_configuration import pod_guard
 from agentcred.client.verify import TokenRejected, Verifier
+from agentcred.devcluster.install import apply_policy, permissive_policy
 from agents import audit_lines, create_credential, read_secret, secret_name_of, service_account, start_agent, value_of
-from clusterkit import Cluster, OperatorProcess, wait_for
+from clusterkit import OPERATOR_NAMESPACE, Cluster, OperatorProcess, wait_for
 from identities import PODS_ONLY, narrow_user
 
 pytestmark = pytest.mark.cluster
@@ -139,3 +140,47 @@ def test_an_admitted_pod_whose_seal_is_edited_away_is_revoked_not_forgotten(
         verifier.verify(value.decode(), audience=AUDIENCE, namespace=namespace)
     assert rejected.value.reason == "revoked"
     operator.assert_alive()
+
+
+# -- the webhook's port, reached directly -----------------------------------------------------
+
+
+@contextlib.contextmanager
+def _credential_in_operator_namespace(cluster: Cluster) -> Iterator[str]:
+    """A Ready credential in the operator's own namespace (a cluster admin's policy allows it
+    there): a namespace the webhook configuration skips, so the API server never asks it."""
+    name = "skipped-probe"
+    policy = permissive_policy(
+        "attack-operator-namespace", {"matchLabels": {"kubernetes.io/metadata.name": OPERATOR_NAMESPACE}}
+    )
+    apply_policy(cluster.api_client, policy)
+    try:
+        with contextlib.suppress(ApiException):
+            service_account(cluster, OPERATOR_NAMESPACE)
+        create_credential(cluster, OPERATOR_NAMESPACE, name)
+        yield name
+    finally:
+        with contextlib.suppress(ApiException):
+            cluster.core.delete_namespaced_service_account("research-agent", OPERATOR_NAMESPACE)
+        with contextlib.suppress(ApiException):
+            cluster.custom.delete_namespaced_custom_object(
+                model.GROUP, model.VERSION, OPERATOR_NAMESPACE, model.PLURAL, name
+            )
+        cluster.custom.delete_cluster_custom_object(
+            model.GROUP, model.VERSION, model.POLICY_PLURAL, policy["metadata"]["name"]
+        )
+
+
+def test_a_direct_review_seals_no_pod_where_the_webhook_is_never_called(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    """The webhook configuration skips kube-system and the operator's namespace, and pods
+    there got nothing because nothing sealed them. A client sending the review itself got a
+    seal for such a pod anyway, and a pod created with that answer was issued its values."""
+    with _credential_in_operator_namespace(cluster) as name:
+        pod = _pod(OPERATOR_NAMESPACE, "sealed-elsewhere", name)
+        status, answer = _post(operator, _review(pod))
+        assert status == 200
+        response = _response(answer)
+        assert response["allowed"] is False
+        assert "webhook" in response["status"]["message"]
