@@ -184,3 +184,59 @@ def test_a_direct_review_seals_no_pod_where_the_webhook_is_never_called(
         response = _response(answer)
         assert response["allowed"] is False
         assert "webhook" in response["status"]["message"]
+
+
+def test_hostile_direct_reviews_get_answers_not_tracebacks(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    """Reviews the API server never sends, from a client on the webhook's port: JSON nested
+    too deep to parse was a 500 with a traceback in the operator's log (as it was at the token
+    service), and a pod whose volumes or owners are not objects crashed the seal check (a
+    500 naming a Python error, a traceback each). Now each is a malformed request, refused;
+    what the configuration never sends is allowed unchanged."""
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace)
+    logged = len(operator.logs())
+
+    status, _ = _post(operator, b"[" * 100_000)
+    assert status == 400
+    deep = b'{"request": {"object": {"metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}}}"
+    status, _ = _post(operator, deep)
+    assert status == 400
+
+    malformed: dict[str, Any] = {
+        "projected volume not an object": {"volumes": [{"name": labels.volume_name("x"), "projected": [1]}]},
+        "sources not objects": {"volumes": [{"name": labels.volume_name("x"), "projected": {"sources": [1]}}]},
+        "secret items not objects": {
+            "volumes": [
+                {"name": labels.volume_name("x"), "projected": {"sources": [{"secret": {"name": "a", "items": [1]}}]}}
+            ]
+        },
+    }
+    for case, spec in malformed.items():
+        pod = _pod(namespace)
+        pod["spec"].update(spec)
+        status, answer = _post(operator, _review(pod))
+        assert status == 200, case
+        response = _response(answer)
+        assert response["allowed"] is False and "malformed pod" in response["status"]["message"], (case, response)
+    for case, meta in {
+        "owners not objects": {"ownerReferences": ["Job"]},
+        "name not a string": {"name": {"nested": [1, 2, 3]}},
+    }.items():
+        pod = _pod(namespace)
+        pod["metadata"].update(meta)
+        response = _response(_post(operator, _review(pod))[1])
+        assert response["allowed"] is False and "malformed pod" in response["status"]["message"], (case, response)
+
+    # What the configuration never sends: allowed as it is, nothing sealed.
+    update = _response(_post(operator, _review(_pod(namespace), operation="UPDATE"))[1])
+    subresource = _response(_post(operator, _review(_pod(namespace), subResource="ephemeralcontainers"))[1])
+    unlabelled = _pod(namespace)
+    unlabelled["metadata"]["labels"] = {}
+    plain = _response(_post(operator, _review(unlabelled))[1])
+    for response in (update, subresource, plain):
+        assert response["allowed"] is True and "patch" not in response
+
+    operator.assert_alive()
+    assert "Traceback" not in operator.logs()[logged:]
