@@ -240,3 +240,39 @@ def test_hostile_direct_reviews_get_answers_not_tracebacks(
 
     operator.assert_alive()
     assert "Traceback" not in operator.logs()[logged:]
+
+
+def test_a_pod_deleted_and_created_again_under_its_name_at_once_loses_its_old_value(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str, tmp_path: Path
+) -> None:
+    """A pod creator deletes an agent and creates another under the same name at once, hoping
+    the index (by name) takes the new pod for the old: the old pod's value is revoked all the
+    same, and only the new pod's verifies."""
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace)
+    developer = client.CoreV1Api(narrow_user(cluster, namespace, "developer", PODS_ONLY, tmp_path))
+    old = start_agent(cluster, namespace)
+    old_value = value_of(read_secret(cluster, namespace, secret_name_of(old)), "research-llm")
+    assert old_value is not None
+    developer.delete_namespaced_pod("agent", namespace, grace_period_seconds=0)
+    wait_for(lambda: _gone(cluster, namespace, "agent"), what="the old pod gone")
+    new = start_agent(cluster, namespace)
+    assert new["metadata"]["uid"] != old["metadata"]["uid"]
+    wait_for(lambda: audit_lines(operator, "revoke", podUID=old["metadata"]["uid"]), what="the old pod's value revoked")
+    new_value = wait_for(lambda: value_of(read_secret(cluster, namespace, secret_name_of(new)), "research-llm"))
+    verifier = Verifier.from_url(operator.api_url, cafile=operator.ca_file())
+    with pytest.raises(TokenRejected) as rejected:
+        verifier.verify(old_value.decode(), audience=AUDIENCE, namespace=namespace)
+    assert rejected.value.reason == "revoked"
+    assert (
+        verifier.verify(new_value.decode(), audience=AUDIENCE, namespace=namespace)["agentcred"]["podUID"]
+        == (new["metadata"]["uid"])
+    )
+
+
+def _gone(cluster: Cluster, namespace: str, name: str) -> bool:
+    try:
+        cluster.core.read_namespaced_pod(name, namespace)
+    except ApiException as error:
+        return error.status == 404
+    return False
