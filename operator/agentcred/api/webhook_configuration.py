@@ -68,11 +68,16 @@ def configuration(
     }
 
 
+def skipped_namespaces(operator_namespace: str) -> tuple[str, ...]:
+    """Where the webhook is never called: the operator's own pods must never wait on it."""
+    return ("kube-system", operator_namespace)
+
+
 def namespace_expressions(operator_namespace: str, namespaces: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Never kube-system or the operator's own namespace; in namespace-scoped mode, only the
     namespaces watched (the API server sets kubernetes.io/metadata.name on every namespace)."""
     expressions: list[dict[str, Any]] = [
-        {"key": NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": ["kube-system", operator_namespace]}
+        {"key": NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": list(skipped_namespaces(operator_namespace))}
     ]
     if namespaces:
         expressions.append({"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": list(namespaces)})

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import kopf
 
 from ..api import labels, model
+from ..api.webhook_configuration import skipped_namespaces
 
 NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
@@ -68,9 +69,16 @@ class OperatorConfig:
         return not self.watch_namespaces or namespace in self.watch_namespaces
 
     def unwatched(self, namespace: str) -> str | None:
-        """Why a pod in `namespace` cannot be admitted here, if it is outside the watch. The
-        webhook configuration selects only watched namespaces, so this answers only a
-        configuration widened by hand: admitted and gated, such a pod would wait forever."""
+        """Why a pod in `namespace` cannot be admitted here, if it is outside the watch or
+        where the webhook is never called. The webhook configuration selects neither, so this
+        answers only a configuration widened by hand (admitted and gated, such a pod would wait
+        forever) or a review sent to the webhook's port by someone other than the API server:
+        sealed, a pod created in a skipped namespace with that answer was given its values."""
+        if namespace in skipped_namespaces(self.namespace):
+            return (
+                f"the agentcred webhook admits no pods in namespace {namespace} (it skips kube-system and "
+                "its own namespace)"
+            )
         if self.watches(namespace):
             return None
         return (

@@ -263,24 +263,36 @@ def _well_formed(pod: Any) -> None:
             raise Refusal(f"malformed pod: {where} is not an object")
         return value
 
+    def objects(value: Any, where: str) -> list[dict[str, Any]]:
+        items = value or []
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise Refusal(f"malformed pod: {where} is not a list of objects")
+        return items
+
     body = mapping(pod, "the pod")
     meta, spec = mapping(body.get("metadata"), "metadata"), mapping(body.get("spec"), "spec")
     mapping(meta.get("labels"), "metadata.labels")
+    for field in ("name", "generateName"):  # written into audit lines
+        if not isinstance(meta.get(field) or "", str):
+            raise Refusal(f"malformed pod: metadata.{field} is not a string")
+    objects(meta.get("ownerReferences"), "metadata.ownerReferences")
     annotations = mapping(meta.get("annotations"), "metadata.annotations")
     if not isinstance(annotations.get(labels.CREDENTIALS_ANNOTATION, ""), str):
         raise Refusal(f"malformed pod: annotation {labels.CREDENTIALS_ANNOTATION} is not a string")
     if not isinstance(spec.get("serviceAccountName") or "", str):
         raise Refusal("malformed pod: spec.serviceAccountName is not a string")
     for field in ("containers", "initContainers", "volumes", "schedulingGates"):
-        items = spec.get(field) or []
-        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-            raise Refusal(f"malformed pod: spec.{field} is not a list of objects")
+        objects(spec.get(field), f"spec.{field}")
     for field in ("containers", "initContainers"):
         for container in spec.get(field) or []:
             for nested in ("volumeMounts", "env"):
-                items = container.get(nested) or []
-                if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-                    raise Refusal(f"malformed pod: spec.{field}[].{nested} is not a list of objects")
+                objects(container.get(nested), f"spec.{field}[].{nested}")
+    # What the seal check (api.pods.pod_task) reads of a volume.
+    for volume in spec.get("volumes") or []:
+        projected = mapping(volume.get("projected"), "spec.volumes[].projected")
+        for source in objects(projected.get("sources"), "spec.volumes[].projected.sources"):
+            secret = mapping(source.get("secret"), "spec.volumes[].projected.sources[].secret")
+            objects(secret.get("items"), "spec.volumes[].projected.sources[].secret.items")
 
 
 def admit(

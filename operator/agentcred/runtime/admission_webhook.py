@@ -96,7 +96,7 @@ class AdmissionWebhook:
                 raise web.HTTPServiceUnavailable(reason="listing AgentCredentials and policies")
             try:
                 data = json.loads(await request.read())
-            except ValueError as error:
+            except (ValueError, RecursionError) as error:  # nested too deep to parse is malformed too
                 raise web.HTTPBadRequest(reason=f"not JSON: {error}") from None
             if not isinstance(data, dict) or not isinstance(data.get("request"), dict):
                 raise web.HTTPBadRequest(reason="not an AdmissionReview with a request")

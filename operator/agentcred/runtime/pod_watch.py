@@ -9,7 +9,8 @@ Only what the operator reads of a pod is kept: its task (`api.pods.PodTask`) if 
 admitted it, else a note that it was seen. An update that leaves the task as it was (a
 status the kubelet writes, a condition, a container's state) is not handed on: nothing the
 operator reads changed. Pods gone while no watch was open (found missing from a new list)
-are handed on as deleted, with the task they last had.
+are handed on as deleted, with the task they last had. An admitted pod whose seal stops
+holding keeps its task, opted out (its values go).
 
 Why not a Kopf index: Kopf gives every object it lists a worker and a readiness toggle, and
 each listed object wakes every waiting worker, so listing N pods costs O(N^2) (5 s with 1,000
@@ -93,6 +94,20 @@ class PodIndex:
                 del self._by_key[previous.key]
         if (named := self._by_name.get((previous.namespace, previous.name))) is not None and named.uid == uid:
             del self._by_name[(previous.namespace, previous.name)]
+
+
+def _altered(previous: PodTask, body: dict[str, Any], deleted: bool) -> PodTask:
+    """An admitted pod whose seal no longer holds: its sealed annotations were edited (only
+    possible where the pod guard is not installed). It is still the pod that was given values,
+    now opted out: they are revoked at once. Forgotten instead, it went unrevoked when its
+    task ended, its value verifying until its next renewal was due."""
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    return dataclasses.replace(
+        previous,
+        opted_out=True,
+        deleted=deleted or bool(meta.get("deletionTimestamp")),
+        phase=status.get("phase") or previous.phase,
+    )
 
 
 class PodWatch:
@@ -186,6 +201,8 @@ class PodWatch:
         meta = body.get("metadata") or {}
         deleted = kind == "DELETED"
         task = self.admitted(body, deleted)
+        if task is None and (previous := self.index.last(uid)) is not None:
+            task = _altered(previous, body, deleted)
         if kind == "MODIFIED" and self.index.seen(uid) and self.index.last(uid) == task:
             return  # nothing the operator reads of this pod changed
         if deleted:
