@@ -172,7 +172,9 @@ class RevocationList:
 
     def document(self) -> dict[str, Any]:
         """The served form, for verifiers."""
-        return {"revoked": [entry.document() for entry in sorted(self._entries.values(), key=lambda e: e.key)]}
+        # Sorted as served (by hash): in the order of raw pod UIDs, the list would hint at them.
+        entries = (entry.document() for entry in self._entries.values())
+        return {"revoked": sorted(entries, key=lambda e: (e["pod"], e["credential"], e.get("jti", "")))}
 
     # -- persistence: one ConfigMap per shard ------------------------------------------
 
