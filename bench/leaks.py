@@ -57,7 +57,7 @@ from agentcred.devcluster.controlplane import ControlPlane, free_port  # noqa: E
 from agentcred.devcluster.install import install_agentcred  # noqa: E402
 from agentcred.platform.fingerprints import Fingerprints  # noqa: E402
 from agentcred.platform.keys import KeyRing, encode_jwt  # noqa: E402
-from agentcred.platform.revocations import RevocationList  # noqa: E402
+from agentcred.platform.revocations import RevocationList, served_key  # noqa: E402
 from agentcred.rules.leaks import Candidate  # noqa: E402
 from agentcred.runtime.store import ProjectionStore  # noqa: E402
 from agentcred.runtime.tracer import Tracer  # noqa: E402
@@ -267,7 +267,8 @@ def on_cluster(api: client.ApiClient, lean: Lean, operator: Operator, live: int,
 
     def listed(uid: str) -> bool:
         with urllib.request.urlopen(operator.url + "/v1/revocations", context=context, timeout=10) as response:
-            return any(e["podUID"] == uid for e in json.loads(response.read())["revoked"])
+            pod = served_key(uid, "")[0]
+            return any(e["pod"] == pod for e in json.loads(response.read())["revoked"])
 
     def held(name: str) -> bytes:
         secret = lean.json("GET", f"/api/v1/namespaces/{NAMESPACE}/secrets/{name}")
