@@ -125,20 +125,22 @@ def test_a_token_revoked_by_its_holder_takes_only_its_descendants_along() -> Non
     assert again.document()["revoked"][0]["jti"] == "jti-1"
 
 
-def test_the_shared_key_ring_is_parsed_again_only_when_its_secret_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_shared_key_ring_is_parsed_again_only_when_its_keys_changed(monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
     from agentcred.runtime import keyring as following
 
-    ring = KeyRing.generate(NOW)
+    ring, rotated = KeyRing.generate(NOW), KeyRing.generate(NOW)
     secret = {"metadata": {"resourceVersion": "1", "annotations": {}}, "data": ring.to_secret_data()}
     parsed, seen, reads = [], [], []
 
     class Kube:
         async def read_secret(self, namespace: str, name: str) -> dict:
             reads.append(1)
-            if len(seen) == 3:
+            if len(seen) == 2:  # an annotation written: a new version, the same keys
                 secret["metadata"]["resourceVersion"] = "2"
+            if len(seen) == 3:  # another replica rotated the keys
+                secret["metadata"]["resourceVersion"], secret["data"] = "3", rotated.to_secret_data()
             if len(seen) == 5 or len(reads) > 10:
                 raise asyncio.CancelledError
             return json.loads(json.dumps(secret))
@@ -151,5 +153,9 @@ def test_the_shared_key_ring_is_parsed_again_only_when_its_secret_changed(monkey
 
     monkeypatch.setattr(following.KeyRing, "from_secret_data", staticmethod(counted))
     with pytest.raises(asyncio.CancelledError):
-        asyncio.run(following.maintain_keyring_forever(Kube(), "ns", "keys", seen.append, None, lambda: False, poll=0))
-    assert len(seen) == 5 and len(parsed) == 2 and seen[0] is seen[2] and seen[3] is not seen[2]
+        asyncio.run(
+            following.maintain_keyring_forever(Kube(), "ns", "keys", ring, seen.append, None, lambda: False, poll=0)
+        )
+    # The ring loaded at start is not parsed again; the rotated one is, once.
+    assert len(seen) == 5 and len(parsed) == 1 and all(s is ring for s in seen[:3])
+    assert seen[3] is seen[4] and seen[3].keys[0].kid == rotated.keys[0].kid

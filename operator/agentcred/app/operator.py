@@ -305,7 +305,13 @@ class Operator:
         loops: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "serving certificate": certificates.run,
             "key ring": lambda: maintain_keyring_forever(
-                kube, config.namespace, config.names.keyring, self._set_keyring, rotation, self.leading
+                kube,
+                config.namespace,
+                config.names.keyring,
+                self.current_keyring(),
+                self._set_keyring,
+                rotation,
+                self.leading,
             ),
             "pod watch": self.pods.run,
             "expiry scheduler": self.scheduler.run,
