@@ -41,9 +41,11 @@ class FakeKube:
         self.lists = 0
         self.more = asyncio.Event()
 
-    async def list_objects(self, path: str, selector: str) -> tuple[list[dict[str, Any]], str]:
+    async def list_pages(self, path: str, selector: str) -> AsyncIterator[tuple[list[dict[str, Any]], str]]:
         self.lists += 1
-        return self.listings.pop(0), str(self.lists)
+        listing = self.listings.pop(0)
+        for start in range(0, max(len(listing), 1), 2):  # pages of two
+            yield listing[start : start + 2], str(self.lists)
 
     async def watch(self, path: str, selector: str, version: str) -> AsyncIterator[dict[str, Any]]:
         batch = self.watches.pop(0) if self.watches else []
@@ -190,3 +192,15 @@ def test_the_index_keeps_every_pod_naming_a_binding_and_names_by_uid() -> None:
     index.drop("u2")
     index.drop("u3")
     assert index.tasks(f"{NS}/b1") == [] and index.keys() == [] and len(index) == 0
+
+
+def test_an_admitted_pod_is_handed_on_with_only_what_the_handler_reads() -> None:
+    """10,000 listed pods wait whole for the handling to begin: a new leader's memory."""
+    from agentcred.runtime.pod_watch import _slim
+
+    pod = {
+        "metadata": {"namespace": "a", "name": "p", "uid": "u", "annotations": {"big": "x" * 10_000}},
+        "spec": {"serviceAccountName": "sa", "containers": [{"name": "c", "image": "x"}]},
+        "status": {"phase": "Running"},
+    }
+    assert _slim(pod) == {"metadata": {"namespace": "a", "name": "p", "uid": "u"}, "spec": {"serviceAccountName": "sa"}}

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from ..api import labels
 from ..api.pods import PodTask
-from ..api.projection import parse_projection
+from ..api.projection import ProjectionState, parse_projection
 from ..api.webhook_configuration import configuration, pod_guard
 from ..platform.fingerprints import Fingerprints
 from ..platform.keys import KeyRing
@@ -364,9 +364,7 @@ class Operator:
         await self.warm.wait()
         for attempt in itertools.count():
             try:
-                listed = await self._managed_secrets()
-                states = [s for item in listed if (s := parse_projection(item, self.bookkeeping.verify)) is not None]
-                await self.handover.take_over(self.pods.index.keys(), states)
+                await self.handover.take_over(self.pods.index.keys(), await self._managed_states())
                 # Labelled pods no webhook admitted (created before it was installed) that a
                 # follower saw at start-up: flagged now that this replica leads.
                 self.reconciler.checks.flag_pending()
@@ -379,16 +377,21 @@ class Operator:
                 log.exception("taking over failed; again in %.0fs", delay)
                 await asyncio.sleep(delay)
 
-    async def _managed_secrets(self) -> list[dict[str, Any]]:
-        """The managed Secrets' metadata: in every namespace, or (namespace-scoped) in each
-        watched one -- the only places this operator may list them."""
+    async def _managed_states(self) -> list[ProjectionState]:
+        """The managed Secrets' bookkeeping, read from their metadata a page at a time: in
+        every namespace, or (namespace-scoped) in each watched one -- the only places this
+        operator may list them."""
         selector = f"{labels.MANAGED_LABEL}=true"
-        if not self.config.scoped:
-            return await self.kube.list_metadata("/api/v1/secrets", selector)
-        listed: list[dict[str, Any]] = []
-        for namespace in self.config.watch_namespaces:
-            listed.extend(await self.kube.list_metadata(namespaced("v1", namespace, "secrets"), selector))
-        return listed
+        paths = (
+            [namespaced("v1", namespace, "secrets") for namespace in self.config.watch_namespaces]
+            if self.config.scoped
+            else ["/api/v1/secrets"]
+        )
+        states: list[ProjectionState] = []
+        for path in paths:
+            async for items in self.kube.metadata_pages(path, selector):
+                states.extend(s for item in items if (s := parse_projection(item, self.bookkeeping.verify)) is not None)
+        return states
 
     async def publish_ca(self, ca_pem: bytes) -> None:
         """Tell the API server which CA to trust for the webhook, as configured; and publish

@@ -213,32 +213,35 @@ class Kube:
     async def delete_secret(self, namespace: str, name: str) -> None:
         await self.request("DELETE", namespaced("v1", namespace, "secrets", name), answer=False)
 
-    async def list_metadata(self, path: str, label_selector: str, page: int = 500) -> list[dict[str, Any]]:
-        """Every matching object's metadata (never a Secret's data), page by page."""
-        items: list[dict[str, Any]] = []
+    async def metadata_pages(
+        self, path: str, label_selector: str, page: int = 500
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every matching object's metadata (never a Secret's data), a page at a time."""
         token = ""
         while True:
             query = "?" + urlencode(
                 {"labelSelector": label_selector, "limit": page, **({"continue": token} if token else {})}
             )
             answer = await self.request("GET", path + query, accept=METADATA_ONLY)
-            items.extend(answer.get("items") or [])
+            yield answer.get("items") or []
             token = (answer.get("metadata") or {}).get("continue") or ""
             if not token:
-                return items
+                return
 
-    async def list_objects(self, path: str, label_selector: str, page: int = 500) -> tuple[list[dict[str, Any]], str]:
-        """Every matching object, page by page, and the resourceVersion to watch from."""
-        items: list[dict[str, Any]] = []
+    async def list_pages(
+        self, path: str, label_selector: str, page: int = 500
+    ) -> AsyncIterator[tuple[list[dict[str, Any]], str]]:
+        """Every matching object, a page at a time (so a caller need not hold them all at once),
+        each with the list's resourceVersion to watch from."""
         token = ""
         while True:
             query = {"labelSelector": label_selector, "limit": page, **({"continue": token} if token else {})}
             answer = await self.request("GET", path + "?" + urlencode(query))
-            items.extend(answer.get("items") or [])
             meta = answer.get("metadata") or {}
+            yield answer.get("items") or [], str(meta.get("resourceVersion") or "")
             token = meta.get("continue") or ""
             if not token:
-                return items, str(meta.get("resourceVersion") or "")
+                return
 
     async def watch(
         self, path: str, label_selector: str, resource_version: str, timeout: int = 270

@@ -110,6 +110,15 @@ def _altered(previous: PodTask, body: dict[str, Any], deleted: bool) -> PodTask:
     )
 
 
+def _slim(body: dict[str, Any]) -> dict[str, Any]:
+    """What the handler reads of an admitted pod's object (its task holds the rest). Listed
+    at start-up, every pod waits for the handling to begin: whole, 10,000 of them were most of
+    a new leader's memory (430 MB against 180 MB for the replica that had projected them)."""
+    meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+    kept = {key: meta[key] for key in ("namespace", "name", "uid", "deletionTimestamp") if key in meta}
+    return {"metadata": kept, "spec": {"serviceAccountName": spec.get("serviceAccountName")}}
+
+
 class PodWatch:
     """Lists and watches the pods matching `selector`, keeps `index`, and hands events on.
 
@@ -167,13 +176,15 @@ class PodWatch:
 
     async def _list(self, path: str, namespace: str | None) -> str:
         """List every pod at `path`; what changed since the index last saw it is handed on."""
-        items, version = await self.kube.list_objects(path, self.selector)
         first = namespace in self._unlisted
         listed: set[str] = set()
-        for body in items:
-            uid = str((body.get("metadata") or {}).get("uid") or "")
-            listed.add(uid)
-            self._update(None if first else "MODIFIED", body, uid)
+        version = ""
+        async for items, page_version in self.kube.list_pages(path, self.selector):
+            version = page_version  # the same on every page of one list
+            for body in items:
+                uid = str((body.get("metadata") or {}).get("uid") or "")
+                listed.add(uid)
+                self._update(None if first else "MODIFIED", body, uid)
         for uid in self.index.uids():
             named = self.index.name_of(uid)
             inside = namespace is None or (named is not None and named[0] == namespace)
@@ -219,7 +230,7 @@ class PodWatch:
         self._hand_on(uid, "DELETED", body, dataclasses.replace(last, deleted=True) if last else None)
 
     def _hand_on(self, uid: str, kind: str | None, body: dict[str, Any], task: PodTask | None) -> None:
-        self._pending[uid] = (kind, body, task)
+        self._pending[uid] = (kind, body if task is None else _slim(body), task)
         if self.handling.is_set():
             self._start(uid)
 
