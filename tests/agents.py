@@ -7,13 +7,16 @@ must not put a credential into the test output.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hmac
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
 from agentcred.api import labels, model
+from agentcred.api.webhook_configuration import pod_guard
 from clusterkit import Cluster, wait_for
 from samples import credential
 
@@ -124,6 +127,19 @@ def admitted_copy(original: dict, name: str = "copy") -> dict:
             "schedulingGates": [{"name": labels.SCHEDULING_GATE}],
         },
     }
+
+
+@contextlib.contextmanager
+def without_pod_guard(cluster: Cluster) -> Iterator[None]:
+    """The pod guard taken away (as if the cluster never installed it): the operator's own
+    checks must hold on their own."""
+    (_, binding) = pod_guard()[1]
+    api = cluster.admission
+    api.delete_validating_admission_policy_binding(binding["metadata"]["name"])
+    try:
+        yield
+    finally:
+        api.create_validating_admission_policy_binding(binding)
 
 
 def running_pod(cluster: Cluster, namespace: str, selector: str = "", name: str | None = None) -> dict | None:

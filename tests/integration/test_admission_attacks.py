@@ -19,10 +19,18 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from agentcred.api import labels, model
-from agentcred.api.webhook_configuration import pod_guard
 from agentcred.client.verify import TokenRejected, Verifier
 from agentcred.devcluster.install import apply_policy, permissive_policy
-from agents import audit_lines, create_credential, read_secret, secret_name_of, service_account, start_agent, value_of
+from agents import (
+    audit_lines,
+    create_credential,
+    read_secret,
+    secret_name_of,
+    service_account,
+    start_agent,
+    value_of,
+    without_pod_guard,
+)
 from clusterkit import OPERATOR_NAMESPACE, Cluster, OperatorProcess, wait_for
 from identities import PODS_ONLY, narrow_user
 
@@ -79,19 +87,6 @@ def _response(answer: bytes) -> dict[str, Any]:
     return json.loads(answer)["response"]
 
 
-@contextlib.contextmanager
-def _without_pod_guard(cluster: Cluster) -> Iterator[None]:
-    """The pod guard taken away (as if the cluster never installed it): the operator's own
-    checks must hold on their own."""
-    (_, policy), (_, binding) = pod_guard()
-    api = cluster.admission
-    api.delete_validating_admission_policy_binding(binding["metadata"]["name"])
-    try:
-        yield
-    finally:
-        api.create_validating_admission_policy_binding(binding)
-
-
 def _guard_refuses(cluster: Cluster, namespace: str, pod: str, patch: dict[str, Any]) -> bool:
     try:
         cluster.core.patch_namespaced_pod(pod, namespace, patch, dry_run="All")
@@ -126,7 +121,7 @@ def test_an_admitted_pod_whose_seal_is_edited_away_is_revoked_not_forgotten(
         developer.patch_namespaced_pod("agent", namespace, edit)
     assert refused.value.status in (403, 422)
 
-    with _without_pod_guard(cluster):
+    with without_pod_guard(cluster):
         wait_for(lambda: not _guard_refuses(cluster, namespace, "agent", edit), what="the guard gone")
         developer.patch_namespaced_pod("agent", namespace, edit)
         kubelet.succeed(namespace, "agent")  # the task ends: its values must not outlive it

@@ -3,7 +3,6 @@ contained, on the real control plane (issue: trust boundaries, items 4-6, 7b, 9-
 
 from __future__ import annotations
 
-import contextlib
 import json
 import ssl
 import subprocess
@@ -12,7 +11,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +19,6 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from agentcred.api import labels
-from agentcred.api.webhook_configuration import pod_guard
 from agentcred.client.verify import TokenRejected, Verifier
 from agentcred.platform.revocations import served_key
 from agents import (
@@ -37,6 +34,7 @@ from agents import (
     state_of,
     value_gone,
     value_of,
+    without_pod_guard,
 )
 from clusterkit import OPERATOR_NAMESPACE, Cluster, OperatorProcess, wait_for
 from identities import PODS_ONLY, narrow_user
@@ -52,19 +50,6 @@ def _user(cluster: Cluster, namespace: str, name: str, rules: list[dict], tmp_pa
 
 def _message(error: ApiException) -> str:
     return json.loads(error.body)["message"]
-
-
-@contextlib.contextmanager
-def _without_pod_guard(cluster: Cluster) -> Iterator[None]:
-    """The label guard taken away (as if the cluster never installed it): the operator's own
-    checks must hold on their own."""
-    (_, policy), (_, binding) = pod_guard()
-    api = cluster.admission
-    api.delete_validating_admission_policy_binding(binding["metadata"]["name"])
-    try:
-        yield
-    finally:
-        api.create_validating_admission_policy_binding(binding)
 
 
 def _guard_active(cluster: Cluster, namespace: str, pod: str) -> bool:
@@ -125,7 +110,7 @@ def test_a_label_added_after_creation_is_refused_and_gets_nothing_without_the_gu
     assert "cannot be added, changed or removed" in _message(refused.value)
 
     # Even where nobody installed the guard, the operator gives the pod nothing: no seal.
-    with _without_pod_guard(cluster):
+    with without_pod_guard(cluster):
         wait_for(lambda: not _guard_active(cluster, namespace, "sneaky"), what="the guard gone")
         developer.patch_namespaced_pod("sneaky", namespace, {"metadata": {"labels": {labels.INJECT_LABEL: "true"}}})
         events = wait_for(
@@ -174,7 +159,7 @@ def test_relabelling_cannot_undo_an_emergency_revoke(
         developer.patch_namespaced_pod("agent", namespace, {"metadata": {"labels": {labels.INJECT_LABEL: None}}})
     assert "cannot be added, changed or removed" in _message(refused.value)
 
-    with _without_pod_guard(cluster):
+    with without_pod_guard(cluster):
         wait_for(lambda: not _guard_active(cluster, namespace, "agent"), what="the guard gone")
         developer.patch_namespaced_pod("agent", namespace, {"metadata": {"labels": {labels.INJECT_LABEL: None}}})
         opted_out = wait_for(

@@ -143,8 +143,15 @@ class FakeKubelet:
         try:
             if meta.get("deletionTimestamp"):
                 if node == self.node_name:
-                    # A kubelet confirms the containers stopped; we have none to stop.
-                    self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+                    # A kubelet confirms the containers stopped; we have none to stop. Only this
+                    # pod: by name alone, a pod created again under its name would go too.
+                    self.core.delete_namespaced_pod(
+                        name,
+                        namespace,
+                        body=client.V1DeleteOptions(
+                            grace_period_seconds=0, preconditions=client.V1Preconditions(uid=meta["uid"])
+                        ),
+                    )
             elif not node:
                 if not spec.get("schedulingGates"):
                     self._bind(namespace, name)
