@@ -59,8 +59,8 @@ from agentcred.platform.fingerprints import Fingerprints  # noqa: E402
 from agentcred.platform.keys import KeyRing, encode_jwt  # noqa: E402
 from agentcred.platform.revocations import RevocationList, served_key  # noqa: E402
 from agentcred.rules.leaks import Candidate  # noqa: E402
+from agentcred.runtime.leaks.tracer import Tracer  # noqa: E402
 from agentcred.runtime.store import ProjectionStore  # noqa: E402
-from agentcred.runtime.tracer import Tracer  # noqa: E402
 from harness import Lean, log_tail, summary_ms, wait_count  # noqa: E402
 
 OUT = BENCH / "out"

@@ -9,7 +9,7 @@ from cryptography import x509
 
 from agentcred.api.labels import StateNames
 from agentcred.platform.kube import Kube, load_configuration
-from agentcred.runtime.serving_certificate import (
+from agentcred.runtime.replicas.serving_certificate import (
     CertificateMonitor,
     new_serving_certificate,
     shared_serving_certificate,

@@ -3,7 +3,7 @@ import datetime as dt
 from cryptography import x509
 
 from agentcred.platform import pki
-from agentcred.runtime.serving_certificate import certificate_actions, new_serving_certificate
+from agentcred.runtime.replicas.serving_certificate import certificate_actions, new_serving_certificate
 
 NOW = dt.datetime.now(dt.timezone.utc)
 

@@ -14,7 +14,7 @@ from agentcred.client.verify import TokenRejected, Verifier
 from agentcred.platform.keys import KeyRing, b64url, encode_jwt
 from agentcred.rules.admission import Refusal, admit
 from agentcred.rules.credentials import credential_record
-from agentcred.runtime.callers import NotAuthenticated, reviewed_identity
+from agentcred.runtime.tokens.callers import NotAuthenticated, reviewed_identity
 from agentcred.sources.base import SourceUnavailable
 from agentcred.sources.minting_service import _parse_reply
 from samples import credential, spec

@@ -29,9 +29,9 @@ from agentcred.rules.leaks import (
     still_compromised,
     token_state,
 )
-from agentcred.runtime.keyring import plan_keyring
+from agentcred.runtime.leaks.tracer import Tracer
+from agentcred.runtime.replicas.keyring import plan_keyring
 from agentcred.runtime.store import ProjectionStore
-from agentcred.runtime.tracer import Tracer
 from samples import EXCEPTION, STATIC_SOURCE, credential
 
 NOW = dt.datetime(2026, 11, 28, 12, tzinfo=dt.timezone.utc)

@@ -9,7 +9,7 @@ from typing import Any
 
 from agentcred.api.pods import PodTask
 from agentcred.platform.kube import Gone
-from agentcred.runtime.pod_watch import PodIndex, PodWatch
+from agentcred.runtime.projection.pod_watch import PodIndex, PodWatch
 
 NS = "team-a"
 
@@ -196,7 +196,7 @@ def test_the_index_keeps_every_pod_naming_a_binding_and_names_by_uid() -> None:
 
 def test_an_admitted_pod_is_handed_on_with_only_what_the_handler_reads() -> None:
     """10,000 listed pods wait whole for the handling to begin: a new leader's memory."""
-    from agentcred.runtime.pod_watch import _slim
+    from agentcred.runtime.projection.pod_watch import _slim
 
     pod = {
         "metadata": {"namespace": "a", "name": "p", "uid": "u", "annotations": {"big": "x" * 10_000}},

@@ -24,12 +24,12 @@ from agentcred.rules.credentials import credential_record
 from agentcred.rules.seal import Bookkeeping
 from agentcred.runtime.audit import AuditTrail
 from agentcred.runtime.events import EventRecorder
-from agentcred.runtime.handover import Handover
-from agentcred.runtime.reconciler import Reconciler
-from agentcred.runtime.revoker import Revocation, Revoker
+from agentcred.runtime.projection.handover import Handover
+from agentcred.runtime.projection.reconciler import Reconciler
+from agentcred.runtime.projection.revoker import RevokeOrder, Revoker
 from agentcred.runtime.scheduler import Scheduler
-from agentcred.runtime.status_writer import StatusWriter
-from agentcred.runtime.statusbook import StatusBook
+from agentcred.runtime.status.status_writer import StatusWriter
+from agentcred.runtime.status.statusbook import StatusBook
 from agentcred.runtime.store import ProjectionStore
 from agentcred.sources.base import Sources
 from agentcred.sources.jwt import JwtSource
@@ -216,7 +216,7 @@ def test_a_failed_act_is_voided_and_changes_nothing_else(tmp_path: Path) -> None
     with pytest.raises(Conflict):
         asyncio.run(
             parts.revoker.revoke(
-                Subject(NS, "agent", "pod-uid"), [Revocation("research-llm", value, "emergency")], refused
+                Subject(NS, "agent", "pod-uid"), [RevokeOrder("research-llm", value, "emergency")], refused
             )
         )
     revoke, void = parts.audit_lines()
@@ -251,7 +251,7 @@ def test_a_minting_service_hears_of_its_values_revocation(tmp_path: Path) -> Non
         pass
 
     asyncio.run(
-        parts.revoker.revoke(Subject(NS, "agent", "pod-uid"), [Revocation("research-llm", value, "emergency")], done)
+        parts.revoker.revoke(Subject(NS, "agent", "pod-uid"), [RevokeOrder("research-llm", value, "emergency")], done)
     )
     assert told == [("research-llm", "minted-7", "emergency")]
 
@@ -323,7 +323,7 @@ def test_a_new_leader_records_what_the_garbage_collector_already_removed(tmp_pat
 
 
 def test_unadmitted_pods_a_follower_saw_are_flagged_once_it_leads(tmp_path: Path) -> None:
-    from agentcred.runtime.pod_checks import PodChecks
+    from agentcred.runtime.projection.pod_checks import PodChecks
 
     leading = False
     audit_path = tmp_path / "audit.log"

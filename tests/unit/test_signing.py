@@ -128,7 +128,7 @@ def test_a_token_revoked_by_its_holder_takes_only_its_descendants_along() -> Non
 def test_the_shared_key_ring_is_parsed_again_only_when_its_keys_changed(monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
-    from agentcred.runtime import keyring as following
+    from agentcred.runtime.replicas import keyring as following
 
     ring, rotated = KeyRing.generate(NOW), KeyRing.generate(NOW)
     secret = {"metadata": {"resourceVersion": "1", "annotations": {}}, "data": ring.to_secret_data()}

@@ -18,8 +18,8 @@ from agentcred.platform.revocations import (
     SHARD_LIMIT_BYTES,
     RevocationList,
 )
-from agentcred.runtime.bindings import BindingOwners
-from agentcred.runtime.revoker import Revocation, Revoker
+from agentcred.runtime.projection.bindings import BindingOwners
+from agentcred.runtime.projection.revoker import RevokeOrder, Revoker
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -120,7 +120,7 @@ def test_a_revoked_value_does_not_verify_again_in_its_last_seconds() -> None:
     token = encode_jwt(claims, ring.current("EdDSA"))
     revoked_at = issued + dt.timedelta(minutes=2)
     subject = Subject("agents", "agent", "pod-a")
-    until = Revoker._covered_until(subject, Revocation("research-llm", value, "pod-deleted"), None, revoked_at)
+    until = Revoker._covered_until(subject, RevokeOrder("research-llm", value, "pod-deleted"), None, revoked_at)
     served = RevocationList()
     served.revoke("pod-a", "research-llm", until)
     for seconds in (1, 10, 25):

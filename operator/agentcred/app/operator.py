@@ -32,34 +32,34 @@ from ..platform.revocations import RevocationList
 from ..rules.credentials import CredentialRecord, Gatekeeper
 from ..rules.leaks import parse_reporters
 from ..rules.seal import Bookkeeping
-from ..runtime.admission_webhook import AdmissionWebhook
 from ..runtime.audit import AuditTrail
-from ..runtime.bindings import BindingOwners
-from ..runtime.callers import RateLimiter, ReviewGate
-from ..runtime.credential_events import CredentialEvents
-from ..runtime.endpoints import build_app, serve
 from ..runtime.events import EventRecorder
-from ..runtime.handover import Handover
-from ..runtime.health import Health
-from ..runtime.health import serve as serve_health
-from ..runtime.keyring import load_keyring, maintain_keyring_forever
-from ..runtime.leader import Leadership
-from ..runtime.leak_intake import LEAK_INTAKE, LeakIntake
-from ..runtime.leak_response import LeakResponder
-from ..runtime.minting_health import MintingHealth
-from ..runtime.pod_watch import Admitted, PodWatch
-from ..runtime.pod_watch import Handler as PodHandler
-from ..runtime.reconciler import Reconciler
-from ..runtime.requests import Requests
-from ..runtime.revocation_store import RevocationStore
-from ..runtime.revoker import Revoker
+from ..runtime.leaks.intake import LEAK_INTAKE, LeakIntake
+from ..runtime.leaks.response import LeakResponder
+from ..runtime.leaks.tracer import Tracer
+from ..runtime.projection.bindings import BindingOwners
+from ..runtime.projection.credential_lifecycle import CredentialLifecycle
+from ..runtime.projection.handover import Handover
+from ..runtime.projection.pod_watch import Admitted, PodWatch
+from ..runtime.projection.pod_watch import Handler as PodHandler
+from ..runtime.projection.reconciler import Reconciler
+from ..runtime.projection.revoke_renew import Requests
+from ..runtime.projection.revoker import Revoker
+from ..runtime.replicas.keyring import load_keyring, maintain_keyring_forever
+from ..runtime.replicas.leader import Leadership
+from ..runtime.replicas.revocation_store import RevocationStore
+from ..runtime.replicas.serving_certificate import CertificateMonitor, private_directory, shared_serving_certificate
 from ..runtime.scheduler import Scheduler
-from ..runtime.serving_certificate import CertificateMonitor, private_directory, shared_serving_certificate
-from ..runtime.status_writer import StatusWriter
-from ..runtime.statusbook import StatusBook
+from ..runtime.serving.admission_webhook import AdmissionWebhook
+from ..runtime.serving.endpoints import build_app, serve
+from ..runtime.serving.health import Health
+from ..runtime.serving.health import serve as serve_health
+from ..runtime.status.minting_health import MintingHealth
+from ..runtime.status.status_writer import StatusWriter
+from ..runtime.status.statusbook import StatusBook
 from ..runtime.store import ProjectionStore
-from ..runtime.token_service import TokenService
-from ..runtime.tracer import Tracer
+from ..runtime.tokens.callers import RateLimiter, ReviewGate
+from ..runtime.tokens.token_service import TokenService
 from ..sources.base import Sources
 from ..sources.jwt import JwtSource
 from ..sources.minting_service import MintingServiceSource
@@ -227,7 +227,7 @@ class Operator:
             leading=self.leading,
             interval=config.status_interval,
         )
-        self.credentials = CredentialEvents(
+        self.credentials = CredentialLifecycle(
             kube, self.reconciler, self.requests, self.store, self.book, self.status, self.scheduler, self.credential
         )
         self.minting_health = MintingHealth(

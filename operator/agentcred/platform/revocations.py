@@ -52,7 +52,7 @@ def _moment(epoch: int) -> dt.datetime:
 
 
 @dataclass(frozen=True)
-class Revocation:
+class RevocationEntry:
     pod_uid: str
     credential: str  # or ALL_CREDENTIALS
     until: dt.datetime  # every token this covers has expired by then
@@ -66,10 +66,10 @@ class Revocation:
     def covers(self, issued_at: dt.datetime) -> bool:
         return self.before is None or issued_at < self.before
 
-    def merged(self, other: Revocation) -> Revocation:
+    def merged(self, other: RevocationEntry) -> RevocationEntry:
         """Both at once: the wider cut-off, the later expiry."""
         before = None if self.before is None or other.before is None else max(self.before, other.before)
-        return Revocation(self.pod_uid, self.credential, max(self.until, other.until), before, self.token_id)
+        return RevocationEntry(self.pod_uid, self.credential, max(self.until, other.until), before, self.token_id)
 
     def document(self) -> dict[str, Any]:
         """The served form: pod and credential blinded (see `served_key`)."""
@@ -98,24 +98,24 @@ def shard_of(pod_uid: str, shards: int) -> int:
 class RevocationList:
     def __init__(self, shards: int = DEFAULT_SHARDS) -> None:
         self.shards = shards
-        self._entries: dict[tuple[str, str, str], Revocation] = {}
+        self._entries: dict[tuple[str, str, str], RevocationEntry] = {}
         self._token_keys: dict[str, set[tuple[str, str, str]]] = {}  # a pod's holder revocations
         self.dirty: set[int] = set()  # shards changed since they were last saved
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __iter__(self) -> Iterator[Revocation]:
+    def __iter__(self) -> Iterator[RevocationEntry]:
         return iter(list(self._entries.values()))
 
-    def add(self, revocation: Revocation) -> None:
+    def add(self, revocation: RevocationEntry) -> None:
         current = self._entries.get(revocation.key)
         merged = revocation if current is None else current.merged(revocation)
         if merged != current:
             self._put(merged)
             self.dirty.add(shard_of(revocation.pod_uid, self.shards))
 
-    def _put(self, entry: Revocation) -> None:
+    def _put(self, entry: RevocationEntry) -> None:
         self._entries[entry.key] = entry
         if entry.token_id:
             self._token_keys.setdefault(entry.pod_uid, set()).add(entry.key)
@@ -129,12 +129,12 @@ class RevocationList:
                 del self._token_keys[key[0]]
 
     def revoke(self, pod_uid: str, credential: str, until: dt.datetime, before: dt.datetime | None = None) -> None:
-        self.add(Revocation(pod_uid, credential, until, before))
+        self.add(RevocationEntry(pod_uid, credential, until, before))
 
     def revoke_token(self, pod_uid: str, credential: str, token_id: str, until: dt.datetime) -> bool:
         """One token (and those exchanged from it), as its holder asked; False, and nothing
         added, if the pod already has `MAX_TOKEN_ENTRIES_PER_POD` such entries."""
-        revocation = Revocation(pod_uid, credential, until, token_id=token_id)
+        revocation = RevocationEntry(pod_uid, credential, until, token_id=token_id)
         held = self._token_keys.get(pod_uid, set())
         if revocation.key not in held and len(held) >= MAX_TOKEN_ENTRIES_PER_POD:
             return False
@@ -192,7 +192,9 @@ class RevocationList:
         for key, (until, before) in raw.items():
             pod_uid, _, rest = str(key).partition("/")
             credential, _, token_id = rest.partition("/")
-            revocation = Revocation(pod_uid, credential, _moment(until), _moment(before) if before else None, token_id)
+            revocation = RevocationEntry(
+                pod_uid, credential, _moment(until), _moment(before) if before else None, token_id
+            )
             current = self._entries.get(revocation.key)
             self._put(revocation if current is None else current.merged(revocation))
 
@@ -201,12 +203,12 @@ def too_large(data: dict[str, str]) -> bool:
     return sum(len(value) for value in data.values()) > SHARD_LIMIT_BYTES
 
 
-def parse_document(document: dict[str, Any]) -> Iterable[Revocation]:
+def parse_document(document: dict[str, Any]) -> Iterable[RevocationEntry]:
     """Entries from the served document (what verifiers read), skipping malformed ones; they
     name pods and credentials blinded, so look a token up by its `served_key`."""
     for entry in document.get("revoked") or []:
         try:
-            yield Revocation(
+            yield RevocationEntry(
                 str(entry["pod"]),
                 str(entry["credential"]),
                 _moment(entry["exp"]),

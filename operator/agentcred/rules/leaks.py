@@ -27,7 +27,7 @@ MAX_TOKEN = 16 * 1024  # no value we issue is longer; longer strings are not our
 MAX_FIELD = 2048
 
 State = Literal["live", "revoked", "expired", "superseded"]
-Verdict = Literal["ours", "not-ours", "unknown"]
+Provenance = Literal["ours", "not-ours", "unknown"]
 REDACTED = "[the reported value]"
 
 Short = Annotated[str, StringConstraints(max_length=MAX_FIELD)]

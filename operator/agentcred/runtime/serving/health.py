@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..platform.metrics import REGISTRY
+from ...platform.metrics import REGISTRY
 
 log = logging.getLogger(__name__)
 

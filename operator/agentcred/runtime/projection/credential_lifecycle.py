@@ -11,21 +11,21 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..api.labels import FINALIZER
-from ..api.times import utcnow
-from ..platform.kube import ApiError, Conflict, Kube, NotFound
-from ..rules.credentials import CredentialRecord
-from ..rules.planning import exception_end
+from ...api.labels import FINALIZER
+from ...api.times import utcnow
+from ...platform.kube import ApiError, Conflict, Kube, NotFound
+from ...rules.credentials import CredentialRecord
+from ...rules.planning import exception_end
+from ..scheduler import Scheduler
+from ..status.status_writer import StatusWriter
+from ..status.statusbook import StatusBook
+from ..store import ProjectionStore
 from .reconciler import Reconciler
-from .requests import Requests
-from .scheduler import Scheduler
-from .status_writer import StatusWriter
-from .statusbook import StatusBook
-from .store import ProjectionStore
+from .revoke_renew import Requests
 
 log = logging.getLogger(__name__)
 
-Verdict = tuple[bool, str, str]
+VerdictKey = tuple[bool, str, str]
 
 
 class NotLeader(Exception):
@@ -37,7 +37,7 @@ def credential_key(namespace: str, name: str) -> tuple[str, str, str]:
     return ("credential", namespace, name)
 
 
-class CredentialEvents:
+class CredentialLifecycle:
     def __init__(
         self,
         kube: Kube,
@@ -52,7 +52,7 @@ class CredentialEvents:
         self.kube, self.reconciler, self.requests, self.store, self.book = kube, reconciler, requests, store, book
         self.status, self.scheduler, self.credential = status, scheduler, credential
         self._generations: dict[tuple[str, str], int] = {}
-        self._verdicts: dict[tuple[str, str], Verdict] = {}
+        self._verdicts: dict[tuple[str, str], VerdictKey] = {}
 
     async def changed(self, record: CredentialRecord, force: bool = False) -> None:
         """A credential was seen: refresh its status; re-plan the pods it may affect."""

@@ -26,8 +26,8 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
-from ..api.pods import PodTask
-from ..platform.kube import Gone, Kube, status_of
+from ...api.pods import PodTask
+from ...platform.kube import Gone, Kube, status_of
 
 log = logging.getLogger(__name__)
 

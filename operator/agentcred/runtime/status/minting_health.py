@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
-from ..rules.credentials import CredentialRecord
+from ...rules.credentials import CredentialRecord
 
 log = logging.getLogger(__name__)
 

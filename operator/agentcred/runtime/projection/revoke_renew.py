@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..api.times import format_time, utcnow
-from ..platform.kube import Kube
-from ..rules.credentials import CredentialRecord
-from .events import EventRecorder
+from ...api.times import format_time, utcnow
+from ...platform.kube import Kube
+from ...rules.credentials import CredentialRecord
+from ..events import EventRecorder
+from ..store import ProjectionStore
 from .reconciler import Reconciler
-from .store import ProjectionStore
 
 
 class Requests:

@@ -17,16 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..api.fingerprints import PATTERN, SHORT_PATTERN, is_fingerprint, short
-from ..api.pods import PodTask
-from ..api.projection import IssuedValue, ProjectionState
-from ..api.times import format_time, utcnow
-from ..platform.fingerprints import Fingerprints
-from ..platform.keys import KeyRing, NotOurs, decode_own, peek_claims
-from ..platform.revocations import RevocationList
-from ..rules.credentials import CredentialRecord
-from ..rules.leaks import Candidate, State, Verdict, token_state
-from .store import ProjectionStore
+from ...api.fingerprints import PATTERN, SHORT_PATTERN, is_fingerprint, short
+from ...api.pods import PodTask
+from ...api.projection import IssuedValue, ProjectionState
+from ...api.times import format_time, utcnow
+from ...platform.fingerprints import Fingerprints
+from ...platform.keys import KeyRing, NotOurs, decode_own, peek_claims
+from ...platform.revocations import RevocationList
+from ...rules.credentials import CredentialRecord
+from ...rules.leaks import Candidate, Provenance, State, token_state
+from ..store import ProjectionStore
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class Holder:
 
 @dataclass(frozen=True)
 class Trace:
-    verdict: Verdict
+    verdict: Provenance
     fingerprint: str | None  # of the reported value (current key), or the reference given
     holders: tuple[Holder, ...] = ()
     why: str = ""

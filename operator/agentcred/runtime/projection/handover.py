@@ -15,13 +15,13 @@ import datetime as dt
 import logging
 from collections.abc import Iterable
 
-from ..api.pods import PodTask
-from ..api.projection import ProjectionState, Subject
-from ..api.times import utcnow
+from ...api.pods import PodTask
+from ...api.projection import ProjectionState, Subject
+from ...api.times import utcnow
+from ..status.statusbook import StatusBook
+from ..store import ProjectionStore
 from .reconciler import Reconciler, binding_key
-from .revoker import Revocation, Revoker
-from .statusbook import StatusBook
-from .store import ProjectionStore
+from .revoker import RevokeOrder, Revoker
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Handover:
                 # Secret with it: the revocation happened, so it is recorded.
                 reason = task.end_reason or "pod-deleted"
                 subject = Subject.of_task(task).removed("garbage-collector")
-                revocations = [Revocation(name, None, reason) for name in task.credentials]
+                revocations = [RevokeOrder(name, None, reason) for name in task.credentials]
                 await self.revoker.revoke(subject, revocations, _nothing, tell_pod=False)
         await asyncio.gather(
             *(self.reconciler.reconcile(task.key, task) for task in ended if self.store.get(task.key) is not None)

@@ -18,8 +18,8 @@ import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from ..api.times import format_time, parse_time, utcnow
-from ..platform.kube import Kube, status_of
+from ...api.times import format_time, parse_time, utcnow
+from ...platform.kube import Kube, status_of
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ from typing import Any
 
 from aiohttp import web
 
-from ..api import labels
-from ..api.webhook_configuration import HANDLER_ID
-from ..platform import metrics
-from ..platform.keys import KeyRing
-from ..rules import admission
-from ..rules.credentials import CredentialRecord
-from .audit import AuditTrail
+from ...api import labels
+from ...api.webhook_configuration import HANDLER_ID
+from ...platform import metrics
+from ...platform.keys import KeyRing
+from ...rules import admission
+from ...rules.credentials import CredentialRecord
+from ..audit import AuditTrail
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ..api import labels
-from ..api.pods import PodTask, pod_ref, split_key
-from ..api.projection import (
+from ...api import labels
+from ...api.pods import PodTask, pod_ref, split_key
+from ...api.projection import (
     ProjectionState,
     Subject,
     new_projection,
@@ -30,21 +30,21 @@ from ..api.projection import (
     with_values,
     without,
 )
-from ..api.times import utcnow
-from ..platform import metrics
-from ..platform.kube import Conflict, Kube, NotFound, status_of
-from ..platform.revocations import RevocationList
-from ..rules.credentials import CredentialRecord
-from ..rules.planning import Plan, Problem, plan
-from ..rules.seal import Bookkeeping
-from ..sources.base import Produced, Sources, SourceUnavailable
-from .audit import AuditTrail
-from .events import EventRecorder
+from ...api.times import utcnow
+from ...platform import metrics
+from ...platform.kube import Conflict, Kube, NotFound, status_of
+from ...platform.revocations import RevocationList
+from ...rules.credentials import CredentialRecord
+from ...rules.planning import Plan, Problem, plan
+from ...rules.seal import Bookkeeping
+from ...sources.base import Produced, Sources, SourceUnavailable
+from ..audit import AuditTrail
+from ..events import EventRecorder
+from ..scheduler import Scheduler
+from ..status.statusbook import StatusBook
+from ..store import ProjectionStore
 from .pod_checks import PodChecks
-from .revoker import Revocation, Revoker
-from .scheduler import Scheduler
-from .statusbook import StatusBook
-from .store import ProjectionStore
+from .revoker import RevokeOrder, Revoker
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class Reconciler:
                     return 0
                 task = self.pod(key)
                 subject = Subject.of_task(task) if task else Subject.of_state(state)
-                revocation = Revocation(credential, state.values[credential], reason, message)
+                revocation = RevokeOrder(credential, state.values[credential], reason, message)
                 remaining = (
                     without(state, {credential: reason})
                     if tombstone
@@ -252,7 +252,7 @@ class Reconciler:
         values = {name: p.value for name, p in produced.items()}
         subject = Subject.of_task(task)
         revocations = [
-            Revocation(name, state.values.get(name) if state else None, reason) for name, reason in revokes.items()
+            RevokeOrder(name, state.values.get(name) if state else None, reason) for name, reason in revokes.items()
         ]
         entries = [
             self.audit.issue(subject, record, item.issued)
@@ -303,7 +303,7 @@ class Reconciler:
     ) -> None:
         """The task ended (or the pod is unknown): revoke everything and delete its Secret."""
         subject = Subject.of_task(task) if task else Subject.of_state(state)
-        revocations = [Revocation(r.credential, state.values.get(r.credential), r.reason) for r in decided.revoke]
+        revocations = [RevokeOrder(r.credential, state.values.get(r.credential), r.reason) for r in decided.revoke]
 
         async def delete() -> None:
             try:
@@ -339,7 +339,7 @@ class Reconciler:
         nothing in it counts. The Secret goes, every token the pod was issued until now is
         revoked, and the pod (if it lives) is planned afresh, within its sealed lifetime."""
         subject = Subject.of_task(task) if task else Subject(state.namespace, None, None)
-        revocations = [Revocation(name, None, "unreadable-state") for name in (task.credentials if task else ())]
+        revocations = [RevokeOrder(name, None, "unreadable-state") for name in (task.credentials if task else ())]
 
         async def delete() -> None:
             try:

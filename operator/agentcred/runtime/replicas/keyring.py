@@ -9,9 +9,9 @@ import json
 import logging
 from collections.abc import Callable
 
-from ..api.labels import ROLE_LABEL, ROTATE_ANNOTATION, ROTATED_ANNOTATION
-from ..api.times import utcnow
-from ..platform.keys import (
+from ...api.labels import ROLE_LABEL, ROTATE_ANNOTATION, ROTATED_ANNOTATION
+from ...api.times import utcnow
+from ...platform.keys import (
     ALGORITHMS,
     KEYRING_KEY,
     KeyRing,
@@ -21,7 +21,7 @@ from ..platform.keys import (
     rotate_mac,
     rotation_due,
 )
-from ..platform.kube import Kube, status_of
+from ...platform.kube import Kube, status_of
 
 log = logging.getLogger(__name__)
 

@@ -25,12 +25,12 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from ..platform import metrics
-from ..platform.keys import ALGORITHMS, KeyRing
-from ..platform.revocations import RevocationList
-from ..rules.oauth import MAX_BODY, OAuthError, authorization_server_metadata
-from . import leak_intake
-from .token_service import NO_STORE, TokenService
+from ...platform import metrics
+from ...platform.keys import ALGORITHMS, KeyRing
+from ...platform.revocations import RevocationList
+from ...rules.oauth import MAX_BODY, OAuthError, authorization_server_metadata
+from ..leaks import intake as leak_intake
+from ..tokens.token_service import NO_STORE, TokenService
 
 log = logging.getLogger(__name__)
 

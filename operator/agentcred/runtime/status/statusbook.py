@@ -12,12 +12,12 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..api import conditions
-from ..api.fingerprints import short
-from ..api.projection import format_time
-from ..rules.credentials import CredentialRecord
-from ..rules.leaks import Compromise
-from ..rules.status import spec_status
+from ...api import conditions
+from ...api.fingerprints import short
+from ...api.projection import format_time
+from ...rules.credentials import CredentialRecord
+from ...rules.leaks import Compromise
+from ...rules.status import spec_status
 
 Key = tuple[str, str]
 

@@ -19,12 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..api.pods import PodTask
-from ..api.times import format_time, utcnow
-from ..platform.keys import KeyRing, NotOurs, decode_own
-from ..platform.revocations import EXPIRY_SKEW, MAX_TOKEN_ENTRIES_PER_POD, RevocationList
-from ..rules.credentials import CredentialRecord
-from ..rules.oauth import (
+from ...api.pods import PodTask
+from ...api.times import format_time, utcnow
+from ...platform.keys import KeyRing, NotOurs, decode_own
+from ...platform.revocations import EXPIRY_SKEW, MAX_TOKEN_ENTRIES_PER_POD, RevocationList
+from ...rules.credentials import CredentialRecord
+from ...rules.oauth import (
     ACCESS_TOKEN_TYPE,
     CLIENT_CREDENTIALS,
     JWT_BEARER,
@@ -37,10 +37,10 @@ from ..rules.oauth import (
     parse_form,
     parse_token_request,
 )
-from ..rules.scope import EXCHANGE_MAX_TTL, Intent, evaluate, scope_covers
-from ..sources.claims import Grant, credential_scope, service_account_subject, token_claims
-from ..sources.jwt import JwtSource
-from .audit import AuditTrail
+from ...rules.scope import EXCHANGE_MAX_TTL, Intent, evaluate, scope_covers
+from ...sources.claims import Grant, credential_scope, service_account_subject, token_claims
+from ...sources.jwt import JwtSource
+from ..audit import AuditTrail
 from .callers import NotAuthenticated, RateLimiter, Reviewed, ReviewGate
 
 CLOCK_SKEW = dt.timedelta(seconds=30)
@@ -49,7 +49,7 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 @dataclass(frozen=True)
-class Subject:
+class Caller:
     """The pod a request speaks for, and what an agentcred subject token already limits."""
 
     namespace: str
@@ -124,7 +124,7 @@ class TokenService:
             self.audit.record("deny", reason=refused.error, message=refused.description, **facts)
             raise
 
-    async def _subject(self, request: TokenRequest) -> Subject:
+    async def _subject(self, request: TokenRequest) -> Caller:
         unauthenticated = _refusal(request.grant_type, authenticated=False)
         what = {TOKEN_EXCHANGE: "subject_token", JWT_BEARER: "assertion"}.get(request.grant_type, "client_assertion")
         if request.subject_token_type == ACCESS_TOKEN_TYPE:
@@ -133,7 +133,7 @@ class TokenService:
             namespace, _, service_account = (
                 str(claims.get("sub", "")).removeprefix("system:serviceaccount:").partition(":")
             )
-            subject = Subject(namespace, service_account, str(issued["pod"]), str(issued["podUID"]), claims)
+            subject = Caller(namespace, service_account, str(issued["pod"]), str(issued["podUID"]), claims)
         else:
             try:
                 who = await self.reviews.identity(request.subject_token)
@@ -141,7 +141,7 @@ class TokenService:
                 raise unauthenticated(f"{what}: {error}") from None
             if who.pod_name is None or who.pod_uid is None:
                 raise unauthenticated(f"{what} is not bound to a pod: send the pod's projected ServiceAccount token")
-            subject = Subject(who.namespace, who.service_account, who.pod_name, who.pod_uid)
+            subject = Caller(who.namespace, who.service_account, who.pod_name, who.pod_uid)
         if request.client_id is not None and request.client_id != service_account_subject(
             subject.namespace, subject.service_account
         ):
@@ -189,7 +189,7 @@ class TokenService:
         return None
 
     def _issue(
-        self, request: TokenRequest, subject: Subject, act: dict[str, Any] | None, facts: dict[str, Any]
+        self, request: TokenRequest, subject: Caller, act: dict[str, Any] | None, facts: dict[str, Any]
     ) -> dict[str, Any]:
         unacceptable = _refusal(request.grant_type, authenticated=True)
         task = self.pod_by_name(subject.namespace, subject.pod_name)
@@ -262,7 +262,7 @@ class TokenService:
         return response
 
     def _target(
-        self, request: TokenRequest, task: PodTask, subject: Subject
+        self, request: TokenRequest, task: PodTask, subject: Caller
     ) -> tuple[CredentialRecord, tuple[str, ...]]:
         """The one minted credential of the pod the request is for, and the token's audiences."""
         parent = subject.parent
@@ -306,7 +306,7 @@ class TokenService:
         request: TokenRequest,
         record: CredentialRecord,
         audiences: tuple[str, ...],
-        subject: Subject,
+        subject: Caller,
         act: dict[str, Any] | None,
     ) -> Grant:
         """What the token will allow: the intents asked for, each inside the credential's scope

@@ -16,16 +16,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..api.pods import pod_ref
-from ..api.projection import IssuedValue, Subject
-from ..api.times import utcnow
-from ..platform.revocations import RevocationList
-from ..rules.credentials import CredentialRecord
-from ..rules.scope import EXCHANGE_MAX_TTL
-from ..sources.base import Sources
-from .audit import AuditTrail, Entry
-from .events import EventRecorder
-from .statusbook import StatusBook
+from ...api.pods import pod_ref
+from ...api.projection import IssuedValue, Subject
+from ...api.times import utcnow
+from ...platform.revocations import RevocationList
+from ...rules.credentials import CredentialRecord
+from ...rules.scope import EXCHANGE_MAX_TTL
+from ...sources.base import Sources
+from ..audit import AuditTrail, Entry
+from ..events import EventRecorder
+from ..status.statusbook import StatusBook
 
 # Reasons a task ends for: its pod holds nothing any more, so its tokens need covering only
 # until they expire. Any other reason leaves the pod running.
@@ -36,7 +36,7 @@ CredentialLookup = Callable[[str, str], CredentialRecord | None]
 
 
 @dataclass(frozen=True)
-class Revocation:
+class RevokeOrder:
     credential: str
     value: IssuedValue | None  # None: nothing was live (a tombstone, or already gone)
     reason: str  # the trigger (bounded: a metric label)
@@ -76,7 +76,7 @@ class Revoker:
         self.audit, self.sources, self.book, self.events, self.credential = audit, sources, book, events, credential
         self.revocations = revocations
 
-    def ahead(self, subject: Subject, revocations: Sequence[Revocation]) -> list[Entry]:
+    def ahead(self, subject: Subject, revocations: Sequence[RevokeOrder]) -> list[Entry]:
         """Step 1: the audit lines, before the act (for `AuditTrail.ahead`)."""
         entries = []
         for revocation in revocations:
@@ -89,7 +89,7 @@ class Revoker:
             )
         return entries
 
-    async def after(self, subject: Subject, revocations: Sequence[Revocation], tell_pod: bool = True) -> None:
+    async def after(self, subject: Subject, revocations: Sequence[RevokeOrder], tell_pod: bool = True) -> None:
         """Steps 3 and 4, once the value is gone from the cluster."""
         now = utcnow()
         for revocation in revocations:
@@ -115,7 +115,7 @@ class Revoker:
     async def revoke(
         self,
         subject: Subject,
-        revocations: Sequence[Revocation],
+        revocations: Sequence[RevokeOrder],
         act: Callable[[], Awaitable[T]],
         tell_pod: bool = True,
     ) -> T:
@@ -126,7 +126,7 @@ class Revoker:
         return result
 
     def _list(
-        self, subject: Subject, revocation: Revocation, record: CredentialRecord | None, now: dt.datetime
+        self, subject: Subject, revocation: RevokeOrder, record: CredentialRecord | None, now: dt.datetime
     ) -> None:
         """The revocation list entry: by the pod's UID (from the pod, or from bookkeeping we
         sealed), so whichever replica answers refuses every token of it."""
@@ -137,7 +137,7 @@ class Revoker:
 
     @staticmethod
     def _covered_until(
-        subject: Subject, revocation: Revocation, record: CredentialRecord | None, now: dt.datetime
+        subject: Subject, revocation: RevokeOrder, record: CredentialRecord | None, now: dt.datetime
     ) -> dt.datetime:
         """Until when: past the last token's expiry (unknown: the longest a token lives); while
         the pod lives on, also until its task could no longer hold one (counted from its sealed

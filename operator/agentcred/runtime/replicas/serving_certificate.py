@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..platform import pki
-from ..platform.kube import Kube, status_of
+from ...platform import pki
+from ...platform.kube import Kube, status_of
 
 log = logging.getLogger(__name__)
 

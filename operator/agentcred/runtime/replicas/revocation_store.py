@@ -11,10 +11,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ..api.labels import ROLE_LABEL, StateNames
-from ..api.times import format_time, utcnow
-from ..platform.kube import Conflict, Kube, status_of
-from ..platform.revocations import SHARD_LIMIT_BYTES, RevocationList, too_large
+from ...api.labels import ROLE_LABEL, StateNames
+from ...api.times import format_time, utcnow
+from ...platform.kube import Conflict, Kube, status_of
+from ...platform.revocations import SHARD_LIMIT_BYTES, RevocationList, too_large
 
 log = logging.getLogger(__name__)
 

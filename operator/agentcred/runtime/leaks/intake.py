@@ -22,10 +22,10 @@ from typing import Any
 
 from aiohttp import web
 
-from ..platform.kube import status_of
-from ..rules.leaks import MAX_BODY, BadReport, parse_report
-from .audit import AuditTrail
-from .leak_response import LeakResponder, Reporter
+from ...platform.kube import status_of
+from ...rules.leaks import MAX_BODY, BadReport, parse_report
+from ..audit import AuditTrail
+from .response import LeakResponder, Reporter
 
 REVIEW_TTL = 10.0  # seconds a reviewed token's answer is kept (by hash, never the token)
 CONCURRENT_ITEMS = 16

@@ -15,15 +15,15 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..api.times import next_midnight, utcnow
-from ..platform import metrics
-from ..platform.kube import Kube, status_of
-from ..platform.revocations import RevocationList
-from ..rules.credentials import CredentialRecord
-from ..rules.status import status_patch
-from .events import EventRecorder
+from ...api.times import next_midnight, utcnow
+from ...platform import metrics
+from ...platform.kube import Kube, status_of
+from ...platform.revocations import RevocationList
+from ...rules.credentials import CredentialRecord
+from ...rules.status import status_patch
+from ..events import EventRecorder
+from ..store import ProjectionStore
 from .statusbook import StatusBook
-from .store import ProjectionStore
 
 log = logging.getLogger(__name__)
 

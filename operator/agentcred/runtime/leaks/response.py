@@ -26,19 +26,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..api import labels
-from ..api.fingerprints import short
-from ..api.pods import PodTask, pod_ref
-from ..api.projection import Subject
-from ..api.times import utcnow
-from ..platform.kube import Kube, NotFound, status_of
-from ..rules.credentials import CredentialRecord
-from ..rules.leaks import Candidate, Compromise, may_act_by_reference
-from .audit import AuditTrail
-from .events import EventRecorder
-from .reconciler import Reconciler
-from .revoker import LEAKED, QUARANTINED, Revocation, cut_off
-from .statusbook import StatusBook
+from ...api import labels
+from ...api.fingerprints import short
+from ...api.pods import PodTask, pod_ref
+from ...api.projection import Subject
+from ...api.times import utcnow
+from ...platform.kube import Kube, NotFound, status_of
+from ...rules.credentials import CredentialRecord
+from ...rules.leaks import Candidate, Compromise, may_act_by_reference
+from ..audit import AuditTrail
+from ..events import EventRecorder
+from ..projection.reconciler import Reconciler
+from ..projection.revoker import LEAKED, QUARANTINED, RevokeOrder, cut_off
+from ..status.statusbook import StatusBook
 from .tracer import Holder, Trace, Tracer
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class LeakResponder:
             # Its pod has ended (or is not ours to write to): the token would still verify.
             subject = Subject(holder.namespace, holder.pod, holder.pod_uid, holder.job)
             await self.reconciler.revoker.revoke(
-                subject, [Revocation(holder.credential, None, LEAKED)], _nothing, tell_pod=False
+                subject, [RevokeOrder(holder.credential, None, LEAKED)], _nothing, tell_pod=False
             )
             return True, "none"
         assert holder.key is not None and state is not None and task is not None
@@ -167,7 +167,7 @@ class LeakResponder:
         # the revoked value a moment until the fresh one replaces it, so the agent's file never goes.
         subject = Subject.of_task(task)
         await self.reconciler.revoker.revoke(
-            subject, [Revocation(holder.credential, state.values[holder.credential], LEAKED)], _nothing
+            subject, [RevokeOrder(holder.credential, state.values[holder.credential], LEAKED)], _nothing
         )
         return True, "reissued"
 

@@ -8,12 +8,12 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from ..api import labels
-from ..api.pods import PodTask, pod_ref
-from ..api.projection import Subject
-from ..platform.kube import Kube
-from .audit import AuditTrail
-from .events import EventRecorder
+from ...api import labels
+from ...api.pods import PodTask, pod_ref
+from ...api.projection import Subject
+from ...platform.kube import Kube
+from ..audit import AuditTrail
+from ..events import EventRecorder
 
 
 class PodChecks:

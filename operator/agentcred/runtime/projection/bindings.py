@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 
-from ..api.pods import PodTask
+from ...api.pods import PodTask
 
 MAX_BINDINGS = 200_000
 _LATEST = dt.datetime.max.replace(tzinfo=dt.timezone.utc)

@@ -1,0 +1,3 @@
+"""The operator's doors: the HTTPS endpoints (token service, JWKS, leak intake), the admission
+webhook, health and metrics.
+"""

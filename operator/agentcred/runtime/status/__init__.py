@@ -1,0 +1,3 @@
+"""What the operator says about each credential: counts, the batched status writer, minting-service
+health.
+"""
