@@ -29,10 +29,8 @@ import argparse
 import base64
 import datetime as dt
 import json
-import os
 import random
 import ssl
-import subprocess
 import sys
 import tempfile
 import threading
@@ -53,8 +51,9 @@ from agentcred.api import labels, model  # noqa: E402
 from agentcred.api.fingerprints import short  # noqa: E402
 from agentcred.api.projection import IssuedValue, ProjectionState  # noqa: E402
 from agentcred.devcluster.binaries import ensure_binaries  # noqa: E402
-from agentcred.devcluster.controlplane import ControlPlane, free_port  # noqa: E402
+from agentcred.devcluster.controlplane import ControlPlane  # noqa: E402
 from agentcred.devcluster.install import install_agentcred  # noqa: E402
+from agentcred.devcluster.local_operator import LocalOperator  # noqa: E402
 from agentcred.platform.fingerprints import Fingerprints  # noqa: E402
 from agentcred.platform.keys import KeyRing, encode_jwt  # noqa: E402
 from agentcred.platform.revocations import RevocationList, served_key  # noqa: E402
@@ -66,6 +65,25 @@ from harness import Lean, log_tail, summary_ms, wait_count  # noqa: E402
 OUT = BENCH / "out"
 NAMESPACE = "bench-leaks"
 REPORTER = ("agentcred", "bench-reporter")
+
+
+class _NothingLive:
+    """The cluster as the lookup benchmark sees it: no live pod, no credential to judge."""
+
+    def leading(self) -> bool:
+        return True
+
+    def credential(self, namespace: str, name: str) -> None:
+        return None
+
+    def credentials(self, namespace: str | None = None) -> list[Any]:
+        return []
+
+    def pod(self, key: str) -> None:
+        return None
+
+    def pod_by_name(self, namespace: str, name: str) -> None:
+        return None
 
 
 def main() -> int:
@@ -86,9 +104,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="agentcred-bench-leaks-") as scratch, ControlPlane() as plane:
         api = config.new_client_from_config(config_file=str(plane.kubeconfig))
         install_agentcred(api)
-        operator = Operator(plane, Path(scratch))
+        operator = LocalOperator(
+            plane.kubeconfig, Path(scratch), "--leak-reporters", "/".join(REPORTER), detached=False
+        )
         try:
-            operator.start()
+            operator.start(timeout=300)
             results["cluster"] = on_cluster(api, Lean(api.configuration), operator, live, reports)
         except BaseException:
             print(log_tail(Path(scratch) / "operator.log", 40), file=sys.stderr)
@@ -141,8 +161,7 @@ def trace_in_process(size: int) -> dict[str, Any]:
         fingerprints=fingerprints,
         store=store,
         revocations=RevocationList(),
-        pod=lambda key: None,
-        credential=lambda namespace, name: None,
+        view=_NothingLive(),
     )
     samples = 500
     kinds = {
@@ -169,49 +188,7 @@ def trace_in_process(size: int) -> dict[str, Any]:
 # -- on the cluster: 1,000 live ------------------------------------------------------------
 
 
-class Operator:
-    def __init__(self, plane: ControlPlane, workdir: Path) -> None:
-        self.plane, self.workdir = plane, workdir
-        self.api_port, self.health_port, self.process = free_port(), free_port(), None
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.api_port}"
-
-    def start(self) -> None:
-        webhook = free_port()
-        log = open(self.workdir / "operator.log", "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "agentcred", "run", "--standalone", "--namespace", "agentcred",
-             "--webhook-address", "127.0.0.1", "--webhook-port", str(webhook),
-             "--webhook-url", f"https://127.0.0.1:{webhook}", "--api-address", "127.0.0.1",
-             "--api-port", str(self.api_port), "--issuer", self.url, "--health-address", "127.0.0.1",
-             "--health-port", str(self.health_port), "--audit-log", str(self.workdir / "audit.log"),
-             "--leak-reporters", "/".join(REPORTER)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "KUBECONFIG": str(self.plane.kubeconfig), "PYTHONPATH": str(REPO / "operator")},
-        )  # fmt: skip
-        log.close()
-        deadline = time.monotonic() + 300
-        while self._ready() != 200:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the operator did not become ready:\n{log_tail(self.workdir / 'operator.log')}")
-            time.sleep(0.1)
-
-    def _ready(self) -> int:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/readyz", timeout=2) as response:
-                return response.status
-        except OSError:
-            return 0
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=60)
-
-
-def on_cluster(api: client.ApiClient, lean: Lean, operator: Operator, live: int, reports: int) -> dict[str, Any]:
+def on_cluster(api: client.ApiClient, lean: Lean, operator: LocalOperator, live: int, reports: int) -> dict[str, Any]:
     core = client.CoreV1Api(api)
     core.create_namespace({"metadata": {"name": NAMESPACE}})
     core.create_namespaced_service_account(NAMESPACE, {"metadata": {"name": "agent"}})
@@ -258,7 +235,7 @@ def on_cluster(api: client.ApiClient, lean: Lean, operator: Operator, live: int,
 
     def post(path: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         request = urllib.request.Request(
-            operator.url + path, data=json.dumps(items).encode(), method="POST",
+            operator.api_url + path, data=json.dumps(items).encode(), method="POST",
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         )  # fmt: skip
         with urllib.request.urlopen(request, context=context, timeout=120) as response:
@@ -266,7 +243,7 @@ def on_cluster(api: client.ApiClient, lean: Lean, operator: Operator, live: int,
             return answers
 
     def listed(uid: str) -> bool:
-        with urllib.request.urlopen(operator.url + "/v1/revocations", context=context, timeout=10) as response:
+        with urllib.request.urlopen(operator.api_url + "/v1/revocations", context=context, timeout=10) as response:
             pod = served_key(uid, "")[0]
             return any(e["pod"] == pod for e in json.loads(response.read())["revoked"])
 

@@ -46,7 +46,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +60,9 @@ sys.path.insert(0, str(BENCH))
 import report  # noqa: E402
 from agentcred.api import labels, model  # noqa: E402
 from agentcred.devcluster.binaries import ETCD_VERSION, KUBERNETES_VERSION, ensure_binaries  # noqa: E402
-from agentcred.devcluster.controlplane import ControlPlane, free_port  # noqa: E402
+from agentcred.devcluster.controlplane import ControlPlane  # noqa: E402
 from agentcred.devcluster.install import install_agentcred  # noqa: E402
+from agentcred.devcluster.local_operator import LocalOperator  # noqa: E402
 from floor import PodBurst, measure_floor, pods_path, secrets_path  # noqa: E402
 from harness import (  # noqa: E402
     CLIENT_THREADS,
@@ -95,12 +96,23 @@ class Agentcred:
         self.custom = client.CustomObjectsApi(api)
         self.workdir = workdir
         self.profile = profile
-        self.process: subprocess.Popen[bytes] | None = None
-        self.webhook_port = 0
-        self.health_port = 0
-        self.api_port = 0
+        self.operator: LocalOperator | None = None
 
     # -- the process ------------------------------------------------------------------
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self.operator.process if self.operator is not None else None
+
+    @property
+    def webhook_port(self) -> int:
+        assert self.operator is not None
+        return self.operator.webhook_port
+
+    @property
+    def api_port(self) -> int:
+        assert self.operator is not None
+        return self.operator.api_port
 
     def start(self, expect_live: int = 0, env: dict[str, str] | None = None) -> float:
         """Start the operator; seconds until /readyz (every index listed, endpoints up).
@@ -108,74 +120,20 @@ class Agentcred:
         The ceiling grows with what it must list: a new leader after a failover lists every
         live pod before it is ready, and that time is a figure, not a reason to give up."""
         self.stop()
-        self.webhook_port, self.health_port, self.api_port = free_port(), free_port(), free_port()
-        log = open(self.workdir / "operator.log", "ab")
+        self.operator = LocalOperator(self.plane.kubeconfig, self.workdir, env=env, detached=False)
         started = time.monotonic()
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "agentcred",
-                "run",
-                "--standalone",
-                "--namespace",
-                "agentcred",
-                "--webhook-address",
-                "127.0.0.1",
-                "--webhook-port",
-                str(self.webhook_port),
-                "--webhook-url",
-                f"https://127.0.0.1:{self.webhook_port}",
-                "--api-address",
-                "127.0.0.1",
-                "--api-port",
-                str(self.api_port),
-                "--issuer",
-                f"https://127.0.0.1:{self.api_port}",
-                "--health-address",
-                "127.0.0.1",
-                "--health-port",
-                str(self.health_port),
-                "--audit-log",
-                str(self.workdir / "audit.log"),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={
-                **os.environ,
-                "KUBECONFIG": str(self.plane.kubeconfig),
-                "PYTHONPATH": str(REPO / "operator"),
-                **(env or {}),
-            },
-        )
-        log.close()
+        self.operator.start(wait=False)
         # A hang guard only. Start-up has measured worse than linear in live pods (5 s at 1,000,
         # 75 s at 4,000 on 2 cores), so the guard grows with the square of what must be listed.
         ceiling = 300 + expect_live / 10 + expect_live**2 / 200_000
         with self.profiled(f"startup-{expect_live}") if expect_live else nullcontext():
-            while self._health("/readyz") != 200:
-                if self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"the operator exited with {self.process.returncode}:\n"
-                        f"{log_tail(self.workdir / 'operator.log')}"
-                    )
-                if time.monotonic() - started > ceiling:
-                    raise TimeoutError(
-                        f"the operator was not ready {ceiling:.0f} s after start with {expect_live} live pods"
-                    )
-                time.sleep(0.1)
+            self.operator.wait_ready(ceiling)
         return time.monotonic() - started
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self.process = None
+        if self.operator is not None:
+            self.operator.stop(timeout=60)
+        self.operator = None
 
     def usage(self) -> dict[str, float]:
         assert self.process is not None
@@ -186,13 +144,9 @@ class Agentcred:
         return usage(self.process.pid)
 
     def _health(self, path: str) -> int:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}{path}", timeout=2) as response:
-                return response.status
-        except OSError:
-            return 0
+        assert self.operator is not None
+        return self.operator.health(path)[0]
 
-    @contextmanager
     def profiled(self, name: str) -> Iterator[None]:
         """py-spy on the operator for the duration (with --profile): a raw profile and a summary."""
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")

@@ -7,13 +7,9 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 
 from agentcred.devcluster import polling
 from agentcred.devcluster.install import apply_crd, apply_policy, permissive_policy
+from agentcred.devcluster.local_operator import LocalOperator
 
 REPO = Path(__file__).resolve().parent.parent
 CRD_FILE = REPO / "crds" / "agentcredentials.agentcred.dev.yaml"
@@ -41,12 +38,6 @@ PATIENCE = float(os.environ.get("AGENTCRED_TEST_PATIENCE", "4"))
 def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.1, what: str = "") -> Any:
     """Poll until `predicate` returns something truthy (within `timeout` x PATIENCE seconds)."""
     return polling.wait_for(predicate, timeout=timeout * PATIENCE, interval=interval, what=what)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def ensure_namespace(cluster: Cluster, name: str) -> None:
@@ -145,12 +136,11 @@ TENANT_REPORTER = ("leak-tenant", "scanner")
 LEAK_REPORTERS = ",".join(f"{ns}/{name}" for ns, name in (LEAK_REPORTER, TENANT_REPORTER))
 
 
-class OperatorProcess:
-    """`agentcred run` as a child process, with its log and audit log captured to files.
-
-    The webhook listens on a free loopback port, and the operator registers it with the
-    API server at that URL (the local-development mode of `agentcred run`).
-    """
+class OperatorProcess(LocalOperator):
+    """`agentcred run` as a child process (devcluster.LocalOperator) for a test: verbose, quick
+    status and health-check intervals, logs in a fresh folder the session's leak witness
+    reads at cleanup. `kubeconfig` may be set to act as another identity (the chart's
+    ServiceAccount, say) before `start`."""
 
     def __init__(
         self,
@@ -161,71 +151,26 @@ class OperatorProcess:
         standalone: bool = True,
         kubeconfig: Path | None = None,
     ) -> None:
+        super().__init__(
+            kubeconfig or cluster.kubeconfig,
+            Path(tempfile.mkdtemp(prefix="agentcred-operator-")),
+            "--verbose",
+            *extra_args,
+            namespace=namespace,
+            standalone=standalone,
+            env={"AGENTCRED_STATUS_INTERVAL": "0.5", "AGENTCRED_HEALTH_CHECK_INTERVAL": "1", **(env or {})},
+        )
         self.cluster = cluster
-        self.extra_args = extra_args
-        self.extra_env = env or {}
-        self.namespace = namespace
-        self.standalone = standalone
-        self.kubeconfig = kubeconfig
-        self.log_dir = Path(tempfile.mkdtemp(prefix="agentcred-operator-"))
-        self.log_path = self.log_dir / "operator.log"
-        self.audit_path = self.log_dir / "audit.log"
-        self.webhook_port = free_port()
-        self.api_port = free_port()
-        self.health_port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
+        self.log_dir = self.workdir
         self.starts = 0
 
-    def command(self) -> list[str]:
-        url = f"https://127.0.0.1:{self.webhook_port}"
-        return [
-            sys.executable,
-            "-m",
-            "agentcred",
-            "run",
-            "--verbose",
-            *(["--standalone"] if self.standalone else []),
-            "--namespace",
-            self.namespace,
-            "--webhook-address",
-            "127.0.0.1",
-            "--webhook-port",
-            str(self.webhook_port),
-            "--webhook-url",
-            url,
-            "--api-address",
-            "127.0.0.1",
-            "--api-port",
-            str(self.api_port),
-            "--issuer",
-            self.api_url,
-            "--health-address",
-            "127.0.0.1",
-            "--health-port",
-            str(self.health_port),
-            "--audit-log",
-            str(self.audit_path),
-            *self.extra_args,
-        ]
-
-    def start(self, wait: bool = True) -> OperatorProcess:
+    def start(self, wait: bool = True, timeout: float = 60) -> OperatorProcess:
         ensure_namespace(self.cluster, self.namespace)
         self.starts += 1
-        log = open(self.log_path, "ab")
-        env = self.cluster.env(AGENTCRED_STATUS_INTERVAL="0.5", AGENTCRED_HEALTH_CHECK_INTERVAL="1", **self.extra_env)
-        if self.kubeconfig is not None:
-            env["KUBECONFIG"] = str(self.kubeconfig)
-        self.process = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        log.close()
+        super().start(wait=False)
         if wait:
-            self.wait_ready()
+            self.wait_ready(timeout)
         return self
-
-    @property
-    def api_url(self) -> str:
-        return f"https://127.0.0.1:{self.api_port}"
 
     def ca_file(self) -> str:
         """The CA of the operator's serving certificate (shared by webhook and endpoints), from
@@ -235,23 +180,16 @@ class OperatorProcess:
         path.write_text(bundle.data["ca.crt"])
         return str(path)
 
-    def health(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}{path}", timeout=5) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
-        except OSError as error:
-            return 0, str(error)
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        """Ready as the operator itself reports it on /readyz (indices warm, servers up)."""
+    def wait_ready(self, timeout: float = 60) -> float:
+        """Ready as the operator itself reports it on /readyz, within the test's patience."""
+        started = time.monotonic()
 
         def ready() -> bool:
             self.assert_alive()
             return self.health("/readyz")[0] == 200
 
         wait_for(ready, timeout=timeout, interval=0.2, what="the operator's /readyz")
+        return time.monotonic() - started
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         """The /metrics samples as {(name, sorted labels): value}."""
@@ -268,39 +206,16 @@ class OperatorProcess:
             return []
         return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line.strip()]
 
-    def kill(self) -> None:
-        """SIGKILL: the operator gets no chance to clean up."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
     def pause(self) -> None:
         """SIGSTOP: frozen mid-flight, as a process starved or a VM suspended would be."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGSTOP)
+        self.signal(signal.SIGSTOP)
 
     def resume(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.signal(signal.SIGCONT)
 
     def restart(self) -> None:
         self.stop()
         self.start()
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def assert_alive(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            raise AssertionError(f"the operator exited; its log:\n{self.logs()[-4000:]}")
 
     def audit_text(self) -> str:
         return self.audit_path.read_text(errors="replace") if self.audit_path.exists() else ""

@@ -11,8 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
+from agentcred.devcluster.controlplane import free_port
 from agentcred.platform import pki
-from clusterkit import free_port
 
 
 class MintingService:

@@ -2,7 +2,7 @@
 
 Every call is a POST carrying `Authorization: Bearer <agentcred access token>` for this
 gateway's audience and naming the intent it wants (here in headers: `X-Tool`, `X-Action`,
-`X-Resource`). `agentcred.client.verify.Verifier` checks the token -- RFC 9068 type, signature
+`X-Resource`). `agentcred.verify.Verifier` checks the token -- RFC 9068 type, signature
 from the JWKS, issuer, audience, expiry, revocation, the tenant's namespace -- and whether it
 grants the intent: a narrowed token grants exactly the intents of its `scope`
 (`tool:<t> action:<a> resource:<r>`, every combination) and `authorization_details`
@@ -34,8 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from agentcred.client.verify import TokenRejected, Verifier
-from agentcred.rules.scope import Intent
+from agentcred.verify import Intent, TokenRejected, Verifier
 
 REFRESH_SECONDS = 60
 METADATA_PATH = "/.well-known/oauth-protected-resource"

@@ -8,6 +8,7 @@ import os
 import sys
 
 from . import __version__
+from .api.webhook_configuration import WEBHOOK_MODES
 from .client.commands import cmd_inventory, cmd_leak, cmd_renew, cmd_revoke, cmd_rotate_key, cmd_trace, cmd_verify
 from .devcluster.commands import add_dev_commands
 
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--health-port", type=int, help="port of /healthz, /readyz and /metrics (default 8080)")
     run.add_argument(
         "--webhook-config",
-        choices=["manage", "inject-ca", "none"],
+        choices=list(WEBHOOK_MODES),
         help="manage the MutatingWebhookConfiguration (default), only inject its CA bundle "
         "(the Helm chart owns it), or leave it alone",
     )

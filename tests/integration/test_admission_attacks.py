@@ -19,8 +19,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from agentcred.api import labels, model
-from agentcred.client.verify import TokenRejected, Verifier
 from agentcred.devcluster.install import apply_policy, permissive_policy
+from agentcred.verify import TokenRejected, Verifier
 from agents import (
     audit_lines,
     create_credential,

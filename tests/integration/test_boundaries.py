@@ -19,8 +19,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from agentcred.api import labels
-from agentcred.client.verify import TokenRejected, Verifier
 from agentcred.platform.revocations import served_key
+from agentcred.verify import TokenRejected, Verifier
 from agents import (
     audit_lines,
     claims_of,

@@ -11,9 +11,10 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from agentcred.api import model
+from agentcred.devcluster.controlplane import free_port
 from agentcred.devcluster.install import apply_policy
 from agents import condition, get_credential
-from clusterkit import REPO, Cluster, OperatorProcess, ensure_namespace, free_port, wait_for
+from clusterkit import REPO, Cluster, OperatorProcess, ensure_namespace, wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 from kubernetes import client
 
-from agentcred.client.verify import TokenRejected, Verifier
+from agentcred.verify import TokenRejected, Verifier
 from agents import (
     audit_lines,
     create_credential,

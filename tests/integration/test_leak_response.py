@@ -25,9 +25,9 @@ from kubernetes.client.exceptions import ApiException
 
 from agentcred.api import labels
 from agentcred.api.fingerprints import short
-from agentcred.client.verify import TokenRejected, Verifier
 from agentcred.platform.keys import KeyRing
 from agentcred.platform.revocations import parse_document, served_key
+from agentcred.verify import TokenRejected, Verifier
 from agents import (
     audit_lines,
     claims_of,

@@ -26,8 +26,9 @@ from mcp.client.auth import OAuthTokenError
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+from agentcred.devcluster.controlplane import free_port
 from agents import audit_lines, create_credential, service_account, start_agent
-from clusterkit import REPO, Cluster, OperatorProcess, free_port, wait_for
+from clusterkit import REPO, Cluster, OperatorProcess, wait_for
 from oauth import JWT_BEARER, bound_token, details, exchange, token_request
 
 pytestmark = pytest.mark.cluster

@@ -8,8 +8,9 @@ import sys
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from agentcred.devcluster.controlplane import free_port
 from agents import create_credential, create_pod, service_account
-from clusterkit import OPERATOR_NAMESPACE, Cluster, OperatorProcess, free_port, operator_paused, wait_for
+from clusterkit import OPERATOR_NAMESPACE, Cluster, OperatorProcess, operator_paused, wait_for
 
 pytestmark = pytest.mark.cluster
 

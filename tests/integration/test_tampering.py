@@ -15,8 +15,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from agentcred.api import labels, model
-from agentcred.client.verify import TokenRejected, Verifier
 from agentcred.platform.revocations import served_key
+from agentcred.verify import TokenRejected, Verifier
 from agents import (
     admitted_copy,
     audit_lines,

@@ -13,8 +13,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from agentcred.api import model
-from agentcred.client.verify import TokenRejected, Verifier
 from agentcred.devcluster.install import apply_policy
+from agentcred.verify import TokenRejected, Verifier
 from agents import (
     audit_lines,
     condition,

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from authlib.integrations.requests_client import OAuth2Session
 
-from agentcred.client.verify import TokenRejected, Verifier
 from agentcred.platform.keys import KeyRing, encode_jwt
 from agentcred.rules.scope import Intent
+from agentcred.verify import TokenRejected, Verifier
 from agents import audit_lines, create_credential, read_secret, secret_name_of, service_account, start_agent, value_of
 from clusterkit import INTROSPECTOR, Cluster, OperatorProcess, ensure_namespace, wait_for
 from oauth import (

@@ -20,9 +20,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from agentcred.api import labels
-from agentcred.client.verify import TokenRejected, Verifier
 from agentcred.platform.keys import b64url
 from agentcred.platform.revocations import served_key
+from agentcred.verify import TokenRejected, Verifier
 from agents import (
     admitted_copy,
     create_credential,

@@ -12,9 +12,9 @@ import urllib.request
 import pytest
 
 from agentcred.api import labels
-from agentcred.client.verify import TokenRejected, Verifier
 from agentcred.platform.keys import KeyRing, b64url, b64url_decode, encode_jwt
 from agentcred.rules.scope import Intent
+from agentcred.verify import TokenRejected, Verifier
 from agents import (
     condition,
     create_credential,
@@ -307,7 +307,8 @@ def test_example_tool_gateway_speaks_rfc_6750_and_rfc_9728(
     import threading
     from http.server import ThreadingHTTPServer
 
-    from clusterkit import REPO, free_port
+    from agentcred.devcluster.controlplane import free_port
+    from clusterkit import REPO
 
     spec = importlib.util.spec_from_file_location("gateway", REPO / "examples" / "tool-gateway" / "gateway.py")
     gateway = importlib.util.module_from_spec(spec)

@@ -10,13 +10,13 @@ from pydantic import ValidationError
 
 from agentcred.api import labels
 from agentcred.api.model import AgentCredentialSpec
-from agentcred.client.verify import TokenRejected, Verifier
 from agentcred.platform.keys import KeyRing, b64url, encode_jwt
 from agentcred.rules.admission import Refusal, admit
 from agentcred.rules.credentials import credential_record
 from agentcred.runtime.tokens.callers import NotAuthenticated, reviewed_identity
 from agentcred.sources.base import SourceUnavailable
 from agentcred.sources.minting_service import _parse_reply
+from agentcred.verify import TokenRejected, Verifier
 from samples import credential, spec
 
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=30))

@@ -33,6 +33,7 @@ from agentcred.runtime.leaks.tracer import Tracer
 from agentcred.runtime.replicas.keyring import plan_keyring
 from agentcred.runtime.store import ProjectionStore
 from samples import EXCEPTION, STATIC_SOURCE, credential
+from support.views import FixedView
 
 NOW = dt.datetime(2026, 11, 28, 12, tzinfo=dt.timezone.utc)
 ISSUER = "https://agentcred.test"
@@ -204,8 +205,7 @@ class World:
             fingerprints=self.fingerprints,
             store=self.store,
             revocations=self.revocations,
-            pod=lambda key: None,
-            credential=lambda namespace, name: records.get(name),
+            view=FixedView(records=records),
         )
 
     def minted(self, uid: str, token_id: str, iat: dt.datetime, exchanged: bool = False) -> str:

@@ -24,7 +24,9 @@ from agentcred.rules.credentials import credential_record
 from agentcred.rules.seal import Bookkeeping
 from agentcred.runtime.audit import AuditTrail
 from agentcred.runtime.events import EventRecorder
+from agentcred.runtime.projection.bindings import BindingOwners
 from agentcred.runtime.projection.handover import Handover
+from agentcred.runtime.projection.pod_checks import PodChecks
 from agentcred.runtime.projection.reconciler import Reconciler
 from agentcred.runtime.projection.revoker import RevokeOrder, Revoker
 from agentcred.runtime.scheduler import Scheduler
@@ -34,6 +36,7 @@ from agentcred.runtime.store import ProjectionStore
 from agentcred.sources.base import Sources
 from agentcred.sources.jwt import JwtSource
 from samples import credential
+from support.views import FixedView
 
 NS, BINDING = "agents", "0123456789abcdef"
 KEY = f"{NS}/{BINDING}"
@@ -143,11 +146,11 @@ class Parts:
         self.audit = AuditTrail(str(self.audit_path))
         self.events = EventRecorder(self.kube)
         self.book, self.store, self.revocations = StatusBook(), ProjectionStore(), RevocationList()
-        self.records = {"research-llm": record()}
         self.pod = pod
+        self.view = FixedView(records={"research-llm": record()}, pod_lookup=lambda key: self.pod)
         ring = KeyRing.generate(utcnow())
         self.sources = Sources(JwtSource(lambda: ring, "https://issuer"))
-        self.revoker = Revoker(self.audit, self.sources, self.book, self.events, self.credential, self.revocations)
+        self.revoker = Revoker(self.audit, self.sources, self.book, self.events, self.view, self.revocations)
         self.scheduler = Scheduler(self._scheduled)
         self.reconciler = Reconciler(
             self.kube,
@@ -158,19 +161,16 @@ class Parts:
             self.audit,
             self.events,
             self.book,
-            credential=self.credential,
-            pod=lambda key: self.pod,
-            leading=lambda: True,
+            view=self.view,
+            bindings=BindingOwners(self.store),
+            checks=PodChecks(self.kube, self.audit, self.events, self.view),  # type: ignore[arg-type]
             bookkeeping=Bookkeeping(lambda: ring),
             revocations=self.revocations,
         )
         self.reconciler.loaded.set()
 
-    def credential(self, namespace: str, name: str):
-        return self.records.get(name)
-
-    async def _scheduled(self, key: Any) -> None:
-        await self.reconciler.reconcile(key[1])
+    async def _scheduled(self, due: Any) -> None:
+        await self.reconciler.reconcile(due.key)
 
     def audit_lines(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.audit_path.read_text().splitlines()]
@@ -270,15 +270,7 @@ def test_a_stale_picture_is_read_again_and_planned_anew(tmp_path: Path) -> None:
 
 def test_status_is_written_once_per_change(tmp_path: Path) -> None:
     parts = Parts(tmp_path, task())
-    writer = StatusWriter(
-        parts.kube,
-        parts.book,
-        parts.store,
-        parts.events,
-        parts.revocations,
-        credential=parts.credential,
-        leading=lambda: True,
-    )
+    writer = StatusWriter(parts.kube, parts.book, parts.store, parts.events, parts.revocations, parts.view)
     asyncio.run(parts.reconciler.reconcile(KEY))
     asyncio.run(writer.flush())
     status = parts.kube.statuses[(NS, "research-llm")]
@@ -323,12 +315,10 @@ def test_a_new_leader_records_what_the_garbage_collector_already_removed(tmp_pat
 
 
 def test_unadmitted_pods_a_follower_saw_are_flagged_once_it_leads(tmp_path: Path) -> None:
-    from agentcred.runtime.projection.pod_checks import PodChecks
-
-    leading = False
+    view = FixedView(lead=False)
     audit_path = tmp_path / "audit.log"
     events = EventRecorder(None)  # type: ignore[arg-type]  # only its queue is used here
-    checks = PodChecks(None, AuditTrail(str(audit_path)), events, lambda: leading)  # type: ignore[arg-type]
+    checks = PodChecks(None, AuditTrail(str(audit_path)), events, view)  # type: ignore[arg-type]
 
     def pod(uid: str) -> dict:
         meta = {"namespace": NS, "name": f"early-{uid}", "uid": uid, "labels": {labels.INJECT_LABEL: "true"}}
@@ -338,7 +328,7 @@ def test_unadmitted_pods_a_follower_saw_are_flagged_once_it_leads(tmp_path: Path
     checks.flag_unadmitted(pod("u2"))
     checks.gone("u2")  # deleted before this replica led
     assert events._queue.qsize() == 0 and not audit_path.read_text()
-    leading = True
+    view.lead = True
     assert checks.flag_pending() == 1
     checks.flag_unadmitted(pod("u1"))  # seen again: told once only
     assert events._queue.qsize() == 1

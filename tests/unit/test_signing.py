@@ -7,9 +7,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from agentcred.client.verify import revocation_list
 from agentcred.platform.keys import KeyRing, NotOurs, b64url_decode, decode_own, encode_jwt, thumbprint
 from agentcred.platform.revocations import ALL_CREDENTIALS, EXPIRY_SKEW, RevocationList, served_key
+from agentcred.verify import revocation_list
 
 NOW = dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc)
 

@@ -8,8 +8,7 @@ import datetime as dt
 import pytest
 
 from agentcred.api.pods import PodTask
-from agentcred.api.projection import IssuedValue, Subject
-from agentcred.client.verify import TokenRejected, Verifier, revocation_list
+from agentcred.api.projection import IssuedValue, ProjectionState, Subject
 from agentcred.platform.keys import KeyRing, encode_jwt
 from agentcred.platform.revocations import (
     EXPIRY_SKEW,
@@ -20,6 +19,8 @@ from agentcred.platform.revocations import (
 )
 from agentcred.runtime.projection.bindings import BindingOwners
 from agentcred.runtime.projection.revoker import RevokeOrder, Revoker
+from agentcred.runtime.store import ProjectionStore
+from agentcred.verify import TokenRejected, Verifier, revocation_list
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -32,7 +33,7 @@ def _pod(uid: str, created: dt.datetime, binding: str = "0123456789abcdef") -> P
 
 
 def test_a_binding_belongs_to_the_first_pod_even_once_it_is_gone() -> None:
-    owners = BindingOwners()
+    owners = BindingOwners(ProjectionStore())
     original, copy = _pod("a", T0), _pod("b", T0 + dt.timedelta(seconds=5))
     owners.note(original)
     assert owners.owns(original) and not owners.owns(copy)
@@ -41,7 +42,7 @@ def test_a_binding_belongs_to_the_first_pod_even_once_it_is_gone() -> None:
 
 
 def test_of_two_pods_created_in_one_second_the_first_seen_owns_it() -> None:
-    owners = BindingOwners()
+    owners = BindingOwners(ProjectionStore())
     original, copy = _pod("z", T0), _pod("a", T0)  # the copy's UID sorts first
     owners.note(original)
     assert not owners.owns(copy) and owners.owns(original)
@@ -49,7 +50,7 @@ def test_of_two_pods_created_in_one_second_the_first_seen_owns_it() -> None:
 
 def test_a_pod_created_earlier_but_seen_later_owns_it() -> None:
     """Listing at start-up delivers pods by name, not by age."""
-    owners = BindingOwners()
+    owners = BindingOwners(ProjectionStore())
     copy, original = _pod("b", T0 + dt.timedelta(seconds=3)), _pod("a", T0)
     owners.note(copy)
     owners.note(original)
@@ -57,7 +58,7 @@ def test_a_pod_created_earlier_but_seen_later_owns_it() -> None:
 
 
 def test_the_memory_is_bounded() -> None:
-    owners = BindingOwners(limit=100)
+    owners = BindingOwners(ProjectionStore(), limit=100)
     for i in range(1000):
         owners.note(_pod(str(i), T0, binding=f"{i:016x}"))
     assert len(owners._owners) <= 100
@@ -136,7 +137,9 @@ def test_the_owner_a_sealed_secret_names_wins_over_a_listing() -> None:
     """After a restart, two pods created in one second arrive in name order: the copy first.
     Where the binding's Secret is known, the pod it names owns the binding."""
     original, copy = _pod("z", T0), _pod("a", T0)
-    owners = BindingOwners(sealed=lambda key: "z")
+    store = ProjectionStore()
+    store.put(ProjectionState("agents", original.binding, original.name, "z", None))
+    owners = BindingOwners(store)
     owners.note(copy)
     owners.note(original)
     assert owners.owns(original) and not owners.owns(copy)

@@ -80,7 +80,7 @@ def openapi_schema(root: type[model.Model] = model.AgentCredentialRoot) -> dict[
     schema = _structural(raw, raw.get("$defs", {}))
     schema.pop("$defs", None)
     schema["properties"]["metadata"] = {"type": "object"}
-    return schema
+    return dict(schema)
 
 
 def _definition(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -265,7 +265,7 @@ def with_values(state: ProjectionState, values: dict[str, IssuedValue]) -> Proje
     return replace(state, values={**state.values, **values})
 
 
-def without(state: ProjectionState, revoked: dict[str, str]) -> ProjectionState:
+def without(state: ProjectionState, revoked: Mapping[str, str]) -> ProjectionState:
     return replace(
         state, values={k: v for k, v in state.values.items() if k not in revoked}, revoked={**state.revoked, **revoked}
     )

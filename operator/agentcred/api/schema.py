@@ -5,6 +5,7 @@ and patterns the API server enforces, and CEL rules. Every constraint here reach
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
@@ -18,7 +19,9 @@ SourceKind = Literal["jwt", "secretRef", "webhook"]
 JwtAlgorithm = Literal["EdDSA", "ES256", "RS256"]
 OnLeak = Literal["reissue", "quarantine"]
 
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# A DNS-1123 label (a namespace's or a ServiceAccount's name, say): the one spelling of the rule.
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+DNS_LABEL_RE = re.compile(DNS_LABEL)
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
 # Absolute, no "." or ".." segments, no hidden names, nothing the kubelet would reject.

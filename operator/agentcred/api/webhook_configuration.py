@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from . import labels
 
@@ -16,6 +16,16 @@ DEFAULT_CONFIGURATION_NAME = "agentcred.dev"
 HANDLER_ID = "agentcred-inject"
 TIMEOUT_SECONDS = 5
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+# How the operator treats the MutatingWebhookConfiguration: "manage" creates and owns it;
+# "inject-ca" only keeps the caBundle of the one the chart installed up to date; "none" leaves it.
+WebhookMode = Literal["manage", "inject-ca", "none"]
+WEBHOOK_MODES: tuple[WebhookMode, ...] = ("manage", "inject-ca", "none")
+# The serving certificate: "managed" (made, shared and renewed by the replicas) or "external"
+# (issued into the Secret by cert-manager or another issuer: only read).
+CertificateMode = Literal["managed", "external"]
+CERTIFICATE_MODES: tuple[CertificateMode, ...] = ("managed", "external")
 
 
 def configuration(

@@ -4,19 +4,34 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass
+from typing import TypeVar
 
 import kopf
 
 from ..api import labels, model
-from ..api.webhook_configuration import skipped_namespaces
+from ..api.schema import DNS_LABEL_RE
+from ..api.webhook_configuration import (
+    CERTIFICATE_MODES,
+    WEBHOOK_MODES,
+    CertificateMode,
+    WebhookMode,
+    skipped_namespaces,
+)
 
-NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+Mode = TypeVar("Mode", bound=str)
 
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"AGENTCRED_{name}", default)
+
+
+def _one_of(name: str, choices: tuple[Mode, ...], default: Mode) -> Mode:
+    value = _env(name, default)
+    for choice in choices:
+        if value == choice:
+            return choice
+    raise ValueError(f"AGENTCRED_{name}={value!r}: use one of {', '.join(choices)}")
 
 
 @dataclass(frozen=True)
@@ -27,14 +42,11 @@ class OperatorConfig:
     issuer: str = ""  # `iss` of minted tokens; defaults to the Service's URL
     webhook_address: str = "0.0.0.0"
     webhook_port: int = 9443
-    # The MutatingWebhookConfiguration: "manage" creates and owns it (reached at webhook_url
-    # if set, else through the Service); "inject-ca" only keeps the caBundle of the one the
-    # Helm chart installed up to date; "none" leaves it alone.
+    # The MutatingWebhookConfiguration: managed (reached at webhook_url if set, else through
+    # the Service), its caBundle injected, or left alone (api.webhook_configuration.WebhookMode).
     webhook_url: str | None = None
-    webhook_config: str = "manage"
-    # The serving certificate: "managed" (made, shared and renewed by the replicas) or
-    # "external" (issued into the Secret by cert-manager or another issuer: only read).
-    serving_certificate: str = "managed"
+    webhook_config: WebhookMode = "manage"
+    serving_certificate: CertificateMode = "managed"
     webhook_configuration: str = "agentcred.dev"  # the MutatingWebhookConfiguration's name
     api_address: str = "0.0.0.0"
     api_port: int = 8443  # the token service, JWKS, revocation list
@@ -104,8 +116,8 @@ class OperatorConfig:
             webhook_address=_env("WEBHOOK_ADDRESS", cls.webhook_address),
             webhook_port=int(_env("WEBHOOK_PORT", str(cls.webhook_port))),
             webhook_url=_env("WEBHOOK_URL", "") or None,
-            webhook_config=_env("WEBHOOK_CONFIG", cls.webhook_config),
-            serving_certificate=_env("SERVING_CERTIFICATE", cls.serving_certificate),
+            webhook_config=_one_of("WEBHOOK_CONFIG", WEBHOOK_MODES, cls.webhook_config),
+            serving_certificate=_one_of("SERVING_CERTIFICATE", CERTIFICATE_MODES, cls.serving_certificate),
             webhook_configuration=_env("WEBHOOK_CONFIGURATION", cls.webhook_configuration),
             api_address=_env("API_ADDRESS", cls.api_address),
             api_port=int(_env("API_PORT", str(cls.api_port))),
@@ -136,7 +148,7 @@ def parse_namespaces(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     for name in (n.strip() for n in names):
         if not name:
             continue
-        if not NAMESPACE_NAME.fullmatch(name):
+        if not DNS_LABEL_RE.fullmatch(name):
             raise ValueError(f"not a namespace name: {name!r} (lowercase letters, digits and '-', at most 63)")
         if name not in found:
             found.append(name)

@@ -10,20 +10,18 @@ the admission webhook is the operator's own endpoint too (runtime.admission_webh
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any, cast
+from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
 from ..api import labels, model
-from ..api.pods import PodTask, pod_task
 from ..api.policy_model import AgentCredentialPolicySpec, parse_policy_spec
-from ..rules import seal
 from ..rules.credentials import CredentialRecord, SharedSecret, credential_record, shared_secret
 from ..rules.verdicts import describe_validation_error
-from .operator import Indices, Operator, first
+from .cluster_view import Indices, first
+from .operator import Operator
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +44,13 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
     @kopf.on.startup(id="startup", registry=registry)  # type: ignore[arg-type]
     async def startup(
         settings: kopf.OperatorSettings,
-        credential_index: kopf.Index,
-        policy_index: kopf.Index,
-        namespace_index: kopf.Index,
-        shared_secret_index: kopf.Index,
+        credential_index: kopf.Index[Any, Any],
+        policy_index: kopf.Index[Any, Any],
+        namespace_index: kopf.Index[Any, Any],
+        shared_secret_index: kopf.Index[Any, Any],
         **_: Any,
     ) -> None:
-        await operator.start(
-            settings,
-            Indices(credential_index, policy_index, namespace_index, shared_secret_index),
-            pod_event=lambda type, body, task: pod_event(type, kopf.Body(cast(kopf.RawBody, body)), task),
-            admitted=lambda body, deleted: _admitted(operator, body, deleted),
-        )
+        await operator.start(settings, Indices(credential_index, policy_index, namespace_index, shared_secret_index))
 
     @kopf.on.cleanup(id="cleanup", registry=registry)
     async def cleanup(**_: Any) -> None:
@@ -94,27 +87,6 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
         # Metadata and key names only: the value is read when it is copied, never kept here.
         return {(body.metadata.namespace or "", body.metadata.name): shared_secret(dict(body))}
 
-    # -- pods -----------------------------------------------------------------------------
-
-    async def pod_event(type: str | None, body: kopf.Body, task: PodTask | None) -> None:
-        # `task`: the pod's, if the webhook admitted it as it stands (see `_admitted`).
-        if task is None:
-            found = pod_task(dict(body))
-            ours = found is None or not seal.foreign(found, operator.current_keyring().mac_keys("admission"))
-            if type != "DELETED" and ours:
-                operator.reconciler.checks.flag_unadmitted(dict(body))
-            elif type == "DELETED":
-                operator.reconciler.checks.gone(body.metadata.uid or "")
-            return
-        if operator.leading():
-            if type == "DELETED" and not body.metadata.get("deletionTimestamp"):
-                # Deleted at once, or it lost the opt-in label (the watch is label-selected):
-                # only the API server can tell which.
-                task = await operator.reconciler.checks.still_there(task)
-            await operator.reconciler.reconcile(task.key, task)
-        elif task.end_reason:
-            operator.handover.note_ended(task)
-
     @kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", id="crd_event", registry=registry)
     async def crd_event(**_: Any) -> None:
         # Only our CRD is watched (a field selector). Kopf calls no handler before every
@@ -124,62 +96,29 @@ def registry_for(operator: Operator) -> kopf.OperatorRegistry:
     # -- AgentCredentials and what surrounds them -------------------------------------------
 
     @kopf.on.event(model.GROUP, model.VERSION, model.PLURAL, id="credential_event", registry=registry)  # type: ignore[arg-type]
-    async def credential_event(type: str, body: kopf.Body, credential_index: kopf.Index, **_: Any) -> None:
+    async def credential_event(type: str, body: kopf.Body, credential_index: kopf.Index[Any, Any], **_: Any) -> None:
         if type == "DELETED":
             return
         # The index parsed this very event's body a moment ago.
         record = first(credential_index, (body.metadata.namespace, body.metadata.name)) or credential_record(dict(body))
-        if record.deleting:
-            count = await operator.credentials.finalize(record)
-            if count is not None:
-                log.info("revoked %d value(s) of %s/%s before its deletion", count, record.namespace, record.name)
-            return
-        operator.minting_health.seen(record)
-        await operator.credentials.changed(record)
-        await operator.credentials.hold(record)
-        for annotation, act in (
-            (labels.REVOKE_ANNOTATION, operator.requests.revoke),
-            (labels.RENEW_ANNOTATION, operator.requests.renew),
-        ):
-            request = _request(body, annotation)
-            if request is not None:
-                await act(record, request)
+        await operator.running().lifecycle.seen(record, body.metadata.annotations)
 
     @kopf.on.event(model.GROUP, model.VERSION, model.POLICY_PLURAL, id="policy_event", registry=registry)
     async def policy_event(**_: Any) -> None:
-        await operator.credentials.surroundings_changed(operator.raw_credentials())
+        await _surroundings_changed(operator, None)
 
     @kopf.on.event("v1", "namespaces", id="namespace_event", registry=registry)
     async def namespace_event(body: kopf.Body, **_: Any) -> None:
-        await operator.credentials.surroundings_changed(operator.raw_credentials(body.metadata.name))
+        await _surroundings_changed(operator, body.metadata.name)
 
     @kopf.on.event("v1", "secrets", labels=SHARED_FILTER, id="shared_secret_event", registry=registry)
     async def shared_secret_event(body: kopf.Body, **_: Any) -> None:
-        await operator.credentials.surroundings_changed(operator.raw_credentials(body.metadata.namespace))
+        await _surroundings_changed(operator, body.metadata.namespace)
 
     return registry
 
 
-def _admitted(operator: Operator, body: dict[str, Any], deleted: bool = False) -> PodTask | None:
-    """The pod's task if the webhook admitted it as it stands (its seal holds), else None."""
-    task = pod_task(body, deleted=deleted)
-    keys = operator.current_keyring().mac_keys("admission")
-    if task is None or not seal.admitted(task, keys):
-        return None
-    operator.bindings.note(task)  # in watch order: of two pods created in one second, the first seen
-    return task
-
-
-def _request(body: kopf.Body, annotation: str) -> dict[str, Any] | None:
-    """A request (`agentcred revoke` / `renew`) recorded on the credential, if well-formed."""
-    text = body.metadata.annotations.get(annotation)
-    if not text:
-        return None
-    try:
-        parsed = json.loads(text)
-    except (ValueError, RecursionError):  # a tenant writes this annotation: nested too deep is malformed too
-        log.warning(
-            "ignoring malformed %s annotation on %s/%s", annotation, body.metadata.namespace, body.metadata.name
-        )
-        return None
-    return parsed if isinstance(parsed, dict) else None
+async def _surroundings_changed(operator: Operator, namespace: str | None) -> None:
+    """A policy (every namespace), a namespace's labels or a shared Secret (one namespace) changed."""
+    parts = operator.running()
+    await parts.lifecycle.surroundings_changed(parts.view.credentials(namespace))

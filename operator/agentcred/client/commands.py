@@ -26,7 +26,9 @@ def object_namespace(args: argparse.Namespace) -> str:
     return str(chosen["context"].get("namespace") or "default")
 
 
-def _ask_operator(args: argparse.Namespace, ask: Callable[..., dict], **fields: Any) -> tuple[int, dict, str]:
+def _ask_operator(
+    args: argparse.Namespace, ask: Callable[..., dict[str, Any]], **fields: Any
+) -> tuple[int, dict[str, Any], str]:
     """Send a request about one AgentCredential and wait for the operator's answer."""
     from kubernetes.client.exceptions import ApiException
 

@@ -199,7 +199,8 @@ def metadata_list(list_call: Any, **selectors: str) -> Iterator[dict[str, Any]]:
         if token:
             kwargs["_continue"] = token
         response = list_call(_headers={"Accept": METADATA_ONLY}, _preload_content=False, **kwargs)
-        return json.loads(response.data)
+        page: dict[str, Any] = json.loads(response.data)
+        return page
 
     return _pages(fetch)
 
@@ -212,9 +213,12 @@ def read_cluster(
 
     def credentials_page(token: str | None) -> dict[str, Any]:
         kwargs = {"limit": PAGE, **({"_continue": token} if token else {})}
-        if namespace:
-            return custom.list_namespaced_custom_object(model.GROUP, model.VERSION, namespace, model.PLURAL, **kwargs)
-        return custom.list_cluster_custom_object(model.GROUP, model.VERSION, model.PLURAL, **kwargs)
+        page: dict[str, Any] = (
+            custom.list_namespaced_custom_object(model.GROUP, model.VERSION, namespace, model.PLURAL, **kwargs)
+            if namespace
+            else custom.list_cluster_custom_object(model.GROUP, model.VERSION, model.PLURAL, **kwargs)
+        )
+        return page
 
     credentials = list(_pages(credentials_page))
     core = client.CoreV1Api(api_client)

@@ -1,4 +1,4 @@
-"""Verify agentcred tokens: what gateways and MCP servers run (`agentcred.verify`).
+"""Verify agentcred tokens: the implementation behind the public `agentcred.verify`.
 
 Checks, in order, each with its own refusal reason: structure, type (`at+jwt`, RFC 9068 --
 no other kind of JWT passes for an access token), algorithm (EdDSA, ES256 or RS256; `none`

@@ -161,7 +161,7 @@ def cmd_dev_kubelet(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_dev_commands(commands: argparse._SubParsersAction) -> None:
+def add_dev_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dev = commands.add_parser("dev", help="a local control plane for development").add_subparsers(
         dest="dev_command", required=True
     )

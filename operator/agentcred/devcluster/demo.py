@@ -20,7 +20,6 @@ import os
 import shutil
 import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,9 +35,10 @@ from ..api import labels
 from ..api.model import GROUP, PLURAL, VERSION
 from .binaries import cache_root, ensure_binaries
 from .commands import DEFAULT_COMPLETE_AFTER, start_kubelet
-from .controlplane import ControlPlane, free_port
+from .controlplane import ControlPlane
 from .install import install_agentcred
 from .kubelet import FakeKubelet
+from .local_operator import LocalOperator
 from .polling import wait_for
 
 EXAMPLE = "quickstart.yaml"
@@ -101,50 +101,17 @@ def run_demo(keep: bool = False) -> int:
 def _run(plane: ControlPlane, workdir: Path, keep: bool) -> dict[str, int]:
     """The story; with `keep`, the operator and a kubelet stand-in are left running, detached
     (their pids returned)."""
-    audit_log = workdir / "audit.log"
     _say(f"local control plane up at {plane.server} (kubeconfig {plane.kubeconfig})")
     api = config.new_client_from_config(config_file=str(plane.kubeconfig))
     core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
     install_agentcred(api)
 
-    port, api_port = free_port(), free_port()
-    issuer = f"https://127.0.0.1:{api_port}"
-    env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
-    operator_log = open(workdir / "operator.log", "wb")
-    operator = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agentcred",
-            "run",
-            "--standalone",
-            "--namespace",
-            "agentcred",
-            "--webhook-address",
-            "127.0.0.1",
-            "--webhook-port",
-            str(port),
-            "--webhook-url",
-            f"https://127.0.0.1:{port}",
-            "--api-address",
-            "127.0.0.1",
-            "--api-port",
-            str(api_port),
-            "--issuer",
-            issuer,
-            "--audit-log",
-            str(audit_log),
-        ],
-        stdout=operator_log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=keep,  # kept: it outlives this process, and `dev down` stops its group
-    )
+    operator = LocalOperator(plane.kubeconfig, workdir, detached=keep).start(wait=False)
     kubelet = FakeKubelet(api).start()
     kept: dict[str, int] = {}
     try:
-        wait_for(timeout=60, what="the operator's webhook", predicate=lambda: _webhook_listening(port))
-        _say(f"operator running (pid {operator.pid}); its webhook is registered for opted-in pods")
+        wait_for(timeout=60, what="the operator's webhook", predicate=lambda: _webhook_listening(operator.webhook_port))
+        _say(f"operator running (pid {operator.pid()}); its webhook is registered for opted-in pods")
 
         _say(f"applying examples/{EXAMPLE}: namespace, ServiceAccount, AgentCredential, agent Job")
         custom = client.CustomObjectsApi(api)
@@ -189,7 +156,7 @@ def _run(plane: ControlPlane, workdir: Path, keep: bool) -> dict[str, int]:
         for name, value in claims.items():
             print(f"    {name:<10} {json.dumps(value, separators=(', ', ': '))}")
 
-        _narrow(core, pod, issuer, workdir)
+        _narrow(core, pod, operator.api_url, workdir)
 
         _say("the agent finishes: its Job completes")
         started = time.monotonic()
@@ -217,10 +184,10 @@ def _run(plane: ControlPlane, workdir: Path, keep: bool) -> dict[str, int]:
 
         _say("the audit log: one line per issue and revoke, a fingerprint, never the value")
         time.sleep(0.5)
-        for line in audit_log.read_text().splitlines():
+        for line in operator.audit_path.read_text().splitlines():
             print("  " + line)
         if keep:
-            kept = {"operator": operator.pid}
+            kept = {"operator": operator.pid()}
         else:
             _say("done: stopping the operator, the kubelet stand-in and the control plane")
         return kept
@@ -230,12 +197,7 @@ def _run(plane: ControlPlane, workdir: Path, keep: bool) -> dict[str, int]:
             # The stand-in goes on as its own process, so Jobs applied now run and complete too.
             kept["kubelet"] = start_kubelet(workdir, str(plane.kubeconfig), DEFAULT_COMPLETE_AFTER)
         else:
-            operator.terminate()
-            try:
-                operator.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                operator.kill()
-        operator_log.close()
+            operator.stop(timeout=15)
 
 
 def _narrow(core: client.CoreV1Api, pod: client.V1Pod, issuer: str, workdir: Path) -> None:

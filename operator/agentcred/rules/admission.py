@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import re
 import secrets
 from collections.abc import Callable
 from typing import Any
 
 from ..api import labels
 from ..api.pods import pod_task
+from ..api.schema import DNS_LABEL_RE
 from . import seal
 from .credentials import CredentialRecord
 
 MAX_CREDENTIALS_PER_POD = 16
 MAX_ANNOTATION_LENGTH = 2048
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DEFAULT_FILE_MODE = 0o444
 
 Lookup = Callable[[str], CredentialRecord | None]
@@ -49,7 +48,7 @@ def parse_credentials_annotation(text: str | None) -> list[str]:
     names: list[str] = []
     for part in text.split(","):
         name = part.strip()
-        if not _NAME.fullmatch(name):
+        if not DNS_LABEL_RE.fullmatch(name):
             shown = name if len(name) <= 80 else name[:80] + "..."
             raise Refusal(
                 f"annotation {labels.CREDENTIALS_ANNOTATION} has an invalid credential name {shown!r}: "

@@ -11,13 +11,14 @@ import dataclasses
 import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
 from ..api import labels
 from ..api.model import AgentCredentialSpec, parse_spec
 from ..api.policy_model import AgentCredentialPolicySpec
+from ..api.reasons import SourceReason
 from . import tenancy
 from .verdicts import Verdict, describe_validation_error, judge
 
@@ -134,7 +135,12 @@ def shared_secret(body: dict[str, Any]) -> SharedSecret:
     )
 
 
-def upstream_problem(record: CredentialRecord, found: SharedSecret | None) -> Verdict | None:
+class SourceProblem(NamedTuple):
+    reason: SourceReason
+    message: str
+
+
+def upstream_problem(record: CredentialRecord, found: SharedSecret | None) -> SourceProblem | None:
     """Why a static credential's upstream Secret cannot be copied, or None."""
     spec = record.spec
     if spec is None or spec.source.secret_ref is None:
@@ -142,21 +148,20 @@ def upstream_problem(record: CredentialRecord, found: SharedSecret | None) -> Ve
     ref = spec.source.secret_ref
     where = f"Secret {ref.name} in namespace {record.namespace}"
     if found is None or not found.allows(record.name, ref.key):
-        return Verdict(
-            False,
+        return SourceProblem(
             "UpstreamNotShared",
             f"{where} does not exist or does not share key {ref.key} with AgentCredential {record.name}: "
             f"its owner labels it {labels.SHARED_LABEL}=true and annotates it "
             f"{labels.SHARED_WITH_ANNOTATION}: {record.name}/{ref.key}",
         )
     if ref.key not in found.keys:
-        return Verdict(False, "UpstreamKeyMissing", f"{where} has no key {ref.key}")
+        return SourceProblem("UpstreamKeyMissing", f"{where} has no key {ref.key}")
     return None
 
 
 # A minting service failing its health check: no new pod is admitted for the credential, but
 # the values pods already hold stay (they are still good at the service) until they expire.
-UNHEALTHY = "MintingServiceUnhealthy"
+UNHEALTHY: SourceReason = "MintingServiceUnhealthy"
 
 
 class Gatekeeper:
@@ -175,7 +180,7 @@ class Gatekeeper:
         policies: Callable[[], Mapping[str, AgentCredentialPolicySpec]],
         namespace_labels: Callable[[str], Mapping[str, str] | None],
         shared: Callable[[str, str], SharedSecret | None],
-        source_health: Callable[[str, str], tuple[str, str] | None] = lambda namespace, name: None,
+        source_health: Callable[[str, str], SourceProblem | None] = lambda namespace, name: None,
     ) -> None:
         self._policies, self._namespace_labels, self._shared = policies, namespace_labels, shared
         self._source_health = source_health
@@ -190,9 +195,9 @@ class Gatekeeper:
         ref, webhook = record.spec.source.secret_ref, record.spec.source.webhook
         problem = upstream_problem(record, self._shared(record.namespace, ref.name) if ref else None)
         if problem is None and webhook is not None and webhook.health_check:
-            unhealthy = self._source_health(record.namespace, record.name)
-            problem = Verdict(False, *unhealthy) if unhealthy else None
-        return dataclasses.replace(record, blocked=problem, allowed_by=decision.policy)
+            problem = self._source_health(record.namespace, record.name)
+        blocked = Verdict(False, problem.reason, problem.message) if problem else None
+        return dataclasses.replace(record, blocked=blocked, allowed_by=decision.policy)
 
     def _decision(self, record: CredentialRecord, spec: AgentCredentialSpec) -> tenancy.PolicyVerdict:
         """tenancy.judge, or the decision it made from the very same spec, labels and policies."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..api.pods import PodTask
 from ..api.projection import IssuedValue, ProjectionState
+from ..api.reasons import ProblemReason, RevocationReason
 from .credentials import UNHEALTHY, CredentialRecord
 
 
@@ -31,7 +32,7 @@ class Issue:
 @dataclass(frozen=True)
 class Revoke:
     credential: str
-    reason: str
+    reason: RevocationReason
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class Problem:
     """Why a credential cannot be issued to this pod right now (it stays gated)."""
 
     credential: str
-    reason: str
+    reason: ProblemReason
     message: str
 
 
@@ -66,7 +67,7 @@ def exception_end(record: CredentialRecord) -> dt.datetime | None:
     return dt.datetime(day_after.year, day_after.month, day_after.day, tzinfo=dt.timezone.utc)
 
 
-def _revocation_reason(task: PodTask, record: CredentialRecord | None, today: dt.date) -> str | None:
+def _revocation_reason(task: PodTask, record: CredentialRecord | None, today: dt.date) -> RevocationReason | None:
     """Why a live value must go although its task goes on, or None."""
     if record is None:
         return "credential-deleted"
@@ -127,7 +128,7 @@ def plan(
     if task is None or task.end_reason:
         if state is None or (task is None and not state.values and "opted-out" in state.revoked.values()):
             return Plan()  # nothing live; a tombstone stays until the garbage collector takes it
-        ending: str = (task.end_reason if task else None) or "orphaned"
+        ending: RevocationReason = (task.end_reason if task else None) or "orphaned"
         return Plan(revoke=tuple(Revoke(name, ending) for name in state.values), delete_secret=True)
 
     live = dict(state.values) if state else {}
@@ -153,7 +154,9 @@ def plan(
                 problems.append(Problem(name, "Revoked", f"credential {name} was revoked for this pod"))
             continue
         if value is not None:
-            reason = "barred" if name in barred else _revocation_reason(task, record, now.date())
+            reason: RevocationReason | None = (
+                "barred" if name in barred else _revocation_reason(task, record, now.date())
+            )
             if reason is None and record is not None and record.spec is not None:
                 spec = record.spec
                 lifetime_end = started + spec.max_lifetime_delta

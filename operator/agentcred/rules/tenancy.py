@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from ..api.durations import parse_duration
 from ..api.model import AgentCredentialSpec
 from ..api.policy_model import AgentCredentialPolicySpec, LabelSelector
+from ..api.reasons import PolicyReason
 
 MAX_REASONS = 4
 NAMESPACE_PLACEHOLDER = "${namespace}"
@@ -28,7 +29,7 @@ NAMESPACE_PLACEHOLDER = "${namespace}"
 class PolicyVerdict:
     allowed: bool
     policy: str | None  # the policy that allows it
-    reason: str  # NoPolicy | PolicyDenied | Allowed
+    reason: PolicyReason
     message: str
 
 

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from ..api.durations import parse_duration
 from ..api.model import AgentCredentialSpec, SourceKind, parse_spec
+from ..api.reasons import ReadyReason
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class Verdict:
     """The outcome for the Ready condition and the spec-derived status fields."""
 
     ready: bool
-    reason: str
+    reason: ReadyReason
     message: str
     spec: AgentCredentialSpec | None = None
     review_due: dt.date | None = None

@@ -14,15 +14,16 @@ import json
 import sys
 import threading
 from collections.abc import Iterator
-from typing import Any, Literal, TextIO
+from typing import Any, TextIO
 
 from ..api.projection import IssuedValue, Subject
+from ..api.reasons import AuditAction
 from ..api.times import format_time, utcnow
 from ..platform import metrics
 from ..platform.kube import status_of
 from ..rules.credentials import CredentialRecord
 
-Action = Literal["issue", "renew", "revoke", "deny", "exchange", "revoke-token", "void", "leak", "trace"]
+Action = AuditAction
 Entry = dict[str, Any]
 
 

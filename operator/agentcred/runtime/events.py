@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..api.reasons import EventReason
 from ..api.times import format_time, utcnow
 from ..platform.kube import Kube
 
@@ -52,12 +53,19 @@ def event_body(event: PendingEvent, now: dt.datetime) -> dict[str, Any]:
 
 
 class EventRecorder:
+    """Posts Events from a bounded queue, on its own loop: a flood never blocks the caller."""
+
+    name = "event poster"
+    needs_leader = False
+
     def __init__(self, kube: Kube, capacity: int = 10000) -> None:
         self._kube = kube
         self._queue: asyncio.Queue[PendingEvent] = asyncio.Queue(maxsize=capacity)
         self.dropped = 0
 
-    def post(self, involved: dict[str, Any], type: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+    def post(
+        self, involved: dict[str, Any], type: Literal["Normal", "Warning"], reason: EventReason, message: str
+    ) -> None:
         try:
             self._queue.put_nowait(PendingEvent(involved, type, reason, message))
         except asyncio.QueueFull:

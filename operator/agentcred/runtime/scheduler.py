@@ -25,6 +25,9 @@ class Scheduler:
     """Due work runs with bounded concurrency per partition (a namespace): a tenant whose
     work hangs (a minting service that never answers) fills its own slots, never another's."""
 
+    name = "expiry scheduler"
+    needs_leader = False
+
     def __init__(
         self, callback: Callback, concurrency: int = 16, partition: Callable[[Hashable], str] = lambda key: ""
     ) -> None:

@@ -14,6 +14,7 @@ from typing import Protocol
 from ..api.model import SourceKind
 from ..api.pods import PodTask
 from ..api.projection import IssuedValue, Subject
+from ..api.reasons import SourceReason
 from ..rules.credentials import CredentialRecord
 from ..rules.planning import Issue
 
@@ -21,7 +22,7 @@ from ..rules.planning import Issue
 class SourceUnavailable(Exception):
     """The value cannot be produced now; `reason` is a condition reason, the message names why."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: SourceReason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -67,4 +68,4 @@ class Sources:
     def of_value(self, value: IssuedValue) -> Source | None:
         """The source that produced a value (known from its bookkeeping, even once its
         credential is gone)."""
-        return self._by_kind.get(value.source)  # type: ignore[call-overload]
+        return self._by_kind.get(value.source)  # type: ignore[call-overload, no-any-return]

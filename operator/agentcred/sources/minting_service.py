@@ -29,8 +29,9 @@ from ..api.durations import parse_duration
 from ..api.model import HEALTH_PATH, SourceKind
 from ..api.pods import PodTask
 from ..api.projection import IssuedValue, Subject
+from ..api.reasons import SourceReason
 from ..api.times import parse_time
-from ..rules.credentials import UNHEALTHY, CredentialRecord
+from ..rules.credentials import UNHEALTHY, CredentialRecord, SourceProblem
 from ..rules.planning import Issue
 from .base import Produced, SourceUnavailable
 from .claims import credential_scope, service_account_subject
@@ -44,7 +45,7 @@ MAX_REPLY = 64 * 1024
 
 
 class _Retriable(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: SourceReason, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
@@ -142,7 +143,7 @@ class MintingServiceSource:
         except aiohttp.ClientError as error:
             raise _Retriable("MintingServiceUnreachable", f"failed: {_short(type(error).__name__)}") from None
 
-    async def probe(self, record: CredentialRecord) -> tuple[str, str] | None:
+    async def probe(self, record: CredentialRecord) -> SourceProblem | None:
         """GET <url>/healthz once, within the call timeout: None if it answers 2xx, else a
         (reason, message) saying what failed. Never follows a redirect."""
         spec = record.spec
@@ -168,7 +169,7 @@ class MintingServiceSource:
             detail = f"is unreachable ({_short(str(error.os_error or error), 120)})"
         except aiohttp.ClientError as error:
             detail = f"failed: {_short(type(error).__name__)}"
-        return (UNHEALTHY, f"the health check of the minting service, GET {url}, {detail}")
+        return SourceProblem(UNHEALTHY, f"the health check of the minting service, GET {url}, {detail}")
 
     async def produce(self, task: PodTask, record: CredentialRecord, issue: Issue, now: dt.datetime) -> Produced:
         spec = record.spec

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,9 +35,11 @@ from ...rules.credentials import CredentialRecord
 from ...rules.leaks import Candidate, Compromise, may_act_by_reference
 from ..audit import AuditTrail
 from ..events import EventRecorder
+from ..projection.due import BindingDue
 from ..projection.reconciler import Reconciler
 from ..projection.revoker import LEAKED, QUARANTINED, RevokeOrder, cut_off
 from ..status.statusbook import StatusBook
+from ..view import ClusterView
 from .tracer import Holder, Trace, Tracer
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,7 @@ class LeakResponder:
     tracer: Tracer
     reconciler: Reconciler
     kube: Kube
-    credential: Callable[[str, str], CredentialRecord | None]
-    pod: Callable[[str], PodTask | None]
+    view: ClusterView
     book: StatusBook
     audit: AuditTrail
     events: EventRecorder
@@ -136,13 +136,13 @@ class LeakResponder:
 
     async def _contain(self, holder: Holder, trace: Trace) -> tuple[bool, str]:
         """Revoke one holder's copy; (revoked?, what the pod gets next)."""
-        record = self.credential(holder.namespace, holder.credential)
+        record = self.view.credential(holder.namespace, holder.credential)
         on_leak = record.spec.on_leak if record is not None and record.spec is not None else "reissue"
         static = holder.kind == "secretRef"
         if static and record is not None and holder.fingerprint:
             await self._mark_compromised(record, holder.fingerprint)
         state = self.reconciler.store.get(holder.key) if holder.key else None
-        task = self.pod(holder.key) if holder.key else None
+        task = self.view.pod(holder.key) if holder.key else None
         alive = state is not None and holder.credential in state.values and task is not None and not task.end_reason
         if not alive:
             if holder.kind not in ("minted", "exchanged") or not holder.pod_uid:
@@ -161,7 +161,7 @@ class LeakResponder:
         if static:
             # Removed (no tombstone): the pod gets the credential again once it is rotated upstream.
             count = await self.reconciler.revoke_value(holder.key, holder.credential, LEAKED, tombstone=False)
-            self.reconciler.scheduler.schedule(("binding", holder.key), utcnow())
+            self.reconciler.scheduler.schedule(BindingDue(holder.key), utcnow())
             return count > 0, "compromised"
         # Revoked on the list now (the value and every token exchanged from it); the Secret keeps
         # the revoked value a moment until the fresh one replaces it, so the agent's file never goes.
@@ -219,7 +219,7 @@ class LeakResponder:
         )
         display = short(trace.fingerprint) if trace.fingerprint else "?"
         for (namespace, credential), holders in _by_credential(revoked).items():
-            record = self.credential(namespace, credential)
+            record = self.view.credential(namespace, credential)
             pods = ", ".join(sorted({h.pod or "?" for h in holders}))
             if record is not None:
                 self.events.post(
@@ -230,7 +230,7 @@ class LeakResponder:
                     f"revoked in pod(s) {pods}; next: {followed.get(f'{namespace}/{credential}', 'none')}",
                 )
             for holder in holders:
-                task = self.pod(holder.key) if holder.key else None
+                task = self.view.pod(holder.key) if holder.key else None
                 if task is not None and task.uid == holder.pod_uid:
                     self.events.post(
                         pod_ref(task.namespace, task.name, task.uid),

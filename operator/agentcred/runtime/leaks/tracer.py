@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...api.fingerprints import PATTERN, SHORT_PATTERN, is_fingerprint, short
-from ...api.pods import PodTask
 from ...api.projection import IssuedValue, ProjectionState
 from ...api.times import format_time, utcnow
 from ...platform.fingerprints import Fingerprints
@@ -27,6 +26,7 @@ from ...platform.revocations import RevocationList
 from ...rules.credentials import CredentialRecord
 from ...rules.leaks import Candidate, Provenance, State, token_state
 from ..store import ProjectionStore
+from ..view import ClusterView
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,7 @@ class Tracer:
     fingerprints: Fingerprints
     store: ProjectionStore
     revocations: RevocationList
-    pod: Callable[[str], PodTask | None]  # by projection key
-    credential: Callable[[str, str], CredentialRecord | None]
+    view: ClusterView
     now: Callable[[], dt.datetime] = field(default=utcnow)
 
     def trace(self, candidate: Candidate) -> Trace:
@@ -163,8 +162,8 @@ class Tracer:
             live_issued_at=live.issued_at if live else None,
             now=now,
         )
-        task = self.pod(key) if key else None
-        record = self.credential(namespace, credential)
+        task = self.view.pod(key) if key else None
+        record = self.view.credential(namespace, credential)
         subject = str(claims.get("sub") or "")
         return Holder(
             namespace=namespace,
@@ -205,8 +204,8 @@ class Tracer:
         return tuple(past)
 
     def _holder(self, state: ProjectionState, value: IssuedValue, situation: State, key: str | None) -> Holder:
-        task = self.pod(state.key)
-        record = self.credential(state.namespace, value.credential)
+        task = self.view.pod(state.key)
+        record = self.view.credential(state.namespace, value.credential)
         return Holder(
             namespace=state.namespace,
             credential=value.credential,

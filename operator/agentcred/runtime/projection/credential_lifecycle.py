@@ -7,19 +7,24 @@ so only when its verdict changes; its deletion revokes it everywhere first (the 
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ...api import labels
 from ...api.labels import FINALIZER
 from ...api.times import utcnow
 from ...platform.kube import ApiError, Conflict, Kube, NotFound
 from ...rules.credentials import CredentialRecord
 from ...rules.planning import exception_end
 from ..scheduler import Scheduler
+from ..status.minting_health import MintingHealth
 from ..status.status_writer import StatusWriter
 from ..status.statusbook import StatusBook
 from ..store import ProjectionStore
+from ..view import ClusterView
+from .due import CredentialDue
 from .reconciler import Reconciler
 from .revoke_renew import Requests
 
@@ -32,11 +37,6 @@ class NotLeader(Exception):
     """This replica is not the leader: the leader will do it."""
 
 
-def credential_key(namespace: str, name: str) -> tuple[str, str, str]:
-    """The scheduler's key for a credential's own deadline (its exception's end)."""
-    return ("credential", namespace, name)
-
-
 class CredentialLifecycle:
     def __init__(
         self,
@@ -47,22 +47,43 @@ class CredentialLifecycle:
         book: StatusBook,
         status: StatusWriter,
         scheduler: Scheduler,
-        credential: Callable[[str, str], CredentialRecord | None],
+        view: ClusterView,
+        minting_health: MintingHealth,
     ) -> None:
         self.kube, self.reconciler, self.requests, self.store, self.book = kube, reconciler, requests, store, book
-        self.status, self.scheduler, self.credential = status, scheduler, credential
+        self.status, self.scheduler, self.view, self.minting_health = status, scheduler, view, minting_health
         self._generations: dict[tuple[str, str], int] = {}
         self._verdicts: dict[tuple[str, str], VerdictKey] = {}
+
+    async def seen(self, record: CredentialRecord, annotations: Mapping[str, str]) -> None:
+        """A credential's event: a deletion is finalized; otherwise its status and the pods it
+        may affect follow, the finalizer is put on, and `agentcred revoke`/`renew` requests
+        recorded on it are carried out."""
+        if record.deleting:
+            count = await self.finalize(record)
+            if count is not None:
+                log.info("revoked %d value(s) of %s/%s before its deletion", count, record.namespace, record.name)
+            return
+        self.minting_health.seen(record)
+        await self.changed(record)
+        await self.hold(record)
+        for annotation, act in (
+            (labels.REVOKE_ANNOTATION, self.requests.revoke),
+            (labels.RENEW_ANNOTATION, self.requests.renew),
+        ):
+            request = _request(annotations, annotation, record)
+            if request is not None:
+                await act(record, request)
 
     async def changed(self, record: CredentialRecord, force: bool = False) -> None:
         """A credential was seen: refresh its status; re-plan the pods it may affect."""
         self.book.touch(record.key)
-        judged = self.credential(record.namespace, record.name)
+        judged = self.view.credential(record.namespace, record.name)
         if judged is not None:
             self._note_verdict(judged)
         end = exception_end(record)
         if end is not None and end > utcnow():
-            self.scheduler.schedule(credential_key(record.namespace, record.name), end)
+            self.scheduler.schedule(CredentialDue(record.namespace, record.name), end)
         affected = self.reconciler.waiting_on(record.namespace, record.name)
         # Our own status writes come back as events too; only a new spec (or the first
         # sight, or a date that expired an exception) can change what pods may hold.
@@ -77,7 +98,7 @@ class CredentialLifecycle:
         changed = []
         for record in records:
             try:
-                judged = self.credential(record.namespace, record.name)
+                judged = self.view.credential(record.namespace, record.name)
                 if judged is not None and self._note_verdict(judged):
                     changed.append(record)
             except Exception:  # one credential must never stop the others' re-judging
@@ -88,7 +109,7 @@ class CredentialLifecycle:
     async def hold(self, record: CredentialRecord) -> None:
         """Put the operator's finalizer on a live credential (the leader does), so that its
         deletion waits until every value is revoked."""
-        if FINALIZER in record.finalizers or not self.reconciler.leading():
+        if FINALIZER in record.finalizers or not self.view.leading():
             return
         operations: list[dict[str, Any]] = (
             [{"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}]
@@ -103,7 +124,7 @@ class CredentialLifecycle:
     async def finalize(self, record: CredentialRecord) -> int | None:
         """A credential being deleted: the leader revokes every value, then lets it go. The
         finalizer is ours alone (no progress kept where tenants could write it)."""
-        if FINALIZER not in record.finalizers or not self.reconciler.leading():
+        if FINALIZER not in record.finalizers or not self.view.leading():
             return None  # not ours to hold, or the leader will (a new leader, when it takes over)
         count = await self.deleted(record)
         index = record.finalizers.index(FINALIZER)
@@ -119,14 +140,14 @@ class CredentialLifecycle:
 
     async def deleted(self, record: CredentialRecord) -> int:
         """Revoke every value of the credential first (the finalizer's work)."""
-        if not self.reconciler.leading():
+        if not self.view.leading():
             raise NotLeader()
         count = await self.requests.revoke_everywhere(record, "credential-deleted")
         self.book.forget(record.key)
         self.status.forget(record.key)
         self._verdicts.pop(record.key, None)
         self._generations.pop(record.key, None)
-        self.scheduler.cancel(credential_key(record.namespace, record.name))
+        self.scheduler.cancel(CredentialDue(record.namespace, record.name))
         return count
 
     def _note_verdict(self, judged: CredentialRecord) -> bool:
@@ -136,3 +157,16 @@ class CredentialLifecycle:
         previous = self._verdicts.get(judged.key)
         self._verdicts[judged.key] = seen
         return previous is not None and previous != seen
+
+
+def _request(annotations: Mapping[str, str], annotation: str, record: CredentialRecord) -> dict[str, Any] | None:
+    """A request (`agentcred revoke` / `renew`) recorded on the credential, if well-formed."""
+    text = annotations.get(annotation)
+    if not text:
+        return None
+    try:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError):  # a tenant writes this annotation: nested too deep is malformed too
+        log.warning("ignoring malformed %s annotation on %s/%s", annotation, record.namespace, record.name)
+        return None
+    return parsed if isinstance(parsed, dict) else None

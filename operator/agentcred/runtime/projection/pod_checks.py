@@ -5,7 +5,6 @@ opt-in watch without being deleted (it lost its label: opted out)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 from ...api import labels
@@ -14,11 +13,12 @@ from ...api.projection import Subject
 from ...platform.kube import Kube
 from ..audit import AuditTrail
 from ..events import EventRecorder
+from ..view import ClusterView
 
 
 class PodChecks:
-    def __init__(self, kube: Kube, audit: AuditTrail, events: EventRecorder, leading: Callable[[], bool]) -> None:
-        self.kube, self.audit, self.events, self.leading = kube, audit, events, leading
+    def __init__(self, kube: Kube, audit: AuditTrail, events: EventRecorder, view: ClusterView) -> None:
+        self.kube, self.audit, self.events, self.view = kube, audit, events, view
         self._flagged: set[str] = set()  # pod UIDs already told they get nothing
         # Unadmitted pods a follower saw (at start-up, every pod is listed once): the leader's
         # to flag, so this replica flags them if it becomes the leader (`flag_pending`).
@@ -39,7 +39,7 @@ class PodChecks:
         uid = str(meta.get("uid") or "")
         if not uid or meta.get("deletionTimestamp"):
             return
-        if not self.leading():
+        if not self.view.leading():
             if len(self._pending) < 100_000:
                 self._pending[uid] = pod
             return

@@ -125,6 +125,9 @@ class PodWatch:
     `listed` is set once the first list is in the index; events of that list are handed on
     (as type None) only once `handling` is set, so nothing acts on a half-known world."""
 
+    name = "pod watch"
+    needs_leader = False
+
     def __init__(
         self,
         kube: Kube,
@@ -134,12 +137,13 @@ class PodWatch:
         *,
         handling: asyncio.Event,
         namespaces: Sequence[str] = (),
+        index: PodIndex | None = None,
     ) -> None:
         self.kube, self.selector, self.admitted, self.handler = kube, selector, admitted, handler
         # Every namespace (one list and watch), or each of `namespaces` (namespace-scoped: the
         # only places this operator may list pods).
         self.namespaces: tuple[str | None, ...] = tuple(namespaces) or (None,)
-        self.index = PodIndex()
+        self.index = index if index is not None else PodIndex()
         self.listed = asyncio.Event()
         self._unlisted = set(self.namespaces)
         self.handling = handling

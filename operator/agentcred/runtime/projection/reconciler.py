@@ -30,6 +30,7 @@ from ...api.projection import (
     with_values,
     without,
 )
+from ...api.reasons import RevocationReason
 from ...api.times import utcnow
 from ...platform import metrics
 from ...platform.kube import Conflict, Kube, NotFound, status_of
@@ -43,27 +44,22 @@ from ..events import EventRecorder
 from ..scheduler import Scheduler
 from ..status.statusbook import StatusBook
 from ..store import ProjectionStore
+from ..view import ClusterView
+from .bindings import BindingOwners
+from .due import BindingDue
 from .pod_checks import PodChecks
 from .revoker import RevokeOrder, Revoker
 
 log = logging.getLogger(__name__)
 
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
-MAX_CLAIMS = 200_000
 UNGATE_PATCH = {"spec": {"schedulingGates": [{"$patch": "delete", "name": labels.SCHEDULING_GATE}]}}
 
-CredentialLookup = Callable[[str, str], CredentialRecord | None]
-PodLookup = Callable[[str], PodTask | None]
 Records = dict[str, CredentialRecord | None]
 
 
 class StalePicture(Exception):
     """Our picture of a Secret was stale (or the Secret is gone): re-read it and plan again."""
-
-
-def binding_key(key: str) -> tuple[str, str]:
-    """The scheduler's key for a projection."""
-    return ("binding", key)
 
 
 class Reconciler:
@@ -78,9 +74,9 @@ class Reconciler:
         events: EventRecorder,
         book: StatusBook,
         *,
-        credential: CredentialLookup,
-        pod: PodLookup,
-        leading: Callable[[], bool],
+        view: ClusterView,
+        bindings: BindingOwners,
+        checks: PodChecks,
         bookkeeping: Bookkeeping,
         revocations: RevocationList,
         ca_bundle: Callable[[], bytes] = lambda: b"",
@@ -88,9 +84,8 @@ class Reconciler:
         self.kube, self.store, self.scheduler, self.sources = kube, store, scheduler, sources
         self.bookkeeping, self.revocations = bookkeeping, revocations
         self.revoker, self.audit, self.events, self.book = revoker, audit, events, book
-        self.credential, self.pod, self.leading = credential, pod, leading
+        self.view, self.bindings, self.checks = view, bindings, checks
         self.ca_bundle = ca_bundle  # written into each pod's Secret next to its values
-        self.checks = PodChecks(kube, audit, events, leading)
         self.loaded = asyncio.Event()  # the managed Secrets have been listed into the store
         self._locks: dict[str, asyncio.Lock] = {}
         self._attempts: dict[str, int] = {}
@@ -101,14 +96,13 @@ class Reconciler:
         self._finished: dict[str, str] = {}
         # Whose each binding is, once we wrote for it: a copy of a pod's admission (same
         # binding, another UID) never takes over, not even once the first pod is gone.
-        self._claims: dict[str, str] = {}
 
     # -- entry points ----------------------------------------------------------------
 
     async def reconcile(self, key: str, task: PodTask | None = None, renew_now: frozenset[str] = frozenset()) -> None:
         """Bring one pod's projection in line with its task; `task` overrides the index;
         `renew_now` replaces those credentials' live values whether due or not."""
-        if not self.leading():
+        if not self.view.leading():
             return
         # Until the Secrets are listed, "no bookkeeping" would mean "unknown", not "none".
         await self.loaded.wait()
@@ -116,7 +110,7 @@ class Reconciler:
         async with lock:
             try:
                 for _ in range(3):
-                    current = self._final(task if task is not None else self.pod(key))
+                    current = self._final(task if task is not None else self.view.pod(key))
                     try:
                         await self._run_plan(key, current, renew_now)
                         break
@@ -127,8 +121,8 @@ class Reconciler:
                 # state, rather than leave a pod gated or a value unrevoked until its next event.
                 delay = self._backoff(key)
                 log.warning("could not bring %s in line (%s); again in %.0fs", key, status_of(error) or error, delay)
-                self.scheduler.schedule(binding_key(key), utcnow() + dt.timedelta(seconds=delay))
-        if self.store.get(key) is None and self.pod(key) is None and not lock.locked():
+                self.scheduler.schedule(BindingDue(key), utcnow() + dt.timedelta(seconds=delay))
+        if self.store.get(key) is None and self.view.pod(key) is None and not lock.locked():
             self._locks.pop(key, None)
 
     async def reconcile_all(self, keys: Any) -> None:
@@ -142,7 +136,7 @@ class Reconciler:
         self,
         key: str,
         credential: str,
-        reason: str,
+        reason: RevocationReason,
         pod_name: str | None = None,
         tombstone: bool = True,
         message: str | None = None,
@@ -155,7 +149,7 @@ class Reconciler:
                 state = self.store.get(key)
                 if state is None or credential not in state.values or (pod_name and state.pod_name != pod_name):
                     return 0
-                task = self.pod(key)
+                task = self.view.pod(key)
                 subject = Subject.of_task(task) if task else Subject.of_state(state)
                 revocation = RevokeOrder(credential, state.values[credential], reason, message)
                 remaining = (
@@ -191,7 +185,7 @@ class Reconciler:
 
     async def _run_plan(self, key: str, task: PodTask | None, renew_now: frozenset[str]) -> None:
         state = self.store.get(key)
-        if task is not None and self._owner(key, state) not in (None, task.uid):
+        if task is not None and self.bindings.owner(key, state) not in (None, task.uid):
             self.checks.binding_taken(task)  # another pod made this binding first: not this pod's to touch
             return
         now = utcnow()
@@ -200,7 +194,7 @@ class Reconciler:
             return
         names = task.credentials if task else tuple(state.values) if state else ()
         namespace = task.namespace if task else state.namespace if state else ""
-        records: Records = {name: self.credential(namespace, name) for name in names}
+        records: Records = {name: self.view.credential(namespace, name) for name in names}
         barred = frozenset(name for name in names if task and self.revocations.bars(task.uid, name, now))
         decided = plan(task, state, records, now, renew_now, barred)
         if decided.delete_secret:
@@ -284,7 +278,7 @@ class Reconciler:
                 # and plan anew (a lost Secret of a live pod is issued afresh: healed).
                 raise StalePicture() from error
         self._remember(written)
-        self._claim(task.key, task.uid)
+        self.bindings.note(task)
         for name, item in produced.items():
             record = records[name]
             assert record is not None
@@ -314,25 +308,9 @@ class Reconciler:
         await self.revoker.revoke(subject, revocations, delete, tell_pod=False)
         metrics.revocation_latency.observe(max((utcnow() - now).total_seconds(), 0.0))
         self.store.forget(key)
-        self.scheduler.cancel(binding_key(key))
+        self.scheduler.cancel(BindingDue(key))
         self._attempts.pop(key, None)
         self._reported.pop(key, None)
-
-    def _owner(self, key: str, state: ProjectionState | None) -> str | None:
-        """The UID of the pod a binding belongs to: the one its (sealed) Secret names, else the
-        one we first wrote for, else the first created of the pods naming it."""
-        if state is not None and state.sealed and state.pod_uid:
-            return state.pod_uid
-        if key in self._claims:
-            return self._claims[key]
-        earliest = self.pod(key)
-        return earliest.uid if earliest is not None else None
-
-    def _claim(self, key: str, uid: str) -> None:
-        if len(self._claims) >= MAX_CLAIMS:
-            for stale in list(self._claims)[: MAX_CLAIMS // 10]:  # the oldest tenth
-                del self._claims[stale]
-        self._claims.setdefault(key, uid)
 
     async def _start_over(self, key: str, task: PodTask | None, state: ProjectionState, now: dt.datetime) -> None:
         """Bookkeeping we did not write (damaged, or forged by someone who may edit Secrets):
@@ -350,7 +328,7 @@ class Reconciler:
         await self.revoker.revoke(subject, revocations, delete, tell_pod=False)
         self.store.forget(key)
         if task is not None:
-            self.scheduler.schedule(binding_key(key), now)
+            self.scheduler.schedule(BindingDue(key), now)
 
     async def _ungate(self, task: PodTask) -> None:
         try:
@@ -362,7 +340,7 @@ class Reconciler:
         """Schedule the next look: a retry with backoff while something stands in the way
         (and tell people once per change of problems), else the next renewal or expiry."""
         if problems:
-            self.scheduler.schedule(binding_key(task.key), now + dt.timedelta(seconds=self._backoff(task.key)))
+            self.scheduler.schedule(BindingDue(task.key), now + dt.timedelta(seconds=self._backoff(task.key)))
             for problem in problems:
                 self._waiting.setdefault((task.namespace, problem.credential), set()).add(task.key)
             if tuple(problems) != self._reported.get(task.key):
@@ -372,13 +350,13 @@ class Reconciler:
         self._attempts.pop(task.key, None)
         self._reported.pop(task.key, None)
         if decided.next_due is not None:
-            self.scheduler.schedule(binding_key(task.key), decided.next_due)
+            self.scheduler.schedule(BindingDue(task.key), decided.next_due)
 
     def _report(self, task: PodTask, problems: list[Problem]) -> None:
         subject = Subject.of_task(task)
         for problem in problems:
             self.events.post(pod_ref(task.namespace, task.name, task.uid), "Warning", problem.reason, problem.message)
-            record = self.credential(task.namespace, problem.credential)
+            record = self.view.credential(task.namespace, problem.credential)
             self.audit.deny(
                 subject,
                 problem.reason,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from ...api.reasons import RevocationReason
 from ...api.times import format_time, utcnow
 from ...platform.kube import Kube
 from ...rules.credentials import CredentialRecord
@@ -25,7 +26,11 @@ class Requests:
         self._handled: set[str] = set()
 
     async def revoke_everywhere(
-        self, record: CredentialRecord, reason: str, pod_name: str | None = None, message: str | None = None
+        self,
+        record: CredentialRecord,
+        reason: RevocationReason,
+        pod_name: str | None = None,
+        message: str | None = None,
     ) -> int:
         """Revoke the credential's live values in every pod (or one pod) right now."""
         await self.reconciler.loaded.wait()
@@ -71,7 +76,7 @@ class Requests:
 
     def _new(self, record: CredentialRecord, request: dict[str, Any], status_field: str) -> str | None:
         """The id of a request not carried out yet, by the leader; else None."""
-        if not self.reconciler.leading():
+        if not self.reconciler.view.leading():
             return None  # the leader carries it out; a new leader finds it still pending
         request_id = str(request.get("id") or "")
         handled = (record.status.get(status_field) or {}).get("id")

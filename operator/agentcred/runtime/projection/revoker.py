@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from ...api.pods import pod_ref
 from ...api.projection import IssuedValue, Subject
+from ...api.reasons import RevocationReason
 from ...api.times import utcnow
 from ...platform.revocations import RevocationList
 from ...rules.credentials import CredentialRecord
@@ -26,27 +27,27 @@ from ...sources.base import Sources
 from ..audit import AuditTrail, Entry
 from ..events import EventRecorder
 from ..status.statusbook import StatusBook
+from ..view import ClusterView
 
 # Reasons a task ends for: its pod holds nothing any more, so its tokens need covering only
 # until they expire. Any other reason leaves the pod running.
 TASK_ENDS = frozenset({"task-succeeded", "task-failed", "pod-deleted", "orphaned"})
 
 T = TypeVar("T")
-CredentialLookup = Callable[[str, str], CredentialRecord | None]
 
 
 @dataclass(frozen=True)
 class RevokeOrder:
     credential: str
     value: IssuedValue | None  # None: nothing was live (a tombstone, or already gone)
-    reason: str  # the trigger (bounded: a metric label)
+    reason: RevocationReason  # the trigger (bounded: a metric label)
     message: str | None = None  # what a person said (`agentcred revoke --reason`)
 
 
 # A leaked value: every token of the pod for that credential issued until now goes, a fresh one
 # may follow (`spec.onLeak: reissue`); with `quarantine` the pod is barred instead.
-LEAKED = "leaked"
-QUARANTINED = "leaked-quarantine"
+LEAKED: RevocationReason = "leaked"
+QUARANTINED: RevocationReason = "leaked-quarantine"
 # Reasons that revoke what a pod held without barring it: its bookkeeping was unreadable, or
 # its value leaked, so only the tokens issued until now go (a fresh value may follow).
 FRESH_START = frozenset({"unreadable-state", LEAKED})
@@ -70,17 +71,17 @@ class Revoker:
         sources: Sources,
         book: StatusBook,
         events: EventRecorder,
-        credential: CredentialLookup,
+        view: ClusterView,
         revocations: RevocationList,
     ) -> None:
-        self.audit, self.sources, self.book, self.events, self.credential = audit, sources, book, events, credential
+        self.audit, self.sources, self.book, self.events, self.view = audit, sources, book, events, view
         self.revocations = revocations
 
     def ahead(self, subject: Subject, revocations: Sequence[RevokeOrder]) -> list[Entry]:
         """Step 1: the audit lines, before the act (for `AuditTrail.ahead`)."""
         entries = []
         for revocation in revocations:
-            record = self.credential(subject.namespace, revocation.credential)
+            record = self.view.credential(subject.namespace, revocation.credential)
             owner = record.spec.owner if record is not None and record.spec is not None else None
             entries.append(
                 self.audit.revoke(
@@ -93,7 +94,7 @@ class Revoker:
         """Steps 3 and 4, once the value is gone from the cluster."""
         now = utcnow()
         for revocation in revocations:
-            record = self.credential(subject.namespace, revocation.credential)
+            record = self.view.credential(subject.namespace, revocation.credential)
             value = revocation.value
             if subject.pod_uid:
                 self._list(subject, revocation, record, now)

@@ -133,3 +133,34 @@ async def maintain_keyring_forever(
             log.warning(
                 "could not refresh the signing key ring (%s); keeping the current one", status_of(error) or error
             )
+
+
+class SharedKeyRing:
+    """The key ring this replica signs and verifies with (call it for the current one), and
+    its loop: following the shared Secret, rotating it when leading."""
+
+    name = "key ring"
+    needs_leader = False
+
+    def __init__(
+        self,
+        kube: Kube,
+        namespace: str,
+        secret: str,
+        loaded: KeyRing,
+        rotation: dt.timedelta | None,
+        leading: Callable[[], bool],
+    ) -> None:
+        self.kube, self.namespace, self.secret = kube, namespace, secret
+        self.current, self.rotation, self.leading = loaded, rotation, leading
+
+    def __call__(self) -> KeyRing:
+        return self.current
+
+    async def run(self) -> None:
+        await maintain_keyring_forever(
+            self.kube, self.namespace, self.secret, self.current, self._set, self.rotation, self.leading
+        )
+
+    def _set(self, ring: KeyRing) -> None:
+        self.current = ring

@@ -47,11 +47,19 @@ def lease_is_free(spec: dict[str, Any], me: str, now: dt.datetime) -> bool:
 
 
 class Leadership:
+    """One of the operator's loops (on every replica): holds or watches the Lease, and says
+    when this replica is elected (`on_elected`, run as its own task: taking over may wait for
+    the indices, the Lease must not) and when it loses the lead (`on_deposed`, awaited)."""
+
+    name = "leader election"
+    needs_leader = False
+
     def __init__(
         self,
         kube: Kube,
         namespace: str,
         on_elected: Callable[[], Coroutine[Any, Any, None]],
+        on_deposed: Callable[[], Coroutine[Any, Any, None]],
         *,
         lease: str = "agentcred-leader",
         me: str | None = None,
@@ -61,7 +69,7 @@ class Leadership:
         self.kube, self.namespace, self.lease = kube, namespace, lease
         self.me = me or identity()
         self.duration, self.renew = duration, renew
-        self.on_elected = on_elected
+        self.on_elected, self.on_deposed = on_elected, on_deposed
         self.is_leader = False
         self._takeover: asyncio.Task[None] | None = None
 
@@ -80,6 +88,9 @@ class Leadership:
             elif not leading and self.is_leader:
                 self.is_leader = False
                 log.warning("%s lost the lead; pausing writes", self.me)
+                if self._takeover is not None:
+                    self._takeover.cancel()
+                await self.on_deposed()
             await asyncio.sleep(self.renew)
 
     async def _try(self) -> bool:

@@ -144,19 +144,22 @@ class CertificateMonitor:
     """Keeps the serving certificate from expiring under a long-running operator: the leader
     renews a managed one; every replica asks to be restarted when a newer one is waiting."""
 
+    name = "serving certificate"
+    needs_leader = False
+
     def __init__(
         self,
         kube: Kube,
         namespace: str,
         service: str,
-        name: str,
+        secret: str,
         serving: ServingCertificate,
         leading: Callable[[], bool],
         publish: Callable[[bytes], Awaitable[None]],
         interval: float = 3600.0,
         managed: bool = True,
     ) -> None:
-        self.kube, self.namespace, self.service, self.name = kube, namespace, service, name
+        self.kube, self.namespace, self.service, self.secret = kube, namespace, service, secret
         self.managed = managed
         self.serving, self.leading, self.publish, self.interval = serving, leading, publish, interval
         self.problem: str | None = None  # set: /healthz fails, so the kubelet restarts us
@@ -170,13 +173,13 @@ class CertificateMonitor:
                 log.warning("could not check the serving certificate: %s", status_of(error) or error)
 
     async def check(self, now: dt.datetime) -> None:
-        existing = await self.kube.find_secret(self.namespace, self.name)
+        existing = await self.kube.find_secret(self.namespace, self.secret)
         shared = _from_secret(existing)
         if shared is None:
             return
         renew, _ = certificate_actions(shared, self.serving, self.leading() and self.managed, now)
         if renew:
-            shared = await _renew(self.kube, self.namespace, self.service, self.name, existing)
+            shared = await _renew(self.kube, self.namespace, self.service, self.secret, existing)
             await self.publish(shared.ca_pem)
             log.info("renewed the webhook serving certificate; replicas pick it up as they restart")
         _, restart = certificate_actions(shared, self.serving, self.leading(), now)

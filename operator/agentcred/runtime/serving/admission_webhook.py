@@ -24,18 +24,16 @@ from ...api.webhook_configuration import HANDLER_ID
 from ...platform import metrics
 from ...platform.keys import KeyRing
 from ...rules import admission
-from ...rules.credentials import CredentialRecord
 from ..audit import AuditTrail
+from ..view import ClusterView
 
 log = logging.getLogger(__name__)
-
-CredentialLookup = Callable[[str, str], CredentialRecord | None]
 
 
 class AdmissionWebhook:
     def __init__(
         self,
-        credential: CredentialLookup,
+        view: ClusterView,
         keyring: Callable[[], KeyRing],
         audit: AuditTrail,
         *,
@@ -43,7 +41,7 @@ class AdmissionWebhook:
         ready: asyncio.Event,
         unwatched: Callable[[str], str | None] = lambda namespace: None,
     ) -> None:
-        self.credential, self.keyring, self.audit, self.issuer = credential, keyring, audit, issuer
+        self.view, self.keyring, self.audit, self.issuer = view, keyring, audit, issuer
         self.ready = ready  # the credentials, policies and namespaces are in memory
         self.unwatched = unwatched  # why a namespace is outside the operator's (namespace-scoped) reach
 
@@ -74,7 +72,7 @@ class AdmissionWebhook:
         try:
             if (outside := self.unwatched(namespace)) is not None:
                 raise admission.Refusal(outside)
-            records = admission.admit(pod, namespace, lambda name: self.credential(namespace, name), keyring)
+            records = admission.admit(pod, namespace, lambda name: self.view.credential(namespace, name), keyring)
         except admission.Refusal as refusal:
             self.audit.record(
                 "deny",

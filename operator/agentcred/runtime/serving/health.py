@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -25,12 +25,12 @@ log = logging.getLogger(__name__)
 class Health:
     ports: Sequence[int]  # the webhook and the HTTPS endpoints, reached on loopback
     warm: asyncio.Event = field(default_factory=asyncio.Event)  # replaced by the engine's
-    loops: list[asyncio.Task[None]] = field(default_factory=list)
+    loops: Callable[[], Iterable[asyncio.Task[None]]] = lambda: ()  # the running loops' tasks
     problems: list[Callable[[], str | None]] = field(default_factory=list)  # reasons to be restarted
     not_ready: list[Callable[[], str | None]] = field(default_factory=list)  # reasons to take no traffic
 
     def unhealthy(self) -> list[str]:
-        dead = [f"stopped: {task.get_name()}" for task in self.loops if task.done()]
+        dead = [f"stopped: {task.get_name()}" for task in self.loops() if task.done()]
         return dead + [problem for check in self.problems if (problem := check())]
 
     async def unreachable_ports(self) -> list[int]:

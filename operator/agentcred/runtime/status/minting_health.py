@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 
-from ...rules.credentials import CredentialRecord
+from ...rules.credentials import CredentialRecord, SourceProblem
+from ..view import ClusterView
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
-Problem = tuple[str, str]  # (reason, message)
+Problem = SourceProblem
 
 
 def checked(record: CredentialRecord) -> bool:
@@ -25,14 +26,17 @@ def checked(record: CredentialRecord) -> bool:
 
 
 class MintingHealth:
+    name = "minting-service health checks"
+    needs_leader = False
+
     def __init__(
         self,
         probe: Callable[[CredentialRecord], Awaitable[Problem | None]],
-        records: Callable[[], Iterable[CredentialRecord]],
+        view: ClusterView,
         on_change: Callable[[list[CredentialRecord]], Awaitable[None]],
         interval: float = 30.0,
     ) -> None:
-        self.probe, self.records, self.on_change, self.interval = probe, records, on_change, interval
+        self.probe, self.view, self.on_change, self.interval = probe, view, on_change, interval
         self._problems: dict[Key, Problem | None] = {}
         self._seen: dict[Key, int] = {}  # generation last probed
         self._wake = asyncio.Event()
@@ -62,7 +66,7 @@ class MintingHealth:
 
     async def check(self, new_only: bool = False) -> None:
         """Probe every credential with a health check (or only new and changed ones)."""
-        records = [r for r in self.records() if checked(r)]
+        records = [r for r in self.view.credentials() if checked(r)]
         if new_only:
             records = [r for r in records if self._seen.get(r.key) != r.generation]
         answers = await asyncio.gather(*(self.probe(record) for record in records))
@@ -72,7 +76,7 @@ class MintingHealth:
             if self._problems.get(record.key) != answer:
                 self._problems[record.key] = answer
                 changed.append(record)
-        live = {r.key for r in self.records()}
+        live = {r.key for r in self.view.credentials()}
         for key in [key for key in self._seen if key not in live]:
             self._seen.pop(key, None)
             self._problems.pop(key, None)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterable
 from typing import Any
 
 from ...api.times import next_midnight, utcnow
@@ -23,12 +22,18 @@ from ...rules.credentials import CredentialRecord
 from ...rules.status import status_patch
 from ..events import EventRecorder
 from ..store import ProjectionStore
+from ..view import ClusterView
 from .statusbook import StatusBook
 
 log = logging.getLogger(__name__)
 
 
 class StatusWriter:
+    """The leader's loop that writes what the status book says changed, in batches."""
+
+    name = "status writer"
+    needs_leader = True
+
     def __init__(
         self,
         kube: Kube,
@@ -36,28 +41,26 @@ class StatusWriter:
         store: ProjectionStore,
         events: EventRecorder,
         revocations: RevocationList,
+        view: ClusterView,
         *,
-        credential: Callable[[str, str], CredentialRecord | None],
-        leading: Callable[[], bool],
         interval: float = 1.0,
     ) -> None:
         self.kube, self.book, self.store, self.events, self.revocations = kube, book, store, events, revocations
-        self.credential, self.leading, self.interval = credential, leading, interval
+        self.view, self.interval = view, interval
         self._written: dict[tuple[str, str], dict[str, Any]] = {}
 
     def forget(self, key: tuple[str, str]) -> None:
         self._written.pop(key, None)
 
-    async def run(self, every_credential: Callable[[], Iterable[CredentialRecord]]) -> None:
+    async def run(self) -> None:
         turn = next_midnight(utcnow())
         while True:
             await asyncio.sleep(self.interval)
             if utcnow() >= turn:
-                for record in every_credential():
+                for record in self.view.credentials():
                     self.book.touch(record.key)
                 turn = next_midnight(utcnow())
-            if self.leading():
-                await self.flush()
+            await self.flush()
 
     async def flush(self) -> None:
         metrics.set_active(self.store.count_by_category())
@@ -72,7 +75,7 @@ class StatusWriter:
                 log.exception("status of %s/%s not computed", namespace, name)
 
     async def _write(self, namespace: str, name: str, now: dt.datetime) -> None:
-        record = self.credential(namespace, name)
+        record = self.view.credential(namespace, name)
         if record is None:
             return
         expiries = [

@@ -14,7 +14,7 @@ from typing import Any
 
 from ...api import conditions
 from ...api.fingerprints import short
-from ...api.projection import format_time
+from ...api.times import format_time
 from ...rules.credentials import CredentialRecord
 from ...rules.leaks import Compromise
 from ...rules.status import spec_status

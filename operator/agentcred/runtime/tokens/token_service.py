@@ -41,6 +41,7 @@ from ...rules.scope import EXCHANGE_MAX_TTL, Intent, evaluate, scope_covers
 from ...sources.claims import Grant, credential_scope, service_account_subject, token_claims
 from ...sources.jwt import JwtSource
 from ..audit import AuditTrail
+from ..view import ClusterView
 from .callers import NotAuthenticated, RateLimiter, Reviewed, ReviewGate
 
 CLOCK_SKEW = dt.timedelta(seconds=30)
@@ -82,10 +83,9 @@ def _refusal(grant_type: str, authenticated: bool) -> Callable[[str], OAuthError
 @dataclass
 class TokenService:
     reviews: ReviewGate
-    pod_by_name: Callable[[str, str], PodTask | None]
+    view: ClusterView
     # Whether a pod's binding is its own (a copy of another pod's admission is sealed too).
     owns_binding: Callable[[PodTask], bool]
-    credential: Callable[[str, str], CredentialRecord | None]
     revocations: RevocationList
     minted: JwtSource  # signs what is issued here
     keyring: Callable[[], KeyRing]
@@ -183,7 +183,7 @@ class TokenService:
             issued["podUID"], issued["credential"], dt.datetime.fromtimestamp(iat, dt.timezone.utc), lineage
         ):
             return "was revoked"
-        task = self.pod_by_name(issued["namespace"], issued["pod"])
+        task = self.view.pod_by_name(issued["namespace"], issued["pod"])
         if task is None or task.uid != issued["podUID"] or task.end_reason is not None:
             return f"belongs to pod {issued['pod']}, which has ended"
         return None
@@ -192,7 +192,7 @@ class TokenService:
         self, request: TokenRequest, subject: Caller, act: dict[str, Any] | None, facts: dict[str, Any]
     ) -> dict[str, Any]:
         unacceptable = _refusal(request.grant_type, authenticated=True)
-        task = self.pod_by_name(subject.namespace, subject.pod_name)
+        task = self.view.pod_by_name(subject.namespace, subject.pod_name)
         if task is None or task.uid != subject.pod_uid:
             raise unacceptable(f"pod {subject.pod_name} in {subject.namespace} was not admitted by agentcred")
         if task.end_reason is not None:
@@ -268,7 +268,7 @@ class TokenService:
         parent = subject.parent
         minted: list[CredentialRecord] = []
         for name in task.credentials:
-            record = self.credential(task.namespace, name)
+            record = self.view.credential(task.namespace, name)
             if record is not None and record.spec is not None and record.spec.source.jwt is not None:
                 if parent is None or parent["agentcred"]["credential"] == name:
                     minted.append(record)

@@ -1,0 +1,25 @@
+"""agentcred's public verifier: what a gateway or an MCP server imports to check a token.
+
+Everything else in the package is internal and may change between releases; this module's
+names are the contract.
+
+    from agentcred.verify import Intent, TokenRejected, Verifier
+
+    verifier = Verifier.from_url("https://agentcred.agentcred.svc:8443", cafile="ca.crt")
+    try:
+        claims = verifier.verify(
+            token,
+            audience="https://llm-gateway.agents.svc",
+            namespace="agents",  # the tenant this gateway serves
+            intent=Intent("web-search", "read", "repo:acme/app"),
+        )
+    except TokenRejected as refused:
+        print(refused.reason)  # stable for programs: "expired", "revoked", "out-of-scope", ...
+"""
+
+from __future__ import annotations
+
+from .client.verify import TokenRejected, Verifier, describe_grant, revocation_list
+from .rules.scope import Intent
+
+__all__ = ["Intent", "TokenRejected", "Verifier", "describe_grant", "revocation_list"]

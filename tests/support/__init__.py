@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: the cluster and the operator process, agents, fakes."""
