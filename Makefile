@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 $(BIN)/agentcred: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,dev]'
 	touch $@
 
 # Python packages into .venv, then the control plane binaries (built from Go modules once, cached).
@@ -43,7 +43,7 @@ crd: $(BIN)/agentcred
 
 # The benchmark's own packages (matplotlib for the plots, py-spy for --profile).
 $(VENV)/.bench-deps: $(BIN)/agentcred pyproject.toml
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e '.[test,dev,bench]'
 	touch $@
 
 # agentcred, the floor for its design and External Secrets side by side, on the local control

@@ -10,6 +10,7 @@ import base64
 import contextlib
 import hmac
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -109,6 +110,19 @@ def start_agent(cluster: Cluster, namespace: str, name: str = "agent", credentia
     """A bare agent pod asking for `credentials`, once it runs (its values written)."""
     create_pod(cluster, namespace, name, credentials)
     return wait_for(lambda: running_pod(cluster, namespace, name=name), what=f"pod {name} Running")
+
+
+def operator_caught_up(cluster: Cluster, namespace: str, credentials: str = "research-llm") -> dict:
+    """Positive proof the operator has handled the pod events that came before now: a canary
+    pod created now in the same namespace (its events follow theirs on the watch) is given its
+    values and runs. Assert that something did *not* happen only after this, never after a
+    fixed sleep (on a slow machine a sleep passes even if the operator never looked)."""
+    return start_agent(cluster, namespace, f"canary-{uuid.uuid4().hex[:6]}", credentials)
+
+
+def nudge(cluster: Cluster, namespace: str, pod: str) -> None:
+    """An edit nobody guards (an unrelated annotation): the operator sees the pod again."""
+    cluster.core.patch_namespaced_pod(pod, namespace, {"metadata": {"annotations": {"nudge": uuid.uuid4().hex}}})
 
 
 def admitted_copy(original: dict, name: str = "copy") -> dict:

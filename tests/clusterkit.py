@@ -220,13 +220,15 @@ class OperatorProcess(LocalOperator):
     def audit_text(self) -> str:
         return self.audit_path.read_text(errors="replace") if self.audit_path.exists() else ""
 
-    # Set by the session's leak witness: it keeps every operator's output for the final scan.
-    on_cleanup: Callable[[OperatorProcess], None] | None = None
+    # Set by the session's leak witness: it keeps every operator's output (log, audit log, the
+    # metrics it served last) for the scan at the session's end.
+    on_cleanup: Callable[[str], None] | None = None
 
     def cleanup(self) -> None:
+        metrics = self.health("/metrics")[1] if self.alive() else ""
         self.stop()
         if OperatorProcess.on_cleanup is not None:
-            OperatorProcess.on_cleanup(self)
+            OperatorProcess.on_cleanup(self.logs() + self.audit_text() + metrics)
         shutil.rmtree(self.log_dir, ignore_errors=True)
 
 

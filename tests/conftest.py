@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from clusterkit import INTROSPECTOR, LEAK_REPORTERS, Cluster, OperatorProcess
+from clusterkit import INTROSPECTOR, LEAK_REPORTERS, Cluster, OperatorProcess, operator_paused
 from witness import Witness
 
 CLUSTER_MODE = os.environ.get("AGENTCRED_TEST_CLUSTER", "local")
@@ -85,19 +85,42 @@ def namespace(cluster: Cluster) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def witness(cluster: Cluster) -> Iterator[Witness]:
-    """Records every managed value, Event and status of the session (see test_zz_leaks)."""
+    """Records every managed value, Event and status of the session, and every operator's log,
+    audit log and metrics; when the session ends, fails it if any value shows in any of them
+    (whatever order the tests ran in)."""
     recorder = Witness(cluster).start()
-    OperatorProcess.on_cleanup = lambda process: recorder.logs.append(process.logs() + process.audit_text())
+    OperatorProcess.on_cleanup = recorder.logs.append
     yield recorder
     recorder.stop()
+    leaks = recorder.leaks({})
+    if leaks:
+        pytest.fail(f"secret values found in: {leaks}", pytrace=False)
+
+
+def _operator(cluster: Cluster) -> OperatorProcess:
+    """The ServiceAccount INTROSPECTOR may introspect tokens, LEAK_REPORTERS may report leaks."""
+    return OperatorProcess(
+        cluster, "--introspector", "/".join(INTROSPECTOR), env={"AGENTCRED_LEAK_REPORTERS": LEAK_REPORTERS}
+    )
 
 
 @pytest.fixture(scope="session")
 def operator(cluster: Cluster, witness: Witness) -> Iterator[OperatorProcess]:
-    """One operator process for the session (tests that restart it use `restart()`); the
-    ServiceAccount INTROSPECTOR may introspect tokens, LEAK_REPORTERS may report leaks."""
-    process = OperatorProcess(
-        cluster, "--introspector", "/".join(INTROSPECTOR), env={"AGENTCRED_LEAK_REPORTERS": LEAK_REPORTERS}
-    ).start()
+    """One operator process for the session, shared by every test that only uses it. A test
+    that stops, kills or restarts an operator takes `own_operator` instead."""
+    process = _operator(cluster).start()
     yield process
     process.cleanup()
+
+
+@pytest.fixture
+def own_operator(cluster: Cluster, operator: OperatorProcess) -> Iterator[OperatorProcess]:
+    """An operator of the test's own, configured as the session's, to stop, kill or restart at
+    will. The session's is paused meanwhile (two standalone operators would both act on the
+    same pods) and started again afterwards."""
+    with operator_paused(operator):
+        process = _operator(cluster).start()
+        try:
+            yield process
+        finally:
+            process.cleanup()

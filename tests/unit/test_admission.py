@@ -125,7 +125,7 @@ def test_default_service_account_is_checked() -> None:
 
 
 @pytest.mark.parametrize(
-    "annotation, lookup, message",
+    ("annotation", "lookup", "message"),
     [
         (None, lookup_of(), "no agentcred.dev/credentials annotation"),
         ("  ", lookup_of(), "no agentcred.dev/credentials annotation"),

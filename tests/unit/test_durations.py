@@ -8,7 +8,7 @@ from agentcred.api.durations import parse_duration
 
 
 @pytest.mark.parametrize(
-    "text, seconds",
+    ("text", "seconds"),
     [("15m", 900), ("8h", 28800), ("90d", 90 * 86400), ("1h30m", 5400), ("45s", 45), ("1d2h3m4s", 93784)],
 )
 def test_parses_each_unit(text: str, seconds: int) -> None:
@@ -17,7 +17,7 @@ def test_parses_each_unit(text: str, seconds: int) -> None:
 
 @pytest.mark.parametrize("text", ["", "15", "m", "15 m", "-5m", "1.5h", "15min", "0s", "0m0s", "1w", "PT15M"])
 def test_refuses_malformed_and_zero(text: str) -> None:
-    with pytest.raises(ValueError) as refused:
+    with pytest.raises(ValueError, match="duration") as refused:
         parse_duration(text)
     assert repr(text) in str(refused.value)
 

@@ -106,7 +106,7 @@ GOOD_CLAIMS = {
 
 
 @pytest.mark.parametrize(
-    "extra, reason",
+    ("extra", "reason"),
     [
         ({"kid": ["a", "b"]}, "unknown-kid"),
         ({"kid": {"k": 1}}, "unknown-kid"),

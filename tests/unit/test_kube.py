@@ -4,7 +4,7 @@ from agentcred.platform.kube import resource_of
 
 
 @pytest.mark.parametrize(
-    "path, resource",
+    ("path", "resource"),
     [
         ("/api/v1/namespaces/team-a/secrets", "secrets"),
         ("/api/v1/namespaces/team-a/secrets/agentcred-1234", "secrets"),

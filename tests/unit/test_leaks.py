@@ -144,7 +144,7 @@ def test_bad_reports_are_refused_without_echoing_the_strings(content_type, body,
 
 def test_reporters_and_who_may_act_by_reference() -> None:
     assert parse_reporters(" secops/scanner, team-a/ci ") == {"secops/scanner", "team-a/ci"}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'scanner' is not namespace/serviceaccount"):
         parse_reporters("scanner")
     assert may_act_by_reference("team-a", "team-a", "agentcred")
     assert may_act_by_reference("agentcred", "team-b", "agentcred")

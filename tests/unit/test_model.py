@@ -28,7 +28,7 @@ def test_explicit_renew_before_wins() -> None:
 
 
 @pytest.mark.parametrize(
-    "overrides, field",
+    ("overrides", "field"),
     [
         ({"owner": DROP}, "owner"),
         ({"category": "database"}, "category"),
@@ -55,7 +55,7 @@ def test_invalid_specs_name_the_field(overrides: dict, field: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "source, kind",
+    ("source", "kind"),
     [
         ({"jwt": {"audiences": ["a"]}}, "jwt"),
         (STATIC_SOURCE, "secretRef"),
@@ -67,21 +67,21 @@ def test_source_kind(source: dict, kind: str) -> None:
     assert parse_spec(spec(source=source, **extra)).source.kind == kind
 
 
-@pytest.mark.parametrize("case, overrides, field, phrase", INVALID, ids=[case[0] for case in INVALID])
+@pytest.mark.parametrize(("case", "overrides", "field", "phrase"), INVALID, ids=[case[0] for case in INVALID])
 def test_models_refuse_what_the_api_server_refuses(case: str, overrides: dict, field: str, phrase: str) -> None:
     """The CRD's schema and CEL rules and the models agree on every invalid sample."""
     with pytest.raises(ValidationError):
         AgentCredentialSpec.model_validate(spec(**overrides))
 
 
-@pytest.mark.parametrize("written, mode", [("0400", 0o400), ("440", 0o440), (0o444, 0o444), (256, 0o400)])
+@pytest.mark.parametrize(("written", "mode"), [("0400", 0o400), ("440", 0o440), (0o444, 0o444), (256, 0o400)])
 def test_file_mode_is_octal_text_or_a_number(written: object, mode: int) -> None:
     parsed = parse_spec(spec(projection={"mountPath": "/var/run/agentcred/x", "fileMode": written}))
     assert parsed.projection.file_mode == mode
 
 
 @pytest.mark.parametrize(
-    "written, said", [(0o600, "fileMode 0600 (octal; 384 in decimal)"), ("0644", "0644"), ("rw", "'rw'")]
+    ("written", "said"), [(0o600, "fileMode 0600 (octal; 384 in decimal)"), ("0644", "0644"), ("rw", "'rw'")]
 )
 def test_a_wrong_file_mode_is_said_in_octal(written: object, said: str) -> None:
     with pytest.raises(ValidationError) as refused:

@@ -57,7 +57,7 @@ def test_allowed_names_the_policy() -> None:
 
 
 @pytest.mark.parametrize(
-    "credential, allowed, phrase",
+    ("credential", "allowed", "phrase"),
     [
         (
             spec(source={"jwt": {"audiences": ["https://team-b-gateway.internal"]}}),
@@ -107,7 +107,7 @@ def test_allow_patterns_have_only_star() -> None:
 
 
 @pytest.mark.parametrize(
-    "bound, pattern, expected",
+    ("bound", "pattern", "expected"),
     [
         ("repo:acme/*", "repo:acme/app-*", True),
         ("repo:acme/*", "repo:acme/*", True),

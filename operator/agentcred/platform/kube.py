@@ -244,7 +244,11 @@ class Kube:
                 return
 
     async def watch(
-        self, path: str, label_selector: str, resource_version: str, timeout: int = 270
+        self,
+        path: str,
+        label_selector: str,
+        resource_version: str,
+        timeout: int = 270,  # noqa: ASYNC109 -- the server's timeoutSeconds, not a client deadline
     ) -> AsyncIterator[dict[str, Any]]:
         """The watch events after `resource_version` (bookmarks included), until the server
         ends the watch (after about `timeout` seconds); Gone if that version is too old."""

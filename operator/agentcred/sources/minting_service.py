@@ -112,7 +112,11 @@ class MintingServiceSource:
         )
 
     async def _attempt(
-        self, url: str, payload: dict[str, Any], timeout: float, context: ssl.SSLContext
+        self,
+        url: str,
+        payload: dict[str, Any],
+        timeout: float,  # noqa: ASYNC109 -- the credential's own call timeout, handed to aiohttp
+        context: ssl.SSLContext,
     ) -> dict[str, Any]:
         assert self._session is not None
         try:

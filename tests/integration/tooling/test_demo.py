@@ -1,0 +1,81 @@
+"""The README's first command works: the demo tells the whole story and cleans up after itself,
+in plain text when piped; with --keep it leaves its cluster up for `dev down` to stop."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clusterkit import REPO
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "zombie" not in status.read_text()
+
+
+def _agentcred(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "agentcred", *args], cwd=REPO, capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+def test_demo_runs_end_to_end(cluster, tmp_path: Path) -> None:  # the fixture ensures the binaries exist
+    if not cluster.local:
+        pytest.skip("the demo starts its own local control plane")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}  # everything the demo and its operator create goes here
+    result = _agentcred(env, "demo")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    for step in (
+        "local control plane up",
+        "held by a scheduling gate",
+        "Job research-task Complete",
+        '"action": "issue"',
+        '"action": "revoke"',
+        '"reason": "task-succeeded"',
+        "done: stopping",
+    ):
+        assert step in out, step
+    assert 'sub        "system:serviceaccount:agents:research-agent"' in out
+    assert "\033[" not in out, "escape codes in piped output"
+    assert list(scratch.iterdir()) == [], "the demo left files behind"
+
+
+def test_demo_keep_leaves_its_cluster_for_dev_down(cluster, tmp_path: Path) -> None:
+    if not cluster.local:
+        pytest.skip("the demo starts its own local control plane")
+    env = {**os.environ, "AGENTCRED_CACHE": str(tmp_path / "cache"), "NO_COLOR": "1"}
+    env.pop("KUBECONFIG", None)
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    for name, path in cluster.binaries.items():
+        (assets / name).symlink_to(path)
+    env["KUBEBUILDER_ASSETS"] = str(assets)
+    result = _agentcred(env, "demo", "--keep")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    kubeconfig = result.stdout.strip().splitlines()[-1].removeprefix("export KUBECONFIG=")
+    state = json.loads((tmp_path / "cache" / "dev" / "demo" / "state.json").read_text())
+    try:
+        assert "agentcred dev down --name demo" in result.stdout and kubeconfig == state["kubeconfig"]
+        assert {"operator", "kubelet", "kube-apiserver"} <= set(state["pids"])
+        listed = subprocess.run(
+            [str(cluster.binaries["kubectl"]), "--kubeconfig", kubeconfig, "get", "acred", "-n", "agents"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert listed.returncode == 0 and "research-llm" in listed.stdout, listed.stderr
+    finally:
+        down = _agentcred(env, "dev", "down", "--name", "demo")
+    assert down.returncode == 0, down.stderr
+    assert not any(_alive(pid) for pid in state["pids"].values())
