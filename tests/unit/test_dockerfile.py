@@ -34,14 +34,13 @@ def test_no_secret_material_is_copied_in() -> None:
 
 
 def test_image_ports_and_version_match_the_chart() -> None:
-    import tomllib
-
     import yaml
+
+    import agentcred
 
     chart = yaml.safe_load((REPO / "charts" / "agentcred" / "Chart.yaml").read_text())
     values = yaml.safe_load((REPO / "charts" / "agentcred" / "values.yaml").read_text())
-    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-    assert chart["appVersion"] == version
+    assert chart["appVersion"] == agentcred.__version__  # pyproject reads it from there too
     exposed = {int(p) for line in INSTRUCTIONS if line.startswith("EXPOSE ") for p in line.split()[1:]}
     assert exposed == {values["webhook"]["port"], values["api"]["port"], values["health"]["port"]}
     assert values["image"]["repository"] == "ghcr.io/agentcred/agentcred"

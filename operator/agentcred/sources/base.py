@@ -33,6 +33,35 @@ class Produced:
     value: bytes
     issued: IssuedValue
 
+    @classmethod
+    def of(
+        cls,
+        value: bytes,
+        *,
+        kind: SourceKind,
+        record: CredentialRecord,
+        issue: Issue,
+        now: dt.datetime,
+        fingerprint: str,
+        token_id: str | None = None,
+        expires_at: dt.datetime | None = None,
+    ) -> Produced:
+        """A value produced for `issue`, with its bookkeeping (never the value): `expires_at`
+        when the source decides it (a minting service), else the planned expiry."""
+        assert record.spec is not None
+        issued = IssuedValue(
+            credential=record.name,
+            category=record.spec.category,
+            issued_at=now,
+            expires_at=expires_at or issue.expires_at,
+            task_started_at=issue.task_started_at,
+            fingerprint=fingerprint,
+            token_id=token_id,
+            renewals=issue.renewals,
+            source=kind,
+        )
+        return cls(value, issued)
+
 
 class Source(Protocol):
     kind: SourceKind

@@ -38,19 +38,14 @@ class JwtSource:
             grant=credential_grant(record),
         )
         value = self.sign(record, claims).encode()
-        return Produced(
+        return Produced.of(
             value,
-            IssuedValue(
-                credential=record.name,
-                category=spec.category,
-                issued_at=now,
-                expires_at=issue.expires_at,
-                task_started_at=issue.task_started_at,
-                fingerprint=self._fingerprints(value),
-                token_id=token_id,
-                renewals=issue.renewals,
-                source=self.kind,
-            ),
+            kind=self.kind,
+            record=record,
+            issue=issue,
+            now=now,
+            fingerprint=self._fingerprints(value),
+            token_id=token_id,
         )
 
     def sign(self, record: CredentialRecord, claims: dict[str, object]) -> str:

@@ -193,19 +193,15 @@ class MintingServiceSource:
         }
         reply = await self._post(record, url, payload)
         value, expires_at, token_id = _parse_reply(record, url, reply["text"], issue.expires_at, now)
-        return Produced(
+        return Produced.of(
             value,
-            IssuedValue(
-                credential=record.name,
-                category=spec.category,
-                issued_at=now,
-                expires_at=expires_at,
-                task_started_at=issue.task_started_at,
-                fingerprint=self._fingerprint(value),
-                token_id=token_id,
-                renewals=issue.renewals,
-                source=self.kind,
-            ),
+            kind=self.kind,
+            record=record,
+            issue=issue,
+            now=now,
+            fingerprint=self._fingerprint(value),
+            token_id=token_id,
+            expires_at=expires_at,
         )
 
     async def revoked(

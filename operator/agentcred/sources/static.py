@@ -66,18 +66,8 @@ class StaticSource:
                 )
         if marks:
             self._rotated(record)
-        return Produced(
-            value,
-            IssuedValue(
-                credential=record.name,
-                category=spec.category,
-                issued_at=now,
-                expires_at=issue.expires_at,
-                task_started_at=issue.task_started_at,
-                fingerprint=self._fingerprints(value),
-                renewals=issue.renewals,
-                source=self.kind,
-            ),
+        return Produced.of(
+            value, kind=self.kind, record=record, issue=issue, now=now, fingerprint=self._fingerprints(value)
         )
 
     async def revoked(
