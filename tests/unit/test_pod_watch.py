@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 from typing import Any
 
 from agentcred.api.pods import PodTask
 from agentcred.platform.kube import Gone
 from agentcred.runtime.projection.pod_watch import PodIndex, PodWatch
+from support.fakes import ScriptedPodListing
 
 NS = "team-a"
 
@@ -32,34 +32,9 @@ def admitted(body: dict[str, Any], deleted: bool) -> PodTask | None:
     return PodTask(NS, meta["name"], meta["uid"], "agent", binding, ("llm",), None, phase, deleted, True)
 
 
-class FakeKube:
-    """Lists from `listings` in turn; each watch replays the next batch of `watches`, then
-    either ends (Gone: the next list) or waits for more."""
-
-    def __init__(self, listings: list[list[dict[str, Any]]], watches: list[list[dict[str, Any]] | type]) -> None:
-        self.listings, self.watches = listings, watches
-        self.lists = 0
-        self.more = asyncio.Event()
-
-    async def list_pages(self, path: str, selector: str) -> AsyncIterator[tuple[list[dict[str, Any]], str]]:
-        self.lists += 1
-        listing = self.listings.pop(0)
-        for start in range(0, max(len(listing), 1), 2):  # pages of two
-            yield listing[start : start + 2], str(self.lists)
-
-    async def watch(self, path: str, selector: str, version: str) -> AsyncIterator[dict[str, Any]]:
-        batch = self.watches.pop(0) if self.watches else []
-        if batch is Gone:
-            raise Gone(410, "Gone", "too old")
-        assert isinstance(batch, list)
-        await asyncio.sleep(0.01)  # the listed pods' handling has begun
-        for event in batch:
-            yield event
-        await self.more.wait()  # an open watch with nothing more to say
-        self.more.clear()
-
-
-def watcher(kube: FakeKube, handled: list[tuple[str | None, str, PodTask | None]], delay: float = 0.0) -> PodWatch:
+def watcher(
+    kube: ScriptedPodListing, handled: list[tuple[str | None, str, PodTask | None]], delay: float = 0.0
+) -> PodWatch:
     async def handler(kind: str | None, body: dict[str, Any], task: PodTask | None) -> None:
         handled.append((kind, body["metadata"]["uid"], task))
         await asyncio.sleep(delay)
@@ -74,7 +49,7 @@ async def settle() -> None:
 
 def test_listed_pods_are_indexed_at_once_and_handed_on_only_once_handling_starts() -> None:
     async def main() -> None:
-        kube = FakeKube([[pod("a", "u1"), pod("other", "u2", binding=None)]], [])
+        kube = ScriptedPodListing([[pod("a", "u1"), pod("other", "u2", binding=None)]], [])
         handled: list[Any] = []
         watch = watcher(kube, handled)
         runner = asyncio.create_task(watch.run())
@@ -98,7 +73,7 @@ def test_an_update_that_changes_nothing_read_is_not_handed_on() -> None:
             {"type": "MODIFIED", "object": pod("other", "u2", binding=None, version="2")},
             {"type": "MODIFIED", "object": pod("a", "u1", phase="Succeeded", version="3")},
         ]
-        kube = FakeKube([[pod("a", "u1"), pod("other", "u2", binding=None)]], [events])
+        kube = ScriptedPodListing([[pod("a", "u1"), pod("other", "u2", binding=None)]], [events])
         handled: list[Any] = []
         watch = watcher(kube, handled)
         watch.handling.set()
@@ -113,7 +88,7 @@ def test_an_update_that_changes_nothing_read_is_not_handed_on() -> None:
 
 def test_a_deleted_pod_leaves_the_index_before_its_event_is_handled() -> None:
     async def main() -> None:
-        kube = FakeKube([[pod("a", "u1")]], [[{"type": "DELETED", "object": pod("a", "u1", version="2")}]])
+        kube = ScriptedPodListing([[pod("a", "u1")]], [[{"type": "DELETED", "object": pod("a", "u1", version="2")}]])
         handled: list[Any] = []
         seen_in_index: list[PodTask | None] = []
         watch = watcher(kube, handled)
@@ -137,7 +112,7 @@ def test_a_watch_too_old_to_resume_lists_again_and_hands_on_what_vanished_meanwh
     async def main() -> None:
         first = [pod("a", "u1"), pod("b", "u2", binding="b2"), pod("other", "u3", binding=None)]
         again = [pod("b", "u2", binding="b2"), pod("c", "u4", binding="b4")]
-        kube = FakeKube([first, again], [Gone])
+        kube = ScriptedPodListing([first, again], [Gone])
         handled: list[Any] = []
         watch = watcher(kube, handled)
         watch.handling.set()
@@ -163,7 +138,7 @@ def test_one_pods_events_are_handled_one_at_a_time_and_collapse_into_the_latest(
             {"type": "MODIFIED", "object": pod("a", "u1", phase="Succeeded", version="3")},
             {"type": "ADDED", "object": pod("b", "u2", binding="b2")},
         ]
-        kube = FakeKube([[pod("a", "u1")]], [events])
+        kube = ScriptedPodListing([[pod("a", "u1")]], [events])
         handled: list[Any] = []
         watch = watcher(kube, handled, delay=0.05)
         watch.handling.set()

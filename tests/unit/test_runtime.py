@@ -1,11 +1,10 @@
 """The runtime's parts without a cluster: a plan carried out, the one revocation sequence,
 status writing and the handover, against an in-memory stand-in for the few API calls they
-make (the real API server is what tests/integration is for)."""
+make (`support.fakes.InMemoryApi`; the real API server is what tests/integration is for)."""
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import datetime as dt
 import json
 from pathlib import Path
@@ -18,7 +17,7 @@ from agentcred.api.pods import PodTask
 from agentcred.api.projection import IssuedValue, ProjectionState, Subject
 from agentcred.api.times import utcnow
 from agentcred.platform.keys import KeyRing
-from agentcred.platform.kube import Conflict, NotFound
+from agentcred.platform.kube import Conflict
 from agentcred.platform.revocations import RevocationList
 from agentcred.rules.credentials import credential_record
 from agentcred.rules.seal import Bookkeeping
@@ -27,7 +26,7 @@ from agentcred.runtime.events import EventRecorder
 from agentcred.runtime.projection.bindings import BindingOwners
 from agentcred.runtime.projection.handover import Handover
 from agentcred.runtime.projection.pod_checks import PodChecks
-from agentcred.runtime.projection.reconciler import Reconciler
+from agentcred.runtime.projection.reconciler import UNGATE_PATCH, Reconciler
 from agentcred.runtime.projection.revoker import RevokeOrder, Revoker
 from agentcred.runtime.scheduler import Scheduler
 from agentcred.runtime.status.status_writer import StatusWriter
@@ -36,83 +35,11 @@ from agentcred.runtime.store import ProjectionStore
 from agentcred.sources.base import Sources
 from agentcred.sources.jwt import JwtSource
 from samples import credential
+from support.fakes import InMemoryApi
 from support.views import FixedView
 
 NS, BINDING = "agents", "0123456789abcdef"
 KEY = f"{NS}/{BINDING}"
-
-
-def merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """RFC 7386 merge patch."""
-    for key, value in patch.items():
-        if value is None:
-            target.pop(key, None)
-        elif isinstance(value, dict) and isinstance(target.get(key), dict):
-            merge(target[key], value)
-        else:
-            target[key] = copy.deepcopy(value)
-    return target
-
-
-class FakeKube:
-    """Secrets, pods and credential statuses in memory; optimistic concurrency like the API server."""
-
-    def __init__(self) -> None:
-        self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
-        self.calls: list[str] = []
-        self.statuses: dict[tuple[str, str], dict[str, Any]] = {}
-        self.fail_next: Exception | None = None
-        self._version = 0
-
-    def _stamp(self, body: dict[str, Any]) -> dict[str, Any]:
-        self._version += 1
-        body["metadata"]["resourceVersion"] = str(self._version)
-        return copy.deepcopy(body)
-
-    def _maybe_fail(self) -> None:
-        if self.fail_next is not None:
-            error, self.fail_next = self.fail_next, None
-            raise error
-
-    async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append("create")
-        self._maybe_fail()
-        key = (namespace, body["metadata"]["name"])
-        if key in self.secrets:
-            raise Conflict(409, "AlreadyExists", "exists")
-        self.secrets[key] = copy.deepcopy(body)
-        return self._stamp(self.secrets[key])
-
-    async def patch_secret(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append("patch")
-        self._maybe_fail()
-        current = self.secrets.get((namespace, name))
-        if current is None:
-            raise NotFound(404, "NotFound", "gone")
-        expected = (patch.get("metadata") or {}).get("resourceVersion")
-        if expected and expected != current["metadata"]["resourceVersion"]:
-            raise Conflict(409, "Conflict", "stale")
-        merge(current, {k: v for k, v in patch.items()})
-        return self._stamp(current)
-
-    async def delete_secret(self, namespace: str, name: str) -> None:
-        self.calls.append("delete")
-        self._maybe_fail()
-        if self.secrets.pop((namespace, name), None) is None:
-            raise NotFound(404, "NotFound", "gone")
-
-    async def find_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        found = self.secrets.get((namespace, name))
-        return copy.deepcopy(found) if found else None
-
-    async def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append("ungate")
-        return {}
-
-    async def patch_credential_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append("status")
-        merge(self.statuses.setdefault((namespace, name), {}), status)
-        return {}
 
 
 def record(**overrides: Any):
@@ -141,7 +68,7 @@ class Parts:
     """One operator's runtime, wired as app.operator wires it, around the fake."""
 
     def __init__(self, tmp_path: Path, pod: PodTask | None) -> None:
-        self.kube = FakeKube()
+        self.kube = InMemoryApi()
         self.audit_path = tmp_path / "audit.log"
         self.audit = AuditTrail(str(self.audit_path))
         self.events = EventRecorder(self.kube)
@@ -184,7 +111,8 @@ def test_a_gated_pod_gets_its_value_written_then_released(tmp_path: Path) -> Non
     asyncio.run(parts.reconciler.reconcile(KEY))
     secret = parts.secret()
     assert secret is not None and labels.value_key("research-llm") in secret["data"]
-    assert parts.kube.calls == ["create", "ungate"]
+    assert parts.kube.calls == ["create", "patch-pod"]
+    assert parts.kube.pod_patches == [(NS, "agent", UNGATE_PATCH)]
     (line,) = parts.audit_lines()
     assert line["action"] == "issue" and line["podUID"] == "pod-uid" and line["serviceAccount"] == "research-agent"
     assert parts.store.get(KEY) is not None and len(parts.scheduler) == 1  # the renewal is scheduled
@@ -264,7 +192,7 @@ def test_a_stale_picture_is_read_again_and_planned_anew(tmp_path: Path) -> None:
     secret["metadata"]["resourceVersion"] = "changed-by-someone"  # our memory is now stale
     parts.pod = task(gated=False)
     asyncio.run(parts.reconciler.reconcile(KEY, renew_now=frozenset({"research-llm"})))
-    assert parts.kube.calls == ["create", "ungate", "patch", "patch"]
+    assert parts.kube.calls == ["create", "patch-pod", "patch", "patch"]
     assert [line["action"] for line in parts.audit_lines()] == ["issue", "renew", "void", "renew"]
 
 
