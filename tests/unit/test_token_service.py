@@ -425,9 +425,8 @@ def test_a_pod_that_asks_too_fast_is_slowed_down_and_other_pods_are_not(tmp_path
     slowed = service.refused(bearer(service.pod_token()))
     assert (slowed.error, slowed.status, slowed.retry_after) == ("temporarily_unavailable", 429, 1)
     assert "pod agent asks too fast" in slowed.description
-    assert service.verified(service.ask(bearer(service.pod_token(other)))["access_token"], GATEWAY)["agentcred"][
-        "pod"
-    ] == ("other")
+    served = service.ask(bearer(service.pod_token(other)))
+    assert service.verified(served["access_token"], GATEWAY)["agentcred"]["pod"] == "other"
     actions = [(line["action"], line.get("podUID")) for line in service.audit_lines()]
     assert actions == [("exchange", "pod-uid"), ("exchange", "pod-uid"), ("deny", "pod-uid"), ("exchange", "other-uid")]
 
