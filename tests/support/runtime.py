@@ -5,7 +5,9 @@ test drives the parts and, where it needs them, the scheduler's due work and the
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +115,18 @@ class Runtime:
 
     def secret_data(self, task: PodTask) -> dict[str, str]:
         return self.api.secret_data(task.namespace, labels.secret_name(task.binding))
+
+    async def run_scheduler_until(self, done: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Let the scheduler hand on what falls due until `done()` (AssertionError after `timeout`)."""
+        runner = asyncio.create_task(self.scheduler.run())
+        try:
+            async with asyncio.timeout(timeout):
+                while not done():
+                    await asyncio.sleep(0.01)
+        except TimeoutError:
+            raise AssertionError(f"the scheduler's due work did not get there in {timeout}s") from None
+        finally:
+            runner.cancel()
 
     async def events_posted(self) -> list[dict[str, Any]]:
         return await delivered(self.events, self.api)
