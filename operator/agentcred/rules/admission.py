@@ -286,7 +286,8 @@ def _well_formed(pod: Any) -> None:
         for container in spec.get(field) or []:
             for nested in ("volumeMounts", "env"):
                 objects(container.get(nested), f"spec.{field}[].{nested}")
-    # What the seal check (api.pods.pod_task) reads of a volume.
+    # What the seal check (api.pods.pod_task) reads of the status and of a volume.
+    mapping(body.get("status"), "status")
     for volume in spec.get("volumes") or []:
         projected = mapping(volume.get("projected"), "spec.volumes[].projected")
         for source in objects(projected.get("sources"), "spec.volumes[].projected.sources"):
