@@ -68,12 +68,16 @@ def _check(names: list[str], namespace: str, service_account: str, lookup: Looku
         record = lookup(name)
         if record is None:
             categories.add(None)
-            problems.append(f"AgentCredential {name} does not exist in namespace {namespace}")
+            problems.append(
+                f"AgentCredential {name} does not exist in namespace {namespace}, so ServiceAccount "
+                f"{service_account} cannot receive it"
+            )
         elif not record.ready or record.spec is None:
             verdict = record.verdict()
             categories.add(record.spec.category if record.spec else None)
             problems.append(
-                f"AgentCredential {name} in namespace {namespace} is not Ready ({verdict.reason}): {verdict.message}"
+                f"AgentCredential {name} in namespace {namespace} is not Ready ({verdict.reason}), so "
+                f"ServiceAccount {service_account} cannot receive it: {verdict.message}"
             )
         elif not record.allows(service_account):
             allowed = ", ".join(record.spec.subjects.service_accounts)
