@@ -16,26 +16,18 @@ from agentcred.api import labels
 from agentcred.api.pods import PodTask
 from agentcred.api.projection import IssuedValue, ProjectionState, Subject
 from agentcred.api.times import utcnow
-from agentcred.platform.keys import KeyRing
 from agentcred.platform.kube import Conflict
-from agentcred.platform.revocations import RevocationList
 from agentcred.rules.credentials import credential_record
-from agentcred.rules.seal import Bookkeeping
 from agentcred.runtime.audit import AuditTrail
 from agentcred.runtime.events import EventRecorder
-from agentcred.runtime.projection.bindings import BindingOwners
 from agentcred.runtime.projection.handover import Handover
 from agentcred.runtime.projection.pod_checks import PodChecks
-from agentcred.runtime.projection.reconciler import UNGATE_PATCH, Reconciler
-from agentcred.runtime.projection.revoker import RevokeOrder, Revoker
-from agentcred.runtime.scheduler import Scheduler
+from agentcred.runtime.projection.reconciler import UNGATE_PATCH
+from agentcred.runtime.projection.revoker import RevokeOrder
 from agentcred.runtime.status.status_writer import StatusWriter
-from agentcred.runtime.status.statusbook import StatusBook
-from agentcred.runtime.store import ProjectionStore
 from agentcred.sources.base import Sources
-from agentcred.sources.jwt import JwtSource
 from samples import credential
-from support.fakes import InMemoryApi
+from support.runtime import Runtime
 from support.views import FixedView
 
 NS, BINDING = "agents", "0123456789abcdef"
@@ -64,43 +56,14 @@ def task(phase: str = "Pending", gated: bool = True, deleted: bool = False) -> P
     )
 
 
-class Parts:
-    """One operator's runtime, wired as app.operator wires it, around the fake."""
+class Parts(Runtime):
+    """One operator's runtime, wired as app.operator wires it (support.runtime), around the
+    in-memory API; `pod` is what the view answers for the binding."""
 
     def __init__(self, tmp_path: Path, pod: PodTask | None) -> None:
-        self.kube = InMemoryApi()
-        self.audit_path = tmp_path / "audit.log"
-        self.audit = AuditTrail(str(self.audit_path))
-        self.events = EventRecorder(self.kube)
-        self.book, self.store, self.revocations = StatusBook(), ProjectionStore(), RevocationList()
         self.pod = pod
-        self.view = FixedView(records={"research-llm": record()}, pod_lookup=lambda key: self.pod)
-        ring = KeyRing.generate(utcnow())
-        self.sources = Sources(JwtSource(lambda: ring, "https://issuer"))
-        self.revoker = Revoker(self.audit, self.sources, self.book, self.events, self.view, self.revocations)
-        self.scheduler = Scheduler(self._scheduled)
-        self.reconciler = Reconciler(
-            self.kube,
-            self.store,
-            self.scheduler,
-            self.sources,
-            self.revoker,
-            self.audit,
-            self.events,
-            self.book,
-            view=self.view,
-            bindings=BindingOwners(self.store),
-            checks=PodChecks(self.kube, self.audit, self.events, self.view),  # type: ignore[arg-type]
-            bookkeeping=Bookkeeping(lambda: ring),
-            revocations=self.revocations,
-        )
-        self.reconciler.loaded.set()
-
-    async def _scheduled(self, due: Any) -> None:
-        await self.reconciler.reconcile(due.key)
-
-    def audit_lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.audit_path.read_text().splitlines()]
+        super().__init__(tmp_path, FixedView(records={"research-llm": record()}, pod_lookup=lambda key: self.pod))
+        self.kube = self.api
 
     def secret(self) -> dict[str, Any] | None:
         return self.kube.secrets.get((NS, labels.secret_name(BINDING)))
