@@ -42,6 +42,7 @@ from .fakes import InMemoryApi, delivered
 from .views import FixedView
 
 ISSUER = "https://agentcred.test"
+RING = KeyRing.generate(utcnow())  # shared by every test's runtime: an RSA key takes a while
 
 
 async def healthy(record: CredentialRecord) -> SourceProblem | None:
@@ -52,7 +53,7 @@ class Runtime:
     def __init__(self, tmp_path: Path, view: FixedView) -> None:
         self.api = InMemoryApi()  # stands in for platform.kube.Kube wherever the parts take one
         self.view = view
-        self.ring = KeyRing.generate(utcnow())
+        self.ring = RING
 
         def keyring() -> KeyRing:
             return self.ring

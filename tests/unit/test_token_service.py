@@ -52,6 +52,7 @@ GATEWAY = "https://llm-gateway.internal"  # the sample credential's audience
 SUBJECT = f"system:serviceaccount:{NS}:research-agent"
 ADDRESS = "10.0.0.7"
 NARROW = "tool:web-search action:read resource:repo:acme/app"
+RING = KeyRing.generate(utcnow())  # once for the module: an RSA key takes a while
 
 
 def record(**overrides: Any) -> CredentialRecord:
@@ -83,7 +84,7 @@ class Service:
 
     def __init__(self, tmp_path: Path, *, pod_burst: int = 100, source_burst: int = 100) -> None:
         self.api = InMemoryApi()
-        self.ring = KeyRing.generate(utcnow())
+        self.ring = RING
         self.view = FixedView(records={"research-llm": record()}, pods={task().key: task()})
         self.bindings = BindingOwners(ProjectionStore())
         self.revocations = RevocationList()
