@@ -34,6 +34,10 @@ from ..rules.leaks import parse_reporters
 from ..rules.seal import Bookkeeping
 from ..runtime.audit import AuditTrail
 from ..runtime.events import EventRecorder
+from ..runtime.gateway import ext_authz
+from ..runtime.gateway.forward_auth import FORWARD_AUTH
+from ..runtime.gateway.service import GatewayService
+from ..runtime.gateway.upstream import HandedValues, Upstream, UpstreamSecrets
 from ..runtime.leaks.intake import LEAK_INTAKE, LeakIntake
 from ..runtime.leaks.response import LeakResponder
 from ..runtime.leaks.tracer import Tracer
@@ -99,6 +103,7 @@ class Operator:
         self._runners: list[web.AppRunner] = []
         self._tls_directory: Path | None = None
         self._leadership: Leadership | None = None
+        self._grpc: Any = None  # the ext_authz gRPC server
         self.bindings = BindingOwners(sealed=self._sealed_owner)  # fed by the pod watch, at every replica
 
     # -- lookups (the runtime's view of the indices) ------------------------------------
@@ -257,8 +262,14 @@ class Operator:
         app = build_app(
             issuer=config.effective_issuer, keyring=self.current_keyring, revocations=self.revocations, tokens=tokens
         )
+        self.gateway = self._gateway(tokens, kube)
+        app[FORWARD_AUTH] = self.gateway
         app[LEAK_INTAKE] = self._leak_intake(kube)
         self._runners.append(await serve(app, config.api_address, config.api_port, certfile, keyfile))
+        if config.gateway_grpc_port:
+            self._grpc = await ext_authz.serve(
+                self.gateway, config.gateway_grpc_address, config.gateway_grpc_port, certfile, keyfile
+            )
         webhook = AdmissionWebhook(
             self.credential,
             self.current_keyring,
@@ -330,6 +341,8 @@ class Operator:
             task.cancel()
         if self._leadership is not None:
             await self._leadership.release()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1)
         for runner in self._runners:
             await runner.cleanup()
         if hasattr(self, "status"):
@@ -439,6 +452,22 @@ class Operator:
         """A leader that has not yet listed its Secrets and re-planned serves no one."""
         listing = self.leading() and self.warm.is_set() and not self.reconciler.loaded.is_set()
         return "taking over (listing the managed Secrets)" if listing else None
+
+    def _gateway(self, tokens: TokenService, kube: Kube) -> GatewayService:
+        """Gateways' calls decided: the pod identified as the token service does, the credential
+        attached on the way out (a static value read through the secretRef source)."""
+        config, indices = self.config, self.indices
+        secrets = UpstreamSecrets(kube.find_secret, lambda ns, name: first(indices.shared_secrets, (ns, name)))
+        static = StaticSource(secrets.read, self.fingerprints, self.book.marks, self.book.rotated)
+        return GatewayService(
+            tokens=tokens,
+            policy=lambda name: first(indices.policies, name),
+            revocations=self.revocations,
+            upstream=Upstream(self.jwt, config.effective_issuer, static, HandedValues()),
+            audit=self.audit,
+            gateways=frozenset(config.gateways),
+            budget=RateLimiter(rate=config.gateway_rate, burst=config.gateway_burst),
+        )
 
     def _leak_intake(self, kube: Kube) -> LeakIntake:
         config = self.config

@@ -128,7 +128,10 @@ def caddy_component() -> Component:
     return Component(
         name="caddy",
         version=CADDY_VERSION,
-        go_mod=f"module agentcred.dev/build/caddy\n\ngo 1.26.0\n\nrequire github.com/caddyserver/caddy/v2 v{CADDY_VERSION}\n",
+        go_mod=(
+            "module agentcred.dev/build/caddy\n\ngo 1.26.0\n\n"
+            f"require github.com/caddyserver/caddy/v2 v{CADDY_VERSION}\n"
+        ),
         packages=(("github.com/caddyserver/caddy/v2/cmd/caddy", "caddy"),),
         ldflags="-s -w",
     )
