@@ -23,8 +23,8 @@ from .schema import cel as cel_rule
 # tool call's argument), {header.x-tenant}, {query.version}.
 PLACEHOLDER = r"\{(body|arguments|path|header|query)(\.[A-Za-z0-9_-]{1,64}){1,8}\}"
 TEMPLATE = rf"^([!-)+->@-Z^-z|~]|{PLACEHOLDER})+$"  # printable ASCII except { } * ? [ ] \ and space
-# A path: literal segments, named segments {name}, and an optional trailing /* (any rest).
-ROUTE_PATH = r"^(/([A-Za-z0-9._~!$&'()+,;=:@%-]+|\{[A-Za-z][A-Za-z0-9_]{0,31}\}))*(/\*|/)?$"
+# A path: literal segments (never . or ..), named segments {name}, an optional trailing /* (any rest).
+ROUTE_PATH = r"^(/(\.?[A-Za-z0-9_~!$&'()+,;=:@%-][A-Za-z0-9._~!$&'()+,;=:@%-]*|\{[A-Za-z][A-Za-z0-9_]{0,31}\}))*(/\*|/)?$"
 HOST = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*(:[0-9]{1,5})?$"
 HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
 METHOD = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
