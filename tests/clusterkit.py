@@ -143,6 +143,7 @@ INTROSPECTOR = ("agentcred-introspection", "gateway")  # allowed to introspect, 
 LEAK_REPORTER = (OPERATOR_NAMESPACE, "leak-reporter")
 TENANT_REPORTER = ("leak-tenant", "scanner")
 LEAK_REPORTERS = ",".join(f"{ns}/{name}" for ns, name in (LEAK_REPORTER, TENANT_REPORTER))
+GATEWAY = ("agentcred-gateways", "gateway")  # the gateway the session's operator answers
 
 
 class OperatorProcess:
@@ -173,6 +174,7 @@ class OperatorProcess:
         self.webhook_port = free_port()
         self.api_port = free_port()
         self.health_port = free_port()
+        self.grpc_port = free_port()  # Envoy ext_authz
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -205,6 +207,8 @@ class OperatorProcess:
             str(self.health_port),
             "--audit-log",
             str(self.audit_path),
+            "--gateway-grpc-port",
+            str(self.grpc_port),
             *self.extra_args,
         ]
 

@@ -24,12 +24,21 @@ from .schema import cel as cel_rule
 PLACEHOLDER = r"\{(body|arguments|path|header|query)(\.[A-Za-z0-9_-]{1,64}){1,8}\}"
 TEMPLATE = rf"^([!-)+->@-Z^-z|~]|{PLACEHOLDER})+$"  # printable ASCII except { } * ? [ ] \ and space
 # A path: literal segments (never . or ..), named segments {name}, an optional trailing /* (any rest).
-ROUTE_PATH = r"^(/(\.?[A-Za-z0-9_~!$&'()+,;=:@%-][A-Za-z0-9._~!$&'()+,;=:@%-]*|\{[A-Za-z][A-Za-z0-9_]{0,31}\}))*(/\*|/)?$"
+ROUTE_PATH = (
+    r"^(/(\.?[A-Za-z0-9_~!$&'()+,;=:@%-][A-Za-z0-9._~!$&'()+,;=:@%-]*|\{[A-Za-z][A-Za-z0-9_]{0,31}\}))*(/\*|/)?$"
+)
 HOST = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*(:[0-9]{1,5})?$"
 HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
 METHOD = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 # What a client sends on an MCP endpoint that calls no tool: the session's lifecycle.
-DEFAULT_PROTOCOL_METHODS = ("initialize", "notifications/initialized", "ping", "tools/list", "notifications/cancelled")
+DEFAULT_PROTOCOL_METHODS = (
+    "initialize",
+    "server/discover",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "ping",
+    "tools/list",
+)
 
 Template = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=TEMPLATE)]
 ConditionName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
@@ -71,7 +80,8 @@ class McpRoute(Model):
     )
     header_agreement: bool = Field(
         default=False,
-        description="The upstream server refuses a request whose Mcp-Method and Mcp-Tool-Name headers disagree "
+        description="The upstream server refuses a request whose Mcp-Method and Mcp-Name (or Mcp-Tool-Name) headers "
+        "disagree "
         "with its body. Only then may a gateway that sends no body (forward-auth) have a tool call decided from "
         "those headers; otherwise such a call is refused.",
     )

@@ -136,6 +136,16 @@ class Operator:
         state = self.store.get(key)  # asked only by the token service, which start() builds after the store
         return state.pod_uid if state is not None and state.sealed and state.pod_uid else None
 
+    def _gateway_holders(self, namespace: str, credential: str) -> list[PodTask]:
+        """Live pods of a namespace admitted for a credential gateway-only."""
+        return [
+            task
+            for key in self.pods.index.keys()
+            if key.startswith(f"{namespace}/")
+            for task in self.pods.index.tasks(key)
+            if task.gateway_only(credential) and task.end_reason is None
+        ]
+
     def pod_by_name(self, namespace: str, name: str) -> PodTask | None:
         return self.pods.index.by_name(namespace, name)
 
@@ -221,7 +231,7 @@ class Operator:
             self.book,
             window=dt.timedelta(seconds=2 * (config.lease_duration + config.lease_renew)),
         )
-        self.requests = Requests(self.reconciler, self.store, kube, self.events)
+        self.requests = Requests(self.reconciler, self.store, kube, self.events, self._gateway_holders)
         self.status = StatusWriter(
             kube,
             self.book,
@@ -479,6 +489,7 @@ class Operator:
             revocations=self.revocations,
             pod=self.pod,
             credential=self.credential,
+            handed=self.gateway.upstream.handed.holding,
         )
         responder = LeakResponder(
             tracer,

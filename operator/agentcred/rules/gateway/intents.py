@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 
 from ...api.gateway_model import HttpIntent, McpRoute, Route
 from ..scope import Intent, intent_problem
-from .requests import MCP_METHOD_HEADER, MCP_TOOL_HEADER, GatewayRequest, Refused
+from .requests import MCP_METHOD_HEADER, MCP_NAME_HEADERS, GatewayRequest, Refused
 
 MAX_VALUE = 256  # characters in a tool, action or resource
 PLACEHOLDER = re.compile(r"\{([a-z]+)((?:\.[A-Za-z0-9_-]+)+)\}")
@@ -186,13 +186,14 @@ def _agrees(request: GatewayRequest, method: str, params: dict[str, Any]) -> Non
     """Headers that name the call must name this one: what an upstream reads from them is then
     what was decided."""
     said_method = request.headers.get(MCP_METHOD_HEADER)
-    said_tool = request.headers.get(MCP_TOOL_HEADER)
     if said_method is not None and said_method != method:
         raise Refused(
             "header-mismatch", f"header Mcp-Method {said_method[:64]!r} disagrees with the body ({method[:64]!r})", 400
         )
-    if said_tool is not None and (method != "tools/call" or said_tool != params.get("name")):
-        raise Refused("header-mismatch", "header Mcp-Tool-Name disagrees with the body", 400)
+    for header in MCP_NAME_HEADERS:
+        said = request.headers.get(header)
+        if said is not None and method == "tools/call" and said != params.get("name"):
+            raise Refused("header-mismatch", f"header {header} disagrees with the body's tool name", 400)
 
 
 def _protocol(route: Route, mcp: McpRoute, method: str) -> Derived:
@@ -220,9 +221,14 @@ def _from_headers(route: Route, mcp: McpRoute, request: GatewayRequest, path_par
         raise Refused("mcp-headers", "send the Mcp-Method header: this gateway sends agentcred no body", 400)
     if method != "tools/call":
         return _protocol(route, mcp, method)
-    tool = request.headers.get(MCP_TOOL_HEADER)
-    if not tool:
-        raise Refused("mcp-headers", "a tools/call needs the Mcp-Tool-Name header: this gateway sends no body", 400)
+    names = {request.headers[h] for h in MCP_NAME_HEADERS if h in request.headers}
+    if len(names) != 1:
+        raise Refused(
+            "mcp-headers",
+            "a tools/call needs one tool name in Mcp-Name (or Mcp-Tool-Name): this gateway sends no body",
+            400,
+        )
+    tool = names.pop()
     intent = _mcp_intent(route, mcp, request, path_params, tool, None)
     return Derived(intent, "mcp-call", {"method": method, "tool": tool, "arguments": None})
 

@@ -19,7 +19,9 @@ MAX_HEADERS = 128
 # The agent's own credentials: never passed to conditions, always removed upstream.
 CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 MCP_METHOD_HEADER = "mcp-method"
-MCP_TOOL_HEADER = "mcp-tool-name"
+# The tool's name: `Mcp-Name` as MCP 2026-07-28 (and its SDKs) send it, `Mcp-Tool-Name` as some
+# gateways spell it. Either, if sent, must agree with the body.
+MCP_NAME_HEADERS = ("mcp-name", "mcp-tool-name")
 
 
 class Refused(Exception):
@@ -123,7 +125,7 @@ def header_map(pairs: Any) -> dict[str, str]:
         if count > MAX_HEADERS:
             raise Refused("too-many-headers", f"the request has more than {MAX_HEADERS} headers", 400)
         key = str(name).lower()
-        if key in headers and key in (MCP_METHOD_HEADER, MCP_TOOL_HEADER, "host", "authorization"):
+        if key in headers and key in (MCP_METHOD_HEADER, *MCP_NAME_HEADERS, "host", "authorization"):
             raise Refused("duplicate-header", f"header {key} is given more than once", 400)
         headers[key] = str(value)
     return headers

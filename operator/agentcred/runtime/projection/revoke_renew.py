@@ -9,19 +9,33 @@ still pending, and carries it out.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
+from ...api.pods import PodTask
+from ...api.projection import Subject
 from ...api.times import format_time, utcnow
 from ...platform.kube import Kube
 from ...rules.credentials import CredentialRecord
 from ..events import EventRecorder
 from ..store import ProjectionStore
 from .reconciler import Reconciler
+from .revoker import RevokeOrder
 
 
 class Requests:
-    def __init__(self, reconciler: Reconciler, store: ProjectionStore, kube: Kube, events: EventRecorder) -> None:
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        store: ProjectionStore,
+        kube: Kube,
+        events: EventRecorder,
+        gateway_holders: Callable[[str, str], list[PodTask]] = lambda namespace, name: [],
+    ) -> None:
         self.reconciler, self.store, self.kube, self.events = reconciler, store, kube, events
+        # Live pods admitted for a credential gateway-only: nothing in their Secret to revoke,
+        # so the revocation list alone bars them (gateways ask it on every call).
+        self.gateway_holders = gateway_holders
         self._handled: set[str] = set()
 
     async def revoke_everywhere(
@@ -33,7 +47,14 @@ class Requests:
         counts = await asyncio.gather(
             *(self.reconciler.revoke_value(key, record.name, reason, pod_name, message=message) for key in keys)
         )
-        return sum(counts)
+        barred = 0
+        for task in self.gateway_holders(record.namespace, record.name):
+            if (pod_name and task.name != pod_name) or not task.gateway_only(record.name):
+                continue
+            order = RevokeOrder(record.name, None, reason, message)
+            await self.reconciler.revoker.revoke(Subject.of_task(task), [order], _nothing)
+            barred += 1
+        return sum(counts) + barred
 
     async def renew(self, record: CredentialRecord, request: dict[str, Any]) -> dict[str, Any] | None:
         """Replace every live value now (after an upstream key was rotated, say)."""
@@ -79,3 +100,7 @@ class Requests:
             return None
         self._handled.add(request_id)
         return request_id
+
+
+async def _nothing() -> None:
+    """A gateway-only credential: no Secret to change, the revocation list entry is the act."""
