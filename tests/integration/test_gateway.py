@@ -371,9 +371,8 @@ def test_trace_knows_a_token_handed_to_a_gateway(
     body = json.dumps({"model": "small-1"}).encode()
     assert ext_authz.check("POST", "/v1/chat/completions", identity, body).allowed
     static = trace(cluster, operator, STATIC_VALUE)
-    assert static["verdict"] == "ours" and [(h["kind"], h["credential"]) for h in static["holders"]] == [
-        ("gateway", "llm")
-    ]
+    ours = [(h["kind"], h["credential"], h["pod"]) for h in static["holders"] if h["namespace"] == namespace]
+    assert static["verdict"] == "ours" and ours == [("gateway", "llm", agent["metadata"]["name"])]
     status, answers = leak_intake(cluster, operator, "/v1/leaks", STATIC_VALUE)
     assert status == 200 and answers[0]["outcome"] == "revoked" and answers[0]["next"] == ["compromised"], answers
     refused = ext_authz.check("POST", "/v1/chat/completions", identity, body)
