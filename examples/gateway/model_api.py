@@ -6,6 +6,7 @@ request carries its key in `X-Api-Key`, and says in each answer whether an `Auth
 header reached it (the agent's own token must not). It logs neither.
 
     python model_api.py --port 8000 --key-file /etc/model-api/api-key
+    python model_api.py --port 8000 --any-key     # no key checked: a benchmark's floor
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
-def handler(key: bytes) -> type[BaseHTTPRequestHandler]:
+def handler(key: bytes | None) -> type[BaseHTTPRequestHandler]:
     class ModelApi(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 (the standard library's name)
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length) or b"{}") if length else {}
             given = (self.headers.get("X-Api-Key") or "").encode()
-            if not hmac.compare_digest(given, key):
+            if key is not None and not hmac.compare_digest(given, key):
                 return self._answer(401, {"error": "invalid api key"})
             parts = self.path.split("/")
             model = parts[3] if self.path.startswith("/openai/deployments/") else body.get("model")
@@ -55,10 +56,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--key-file", required=True)
+    parser.add_argument("--key-file", help="the one key accepted in X-Api-Key")
+    parser.add_argument("--any-key", action="store_true", help="accept every request (a benchmark's floor)")
     args = parser.parse_args()
-    key = Path(args.key_file).read_bytes().strip()
-    ThreadingHTTPServer((args.host, args.port), handler(key)).serve_forever()
+    if (args.key_file is None) == (not args.any_key):
+        parser.error("give --key-file, or --any-key")
+    key = Path(args.key_file).read_bytes().strip() if args.key_file else None
+    Server((args.host, args.port), handler(key)).serve_forever()
+
+
+class Server(ThreadingHTTPServer):
+    request_queue_size = 256  # many callers at once: queued, not refused
+    daemon_threads = True
 
 
 if __name__ == "__main__":
