@@ -187,7 +187,7 @@ class Operator:
              "--webhook-url", f"https://127.0.0.1:{webhook}", "--api-address", "127.0.0.1",
              "--api-port", str(self.api_port), "--issuer", self.url, "--health-address", "127.0.0.1",
              "--health-port", str(self.health_port), "--audit-log", str(self.workdir / "audit.log"),
-             "--leak-reporters", "/".join(REPORTER)],
+             "--leak-reporters", "/".join(REPORTER), "--gateway-grpc-port", str(free_port())],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "KUBECONFIG": str(self.plane.kubeconfig), "PYTHONPATH": str(REPO / "operator")},
         )  # fmt: skip

@@ -138,6 +138,8 @@ class Agentcred:
                 str(self.health_port),
                 "--audit-log",
                 str(self.workdir / "audit.log"),
+                "--gateway-grpc-port",
+                str(free_port()),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -409,3 +409,14 @@ def test_a_condition_that_does_not_compile_makes_the_spec_invalid() -> None:
 def test_refusals_are_bounded_reasons() -> None:
     with pytest.raises(Refused):
         request(path="/mcp", raw=b"[").json_body()
+
+
+def test_mcp_name_is_the_tool_header_mcp_2026_sends_and_it_must_agree_too() -> None:
+    spoofed = request(path="/mcp", body=call("delete_docs", collection="a"), headers={"mcp-name": "search_docs"})
+    assert verdict(spoofed, DOCS).reason == "header-mismatch"
+    agreed_route = {"name": "docs", "path": "/mcp", "mcp": {"resource": "docs:handbook", "headerAgreement": True}}
+    agreed = record("docs", [agreed_route], DOCS_SCOPE)
+    named = verdict(request(path="/mcp", headers={"mcp-method": "tools/call", "mcp-name": "search_docs"}), agreed)
+    assert named.allowed and named.intent is not None and named.intent.tool == "search_docs"
+    two = {"mcp-method": "tools/call", "mcp-name": "search_docs", "mcp-tool-name": "delete_docs"}
+    assert verdict(request(path="/mcp", headers=two), agreed).reason == "mcp-headers"

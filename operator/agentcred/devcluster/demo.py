@@ -109,7 +109,7 @@ def _run(plane: ControlPlane, workdir: Path, keep: bool) -> dict[str, int]:
 
     port, api_port = free_port(), free_port()
     issuer = f"https://127.0.0.1:{api_port}"
-    env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
+    env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig), "AGENTCRED_GATEWAY_GRPC_ADDRESS": "127.0.0.1"}
     operator_log = open(workdir / "operator.log", "wb")
     operator = subprocess.Popen(
         [
@@ -134,6 +134,8 @@ def _run(plane: ControlPlane, workdir: Path, keep: bool) -> dict[str, int]:
             issuer,
             "--audit-log",
             str(audit_log),
+            "--gateway-grpc-port",
+            str(free_port()),
         ],
         stdout=operator_log,
         stderr=subprocess.STDOUT,
