@@ -71,8 +71,14 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="2 s per point")
     parser.add_argument("--seconds", type=float, help="seconds per point (default 10)")
     parser.add_argument("--publish", action="store_true", help="copy the plot to bench/plots/")
+    parser.add_argument("--replot", action="store_true", help="only draw the plot again from bench/out/gateway.json")
     args = parser.parse_args()
     seconds = args.seconds or (2.0 if args.quick else 10.0)
+    if args.replot:
+        plot(json.loads((OUT / "gateway.json").read_text()), OUT / "gateway.png")
+        if args.publish:
+            shutil.copy(OUT / "gateway.png", BENCH / "plots" / "gateway.png")
+        return 0
     ensure_binaries()
     caddy_binary = ensure_caddy()
     results: dict[str, Any] = {"seconds_per_point": seconds, "targets": TARGETS}
@@ -421,13 +427,15 @@ def plot(results: dict[str, Any], path: Path) -> None:
     figure, (rate, latency, caddy) = plt.subplots(1, 3, figsize=(15, 4.5))
     for contract, points in results["decisions"].items():
         callers = [p["callers"] for p in points]
-        rate.plot(callers, [p["per_second"] for p in points], marker="o", label=contract)
-        latency.plot(callers, [p["latency_ms"]["p99"] for p in points], marker="o", label=f"{contract} p99")
-        latency.plot(
-            callers, [p["latency_ms"]["p50"] for p in points], marker=".", linestyle="--", label=f"{contract} p50"
-        )
+        (line,) = rate.plot(callers, [p["per_second"] for p in points], marker="o", label=contract)
+        color = line.get_color()
+        p99 = [p["latency_ms"]["p99"] for p in points]
+        p50 = [p["latency_ms"]["p50"] for p in points]
+        latency.plot(callers, p99, marker="o", color=color, label=f"{contract} p99")
+        latency.plot(callers, p50, marker=".", linestyle="--", color=color, label=f"{contract} p50")
     rate.axhline(TARGETS["decisions_per_s"], color="grey", linestyle=":", label="target 2,000/s")
     latency.axhline(TARGETS["p99_ms_at_16"], color="grey", linestyle=":", label="target p99 5 ms (16 callers)")
+    latency.set_yscale("log")
     for axis, title, unit in ((rate, "decisions per second", "decisions/s"), (latency, "decision latency", "ms")):
         axis.set_xscale("log")
         axis.set_xticks(list(CALLERS), [str(c) for c in CALLERS])
