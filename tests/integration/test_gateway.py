@@ -125,6 +125,9 @@ def test_an_allowed_tool_call_gets_a_token_minted_for_that_call(
     assert claims["agentcred"]["grant"] == "gateway" and claims["agentcred"]["podUID"] == agent["metadata"]["uid"]
     assert claims["exp"] - claims["iat"] <= 60
     assert set(checked.removed) == {"cookie", "proxy-authorization"}  # Authorization itself is overwritten
+    # The upstream holds that token: replayed to the gateway as the pod's identity, it is refused.
+    replayed = ext_authz.check("POST", "/mcp", {"authorization": f"Bearer {token}"}, body)
+    assert (replayed.status, replayed.body["reason"]) == (401, "invalid-token")
 
     line = wait_for(lambda: audit_lines(operator, "gateway", requestId="req-allow"), what="the call's audit line")[0]
     assert line["decision"] == "allow" and line["contract"] == "ext_authz"

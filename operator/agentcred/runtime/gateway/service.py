@@ -27,7 +27,7 @@ from ...sources.base import SourceUnavailable
 from ..audit import AuditTrail
 from ..tokens.callers import NotAuthenticated, RateLimiter
 from ..tokens.token_service import TokenService
-from .upstream import Attached, Upstream
+from .upstream import GRANT, Attached, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,15 @@ class GatewayService:
             facts["rule"] = "identity"
             reason = "invalid-token" if refused.status == 401 else "pod-not-admitted"
             return refusal(refused.status, reason, refused.description, "identity")
+        if caller.parent is not None and caller.parent["agentcred"].get("grant") == GRANT:
+            # Handed to an upstream with a call: the upstream holds it, so it is no proof of the pod.
+            facts["rule"] = "identity"
+            return refusal(
+                401,
+                "invalid-token",
+                "a token agentcred handed a gateway for an upstream is not the pod's identity",
+                "identity",
+            )
         facts.update(
             namespace=task.namespace, pod=task.name, podUID=task.uid, job=task.job, serviceAccount=task.service_account
         )
