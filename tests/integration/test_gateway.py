@@ -282,6 +282,15 @@ def test_calls_without_a_live_admitted_pod_behind_them_are_refused(
         forged_claims, ed25519.Ed25519PrivateKey.generate(), algorithm="EdDSA", headers={"typ": "at+jwt"}
     )
     assert outcome({"authorization": f"Bearer {forged}"}) == (401, "invalid-token")
+    # The same claims signed with agentcred's own key (read as an admin could), expired a minute ago.
+    from agentcred.platform.keys import KeyRing, encode_jwt
+
+    secret = cluster.core.read_namespaced_secret("agentcred-signing-keys", "agentcred")
+    ring = KeyRing.from_secret_data(secret.data)
+    expired = encode_jwt(
+        {**forged_claims, "exp": int(time.time()) - 60, "iat": int(time.time()) - 400}, ring.current("EdDSA")
+    )
+    assert outcome({"authorization": f"Bearer {expired}"}) == (401, "invalid-token")
     # A ServiceAccount token bound to no pod; one of a pod agentcred never admitted.
     assert outcome(bearer(cluster, namespace, None))[0] == 401
     plain = cluster.core.create_namespaced_pod(
@@ -315,6 +324,7 @@ def test_a_revocation_stops_the_next_call(
     identity = bearer(cluster, namespace, agent)
     body = json.dumps({"model": "small-1"}).encode()
     assert ext_authz.check("POST", "/v1/chat/completions", identity, body).allowed
+    started = time.monotonic()  # the request written -> the first call refused
     ran = cluster.kubectl(
         "annotate",
         "acred",
@@ -324,7 +334,6 @@ def test_a_revocation_stops_the_next_call(
         f'agentcred.dev/revoke={{"id": "r1", "pod": "{agent["metadata"]["name"]}", "reason": "test"}}',
     )
     assert ran.returncode == 0, ran.stderr
-    started = time.monotonic()
     wait_for(
         lambda: not ext_authz.check("POST", "/v1/chat/completions", identity, body).allowed,
         what="the revoked call refused",
