@@ -85,6 +85,9 @@ class _NothingLive:
     def pod_by_name(self, namespace: str, name: str) -> None:
         return None
 
+    def live_pods(self, namespace: str) -> list[Any]:
+        return []
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

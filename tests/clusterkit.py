@@ -134,6 +134,7 @@ INTROSPECTOR = ("agentcred-introspection", "gateway")  # allowed to introspect, 
 LEAK_REPORTER = (OPERATOR_NAMESPACE, "leak-reporter")
 TENANT_REPORTER = ("leak-tenant", "scanner")
 LEAK_REPORTERS = ",".join(f"{ns}/{name}" for ns, name in (LEAK_REPORTER, TENANT_REPORTER))
+GATEWAY = ("agentcred-gateways", "gateway")  # the gateway the session's operator answers
 
 
 class OperatorProcess(LocalOperator):

@@ -41,8 +41,64 @@ def credential(name: str = "research-llm", namespace: str | None = None, **overr
     return {"apiVersion": model.API_VERSION, "kind": model.KIND, "metadata": metadata, "spec": spec(**overrides)}
 
 
+# A gateway-only model credential: chat completions through a gateway, the model from the body.
+CHAT_ROUTE = {
+    "name": "chat",
+    "methods": ["POST"],
+    "path": "/v1/chat/completions",
+    "intent": {"tool": "llm", "action": "invoke", "resource": "model:{body.model}"},
+}
+GATEWAY_ONLY = {"projection": {"delivery": "gateway"}, "gateway": {"routes": [CHAT_ROUTE]}}
+
 # (case, spec overrides, field the API server names, phrase in its message)
 INVALID = [
+    (
+        "gateway delivery without gateway",
+        {"projection": {"delivery": "gateway"}},
+        "spec.gateway",
+        "gateway is required when projection.delivery is gateway",
+    ),
+    (
+        "gateway delivery with a mountPath",
+        {"projection": {"delivery": "gateway", "mountPath": "/var/run/x"}, "gateway": {"routes": [CHAT_ROUTE]}},
+        "spec.projection",
+        "do not apply to gateway delivery",
+    ),
+    ("unknown delivery", {"projection": {"delivery": "email"}}, "spec.projection.delivery", "Unsupported value"),
+    (
+        "gateway delivery of a minting service",
+        {
+            "source": {"webhook": {"url": "https://minter.internal"}},
+            "projection": {"delivery": "gateway"},
+            "gateway": {"routes": [CHAT_ROUTE]},
+        },
+        "spec.source",
+        "gateway delivery attaches a minted (jwt) or static (secretRef) value",
+    ),
+    (
+        "route with intent and mcp",
+        {"gateway": {"routes": [{**CHAT_ROUTE, "mcp": {"resource": "docs:x"}}]}},
+        "spec.gateway.routes[0]",
+        "exactly one of intent (a plain HTTP API) and mcp",
+    ),
+    (
+        "route template with a glob",
+        {"gateway": {"routes": [{**CHAT_ROUTE, "intent": {"tool": "llm", "action": "*", "resource": "m"}}]}},
+        "spec.gateway.routes[0].intent.action",
+        "should match",
+    ),
+    (
+        "route path with dot-dot",
+        {"gateway": {"routes": [{**CHAT_ROUTE, "path": "/v1/../admin"}]}},
+        "spec.gateway.routes[0].path",
+        "should match",
+    ),
+    (
+        "route audience not the source's",
+        {"gateway": {"routes": [{**CHAT_ROUTE, "audience": "https://elsewhere.internal"}]}},
+        "spec.gateway.routes",
+        "must be one of source.jwt.audiences",
+    ),
     ("ttl over a day", {"ttl": "25h", "maxLifetime": "48h"}, "spec.ttl", "at most 24h"),
     ("missing owner", {"owner": DROP}, "spec.owner", "Required value"),
     ("unknown category", {"category": "database"}, "spec.category", "Unsupported value"),

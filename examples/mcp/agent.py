@@ -14,6 +14,10 @@ AGENTCRED_ISSUER, AGENTCRED_IDENTITY_TOKEN_FILE and AGENTCRED_CA_FILE. MCP_SERVE
 the server.
 
     MCP_SERVER_URL=http://docs-mcp.agents.svc:8000/mcp python agent.py
+
+Through a gateway that asks agentcred about every call (`MCP_GATEWAY=true`, MCP_SERVER_URL
+the gateway's URL; see examples/gateway), the agent holds no token for the server at all: it
+shows the gateway its identity token, and the gateway attaches what agentcred hands it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from mcp.client.auth import OAuthTokenError
 from mcp.client.auth.extensions.client_credentials import PrivateKeyJWTOAuthProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
+from mcp.shared.exceptions import MCPError
 
 
 class MemoryStorage:
@@ -76,12 +81,36 @@ def client_id(token_file: str) -> str:
     return str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sub"])
 
 
+class GatewayIdentity(httpx2.Auth):
+    """Through a gateway: the pod's identity token as the bearer of every request (read from its
+    file at each use: the kubelet rotates it), and -- as MCP 2026-07-28 clients send them -- the
+    Mcp-Method and Mcp-Name headers naming what each message does, so that a gateway that sees
+    no body (forward-auth) can have the call decided from them."""
+
+    def __init__(self, token_file: str) -> None:
+        self.token_file = token_file
+
+    def auth_flow(self, request: httpx2.Request):  # type: ignore[no-untyped-def]
+        request.headers["Authorization"] = f"Bearer {Path(self.token_file).read_text().strip()}"
+        try:
+            message = json.loads(request.content) if request.method == "POST" else None
+        except ValueError:
+            message = None
+        if isinstance(message, dict) and isinstance(message.get("method"), str):
+            request.headers.setdefault("Mcp-Method", message["method"])
+            name = (message.get("params") or {}).get("name")
+            if message["method"] == "tools/call" and isinstance(name, str):
+                request.headers.setdefault("Mcp-Name", name)
+        yield request
+
+
 @dataclass(frozen=True)
 class Settings:
     server_url: str
     issuer: str
     token_file: str
     cafile: str | None
+    gateway: bool = False  # through a gateway that asks agentcred: no token of the agent's own
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -90,19 +119,24 @@ class Settings:
             issuer=os.environ["AGENTCRED_ISSUER"],
             token_file=os.environ["AGENTCRED_IDENTITY_TOKEN_FILE"],
             cafile=os.environ.get("AGENTCRED_CA_FILE"),
+            gateway=os.environ.get("MCP_GATEWAY", "").lower() == "true",
         )
 
 
 @asynccontextmanager
 async def connect(settings: Settings) -> AsyncIterator[Client]:
     """An MCP client session with the server, authorized by agentcred."""
-    auth = PrivateKeyJWTOAuthProvider(
-        server_url=settings.server_url,
-        storage=MemoryStorage(),
-        client_id=client_id(settings.token_file),
-        assertion_provider=pod_identity(settings.token_file),
-        issuer=settings.issuer,
-    )
+    auth: httpx2.Auth
+    if settings.gateway:
+        auth = GatewayIdentity(settings.token_file)
+    else:
+        auth = PrivateKeyJWTOAuthProvider(
+            server_url=settings.server_url,
+            storage=MemoryStorage(),
+            client_id=client_id(settings.token_file),
+            assertion_provider=pod_identity(settings.token_file),
+            issuer=settings.issuer,
+        )
     context = ssl.create_default_context()  # public CAs for the server, and agentcred's CA
     if settings.cafile:
         context.load_verify_locations(settings.cafile)
@@ -127,6 +161,8 @@ async def run(settings: Settings) -> int:
             deleted = await client.call_tool("delete_docs", {"titles": ["rotation"]})
             print("delete_docs was not refused:", *(getattr(item, "text", item) for item in deleted.content))
     except* OAuthTokenError as refused:
+        refusal = refused.exceptions[0]
+    except* MCPError as refused:  # through a gateway: agentcred's refusal, passed on by the gateway
         refusal = refused.exceptions[0]
     if refusal is None:
         return 1

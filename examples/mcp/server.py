@@ -198,6 +198,10 @@ class ToolScopes:
                 return
             if message["type"] != "http.request" or not message.get("more_body"):
                 break
+        disagreement = self._disagreement(body, scope)
+        if disagreement is not None:
+            await self._reply(send, 400, {"error": "invalid_request", "error_description": disagreement})
+            return
         for tool in self._called(body):
             if tool in self.tools.names and not self.tools.granted(user.access_token.claims or {}, tool):
                 log.info("refused %s to %s: the token does not grant it", tool, user.access_token.subject)
@@ -208,6 +212,29 @@ class ToolScopes:
             return messages.pop(0) if messages else await receive()
 
         await self.app(scope, replay, send)
+
+    @staticmethod
+    def _disagreement(body: bytes, scope: Scope) -> str | None:
+        """Headers that name the call (Mcp-Method, Mcp-Name or Mcp-Tool-Name, as MCP 2026-07-28 and
+        gateways send them) must name this body's call: a gateway that decided from the headers
+        alone then decided this call (the route's `mcp.headerAgreement` in agentcred)."""
+        headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
+        said_method, said_names = headers.get("mcp-method"), {headers.get("mcp-name"), headers.get("mcp-tool-name")}
+        said_names.discard(None)
+        if said_method is None and not said_names:
+            return None
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return "the body is not JSON"
+        if not isinstance(parsed, dict):
+            return "headers name one call, the body is not one message"
+        if said_method is not None and said_method != parsed.get("method"):
+            return "Mcp-Method disagrees with the body"
+        name = (parsed.get("params") or {}).get("name") if isinstance(parsed.get("params"), dict) else None
+        if said_names and (parsed.get("method") != "tools/call" or said_names != {name}):
+            return "Mcp-Name disagrees with the body"
+        return None
 
     @staticmethod
     def _called(body: bytes) -> list[str]:

@@ -49,6 +49,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, webhook_config=args.webhook_config)
     if args.introspector:
         config = dataclasses.replace(config, introspectors=tuple(args.introspector))
+    if args.gateway:
+        config = dataclasses.replace(config, gateways=tuple(args.gateway))
+    if args.gateway_grpc_port is not None:
+        config = dataclasses.replace(config, gateway_grpc_port=args.gateway_grpc_port)
     if args.standalone:
         config = dataclasses.replace(config, leader_election=False)
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.log_json else kopf.LogFormat.PLAIN)
@@ -120,6 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NAMESPACE/SERVICEACCOUNT",
         help="a ServiceAccount allowed to introspect tokens (RFC 7662); repeat for several",
+    )
+    run.add_argument(
+        "--gateway",
+        action="append",
+        metavar="NAMESPACE/SERVICEACCOUNT",
+        help="a gateway's ServiceAccount allowed to ask agentcred to decide calls (ext_authz, forward-auth); "
+        "repeat for several (AGENTCRED_GATEWAYS, comma-separated)",
+    )
+    run.add_argument(
+        "--gateway-grpc-port",
+        type=int,
+        help="port of Envoy's ext_authz gRPC service (default 9191; 0: off; AGENTCRED_GATEWAY_GRPC_PORT)",
     )
     run.add_argument(
         "--audit-log",

@@ -33,3 +33,6 @@ class FixedView:
 
     def pod_by_name(self, namespace: str, name: str) -> PodTask | None:
         return next((t for t in self.pods.values() if (t.namespace, t.name) == (namespace, name)), None)
+
+    def live_pods(self, namespace: str) -> list[PodTask]:
+        return [t for t in self.pods.values() if t.namespace == namespace and t.end_reason is None]

@@ -280,3 +280,41 @@ def test_the_webhooks_patch_makes_the_admitted_pod_and_leaves_the_request_alone(
     expected = copy.deepcopy(case)
     admission.apply(expected, NS, found, KEYS, NOW, issuer=ISSUER)
     assert jsonpatch.apply_patch(sent, patch) == expected
+
+
+def test_a_gateway_only_credential_is_recorded_in_the_identity_volume_and_never_mounted() -> None:
+    from samples import GATEWAY_ONLY
+
+    gateway_only = record("upstream", **GATEWAY_ONLY)
+    admitted = inject(
+        pod("research-llm,upstream"), NS, lookup_of(record(), gateway_only), KEYS, NOW, issuer="https://a"
+    )
+    volumes = {v["name"]: v for v in admitted["spec"]["volumes"]}
+    assert set(volumes) == {labels.volume_name("research-llm"), labels.IDENTITY_VOLUME}
+    items = volumes[labels.IDENTITY_VOLUME]["projected"]["sources"][1]["secret"]["items"]
+    assert {"key": labels.gateway_key("upstream"), "path": f"{labels.GATEWAY_DIRECTORY}/upstream"} in items
+    for container in admitted["spec"]["containers"]:
+        assert [m["mountPath"] for m in container["volumeMounts"]] == [
+            "/var/run/agentcred/research-llm",
+            labels.IDENTITY_MOUNT_PATH,
+        ]
+    task = pod_task({**admitted, "metadata": {**admitted["metadata"], "namespace": NS}})
+    assert task is not None and task.credentials == ("research-llm", "upstream") and task.gateway == ("upstream",)
+    assert seal.holds(
+        KEYS.mac_keys("admission"),
+        task.seal,
+        NS,
+        task.binding,
+        task.service_account,
+        task.credentials,
+        task.admitted_text,
+    )
+
+
+def test_a_pod_with_only_a_gateway_only_credential_gets_its_identity() -> None:
+    from samples import GATEWAY_ONLY
+
+    admitted = inject(pod("upstream"), NS, lookup_of(record("upstream", **GATEWAY_ONLY)), KEYS, NOW, issuer="https://a")
+    assert [v["name"] for v in admitted["spec"]["volumes"]] == [labels.IDENTITY_VOLUME]
+    task = pod_task({**admitted, "metadata": {**admitted["metadata"], "namespace": NS}})
+    assert task is not None and task.gateway == ("upstream",)

@@ -65,3 +65,13 @@ def test_a_compromised_static_value_is_a_finding_until_rotated() -> None:
     inventory = build_inventory([leaked, rotated], [], set(), NOW)
     assert [(f.kind, f.name) for f in inventory.needs_action({"compromised"})] == [("compromised", "vendor")]
     assert "hmac-sha256:0123456789ab" in render_table(inventory)
+
+
+def test_a_gateway_only_credential_says_so() -> None:
+    from samples import GATEWAY_ONLY
+
+    inventory = build_inventory([body("llm"), body("upstream", **GATEWAY_ONLY)], [], set(), NOW)
+    assert {e.name: e.delivery for e in inventory.credentials} == {"llm": "secret", "upstream": "gateway"}
+    table = render_table(inventory)
+    assert "DELIVERY" in table and "gateway-only" in table
+    assert '"delivery": "gateway"' in render_json(inventory)

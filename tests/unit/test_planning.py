@@ -162,3 +162,19 @@ def test_values_no_longer_requested_are_revoked() -> None:
     extra = state(**{"research-llm": value(MIN), "old": value(MIN, name="old")})
     decided = plan(task(gated=False), extra, {"research-llm": record()}, NOW)
     assert [(r.credential, r.reason) for r in decided.revoke] == [("old", "not-requested")]
+
+
+def test_a_gateway_only_credential_is_never_issued_and_does_not_hold_the_pod() -> None:
+    import dataclasses
+
+    from samples import GATEWAY_ONLY
+
+    admitted = dataclasses.replace(task(credentials=("upstream",)), gateway=("upstream",))
+    decided = plan(admitted, None, {"upstream": record("upstream", **GATEWAY_ONLY)}, NOW)
+    assert decided.issue == () and decided.ungate and decided.problems == ()
+    # A credential made gateway-only after the pod got its value: the value goes, nothing new comes.
+    mixed = task(gated=False, credentials=("research-llm",))
+    held = state(**{"research-llm": value(MIN)})
+    now_gateway = plan(mixed, held, {"research-llm": record(**GATEWAY_ONLY)}, NOW)
+    assert [(r.credential, r.reason) for r in now_gateway.revoke] == [("research-llm", "gateway-only")]
+    assert now_gateway.issue == ()

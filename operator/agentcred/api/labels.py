@@ -49,6 +49,10 @@ SECRET_PREFIX = "agentcred-"
 VOLUME_PREFIX = "agentcred-"
 VALUE_FILE = "token"
 EXPIRY_FILE = "expires-at"
+# A gateway-only credential a pod was admitted for: an item of the identity volume naming a
+# key the operator never writes (so no file appears), recorded in the pod's immutable spec.
+GATEWAY_SUFFIX = "gateway"
+GATEWAY_DIRECTORY = "gateway-only"
 SERVICE_ACCOUNT_AUDIENCE = "agentcred"
 
 # What a pod that asks for a minted credential gets to reach the token service with: its
@@ -93,6 +97,10 @@ def volume_name(credential: str) -> str:
 
 def value_key(credential: str) -> str:
     return f"{credential}.{VALUE_FILE}"
+
+
+def gateway_key(credential: str) -> str:
+    return f"{credential}.{GATEWAY_SUFFIX}"
 
 
 def expiry_key(credential: str) -> str:

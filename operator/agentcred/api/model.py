@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from .durations import cel_seconds, parse_duration
+from .gateway_model import Delivery, GatewayUse
 from .schema import (
     CATEGORIES,
     DNS_SUBDOMAIN,
@@ -268,10 +269,35 @@ class Scope(ScopeRules):
 
 
 class Projection(Model):
-    """How the value appears inside the pod."""
+    """How the value reaches the workload: written into the pod (secret), or only ever handed
+    to gateways, which attach it to the requests they let through (gateway)."""
 
-    mount_path: Annotated[str, StringConstraints(pattern=MOUNT_PATH, max_length=512)] = Field(
-        description="Directory the credential's files are mounted at (read-only)."
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.delivery) && self.delivery == 'gateway' || has(self.mountPath)",
+                    "mountPath is required: the directory the value is mounted at (only gateway delivery has none)",
+                    ".mountPath",
+                ),
+                cel(
+                    "!has(self.delivery) || self.delivery != 'gateway' || "
+                    "!(has(self.mountPath) || has(self.envVar) || has(self.fileMode))",
+                    "mountPath, envVar and fileMode do not apply to gateway delivery: the value never enters a pod",
+                ),
+            ]
+        }
+    )
+
+    delivery: Delivery = Field(
+        default="secret",
+        description="How the value reaches the workload: secret (written into one Secret per pod and mounted; the "
+        "default) or gateway (never written into any pod: gateways attach it upstream to the calls agentcred "
+        "allows; the pod holds only its identity).",
+    )
+    mount_path: Annotated[str, StringConstraints(pattern=MOUNT_PATH, max_length=512)] | None = Field(
+        default=None,
+        description="Directory the credential's files are mounted at (read-only). Required unless delivery is gateway.",
     )
     env_var: Annotated[str, StringConstraints(pattern=ENV_VAR_NAME, max_length=128)] | None = Field(
         default=None, description="Optional env var carrying the value file's path."
@@ -281,6 +307,21 @@ class Projection(Model):
         description="Mode of the projected files, read-only: 0400, 0440, 0444 or 0404 (octal). Write it "
         'quoted ("0400") or as a YAML octal number (0400); default 0444.',
     )
+
+    @model_validator(mode="after")
+    def _delivered(self) -> Projection:
+        if self.delivery == "gateway":
+            if self.mount_path is not None or self.env_var is not None or self.file_mode is not None:
+                raise ValueError(
+                    "mountPath, envVar and fileMode do not apply to gateway delivery: the value never enters a pod"
+                )
+        elif self.mount_path is None:
+            raise ValueError("mountPath is required: the directory the value is mounted at")
+        return self
+
+    @property
+    def gateway_only(self) -> bool:
+        return self.delivery == "gateway"
 
 
 class ExceptionApproval(Model):
@@ -340,6 +381,31 @@ class AgentCredentialSpec(Model):
                     "renewBefore must be shorter than ttl",
                     ".renewBefore",
                 ),
+                cel(
+                    "!has(self.projection.delivery) || self.projection.delivery != 'gateway' || has(self.gateway)",
+                    "gateway is required when projection.delivery is gateway: its routes say which calls the "
+                    "credential is for",
+                    ".gateway",
+                ),
+                cel(
+                    "!has(self.projection.delivery) || self.projection.delivery != 'gateway' || "
+                    "!has(self.source.webhook)",
+                    "gateway delivery attaches a minted (jwt) or static (secretRef) value: a minting service's "
+                    "values are written into pods",
+                    ".source",
+                ),
+                cel(
+                    "!has(self.gateway) || has(self.source.jwt) || self.gateway.routes.all(r, !has(r.audience))",
+                    "a route's audience applies only to jwt sources",
+                    ".gateway.routes",
+                ),
+                cel(
+                    "!has(self.gateway) || !has(self.source.jwt) || self.gateway.routes.all(r, has(r.audience) ? "
+                    "r.audience in self.source.jwt.audiences : size(self.source.jwt.audiences) == 1)",
+                    "each route's audience must be one of source.jwt.audiences (name it on every route when there "
+                    "are several)",
+                    ".gateway.routes",
+                ),
             ]
         }
     )
@@ -371,7 +437,14 @@ class AgentCredentialSpec(Model):
         description="How long one task may hold the credential, renewals included, counted from the pod's "
         "admission; a duration (s, m, h, d; e.g. 8h, 2d). Default 8h.",
     )
-    projection: Projection = Field(description="How the value appears inside the pod.")
+    projection: Projection = Field(
+        description="How the value reaches the workload: mounted into the pod (secret) or only through gateways."
+    )
+    gateway: GatewayUse | None = Field(
+        default=None,
+        description="How gateways use the credential: the routes that turn a request into an intent, CEL "
+        "conditions over each call, and the header the value goes in upstream. Required for gateway delivery.",
+    )
     exception: ExceptionApproval | None = Field(
         default=None,
         description="Required for secretRef sources, refused for others: why a long-lived static value is "
@@ -399,6 +472,17 @@ class AgentCredentialSpec(Model):
             raise ValueError("ttl must not exceed maxLifetime")
         if self.renew_before is not None and parse_duration(self.renew_before) >= self.ttl_delta:
             raise ValueError("renewBefore must be shorter than ttl")
+        if self.projection.gateway_only and self.gateway is None:
+            raise ValueError("gateway is required when projection.delivery is gateway")
+        if self.projection.gateway_only and self.source.webhook is not None:
+            raise ValueError("gateway delivery attaches a minted (jwt) or static (secretRef) value, not a webhook's")
+        if self.gateway is not None:
+            jwt = self.source.jwt
+            for route in self.gateway.routes:
+                if route.audience is not None and (jwt is None or route.audience not in jwt.audiences):
+                    raise ValueError(f"route {route.name}: audience must be one of source.jwt.audiences")
+                if route.audience is None and jwt is not None and len(jwt.audiences) != 1:
+                    raise ValueError(f"route {route.name}: name its audience (the source has several)")
         return self
 
     @property

@@ -50,6 +50,11 @@ class PodTask(Bound):
     admitted_text: str = ""  # the annotation as written (what the seal covers)
     seal: str | None = None
     created_at: dt.datetime | None = None
+    gateway: tuple[str, ...] = ()  # of `credentials`, those admitted gateway-only (never written into it)
+    pod_labels: tuple[tuple[str, str], ...] = ()  # mutable by pod editors: conditions read them as hints
+
+    def gateway_only(self, credential: str) -> bool:
+        return credential in self.gateway
 
     @property
     def end_reason(self) -> EndReason | None:
@@ -81,6 +86,7 @@ def pod_task(pod: dict[str, Any], deleted: bool = False) -> PodTask | None:
     spec = pod.get("spec") or {}
     binding = None
     credentials: list[str] = []
+    gateway: list[str] = []
     for volume in spec.get("volumes") or []:
         if not str(volume.get("name", "")).startswith(labels.VOLUME_PREFIX):
             continue
@@ -94,9 +100,12 @@ def pod_task(pod: dict[str, Any], deleted: bool = False) -> PodTask | None:
             binding = found
             for item in secret.get("items") or []:
                 key = str(item.get("key", ""))
-                suffix = f".{labels.VALUE_FILE}"
-                if key.endswith(suffix) and key[: -len(suffix)] not in credentials:
-                    credentials.append(key[: -len(suffix)])
+                for suffix in (f".{labels.VALUE_FILE}", f".{labels.GATEWAY_SUFFIX}"):
+                    name = key[: -len(suffix)]
+                    if key.endswith(suffix) and name not in credentials:
+                        credentials.append(name)
+                        if suffix == f".{labels.GATEWAY_SUFFIX}":
+                            gateway.append(name)
     if binding is None or not credentials:
         return None
     job = next((ref.get("name") for ref in meta.get("ownerReferences") or [] if ref.get("kind") == "Job"), None)
@@ -116,6 +125,8 @@ def pod_task(pod: dict[str, Any], deleted: bool = False) -> PodTask | None:
         admitted_text=str(annotations.get(labels.ADMITTED_ANNOTATION) or ""),
         seal=annotations.get(labels.SEAL_ANNOTATION),
         created_at=_time(meta.get("creationTimestamp")),
+        gateway=tuple(gateway),
+        pod_labels=tuple(sorted((str(k), str(v)) for k, v in (meta.get("labels") or {}).items())),
     )
 
 

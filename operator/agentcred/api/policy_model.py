@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints
 
+from .gateway_model import PolicyGateway
 from .schema import Category, Duration, Model, SourceKind, api_version_field, kind_field
 
 LabelValue = Annotated[str, StringConstraints(max_length=63)]
@@ -91,6 +92,11 @@ class AgentCredentialPolicySpec(Model):
         default="8h", description="The longest maxLifetime allowed, a duration (s, m, h, d). Default 8h."
     )
     scope: ScopeBounds | None = Field(default=None, description="The widest scope allowed (unbounded when unset).")
+    gateway: PolicyGateway | None = Field(
+        default=None,
+        description="What every call through a gateway must meet, with a credential this policy allows "
+        "(CEL conditions, besides the credential's own).",
+    )
 
 
 class AgentCredentialPolicyRoot(Model):

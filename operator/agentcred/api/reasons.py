@@ -27,11 +27,14 @@ RevocationReason = (
         "barred",  # revoked for this pod earlier: never again
         "subject-removed",  # the pod's ServiceAccount is no longer a subject
         "not-requested",  # the pod no longer names the credential
+        "gateway-only",  # the credential is now delivered to gateways only: out of the pod
     ]
 )
 
 # One line of the audit trail.
-AuditAction = Literal["issue", "renew", "revoke", "deny", "exchange", "revoke-token", "void", "leak", "trace"]
+AuditAction = Literal[
+    "issue", "renew", "revoke", "deny", "exchange", "revoke-token", "void", "leak", "trace", "gateway"
+]
 
 # A policy's answer for a credential (`rules.tenancy`).
 PolicyReason = Literal["NoPolicy", "PolicyDenied", "Allowed"]
@@ -47,6 +50,7 @@ SourceReason = Literal[
     "MintingServiceTimeout",
     "MintingServiceUnreachable",
     "MintingServiceUnhealthy",
+    "UnfitForHeader",  # a static value that cannot travel in an HTTP header (gateway delivery)
 ]
 
 # The reason of a credential's Ready condition.

@@ -73,3 +73,13 @@ class IndexedCluster:
 
     def pod_by_name(self, namespace: str, name: str) -> PodTask | None:
         return self.pods.by_name(namespace, name)
+
+    def live_pods(self, namespace: str) -> list[PodTask]:
+        prefix = f"{namespace}/"
+        return [
+            task
+            for key in self.pods.keys()
+            if key.startswith(prefix)
+            for task in self.pods.tasks(key)
+            if task.end_reason is None
+        ]

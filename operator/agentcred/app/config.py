@@ -71,6 +71,14 @@ class OperatorConfig:
     # Namespace-scoped mode: watch pods, Secrets and AgentCredentials only in these namespaces
     # (and admit pods only there); empty: every namespace (the default).
     watch_namespaces: tuple[str, ...] = ()
+    # Gateways' external authorization: the ServiceAccounts ("namespace/name") of gateways that
+    # may ask (they are handed upstream credentials), the gRPC ext_authz port (0: off; HTTP
+    # forward-auth is on the API port), and each pod's budget of calls.
+    gateways: tuple[str, ...] = ()
+    gateway_grpc_address: str = "0.0.0.0"
+    gateway_grpc_port: int = 9191
+    gateway_rate: float = 100.0  # calls per second per pod, sustained
+    gateway_burst: int = 200
 
     @property
     def scoped(self) -> bool:
@@ -138,6 +146,11 @@ class OperatorConfig:
             leak_reporters=_env("LEAK_REPORTERS", cls.leak_reporters),
             health_check_interval=float(_env("HEALTH_CHECK_INTERVAL", str(cls.health_check_interval))),
             watch_namespaces=parse_namespaces(_env("WATCH_NAMESPACES", "").split(",")),
+            gateways=tuple(item.strip() for item in _env("GATEWAYS", "").split(",") if item.strip()),
+            gateway_grpc_address=_env("GATEWAY_GRPC_ADDRESS", cls.gateway_grpc_address),
+            gateway_grpc_port=int(_env("GATEWAY_GRPC_PORT", str(cls.gateway_grpc_port))),
+            gateway_rate=float(_env("GATEWAY_RATE", str(cls.gateway_rate))),
+            gateway_burst=int(_env("GATEWAY_BURST", str(cls.gateway_burst))),
         )
 
 

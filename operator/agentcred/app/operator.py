@@ -19,6 +19,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import kopf
 from aiohttp import web
 
@@ -31,6 +32,10 @@ from ..rules.leaks import parse_reporters
 from ..rules.seal import Bookkeeping
 from ..runtime.audit import AuditTrail
 from ..runtime.events import EventRecorder
+from ..runtime.gateway import ext_authz
+from ..runtime.gateway.forward_auth import FORWARD_AUTH
+from ..runtime.gateway.service import GatewayService
+from ..runtime.gateway.upstream import HandedValues, Upstream, UpstreamSecrets
 from ..runtime.leaks.intake import LEAK_INTAKE, LeakIntake
 from ..runtime.leaks.response import LeakResponder
 from ..runtime.leaks.tracer import Tracer
@@ -71,7 +76,7 @@ from ..sources.base import Sources
 from ..sources.jwt import JwtSource
 from ..sources.minting_service import MintingServiceSource
 from ..sources.static import StaticSource
-from .cluster_view import IndexedCluster, Indices
+from .cluster_view import IndexedCluster, Indices, first
 from .config import OperatorConfig, configure_kopf
 
 log = logging.getLogger(__name__)
@@ -106,6 +111,7 @@ class Parts:
     ca_bundle: CaBundle
     certificates: CertificateMonitor
     tokens: TokenService
+    gateway: GatewayService
     leak_intake: LeakIntake
     webhook: AdmissionWebhook
     health: Health
@@ -224,6 +230,23 @@ def build_parts(
         by_source=RateLimiter(rate=config.source_rate, burst=config.source_burst),
         introspectors=frozenset(config.introspectors),
     )
+    # Gateways' calls decided: the pod identified as the token service does, the credential
+    # attached on the way out (a static value read through the secretRef source).
+    upstream_secrets = UpstreamSecrets(kube.find_secret, lambda ns, name: first(indices.shared_secrets, (ns, name)))
+    gateway = GatewayService(
+        tokens=tokens,
+        policy=lambda name: first(indices.policies, name),
+        revocations=revocations,
+        upstream=Upstream(
+            jwt,
+            config.effective_issuer,
+            StaticSource(upstream_secrets.read, fingerprints, book.marks, book.rotated),
+            HandedValues(),
+        ),
+        audit=audit,
+        gateways=frozenset(config.gateways),
+        budget=RateLimiter(rate=config.gateway_rate, burst=config.gateway_burst),
+    )
     tracer = Tracer(
         keyring=keyring,
         issuer=config.effective_issuer,
@@ -231,6 +254,7 @@ def build_parts(
         store=store,
         revocations=revocations,
         view=view,
+        handed=gateway.upstream.handed.holding,
     )
     responder = LeakResponder(
         tracer, reconciler, kube, view=view, book=book, audit=audit, events=events, operator_namespace=config.namespace
@@ -303,6 +327,7 @@ def build_parts(
         ca_bundle=ca_bundle,
         certificates=certificates,
         tokens=tokens,
+        gateway=gateway,
         leak_intake=leak_intake,
         webhook=webhook,
         health=health,
@@ -339,6 +364,7 @@ class Operator:
         self.parts: Parts | None = None
         self._warming: asyncio.Task[None] | None = None
         self._runners: list[web.AppRunner] = []
+        self._grpc: grpc.aio.Server | None = None  # gateways' ext_authz calls
         self._tls_directory: Path | None = None
 
     def running(self) -> Parts:
@@ -360,7 +386,12 @@ class Operator:
             issuer=config.effective_issuer, keyring=parts.keyring, revocations=shared.revocations, tokens=parts.tokens
         )
         app[LEAK_INTAKE] = parts.leak_intake
+        app[FORWARD_AUTH] = parts.gateway
         self._runners.append(await serve(app, config.api_address, config.api_port, certfile, keyfile))
+        if config.gateway_grpc_port:
+            self._grpc = await ext_authz.serve(
+                parts.gateway, config.gateway_grpc_address, config.gateway_grpc_port, certfile, keyfile
+            )
         self._runners.append(
             await serve(
                 parts.webhook.app(),
@@ -383,6 +414,8 @@ class Operator:
                 await parts.status.flush()
             if parts.leadership is not None:
                 await parts.leadership.release()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1)
         for runner in self._runners:
             await runner.cleanup()
         if parts is not None:

@@ -56,6 +56,8 @@ class CredentialEntry:
     exception_approved_by: str | None = None
     exception_expires: str | None = None
     review_due: str | None = None
+    # secret: written into each pod; gateway: gateway-only, never in any pod (attached by gateways).
+    delivery: str = "secret"
 
 
 @dataclass
@@ -122,6 +124,7 @@ def build_inventory(
             active=active.get(record.key, 0),
             last_issued=status.get("lastIssued"),
             ready=verdict.ready,
+            delivery=spec.projection.delivery,
         )
         due = review_due(spec, record.created)
         entry.review_due = due.isoformat() if due else None
@@ -256,13 +259,27 @@ def render_table(inventory: Inventory) -> str:
     for category, entries in inventory.by_category().items():
         out.append(f"== {category} ({len(entries)}) ==")
         if entries:
-            rows = [["NAMESPACE", "NAME", "OWNER", "SOURCE", "TTL", "ACTIVE", "LAST-ISSUED", "READY", "REVIEW-DUE"]]
+            rows = [
+                [
+                    "NAMESPACE",
+                    "NAME",
+                    "OWNER",
+                    "SOURCE",
+                    "DELIVERY",
+                    "TTL",
+                    "ACTIVE",
+                    "LAST-ISSUED",
+                    "READY",
+                    "REVIEW-DUE",
+                ]
+            ]
             rows += [
                 [
                     e.namespace,
                     e.name,
                     e.owner,
                     e.source,
+                    "gateway-only" if e.delivery == "gateway" else e.delivery,
                     e.ttl,
                     str(e.active),
                     e.last_issued or "-",

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 KUBERNETES_VERSION = "1.34.4"
 ETCD_VERSION = "3.6.16"
 HELM_VERSION = "3.19.5"
+# A real gateway for the gateway tests, examples and benchmark (forward_auth in front of tools).
+CADDY_VERSION = "2.11.9"
 GO_PROXY_MOD = "https://proxy.golang.org/k8s.io/kubernetes/@v/v{version}.mod"
 
 KUBERNETES_BINARIES = ("kube-apiserver", "kube-controller-manager", "kubectl")
@@ -119,6 +121,31 @@ def components() -> list[Component]:
             ),
         ),
     ]
+
+
+def caddy_component() -> Component:
+    """Caddy, built like the control plane: not part of it, built only where a gateway is wanted."""
+    return Component(
+        name="caddy",
+        version=CADDY_VERSION,
+        go_mod=(
+            "module agentcred.dev/build/caddy\n\ngo 1.26.0\n\n"
+            f"require github.com/caddyserver/caddy/v2 v{CADDY_VERSION}\n"
+        ),
+        packages=(("github.com/caddyserver/caddy/v2/cmd/caddy", "caddy"),),
+        ldflags="-s -w",
+    )
+
+
+def ensure_caddy() -> Path:
+    """The caddy binary (from KUBEBUILDER_ASSETS-style AGENTCRED_CADDY, else the cache, built once)."""
+    configured = os.environ.get("AGENTCRED_CADDY")
+    if configured:
+        return Path(configured)
+    component = caddy_component()
+    if not component.is_built():
+        build(component)
+    return component.binary("caddy")
 
 
 def _kubernetes_go_mod() -> str:

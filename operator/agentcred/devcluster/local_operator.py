@@ -40,6 +40,7 @@ class LocalOperator:
         self.detached = detached  # its own process group: it can outlive us, and stops as a group
         self.log_path, self.audit_path = workdir / "operator.log", workdir / "audit.log"
         self.webhook_port, self.api_port, self.health_port = free_port(), free_port(), free_port()
+        self.grpc_port = free_port()  # gateways' Envoy ext_authz calls
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -77,13 +78,16 @@ class LocalOperator:
             str(self.health_port),
             "--audit-log",
             str(self.audit_path),
+            "--gateway-grpc-port",
+            str(self.grpc_port),
             *self.extra_args,
         ]
 
     def environment(self) -> dict[str, str]:
         package_root = str(Path(__file__).resolve().parents[2])  # operator/, for a checkout not installed
         path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
-        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONPATH": path, **self.extra_env}
+        loopback = {"AGENTCRED_GATEWAY_GRPC_ADDRESS": "127.0.0.1"}  # the flags bind the other ports
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONPATH": path, **loopback, **self.extra_env}
 
     def start(self, wait: bool = True, timeout: float = 120.0) -> LocalOperator:
         self.workdir.mkdir(parents=True, exist_ok=True)

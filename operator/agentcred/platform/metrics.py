@@ -84,6 +84,20 @@ events_dropped = Gauge(
     "agentcred_events_dropped", "Events dropped because the posting queue was full.", registry=REGISTRY
 )
 
+gateway_decisions = Counter(
+    "agentcred_gateway_decisions_total",
+    "Calls decided for gateways, by contract (ext_authz, forward_auth), decision (allow, deny) and reason.",
+    ["contract", "decision", "reason"],
+    registry=REGISTRY,
+)
+gateway_latency = Histogram(
+    "agentcred_gateway_decision_seconds",
+    "Time to decide one gateway call (request in, answer out), by contract.",
+    ["contract"],
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    registry=REGISTRY,
+)
+
 _COUNTERS = {"issue": issued, "renew": renewed, "exchange": exchanged}
 
 
@@ -100,6 +114,10 @@ def observe_audit(entry: dict[str, Any]) -> None:
         revoked.labels(category, str(entry.get("reason", UNKNOWN))).inc()
     elif action == "deny":
         denied.labels(category, str(entry.get("reason", UNKNOWN))).inc()
+    elif action == "gateway":
+        gateway_decisions.labels(
+            str(entry.get("contract", UNKNOWN)), str(entry.get("decision", UNKNOWN)), str(entry.get("reason", UNKNOWN))
+        ).inc()
     elif action == "leak":
         outcome = entry.get("outcome")
         leaks.labels(category, outcome if outcome in LEAK_OUTCOMES else UNKNOWN).inc()

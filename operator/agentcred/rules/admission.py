@@ -92,9 +92,10 @@ def _check(names: list[str], namespace: str, service_account: str, lookup: Looku
         # Known when every credential refused exists and all share one category.
         raise Refusal("; ".join(problems), category=categories.pop() if len(categories) == 1 else None)
     mount_paths: dict[str, str] = {}
-    for record in records:
+    for record in mounted(records):
         assert record.spec is not None
         path = record.spec.projection.mount_path
+        assert path is not None
         if path in mount_paths:
             raise Refusal(f"AgentCredentials {mount_paths[path]} and {record.name} both mount at {path}")
         mount_paths[path] = record.name
@@ -141,6 +142,15 @@ def _arrives_clean(pod: dict[str, Any]) -> None:
         raise Refusal(f"the pod arrives with {', '.join(brought)}: only the agentcred admission webhook sets these")
 
 
+def mounted(records: list[CredentialRecord]) -> list[CredentialRecord]:
+    """The credentials written into the pod (not gateway-only ones)."""
+    return [r for r in records if r.spec is not None and not r.spec.projection.gateway_only]
+
+
+def gateway_only(records: list[CredentialRecord]) -> list[CredentialRecord]:
+    return [r for r in records if r.spec is not None and r.spec.projection.gateway_only]
+
+
 def _volume(record: CredentialRecord, secret_name: str) -> dict[str, Any]:
     assert record.spec is not None
     mode = record.spec.projection.file_mode or DEFAULT_FILE_MODE
@@ -167,12 +177,20 @@ def _volume(record: CredentialRecord, secret_name: str) -> dict[str, Any]:
 
 
 def needs_identity(records: list[CredentialRecord]) -> bool:
-    """A pod with a minted credential can trade it at the token service, so it gets the
-    identity volume and the token endpoint's address."""
-    return any(record.spec is not None and record.spec.source.jwt is not None for record in records)
+    """A pod with a minted credential can trade it at the token service, and one with a
+    gateway-only credential shows it to gateways: either gets the identity volume and the
+    token endpoint's address."""
+    return any(
+        record.spec is not None and (record.spec.source.jwt is not None or record.spec.projection.gateway_only)
+        for record in records
+    )
 
 
-def _identity_volume(secret_name: str) -> dict[str, Any]:
+def _identity_volume(secret_name: str, gateway: list[CredentialRecord]) -> dict[str, Any]:
+    """The pod's identity; and, as items of keys the operator never writes (so no file ever
+    appears), the gateway-only credentials it was admitted for: recorded in the pod's
+    immutable spec, where the operator reads what a pod may have."""
+    marks = [{"key": labels.gateway_key(r.name), "path": f"{labels.GATEWAY_DIRECTORY}/{r.name}"} for r in gateway]
     return {
         "name": labels.IDENTITY_VOLUME,
         "projected": {
@@ -189,7 +207,7 @@ def _identity_volume(secret_name: str) -> dict[str, Any]:
                     "secret": {
                         "name": secret_name,
                         "optional": True,
-                        "items": [{"key": labels.CA_KEY, "path": labels.CA_KEY}],
+                        "items": [{"key": labels.CA_KEY, "path": labels.CA_KEY}, *marks],
                     }
                 },
             ],
@@ -204,8 +222,8 @@ def identity_env(issuer: str) -> dict[str, str]:
 def _mount_clashes(pod: dict[str, Any], records: list[CredentialRecord]) -> None:
     spec = pod.get("spec") or {}
     wanted = [
-        (r.spec.projection.mount_path, labels.volume_name(r.name), f"AgentCredential {r.name}")
-        for r in records
+        (str(r.spec.projection.mount_path), labels.volume_name(r.name), f"AgentCredential {r.name}")
+        for r in mounted(records)
         if r.spec
     ]
     if needs_identity(records):
@@ -242,13 +260,14 @@ def _add_to_container(container: dict[str, Any], records: list[CredentialRecord]
         if not any(e.get("name") == name for e in env):
             env.append({"name": name, "value": value})
 
-    for record in records:
+    for record in mounted(records):
         assert record.spec is not None
         projection = record.spec.projection
+        assert projection.mount_path is not None
         mount(labels.volume_name(record.name), projection.mount_path)
         if projection.env_var:
             set_env(projection.env_var, f"{projection.mount_path}/{labels.VALUE_FILE}")
-    if identity:
+    if identity or gateway_only(records):
         mount(labels.IDENTITY_VOLUME, labels.IDENTITY_MOUNT_PATH)
         for name, value in identity.items():
             set_env(name, value)
@@ -340,11 +359,12 @@ def apply(
     )
     spec = pod.setdefault("spec", {})
     volumes = spec.setdefault("volumes", [])
-    for record in records:
+    for record in mounted(records):
         volumes.append(_volume(record, secret_name))
     identity = identity_env(issuer) if issuer and needs_identity(records) else {}
-    if identity:
-        volumes.append(_identity_volume(secret_name))
+    if identity or gateway_only(records):
+        # A gateway-only credential is recorded in the identity volume: the pod needs it anyway.
+        volumes.append(_identity_volume(secret_name, gateway_only(records)))
     for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
         _add_to_container(container, records, identity)
     spec.setdefault("schedulingGates", []).append({"name": labels.SCHEDULING_GATE})

@@ -121,6 +121,7 @@ class SharedSecret:
     # Who may copy it: "<credential>/<key>" (that key only: what owners should write),
     # "<credential>" (any key of it), or None for "*" (any credential of the namespace).
     shared_with: frozenset[str] | None
+    version: str = ""  # its resourceVersion: a changed value is a new version
 
     def allows(self, credential: str, key: str) -> bool:
         return self.shared_with is None or bool({credential, f"{credential}/{key}"} & self.shared_with)
@@ -131,7 +132,9 @@ def shared_secret(body: dict[str, Any]) -> SharedSecret:
     names = str((meta.get("annotations") or {}).get(labels.SHARED_WITH_ANNOTATION) or "")
     listed = frozenset(n.strip() for n in names.split(",") if n.strip())
     return SharedSecret(
-        keys=frozenset((body.get("data") or {}).keys()), shared_with=None if listed == {"*"} else listed
+        keys=frozenset((body.get("data") or {}).keys()),
+        shared_with=None if listed == {"*"} else listed,
+        version=str(meta.get("resourceVersion") or ""),
     )
 
 

@@ -104,6 +104,13 @@ def _due(value: IssuedValue | Issue, record: CredentialRecord, started: dt.datet
     return min(due, end) if end else due
 
 
+def _gateway_only(task: PodTask, name: str, record: CredentialRecord | None) -> bool:
+    """Admitted gateway-only, or gateway-only now: nothing of it is written into the pod."""
+    return task.gateway_only(name) or (
+        record is not None and record.spec is not None and record.spec.projection.gateway_only
+    )
+
+
 def plan(
     task: PodTask | None,
     state: ProjectionState | None,
@@ -146,9 +153,16 @@ def plan(
         if name not in task.credentials:
             revokes.append(Revoke(name, "not-requested"))
 
+    projected = [name for name in task.credentials if not _gateway_only(task, name, records.get(name))]
     for name in task.credentials:
         record = records.get(name)
         value = live.get(name)
+        if name not in projected:
+            # Gateway-only: never written into the pod. A value written before the credential
+            # became gateway-only goes.
+            if value is not None and name not in task.gateway:
+                revokes.append(Revoke(name, "gateway-only"))
+            continue
         if name in revoked or "*" in revoked or (name in barred and value is None):
             if task.gated:
                 problems.append(Problem(name, "Revoked", f"credential {name} was revoked for this pod"))
@@ -199,8 +213,7 @@ def plan(
 
     revoked_now = {r.credential for r in revokes}
     ready_to_run = not problems and all(
-        (name in live and name not in revoked_now) or any(i.credential == name for i in issues)
-        for name in task.credentials
+        (name in live and name not in revoked_now) or any(i.credential == name for i in issues) for name in projected
     )
     return Plan(
         issue=tuple(issues),

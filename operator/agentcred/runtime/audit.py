@@ -1,4 +1,5 @@
-"""The audit trail: one JSON line per issue, renew, revoke, deny, exchange, void, leak and trace.
+"""The audit trail: one JSON line per issue, renew, revoke, deny, exchange, void, leak, trace and
+gateway call.
 
 Each line ties an act to one credential and one pod (name and UID), its Job and its
 ServiceAccount, with a token id or a value fingerprint -- never the value itself. Issue,

@@ -34,3 +34,7 @@ class ClusterView(Protocol):
     def pod_by_name(self, namespace: str, name: str) -> PodTask | None:
         """The admitted pod of that name, if it is live."""
         ...
+
+    def live_pods(self, namespace: str) -> list[PodTask]:
+        """The admitted pods of a namespace whose task has not ended."""
+        ...

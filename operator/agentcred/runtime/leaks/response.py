@@ -138,14 +138,17 @@ class LeakResponder:
         """Revoke one holder's copy; (revoked?, what the pod gets next)."""
         record = self.view.credential(holder.namespace, holder.credential)
         on_leak = record.spec.on_leak if record is not None and record.spec is not None else "reissue"
-        static = holder.kind == "secretRef"
+        static = holder.kind == "secretRef" or (holder.kind == "gateway" and holder.token_id is None)
         if static and record is not None and holder.fingerprint:
             await self._mark_compromised(record, holder.fingerprint)
+        if holder.kind == "gateway" and holder.token_id is None:
+            # Handed to gateways only: refused to every gateway from now until rotated upstream.
+            return record is not None, "compromised"
         state = self.reconciler.store.get(holder.key) if holder.key else None
         task = self.view.pod(holder.key) if holder.key else None
         alive = state is not None and holder.credential in state.values and task is not None and not task.end_reason
         if not alive:
-            if holder.kind not in ("minted", "exchanged") or not holder.pod_uid:
+            if holder.kind not in ("minted", "exchanged", "gateway") or not holder.pod_uid:
                 return False, "none"
             # Its pod has ended (or is not ours to write to): the token would still verify.
             subject = Subject(holder.namespace, holder.pod, holder.pod_uid, holder.job)

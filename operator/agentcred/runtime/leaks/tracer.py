@@ -25,6 +25,7 @@ from ...platform.keys import KeyRing, NotOurs, decode_own, peek_claims
 from ...platform.revocations import RevocationList
 from ...rules.credentials import CredentialRecord
 from ...rules.leaks import Candidate, Provenance, State, token_state
+from ..gateway.upstream import Handed
 from ..store import ProjectionStore
 from ..view import ClusterView
 
@@ -94,6 +95,8 @@ class Tracer:
     revocations: RevocationList
     view: ClusterView
     now: Callable[[], dt.datetime] = field(default=utcnow)
+    # Static values handed to gateways (never in any pod), by fingerprint.
+    handed: Callable[[str], list[Handed]] = field(default=lambda fingerprint: [])
 
     def trace(self, candidate: Candidate) -> Trace:
         if candidate.token is not None:
@@ -168,7 +171,7 @@ class Tracer:
         return Holder(
             namespace=namespace,
             credential=credential,
-            kind="exchanged" if facts.get("grant") else "minted",
+            kind="gateway" if facts.get("grant") == "gateway" else "exchanged" if facts.get("grant") else "minted",
             state=situation,
             pod=str(facts.get("pod") or "") or None,
             pod_uid=pod_uid or None,
@@ -194,6 +197,9 @@ class Tracer:
                 if state is not None and credential in state.values:
                     value = state.values[credential]
                     live.append(self._holder(state, value, "expired" if value.expires_at <= now else "live", key))
+        for reference in dict.fromkeys(references):
+            for handed in self.handed(reference):
+                live.append(self._handed(handed, now))
         if live:
             return tuple(live)
         past: list[Holder] = []
@@ -222,6 +228,25 @@ class Tracer:
             token_id=value.token_id,
             fingerprint=value.fingerprint,
             key=key,
+        )
+
+    def _handed(self, handed: Handed, now: dt.datetime) -> Holder:
+        """A static value handed to a gateway for a pod: live while the pod is, as far as known."""
+        record = self.view.credential(handed.namespace, handed.credential)
+        return Holder(
+            namespace=handed.namespace,
+            credential=handed.credential,
+            kind="gateway",
+            state="live",
+            pod=handed.pod,
+            pod_uid=handed.pod_uid,
+            job=handed.job,
+            service_account=handed.service_account,
+            owner=_owner(record),
+            category=handed.category,
+            issued_at=handed.first,
+            expires_at=None,
+            fingerprint=handed.fingerprint,
         )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from ...api.projection import Subject
 from ...api.reasons import RevocationReason
 from ...api.times import format_time, utcnow
 from ...platform.kube import Kube
@@ -18,6 +19,7 @@ from ...rules.credentials import CredentialRecord
 from ..events import EventRecorder
 from ..store import ProjectionStore
 from .reconciler import Reconciler
+from .revoker import RevokeOrder
 
 
 class Requests:
@@ -38,7 +40,16 @@ class Requests:
         counts = await asyncio.gather(
             *(self.reconciler.revoke_value(key, record.name, reason, pod_name, message=message) for key in keys)
         )
-        return sum(counts)
+        # Live pods admitted for it gateway-only: nothing in their Secret to revoke, so the
+        # revocation list alone bars them (gateways ask it on every call).
+        barred = 0
+        for task in self.reconciler.view.live_pods(record.namespace):
+            if (pod_name and task.name != pod_name) or not task.gateway_only(record.name):
+                continue
+            order = RevokeOrder(record.name, None, reason, message)
+            await self.reconciler.revoker.revoke(Subject.of_task(task), [order], _nothing)
+            barred += 1
+        return sum(counts) + barred
 
     async def renew(self, record: CredentialRecord, request: dict[str, Any]) -> dict[str, Any] | None:
         """Replace every live value now (after an upstream key was rotated, say)."""
@@ -84,3 +95,7 @@ class Requests:
             return None
         self._handled.add(request_id)
         return request_id
+
+
+async def _nothing() -> None:
+    """A gateway-only credential: no Secret to change, the revocation list entry is the act."""

@@ -8,6 +8,7 @@ GET  /v1/revocations                          tokens revoked before their expiry
 POST /oauth2/token                            token exchange, JWT bearer, client credentials
 POST /oauth2/introspect                       RFC 7662, for allowed resource servers
 POST /oauth2/revoke                           RFC 7009, for a token's holder
+*    /v1/gateway/forward-auth                 HTTP forward-auth for gateways (runtime.gateway)
 GET  /oauth2/authorize                        no browser flows: always unsupported_response_type
 
 When the issuer has a path, every route is also served under it (RFC 8414 §3 puts the
@@ -29,6 +30,7 @@ from ...platform import metrics
 from ...platform.keys import ALGORITHMS, KeyRing
 from ...platform.revocations import RevocationList
 from ...rules.oauth import MAX_BODY, OAuthError, authorization_server_metadata
+from ..gateway import forward_auth
 from ..leaks import intake as leak_intake
 from ..tokens.token_service import NO_STORE, TokenService
 
@@ -129,6 +131,7 @@ def build_app(
         app.router.add_post(f"{prefix}/oauth2/introspect", _oauth(introspect))
         app.router.add_post(f"{prefix}/oauth2/revoke", _oauth(revoke))
     leak_intake.add_routes(app)
+    forward_auth.add_routes(app)
     return app
 
 

@@ -188,10 +188,39 @@ class TokenService:
             return f"belongs to pod {issued['pod']}, which has ended"
         return None
 
-    def _issue(
-        self, request: TokenRequest, subject: Caller, act: dict[str, Any] | None, facts: dict[str, Any]
-    ) -> dict[str, Any]:
-        unacceptable = _refusal(request.grant_type, authenticated=True)
+    # -- who is calling, for the token endpoint and for gateways ----------------------------
+
+    async def identify(
+        self, token: str, unauthenticated: Callable[[str], OAuthError], unacceptable: Callable[[str], OAuthError]
+    ) -> tuple[Caller, PodTask]:
+        """The pod presenting `token` -- an agentcred token it holds, or its projected identity
+        token -- and its task, alive and admitted; else the refusal those callables make."""
+        try:
+            decode_own(token, self.keyring())
+            own = True
+        except NotOurs:
+            own = False
+        if own:
+            claims = self._live_own_token(token, "the token", unauthenticated)
+            issued = claims["agentcred"]
+            namespace, _, service_account = (
+                str(claims.get("sub", "")).removeprefix("system:serviceaccount:").partition(":")
+            )
+            subject = Caller(namespace, service_account, str(issued["pod"]), str(issued["podUID"]), claims)
+        else:
+            try:
+                who = await self.reviews.identity(token)
+            except NotAuthenticated as error:
+                raise unauthenticated(
+                    f"the token is not an agentcred token, nor one the API server accepts: {error}"
+                ) from None
+            if who.pod_name is None or who.pod_uid is None:
+                raise unauthenticated("the token is not bound to a pod: send the pod's projected ServiceAccount token")
+            subject = Caller(who.namespace, who.service_account, who.pod_name, who.pod_uid)
+        return subject, self.live_task(subject, unacceptable)
+
+    def live_task(self, subject: Caller, unacceptable: Callable[[str], OAuthError]) -> PodTask:
+        """The task of the pod a caller speaks for: admitted by agentcred, alive, its own binding, given its values."""
         task = self.view.pod_by_name(subject.namespace, subject.pod_name)
         if task is None or task.uid != subject.pod_uid:
             raise unacceptable(f"pod {subject.pod_name} in {subject.namespace} was not admitted by agentcred")
@@ -205,6 +234,13 @@ class TokenService:
             )
         if task.gated:
             raise unacceptable(f"pod {subject.pod_name} has not been given its credentials yet")
+        return task
+
+    def _issue(
+        self, request: TokenRequest, subject: Caller, act: dict[str, Any] | None, facts: dict[str, Any]
+    ) -> dict[str, Any]:
+        unacceptable = _refusal(request.grant_type, authenticated=True)
+        task = self.live_task(subject, unacceptable)
         record, audiences = self._target(request, task, subject)
         facts["credential"] = record.name
         spec = record.spec
