@@ -130,3 +130,19 @@ def own_operator(cluster: Cluster, operator: OperatorProcess) -> Iterator[Operat
             yield process
         finally:
             process.cleanup()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test's report carries the tail of its operator's log (what it did and why not),
+    so a failure in CI can be read without running it again. The log holds no values (the
+    witness makes sure of that)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    for name in ("own_operator", "operator"):
+        process = getattr(item, "funcargs", {}).get(name)
+        if isinstance(process, OperatorProcess):
+            report.sections.append((f"{name} log (last 150 lines)", process.log_tail(150)))
+            break
