@@ -33,8 +33,13 @@ def configuration(
     if url is not None:
         client_config["url"] = f"{url.rstrip('/')}/{HANDLER_ID}"
     elif service is not None:
-        name, namespace, port = service
-        client_config["service"] = {"name": name, "namespace": namespace, "port": port, "path": f"/{HANDLER_ID}"}
+        service_name, service_namespace, port = service
+        client_config["service"] = {
+            "name": service_name,
+            "namespace": service_namespace,
+            "port": port,
+            "path": f"/{HANDLER_ID}",
+        }
     else:
         raise ValueError("the webhook needs either a URL or a Service to be reached at")
     return {
