@@ -66,8 +66,9 @@ def test_printer_columns_answer_at_a_glance(cluster: Cluster, operator: Operator
     wait_for(lambda: _ready(cluster, namespace, "research-llm", 1), what="Ready")
     table = cluster.kubectl("get", "acred", "-n", namespace).stdout
     header, row = table.splitlines()[:2]
-    assert header.split() == ["NAME", "CATEGORY", "OWNER", "SOURCE", "TTL", "ACTIVE", "READY", "AGE"]
+    assert header.split() == ["NAME", "CATEGORY", "OWNER", "SOURCE", "TTL", "ACTIVE", "READY", "PROBLEM", "AGE"]
     assert row.split()[:5] == ["research-llm", "model", "team-research@example.com", "jwt", "15m"]
+    assert row.split()[6:8] == ["True", "<none>"]  # nothing wrong
 
 
 def test_wide_output_shows_the_next_expiry_as_a_time(
