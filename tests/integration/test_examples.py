@@ -1,7 +1,11 @@
 """Every example in examples/ is accepted by the API server as written, applies on its own
 (namespace and ServiceAccounts included), and its credentials become Ready under the chart's
-default policy or the policy the example brings; the example minting service works."""
+default policy (rendered from the chart itself) or the policy the example brings; applied one
+after another, in any order, none undoes another (a running pod keeps its value); a credential
+that stops being allowed and is allowed again serves the pods still running; the example
+minting service works."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,16 +15,46 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from agentcred.api import model
+from agentcred.client.verify import TokenRejected, Verifier
 from agentcred.devcluster.install import apply_policy
-from agents import condition, get_credential
+from agents import (
+    condition,
+    get_credential,
+    job_pod,
+    pod_events,
+    read_secret,
+    same_value,
+    secret_name_of,
+    value_gone,
+    value_of,
+)
 from clusterkit import REPO, Cluster, OperatorProcess, ensure_namespace, free_port, wait_for
 
 pytestmark = pytest.mark.cluster
 
-# Every manifest, the examples' own folders included, is valid; each top-level one applies on its own.
+# Every manifest, the examples' own folders included, is valid and applies on its own.
 EXAMPLES = sorted([*(REPO / "examples").glob("*.yaml"), *(REPO / "examples").glob("*/*.yaml")])
-STANDALONE = sorted((REPO / "examples").glob("*.yaml"))
 NAMESPACE = "agents"
+ENABLED = "agentcred.dev/enabled"
+
+
+def documents_of(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def chart_default_policy(cluster: Cluster) -> dict:
+    """The AgentCredentialPolicy `helm install` creates with the chart's default values."""
+    helm = cluster.binaries.get("helm") or shutil.which("helm")
+    if helm is None:
+        pytest.skip("helm is needed to render the chart's default policy")
+    rendered = subprocess.run(
+        [str(helm), "template", "agentcred", str(REPO / "charts" / "agentcred"), "-n", "agentcred"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    [policy] = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == model.POLICY_KIND]
+    return policy
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[str(p.relative_to(REPO / "examples")) for p in EXAMPLES])
@@ -43,6 +77,10 @@ def _no_namespace(cluster: Cluster) -> bool:
 @pytest.fixture
 def fresh_cluster(cluster: Cluster, operator: OperatorProcess):
     """No namespace `agents`, and the chart's default policy, as after `helm install`."""
+    default = chart_default_policy(cluster)
+    policies = {default["metadata"]["name"]} | {
+        d["metadata"]["name"] for path in EXAMPLES for d in documents_of(path) if d["kind"] == model.POLICY_KIND
+    }
 
     def clean() -> None:
         try:
@@ -52,14 +90,11 @@ def fresh_cluster(cluster: Cluster, operator: OperatorProcess):
                 raise
         wait_for(lambda: _no_namespace(cluster), timeout=60, what=f"namespace {NAMESPACE} gone")
 
-    values = yaml.safe_load((REPO / "charts" / "agentcred" / "values.yaml").read_text())["defaultPolicy"]
-    spec = {key: values[key] for key in ("namespaceSelector", "sources", "audiences", "mintingServices", "maxTTL")}
-    policy = {"apiVersion": model.API_VERSION, "kind": model.POLICY_KIND, "metadata": {"name": "examples-default"}}
     clean()
-    apply_policy(cluster.api_client, {**policy, "spec": {**spec, "maxLifetime": values["maxLifetime"]}})
+    apply_policy(cluster.api_client, default)
     yield cluster
     clean()
-    for name in ("examples-default", "agents-static-values", "agents-minting-service"):
+    for name in sorted(policies):
         try:
             cluster.custom.delete_cluster_custom_object(model.GROUP, model.VERSION, model.POLICY_PLURAL, name)
         except ApiException as error:
@@ -84,11 +119,80 @@ def _ready_everything(cluster: Cluster, documents: list[dict]) -> None:
             cluster.core.read_namespaced_service_account(account, NAMESPACE)  # the example made it
 
 
-@pytest.mark.parametrize("path", STANDALONE, ids=[p.name for p in STANDALONE])
+@pytest.mark.parametrize("path", EXAMPLES, ids=[str(p.relative_to(REPO / "examples")) for p in EXAMPLES])
 def test_each_example_applies_on_its_own(fresh_cluster: Cluster, path: Path) -> None:
     applied = fresh_cluster.kubectl("apply", "-f", str(path), check=False)
     assert applied.returncode == 0, applied.stderr
-    _ready_everything(fresh_cluster, [d for d in yaml.safe_load_all(path.read_text()) if d])
+    _ready_everything(fresh_cluster, documents_of(path))
+
+
+def _labels(cluster: Cluster) -> dict[str, str]:
+    return cluster.core.read_namespace(NAMESPACE).metadata.labels or {}
+
+
+@pytest.mark.parametrize("order", ["listed", "reversed"])
+def test_the_examples_in_any_order_undo_nothing(fresh_cluster: Cluster, kubelet, order: str) -> None:
+    """`kubectl apply -f` of one example after another (a three-way merge each time): the
+    namespace keeps the label the default policy selects, every credential ends Ready, and the
+    quickstart's running agent keeps the very value it was issued."""
+    quickstart = REPO / "examples" / "quickstart.yaml"
+    paths = [quickstart] + [p for p in (EXAMPLES if order == "listed" else EXAMPLES[::-1]) if p != quickstart]
+    held, secret = None, ""
+    for path in paths:
+        applied = fresh_cluster.kubectl("apply", "-f", str(path), check=False)
+        assert applied.returncode == 0, applied.stderr
+        assert _labels(fresh_cluster).get(ENABLED) == "true", f"{path.name} took the label {ENABLED} away"
+        if held is None:
+            _ready_everything(fresh_cluster, documents_of(path))
+            pod = job_pod(fresh_cluster, NAMESPACE, "research-task", timeout=60)
+            secret = secret_name_of(pod)
+            held = wait_for(
+                lambda name=secret: value_of(read_secret(fresh_cluster, NAMESPACE, name) or {}, "research-llm")
+            )
+    _ready_everything(fresh_cluster, [d for path in paths for d in documents_of(path)])
+    assert same_value(value_of(read_secret(fresh_cluster, NAMESPACE, secret) or {}, "research-llm"), held)
+
+
+def test_a_credential_allowed_again_serves_the_pods_still_running(
+    fresh_cluster: Cluster, operator: OperatorProcess, kubelet
+) -> None:
+    """The label the default policy selects goes (as an example that declared the namespace
+    without it once did): the credential is refused, the running agent's value is revoked and
+    the pod told why. The label comes back: the same pod, still running, gets a fresh value;
+    the old one stays revoked."""
+    applied = fresh_cluster.kubectl("apply", "-f", str(REPO / "examples" / "quickstart.yaml"), check=False)
+    assert applied.returncode == 0, applied.stderr
+    pod = job_pod(fresh_cluster, NAMESPACE, "research-task", timeout=60)
+    secret = secret_name_of(pod)
+    first = wait_for(lambda: value_of(read_secret(fresh_cluster, NAMESPACE, secret) or {}, "research-llm"))
+    audience = "https://llm-gateway.agents.svc"
+
+    fresh_cluster.kubectl("label", "namespace", NAMESPACE, f"{ENABLED}-")
+    wait_for(lambda: value_gone(fresh_cluster, NAMESPACE, secret, "research-llm"), what="the value revoked")
+    ready = condition(get_credential(fresh_cluster, NAMESPACE, "research-llm"), "Ready")
+    assert ready["status"] == "False" and ready["reason"] in ("NoPolicy", "PolicyDenied")
+    told = wait_for(
+        lambda: [
+            e for e in pod_events(fresh_cluster, NAMESPACE, pod["metadata"]["name"]) if e.reason == "CredentialNotReady"
+        ],
+        what="the pod told why it waits",
+    )
+    assert "research-llm" in told[0].message
+
+    fresh_cluster.kubectl("label", "namespace", NAMESPACE, f"{ENABLED}=true")
+    again = wait_for(
+        lambda: value_of(read_secret(fresh_cluster, NAMESPACE, secret) or {}, "research-llm"),
+        what="a fresh value for the pod still running",
+    )
+    assert not same_value(again, first)
+    verifier = Verifier.from_url(operator.api_url, cafile=operator.ca_file())  # the revocation list as it is now
+    assert (
+        verifier.verify(again.decode(), audience=audience, namespace=NAMESPACE)["agentcred"]["pod"]
+        == pod["metadata"]["name"]
+    )
+    with pytest.raises(TokenRejected) as revoked:
+        verifier.verify(first.decode(), audience=audience, namespace=NAMESPACE)
+    assert revoked.value.reason == "revoked"
 
 
 def test_the_example_minting_service_serves_its_own_example(fresh_cluster: Cluster, tmp_path: Path) -> None:

@@ -28,6 +28,16 @@ class Issue:
         return self.renewals > 0
 
 
+# Reasons a live value goes while its task runs on, because its credential stopped allowing it
+# for a while: not Ready (a policy or a namespace label changed, the upstream is gone, ...),
+# the ServiceAccount no longer a subject, the static exception expired. They leave no
+# tombstone: when the credential allows the pod again, the pod -- still running, still asking
+# for it -- gets a fresh value, as a new pod would be admitted. Only the tokens issued until
+# then stay revoked. Any other reason (the task's end, maxLifetime, `agentcred revoke`, the
+# credential's deletion, a leak with quarantine, ...) is final for the pod.
+RECOVERABLE = frozenset({"credential-not-ready", "subject-removed", "exception-expired"})
+
+
 @dataclass(frozen=True)
 class Revoke:
     credential: str
@@ -110,11 +120,14 @@ def plan(
     now: dt.datetime,
     renew_now: frozenset[str] = frozenset(),
     barred: frozenset[str] = frozenset(),
+    not_before: Mapping[str, dt.datetime] | None = None,
 ) -> Plan:
     """What the pod's projection needs now; `renew_now` names credentials whose live values
     are replaced at once (`agentcred renew`), due or not; `barred` names credentials the
     revocation list bars this pod from (revoked for it while it lives, whatever its Secret
-    says). The task's lifetime counts from its sealed admission, never from bookkeeping."""
+    says); `not_before` says when a credential revoked up to a cut-off may be issued afresh
+    (tokens carry whole seconds: one minted before the cut-off would be born revoked). The
+    task's lifetime counts from its sealed admission, never from bookkeeping."""
     if task is not None and task.end_reason == "opted-out":
         # The pod lives on without the opt-in label (only possible while the label guard is
         # not installed): its values go, and the Secret stays as a tombstone so that putting
@@ -189,6 +202,10 @@ def plan(
                     name, "MaxLifetimeReached", f"the task reached maxLifetime {record.spec.max_lifetime} of {name}"
                 )
             )
+            continue
+        held_until = (not_before or {}).get(name)
+        if held_until is not None and now < held_until:
+            dues.append(held_until)
             continue
         fresh = Issue(name, expires_at=min(now + record.spec.ttl_delta, lifetime_end), task_started_at=started)
         issues.append(fresh)
