@@ -554,6 +554,10 @@ def test_another_tenants_reporter_cannot_revoke_by_fingerprint_or_token_id(
     held = value_of(secret, "research-llm")
     recorded = state_of(secret)["values"]["research-llm"]
     tenant = reporter_token(cluster, TENANT_REPORTER)
+    # The answer says the rule, in the same words for a value held elsewhere and for none at all.
+    _, [nowhere] = intake(operator, "/v1/trace", [{"fingerprint": "hmac-sha256:" + "0" * 12}], tenant)
+    assert f"in namespace {TENANT_REPORTER[0]}" in nowhere["why"]
+    assert "a reporter sees only its own namespace's values" in nowhere["why"]
     for item in (
         {"fingerprint": recorded["fingerprint"]},
         {"fingerprint": short(recorded["fingerprint"])},
@@ -562,6 +566,7 @@ def test_another_tenants_reporter_cannot_revoke_by_fingerprint_or_token_id(
         for path in ("/v1/trace", "/v1/leaks"):
             status, [answer] = intake(operator, path, [item], tenant)
             assert status == 200 and answer["verdict"] == "unknown" and answer["holders"] == [], (path, item)
+            assert answer["why"] == nowhere["why"], (path, item)
     assert same_value(value_of(read_secret(cluster, namespace, secret_name_of(pod)), "research-llm"), held)
     assert not [e for e in revocations(operator) if e.pod_uid == served_key(pod["metadata"]["uid"], "")[0]]
     # The operator's own reporter may: by the short fingerprint from the CLI, then by token id.
