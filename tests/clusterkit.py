@@ -336,13 +336,20 @@ def token_kubeconfig(cluster: Cluster, namespace: str, service_account: str, pat
 
 @contextlib.contextmanager
 def operator_paused(operator: OperatorProcess) -> Iterator[None]:
-    """Stop the session's operator and unregister its webhook while a test runs its own."""
+    """Stop the session's operator and unregister its webhook and its opt-in check while a test
+    runs its own (or none: as before the first install)."""
     operator.stop()
-    try:
-        operator.cluster.admission.delete_mutating_webhook_configuration("agentcred.dev")
-    except ApiException as error:
-        if error.status != 404:
-            raise
+    admission = operator.cluster.admission
+    for remove in (
+        lambda: admission.delete_mutating_webhook_configuration("agentcred.dev"),
+        lambda: admission.delete_validating_admission_policy_binding("agentcred.dev-opt-in"),
+        lambda: admission.delete_validating_admission_policy("agentcred.dev-opt-in"),
+    ):
+        try:
+            remove()
+        except ApiException as error:
+            if error.status != 404:
+                raise
     try:
         yield
     finally:

@@ -50,8 +50,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, introspectors=tuple(args.introspector))
     if args.standalone:
         config = dataclasses.replace(config, leader_election=False)
-    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.log_json else kopf.LogFormat.PLAIN)
-    if not args.verbose:
+    verbose = args.verbose or args.log_level == "debug"
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if args.log_json else kopf.LogFormat.PLAIN)
+    if args.log_level in ("warning", "error"):
+        logging.getLogger().setLevel(args.log_level.upper())
+    if not verbose:
         # A line per handler per event is noise at scale; warnings and errors still show.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # Kopf's own peering is off: replicas coordinate through our Lease (see runtime.leader).
@@ -137,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
         "namespace; repeat for several (AGENTCRED_WATCH_NAMESPACES, comma-separated; default: every namespace)",
     )
     run.add_argument("--verbose", action="store_true", help="log every handler call (logs go to stderr)")
+    run.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="the operator's own logs (stderr): debug is --verbose; warning and error leave out the rest "
+        "(default info)",
+    )
     run.add_argument("--log-json", action="store_true", help="log as JSON lines (on stderr, as plain logs are)")
     run.set_defaults(func=cmd_run)
 

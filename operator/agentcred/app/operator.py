@@ -24,7 +24,7 @@ from aiohttp import web
 from ..api import labels
 from ..api.pods import PodTask
 from ..api.projection import ProjectionState, parse_projection
-from ..api.webhook_configuration import configuration, pod_guard
+from ..api.webhook_configuration import configuration, opt_in_check, pod_guard
 from ..platform.fingerprints import Fingerprints
 from ..platform.keys import KeyRing
 from ..platform.kube import Kube, NotFound, load_configuration, namespaced
@@ -413,7 +413,10 @@ class Operator:
                     namespaces=config.watch_namespaces,
                 ),
             )
-            for resources, body in pod_guard(config.webhook_configuration, config.watch_namespaces):
+            guards = pod_guard(config.webhook_configuration, config.watch_namespaces) + opt_in_check(
+                config.webhook_configuration, config.namespace, config.watch_namespaces
+            )
+            for resources, body in guards:
                 await self.kube.apply_cluster_object(resources, body)
         elif config.webhook_config == "inject-ca":
             await self.kube.inject_webhook_ca(config.webhook_configuration, ca_pem)
