@@ -169,8 +169,15 @@ def test_a_credential_allowed_again_serves_the_pods_still_running(
 
     fresh_cluster.kubectl("label", "namespace", NAMESPACE, f"{ENABLED}-")
     wait_for(lambda: value_gone(fresh_cluster, NAMESPACE, secret, "research-llm"), what="the value revoked")
-    ready = condition(get_credential(fresh_cluster, NAMESPACE, "research-llm"), "Ready")
-    assert ready["status"] == "False" and ready["reason"] in ("NoPolicy", "PolicyDenied")
+    refused = wait_for(
+        lambda: (
+            (found := condition(get_credential(fresh_cluster, NAMESPACE, "research-llm"), "Ready"))
+            and found["status"] == "False"
+            and found
+        ),
+        what="Ready=False",
+    )
+    assert refused["reason"] == "NoPolicy" and "agentcred.dev/enabled" in refused["message"]
     told = wait_for(
         lambda: [
             e for e in pod_events(fresh_cluster, NAMESPACE, pod["metadata"]["name"]) if e.reason == "CredentialNotReady"

@@ -170,6 +170,9 @@ def test_a_running_pod_gets_its_credential_again_once_it_is_allowed_again() -> N
     fresh value, but never inside the revocation's cut-off second."""
     running = task(gated=False, phase="Running", admitted_ago=5 * MIN)
     narrowed = record(subjects={"serviceAccounts": ["someone-else"]})
+    revoked = plan(running, state(**{"research-llm": value(MIN)}), {"research-llm": narrowed}, NOW)
+    assert [r.reason for r in revoked.revoke] == ["subject-removed"]
+    assert [p.reason for p in revoked.problems] == ["NotASubject"]  # it waits from now on, told why
     emptied = state()  # the value went, no tombstone
     waiting = plan(running, emptied, {"research-llm": narrowed}, NOW)
     assert not waiting.issue and waiting.problems[0].reason == "NotASubject"

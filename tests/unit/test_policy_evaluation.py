@@ -49,6 +49,21 @@ def test_no_policy_no_credential() -> None:
     )
     assert (verdict.allowed, verdict.reason) == (False, "NoPolicy")
     assert "no AgentCredentialPolicy applies to namespace agents" in verdict.message
+    # It says what the namespace carries and what each policy selects: usually a label is missing.
+    assert "other selects team=x" in verdict.message and "A cluster admin labels the namespace" in verdict.message
+    expressions = policy(
+        namespaceSelector={
+            "matchLabels": {"agentcred.dev/enabled": "true"},
+            "matchExpressions": [
+                {"key": "env", "operator": "In", "values": ["dev", "test"]},
+                {"key": "frozen", "operator": "DoesNotExist"},
+            ],
+        }
+    )
+    bare = judge(parse_spec(spec()), "agents", {"kubernetes.io/metadata.name": "agents"}, {"default": expressions})
+    assert "(its labels: none)" in bare.message
+    assert "default selects agentcred.dev/enabled=true,env in (dev,test),!frozen" in bare.message
+    assert "there is no AgentCredentialPolicy" in judge(parse_spec(spec()), "agents", RESEARCH, {}).message
 
 
 def test_allowed_names_the_policy() -> None:

@@ -75,7 +75,11 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
 
 
 POLICY_PRINTER_COLUMNS: list[dict[str, Any]] = [
+    # Which namespaces it selects (`kubectl get ns -l ...` lists them): what a NoPolicy refusal
+    # usually comes down to, a label a namespace lacks.
+    {"name": "Selector", "type": "string", "jsonPath": ".spec.namespaceSelector"},
     {"name": "Sources", "type": "string", "jsonPath": ".spec.sources"},
+    {"name": "Audiences", "type": "string", "priority": 1, "jsonPath": ".spec.audiences"},
     {"name": "Max-TTL", "type": "string", "jsonPath": ".spec.maxTTL"},
     {"name": "Max-Lifetime", "type": "string", "jsonPath": ".spec.maxLifetime"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -189,6 +189,10 @@ def plan(
                     dues.append(_due(value, record, started))
             if reason is not None:
                 revokes.append(Revoke(name, reason))
+                # The pod waits for it from now on, told why, as a new pod would be.
+                waiting = _problem(task, name, record, now.date()) if reason in RECOVERABLE else None
+                if waiting is not None:
+                    problems.append(waiting)
             continue
         problem = _problem(task, name, record, now.date())
         if problem is not None:
