@@ -17,7 +17,7 @@ from kubernetes.client.exceptions import ApiException
 
 from agentcred.api import labels, model
 from agentcred.api.webhook_configuration import opt_in_check, pod_guard
-from clusterkit import Cluster, wait_for
+from clusterkit import Cluster, opt_in_check_refuses, wait_for
 from samples import credential
 
 
@@ -140,22 +140,6 @@ def without_pod_guard(cluster: Cluster) -> Iterator[None]:
         yield
     finally:
         api.create_validating_admission_policy_binding(binding)
-
-
-def opt_in_check_refuses(cluster: Cluster, namespace: str) -> bool:
-    """Does the opt-in check refuse, right now, a pod naming credentials without the label
-    (a server-side dry run)? Admission policies take effect a moment after they change."""
-    probe = {
-        "metadata": {"name": "opt-in-probe", "annotations": {labels.CREDENTIALS_ANNOTATION: "x"}},
-        "spec": {"containers": [{"name": "c", "image": "x"}]},
-    }
-    try:
-        cluster.core.create_namespaced_pod(namespace, probe, dry_run="All")
-    except ApiException as error:
-        if error.status in (403, 422):
-            return True
-        raise
-    return False
 
 
 @contextlib.contextmanager

@@ -26,7 +26,6 @@ from agents import (
     claims_of,
     create_credential,
     create_pod,
-    opt_in_check_refuses,
     pod_events,
     read_secret,
     secret_name_of,
@@ -38,7 +37,7 @@ from agents import (
     without_opt_in_check,
     without_pod_guard,
 )
-from clusterkit import OPERATOR_NAMESPACE, Cluster, OperatorProcess, wait_for
+from clusterkit import OPERATOR_NAMESPACE, Cluster, OperatorProcess, opt_in_check_refuses, wait_for
 from identities import PODS_ONLY, narrow_user
 from minting_service import MintingService
 from oauth import JWT_BEARER, bound_token, details

@@ -288,8 +288,9 @@ def test_minting_service_failures_give_a_condition_and_an_event_and_no_secret(
     assert found["reason"] == reason, found
     # The list view says so, although the credential itself is Ready (no health check asked).
     header, row = cluster.kubectl("get", "acred", "minted", "-n", namespace).stdout.splitlines()[:2]
-    columns = dict(zip(header.split(), row.split(), strict=True))
-    assert (columns["READY"], columns["PROBLEM"]) == ("True", reason)
+    starts = [header.index(name) for name in header.split()]
+    cells = {n: row[a:b].strip() for n, a, b in zip(header.split(), starts, [*starts[1:], None], strict=True)}
+    assert (cells["READY"], cells["PROBLEM"]) == ("True", reason)
     events = wait_for(
         lambda: [e for e in pod_events(cluster, namespace, "agent") if e.reason == reason],
         what="Warning Event on the pod",
