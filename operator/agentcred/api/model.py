@@ -256,7 +256,10 @@ class ScopeRules(Model):
     )
 
 
-DENY_RULES = "Shell-style globs, case-sensitive: `*` any run of characters, `?` one, `[...]` a set. An empty or absent list refuses nothing here."
+DENY_RULES = (
+    "Shell-style globs, case-sensitive: `*` any run of characters, `?` one, `[...]` a set. "
+    "An empty or absent list refuses nothing here."
+)
 
 
 class DenyRules(ScopeRules):
