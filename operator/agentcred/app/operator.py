@@ -266,6 +266,7 @@ class Operator:
             issuer=config.effective_issuer,
             ready=self.indexed,
             unwatched=config.unwatched,
+            names=lambda namespace: [record.name for record in self.raw_credentials(namespace)],
         )
         self._runners.append(
             await serve(

@@ -14,7 +14,7 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -42,8 +42,10 @@ class AdmissionWebhook:
         issuer: str,
         ready: asyncio.Event,
         unwatched: Callable[[str], str | None] = lambda namespace: None,
+        names: Callable[[str], Iterable[str]] = lambda namespace: (),
     ) -> None:
         self.credential, self.keyring, self.audit, self.issuer = credential, keyring, audit, issuer
+        self.names = names  # a namespace's AgentCredentials, for "did you mean" in a refusal
         self.ready = ready  # the credentials, policies and namespaces are in memory
         self.unwatched = unwatched  # why a namespace is outside the operator's (namespace-scoped) reach
 
@@ -74,7 +76,13 @@ class AdmissionWebhook:
         try:
             if (outside := self.unwatched(namespace)) is not None:
                 raise admission.Refusal(outside)
-            records = admission.admit(pod, namespace, lambda name: self.credential(namespace, name), keyring)
+            records = admission.admit(
+                pod,
+                namespace,
+                lambda name: self.credential(namespace, name),
+                keyring,
+                known=lambda: self.names(namespace),
+            )
         except admission.Refusal as refusal:
             self.audit.record(
                 "deny",
