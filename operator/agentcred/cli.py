@@ -72,7 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .devcluster.demo import run_demo
 
-    return run_demo(keep=args.keep)
+    return run_demo(keep=args.keep, mcp=args.mcp)
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
@@ -196,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave the control plane, the operator and the kubelet stand-in running afterwards (print the "
         "kubeconfig; `agentcred dev down --name demo` stops them)",
+    )
+    demo.add_argument(
+        "--mcp",
+        action="store_true",
+        help="instead, examples/mcp: its MCP server and agent (official SDK) with an agent pod's identity, "
+        "printing what the agent prints (README of examples/mcp)",
     )
     demo.set_defaults(func=cmd_demo)
 
