@@ -612,7 +612,8 @@ def test_notes_print_the_first_steps_and_create_nothing(cluster: Cluster) -> Non
         "kubectl label namespace agents agentcred.dev/enabled=true",
         "kubectl -n agents create serviceaccount research-agent",
         "kubectl -n agentcred-notes delete secret notes-agentcred-signing-keys",
-        "`agentcred dev up` runs none and has no Deployment\n   controller: there, run the operator with `agentcred run`",
+        "`agentcred dev up` runs none and has no Deployment\n"
+        "   controller: there, run the operator with `agentcred run`",
     ):
         assert command in notes, notes
     assert "kind: Namespace" not in out and "kind: ServiceAccount\nmetadata:\n  name: research-agent" not in out
