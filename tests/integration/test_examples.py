@@ -232,9 +232,10 @@ def test_the_example_minting_service_serves_its_own_example(fresh_cluster: Clust
             apply.replace("kubectl", str(fresh_cluster.binaries.get("kubectl") or "kubectl")),
         ]
     )
-    ran = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=fresh_cluster.env(), timeout=120)
-    pid = int((tmp_path / "minter.pid").read_text())
     try:
+        ran = subprocess.run(
+            ["bash", "-c", script], capture_output=True, text=True, env=fresh_cluster.env(), timeout=120
+        )
         assert ran.returncode == 0, ran.stderr + (tmp_path / "minter.log").read_text()
         documents = documents_of(tmp_path / "minter.yaml")
         [ticketing] = [d for d in documents if d["kind"] == "AgentCredential"]
@@ -243,7 +244,9 @@ def test_the_example_minting_service_serves_its_own_example(fresh_cluster: Clust
         # Ready means the operator's health check reached it over TLS with the CA it wrote.
         _ready_everything(fresh_cluster, documents)
     finally:
-        os.kill(pid, signal.SIGTERM)
+        started = tmp_path / "minter.pid"
+        if started.exists():
+            os.kill(int(started.read_text()), signal.SIGTERM)
 
 
 def _documented_lines(docstring_lines: list[str]) -> tuple[str, str, str]:
