@@ -35,9 +35,10 @@ from agents import (
     state_of,
     value_gone,
     value_of,
+    without_opt_in_check,
     without_pod_guard,
 )
-from clusterkit import OPERATOR_NAMESPACE, Cluster, OperatorProcess, wait_for
+from clusterkit import OPERATOR_NAMESPACE, Cluster, OperatorProcess, opt_in_check_refuses, wait_for
 from identities import PODS_ONLY, narrow_user
 from minting_service import MintingService
 from oauth import JWT_BEARER, bound_token, details
@@ -100,7 +101,14 @@ def test_a_label_added_after_creation_is_refused_and_gets_nothing_without_the_gu
             ],
         },
     }
-    developer.create_namespaced_pod(namespace, crafted)
+    # The opt-in check refuses it at once: it names credentials but has no opt-in label.
+    wait_for(lambda: opt_in_check_refuses(cluster, namespace), what="the opt-in check in effect")
+    with pytest.raises(ApiException) as at_creation:
+        developer.create_namespaced_pod(namespace, crafted)
+    assert f"has no label {labels.INJECT_LABEL}" in _message(at_creation.value)
+    # Where nobody installed that check, it is created; the label guard stands next.
+    with without_opt_in_check(cluster, namespace):
+        developer.create_namespaced_pod(namespace, crafted)
     # The guard is an in-tree policy the operator installs at start; it takes effect in moments.
     wait_for(lambda: _guard_active(cluster, namespace, "sneaky"), what="the label guard in effect")
     with pytest.raises(ApiException) as refused:
