@@ -143,6 +143,21 @@ def admitted_copy(original: dict, name: str = "copy") -> dict:
     }
 
 
+def guard_active(cluster: Cluster, namespace: str, pod: str) -> bool:
+    """Does the guard refuse a (dry-run) change of the pod's opt-in label right now?"""
+    current = (cluster.core.read_namespaced_pod(pod, namespace).metadata.labels or {}).get(labels.INJECT_LABEL)
+    try:
+        cluster.core.patch_namespaced_pod(
+            pod,
+            namespace,
+            {"metadata": {"labels": {labels.INJECT_LABEL: "probe" if current != "probe" else "true"}}},
+            dry_run="All",
+        )
+    except ApiException as error:
+        return error.status in (403, 422)
+    return False
+
+
 @contextlib.contextmanager
 def without_pod_guard(cluster: Cluster) -> Iterator[None]:
     """The pod guard taken away (as if the cluster never installed it): the operator's own
