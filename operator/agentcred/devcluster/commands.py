@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -49,7 +50,8 @@ def cmd_dev_build(args: argparse.Namespace) -> int:
 
 
 def cmd_dev_up(args: argparse.Namespace) -> int:
-    from .controlplane import ControlPlane, ControlPlaneState
+    from .controlplane import ControlPlane, ControlPlaneState, stop_processes
+    from .node import DEV_SYNC_FREQUENCY, KUBELET_DEFAULT_SYNC_FREQUENCY, NodeUnavailable, RealNode
 
     folder = _dev_dir(args)
     state_path = folder / "state.json"
@@ -65,32 +67,62 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     from .install import install_agentcred
 
     started = time.monotonic()
-    plane = ControlPlane(workdir=folder / "cluster", detach=True)
-    state = plane.start()
-    timings = dict(plane.timings)
+    real = not (args.no_kubelet or args.stand_in)
+    node = None
+    service_cidr = {}
+    if real:
+        sync = KUBELET_DEFAULT_SYNC_FREQUENCY if args.kubelet_defaults else DEV_SYNC_FREQUENCY
+        node = RealNode(folder / "cluster", sync_frequency=sync)
+        try:
+            service_cidr["service_cidr"] = node.prepare().service_cidr
+        except NodeUnavailable as error:
+            node.stop()
+            shutil.rmtree(folder, ignore_errors=True)
+            print(f"agentcred dev up: {error}", file=sys.stderr)
+            return 1
+    plane = ControlPlane(workdir=folder / "cluster", detach=True, **service_cidr)
+    timings: dict[str, float] = {}
     try:
+        state = plane.start()
+        timings.update(plane.timings)
         step = time.monotonic()
         install_agentcred(config.new_client_from_config(config_file=state.kubeconfig))
         timings["CRDs established, policy and namespace"] = time.monotonic() - step
-        if not args.no_kubelet:
+        if node is not None:
+            node_state = node.start(state.server, Path(state.kubeconfig))
+            timings.update(node.timings)
+            state.node = node_state.to_dict()
+        elif args.stand_in:
             step = time.monotonic()
             state.pids["kubelet"] = start_kubelet(Path(state.workdir), state.kubeconfig, args.complete_after)
             timings["scheduler/kubelet stand-in started"] = time.monotonic() - step
-    except BaseException:
-        from .controlplane import stop_processes
-
-        stop_processes(state.pids)
+    except BaseException as error:
+        if node is not None:
+            node.stop()
+        stop_processes({name: p.pid for name, p in plane.processes.items()})
+        shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(error, NodeUnavailable):
+            print(f"agentcred dev up: {error}", file=sys.stderr)
+            return 1
         raise
     state.save(state_path)
     total = time.monotonic() - started
     print(f"local control plane {folder.name} up at {state.server} in {total:.1f}s:", file=sys.stderr)
     for what, seconds in timings.items():
         print(f"  {seconds:5.1f}s  {what}", file=sys.stderr)
-    if args.no_kubelet:
-        print("no scheduler/kubelet stand-in (--no-kubelet): pods stay Pending", file=sys.stderr)
+    if node is not None and node.state is not None:
+        print(
+            f"a real node {node.state.name!r} runs pods as containers (kubelet syncFrequency "
+            f"{node.state.sync_frequency}); its files: {node.folder}",
+            file=sys.stderr,
+        )
+        print(f"  images (imagePullPolicy: Never): {node.state.images['probe']}", file=sys.stderr)
+    elif args.no_kubelet:
+        print("no node (--no-kubelet): pods stay Pending", file=sys.stderr)
     else:
         print(
-            f"pods are bound to a stand-in node and run; a Job's pods succeed after {args.complete_after:g}s",
+            f"pods are bound to a stand-in node and given phases, no container runs; a Job's pods succeed after "
+            f"{args.complete_after:g}s",
             file=sys.stderr,
         )
     print(f"kubectl: {ensure_binaries()['kubectl']}", file=sys.stderr)
@@ -119,9 +151,8 @@ def start_kubelet(workdir: Path, kubeconfig: str, complete_after: float) -> int:
 
 
 def cmd_dev_down(args: argparse.Namespace) -> int:
-    import shutil
-
     from .controlplane import ControlPlaneState, ours, stop_processes
+    from .node import NodeState, teardown
 
     folder = _dev_dir(args)
     state_path = folder / "state.json"
@@ -129,13 +160,17 @@ def cmd_dev_down(args: argparse.Namespace) -> int:
         print(f"no local control plane {folder.name} is up", file=sys.stderr)
         return 0
     state = ControlPlaneState.load(state_path)
+    left = teardown(NodeState.from_dict(state.node)) if state.node else []
     # Only processes that are still this plane's: a pid may have been reused since.
-    left = stop_processes({name: pid for name, pid in state.pids.items() if ours(pid, state.workdir)})
+    left += stop_processes({name: pid for name, pid in state.pids.items() if ours(pid, state.workdir)})
     if left:
         print(f"still running after SIGKILL: {', '.join(left)}; state kept in {folder}", file=sys.stderr)
         return 1
     shutil.rmtree(folder, ignore_errors=True)
-    print(f"local control plane {folder.name} stopped (every process exited) and removed", file=sys.stderr)
+    what = "every process exited"
+    if state.node:
+        what += ", every mount, cgroup and bridge of its node removed"
+    print(f"local control plane {folder.name} stopped ({what}) and removed", file=sys.stderr)
     return 0
 
 
@@ -161,6 +196,13 @@ def cmd_dev_kubelet(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dev_relay(args: argparse.Namespace) -> int:
+    from .relay import run
+
+    run(args.listen, args.to)
+    return 0
+
+
 def add_dev_commands(commands: argparse._SubParsersAction) -> None:
     dev = commands.add_parser("dev", help="a local control plane for development").add_subparsers(
         dest="dev_command", required=True
@@ -174,18 +216,30 @@ def add_dev_commands(commands: argparse._SubParsersAction) -> None:
     up = dev.add_parser(
         "up",
         parents=[named],
-        help="start etcd, kube-apiserver, kube-controller-manager and the scheduler/kubelet stand-in",
+        help="start etcd, kube-apiserver, kube-controller-manager and a real node (kubelet, kube-scheduler, "
+        "containerd, runc)",
     )
-    up.add_argument(
-        "--no-kubelet", action="store_true", help="leave out the scheduler/kubelet stand-in (pods stay Pending)"
+    nodes = up.add_mutually_exclusive_group()
+    nodes.add_argument(
+        "--stand-in",
+        action="store_true",
+        help="no real node: a stand-in binds pods and gives them phases, and no container runs (for hosts that "
+        "cannot run a node, and for thousands of pods)",
+    )
+    nodes.add_argument("--no-kubelet", action="store_true", help="no node at all (pods stay Pending)")
+    nodes.add_argument(
+        "--kubelet-defaults",
+        action="store_true",
+        help="the real node's kubelet with its own default syncFrequency (1m) instead of 10s: Secret changes "
+        "then reach containers up to ~90s late",
     )
     up.add_argument(
         "--complete-after",
         type=float,
         default=DEFAULT_COMPLETE_AFTER,
         metavar="SECONDS",
-        help=f"a Job's pod succeeds this long after it starts running (default {DEFAULT_COMPLETE_AFTER:g}; "
-        "0: never by itself)",
+        help=f"with --stand-in: a Job's pod succeeds this long after it starts running (default "
+        f"{DEFAULT_COMPLETE_AFTER:g}; 0: never by itself)",
     )
     up.set_defaults(func=cmd_dev_up)
     down = dev.add_parser(
@@ -207,3 +261,8 @@ def add_dev_commands(commands: argparse._SubParsersAction) -> None:
         "0: never by itself)",
     )
     kubelet.set_defaults(func=cmd_dev_kubelet)
+    relay = dev.add_parser("relay", help="forward TCP connections (a real node starts one for its pods)")
+    relay.add_argument("--listen", required=True, metavar="HOST:PORT")
+    relay.add_argument("--to", required=True, metavar="HOST:PORT")
+    relay.add_argument("--folder", help="the node folder this relay belongs to (for `dev down`)")
+    relay.set_defaults(func=cmd_dev_relay)

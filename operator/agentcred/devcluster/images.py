@@ -1,0 +1,228 @@
+"""Container images without a registry: OCI image archives written here, imported into the
+local node's containerd with `ctr images import`.
+
+An archive is an OCI image layout in a tar (`oci-layout`, `index.json`, `blobs/sha256/...`);
+each manifest in its index carries `io.containerd.image.name`, the name the image gets on
+import. Layers are written reproducibly (sorted entries, no timestamps, root-owned), so the
+same input gives the same digests, and archives are cached under names keyed by their input.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .binaries import cache_root
+
+PROBE_SOURCE = Path(__file__).resolve().parent / "probe"
+OCI_LAYOUT = '{"imageLayoutVersion": "1.0.0"}'
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
+LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+@dataclass(frozen=True)
+class Image:
+    """One image of an archive: its name, the layers (uncompressed tars, base first), and how it runs."""
+
+    name: str
+    layers: tuple[Path, ...]
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    user: str = ""
+    workdir: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def images_dir() -> Path:
+    return cache_root() / "images"
+
+
+def content_key(*parts: bytes | str | Path) -> str:
+    """A short digest of everything an image is made from (files by their content)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path):
+            digest.update(part.read_bytes())
+        else:
+            digest.update(part.encode() if isinstance(part, str) else part)
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def write_layer(path: Path, files: Iterable[tuple[str, bytes, int]]) -> Path:
+    """An uncompressed layer tar of (path in the image, content, mode) entries, with the
+    folders they need."""
+    entries = sorted(files)
+    folders = sorted({str(Path(name).parent) for name, _, _ in entries} - {"."})
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for folder in folders:
+            info = _normalise(tarfile.TarInfo(folder))
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+        for name, content, mode in entries:
+            info = _normalise(tarfile.TarInfo(name))
+            info.size, info.mode = len(content), mode
+            tar.addfile(info, io.BytesIO(content))
+    return path
+
+
+def write_tree_layer(path: Path, root: Path, owner: tuple[int, int] | None = None) -> Path:
+    """An uncompressed layer tar of everything under `root` (a root filesystem): entries sorted,
+    timestamps cleared; `owner` overrides every entry's uid/gid."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for folder, subfolders, files in os.walk(root):
+            subfolders.sort()
+            here = Path(folder)
+            for name in sorted(subfolders) + sorted(files):
+                full = here / name
+                info = tar.gettarinfo(str(full), arcname=str(full.relative_to(root)))
+                info.mtime = 0
+                info.uname = info.gname = ""
+                if owner is not None:
+                    info.uid, info.gid = owner
+                if info.isreg():
+                    with open(full, "rb") as content:
+                        tar.addfile(info, content)
+                else:
+                    tar.addfile(info)  # folders, symlinks (never followed), hard links
+    return path
+
+
+def _blob(blobs: Path, data: bytes) -> tuple[str, int]:
+    digest = hashlib.sha256(data).hexdigest()
+    (blobs / digest).write_bytes(data)
+    return f"sha256:{digest}", len(data)
+
+
+def _add_layer(blobs: Path, layer: Path, done: dict[Path, tuple[str, str, int]]) -> tuple[str, str, int]:
+    """(diff id, digest, size) of a layer, compressed once per archive however often it is used."""
+    if layer not in done:
+        diff = hashlib.sha256()
+        buffer = io.BytesIO()
+        with open(layer, "rb") as source, gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, compresslevel=1) as out:
+            for chunk in iter(lambda: source.read(1 << 20), b""):
+                diff.update(chunk)
+                out.write(chunk)
+        digest, size = _blob(blobs, buffer.getvalue())
+        done[layer] = (f"sha256:{diff.hexdigest()}", digest, size)
+    return done[layer]
+
+
+def write_archive(path: Path, images: Iterable[Image]) -> Path:
+    """An OCI image layout, as a tar, holding `images` (atomically: a half-written archive is never used)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as workdir:
+        layout = Path(workdir) / "layout"
+        blobs = layout / "blobs" / "sha256"
+        blobs.mkdir(parents=True)
+        (layout / "oci-layout").write_text(OCI_LAYOUT)
+        done: dict[Path, tuple[str, str, int]] = {}
+        manifests = []
+        for image in images:
+            layers = [_add_layer(blobs, layer, done) for layer in image.layers]
+            run: dict[str, object] = {"Entrypoint": list(image.entrypoint) or None, "Cmd": list(image.cmd) or None}
+            run.update(Env=list(image.env), User=image.user, WorkingDir=image.workdir, Labels=image.labels or None)
+            config = {
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {key: value for key, value in run.items() if value},
+                "rootfs": {"type": "layers", "diff_ids": [diff for diff, _, _ in layers]},
+                "history": [{"created_by": f"agentcred image writer: {image.name}"}],
+            }
+            config_digest, config_size = _blob(blobs, json.dumps(config, sort_keys=True).encode())
+            manifest = {
+                "schemaVersion": 2,
+                "mediaType": MANIFEST_TYPE,
+                "config": {"mediaType": CONFIG_TYPE, "digest": config_digest, "size": config_size},
+                "layers": [{"mediaType": LAYER_TYPE, "digest": digest, "size": size} for _, digest, size in layers],
+            }
+            digest, size = _blob(blobs, json.dumps(manifest, sort_keys=True).encode())
+            manifests.append(
+                {
+                    "mediaType": MANIFEST_TYPE,
+                    "digest": digest,
+                    "size": size,
+                    "annotations": {
+                        "io.containerd.image.name": image.name,
+                        "org.opencontainers.image.ref.name": image.name,
+                    },
+                    "platform": {"architecture": "amd64", "os": "linux"},
+                }
+            )
+        index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}
+        (layout / "index.json").write_text(json.dumps(index, sort_keys=True))
+        partial = Path(workdir) / "archive.tar"
+        with tarfile.open(partial, "w") as tar:
+            for entry in sorted(layout.rglob("*")):
+                tar.add(entry, arcname=str(entry.relative_to(layout)), recursive=False, filter=_normalise)
+        partial.rename(path)
+    return path
+
+
+# -- the probe image: one static Go program, the pod sandbox and the test workloads ----------
+
+
+@dataclass(frozen=True)
+class ProbeImages:
+    archive: Path
+    probe: str  # runs `/probe ...` (see probe/main.go)
+    pause: str  # the pod sandbox image
+
+
+def _go_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="-mod=mod -buildvcs=false")
+    return env
+
+
+def probe_images() -> ProbeImages:
+    """The probe and pause images, built and archived once per source (cached by content)."""
+    sources = sorted(p for p in PROBE_SOURCE.iterdir() if p.suffix in (".go", ".mod"))
+    go_version = subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True, env=_go_env()).stdout
+    key = content_key(go_version, *(p.name for p in sources), *sources)
+    tag = f"v{key[:12]}"
+    found = ProbeImages(
+        images_dir() / f"probe-{key}.tar",
+        probe=f"localhost/agentcred/probe:{tag}",
+        pause=f"localhost/agentcred/pause:{tag}",
+    )
+    if found.archive.exists():
+        return found
+    if shutil.which("go") is None:
+        raise RuntimeError("the Go toolchain is needed to build the node's probe image: install Go")
+    with tempfile.TemporaryDirectory(prefix="agentcred-probe-") as workdir:
+        binary = Path(workdir) / "probe"
+        subprocess.run(
+            ["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(binary), "."],
+            cwd=PROBE_SOURCE,
+            env=_go_env(),
+            check=True,
+        )
+        layer = write_layer(Path(workdir) / "layer.tar", [("probe", binary.read_bytes(), 0o755)])
+        write_archive(
+            found.archive,
+            [
+                Image(found.probe, (layer,), entrypoint=("/probe",), cmd=("pause",), user="65532:65532"),
+                Image(found.pause, (layer,), entrypoint=("/probe", "pause"), user="65535:65535"),
+            ],
+        )
+    return found
