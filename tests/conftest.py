@@ -101,3 +101,56 @@ def operator(cluster: Cluster, witness: Witness) -> Iterator[OperatorProcess]:
     ).start()
     yield process
     process.cleanup()
+
+
+# -- the real-node tier ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def node_cluster() -> Iterator[object]:
+    """A second local control plane with a real node (kubelet, kube-scheduler, containerd,
+    runc): its pods run as containers. Apart from `cluster`, whose stand-in binds every pod."""
+    if CLUSTER_MODE != "local":
+        pytest.skip("the real-node tier starts its own local control plane and node")
+    import tempfile
+
+    from agentcred.devcluster.binaries import ensure_binaries
+    from agentcred.devcluster.controlplane import ControlPlane
+    from agentcred.devcluster.node import RealNode, host_problems
+    from nodekit import NodeCluster
+
+    problems = host_problems()
+    if problems:
+        pytest.skip("this host cannot run a real node: " + "; ".join(problems))
+    workdir = Path(tempfile.mkdtemp(prefix="agentcred-node-"))
+    node = RealNode(workdir)
+    plane = None
+    left: list[str] = []
+    try:
+        plane = ControlPlane(workdir=workdir, service_cidr=node.prepare().service_cidr)
+        plane.start()
+        node.start(plane.server, plane.kubeconfig)
+        found = NodeCluster(plane.kubeconfig, binaries=ensure_binaries(), local=True, plane=plane, node=node)
+        found.install_crd()
+        yield found
+    finally:
+        left = node.stop()  # first: the node's containers, mounts, cgroups and bridge
+        if plane is not None:
+            plane.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert not left, f"the real node left behind: {left}"
+
+
+@pytest.fixture(scope="session")
+def node_operator(node_cluster: Cluster) -> Iterator[OperatorProcess]:
+    """The operator (a process on this host) for the real-node cluster."""
+    process = OperatorProcess(node_cluster).start()
+    yield process
+    process.cleanup()
+
+
+@pytest.fixture
+def node_namespace(node_cluster: Cluster) -> Iterator[str]:
+    name = node_cluster.create_namespace("n")
+    yield name
+    node_cluster.delete_namespace(name)
