@@ -20,6 +20,9 @@ from agentcred.api import labels
 from agentcred.devcluster.node import RealNode, _mounts_under
 from clusterkit import Cluster, wait_for
 
+MOUNT = "/var/run/agentcred/research-llm"
+TOKEN = f"{MOUNT}/token"
+
 
 class NodeCluster(Cluster):
     """A Cluster whose pods really run, on `node`."""
@@ -113,6 +116,16 @@ def wait_seen(
         return events if events and predicate(events) else None
 
     return wait_for(check, timeout=timeout, interval=0.5, what=what or f"the container of {pod} to see {path}")
+
+
+def running(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    """The pod, once it runs on the node."""
+
+    def check() -> dict[str, Any] | None:
+        pod = cluster.core.read_namespaced_pod(name, namespace)
+        return cluster.api_client.sanitize_for_serialization(pod) if pod.status.phase == "Running" else None
+
+    return wait_for(check, timeout=60, what=f"pod {name} Running on the node")
 
 
 def pod_phase(cluster: Cluster, namespace: str, name: str) -> str | None:

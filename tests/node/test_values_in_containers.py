@@ -11,28 +11,26 @@ from agents import create_credential as _create_credential
 from agents import read_secret, secret_gone, secret_name_of, service_account, value_of
 from clusterkit import wait_for
 from minting_service import MintingService
-from nodekit import NodeCluster, create_agent_job, create_agent_pod, fingerprint, pod_gone, seen, seen_file, wait_seen
+from nodekit import (
+    MOUNT,
+    TOKEN,
+    NodeCluster,
+    create_agent_job,
+    create_agent_pod,
+    fingerprint,
+    pod_gone,
+    running,
+    seen,
+    seen_file,
+    wait_seen,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node]
-
-MOUNT = "/var/run/agentcred/research-llm"
-TOKEN = f"{MOUNT}/token"
 
 
 def create_credential(cluster: NodeCluster, namespace: str, **overrides: object) -> dict:
     overrides.setdefault("projection", {"mountPath": MOUNT})
     return _create_credential(cluster, namespace, **overrides)
-
-
-def running(cluster: NodeCluster, namespace: str, name: str) -> dict:
-    return wait_for(
-        lambda: (
-            (pod := cluster.core.read_namespaced_pod(name, namespace)).status.phase == "Running"
-            and cluster.api_client.sanitize_for_serialization(pod)
-        ),
-        timeout=60,
-        what=f"pod {name} Running on the node",
-    )
 
 
 def test_the_container_reads_the_value_with_the_mode_asked(node_cluster, node_operator, node_namespace) -> None:
