@@ -42,7 +42,7 @@ class NodeCluster(Cluster):
 
     def volume_mounts_of(self, pod_uid: str) -> list[str]:
         """The mounts the kubelet holds on the host for a pod's volumes (a Secret volume is a tmpfs)."""
-        return _mounts_under(str(self.node.folder / "kubelet" / "pods" / pod_uid / "volumes"))
+        return _mounts_under(str(self.node.folder / "run" / "kubelet" / "pods" / pod_uid / "volumes"))
 
 
 def fingerprint(value: bytes) -> str:

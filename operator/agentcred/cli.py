@@ -69,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .devcluster.demo import run_demo
 
-    return run_demo(keep=args.keep)
+    return run_demo(keep=args.keep, stand_in=args.stand_in)
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
@@ -164,12 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
     renew.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the operator")
     renew.set_defaults(func=cmd_renew)
 
-    demo = commands.add_parser("demo", help="local control plane + operator + an agent Job, end to end")
+    demo = commands.add_parser("demo", help="local control plane + a real node + operator + an agent Job, end to end")
     demo.add_argument(
         "--keep",
         action="store_true",
-        help="leave the control plane, the operator and the kubelet stand-in running afterwards (print the "
+        help="leave the control plane, the node and the operator running afterwards (print the "
         "kubeconfig; `agentcred dev down --name demo` stops them)",
+    )
+    demo.add_argument(
+        "--stand-in",
+        action="store_true",
+        help="no real node: the scheduler/kubelet stand-in binds the agent's pod and completes it (the demo "
+        "does this by itself on a host that cannot run a node)",
     )
     demo.set_defaults(func=cmd_demo)
 

@@ -255,6 +255,13 @@ class RealNode:
     def cgroup_root(self) -> str:
         return f"agentcred-{self.node_id}"
 
+    @property
+    def kubelet_root(self) -> Path:
+        """The kubelet's --root-dir, through the short link: it makes unix sockets in it
+        (pod-resources, plugin registration), whose paths must stay under 108 bytes. The
+        files are in `<folder>/run/kubelet`."""
+        return self.run_link / "kubelet"
+
     def prepare(self) -> NodeNetwork:
         """Check the host, build what is missing, claim the network. Raises NodeUnavailable
         with what is missing when the host cannot run a node."""
@@ -308,7 +315,7 @@ class RealNode:
             self.timings[what] = now - step
             step = now
 
-        for sub in ("logs", "run", "containerd", "cni/conf", "cni/ipam", "kubelet", "pod-logs"):
+        for sub in ("logs", "run/kubelet", "containerd", "cni/conf", "cni/ipam", "pod-logs"):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
         with _host_lock():
             if self.run_link.is_symlink() or self.run_link.exists():
@@ -335,8 +342,8 @@ class RealNode:
                 str(self.binaries["kubelet"]),
                 f"--config={self.folder / 'kubelet.yaml'}",
                 f"--kubeconfig={kubelet_kubeconfig}",
-                f"--root-dir={self.folder / 'kubelet'}",
-                f"--cert-dir={self.folder / 'kubelet' / 'pki'}",
+                f"--root-dir={self.kubelet_root}",
+                f"--cert-dir={self.kubelet_root / 'pki'}",
                 f"--hostname-override={self.state.name}",
                 "--v=2",
             ],
@@ -509,7 +516,7 @@ disabled_plugins = [
             "makeIPTablesUtilChains": False,
             "resolvConf": "/etc/resolv.conf",
             "staticPodPath": "",
-            "volumePluginDir": str(self.folder / "kubelet" / "volume-plugins"),
+            "volumePluginDir": str(self.folder / "volume-plugins"),
             "registerNode": True,
             # The images are imported, never pulled: nothing may collect them.
             "imageGCHighThresholdPercent": 100,
@@ -722,7 +729,7 @@ def teardown(state: NodeState) -> list[str]:
     left += list(_processes_naming(folder, state.run_link))
     # 4. Mounts: pod volumes (tmpfs), container root filesystems (overlay), shm, network
     # namespaces, the kubelet's bind mount of its own root.
-    for _ in range(3):
+    for _ in range(10):  # the kubelet's bind mount of its root may be stacked, once per start
         mounts = _mounts_under(folder)
         if not mounts:
             break
