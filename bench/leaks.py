@@ -183,6 +183,7 @@ class Operator:
         log = open(self.workdir / "operator.log", "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "agentcred", "run", "--standalone", "--namespace", "agentcred",
+             "--volume-refresh-delay", "0",
              "--webhook-address", "127.0.0.1", "--webhook-port", str(webhook),
              "--webhook-url", f"https://127.0.0.1:{webhook}", "--api-address", "127.0.0.1",
              "--api-port", str(self.api_port), "--issuer", self.url, "--health-address", "127.0.0.1",

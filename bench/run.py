@@ -118,6 +118,8 @@ class Agentcred:
                 "agentcred",
                 "run",
                 "--standalone",
+                "--volume-refresh-delay",
+                "0",  # no kubelet delivers values here: renewals need no head start
                 "--namespace",
                 "agentcred",
                 "--webhook-address",

@@ -160,8 +160,12 @@ class OperatorProcess:
         namespace: str = OPERATOR_NAMESPACE,
         standalone: bool = True,
         kubeconfig: Path | None = None,
+        volume_refresh_delay: str = "0",
     ) -> None:
         self.cluster = cluster
+        # No kubelet delivers values on the stand-in: renewals need no head start there. On a
+        # real node, the delay its kubelet configuration allows (agentcred.devcluster.node).
+        self.volume_refresh_delay = volume_refresh_delay
         self.extra_args = extra_args
         self.extra_env = env or {}
         self.namespace = namespace
@@ -205,6 +209,8 @@ class OperatorProcess:
             str(self.health_port),
             "--audit-log",
             str(self.audit_path),
+            "--volume-refresh-delay",
+            self.volume_refresh_delay,
             *self.extra_args,
         ]
 

@@ -143,8 +143,12 @@ def node_cluster() -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def node_operator(node_cluster: Cluster) -> Iterator[OperatorProcess]:
-    """The operator (a process on this host) for the real-node cluster."""
-    process = OperatorProcess(node_cluster).start()
+    """The operator (a process on this host) for the real-node cluster, told how late its
+    kubelet may deliver a renewed value."""
+    from agentcred.devcluster.node import volume_refresh_delay
+
+    delay = volume_refresh_delay(node_cluster.node.sync_frequency)
+    process = OperatorProcess(node_cluster, volume_refresh_delay=delay).start()
     yield process
     process.cleanup()
 

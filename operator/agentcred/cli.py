@@ -17,7 +17,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import kopf
 
-    from .app.config import OperatorConfig, parse_namespaces
+    from .app.config import OperatorConfig, parse_delay, parse_namespaces
     from .app.handlers import registry_for
     from .app.operator import Operator
 
@@ -40,7 +40,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = OperatorConfig.from_env()
         if args.watch_namespace:
             config = dataclasses.replace(config, watch_namespaces=parse_namespaces(args.watch_namespace))
-    except ValueError as error:  # AGENTCRED_WATCH_NAMESPACES or --watch-namespace
+        delay = parse_delay(args.volume_refresh_delay or "")
+        if delay is not None:
+            config = dataclasses.replace(config, volume_refresh_delay=delay)
+    except ValueError as error:  # AGENTCRED_WATCH_NAMESPACES, --watch-namespace, the refresh delay
         print(f"agentcred run: {error}", file=sys.stderr)
         return 2
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
@@ -135,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAMESPACE",
         help="namespace-scoped mode: see pods, Secrets and AgentCredentials, and admit pods, only in this "
         "namespace; repeat for several (AGENTCRED_WATCH_NAMESPACES, comma-separated; default: every namespace)",
+    )
+    run.add_argument(
+        "--volume-refresh-delay",
+        metavar="DURATION",
+        help="how late the cluster's kubelets may put a renewed value into a container: 1.5 x their "
+        "syncFrequency plus a margin (default 95s, for the kubelet's default 1m; AGENTCRED_VOLUME_REFRESH_DELAY). "
+        "Renewals start at least this long before expiry; a ttl under twice this is refused. 0: no kubelet",
     )
     run.add_argument("--verbose", action="store_true", help="log every handler call (logs go to stderr)")
     run.add_argument("--log-json", action="store_true", help="log as JSON lines (on stderr, as plain logs are)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import re
@@ -10,7 +11,9 @@ from dataclasses import dataclass
 import kopf
 
 from ..api import labels, model
+from ..api.durations import parse_duration
 from ..api.webhook_configuration import skipped_namespaces
+from ..rules.delivery import DEFAULT_VOLUME_REFRESH_DELAY
 
 NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
@@ -59,6 +62,9 @@ class OperatorConfig:
     # Namespace-scoped mode: watch pods, Secrets and AgentCredentials only in these namespaces
     # (and admit pods only there); empty: every namespace (the default).
     watch_namespaces: tuple[str, ...] = ()
+    # How late the cluster's kubelets may put a renewed value into a container (rules.delivery):
+    # 1.5 x their syncFrequency, plus a margin; 0 where no kubelet delivers (the stand-in).
+    volume_refresh_delay: dt.timedelta = DEFAULT_VOLUME_REFRESH_DELAY
 
     @property
     def scoped(self) -> bool:
@@ -126,7 +132,21 @@ class OperatorConfig:
             leak_reporters=_env("LEAK_REPORTERS", cls.leak_reporters),
             health_check_interval=float(_env("HEALTH_CHECK_INTERVAL", str(cls.health_check_interval))),
             watch_namespaces=parse_namespaces(_env("WATCH_NAMESPACES", "").split(",")),
+            volume_refresh_delay=parse_delay(_env("VOLUME_REFRESH_DELAY", "")) or DEFAULT_VOLUME_REFRESH_DELAY,
         )
+
+
+def parse_delay(text: str) -> dt.timedelta | None:
+    """A volume refresh delay: a duration ("95s", "1m40s"), or 0 for none; blank: not set."""
+    text = text.strip()
+    if not text:
+        return None
+    if text in ("0", "0s"):
+        return dt.timedelta(0)
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise ValueError(f"volume refresh delay: {error}, or 0") from None
 
 
 def parse_namespaces(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:

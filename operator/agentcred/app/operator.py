@@ -176,6 +176,7 @@ class Operator:
             namespace_labels=lambda namespace: first(indices.namespaces, namespace),
             shared=lambda namespace, name: first(indices.shared_secrets, (namespace, name)),
             source_health=lambda namespace, name: self.minting_health.problem(namespace, name),
+            refresh_delay=config.volume_refresh_delay,
         )
         self.events = EventRecorder(kube)
         self.book = StatusBook()

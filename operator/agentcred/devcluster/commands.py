@@ -51,7 +51,13 @@ def cmd_dev_build(args: argparse.Namespace) -> int:
 
 def cmd_dev_up(args: argparse.Namespace) -> int:
     from .controlplane import ControlPlane, ControlPlaneState, stop_processes
-    from .node import DEV_SYNC_FREQUENCY, KUBELET_DEFAULT_SYNC_FREQUENCY, NodeUnavailable, RealNode
+    from .node import (
+        DEV_SYNC_FREQUENCY,
+        KUBELET_DEFAULT_SYNC_FREQUENCY,
+        NodeUnavailable,
+        RealNode,
+        volume_refresh_delay,
+    )
 
     folder = _dev_dir(args)
     state_path = folder / "state.json"
@@ -117,6 +123,8 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         print(f"  images (imagePullPolicy: Never): {node.state.images['probe']}", file=sys.stderr)
+        delay = volume_refresh_delay(node.state.sync_frequency)
+        print(f"  an operator for it: agentcred run --volume-refresh-delay {delay} ...", file=sys.stderr)
     elif args.no_kubelet:
         print("no node (--no-kubelet): pods stay Pending", file=sys.stderr)
     else:
@@ -262,7 +270,7 @@ def add_dev_commands(commands: argparse._SubParsersAction) -> None:
     )
     kubelet.set_defaults(func=cmd_dev_kubelet)
     relay = dev.add_parser("relay", help="forward TCP connections (a real node starts one for its pods)")
-    relay.add_argument("--listen", required=True, metavar="HOST:PORT")
-    relay.add_argument("--to", required=True, metavar="HOST:PORT")
+    relay.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to accept connections")
+    relay.add_argument("--to", required=True, metavar="HOST:PORT", help="where to forward each of them")
     relay.add_argument("--folder", help="the node folder this relay belongs to (for `dev down`)")
     relay.set_defaults(func=cmd_dev_relay)

@@ -44,7 +44,7 @@ from .commands import DEFAULT_COMPLETE_AFTER, start_kubelet
 from .controlplane import SERVICE_CIDR, ControlPlane, free_port
 from .install import install_agentcred
 from .kubelet import FakeKubelet
-from .node import RealNode, host_problems
+from .node import RealNode, host_problems, volume_refresh_delay
 from .polling import wait_for
 
 EXAMPLE = "quickstart.yaml"
@@ -181,6 +181,8 @@ def _run(plane: ControlPlane, node: RealNode | None, workdir: Path, keep: bool) 
             issuer,
             "--audit-log",
             str(audit_log),
+            "--volume-refresh-delay",
+            volume_refresh_delay(node.sync_frequency) if node is not None else "0",
         ],
         stdout=operator_log,
         stderr=subprocess.STDOUT,

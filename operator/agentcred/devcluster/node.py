@@ -64,6 +64,13 @@ DEV_SYNC_FREQUENCY = "10s"
 KUBELET_DEFAULT_SYNC_FREQUENCY = "1m"
 
 
+def volume_refresh_delay(sync_frequency: str) -> str:
+    """What to tell operators of this node (`agentcred run --volume-refresh-delay`): the
+    longest a Secret's change can wait for the pod's next sync (1.5 x syncFrequency), plus 5s."""
+    amount, unit = int(sync_frequency[:-1]), sync_frequency[-1]
+    return f"{int(amount * {'s': 1, 'm': 60}[unit] * 1.5) + 5}s"
+
+
 class NodeUnavailable(RuntimeError):
     """This host cannot run a real node; the message says what is missing and what to do."""
 
