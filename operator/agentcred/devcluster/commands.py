@@ -42,9 +42,20 @@ def _dev_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_dev_build(args: argparse.Namespace) -> int:
-    from .binaries import ensure_binaries
+    from .binaries import ensure_binaries, ensure_node_binaries
+    from .images import probe_images
+    from .node import host_problems
 
-    for name, path in sorted(ensure_binaries().items()):
+    built = ensure_binaries()
+    problems = host_problems()
+    if problems:
+        listed = "\n  - ".join(problems)
+        print(f"no real node on this host (the stand-in serves instead):\n  - {listed}", file=sys.stderr)
+    else:
+        built.update(ensure_node_binaries())
+        images = probe_images()
+        built[images.probe] = images.archive
+    for name, path in sorted(built.items()):
         print(f"{name}\t{path}")
     return 0
 

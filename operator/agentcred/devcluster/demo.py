@@ -44,7 +44,7 @@ from .commands import DEFAULT_COMPLETE_AFTER, start_kubelet
 from .controlplane import SERVICE_CIDR, ControlPlane, free_port
 from .install import install_agentcred
 from .kubelet import FakeKubelet
-from .node import RealNode, host_problems, volume_refresh_delay
+from .node import NodeUnavailable, RealNode, host_problems, volume_refresh_delay
 from .polling import wait_for
 
 EXAMPLE = "quickstart.yaml"
@@ -89,7 +89,11 @@ def run_demo(keep: bool = False, stand_in: bool = False) -> int:
             stand_in = True
     if not keep:
         with tempfile.TemporaryDirectory(prefix="agentcred-demo-") as workdir:
-            plane, node = _start_cluster(Path(workdir) / "cluster", stand_in, detach=False)
+            try:
+                plane, node = _start_cluster(Path(workdir) / "cluster", stand_in, detach=False)
+            except NodeUnavailable as error:
+                print(f"{error}\nthe demo uses the scheduler/kubelet stand-in instead", file=sys.stderr)
+                plane, node = _start_cluster(Path(workdir) / "cluster", True, detach=False)
             try:
                 _run(plane, node, Path(workdir), keep=False)
             finally:

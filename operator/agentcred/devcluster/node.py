@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .binaries import ensure_node_binaries
+from .binaries import ensure_node_binaries, missing_build_tools, node_components
 from .controlplane import client_kubeconfig, free_port, ours, stop_processes
 from .images import ProbeImages, probe_images
 from .polling import wait_for
@@ -96,7 +96,10 @@ def host_problems() -> list[str]:
         problems.append("the `ip` command is missing (the pod bridge needs it): apt-get install -y iproute2")
     if shutil.which("mount") is None:
         problems.append("the `mount` command is missing (the kubelet mounts pod volumes with it)")
-    return problems
+    for component in node_components():
+        if not component.is_built():
+            problems += [f"{missing} (to build {component.name})" for missing in missing_build_tools(component)]
+    return list(dict.fromkeys(problems))
 
 
 def _cgroup_hierarchies() -> list[Path]:
