@@ -215,6 +215,44 @@ def cmd_dev_kubelet(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dev_image(args: argparse.Namespace) -> int:
+    from .images import operator_image
+
+    started = time.monotonic()
+    try:
+        image = operator_image()
+    except (RuntimeError, subprocess.CalledProcessError) as error:
+        print(f"agentcred dev image: {error}", file=sys.stderr)
+        return 1
+    print(f"{image.name} ({time.monotonic() - started:.0f}s; cached by content)", file=sys.stderr)
+    print(f"image archive\t{image.archive}")
+    print(f"SBOM\t{image.sbom}")
+    return 0
+
+
+def cmd_dev_dist(args: argparse.Namespace) -> int:
+    """The release artifacts: the chart packaged by helm (its default image tag the one built),
+    the image archive and its SBOM."""
+    from .binaries import ensure_binaries
+    from .images import REPO, operator_image
+
+    try:
+        image = operator_image()
+    except (RuntimeError, subprocess.CalledProcessError) as error:
+        print(f"agentcred dev dist: {error}", file=sys.stderr)
+        return 1
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    helm = ensure_binaries()["helm"]
+    subprocess.run([str(helm), "package", str(REPO / "charts" / "agentcred"), "-d", str(out)], check=True)
+    tag = image.name.rsplit(":", 1)[1]
+    shutil.copy(image.archive, out / f"agentcred-operator-{tag}.oci.tar")
+    shutil.copy(image.sbom, out / f"agentcred-operator-{tag}.cdx.json")
+    for artifact in sorted(out.iterdir()):
+        print(f"{artifact}\t{artifact.stat().st_size} bytes")
+    return 0
+
+
 def cmd_dev_relay(args: argparse.Namespace) -> int:
     from .relay import run
 
@@ -280,6 +318,13 @@ def add_dev_commands(commands: argparse._SubParsersAction) -> None:
         "0: never by itself)",
     )
     kubelet.set_defaults(func=cmd_dev_kubelet)
+    image = dev.add_parser(
+        "image", help="write the operator's image (OCI archive, no Docker; needs root and mmdebstrap) and its SBOM"
+    )
+    image.set_defaults(func=cmd_dev_image)
+    dist = dev.add_parser("dist", help="the release artifacts: helm package of the chart, the image archive, its SBOM")
+    dist.add_argument("--out", default="dist", help="where to write them (default dist/)")
+    dist.set_defaults(func=cmd_dev_dist)
     relay = dev.add_parser("relay", help="forward TCP connections (a real node starts one for its pods)")
     relay.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to accept connections")
     relay.add_argument("--to", required=True, metavar="HOST:PORT", help="where to forward each of them")

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 from collections.abc import Iterable
@@ -85,11 +86,17 @@ def write_layer(path: Path, files: Iterable[tuple[str, bytes, int]]) -> Path:
     return path
 
 
-def write_tree_layer(path: Path, root: Path, owner: tuple[int, int] | None = None) -> Path:
-    """An uncompressed layer tar of everything under `root` (a root filesystem): entries sorted,
-    timestamps cleared; `owner` overrides every entry's uid/gid."""
+def write_tree_layer(path: Path, root: Path, subtree: str = "") -> Path:
+    """An uncompressed layer tar of everything under `root`/`subtree` (with the folders above
+    it), named relative to `root`: entries sorted, timestamps cleared."""
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-        for folder, subfolders, files in os.walk(root):
+        parts = Path(subtree).parts
+        for depth in range(1, len(parts)):
+            above = root.joinpath(*parts[:depth])
+            info = tar.gettarinfo(str(above), arcname="/".join(parts[:depth]))
+            info.mtime, info.uname, info.gname = 0, "", ""
+            tar.addfile(info)
+        for folder, subfolders, files in os.walk(root / subtree):
             subfolders.sort()
             here = Path(folder)
             for name in sorted(subfolders) + sorted(files):
@@ -97,8 +104,6 @@ def write_tree_layer(path: Path, root: Path, owner: tuple[int, int] | None = Non
                 info = tar.gettarinfo(str(full), arcname=str(full.relative_to(root)))
                 info.mtime = 0
                 info.uname = info.gname = ""
-                if owner is not None:
-                    info.uid, info.gid = owner
                 if info.isreg():
                     with open(full, "rb") as content:
                         tar.addfile(info, content)
@@ -226,3 +231,151 @@ def probe_images() -> ProbeImages:
             ],
         )
     return found
+
+
+# -- Python images: a Debian root filesystem, and the operator's image on it ---------------
+
+DEBIAN_SUITE = "bookworm"
+PYTHON_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+REPO = Path(__file__).resolve().parents[3]
+OPERATOR_LABELS = {
+    "org.opencontainers.image.title": "agentcred",
+    "org.opencontainers.image.description": "Short-lived, task-bound credentials for AI agents on Kubernetes",
+    "org.opencontainers.image.source": "https://github.com/agentcred/agentcred",
+    "org.opencontainers.image.licenses": "Apache-2.0",
+}
+VENV = "/opt/agentcred"
+
+
+def python_base() -> Path:
+    """Debian's essential packages and its Python 3.11 as one layer (mmdebstrap, reproducible
+    timestamps), cached by the suite and package list: the python:3.11-slim-bookworm the
+    Dockerfile starts from cannot be pulled here."""
+    key = content_key("mmdebstrap essential", DEBIAN_SUITE, *PYTHON_PACKAGES)
+    path = images_dir() / f"debian-{DEBIAN_SUITE}-python-{key}.tar"
+    if path.exists():
+        return path
+    if shutil.which("mmdebstrap") is None:
+        raise RuntimeError("building a Python image needs mmdebstrap: apt-get install -y mmdebstrap")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.tar")
+    subprocess.run(
+        ["mmdebstrap", "--quiet", "--variant=essential", f"--include={','.join(PYTHON_PACKAGES)}"]
+        + ["--aptopt=Acquire::Retries 3", DEBIAN_SUITE, str(partial)],
+        env={**os.environ, "SOURCE_DATE_EPOCH": "0"},
+        check=True,
+    )
+    partial.rename(path)
+    return path
+
+
+@dataclass(frozen=True)
+class OperatorImage:
+    archive: Path
+    name: str
+    sbom: Path
+
+
+def _package_sources() -> list[Path]:
+    package = REPO / "operator" / "agentcred"
+    return [
+        REPO / "pyproject.toml",
+        REPO / "README.md",
+        *sorted(package.rglob("*.py")),
+        *sorted(package.rglob("*.typed")),
+    ]
+
+
+def operator_image() -> OperatorImage:
+    """The operator's image by the Dockerfile's recipe, without Docker: a wheel of agentcred and
+    its dependencies (exactly requirements.lock, hashes checked), installed into a venv on the
+    Python base, run as 65532, `agentcred run` as entrypoint; its CycloneDX SBOM beside it.
+    Cached by the digest of everything it is made of."""
+    base = python_base()
+    lock = REPO / "requirements.lock"
+    key = content_key(base.name, lock, *(str(p.relative_to(REPO)) for p in _package_sources()), *_package_sources())
+    found = OperatorImage(
+        archive=images_dir() / f"operator-{key}.tar",
+        name=f"localhost/agentcred/operator:{key[:12]}",
+        sbom=images_dir() / f"operator-{key}.cdx.json",
+    )
+    if found.archive.exists() and found.sbom.exists():
+        return found
+    with tempfile.TemporaryDirectory(prefix="agentcred-image-", dir=images_dir()) as workdir:
+        work = Path(workdir)
+        root, wheels = work / "root", work / "root" / "tmp" / "wheels"
+        root.mkdir()
+        subprocess.run(["tar", "-xf", str(base), "-C", str(root), "--numeric-owner"], check=True)
+        wheels.mkdir(parents=True, exist_ok=True)
+        # The build stage: every dependency as the lock file pins it, agentcred as a wheel.
+        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+        # In the image's root nothing of this host's pip configuration applies (PIP_* variables).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+        subprocess.run(
+            [*pip, "download", "--require-hashes", "--only-binary=:all:", "-r", str(lock), "-d", str(wheels)],
+            check=True,
+        )
+        subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(REPO)], check=True)
+        shutil.copy(lock, root / "tmp" / "requirements.lock")
+        # The runtime stage, inside the image's own root: its Python, its pip, no network.
+        in_root = ["chroot", str(root)]
+        venv_pip = [*in_root, f"{VENV}/bin/pip", "--disable-pip-version-check", "--quiet", "install", "--no-index"]
+        subprocess.run([*in_root, "/usr/bin/python3", "-m", "venv", VENV], check=True, env=env)
+        subprocess.run(
+            [
+                *venv_pip,
+                "--no-cache-dir",
+                "--find-links=/tmp/wheels",
+                "--require-hashes",
+                "-r",
+                "/tmp/requirements.lock",
+            ],
+            check=True,
+            env=env,
+        )
+        agentcred = next(wheels.glob("agentcred-*.whl")).name
+        subprocess.run([*venv_pip, "--no-cache-dir", "--no-deps", f"/tmp/wheels/{agentcred}"], check=True, env=env)
+        _write_sbom(root, found.sbom)
+        app = write_tree_layer(work / "app.tar", root, subtree=VENV.lstrip("/"))
+        write_archive(
+            found.archive,
+            [
+                Image(
+                    found.name,
+                    (base, app),
+                    entrypoint=(f"{VENV}/bin/agentcred", "run"),
+                    env=(
+                        f"PATH={VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                        "PYTHONDONTWRITEBYTECODE=1",
+                        "PYTHONUNBUFFERED=1",
+                        "PIP_NO_CACHE_DIR=1",
+                    ),
+                    user="65532:65532",
+                    labels=OPERATOR_LABELS,
+                )
+            ],
+        )
+    return found
+
+
+def _write_sbom(root: Path, out: Path) -> None:
+    """A CycloneDX SBOM of the image's Python environment, by cyclonedx-py: it asks the image's
+    own interpreter for its sys.path (run in the image's root) and reads what is installed there."""
+    cyclonedx = Path(sys.executable).with_name("cyclonedx-py")
+    if not cyclonedx.exists():
+        raise RuntimeError("writing the image's SBOM needs cyclonedx-bom: pip install cyclonedx-bom")
+    interpreter = root.parent / "image-python"
+    prefixed = f"[{str(root)!r}+p if p.startswith('/') else p for p in json.load(sys.stdin)]"
+    translate = f"import json,sys;print(json.dumps({prefixed}))"
+    interpreter.write_text(f'#!/bin/sh\nchroot {root} {VENV}/bin/python "$@" | {sys.executable} -c "{translate}"\n')
+    interpreter.chmod(0o755)
+    partial = root.parent / "sbom.cdx.json"
+    result = subprocess.run(
+        [str(cyclonedx), "environment", "--output-format", "JSON", "--output-file", str(partial), "--pyproject"]
+        + [str(REPO / "pyproject.toml"), "--mc-type", "application", str(interpreter)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode:
+        raise RuntimeError(f"cyclonedx-py failed: {result.stderr.strip()[-2000:]}")
+    shutil.copy(partial, out)
