@@ -113,7 +113,7 @@ def measure(name: str, sync: str, pods: int, rounds: int) -> dict[str, Any]:
     node = RealNode(workdir, sync_frequency=sync)
     plane = operator = watcher = None
     try:
-        plane = ControlPlane(workdir=workdir, service_cidr=node.prepare().service_cidr)
+        plane = ControlPlane(workdir=workdir, **node.prepare().plane_options)
         plane.start()
         node.start(plane.server, plane.kubeconfig)
         assert node.state is not None

@@ -127,7 +127,7 @@ def node_cluster() -> Iterator[object]:
     plane = None
     left: list[str] = []
     try:
-        plane = ControlPlane(workdir=workdir, service_cidr=node.prepare().service_cidr)
+        plane = ControlPlane(workdir=workdir, **node.prepare().plane_options)
         plane.start()
         node.start(plane.server, plane.kubeconfig)
         found = NodeCluster(plane.kubeconfig, binaries=ensure_binaries(), local=True, plane=plane, node=node)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 # Pods of Jobs succeed this long after they start running, unless told otherwise.
 DEFAULT_COMPLETE_AFTER = 10.0
@@ -86,18 +87,18 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     started = time.monotonic()
     real = not (args.no_kubelet or args.stand_in)
     node = None
-    service_cidr = {}
+    options: dict[str, Any] = {}
     if real:
         sync = KUBELET_DEFAULT_SYNC_FREQUENCY if args.kubelet_defaults else DEV_SYNC_FREQUENCY
         node = RealNode(folder / "cluster", sync_frequency=sync)
         try:
-            service_cidr["service_cidr"] = node.prepare().service_cidr
+            options = node.prepare().plane_options
         except NodeUnavailable as error:
             node.stop()
             shutil.rmtree(folder, ignore_errors=True)
             print(f"agentcred dev up: {error}", file=sys.stderr)
             return 1
-    plane = ControlPlane(workdir=folder / "cluster", detach=True, **service_cidr)
+    plane = ControlPlane(workdir=folder / "cluster", detach=True, **options)
     timings: dict[str, float] = {}
     try:
         state = plane.start()

@@ -45,6 +45,16 @@ CONTROLLERS = (
     "clusterrole-aggregation-controller",
     "validatingadmissionpolicy-status-controller",  # type-checks the policies' CEL
 )
+# With a real node, workloads run as users deploy them (Deployments, their ReplicaSets, the
+# disruption budgets' status), and Services get EndpointSlices: the API server calls a webhook
+# behind a Service at its endpoints (--enable-aggregator-routing; there is no kube-proxy).
+NODE_CONTROLLERS = (
+    *CONTROLLERS,
+    "deployment-controller",
+    "replicaset-controller",
+    "disruption-controller",
+    "endpointslice-controller",
+)
 # Proxies would route loopback traffic away from the servers we start.
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 
@@ -105,8 +115,16 @@ class ControlPlane:
     in their own session so they outlive this Python process (`agentcred dev up`).
     """
 
-    def __init__(self, workdir: Path | None = None, *, detach: bool = False, service_cidr: str = SERVICE_CIDR) -> None:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        *,
+        detach: bool = False,
+        service_cidr: str = SERVICE_CIDR,
+        controllers: tuple[str, ...] = CONTROLLERS,
+    ) -> None:
         self._owns_workdir = workdir is None
+        self.controllers = controllers
         # A real node's pods reach the API server at the `kubernetes` Service's address, the
         # first of this range: the node puts it on its own bridge (see node.py).
         self.service_cidr = service_cidr
@@ -320,7 +338,7 @@ class ControlPlane:
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={free_port()}",
-                f"--controllers={','.join(CONTROLLERS)}",
+                f"--controllers={','.join(self.controllers)}",
                 "--v=1",
             ],
         )

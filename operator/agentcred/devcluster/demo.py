@@ -41,7 +41,7 @@ from ..api import labels
 from ..api.model import GROUP, PLURAL, VERSION
 from .binaries import CONTAINERD_VERSION, KUBERNETES_VERSION, RUNC_VERSION, cache_root, ensure_binaries
 from .commands import DEFAULT_COMPLETE_AFTER, start_kubelet
-from .controlplane import SERVICE_CIDR, ControlPlane, free_port
+from .controlplane import ControlPlane, free_port
 from .install import install_agentcred
 from .kubelet import FakeKubelet
 from .node import NodeUnavailable, RealNode, host_problems, volume_refresh_delay
@@ -130,8 +130,8 @@ def run_demo(keep: bool = False, stand_in: bool = False) -> int:
 def _start_cluster(workdir: Path, stand_in: bool, detach: bool) -> tuple[ControlPlane, RealNode | None]:
     """The control plane, and a real node beside it unless `stand_in`."""
     node = None if stand_in else RealNode(workdir)
-    service_cidr = node.prepare().service_cidr if node is not None else SERVICE_CIDR
-    plane = ControlPlane(workdir=workdir, detach=detach, service_cidr=service_cidr)
+    options = node.prepare().plane_options if node is not None else {}
+    plane = ControlPlane(workdir=workdir, detach=detach, **options)
     try:
         plane.start()
         if node is not None:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,30 +86,42 @@ def write_layer(path: Path, files: Iterable[tuple[str, bytes, int]]) -> Path:
     return path
 
 
-def write_tree_layer(path: Path, root: Path, subtree: str = "") -> Path:
-    """An uncompressed layer tar of everything under `root`/`subtree` (with the folders above
-    it), named relative to `root`: entries sorted, timestamps cleared."""
+def write_tree_layer(path: Path, root: Path, subtrees: tuple[str, ...] = ("",)) -> Path:
+    """An uncompressed layer tar of the files and folders `subtrees` of `root` (everything under
+    each, and the folders above it), named relative to `root`: sorted, timestamps cleared."""
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-        parts = Path(subtree).parts
-        for depth in range(1, len(parts)):
-            above = root.joinpath(*parts[:depth])
-            info = tar.gettarinfo(str(above), arcname="/".join(parts[:depth]))
-            info.mtime, info.uname, info.gname = 0, "", ""
-            tar.addfile(info)
-        for folder, subfolders, files in os.walk(root / subtree):
-            subfolders.sort()
-            here = Path(folder)
-            for name in sorted(subfolders) + sorted(files):
-                full = here / name
-                info = tar.gettarinfo(str(full), arcname=str(full.relative_to(root)))
-                info.mtime = 0
-                info.uname = info.gname = ""
-                if info.isreg():
-                    with open(full, "rb") as content:
-                        tar.addfile(info, content)
-                else:
-                    tar.addfile(info)  # folders, symlinks (never followed), hard links
+        written: set[str] = set()
+
+        def add(full: Path) -> None:
+            name = str(full.relative_to(root))
+            if name in written or name == ".":
+                return
+            written.add(name)
+            info = tar.gettarinfo(str(full), arcname=name)
+            info.mtime = 0
+            info.uname = info.gname = ""
+            if info.isreg():
+                with open(full, "rb") as content:
+                    tar.addfile(info, content)
+            else:
+                tar.addfile(info)  # folders, symlinks (never followed), hard links
+
+        for subtree in sorted(subtrees):
+            top = root / subtree
+            for above in reversed(top.relative_to(root).parents):
+                add(root / above)
+            add(top)
+            if top.is_dir() and not top.is_symlink():
+                _add_tree(top, add)
     return path
+
+
+def _add_tree(top: Path, add: Callable[[Path], None]) -> None:
+    for folder, subfolders, files in os.walk(top):
+        subfolders.sort()
+        here = Path(folder)
+        for name in sorted(subfolders) + sorted(files):
+            add(here / name)
 
 
 def _blob(blobs: Path, data: bytes) -> tuple[str, int]:
@@ -335,8 +347,14 @@ def operator_image() -> OperatorImage:
         )
         agentcred = next(wheels.glob("agentcred-*.whl")).name
         subprocess.run([*venv_pip, "--no-cache-dir", "--no-deps", f"/tmp/wheels/{agentcred}"], check=True, env=env)
+        # The Dockerfile's nonroot user: Kopf asks getpass who it runs as, and a uid without a
+        # passwd entry stops the operator at start.
+        with open(root / "etc" / "passwd", "a") as passwd:
+            passwd.write("nonroot:x:65532:65532:nonroot:/nonexistent:/usr/sbin/nologin\n")
+        with open(root / "etc" / "group", "a") as group:
+            group.write("nonroot:x:65532:\n")
         _write_sbom(root, found.sbom)
-        app = write_tree_layer(work / "app.tar", root, subtree=VENV.lstrip("/"))
+        app = write_tree_layer(work / "app.tar", root, subtrees=(VENV.lstrip("/"), "etc/passwd", "etc/group"))
         write_archive(
             found.archive,
             [

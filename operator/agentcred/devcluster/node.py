@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from .binaries import ensure_node_binaries, missing_build_tools, node_components
-from .controlplane import client_kubeconfig, free_port, ours, stop_processes
+from .controlplane import NODE_CONTROLLERS, client_kubeconfig, free_port, ours, stop_processes
 from .images import ProbeImages, probe_images
 from .polling import wait_for
 
@@ -146,6 +146,11 @@ class NodeNetwork:
     def service_cidr(self) -> str:
         """The cluster's Service range: the first quarter of the pod subnet (pods get the rest)."""
         return str(next(ipaddress.ip_network(self.subnet).subnets(new_prefix=26)))
+
+    @property
+    def plane_options(self) -> dict[str, Any]:
+        """What the control plane beside this node is started with (ControlPlane's keywords)."""
+        return {"service_cidr": self.service_cidr, "controllers": NODE_CONTROLLERS}
 
     @property
     def pod_range(self) -> tuple[str, str]:
