@@ -42,7 +42,7 @@ class NodeCluster(Cluster):
 
     def volume_mounts_of(self, pod_uid: str) -> list[str]:
         """The mounts the kubelet holds on the host for a pod's volumes (a Secret volume is a tmpfs)."""
-        return _mounts_under(str(self.node.folder / "run" / "kubelet" / "pods" / pod_uid / "volumes"))
+        return _mounts_under(str(self.node.kubelet_root / "pods" / pod_uid / "volumes"))
 
 
 def fingerprint(value: bytes) -> str:
@@ -92,7 +92,7 @@ def seen(cluster: Cluster, namespace: str, pod: str, container: str = "agent") -
     try:
         text = cluster.core.read_namespaced_pod_log(pod, namespace, container=container)
     except ApiException as error:
-        if error.status in (400, 404):  # not started yet, or gone
+        if error.status in (400, 404, 500, 502, 503):  # not started yet, gone, or its kubelet away
             return []
         raise
     events = []

@@ -155,7 +155,7 @@ def test_revoked_when_the_job_completes_and_gone_from_the_node(node_cluster, nod
     assert {e["sha256"] for e in seen_file(seen(node_cluster, ns, name), TOKEN)} == {fingerprint(value)}
     # On the node: the kubelet unmounted the pod's volumes, nothing of the value is left.
     wait_for(lambda: not node_cluster.volume_mounts_of(uid), timeout=60, what="the pod's volumes unmounted")
-    volumes = node_cluster.node.folder / "run" / "kubelet" / "pods" / uid / "volumes"
+    volumes = node_cluster.node.kubelet_root / "pods" / uid / "volumes"
     assert not any(path.is_file() for path in volumes.rglob("token")) if volumes.exists() else True
 
 

@@ -5,10 +5,14 @@ Everything lives under one folder (`<control plane workdir>/node`): configuratio
 sockets, logs, pod volumes and container root filesystems. What a node cannot keep there is
 named for this node alone, so two checkouts' clusters do not collide: its cgroup subtree
 (`/agentcred-<id>`), its bridge (`acbr<id>`) and subnet (a free `10.88.N.0/24`), and a short
-link `/run/agentcred/<id>` to its socket folder (a unix socket path must stay under 108
-bytes, and containerd's shim sockets are 64 characters long by themselves). `teardown` stops
-every process, unmounts everything under the folder, removes the cgroups, the bridge and the
-link, and what the kubelet and CNI write to fixed paths on this node's behalf.
+path `/run/agentcred/<id>` where its `run` folder is bind-mounted: its sockets and the
+kubelet's root are reached there, because a unix socket path must stay under 108 bytes
+(containerd's shim sockets are 64 characters long by themselves). A bind mount, not a
+symlink: the kubelet finds its root among the mount points by path, and through a symlink it
+would mount its root again at every restart, hiding the pods' volumes from itself (renewed
+values then never reach running containers). `teardown` stops every process, unmounts
+everything, removes the cgroups, the bridge and the mount point, and what the kubelet and CNI
+write to fixed paths on this node's behalf.
 
 Pods without `hostNetwork` are attached to the node's bridge. The bridge is no gateway: pods
 reach the host and each other, nothing beyond (no forwarding, no masquerading; the host's
@@ -272,7 +276,7 @@ class RealNode:
 
     @property
     def kubelet_root(self) -> Path:
-        """The kubelet's --root-dir, through the short link: it makes unix sockets in it
+        """The kubelet's --root-dir, at the short path: it makes unix sockets in it
         (pod-resources, plugin registration), whose paths must stay under 108 bytes. The
         files are in `<folder>/run/kubelet`."""
         return self.run_link / "kubelet"
@@ -333,9 +337,11 @@ class RealNode:
         for sub in ("logs", "run/kubelet", "containerd", "cni/conf", "cni/ipam", "pod-logs"):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
         with _host_lock():
-            if self.run_link.is_symlink() or self.run_link.exists():
+            if self.run_link.is_symlink():
                 self.run_link.unlink()
-            self.run_link.symlink_to(self.folder / "run")
+            self.run_link.mkdir(parents=True, exist_ok=True)
+            if str(self.run_link) not in _mounts_under(str(self.run_link)):
+                subprocess.run(["mount", "--bind", str(self.folder / "run"), str(self.run_link)], check=True)
         self._record_fixed_paths()
         self._prepare_cgroups()
         self._write_cni_config()
@@ -631,6 +637,9 @@ disabled_plugins = [
             )
         assert self.state is not None
         self.state.pids[name] = self.processes[name].pid
+        if name == "kubelet":
+            port = json.loads((self.folder / "kubelet.yaml").read_text())["healthzPort"]
+            wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), timeout=60, what="the kubelet's healthz")
 
     # -- the end -------------------------------------------------------------------------
 
@@ -644,6 +653,16 @@ disabled_plugins = [
                 process.wait(timeout=1)
         self.processes.clear()
         return left
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 def _processes_naming(*names: str) -> dict[str, int]:
@@ -721,7 +740,7 @@ def _unmount(path: str) -> None:
 def _other_nodes_up(node_id: str) -> bool:
     if not RUN_LINKS.is_dir():
         return False
-    return any(link.name != node_id and link.is_symlink() and link.exists() for link in RUN_LINKS.iterdir())
+    return any(link.name != node_id and os.path.ismount(link) for link in RUN_LINKS.iterdir())
 
 
 def teardown(state: NodeState) -> list[str]:
@@ -744,8 +763,8 @@ def teardown(state: NodeState) -> list[str]:
     left += list(_processes_naming(folder, state.run_link))
     # 4. Mounts: pod volumes (tmpfs), container root filesystems (overlay), shm, network
     # namespaces, the kubelet's bind mount of its own root.
-    for _ in range(10):  # the kubelet's bind mount of its root may be stacked, once per start
-        mounts = _mounts_under(folder)
+    for _ in range(10):  # mounts may be stacked on one another
+        mounts = _mounts_under(state.run_link) + _mounts_under(folder)
         if not mounts:
             break
         for mount_point in mounts:
@@ -753,7 +772,7 @@ def teardown(state: NodeState) -> list[str]:
                 _unmount(mount_point)
             except OSError as error:
                 log.warning("%s", error)
-    left += [f"mount {m}" for m in _mounts_under(folder)]
+    left += [f"mount {m}" for m in _mounts_under(state.run_link) + _mounts_under(folder)]
     # 5. cgroups, deepest first (a cgroup with no processes can be removed).
     for cgroup in _cgroup_folders(state.cgroup_root):
         try:
@@ -772,6 +791,9 @@ def teardown(state: NodeState) -> list[str]:
     link = Path(state.run_link)
     if link.is_symlink():
         link.unlink()
+    elif link.is_dir() and not os.path.ismount(link):
+        with contextlib.suppress(OSError):
+            link.rmdir()
     # 7. What the kubelet and CNI wrote to fixed paths for this node.
     pod_logs = str(Path(folder) / "pod-logs")
     if CONTAINER_LOG_LINKS.is_dir():
