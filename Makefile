@@ -16,11 +16,14 @@ $(BIN)/agentcred: pyproject.toml requirements-dev.lock
 	touch $@
 
 # The lock files, from pyproject.toml: requirements.lock (what the operator's image installs)
-# and requirements-dev.lock (that, the tests' and checks' packages, and the release tools).
+# and requirements-dev.lock (that, the tests' and checks' packages, and the release tools);
+# examples/mcp/requirements.lock from its requirements.in (the example's image).
 lock: $(BIN)/agentcred
 	$(BIN)/uv pip compile pyproject.toml --universal --generate-hashes --python-version 3.11 -q -o requirements.lock
 	$(BIN)/uv pip compile pyproject.toml --universal --generate-hashes --python-version 3.11 -q \
 		--extra test --extra release -o requirements-dev.lock
+	cd examples/mcp && ../../$(BIN)/uv pip compile requirements.in --universal --generate-hashes \
+		--python-version 3.11 -q -o requirements.lock
 
 # The operator's image (the Dockerfile's recipe, written here without Docker: needs root and
 # mmdebstrap) with its CycloneDX SBOM beside it, cached by content under ~/.cache/agentcred/images.

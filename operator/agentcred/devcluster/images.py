@@ -282,7 +282,7 @@ def python_base() -> Path:
 
 
 @dataclass(frozen=True)
-class OperatorImage:
+class PythonImage:
     archive: Path
     name: str
     sbom: Path
@@ -290,78 +290,109 @@ class OperatorImage:
 
 def _package_sources() -> list[Path]:
     package = REPO / "operator" / "agentcred"
-    return [
-        REPO / "pyproject.toml",
-        REPO / "README.md",
-        *sorted(package.rglob("*.py")),
-        *sorted(package.rglob("*.typed")),
-    ]
+    code = sorted([*package.rglob("*.py"), *package.rglob("*.typed")])
+    return [REPO / "pyproject.toml", REPO / "README.md", *code]
 
 
-def operator_image() -> OperatorImage:
-    """The operator's image by the Dockerfile's recipe, without Docker: a wheel of agentcred and
-    its dependencies (exactly requirements.lock, hashes checked), installed into a venv on the
-    Python base, run as 65532, `agentcred run` as entrypoint; its CycloneDX SBOM beside it.
-    Cached by the digest of everything it is made of."""
+def operator_image() -> PythonImage:
+    """The operator's image by the Dockerfile's recipe, without Docker: agentcred's dependencies
+    exactly as requirements.lock pins them (hashes checked) and agentcred as a wheel, in a venv
+    on the Python base, run as the nonroot user 65532 with `agentcred run` as entrypoint."""
+    return _python_image(
+        "operator",
+        REPO / "requirements.lock",
+        sources=_package_sources(),
+        with_agentcred=True,
+        entrypoint=(f"{VENV}/bin/agentcred", "run"),
+        labels=OPERATOR_LABELS,
+    )
+
+
+def mcp_example_image() -> PythonImage:
+    """examples/mcp's image (its Dockerfile's recipe): the MCP SDK and PyJWT as its
+    requirements.lock pins them, server.py and agent.py in /app."""
+    example = REPO / "examples" / "mcp"
+    return _python_image(
+        "mcp-example",
+        example / "requirements.lock",
+        sources=[example / "server.py", example / "agent.py"],
+        files={f"app/{name}": example / name for name in ("server.py", "agent.py")},
+        workdir="/app",
+    )
+
+
+def _python_image(
+    role: str,
+    lock: Path,
+    *,
+    sources: list[Path],
+    with_agentcred: bool = False,
+    files: dict[str, Path] | None = None,
+    entrypoint: tuple[str, ...] = (),
+    workdir: str = "",
+    labels: dict[str, str] | None = None,
+) -> PythonImage:
+    """An image on the Python base with a venv holding exactly what `lock` pins (hashes
+    checked; and agentcred as a wheel), `files` copied in, run as 65532; its CycloneDX SBOM
+    beside it. Cached by the digest of everything it is made of."""
     base = python_base()
-    lock = REPO / "requirements.lock"
-    key = content_key(base.name, lock, *(str(p.relative_to(REPO)) for p in _package_sources()), *_package_sources())
-    found = OperatorImage(
-        archive=images_dir() / f"operator-{key}.tar",
-        name=f"localhost/agentcred/operator:{key[:12]}",
-        sbom=images_dir() / f"operator-{key}.cdx.json",
+    key = content_key(base.name, lock, *(str(p.relative_to(REPO)) for p in sources), *sources)
+    found = PythonImage(
+        archive=images_dir() / f"{role}-{key}.tar",
+        name=f"localhost/agentcred/{role}:{key[:12]}",
+        sbom=images_dir() / f"{role}-{key}.cdx.json",
     )
     if found.archive.exists() and found.sbom.exists():
         return found
-    with tempfile.TemporaryDirectory(prefix="agentcred-image-", dir=images_dir()) as workdir:
-        work = Path(workdir)
+    with tempfile.TemporaryDirectory(prefix="agentcred-image-", dir=images_dir()) as workdir_:
+        work = Path(workdir_)
         root, wheels = work / "root", work / "root" / "tmp" / "wheels"
         root.mkdir()
         subprocess.run(["tar", "-xf", str(base), "-C", str(root), "--numeric-owner"], check=True)
         wheels.mkdir(parents=True, exist_ok=True)
-        # The build stage: every dependency as the lock file pins it, agentcred as a wheel.
+        # The build stage: every dependency as the lock file pins it (and agentcred as a wheel).
         pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
-        # In the image's root nothing of this host's pip configuration applies (PIP_* variables).
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
         subprocess.run(
             [*pip, "download", "--require-hashes", "--only-binary=:all:", "-r", str(lock), "-d", str(wheels)],
             check=True,
         )
-        subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(REPO)], check=True)
+        if with_agentcred:
+            subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(REPO)], check=True)
         shutil.copy(lock, root / "tmp" / "requirements.lock")
-        # The runtime stage, inside the image's own root: its Python, its pip, no network.
+        # The runtime stage, inside the image's own root: its Python, its pip, no network, and
+        # nothing of this host's pip configuration (PIP_* variables).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
         in_root = ["chroot", str(root)]
         venv_pip = [*in_root, f"{VENV}/bin/pip", "--disable-pip-version-check", "--quiet", "install", "--no-index"]
         subprocess.run([*in_root, "/usr/bin/python3", "-m", "venv", VENV], check=True, env=env)
         subprocess.run(
-            [
-                *venv_pip,
-                "--no-cache-dir",
-                "--find-links=/tmp/wheels",
-                "--require-hashes",
-                "-r",
-                "/tmp/requirements.lock",
-            ],
+            [*venv_pip, "--no-cache-dir", "--find-links=/tmp/wheels", "--require-hashes"]
+            + ["-r", "/tmp/requirements.lock"],
             check=True,
             env=env,
         )
-        agentcred = next(wheels.glob("agentcred-*.whl")).name
-        subprocess.run([*venv_pip, "--no-cache-dir", "--no-deps", f"/tmp/wheels/{agentcred}"], check=True, env=env)
+        if with_agentcred:
+            agentcred = next(wheels.glob("agentcred-*.whl")).name
+            subprocess.run([*venv_pip, "--no-cache-dir", "--no-deps", f"/tmp/wheels/{agentcred}"], check=True, env=env)
+        for target, source in (files or {}).items():
+            (root / target).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, root / target)
         # The Dockerfile's nonroot user: Kopf asks getpass who it runs as, and a uid without a
         # passwd entry stops the operator at start.
         with open(root / "etc" / "passwd", "a") as passwd:
             passwd.write("nonroot:x:65532:65532:nonroot:/nonexistent:/usr/sbin/nologin\n")
         with open(root / "etc" / "group", "a") as group:
             group.write("nonroot:x:65532:\n")
-        _write_sbom(root, found.sbom)
-        app = write_tree_layer(work / "app.tar", root, subtrees=(VENV.lstrip("/"), "etc/passwd", "etc/group"))
+        _write_sbom(root, found.sbom, REPO / "pyproject.toml" if with_agentcred else None)
+        subtrees = (VENV.lstrip("/"), "etc/passwd", "etc/group", *(files or {}))
+        app = write_tree_layer(work / "app.tar", root, subtrees=subtrees)
         write_archive(
             found.archive,
             [
                 Image(
                     found.name,
                     (base, app),
-                    entrypoint=(f"{VENV}/bin/agentcred", "run"),
+                    entrypoint=entrypoint,
                     env=(
                         f"PATH={VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                         "PYTHONDONTWRITEBYTECODE=1",
@@ -369,14 +400,15 @@ def operator_image() -> OperatorImage:
                         "PIP_NO_CACHE_DIR=1",
                     ),
                     user="65532:65532",
-                    labels=OPERATOR_LABELS,
+                    workdir=workdir,
+                    labels=labels or {},
                 )
             ],
         )
     return found
 
 
-def _write_sbom(root: Path, out: Path) -> None:
+def _write_sbom(root: Path, out: Path, pyproject: Path | None) -> None:
     """A CycloneDX SBOM of the image's Python environment, by cyclonedx-py: it asks the image's
     own interpreter for its sys.path (run in the image's root) and reads what is installed there."""
     cyclonedx = Path(sys.executable).with_name("cyclonedx-py")
@@ -388,9 +420,10 @@ def _write_sbom(root: Path, out: Path) -> None:
     interpreter.write_text(f'#!/bin/sh\nchroot {root} {VENV}/bin/python "$@" | {sys.executable} -c "{translate}"\n')
     interpreter.chmod(0o755)
     partial = root.parent / "sbom.cdx.json"
+    described = ["--pyproject", str(pyproject), "--mc-type", "application"] if pyproject else []
     result = subprocess.run(
-        [str(cyclonedx), "environment", "--output-format", "JSON", "--output-file", str(partial), "--pyproject"]
-        + [str(REPO / "pyproject.toml"), "--mc-type", "application", str(interpreter)],
+        [str(cyclonedx), "environment", "--output-format", "JSON", "--output-file", str(partial)]
+        + [*described, str(interpreter)],
         capture_output=True,
         text=True,
     )
