@@ -88,18 +88,19 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     real = not (args.no_kubelet or args.stand_in)
     node = None
     options: dict[str, Any] = {}
+    timings: dict[str, float] = {}
     if real:
         sync = KUBELET_DEFAULT_SYNC_FREQUENCY if args.kubelet_defaults else DEV_SYNC_FREQUENCY
         node = RealNode(folder / "cluster", sync_frequency=sync)
         try:
             options = node.prepare().plane_options
+            timings.update(node.timings)
         except NodeUnavailable as error:
             node.stop()
             shutil.rmtree(folder, ignore_errors=True)
             print(f"agentcred dev up: {error}", file=sys.stderr)
             return 1
     plane = ControlPlane(workdir=folder / "cluster", detach=True, **options)
-    timings: dict[str, float] = {}
     try:
         state = plane.start()
         timings.update(plane.timings)
