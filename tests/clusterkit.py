@@ -151,6 +151,7 @@ class OperatorProcess(LocalOperator):
         namespace: str = OPERATOR_NAMESPACE,
         standalone: bool = True,
         kubeconfig: Path | None = None,
+        volume_refresh_delay: str = "0",
     ) -> None:
         super().__init__(
             kubeconfig or cluster.kubeconfig,
@@ -160,6 +161,7 @@ class OperatorProcess(LocalOperator):
             namespace=namespace,
             standalone=standalone,
             env={"AGENTCRED_STATUS_INTERVAL": "0.5", "AGENTCRED_HEALTH_CHECK_INTERVAL": "1", **(env or {})},
+            volume_refresh_delay=volume_refresh_delay,
         )
         self.cluster = cluster
         self.log_dir = self.workdir

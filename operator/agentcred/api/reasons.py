@@ -54,7 +54,7 @@ SourceReason = Literal[
 ]
 
 # The reason of a credential's Ready condition.
-ReadyReason = Literal["Valid", "InvalidSpec", "ExceptionExpired"] | PolicyReason | SourceReason
+ReadyReason = Literal["Valid", "InvalidSpec", "ExceptionExpired", "TTLTooShort"] | PolicyReason | SourceReason
 
 # Why a pod stays gated (each also the Warning Event posted on it).
 ProblemReason = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import TypeVar
 import kopf
 
 from ..api import labels, model
+from ..api.durations import parse_duration
 from ..api.schema import DNS_LABEL_RE
 from ..api.webhook_configuration import (
     CERTIFICATE_MODES,
@@ -18,6 +20,7 @@ from ..api.webhook_configuration import (
     WebhookMode,
     skipped_namespaces,
 )
+from ..rules.delivery import DEFAULT_VOLUME_REFRESH_DELAY
 
 Mode = TypeVar("Mode", bound=str)
 
@@ -79,6 +82,9 @@ class OperatorConfig:
     gateway_grpc_port: int = 9191
     gateway_rate: float = 100.0  # calls per second per pod, sustained
     gateway_burst: int = 200
+    # How late the cluster's kubelets may put a renewed value into a container (rules.delivery):
+    # 1.5 x their syncFrequency, plus a margin; 0 where no kubelet delivers (the stand-in).
+    volume_refresh_delay: dt.timedelta = DEFAULT_VOLUME_REFRESH_DELAY
 
     @property
     def scoped(self) -> bool:
@@ -151,7 +157,21 @@ class OperatorConfig:
             gateway_grpc_port=int(_env("GATEWAY_GRPC_PORT", str(cls.gateway_grpc_port))),
             gateway_rate=float(_env("GATEWAY_RATE", str(cls.gateway_rate))),
             gateway_burst=int(_env("GATEWAY_BURST", str(cls.gateway_burst))),
+            volume_refresh_delay=parse_delay(_env("VOLUME_REFRESH_DELAY", "")) or DEFAULT_VOLUME_REFRESH_DELAY,
         )
+
+
+def parse_delay(text: str) -> dt.timedelta | None:
+    """A volume refresh delay: a duration ("95s", "1m40s"), or 0 for none; blank: not set."""
+    text = text.strip()
+    if not text:
+        return None
+    if text in ("0", "0s"):
+        return dt.timedelta(0)
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise ValueError(f"volume refresh delay: {error}, or 0") from None
 
 
 def parse_namespaces(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
