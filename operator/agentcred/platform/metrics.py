@@ -7,6 +7,7 @@ so the two can never disagree.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -84,6 +85,13 @@ events_dropped = Gauge(
     "agentcred_events_dropped", "Events dropped because the posting queue was full.", registry=REGISTRY
 )
 
+kept = Gauge(
+    "agentcred_kept_entries",
+    "Entries the operator keeps in memory, by structure (each is bounded; this shows it holds).",
+    ["structure"],
+    registry=REGISTRY,
+)
+
 _COUNTERS = {"issue": issued, "renew": renewed, "exchange": exchanged}
 
 
@@ -112,3 +120,8 @@ def set_active(counts: dict[str, int]) -> None:
 
 def api_error(operation: str, status: int | None) -> None:
     api_errors.labels(operation, str(status) if status else "connection").inc()
+
+
+def track(structure: str, size: Callable[[], int]) -> None:
+    """Report `size()` as the kept entries of `structure` (a fixed name) at every scrape."""
+    kept.labels(structure).set_function(size)
