@@ -11,6 +11,7 @@ import hmac
 import json
 import ssl
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,7 +35,7 @@ from agents import (
     start_agent,
     value_of,
 )
-from clusterkit import INTROSPECTOR, Cluster, OperatorProcess, ensure_namespace, operator_paused, wait_for
+from clusterkit import INTROSPECTOR, REPORTER_ENV, Cluster, OperatorProcess, ensure_namespace, operator_paused, wait_for
 from identities import PODS_ONLY, namespace_admin, narrow_user
 from oauth import (
     ACCESS_TOKEN_TYPE,
@@ -47,8 +48,10 @@ from oauth import (
     post,
     token_request,
 )
+from samples import credential
 
 pytestmark = pytest.mark.cluster
+
 
 AUDIENCE = "https://llm-gateway.internal"
 SCOPE = {"tools": ["web-search"], "resources": ["repo:acme/*"], "actions": ["read"]}
@@ -633,3 +636,35 @@ def test_the_public_revocation_list_names_no_tenant_pod_or_credential(
     with pytest.raises(TokenRejected) as refused:
         verifier.verify(value, audience=AUDIENCE, namespace=namespace)
     assert refused.value.reason == "revoked"
+
+
+def test_other_spellings_of_a_denied_resource_are_refused(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    """With `deny: repo:acme/vault`, tokens were issued for `repo:acme/vault/`, `... ` (a
+    trailing space), `%76ault`, `vault%2F`, `vault;`, `vault#` and `vault.`: names a tool may
+    decode, trim or normalise into the denied one. Each is refused now; plain names still pass."""
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace, scope={**SCOPE, "deny": {"resources": ["repo:acme/vault"]}})
+    pod, projected = _agent(cluster, namespace)
+    token = bound_token(cluster, namespace, pod)
+    status, granted = exchange(operator, token, authorization_details=READ_APP)
+    assert status == 200, granted
+    status, denied = exchange(operator, token, authorization_details=details("web-search", ["read"], "repo:acme/vault"))
+    assert (status, denied["error"]) == (400, "invalid_authorization_details")
+    spellings = [
+        "repo:acme/vault/",
+        "repo:acme/vault ",
+        "repo:acme/%76ault",
+        "repo:acme/vault%2F",
+        "repo:acme/vault;",
+        "repo:acme/vault#",
+        "repo:acme/vault.",
+        " repo:acme/vault",
+    ]
+    for spelling in spellings:
+        status, answer = exchange(operator, token, authorization_details=details("web-search", ["read"], spelling))
+        assert (status, answer.get("error")) == (400, "invalid_authorization_details"), f"{spelling!r} was granted"
+        status, answer = exchange(operator, token, scope=f"tool:web-search action:read resource:{spelling}")
+        assert status == 400, f"{spelling!r} was granted through scope"
+        time.sleep(0.25)  # the pod's own rate limit: 5 requests a second
