@@ -30,6 +30,7 @@ from oauth import JWT_BEARER, bound_token, post
 
 pytestmark = pytest.mark.cluster
 
+
 NAMESPACE = "agentcred-ha"
 LEASE = {"AGENTCRED_LEASE_DURATION": "6", "AGENTCRED_LEASE_RENEW": "1"}
 ISSUER = "https://agentcred.agentcred-ha.svc:8443"
@@ -238,8 +239,78 @@ def test_every_replica_exchanges_and_a_stale_leader_hands_out_nothing_that_outli
                     ),
                     what="the revocation seen by every replica",
                 )
+            # The paused leader resumed believing it still led, and handled what it had missed
+            # (the revoke request among it): a second `revoke` line for the same value, and
+            # calls a minting service would have seen twice. Its lead ends with its Lease, by
+            # its own clock, paused or not: it acts on nothing once it resumes.
+            assert len(audit_lines(follower, "revoke", namespace=namespace, podName="agent")) == 1
+            assert audit_lines(leader, "revoke", namespace=namespace) == []
         finally:
             for replica in replicas.values():
                 replica.resume()
                 replica.cleanup()
             cluster.delete_namespace(STALE_NAMESPACE)
+
+
+PAUSED_NAMESPACE = "agentcred-ha-paused"
+
+
+def test_a_leader_paused_past_its_lease_acts_on_nothing_when_it_resumes(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    """The leader is frozen (SIGSTOP: a starved process, a suspended VM) until its Lease lapses
+    and the follower takes over; a pod ends meanwhile and the new leader revokes its value, at
+    the minting service too. The old leader, resumed, handled the pod's deletion it had missed
+    before its next renewal told it it no longer led: a second `revoke` audit line and a second
+    revoke call to the minting service. Its lead now ends with its Lease by its own clock."""
+    from minting_service import MintingService
+
+    service = MintingService().start()
+    with operator_paused(operator):
+        replicas = {
+            name: OperatorProcess(
+                cluster,
+                "--issuer",
+                ISSUER,
+                *(() if name == "replica-g" else ("--webhook-config", "none")),
+                namespace=PAUSED_NAMESPACE,
+                standalone=False,
+                env={**LEASE, "POD_NAME": name},
+            )
+            for name in ("replica-g", "replica-h")
+        }
+        try:
+            for replica in replicas.values():
+                replica.start()
+            leader_name = wait_for(lambda: _holder(cluster, PAUSED_NAMESPACE), what="a leader")
+            follower_name = next(name for name in replicas if name != leader_name)
+            leader, follower = replicas[leader_name], replicas[follower_name]
+            service_account(cluster, namespace)
+            source = {"webhook": {"url": service.url, "caBundle": service.ca_pem, "timeout": "2s"}}
+            create_credential(cluster, namespace, name="minted", category="tool", source=source)
+            pod = start_agent(cluster, namespace, credentials="minted")
+            assert len(service.minted) == 1
+
+            leader.pause()
+            try:
+                wait_for(
+                    lambda: _holder(cluster, PAUSED_NAMESPACE) == follower_name,
+                    timeout=30,
+                    what="the follower taking the lead",
+                )
+                cluster.core.delete_namespaced_pod("agent", namespace, grace_period_seconds=0)
+                wait_for(
+                    lambda: audit_lines(follower, "revoke", podUID=pod["metadata"]["uid"]) and service.revoked,
+                    what="the new leader revoking the ended task's value",
+                )
+            finally:
+                leader.resume()
+            time.sleep(3 * PATIENCE)  # the resumed replica's chance to (wrongly) act
+            assert audit_lines(leader, "revoke", podUID=pod["metadata"]["uid"]) == []
+            assert len(service.revoked) == 1, service.revoked
+        finally:
+            for replica in replicas.values():
+                replica.resume()
+                replica.cleanup()
+            cluster.delete_namespace(PAUSED_NAMESPACE)
+            service.stop()
