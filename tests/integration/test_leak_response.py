@@ -61,6 +61,7 @@ from samples import EXCEPTION, STATIC_SOURCE
 
 pytestmark = pytest.mark.cluster
 
+
 AUDIENCE = "https://llm-gateway.internal"
 
 
@@ -578,3 +579,53 @@ def test_a_flood_of_bad_tokens_stops_costing_token_reviews(cluster: Cluster, ope
     # The address is heard again once it slows down.
     listed = reporter_token(cluster)
     wait_for(lambda: intake(operator, "/v1/trace", [{"token": "x"}], listed)[0] == 200, what="heard again")
+
+
+def _raw_intake(operator: OperatorProcess, path: str, body: bytes, token: str) -> tuple[int, str]:
+    """Status and body as text: a server error is no JSON."""
+    request = urllib.request.Request(
+        f"{operator.api_url}{path}",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    context = ssl.create_default_context(cafile=operator.ca_file())
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_hostile_json_in_a_report_is_answered_as_bad_and_the_batch_stands(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    """A string shaped like a token whose header or claims nest JSON thousands deep (it matches
+    the project's own gitleaks rule: whoever plants it where a scanner looks gets it reported)
+    made the tracer's unverified peek raise RecursionError: HTTP 500 with a traceback, no audit
+    line, and the answers for the whole batch lost. A report body nested as deep did the same."""
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace)
+    pod = start_agent(cluster, namespace)
+    held = value_of(read_secret(cluster, namespace, secret_name_of(pod)), "research-llm")
+    assert held is not None
+    encode = lambda data: base64.urlsafe_b64encode(data).rstrip(b"=").decode()  # noqa: E731
+    deep = ("[" * 5000 + "]" * 5000).encode()
+    header = encode(json.dumps({"alg": "EdDSA", "typ": "at+jwt", "kid": "x"}).encode())
+    deep_claims = f"{header}.{encode(deep)}.{encode(b'x' * 64)}"
+    deep_header = f"{encode(deep)}.{encode(b'{}')}.{encode(b'x' * 64)}"
+    batch = [{"token": deep_claims}, {"token": held.decode()}, {"token": deep_header}]
+    listed = reporter_token(cluster)
+    for path in ("/v1/trace", "/v1/leaks"):
+        status, text = _raw_intake(operator, path, json.dumps(batch).encode(), listed)
+        assert status == 200, (path, status, text[:200])
+        answers = json.loads(text)
+        assert [a["index"] for a in answers] == [0, 1, 2]
+        assert answers[0]["verdict"] == answers[2]["verdict"] == "unknown", path
+        assert answers[1]["verdict"] == "ours", path
+    # The good item was contained; the hostile ones were audited like any string that is not ours.
+    assert [line for line in audit_lines(operator, "leak", outcome="revoked") if line["namespace"] == namespace]
+    assert len([line for line in audit_lines(operator, "trace", verdict="unknown")]) >= 2
+    # A body nested too deep is refused as malformed, as any other.
+    status, text = _raw_intake(operator, "/v1/leaks", b"[" * 100_000 + b"]" * 100_000, listed)
+    assert (status, json.loads(text)["error"]) == (400, "malformed-body"), text[:200]

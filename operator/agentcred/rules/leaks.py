@@ -85,7 +85,7 @@ def parse_report(content_type: str | None, body: bytes) -> list[Candidate]:
         raise BadReport(413, "body-too-large", f"a report is at most {MAX_BODY} bytes: split the batch")
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep to parse is malformed too
         raise BadReport(400, "malformed-body", "the report is not valid JSON") from None
     if not isinstance(data, list) or not data:
         raise BadReport(400, "malformed-body", "a report is a non-empty JSON array of {token, type, url, source}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from ...platform.kube import status_of
 from ...rules.leaks import MAX_BODY, BadReport, parse_report
 from ..audit import AuditTrail
 from .response import LeakResponder, Reporter
+
+log = logging.getLogger(__name__)
 
 REVIEW_TTL = 10.0  # seconds a reviewed token's answer is kept (by hash, never the token)
 CONCURRENT_ITEMS = 16
@@ -135,9 +138,21 @@ async def _handle(request: web.Request, contain: bool) -> web.Response:
     async def answer(index: int) -> dict[str, Any]:
         async with slots:
             candidate = candidates[index]
-            if contain:
-                return {"index": index, **await intake.responder.report(candidate, reporter)}
-            return {"index": index, "type": candidate.type, **intake.responder.trace(candidate, reporter).to_json()}
+            try:
+                if contain:
+                    return {"index": index, **await intake.responder.report(candidate, reporter)}
+                traced = intake.responder.trace(candidate, reporter).to_json()
+                return {"index": index, "type": candidate.type, **traced}
+            except Exception as error:  # one item must never cost the others their answers
+                # The type only: a message or traceback could carry the reported value.
+                log.warning("leak report item %d not handled (%s)", index, type(error).__name__)
+                intake.audit.record(
+                    "deny",
+                    reason="item-failed",
+                    message=f"item {index} of a leak report could not be handled ({type(error).__name__})",
+                    reporter=reporter.username,
+                )
+                return {"index": index, "error": "item-failed", "message": "this item could not be handled"}
 
     answers = await asyncio.gather(*(answer(i) for i in range(len(candidates))))
     return web.json_response(list(answers), headers={"Cache-Control": "no-store"})
