@@ -668,3 +668,60 @@ def test_other_spellings_of_a_denied_resource_are_refused(
         status, answer = exchange(operator, token, scope=f"tool:web-search action:read resource:{spelling}")
         assert status == 400, f"{spelling!r} was granted through scope"
         time.sleep(0.25)  # the pod's own rate limit: 5 requests a second
+
+
+def _reviews_by(operator: OperatorProcess, caller: str) -> float:
+    return sum(
+        v
+        for (name, labels_), v in operator.metrics().items()
+        if name == "agentcred_token_reviews_total" and dict(labels_).get("caller", caller) == caller
+    )
+
+
+def test_concurrent_garbage_tokens_buy_no_more_token_reviews_than_sequential_ones(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    """The per-address budget of refused tokens was checked before the TokenReview and charged
+    after it: garbage tokens sent at once all passed the check, so 128 of them in flight bought
+    a review each -- 241 TokenReviews where the same tokens one by one bought 41, and at the
+    leak intake 516 against 21. Each review is now paid for before it is sent. (An operator of
+    its own, whose budget barely refills: what is counted is the budget, not the clock.)"""
+    with operator_paused(operator):
+        own = OperatorProcess(
+            cluster, env={"AGENTCRED_SOURCE_RATE": "0.001", "AGENTCRED_SOURCE_BURST": "10", **REPORTER_ENV}
+        )
+        try:
+            own.start()
+            url, cafile = f"{own.api_url}/oauth2/token", own.ca_file()
+            form = {"grant_type": JWT_BEARER, "authorization_details": READ_APP}
+            before = _reviews_by(own, "token-service")
+            with ThreadPoolExecutor(128) as pool:
+                answers = list(pool.map(lambda i: post(url, cafile, {**form, "assertion": f"garbage-{i}"}), range(256)))
+            reviews = _reviews_by(own, "token-service") - before
+            assert {status for status, _, _ in answers} <= {400, 429}
+            assert reviews <= 10 + 1, f"{reviews:.0f} TokenReviews for a budget of 10 refused tokens"
+
+            def report(i: int) -> int:
+                request = urllib.request.Request(
+                    f"{own.api_url}/v1/trace",
+                    data=b'[{"token": "x"}]',
+                    method="POST",
+                    headers={"Content-Type": "application/json", "Authorization": f"Bearer garbage-{i}"},
+                )
+                try:
+                    with urllib.request.urlopen(request, context=ssl.create_default_context(cafile=cafile), timeout=60):
+                        return 200
+                except urllib.error.HTTPError as error:
+                    return error.code
+
+            before = _reviews_by(own, "leak-intake")
+            began = time.monotonic()
+            with ThreadPoolExecutor(128) as pool:
+                statuses = set(pool.map(report, range(256)))
+            elapsed = time.monotonic() - began
+            reviews = _reviews_by(own, "leak-intake") - before
+            assert statuses <= {401, 429}
+            # The intake's budget: 20 refused tokens, then 2 a second.
+            assert reviews <= 20 + 2 * elapsed + 1, f"{reviews:.0f} TokenReviews in {elapsed:.0f}s at the leak intake"
+        finally:
+            own.cleanup()

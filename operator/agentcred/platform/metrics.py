@@ -76,7 +76,10 @@ api_errors = Counter(
     registry=REGISTRY,
 )
 token_reviews = Counter(
-    "agentcred_token_reviews_total", "TokenReviews sent to the API server by the token service.", registry=REGISTRY
+    "agentcred_token_reviews_total",
+    "TokenReviews sent to the API server, by the caller they served (token-service, leak-intake).",
+    ["caller"],
+    registry=REGISTRY,
 )
 revocation_list = Gauge(
     "agentcred_revocation_list_size", "Entries (pod, credential) on the revocation list.", registry=REGISTRY

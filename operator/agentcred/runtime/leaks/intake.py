@@ -14,9 +14,7 @@ writes); another replica answers 503 with Retry-After, and the client asks again
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,11 +24,11 @@ from aiohttp import web
 from ...platform.kube import status_of
 from ...rules.leaks import MAX_BODY, BadReport, parse_report
 from ..audit import AuditTrail
+from ..tokens.callers import RateLimiter, ReviewGate, Throttled
 from .response import LeakResponder, Reporter
 
 log = logging.getLogger(__name__)
 
-REVIEW_TTL = 10.0  # seconds a reviewed token's answer is kept (by hash, never the token)
 CONCURRENT_ITEMS = 16
 REFUSAL_RATE, REFUSAL_BURST = 2.0, 20  # refused tokens per second per address, and the burst
 
@@ -42,35 +40,28 @@ class LeakIntake:
     reporters: frozenset[str]  # namespace/name
     leading: Callable[[], bool]
     audit: AuditTrail
-    _reviews: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
-    _answers: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
-    _refusals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # Reviews paid for by the address before they are sent, 4 at once (2 per address): a flood
+    # of garbage tokens, concurrent or not, stops costing TokenReviews after a burst.
+    _refusals: RateLimiter = field(default_factory=lambda: RateLimiter(REFUSAL_RATE, REFUSAL_BURST))
+    _gate: ReviewGate | None = None
+
+    def __post_init__(self) -> None:
+        self._gate = ReviewGate(self.review, concurrency=4, per_source=2, caller="leak-intake")
 
     async def reporter(self, authorization: str | None, source: str) -> Reporter:
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise BadReport(401, "missing-token", "send a reporter's ServiceAccount token as 'Authorization: Bearer'")
-        if not self._may_try(source, take=False):
-            raise BadReport(429, "rate-limited", "too many refused tokens from this address; slow down")
+        if not self._refusals.allow(source, take=False):
+            raise _rate_limited()
+        assert self._gate is not None
         try:
-            return await self._identify(token.strip(), source)
-        except BadReport:
-            self._may_try(source, take=True)
-            raise
+            status = await self._gate.review(token.strip(), source, self._refusals)
+        except Throttled:
+            raise _rate_limited() from None
+        return self._identify(status, source)
 
-    def _may_try(self, source: str, take: bool) -> bool:
-        """A token bucket of refused tokens per client address: a flood of garbage tokens stops
-        costing TokenReviews after a burst. Accepted tokens cost nothing."""
-        now = time.monotonic()
-        tokens, last = self._refusals.get(source, (float(REFUSAL_BURST), now))
-        tokens = min(float(REFUSAL_BURST), tokens + (now - last) * REFUSAL_RATE)
-        if len(self._refusals) > 10_000:  # forget idle addresses rather than grow without bound
-            self._refusals = {k: v for k, v in self._refusals.items() if now - v[1] < 60}
-        self._refusals[source] = (tokens - 1 if take else tokens, now)
-        return tokens >= 1
-
-    async def _identify(self, token: str, source: str) -> Reporter:
-        status = await self._review(token)
+    def _identify(self, status: dict[str, Any], source: str) -> Reporter:
         username = str((status.get("user") or {}).get("username") or "")
         parts = username.split(":")
         if not status.get("authenticated") or len(parts) != 4 or parts[:2] != ["system", "serviceaccount"]:
@@ -79,6 +70,7 @@ class LeakIntake:
             )
             raise BadReport(401, "invalid-token", "the API server did not accept the token as a ServiceAccount's")
         if f"{parts[2]}/{parts[3]}" not in self.reporters:
+            self._refusals.allow(source)  # accepted, but no reporter: the address pays as for a bad token
             self.audit.record(
                 "deny",
                 reason="not-a-reporter",
@@ -88,18 +80,9 @@ class LeakIntake:
             raise BadReport(403, "not-a-reporter", f"{username} is not a leak reporter (leakResponse.reporters)")
         return Reporter(parts[2], parts[3])
 
-    async def _review(self, token: str) -> dict[str, Any]:
-        key = hashlib.sha256(token.encode()).hexdigest()
-        now = time.monotonic()
-        cached = self._answers.get(key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        async with self._reviews:  # a flood of garbage tokens costs the API server little
-            answer = await self.review(token)
-        if len(self._answers) > 1000:
-            self._answers = {k: v for k, v in self._answers.items() if v[0] > now}
-        self._answers[key] = (now + REVIEW_TTL, answer)
-        return answer
+
+def _rate_limited() -> BadReport:
+    return BadReport(429, "rate-limited", "too many refused tokens from this address; slow down")
 
 
 LEAK_INTAKE = web.AppKey("agentcred-leak-intake", LeakIntake)

@@ -41,7 +41,7 @@ from ...rules.scope import EXCHANGE_MAX_TTL, Intent, evaluate, scope_covers
 from ...sources.claims import Grant, credential_scope, service_account_subject, token_claims
 from ...sources.jwt import JwtSource
 from ..audit import AuditTrail
-from .callers import NotAuthenticated, RateLimiter, Reviewed, ReviewGate
+from .callers import NotAuthenticated, RateLimiter, Reviewed, ReviewGate, Throttled
 
 CLOCK_SKEW = dt.timedelta(seconds=30)
 MAX_CHAIN = 4  # exchanges of exchanged tokens, deep
@@ -104,13 +104,12 @@ class TokenService:
         # An address that keeps sending tokens the API server refuses is cut off before any
         # TokenReview; valid tokens cost nothing here, so a shared gateway address is not.
         if not self.by_source.allow(source, take=False):
-            raise OAuthError("temporarily_unavailable", "too many refused tokens from this address", 429, 1)
+            raise _throttled()
         facts: dict[str, Any] = {}
-        request, subject = None, None
         try:
             request = parse_token_request(parse_form(content_type, body), authorization)
             facts["grant"] = request.grant_type
-            subject = await self._subject(request)
+            subject = await self._subject(request, source)
             facts.update(subject.facts())
             # Counted before the actor token is reviewed: every request costs the pod, so one
             # valid identity sending fresh garbage actor tokens cannot buy TokenReviews.
@@ -119,16 +118,20 @@ class TokenService:
             act = await self._actor(request, subject.parent, source)
             return self._issue(request, subject, act, facts)
         except OAuthError as refused:
-            if request is not None and subject is None:  # a token that did not authenticate: this address pays
-                self.by_source.allow(source)
             self.audit.record("deny", reason=refused.error, message=refused.description, **facts)
             raise
 
-    async def _subject(self, request: TokenRequest) -> Caller:
+    async def _subject(self, request: TokenRequest, source: str) -> Caller:
+        """Who the request speaks for; a token that does not say costs the client address one
+        of its refused tokens (a ServiceAccount token's, before it is reviewed)."""
         unauthenticated = _refusal(request.grant_type, authenticated=False)
         what = {TOKEN_EXCHANGE: "subject_token", JWT_BEARER: "assertion"}.get(request.grant_type, "client_assertion")
         if request.subject_token_type == ACCESS_TOKEN_TYPE:
-            claims = self._live_own_token(request.subject_token, what, unauthenticated)
+            try:
+                claims = self._live_own_token(request.subject_token, what, unauthenticated)
+            except OAuthError:
+                self.by_source.allow(source)
+                raise
             issued = claims["agentcred"]
             namespace, _, service_account = (
                 str(claims.get("sub", "")).removeprefix("system:serviceaccount:").partition(":")
@@ -136,7 +139,9 @@ class TokenService:
             subject = Caller(namespace, service_account, str(issued["pod"]), str(issued["podUID"]), claims)
         else:
             try:
-                who = await self.reviews.identity(request.subject_token)
+                who = await self.reviews.identity(request.subject_token, source, self.by_source)
+            except Throttled:
+                raise _throttled() from None
             except NotAuthenticated as error:
                 raise unauthenticated(f"{what}: {error}") from None
             if who.pod_name is None or who.pod_uid is None:
@@ -366,9 +371,10 @@ class TokenService:
         act: dict[str, Any]
         if request.actor_token_type == JWT_TOKEN_TYPE:
             try:
-                who = await self.reviews.identity(request.actor_token)
-            except NotAuthenticated as error:
-                self.by_source.allow(source)  # a token the API server refused: the address pays, as for a subject
+                who = await self.reviews.identity(request.actor_token, source, self.by_source)
+            except Throttled:
+                raise _throttled() from None
+            except NotAuthenticated as error:  # the address paid, as for a subject
                 raise invalid_request(f"actor_token: {error}") from None
             act = {"sub": who.username}
             if who.pod_name is not None:
@@ -387,14 +393,15 @@ class TokenService:
     async def caller(self, authorization: str | None, source: str) -> Reviewed:
         """A resource server allowed to introspect, by its ServiceAccount token."""
         if not self.by_source.allow(source, take=False):
-            raise OAuthError("temporarily_unavailable", "too many refused tokens from this address", 429, 1)
+            raise _throttled()
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise OAuthError("invalid_client", "authenticate with 'Authorization: Bearer <ServiceAccount token>'", 401)
         try:
-            who = await self.reviews.identity(token.strip())
+            who = await self.reviews.identity(token.strip(), source, self.by_source)
+        except Throttled:
+            raise _throttled() from None
         except NotAuthenticated as error:
-            self.by_source.allow(source)
             raise OAuthError("invalid_client", str(error), 401) from None
         if (
             who.username not in self.introspectors
@@ -454,6 +461,10 @@ class TokenService:
         self.audit.record(
             "revoke-token", tokenId=jti, credential=issued.get("credential"), reason="holder", **_who(claims)
         )
+
+
+def _throttled() -> OAuthError:
+    return OAuthError("temporarily_unavailable", "too many refused tokens from this address", 429, 1)
 
 
 def _required_token(form: dict[str, list[str]]) -> str:
