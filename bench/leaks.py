@@ -66,6 +66,7 @@ from harness import Lean, log_tail, summary_ms, wait_count  # noqa: E402
 OUT = BENCH / "out"
 NAMESPACE = "bench-leaks"
 REPORTER = ("agentcred", "bench-reporter")
+REPORTER_FLAG = "--cluster-leak-reporters"  # it acts in the bench's namespace
 
 
 def main() -> int:
@@ -187,7 +188,7 @@ class Operator:
              "--webhook-url", f"https://127.0.0.1:{webhook}", "--api-address", "127.0.0.1",
              "--api-port", str(self.api_port), "--issuer", self.url, "--health-address", "127.0.0.1",
              "--health-port", str(self.health_port), "--audit-log", str(self.workdir / "audit.log"),
-             "--leak-reporters", "/".join(REPORTER)],
+             REPORTER_FLAG, "/".join(REPORTER)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "KUBECONFIG": str(self.plane.kubeconfig), "PYTHONPATH": str(REPO / "operator")},
         )  # fmt: skip

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from clusterkit import INTROSPECTOR, LEAK_REPORTERS, Cluster, OperatorProcess
+from clusterkit import INTROSPECTOR, REPORTER_ENV, Cluster, OperatorProcess
 from witness import Witness
 
 CLUSTER_MODE = os.environ.get("AGENTCRED_TEST_CLUSTER", "local")
@@ -95,9 +95,7 @@ def witness(cluster: Cluster) -> Iterator[Witness]:
 @pytest.fixture(scope="session")
 def operator(cluster: Cluster, witness: Witness) -> Iterator[OperatorProcess]:
     """One operator process for the session (tests that restart it use `restart()`); the
-    ServiceAccount INTROSPECTOR may introspect tokens, LEAK_REPORTERS may report leaks."""
-    process = OperatorProcess(
-        cluster, "--introspector", "/".join(INTROSPECTOR), env={"AGENTCRED_LEAK_REPORTERS": LEAK_REPORTERS}
-    ).start()
+    ServiceAccount INTROSPECTOR may introspect tokens, REPORTER_ENV's may report leaks."""
+    process = OperatorProcess(cluster, "--introspector", "/".join(INTROSPECTOR), env=REPORTER_ENV).start()
     yield process
     process.cleanup()

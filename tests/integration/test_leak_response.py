@@ -629,3 +629,33 @@ def test_hostile_json_in_a_report_is_answered_as_bad_and_the_batch_stands(
     # A body nested too deep is refused as malformed, as any other.
     status, text = _raw_intake(operator, "/v1/leaks", b"[" * 100_000 + b"]" * 100_000, listed)
     assert (status, json.loads(text)["error"]) == (400, "malformed-body"), text[:200]
+
+
+def test_a_tenants_reporter_cannot_guess_another_tenants_static_value(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    """A listed reporter of one tenant sent `POST /v1/trace` with 1,000 guesses a request, no
+    limit: it hit `hunter2` in another tenant (`ours`, with its owner and pod), then revoked it
+    at `/v1/leaks` and had the credential marked Compromised. A tenant's reporter now learns and
+    revokes only within its own namespace (cluster-wide reporters are listed apart:
+    leakResponse.clusterReporters), and values that are nobody's cost it: bulk guessing is cut
+    off after a burst, and audited."""
+    service_account(cluster, namespace)
+    shared_secret(cluster, namespace, "hunter2")
+    create_credential(cluster, namespace, name="vendor", category="tool", source=STATIC_SOURCE, exception=EXCEPTION)
+    pod = start_agent(cluster, namespace, credentials="vendor")
+    tenant = reporter_token(cluster, TENANT_REPORTER)
+    guesses = [{"token": f"hunter{i}"} for i in range(1000)]
+    status, answers = intake(operator, "/v1/trace", guesses, tenant)
+    assert status in (200, 429), answers
+    if status == 200:
+        assert all(a.get("verdict") != "ours" for a in answers), "the guess found another tenant's value"
+        limited = [a for a in answers if a.get("error") == "rate-limited"]
+        assert len(limited) >= 800, "a thousand guesses were all looked up"
+    status, answers = intake(operator, "/v1/leaks", [{"token": "hunter2"}], tenant)
+    assert status == 429 or (answers[0]["verdict"] == "unknown" and answers[0]["revoked"] == 0), answers
+    assert same_value(value_of(read_secret(cluster, namespace, secret_name_of(pod)), "vendor"), b"hunter2")
+    assert not (condition(get_credential(cluster, namespace, "vendor"), "Compromised") or {}).get("status") == "True"
+    assert audit_lines(
+        operator, "deny", reason="guessing", reporter=f"system:serviceaccount:{TENANT_REPORTER[0]}:{TENANT_REPORTER[1]}"
+    )

@@ -47,14 +47,17 @@ class OperatorConfig:
     source_rate: float = 10.0  # refused tokens per second per client address before it gets 429
     source_burst: int = 40
     revocation_shards: int = 8  # ConfigMaps holding the revocation list (~12,000 entries each)
+    revocation_budget: int = 20_000  # entries (and live pods) one namespace may have on it
     key_rotation_days: int = 30  # 0: rotate only on `agentcred rotate-key`
     audit_log: str = "-"
     leader_election: bool = True  # several replicas: one leader writes; off for a lone replica
     lease_duration: int = 15  # seconds without renewal before a follower takes over
     lease_renew: float = 5.0
     status_interval: float = 1.0
-    # ServiceAccounts (namespace/name, comma-separated) that may report and trace leaked values.
+    # ServiceAccounts (namespace/name, comma-separated) that may report and trace leaked values
+    # in their own namespace; and those that may do so in every namespace.
     leak_reporters: str = ""
+    cluster_leak_reporters: str = ""
     health_check_interval: float = 30.0  # seconds between minting-service health checks
     # Namespace-scoped mode: watch pods, Secrets and AgentCredentials only in these namespaces
     # (and admit pods only there); empty: every namespace (the default).
@@ -124,6 +127,7 @@ class OperatorConfig:
             lease_renew=float(_env("LEASE_RENEW", str(cls.lease_renew))),
             status_interval=float(_env("STATUS_INTERVAL", str(cls.status_interval))),
             leak_reporters=_env("LEAK_REPORTERS", cls.leak_reporters),
+            cluster_leak_reporters=_env("CLUSTER_LEAK_REPORTERS", cls.cluster_leak_reporters),
             health_check_interval=float(_env("HEALTH_CHECK_INTERVAL", str(cls.health_check_interval))),
             watch_namespaces=parse_namespaces(_env("WATCH_NAMESPACES", "").split(",")),
         )

@@ -460,12 +460,12 @@ class Operator:
             book=self.book,
             audit=self.audit,
             events=self.events,
-            operator_namespace=config.namespace,
         )
         return LeakIntake(
             responder,
             review=lambda token: kube.review_token(token, [labels.SERVICE_ACCOUNT_AUDIENCE]),
             reporters=parse_reporters(config.leak_reporters),
+            cluster_reporters=parse_reporters(config.cluster_leak_reporters),
             # A leader still listing its Secrets would answer "unknown" for values it holds.
             leading=lambda: self.leading() and self.reconciler.loaded.is_set(),
             audit=self.audit,

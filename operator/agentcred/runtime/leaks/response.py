@@ -33,7 +33,7 @@ from ...api.projection import Subject
 from ...api.times import utcnow
 from ...platform.kube import Kube, NotFound, status_of
 from ...rules.credentials import CredentialRecord
-from ...rules.leaks import Candidate, Compromise, may_act_by_reference
+from ...rules.leaks import Candidate, Compromise, in_remit
 from ..audit import AuditTrail
 from ..events import EventRecorder
 from ..projection.reconciler import Reconciler
@@ -48,10 +48,11 @@ QUARANTINE_LABEL = labels.QUARANTINED_LABEL
 
 @dataclass(frozen=True)
 class Reporter:
-    """Who reported (a reviewed ServiceAccount)."""
+    """Who reported (a reviewed ServiceAccount), and whether its remit is every namespace."""
 
     namespace: str
     name: str
+    everywhere: bool = False
 
     @property
     def username(self) -> str:
@@ -68,19 +69,19 @@ class LeakResponder:
     book: StatusBook
     audit: AuditTrail
     events: EventRecorder
-    operator_namespace: str
 
     def visible(self, trace: Trace, candidate: Candidate, reporter: Reporter) -> Trace:
-        """What this reporter may learn and act on: everything, if they hold the value; by
-        reference, only their own namespace's (the rest is answered unknown, revealing nothing)."""
-        if not candidate.by_reference:
-            return trace
-        holders = tuple(
-            h for h in trace.holders if may_act_by_reference(reporter.namespace, h.namespace, self.operator_namespace)
-        )
+        """What this reporter may learn and act on: what lies within its remit (the rest is
+        answered unknown, as a value nobody holds is, revealing nothing)."""
+        holders = tuple(h for h in trace.holders if in_remit(reporter.namespace, reporter.everywhere, h.namespace))
         if holders or not trace.holders:
             return Trace(trace.verdict, trace.fingerprint, holders, trace.why)
-        return Trace("unknown", trace.fingerprint, why="no live or remembered value has this fingerprint or token id")
+        why = (
+            "no live or remembered value has this fingerprint or token id"
+            if candidate.by_reference
+            else "agentcred issued no value with this fingerprint that it still knows of"
+        )
+        return Trace("unknown", trace.fingerprint, why=why)
 
     def trace(self, candidate: Candidate, reporter: Reporter) -> Trace:
         trace = self.visible(self.tracer.trace(candidate), candidate, reporter)
