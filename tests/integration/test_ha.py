@@ -314,3 +314,120 @@ def test_a_leader_paused_past_its_lease_acts_on_nothing_when_it_resumes(
                 replica.cleanup()
             cluster.delete_namespace(PAUSED_NAMESPACE)
             service.stop()
+
+
+UNSAVED_NAMESPACE = "agentcred-ha-unsaved"
+
+
+def _refuse_revocation_writes(cluster: Cluster, namespace: str) -> None:
+    """An admission policy refusing every write of the revocation list's ConfigMaps: the leader
+    cannot save it, as when a tenant's churn made a shard too large to save."""
+    name = "test-revocations-unsaved"
+    cluster.admission.create_validating_admission_policy(
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": [""],
+                            "apiVersions": ["v1"],
+                            "resources": ["configmaps"],
+                            "operations": ["CREATE", "UPDATE"],
+                        }
+                    ]
+                },
+                "matchConditions": [
+                    {
+                        "name": "revocation-shards",
+                        "expression": (
+                            f"request.namespace == '{namespace}' && request.name.startsWith('agentcred-revocations')"
+                        ),
+                    }
+                ],
+                "validations": [{"expression": "false", "message": "the revocation list cannot be saved (test)"}],
+            },
+        }
+    )
+    cluster.admission.create_validating_admission_policy_binding(
+        {"metadata": {"name": name}, "spec": {"policyName": name, "validationActions": ["Deny"]}}
+    )
+
+
+def _allow_revocation_writes(cluster: Cluster) -> None:
+    for delete in (
+        cluster.admission.delete_validating_admission_policy_binding,
+        cluster.admission.delete_validating_admission_policy,
+    ):
+        try:
+            delete("test-revocations-unsaved")
+        except client.exceptions.ApiException as error:
+            if error.status != 404:
+                raise
+
+
+def test_a_follower_that_cannot_be_sure_of_the_revocation_list_issues_nothing(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    """The leader revokes a running pod but cannot save the revocation list (a shard too large,
+    the API server refusing). The follower never learnt of the revocation and went on issuing
+    the pod tokens verifiers accepted. The leader now marks on its Lease how current the saved
+    list is; a follower that sees the mark grow old refuses to issue, until the list is saved."""
+    with operator_paused(operator):
+        replicas = {
+            name: OperatorProcess(
+                cluster,
+                "--issuer",
+                ISSUER,
+                *(() if name == "replica-i" else ("--webhook-config", "none")),
+                namespace=UNSAVED_NAMESPACE,
+                standalone=False,
+                env={**LEASE, "POD_NAME": name},
+            )
+            for name in ("replica-i", "replica-j")
+        }
+        try:
+            for replica in replicas.values():
+                replica.start()
+            leader_name = wait_for(lambda: _holder(cluster, UNSAVED_NAMESPACE), what="a leader")
+            follower = next(r for name, r in replicas.items() if name != leader_name)
+            cafile = follower.ca_file()
+            service_account(cluster, namespace)
+            create_credential(cluster, namespace)
+            pod = start_agent(cluster, namespace)
+            token = bound_token(cluster, namespace, pod)
+            assert _exchange(follower, cafile, token)[0] == 200
+
+            _refuse_revocation_writes(cluster, UNSAVED_NAMESPACE)
+            revoked = subprocess.run(
+                [sys.executable, "-m", "agentcred", "revoke", "research-llm", "-n", namespace, "--pod", "agent"],
+                capture_output=True,
+                text=True,
+                env=cluster.env(),
+                timeout=120,
+            )
+            assert revoked.returncode == 0, revoked.stderr
+
+            def follower_refuses() -> bool:
+                status, answer = _exchange(follower, cafile, token)
+                return status == 503 and "cannot be sure" in answer["error_description"]
+
+            wait_for(follower_refuses, interval=0.5, what="the follower refusing to issue")
+            # Once the list can be saved, the follower knows why, and says so.
+            _allow_revocation_writes(cluster)
+            wait_for(
+                lambda: (
+                    _exchange(follower, cafile, token)
+                    == (400, {"error": "invalid_grant", "error_description": "research-llm was revoked for pod agent"})
+                ),
+                interval=0.5,
+                what="the revocation reaching the follower",
+            )
+        finally:
+            _allow_revocation_writes(cluster)
+            for replica in replicas.values():
+                replica.cleanup()
+            cluster.delete_namespace(UNSAVED_NAMESPACE)

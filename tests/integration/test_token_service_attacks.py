@@ -725,3 +725,63 @@ def test_concurrent_garbage_tokens_buy_no_more_token_reviews_than_sequential_one
             assert reviews <= 20 + 2 * elapsed + 1, f"{reviews:.0f} TokenReviews in {elapsed:.0f}s at the leak intake"
         finally:
             own.cleanup()
+
+
+def test_one_tenants_churn_stays_within_its_share_of_the_revocation_list(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str, tmp_path: Path
+) -> None:
+    """A namespace admin ran ~3,400 short pods with 16 credentials each (seven minutes of work):
+    each ended pod left an entry per credential on the shared revocation list until its values
+    expired, shards grew past what a ConfigMap holds, the leader stopped being ready and later
+    revocations -- any tenant's -- no longer reached the other replicas. Now an ended pod leaves
+    one entry whatever it held, and a namespace at its budget (here 12) waits for its entries to
+    lapse before its next pods get values; another tenant is not held back."""
+    names = [f"cred-{i}" for i in range(4)]
+    with operator_paused(operator):
+        own = OperatorProcess(cluster, env={"AGENTCRED_REVOCATION_BUDGET": "12", **REPORTER_ENV})
+        try:
+            own.start()
+            admin = client.CoreV1Api(namespace_admin(cluster, namespace, tmp_path))
+            service_account(cluster, namespace)
+            for name in names:
+                create_credential(cluster, namespace, name, scope=SCOPE)
+            ended: list[str] = []
+            for round_ in range(16):
+                name = f"short-{round_}"
+                admin.create_namespaced_pod(
+                    namespace,
+                    {
+                        "metadata": {
+                            "name": name,
+                            "labels": {labels.INJECT_LABEL: "true"},
+                            "annotations": {labels.CREDENTIALS_ANNOTATION: ",".join(names)},
+                        },
+                        "spec": {"serviceAccountName": "research-agent", "containers": [{"name": "c", "image": "x"}]},
+                    },
+                )
+
+                def outcome(name: str = name) -> str | None:
+                    if running_pod(cluster, namespace, name=name):
+                        return "ran"
+                    waits = [e for e in pod_events(cluster, namespace, name) if e.reason == "RevocationBudget"]
+                    return "waits" if waits else None
+
+                if wait_for(outcome, what=f"pod {name} given its values or told to wait") == "waits":
+                    break
+                uid = cluster.core.read_namespaced_pod(name, namespace).metadata.uid
+                kubelet.succeed(namespace, name)
+                wait_for(lambda uid=uid: _revocations(own, uid), what=f"{name}'s task-end revocation listed")
+                ended.append(uid)
+            entries = sum(len(_revocations(own, uid)) for uid in ended)
+            assert entries <= 12, f"{len(ended)} short pods left {entries} entries"
+            assert len(ended) < 16, "the namespace was never held back"
+            # Another tenant is not held back by this one's churn.
+            other = cluster.create_namespace("other-tenant")
+            try:
+                service_account(cluster, other)
+                create_credential(cluster, other, scope=SCOPE)
+                start_agent(cluster, other)
+            finally:
+                cluster.delete_namespace(other)
+        finally:
+            own.cleanup()

@@ -120,6 +120,7 @@ class OperatorConfig:
             source_rate=float(_env("SOURCE_RATE", str(cls.source_rate))),
             source_burst=int(_env("SOURCE_BURST", str(cls.source_burst))),
             revocation_shards=int(_env("REVOCATION_SHARDS", str(cls.revocation_shards))),
+            revocation_budget=int(_env("REVOCATION_BUDGET", str(cls.revocation_budget))),
             key_rotation_days=int(_env("KEY_ROTATION_DAYS", str(cls.key_rotation_days))),
             audit_log=_env("AUDIT_LOG", cls.audit_log),
             leader_election=_env("LEADER_ELECTION", "true").lower() == "true",

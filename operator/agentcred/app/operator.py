@@ -37,6 +37,7 @@ from ..runtime.events import EventRecorder
 from ..runtime.leaks.intake import LEAK_INTAKE, LeakIntake
 from ..runtime.leaks.response import LeakResponder
 from ..runtime.leaks.tracer import Tracer
+from ..runtime.projection.bars import Bars
 from ..runtime.projection.bindings import BindingOwners
 from ..runtime.projection.credential_lifecycle import CredentialLifecycle
 from ..runtime.projection.handover import Handover
@@ -159,8 +160,10 @@ class Operator:
             namespaces=config.watch_namespaces,
         )
         self.keyring = await load_keyring(kube, config.namespace, config.names.keyring)
-        self.revocations = RevocationList(config.revocation_shards)
-        revocation_store = RevocationStore(kube, config.namespace, self.revocations, config.names)
+        self.revocations = RevocationList(config.revocation_shards, config.revocation_budget)
+        self.revocation_store = revocation_store = RevocationStore(
+            kube, config.namespace, self.revocations, config.names
+        )
         await revocation_store.reload()
 
         managed = config.serving_certificate == "managed"
@@ -253,6 +256,7 @@ class Operator:
             limiter=RateLimiter(rate=config.token_rate, burst=config.token_burst),
             by_source=RateLimiter(rate=config.source_rate, burst=config.source_burst),
             introspectors=frozenset(config.introspectors),
+            unsure=self._revocations_unsure,
         )
         app = build_app(
             issuer=config.effective_issuer, keyring=self.current_keyring, revocations=self.revocations, tokens=tokens
@@ -283,6 +287,7 @@ class Operator:
                 lease=config.names.lease,
                 duration=config.lease_duration,
                 renew=config.lease_renew,
+                notes=revocation_store.notes,
             )
         certificates = CertificateMonitor(
             kube,
@@ -301,6 +306,7 @@ class Operator:
                 "taking over" if self.leading() and self.warm.is_set() and not self.reconciler.loaded.is_set() else None
             )
         )
+        bars = Bars(self.revocations, self.pods.index.last, self.credential)
         rotation = dt.timedelta(days=config.key_rotation_days) if config.key_rotation_days > 0 else None
         loops: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "serving certificate": certificates.run,
@@ -317,7 +323,7 @@ class Operator:
             "expiry scheduler": self.scheduler.run,
             "status writer": lambda: self.status.run(self.raw_credentials),
             "event poster": self.events.run,
-            "revocation list": lambda: revocation_store.run(self.leading),
+            "revocation list": lambda: revocation_store.run(self.leading, hold=bars.hold),
             "minting-service health checks": self.minting_health.run,
         }
         if self._leadership is not None:
@@ -470,6 +476,13 @@ class Operator:
             leading=lambda: self.leading() and self.reconciler.loaded.is_set(),
             audit=self.audit,
         )
+
+    def _revocations_unsure(self) -> str | None:
+        """A follower's doubt about its revocation list (see RevocationStore.unsure)."""
+        if self.leading() or self._leadership is None:
+            return None
+        stale = dt.timedelta(seconds=self.config.lease_duration + 2 * self.config.lease_renew)
+        return self.revocation_store.unsure(self._leadership.leader_notes, stale)
 
     def _set_keyring(self, ring: KeyRing) -> None:
         self.keyring = ring

@@ -94,6 +94,9 @@ class TokenService:
     limiter: RateLimiter  # per pod, after authentication
     by_source: RateLimiter  # refused tokens per client address, checked before any review
     introspectors: frozenset[str] = field(default_factory=frozenset)  # ServiceAccount usernames
+    # Why this replica cannot be sure its revocation list is current (None: it can): a
+    # follower whose leader has not saved for a while issues nothing rather than a revoked pod's token.
+    unsure: Callable[[], str | None] = lambda: None
 
     # -- the token endpoint --------------------------------------------------------------
 
@@ -197,6 +200,11 @@ class TokenService:
         self, request: TokenRequest, subject: Caller, act: dict[str, Any] | None, facts: dict[str, Any]
     ) -> dict[str, Any]:
         unacceptable = _refusal(request.grant_type, authenticated=True)
+        doubt = self.unsure()
+        if doubt is not None:
+            raise OAuthError(
+                "temporarily_unavailable", f"this replica cannot be sure which tokens are revoked: {doubt}", 503, 2
+            )
         task = self.pod_by_name(subject.namespace, subject.pod_name)
         if task is None or task.uid != subject.pod_uid:
             raise unacceptable(f"pod {subject.pod_name} in {subject.namespace} was not admitted by agentcred")
@@ -447,13 +455,19 @@ class TokenService:
         now = utcnow()
         if until + EXPIRY_SKEW <= now:
             return
-        if not self.revocations.revoke_token(issued["podUID"], str(issued.get("credential")), jti, until):
-            # One pod must not fill its shard of the list (RFC 7009 §2.2.1 allows a 503): the
-            # token still lapses at its expiry, at most 5 minutes away for an exchanged one.
+        namespace = str(issued.get("namespace") or "")
+        if not self.revocations.revoke_token(issued["podUID"], str(issued.get("credential")), jti, until, namespace):
+            # One pod must not fill its shard of the list, nor one tenant the list (RFC 7009
+            # §2.2.1 allows a 503): the token still lapses at its expiry, at most 5 minutes away
+            # for an exchanged one.
             room = self.revocations.token_room_at(issued["podUID"]) or now
+            held = (
+                f"pod {issued.get('pod')} already has {MAX_TOKEN_ENTRIES_PER_POD} revoked tokens"
+                if not self.revocations.over_budget(namespace)
+                else f"namespace {namespace} already has {self.revocations.budget} entries on the revocation list"
+            )
             message = (
-                f"pod {issued.get('pod')} already has {MAX_TOKEN_ENTRIES_PER_POD} revoked tokens that have not "
-                f"expired; try again when the first expires, or let this one expire at "
+                f"{held} that have not expired; try again when the first expires, or let this one expire at "
                 f"{format_time(until)}"
             )
             self.audit.record("deny", reason="revocation-limit", message=message, tokenId=jti, **_who(claims))
