@@ -33,6 +33,7 @@ from .schema import (
     Category,
     Date,
     Duration,
+    GlobPattern,
     JwtAlgorithm,
     Model,
     NonEmpty,
@@ -245,13 +246,13 @@ GLOB_RULES = (
 class ScopeRules(Model):
     """Glob patterns an intent (tool, action, resource) is matched against."""
 
-    tools: Annotated[list[Pattern], Field(max_length=64)] = Field(
+    tools: Annotated[list[GlobPattern], Field(max_length=64)] = Field(
         default=[], description=f"Tools the credential may be used with, e.g. web-search. {GLOB_RULES}"
     )
-    resources: Annotated[list[Pattern], Field(max_length=64)] = Field(
+    resources: Annotated[list[GlobPattern], Field(max_length=64)] = Field(
         default=[], description=f"Resources it may touch, e.g. repo:acme/*. {GLOB_RULES}"
     )
-    actions: Annotated[list[Pattern], Field(max_length=64)] = Field(
+    actions: Annotated[list[GlobPattern], Field(max_length=64)] = Field(
         default=[], description=f"Actions it may take, e.g. read. {GLOB_RULES}"
     )
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
+from pydantic import ValidationError
+
 from ..api.model import Scope
 
 DIMENSIONS = ("tool", "action", "resource")
@@ -93,5 +95,10 @@ def evaluate(scope: Scope | None, intent: Intent) -> Decision:
 
 
 def scope_covers(token_scope: dict[str, Any], intent: Intent) -> Decision:
-    """The same rules against a token's `scope` claim (as a verifier sees it)."""
-    return evaluate(Scope.model_validate(token_scope), intent)
+    """The same rules against a token's `scope` claim (as a verifier sees it); a claim that is
+    no valid scope (a pattern with more wildcards than a credential may have now) allows nothing."""
+    try:
+        scope = Scope.model_validate(token_scope)
+    except ValidationError:
+        return Decision(False, "invalid-scope", "the token's scope claim is not a valid scope")
+    return evaluate(scope, intent)

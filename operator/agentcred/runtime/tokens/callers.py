@@ -78,6 +78,13 @@ class RateLimiter:
         self._buckets[key] = (tokens - 1 if take else tokens, now)
         return True
 
+    def spend(self, key: str, amount: float, now: float | None = None) -> None:
+        """Take `amount` (it may leave the key in debt: `allow` then waits until it is paid)."""
+        now = time.monotonic() if now is None else now
+        tokens, last = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        self._buckets[key] = (tokens - amount, now)
+
     def refund(self, key: str) -> None:
         """Give back one taken before it was known whether it should count."""
         found = self._buckets.get(key)
