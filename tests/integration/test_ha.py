@@ -30,7 +30,6 @@ from oauth import JWT_BEARER, bound_token, post
 
 pytestmark = pytest.mark.cluster
 
-
 NAMESPACE = "agentcred-ha"
 LEASE = {"AGENTCRED_LEASE_DURATION": "6", "AGENTCRED_LEASE_RENEW": "1"}
 ISSUER = "https://agentcred.agentcred-ha.svc:8443"

@@ -61,7 +61,6 @@ from samples import EXCEPTION, STATIC_SOURCE
 
 pytestmark = pytest.mark.cluster
 
-
 AUDIENCE = "https://llm-gateway.internal"
 
 

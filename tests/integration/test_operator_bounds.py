@@ -417,8 +417,9 @@ def test_agentcredentials_change_only_in_the_operators_own_finalizer(
     )
 
     def patch(body: Any) -> Callable[[], Any]:
+        kind = "application/json-patch+json" if isinstance(body, list) else "application/merge-patch+json"
         return lambda: custom.patch_namespaced_custom_object(
-            model.GROUP, model.VERSION, namespace, model.PLURAL, "tenants", body
+            model.GROUP, model.VERSION, namespace, model.PLURAL, "tenants", body, _content_type=kind
         )
 
     for body in (

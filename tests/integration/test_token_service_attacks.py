@@ -52,7 +52,6 @@ from samples import credential
 
 pytestmark = pytest.mark.cluster
 
-
 AUDIENCE = "https://llm-gateway.internal"
 SCOPE = {"tools": ["web-search"], "resources": ["repo:acme/*"], "actions": ["read"]}
 READ_APP = details("web-search", ["read"], "repo:acme/app")
@@ -638,38 +637,6 @@ def test_the_public_revocation_list_names_no_tenant_pod_or_credential(
     assert refused.value.reason == "revoked"
 
 
-def test_other_spellings_of_a_denied_resource_are_refused(
-    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
-) -> None:
-    """With `deny: repo:acme/vault`, tokens were issued for `repo:acme/vault/`, `... ` (a
-    trailing space), `%76ault`, `vault%2F`, `vault;`, `vault#` and `vault.`: names a tool may
-    decode, trim or normalise into the denied one. Each is refused now; plain names still pass."""
-    service_account(cluster, namespace)
-    create_credential(cluster, namespace, scope={**SCOPE, "deny": {"resources": ["repo:acme/vault"]}})
-    pod, projected = _agent(cluster, namespace)
-    token = bound_token(cluster, namespace, pod)
-    status, granted = exchange(operator, token, authorization_details=READ_APP)
-    assert status == 200, granted
-    status, denied = exchange(operator, token, authorization_details=details("web-search", ["read"], "repo:acme/vault"))
-    assert (status, denied["error"]) == (400, "invalid_authorization_details")
-    spellings = [
-        "repo:acme/vault/",
-        "repo:acme/vault ",
-        "repo:acme/%76ault",
-        "repo:acme/vault%2F",
-        "repo:acme/vault;",
-        "repo:acme/vault#",
-        "repo:acme/vault.",
-        " repo:acme/vault",
-    ]
-    for spelling in spellings:
-        status, answer = exchange(operator, token, authorization_details=details("web-search", ["read"], spelling))
-        assert (status, answer.get("error")) == (400, "invalid_authorization_details"), f"{spelling!r} was granted"
-        status, answer = exchange(operator, token, scope=f"tool:web-search action:read resource:{spelling}")
-        assert status == 400, f"{spelling!r} was granted through scope"
-        time.sleep(0.25)  # the pod's own rate limit: 5 requests a second
-
-
 def _reviews_by(operator: OperatorProcess, caller: str) -> float:
     return sum(
         v
@@ -725,6 +692,95 @@ def test_concurrent_garbage_tokens_buy_no_more_token_reviews_than_sequential_one
             assert reviews <= 20 + 2 * elapsed + 1, f"{reviews:.0f} TokenReviews in {elapsed:.0f}s at the leak intake"
         finally:
             own.cleanup()
+
+
+def test_other_spellings_of_a_denied_resource_are_refused(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    """With `deny: repo:acme/vault`, tokens were issued for `repo:acme/vault/`, `... ` (a
+    trailing space), `%76ault`, `vault%2F`, `vault;`, `vault#` and `vault.`: names a tool may
+    decode, trim or normalise into the denied one. Each is refused now; plain names still pass."""
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace, scope={**SCOPE, "deny": {"resources": ["repo:acme/vault"]}})
+    pod, projected = _agent(cluster, namespace)
+    token = bound_token(cluster, namespace, pod)
+    status, granted = exchange(operator, token, authorization_details=READ_APP)
+    assert status == 200, granted
+    status, denied = exchange(operator, token, authorization_details=details("web-search", ["read"], "repo:acme/vault"))
+    assert (status, denied["error"]) == (400, "invalid_authorization_details")
+    spellings = [
+        "repo:acme/vault/",
+        "repo:acme/vault ",
+        "repo:acme/%76ault",
+        "repo:acme/vault%2F",
+        "repo:acme/vault;",
+        "repo:acme/vault#",
+        "repo:acme/vault.",
+        " repo:acme/vault",
+    ]
+    for spelling in spellings:
+        status, answer = exchange(operator, token, authorization_details=details("web-search", ["read"], spelling))
+        assert (status, answer.get("error")) == (400, "invalid_authorization_details"), f"{spelling!r} was granted"
+        status, answer = exchange(operator, token, scope=f"tool:web-search action:read resource:{spelling}")
+        assert status == 400, f"{spelling!r} was granted through scope"
+        time.sleep(0.25)  # the pod's own rate limit: 5 requests a second
+
+
+def test_costly_scope_patterns_cost_their_own_tenant_not_another(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    """A tenant writes the costliest scope it may (deny patterns slow to match) and has its pods
+    ask for 64 intents a request, each pod within its own rate limit: every request held the
+    token service's one event loop for the whole match, and another tenant's token latency rose
+    from 6 ms to 10.4 s. Intents are now judged one a turn of the loop, a namespace that has spent
+    its share of scope matching is told to slow down while the other tenant is answered, and
+    patterns past 8 wildcards are refused by the API server."""
+    costly = [f"*?a?a?a?a?a?a?a{'a' * (85 + i % 10)}b" for i in range(64)]
+    service_account(cluster, namespace)
+    deny = {"tools": costly, "actions": costly, "resources": costly}
+    create_credential(cluster, namespace, scope={"tools": ["*"], "actions": ["*"], "resources": ["*"], "deny": deny})
+    pods = [_agent(cluster, namespace, f"costly-{i}")[0] for i in range(4)]
+    tokens = [bound_token(cluster, namespace, pod) for pod in pods]
+    # 4 x 4 x 4 = 64 intents, each matched against 192 deny patterns slow to match.
+    heavy = " ".join(f"{kind}:{'a' * 180}{i:03d}" for kind in ("tool", "action", "resource") for i in range(4))
+
+    other = cluster.create_namespace("calm")
+    try:
+        service_account(cluster, other)
+        create_credential(cluster, other, scope=SCOPE)
+        calm = bound_token(cluster, other, _agent(cluster, other, "calm")[0])
+
+        url, cafile = f"{operator.api_url}/oauth2/token", operator.ca_file()  # written once, read by every thread
+        form = {"grant_type": TOKEN_EXCHANGE, "subject_token_type": JWT_TYPE, "scope": heavy}
+
+        def flood(index: int) -> list[tuple[int, str]]:
+            answers = []
+            for _ in range(12):
+                status, body, _ = post(url, cafile, {**form, "subject_token": tokens[index % len(tokens)]})
+                answers.append((status, (body or {}).get("error_description", "")))
+                time.sleep(0.25)  # within the pod's own rate limit
+            return answers
+
+        with ThreadPoolExecutor(8) as pool:
+            running = pool.map(flood, range(8))
+            time.sleep(2)
+            calm_form = {"grant_type": JWT_BEARER, "assertion": calm, "authorization_details": READ_APP}
+            calm_answers = [post(url, cafile, calm_form)[0] for _ in range(3)]
+            flooded = [answer for answers in running for answer in answers]
+        assert calm_answers == [200, 200, 200], calm_answers
+        slowed = [said for status, said in flooded if status == 429 and "share of scope checks" in said]
+        statuses = {status: [s for s, _ in flooded].count(status) for status, _ in flooded}
+        assert slowed, f"64 costly intents x {len(flooded)} requests, never slowed down: {statuses}, {flooded[:2]}"
+    finally:
+        cluster.delete_namespace(other)
+
+    # Costlier patterns still are refused where they are written.
+    body = credential(
+        name="costlier", scope={"tools": ["*"], "actions": ["read"], "resources": ["*a?a?a?a?a?a?a?a?a*"]}
+    )
+    with pytest.raises(ApiException) as refused:
+        cluster.custom.create_namespaced_custom_object("agentcred.dev", "v1alpha1", namespace, "agentcredentials", body)
+    assert refused.value.status == 422 and "at most 8 wildcards" in refused.value.body
 
 
 def test_one_tenants_churn_stays_within_its_share_of_the_revocation_list(
@@ -785,60 +841,3 @@ def test_one_tenants_churn_stays_within_its_share_of_the_revocation_list(
                 cluster.delete_namespace(other)
         finally:
             own.cleanup()
-
-
-def test_costly_scope_patterns_cost_their_own_tenant_not_another(
-    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
-) -> None:
-    """A tenant writes the costliest scope it may (deny patterns slow to match) and has its pods
-    ask for 64 intents a request, each pod within its own rate limit: every request held the
-    token service's one event loop for the whole match, and another tenant's token latency rose
-    from 6 ms to 10.4 s. Intents are now judged one a turn of the loop, a namespace that has spent
-    its share of scope matching is told to slow down while the other tenant is answered, and
-    patterns past 8 wildcards are refused by the API server."""
-    costly = [f"*?a?a?a?a?a?a?a{'a' * (85 + i % 10)}b" for i in range(64)]
-    service_account(cluster, namespace)
-    deny = {"tools": costly, "actions": costly, "resources": costly}
-    create_credential(cluster, namespace, scope={"tools": ["*"], "actions": ["*"], "resources": ["*"], "deny": deny})
-    pods = [_agent(cluster, namespace, f"costly-{i}")[0] for i in range(4)]
-    tokens = [bound_token(cluster, namespace, pod) for pod in pods]
-    # 4 x 4 x 4 = 64 intents, each matched against 192 deny patterns slow to match.
-    heavy = " ".join(f"{kind}:{'a' * 180}{i:03d}" for kind in ("tool", "action", "resource") for i in range(4))
-
-    other = cluster.create_namespace("calm")
-    try:
-        service_account(cluster, other)
-        create_credential(cluster, other, scope=SCOPE)
-        calm = bound_token(cluster, other, _agent(cluster, other, "calm")[0])
-
-        url, cafile = f"{operator.api_url}/oauth2/token", operator.ca_file()  # written once, read by every thread
-        form = {"grant_type": TOKEN_EXCHANGE, "subject_token_type": JWT_TYPE, "scope": heavy}
-
-        def flood(index: int) -> list[tuple[int, str]]:
-            answers = []
-            for _ in range(12):
-                status, body, _ = post(url, cafile, {**form, "subject_token": tokens[index % len(tokens)]})
-                answers.append((status, (body or {}).get("error_description", "")))
-                time.sleep(0.25)  # within the pod's own rate limit
-            return answers
-
-        with ThreadPoolExecutor(8) as pool:
-            running = pool.map(flood, range(8))
-            time.sleep(2)
-            calm_form = {"grant_type": JWT_BEARER, "assertion": calm, "authorization_details": READ_APP}
-            calm_answers = [post(url, cafile, calm_form)[0] for _ in range(3)]
-            flooded = [answer for answers in running for answer in answers]
-        assert calm_answers == [200, 200, 200], calm_answers
-        slowed = [said for status, said in flooded if status == 429 and "share of scope checks" in said]
-        statuses = {status: [s for s, _ in flooded].count(status) for status, _ in flooded}
-        assert slowed, f"64 costly intents x {len(flooded)} requests, never slowed down: {statuses}, {flooded[:2]}"
-    finally:
-        cluster.delete_namespace(other)
-
-    # Costlier patterns still are refused where they are written.
-    body = credential(
-        name="costlier", scope={"tools": ["*"], "actions": ["read"], "resources": ["*a?a?a?a?a?a?a?a?a*"]}
-    )
-    with pytest.raises(ApiException) as refused:
-        cluster.custom.create_namespaced_custom_object("agentcred.dev", "v1alpha1", namespace, "agentcredentials", body)
-    assert refused.value.status == 422 and "at most 8 wildcards" in refused.value.body
