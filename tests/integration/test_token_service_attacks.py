@@ -52,6 +52,7 @@ from samples import credential
 
 pytestmark = pytest.mark.cluster
 
+
 AUDIENCE = "https://llm-gateway.internal"
 SCOPE = {"tools": ["web-search"], "resources": ["repo:acme/*"], "actions": ["read"]}
 READ_APP = details("web-search", ["read"], "repo:acme/app")
@@ -839,5 +840,35 @@ def test_one_tenants_churn_stays_within_its_share_of_the_revocation_list(
                 start_agent(cluster, other)
             finally:
                 cluster.delete_namespace(other)
+        finally:
+            own.cleanup()
+
+
+def test_another_tenants_tool_server_cannot_use_up_a_tenants_revocation_budget(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    """Found attacking the budget of the revocation list: whoever holds a tenant's tokens -- a
+    tool server of another tenant its agents call -- may revoke them (RFC 7009), and those
+    entries counted against the tenant's budget, so the tool server could hold back the
+    tenant's new pods. Holder revocations now count apart: past the budget they are refused
+    (503, the token lapses at its expiry), and the tenant's next pods run."""
+    with operator_paused(operator):
+        own = OperatorProcess(cluster, env={"AGENTCRED_REVOCATION_BUDGET": "4", **REPORTER_ENV})
+        try:
+            own.start()
+            service_account(cluster, namespace)
+            create_credential(cluster, namespace, scope=SCOPE)
+            pod, _ = _agent(cluster, namespace)
+            token = bound_token(cluster, namespace, pod)
+            handed = []
+            for _ in range(6):
+                status, body = exchange(own, token, authorization_details=READ_APP)
+                assert status == 200, body
+                handed.append(body["access_token"])
+            # The tool server revokes every token it was handed.
+            answers = [_revoke(own, t)[0] for t in handed]
+            assert answers.count(200) == 4 and answers.count(503) == 2, answers
+            # The tenant's next pod is not held back by entries someone else made.
+            start_agent(cluster, namespace, "next")
         finally:
             own.cleanup()

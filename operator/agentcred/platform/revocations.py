@@ -122,7 +122,10 @@ class RevocationList:
         self.budget = budget  # entries one namespace may have before its new pods wait
         self._entries: dict[tuple[str, str, str], RevocationEntry] = {}
         self._token_keys: dict[str, set[tuple[str, str, str]]] = {}  # a pod's holder revocations
+        # By namespace: the entries the operator made (ended tasks, bars), and those the holders
+        # of its pods' tokens made (RFC 7009), counted apart.
         self._by_namespace: dict[str, set[tuple[str, str, str]]] = {}
+        self._holders_by_namespace: dict[str, set[tuple[str, str, str]]] = {}
         self.dirty: set[int] = set()  # shards changed since they were last saved
 
     def __len__(self) -> int:
@@ -138,20 +141,23 @@ class RevocationList:
             self._put(merged)
             self.dirty.add(shard_of(revocation.pod_uid, self.shards))
 
+    def _namespaces(self, key: tuple[str, str, str]) -> dict[str, set[tuple[str, str, str]]]:
+        return self._holders_by_namespace if key[2] else self._by_namespace
+
     def _put(self, entry: RevocationEntry) -> None:
         previous = self._entries.get(entry.key)
         if previous is not None and previous.namespace != entry.namespace:
-            _discard(self._by_namespace, previous.namespace, entry.key)
+            _discard(self._namespaces(entry.key), previous.namespace, entry.key)
         self._entries[entry.key] = entry
         if entry.token_id:
             self._token_keys.setdefault(entry.pod_uid, set()).add(entry.key)
-        self._by_namespace.setdefault(entry.namespace, set()).add(entry.key)
+        self._namespaces(entry.key).setdefault(entry.namespace, set()).add(entry.key)
 
     def _drop(self, key: tuple[str, str, str]) -> None:
         entry = self._entries.pop(key, None)
         _discard(self._token_keys, key[0], key)
         if entry is not None:
-            _discard(self._by_namespace, entry.namespace, key)
+            _discard(self._namespaces(key), entry.namespace, key)
 
     def revoke(
         self,
@@ -172,19 +178,24 @@ class RevocationList:
         is at its budget."""
         revocation = RevocationEntry(pod_uid, credential, until, token_id=token_id, namespace=namespace)
         held = self._token_keys.get(pod_uid, set())
-        if revocation.key not in held and (len(held) >= MAX_TOKEN_ENTRIES_PER_POD or self.over_budget(namespace)):
+        if revocation.key not in held and (
+            len(held) >= MAX_TOKEN_ENTRIES_PER_POD or self.over_budget(namespace, holders=True)
+        ):
             return False
         self.add(revocation)
         return True
 
-    def held_by(self, namespace: str) -> int:
-        """Entries of one namespace's pods."""
-        return len(self._by_namespace.get(namespace, ()))
+    def held_by(self, namespace: str, holders: bool = False) -> int:
+        """Entries of one namespace's pods: those the operator made (ended tasks, bars), or
+        with `holders` those the holders of its tokens made (RFC 7009)."""
+        return len((self._holders_by_namespace if holders else self._by_namespace).get(namespace, ()))
 
-    def over_budget(self, namespace: str, live: int = 0) -> bool:
+    def over_budget(self, namespace: str, live: int = 0, holders: bool = False) -> bool:
         """Has the namespace used its budget: its entries, and `live` pods that will each add
-        one when their task ends? ("": pods of no known namespace, never held back.)"""
-        return bool(namespace) and self.held_by(namespace) + live >= self.budget
+        one when their task ends? ("": pods of no known namespace, never held back.) Holder
+        revocations count apart: whoever holds a tenant's tokens (a tool server of another
+        tenant) can make those, and they must not hold back the tenant's new pods."""
+        return bool(namespace) and self.held_by(namespace, holders) + live >= self.budget
 
     def barring(self) -> list[RevocationEntry]:
         """Entries that bar a pod living on from a credential (see `RevocationEntry.bar`)."""

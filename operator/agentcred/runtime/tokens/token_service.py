@@ -485,8 +485,8 @@ class TokenService:
             room = self.revocations.token_room_at(issued["podUID"]) or now
             held = (
                 f"pod {issued.get('pod')} already has {MAX_TOKEN_ENTRIES_PER_POD} revoked tokens"
-                if not self.revocations.over_budget(namespace)
-                else f"namespace {namespace} already has {self.revocations.budget} entries on the revocation list"
+                if not self.revocations.over_budget(namespace, holders=True)
+                else f"namespace {namespace} already has {self.revocations.budget} tokens revoked by their holders"
             )
             message = (
                 f"{held} that have not expired; try again when the first expires, or let this one expire at "
