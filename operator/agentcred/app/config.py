@@ -59,6 +59,7 @@ class OperatorConfig:
     leak_reporters: str = ""
     cluster_leak_reporters: str = ""
     health_check_interval: float = 30.0  # seconds between minting-service health checks
+    max_connections: int = 1024  # connections each HTTPS server (webhook, token service) holds at once
     # Namespace-scoped mode: watch pods, Secrets and AgentCredentials only in these namespaces
     # (and admit pods only there); empty: every namespace (the default).
     watch_namespaces: tuple[str, ...] = ()
@@ -130,6 +131,7 @@ class OperatorConfig:
             leak_reporters=_env("LEAK_REPORTERS", cls.leak_reporters),
             cluster_leak_reporters=_env("CLUSTER_LEAK_REPORTERS", cls.cluster_leak_reporters),
             health_check_interval=float(_env("HEALTH_CHECK_INTERVAL", str(cls.health_check_interval))),
+            max_connections=int(_env("MAX_CONNECTIONS", str(cls.max_connections))),
             watch_namespaces=parse_namespaces(_env("WATCH_NAMESPACES", "").split(",")),
         )
 

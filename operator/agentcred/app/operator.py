@@ -262,7 +262,9 @@ class Operator:
             issuer=config.effective_issuer, keyring=self.current_keyring, revocations=self.revocations, tokens=tokens
         )
         app[LEAK_INTAKE] = self._leak_intake(kube)
-        self._runners.append(await serve(app, config.api_address, config.api_port, certfile, keyfile))
+        self._runners.append(
+            await serve(app, config.api_address, config.api_port, certfile, keyfile, limit=config.max_connections)
+        )
         webhook = AdmissionWebhook(
             self.credential,
             self.current_keyring,
@@ -273,7 +275,14 @@ class Operator:
         )
         self._runners.append(
             await serve(
-                webhook.app(), config.webhook_address, config.webhook_port, certfile, keyfile, "the admission webhook"
+                webhook.app(),
+                config.webhook_address,
+                config.webhook_port,
+                certfile,
+                keyfile,
+                "the admission webhook",
+                connections="webhook-connections",
+                limit=config.max_connections,
             )
         )
         health = Health(ports=(config.webhook_port, config.api_port), warm=self.warm)
