@@ -52,7 +52,6 @@ from samples import credential
 
 pytestmark = pytest.mark.cluster
 
-
 AUDIENCE = "https://llm-gateway.internal"
 SCOPE = {"tools": ["web-search"], "resources": ["repo:acme/*"], "actions": ["read"]}
 READ_APP = details("web-search", ["read"], "repo:acme/app")
