@@ -58,9 +58,9 @@ class LeakIntake:
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise BadReport(401, "missing-token", "send a reporter's ServiceAccount token as 'Authorization: Bearer'")
-        if not self._refusals.allow(source, take=False):
-            raise _rate_limited()
         assert self._gate is not None
+        if not self._refusals.allow(source, take=False) and not self._gate.busy(source):
+            raise _rate_limited()
         try:
             status = await self._gate.review(token.strip(), source, self._refusals)
         except Throttled:

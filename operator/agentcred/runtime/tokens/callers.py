@@ -93,16 +93,17 @@ class RateLimiter:
 
 
 TokenReviewer = Callable[[str], Awaitable[dict[str, Any]]]
+PAY_WAIT = 5.0  # seconds a review may wait for its address's budget to be paid back
 
 
 class ReviewGate:
     """TokenReviews are the expensive part of a token request, so they are bounded: each one is
     paid for out of the client address's budget of refused tokens *before* it is sent (and paid
-    back if the API server accepts the token) -- so an address has at most its budget of
-    reviews waiting or sent -- at most `per_source` are sent at once for one address and
-    `concurrency` in all, and each token's answer is kept `ttl` seconds (by a hash
-    of the token, never the token), so a flood of the same or of garbage tokens costs the API
-    server little. Checked before the review and charged after it, concurrent garbage tokens
+    back if the API server accepts the token) -- so an address has at most its budget of reviews
+    sent, and past it waits for one of them to be paid back -- at most `per_source` are sent at
+    once for one address and `concurrency` in all, and each token's answer is kept `ttl` seconds
+    (by a hash of the token, never the token), so a flood of the same or of garbage tokens costs
+    the API server little. Checked before the review and charged after it, concurrent garbage tokens
     all passed the check: 241 TokenReviews where the same tokens one by one bought 41."""
 
     def __init__(
@@ -131,31 +132,55 @@ class ReviewGate:
             if not _accepted(cached[1]) and not refusals.allow(source):
                 raise Throttled()
             return cached[1]
-        if not refusals.allow(source):
-            raise Throttled()
         lane = self._lanes.get(source)
         if lane is None:
-            lane = self._lanes[source] = _Lane(asyncio.Semaphore(self._per_source))
+            lane = self._lanes[source] = _Lane(asyncio.Semaphore(self._per_source), asyncio.Event())
         lane.users += 1
         try:
-            async with lane.slots, self._slots:
-                answer = await self._review(token)
-        except BaseException:
-            refusals.refund(source)  # the API server did not answer: nothing known against the token
-            raise
+            await self._pay(lane, source, refusals)
+            lane.sending += 1
+            try:
+                async with lane.slots, self._slots:
+                    answer = await self._review(token)
+                if _accepted(answer):
+                    refusals.refund(source)
+            except BaseException:
+                refusals.refund(source)  # the API server did not answer: nothing known against the token
+                raise
+            finally:
+                lane.sending -= 1
+                lane.settled.set()
         finally:
             lane.users -= 1
             if not lane.users:
                 del self._lanes[source]
         metrics.token_reviews.labels(self._caller).inc()
-        if _accepted(answer):
-            refusals.refund(source)
         if len(self._answers) >= self._size:
             self._answers = {k: v for k, v in self._answers.items() if v[0] > now}
             if len(self._answers) >= self._size:
                 self._answers.clear()
         self._answers[key] = (now + self._ttl, _kept(answer))
         return answer
+
+    async def _pay(self, lane: _Lane, source: str, refusals: RateLimiter) -> None:
+        """Take one of the address's refused tokens; with none left while reviews of this
+        address are in flight, wait (at most `PAY_WAIT`) for one to be paid back -- a burst of
+        valid tokens from one address (a gateway, a NAT) is answered, garbage is not."""
+        deadline = time.monotonic() + PAY_WAIT
+        while not refusals.allow(source):
+            remaining = deadline - time.monotonic()
+            if not lane.sending or remaining <= 0:
+                raise Throttled()
+            lane.settled.clear()
+            try:
+                await asyncio.wait_for(lane.settled.wait(), remaining)
+            except TimeoutError:
+                raise Throttled() from None
+
+    def busy(self, source: str) -> bool:
+        """Are reviews of this address in flight (one may yet pay its token back)?"""
+        lane = self._lanes.get(source)
+        return lane is not None and lane.sending > 0
 
     async def identity(self, token: str, source: str, refusals: RateLimiter) -> Reviewed:
         return reviewed_identity(await self.review(token, source, refusals))
@@ -164,7 +189,9 @@ class ReviewGate:
 @dataclass
 class _Lane:
     slots: asyncio.Semaphore
-    users: int = 0
+    settled: asyncio.Event  # set whenever one of its reviews ends
+    users: int = 0  # requests paying, waiting or sent
+    sending: int = 0  # reviews paid for and not yet answered
 
 
 def _accepted(answer: dict[str, Any]) -> bool:

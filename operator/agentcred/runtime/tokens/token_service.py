@@ -111,7 +111,7 @@ class TokenService:
         """The token response for a valid request; OAuthError otherwise."""
         # An address that keeps sending tokens the API server refuses is cut off before any
         # TokenReview; valid tokens cost nothing here, so a shared gateway address is not.
-        if not self.by_source.allow(source, take=False):
+        if not self.by_source.allow(source, take=False) and not self.reviews.busy(source):
             raise _throttled()
         facts: dict[str, Any] = {}
         try:
@@ -422,7 +422,7 @@ class TokenService:
 
     async def caller(self, authorization: str | None, source: str) -> Reviewed:
         """A resource server allowed to introspect, by its ServiceAccount token."""
-        if not self.by_source.allow(source, take=False):
+        if not self.by_source.allow(source, take=False) and not self.reviews.busy(source):
             raise _throttled()
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
