@@ -60,6 +60,10 @@ class OperatorConfig:
     cluster_leak_reporters: str = ""
     health_check_interval: float = 30.0  # seconds between minting-service health checks
     max_connections: int = 1024  # connections each HTTPS server (webhook, token service) holds at once
+    # Scope matching per namespace at the token service: milliseconds of the event loop a second,
+    # and the burst (see TokenService._grant).
+    scope_ms_per_second: float = 250.0
+    scope_ms_burst: int = 2000
     # Namespace-scoped mode: watch pods, Secrets and AgentCredentials only in these namespaces
     # (and admit pods only there); empty: every namespace (the default).
     watch_namespaces: tuple[str, ...] = ()
@@ -132,6 +136,8 @@ class OperatorConfig:
             cluster_leak_reporters=_env("CLUSTER_LEAK_REPORTERS", cls.cluster_leak_reporters),
             health_check_interval=float(_env("HEALTH_CHECK_INTERVAL", str(cls.health_check_interval))),
             max_connections=int(_env("MAX_CONNECTIONS", str(cls.max_connections))),
+            scope_ms_per_second=float(_env("SCOPE_MS_PER_SECOND", str(cls.scope_ms_per_second))),
+            scope_ms_burst=int(_env("SCOPE_MS_BURST", str(cls.scope_ms_burst))),
             watch_namespaces=parse_namespaces(_env("WATCH_NAMESPACES", "").split(",")),
         )
 

@@ -257,6 +257,7 @@ class Operator:
             by_source=RateLimiter(rate=config.source_rate, burst=config.source_burst),
             introspectors=frozenset(config.introspectors),
             unsure=self._revocations_unsure,
+            scope_time=RateLimiter(config.scope_ms_per_second, config.scope_ms_burst),
         )
         app = build_app(
             issuer=config.effective_issuer, keyring=self.current_keyring, revocations=self.revocations, tokens=tokens
