@@ -14,9 +14,13 @@ LABEL org.opencontainers.image.title="agentcred" \
       org.opencontainers.image.description="Short-lived, task-bound credentials for AI agents on Kubernetes" \
       org.opencontainers.image.source="https://github.com/agentcred/agentcred" \
       org.opencontainers.image.licenses="Apache-2.0"
+# MALLOC_MMAP_THRESHOLD_: buffers of 128 KiB and more (a TLS connection's 256 KiB read buffer)
+# come from mmap and go back when freed; with glibc's moving threshold a flood of connections
+# left the process at its peak size for good (bench/attacks.py).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1
+    PIP_NO_CACHE_DIR=1 \
+    MALLOC_MMAP_THRESHOLD_=131072
 COPY --from=build /wheels /wheels
 COPY requirements.lock /tmp/requirements.lock
 RUN pip install --no-cache-dir --no-index --find-links=/wheels --require-hashes -r /tmp/requirements.lock \

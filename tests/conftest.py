@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from clusterkit import GATEWAY, INTROSPECTOR, LEAK_REPORTERS, Cluster, OperatorProcess, operator_paused
+from clusterkit import GATEWAY, INTROSPECTOR, REPORTER_ENV, Cluster, OperatorProcess, operator_paused
 from witness import Witness
 
 CLUSTER_MODE = os.environ.get("AGENTCRED_TEST_CLUSTER", "local")
@@ -98,15 +98,10 @@ def witness(cluster: Cluster) -> Iterator[Witness]:
 
 
 def _operator(cluster: Cluster) -> OperatorProcess:
-    """The ServiceAccount INTROSPECTOR may introspect tokens, LEAK_REPORTERS may report leaks,
-    GATEWAY may ask for gateway decisions."""
+    """The ServiceAccount INTROSPECTOR may introspect tokens, REPORTER_ENV's may report leaks
+    (a tenant's and a cluster-wide one), GATEWAY may ask for gateway decisions."""
     return OperatorProcess(
-        cluster,
-        "--introspector",
-        "/".join(INTROSPECTOR),
-        "--gateway",
-        "/".join(GATEWAY),
-        env={"AGENTCRED_LEAK_REPORTERS": LEAK_REPORTERS},
+        cluster, "--introspector", "/".join(INTROSPECTOR), "--gateway", "/".join(GATEWAY), env=REPORTER_ENV
     )
 
 

@@ -36,6 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "health_port": args.health_port,
         "audit_log": args.audit_log,
         "leak_reporters": args.leak_reporters,
+        "cluster_leak_reporters": args.cluster_leak_reporters,
     }
     try:
         config = OperatorConfig.from_env()
@@ -162,7 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--leak-reporters",
         help="ServiceAccounts (namespace/name, comma-separated) that may report and trace leaked values "
-        "(AGENTCRED_LEAK_REPORTERS)",
+        "in their own namespace (AGENTCRED_LEAK_REPORTERS)",
+    )
+    run.add_argument(
+        "--cluster-leak-reporters",
+        help="ServiceAccounts (namespace/name, comma-separated) that may report and trace leaked values "
+        "in every namespace (AGENTCRED_CLUSTER_LEAK_REPORTERS)",
     )
     run.add_argument(
         "--watch-namespace",

@@ -58,7 +58,10 @@ ReadyReason = Literal["Valid", "InvalidSpec", "ExceptionExpired", "TTLTooShort"]
 
 # Why a pod stays gated (each also the Warning Event posted on it).
 ProblemReason = (
-    Literal["CredentialNotFound", "CredentialNotReady", "NotASubject", "Revoked", "MaxLifetimeReached"] | SourceReason
+    Literal[
+        "CredentialNotFound", "CredentialNotReady", "NotASubject", "Revoked", "MaxLifetimeReached", "RevocationBudget"
+    ]
+    | SourceReason
 )
 
 # Kubernetes Event reasons the operator posts on pods and AgentCredentials (besides each
@@ -76,5 +79,6 @@ EventReason = (
         "LeakReported",
         "CredentialLeaked",
         "Quarantined",
+        "RequestRefused",
     ]
 )
