@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from packaging.markers import Marker
 
 from clusterkit import REPO
 
@@ -17,10 +18,12 @@ pytestmark = [pytest.mark.cluster, pytest.mark.node]  # the image is built as ro
 
 
 def _pins(lock: Path) -> dict[str, str]:
+    """What the lock pins for this platform (a universal lock also names, under markers, what
+    other platforms install: colorama on Windows, say)."""
     pins = {}
     for line in lock.read_text().splitlines():
-        found = re.match(r"^([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==([^\s;\\]+)", line)
-        if found:
+        found = re.match(r"^([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==([^\s;\\]+)(?:\s*;\s*([^\\]+))?", line)
+        if found and (found.group(3) is None or Marker(found.group(3).strip()).evaluate()):
             pins[re.sub(r"[-_.]+", "-", found.group(1)).lower()] = found.group(2)
     return pins
 
