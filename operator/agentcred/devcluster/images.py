@@ -248,7 +248,8 @@ def probe_images() -> ProbeImages:
 # -- Python images: a Debian root filesystem, and the operator's image on it ---------------
 
 DEBIAN_SUITE = "bookworm"
-PYTHON_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+# libstdc++6: the C++ runtime the wheels of grpcio (Envoy's ext_authz) and of the CEL engine link.
+PYTHON_PACKAGES = ("python3", "python3-venv", "ca-certificates", "libstdc++6")
 REPO = Path(__file__).resolve().parents[3]
 OPERATOR_LABELS = {
     "org.opencontainers.image.title": "agentcred",
