@@ -12,9 +12,12 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-STYLE = {  # who: (label, colour, marker)
+STYLE = {  # who (a stage-name prefix): (label, colour, marker)
     "agentcred": ("agentcred", "tab:blue", "o"),
+    "busy-agentcred": ("agentcred, a core busy", "tab:cyan", "o"),
+    "baseline": ("agentcred before (--baseline)", "tab:purple", "x"),
     "floor": ("floor (plain client)", "tab:gray", "s"),
+    "busy-floor": ("floor, a core busy", "silver", "s"),
     "eso-default": ("ESO default (qps 50, 1 worker)", "tab:red", "^"),
     "eso-raised": ("ESO qps 1000", "tab:orange", "v"),
     "eso-tuned": ("ESO qps 1000, 16 workers", "tab:green", "D"),
@@ -30,11 +33,17 @@ def _series(results: dict[str, Any], prefix: str) -> list[tuple[int, dict[str, A
     return sorted(found, key=lambda item: item[0])
 
 
-def _finish(fig: Any, ax: Any, path: Path, title: str) -> Path:
+def _sizes(results: dict[str, Any]) -> list[int]:
+    return sorted({n for who in STYLE for n, _ in _series(results, who)})
+
+
+def _finish(fig: Any, ax: Any, path: Path, title: str, sizes: list[int] | None = None) -> Path:
     plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 1 else f"{value:g}")
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_formatter(plain)
         axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    if sizes:  # every burst size labelled where it was measured, and nothing else on that axis
+        ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
@@ -53,8 +62,8 @@ def latency(results: dict[str, Any], path: Path) -> Path | None:
             continue
         drawn = True
         ns = [n for n, _ in points]
-        ax.plot(ns, [s["p50"] for _, s in points], marker=marker, color=colour, label=f"{label} p50")
-        ax.plot(ns, [s["p99"] for _, s in points], marker=marker, color=colour, linestyle="--", label=f"{label} p99")
+        ax.plot(ns, [s["p50"] for _, s in points], marker=marker, color=colour, linestyle=":", label=f"{label} p50")
+        ax.plot(ns, [s["p99"] for _, s in points], marker=marker, color=colour, label=f"{label} p99")
     if not drawn:
         plt.close(fig)
         return None
@@ -62,7 +71,7 @@ def latency(results: dict[str, Any], path: Path) -> Path | None:
     ax.set_yscale("log")
     ax.set_xlabel("objects created at once (pods, or ExternalSecrets)")
     ax.set_ylabel("created → Secret written, ms")
-    return _finish(fig, ax, path, "Latency vs burst size (same API server, same client)")
+    return _finish(fig, ax, path, "Latency vs burst size (same API server, same client)", _sizes(results))
 
 
 def throughput(results: dict[str, Any], path: Path) -> Path | None:
@@ -80,7 +89,7 @@ def throughput(results: dict[str, Any], path: Path) -> Path | None:
     ax.set_xlabel("objects created at once")
     ax.set_ylabel("Secrets written per second")
     ax.set_ylim(bottom=0)
-    return _finish(fig, ax, path, "Throughput vs burst size")
+    return _finish(fig, ax, path, "Throughput vs burst size", _sizes(results))
 
 
 def memory(results: dict[str, Any], path: Path) -> Path | None:
@@ -139,7 +148,7 @@ def memory(results: dict[str, Any], path: Path) -> Path | None:
 def cpu(results: dict[str, Any], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = False
-    for who in ("agentcred", "eso-default", "eso-raised", "eso-tuned"):
+    for who in ("agentcred", "busy-agentcred", "baseline", "eso-default", "eso-raised", "eso-tuned"):
         label, colour, marker = STYLE[who]
         points = [(n, r["cpu_seconds_per_1000"]) for n, r in _series(results, who) if r.get("cpu_seconds_per_1000")]
         if points:
@@ -153,7 +162,7 @@ def cpu(results: dict[str, Any], path: Path) -> Path | None:
     ax.set_xlabel("objects created at once")
     ax.set_ylabel("controller CPU seconds per 1,000 (issued + revoked)")
     ax.set_ylim(bottom=0)
-    return _finish(fig, ax, path, "CPU per 1,000 objects vs burst size")
+    return _finish(fig, ax, path, "CPU per 1,000 objects vs burst size", _sizes(results))
 
 
 def startup(results: dict[str, Any], path: Path) -> Path | None:
@@ -174,6 +183,52 @@ def startup(results: dict[str, Any], path: Path) -> Path | None:
     return _finish(fig, ax, path, "Operator start-up (a new leader after a failover)")
 
 
+def hot_paths(results: dict[str, Any], path: Path) -> Path | None:
+    """Every stage's paths (bench/hot_paths.py), one panel per path: per second and p99 at each
+    concurrency, agentcred and its floor (and any peer) in the same panel."""
+    points = [p for value in results.values() if isinstance(value, dict) for p in value.get("paths") or []]
+    names = list(dict.fromkeys(p["path"] for p in points))
+    if not names:
+        return None
+    fig, axes = plt.subplots(2, len(names), figsize=(4.5 * len(names), 7), squeeze=False)
+    palette = {"agentcred": "tab:blue", "floor": "tab:gray"}
+    for column, name in enumerate(names):
+        rate, latency = axes[0][column], axes[1][column]
+        mine = [p for p in points if p["path"] == name]
+        whos = list(dict.fromkeys(p["who"] for p in mine))
+        callers = sorted({p["callers"] for p in mine})
+        peers = [who for who in whos if who not in palette]
+        for who in whos:
+            series = sorted((p for p in mine if p["who"] == who), key=lambda p: p["callers"])
+            colour = palette.get(who) or f"C{peers.index(who) + 1}"
+            xs = [p["callers"] for p in series]
+            if len(callers) == 1:  # one concurrency: bars side by side
+                index = whos.index(who)
+                rate.bar([index], [series[0]["per_second"]], color=colour, label=who)
+                latency.bar([index], [series[0]["latency_ms"]["p99"]], color=colour, label=f"{who} p99")
+                continue
+            rate.plot(xs, [p["per_second"] for p in series], marker="o", color=colour, label=who)
+            latency.plot(xs, [p["latency_ms"]["p99"] for p in series], marker="o", color=colour, label=f"{who} p99")
+        for axis, unit in ((rate, "per second"), (latency, "p99 ms")):
+            if len(callers) == 1:
+                axis.set_xticks(range(len(whos)), whos, fontsize=7)
+                axis.set_xlabel(f"{callers[0]} concurrent callers")
+            else:
+                axis.set_xscale("log")
+                axis.set_xticks(callers, [str(c) for c in callers])
+                axis.set_xlabel("concurrent callers")
+            axis.set_ylabel(unit)
+            axis.set_ylim(bottom=0)
+            axis.grid(True, alpha=0.3)
+            axis.legend(fontsize=7)
+        rate.set_title(name, fontsize=9)
+    fig.suptitle("Hot paths beside their floors", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def draw(results: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     drawn = [
@@ -182,5 +237,6 @@ def draw(results: dict[str, Any], out: Path) -> list[Path]:
         memory(results, out / "memory.png"),
         cpu(results, out / "cpu.png"),
         startup(results, out / "startup.png"),
+        hot_paths(results, out / "hot_paths.png"),
     ]
     return [p for p in drawn if p is not None]
