@@ -13,8 +13,9 @@ or "revoked" rather than "unknown".
 from __future__ import annotations
 
 import datetime as dt
+import heapq
 import itertools
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,10 @@ class ProjectionStore:
         self._by_pod_uid: dict[str, str] = {}
         self._past: OrderedDict[str, list[PastValue]] = OrderedDict()  # by fingerprint and by token id
         self._per_namespace: dict[str, int] = defaultdict(int)
+        # Kept as values come and go, so the status writer's figures (every second, for every
+        # credential a burst touches) cost the same with 100 live values as with 10,000.
+        self._by_category: Counter[str] = Counter()
+        self._expiries: dict[tuple[str, str], list[tuple[dt.datetime, str]]] = {}  # a heap, stale entries skipped
 
     def __len__(self) -> int:
         return len(self._states)
@@ -81,11 +86,23 @@ class ProjectionStore:
         return list(self._past.get(reference, ()))
 
     def count_by_category(self) -> dict[str, int]:
-        counts: dict[str, int] = defaultdict(int)
-        for state in self._states.values():
-            for value in state.values.values():
-                counts[value.category] += 1
-        return dict(counts)
+        return {category: n for category, n in self._by_category.items() if n}
+
+    def held(self, namespace: str, credential: str) -> tuple[int, dt.datetime | None]:
+        """How many live values of a credential pods hold, and the earliest expiry among them."""
+        keys = self._by_credential.get((namespace, credential), set())
+        heap = self._expiries.get((namespace, credential), [])
+        while heap and not self._expires(heap[0], credential):
+            heapq.heappop(heap)  # replaced or gone since it was pushed
+        if len(heap) > 2 * len(keys) + 64:  # stale entries below the top: rebuild, so it stays bounded
+            heap[:] = [(self._states[key].values[credential].expires_at, key) for key in keys]
+            heapq.heapify(heap)
+        return len(keys), heap[0][0] if heap else None
+
+    def _expires(self, entry: tuple[dt.datetime, str], credential: str) -> bool:
+        state = self._states.get(entry[1])
+        value = state.values.get(credential) if state is not None else None
+        return value is not None and value.expires_at == entry[0]
 
     def put(self, state: ProjectionState) -> None:
         previous = self._states.get(state.key)
@@ -101,6 +118,8 @@ class ProjectionStore:
             self._by_pod_uid[state.pod_uid] = state.key
         for credential, value in state.values.items():
             self._by_credential[(state.namespace, credential)].add(state.key)
+            self._by_category[value.category] += 1
+            heapq.heappush(self._expiries.setdefault((state.namespace, credential), []), (value.expires_at, state.key))
             self._by_fingerprint[value.fingerprint].add((state.key, credential))
             if value.token_id:
                 self._by_token_id[value.token_id].add((state.key, credential))
@@ -123,6 +142,9 @@ class ProjectionStore:
             del self._by_pod_uid[current.pod_uid]
         for credential, value in current.values.items():
             _discard(self._by_credential, (current.namespace, credential), key)
+            self._by_category[value.category] -= 1
+            if (current.namespace, credential) not in self._by_credential:
+                self._expiries.pop((current.namespace, credential), None)
             _discard(self._by_fingerprint, value.fingerprint, (key, credential))
             if value.token_id:
                 _discard(self._by_token_id, value.token_id, (key, credential))
