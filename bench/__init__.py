@@ -16,7 +16,7 @@ pays for an earlier one's objects.
   floor-N          a plain client doing, per pod, the API writes agentcred causes (no operator)
   agentcred-N      N pods created at once -> value written and pod ungated; revocation; CPU
                    (a freshly started operator per burst; its start-up time is recorded)
-  baseline-N       the same with another checkout's operator (--baseline): before and after
+  baseline-V-N     the same with other checkouts' operators (--baseline V=DIR): before and after
   busy-floor-N,    the floor and agentcred again with --background-load cores kept busy
   busy-agentcred-N
   tokens           the token service at 100 concurrent clients: token exchange and JWT

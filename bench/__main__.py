@@ -66,8 +66,9 @@ def stages(options: Options) -> list[Stage]:
     listed.append(Stage("webhook", "webhook", webhook.run))
     for n in options.bursts:
         listed.append(Stage(f"floor-{n}", "floor", functools.partial(floor.run, count=n)))
-        if options.baseline is not None:
-            listed.append(Stage(f"baseline-{n}", "baseline", functools.partial(burst.run, count=n, baseline=True)))
+        for version, _ in options.baselines:
+            run = functools.partial(burst.run, count=n, baseline=version, label=f"baseline-{version}")
+            listed.append(Stage(f"baseline-{version}-{n}", "baseline", run))
         listed.append(Stage(f"agentcred-{n}", "agentcred", functools.partial(burst.run, count=n)))
     if options.background_load:
         for n in options.bursts:
@@ -127,7 +128,7 @@ def run(options: Options, results_file: Path) -> Results:
             "eso_variants": list(options.eso_variants),
             "checkpoints": list(options.scale),
             "background_load_cores": options.background_load,
-            "baseline": str(options.baseline) if options.baseline else None,
+            "baselines": {version: str(tree) for version, tree in options.baselines},
             "stages": [s.name for s in listed],
         },
     )
@@ -176,6 +177,13 @@ def keep_logs(workdir: Path, plane: ControlPlane, into: Path) -> None:
     for log in [*workdir.glob("**/*.log"), *(plane.workdir / "logs").glob("*.log")]:
         if log.name != "audit.log":
             shutil.copy2(log, into / log.name)
+
+
+def baseline(text: str) -> tuple[str, Path]:
+    version, _, tree = text.partition("=")
+    if not tree or not (Path(tree) / "operator" / "agentcred").is_dir() or not version.replace("_", "").isalnum():
+        raise SystemExit(f"--baseline {text}: expected VERSION=DIR, DIR a checkout with operator/agentcred")
+    return version, Path(tree).resolve()
 
 
 def sizes(text: str) -> tuple[int, ...]:
@@ -227,7 +235,11 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Options, Path]:
         "busy-floor-N and busy-agentcred-N (full default 1; quick: 0)",
     )
     add(
-        "--baseline", type=Path, help="another checkout (a git worktree): its operator bursts as baseline-N beside ours"
+        "--baseline",
+        action="append",
+        metavar="VERSION=DIR",
+        help="another checkout (a git worktree) whose operator bursts as baseline-VERSION-N before ours, "
+        "in the same run (repeat it for several versions, oldest first)",
     )
     add("--leaks-live", type=int, help="live projections in the leaks stage (default 1000; quick: 100)")
     add("--leaks-reports", type=int, help="leak reports measured one at a time (default 100; quick: 20)")
@@ -243,7 +255,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Options, Path]:
     for name, convert in CONVERT.items():
         value = getattr(args, name)
         if value is not None:
-            picked[name] = convert(value)
+            picked["baselines" if name == "baseline" else name] = convert(value)
     if args.bursts is not None and args.eso_sizes is None:
         picked["eso_sizes"] = sizes(args.bursts)
     if args.skip_scale:
@@ -276,7 +288,7 @@ CONVERT: dict[str, Callable[[Any], Any]] = {
     "startup_at": sizes,
     "window": float,
     "background_load": int,
-    "baseline": lambda path: Path(path).resolve(),
+    "baseline": lambda given: tuple(baseline(text) for text in given),
     "leaks_live": int,
     "leaks_reports": int,
     "trace_index": int,

@@ -44,7 +44,7 @@ class Options:
     startup_at: tuple[int, ...] = (1000, 10000)
     window: float = 200.0
     background_load: int = 1  # cores kept busy beside the `busy-` bursts (0: none)
-    baseline: Path | None = None  # another checkout's operator, burst beside this one's
+    baselines: tuple[tuple[str, Path], ...] = ()  # (version, checkout): operators burst before this one's
     leaks_live: int = 1000
     leaks_reports: int = 100
     trace_index: int = 10_000
@@ -88,16 +88,16 @@ class Context:
         assert self.under_test is not None, "the stage runs on the shared control plane"
         return self.under_test
 
-    def baseline(self) -> UnderTest:
-        """The `--baseline` checkout's operator, on the same control plane."""
-        assert self.options.baseline is not None
+    def baseline(self, version: str) -> UnderTest:
+        """A `--baseline` checkout's operator, on the same control plane."""
+        tree = dict(self.options.baselines)[version]
         return UnderTest(
             self.control_plane.kubeconfig,
             self.lean,
-            self.workdir / "baseline",
+            self.workdir / f"baseline-{version}",
             self.out,
             profile=self.options.profile,
-            tree=self.options.baseline,
+            tree=tree,
         )
 
 

@@ -15,7 +15,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 STYLE = {  # who (a stage-name prefix): (label, colour, marker)
     "agentcred": ("agentcred", "tab:blue", "o"),
     "busy-agentcred": ("agentcred, a core busy", "tab:cyan", "o"),
-    "baseline": ("agentcred before (--baseline)", "tab:purple", "x"),
     "floor": ("floor (plain client)", "tab:gray", "s"),
     "busy-floor": ("floor, a core busy", "silver", "s"),
     "eso-default": ("ESO default (qps 50, 1 worker)", "tab:red", "^"),
@@ -148,7 +147,7 @@ def memory(results: dict[str, Any], path: Path) -> Path | None:
 def cpu(results: dict[str, Any], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = False
-    for who in ("agentcred", "busy-agentcred", "baseline", "eso-default", "eso-raised", "eso-tuned"):
+    for who in ("agentcred", "busy-agentcred", "eso-default", "eso-raised", "eso-tuned"):
         label, colour, marker = STYLE[who]
         points = [(n, r["cpu_seconds_per_1000"]) for n, r in _series(results, who) if r.get("cpu_seconds_per_1000")]
         if points:

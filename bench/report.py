@@ -185,19 +185,35 @@ def idle_and_busy(results: dict[str, Any]) -> list[list[str]]:
 
 
 def before_and_after(results: dict[str, Any]) -> list[list[str]]:
-    """`--baseline`: the other checkout's operator (before) and this one's (after), same run."""
-    rows = [["N", "measure", "before (baseline)", "after", "change"]]
+    """`--baseline`: other checkouts' operators (before, oldest first) and this one's, in the
+    same run; each column's change is against the one before it."""
+    versions = list((results.get("run") or {}).get("baselines") or {})
+    if not versions:
+        return []
+    names = [f"baseline-{v}" for v in versions] + ["agentcred"]
+    header = ["N", "measure", *(f"{v}" for v in versions), "this checkout"]
+    rows = [header[:3] + [cell for v in header[3:] for cell in (v, "change")]]
     for n in burst_sizes(results):
-        before, after = results.get(f"baseline-{n}") or {}, results.get(f"agentcred-{n}") or {}
-        if not before or not after:
+        runs = [results.get(f"{name}-{n}") or {} for name in names]
+        if not all(runs):
             continue
         for label, read in MEASURES:
-            b, a = read(before), read(after)
-            change = f"{(a - b) / b * 100:+.0f} %" if a is not None and b else NA
             digits = 1 if "CPU" in label else 0
-            rows.append([f"{n:,}", label, _num(b, digits), _num(a, digits), change])
-        rows.append([f"{n:,}", "load average (1 min) around the stage", _load(before).strip(" ()"),
-                     _load(after).strip(" ()"), ""])  # fmt: skip
+            values = [read(r) for r in runs]
+            row = [f"{n:,}", label, _num(values[0], digits)]
+            for before, after in zip(values, values[1:], strict=False):
+                change = f"{(after - before) / before * 100:+.0f} %" if after is not None and before else NA
+                row += [_num(after, digits), change]
+            rows.append(row)
+        loads = [_load(r).strip(" ()") for r in runs]
+        rows.append(
+            [
+                f"{n:,}",
+                "load average (1 min) around the stage",
+                loads[0],
+                *(x for load in loads[1:] for x in (load, "")),
+            ]
+        )
     return rows if len(rows) > 1 else []
 
 

@@ -1,4 +1,4 @@
-"""`agentcred-N` (and `baseline-N`, `busy-agentcred-N`): N opted-in pods created at once.
+"""`agentcred-N` (and `baseline-V-N`, `busy-agentcred-N`): N opted-in pods created at once.
 
 A freshly started operator per burst (its start-up on an empty cluster is recorded); pod
 created -> value written and pod ungated; half the pods marked Succeeded and half deleted ->
@@ -18,8 +18,8 @@ from ..harness import CLIENT_THREADS
 from ..under_test import UnderTest, pod_body, secret_pod
 
 
-def run(ctx: Context, count: int, *, baseline: bool = False, label: str = "agentcred") -> dict[str, Any]:
-    operator = ctx.baseline() if baseline else ctx.operator
+def run(ctx: Context, count: int, *, baseline: str | None = None, label: str = "agentcred") -> dict[str, Any]:
+    operator = ctx.baseline(baseline) if baseline else ctx.operator
     namespace = f"bench-{label}-{count}"
     startup = operator.start()
 
