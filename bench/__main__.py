@@ -181,7 +181,11 @@ def keep_logs(workdir: Path, plane: ControlPlane, into: Path) -> None:
 
 def baseline(text: str) -> tuple[str, Path]:
     version, _, tree = text.partition("=")
-    if not tree or not (Path(tree) / "operator" / "agentcred").is_dir() or not version.replace("_", "").replace("-", "").isalnum():
+    if (
+        not tree
+        or not (Path(tree) / "operator" / "agentcred").is_dir()
+        or not version.replace("_", "").replace("-", "").isalnum()
+    ):
         raise SystemExit(f"--baseline {text}: expected VERSION=DIR, DIR a checkout with operator/agentcred")
     return version, Path(tree).resolve()
 
