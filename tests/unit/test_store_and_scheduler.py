@@ -118,3 +118,33 @@ def test_store_keeps_each_credentials_count_and_earliest_expiry_as_values_come_a
     store.forget(f"ns/{0:016x}")
     store.forget(f"ns/{1:016x}")
     assert store.held("ns", "llm") == (0, None) and store.count_by_category() == {}
+
+
+def test_past_values_name_their_pod_without_keeping_each_renewals_bookkeeping() -> None:
+    from agentcred.api.projection import IssuedValue
+
+    now = utcnow()  # past values are forgotten an hour after they expire
+    store = ProjectionStore()
+
+    def renewed(n: int) -> ProjectionState:
+        value = IssuedValue("llm", "model", now, now + dt.timedelta(minutes=n), now, f"fp-{n}", f"jti-{n}", renewals=n)
+        return ProjectionState("ns", "0123456789abcdef", "agent", "uid-1", "job-1", values={"llm": value})
+
+    for n in range(4):
+        store.put(renewed(n))
+    pasts = [store.past(f"jti-{n}") for n in range(3)] + [store.past(f"fp-{n}") for n in range(3)]
+    assert all(len(past) == 1 and past[0].ended == "superseded" for past in pasts)
+    whose = {id(past[0].state) for past in pasts}
+    assert len(whose) == 1  # one record of the pod for all its past values
+    state = pasts[0][0].state
+    assert (state.key, state.pod_name, state.pod_uid, state.job, state.values) == (
+        "ns/0123456789abcdef",
+        "agent",
+        "uid-1",
+        "job-1",
+        {},
+    )
+    store.forget("ns/0123456789abcdef")  # the task ended: its last value remembered as revoked, by the same pod
+    (last,) = store.past("jti-3")
+    assert last.ended == "revoked" and last.value.expires_at == now + dt.timedelta(minutes=3)
+    assert last.state.pod_uid == "uid-1" and not store._whose

@@ -12,6 +12,7 @@ or "revoked" rather than "unknown".
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import heapq
 import itertools
@@ -29,11 +30,11 @@ PAST_PER_VALUE = 64
 PAST_KEPT = dt.timedelta(hours=1)  # past its expiry, a value is still answered "expired" this long
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PastValue:
     """A value no pod holds any more, and why."""
 
-    state: ProjectionState  # whose it was (the bookkeeping as it was then)
+    state: ProjectionState  # whose it was: the pod, without its values (`ProjectionStore._whose`)
     value: IssuedValue
     ended: str  # "superseded" or "revoked"
     at: dt.datetime
@@ -52,6 +53,7 @@ class ProjectionStore:
         # credential a burst touches) cost the same with 100 live values as with 10,000.
         self._by_category: Counter[str] = Counter()
         self._expiries: dict[tuple[str, str], list[tuple[dt.datetime, str]]] = {}  # a heap, stale entries skipped
+        self._whose: dict[str, ProjectionState] = {}  # by key, for live pods: whose their past values were
 
     def __len__(self) -> int:
         return len(self._states)
@@ -105,24 +107,25 @@ class ProjectionStore:
         return value is not None and value.expires_at == entry[0]
 
     def put(self, state: ProjectionState) -> None:
-        previous = self._states.get(state.key)
-        self._drop(state.key)
+        key = state.key  # one string for every index entry of this state (`key` makes a new one each time)
+        previous = self._states.get(key)
+        self._drop(key)
         if previous is not None:
             for name, value in previous.values.items():
                 now_held = state.values.get(name)
                 if now_held is None or now_held.fingerprint != value.fingerprint:
                     self._remember(previous, value, "superseded" if now_held is not None else "revoked")
-        self._states[state.key] = state
+        self._states[key] = state
         self._per_namespace[state.namespace] += 1
         if state.pod_uid:
-            self._by_pod_uid[state.pod_uid] = state.key
+            self._by_pod_uid[state.pod_uid] = key
         for credential, value in state.values.items():
-            self._by_credential[(state.namespace, credential)].add(state.key)
+            self._by_credential[(state.namespace, credential)].add(key)
             self._by_category[value.category] += 1
-            heapq.heappush(self._expiries.setdefault((state.namespace, credential), []), (value.expires_at, state.key))
-            self._by_fingerprint[value.fingerprint].add((state.key, credential))
+            heapq.heappush(self._expiries.setdefault((state.namespace, credential), []), (value.expires_at, key))
+            self._by_fingerprint[value.fingerprint].add((key, credential))
             if value.token_id:
-                self._by_token_id[value.token_id].add((state.key, credential))
+                self._by_token_id[value.token_id].add((key, credential))
 
     def forget(self, key: str) -> None:
         current = self._states.get(key)
@@ -130,6 +133,7 @@ class ProjectionStore:
         if current is not None:
             for value in current.values.values():
                 self._remember(current, value, "revoked")
+        self._whose.pop(key, None)
 
     def _drop(self, key: str) -> None:
         current = self._states.pop(key, None)
@@ -149,8 +153,20 @@ class ProjectionStore:
             if value.token_id:
                 _discard(self._by_token_id, value.token_id, (key, credential))
 
+    def _whose_it_was(self, state: ProjectionState) -> ProjectionState:
+        """The pod a past value was held by, one object per pod for all its past values:
+        remembering each renewal's whole bookkeeping (values, revocations) cost 1.7 KB per
+        renewal, 40 MB while 10,000 values renewed for 200 s."""
+        key = state.key
+        whose = self._whose.get(key)
+        if whose is None or (whose.pod_uid, whose.pod_name, whose.job) != (state.pod_uid, state.pod_name, state.job):
+            whose = dataclasses.replace(state, values={}, revoked={}, resource_version=None)
+            self._whose[key] = whose
+        return whose
+
     def _remember(self, state: ProjectionState, value: IssuedValue, ended: str) -> None:
         now = utcnow()
+        state = self._whose_it_was(state)
         while self._past and len(self._past) >= PAST_LIMIT:
             self._past.popitem(last=False)  # the oldest first
         # Expired long ago: nothing to say about it that its expiry does not.
