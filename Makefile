@@ -69,22 +69,20 @@ $(VENV)/.bench-deps: $(BIN)/agentcred pyproject.toml
 	touch $@
 
 # agentcred, the floor for its design and External Secrets side by side, on the local control
-# plane (see bench/RESULTS.md): about an hour of both cores, plus ~6 min to build ESO the first time;
-# then leak response (bench/leaks.py: report -> revoked and -> fresh value at 1,000 live, trace lookups),
-# then gateway decisions (bench/gateway.py: ext_authz and forward-auth at 1/16/100 callers, Caddy side by side).
-# BENCH_ARGS passes options, e.g. BENCH_ARGS="--publish" or BENCH_ARGS="--eso skip".
+# plane (see bench/RESULTS.md): about an hour of both cores, plus ~6 min to build ESO the first
+# time. The stages (python -m bench --help): the webhook, the floor and agentcred at 100/1,000/
+# 5,000 pods idle and with a core kept busy, the token service, leak response, gateway decisions
+# beside their floor, ESO, live projections to 20,000. BENCH_ARGS passes options, e.g.
+# BENCH_ARGS="--publish", BENCH_ARGS="--eso skip", BENCH_ARGS="--only agentcred,floor --bursts 1000".
 BENCH_ARGS ?=
 bench: setup $(VENV)/.bench-deps
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
-	$(BIN)/python bench/leaks.py
-	$(BIN)/python bench/gateway.py
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
-# About 2 minutes: the webhook, the floor and agentcred for a burst of 200 (CI runs it);
-# fails when the harness breaks, not when a target is missed.
+# About 3 minutes: every stage kind briefly (the webhook, the floor and agentcred for a burst of
+# 200, tokens, leaks, the gateway, ESO's build path rehearsed); CI runs it. Fails when the
+# harness breaks, not when a target is missed.
 bench-quick: setup $(VENV)/.bench-deps
-	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
-	$(BIN)/python bench/leaks.py --quick
-	$(BIN)/python bench/gateway.py --quick
+	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,5 +1,5 @@
-"""Shared pieces of the benchmark: a lean API client, watch followers, waits, statistics,
-process usage and a results file written after every stage.
+"""Shared pieces of the benchmark: a lean API client, watch followers, waits, statistics and
+a results file written after every stage (with the load average around it).
 
 The same client (threads, HTTP pool, JSON encoding) drives agentcred, the floor and External
 Secrets, so none of them pays for the benchmark's own client more than the others.
@@ -122,7 +122,8 @@ class Lean:
         raise AssertionError("unreachable")
 
     def json(self, method: str, path: str, body: Any = None, **kwargs: Any) -> dict[str, Any]:
-        return json.loads(self.call(method, path, body, **kwargs))
+        decoded: dict[str, Any] = json.loads(self.call(method, path, body, **kwargs))
+        return decoded
 
     def exists(self, path: str) -> bool:
         try:
@@ -253,7 +254,7 @@ class Follower:
         for gone in self._live - present:  # deleted while we were not watching
             self.deleted.setdefault(gone, now)
         self._live &= present
-        return page["metadata"]["resourceVersion"]
+        return str(page["metadata"]["resourceVersion"])
 
     def _run(self) -> None:
         version = ""
@@ -278,8 +279,8 @@ class Follower:
                             version = ""
                         break
                     version = (obj.get("metadata") or {}).get("resourceVersion") or version
-                    if kind != "BOOKMARK":
-                        self._observe(kind, obj, now)
+                    if kind in ("ADDED", "MODIFIED", "DELETED"):
+                        self._observe(str(kind), obj, now)
                     if self._stop.is_set():
                         return
             except Exception as error:  # the watch must outlive a dropped connection
@@ -288,10 +289,6 @@ class Follower:
                     version = ""
                 if not self._stop.is_set():
                     time.sleep(0.2)
-
-    def intervals(self) -> list[float]:
-        """Seconds between consecutive changes of each object's data."""
-        return [b - a for times in self.writes.values() for a, b in zip(times, times[1:], strict=False)]
 
 
 def overruns(
@@ -347,29 +344,6 @@ def wait_gone(lean: Lean, path: str, what: str, *, ceiling: float) -> float:
     return time.monotonic() - started
 
 
-# -- processes ----------------------------------------------------------------------------
-
-
-def usage(pid: int) -> dict[str, float]:
-    """RSS, peak RSS (VmHWM) and CPU seconds (user + system) of one process, from /proc."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return {
-        "rss_mb": int(fields["VmRSS"].split()[0]) / 1024,
-        "peak_rss_mb": int(fields["VmHWM"].split()[0]) / 1024,
-        "cpu_seconds": (int(stat[11]) + int(stat[12])) / ticks,
-    }
-
-
-def log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 # -- results ------------------------------------------------------------------------------
 
 
@@ -410,6 +384,7 @@ class Results:
         """Run one stage: record its result, or its error, and go on either way."""
         print(f"[{time.monotonic() - self.started:6.0f} s] {name} ...", flush=True)
         began = time.monotonic()
+        load_before = os.getloadavg()
         try:
             value = work()
         except PartialResult as partial:
@@ -424,6 +399,8 @@ class Results:
             return None
         if value is not None:
             if isinstance(value, dict):
-                value = {**value, "stage_seconds": round(time.monotonic() - began, 1)}
+                # Other work on the machine shares the cores: every figure carries the load beside it.
+                load = {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}
+                value = {**value, "stage_seconds": round(time.monotonic() - began, 1), "load_average": load}
             self.record(name, value)
         return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-STYLE = {  # who: (label, colour, marker)
+STYLE = {  # who (a stage-name prefix): (label, colour, marker)
     "agentcred": ("agentcred", "tab:blue", "o"),
     "floor": ("floor (plain client)", "tab:gray", "s"),
     "eso-default": ("ESO default (qps 50, 1 worker)", "tab:red", "^"),
@@ -30,6 +31,10 @@ def _series(results: dict[str, Any], prefix: str) -> list[tuple[int, dict[str, A
     return sorted(found, key=lambda item: item[0])
 
 
+def _sizes(results: dict[str, Any]) -> list[int]:
+    return sorted({n for who in STYLE for n, _ in _series(results, who)})
+
+
 def _finish(fig: Any, ax: Any, path: Path, title: str) -> Path:
     plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 1 else f"{value:g}")
     for axis in (ax.xaxis, ax.yaxis):
@@ -44,43 +49,99 @@ def _finish(fig: Any, ax: Any, path: Path, title: str) -> Path:
     return path
 
 
-def latency(results: dict[str, Any], path: Path) -> Path | None:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    drawn = False
-    for who, (label, colour, marker) in STYLE.items():
-        points = [(n, r["written_ms"]) for n, r in _series(results, who) if (r.get("written_ms") or {}).get("n")]
-        if not points:
-            continue
-        drawn = True
-        ns = [n for n, _ in points]
-        ax.plot(ns, [s["p50"] for _, s in points], marker=marker, color=colour, label=f"{label} p50")
-        ax.plot(ns, [s["p99"] for _, s in points], marker=marker, color=colour, linestyle="--", label=f"{label} p99")
-    if not drawn:
-        plt.close(fig)
+PANELS = (("idle", ""), ("a core kept busy (--background-load)", "busy-"))
+WHO = ("agentcred", "floor", "eso-default", "eso-raised", "eso-tuned")
+Read = Callable[[dict[str, Any]], float | None]
+
+
+def _bursts(
+    results: dict[str, Any],
+    path: Path,
+    title: str,
+    ylabel: str,
+    read: Read,
+    *,
+    p50: Read | None = None,
+    log_y: bool = False,
+    target: tuple[float, str] | None = None,
+) -> Path | None:
+    """One panel per setting (idle, and busy where measured) side by side on one y axis: each
+    with agentcred, the floor and ESO's variants, every burst size labelled."""
+    panels = [(name, prefix) for name, prefix in PANELS if _series(results, prefix + "agentcred")]
+    if not panels:
         return None
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("objects created at once (pods, or ExternalSecrets)")
-    ax.set_ylabel("created → Secret written, ms")
-    return _finish(fig, ax, path, "Latency vs burst size (same API server, same client)")
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), sharey=True, squeeze=False)
+    sizes = _sizes(results)
+    for ax, (name, prefix) in zip(axes[0], panels, strict=True):
+        for who in WHO:
+            label, colour, marker = STYLE[who]
+            points = [
+                (n, value, p50(r) if p50 else None)
+                for n, r in _series(results, prefix + who)
+                if (value := read(r)) is not None
+            ]
+            if not points:
+                continue
+            ns = [n for n, _, _ in points]
+            ax.plot(ns, [v for _, v, _ in points], marker=marker, color=colour, label=label + (" p99" if p50 else ""))
+            if p50:
+                ax.plot(ns, [m for _, _, m in points], marker=marker, color=colour, linestyle=":", linewidth=0.8,
+                        markersize=3, label=f"{label} p50")  # fmt: skip
+            for n, v, _ in points:
+                ax.annotate(f"{v:,.0f}" if v >= 10 else f"{v:.1f}", (n, v), textcoords="offset points", xytext=(4, 4),
+                            fontsize=7, color=colour)  # fmt: skip
+        if target is not None:
+            ax.axhline(target[0], color="black", linewidth=0.8, linestyle="--", label=target[1])
+        ax.set_xscale("log")
+        if log_y:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)
+        ax.set_xlabel("objects created at once (pods, or ExternalSecrets)")
+        plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 1 else f"{value:g}")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(plain)
+            axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+        ax.set_title(name, fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel(ylabel)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _p(summary: str, q: str) -> Read:
+    return lambda r: (r.get(summary) or {}).get(q) if (r.get(summary) or {}).get("n") else None
+
+
+def latency(results: dict[str, Any], path: Path) -> Path | None:
+    return _bursts(
+        results, path, "Pod created → value written (same API server, same client)", "ms",
+        _p("written_ms", "p99"), p50=_p("written_ms", "p50"), log_y=True, target=(300.0, "target p99 300 ms (1,000)"),
+    )  # fmt: skip
 
 
 def throughput(results: dict[str, Any], path: Path) -> Path | None:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    drawn = False
-    for who, (label, colour, marker) in STYLE.items():
-        points = [(n, r["written_per_second"]) for n, r in _series(results, who) if r.get("written_per_second")]
-        if points:
-            drawn = True
-            ax.plot([n for n, _ in points], [v for _, v in points], marker=marker, color=colour, label=label)
-    if not drawn:
-        plt.close(fig)
-        return None
-    ax.set_xscale("log")
-    ax.set_xlabel("objects created at once")
-    ax.set_ylabel("Secrets written per second")
-    ax.set_ylim(bottom=0)
-    return _finish(fig, ax, path, "Throughput vs burst size")
+    return _bursts(results, path, "Values written per second", "Secrets written per second",
+                   lambda r: r.get("written_per_second"))  # fmt: skip
+
+
+def revocation(results: dict[str, Any], path: Path) -> Path | None:
+    def worse(r: dict[str, Any]) -> float | None:
+        found = [
+            float(r[k]["p99"]) for k in ("revoked_succeeded_ms", "revoked_deleted_ms") if (r.get(k) or {}).get("n")
+        ]
+        return max(found) if found else None
+
+    return _bursts(
+        results, path, "Task ended → Secret gone, p99 (worse of Succeeded and deleted; ESO: deleted)", "ms",
+        lambda r: worse(r) if "revoked_succeeded_ms" in r else _p("deleted_ms", "p99")(r), log_y=True,
+        target=(1000.0, "target 1 s"),
+    )  # fmt: skip
 
 
 def memory(results: dict[str, Any], path: Path) -> Path | None:
@@ -137,23 +198,10 @@ def memory(results: dict[str, Any], path: Path) -> Path | None:
 
 
 def cpu(results: dict[str, Any], path: Path) -> Path | None:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    drawn = False
-    for who in ("agentcred", "eso-default", "eso-raised", "eso-tuned"):
-        label, colour, marker = STYLE[who]
-        points = [(n, r["cpu_seconds_per_1000"]) for n, r in _series(results, who) if r.get("cpu_seconds_per_1000")]
-        if points:
-            drawn = True
-            ax.plot([n for n, _ in points], [v for _, v in points], marker=marker, color=colour, label=label)
-    if not drawn:
-        plt.close(fig)
-        return None
-    ax.axhline(3.0, color="black", linewidth=0.8, linestyle=":", label="target (agentcred): 3 s")
-    ax.set_xscale("log")
-    ax.set_xlabel("objects created at once")
-    ax.set_ylabel("controller CPU seconds per 1,000 (issued + revoked)")
-    ax.set_ylim(bottom=0)
-    return _finish(fig, ax, path, "CPU per 1,000 objects vs burst size")
+    return _bursts(
+        results, path, "Controller CPU per 1,000 objects (agentcred: issued + revoked)", "CPU seconds per 1,000",
+        lambda r: r.get("cpu_seconds_per_1000"), target=(3.0, "target (agentcred): 3 s"),
+    )  # fmt: skip
 
 
 def startup(results: dict[str, Any], path: Path) -> Path | None:
@@ -174,13 +222,61 @@ def startup(results: dict[str, Any], path: Path) -> Path | None:
     return _finish(fig, ax, path, "Operator start-up (a new leader after a failover)")
 
 
+def hot_paths(results: dict[str, Any], path: Path) -> Path | None:
+    """Every stage's paths (bench/hot_paths.py), one panel per path: per second and p99 at each
+    concurrency, agentcred and its floor (and any peer) in the same panel."""
+    points = [p for value in results.values() if isinstance(value, dict) for p in value.get("paths") or []]
+    names = list(dict.fromkeys(p["path"] for p in points))
+    if not names:
+        return None
+    fig, axes = plt.subplots(2, len(names), figsize=(4.5 * len(names), 7), squeeze=False)
+    palette = {"agentcred": "tab:blue", "floor": "tab:gray"}
+    for column, name in enumerate(names):
+        rate, latency = axes[0][column], axes[1][column]
+        mine = [p for p in points if p["path"] == name]
+        whos = list(dict.fromkeys(p["who"] for p in mine))
+        callers = sorted({p["callers"] for p in mine})
+        peers = [who for who in whos if who not in palette]
+        for who in whos:
+            series = sorted((p for p in mine if p["who"] == who), key=lambda p: p["callers"])
+            colour = palette.get(who) or f"C{peers.index(who) + 1}"
+            xs = [p["callers"] for p in series]
+            if len(callers) == 1:  # one concurrency: bars side by side
+                index = whos.index(who)
+                rate.bar([index], [series[0]["per_second"]], color=colour, label=who)
+                latency.bar([index], [series[0]["latency_ms"]["p99"]], color=colour, label=f"{who} p99")
+                continue
+            rate.plot(xs, [p["per_second"] for p in series], marker="o", color=colour, label=who)
+            latency.plot(xs, [p["latency_ms"]["p99"] for p in series], marker="o", color=colour, label=f"{who} p99")
+        for axis, unit in ((rate, "per second"), (latency, "p99 ms")):
+            if len(callers) == 1:
+                axis.set_xticks(range(len(whos)), whos, fontsize=7)
+                axis.set_xlabel(f"{callers[0]} concurrent callers")
+            else:
+                axis.set_xscale("log")
+                axis.set_xticks(callers, [str(c) for c in callers])
+                axis.set_xlabel("concurrent callers")
+            axis.set_ylabel(unit)
+            axis.set_ylim(bottom=0)
+            axis.grid(True, alpha=0.3)
+            axis.legend(fontsize=7)
+        rate.set_title(name, fontsize=9)
+    fig.suptitle("Hot paths beside their floors", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def draw(results: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     drawn = [
         latency(results, out / "latency.png"),
         throughput(results, out / "throughput.png"),
+        revocation(results, out / "revocation.png"),
         memory(results, out / "memory.png"),
         cpu(results, out / "cpu.png"),
         startup(results, out / "startup.png"),
+        hot_paths(results, out / "hot_paths.png"),
     ]
     return [p for p in drawn if p is not None]

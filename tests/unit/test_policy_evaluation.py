@@ -220,7 +220,7 @@ def test_a_policy_decision_is_kept_until_what_it_was_made_from_is_replaced(monke
     gate = Gatekeeper(lambda: dict(policies), namespaces.get, lambda namespace, name: None)
     first = gate.judged(record)
     assert first is not None and first.ready and first.allowed_by == "research"
-    assert gate.judged(record) == first and len(judged) == 1  # asked again, not judged again
+    assert gate.judged(record) is first and len(judged) == 1  # asked again: the same answer, not judged again
     namespaces["agents"] = {"team": "elsewhere"}  # the namespace's labels changed
     moved = gate.judged(record)
     assert moved is not None and not moved.ready and moved.verdict().reason == "NoPolicy" and len(judged) == 2
@@ -233,6 +233,24 @@ def test_a_policy_decision_is_kept_until_what_it_was_made_from_is_replaced(monke
     policies["research"] = policy()
     changed = credential_record(credential(namespace="agents", ttl="2h"))  # a new spec: judged anew
     assert not gate.judged(changed).ready and gate.judged(record).ready and len(judged) == 7
+
+
+def test_a_static_credential_is_judged_against_its_upstream_secret_every_time() -> None:
+    from agentcred.rules.credentials import Gatekeeper, SharedSecret, credential_record
+    from samples import EXCEPTION, STATIC_SOURCE, credential
+
+    record = credential_record(credential(name="vendor", namespace="agents", source=STATIC_SOURCE, exception=EXCEPTION))
+    key = STATIC_SOURCE["secretRef"]["key"]
+    shared: dict[tuple[str, str], SharedSecret] = {}
+    allowing = {"research": policy(sources=["jwt", "secretRef"])}
+    gate = Gatekeeper(lambda: allowing, {"agents": RESEARCH}.get, lambda ns, name: shared.get((ns, name)))
+    before = gate.judged(record)
+    assert before is not None and before.verdict().reason == "UpstreamNotShared"
+    shared[("agents", STATIC_SOURCE["secretRef"]["name"])] = SharedSecret(
+        frozenset({key}), frozenset({f"vendor/{key}"})
+    )
+    after = gate.judged(record)  # the same record and policies: the upstream Secret alone changed
+    assert after is not None and after.verdict().reason != "UpstreamNotShared"
 
 
 def test_an_upstream_secret_says_exactly_what_stands_in_the_way() -> None:

@@ -227,3 +227,35 @@ def test_unadmitted_pods_a_follower_saw_are_flagged_once_it_leads(tmp_path: Path
     assert (event.reason, event.involved["name"]) == ("NotAdmitted", "early-u1")
     [line] = [json.loads(text) for text in audit_path.read_text().splitlines()]
     assert (line["action"], line["reason"], line["podUID"]) == ("deny", "not-admitted", "u1")
+
+
+def test_similar_events_above_a_rate_are_folded_into_one_per_window() -> None:
+    from support.fakes import InMemoryApi, delivered
+
+    now = [0.0]
+    api = InMemoryApi()
+
+    def pod(namespace: str, name: str) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Pod", "namespace": namespace, "name": name, "uid": f"uid-{name}"}
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        events = EventRecorder(api, burst=3, window=10.0, clock=lambda: now[0])  # type: ignore[arg-type]
+        for i in range(8):
+            events.post(pod("tenant-a", f"p{i}"), "Normal", "CredentialsIssued", f"issued llm to p{i}")
+        events.post(pod("tenant-b", "q0"), "Normal", "CredentialsIssued", "issued llm to q0")  # another tenant's
+        events.post(pod("tenant-a", "p8"), "Warning", "CredentialRevoked", "revoked llm: task-succeeded")
+        posted = list(await delivered(events, api))
+        events.fold()  # the window's end: the five held back become one Event on the last of them
+        folded = (await delivered(events, api))[5:]
+        now[0] = 10.0  # a new window: one by one again
+        events.post(pod("tenant-a", "p9"), "Normal", "CredentialsIssued", "issued llm to p9")
+        events.fold()  # nothing held back: nothing more
+        return posted, folded, (await delivered(events, api))[6:]
+
+    posted, folded, later = asyncio.run(scenario())
+    assert [e["involvedObject"]["name"] for e in posted] == ["p0", "p1", "p2", "q0", "p8"]
+    assert len(folded) == 1 and folded[0]["involvedObject"]["name"] == "p7"
+    assert folded[0]["reason"] == "CredentialsIssued" and folded[0]["metadata"]["namespace"] == "tenant-a"
+    assert folded[0]["message"].startswith("5 similar Events in 10s folded into this one (pods p3, p4, p5, p6, p7;")
+    assert folded[0]["message"].endswith("the last: issued llm to p7")
+    assert [e["involvedObject"]["name"] for e in later] == ["p9"]

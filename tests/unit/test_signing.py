@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from agentcred.platform.keys import KeyRing, NotOurs, b64url_decode, decode_own, encode_jwt, thumbprint
-from agentcred.platform.revocations import ALL_CREDENTIALS, EXPIRY_SKEW, RevocationList, served_key
+from agentcred.platform.revocations import ALL_CREDENTIALS, EXPIRY_SKEW, RevocationList, served_key, shard_of
 from agentcred.verify import revocation_list
 
 NOW = dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc)
@@ -86,6 +86,30 @@ def test_revocation_list_is_by_pod_prunes_and_round_trips_through_its_shards() -
     for shard in range(4):
         again.merge_shard_data(revocations.shard_data(shard))
     assert again.document() == revocations.document()
+
+
+def test_each_shard_holds_its_own_pods_entries_and_pruning_keeps_them_so() -> None:
+    revocations = RevocationList(shards=4)
+    for i in range(40):
+        revocations.revoke(f"pod-{i}", "llm", until=NOW + dt.timedelta(minutes=1 + i % 3))
+    revocations.revoke_token("pod-0", "llm", "jti-1", until=NOW + dt.timedelta(minutes=1))
+    stored = {shard: json.loads(revocations.shard_data(shard)["revoked.json"]) for shard in range(4)}
+    for shard, entries in stored.items():
+        assert entries and all(shard_of(key.split("/")[0], 4) == shard for key in entries)
+    assert sum(len(entries) for entries in stored.values()) == 41
+    revocations.dirty.clear()
+    revocations.prune(NOW)  # nothing has lapsed: nothing changes, nothing to save
+    assert len(revocations) == 41 and not revocations.dirty
+    revocations.extend(
+        next(e for e in revocations if e.pod_uid == "pod-3" and not e.token_id), NOW + dt.timedelta(hours=1)
+    )
+    revocations.prune(NOW + dt.timedelta(minutes=1) + EXPIRY_SKEW)  # those of a minute lapse, pod-3's was extended
+    left = {e.pod_uid for e in revocations}
+    assert "pod-3" in left and "pod-0" not in left and len(revocations) == 27 and revocations.dirty
+    stored = {shard: json.loads(revocations.shard_data(shard)["revoked.json"]) for shard in range(4)}
+    assert sorted(key.split("/")[0] for entries in stored.values() for key in entries) == sorted(left)
+    revocations.prune(NOW + dt.timedelta(hours=2))
+    assert len(revocations) == 0 and all(revocations.shard_data(s)["revoked.json"] == "{}" for s in range(4))
 
 
 def test_the_served_list_blinds_pods_and_credentials_but_verifiers_still_find_them() -> None:

@@ -19,6 +19,8 @@ EndReason = Literal["task-succeeded", "task-failed", "pod-deleted", "opted-out"]
 class Bound:
     """Named by a namespace and a binding id: a pod's task and its Secret's state alike."""
 
+    __slots__ = ()
+
     namespace: str
     binding: str
 

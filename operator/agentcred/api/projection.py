@@ -59,7 +59,7 @@ class Subject:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IssuedValue:
     """Bookkeeping of one live value (never the value itself)."""
 
@@ -105,7 +105,7 @@ class IssuedValue:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProjectionState(Bound):
     """A managed Secret read back: whose it is, what is live in it, what was revoked."""
 

@@ -10,7 +10,6 @@ and issuing a value takes three or four calls. Responses are plain dicts.
 from __future__ import annotations
 
 import base64
-import json
 import os
 import ssl
 from collections.abc import AsyncIterator
@@ -18,6 +17,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
+import orjson
 from kubernetes import client, config
 
 from ..api import model
@@ -55,6 +55,14 @@ class Gone(ApiError):
 def api_error(status: int, reason: str, message: str) -> ApiError:
     kind = {404: NotFound, 409: Conflict, 410: Gone}.get(status, ApiError)
     return kind(status, reason, message)
+
+
+def _message(raw: bytes) -> str:
+    """The API server's message from an error answer (a Status object), or the answer's start."""
+    try:
+        return str(orjson.loads(raw).get("message", ""))
+    except (ValueError, AttributeError):
+        return raw[:200].decode(errors="replace")
 
 
 def path(*segments: str) -> str:
@@ -138,26 +146,21 @@ class Kube:
         """The answer, decoded; with `answer=False` ({} returned) it is read but not decoded:
         the object a patch or a delete returns costs a JSON decode no caller needs."""
         session = self._open()
-        data = None if body is None else json.dumps(body).encode()
+        data = None if body is None else orjson.dumps(body)
         operation = f"{method} {resource_of(path)}"
         try:
             async with session.request(
                 method, self.base + path, data=data, headers=self._headers(content_type if data else None, accept)
             ) as response:
-                if answer or response.status >= 300:
-                    text = await response.text()
-                else:
-                    await response.read()
-                    return {}
+                raw = await response.read()
                 if response.status >= 300:
-                    try:
-                        message = json.loads(text).get("message", "")
-                    except ValueError:
-                        message = text[:200]
                     if response.status not in EXPECTED_STATUSES:
                         metrics.api_error(operation, response.status)
-                    raise api_error(response.status, response.reason or "", message)
-                return json.loads(text) if text else {}
+                    raise api_error(response.status, response.reason or "", _message(raw))
+                if not answer or not raw:
+                    return {}
+                decoded: dict[str, Any] = orjson.loads(raw)
+                return decoded
         except aiohttp.ClientError:
             metrics.api_error(operation, None)
             raise
@@ -267,13 +270,8 @@ class Kube:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout + 30),
             ) as response:
                 if response.status >= 300:
-                    text = await response.text()
-                    try:
-                        message = json.loads(text).get("message", "")
-                    except ValueError:
-                        message = text[:200]
                     metrics.api_error(operation, response.status)
-                    raise api_error(response.status, response.reason or "", message)
+                    raise api_error(response.status, response.reason or "", _message(await response.read()))
                 rest = b""
                 # Lines, not readline(): one event is one line, and a pod can be larger than
                 # aiohttp's line limit.
@@ -282,7 +280,7 @@ class Kube:
                     rest = lines.pop()
                     for line in lines:
                         if line.strip():
-                            event = json.loads(line)
+                            event = orjson.loads(line)
                             if event.get("type") == "ERROR":
                                 status = event.get("object") or {}
                                 raise api_error(
@@ -294,12 +292,6 @@ class Kube:
         except aiohttp.ClientError:
             metrics.api_error(operation, None)
             raise
-
-    async def list_configmaps(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
-        answer = await self.request(
-            "GET", namespaced("v1", namespace, "configmaps") + "?" + urlencode({"labelSelector": label_selector})
-        )
-        return list(answer.get("items") or [])
 
     async def read_configmap(self, namespace: str, name: str) -> dict[str, Any]:
         return await self.request("GET", namespaced("v1", namespace, "configmaps", name))

@@ -210,11 +210,28 @@ class Gatekeeper:
         self._source_health = source_health
         self._refresh_delay = refresh_delay
         self._decisions: dict[tuple[str, str], tuple[tuple[object, ...], tenancy.PolicyVerdict]] = {}
+        # What `judged` said of a credential that depends on nothing but itself and the policies'
+        # decision: the same record and decision objects, the same answer (every pod event asked).
+        self._judged: dict[tuple[str, str], tuple[CredentialRecord, tenancy.PolicyVerdict, CredentialRecord]] = {}
 
     def judged(self, record: CredentialRecord | None) -> CredentialRecord | None:
         if record is None or record.spec is None:
             return record
         decision = self._decision(record, record.spec)
+        source = record.spec.source
+        alone = source.secret_ref is None and not (source.webhook is not None and source.webhook.health_check)
+        kept = self._judged.get(record.key) if alone else None
+        if kept is not None and kept[0] is record and kept[1] is decision:
+            return kept[2]
+        judged = self._judge(record, decision)
+        if alone:
+            if len(self._judged) >= self.KEPT:
+                self._judged.clear()
+            self._judged[record.key] = (record, decision, judged)
+        return judged
+
+    def _judge(self, record: CredentialRecord, decision: tenancy.PolicyVerdict) -> CredentialRecord:
+        assert record.spec is not None
         delay = self._refresh_delay
         if not decision.allowed:
             refused = Verdict(False, decision.reason, decision.message)

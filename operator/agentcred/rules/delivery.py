@@ -3,7 +3,7 @@
 Values are delivered as Secret volumes, and the kubelet, not agentcred, decides when a
 changed Secret reaches the container: it rewrites the volume at the pod's next sync, every
 `syncFrequency` plus up to half of it again (jitter). With the kubelet's defaults (1m) that is
-up to 90 s. Measured on a real node (bench/kubelet_delay.py, 51 renewals each): p50 53.9 s,
+up to 90 s. Measured on a real node (bench/stages/kubelet_delay.py, 51 renewals each): p50 53.9 s,
 p99 85.2 s with the defaults; p50 6.0 s, p99 14.5 s with `syncFrequency: 10s`. A renewal
 written later than that before expiry lets the old value expire inside the container while
 the new one waits in the API.

@@ -1,7 +1,7 @@
 """Load held: 1,000 concurrent intent exchanges and a 5,000-pod burst, nothing lost.
 
 The figures (run with -s to see them) go in the issue notes; speed is not asserted here --
-bench/run.py measures it -- only that every request and every pod is served.
+python -m bench measures it -- only that every request and every pod is served.
 """
 
 import ssl

@@ -4,7 +4,7 @@ A tenant's namespace admin writes its own AgentCredentials -- their request anno
 specs -- as often and as large as the API server lets it. Each test performs such a flood and
 reads the operator's own account of what it keeps (`agentcred_kept_entries`, by structure),
 which must stay within its bound. Memory in bytes is for the benchmark
-(bench/attacks.py), not for asserts."""
+(bench/stages/attacks.py), not for asserts."""
 
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def test_connections_beyond_the_bound_are_closed(cluster: Cluster, operator: Ope
     """Why a replica reached 421 MB after the concurrent floods of garbage tokens, and stayed
     there: every TLS connection costs the operator a 256 KiB read buffer from the moment it is
     accepted (asyncio), more while a body is in flight (a leak report: up to 1 MiB), and glibc
-    kept what the flood made it allocate (bench/attacks.py: 80 -> 420 MiB, tracemalloc names
+    kept what the flood made it allocate (bench/stages/attacks.py: 80 -> 420 MiB, tracemalloc names
     sslproto.py's buffer first). Each HTTPS server now holds a bounded number of connections at
     once (here 16, by AGENTCRED_MAX_CONNECTIONS) and closes the rest as they come; and the image
     returns such buffers to the system when they are freed (MALLOC_MMAP_THRESHOLD_)."""

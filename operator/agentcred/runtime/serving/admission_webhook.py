@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from ...api import labels
@@ -61,7 +61,7 @@ class AdmissionWebhook:
                 return {**response, "allowed": False, "status": {"message": str(error) or repr(error), "code": 500}}
         if patch:
             response["patchType"] = "JSONPatch"
-            response["patch"] = base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode()
+            response["patch"] = base64.b64encode(orjson.dumps(patch)).decode()
         return response
 
     def mutation(self, pod: dict[str, Any]) -> list[dict[str, Any]]:
@@ -100,7 +100,7 @@ class AdmissionWebhook:
             if not self.ready.is_set():
                 raise web.HTTPServiceUnavailable(reason="listing AgentCredentials and policies")
             try:
-                data = json.loads(await request.read())
+                data = orjson.loads(await request.read())
             except (ValueError, RecursionError) as error:  # nested too deep to parse is malformed too
                 raise web.HTTPBadRequest(reason=f"not JSON: {error}") from None
             if not isinstance(data, dict) or not isinstance(data.get("request"), dict):
@@ -112,7 +112,7 @@ class AdmissionWebhook:
                 "kind": data.get("kind", "AdmissionReview"),
                 "response": self.review(data["request"]),
             }
-            return web.Response(body=json.dumps(answer).encode(), content_type="application/json")
+            return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
         app = web.Application()
         app.router.add_post(f"/{HANDLER_ID}", serve)

@@ -141,7 +141,7 @@ def build_app(
 # costs a quarter of a MiB before it sends a byte (asyncio's read buffer, sslproto.py), more while
 # a body is in flight (a report: up to 1 MiB), and glibc keeps what a flood made it allocate:
 # the concurrent floods of garbage tokens at the token service and the leak intake (256 clients
-# at once) took a replica from 80 to 420 MiB, and it stayed there (bench/attacks.py).
+# at once) took a replica from 80 to 420 MiB, and it stayed there (bench/stages/attacks.py).
 MAX_CONNECTIONS = 1024
 
 

@@ -78,12 +78,8 @@ class StatusWriter:
         record = self.view.credential(namespace, name)
         if record is None:
             return
-        expiries = [
-            state.values[name].expires_at
-            for state in map(self.store.get, self.store.keys_with(namespace, name))
-            if state is not None and name in state.values
-        ]
-        desired = self.book.desired(record, len(expiries), min(expiries, default=None), now)
+        active, next_expiry = self.store.held(namespace, name)
+        desired = self.book.desired(record, active, next_expiry, now)
         known = {**record.status, **self._written.get(record.key, {})}
         changes = status_patch(known, desired)
         if not changes:

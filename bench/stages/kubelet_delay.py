@@ -1,10 +1,8 @@
-"""How long after a renewal is written the new value is readable inside the container, on a
-real node (kubelet, containerd, runc), with the kubelet's default settings and with the ones
-`agentcred dev up` uses.
-
-    python bench/kubelet_delay.py                   # both configurations, 25 pods x 2 rounds each
-    python bench/kubelet_delay.py --config dev      # syncFrequency 10s only (about 2 minutes)
-    python bench/kubelet_delay.py --config defaults # the kubelet's own defaults (syncFrequency 1m)
+"""`kubelet-delay` (run only when asked: `python -m bench --only kubelet-delay`): how long after
+a renewal is written the new value is readable inside the container, on a real node (kubelet,
+containerd, runc), with the kubelet's default settings and with the ones `agentcred dev up`
+uses: 25 pods x 2 rounds for each configuration (`--kubelet-configs dev` for the 10 s
+syncFrequency only, about 2 minutes; `defaults` for the kubelet's own, syncFrequency 1m).
 
 For each configuration: a local control plane, a real node, the operator; one jwt
 AgentCredential (ttl 1h: nothing renews by itself) and N agent pods whose container runs the
@@ -12,12 +10,15 @@ probe, which looks at the mounted files every 100 ms and prints the time a new v
 (the container's clock is the host's). Each round asks the operator to renew every live value
 (`agentcred renew`) at a random moment, then waits until every container has seen its new
 value. The delay of one renewal: container saw the new value - the API server first showed
-it (a watch on the Secrets). Figures go to bench/out/kubelet_delay.json.
+it (a watch on the Secrets). Each configuration brings up a control plane and a node of its
+own (not the run's shared plane).
 """
 
 from __future__ import annotations
 
-import argparse
+import base64
+import functools
+import hashlib
 import json
 import random
 import shutil
@@ -30,21 +31,17 @@ from typing import Any
 
 from kubernetes import client, config, watch
 
-REPO = Path(__file__).resolve().parent.parent
-BENCH = REPO / "bench"
-sys.path.insert(0, str(REPO / "operator"))
-sys.path.insert(0, str(BENCH))
+from agentcred.api import labels, model
+from agentcred.client.requests import request_renew
+from agentcred.devcluster.controlplane import ControlPlane
+from agentcred.devcluster.install import install_agentcred
+from agentcred.devcluster.local_operator import LocalOperator
+from agentcred.devcluster.node import DEV_SYNC_FREQUENCY, KUBELET_DEFAULT_SYNC_FREQUENCY, RealNode, volume_refresh_delay
+from agentcred.devcluster.polling import wait_for
 
-from agentcred.api import labels, model  # noqa: E402
-from agentcred.client.requests import request_renew  # noqa: E402
-from agentcred.devcluster.controlplane import ControlPlane  # noqa: E402
-from agentcred.devcluster.install import install_agentcred  # noqa: E402
-from agentcred.devcluster.node import DEV_SYNC_FREQUENCY, KUBELET_DEFAULT_SYNC_FREQUENCY, RealNode  # noqa: E402
-from agentcred.devcluster.polling import wait_for  # noqa: E402
-from harness import percentile  # noqa: E402
-from leaks import Operator  # noqa: E402
+from ..context import Context
+from ..harness import percentile
 
-OUT = BENCH / "out"
 NAMESPACE = "bench-delay"
 CREDENTIAL = "delay"
 MOUNT = f"/var/run/agentcred/{CREDENTIAL}"
@@ -57,8 +54,6 @@ def seconds(duration: str) -> float:
 
 
 def fingerprint(value: bytes) -> str:
-    import hashlib
-
     return hashlib.sha256(value).hexdigest()[:16]
 
 
@@ -79,8 +74,6 @@ class SecretWatcher:
         self._stop.set()
 
     def _run(self) -> None:
-        import base64
-
         while not self._stop.is_set():
             try:
                 for event in watch.Watch().stream(
@@ -119,8 +112,10 @@ def measure(name: str, sync: str, pods: int, rounds: int) -> dict[str, Any]:
         assert node.state is not None
         api = config.new_client_from_config(config_file=str(plane.kubeconfig))
         install_agentcred(api)
-        operator = Operator(plane, workdir)
-        operator.start()
+        operator = LocalOperator(
+            plane.kubeconfig, workdir, detached=False, volume_refresh_delay=volume_refresh_delay(sync)
+        )
+        operator.start(timeout=300)
         core = client.CoreV1Api(api)
         setup(api, core)
         watcher = SecretWatcher(core).start()
@@ -128,15 +123,16 @@ def measure(name: str, sync: str, pods: int, rounds: int) -> dict[str, Any]:
         for pod in names:
             core.create_namespaced_pod(NAMESPACE, agent_pod(pod, node.state.images["probe"]))
         secret_of = {}
+
+        def running(pod: str) -> Any:
+            found = core.read_namespaced_pod(pod, NAMESPACE)
+            return found if found.status.phase == "Running" else None
+
         for pod in names:
-            body = wait_for(
-                lambda pod=pod: (p := core.read_namespaced_pod(pod, NAMESPACE)).status.phase == "Running" and p,
-                timeout=300,
-                what=f"{pod} Running",
-            )
+            body = wait_for(functools.partial(running, pod), timeout=300, what=f"{pod} Running")
             secret_of[pod] = labels.secret_name(body.metadata.annotations[labels.BINDING_ANNOTATION])
         for pod in names:
-            wait_for(lambda pod=pod: container_seen(core, pod), timeout=120, what=f"{pod} to see its value")
+            wait_for(functools.partial(container_seen, core, pod), timeout=120, what=f"{pod} to see its value")
         print(f"[{name}] {pods} pods run on the node; {rounds} rounds of renewals", flush=True)
         ceiling = 1.5 * seconds(sync) + 60
         for round_ in range(rounds):
@@ -237,26 +233,9 @@ def agent_pod(name: str, image: str) -> dict[str, Any]:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", choices=["dev", "defaults", "both"], default="both")
-    parser.add_argument("--pods", type=int, default=25)
-    parser.add_argument("--rounds", type=int, default=2)
-    args = parser.parse_args()
-    names = ["dev", "defaults"] if args.config == "both" else [args.config]
-    results = [measure(name, CONFIGS[name], args.pods, args.rounds) for name in names]
-    print(f"\n{'kubelet config':<28} {'n':>4} {'never':>5} {'min':>6} {'p50':>6} {'p90':>6} {'p99':>6} {'max':>6}  (s)")
-    for result in results:
-        s = result["seconds"]
-        label = f"{result['config']} (syncFrequency {result['syncFrequency']})"
-        figures = " ".join(f"{s[q]:>6.1f}" for q in ("min", "p50", "p90", "p99", "max"))
-        print(f"{label:<28} {result['renewals']:>4} {result['never_seen']:>5} {figures}")
-    OUT.mkdir(parents=True, exist_ok=True)
-    previous = json.loads((OUT / "kubelet_delay.json").read_text()) if (OUT / "kubelet_delay.json").exists() else {}
-    previous.update({result["config"]: result for result in results})
-    (OUT / "kubelet_delay.json").write_text(json.dumps(previous, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def run(ctx: Context) -> dict[str, Any]:
+    """Each configuration asked for in turn, on a node of its own."""
+    return {
+        name: measure(name, CONFIGS[name], ctx.options.kubelet_pods, ctx.options.kubelet_rounds)
+        for name in ctx.options.kubelet_configs
+    }

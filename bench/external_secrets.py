@@ -3,7 +3,8 @@
 Built like the control plane: a consumer module requiring ESO at one version (its go.mod's
 one `replace` copied in), `go build` of the module's root package, cached under
 ~/.cache/agentcred/bin/external-secrets-v<version>-<recipe hash>. Only the benchmark builds
-it, and only when asked (the full run, or --eso build); never `make test` or bench-quick.
+it, and only when asked (the full run, or --eso build); never `make test`. `make bench-quick`
+rehearses the build path on a one-file module of the same shape (`rehearse`).
 Its CRDs come from the module source in the Go module cache and are applied at bench time.
 
 ESO runs out of cluster (kubeconfig, no leader election, only the core controller command:
@@ -20,24 +21,24 @@ providers do not share that map, so the generator alone is the fair common groun
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO / "operator") not in sys.path:
-    sys.path.insert(0, str(REPO / "operator"))
+import yaml
 
-from agentcred.devcluster import binaries  # noqa: E402
-from agentcred.devcluster.controlplane import PROXY_VARIABLES, free_port  # noqa: E402
-from harness import Follower, Lean, log_tail, overruns, summary_ms, usage, wait_count  # noqa: E402
+from agentcred.devcluster import binaries
+from agentcred.devcluster.controlplane import PROXY_VARIABLES, free_port
+
+from .harness import Follower, Lean, overruns, summary_ms, wait_count
+from .processes import Child, log_tail
 
 ESO_VERSION = "0.16.2"
 ESO_MODULE = "github.com/external-secrets/external-secrets"
@@ -69,25 +70,26 @@ def component() -> binaries.Component:
     )
 
 
-def ensure_binary(build: bool = True) -> tuple[Path, dict[str, Any]]:
-    """The ESO controller binary (built on first use when `build`), and how it was obtained."""
+def ensure_binary(
+    recipe: binaries.Component | None = None, *, allow_build: bool = True, log: Path | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """The ESO controller binary (built on first use when `allow_build`), and how it was obtained.
+
+    `recipe` is ESO's (`component()`) unless the build path is being rehearsed on a small one."""
     configured = os.environ.get("AGENTCRED_ESO_BINARY")
-    if configured:
+    if configured and recipe is None:
         return Path(configured), {"source": "AGENTCRED_ESO_BINARY"}
-    recipe = component()
-    binary = recipe.binary("external-secrets")
-    info: dict[str, Any] = {"version": ESO_VERSION, "path": str(binary)}
+    recipe = recipe or component()
+    binary = recipe.binary(recipe.binaries[0])
+    info: dict[str, Any] = {"version": recipe.version, "path": str(binary)}
     if not recipe.is_built():
-        if not build:
-            raise RuntimeError(f"ESO v{ESO_VERSION} is not built ({binary}); run with --eso build")
+        if not allow_build:
+            raise RuntimeError(f"{recipe.name} v{recipe.version} is not built ({binary}); run with --eso build")
         if shutil.which("go") is None:
-            raise RuntimeError("the Go toolchain is needed to build External Secrets")
-        print(
-            f"building External Secrets v{ESO_VERSION} from Go modules (first run only, ~8 min on 2 cores) ...",
-            flush=True,
-        )
+            raise RuntimeError(f"the Go toolchain is needed to build {recipe.name}")
+        print(f"building {recipe.name} v{recipe.version} from Go modules (ESO: ~6 min on 2 cores) ...", flush=True)
         started = time.monotonic()
-        build(recipe)
+        build(recipe, log or Path(tempfile.gettempdir()) / f"{recipe.name}-build.log")
         info["build_seconds"] = round(time.monotonic() - started, 1)
     info["binary_mb"] = round(binary.stat().st_size / 2**20, 1)
     info["source"] = "built" if "build_seconds" in info else "cache"
@@ -98,10 +100,9 @@ def _go_env() -> dict[str, str]:
     return {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod -buildvcs=false", "CGO_ENABLED": "0"}
 
 
-def build(recipe: binaries.Component, log: Path | None = None) -> None:
+def build(recipe: binaries.Component, log: Path) -> None:
     """devcluster.binaries' recipe (consumer module, tools.go, tidy, build, atomic rename into
-    the cache), with Go's output kept in a log so a failure says exactly why."""
-    log = log or REPO / "bench" / "out" / "eso-build.log"
+    the cache), with Go's output kept in `log` so a failure says exactly why."""
     log.parent.mkdir(parents=True, exist_ok=True)
     recipe.directory.parent.mkdir(parents=True, exist_ok=True)
     ((package, binary),) = recipe.packages
@@ -121,12 +122,69 @@ def build(recipe: binaries.Component, log: Path | None = None) -> None:
             if done.returncode != 0:
                 output.flush()
                 raise RuntimeError(
-                    f"building External Secrets v{ESO_VERSION}: `{' '.join(argv[:2])}` exited with "
+                    f"building {recipe.name} v{recipe.version}: `{' '.join(argv[:2])}` exited with "
                     f"{done.returncode} (full output in {log}):\n{log_tail(log, 25)}"
                 )
         if recipe.directory.exists():
             shutil.rmtree(recipe.directory)
         out.rename(recipe.directory)
+
+
+# A module of the same shape as ESO's recipe (required at a version, with a `replace`), small
+# enough to build in seconds without the network: `rehearse` runs the build path end to end.
+REHEARSAL_MODULE = "agentcred.dev/bench/rehearsal"
+
+
+def rehearse(scratch: Path) -> dict[str, Any]:
+    """The build path's logic, exercised without ESO's five-minute build (`make bench-quick`):
+    ESO's own recipe checked by `go mod edit`, then `ensure_binary` building a one-file module
+    through the same steps (consumer module, replace, tidy, build, rename into a cache),
+    found in that cache on a second call, and the binary run."""
+    if shutil.which("go") is None:
+        raise RuntimeError("the Go toolchain is needed to build External Secrets")
+    eso = scratch / "eso-recipe"
+    eso.mkdir(parents=True, exist_ok=True)
+    (eso / "go.mod").write_text(component().go_mod)
+    checked = subprocess.run(["go", "mod", "edit", "-json"], cwd=eso, env=_go_env(), capture_output=True, text=True)
+    if checked.returncode != 0:
+        raise RuntimeError(f"ESO's consumer go.mod does not parse: {checked.stderr.strip()}")
+    module = json.loads(checked.stdout)
+    if [r["Path"] for r in module.get("Require") or []] != [ESO_MODULE] or len(module.get("Replace") or []) != 1:
+        raise RuntimeError(f"ESO's consumer go.mod is not what the build expects: {checked.stdout}")
+    local = scratch / "rehearsal-module"
+    (local / "cmd" / "rehearsal").mkdir(parents=True, exist_ok=True)
+    (local / "go.mod").write_text(f"module {REHEARSAL_MODULE}\n\ngo 1.24\n")
+    (local / "cmd" / "rehearsal" / "main.go").write_text(
+        'package main\n\nimport "fmt"\n\nfunc main() { fmt.Println("rehearsal") }\n'
+    )
+    recipe = binaries.Component(
+        name="rehearsal",
+        version="0.0.0",
+        go_mod=(
+            "module agentcred.dev/build/rehearsal\n\ngo 1.24\n\n"
+            f"require {REHEARSAL_MODULE} v0.0.0\n\nreplace {REHEARSAL_MODULE} => {local}\n"
+        ),
+        packages=((f"{REHEARSAL_MODULE}/cmd/rehearsal", "rehearsal"),),
+        ldflags="-s -w",
+    )
+    previous = os.environ.get("AGENTCRED_CACHE")
+    os.environ["AGENTCRED_CACHE"] = str(scratch / "cache")  # cache_root(): keeps the real cache untouched
+    try:
+        binary, built = ensure_binary(recipe, log=scratch / "rehearsal-build.log")
+        _, again = ensure_binary(recipe, allow_build=False)
+    finally:
+        if previous is None:
+            del os.environ["AGENTCRED_CACHE"]
+        else:
+            os.environ["AGENTCRED_CACHE"] = previous
+    said = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout.strip()
+    if built["source"] != "built" or again["source"] != "cache" or said != "rehearsal":
+        raise RuntimeError(f"the build path misbehaved: first {built}, then {again}, the binary said {said!r}")
+    eso_recipe = component()
+    return {
+        "rehearsal_build_seconds": built["build_seconds"],
+        "eso_recipe": {"version": ESO_VERSION, "cached": eso_recipe.is_built(), "path": str(eso_recipe.directory)},
+    }
 
 
 def crd_files() -> list[Path]:
@@ -160,15 +218,13 @@ class Eso:
         self.binary = binary
         self.kubeconfig = kubeconfig
         self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
+        self.child: Child | None = None
         self.variant = ""
         self.metrics_port = 0
 
     # -- setup ------------------------------------------------------------------------
 
     def apply_crds(self) -> dict[str, Any]:
-        import yaml
-
         started = time.monotonic()
         names = []
         for path in crd_files():
@@ -183,14 +239,16 @@ class Eso:
                     if getattr(error, "status", None) != 409:
                         raise
         for name in names:
-            wait_count(lambda name=name: int(self._established(name)), 1, f"CRD {name} established", stall=60)
+            wait_count(functools.partial(self._established, name), 1, f"CRD {name} established", stall=60)
         return {"crds": len(names), "seconds": time.monotonic() - started}
 
-    def _established(self, name: str) -> bool:
+    def _established(self, name: str) -> int:
         crd = self.lean.json("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-        return any(
-            c["type"] == "Established" and c["status"] == "True"
-            for c in (crd.get("status") or {}).get("conditions") or []
+        return int(
+            any(
+                c["type"] == "Established" and c["status"] == "True"
+                for c in (crd.get("status") or {}).get("conditions") or []
+            )
         )
 
     # -- the process ------------------------------------------------------------------
@@ -200,32 +258,19 @@ class Eso:
         self.stop()
         self.variant = variant
         self.metrics_port = free_port()
-        log = open(self.workdir / f"eso-{variant}.log", "ab")
         env = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES}
         env["KUBECONFIG"] = str(self.kubeconfig)
         started = time.monotonic()
-        self.process = subprocess.Popen(
-            [
-                str(self.binary),
-                "--metrics-addr",
-                f"127.0.0.1:{self.metrics_port}",
-                "--enable-leader-election=false",
-                "--loglevel",
-                "error",
-                *VARIANTS[variant],
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
+        args = [str(self.binary), "--metrics-addr", f"127.0.0.1:{self.metrics_port}", "--enable-leader-election=false"]
+        self.child = Child(
+            f"ESO ({variant})",
+            [*args, "--loglevel", "error", *VARIANTS[variant]],
+            self.workdir / f"eso-{variant}.log",
+            env,
         )
-        log.close()
         deadline = started + 120 + expect_live / 20
         while not self._metrics_up():
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"ESO exited with {self.process.returncode}:\n{log_tail(self.workdir / f'eso-{variant}.log')}"
-                )
+            self.child.assert_alive()
             if time.monotonic() > deadline:
                 raise TimeoutError("ESO's metrics endpoint never answered")
             time.sleep(0.1)
@@ -234,7 +279,7 @@ class Eso:
     def _metrics_up(self) -> bool:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as response:
-                return response.status == 200
+                return bool(response.status == 200)
         except OSError:
             return False
 
@@ -259,22 +304,13 @@ class Eso:
         return stats
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self.process = None
+        if self.child is not None:
+            self.child.stop()
+        self.child = None
 
     def usage(self) -> dict[str, float]:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(
-                f"ESO exited with {self.process.returncode}:\n{log_tail(self.workdir / f'eso-{self.variant}.log')}"
-            )
-        return usage(self.process.pid)
+        assert self.child is not None, "ESO is started"
+        return self.child.usage()
 
     # -- objects ----------------------------------------------------------------------
 
@@ -496,14 +532,3 @@ class Eso:
                     flush=True,
                 )
         return result
-
-
-def main() -> int:
-    """`python bench/eso.py build`: build (or find) the binary and say where and how big."""
-    binary, info = ensure_binary(build=len(sys.argv) > 1 and sys.argv[1] == "build")
-    print(json.dumps(info, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
