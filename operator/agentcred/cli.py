@@ -55,6 +55,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, gateway_grpc_port=args.gateway_grpc_port)
     if args.standalone:
         config = dataclasses.replace(config, leader_election=False)
+    if args.dpop_nonce:
+        config = dataclasses.replace(config, dpop_nonce=True)
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.log_json else kopf.LogFormat.PLAIN)
     if not args.verbose:
         # A line per handler per event is noise at scale; warnings and errors still show.
@@ -118,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(WEBHOOK_MODES),
         help="manage the MutatingWebhookConfiguration (default), only inject its CA bundle "
         "(the Helm chart owns it), or leave it alone",
+    )
+    run.add_argument(
+        "--dpop-nonce",
+        action="store_true",
+        help="DPoP proofs at the token endpoint must carry a server nonce (RFC 9449 §8)",
     )
     run.add_argument(
         "--introspector",

@@ -140,7 +140,7 @@ def _import_public(public_jwk: Any) -> Any:
         key = jwk.import_key(public_jwk, kty)
     except (JoseError, ValueError, TypeError, KeyError, binascii.Error) as error:
         raise ProofRefused("dpop-invalid", f"the proof's jwk is not a usable {kty} public key") from error
-    if kty == "RSA" and key.raw_value.key_size < MIN_RSA_BITS:
+    if isinstance(key, jwk.RSAKey) and key.public_key.key_size < MIN_RSA_BITS:
         raise ProofRefused("dpop-invalid", f"the proof's RSA key is shorter than {MIN_RSA_BITS} bits")
     return key
 
