@@ -211,7 +211,7 @@ class TokenService:
         pod, and by the key a bound subject token names. A bound subject token without one is refused."""
         bound = confirmation(subject.parent) if subject.parent is not None else None
         if bound is not None:
-            facts["tokenId"] = subject.parent["jti"] if subject.parent else None
+            facts["subjectTokenId"] = subject.parent["jti"] if subject.parent else None
             facts["fingerprint"] = Fingerprints(self.keyring)(request.subject_token.encode())
         if header is None:
             if bound is not None:
