@@ -210,9 +210,7 @@ class InMemoryApi:
         """A token the API server would accept for the ServiceAccount (bound to a pod when
         `pod_name` is given), for `audience`; opaque, as far as the caller can tell."""
         token = "sa-token-" + secrets.token_urlsafe(16)
-        self._tokens[token] = Review(
-            namespace, service_account, pod_name, pod_uid, audience, secrets.token_urlsafe(8)
-        )
+        self._tokens[token] = Review(namespace, service_account, pod_name, pod_uid, audience, secrets.token_urlsafe(8))
         return token
 
     async def review_token(self, token: str, audiences: list[str]) -> dict[str, Any]:

@@ -38,8 +38,8 @@ def test_a_proof_made_by_pyjwt_is_accepted_and_names_its_keys_rfc7638_thumbprint
 def test_the_thumbprint_is_rfc7638s_own_example() -> None:
     example = {
         "kty": "RSA",
-        "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMs"
-        "tn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n9"
+        "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjB"
+        "ZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n9"
         "1CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
         "e": "AQAB",
         "alg": "RS256",
@@ -68,7 +68,11 @@ def test_a_proof_for_another_method_or_url_is_refused() -> None:
 
 
 def test_urls_compare_as_rfc9449_says() -> None:
-    check_proof(KEY.proof("POST", "HTTPS://Tools.Example:443/mcp?x=1#f"), Covered("POST", "https://tools.example/mcp"), 0 + time.time())
+    check_proof(
+        KEY.proof("POST", "HTTPS://Tools.Example:443/mcp?x=1#f"),
+        Covered("POST", "https://tools.example/mcp"),
+        0 + time.time(),
+    )
     assert normalized_uri("https://tools.example") == "https://tools.example/"
     assert normalized_uri("http://tools.example:80/a") == "http://tools.example/a"
     assert normalized_uri("ftp://tools.example/") is None

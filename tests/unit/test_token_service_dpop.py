@@ -38,9 +38,7 @@ def last_line(service: Service) -> dict[str, Any]:
 
 
 def required(service: Service) -> None:
-    service.view.records["research-llm"] = record(
-        source={"jwt": {"audiences": [GATEWAY], "dpop": "required"}}
-    )
+    service.view.records["research-llm"] = record(source={"jwt": {"audiences": [GATEWAY], "dpop": "required"}})
 
 
 @pytest.mark.parametrize("grant", [exchange, bearer, client_credentials])

@@ -244,9 +244,7 @@ def check_proof(
     if nonce_ok is not None and not nonce_ok(nonce):
         raise ProofRefused("dpop-nonce", "use the server's current DPoP-Nonce in the proof")
     public = {k: v for k, v in key.as_dict(private=False).items() if k in ("kty", "crv", "x", "y", "n", "e")}
-    return Proof(
-        jkt=str(key.thumbprint()), jti=jti, iat=iat, htm=htm, htu=htu, nonce=nonce, public_jwk=public
-    )
+    return Proof(jkt=str(key.thumbprint()), jti=jti, iat=iat, htm=htm, htu=htu, nonce=nonce, public_jwk=public)
 
 
 def confirmation(claims: dict[str, Any]) -> str | None:

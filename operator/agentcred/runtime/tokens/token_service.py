@@ -27,9 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...api.labels import SERVICE_ACCOUNT_AUDIENCE
 from ...api.pods import PodTask
 from ...api.times import format_time, utcnow
-from ...api.labels import SERVICE_ACCOUNT_AUDIENCE
 from ...platform.fingerprints import Fingerprints
 from ...platform.keys import KeyRing, NotOurs, decode_own, peek_claims
 from ...platform.proofs import ProofChecker
@@ -204,7 +204,9 @@ class TokenService:
                 "for one token (the kubelet rotates the pod's token; exchange the token you were given instead)"
             )
         if seen == "full":
-            raise OAuthError("temporarily_unavailable", "too many assertions from this pod remembered; slow down", 429, 1)
+            raise OAuthError(
+                "temporarily_unavailable", "too many assertions from this pod remembered; slow down", 429, 1
+            )
 
     def _proof(self, request: TokenRequest, subject: Caller, header: str | None, facts: dict[str, Any]) -> Proof | None:
         """The request's DPoP proof, checked: for the token endpoint, never seen before from this
@@ -216,7 +218,9 @@ class TokenService:
         if header is None:
             if bound is not None:
                 facts["dpop"] = "dpop-missing"
-                raise self._unproven(f"the subject token is DPoP-bound (key {bound}): send a DPoP proof signed by that key")
+                raise self._unproven(
+                    f"the subject token is DPoP-bound (key {bound}): send a DPoP proof signed by that key"
+                )
             return None
         try:
             proof = self.proofs.check(header, Covered("POST", self.token_endpoint), subject.pod_uid, bound)
@@ -509,7 +513,9 @@ class TokenService:
             claims = self._live_own_token(request.actor_token, "actor_token", invalid_request)
             bound = confirmation(claims)
             if bound is not None and (proof is None or proof.jkt != bound):
-                raise self._unproven(f"the actor token is DPoP-bound (key {bound}): send a DPoP proof signed by that key")
+                raise self._unproven(
+                    f"the actor token is DPoP-bound (key {bound}): send a DPoP proof signed by that key"
+                )
             act = {"sub": claims["sub"], "agentcred": _who(claims)}
             if isinstance(claims.get("act"), dict):
                 act["act"] = claims["act"]
