@@ -212,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--tool", help="the tool the token must cover")
     verify.add_argument("--action", help="the action the token must cover")
     verify.add_argument("--resource", help="the resource the token must cover")
+    verify.add_argument("--dpop-proof", help="the DPoP header the token came with (for a DPoP-bound token)")
+    verify.add_argument("--method", help="the HTTP method of the request the proof is for")
+    verify.add_argument("--request-url", help="the URL of the request the proof is for")
     verify.set_defaults(func=cmd_verify)
 
     rotate = commands.add_parser(
