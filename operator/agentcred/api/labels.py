@@ -48,6 +48,8 @@ RENEW_ANNOTATION = f"{GROUP}/renew"
 SECRET_PREFIX = "agentcred-"
 VOLUME_PREFIX = "agentcred-"
 VALUE_FILE = "token"
+# The private key (a JWK) a DPoP-bound value is bound to, next to it, rotated with it.
+DPOP_KEY_FILE = "dpop.jwk"
 EXPIRY_FILE = "expires-at"
 # A gateway-only credential a pod was admitted for: an item of the identity volume naming a
 # key the operator never writes (so no file appears), recorded in the pod's immutable spec.
@@ -97,6 +99,10 @@ def volume_name(credential: str) -> str:
 
 def value_key(credential: str) -> str:
     return f"{credential}.{VALUE_FILE}"
+
+
+def dpop_key_key(credential: str) -> str:
+    return f"{credential}.{DPOP_KEY_FILE}"
 
 
 def gateway_key(credential: str) -> str:

@@ -168,12 +168,21 @@ def _volume(record: CredentialRecord, secret_name: str) -> dict[str, Any]:
                         "items": [
                             {"key": labels.value_key(record.name), "path": labels.VALUE_FILE},
                             {"key": labels.expiry_key(record.name), "path": labels.EXPIRY_FILE},
+                            *_dpop_key(record),
                         ],
                     }
                 }
             ],
         },
     }
+
+
+def _dpop_key(record: CredentialRecord) -> list[dict[str, str]]:
+    """A value bound to a key (DPoP required) has its private key next to it."""
+    jwt = record.spec.source.jwt if record.spec is not None else None
+    if jwt is None or not jwt.dpop_required:
+        return []
+    return [{"key": labels.dpop_key_key(record.name), "path": labels.DPOP_KEY_FILE}]
 
 
 def needs_identity(records: list[CredentialRecord]) -> bool:

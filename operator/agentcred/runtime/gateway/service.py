@@ -24,10 +24,10 @@ from ...platform.fingerprints import Fingerprints
 from ...platform.proofs import ProofChecker
 from ...platform.revocations import RevocationList
 from ...rules.credentials import CredentialRecord
-from ...rules.gateway.decision import Verdict, decide
 from ...rules.dpop import ALGORITHMS as DPOP_ALGORITHMS
 from ...rules.dpop import TOKEN_TYPE as DPOP_SCHEME
 from ...rules.dpop import Covered, ProofRefused, confirmation
+from ...rules.gateway.decision import Verdict, decide
 from ...rules.gateway.requests import CREDENTIAL_HEADERS, GatewayRequest, authorization_scheme, bearer, request_url
 from ...rules.oauth import OAuthError
 from ...sources.base import SourceUnavailable
