@@ -66,7 +66,7 @@ def test_the_key_is_written_next_to_the_value_and_removed_with_it() -> None:
 
 def test_the_key_is_mounted_beside_the_value_only_for_credentials_requiring_dpop() -> None:
     admitted = inject(pod(), NS, lookup_of(admission_record(source=REQUIRED, projection={"mountPath": "/creds"})), KEYS)
-    volume = next(
+    volume = next(v for v in admitted["spec"]["volumes"] if v["name"] == labels.volume_name("research-llm"))
         v
         for v in admitted["spec"]["volumes"]
         if v["name"].startswith(labels.VOLUME_PREFIX)
