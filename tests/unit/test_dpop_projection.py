@@ -67,12 +67,6 @@ def test_the_key_is_written_next_to_the_value_and_removed_with_it() -> None:
 def test_the_key_is_mounted_beside_the_value_only_for_credentials_requiring_dpop() -> None:
     admitted = inject(pod(), NS, lookup_of(admission_record(source=REQUIRED, projection={"mountPath": "/creds"})), KEYS)
     volume = next(v for v in admitted["spec"]["volumes"] if v["name"] == labels.volume_name("research-llm"))
-        v
-        for v in admitted["spec"]["volumes"]
-        if v["name"].startswith(labels.VOLUME_PREFIX)
-        and "projected" in v
-        and v["projected"]["sources"][0].get("secret", {}).get("items", [{}])[0].get("path") == "token"
-    )
     items = volume["projected"]["sources"][0]["secret"]["items"]
     assert [i["path"] for i in items] == ["token", "expires-at", "dpop.jwk"]
     assert items[2]["key"] == "research-llm.dpop.jwk"
