@@ -63,6 +63,9 @@ SERVICE_ACCOUNT_AUDIENCE = "agentcred"
 IDENTITY_VOLUME = f"{VOLUME_PREFIX}identity"
 IDENTITY_MOUNT_PATH = "/var/run/secrets/agentcred"
 IDENTITY_TOKEN_FILE = "token"
+# The pod's identity addressed to the token endpoint itself: a workload identity federation
+# assertion (MCP's jwt-bearer profile), single-use, rotated by the kubelet like the other.
+ASSERTION_FILE = "assertion"
 IDENTITY_TOKEN_SECONDS = 600  # the shortest the API server allows; the kubelet renews at 80%
 CA_KEY = "ca.crt"  # in each pod's Secret, and in the operator's `<instance>-ca-bundle` ConfigMap
 IDENTITY_ENV = {
