@@ -218,3 +218,11 @@ def test_a_policy_decision_is_kept_until_what_it_was_made_from_is_replaced(monke
     policies["research"] = policy()
     changed = credential_record(credential(namespace="agents", ttl="2h"))  # a new spec: judged anew
     assert not gate.judged(changed).ready and gate.judged(record).ready and len(judged) == 7
+
+
+def test_a_policy_that_requires_dpop_allows_only_credentials_whose_tokens_are_bound() -> None:
+    strict = {"strict": policy(requireDPoP=True)}
+    bearer = judge(parse_spec(spec()), "agents", RESEARCH, strict)
+    assert not bearer.allowed and "set source.jwt.dpop to required" in bearer.message
+    bound = spec(source={"jwt": {"audiences": ["https://llm-gateway.internal"], "dpop": "required"}})
+    assert judge(parse_spec(bound), "agents", RESEARCH, strict).allowed
