@@ -49,13 +49,15 @@ $(VENV)/.bench-deps: $(BIN)/agentcred pyproject.toml
 # agentcred, the floor for its design and External Secrets side by side, on the local control
 # plane (see bench/RESULTS.md): about an hour of both cores, plus ~6 min to build ESO the first time;
 # then leak response (bench/leaks.py: report -> revoked and -> fresh value at 1,000 live, trace lookups),
-# then gateway decisions (bench/gateway.py: ext_authz and forward-auth at 1/16/100 callers, Caddy side by side).
+# then gateway decisions (bench/gateway.py: ext_authz and forward-auth at 1/16/100 callers, Caddy side by side),
+# then sender constraint (bench/dpop.py: token issuance with and without DPoP at 1/100 callers, verification cost).
 # BENCH_ARGS passes options, e.g. BENCH_ARGS="--publish" or BENCH_ARGS="--eso skip".
 BENCH_ARGS ?=
 bench: setup $(VENV)/.bench-deps
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 	$(BIN)/python bench/leaks.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/dpop.py
 
 # About 2 minutes: the webhook, the floor and agentcred for a burst of 200 (CI runs it);
 # fails when the harness breaks, not when a target is missed.
@@ -63,6 +65,7 @@ bench-quick: setup $(VENV)/.bench-deps
 	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
 	$(BIN)/python bench/leaks.py --quick
 	$(BIN)/python bench/gateway.py --quick
+	$(BIN)/python bench/dpop.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

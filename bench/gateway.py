@@ -128,8 +128,8 @@ def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subp
 
 
 class Operator:
-    def __init__(self, plane: ControlPlane, workdir: Path) -> None:
-        self.plane, self.workdir = plane, workdir
+    def __init__(self, plane: ControlPlane, workdir: Path, env: dict[str, str] | None = None) -> None:
+        self.plane, self.workdir, self.env = plane, workdir, env or {}
         self.api_port, self.health_port, self.grpc_port = free_port(), free_port(), free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -149,7 +149,7 @@ class Operator:
             self.workdir / "operator.log",
             # The budget is per pod; the benchmark measures decisions, not the budget.
             env={**os.environ, "KUBECONFIG": str(self.plane.kubeconfig), "PYTHONPATH": str(REPO / "operator"),
-                 "AGENTCRED_GATEWAY_RATE": "1000000", "AGENTCRED_GATEWAY_BURST": "1000000"},
+                 "AGENTCRED_GATEWAY_RATE": "1000000", "AGENTCRED_GATEWAY_BURST": "1000000", **self.env},
         )  # fmt: skip
         deadline = time.monotonic() + 300
         while self._ready() != 200:

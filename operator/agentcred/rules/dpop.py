@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -104,7 +105,7 @@ def body_digest(body: bytes) -> str:
 
 def jkt(public_jwk: dict[str, Any]) -> str:
     """The RFC 7638 thumbprint (SHA-256) of a public key, as `cnf.jkt` names it."""
-    return str(_import_public(public_jwk).thumbprint())
+    return str(_read_public(public_jwk).thumbprint())
 
 
 def normalized_uri(uri: str) -> str | None:
@@ -127,9 +128,24 @@ def normalized_uri(uri: str) -> str | None:
     return f"{scheme}://{host}{parts.path or '/'}"
 
 
-def _import_public(public_jwk: Any) -> Any:
-    if not isinstance(public_jwk, dict):
-        raise ProofRefused("dpop-invalid", "the proof's jwk is not a JSON object")
+def _imported_or_refused(public_jwk: dict[str, Any]) -> tuple[Any, str]:
+    try:
+        members = tuple(sorted((str(k), json.dumps(v, sort_keys=True)) for k, v in public_jwk.items()))
+    except (TypeError, ValueError, RecursionError):
+        raise ProofRefused("dpop-invalid", "the proof's jwk is not a JSON object of strings") from None
+    return _imported(members)
+
+
+@functools.lru_cache(maxsize=1024)
+def _imported(members: tuple[tuple[str, str], ...]) -> tuple[Any, str]:
+    """A public key read once per distinct JWK (a client signs every proof with one key), and
+    its thumbprint; ProofRefused is not cached, it is raised again."""
+    public_jwk = {k: json.loads(v) for k, v in members}
+    key = _read_public(public_jwk)
+    return key, str(key.thumbprint())
+
+
+def _read_public(public_jwk: dict[str, Any]) -> Any:
     private = sorted(PRIVATE_MEMBERS & set(public_jwk))
     if private:
         raise ProofRefused("dpop-invalid", f"the proof's jwk holds private key members ({', '.join(private)})")
@@ -213,7 +229,9 @@ def check_proof(
         )
     if "crit" in header:
         raise ProofRefused("dpop-invalid", "the proof has critical header parameters agentcred does not understand")
-    key = _import_public(header.get("jwk"))
+    if not isinstance(header.get("jwk"), dict):
+        raise ProofRefused("dpop-invalid", "the proof's jwk is not a JSON object")
+    key, thumbprint = _imported_or_refused(header["jwk"])
     claims = _verified_claims(proof, key, alg)
     jti = _string(claims, "jti", MAX_JTI)
     htm = _string(claims, "htm", 16)
