@@ -86,7 +86,6 @@ class Proof:
     htm: str
     htu: str
     nonce: str | None
-    public_jwk: dict[str, Any]
 
 
 def b64url(data: bytes) -> str:
@@ -261,8 +260,7 @@ def check_proof(
         raise ProofRefused("dpop-invalid", f"the proof's nonce is not a string of at most {MAX_NONCE} characters")
     if nonce_ok is not None and not nonce_ok(nonce):
         raise ProofRefused("dpop-nonce", "use the server's current DPoP-Nonce in the proof")
-    public = {k: v for k, v in key.as_dict(private=False).items() if k in ("kty", "crv", "x", "y", "n", "e")}
-    return Proof(jkt=str(key.thumbprint()), jti=jti, iat=iat, htm=htm, htu=htu, nonce=nonce, public_jwk=public)
+    return Proof(jkt=thumbprint, jti=jti, iat=iat, htm=htm, htu=htu, nonce=nonce)
 
 
 def confirmation(claims: dict[str, Any]) -> str | None:
