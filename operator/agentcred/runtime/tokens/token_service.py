@@ -169,7 +169,9 @@ class TokenService:
                 raise unauthenticated(f"{what}: {error}") from None
             if who.pod_name is None or who.pod_uid is None:
                 raise unauthenticated(f"{what} is not bound to a pod: send the pod's projected ServiceAccount token")
-            if request.grant_type == JWT_BEARER and SERVICE_ACCOUNT_AUDIENCE not in who.audiences:
+            # Addressed to this token endpoint (or the issuer) rather than to `agentcred`, as the
+            # API server reports the audiences it matched: a federation assertion, single-use.
+            if request.grant_type == JWT_BEARER and who.audiences and SERVICE_ACCOUNT_AUDIENCE not in who.audiences:
                 self._federated_once(request.subject_token, who.token_id, who.pod_uid, unauthenticated)
             subject = Caller(who.namespace, who.service_account, who.pod_name, who.pod_uid)
         if request.client_id is not None and request.client_id != service_account_subject(
