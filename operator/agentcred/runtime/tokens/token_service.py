@@ -216,10 +216,16 @@ class TokenService:
         bound = confirmation(subject.parent) if subject.parent is not None else None
         if bound is not None:
             facts["subjectTokenId"] = subject.parent["jti"] if subject.parent else None
-            facts["fingerprint"] = Fingerprints(self.keyring)(request.subject_token.encode())
+
+        def refused_for(reason: str) -> None:
+            # Whoever presented a copy of a bound token is named in the audit by its fingerprint.
+            facts["dpop"] = reason
+            if bound is not None:
+                facts["fingerprint"] = Fingerprints(self.keyring)(request.subject_token.encode())
+
         if header is None:
             if bound is not None:
-                facts["dpop"] = "dpop-missing"
+                refused_for("dpop-missing")
                 raise self._unproven(
                     f"the subject token is DPoP-bound (key {bound}): send a DPoP proof signed by that key"
                 )
@@ -227,7 +233,7 @@ class TokenService:
         try:
             proof = self.proofs.check(header, Covered("POST", self.token_endpoint), subject.pod_uid, bound)
         except ProofRefused as refused:
-            facts["dpop"] = refused.reason
+            refused_for(refused.reason)
             if refused.reason == "dpop-nonce":
                 raise OAuthError("use_dpop_nonce", refused.message, headers=self.nonce_header()) from None
             raise self._unproven(refused.message) from None
