@@ -38,7 +38,7 @@ unit: $(BIN)/agentcred
 crd: $(BIN)/agentcred
 	for resource in agentcredentials agentcredentialpolicies; do \
 		$(BIN)/agentcred crd $$resource > crds/$$resource.agentcred.dev.yaml && \
-		cp crds/$$resource.agentcred.dev.yaml charts/agentcred/files/ || exit 1; \
+		cp crds/$$resource.agentcred.dev.yaml charts/agentcred/crds/ || exit 1; \
 	done
 
 # The benchmark's own packages (matplotlib for the plots, py-spy for --profile).

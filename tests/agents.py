@@ -17,8 +17,8 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from agentcred.api import labels, model
-from agentcred.api.webhook_configuration import pod_guard
-from clusterkit import Cluster, wait_for
+from agentcred.api.webhook_configuration import opt_in_check, pod_guard
+from clusterkit import Cluster, opt_in_check_refuses, wait_for
 from samples import credential
 
 
@@ -143,6 +143,21 @@ def admitted_copy(original: dict, name: str = "copy") -> dict:
     }
 
 
+def guard_active(cluster: Cluster, namespace: str, pod: str) -> bool:
+    """Does the guard refuse a (dry-run) change of the pod's opt-in label right now?"""
+    current = (cluster.core.read_namespaced_pod(pod, namespace).metadata.labels or {}).get(labels.INJECT_LABEL)
+    try:
+        cluster.core.patch_namespaced_pod(
+            pod,
+            namespace,
+            {"metadata": {"labels": {labels.INJECT_LABEL: "probe" if current != "probe" else "true"}}},
+            dry_run="All",
+        )
+    except ApiException as error:
+        return error.status in (403, 422)
+    return False
+
+
 @contextlib.contextmanager
 def without_pod_guard(cluster: Cluster) -> Iterator[None]:
     """The pod guard taken away (as if the cluster never installed it): the operator's own
@@ -154,6 +169,21 @@ def without_pod_guard(cluster: Cluster) -> Iterator[None]:
         yield
     finally:
         api.create_validating_admission_policy_binding(binding)
+
+
+@contextlib.contextmanager
+def without_opt_in_check(cluster: Cluster, namespace: str) -> Iterator[None]:
+    """The opt-in check taken away (as if the cluster never installed it): what gets past it
+    must meet the webhook's and the operator's own checks."""
+    (_, binding) = opt_in_check()[1]
+    api = cluster.admission
+    api.delete_validating_admission_policy_binding(binding["metadata"]["name"])
+    try:
+        wait_for(lambda: not opt_in_check_refuses(cluster, namespace), what="the opt-in check gone")
+        yield
+    finally:
+        api.create_validating_admission_policy_binding(binding)
+        wait_for(lambda: opt_in_check_refuses(cluster, namespace), what="the opt-in check back")
 
 
 def running_pod(cluster: Cluster, namespace: str, selector: str = "", name: str | None = None) -> dict | None:

@@ -252,15 +252,39 @@ def token_kubeconfig(cluster: Cluster, namespace: str, service_account: str, pat
     return path
 
 
+def opt_in_check_refuses(cluster: Cluster, namespace: str = "default") -> bool:
+    """Does the opt-in check refuse, right now, a pod naming credentials without the label
+    (a server-side dry run)? Admission policies take effect a moment after they change."""
+    probe = {
+        "metadata": {"name": "opt-in-probe", "annotations": {"agentcred.dev/credentials": "x"}},
+        "spec": {"containers": [{"name": "c", "image": "x"}]},
+    }
+    try:
+        cluster.core.create_namespaced_pod(namespace, probe, dry_run="All")
+    except ApiException as error:
+        if error.status in (403, 422):
+            return True
+        raise
+    return False
+
+
 @contextlib.contextmanager
 def operator_paused(operator: OperatorProcess) -> Iterator[None]:
-    """Stop the session's operator and unregister its webhook while a test runs its own."""
+    """Stop the session's operator and unregister its webhook and its opt-in check while a test
+    runs its own (or none: as before the first install)."""
     operator.stop()
-    try:
-        operator.cluster.admission.delete_mutating_webhook_configuration("agentcred.dev")
-    except ApiException as error:
-        if error.status != 404:
-            raise
+    admission = operator.cluster.admission
+    for remove in (
+        lambda: admission.delete_mutating_webhook_configuration("agentcred.dev"),
+        lambda: admission.delete_validating_admission_policy_binding("agentcred.dev-opt-in"),
+        lambda: admission.delete_validating_admission_policy("agentcred.dev-opt-in"),
+    ):
+        try:
+            remove()
+        except ApiException as error:
+            if error.status != 404:
+                raise
+    wait_for(lambda: not opt_in_check_refuses(operator.cluster), what="the opt-in check gone")
     try:
         yield
     finally:

@@ -156,7 +156,7 @@ INVALID = [
         "plain-http webhook",
         {"source": {"webhook": {"url": "http://minter.internal"}}},
         "spec.source.webhook.url",
-        "should match",
+        "plain http is refused",
     ),
     (
         "minting timeout over 30s",

@@ -7,11 +7,15 @@ certificate of its own, made at start:
   POST /mint/revoke   -> {"revoked": "<id>"}
   GET  /mint/healthz  -> ok
 
-and prints examples/webhook.yaml as it applies to it (its loopback URL, its CA bundle, a
-health check), ready for kubectl:
+and writes examples/webhook.yaml as it applies to it (its loopback URL, its CA bundle, a
+health check) once it listens, ready for kubectl -- with the repository's .venv (it needs
+agentcred and aiohttp):
 
-    python examples/minting-service/minter.py --port 8444 > minter.yaml &
+    .venv/bin/python examples/minting-service/minter.py --port 8444 --write minter.yaml &
+    while [ ! -s minter.yaml ]; do sleep 0.2; done    # written whole, once it listens
     kubectl apply -f minter.yaml
+
+(without --write it prints the example on stdout).
 
 A real service decides whether the subject may have a value and mints one at its vendor; this
 one hands out random strings. It logs ids and subjects, never a value.
@@ -20,6 +24,7 @@ one hands out random strings. It logs ids and subjects, never a value.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import json
 import secrets
@@ -71,6 +76,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8444, help="port to listen on (default 8444)")
+    parser.add_argument(
+        "--write", metavar="FILE", help="write the example here, whole, once listening (default: print it)"
+    )
     args = parser.parse_args()
 
     ca = pki.new_ca("agentcred-example-minter")
@@ -80,14 +88,34 @@ def main() -> None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(folder / "tls.crt"), str(folder / "tls.key"))
 
+    url = f"https://{args.host}:{args.port}/mint"
+    manifest = example(url, ca.cert_pem.decode())
+
+    def announce() -> None:
+        """The example, then a line on stderr. A file is written under another name and
+        renamed, so whoever waits for it never reads half of it."""
+        if args.write:
+            partial = Path(f"{args.write}.partial")
+            partial.write_text(manifest)
+            partial.replace(args.write)
+        else:
+            sys.stdout.write(manifest)
+            sys.stdout.flush()
+        print(json.dumps({"listening": url}), file=sys.stderr)
+
     app = web.Application()
     app.router.add_post("/mint", mint)
     app.router.add_post("/mint/revoke", revoke)
     app.router.add_get("/mint/healthz", healthz)
-    sys.stdout.write(example(f"https://{args.host}:{args.port}/mint", ca.cert_pem.decode()))
-    sys.stdout.flush()
-    print(json.dumps({"listening": f"https://{args.host}:{args.port}/mint"}), file=sys.stderr)
-    web.run_app(app, host=args.host, port=args.port, ssl_context=context, print=None)
+
+    async def serve() -> None:
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, args.host, args.port, ssl_context=context).start()
+        announce()  # only now: the operator's first health check must find it listening
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
 
 
 if __name__ == "__main__":

@@ -57,8 +57,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, leader_election=False)
     if args.dpop_nonce:
         config = dataclasses.replace(config, dpop_nonce=True)
-    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.log_json else kopf.LogFormat.PLAIN)
-    if not args.verbose:
+    verbose = args.verbose or args.log_level == "debug"
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if args.log_json else kopf.LogFormat.PLAIN)
+    if args.log_level in ("warning", "error"):
+        logging.getLogger().setLevel(args.log_level.upper())
+    if not verbose:
         # A line per handler per event is noise at scale; warnings and errors still show.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # Kopf's own peering is off: replicas coordinate through our Lease (see runtime.leader).
@@ -76,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .devcluster.demo import run_demo
 
-    return run_demo(keep=args.keep)
+    return run_demo(keep=args.keep, mcp=args.mcp)
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
@@ -86,8 +89,20 @@ def cmd_crd(args: argparse.Namespace) -> int:
     return 0
 
 
+REACHING_THE_OPERATOR = """From outside the cluster, forward the operator's HTTPS port first:
+kubectl -n agentcred port-forward svc/agentcred 8443, then --url https://localhost:8443 (its
+certificate names localhost); the CA comes from the cluster unless --cafile is given."""
+
+EXIT_CODES = """exit codes: 0 done; 1 the answer is no (inventory --fail-on findings, a token refused,
+a value not ours); 2 a wrong command line; 3 done in part (revoke --evict); 4 the cluster or
+the operator could not be reached (no kubeconfig, no answer, TLS, no answer in time); 5 refused
+(401, 403, or the request itself); 6 not found (credential, pod, ServiceAccount, namespace)"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agentcred", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="agentcred", description=__doc__, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"agentcred {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -161,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
         "namespace; repeat for several (AGENTCRED_WATCH_NAMESPACES, comma-separated; default: every namespace)",
     )
     run.add_argument("--verbose", action="store_true", help="log every handler call (logs go to stderr)")
+    run.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="the operator's own logs (stderr): debug is --verbose; warning and error leave out the rest "
+        "(default info)",
+    )
     run.add_argument("--log-json", action="store_true", help="log as JSON lines (on stderr, as plain logs are)")
     run.set_defaults(func=cmd_run)
 
@@ -177,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="then evict the pods that held it, with your own rights (create pods/eviction): "
         "for when the agent itself is the threat; exit 3 if any could not be evicted",
     )
-    revoke.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the operator")
+    revoke.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the operator's answer (default 30)"
+    )
     revoke.set_defaults(func=cmd_revoke)
 
     renew = commands.add_parser(
@@ -185,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     renew.add_argument("credential", help="AgentCredential name")
     renew.add_argument("-n", "--namespace", help="its namespace (default: the kubeconfig context's)")
-    renew.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the operator")
+    renew.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the operator's answer (default 30)"
+    )
     renew.set_defaults(func=cmd_renew)
 
     demo = commands.add_parser("demo", help="local control plane + operator + an agent Job, end to end")
@@ -194,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave the control plane, the operator and the kubelet stand-in running afterwards (print the "
         "kubeconfig; `agentcred dev down --name demo` stops them)",
+    )
+    demo.add_argument(
+        "--mcp",
+        action="store_true",
+        help="instead, examples/mcp: its MCP server and agent (official SDK) with an agent pod's identity, "
+        "printing what the agent prints (README of examples/mcp)",
     )
     demo.set_defaults(func=cmd_demo)
 
@@ -241,17 +273,34 @@ def build_parser() -> argparse.ArgumentParser:
         ("trace", cmd_trace, "whose is a suspected value: credential, owner, pod, Job, ServiceAccount, state"),
         ("leak", cmd_leak, "report a leaked value: revoke every live copy, reissue or quarantine, flag static values"),
     ):
-        leak = commands.add_parser(name, help=text)
+        leak = commands.add_parser(name, parents=[cluster], help=text, epilog=REACHING_THE_OPERATOR)
         what = leak.add_mutually_exclusive_group()
         what.add_argument("--fingerprint", help="a fingerprint from an audit line or Event (full or short form)")
         what.add_argument("--token", help="a token id (jti, or a minting service's id) from an audit line")
         leak.add_argument(
-            "--url", required=True, help="the operator's HTTPS endpoint, e.g. https://agentcred.agentcred.svc:8443"
+            "--url",
+            required=True,
+            help="the operator's HTTPS endpoint: https://agentcred.agentcred.svc:8443 in the cluster, "
+            "https://localhost:8443 through a port-forward",
         )
-        leak.add_argument("--cafile", help="CA bundle for --url")
+        leak.add_argument(
+            "--cafile", help="CA bundle for --url (default: the operator's, from its <instance>-ca-bundle ConfigMap)"
+        )
+        leak.add_argument(
+            "--operator-namespace", default="agentcred", help="where the operator runs (default agentcred)"
+        )
+        leak.add_argument(
+            "--instance",
+            default="agentcred",
+            help="the operator's instance (the release's full name; default agentcred)",
+        )
         who = leak.add_mutually_exclusive_group()
         who.add_argument("--token-file", help="a leak reporter's ServiceAccount token (audience agentcred)")
-        who.add_argument("--as", dest="reporter", help="request a token for this reporter: NAMESPACE/SERVICEACCOUNT")
+        who.add_argument(
+            "--as",
+            dest="reporter",
+            help="request a token for this reporter (NAMESPACE/SERVICEACCOUNT) with the kubeconfig's rights",
+        )
         leak.add_argument("-o", "--output", choices=["table", "json"], default="table", help="table (default) or json")
         if name == "leak":
             leak.add_argument("--found-type", help="what kind of string it is, for the audit line")
@@ -292,12 +341,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .client.errors import explain
+
     args = build_parser().parse_args(argv)
-    if args.func is not cmd_run:  # Kopf configures logging for the operator itself
-        logging.basicConfig(
-            level=os.environ.get("AGENTCRED_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s"
-        )
-    return int(args.func(args) or 0)
+    if args.func is cmd_run:  # Kopf configures logging for the operator itself, and reports its own failures
+        return int(args.func(args) or 0)
+    logging.basicConfig(
+        level=os.environ.get("AGENTCRED_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # its retries: the failure says it once
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        failed = explain(error)
+        if failed is None:
+            raise  # a bug: its traceback is what its report needs
+        print(f"agentcred {args.command}: {failed.message}", file=sys.stderr)
+        return failed.code
 
 
 if __name__ == "__main__":

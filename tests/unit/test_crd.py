@@ -25,7 +25,7 @@ def _walk(node: Any) -> Iterator[dict]:
 def test_committed_crds_match_the_models(path) -> None:
     resource = path.name.split(".")[0]
     assert path.read_text() == render_crd_yaml(resource), "run `make crd`"
-    chart_copy = path.parent.parent / "charts" / "agentcred" / "files" / path.name
+    chart_copy = path.parent.parent / "charts" / "agentcred" / "crds" / path.name
     assert chart_copy.read_text() == path.read_text(), "run `make crd` to copy the CRDs into the chart"
 
 

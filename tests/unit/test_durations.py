@@ -34,3 +34,16 @@ def test_arbitrary_text_parses_or_raises_value_error(text: str) -> None:
         assert parse_duration(text) > timedelta(0)
     except ValueError as error:
         assert "invalid duration" in str(error)
+
+
+def test_the_chart_takes_the_same_grammar_as_the_crds() -> None:
+    """The default policy's durations are checked by the chart's schema before they reach the
+    API server: with the very pattern the operator and the CRDs use."""
+    import json
+
+    from agentcred.api.durations import DURATION_PATTERN
+    from clusterkit import REPO
+
+    schema = json.loads((REPO / "charts" / "agentcred" / "values.schema.json").read_text())
+    policy = schema["properties"]["defaultPolicy"]["properties"]
+    assert policy["maxTTL"]["pattern"] == policy["maxLifetime"]["pattern"] == DURATION_PATTERN

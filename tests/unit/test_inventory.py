@@ -48,6 +48,15 @@ def test_findings_and_counts() -> None:
     for render in (render_table, render_json, render_csv):
         text = render(inventory)
         assert "agentcred-2222222222222222" in text and "ciso@example.com" in text
+    # Ready reads the same in the table and in the CSV.
+    header, *rows = [
+        line.split() for line in render_table(inventory).splitlines() if line.startswith(("NAMESPACE", "ns "))
+    ]
+    csv_rows = list(__import__("csv").DictReader(render_csv(inventory).splitlines()))
+    table_ready = {r[1]: r[header.index("READY")] for r in rows if len(r) == len(header) and r != header}
+    csv_ready = {row["name"]: row["ready"] for row in csv_rows if row["record"] == "credential"}
+    assert table_ready and all(table_ready[name] == csv_ready[name] for name in table_ready)
+    assert set(table_ready.values()) <= {"True", "False"}
 
 
 def test_a_compromised_static_value_is_a_finding_until_rotated() -> None:

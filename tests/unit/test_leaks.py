@@ -322,3 +322,14 @@ def test_the_scanner_rules_find_our_tokens_and_only_ours() -> None:
             found = re.findall(pattern, f"export LLM_TOKEN={token}\n")
             assert found == [token]
         assert re.findall(pattern, foreign) == [], "another JWT is not an agentcred token"
+
+
+def test_the_trace_table_reads_as_the_readme_shows_it() -> None:
+    from agentcred.client.leaks import TRACE_COLUMNS, render
+    from clusterkit import REPO
+
+    readme = (REPO / "README.md").read_text()
+    shown = next(line for line in readme.splitlines() if line.strip().startswith("STATE  KIND"))
+    holder = {field: f"x-{field}" for field in TRACE_COLUMNS}
+    printed = render([{"verdict": "ours", "fingerprint": "hmac-sha256:3f9a61c0d2b4", "holders": [holder]}], False)
+    assert printed.splitlines()[1].split() == shown.split()

@@ -178,3 +178,22 @@ def test_a_gateway_only_credential_is_never_issued_and_does_not_hold_the_pod() -
     now_gateway = plan(mixed, held, {"research-llm": record(**GATEWAY_ONLY)}, NOW)
     assert [(r.credential, r.reason) for r in now_gateway.revoke] == [("research-llm", "gateway-only")]
     assert now_gateway.issue == ()
+
+
+def test_a_running_pod_gets_its_credential_again_once_it_is_allowed_again() -> None:
+    """Revoked because the credential stopped allowing it (no tombstone is left for these
+    reasons): while that lasts the pod waits with the reason; once allowed again it is issued a
+    fresh value, but never inside the revocation's cut-off second."""
+    running = task(gated=False, phase="Running", admitted_ago=5 * MIN)
+    narrowed = record(subjects={"serviceAccounts": ["someone-else"]})
+    revoked = plan(running, state(**{"research-llm": value(MIN)}), {"research-llm": narrowed}, NOW)
+    assert [r.reason for r in revoked.revoke] == ["subject-removed"]
+    assert [p.reason for p in revoked.problems] == ["NotASubject"]  # it waits from now on, told why
+    emptied = state()  # the value went, no tombstone
+    waiting = plan(running, emptied, {"research-llm": narrowed}, NOW)
+    assert not waiting.issue and waiting.problems[0].reason == "NotASubject"
+    cut_off = NOW + dt.timedelta(milliseconds=300)
+    held = plan(running, emptied, {"research-llm": record()}, NOW, not_before={"research-llm": cut_off})
+    assert held.idle and not held.problems and held.next_due == cut_off
+    (fresh,) = plan(running, emptied, {"research-llm": record()}, cut_off, not_before={"research-llm": cut_off}).issue
+    assert not fresh.is_renewal and fresh.task_started_at == NOW - 5 * MIN  # its lifetime still counts from admission

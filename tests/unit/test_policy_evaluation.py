@@ -49,6 +49,21 @@ def test_no_policy_no_credential() -> None:
     )
     assert (verdict.allowed, verdict.reason) == (False, "NoPolicy")
     assert "no AgentCredentialPolicy applies to namespace agents" in verdict.message
+    # It says what the namespace carries and what each policy selects: usually a label is missing.
+    assert "other selects team=x" in verdict.message and "A cluster admin labels the namespace" in verdict.message
+    expressions = policy(
+        namespaceSelector={
+            "matchLabels": {"agentcred.dev/enabled": "true"},
+            "matchExpressions": [
+                {"key": "env", "operator": "In", "values": ["dev", "test"]},
+                {"key": "frozen", "operator": "DoesNotExist"},
+            ],
+        }
+    )
+    bare = judge(parse_spec(spec()), "agents", {"kubernetes.io/metadata.name": "agents"}, {"default": expressions})
+    assert "(its labels: none)" in bare.message
+    assert "default selects agentcred.dev/enabled=true,env in (dev,test),!frozen" in bare.message
+    assert "there is no AgentCredentialPolicy" in judge(parse_spec(spec()), "agents", RESEARCH, {}).message
 
 
 def test_allowed_names_the_policy() -> None:
@@ -226,3 +241,27 @@ def test_a_policy_that_requires_dpop_allows_only_credentials_whose_tokens_are_bo
     assert not bearer.allowed and "set source.jwt.dpop to required" in bearer.message
     bound = spec(source={"jwt": {"audiences": ["https://llm-gateway.internal"], "dpop": "required"}})
     assert judge(parse_spec(bound), "agents", RESEARCH, strict).allowed
+
+
+def test_an_upstream_secret_says_exactly_what_stands_in_the_way() -> None:
+    from agentcred.rules.credentials import SharedSecret, credential_record, upstream_problem
+    from samples import EXCEPTION, STATIC_SOURCE, credential
+
+    body = credential(name="vendor", namespace="agents", source=STATIC_SOURCE, exception=EXCEPTION)
+    record = credential_record(body)
+    key = STATIC_SOURCE["secretRef"]["key"]
+
+    def problem(found: SharedSecret | None) -> tuple[str, str]:
+        verdict = upstream_problem(record, found)
+        assert verdict is not None
+        return verdict.reason, verdict.message
+
+    reason, message = problem(None)
+    assert reason == "UpstreamNotShared" and "is not shared with agentcred, or does not exist" in message
+    reason, message = problem(SharedSecret(frozenset({key}), frozenset({"other/api"})))
+    assert reason == "UpstreamNotShared" and "is shared with other/api, not with vendor" in message
+    reason, message = problem(SharedSecret(frozenset({key, "token"}), frozenset({"vendor/token"})))
+    assert reason == "UpstreamNotShared" and f"shares key token with AgentCredential vendor, not {key}" in message
+    reason, message = problem(SharedSecret(frozenset({"token"}), frozenset({"vendor"})))
+    assert (reason, message.endswith(f"has no key {key} (its keys: token)")) == ("UpstreamKeyMissing", True)
+    assert upstream_problem(record, SharedSecret(frozenset({key}), frozenset({f"vendor/{key}"}))) is None

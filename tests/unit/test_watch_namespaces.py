@@ -63,3 +63,18 @@ def test_the_pod_guard_is_scoped_with_the_operator() -> None:
         "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["a"]}]
     }
     assert binding["spec"] == {"policyName": "x-pod-guard", "validationActions": ["Deny"]}
+
+
+def test_a_webhook_reached_through_its_service_keeps_the_configurations_name() -> None:
+    """`agentcred run` without --webhook-url: the Service's name must not become the
+    configuration's (it did, and left a second configuration selecting the same pods)."""
+    through_service = configuration(b"ca", service=("agentcred", "ops", 443), operator_namespace="ops")
+    assert through_service["metadata"]["name"] == "agentcred.dev"
+    assert through_service["webhooks"][0]["clientConfig"]["service"] == {
+        "name": "agentcred",
+        "namespace": "ops",
+        "port": 443,
+        "path": "/agentcred-inject",
+    }
+    named = configuration(b"ca", service=("svc", "ops", 443), operator_namespace="ops", name="tokens.agentcred.dev")
+    assert named["metadata"]["name"] == "tokens.agentcred.dev"

@@ -23,6 +23,9 @@ app.kubernetes.io/name: {{ include "agentcred.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{- define "agentcred.selectorLabels" -}}
@@ -65,4 +68,36 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{- define "agentcred.revocationShard" -}}
 {{- printf "%s-revocations-%d" (include "agentcred.fullname" .root) (int .shard) -}}
+{{- end -}}
+
+{{/* The image: global.imageRegistry replaces the registry the repository names (its first
+part, when that has a dot or a port, or is localhost); a digest pins it, else the tag. */}}
+{{- define "agentcred.image" -}}
+{{- $repository := .Values.image.repository -}}
+{{- $registry := (.Values.global | default dict).imageRegistry -}}
+{{- if $registry -}}
+{{- $parts := splitList "/" $repository -}}
+{{- $host := first $parts -}}
+{{- if and (gt (len $parts) 1) (or (contains "." $host) (contains ":" $host) (eq $host "localhost")) -}}
+{{- $repository = join "/" (rest $parts) -}}
+{{- end -}}
+{{- $repository = printf "%s/%s" (trimSuffix "/" $registry) $repository -}}
+{{- end -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" $repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Pull secrets: the chart's, then global.imagePullSecrets (names or {name}), once each. */}}
+{{- define "agentcred.imagePullSecrets" -}}
+{{- $names := list -}}
+{{- range .Values.imagePullSecrets }}{{ $names = append $names .name }}{{ end -}}
+{{- range ((.Values.global | default dict).imagePullSecrets | default list) -}}
+{{- if kindIs "map" . }}{{ $names = append $names .name }}{{ else }}{{ $names = append $names . }}{{ end -}}
+{{- end -}}
+{{- range uniq $names }}
+- name: {{ . }}
+{{- end }}
 {{- end -}}

@@ -22,6 +22,14 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "TTL", "type": "string", "jsonPath": ".spec.ttl"},
     {"name": "Active", "type": "integer", "jsonPath": ".status.activeProjections"},
     {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+    # The reason of the first condition that is False (Ready, then SourceAvailable), so the list
+    # shows a credential whose pods wait on a failing source although it is Ready.
+    {
+        "name": "Problem",
+        "type": "string",
+        "description": "Why it is not Ready, or why its source fails (the reason of the first False condition).",
+        "jsonPath": '.status.conditions[?(@.status=="False")].reason',
+    },
     {"name": "Reason", "type": "string", "priority": 1, "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
     # A string, not a date: kubectl renders a date column as an age, and a time still to
     # come as `<invalid>`; the RFC 3339 text reads as it is.
@@ -67,7 +75,11 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
 
 
 POLICY_PRINTER_COLUMNS: list[dict[str, Any]] = [
+    # Which namespaces it selects (`kubectl get ns -l ...` lists them): what a NoPolicy refusal
+    # usually comes down to, a label a namespace lacks.
+    {"name": "Selector", "type": "string", "jsonPath": ".spec.namespaceSelector"},
     {"name": "Sources", "type": "string", "jsonPath": ".spec.sources"},
+    {"name": "Audiences", "type": "string", "priority": 1, "jsonPath": ".spec.audiences"},
     {"name": "Max-TTL", "type": "string", "jsonPath": ".spec.maxTTL"},
     {"name": "Max-Lifetime", "type": "string", "jsonPath": ".spec.maxLifetime"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

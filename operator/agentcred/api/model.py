@@ -28,13 +28,13 @@ from .schema import (
     CATEGORIES,
     DNS_SUBDOMAIN,
     ENV_VAR_NAME,
-    HTTPS_URL,
     MOUNT_PATH,
     SECRET_KEY,
     Category,
     Date,
     DPoPMode,
     Duration,
+    HttpsUrl,
     JwtAlgorithm,
     Model,
     NonEmpty,
@@ -176,7 +176,7 @@ class WebhookSource(Model):
         }
     )
 
-    url: Annotated[str, StringConstraints(pattern=HTTPS_URL, max_length=2048)] = Field(
+    url: HttpsUrl = Field(
         description="The minting service: POST <url> mints a value, POST <url>/revoke revokes one. https "
         "only, no userinfo, query or fragment; an AgentCredentialPolicy's mintingServices must allow it."
     )
@@ -269,11 +269,32 @@ class ScopeRules(Model):
     )
 
 
+DENY_RULES = (
+    "Shell-style globs, case-sensitive: `*` any run of characters, `?` one, `[...]` a set. "
+    "An empty or absent list refuses nothing here."
+)
+
+
+class DenyRules(ScopeRules):
+    """Glob patterns an intent is refused for, even where the allow lists match."""
+
+    tools: Annotated[list[Pattern], Field(max_length=64)] = Field(
+        default=[], description=f"Tools refused even where `tools` allows them, e.g. delete-*. {DENY_RULES}"
+    )
+    resources: Annotated[list[Pattern], Field(max_length=64)] = Field(
+        default=[],
+        description=f"Resources refused even where `resources` allows them, e.g. repo:acme/secrets-*. {DENY_RULES}",
+    )
+    actions: Annotated[list[Pattern], Field(max_length=64)] = Field(
+        default=[], description=f"Actions refused even where `actions` allows them, e.g. write. {DENY_RULES}"
+    )
+
+
 class Scope(ScopeRules):
     """What the credential may be used for, checked at intent exchange and by verifiers: an
     intent must match a pattern in each of tools, actions and resources; `deny` wins."""
 
-    deny: ScopeRules | None = Field(
+    deny: DenyRules | None = Field(
         default=None,
         description="Patterns refused even where the allow lists match (deny wins); in deny, an empty "
         "or absent list refuses nothing.",
@@ -316,8 +337,9 @@ class Projection(Model):
     )
     file_mode: FileMode | None = Field(
         default=None,
-        description="Mode of the projected files, read-only: 0400, 0440, 0444 or 0404 (octal). Write it "
-        'quoted ("0400") or as a YAML octal number (0400); default 0444.',
+        description="An integer or a string (kubectl explain shows such a field as <Object>): the mode of the "
+        'projected files, read-only: 0400, 0440, 0444 or 0404 (octal). Write it quoted ("0400") or as a YAML '
+        "octal number (0400); default 0444.",
     )
 
     @model_validator(mode="after")

@@ -68,6 +68,32 @@ def _duration(value: str) -> str:
     return value
 
 
+def _https_url(value: str) -> str:
+    if not re.fullmatch(HTTPS_URL, value):
+        raise ValueError(HTTPS_URL_HINT)
+    return value
+
+
+HTTPS_URL_HINT = (
+    "must be https://host[:port][/path], with no userinfo, query or fragment, e.g. "
+    "https://minter.team-a.svc:8443/mint: plain http is refused (values would travel in the clear)"
+)
+# A minting service's URL: checked by a CEL rule rather than a `pattern`, so that the API server
+# answers with the hint, not with a regular expression.
+HttpsUrl = Annotated[
+    str,
+    StringConstraints(max_length=2048),
+    AfterValidator(_https_url),
+    Field(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(f"self.matches('{HTTPS_URL.replace(chr(92), chr(92) * 2)}')", HTTPS_URL_HINT)
+            ]
+        }
+    ),
+]
+
+
 # Every duration field, one grammar (see `durations`). A CEL rule rather than a `pattern`:
 # the API server then answers with this message, not with a regular expression.
 Duration = Annotated[

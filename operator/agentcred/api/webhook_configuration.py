@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from . import labels
+from .model import GROUP
 
 DEFAULT_CONFIGURATION_NAME = "agentcred.dev"
 HANDLER_ID = "agentcred-inject"
@@ -43,8 +44,13 @@ def configuration(
     if url is not None:
         client_config["url"] = f"{url.rstrip('/')}/{HANDLER_ID}"
     elif service is not None:
-        name, namespace, port = service
-        client_config["service"] = {"name": name, "namespace": namespace, "port": port, "path": f"/{HANDLER_ID}"}
+        service_name, service_namespace, port = service
+        client_config["service"] = {
+            "name": service_name,
+            "namespace": service_namespace,
+            "port": port,
+            "path": f"/{HANDLER_ID}",
+        }
     else:
         raise ValueError("the webhook needs either a URL or a Service to be reached at")
     return {
@@ -167,6 +173,119 @@ def pod_guard(
                     "reason": "Forbidden",
                 },
             ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": policy_name, **meta},
+        "spec": {"policyName": policy_name, "validationActions": ["Deny"]},
+    }
+    return [("validatingadmissionpolicies", policy), ("validatingadmissionpolicybindings", binding)]
+
+
+# What a person puts on a pod; the webhook adds the rest (GUARDED_ANNOTATIONS), the operator
+# the quarantine label.
+POD_LABELS = (labels.INJECT_LABEL, labels.QUARANTINED_LABEL)
+
+
+def _present(field: str, key: str) -> str:
+    return f"(has(object.metadata.{field}) && '{key}' in object.metadata.{field})"
+
+
+def _any_ours(field: str) -> str:
+    return f"(has(object.metadata.{field}) && object.metadata.{field}.exists(k, k.startsWith('{GROUP}/')))"
+
+
+def _unknown(field: str, known: Sequence[str]) -> str:
+    listed = ", ".join(f"'{k}'" for k in known)
+    return f"object.metadata.{field}.filter(k, k.startsWith('{GROUP}/') && !(k in [{listed}]))"
+
+
+def opt_in_check(
+    name: str = DEFAULT_CONFIGURATION_NAME,
+    operator_namespace: str = "agentcred",
+    namespaces: Sequence[str] = (),
+    excluded: Sequence[str] = (),
+    admitted_only: bool = True,
+) -> list[tuple[str, dict[str, Any]]]:
+    """An in-tree ValidatingAdmissionPolicy (and its binding) that refuses, where the webhook
+    looks, a new pod that means to opt in but would run without its credentials: the
+    credentials annotation without the opt-in label, the label with another value than
+    "true" or written as an annotation, an agentcred.dev/ key agentcred does not read (a typo),
+    and -- with `admitted_only`, when the webhook fails closed -- a labelled pod no agentcred
+    webhook admitted (no operator running, its configuration missing). It needs no webhook, so
+    it holds while the operator is down; a Job or a Deployment makes the pod again once fixed."""
+    label, credentials = labels.INJECT_LABEL, labels.CREDENTIALS_ANNOTATION
+    unknown_annotations = _unknown("annotations", GUARDED_ANNOTATIONS)
+    validations: list[dict[str, Any]] = [
+        {
+            "expression": f"!{_present('labels', label)} || object.metadata.labels['{label}'] == 'true'",
+            "messageExpression": f'\'the label {label} opts a pod in with the value "true" only, not "\' + '
+            f"object.metadata.labels['{label}'] + '\": as it is, agentcred gives this pod nothing'",
+            "reason": "Invalid",
+        },
+        {
+            "expression": f"!{_present('annotations', label)} || {_present('labels', label)}",
+            "message": f'{label} is a label, not an annotation: set metadata.labels["{label}"] to "true" (and '
+            f"name the credentials in the annotation {credentials})",
+            "reason": "Invalid",
+        },
+        {
+            "expression": f"!{_present('annotations', credentials)} || {_present('labels', label)}",
+            "message": f"the pod names agentcred credentials (annotation {credentials}) but has no label "
+            f'{label}: "true", so agentcred\'s webhook never sees it and it would run without them: add the label',
+            "reason": "Invalid",
+        },
+        {
+            "expression": f"!has(object.metadata.annotations) || {unknown_annotations}.size() == 0",
+            "messageExpression": f"'agentcred reads no annotation ' + {unknown_annotations}[0]"
+            f" + ': did you mean {credentials} (the credentials, comma-separated)?'",
+            "reason": "Invalid",
+        },
+        {
+            "expression": f"!has(object.metadata.labels) || {_unknown('labels', POD_LABELS)}.size() == 0",
+            "messageExpression": f"'agentcred reads no label ' + {_unknown('labels', POD_LABELS)}[0] + "
+            f"': did you mean {label}: \"true\"?'",
+            "reason": "Invalid",
+        },
+    ]
+    if admitted_only:
+        validations.append(
+            {
+                "expression": f"!{_present('labels', label)} || object.metadata.labels['{label}'] != 'true' || "
+                f"{_present('annotations', labels.SEAL_ANNOTATION)}",
+                "message": f'no agentcred webhook admitted this pod (label {label}: "true"), so it would run '
+                "without its credentials: the operator is not running, or its webhook configuration is missing. "
+                "Start the operator (locally: agentcred run --standalone --namespace agentcred --webhook-url "
+                "https://127.0.0.1:9443), then create the pod again: a Job or a Deployment does so by itself",
+                "reason": "Forbidden",
+            }
+        )
+    policy_name = f"{name}-opt-in"
+    meta = {"labels": {"app.kubernetes.io/name": "agentcred"}}
+    skipped = [*skipped_namespaces(operator_namespace), *excluded]
+    expressions: list[dict[str, Any]] = [{"key": NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": skipped}]
+    if namespaces:
+        expressions.append({"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": list(namespaces)})
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": policy_name, **meta},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "operations": ["CREATE"]}
+                ],
+                # Where the webhook looks: elsewhere agentcred admits nothing, by design.
+                "namespaceSelector": {"matchExpressions": expressions},
+            },
+            # Only pods that carry anything of ours are looked at.
+            "matchConditions": [
+                {"name": "mentions-agentcred", "expression": f"{_any_ours('labels')} || {_any_ours('annotations')}"}
+            ],
+            "validations": validations,
         },
     }
     binding = {

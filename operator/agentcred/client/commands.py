@@ -10,8 +10,14 @@ from typing import Any
 
 def api_client(args: argparse.Namespace) -> Any:
     """A client for the cluster the command's --kubeconfig and --context name (default: as kubectl)."""
+    import os
+
     from kubernetes import config
 
+    from .errors import USAGE, CommandFailed
+
+    if args.kubeconfig and not os.path.isfile(args.kubeconfig):
+        raise CommandFailed(USAGE, f"--kubeconfig {args.kubeconfig}: no such file")
     return config.new_client_from_config(config_file=args.kubeconfig, context=args.context)
 
 
@@ -28,33 +34,48 @@ def object_namespace(args: argparse.Namespace) -> str:
 
 def _ask_operator(
     args: argparse.Namespace, ask: Callable[..., dict[str, Any]], **fields: Any
-) -> tuple[int, dict[str, Any], str]:
+) -> tuple[dict[str, Any], str]:
     """Send a request about one AgentCredential and wait for the operator's answer."""
     from kubernetes.client.exceptions import ApiException
 
+    from .errors import NOT_FOUND, UNREACHABLE, CommandFailed
     from .requests import RequestTimeout
 
     namespace = object_namespace(args)
     try:
-        return (0, ask(api_client(args), namespace, args.credential, timeout=args.timeout, **fields), namespace)
+        return ask(api_client(args), namespace, args.credential, timeout=args.timeout, **fields), namespace
     except ApiException as error:
         if error.status != 404:
             raise
-        print(f"AgentCredential {args.credential} not found in namespace {namespace}", file=sys.stderr)
-        return 1, {}, namespace
+        raise CommandFailed(
+            NOT_FOUND, f"AgentCredential {args.credential} not found in namespace {namespace}"
+        ) from None
     except RequestTimeout as error:
-        print(str(error), file=sys.stderr)
-        return 2, {}, namespace
+        raise CommandFailed(UNREACHABLE, str(error)) from None
+
+
+def _pod_exists(args: argparse.Namespace, namespace: str) -> None:
+    """A pod named on the command line exists, or the command stops before asking anything."""
+    from kubernetes import client
+
+    from .errors import NOT_FOUND, CommandFailed
+
+    # By list (the right --evict needs anyway), not get.
+    core = client.CoreV1Api(api_client(args))
+    if not core.list_namespaced_pod(namespace, field_selector=f"metadata.name={args.pod}").items:
+        raise CommandFailed(NOT_FOUND, f"pod {args.pod} not found in namespace {namespace}: nothing revoked")
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     from .requests import request_revoke
 
-    status, outcome, namespace = _ask_operator(args, request_revoke, pod=args.pod, reason=args.reason)
-    if status != 0:
-        return status
+    if args.pod:
+        _pod_exists(args, object_namespace(args))
+    outcome, namespace = _ask_operator(args, request_revoke, pod=args.pod, reason=args.reason)
     where = f"pod {args.pod}" if args.pod else "every pod"
     print(f"revoked {outcome['revoked']} live value(s) of {namespace}/{args.credential} in {where}")
+    if args.pod and not outcome["revoked"]:
+        print(f"pod {args.pod} held no live value of {args.credential}", file=sys.stderr)
     return _evict(args, namespace) if args.evict else 0
 
 
@@ -77,10 +98,9 @@ def _evict(args: argparse.Namespace, namespace: str) -> int:
 def cmd_renew(args: argparse.Namespace) -> int:
     from .requests import request_renew
 
-    status, outcome, namespace = _ask_operator(args, request_renew)
-    if status == 0:
-        print(f"renewed {outcome['renewed']} live value(s) of {namespace}/{args.credential}")
-    return status
+    outcome, namespace = _ask_operator(args, request_renew)
+    print(f"renewed {outcome['renewed']} live value(s) of {namespace}/{args.credential}")
+    return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -91,6 +111,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     from ..api.times import format_time
     from ..rules.scope import Intent
+    from .errors import UNREACHABLE, USAGE
     from .verify import Presented, TokenRejected, Verifier, describe_grant
 
     token = sys.stdin.read() if args.token in (None, "-") else args.token
@@ -116,7 +137,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             else ""
         )
         print(f"could not read the keys from {where}: {error}{hint}", file=sys.stderr)
-        return 2
+        return UNREACHABLE if args.url and not isinstance(error, FileNotFoundError) else USAGE
     intent_parts = (args.tool, args.action, args.resource)
     if any(intent_parts) and not all(intent_parts):
         print("an intent needs all of --tool, --action and --resource", file=sys.stderr)
@@ -127,7 +148,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.dpop_proof:
         if not (args.method and args.request_url):
             print("a DPoP proof is checked against its request: give --method and --request-url", file=sys.stderr)
-            return 2
+            return USAGE
         presented = Presented(args.method, args.request_url, scheme="DPoP", proof=args.dpop_proof)
     try:
         claims = verifier.verify(token, audience=args.audience, intent=intent, namespace=namespace, presented=presented)
@@ -149,6 +170,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_rotate_key(args: argparse.Namespace) -> int:
     from ..api.labels import StateNames
+    from .errors import UNREACHABLE, CommandFailed
     from .keyrotation import RotationTimeout, request_rotation
 
     try:
@@ -156,8 +178,7 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
             api_client(args), args.operator_namespace, args.algorithm, args.timeout, StateNames(args.instance)
         )
     except RotationTimeout as error:
-        print(str(error), file=sys.stderr)
-        return 2
+        raise CommandFailed(UNREACHABLE, str(error)) from None
     for key in ring:
         state = f"retired {key['retiredAt']}" if key["retiredAt"] else "current"
         print(f"{key['alg']}\t{key['kid']}\t{state}")
@@ -208,17 +229,17 @@ def _leak_items(args: argparse.Namespace) -> list[dict[str, Any]] | None:
 
 
 def _intake(args: argparse.Namespace, path: str) -> tuple[int, list[dict[str, Any]]]:
-    from .leaks import IntakeError, ask, reporter_token
+    from ..api.labels import StateNames
+    from .leaks import ask, operator_ca, reporter_token
 
     items = _leak_items(args)
     if items is None:
         return 2, []
-    try:
-        token = reporter_token(args.token_file, args.reporter)
-        return 0, ask(args.url, path, token, items, args.cafile)
-    except IntakeError as error:
-        print(str(error), file=sys.stderr)
-        return 2, []
+    # With --as or without --cafile, the kubeconfig's cluster is asked: for a token, for the CA.
+    cluster = api_client(args) if args.reporter or not args.cafile else None
+    token = reporter_token(args.token_file, args.reporter, cluster)
+    cafile = args.cafile or operator_ca(cluster, args.operator_namespace, StateNames(args.instance))
+    return 0, ask(args.url, path, token, items, cafile)
 
 
 def cmd_trace(args: argparse.Namespace) -> int:

@@ -283,7 +283,7 @@ def render_table(inventory: Inventory) -> str:
                     e.ttl,
                     str(e.active),
                     e.last_issued or "-",
-                    "yes" if e.ready else "no",
+                    str(e.ready),  # True or False, as kubectl and the CSV write it
                     e.review_due or "-",
                 ]
                 for e in entries

@@ -94,8 +94,17 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"kubectl: {ensure_binaries()['kubectl']}", file=sys.stderr)
+    print(NEXT_STEPS.format(kubeconfig=state.kubeconfig), file=sys.stderr)
     print(f"export KUBECONFIG={state.kubeconfig}")
     return 0
+
+
+# What `dev up` leaves to do: without an operator, an opted-in pod is refused (the opt-in
+# check says why) rather than run without its credentials.
+NEXT_STEPS = """no operator runs yet: opted-in pods are refused until one does. Next, in another terminal:
+  export KUBECONFIG={kubeconfig}
+  agentcred run --standalone --namespace agentcred --webhook-url https://127.0.0.1:9443
+then: kubectl apply -f examples/quickstart.yaml   (README: Running outside a cluster)"""
 
 
 def start_kubelet(workdir: Path, kubeconfig: str, complete_after: float) -> int:
@@ -142,9 +151,15 @@ def cmd_dev_down(args: argparse.Namespace) -> int:
 def cmd_dev_kubeconfig(args: argparse.Namespace) -> int:
     from .controlplane import ControlPlaneState
 
-    state_path = _dev_dir(args) / "state.json"
+    folder = _dev_dir(args)
+    state_path = folder / "state.json"
     if not state_path.exists():
-        print("no local control plane is up: run `agentcred dev up`", file=sys.stderr)
+        others = sorted(path.parent.name for path in folder.parent.glob("*/state.json"))
+        where = f"local control plane {folder.name}" + ("" if args.name else " (this checkout's)")
+        if others:
+            print(f"no {where} is up; up: {', '.join(others)} (pick one with --name)", file=sys.stderr)
+        else:
+            print("no local control plane is up: run `agentcred dev up`", file=sys.stderr)
         return 1
     print(ControlPlaneState.load(state_path).kubeconfig)
     return 0

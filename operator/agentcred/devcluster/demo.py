@@ -20,12 +20,14 @@ import os
 import shutil
 import socket
 import ssl
+import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -35,7 +37,7 @@ from ..api import labels
 from ..api.model import GROUP, PLURAL, VERSION
 from .binaries import cache_root, ensure_binaries
 from .commands import DEFAULT_COMPLETE_AFTER, start_kubelet
-from .controlplane import ControlPlane
+from .controlplane import ControlPlane, free_port
 from .install import install_agentcred
 from .kubelet import FakeKubelet
 from .local_operator import LocalOperator
@@ -56,12 +58,12 @@ def _say(text: str) -> None:
     print(f"\n\033[1m==> {text}\033[0m" if _bold() else f"\n==> {text}", flush=True)
 
 
-def _example_path() -> Path:
-    candidates = [Path.cwd() / "examples" / EXAMPLE, Path(__file__).resolve().parents[2] / "examples" / EXAMPLE]
+def _example_path(name: str = EXAMPLE) -> Path:
+    candidates = [Path.cwd() / "examples" / name, Path(__file__).resolve().parents[2] / "examples" / name]
     for candidate in candidates:
         if candidate.exists():
             return candidate
-    raise FileNotFoundError(f"examples/{EXAMPLE} not found; run the demo from the repository root")
+    raise FileNotFoundError(f"examples/{name} not found; run the demo from the repository root")
 
 
 def _webhook_listening(port: int) -> bool:
@@ -72,8 +74,11 @@ def _webhook_listening(port: int) -> bool:
         return False
 
 
-def run_demo(keep: bool = False) -> int:
+def run_demo(keep: bool = False, mcp: bool = False) -> int:
     ensure_binaries()
+    if mcp:
+        with tempfile.TemporaryDirectory(prefix="agentcred-demo-") as workdir, ControlPlane() as plane:
+            return _run(plane, Path(workdir), keep=False, story=_mcp_story).get("exit", 0)
     if not keep:
         with tempfile.TemporaryDirectory(prefix="agentcred-demo-") as workdir, ControlPlane() as plane:
             _run(plane, Path(workdir), keep=False)
@@ -98,8 +103,12 @@ def run_demo(keep: bool = False) -> int:
     return 0
 
 
-def _run(plane: ControlPlane, workdir: Path, keep: bool) -> dict[str, int]:
-    """The story; with `keep`, the operator and a kubelet stand-in are left running, detached
+Story = Callable[[client.ApiClient, str, Path], int]
+
+
+def _run(plane: ControlPlane, workdir: Path, keep: bool, story: Story | None = None) -> dict[str, int]:
+    """The story (the quickstart's, unless another is given: its exit code is returned as
+    "exit"); with `keep`, the operator and a kubelet stand-in are left running, detached
     (their pids returned)."""
     _say(f"local control plane up at {plane.server} (kubeconfig {plane.kubeconfig})")
     api = config.new_client_from_config(config_file=str(plane.kubeconfig))
@@ -112,6 +121,10 @@ def _run(plane: ControlPlane, workdir: Path, keep: bool) -> dict[str, int]:
     try:
         wait_for(timeout=60, what="the operator's webhook", predicate=lambda: _webhook_listening(operator.webhook_port))
         _say(f"operator running (pid {operator.pid()}); its webhook is registered for opted-in pods")
+        if story is not None:
+            code = story(api, operator.api_url, workdir)
+            _say("done: stopping the operator, the kubelet stand-in and the control plane")
+            return {"exit": code}
 
         _say(f"applying examples/{EXAMPLE}: namespace, ServiceAccount, AgentCredential, agent Job")
         custom = client.CustomObjectsApi(api)
@@ -236,3 +249,112 @@ def _ready(custom: client.CustomObjectsApi, namespace: str, name: str) -> bool:
     body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
     conditions = (body.get("status") or {}).get("conditions") or []
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def _mcp_story(api: client.ApiClient, issuer: str, workdir: Path) -> int:
+    """examples/mcp end to end: its server on loopback, its AgentCredential pointed there, an
+    agent pod admitted for it, and agent.py run with what the webhook gives that pod (its
+    identity token -- asked of the API server as the kubelet would, bound to the pod -- the
+    issuer and agentcred's CA). Prints what the agent prints, then the audit lines."""
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    folder = _example_path("mcp/deploy.yaml").parent
+    documents = [d for d in yaml.safe_load_all((folder / "deploy.yaml").read_text()) if d]
+    [credential] = [d for d in documents if d["kind"] == "AgentCredential"]
+    [job] = [d for d in documents if d["kind"] == "Job"]
+    namespace = credential["metadata"]["namespace"]
+
+    ca = workdir / "agentcred-ca.crt"
+    ca.write_text(
+        wait_for(
+            timeout=60,
+            what="the operator's CA published",
+            predicate=lambda: (core.read_namespaced_config_map("agentcred-ca-bundle", "agentcred").data or {}).get(
+                labels.CA_KEY
+            ),
+        )
+    )
+    port = free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    _say(f"examples/mcp: the docs MCP server on {resource} (official mcp SDK; it trusts only agentcred's tokens)")
+    server_log = open(workdir / "mcp-server.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, str(folder / "server.py"), "--issuer", issuer, "--cafile", str(ca)]
+        + ["--resource", resource, "--namespace", namespace, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=server_log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(timeout=60, what="the MCP server", predicate=lambda: _answers(resource, server))
+        for document in documents:
+            if document["kind"] in ("Namespace", "ServiceAccount"):
+                try:
+                    utils.create_from_dict(api, document)
+                except utils.FailToCreateError:
+                    pass  # there already
+        credential["spec"]["source"]["jwt"]["audiences"] = [resource]  # the server as it runs here
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, credential)
+        name = credential["metadata"]["name"]
+        wait_for(timeout=60, what="the credential Ready", predicate=functools.partial(_ready, custom, namespace, name))
+        print(f"  AgentCredential {name}: audience {resource}, scope {json.dumps(credential['spec']['scope'])}")
+
+        template = job["spec"]["template"]
+        pod = {"metadata": {"name": job["metadata"]["name"], **template["metadata"]}, "spec": template["spec"]}
+        core.create_namespaced_pod(namespace, pod)
+        running = wait_for(
+            timeout=60,
+            what="the agent's pod admitted and given its credential",
+            predicate=lambda: _running(core, namespace, pod["metadata"]["name"]),
+        )
+        _say(f"the agent: pod {running.metadata.name}, ServiceAccount {running.spec.service_account_name}")
+        bound = {"apiVersion": "v1", "kind": "Pod", "name": running.metadata.name, "uid": running.metadata.uid}
+        spec = {"audiences": [labels.SERVICE_ACCOUNT_AUDIENCE], "expirationSeconds": 600, "boundObjectRef": bound}
+        identity = core.create_namespaced_service_account_token(
+            running.spec.service_account_name, namespace, {"spec": spec}
+        ).status.token
+        token_file = workdir / "identity-token"
+        token_file.write_text(identity)
+        token_file.chmod(0o600)
+        print("  it holds only its pod's identity (as the kubelet projects it); it runs agent.py:")
+        env = {
+            **os.environ,
+            "MCP_SERVER_URL": resource,
+            "AGENTCRED_ISSUER": issuer,
+            "AGENTCRED_IDENTITY_TOKEN_FILE": str(token_file),
+            "AGENTCRED_CA_FILE": str(ca),
+        }
+        agent = subprocess.run(
+            [sys.executable, str(folder / "agent.py")], env=env, capture_output=True, text=True, timeout=300
+        )
+        print()
+        for line in agent.stdout.splitlines():
+            print(line)
+        if agent.returncode != 0:
+            print(agent.stderr[-3000:], file=sys.stderr)
+        _say("the operator's audit log: each token it issued, and the step-up it refused")
+        time.sleep(0.5)
+        for line in (workdir / "audit.log").read_text().splitlines():
+            if json.loads(line).get("action") in ("exchange", "deny"):
+                print("  " + line)
+        return int(agent.returncode)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        server_log.close()
+
+
+def _answers(resource: str, server: subprocess.Popen[bytes]) -> bool:
+    if server.poll() is not None:
+        raise RuntimeError(f"the MCP server exited ({server.returncode})")
+    try:
+        with urllib.request.urlopen(resource.replace("/mcp", "/.well-known/oauth-protected-resource/mcp"), timeout=5):
+            return True
+    except OSError:
+        return False
+
+
+def _running(core: client.CoreV1Api, namespace: str, name: str) -> client.V1Pod | None:
+    pod = core.read_namespaced_pod(name, namespace)
+    return pod if pod.status.phase == "Running" else None

@@ -1,5 +1,7 @@
-"""Put what agentcred needs into a fresh cluster: the CRDs (established), its namespace, and
-for local development an AgentCredentialPolicy that allows everything everywhere."""
+"""Put what agentcred needs into a fresh cluster: the CRDs (established), its namespace, the
+opt-in check (so that an opted-in pod made before the operator runs is refused, saying so,
+rather than run without credentials), and for local development an AgentCredentialPolicy
+that allows everything everywhere."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from kubernetes.client.exceptions import ApiException
 
 from ..api import model
 from ..api.crd import build_crd, build_policy_crd
+from ..api.webhook_configuration import opt_in_check
 from .polling import wait_for
 
 OPERATOR_NAMESPACE = "agentcred"
@@ -69,6 +72,31 @@ def apply_policy(api_client: client.ApiClient, body: dict[str, Any]) -> None:
         custom.replace_cluster_custom_object(model.GROUP, model.VERSION, model.POLICY_PLURAL, name, body)
 
 
+def apply_admission_object(api_client: client.ApiClient, resources: str, body: dict[str, Any]) -> None:
+    """Create or replace a ValidatingAdmissionPolicy or its binding (`resources`: the plural)."""
+    admission = client.AdmissionregistrationV1Api(api_client)
+    create, read, replace = {
+        "validatingadmissionpolicies": (
+            admission.create_validating_admission_policy,
+            admission.read_validating_admission_policy,
+            admission.replace_validating_admission_policy,
+        ),
+        "validatingadmissionpolicybindings": (
+            admission.create_validating_admission_policy_binding,
+            admission.read_validating_admission_policy_binding,
+            admission.replace_validating_admission_policy_binding,
+        ),
+    }[resources]
+    name = body["metadata"]["name"]
+    try:
+        create(body)
+    except ApiException as error:
+        if error.status != 409:
+            raise
+        current = read(name)
+        replace(name, {**body, "metadata": {**body["metadata"], "resourceVersion": current.metadata.resource_version}})
+
+
 def install_agentcred(
     api_client: client.ApiClient,
     namespace: str = OPERATOR_NAMESPACE,
@@ -79,6 +107,9 @@ def install_agentcred(
         apply_crd(api_client, body, timeout)
     if policy is not None:
         apply_policy(api_client, policy)
+    # The same object `agentcred run` applies when it starts (it then replaces it as it is).
+    for resources, body in opt_in_check(operator_namespace=namespace):
+        apply_admission_object(api_client, resources, body)
     try:
         client.CoreV1Api(api_client).create_namespace({"metadata": {"name": namespace}})
     except ApiException as error:

@@ -164,6 +164,19 @@ class RevocationList:
             )
         )
 
+    def fresh_after(self, pod_uid: str, credential: str) -> dt.datetime | None:
+        """From when a fresh token of the credential for the pod is outside every entry that
+        covers the pod by a cut-off (None: no such entry)."""
+        cut_offs = [
+            entry.before
+            for entry in (
+                self._entries.get((pod_uid, credential, "")),
+                self._entries.get((pod_uid, ALL_CREDENTIALS, "")),
+            )
+            if entry is not None and entry.before is not None
+        ]
+        return max(cut_offs, default=None)
+
     def prune(self, now: dt.datetime) -> None:
         for key, entry in list(self._entries.items()):
             if entry.until + EXPIRY_SKEW <= now:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import difflib
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..api import labels
@@ -23,6 +24,7 @@ MAX_ANNOTATION_LENGTH = 2048
 DEFAULT_FILE_MODE = 0o444
 
 Lookup = Callable[[str], CredentialRecord | None]
+Names = Callable[[], Iterable[str]]  # the AgentCredentials of the pod's namespace, for "did you mean"
 
 
 class Refusal(Exception):
@@ -61,15 +63,19 @@ def parse_credentials_annotation(text: str | None) -> list[str]:
     return names
 
 
-def _check(names: list[str], namespace: str, service_account: str, lookup: Lookup) -> list[CredentialRecord]:
+def _check(
+    names: list[str], namespace: str, service_account: str, lookup: Lookup, known: Names = tuple
+) -> list[CredentialRecord]:
     records, problems = [], []
     categories: set[str | None] = set()  # of the credentials refused (None: not known)
     for name in names:
         record = lookup(name)
         if record is None:
             categories.add(None)
+            close = difflib.get_close_matches(name, list(known()), n=1, cutoff=0.75)
+            guess = f" (did you mean {close[0]}?)" if close else ""
             problems.append(
-                f"AgentCredential {name} does not exist in namespace {namespace}, so ServiceAccount "
+                f"AgentCredential {name} does not exist in namespace {namespace}{guess}, so ServiceAccount "
                 f"{service_account} cannot receive it"
             )
         elif not record.ready or record.spec is None:
@@ -349,7 +355,12 @@ def _well_formed(pod: Any) -> None:
 
 
 def admit(
-    pod: dict[str, Any], namespace: str, lookup: Lookup, keys: seal.SealKeys, now: dt.datetime | None = None
+    pod: dict[str, Any],
+    namespace: str,
+    lookup: Lookup,
+    keys: seal.SealKeys,
+    now: dt.datetime | None = None,
+    known: Names = tuple,
 ) -> list[CredentialRecord] | None:
     """The credentials the pod may receive, None if this webhook already admitted it (a
     reinvocation: nothing more to do), or Refusal saying why not. Reads only."""
@@ -360,7 +371,7 @@ def admit(
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     names = parse_credentials_annotation(annotations.get(labels.CREDENTIALS_ANNOTATION))
     service_account = (pod.get("spec") or {}).get("serviceAccountName") or "default"
-    records = _check(names, namespace, service_account, lookup)
+    records = _check(names, namespace, service_account, lookup, known)
     _mount_clashes(pod, records)
     return records
 

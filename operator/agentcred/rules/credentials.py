@@ -150,15 +150,32 @@ def upstream_problem(record: CredentialRecord, found: SharedSecret | None) -> So
         return None
     ref = spec.source.secret_ref
     where = f"Secret {ref.name} in namespace {record.namespace}"
-    if found is None or not found.allows(record.name, ref.key):
+    wanted = f"{record.name}/{ref.key}"
+    if found is None:
+        # The operator reads only shared Secrets, so it cannot tell a missing one from one not
+        # shared -- and does not try: it would tell a credential's author which Secrets exist.
         return SourceProblem(
             "UpstreamNotShared",
-            f"{where} does not exist or does not share key {ref.key} with AgentCredential {record.name}: "
-            f"its owner labels it {labels.SHARED_LABEL}=true and annotates it "
-            f"{labels.SHARED_WITH_ANNOTATION}: {record.name}/{ref.key}",
+            f"{where} is not shared with agentcred, or does not exist (agentcred reads only Secrets labelled "
+            f"{labels.SHARED_LABEL}=true): its owner labels it so and annotates it {labels.SHARED_WITH_ANNOTATION}: "
+            f"{wanted}",
+        )
+    if not found.allows(record.name, ref.key):
+        own_keys = sorted(k.split("/", 1)[1] for k in found.shared_with or () if k.startswith(f"{record.name}/"))
+        if own_keys:
+            detail = (
+                f"shares key {', '.join(own_keys)} with AgentCredential {record.name}, not {ref.key} "
+                f"(spec.source.secretRef.key)"
+            )
+        else:
+            detail = f"is shared with {', '.join(sorted(found.shared_with or ())) or 'nobody'}, not with {record.name}"
+        return SourceProblem(
+            "UpstreamNotShared",
+            f"{where} {detail}: its owner adds {wanted} to its annotation {labels.SHARED_WITH_ANNOTATION}",
         )
     if ref.key not in found.keys:
-        return SourceProblem("UpstreamKeyMissing", f"{where} has no key {ref.key}")
+        keys = ", ".join(sorted(found.keys)) or "none"
+        return SourceProblem("UpstreamKeyMissing", f"{where} has no key {ref.key} (its keys: {keys})")
     return None
 
 

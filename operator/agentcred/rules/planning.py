@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..api.pods import PodTask
 from ..api.projection import IssuedValue, ProjectionState
@@ -27,6 +27,16 @@ class Issue:
     @property
     def is_renewal(self) -> bool:
         return self.renewals > 0
+
+
+# Reasons a live value goes while its task runs on, because its credential stopped allowing it
+# for a while: not Ready (a policy or a namespace label changed, the upstream is gone, ...),
+# the ServiceAccount no longer a subject, the static exception expired. They leave no
+# tombstone: when the credential allows the pod again, the pod -- still running, still asking
+# for it -- gets a fresh value, as a new pod would be admitted. Only the tokens issued until
+# then stay revoked. Any other reason (the task's end, maxLifetime, `agentcred revoke`, the
+# credential's deletion, a leak with quarantine, ...) is final for the pod.
+RECOVERABLE: frozenset[RevocationReason] = frozenset({"credential-not-ready", "subject-removed", "exception-expired"})
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,74 @@ def _gateway_only(task: PodTask, name: str, record: CredentialRecord | None) -> 
     )
 
 
+@dataclass
+class _Draft:
+    """What `plan` decides for one pod, credential by credential."""
+
+    task: PodTask
+    started: dt.datetime  # the task's admission: maxLifetime counts from here
+    now: dt.datetime
+    issues: list[Issue] = field(default_factory=list)
+    revokes: list[Revoke] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    dues: list[dt.datetime] = field(default_factory=list)
+
+    def keep_or_renew(
+        self, name: str, record: CredentialRecord | None, value: IssuedValue, *, barred: bool, renew: bool
+    ) -> None:
+        """A live value: revoked (and why), renewed (when due, or asked), or kept until its due time."""
+        now, started = self.now, self.started
+        reason: RevocationReason | None = "barred" if barred else _revocation_reason(self.task, record, now.date())
+        if reason is None and record is not None and record.spec is not None:
+            spec = record.spec
+            lifetime_end = started + spec.max_lifetime_delta
+            end = exception_end(record)
+            if now >= lifetime_end:
+                reason = "max-lifetime"
+            elif end is not None and now >= end:
+                reason = "exception-expired"
+            elif now >= value.expires_at - spec.renew_before_delta or renew:
+                renewal = Issue(
+                    name,
+                    expires_at=min(now + spec.ttl_delta, lifetime_end),
+                    task_started_at=started,
+                    renewals=value.renewals + 1,
+                    planned_at=min(value.expires_at - spec.renew_before_delta, now),
+                )
+                self.issues.append(renewal)
+                self.dues.append(_due(renewal, record, started))
+            else:
+                self.dues.append(_due(value, record, started))
+        if reason is not None:
+            self.revokes.append(Revoke(name, reason))
+            # The pod waits for it from now on, told why, as a new pod would be.
+            waiting = _problem(self.task, name, record, now.date()) if reason in RECOVERABLE else None
+            if waiting is not None:
+                self.problems.append(waiting)
+
+    def issue_fresh(self, name: str, record: CredentialRecord | None, held_until: dt.datetime | None) -> None:
+        """No live value: issued, unless something stands in the way (told), or a revocation's
+        cut-off second has not passed yet (due then)."""
+        problem = _problem(self.task, name, record, self.now.date())
+        if problem is not None:
+            self.problems.append(problem)
+            return
+        assert record is not None and record.spec is not None
+        lifetime_end = self.started + record.spec.max_lifetime_delta
+        if self.now >= lifetime_end:
+            reached = f"the task reached maxLifetime {record.spec.max_lifetime} of {name}"
+            self.problems.append(Problem(name, "MaxLifetimeReached", reached))
+            return
+        if held_until is not None and self.now < held_until:
+            self.dues.append(held_until)
+            return
+        fresh = Issue(
+            name, expires_at=min(self.now + record.spec.ttl_delta, lifetime_end), task_started_at=self.started
+        )
+        self.issues.append(fresh)
+        self.dues.append(_due(fresh, record, self.started))
+
+
 def plan(
     task: PodTask | None,
     state: ProjectionState | None,
@@ -118,11 +196,14 @@ def plan(
     now: dt.datetime,
     renew_now: frozenset[str] = frozenset(),
     barred: frozenset[str] = frozenset(),
+    not_before: Mapping[str, dt.datetime] | None = None,
 ) -> Plan:
     """What the pod's projection needs now; `renew_now` names credentials whose live values
     are replaced at once (`agentcred renew`), due or not; `barred` names credentials the
     revocation list bars this pod from (revoked for it while it lives, whatever its Secret
-    says). The task's lifetime counts from its sealed admission, never from bookkeeping."""
+    says); `not_before` says when a credential revoked up to a cut-off may be issued afresh
+    (tokens carry whole seconds: one minted before the cut-off would be born revoked). The
+    task's lifetime counts from its sealed admission, never from bookkeeping."""
     if task is not None and task.end_reason == "opted-out":
         # The pod lives on without the opt-in label (only possible while the label guard is
         # not installed): its values go, and the Secret stays as a tombstone so that putting
@@ -143,15 +224,12 @@ def plan(
     # maxLifetime counts from admission (sealed, so no one can move it), not from the first
     # value or anything a Secret says: a healed pod gets no extra lifetime.
     started = min(task.admitted_at or now, now)
-    issues: list[Issue] = []
-    revokes: list[Revoke] = []
-    problems: list[Problem] = []
-    dues: list[dt.datetime] = []
+    draft = _Draft(task, started, now)
 
     # Values of credentials the pod no longer asks for, or that were damaged, go.
     for name in live:
         if name not in task.credentials:
-            revokes.append(Revoke(name, "not-requested"))
+            draft.revokes.append(Revoke(name, "not-requested"))
 
     projected = [name for name in task.credentials if not _gateway_only(task, name, records.get(name))]
     for name in task.credentials:
@@ -161,55 +239,15 @@ def plan(
             # Gateway-only: never written into the pod. A value written before the credential
             # became gateway-only goes.
             if value is not None and name not in task.gateway:
-                revokes.append(Revoke(name, "gateway-only"))
-            continue
-        if name in revoked or "*" in revoked or (name in barred and value is None):
+                draft.revokes.append(Revoke(name, "gateway-only"))
+        elif name in revoked or "*" in revoked or (name in barred and value is None):
             if task.gated:
-                problems.append(Problem(name, "Revoked", f"credential {name} was revoked for this pod"))
-            continue
-        if value is not None:
-            reason: RevocationReason | None = (
-                "barred" if name in barred else _revocation_reason(task, record, now.date())
-            )
-            if reason is None and record is not None and record.spec is not None:
-                spec = record.spec
-                lifetime_end = started + spec.max_lifetime_delta
-                end = exception_end(record)
-                if now >= lifetime_end:
-                    reason = "max-lifetime"
-                elif end is not None and now >= end:
-                    reason = "exception-expired"
-                elif now >= value.expires_at - spec.renew_before_delta or name in renew_now:
-                    renewal = Issue(
-                        name,
-                        expires_at=min(now + spec.ttl_delta, lifetime_end),
-                        task_started_at=started,
-                        renewals=value.renewals + 1,
-                        planned_at=min(value.expires_at - spec.renew_before_delta, now),
-                    )
-                    issues.append(renewal)
-                    dues.append(_due(renewal, record, started))
-                else:
-                    dues.append(_due(value, record, started))
-            if reason is not None:
-                revokes.append(Revoke(name, reason))
-            continue
-        problem = _problem(task, name, record, now.date())
-        if problem is not None:
-            problems.append(problem)
-            continue
-        assert record is not None and record.spec is not None
-        lifetime_end = started + record.spec.max_lifetime_delta
-        if now >= lifetime_end:
-            problems.append(
-                Problem(
-                    name, "MaxLifetimeReached", f"the task reached maxLifetime {record.spec.max_lifetime} of {name}"
-                )
-            )
-            continue
-        fresh = Issue(name, expires_at=min(now + record.spec.ttl_delta, lifetime_end), task_started_at=started)
-        issues.append(fresh)
-        dues.append(_due(fresh, record, started))
+                draft.problems.append(Problem(name, "Revoked", f"credential {name} was revoked for this pod"))
+        elif value is not None:
+            draft.keep_or_renew(name, record, value, barred=name in barred, renew=name in renew_now)
+        else:
+            draft.issue_fresh(name, record, held_until=(not_before or {}).get(name))
+    issues, revokes, problems, dues = draft.issues, draft.revokes, draft.problems, draft.dues
 
     revoked_now = {r.credential for r in revokes}
     ready_to_run = not problems and all(

@@ -192,6 +192,40 @@ def _refusals(policy: AgentCredentialPolicySpec, spec: AgentCredentialSpec, name
     return refused
 
 
+def describe_selector(selector: LabelSelector) -> str:
+    """A label selector as kubectl's `-l` writes it."""
+    parts = [f"{key}={value}" for key, value in sorted(selector.match_labels.items())]
+    for requirement in selector.match_expressions:
+        values = ",".join(requirement.values)
+        parts.append(
+            {
+                "In": f"{requirement.key} in ({values})",
+                "NotIn": f"{requirement.key} notin ({values})",
+                "Exists": requirement.key,
+                "DoesNotExist": f"!{requirement.key}",
+            }[requirement.operator]
+        )
+    return ",".join(parts) or "every namespace"
+
+
+def _no_policy(
+    namespace: str, namespace_labels: Mapping[str, str], policies: Mapping[str, AgentCredentialPolicySpec]
+) -> str:
+    """Why no policy applies, and what each would take: a namespace usually lacks a label."""
+    own = ",".join(f"{k}={v}" for k, v in sorted(namespace_labels.items()) if k != "kubernetes.io/metadata.name")
+    message = f"no AgentCredentialPolicy applies to namespace {namespace} (its labels: {own or 'none'})"
+    if not policies:
+        return f"{message}: there is no AgentCredentialPolicy; a cluster admin must create one that selects it"
+    shown = [
+        f"{name} selects {describe_selector(policy.namespace_selector)}" for name, policy in sorted(policies.items())
+    ]
+    more = f"; and {len(shown) - MAX_REASONS} more" if len(shown) > MAX_REASONS else ""
+    return (
+        f"{message}: {'; '.join(shown[:MAX_REASONS])}{more}. A cluster admin labels the namespace to match one "
+        "(tenants cannot), or creates a policy that selects it"
+    )
+
+
 def judge(
     spec: AgentCredentialSpec,
     namespace: str,
@@ -204,13 +238,7 @@ def judge(
         if selects(policy.namespace_selector, namespace_labels)
     }
     if not applicable:
-        return PolicyVerdict(
-            False,
-            None,
-            "NoPolicy",
-            f"no AgentCredentialPolicy applies to namespace {namespace}: a cluster admin must "
-            "create one that selects it",
-        )
+        return PolicyVerdict(False, None, "NoPolicy", _no_policy(namespace, namespace_labels, policies))
     reasons = []
     for name, policy in applicable.items():
         refused = _refusals(policy, spec, namespace)

@@ -24,6 +24,7 @@ from agentcred.verify import TokenRejected, Verifier
 from agents import (
     audit_lines,
     create_credential,
+    guard_active,
     read_secret,
     secret_name_of,
     service_account,
@@ -114,7 +115,9 @@ def test_an_admitted_pod_whose_seal_is_edited_away_is_revoked_not_forgotten(
     sealed = pod["metadata"]["annotations"][labels.SEAL_ANNOTATION]
     edit = {"metadata": {"annotations": {labels.SEAL_ANNOTATION: sealed + "x"}}}
 
-    # With the guard, the edit is refused.
+    # With the guard, the edit is refused (once the API server has the guard in force: a test
+    # before this one may just have put it back).
+    wait_for(lambda: guard_active(cluster, namespace, "agent"), what="the pod guard in force")
     with pytest.raises(ApiException) as refused:
         developer.patch_namespaced_pod("agent", namespace, edit)
     assert refused.value.status in (403, 422)

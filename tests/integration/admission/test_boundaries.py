@@ -26,6 +26,7 @@ from agents import (
     claims_of,
     create_credential,
     create_pod,
+    guard_active,
     operator_caught_up,
     pod_events,
     read_secret,
@@ -35,9 +36,10 @@ from agents import (
     state_of,
     value_gone,
     value_of,
+    without_opt_in_check,
     without_pod_guard,
 )
-from clusterkit import OPERATOR_NAMESPACE, Cluster, OperatorProcess, wait_for
+from clusterkit import OPERATOR_NAMESPACE, Cluster, OperatorProcess, opt_in_check_refuses, wait_for
 from identities import PODS_ONLY, narrow_user
 from minting_service import MintingService
 from oauth import JWT_BEARER, bound_token, details
@@ -49,21 +51,6 @@ def _user(cluster: Cluster, namespace: str, name: str, rules: list[dict], tmp_pa
 
 def _message(error: ApiException) -> str:
     return json.loads(error.body)["message"]
-
-
-def _guard_active(cluster: Cluster, namespace: str, pod: str) -> bool:
-    """Does the guard refuse a (dry-run) change of the pod's opt-in label right now?"""
-    current = (cluster.core.read_namespaced_pod(pod, namespace).metadata.labels or {}).get(labels.INJECT_LABEL)
-    try:
-        cluster.core.patch_namespaced_pod(
-            pod,
-            namespace,
-            {"metadata": {"labels": {labels.INJECT_LABEL: "probe" if current != "probe" else "true"}}},
-            dry_run="All",
-        )
-    except ApiException as error:
-        return error.status in (403, 422)
-    return False
 
 
 def test_a_label_added_after_creation_is_refused_and_gets_nothing_without_the_guard(
@@ -100,9 +87,16 @@ def test_a_label_added_after_creation_is_refused_and_gets_nothing_without_the_gu
             ],
         },
     }
-    developer.create_namespaced_pod(namespace, crafted)
+    # The opt-in check refuses it at once: it names credentials but has no opt-in label.
+    wait_for(lambda: opt_in_check_refuses(cluster, namespace), what="the opt-in check in effect")
+    with pytest.raises(ApiException) as at_creation:
+        developer.create_namespaced_pod(namespace, crafted)
+    assert f"has no label {labels.INJECT_LABEL}" in _message(at_creation.value)
+    # Where nobody installed that check, it is created; the label guard stands next.
+    with without_opt_in_check(cluster, namespace):
+        developer.create_namespaced_pod(namespace, crafted)
     # The guard is an in-tree policy the operator installs at start; it takes effect in moments.
-    wait_for(lambda: _guard_active(cluster, namespace, "sneaky"), what="the label guard in effect")
+    wait_for(lambda: guard_active(cluster, namespace, "sneaky"), what="the label guard in effect")
     with pytest.raises(ApiException) as refused:
         developer.patch_namespaced_pod("sneaky", namespace, {"metadata": {"labels": {labels.INJECT_LABEL: "true"}}})
     assert refused.value.status in (403, 422)
@@ -110,7 +104,7 @@ def test_a_label_added_after_creation_is_refused_and_gets_nothing_without_the_gu
 
     # Even where nobody installed the guard, the operator gives the pod nothing: no seal.
     with without_pod_guard(cluster):
-        wait_for(lambda: not _guard_active(cluster, namespace, "sneaky"), what="the guard gone")
+        wait_for(lambda: not guard_active(cluster, namespace, "sneaky"), what="the guard gone")
         developer.patch_namespaced_pod("sneaky", namespace, {"metadata": {"labels": {labels.INJECT_LABEL: "true"}}})
         events = wait_for(
             lambda: [e for e in pod_events(cluster, namespace, "sneaky") if e.reason == "NotAdmitted"],
@@ -159,7 +153,7 @@ def test_relabelling_cannot_undo_an_emergency_revoke(
     assert "cannot be added, changed or removed" in _message(refused.value)
 
     with without_pod_guard(cluster):
-        wait_for(lambda: not _guard_active(cluster, namespace, "agent"), what="the guard gone")
+        wait_for(lambda: not guard_active(cluster, namespace, "agent"), what="the guard gone")
         developer.patch_namespaced_pod("agent", namespace, {"metadata": {"labels": {labels.INJECT_LABEL: None}}})
         opted_out = wait_for(
             lambda: audit_lines(operator, "revoke", namespace=namespace, reason="opted-out"),

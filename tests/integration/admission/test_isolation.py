@@ -33,9 +33,16 @@ def test_a_pod_never_receives_a_credential_of_another_namespace(
         with pytest.raises(ApiException) as refused:
             create_pod(cluster, namespace, "thief", "their-llm")
         assert refused.value.status == 403
+        said = json.loads(refused.value.body)["message"]
+        assert f"AgentCredential their-llm does not exist in namespace {namespace}" in said
+        assert "did you mean" not in said  # never a name from another namespace
+        # A typo of a credential of its own namespace: the refusal names the likely one.
+        create_credential(cluster, namespace, name="research-llm")
+        with pytest.raises(ApiException) as typo:
+            create_pod(cluster, namespace, "typo", "research-lm")
         assert (
-            f"AgentCredential their-llm does not exist in namespace {namespace}"
-            in json.loads(refused.value.body)["message"]
+            f"AgentCredential research-lm does not exist in namespace {namespace} (did you mean research-llm?)"
+            in json.loads(typo.value.body)["message"]
         )
     finally:
         cluster.delete_namespace(other)

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from agentcred.devcluster.controlplane import free_port
 from agents import audit_lines, create_credential, service_account, shared_secret, start_agent
-from clusterkit import REPO, Cluster, OperatorProcess, free_port, wait_for
+from clusterkit import REPO, Cluster, OperatorProcess, wait_for
 from gateways import gateway_token
 from oauth import bound_token
 from samples import EXCEPTION

@@ -21,6 +21,7 @@ from typing import Any
 
 import jwt as pyjwt
 import pytest
+import yaml
 from kubernetes.client.exceptions import ApiException
 
 from agentcred.api import labels
@@ -552,6 +553,10 @@ def test_another_tenants_reporter_cannot_revoke_by_fingerprint_or_token_id(
     held = value_of(secret, "research-llm")
     recorded = state_of(secret)["values"]["research-llm"]
     tenant = reporter_token(cluster, TENANT_REPORTER)
+    # The answer says the rule, in the same words for a value held elsewhere and for none at all.
+    _, [nowhere] = intake(operator, "/v1/trace", [{"fingerprint": "hmac-sha256:" + "0" * 12}], tenant)
+    assert f"in namespace {TENANT_REPORTER[0]}" in nowhere["why"]
+    assert "a reporter sees only its own namespace's values" in nowhere["why"]
     for item in (
         {"fingerprint": recorded["fingerprint"]},
         {"fingerprint": short(recorded["fingerprint"])},
@@ -560,6 +565,7 @@ def test_another_tenants_reporter_cannot_revoke_by_fingerprint_or_token_id(
         for path in ("/v1/trace", "/v1/leaks"):
             status, [answer] = intake(operator, path, [item], tenant)
             assert status == 200 and answer["verdict"] == "unknown" and answer["holders"] == [], (path, item)
+            assert answer["why"] == nowhere["why"], (path, item)
     assert same_value(value_of(read_secret(cluster, namespace, secret_name_of(pod)), "research-llm"), held)
     assert not [e for e in revocations(operator) if e.pod_uid == served_key(pod["metadata"]["uid"], "")[0]]
     # The operator's own reporter may: by the short fingerprint from the CLI, then by token id.
@@ -578,3 +584,59 @@ def test_a_flood_of_bad_tokens_stops_costing_token_reviews(cluster: Cluster, ope
     # The address is heard again once it slows down.
     listed = reporter_token(cluster)
     wait_for(lambda: intake(operator, "/v1/trace", [{"token": "x"}], listed)[0] == 200, what="heard again")
+
+
+def test_trace_from_a_laptop_with_the_kubeconfig_and_context_named_and_no_cafile(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str, tmp_path: Path
+) -> None:
+    """`trace --as` requests the reporter's token through the kubeconfig and context given on
+    the command line (KUBECONFIG points nowhere), takes the operator's CA from the ConfigMap it
+    publishes, and reaches it at https://localhost:<port> -- where a port-forward puts it."""
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace)
+    pod = start_agent(cluster, namespace)
+    held = value_of(read_secret(cluster, namespace, secret_name_of(pod)), "research-llm")
+    assert held is not None
+    reporter_token(cluster)  # the reporter exists
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    admin["contexts"] = [{"name": "laptop", "context": admin["contexts"][0]["context"]}]
+    admin["current-context"] = "nowhere"  # only --context makes this file usable
+    admin["contexts"].append({"name": "nowhere", "context": {"cluster": "missing", "user": "missing"}})
+    laptop = tmp_path / "laptop.kubeconfig"
+    laptop.write_text(yaml.safe_dump(admin))
+    traced = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agentcred",
+            "trace",
+            "--kubeconfig",
+            str(laptop),
+            "--context",
+            "laptop",
+            "--url",
+            f"https://localhost:{operator.api_port}",
+            "--as",
+            "/".join(LEAK_REPORTER),
+            "-o",
+            "json",
+        ],
+        input=held.decode(),
+        capture_output=True,
+        text=True,
+        env=cluster.env(KUBECONFIG=str(tmp_path / "none")),
+        timeout=120,
+    )
+    assert traced.returncode == 0, traced.stderr
+    assert json.loads(traced.stdout)[0]["holders"][0]["podUID"] == pod["metadata"]["uid"]
+    # A reporter that does not exist: said in one line, its own exit code.
+    missing = subprocess.run(
+        [sys.executable, "-m", "agentcred", "trace", "--kubeconfig", str(laptop), "--context", "laptop"]
+        + ["--url", f"https://localhost:{operator.api_port}", "--as", f"{namespace}/nobody"],
+        input="x",
+        capture_output=True,
+        text=True,
+        env=cluster.env(),
+        timeout=120,
+    )
+    assert missing.returncode == 6 and f"ServiceAccount {namespace}/nobody not found" in missing.stderr

@@ -15,7 +15,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from agentcred.api.webhook_configuration import pod_guard
+from agentcred.api.webhook_configuration import opt_in_check, pod_guard
 from agents import create_credential, create_job, job_pod, read_secret, secret_gone, secret_name_of, service_account
 from clusterkit import REPO, Cluster, OperatorProcess, operator_paused, token_kubeconfig, wait_for
 
@@ -84,14 +84,17 @@ def test_lint_and_default_rendering_is_hardened(cluster: Cluster) -> None:
     assert webhook["objectSelector"] == {"matchLabels": {"agentcred.dev/inject": "true"}}
     assert NAMESPACE in webhook["namespaceSelector"]["matchExpressions"][0]["values"]
     assert "caBundle" not in webhook["clientConfig"]  # the operator injects it; upgrades keep it
-    for plural in ("agentcredentials", "agentcredentialpolicies"):
-        crd = rendered[f"CustomResourceDefinition/{plural}.agentcred.dev"]
-        assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
-        assert crd["spec"] == yaml.safe_load((REPO / "crds" / f"{plural}.agentcred.dev.yaml").read_text())["spec"]
-    # The label guard is what `agentcred run` installs when it manages its own configuration.
-    for _, body in pod_guard("agentcred.agentcred.dev"):
+    # The CRDs are not templates: they are the chart's crds/ folder (tests/unit/test_crd.py: the
+    # files in crds/), which `helm install` creates first (test_install_path.py).
+    assert not any(key.startswith("CustomResourceDefinition/") for key in rendered)
+    # The label guard and the opt-in check are what `agentcred run` installs when it manages
+    # its own configuration (there, failing closed: the check refuses pods no webhook admitted).
+    for _, body in pod_guard("agentcred.agentcred.dev") + opt_in_check("agentcred.agentcred.dev", NAMESPACE):
         shipped = rendered[f"{body['kind']}/{body['metadata']['name']}"]
         assert shipped["spec"] == body["spec"]
+    lenient = kinds(render(cluster, "webhook.failurePolicy=Ignore", "webhook.excludeNamespaces={legacy}"))
+    check = opt_in_check("agentcred.agentcred.dev", NAMESPACE, excluded=("legacy",), admitted_only=False)[0][1]
+    assert lenient["ValidatingAdmissionPolicy/agentcred.agentcred.dev-opt-in"]["spec"] == check["spec"]
     policy = rendered["AgentCredentialPolicy/agentcred-default"]["spec"]
     assert policy["namespaceSelector"] == {"matchLabels": {"agentcred.dev/enabled": "true"}} and policy["sources"] == [
         "jwt"
@@ -150,11 +153,9 @@ def test_lint_and_default_rendering_is_hardened(cluster: Cluster) -> None:
             ),
         ),
         (
-            ["crds.install=false", "rbac.create=false", "serviceAccount.create=false", "serviceAccount.name=custom"],
+            ["rbac.create=false", "serviceAccount.create=false", "serviceAccount.name=custom"],
             lambda r: (
-                not any(
-                    k.startswith(("CustomResourceDefinition/", "ClusterRole", "Role", "ServiceAccount/")) for k in r
-                )
+                not any(k.startswith(("ClusterRole", "Role", "ServiceAccount/")) for k in r)
                 and r["Deployment/agentcred"]["spec"]["template"]["spec"]["serviceAccountName"] == "custom"
                 and "system:serviceaccount:agentcred-chart:custom"
                 in r["ValidatingAdmissionPolicy/agentcred.agentcred.dev-operator-secrets"]["spec"]["matchConditions"][
@@ -191,6 +192,75 @@ def test_lint_and_default_rendering_is_hardened(cluster: Cluster) -> None:
             ),
         ),
         (
+            [
+                "global.imageRegistry=registry.example:5000",
+                f"image.digest=sha256:{'a' * 64}",
+                "global.imagePullSecrets[0]=shared",
+                "imagePullSecrets[0].name=own",
+                "global.priorityClassName=platform",
+                "commonLabels.team=platform",
+                "logLevel=warning",
+                "webhook.hostNetwork=true",
+            ],
+            lambda r: (
+                (pod := r["Deployment/agentcred"]["spec"]["template"]["spec"])["containers"][0]["image"]
+                == f"registry.example:5000/agentcred/agentcred@sha256:{'a' * 64}"
+                and pod["imagePullSecrets"] == [{"name": "own"}, {"name": "shared"}]
+                and pod["priorityClassName"] == "platform"
+                and pod["hostNetwork"] is True
+                and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+                and "--log-level=warning" in pod["containers"][0]["args"]
+                and all(doc["metadata"]["labels"]["team"] == "platform" for doc in r.values())
+                and r["Deployment/agentcred"]["spec"]["template"]["metadata"]["labels"]["team"] == "platform"
+            ),
+        ),
+        (
+            ["auditLog=/var/log/agentcred/audit.log"],
+            lambda r: (
+                {"name": "audit-log", "mountPath": "/var/log/agentcred"}
+                in (pod := r["Deployment/agentcred"]["spec"]["template"]["spec"])["containers"][0]["volumeMounts"]
+                and {"name": "audit-log", "emptyDir": {}} in pod["volumes"]
+            ),
+        ),
+        (
+            [
+                "auditLog=/shipped/audit.log",
+                "extraVolumes[0].name=shipped",
+                "extraVolumes[0].hostPath.path=/var/log/agentcred",
+                "extraVolumeMounts[0].name=shipped",
+                "extraVolumeMounts[0].mountPath=/shipped",
+            ],
+            lambda r: (
+                [
+                    m["name"]
+                    for m in r["Deployment/agentcred"]["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+                ]
+                == ["tmp", "shipped"]  # the audit log goes to the volume given, and no emptyDir over it
+                and r["Deployment/agentcred"]["spec"]["template"]["spec"]["volumes"][-1]
+                == {"name": "shipped", "hostPath": {"path": "/var/log/agentcred"}}
+            ),
+        ),
+        (
+            [
+                "serviceMonitor.enabled=true",
+                "serviceMonitor.namespace=monitoring",
+                "serviceMonitor.interval=1m",
+                "serviceMonitor.scrapeTimeout=20s",
+            ],
+            lambda r: (
+                (monitor := r["ServiceMonitor/agentcred"])["metadata"]["namespace"] == "monitoring"
+                and monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+                and monitor["spec"]["endpoints"][0]["scrapeTimeout"] == "20s"
+            ),
+        ),
+        (
+            ["defaultPolicy.maxTTL=2d", "defaultPolicy.maxLifetime=1d12h"],
+            lambda r: (
+                r["AgentCredentialPolicy/agentcred-default"]["spec"]["maxTTL"] == "2d"
+                and r["AgentCredentialPolicy/agentcred-default"]["spec"]["maxLifetime"] == "1d12h"
+            ),
+        ),
+        (
             ["fullnameOverride=tokens"],
             lambda r: (
                 {
@@ -205,13 +275,12 @@ def test_lint_and_default_rendering_is_hardened(cluster: Cluster) -> None:
             ),
         ),
         (
-            ["webhook.url=https://127.0.0.1:9443", "issuer=https://tokens.example.com", "crds.keep=false"],
+            ["webhook.url=https://127.0.0.1:9443", "issuer=https://tokens.example.com"],
             lambda r: (
                 r["MutatingWebhookConfiguration/agentcred.agentcred.dev"]["webhooks"][0]["clientConfig"]
                 == {"url": "https://127.0.0.1:9443/agentcred-inject"}
                 and {"name": "AGENTCRED_ISSUER", "value": "https://tokens.example.com"}
                 in r["Deployment/agentcred"]["spec"]["template"]["spec"]["containers"][0]["env"]
-                and not r["CustomResourceDefinition/agentcredentials.agentcred.dev"]["metadata"]["annotations"]
             ),
         ),
     ],
@@ -385,11 +454,20 @@ def test_network_policy_limits_each_port_and_egress(cluster: Cluster) -> None:
         (["networkPolicy.egress.dns.to=null"], "/networkPolicy/egress/dns"),
         (["watchNamespaces={Team_A}"], "/watchNamespaces/0'"),
         (["watchNamespaces={a,a}"], "/watchNamespaces'"),
+        (["image.digest=latest"], "/image/digest'"),
+        (["logLevel=verbose"], "/logLevel'"),
+        (["auditLog=audit.log"], "/auditLog'"),
+        (["defaultPolicy.maxTTL=2w"], "/defaultPolicy/maxTTL'"),
+        (["serviceMonitor.scrapeTimeout=10"], "/serviceMonitor/scrapeTimeout'"),
+        (["extraVolumeMounts[0].name=x"], "/extraVolumeMounts/0'"),
+        (["watchNamespaces={kube-system}"], "the webhook never sees namespace kube-system"),
+        ([f"watchNamespaces={{{NAMESPACE}}}"], f"the webhook never sees namespace {NAMESPACE}"),
+        (["watchNamespaces={legacy}", "webhook.excludeNamespaces={legacy}"], "the webhook never sees namespace legacy"),
     ],
 )
 def test_bad_values_are_refused_by_the_schema(cluster: Cluster, sets: list[str], message: str) -> None:
     args = [a for s in sets for a in ("--set", s)]
-    result = helm(cluster, "template", RELEASE, str(CHART), *args, check=False)
+    result = helm(cluster, "template", RELEASE, str(CHART), "-n", NAMESPACE, *args, check=False)
     assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
@@ -416,7 +494,7 @@ def test_as_a_dependency_of_an_umbrella_chart(cluster: Cluster, tmp_path: Path) 
                 "apiVersion": "v2",
                 "name": "platform",
                 "version": "1.0.0",
-                "dependencies": [{"name": "agentcred", "version": "0.1.0", "repository": f"file://{CHART}"}],
+                "dependencies": [{"name": "agentcred", "version": "0.2.0", "repository": f"file://{CHART}"}],
             }
         )
     )
@@ -424,7 +502,7 @@ def test_as_a_dependency_of_an_umbrella_chart(cluster: Cluster, tmp_path: Path) 
         yaml.safe_dump(
             {
                 "global": {"imageRegistry": "registry.example", "labels": {"team": "platform"}},
-                "agentcred": {"replicaCount": 3, "crds": {"install": False}},
+                "agentcred": {"replicaCount": 3},
             }
         )
     )
@@ -441,7 +519,7 @@ def test_as_a_dependency_of_an_umbrella_chart(cluster: Cluster, tmp_path: Path) 
 
 def test_two_releases_in_one_namespace_share_no_object(cluster: Cluster) -> None:
     first = render(cluster, release="agentcred")
-    second = render(cluster, "crds.install=false", release="tenant-b")  # the CRDs are the cluster's, once
+    second = render(cluster, release="tenant-b")
     key = lambda doc: (doc["kind"], doc["metadata"].get("namespace"), doc["metadata"]["name"])  # noqa: E731
     assert not {key(d) for d in first} & {key(d) for d in second}
     rendered = kinds(second)
@@ -525,26 +603,25 @@ def test_readme_permission_tables_match_the_rendered_rbac(cluster: Cluster) -> N
 
 
 def test_notes_print_the_first_steps_and_create_nothing(cluster: Cluster) -> None:
-    out = helm(
-        cluster,
-        "install",
-        "notes",
-        str(CHART),
-        "-n",
-        "agentcred-notes",
-        "--dry-run=client",
-        "--set",
-        "crds.install=false",
-    ).stdout
+    out = helm(cluster, "install", "notes", str(CHART), "-n", "agentcred-notes", "--dry-run=client").stdout
     notes = out.split("NOTES:", 1)[1]
     for command in (
         "kubectl create namespace agents",
         "kubectl label namespace agents agentcred.dev/enabled=true",
         "kubectl -n agents create serviceaccount research-agent",
         "kubectl -n agentcred-notes delete secret notes-agentcred-signing-keys",
+        "`agentcred dev up` runs none and has no Deployment\n"
+        "   controller: there, run the operator with `agentcred run`",
     ):
         assert command in notes, notes
     assert "kind: Namespace" not in out and "kind: ServiceAccount\nmetadata:\n  name: research-agent" not in out
+    assert "crds.install" not in notes
+    # 0.1.0's values still validate, and the notes say they do nothing now.
+    old_values = helm(
+        cluster, "install", "notes", str(CHART), "-n", "agentcred-notes", "--dry-run=client", "--set", "crds.keep=false"
+    ).stdout.split("NOTES:", 1)[1]
+    assert "crds.install and crds.keep do nothing" in old_values
+    assert "kubectl apply --server-side --force-conflicts -f charts/agentcred/crds/" in old_values
     scoped = helm(
         cluster,
         "install",
@@ -553,8 +630,6 @@ def test_notes_print_the_first_steps_and_create_nothing(cluster: Cluster) -> Non
         "-n",
         "agentcred-notes",
         "--dry-run=client",
-        "--set",
-        "crds.install=false",
         "--set",
         "watchNamespaces={team-a,team-b}",
     ).stdout.split("NOTES:", 1)[1]
@@ -584,8 +659,6 @@ def test_install_run_as_the_chart_service_account_upgrade_uninstall(
             NAMESPACE,
             "--create-namespace",
             "--wait=false",
-            "--set",
-            "crds.install=false",
             "--set",
             f"webhook.url=https://127.0.0.1:{chart_operator.webhook_port}",
         )
@@ -683,8 +756,6 @@ def test_install_run_as_the_chart_service_account_upgrade_uninstall(
                 "-n",
                 NAMESPACE,
                 "--set",
-                "crds.install=false",
-                "--set",
                 f"webhook.url=https://127.0.0.1:{chart_operator.webhook_port}",
                 "--set",
                 "keyRotationDays=7",
@@ -710,8 +781,6 @@ def test_install_run_as_the_chart_service_account_upgrade_uninstall(
             "-n",
             NAMESPACE,
             "--wait=false",
-            "--set",
-            "crds.install=false",
             "--set",
             "webhook.url=https://127.0.0.1:9",
             "--set",

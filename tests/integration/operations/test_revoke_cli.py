@@ -96,3 +96,42 @@ def test_revoke_says_why_and_evicts_with_the_callers_rights(
         for line in audit_lines(operator, "revoke", podName="b", namespace=namespace)
     ]
     assert reasons == [("emergency", "exfiltration")]
+
+
+def test_a_mistyped_pod_a_missing_credential_and_a_refusal_each_say_so_with_their_own_code(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str, tmp_path: Path
+) -> None:
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace)
+    create_pod(cluster, namespace, "agent", "research-llm")
+    wait_for(lambda: running_pod(cluster, namespace, name="agent"), what="pod agent")
+    responder = _responder(cluster, namespace, "responder", may_evict=False, tmp_path=tmp_path)
+
+    typo = _revoke(cluster, responder, namespace, "--pod", "agnet")
+    assert typo.returncode == 6 and f"pod agnet not found in namespace {namespace}: nothing revoked" in typo.stderr
+    assert not audit_lines(operator, "revoke", namespace=namespace)  # nothing was asked of the operator
+    assert running_pod(cluster, namespace, name="agent") is not None
+
+    missing = subprocess.run(
+        [sys.executable, "-m", "agentcred", "renew", "research-lm", "-n", namespace],
+        capture_output=True,
+        text=True,
+        env=cluster.env(KUBECONFIG=str(responder)),
+        timeout=120,
+    )
+    assert missing.returncode == 6
+    assert f"AgentCredential research-lm not found in namespace {namespace}" in missing.stderr
+
+    # Someone with no rights at all: refused, in one line (no traceback), not the findings' 1.
+    service_account(cluster, namespace, "nobody")
+    nobody = token_kubeconfig(cluster, namespace, "nobody", tmp_path / "nobody.kubeconfig")
+    for command in (["inventory", "-n", namespace], ["revoke", "research-llm", "-n", namespace]):
+        refused = subprocess.run(
+            [sys.executable, "-m", "agentcred", *command],
+            capture_output=True,
+            text=True,
+            env=cluster.env(KUBECONFIG=str(nobody)),
+            timeout=120,
+        )
+        assert refused.returncode == 5, refused.stderr
+        assert "the cluster refused (403)" in refused.stderr and "Traceback" not in refused.stderr

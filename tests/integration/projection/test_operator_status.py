@@ -57,13 +57,22 @@ def test_expired_exception_is_not_ready(cluster: Cluster, operator: OperatorProc
     assert events[0].type == "Warning" and events[0].reason == "ExceptionExpired"
 
 
+def table_cells(header: str, row: str) -> dict[str, str]:
+    """kubectl's table by column position: an empty cell is blank, not a missing word."""
+    starts = [header.index(name) for name in header.split()]
+    ends = starts[1:] + [None]
+    return {name: row[start:end].strip() for name, start, end in zip(header.split(), starts, ends, strict=True)}
+
+
 def test_printer_columns_answer_at_a_glance(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
     cluster.custom.create_namespaced_custom_object(model.GROUP, model.VERSION, namespace, model.PLURAL, credential())
     wait_for(lambda: _ready(cluster, namespace, "research-llm", 1), what="Ready")
     table = cluster.kubectl("get", "acred", "-n", namespace).stdout
     header, row = table.splitlines()[:2]
-    assert header.split() == ["NAME", "CATEGORY", "OWNER", "SOURCE", "TTL", "ACTIVE", "READY", "AGE"]
+    assert header.split() == ["NAME", "CATEGORY", "OWNER", "SOURCE", "TTL", "ACTIVE", "READY", "PROBLEM", "AGE"]
     assert row.split()[:5] == ["research-llm", "model", "team-research@example.com", "jwt", "15m"]
+    cells = table_cells(header, row)
+    assert (cells["READY"], cells["PROBLEM"]) == ("True", "")  # nothing wrong
 
 
 def test_wide_output_shows_the_next_expiry_as_a_time(
@@ -78,6 +87,6 @@ def test_wide_output_shows_the_next_expiry_as_a_time(
     )
     table = cluster.kubectl("get", "acred", "research-llm", "-n", namespace, "-o", "wide").stdout
     header, row = table.splitlines()[:2]
-    columns = dict(zip(header.split(), row.split(), strict=True))
+    columns = table_cells(header, row)
     # A future time in a `date` column renders as `<invalid>`; as a string it reads as it is.
     assert columns["NEXT-EXPIRY"] == expiry and columns["READY"] == "True" and columns["REASON"] == "Valid"

@@ -16,7 +16,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from clusterkit import REPO, Cluster, token_kubeconfig, wait_for
+from clusterkit import REPO, Cluster, OperatorProcess, operator_paused, token_kubeconfig, wait_for
 
 CHART = REPO / "charts" / "agentcred"
 RELEASE = "bounds"  # not "agentcred": the objects are named after the release (<fullname>)
@@ -69,11 +69,20 @@ def managed_secret(name: str, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def operator_api(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[client.ApiClient]:
+def operator_api(
+    cluster: Cluster, operator: OperatorProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[client.ApiClient]:
     """The chart installed (its webhook unreachable and ignored: no operator runs here), and
-    a client acting as its ServiceAccount once the policy is in force."""
+    a client acting as its ServiceAccount once the policy is in force. The session's operator
+    is stopped meanwhile: the chart refuses to install beside another agentcred admitting the
+    same pods."""
     if "helm" not in cluster.binaries:
         pytest.skip("helm was not built (local control plane only)")
+    with operator_paused(operator):
+        yield from _installed(cluster, tmp_path_factory)
+
+
+def _installed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[client.ApiClient]:
     helm(
         cluster,
         "install",
@@ -83,8 +92,6 @@ def operator_api(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> 
         NAMESPACE,
         "--create-namespace",
         "--wait=false",
-        "--set",
-        "crds.install=false",
         "--set",
         "replicaCount=1",
         "--set",

@@ -114,8 +114,6 @@ def scoped(cluster: Cluster, operator: OperatorProcess, tmp_path_factory: pytest
             "--create-namespace",
             "--wait=false",
             "--set",
-            "crds.install=false",
-            "--set",
             f"webhook.url=https://127.0.0.1:{chart_operator.webhook_port}",
             "--set",
             f"watchNamespaces={{{watched}}}",

@@ -237,7 +237,11 @@ def test_a_tenant_cannot_copy_a_secret_its_owner_did_not_share(
         source={"secretRef": {"name": "vendor", "key": "key"}},
         exception=EXCEPTION,
     )
-    assert _ready(cluster, a, "grab")["reason"] == "UpstreamNotShared"
+    refused = _ready(cluster, a, "grab")
+    assert (
+        refused["reason"] == "UpstreamNotShared"
+        and "is shared with vendor-llm/key, not with grab" in refused["message"]
+    )
     _create(
         cluster.custom,
         a,
@@ -261,7 +265,11 @@ def test_a_tenant_cannot_copy_a_secret_its_owner_did_not_share(
         "vendor-llm",
         {"spec": {"source": {"secretRef": {"key": "root-key"}}}},
     )
-    wait_for(lambda: _ready(cluster, a, "vendor-llm")["reason"] == "UpstreamNotShared", what="the other key refused")
+    other_key = wait_for(
+        lambda: (found := _ready(cluster, a, "vendor-llm"))["reason"] == "UpstreamNotShared" and found,
+        what="the other key refused",
+    )
+    assert "shares key key with AgentCredential vendor-llm, not root-key" in other_key["message"]
     wait_for(lambda: value_gone(cluster, a, secret_name_of(pod), "vendor-llm"), what="the value revoked")
 
     # Where the policy allows no static sources at all, even a shared one is refused.

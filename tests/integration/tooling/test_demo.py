@@ -79,3 +79,21 @@ def test_demo_keep_leaves_its_cluster_for_dev_down(cluster, tmp_path: Path) -> N
         down = _agentcred(env, "dev", "down", "--name", "demo")
     assert down.returncode == 0, down.stderr
     assert not any(_alive(pid) for pid in state["pids"].values())
+
+
+def test_demo_mcp_prints_the_transcript_the_example_readme_shows(cluster, tmp_path: Path) -> None:
+    """examples/mcp in one command: the README there shows what the agent prints."""
+    if not cluster.local:
+        pytest.skip("the demo starts its own local control plane")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch), "NO_COLOR": "1"}
+    readme = (REPO / "examples" / "mcp" / "README.md").read_text()
+    assert "agentcred demo --mcp" in readme
+    transcript = readme.split("The agent prints:\n\n```\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    result = _agentcred(env, "demo", "--mcp")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    printed = result.stdout.splitlines()
+    assert all(line in printed for line in transcript), result.stdout[-3000:]
+    assert '"action": "deny", "reason": "invalid_scope"' in result.stdout
+    assert list(scratch.iterdir()) == [], "the demo left files behind"

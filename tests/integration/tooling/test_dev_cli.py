@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from agentcred.devcluster.commands import default_name
-from clusterkit import REPO, Cluster
+from agentcred.devcluster.controlplane import free_port
+from clusterkit import REPO, Cluster, wait_for
 
 JOB = """
 apiVersion: batch/v1
@@ -85,8 +86,10 @@ def test_dev_up_kubeconfig_down(cluster: Cluster, tmp_path: Path) -> None:
         assert waited.returncode == 0, waited.stderr
         again = agentcred("dev", "up")
         assert again.returncode == 0 and "already up" in again.stderr
+        _quickstart_waits_for_the_operator_then_gets_its_value(up.stderr, kubeconfig, kubectl, env)
         # Another checkout on the same machine sees none of it, and cannot stop it...
-        assert agentcred("dev", "kubeconfig", cwd=other).returncode == 1
+        elsewhere_up = agentcred("dev", "kubeconfig", cwd=other)
+        assert elsewhere_up.returncode == 1 and f"up: {name} (pick one with --name)" in elsewhere_up.stderr
         elsewhere = agentcred("dev", "down", cwd=other)
         assert elsewhere.returncode == 0 and "no local control plane" in elsewhere.stderr
         assert all(_alive(pid) for pid in state["pids"].values())
@@ -100,3 +103,44 @@ def test_dev_up_kubeconfig_down(cluster: Cluster, tmp_path: Path) -> None:
     assert not any(_alive(pid) for pid in state["pids"].values()), "a control plane process outlived `dev down`"
     assert not Path(state["workdir"]).exists()
     assert agentcred("dev", "kubeconfig").returncode == 1
+
+
+def _quickstart_waits_for_the_operator_then_gets_its_value(said: str, kubeconfig: str, kubectl, env: dict) -> None:
+    """README, Running outside a cluster: after `dev up`, the quickstart's Job cannot make its
+    pod until an operator runs (the opt-in check says so, in the Job's Events); `dev up` said
+    what to start; once it runs, the Job makes the pod and it gets its value."""
+    assert "no operator runs yet" in said and "agentcred run --standalone --namespace agentcred" in said
+    assert kubectl("apply", "-f", str(REPO / "examples" / "quickstart.yaml")).returncode == 0
+
+    def failed_create() -> str:
+        listed = kubectl("get", "events", "-n", "agents", "--field-selector", "reason=FailedCreate", "-o", "json")
+        messages = [e["message"] for e in json.loads(listed.stdout or "{}").get("items", [])]
+        return next((m for m in messages if "no agentcred webhook admitted this pod" in m), "")
+
+    assert "Start the operator" in wait_for(failed_create, what="the Job's FailedCreate Event")
+    webhook, api, health = free_port(), free_port(), free_port()
+    log = open(Path(kubeconfig).parent / "operator.log", "wb")
+    operator = subprocess.Popen(
+        [sys.executable, "-m", "agentcred", "run", "--standalone", "--namespace", "agentcred"]
+        + ["--webhook-url", f"https://127.0.0.1:{webhook}", "--webhook-address", "127.0.0.1"]
+        + ["--webhook-port", str(webhook), "--api-address", "127.0.0.1", "--api-port", str(api)]
+        + ["--health-address", "127.0.0.1", "--health-port", str(health)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**env, "KUBECONFIG": kubeconfig},
+    )
+    try:
+
+        def issued() -> bool:
+            listed = kubectl(
+                "get", "events", "-n", "agents", "--field-selector", "reason=CredentialsIssued", "-o", "name"
+            )
+            return bool(listed.stdout.strip())
+
+        wait_for(issued, timeout=120, what="the Job's pod issued its credential once the operator runs")
+        waited = kubectl("wait", "--for=condition=Complete", "job/research-task", "-n", "agents", "--timeout=300s")
+        assert waited.returncode == 0, waited.stderr
+    finally:
+        operator.terminate()
+        operator.wait(timeout=30)
+        log.close()

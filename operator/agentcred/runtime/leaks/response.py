@@ -73,14 +73,21 @@ class LeakResponder:
     def visible(self, trace: Trace, candidate: Candidate, reporter: Reporter) -> Trace:
         """What this reporter may learn and act on: everything, if they hold the value; by
         reference, only their own namespace's (the rest is answered unknown, revealing nothing)."""
-        if not candidate.by_reference:
+        if not candidate.by_reference or reporter.namespace == self.operator_namespace:
             return trace
         holders = tuple(
             h for h in trace.holders if may_act_by_reference(reporter.namespace, h.namespace, self.operator_namespace)
         )
-        if holders or not trace.holders:
+        if holders:
             return Trace(trace.verdict, trace.fingerprint, holders, trace.why)
-        return Trace("unknown", trace.fingerprint, why="no live or remembered value has this fingerprint or token id")
+        # The same words whether the value exists elsewhere or nowhere: the rule, not the answer.
+        why = (
+            f"no live or remembered value has this fingerprint or token id in namespace {reporter.namespace}: "
+            "by fingerprint or token id a reporter sees only its own namespace's values (a reporter in the "
+            f"operator's namespace {self.operator_namespace} sees every namespace's); the value itself is traced "
+            "wherever it is"
+        )
+        return Trace("unknown", trace.fingerprint, why=why)
 
     def trace(self, candidate: Candidate, reporter: Reporter) -> Trace:
         trace = self.visible(self.tracer.trace(candidate), candidate, reporter)

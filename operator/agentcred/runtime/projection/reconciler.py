@@ -36,7 +36,7 @@ from ...platform import metrics
 from ...platform.kube import Conflict, Kube, NotFound, status_of
 from ...platform.revocations import RevocationList
 from ...rules.credentials import CredentialRecord
-from ...rules.planning import Plan, Problem, plan
+from ...rules.planning import RECOVERABLE, Plan, Problem, plan
 from ...rules.seal import Bookkeeping
 from ...sources.base import Produced, Sources, SourceUnavailable
 from ..audit import AuditTrail
@@ -196,7 +196,12 @@ class Reconciler:
         namespace = task.namespace if task else state.namespace if state else ""
         records: Records = {name: self.view.credential(namespace, name) for name in names}
         barred = frozenset(name for name in names if task and self.revocations.bars(task.uid, name, now))
-        decided = plan(task, state, records, now, renew_now, barred)
+        not_before = {
+            name: moment
+            for name in names
+            if task and (moment := self.revocations.fresh_after(task.uid, name)) is not None and moment > now
+        }
+        decided = plan(task, state, records, now, renew_now, barred, not_before)
         if decided.delete_secret:
             assert state is not None
             await self._end(key, task, state, decided, now)
@@ -242,7 +247,10 @@ class Reconciler:
         """Issue, renew and revoke in one write of the pod's Secret."""
         revokes = {r.credential: r.reason for r in decided.revoke}
         base = state or new_projection(task)
-        desired = without(with_values(base, {n: p.issued for n, p in produced.items()}), revokes)
+        # A recoverable revocation leaves no tombstone: the pod may have the credential again.
+        tombstones = {name: reason for name, reason in revokes.items() if reason not in RECOVERABLE}
+        desired = without(with_values(base, {n: p.issued for n, p in produced.items()}), tombstones)
+        desired = dataclasses.replace(desired, values={k: v for k, v in desired.values.items() if k not in revokes})
         values = {name: p.value for name, p in produced.items()}
         keys = {name: p.key for name, p in produced.items() if p.key is not None}
         subject = Subject.of_task(task)

@@ -22,6 +22,7 @@ from ...api.reasons import RevocationReason
 from ...api.times import utcnow
 from ...platform.revocations import RevocationList
 from ...rules.credentials import CredentialRecord
+from ...rules.planning import RECOVERABLE
 from ...rules.scope import EXCHANGE_MAX_TTL
 from ...sources.base import Sources
 from ..audit import AuditTrail, Entry
@@ -48,9 +49,12 @@ class RevokeOrder:
 # may follow (`spec.onLeak: reissue`); with `quarantine` the pod is barred instead.
 LEAKED: RevocationReason = "leaked"
 QUARANTINED: RevocationReason = "leaked-quarantine"
-# Reasons that revoke what a pod held without barring it: its bookkeeping was unreadable, or
-# its value leaked, so only the tokens issued until now go (a fresh value may follow).
-FRESH_START = frozenset({"unreadable-state", LEAKED})
+# Reasons that revoke what a pod held without barring it: its bookkeeping was unreadable, its
+# value leaked, or its credential stopped allowing it for a while (rules.planning.RECOVERABLE),
+# so only the tokens issued until now go (a fresh value may follow).
+FRESH_START: frozenset[RevocationReason] = frozenset({"unreadable-state", LEAKED}) | RECOVERABLE
+# Of those, the ones whose fresh value waits for the next whole second (`cut_off`).
+CUT_OFF_REASONS: frozenset[RevocationReason] = frozenset({LEAKED}) | RECOVERABLE
 
 
 def cut_off(now: dt.datetime) -> dt.datetime:
@@ -133,7 +137,9 @@ class Revoker:
         sealed), so whichever replica answers refuses every token of it."""
         assert subject.pod_uid
         until = self._covered_until(subject, revocation, record, now)
-        before = cut_off(now) if revocation.reason == LEAKED else now if revocation.reason in FRESH_START else None
+        before = (
+            cut_off(now) if revocation.reason in CUT_OFF_REASONS else now if revocation.reason in FRESH_START else None
+        )
         self.revocations.revoke(subject.pod_uid, revocation.credential, until, before)
 
     @staticmethod

@@ -3,7 +3,7 @@
 Verifiers and the API server must trust the operator's CA: it goes into the `<instance>-ca-bundle`
 ConfigMap (never next to the private key), into each pod's Secret as it is next written (the
 reconciler reads `pem`), and -- as configured -- into the MutatingWebhookConfiguration the
-operator manages (with the pod guard beside it) or only into the caBundle of the one the chart
+operator manages (with the pod guard and the opt-in check beside it) or only into the caBundle of the one the chart
 installed.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...api import labels
-from ...api.webhook_configuration import WebhookMode, configuration, pod_guard
+from ...api.webhook_configuration import WebhookMode, configuration, opt_in_check, pod_guard
 from ...platform.kube import Kube, NotFound
 
 
@@ -49,7 +49,10 @@ class CaBundle:
                     namespaces=webhook.namespaces,
                 ),
             )
-            for resources, body in pod_guard(webhook.configuration, webhook.namespaces):
+            guards = pod_guard(webhook.configuration, webhook.namespaces) + opt_in_check(
+                webhook.configuration, self.namespace, webhook.namespaces
+            )
+            for resources, body in guards:
                 await self.kube.apply_cluster_object(resources, body)
         elif webhook.mode == "inject-ca":
             await self.kube.inject_webhook_ca(webhook.configuration, ca_pem)

@@ -72,7 +72,14 @@ class AdmissionWebhook:
         try:
             if (outside := self.unwatched(namespace)) is not None:
                 raise admission.Refusal(outside)
-            records = admission.admit(pod, namespace, lambda name: self.view.credential(namespace, name), keyring)
+            records = admission.admit(
+                pod,
+                namespace,
+                lambda name: self.view.credential(namespace, name),
+                keyring,
+                # a namespace's AgentCredentials, for "did you mean" in a refusal
+                known=lambda: [record.name for record in self.view.credentials(namespace)],
+            )
         except admission.Refusal as refusal:
             self.audit.record(
                 "deny",
