@@ -4,13 +4,35 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test check unit crd bench bench-quick clean
+.PHONY: setup demo test check unit crd bench bench-quick clean lock image dist
 
-$(BIN)/agentcred: pyproject.toml
+# Every Python package pinned, with hashes, in requirements-dev.lock (make lock writes it from
+# pyproject.toml); agentcred itself goes in editable, without dependencies of its own choosing.
+$(BIN)/agentcred: pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
+
+# The lock files, from pyproject.toml: requirements.lock (what the operator's image installs)
+# and requirements-dev.lock (that, the tests' and checks' packages, and the release tools);
+# examples/mcp/requirements.lock from its requirements.in (the example's image).
+lock: $(BIN)/agentcred
+	$(BIN)/uv pip compile pyproject.toml --universal --generate-hashes --python-version 3.11 -q -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --universal --generate-hashes --python-version 3.11 -q \
+		--extra test --extra dev --extra release -o requirements-dev.lock
+	cd examples/mcp && ../../$(BIN)/uv pip compile requirements.in --universal --generate-hashes \
+		--python-version 3.11 -q -o requirements.lock
+
+# The operator's image (the Dockerfile's recipe, written here without Docker: needs root and
+# mmdebstrap) with its CycloneDX SBOM beside it, cached by content under ~/.cache/agentcred/images.
+image: setup
+	$(BIN)/agentcred dev image
+
+# The release artifacts in dist/: the chart packaged by helm, the image archive and its SBOM.
+dist: setup
+	$(BIN)/agentcred dev dist --out dist
 
 # Python packages into .venv, then the control plane binaries (built from Go modules once, cached).
 setup: $(BIN)/agentcred

@@ -65,6 +65,7 @@ from harness import Lean, log_tail, summary_ms, wait_count  # noqa: E402
 OUT = BENCH / "out"
 NAMESPACE = "bench-leaks"
 REPORTER = ("agentcred", "bench-reporter")
+REPORTER_FLAG = "--cluster-leak-reporters"  # it acts in the bench's namespace
 
 
 class _NothingLive:
@@ -107,9 +108,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="agentcred-bench-leaks-") as scratch, ControlPlane() as plane:
         api = config.new_client_from_config(config_file=str(plane.kubeconfig))
         install_agentcred(api)
-        operator = LocalOperator(
-            plane.kubeconfig, Path(scratch), "--leak-reporters", "/".join(REPORTER), detached=False
-        )
+        operator = LocalOperator(plane.kubeconfig, Path(scratch), REPORTER_FLAG, "/".join(REPORTER), detached=False)
         try:
             operator.start(timeout=300)
             results["cluster"] = on_cluster(api, Lean(api.configuration), operator, live, reports)

@@ -129,11 +129,13 @@ class Cluster:
 
 OPERATOR_NAMESPACE = "agentcred"
 INTROSPECTOR = ("agentcred-introspection", "gateway")  # allowed to introspect, in the session's operator
-# The session operator's leak reporters: one in its own namespace (acts anywhere, also by
-# fingerprint), one a tenant's (by fingerprint, only in its own namespace).
+# The session operator's leak reporters: a cluster-wide one (acts in every namespace), and a
+# tenant's (only in its own namespace).
 LEAK_REPORTER = (OPERATOR_NAMESPACE, "leak-reporter")
 TENANT_REPORTER = ("leak-tenant", "scanner")
-LEAK_REPORTERS = ",".join(f"{ns}/{name}" for ns, name in (LEAK_REPORTER, TENANT_REPORTER))
+LEAK_REPORTERS = "/".join(TENANT_REPORTER)
+CLUSTER_LEAK_REPORTERS = "/".join(LEAK_REPORTER)
+REPORTER_ENV = {"AGENTCRED_LEAK_REPORTERS": LEAK_REPORTERS, "AGENTCRED_CLUSTER_LEAK_REPORTERS": CLUSTER_LEAK_REPORTERS}
 GATEWAY = ("agentcred-gateways", "gateway")  # the gateway the session's operator answers
 
 
@@ -151,6 +153,7 @@ class OperatorProcess(LocalOperator):
         namespace: str = OPERATOR_NAMESPACE,
         standalone: bool = True,
         kubeconfig: Path | None = None,
+        volume_refresh_delay: str = "0",
     ) -> None:
         super().__init__(
             kubeconfig or cluster.kubeconfig,
@@ -160,6 +163,7 @@ class OperatorProcess(LocalOperator):
             namespace=namespace,
             standalone=standalone,
             env={"AGENTCRED_STATUS_INTERVAL": "0.5", "AGENTCRED_HEALTH_CHECK_INTERVAL": "1", **(env or {})},
+            volume_refresh_delay=volume_refresh_delay,
         )
         self.cluster = cluster
         self.log_dir = self.workdir

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from clusterkit import GATEWAY, INTROSPECTOR, LEAK_REPORTERS, Cluster, OperatorProcess, operator_paused
+from clusterkit import GATEWAY, INTROSPECTOR, REPORTER_ENV, Cluster, OperatorProcess, operator_paused
 from witness import Witness
 
 CLUSTER_MODE = os.environ.get("AGENTCRED_TEST_CLUSTER", "local")
@@ -98,15 +98,10 @@ def witness(cluster: Cluster) -> Iterator[Witness]:
 
 
 def _operator(cluster: Cluster) -> OperatorProcess:
-    """The ServiceAccount INTROSPECTOR may introspect tokens, LEAK_REPORTERS may report leaks,
-    GATEWAY may ask for gateway decisions."""
+    """The ServiceAccount INTROSPECTOR may introspect tokens, REPORTER_ENV's may report leaks
+    (a tenant's and a cluster-wide one), GATEWAY may ask for gateway decisions."""
     return OperatorProcess(
-        cluster,
-        "--introspector",
-        "/".join(INTROSPECTOR),
-        "--gateway",
-        "/".join(GATEWAY),
-        env={"AGENTCRED_LEAK_REPORTERS": LEAK_REPORTERS},
+        cluster, "--introspector", "/".join(INTROSPECTOR), "--gateway", "/".join(GATEWAY), env=REPORTER_ENV
     )
 
 
@@ -146,3 +141,60 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         if isinstance(process, OperatorProcess):
             report.sections.append((f"{name} log (last 150 lines)", process.log_tail(150)))
             break
+
+
+# -- the real-node tier ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def node_cluster() -> Iterator[object]:
+    """A second local control plane with a real node (kubelet, kube-scheduler, containerd,
+    runc): its pods run as containers. Apart from `cluster`, whose stand-in binds every pod."""
+    if CLUSTER_MODE != "local":
+        pytest.skip("the real-node tier starts its own local control plane and node")
+    import tempfile
+
+    from agentcred.devcluster.binaries import ensure_binaries
+    from agentcred.devcluster.controlplane import ControlPlane
+    from agentcred.devcluster.node import RealNode, host_problems
+    from nodekit import NodeCluster
+
+    problems = host_problems()
+    if problems:
+        pytest.skip("this host cannot run a real node: " + "; ".join(problems))
+    workdir = Path(tempfile.mkdtemp(prefix="agentcred-node-"))
+    node = RealNode(workdir)
+    plane = None
+    left: list[str] = []
+    try:
+        plane = ControlPlane(workdir=workdir, **node.prepare().plane_options)
+        plane.start()
+        node.start(plane.server, plane.kubeconfig)
+        found = NodeCluster(plane.kubeconfig, binaries=ensure_binaries(), local=True, plane=plane, node=node)
+        found.install_crd()
+        yield found
+    finally:
+        left = node.stop()  # first: the node's containers, mounts, cgroups and bridge
+        if plane is not None:
+            plane.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert not left, f"the real node left behind: {left}"
+
+
+@pytest.fixture(scope="session")
+def node_operator(node_cluster: Cluster) -> Iterator[OperatorProcess]:
+    """The operator (a process on this host) for the real-node cluster, told how late its
+    kubelet may deliver a renewed value."""
+    from agentcred.devcluster.node import volume_refresh_delay
+
+    delay = volume_refresh_delay(node_cluster.node.sync_frequency)
+    process = OperatorProcess(node_cluster, volume_refresh_delay=delay).start()
+    yield process
+    process.cleanup()
+
+
+@pytest.fixture
+def node_namespace(node_cluster: Cluster) -> Iterator[str]:
+    name = node_cluster.create_namespace("n")
+    yield name
+    node_cluster.delete_namespace(name)

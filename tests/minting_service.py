@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ class MintingService:
     def __init__(self) -> None:
         self.mode = "ok"
         self.healthy = True  # what GET /mint/healthz answers: 200, or 503
+        self.health_hangs = False  # GET /mint/healthz never answers (until the caller gives up)
+        self.health_calls = 0
+        self.health_dropped: list[float] = []  # time.monotonic() when a caller gave up on a hanging probe
         self.redirect_to: str | None = None  # answer every call with a redirect there
         self.calls = 0
         self.minted: list[dict[str, Any]] = []
@@ -84,6 +88,14 @@ class MintingService:
         return web.json_response({"value": f"minted-{token_id}", "id": token_id})
 
     async def _health(self, request: web.Request) -> web.Response:
+        self.health_calls += 1
+        if self.health_hangs:
+            while not self._released.is_set():
+                if request.transport is None or request.transport.is_closing():
+                    self.health_dropped.append(time.monotonic())
+                    break
+                await asyncio.sleep(0.05)
+            return web.Response(status=503, text="gave up")
         return web.Response(text="ok") if self.healthy else web.Response(status=503, text="draining")
 
     async def _revoke(self, request: web.Request) -> web.Response:

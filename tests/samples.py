@@ -178,4 +178,10 @@ INVALID = [
         "spec.source.webhook.timeout",
         "at most 30s",
     ),
+    (
+        "a scope pattern costly to match",
+        {"scope": {"tools": ["*"], "actions": ["read"], "resources": ["*a?a?a?a?a?a?a?a*"]}},
+        "spec.scope.resources[0]",
+        "at most 8 wildcards",
+    ),
 ]

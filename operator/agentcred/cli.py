@@ -18,7 +18,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import kopf
 
-    from .app.config import OperatorConfig, parse_namespaces
+    from .app.config import OperatorConfig, parse_delay, parse_namespaces
     from .app.handlers import registry_for
     from .app.operator import Operator
 
@@ -36,12 +36,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         "health_port": args.health_port,
         "audit_log": args.audit_log,
         "leak_reporters": args.leak_reporters,
+        "cluster_leak_reporters": args.cluster_leak_reporters,
     }
     try:
         config = OperatorConfig.from_env()
         if args.watch_namespace:
             config = dataclasses.replace(config, watch_namespaces=parse_namespaces(args.watch_namespace))
-    except ValueError as error:  # AGENTCRED_WATCH_NAMESPACES or --watch-namespace
+        delay = parse_delay(args.volume_refresh_delay or "")
+        if delay is not None:
+            config = dataclasses.replace(config, volume_refresh_delay=delay)
+    except ValueError as error:  # AGENTCRED_WATCH_NAMESPACES, --watch-namespace, the refresh delay
         print(f"agentcred run: {error}", file=sys.stderr)
         return 2
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
@@ -79,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .devcluster.demo import run_demo
 
-    return run_demo(keep=args.keep, mcp=args.mcp)
+    return run_demo(keep=args.keep, mcp=args.mcp, stand_in=args.stand_in)
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
@@ -166,7 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--leak-reporters",
         help="ServiceAccounts (namespace/name, comma-separated) that may report and trace leaked values "
-        "(AGENTCRED_LEAK_REPORTERS)",
+        "in their own namespace (AGENTCRED_LEAK_REPORTERS)",
+    )
+    run.add_argument(
+        "--cluster-leak-reporters",
+        help="ServiceAccounts (namespace/name, comma-separated) that may report and trace leaked values "
+        "in every namespace (AGENTCRED_CLUSTER_LEAK_REPORTERS)",
     )
     run.add_argument(
         "--watch-namespace",
@@ -174,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAMESPACE",
         help="namespace-scoped mode: see pods, Secrets and AgentCredentials, and admit pods, only in this "
         "namespace; repeat for several (AGENTCRED_WATCH_NAMESPACES, comma-separated; default: every namespace)",
+    )
+    run.add_argument(
+        "--volume-refresh-delay",
+        metavar="DURATION",
+        help="how late the cluster's kubelets may put a renewed value into a container: 1.5 x their "
+        "syncFrequency plus a margin (default 95s, for the kubelet's default 1m; AGENTCRED_VOLUME_REFRESH_DELAY). "
+        "Renewals start at least this long before expiry; a ttl under twice this is refused. 0: no kubelet",
     )
     run.add_argument("--verbose", action="store_true", help="log every handler call (logs go to stderr)")
     run.add_argument(
@@ -214,11 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     renew.set_defaults(func=cmd_renew)
 
-    demo = commands.add_parser("demo", help="local control plane + operator + an agent Job, end to end")
+    demo = commands.add_parser("demo", help="local control plane + a real node + operator + an agent Job, end to end")
     demo.add_argument(
         "--keep",
         action="store_true",
-        help="leave the control plane, the operator and the kubelet stand-in running afterwards (print the "
+        help="leave the control plane, the node and the operator running afterwards (print the "
         "kubeconfig; `agentcred dev down --name demo` stops them)",
     )
     demo.add_argument(
@@ -226,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="instead, examples/mcp: its MCP server and agent (official SDK) with an agent pod's identity, "
         "printing what the agent prints (README of examples/mcp)",
+    )
+    demo.add_argument(
+        "--stand-in",
+        action="store_true",
+        help="no real node: the scheduler/kubelet stand-in binds the agent's pod and completes it (the demo "
+        "does this by itself on a host that cannot run a node)",
     )
     demo.set_defaults(func=cmd_demo)
 

@@ -29,7 +29,7 @@ from support.views import FixedView
 
 NS = "agents"
 OPERATOR_NAMESPACE = "agentcred-system"
-SCANNER = Reporter(OPERATOR_NAMESPACE, "secret-scanner")
+SCANNER = Reporter(OPERATOR_NAMESPACE, "secret-scanner", everywhere=True)  # listed cluster-wide
 FOUND_AT = {"type": "agentcred_token", "url": "https://git.example/acme/app/blob/main/notes.md", "source": "scan"}
 UPSTREAM_VALUE = b"sk-vendor-0123456789"
 
@@ -88,14 +88,7 @@ class Responding(Runtime):
             view=self.view,
         )
         self.responder = LeakResponder(
-            self.tracer,
-            self.reconciler,
-            self.api,
-            view=self.view,
-            book=self.book,
-            audit=self.audit,
-            events=self.events,
-            operator_namespace=OPERATOR_NAMESPACE,
+            self.tracer, self.reconciler, self.api, view=self.view, book=self.book, audit=self.audit, events=self.events
         )
         for pod in pods:
             self.admit(dataclasses.replace(pod, gated=True))
@@ -261,7 +254,9 @@ def test_strings_that_are_not_ours_change_nothing(tmp_path: Path) -> None:
     assert len(runtime.revocations) == 0 and runtime.value(AGENT) == held and runtime.lines("revoke") == []
 
 
-def test_a_report_by_fingerprint_acts_only_in_the_reporters_namespace_or_from_the_operators(tmp_path: Path) -> None:
+def test_a_report_by_fingerprint_acts_only_in_the_reporters_namespace_or_from_a_cluster_reporter(
+    tmp_path: Path,
+) -> None:
     runtime = Responding(tmp_path, (record(),), AGENT)
     leaked = runtime.value(AGENT)
     assert leaked is not None

@@ -23,7 +23,7 @@ from agentcred.rules.leaks import (
     BadReport,
     Candidate,
     Compromise,
-    may_act_by_reference,
+    in_remit,
     parse_report,
     parse_reporters,
     still_compromised,
@@ -142,13 +142,14 @@ def test_bad_reports_are_refused_without_echoing_the_strings(content_type, body,
     assert "sk-1" not in refused.value.message and "xxxx" not in refused.value.message
 
 
-def test_reporters_and_who_may_act_by_reference() -> None:
+def test_reporters_and_their_remit() -> None:
     assert parse_reporters(" secops/scanner, team-a/ci ") == {"secops/scanner", "team-a/ci"}
     with pytest.raises(ValueError, match="'scanner' is not namespace/serviceaccount"):
         parse_reporters("scanner")
-    assert may_act_by_reference("team-a", "team-a", "agentcred")
-    assert may_act_by_reference("agentcred", "team-b", "agentcred")
-    assert not may_act_by_reference("team-a", "team-b", "agentcred")
+    assert in_remit("team-a", False, "team-a")
+    assert in_remit("secops", True, "team-b")  # listed cluster-wide
+    assert not in_remit("team-a", False, "team-b")
+    assert not in_remit("agentcred", False, "team-b")  # the operator's namespace alone makes no one cluster-wide
 
 
 def test_token_states() -> None:

@@ -68,3 +68,23 @@ def test_one_partition_hanging_does_not_hold_another_back() -> None:
 
     asyncio.run(main())
     assert fired == ["fine/renewal"]
+
+
+def test_rescheduling_a_key_again_and_again_keeps_the_heap_bounded() -> None:
+    """Every reschedule used to leave its predecessor in the heap until it came due (hours for
+    a renewal): a tenant editing a credential over and over grew it without end."""
+
+    async def scenario() -> None:
+        scheduler = Scheduler(lambda key: asyncio.sleep(0))
+        later = utcnow() + dt.timedelta(hours=1)
+        for round_ in range(200):
+            for pod in range(50):
+                scheduler.schedule(("binding", f"ns/{pod}"), later + dt.timedelta(seconds=round_))
+        assert len(scheduler) == 50
+        assert len(scheduler._heap) <= 2 * 50 + 1024 + 1
+        for pod in range(50):
+            scheduler.cancel(("binding", f"ns/{pod}"))
+        scheduler.schedule(("binding", "ns/last"), later)
+        assert len(scheduler._heap) <= 1024 + 3
+
+    asyncio.run(scenario())

@@ -143,3 +143,36 @@ def test_the_owner_a_sealed_secret_names_wins_over_a_listing() -> None:
     owners.note(copy)
     owners.note(original)
     assert owners.owns(original) and not owners.owns(copy)
+
+
+def test_review_gate_pays_before_reviewing_and_lets_a_burst_of_valid_tokens_through() -> None:
+    """Concurrent garbage buys no more reviews than the address's budget; concurrent valid
+    tokens beyond the budget wait for theirs to be paid back, and are all answered."""
+    import asyncio
+
+    from agentcred.runtime.tokens.callers import RateLimiter, ReviewGate, Throttled
+
+    async def scenario() -> None:
+        sent: list[str] = []
+
+        async def review(token: str) -> dict:
+            sent.append(token)
+            await asyncio.sleep(0.01)
+            return {"authenticated": token.startswith("good")}
+
+        gate, budget = ReviewGate(review), RateLimiter(rate=0.001, burst=10)
+
+        async def ask(token: str) -> object:
+            try:
+                return await gate.review(token, "10.0.0.1", budget)
+            except Throttled:
+                return "throttled"
+
+        answers = await asyncio.gather(*(ask(f"garbage-{i}") for i in range(100)))
+        assert len(sent) <= 10 and answers.count("throttled") >= 90
+        sent.clear()
+        other = RateLimiter(rate=0.001, burst=10)
+        answers = await asyncio.gather(*(gate.review(f"good-{i}", "10.0.0.2", other) for i in range(50)))
+        assert all(a == {"authenticated": True} for a in answers) and len(sent) == 50
+
+    asyncio.run(scenario())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
+from .status_model import CUT_TO_FIT, MAX_MESSAGE
 from .times import format_time
 
 Status = Literal["True", "False", "Unknown"]
@@ -24,7 +25,11 @@ def set_condition(
     generation: int | None,
     now: dt.datetime,
 ) -> list[dict[str, Any]]:
-    """Return the conditions with `type_` set; the transition time moves only on a status change."""
+    """Return the conditions with `type_` set; the transition time moves only on a status change.
+    A message longer than the CRD allows is cut to fit: the API server would refuse the whole
+    status write, every time, and the condition would never be written at all."""
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - len(CUT_TO_FIT)] + CUT_TO_FIT
     previous = next((c for c in conditions if c.get("type") == type_), None)
     transition = (
         previous["lastTransitionTime"]

@@ -34,6 +34,7 @@ from .schema import (
     Date,
     DPoPMode,
     Duration,
+    GlobPattern,
     HttpsUrl,
     JwtAlgorithm,
     Model,
@@ -258,13 +259,13 @@ GLOB_RULES = (
 class ScopeRules(Model):
     """Glob patterns an intent (tool, action, resource) is matched against."""
 
-    tools: Annotated[list[Pattern], Field(max_length=64)] = Field(
+    tools: Annotated[list[GlobPattern], Field(max_length=64)] = Field(
         default=[], description=f"Tools the credential may be used with, e.g. web-search. {GLOB_RULES}"
     )
-    resources: Annotated[list[Pattern], Field(max_length=64)] = Field(
+    resources: Annotated[list[GlobPattern], Field(max_length=64)] = Field(
         default=[], description=f"Resources it may touch, e.g. repo:acme/*. {GLOB_RULES}"
     )
-    actions: Annotated[list[Pattern], Field(max_length=64)] = Field(
+    actions: Annotated[list[GlobPattern], Field(max_length=64)] = Field(
         default=[], description=f"Actions it may take, e.g. read. {GLOB_RULES}"
     )
 
@@ -278,14 +279,14 @@ DENY_RULES = (
 class DenyRules(ScopeRules):
     """Glob patterns an intent is refused for, even where the allow lists match."""
 
-    tools: Annotated[list[Pattern], Field(max_length=64)] = Field(
+    tools: Annotated[list[GlobPattern], Field(max_length=64)] = Field(
         default=[], description=f"Tools refused even where `tools` allows them, e.g. delete-*. {DENY_RULES}"
     )
-    resources: Annotated[list[Pattern], Field(max_length=64)] = Field(
+    resources: Annotated[list[GlobPattern], Field(max_length=64)] = Field(
         default=[],
         description=f"Resources refused even where `resources` allows them, e.g. repo:acme/secrets-*. {DENY_RULES}",
     )
-    actions: Annotated[list[Pattern], Field(max_length=64)] = Field(
+    actions: Annotated[list[GlobPattern], Field(max_length=64)] = Field(
         default=[], description=f"Actions refused even where `actions` allows them, e.g. write. {DENY_RULES}"
     )
 

@@ -54,11 +54,14 @@ SourceReason = Literal[
 ]
 
 # The reason of a credential's Ready condition.
-ReadyReason = Literal["Valid", "InvalidSpec", "ExceptionExpired"] | PolicyReason | SourceReason
+ReadyReason = Literal["Valid", "InvalidSpec", "ExceptionExpired", "TTLTooShort"] | PolicyReason | SourceReason
 
 # Why a pod stays gated (each also the Warning Event posted on it).
 ProblemReason = (
-    Literal["CredentialNotFound", "CredentialNotReady", "NotASubject", "Revoked", "MaxLifetimeReached"] | SourceReason
+    Literal[
+        "CredentialNotFound", "CredentialNotReady", "NotASubject", "Revoked", "MaxLifetimeReached", "RevocationBudget"
+    ]
+    | SourceReason
 )
 
 # Kubernetes Event reasons the operator posts on pods and AgentCredentials (besides each
@@ -76,5 +79,6 @@ EventReason = (
         "LeakReported",
         "CredentialLeaked",
         "Quarantined",
+        "RequestRefused",
     ]
 )

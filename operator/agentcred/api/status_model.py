@@ -9,6 +9,9 @@ from pydantic import Field, StringConstraints
 
 from .schema import Model, SourceKind
 
+MAX_MESSAGE = 4096  # a condition's message, as the CRD allows it
+CUT_TO_FIT = "... (cut to fit)"
+
 
 class Condition(Model):
     """A Kubernetes-style condition: every one carries a reason and a message."""
@@ -20,7 +23,7 @@ class Condition(Model):
     reason: Annotated[str, StringConstraints(max_length=128)] = Field(
         description="A one-word reason, e.g. Valid, NoPolicy, UpstreamNotShared, MintingServiceUnhealthy."
     )
-    message: Annotated[str, StringConstraints(max_length=4096)] = Field(
+    message: Annotated[str, StringConstraints(max_length=MAX_MESSAGE)] = Field(
         description="What is wrong and what to do, in words."
     )
     last_transition_time: dt.datetime = Field(description="When status last changed (RFC 3339).")

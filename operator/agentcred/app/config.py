@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import TypeVar
 import kopf
 
 from ..api import labels, model
+from ..api.durations import parse_duration
 from ..api.schema import DNS_LABEL_RE
 from ..api.webhook_configuration import (
     CERTIFICATE_MODES,
@@ -18,6 +20,7 @@ from ..api.webhook_configuration import (
     WebhookMode,
     skipped_namespaces,
 )
+from ..rules.delivery import DEFAULT_VOLUME_REFRESH_DELAY
 
 Mode = TypeVar("Mode", bound=str)
 
@@ -62,15 +65,23 @@ class OperatorConfig:
     source_rate: float = 10.0  # refused tokens per second per client address before it gets 429
     source_burst: int = 40
     revocation_shards: int = 8  # ConfigMaps holding the revocation list (~12,000 entries each)
+    revocation_budget: int = 20_000  # entries (and live pods) one namespace may have on it
     key_rotation_days: int = 30  # 0: rotate only on `agentcred rotate-key`
     audit_log: str = "-"
     leader_election: bool = True  # several replicas: one leader writes; off for a lone replica
     lease_duration: int = 15  # seconds without renewal before a follower takes over
     lease_renew: float = 5.0
     status_interval: float = 1.0
-    # ServiceAccounts (namespace/name, comma-separated) that may report and trace leaked values.
+    # ServiceAccounts (namespace/name, comma-separated) that may report and trace leaked values
+    # in their own namespace; and those that may do so in every namespace.
     leak_reporters: str = ""
+    cluster_leak_reporters: str = ""
     health_check_interval: float = 30.0  # seconds between minting-service health checks
+    max_connections: int = 1024  # connections each HTTPS server (webhook, token service) holds at once
+    # Scope matching per namespace at the token service: milliseconds of the event loop a second,
+    # and the burst (see TokenService._grant).
+    scope_ms_per_second: float = 250.0
+    scope_ms_burst: int = 2000
     # Namespace-scoped mode: watch pods, Secrets and AgentCredentials only in these namespaces
     # (and admit pods only there); empty: every namespace (the default).
     watch_namespaces: tuple[str, ...] = ()
@@ -82,6 +93,9 @@ class OperatorConfig:
     gateway_grpc_port: int = 9191
     gateway_rate: float = 100.0  # calls per second per pod, sustained
     gateway_burst: int = 200
+    # How late the cluster's kubelets may put a renewed value into a container (rules.delivery):
+    # 1.5 x their syncFrequency, plus a margin; 0 where no kubelet delivers (the stand-in).
+    volume_refresh_delay: dt.timedelta = DEFAULT_VOLUME_REFRESH_DELAY
 
     @property
     def scoped(self) -> bool:
@@ -140,6 +154,7 @@ class OperatorConfig:
             source_rate=float(_env("SOURCE_RATE", str(cls.source_rate))),
             source_burst=int(_env("SOURCE_BURST", str(cls.source_burst))),
             revocation_shards=int(_env("REVOCATION_SHARDS", str(cls.revocation_shards))),
+            revocation_budget=int(_env("REVOCATION_BUDGET", str(cls.revocation_budget))),
             key_rotation_days=int(_env("KEY_ROTATION_DAYS", str(cls.key_rotation_days))),
             audit_log=_env("AUDIT_LOG", cls.audit_log),
             leader_election=_env("LEADER_ELECTION", "true").lower() == "true",
@@ -148,14 +163,32 @@ class OperatorConfig:
             lease_renew=float(_env("LEASE_RENEW", str(cls.lease_renew))),
             status_interval=float(_env("STATUS_INTERVAL", str(cls.status_interval))),
             leak_reporters=_env("LEAK_REPORTERS", cls.leak_reporters),
+            cluster_leak_reporters=_env("CLUSTER_LEAK_REPORTERS", cls.cluster_leak_reporters),
             health_check_interval=float(_env("HEALTH_CHECK_INTERVAL", str(cls.health_check_interval))),
+            max_connections=int(_env("MAX_CONNECTIONS", str(cls.max_connections))),
+            scope_ms_per_second=float(_env("SCOPE_MS_PER_SECOND", str(cls.scope_ms_per_second))),
+            scope_ms_burst=int(_env("SCOPE_MS_BURST", str(cls.scope_ms_burst))),
             watch_namespaces=parse_namespaces(_env("WATCH_NAMESPACES", "").split(",")),
             gateways=tuple(item.strip() for item in _env("GATEWAYS", "").split(",") if item.strip()),
             gateway_grpc_address=_env("GATEWAY_GRPC_ADDRESS", cls.gateway_grpc_address),
             gateway_grpc_port=int(_env("GATEWAY_GRPC_PORT", str(cls.gateway_grpc_port))),
             gateway_rate=float(_env("GATEWAY_RATE", str(cls.gateway_rate))),
             gateway_burst=int(_env("GATEWAY_BURST", str(cls.gateway_burst))),
+            volume_refresh_delay=parse_delay(_env("VOLUME_REFRESH_DELAY", "")) or DEFAULT_VOLUME_REFRESH_DELAY,
         )
+
+
+def parse_delay(text: str) -> dt.timedelta | None:
+    """A volume refresh delay: a duration ("95s", "1m40s"), or 0 for none; blank: not set."""
+    text = text.strip()
+    if not text:
+        return None
+    if text in ("0", "0s"):
+        return dt.timedelta(0)
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise ValueError(f"volume refresh delay: {error}, or 0") from None
 
 
 def parse_namespaces(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:

@@ -41,6 +41,7 @@ from ..runtime.leaks.intake import LEAK_INTAKE, LeakIntake
 from ..runtime.leaks.response import LeakResponder
 from ..runtime.leaks.tracer import Tracer
 from ..runtime.loops import LoopOf, Loops
+from ..runtime.projection.bars import Bars
 from ..runtime.projection.bindings import BindingOwners
 from ..runtime.projection.credential_lifecycle import CredentialLifecycle
 from ..runtime.projection.due import tenant_of
@@ -219,6 +220,14 @@ def build_parts(
     # RFC 7523bis address their assertion to the issuer itself, workload identity federation
     # (MCP's draft) to the token endpoint: those are single-use (the token service keeps jti).
     audiences = [labels.SERVICE_ACCOUNT_AUDIENCE, config.effective_issuer, f"{config.effective_issuer}/oauth2/token"]
+
+    def revocations_unsure() -> str | None:
+        """A follower's doubt about its revocation list (see RevocationStore.unsure)."""
+        if leadership is None or leading():
+            return None
+        stale = dt.timedelta(seconds=config.lease_duration + 2 * config.lease_renew)
+        return shared.revocation_store.unsure(leadership.leader_notes, stale)
+
     tokens = TokenService(
         reviews=ReviewGate(lambda token: kube.review_token(token, audiences)),
         view=view,
@@ -232,6 +241,8 @@ def build_parts(
         by_source=RateLimiter(rate=config.source_rate, burst=config.source_burst),
         introspectors=frozenset(config.introspectors),
         proofs=ProofChecker(keyring, require_nonce=config.dpop_nonce),
+        unsure=revocations_unsure,
+        scope_time=RateLimiter(config.scope_ms_per_second, config.scope_ms_burst),
     )
     # Gateways' calls decided: the pod identified as the token service does, the credential
     # attached on the way out (a static value read through the secretRef source).
@@ -259,13 +270,12 @@ def build_parts(
         view=view,
         handed=gateway.upstream.handed.holding,
     )
-    responder = LeakResponder(
-        tracer, reconciler, kube, view=view, book=book, audit=audit, events=events, operator_namespace=config.namespace
-    )
+    responder = LeakResponder(tracer, reconciler, kube, view=view, book=book, audit=audit, events=events)
     leak_intake = LeakIntake(
         responder,
         review=lambda token: kube.review_token(token, [labels.SERVICE_ACCOUNT_AUDIENCE]),
         reporters=parse_reporters(config.leak_reporters),
+        cluster_reporters=parse_reporters(config.cluster_leak_reporters),
         # A leader still listing its Secrets would answer "unknown" for values it holds.
         leading=lambda: leading() and reconciler.loaded.is_set(),
         audit=audit,
@@ -292,8 +302,10 @@ def build_parts(
             lease=config.names.lease,
             duration=config.lease_duration,
             renew=config.lease_renew,
+            notes=shared.revocation_store.notes,
         )
     revocation_store = shared.revocation_store
+    bars = Bars(revocations, pod_index.last, view.credential)
     loops = Loops(
         [
             certificates,
@@ -302,7 +314,7 @@ def build_parts(
             scheduler,
             status,
             events,
-            LoopOf("revocation list", lambda: revocation_store.run(leading)),
+            LoopOf("revocation list", lambda: revocation_store.run(leading, hold=bars.hold)),
             minting_health,
             *([leadership] if leadership is not None else []),
         ]
@@ -346,7 +358,7 @@ async def _elected(loops: Loops, take_over: TakeOver) -> None:
 
 async def load_shared(config: OperatorConfig, kube: Kube) -> Shared:
     keyring = await load_keyring(kube, config.namespace, config.names.keyring)
-    revocations = RevocationList(config.revocation_shards)
+    revocations = RevocationList(config.revocation_shards, config.revocation_budget)
     revocation_store = RevocationStore(kube, config.namespace, revocations, config.names)
     await revocation_store.reload()
     certificate = await shared_serving_certificate(
@@ -390,7 +402,9 @@ class Operator:
         )
         app[LEAK_INTAKE] = parts.leak_intake
         app[FORWARD_AUTH] = parts.gateway
-        self._runners.append(await serve(app, config.api_address, config.api_port, certfile, keyfile))
+        self._runners.append(
+            await serve(app, config.api_address, config.api_port, certfile, keyfile, limit=config.max_connections)
+        )
         if config.gateway_grpc_port:
             self._grpc = await ext_authz.serve(
                 parts.gateway, config.gateway_grpc_address, config.gateway_grpc_port, certfile, keyfile
@@ -403,6 +417,8 @@ class Operator:
                 certfile,
                 keyfile,
                 "the admission webhook",
+                connections="webhook-connections",
+                limit=config.max_connections,
             )
         )
         self._runners.append(await serve_health(parts.health, config.health_address, config.health_port))

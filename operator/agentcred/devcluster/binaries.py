@@ -1,4 +1,5 @@
-"""Build etcd, kube-apiserver, kube-controller-manager, kubectl and helm from Go modules.
+"""Build etcd, kube-apiserver, kube-controller-manager, kubectl and helm from Go modules, and
+for a real node kubelet, kube-scheduler, containerd, runc and the CNI plugins.
 
 Binaries are cached outside the repository, keyed by version, so only the first run pays
 for the build. A folder named by `KUBEBUILDER_ASSETS` is used first when it holds a binary.
@@ -23,10 +24,17 @@ ETCD_VERSION = "3.6.16"
 HELM_VERSION = "3.19.5"
 # A real gateway for the gateway tests, examples and benchmark (forward_auth in front of tools).
 CADDY_VERSION = "2.11.9"
+CONTAINERD_VERSION = "2.4.2"
+RUNC_VERSION = "1.5.3"
+CNI_PLUGINS_VERSION = "1.10.0"
 GO_PROXY_MOD = "https://proxy.golang.org/k8s.io/kubernetes/@v/v{version}.mod"
 
 KUBERNETES_BINARIES = ("kube-apiserver", "kube-controller-manager", "kubectl")
 ALL_BINARIES = (*KUBERNETES_BINARIES, "etcd", "helm")
+# The node's: from the same k8s.io/kubernetes module, in a folder of their own so the control
+# plane's cached build stays valid.
+KUBERNETES_NODE_BINARIES = ("kubelet", "kube-scheduler")
+CNI_PLUGINS = ("bridge", "host-local", "loopback")
 
 
 def cache_root() -> Path:
@@ -47,11 +55,16 @@ class Component:
     # (Go main package, binary name) pairs.
     packages: tuple[tuple[str, str], ...]
     ldflags: str
+    # runc needs cgo (its nsenter is C) and the seccomp tag (the kubelet always asks for a
+    # seccomp profile on a pod's sandbox); everything else is static Go.
+    cgo: bool = False
+    tags: str = ""
 
     @property
     def directory(self) -> Path:
         # Keyed by version and by the build recipe, so a changed recipe never reuses a stale build.
-        recipe = hashlib.sha256(f"{self.go_mod}|{self.packages}|{self.ldflags}".encode()).hexdigest()[:8]
+        extra = f"|cgo={self.cgo}|tags={self.tags}" if self.cgo or self.tags else ""
+        recipe = hashlib.sha256(f"{self.go_mod}|{self.packages}|{self.ldflags}{extra}".encode()).hexdigest()[:8]
         return cache_root() / "bin" / f"{self.name}-v{self.version}-{recipe}"
 
     def binary(self, name: str) -> Path:
@@ -72,7 +85,7 @@ def _staging_modules(version: str) -> list[str]:
     return sorted(line.split()[0] for line in text.splitlines() if "=> ./staging" in line)
 
 
-def _kubernetes_component() -> Component:
+def _kubernetes_component(name: str = "kubernetes", binaries: tuple[str, ...] = KUBERNETES_BINARIES) -> Component:
     v = KUBERNETES_VERSION
     major, minor, _ = v.split(".")
     version_flags = " ".join(
@@ -87,10 +100,10 @@ def _kubernetes_component() -> Component:
         )
     )
     return Component(
-        name="kubernetes",
+        name=name,
         version=v,
         go_mod="",  # filled at build time: the replace lines come from the tag's go.mod
-        packages=tuple((f"k8s.io/kubernetes/cmd/{name}", name) for name in KUBERNETES_BINARIES),
+        packages=tuple((f"k8s.io/kubernetes/cmd/{binary}", binary) for binary in binaries),
         ldflags=f"-s -w {version_flags}",
     )
 
@@ -148,6 +161,47 @@ def ensure_caddy() -> Path:
     return component.binary("caddy")
 
 
+def _consumer_go_mod(name: str, module: str, version: str) -> str:
+    """A module that only requires `module`: its own go.mod's replace lines would stop `go build`."""
+    return f"module agentcred.dev/build/{name}\n\ngo 1.24.0\n\nrequire {module} v{version}\n"
+
+
+def node_components() -> list[Component]:
+    """What a real node runs besides the control plane: kubelet and kube-scheduler, containerd
+    (with its shim and `ctr`), runc, and the CNI plugins for pod networks."""
+    containerd = "github.com/containerd/containerd/v2"
+    plugins = "github.com/containernetworking/plugins/plugins"
+    cni_paths = {"bridge": "main/bridge", "host-local": "ipam/host-local", "loopback": "main/loopback"}
+    return [
+        _kubernetes_component("kubernetes-node", KUBERNETES_NODE_BINARIES),
+        Component(
+            name="containerd",
+            version=CONTAINERD_VERSION,
+            go_mod=_consumer_go_mod("containerd", containerd, CONTAINERD_VERSION),
+            packages=tuple(
+                (f"{containerd}/cmd/{binary}", binary) for binary in ("containerd", "containerd-shim-runc-v2", "ctr")
+            ),
+            ldflags=f"-s -w -X {containerd}/version.Version=v{CONTAINERD_VERSION}",
+        ),
+        Component(
+            name="runc",
+            version=RUNC_VERSION,
+            go_mod=_consumer_go_mod("runc", "github.com/opencontainers/runc", RUNC_VERSION),
+            packages=(("github.com/opencontainers/runc", "runc"),),
+            ldflags=f"-s -w -X main.version={RUNC_VERSION}",
+            cgo=True,
+            tags="seccomp",
+        ),
+        Component(
+            name="cni-plugins",
+            version=CNI_PLUGINS_VERSION,
+            go_mod=_consumer_go_mod("cni-plugins", "github.com/containernetworking/plugins", CNI_PLUGINS_VERSION),
+            packages=tuple((f"{plugins}/{cni_paths[binary]}", binary) for binary in CNI_PLUGINS),
+            ldflags="-s -w",
+        ),
+    ]
+
+
 def _kubernetes_go_mod() -> str:
     v = KUBERNETES_VERSION
     minor_patch = v.split(".", 1)[1]
@@ -166,16 +220,35 @@ def _go_binary_name(package: str) -> str:
     return parts[-1]
 
 
-def _go_env() -> dict[str, str]:
+def _go_env(cgo: bool = False) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="-mod=mod -buildvcs=false")
+    env.update(CGO_ENABLED="1" if cgo else "0", GOTOOLCHAIN="local", GOFLAGS="-mod=mod -buildvcs=false")
     return env
+
+
+def missing_build_tools(component: Component) -> list[str]:
+    """What this host lacks to build `component`, each with how to get it."""
+    missing = []
+    if shutil.which("go") is None:
+        missing.append("the Go toolchain (>= 1.26): install Go")
+    if component.cgo:
+        if shutil.which("gcc") is None:
+            missing.append("a C compiler for runc's cgo: apt-get install -y gcc")
+        if shutil.which("pkg-config") is None:
+            missing.append("pkg-config, to find libseccomp: apt-get install -y pkg-config")
+        elif (
+            "seccomp" in component.tags
+            and subprocess.run(["pkg-config", "--exists", "libseccomp"], capture_output=True).returncode
+        ):
+            missing.append("libseccomp's headers, for runc's seccomp support: apt-get install -y libseccomp-dev")
+    return missing
 
 
 def build(component: Component) -> None:
     """Build one component into its cache folder (atomically: a half build is never used)."""
-    if shutil.which("go") is None:
-        raise RuntimeError("the Go toolchain is needed to build the control plane: install Go")
+    missing = missing_build_tools(component)
+    if missing:
+        raise RuntimeError(f"cannot build {component.name} v{component.version}: missing " + "; ".join(missing))
     go_mod = component.go_mod or _kubernetes_go_mod()
     component.directory.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=component.directory.parent) as workdir:
@@ -187,11 +260,13 @@ def build(component: Component) -> None:
         out = work / "out"
         out.mkdir()
         log.info("building %s v%s from Go modules (first run only)", component.name, component.version)
-        subprocess.run(["go", "mod", "tidy"], cwd=work, env=_go_env(), check=True)
+        env = _go_env(component.cgo)
+        subprocess.run(["go", "mod", "tidy"], cwd=work, env=env, check=True)
+        tags = ["-tags", component.tags] if component.tags else []
         subprocess.run(
-            ["go", "build", "-trimpath", "-ldflags", component.ldflags, "-o", str(out), *packages],
+            ["go", "build", "-trimpath", *tags, "-ldflags", component.ldflags, "-o", str(out), *packages],
             cwd=work,
-            env=_go_env(),
+            env=env,
             check=True,
         )
         for package, binary in component.packages:
@@ -203,16 +278,19 @@ def build(component: Component) -> None:
         out.rename(component.directory)
 
 
-def ensure_binaries() -> dict[str, Path]:
-    """Paths of every binary the control plane needs, building what is missing."""
+def _ensure(wanted: list[Component]) -> dict[str, Path]:
+    """Paths of the components' binaries: from KUBEBUILDER_ASSETS where found there, else from
+    the cache, building what is missing (in order: the kubelet's build reuses the Go build
+    cache the control plane's left)."""
     assets = os.environ.get("KUBEBUILDER_ASSETS")
     found: dict[str, Path] = {}
     if assets:
-        for name in ALL_BINARIES:
-            candidate = Path(assets) / name
-            if candidate.exists():
-                found[name] = candidate
-    for component in components():
+        for component in wanted:
+            for name in component.binaries:
+                candidate = Path(assets) / name
+                if candidate.exists():
+                    found[name] = candidate
+    for component in wanted:
         if all(name in found for name in component.binaries):
             continue
         if not component.is_built():
@@ -220,3 +298,13 @@ def ensure_binaries() -> dict[str, Path]:
         for name in component.binaries:
             found[name] = component.binary(name)
     return found
+
+
+def ensure_binaries() -> dict[str, Path]:
+    """Paths of every binary the control plane needs, building what is missing."""
+    return _ensure(components())
+
+
+def ensure_node_binaries() -> dict[str, Path]:
+    """Paths of every binary a real node needs, building what is missing."""
+    return _ensure(node_components())

@@ -7,6 +7,7 @@ controller, the garbage collector and the ServiceAccount controllers really run.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import logging
 import os
@@ -21,9 +22,11 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ..platform import pki
 from .binaries import ensure_binaries
@@ -31,7 +34,6 @@ from .binaries import ensure_binaries
 log = logging.getLogger(__name__)
 
 SERVICE_CIDR = "10.0.0.0/24"
-SERVICE_IP = "10.0.0.1"
 CONTROLLERS = (
     "job-controller",
     "garbage-collector-controller",
@@ -42,6 +44,16 @@ CONTROLLERS = (
     "ttl-after-finished-controller",
     "clusterrole-aggregation-controller",
     "validatingadmissionpolicy-status-controller",  # type-checks the policies' CEL
+)
+# With a real node, workloads run as users deploy them (Deployments, their ReplicaSets, the
+# disruption budgets' status), and Services get EndpointSlices: the API server calls a webhook
+# behind a Service at its endpoints (--enable-aggregator-routing; there is no kube-proxy).
+NODE_CONTROLLERS = (
+    *CONTROLLERS,
+    "deployment-controller",
+    "replicaset-controller",
+    "disruption-controller",
+    "endpointslice-controller",
 )
 # Proxies would route loopback traffic away from the servers we start.
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
@@ -86,6 +98,7 @@ class ControlPlaneState:
     kubeconfig: str
     pids: dict[str, int] = field(default_factory=dict)
     owns_workdir: bool = True
+    node: dict[str, Any] = field(default_factory=dict)  # a real node's NodeState, if one runs
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -102,8 +115,19 @@ class ControlPlane:
     in their own session so they outlive this Python process (`agentcred dev up`).
     """
 
-    def __init__(self, workdir: Path | None = None, *, detach: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        *,
+        detach: bool = False,
+        service_cidr: str = SERVICE_CIDR,
+        controllers: tuple[str, ...] = CONTROLLERS,
+    ) -> None:
         self._owns_workdir = workdir is None
+        self.controllers = controllers
+        # A real node's pods reach the API server at the `kubernetes` Service's address, the
+        # first of this range: the node puts it on its own bridge (see node.py).
+        self.service_cidr = service_cidr
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="agentcred-cp-"))
         self.detach = detach
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -119,6 +143,10 @@ class ControlPlane:
     @property
     def server(self) -> str:
         return f"https://127.0.0.1:{self.apiserver_port}"
+
+    @property
+    def service_ip(self) -> str:
+        return str(next(ipaddress.ip_network(self.service_cidr).hosts()))
 
     def __enter__(self) -> ControlPlane:
         self.start()
@@ -204,12 +232,16 @@ class ControlPlane:
             ca,
             "kube-apiserver",
             dns_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
-            ip_addresses=("127.0.0.1", SERVICE_IP),
+            ip_addresses=("127.0.0.1", self.service_ip),
             server=True,
         )
         serving.write(pki_dir / "apiserver.crt", pki_dir / "apiserver.key")
         admin = pki.issue(ca, "agentcred-admin", organizations=("system:masters",), client=True)
         controller_manager = pki.issue(ca, "system:kube-controller-manager", client=True)
+        # How the API server proves itself to a kubelet (logs, exec): a kubelet accepts only
+        # clients with certificates from this CA, never anonymous ones.
+        kubelet_client = pki.issue(ca, "kube-apiserver-kubelet-client", organizations=("system:masters",), client=True)
+        kubelet_client.write(pki_dir / "kubelet-client.crt", pki_dir / "kubelet-client.key")
         # ServiceAccount tokens are signed with RSA, the key type every verifier accepts.
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pki.write_private(pki_dir / "sa.key", pki.private_key_pem(sa_key))
@@ -277,7 +309,12 @@ class ControlPlane:
                 f"--service-account-issuer={self.server}",
                 f"--service-account-key-file={p / 'sa.pub'}",
                 f"--service-account-signing-key-file={p / 'sa.key'}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--service-cluster-ip-range={self.service_cidr}",
+                f"--kubelet-client-certificate={p / 'kubelet-client.crt'}",
+                f"--kubelet-client-key={p / 'kubelet-client.key'}",
+                # Webhooks and aggregated APIs behind a Service are called at its endpoints:
+                # there is no kube-proxy to route a Service's cluster IP.
+                "--enable-aggregator-routing=true",
                 "--authorization-mode=Node,RBAC",
                 "--allow-privileged=true",
                 "--profiling=false",
@@ -301,7 +338,7 @@ class ControlPlane:
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={free_port()}",
-                f"--controllers={','.join(CONTROLLERS)}",
+                f"--controllers={','.join(self.controllers)}",
                 "--v=1",
             ],
         )
@@ -324,6 +361,24 @@ class ControlPlane:
                 last_error = str(error)
             time.sleep(0.25)
         raise TimeoutError(f"kube-apiserver not ready after {timeout:.0f}s: {last_error}")
+
+
+def client_kubeconfig(
+    workdir: Path, server: str, user: str, groups: tuple[str, ...] = (), folder: Path | None = None
+) -> Path:
+    """A kubeconfig for `user` (in `groups`) with a client certificate from the control
+    plane's CA in `workdir`: how the node's kubelet and scheduler authenticate, each as
+    itself, so the API server's Node authorizer and RBAC bound them as in a real cluster."""
+    pki_dir = workdir / "pki"
+    ca_key = serialization.load_pem_private_key((pki_dir / "ca.key").read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise ValueError(f"unexpected CA key type in {pki_dir / 'ca.key'}")
+    ca = pki.KeyPair(x509.load_pem_x509_certificate((pki_dir / "ca.crt").read_bytes()), ca_key)
+    pair = pki.issue(ca, user, organizations=groups, client=True)
+    path = (folder or workdir) / f"{user.replace(':', '-')}.kubeconfig"
+    path.write_text(kubeconfig_yaml(server, ca.cert_pem, pair, user))
+    path.chmod(0o600)
+    return path
 
 
 def stop_processes(pids: dict[str, int], grace: float = 10.0) -> list[str]:

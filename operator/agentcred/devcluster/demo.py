@@ -1,20 +1,24 @@
 """`agentcred demo`: the whole story on a local control plane, in about a minute.
 
-Starts etcd, kube-apiserver and kube-controller-manager on loopback, the operator with
-its admission webhook, and the kubelet stand-in; applies examples/quickstart.yaml (a
-namespace, a ServiceAccount, an AgentCredential and an agent Job); shows the token the
-agent's pod receives (its claims and fingerprint, not the token), completes the Job, and
-shows the agent narrowing it at the token service (OAuth 2.0 JWT bearer) and a refusal,
-completes the Job, and shows the value revoked and the audit trail. Everything started is
-stopped at the end, or with `keep` left running as the local control plane named "demo"
-(`agentcred dev down --name demo` stops it). Headings are bold only on a terminal, and never
-with NO_COLOR set.
+Starts etcd, kube-apiserver and kube-controller-manager on loopback, a real node (kubelet,
+kube-scheduler, containerd, runc) and the operator with its admission webhook; applies
+examples/quickstart.yaml (a namespace, a ServiceAccount, an AgentCredential and an agent
+Job, whose container is swapped for the locally built agent image: no registry is reachable);
+the agent's container reads its mounted value and prints its fingerprint (never the value),
+the demo shows the token's claims and the agent narrowing it at the token service (OAuth 2.0
+JWT bearer) and a refusal; the agent exits 0, the Job completes through the real kubelet and
+Job controller, and the value is revoked; then the audit trail. On a host that cannot run a
+node (not root, no cgroups...) it says why and uses the scheduler/kubelet stand-in instead.
+Everything started is stopped at the end, or with `keep` left running as the local control
+plane named "demo" (`agentcred dev down --name demo` stops it). Headings are bold only on a
+terminal, and never with NO_COLOR set.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -29,21 +33,24 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 from kubernetes import client, config, utils
 
 from ..api import labels
 from ..api.model import GROUP, PLURAL, VERSION
-from .binaries import cache_root, ensure_binaries
+from .binaries import CONTAINERD_VERSION, KUBERNETES_VERSION, RUNC_VERSION, cache_root, ensure_binaries
 from .commands import DEFAULT_COMPLETE_AFTER, start_kubelet
 from .controlplane import ControlPlane, free_port
 from .install import install_agentcred
 from .kubelet import FakeKubelet
 from .local_operator import LocalOperator
+from .node import NodeUnavailable, RealNode, host_problems, volume_refresh_delay
 from .polling import wait_for
 
 EXAMPLE = "quickstart.yaml"
+AGENT_WORK = "10s"  # how long the demo's agent works before it exits 0
 
 
 DEMO_NAME = "demo"  # the kept demo is the local control plane of this name (`dev ... --name demo`)
@@ -74,49 +81,97 @@ def _webhook_listening(port: int) -> bool:
         return False
 
 
-def run_demo(keep: bool = False, mcp: bool = False) -> int:
+def run_demo(keep: bool = False, mcp: bool = False, stand_in: bool = False) -> int:
     ensure_binaries()
     if mcp:
+        # examples/mcp's server and agent run on this host with an agent pod's identity: no node.
         with tempfile.TemporaryDirectory(prefix="agentcred-demo-") as workdir, ControlPlane() as plane:
-            return _run(plane, Path(workdir), keep=False, story=_mcp_story).get("exit", 0)
+            return _run(plane, None, Path(workdir), keep=False, story=_mcp_story).get("exit", 0)
+    if not stand_in:
+        problems = host_problems()
+        if problems:
+            print("this host cannot run a real node: " + "; ".join(problems), file=sys.stderr)
+            print("the demo uses the scheduler/kubelet stand-in instead (no container runs)", file=sys.stderr)
+            stand_in = True
     if not keep:
-        with tempfile.TemporaryDirectory(prefix="agentcred-demo-") as workdir, ControlPlane() as plane:
-            _run(plane, Path(workdir), keep=False)
+        with tempfile.TemporaryDirectory(prefix="agentcred-demo-") as workdir:
+            try:
+                plane, node = _start_cluster(Path(workdir) / "cluster", stand_in, detach=False)
+            except NodeUnavailable as error:
+                print(f"{error}\nthe demo uses the scheduler/kubelet stand-in instead", file=sys.stderr)
+                plane, node = _start_cluster(Path(workdir) / "cluster", True, detach=False)
+            try:
+                _run(plane, node, Path(workdir), keep=False)
+            finally:
+                if node is not None:
+                    node.stop()
+                plane.stop()
             return 0
     folder = cache_root() / "dev" / DEMO_NAME
     if (folder / "state.json").exists():
         print(f"a kept demo is still up: `agentcred dev down --name {DEMO_NAME}` first", file=sys.stderr)
         return 1
-    plane = ControlPlane(workdir=folder / "cluster", detach=True)
-    state = plane.start()
+    plane, node = _start_cluster(folder / "cluster", stand_in, detach=True)
+    assert plane.state is not None
+    state = plane.state
     try:
-        state.pids.update(_run(plane, plane.workdir, keep=True))
+        state.pids.update(_run(plane, node, plane.workdir, keep=True))
     except BaseException:
+        if node is not None:
+            node.stop()
         plane.stop()
         shutil.rmtree(folder, ignore_errors=True)
         raise
+    if node is not None and node.state is not None:
+        state.node = node.state.to_dict()
     state.save(folder / "state.json")
-    _say(f"left running (--keep): the local control plane {DEMO_NAME!r}, the operator and the kubelet stand-in")
+    kept = "a real node" if node is not None else "the kubelet stand-in"
+    _say(f"left running (--keep): the local control plane {DEMO_NAME!r}, the operator and {kept}")
     print(f"  operator log: {plane.workdir / 'operator.log'}, audit log: {plane.workdir / 'audit.log'}")
     print(f"  stop it all:  agentcred dev down --name {DEMO_NAME}")
     print(f"export KUBECONFIG={state.kubeconfig}")
     return 0
 
 
+def _start_cluster(workdir: Path, stand_in: bool, detach: bool) -> tuple[ControlPlane, RealNode | None]:
+    """The control plane, and a real node beside it unless `stand_in`."""
+    node = None if stand_in else RealNode(workdir)
+    options = node.prepare().plane_options if node is not None else {}
+    plane = ControlPlane(workdir=workdir, detach=detach, **options)
+    try:
+        plane.start()
+        if node is not None:
+            node.start(plane.server, plane.kubeconfig)
+    except BaseException:
+        if node is not None:
+            node.stop()
+        plane.stop()
+        raise
+    return plane, node
+
+
 Story = Callable[[client.ApiClient, str, Path], int]
 
 
-def _run(plane: ControlPlane, workdir: Path, keep: bool, story: Story | None = None) -> dict[str, int]:
+def _run(
+    plane: ControlPlane, node: RealNode | None, workdir: Path, keep: bool, story: Story | None = None
+) -> dict[str, int]:
     """The story (the quickstart's, unless another is given: its exit code is returned as
-    "exit"); with `keep`, the operator and a kubelet stand-in are left running, detached
-    (their pids returned)."""
+    "exit"); with `keep`, the operator (and with no real node, a kubelet stand-in) are left
+    running, detached (their pids returned)."""
     _say(f"local control plane up at {plane.server} (kubeconfig {plane.kubeconfig})")
+    if node is not None and node.state is not None:
+        print(
+            f"  a real node {node.state.name!r}: kubelet and kube-scheduler v{KUBERNETES_VERSION}, containerd "
+            f"v{CONTAINERD_VERSION}, runc v{RUNC_VERSION}"
+        )
     api = config.new_client_from_config(config_file=str(plane.kubeconfig))
     core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
     install_agentcred(api)
 
-    operator = LocalOperator(plane.kubeconfig, workdir, detached=keep).start(wait=False)
-    kubelet = FakeKubelet(api).start()
+    delay = volume_refresh_delay(node.sync_frequency) if node is not None else "0"
+    operator = LocalOperator(plane.kubeconfig, workdir, detached=keep, volume_refresh_delay=delay).start(wait=False)
+    kubelet = FakeKubelet(api).start() if node is None else None
     kept: dict[str, int] = {}
     try:
         wait_for(timeout=60, what="the operator's webhook", predicate=lambda: _webhook_listening(operator.webhook_port))
@@ -140,6 +195,8 @@ def _run(plane: ControlPlane, workdir: Path, keep: bool, story: Story | None = N
                     predicate=functools.partial(_ready, custom, namespace, name),
                 )
             else:
+                if document["kind"] == "Job" and node is not None:
+                    _local_agent(document, node)
                 utils.create_from_dict(api, document)
             print(f"  created {document['kind']} {name}")
 
@@ -155,11 +212,12 @@ def _run(plane: ControlPlane, workdir: Path, keep: bool, story: Story | None = N
                 None,
             ),
         )
+        scheduled = f" on node {pod.spec.node_name}" if node is not None else ""
         binding = pod.metadata.annotations[labels.BINDING_ANNOTATION]
         secret = core.read_namespaced_secret(labels.secret_name(binding), "agents")
         token = base64.b64decode(secret.data[labels.value_key("research-llm")])
         mount = next(m for m in pod.spec.containers[0].volume_mounts if m.name.startswith("agentcred-"))
-        _say(f"pod {pod.metadata.name} was held by a scheduling gate until its Secret existed, then ran")
+        _say(f"pod {pod.metadata.name} was held by a scheduling gate until its Secret existed, then ran{scheduled}")
         print(f"  file:        {mount.mount_path}/{labels.VALUE_FILE} (read-only, from Secret {secret.metadata.name})")
         recorded = json.loads(secret.metadata.annotations[labels.STATE_ANNOTATION])["values"]["research-llm"]
         print(f"  fingerprint: {recorded['fingerprint']} (keyed: what audit lines and trace name)")
@@ -171,9 +229,21 @@ def _run(plane: ControlPlane, workdir: Path, keep: bool, story: Story | None = N
 
         _narrow(core, pod, operator.api_url, workdir)
 
-        _say("the agent finishes: its Job completes")
-        started = time.monotonic()
-        kubelet.succeed("agents", pod.metadata.name)
+        if node is None:
+            _say("the agent finishes: its Job completes")
+            started = time.monotonic()
+            assert kubelet is not None
+            kubelet.succeed("agents", pod.metadata.name)
+        else:
+            _say(f"the agent finishes its work ({AGENT_WORK}) and exits 0: the real Job controller completes its Job")
+            wait_for(
+                timeout=120,
+                what="the agent's container to exit",
+                predicate=lambda: (
+                    core.read_namespaced_pod(pod.metadata.name, "agents").status.phase in ("Succeeded", "Failed")
+                ),
+            )
+            started = time.monotonic()
         wait_for(
             timeout=60,
             what="the Secret to be revoked",
@@ -190,6 +260,12 @@ def _run(plane: ControlPlane, workdir: Path, keep: bool, story: Story | None = N
                 for c in batch.read_namespaced_job("research-task", "agents").status.conditions or []
             ),
         )
+        if node is not None:
+            print("  the agent's own output (kubectl logs job/research-task):")
+            for line in core.read_namespaced_pod_log(pod.metadata.name, "agents").splitlines():
+                print(f"    {line}")
+            sha256 = hashlib.sha256(token).hexdigest()[:16]
+            print(f"  the Secret's value had sha256 fingerprint {sha256}: the agent read exactly that")
         print(
             f"  Job research-task Complete; Secret {secret.metadata.name} deleted "
             f"{revoked_after * 1000:.0f} ms after the pod succeeded"
@@ -202,21 +278,38 @@ def _run(plane: ControlPlane, workdir: Path, keep: bool, story: Story | None = N
         if keep:
             kept = {"operator": operator.pid()}
         else:
-            _say("done: stopping the operator, the kubelet stand-in and the control plane")
+            stopped = "the kubelet stand-in" if node is None else "the node (every container, mount and cgroup)"
+            _say(f"done: stopping the operator, {stopped} and the control plane")
         return kept
     finally:
-        kubelet.stop()
-        if kept:
+        if kubelet is not None:
+            kubelet.stop()
+        if not kept:
+            operator.stop(timeout=15)
+        elif node is None:
             # The stand-in goes on as its own process, so Jobs applied now run and complete too.
             kept["kubelet"] = start_kubelet(workdir, str(plane.kubeconfig), DEFAULT_COMPLETE_AFTER)
-        else:
-            operator.stop(timeout=15)
+
+
+def _local_agent(job: dict[str, Any], node: RealNode) -> None:
+    """The example's container, swapped for the locally built agent: it reads its value from
+    the file the projection's envVar names, prints its fingerprint, works, exits 0."""
+    assert node.state is not None
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    container.update(
+        image=node.state.images["probe"],
+        imagePullPolicy="Never",
+        command=["/probe"],
+        args=["agent", "-work", AGENT_WORK, "$(LLM_TOKEN_FILE)"],
+    )
+    print(f"  (the Job's container runs {container['image']}, built here: no registry is reachable)")
 
 
 def _narrow(core: client.CoreV1Api, pod: client.V1Pod, issuer: str, workdir: Path) -> None:
     """What the agent does with the identity the webhook mounted for it: a JWT bearer grant
-    for one intent at the token endpoint (the kubelet stand-in projects no files, so the
-    demo asks the API server for the same pod-bound token the kubelet would write)."""
+    for one intent at the token endpoint. The demo makes the call from here, with the same
+    pod-bound token the kubelet writes into the pod, asked of the API server (the token
+    service listens on this host's loopback, which the pod's network does not reach)."""
     env = {e.name: e.value for e in pod.spec.containers[0].env or []}
     _say(f"the agent asks the token service for one intent ({env['AGENTCRED_TOKEN_ENDPOINT']})")
     print(f"  its identity: {env['AGENTCRED_IDENTITY_TOKEN_FILE']} (audience agentcred), CA {env['AGENTCRED_CA_FILE']}")

@@ -34,10 +34,14 @@ class LocalOperator:
         standalone: bool = True,
         env: dict[str, str] | None = None,
         detached: bool = True,
+        volume_refresh_delay: str = "0",
     ) -> None:
         self.kubeconfig, self.workdir, self.extra_args = kubeconfig, workdir, extra_args
         self.namespace, self.standalone, self.extra_env = namespace, standalone, dict(env or {})
         self.detached = detached  # its own process group: it can outlive us, and stops as a group
+        # How late a kubelet may deliver a renewed value (rules.delivery): 0 on the stand-in,
+        # where no kubelet delivers; on a real node, what its configuration allows.
+        self.volume_refresh_delay = volume_refresh_delay
         self.log_path, self.audit_path = workdir / "operator.log", workdir / "audit.log"
         self.webhook_port, self.api_port, self.health_port = free_port(), free_port(), free_port()
         self.grpc_port = free_port()  # gateways' Envoy ext_authz calls
@@ -80,6 +84,8 @@ class LocalOperator:
             str(self.audit_path),
             "--gateway-grpc-port",
             str(self.grpc_port),
+            "--volume-refresh-delay",
+            self.volume_refresh_delay,
             *self.extra_args,
         ]
 

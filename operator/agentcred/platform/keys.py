@@ -344,6 +344,6 @@ def peek_claims(token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         return None
     try:
         header, claims = json.loads(b64url_decode(parts[0])), json.loads(b64url_decode(parts[1]))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # from anyone: nested too deep is no token
         return None
     return (header, claims) if isinstance(header, dict) and isinstance(claims, dict) else None

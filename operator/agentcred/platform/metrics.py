@@ -7,6 +7,7 @@ so the two can never disagree.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -75,7 +76,10 @@ api_errors = Counter(
     registry=REGISTRY,
 )
 token_reviews = Counter(
-    "agentcred_token_reviews_total", "TokenReviews sent to the API server by the token service.", registry=REGISTRY
+    "agentcred_token_reviews_total",
+    "TokenReviews sent to the API server, by the caller they served (token-service, leak-intake).",
+    ["caller"],
+    registry=REGISTRY,
 )
 revocation_list = Gauge(
     "agentcred_revocation_list_size", "Entries (pod, credential) on the revocation list.", registry=REGISTRY
@@ -95,6 +99,12 @@ gateway_latency = Histogram(
     "Time to decide one gateway call (request in, answer out), by contract.",
     ["contract"],
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    registry=REGISTRY,
+)
+kept = Gauge(
+    "agentcred_kept_entries",
+    "Entries the operator keeps in memory, by structure (each is bounded; this shows it holds).",
+    ["structure"],
     registry=REGISTRY,
 )
 
@@ -130,3 +140,8 @@ def set_active(counts: dict[str, int]) -> None:
 
 def api_error(operation: str, status: int | None) -> None:
     api_errors.labels(operation, str(status) if status else "connection").inc()
+
+
+def track(structure: str, size: Callable[[], int]) -> None:
+    """Report `size()` as the kept entries of `structure` (a fixed name) at every scrape."""
+    kept.labels(structure).set_function(size)

@@ -19,7 +19,7 @@ from ..api import labels
 from ..api.model import AgentCredentialSpec, parse_spec
 from ..api.policy_model import AgentCredentialPolicySpec
 from ..api.reasons import SourceReason
-from . import tenancy
+from . import delivery, tenancy
 from .verdicts import Verdict, describe_validation_error, judge
 
 
@@ -44,6 +44,9 @@ class CredentialRecord:
     finalizers: tuple[str, ...] = ()
     blocked: Verdict | None = None
     allowed_by: str | None = None  # the AgentCredentialPolicy that allows it
+    # How late a kubelet may deliver a renewed value (see rules.delivery): renewals start at
+    # least this long before expiry.
+    refresh_delay: dt.timedelta = dt.timedelta(0)
     _verdicts: dict[dt.date, Verdict] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -201,23 +204,30 @@ class Gatekeeper:
         namespace_labels: Callable[[str], Mapping[str, str] | None],
         shared: Callable[[str, str], SharedSecret | None],
         source_health: Callable[[str, str], SourceProblem | None] = lambda namespace, name: None,
+        refresh_delay: dt.timedelta = dt.timedelta(0),
     ) -> None:
         self._policies, self._namespace_labels, self._shared = policies, namespace_labels, shared
         self._source_health = source_health
+        self._refresh_delay = refresh_delay
         self._decisions: dict[tuple[str, str], tuple[tuple[object, ...], tenancy.PolicyVerdict]] = {}
 
     def judged(self, record: CredentialRecord | None) -> CredentialRecord | None:
         if record is None or record.spec is None:
             return record
         decision = self._decision(record, record.spec)
+        delay = self._refresh_delay
         if not decision.allowed:
-            return dataclasses.replace(record, blocked=Verdict(False, decision.reason, decision.message))
+            refused = Verdict(False, decision.reason, decision.message)
+            return dataclasses.replace(record, blocked=refused, refresh_delay=delay)
+        too_short = delivery.ttl_problem(record.spec, delay)
+        if too_short is not None:
+            return dataclasses.replace(record, blocked=Verdict(False, "TTLTooShort", too_short), refresh_delay=delay)
         ref, webhook = record.spec.source.secret_ref, record.spec.source.webhook
         problem = upstream_problem(record, self._shared(record.namespace, ref.name) if ref else None)
         if problem is None and webhook is not None and webhook.health_check:
             problem = self._source_health(record.namespace, record.name)
         blocked = Verdict(False, problem.reason, problem.message) if problem else None
-        return dataclasses.replace(record, blocked=blocked, allowed_by=decision.policy)
+        return dataclasses.replace(record, blocked=blocked, allowed_by=decision.policy, refresh_delay=delay)
 
     def _decision(self, record: CredentialRecord, spec: AgentCredentialSpec) -> tenancy.PolicyVerdict:
         """tenancy.judge, or the decision it made from the very same spec, labels and policies."""

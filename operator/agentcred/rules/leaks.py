@@ -3,9 +3,9 @@ value, and the marks that keep a compromised static value out of pods.
 
 A report names candidates in the shape secret-scanning services send (a JSON array of
 `{token, type, url, source}`), or -- from `agentcred leak` -- a fingerprint or a token id
-instead of the value. Holding the value is proof enough to have it contained anywhere; a
-fingerprint or a token id proves nothing, so reports by reference act only where the
-reporter is trusted (see `may_act_by_reference`).
+instead of the value. Whoever reports acts only within its remit (see `in_remit`): its own namespace, or
+everywhere for a cluster-wide reporter; and values that turn out to be nobody's cost it, so
+that guessing stops after a burst (`GUESS_RATE`, `GUESS_BURST`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ MAX_BODY = 1024 * 1024  # a batch larger than this is refused whole (413)
 MAX_ITEMS = 1000
 MAX_TOKEN = 16 * 1024  # no value we issue is longer; longer strings are not ours
 MAX_FIELD = 2048
+# Items a reporter may send that turn out to be nobody's (within its remit): a burst, then one a
+# second. A scanner's false positives fit; guessing a static value does not.
+GUESS_RATE, GUESS_BURST = 1.0, 100
 
 State = Literal["live", "revoked", "expired", "superseded"]
 Provenance = Literal["ours", "not-ours", "unknown"]
@@ -85,7 +88,7 @@ def parse_report(content_type: str | None, body: bytes) -> list[Candidate]:
         raise BadReport(413, "body-too-large", f"a report is at most {MAX_BODY} bytes: split the batch")
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep to parse is malformed too
         raise BadReport(400, "malformed-body", "the report is not valid JSON") from None
     if not isinstance(data, list) or not data:
         raise BadReport(400, "malformed-body", "a report is a non-empty JSON array of {token, type, url, source}")
@@ -106,7 +109,8 @@ def parse_report(content_type: str | None, body: bytes) -> list[Candidate]:
 
 
 def parse_reporters(text: str) -> frozenset[str]:
-    """`namespace/serviceaccount` entries, comma-separated; anything else is a configuration error."""
+    """`namespace/serviceaccount` entries, comma-separated; anything else is a configuration error.
+    Two lists: a tenant's reporters (their remit, their own namespace) and cluster-wide ones."""
     entries = frozenset(entry.strip() for entry in text.split(",") if entry.strip())
     for entry in entries:
         namespace, _, name = entry.partition("/")
@@ -115,12 +119,13 @@ def parse_reporters(text: str) -> frozenset[str]:
     return entries
 
 
-def may_act_by_reference(reporter_namespace: str, target_namespace: str, operator_namespace: str) -> bool:
-    """A report without the value (a fingerprint, a token id) acts in the reporter's own
-    namespace; only a reporter in the operator's namespace (where cluster admins install it)
-    acts everywhere. Otherwise anyone on the list who learnt a fingerprint from an Event could
-    revoke another tenant's credentials without ever holding them."""
-    return reporter_namespace in (target_namespace, operator_namespace)
+def in_remit(reporter_namespace: str, everywhere: bool, target_namespace: str) -> bool:
+    """A tenant's reporter learns and acts in its own namespace only; a cluster-wide reporter
+    (listed apart, by cluster admins) everywhere. Holding a value was once proof enough to act
+    anywhere, and a fingerprint or token id enough in the operator's namespace: but a static
+    value can be guessed (`hunter2`, a thousand guesses a request), and a fingerprint read off an
+    Event; a tenant's reporter used both to learn and revoke another tenant's credentials."""
+    return everywhere or reporter_namespace == target_namespace
 
 
 # -- what state a value is in --------------------------------------------------------------

@@ -14,6 +14,7 @@ from ..api.pods import PodTask
 from ..api.projection import IssuedValue, ProjectionState
 from ..api.reasons import ProblemReason, RevocationReason
 from .credentials import UNHEALTHY, CredentialRecord
+from .delivery import renew_before
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,8 @@ def _due(value: IssuedValue | Issue, record: CredentialRecord, started: dt.datet
     spec = record.spec
     assert spec is not None  # only called for ready records
     lifetime_end = started + spec.max_lifetime_delta
-    due = lifetime_end if value.expires_at >= lifetime_end else value.expires_at - spec.renew_before_delta
+    renewal = value.expires_at - renew_before(spec, record.refresh_delay)
+    due = lifetime_end if value.expires_at >= lifetime_end else renewal
     end = exception_end(record)
     return min(due, end) if end else due
 
@@ -147,13 +149,13 @@ class _Draft:
                 reason = "max-lifetime"
             elif end is not None and now >= end:
                 reason = "exception-expired"
-            elif now >= value.expires_at - spec.renew_before_delta or renew:
+            elif now >= value.expires_at - renew_before(spec, record.refresh_delay) or renew:
                 renewal = Issue(
                     name,
                     expires_at=min(now + spec.ttl_delta, lifetime_end),
                     task_started_at=started,
                     renewals=value.renewals + 1,
-                    planned_at=min(value.expires_at - spec.renew_before_delta, now),
+                    planned_at=min(value.expires_at - renew_before(spec, record.refresh_delay), now),
                 )
                 self.issues.append(renewal)
                 self.dues.append(_due(renewal, record, started))

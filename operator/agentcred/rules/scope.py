@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
+from pydantic import ValidationError
+
 from ..api.model import Scope
 
 DIMENSIONS = ("tool", "action", "resource")
@@ -42,8 +44,13 @@ def _patterns(scope: Any, dimension: str) -> list[str]:
 
 GLOB_CHARACTERS = frozenset("*?[]")
 # Spellings a tool may read as the same name as a denied one: deny patterns match literally,
-# so intents must come in one plain spelling.
+# so intents must come in one plain spelling. Refused rather than canonicalised: agentcred
+# cannot know how each tool decodes and normalises a name (percent-decoding, trimming, a
+# trailing separator, `;` path parameters, a `#` fragment), and a canonical form chosen here
+# that differs from the tool's is a way around a deny; refused, every name means itself.
 AMBIGUOUS = ("..", "//", "/./", "\\")
+DECODED = frozenset("%;#")  # percent-encoding, path parameters, fragments
+TRAILING = ("/", ".")
 
 
 def intent_problem(value: str) -> str | None:
@@ -53,8 +60,12 @@ def intent_problem(value: str) -> str | None:
         return "has a glob character (* ? [ ]): an intent names one thing, literally"
     if not value.isascii() or not value.isprintable():
         return "has characters outside printable ASCII (look-alikes and controls are refused)"
-    if any(part in value for part in AMBIGUOUS) or value.startswith("./"):
-        return "has a path spelling (.. // /./ \\ ./) that could name a denied resource another way"
+    if " " in value:
+        return "has a space (a tool may trim or collapse it into another name)"
+    if DECODED & set(value):
+        return "has % ; or # (a tool may decode or cut it into another name)"
+    if any(part in value for part in AMBIGUOUS) or value.startswith("./") or value.endswith(TRAILING):
+        return "has a path spelling (.. // /./ \\ ./, a trailing / or .) that could name a denied resource another way"
     return None
 
 
@@ -84,5 +95,10 @@ def evaluate(scope: Scope | None, intent: Intent) -> Decision:
 
 
 def scope_covers(token_scope: dict[str, Any], intent: Intent) -> Decision:
-    """The same rules against a token's `scope` claim (as a verifier sees it)."""
-    return evaluate(Scope.model_validate(token_scope), intent)
+    """The same rules against a token's `scope` claim (as a verifier sees it); a claim that is
+    no valid scope (a pattern with more wildcards than a credential may have now) allows nothing."""
+    try:
+        scope = Scope.model_validate(token_scope)
+    except ValidationError:
+        return Decision(False, "invalid-scope", "the token's scope claim is not a valid scope")
+    return evaluate(scope, intent)

@@ -46,6 +46,7 @@ class ProjectionStore:
         self._by_token_id: dict[str, set[Holding]] = defaultdict(set)
         self._by_pod_uid: dict[str, str] = {}
         self._past: OrderedDict[str, list[PastValue]] = OrderedDict()  # by fingerprint and by token id
+        self._per_namespace: dict[str, int] = defaultdict(int)
 
     def __len__(self) -> int:
         return len(self._states)
@@ -58,6 +59,10 @@ class ProjectionStore:
 
     def keys_with(self, namespace: str, credential: str) -> set[str]:
         return set(self._by_credential.get((namespace, credential), ()))
+
+    def live_in(self, namespace: str) -> int:
+        """Projections (pods' Secrets) in one namespace."""
+        return self._per_namespace.get(namespace, 0)
 
     def key_of_pod(self, pod_uid: str) -> str | None:
         return self._by_pod_uid.get(pod_uid)
@@ -91,6 +96,7 @@ class ProjectionStore:
                 if now_held is None or now_held.fingerprint != value.fingerprint:
                     self._remember(previous, value, "superseded" if now_held is not None else "revoked")
         self._states[state.key] = state
+        self._per_namespace[state.namespace] += 1
         if state.pod_uid:
             self._by_pod_uid[state.pod_uid] = state.key
         for credential, value in state.values.items():
@@ -110,6 +116,9 @@ class ProjectionStore:
         current = self._states.pop(key, None)
         if current is None:
             return
+        self._per_namespace[current.namespace] -= 1
+        if not self._per_namespace[current.namespace]:
+            del self._per_namespace[current.namespace]
         if self._by_pod_uid.get(current.pod_uid) == key:
             del self._by_pod_uid[current.pod_uid]
         for credential, value in current.values.items():

@@ -640,3 +640,83 @@ def test_trace_from_a_laptop_with_the_kubeconfig_and_context_named_and_no_cafile
         timeout=120,
     )
     assert missing.returncode == 6 and f"ServiceAccount {namespace}/nobody not found" in missing.stderr
+
+
+def _raw_intake(operator: OperatorProcess, path: str, body: bytes, token: str) -> tuple[int, str]:
+    """Status and body as text: a server error is no JSON."""
+    request = urllib.request.Request(
+        f"{operator.api_url}{path}",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    context = ssl.create_default_context(cafile=operator.ca_file())
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_hostile_json_in_a_report_is_answered_as_bad_and_the_batch_stands(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    """A string shaped like a token whose header or claims nest JSON thousands deep (it matches
+    the project's own gitleaks rule: whoever plants it where a scanner looks gets it reported)
+    made the tracer's unverified peek raise RecursionError: HTTP 500 with a traceback, no audit
+    line, and the answers for the whole batch lost. A report body nested as deep did the same."""
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace)
+    pod = start_agent(cluster, namespace)
+    held = value_of(read_secret(cluster, namespace, secret_name_of(pod)), "research-llm")
+    assert held is not None
+    encode = lambda data: base64.urlsafe_b64encode(data).rstrip(b"=").decode()  # noqa: E731
+    deep = ("[" * 5000 + "]" * 5000).encode()
+    header = encode(json.dumps({"alg": "EdDSA", "typ": "at+jwt", "kid": "x"}).encode())
+    deep_claims = f"{header}.{encode(deep)}.{encode(b'x' * 64)}"
+    deep_header = f"{encode(deep)}.{encode(b'{}')}.{encode(b'x' * 64)}"
+    batch = [{"token": deep_claims}, {"token": held.decode()}, {"token": deep_header}]
+    listed = reporter_token(cluster)
+    for path in ("/v1/trace", "/v1/leaks"):
+        status, text = _raw_intake(operator, path, json.dumps(batch).encode(), listed)
+        assert status == 200, (path, status, text[:200])
+        answers = json.loads(text)
+        assert [a["index"] for a in answers] == [0, 1, 2]
+        assert answers[0]["verdict"] == answers[2]["verdict"] == "unknown", path
+        assert answers[1]["verdict"] == "ours", path
+    # The good item was contained; the hostile ones were audited like any string that is not ours.
+    assert [line for line in audit_lines(operator, "leak", outcome="revoked") if line["namespace"] == namespace]
+    assert len([line for line in audit_lines(operator, "trace", verdict="unknown")]) >= 2
+    # A body nested too deep is refused as malformed, as any other.
+    status, text = _raw_intake(operator, "/v1/leaks", b"[" * 100_000 + b"]" * 100_000, listed)
+    assert (status, json.loads(text)["error"]) == (400, "malformed-body"), text[:200]
+
+
+def test_a_tenants_reporter_cannot_guess_another_tenants_static_value(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    """A listed reporter of one tenant sent `POST /v1/trace` with 1,000 guesses a request, no
+    limit: it hit `hunter2` in another tenant (`ours`, with its owner and pod), then revoked it
+    at `/v1/leaks` and had the credential marked Compromised. A tenant's reporter now learns and
+    revokes only within its own namespace (cluster-wide reporters are listed apart:
+    leakResponse.clusterReporters), and values that are nobody's cost it: bulk guessing is cut
+    off after a burst, and audited."""
+    service_account(cluster, namespace)
+    shared_secret(cluster, namespace, "hunter2")
+    create_credential(cluster, namespace, name="vendor", category="tool", source=STATIC_SOURCE, exception=EXCEPTION)
+    pod = start_agent(cluster, namespace, credentials="vendor")
+    tenant = reporter_token(cluster, TENANT_REPORTER)
+    guesses = [{"token": f"hunter{i}"} for i in range(1000)]
+    status, answers = intake(operator, "/v1/trace", guesses, tenant)
+    assert status in (200, 429), answers
+    if status == 200:
+        assert all(a.get("verdict") != "ours" for a in answers), "the guess found another tenant's value"
+        limited = [a for a in answers if a.get("error") == "rate-limited"]
+        assert len(limited) >= 800, "a thousand guesses were all looked up"
+    status, answers = intake(operator, "/v1/leaks", [{"token": "hunter2"}], tenant)
+    assert status == 429 or (answers[0]["verdict"] == "unknown" and answers[0]["revoked"] == 0), answers
+    assert same_value(value_of(read_secret(cluster, namespace, secret_name_of(pod)), "vendor"), b"hunter2")
+    assert not (condition(get_credential(cluster, namespace, "vendor"), "Compromised") or {}).get("status") == "True"
+    assert audit_lines(
+        operator, "deny", reason="guessing", reporter=f"system:serviceaccount:{TENANT_REPORTER[0]}:{TENANT_REPORTER[1]}"
+    )

@@ -117,7 +117,7 @@ def test_lint_and_default_rendering_is_hardened(cluster: Cluster) -> None:
     } <= set(rendered)
     keys = rendered["Secret/agentcred-signing-keys"]["metadata"]
     assert keys["annotations"] == {"helm.sh/resource-policy": "keep"}  # outstanding tokens stay verifiable
-    for bound in ("secrets", "pods", "pod-lifecycle", "webhook"):  # the operator's own bounds
+    for bound in ("secrets", "pods", "pod-lifecycle", "webhook", "credentials"):  # the operator's own bounds
         name = f"agentcred.agentcred.dev-operator-{bound}"
         policy = rendered[f"ValidatingAdmissionPolicy/{name}"]["spec"]
         assert policy["failurePolicy"] == "Fail" and policy["matchConditions"] == [

@@ -104,7 +104,8 @@ def test_metric_labels_are_bounded_and_carry_no_names_or_values(
     token = read_secret(cluster, namespace, secret_name_of(pod))["data"][labels.value_key("research-llm")]
     text = operator.health("/metrics")[1]
     assert "agent-with-a-distinctive-name" not in text and namespace not in text and token not in text
-    allowed = {"category", "reason", "operation", "status", "outcome", "le"}  # each from a fixed set
+    # each from a fixed set (structure: what agentcred_kept_entries counts; caller: whom a TokenReview served)
+    allowed = {"category", "reason", "operation", "status", "outcome", "le", "structure", "caller"}
     samples = operator.metrics()
     for name, label_pairs in samples:
         assert name.startswith(("agentcred_", "python_", "process_")) or name.startswith("agentcred"), name

@@ -236,8 +236,195 @@ def test_every_replica_exchanges_and_a_stale_leader_hands_out_nothing_that_outli
                     ),
                     what="the revocation seen by every replica",
                 )
+            # The paused leader resumed believing it still led, and handled what it had missed
+            # (the revoke request among it): a second `revoke` line for the same value, and
+            # calls a minting service would have seen twice. Its lead ends with its Lease, by
+            # its own clock, paused or not: it acts on nothing once it resumes.
+            assert len(audit_lines(follower, "revoke", namespace=namespace, podName="agent")) == 1
+            assert audit_lines(leader, "revoke", namespace=namespace) == []
         finally:
             for replica in replicas.values():
                 replica.resume()
                 replica.cleanup()
             cluster.delete_namespace(STALE_NAMESPACE)
+
+
+PAUSED_NAMESPACE = "agentcred-ha-paused"
+
+
+def test_a_leader_paused_past_its_lease_acts_on_nothing_when_it_resumes(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    """The leader is frozen (SIGSTOP: a starved process, a suspended VM) until its Lease lapses
+    and the follower takes over; a pod ends meanwhile and the new leader revokes its value, at
+    the minting service too. The old leader, resumed, handled the pod's deletion it had missed
+    before its next renewal told it it no longer led: a second `revoke` audit line and a second
+    revoke call to the minting service. Its lead now ends with its Lease by its own clock."""
+    from minting_service import MintingService
+
+    service = MintingService().start()
+    with operator_paused(operator):
+        replicas = {
+            name: OperatorProcess(
+                cluster,
+                "--issuer",
+                ISSUER,
+                *(() if name == "replica-g" else ("--webhook-config", "none")),
+                namespace=PAUSED_NAMESPACE,
+                standalone=False,
+                env={**LEASE, "POD_NAME": name},
+            )
+            for name in ("replica-g", "replica-h")
+        }
+        try:
+            for replica in replicas.values():
+                replica.start()
+            leader_name = wait_for(lambda: _holder(cluster, PAUSED_NAMESPACE), what="a leader")
+            follower_name = next(name for name in replicas if name != leader_name)
+            leader, follower = replicas[leader_name], replicas[follower_name]
+            service_account(cluster, namespace)
+            source = {"webhook": {"url": service.url, "caBundle": service.ca_pem, "timeout": "2s"}}
+            create_credential(cluster, namespace, name="minted", category="tool", source=source)
+            pod = start_agent(cluster, namespace, credentials="minted")
+            assert len(service.minted) == 1
+
+            leader.pause()
+            try:
+                wait_for(
+                    lambda: _holder(cluster, PAUSED_NAMESPACE) == follower_name,
+                    timeout=30,
+                    what="the follower taking the lead",
+                )
+                cluster.core.delete_namespaced_pod("agent", namespace, grace_period_seconds=0)
+                wait_for(
+                    lambda: audit_lines(follower, "revoke", podUID=pod["metadata"]["uid"]) and service.revoked,
+                    what="the new leader revoking the ended task's value",
+                )
+            finally:
+                leader.resume()
+            time.sleep(3 * PATIENCE)  # the resumed replica's chance to (wrongly) act
+            assert audit_lines(leader, "revoke", podUID=pod["metadata"]["uid"]) == []
+            assert len(service.revoked) == 1, service.revoked
+        finally:
+            for replica in replicas.values():
+                replica.resume()
+                replica.cleanup()
+            cluster.delete_namespace(PAUSED_NAMESPACE)
+            service.stop()
+
+
+UNSAVED_NAMESPACE = "agentcred-ha-unsaved"
+
+
+def _refuse_revocation_writes(cluster: Cluster, namespace: str) -> None:
+    """An admission policy refusing every write of the revocation list's ConfigMaps: the leader
+    cannot save it, as when a tenant's churn made a shard too large to save."""
+    name = "test-revocations-unsaved"
+    cluster.admission.create_validating_admission_policy(
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": [""],
+                            "apiVersions": ["v1"],
+                            "resources": ["configmaps"],
+                            "operations": ["CREATE", "UPDATE"],
+                        }
+                    ]
+                },
+                "matchConditions": [
+                    {
+                        "name": "revocation-shards",
+                        "expression": (
+                            f"request.namespace == '{namespace}' && request.name.startsWith('agentcred-revocations')"
+                        ),
+                    }
+                ],
+                "validations": [{"expression": "false", "message": "the revocation list cannot be saved (test)"}],
+            },
+        }
+    )
+    cluster.admission.create_validating_admission_policy_binding(
+        {"metadata": {"name": name}, "spec": {"policyName": name, "validationActions": ["Deny"]}}
+    )
+
+
+def _allow_revocation_writes(cluster: Cluster) -> None:
+    for delete in (
+        cluster.admission.delete_validating_admission_policy_binding,
+        cluster.admission.delete_validating_admission_policy,
+    ):
+        try:
+            delete("test-revocations-unsaved")
+        except client.exceptions.ApiException as error:
+            if error.status != 404:
+                raise
+
+
+def test_a_follower_that_cannot_be_sure_of_the_revocation_list_issues_nothing(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    """The leader revokes a running pod but cannot save the revocation list (a shard too large,
+    the API server refusing). The follower never learnt of the revocation and went on issuing
+    the pod tokens verifiers accepted. The leader now marks on its Lease how current the saved
+    list is; a follower that sees the mark grow old refuses to issue, until the list is saved."""
+    with operator_paused(operator):
+        replicas = {
+            name: OperatorProcess(
+                cluster,
+                "--issuer",
+                ISSUER,
+                *(() if name == "replica-i" else ("--webhook-config", "none")),
+                namespace=UNSAVED_NAMESPACE,
+                standalone=False,
+                env={**LEASE, "POD_NAME": name},
+            )
+            for name in ("replica-i", "replica-j")
+        }
+        try:
+            for replica in replicas.values():
+                replica.start()
+            leader_name = wait_for(lambda: _holder(cluster, UNSAVED_NAMESPACE), what="a leader")
+            follower = next(r for name, r in replicas.items() if name != leader_name)
+            cafile = follower.ca_file()
+            service_account(cluster, namespace)
+            create_credential(cluster, namespace)
+            pod = start_agent(cluster, namespace)
+            token = bound_token(cluster, namespace, pod)
+            assert _exchange(follower, cafile, token)[0] == 200
+
+            _refuse_revocation_writes(cluster, UNSAVED_NAMESPACE)
+            revoked = subprocess.run(
+                [sys.executable, "-m", "agentcred", "revoke", "research-llm", "-n", namespace, "--pod", "agent"],
+                capture_output=True,
+                text=True,
+                env=cluster.env(),
+                timeout=120,
+            )
+            assert revoked.returncode == 0, revoked.stderr
+
+            def follower_refuses() -> bool:
+                status, answer = _exchange(follower, cafile, token)
+                return status == 503 and "cannot be sure" in answer["error_description"]
+
+            wait_for(follower_refuses, interval=0.5, what="the follower refusing to issue")
+            # Once the list can be saved, the follower knows why, and says so.
+            _allow_revocation_writes(cluster)
+            wait_for(
+                lambda: (
+                    _exchange(follower, cafile, token)
+                    == (400, {"error": "invalid_grant", "error_description": "research-llm was revoked for pod agent"})
+                ),
+                interval=0.5,
+                what="the revocation reaching the follower",
+            )
+        finally:
+            _allow_revocation_writes(cluster)
+            for replica in replicas.values():
+                replica.cleanup()
+            cluster.delete_namespace(UNSAVED_NAMESPACE)

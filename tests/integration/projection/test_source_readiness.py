@@ -2,6 +2,7 @@
 Secret and key, a minting service's health check, followed as they change."""
 
 import json
+import time
 
 import pytest
 from kubernetes.client.exceptions import ApiException
@@ -93,3 +94,50 @@ def test_ready_follows_the_minting_services_health_check(
     create_pod(cluster, namespace, "later", "minted")
     wait_for(lambda: running_pod(cluster, namespace, name="later"), what="a new pod admitted and running")
     assert labels.BINDING_ANNOTATION in cluster.core.read_namespaced_pod("later", namespace).metadata.annotations
+
+
+@pytest.fixture
+def hanging_service():
+    service = MintingService()
+    service.health_hangs = True
+    service.start()
+    yield service
+    service.stop()
+
+
+def test_one_tenants_hanging_health_check_does_not_hold_back_anothers(
+    cluster: Cluster,
+    operator: OperatorProcess,
+    namespace: str,
+    minting_service: MintingService,
+    hanging_service: MintingService,
+) -> None:
+    """Tenant A points a health-checked credential at a service that never answers (its timeout
+    30 s, the most a spec may say). Health checks ran in rounds, each round waiting for every
+    probe: tenant B's service recovered, but B's credential stayed not Ready -- its pods refused
+    -- until A's probe gave up (35 s instead of 4 s). B's recovery is now seen while A's probe
+    still hangs."""
+    other = cluster.create_namespace("tenant-a")
+    try:
+        minting_service.healthy = False
+        b_source = {"url": minting_service.url, "caBundle": minting_service.ca_pem, "timeout": "2s"}
+        create_b = credential(name="b-minted", category="tool", source={"webhook": {**b_source, "healthCheck": True}})
+        cluster.custom.create_namespaced_custom_object(
+            "agentcred.dev", "v1alpha1", namespace, "agentcredentials", create_b
+        )
+        wait_for(
+            lambda: _ready(cluster, namespace, "b-minted").get("reason") == "MintingServiceUnhealthy",
+            what="B not Ready while its service fails",
+        )
+        a_source = {"url": hanging_service.url, "caBundle": hanging_service.ca_pem, "timeout": "30s"}
+        create_a = credential(name="a-minted", category="tool", source={"webhook": {**a_source, "healthCheck": True}})
+        cluster.custom.create_namespaced_custom_object("agentcred.dev", "v1alpha1", other, "agentcredentials", create_a)
+        wait_for(lambda: hanging_service.health_calls >= 1, what="A's health check hanging")
+        minting_service.healthy = True
+        wait_for(lambda: _ready(cluster, namespace, "b-minted").get("status") == "True", what="B Ready again")
+        recovered = time.monotonic()
+        assert not hanging_service.health_dropped or hanging_service.health_dropped[0] > recovered, (
+            "B's recovery waited for A's hanging health check to give up"
+        )
+    finally:
+        cluster.delete_namespace(other)

@@ -16,13 +16,15 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from agentcred.api import model
 from clusterkit import REPO, Cluster, OperatorProcess, operator_paused, token_kubeconfig, wait_for
+from samples import credential
 
 CHART = REPO / "charts" / "agentcred"
 RELEASE = "bounds"  # not "agentcred": the objects are named after the release (<fullname>)
 NAMESPACE = "agentcred-bounds"
 FULLNAME = "bounds-agentcred"
-POLICIES = f"{FULLNAME}.agentcred.dev-operator"  # -secrets, -pods, -pod-lifecycle, -webhook
+POLICIES = f"{FULLNAME}.agentcred.dev-operator"  # -secrets, -pods, -pod-lifecycle, -webhook, -credentials
 WEBHOOK_CONFIGURATION = f"{FULLNAME}.agentcred.dev"
 GATE = "agentcred.dev/credentials"
 MANAGED = {"agentcred.dev/managed": "true"}
@@ -109,6 +111,9 @@ def _installed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> It
                 "spec": {"containers": [{"name": "c", "image": "probe"}]},
             },
         )
+        cluster.custom.create_namespaced_custom_object(
+            model.GROUP, model.VERSION, NAMESPACE, model.PLURAL, credential(name="probe")
+        )
         wait_for(lambda: _in_force(cluster, api), what="the operator-bounds policies in force")
         yield api
     finally:
@@ -132,6 +137,15 @@ def _in_force(cluster: Cluster, api: client.ApiClient) -> bool:
             "pods",
             lambda: core.patch_namespaced_pod("probe", NAMESPACE, {"metadata": {"labels": {"probe": "b"}}}),
             lambda: cluster.core.patch_namespaced_pod("probe", NAMESPACE, {"metadata": {"labels": {"probe": "a"}}}),
+        ),
+        (
+            "credentials",
+            lambda: client.CustomObjectsApi(api).patch_namespaced_custom_object(
+                model.GROUP, model.VERSION, NAMESPACE, model.PLURAL, "probe", {"spec": {"owner": "probe-b"}}
+            ),
+            lambda: cluster.custom.patch_namespaced_custom_object(
+                model.GROUP, model.VERSION, NAMESPACE, model.PLURAL, "probe", {"spec": {"owner": "probe"}}
+            ),
         ),
         (
             "webhook",
@@ -379,7 +393,7 @@ def test_webhook_configuration_only_gets_its_ca_bundle(operator_api: client.ApiC
 
 def test_the_bounds_cannot_be_lifted_by_the_operator(operator_api: client.ApiClient) -> None:
     admission = client.AdmissionregistrationV1Api(operator_api)
-    for policy in ("secrets", "pods", "pod-lifecycle", "webhook"):
+    for policy in ("secrets", "pods", "pod-lifecycle", "webhook", "credentials"):
         refused_by_rbac(lambda policy=policy: admission.delete_validating_admission_policy(f"{POLICIES}-{policy}"))
         refused_by_rbac(
             lambda policy=policy: admission.delete_validating_admission_policy_binding(f"{POLICIES}-{policy}")
@@ -393,4 +407,55 @@ def test_the_bounds_cannot_be_lifted_by_the_operator(operator_api: client.ApiCli
         lambda: client.RbacAuthorizationV1Api(operator_api).patch_cluster_role(
             FULLNAME, {"rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]}
         )
+    )
+
+
+def test_agentcredentials_change_only_in_the_operators_own_finalizer(
+    cluster: Cluster, operator_api: client.ApiClient, namespace: str
+) -> None:
+    """RBAC grants the operator `patch` on every tenant's AgentCredentials, for its finalizer:
+    with that token anyone could rewrite a tenant's credential -- its owner, subjects, scope,
+    audiences (within the policy), onLeak, ttl. Only its finalizer may change now."""
+    custom = client.CustomObjectsApi(operator_api)
+    cluster.custom.create_namespaced_custom_object(
+        model.GROUP, model.VERSION, namespace, model.PLURAL, credential(name="tenants")
+    )
+
+    def patch(body: Any) -> Callable[[], Any]:
+        kind = "application/json-patch+json" if isinstance(body, list) else "application/merge-patch+json"
+        return lambda: custom.patch_namespaced_custom_object(
+            model.GROUP, model.VERSION, namespace, model.PLURAL, "tenants", body, _content_type=kind
+        )
+
+    for body in (
+        {"spec": {"owner": "attacker@example.com"}},
+        {"spec": {"subjects": {"serviceAccounts": ["default"]}}},
+        {"spec": {"scope": {"tools": ["*"], "actions": ["*"], "resources": ["*"]}}},
+        {"spec": {"source": {"jwt": {"audiences": ["https://attacker.example"]}}}},
+        {"spec": {"onLeak": "quarantine"}},
+        {"spec": {"ttl": "1h", "maxLifetime": "24h"}},
+        {"metadata": {"labels": {"team": "attacker"}}},
+        {"metadata": {"annotations": {"agentcred.dev/revoke": '{"id": "forged"}'}}},
+        [{"op": "add", "path": "/metadata/finalizers", "value": ["example.com/hold-forever"]}],
+    ):
+        said = refused_by_policy("credentials", patch(body))
+        assert "only in its own finalizer" in said
+    with pytest.raises(ApiException) as refused:
+        custom.delete_namespaced_custom_object(model.GROUP, model.VERSION, namespace, model.PLURAL, "tenants")
+    assert refused.value.status == 403
+    current = cluster.custom.get_namespaced_custom_object(
+        model.GROUP, model.VERSION, namespace, model.PLURAL, "tenants"
+    )
+    assert current["spec"]["owner"] == "team-research@example.com" and "labels" not in current["metadata"]
+
+    # What the operator does passes: its finalizer on and off, and the status.
+    patch([{"op": "add", "path": "/metadata/finalizers", "value": ["agentcred.dev/revoke-projections"]}])()
+    patch(
+        [
+            {"op": "test", "path": "/metadata/finalizers/0", "value": "agentcred.dev/revoke-projections"},
+            {"op": "remove", "path": "/metadata/finalizers/0"},
+        ]
+    )()
+    custom.patch_namespaced_custom_object_status(
+        model.GROUP, model.VERSION, namespace, model.PLURAL, "tenants", {"status": {"activeProjections": 0}}
     )

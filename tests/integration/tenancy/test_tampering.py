@@ -39,6 +39,7 @@ from agents import (
 from clusterkit import Cluster, OperatorProcess, wait_for
 from identities import PODS_ONLY, namespace_admin, narrow_user
 from minting_service import MintingService
+from oauth import bound_token, exchange
 from samples import credential
 
 AUDIENCE = "https://llm-gateway.internal"
@@ -317,3 +318,61 @@ def test_the_lifetime_counts_from_admission_not_from_the_secret(
         what="revoked at maxLifetime",
     )
     wait_for(lambda: value_gone(cluster, namespace, secret, "research-llm"), what="no value left")
+
+
+def test_an_emergency_revoke_holds_after_the_tenant_lengthens_the_lifetime_and_deletes_the_secret(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str, tmp_path: Path
+) -> None:
+    """After `agentcred revoke` in a running pod, the tenant raised the credential's maxLifetime
+    (its policy allowed 8 h) and deleted the pod's Secret: the bar on the revocation list had
+    been sized from the maxLifetime at revoke time, and once it lapsed the same pod was issued
+    a fresh value, token exchange answered 200 and verifiers accepted it. A bar now lasts as
+    long as its pod could hold the credential, whatever the tenant edits afterwards."""
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace, ttl="5m", maxLifetime="10m")
+    admin = namespace_admin(cluster, namespace, tmp_path)
+    pod = start_agent(cluster, namespace)
+    secret = secret_name_of(pod)
+    revoked = subprocess.run(
+        [sys.executable, "-m", "agentcred", "revoke", "research-llm", "-n", namespace, "--pod", "agent"],
+        capture_output=True,
+        text=True,
+        env=cluster.env(),
+        timeout=120,
+    )
+    assert revoked.returncode == 0, revoked.stderr
+    wait_for(lambda: value_gone(cluster, namespace, secret, "research-llm"), what="revoked")
+    served_pod, served_credential = served_key(pod["metadata"]["uid"], "research-llm")
+
+    def bar_until() -> int:
+        return max(
+            (
+                e["exp"]
+                for e in _revocations(operator)
+                if (e["pod"], e["credential"]) == (served_pod, served_credential)
+            ),
+            default=0,
+        )
+
+    assert bar_until() < time.time() + 3600  # sized from maxLifetime 10m
+
+    # The tenant, within its policy: eight hours for every task, and the tombstone gone.
+    client.CustomObjectsApi(admin).patch_namespaced_custom_object(
+        model.GROUP, model.VERSION, namespace, model.PLURAL, "research-llm", {"spec": {"maxLifetime": "8h"}}
+    )
+    client.CoreV1Api(admin).delete_namespaced_secret(secret, namespace)
+    admitted = _admitted_epoch(pod)
+    wait_for(lambda: bar_until() >= admitted + 8 * 3600 - 60, what="the bar lasting as long as the pod's new lifetime")
+    time.sleep(2)  # every chance to (wrongly) issue it again
+    issues = [line["credential"] for line in audit_lines(operator, "issue", podUID=pod["metadata"]["uid"])]
+    assert issues.count("research-llm") == 1, issues
+    status, answer = exchange(operator, bound_token(cluster, namespace, pod))
+    assert status == 400 and "revoked" in answer["error_description"], answer
+
+
+def _admitted_epoch(pod: dict) -> float:
+    """The pod's sealed admission time, as epoch seconds."""
+    import datetime as dt
+
+    text = pod["metadata"]["annotations"][labels.ADMITTED_ANNOTATION]
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

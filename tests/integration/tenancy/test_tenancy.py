@@ -5,6 +5,7 @@ plane (issue: trust boundaries, items 1, 2 and 2b)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -278,3 +279,37 @@ def test_a_tenant_cannot_copy_a_secret_its_owner_did_not_share(
     )
     wait_for(lambda: _ready(cluster, a, "vendor-llm")["reason"] == "PolicyDenied", what="static sources refused")
     assert "source secretRef is not allowed" in _ready(cluster, a, "vendor-llm")["message"]
+
+
+def _rejected_status_writes(operator: OperatorProcess) -> float:
+    return sum(
+        value
+        for (name, labels_), value in operator.metrics().items()
+        if name == "agentcred_api_errors_total"
+        and dict(labels_).get("operation") == "PATCH agentcredentials/status"
+        and dict(labels_).get("status") == "422"
+    )
+
+
+def test_a_refusal_too_long_for_the_status_is_cut_to_fit_and_not_retried_forever(
+    cluster: Cluster, operator: OperatorProcess, tenants: dict, tmp_path: Path
+) -> None:
+    """A tenant writes 64 long resource patterns its policy does not allow: the PolicyDenied
+    message names each, and is longer than the CRD lets a condition's message be. The status
+    write was refused (422) and tried again every interval for as long as the credential
+    existed -- 101 such credentials made 860 rejected writes per 10 s -- and its Ready
+    condition was never written. Now the message is cut to fit and the write goes through."""
+    a = tenants["a"]
+    admin_a = _tenant_admin(cluster, a, tmp_path)
+    wide = [f"repo:team-b/{i:02d}-" + "x" * 200 for i in range(64)]
+    _create(admin_a, a, "verbose", scope={"tools": ["web-search"], "actions": ["read"], "resources": wide})
+    verdict = wait_for(
+        lambda: condition(get_credential(cluster, a, "verbose"), "Ready"), timeout=20, what="verbose judged"
+    )
+    assert (verdict["status"], verdict["reason"]) == ("False", "PolicyDenied")
+    assert len(verdict["message"]) <= 4096 and wide[0] in verdict["message"]
+    assert verdict["message"].endswith("(cut to fit)")
+    # And nothing keeps knocking at the API server: the rejected writes stop.
+    settled = _rejected_status_writes(operator)
+    time.sleep(3)  # six status intervals of the session's operator (0.5 s)
+    assert _rejected_status_writes(operator) == settled

@@ -11,6 +11,7 @@ import hmac
 import json
 import ssl
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,7 +35,7 @@ from agents import (
     start_agent,
     value_of,
 )
-from clusterkit import INTROSPECTOR, Cluster, OperatorProcess, ensure_namespace, operator_paused, wait_for
+from clusterkit import INTROSPECTOR, REPORTER_ENV, Cluster, OperatorProcess, ensure_namespace, operator_paused, wait_for
 from identities import PODS_ONLY, namespace_admin, narrow_user
 from oauth import (
     ACCESS_TOKEN_TYPE,
@@ -47,6 +48,7 @@ from oauth import (
     post,
     token_request,
 )
+from samples import credential
 
 AUDIENCE = "https://llm-gateway.internal"
 SCOPE = {"tools": ["web-search"], "resources": ["repo:acme/*"], "actions": ["read"]}
@@ -631,3 +633,255 @@ def test_the_public_revocation_list_names_no_tenant_pod_or_credential(
     with pytest.raises(TokenRejected) as refused:
         verifier.verify(value, audience=AUDIENCE, namespace=namespace)
     assert refused.value.reason == "revoked"
+
+
+def _reviews_by(operator: OperatorProcess, caller: str) -> float:
+    return sum(
+        v
+        for (name, labels_), v in operator.metrics().items()
+        if name == "agentcred_token_reviews_total" and dict(labels_).get("caller", caller) == caller
+    )
+
+
+def test_concurrent_garbage_tokens_buy_no_more_token_reviews_than_sequential_ones(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    """The per-address budget of refused tokens was checked before the TokenReview and charged
+    after it: garbage tokens sent at once all passed the check, so 128 of them in flight bought
+    a review each -- 241 TokenReviews where the same tokens one by one bought 41, and at the
+    leak intake 516 against 21. Each review is now paid for before it is sent. (An operator of
+    its own, whose budget barely refills: what is counted is the budget, not the clock.)"""
+    with operator_paused(operator):
+        own = OperatorProcess(
+            cluster, env={"AGENTCRED_SOURCE_RATE": "0.001", "AGENTCRED_SOURCE_BURST": "10", **REPORTER_ENV}
+        )
+        try:
+            own.start()
+            url, cafile = f"{own.api_url}/oauth2/token", own.ca_file()
+            form = {"grant_type": JWT_BEARER, "authorization_details": READ_APP}
+            before = _reviews_by(own, "token-service")
+            with ThreadPoolExecutor(128) as pool:
+                answers = list(pool.map(lambda i: post(url, cafile, {**form, "assertion": f"garbage-{i}"}), range(256)))
+            reviews = _reviews_by(own, "token-service") - before
+            assert {status for status, _, _ in answers} <= {400, 429}
+            assert reviews <= 10 + 1, f"{reviews:.0f} TokenReviews for a budget of 10 refused tokens"
+
+            def report(i: int) -> int:
+                request = urllib.request.Request(
+                    f"{own.api_url}/v1/trace",
+                    data=b'[{"token": "x"}]',
+                    method="POST",
+                    headers={"Content-Type": "application/json", "Authorization": f"Bearer garbage-{i}"},
+                )
+                try:
+                    with urllib.request.urlopen(request, context=ssl.create_default_context(cafile=cafile), timeout=60):
+                        return 200
+                except urllib.error.HTTPError as error:
+                    return error.code
+
+            before = _reviews_by(own, "leak-intake")
+            began = time.monotonic()
+            with ThreadPoolExecutor(128) as pool:
+                statuses = set(pool.map(report, range(256)))
+            elapsed = time.monotonic() - began
+            reviews = _reviews_by(own, "leak-intake") - before
+            assert statuses <= {401, 429}
+            # The intake's budget: 20 refused tokens, then 2 a second.
+            assert reviews <= 20 + 2 * elapsed + 1, f"{reviews:.0f} TokenReviews in {elapsed:.0f}s at the leak intake"
+        finally:
+            own.cleanup()
+
+
+def test_other_spellings_of_a_denied_resource_are_refused(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    """With `deny: repo:acme/vault`, tokens were issued for `repo:acme/vault/`, `... ` (a
+    trailing space), `%76ault`, `vault%2F`, `vault;`, `vault#` and `vault.`: names a tool may
+    decode, trim or normalise into the denied one. Each is refused now; plain names still pass."""
+    service_account(cluster, namespace)
+    create_credential(cluster, namespace, scope={**SCOPE, "deny": {"resources": ["repo:acme/vault"]}})
+    pod, projected = _agent(cluster, namespace)
+    token = bound_token(cluster, namespace, pod)
+    status, granted = exchange(operator, token, authorization_details=READ_APP)
+    assert status == 200, granted
+    status, denied = exchange(operator, token, authorization_details=details("web-search", ["read"], "repo:acme/vault"))
+    assert (status, denied["error"]) == (400, "invalid_authorization_details")
+    spellings = [
+        "repo:acme/vault/",
+        "repo:acme/vault ",
+        "repo:acme/%76ault",
+        "repo:acme/vault%2F",
+        "repo:acme/vault;",
+        "repo:acme/vault#",
+        "repo:acme/vault.",
+        " repo:acme/vault",
+    ]
+    for spelling in spellings:
+        status, answer = exchange(operator, token, authorization_details=details("web-search", ["read"], spelling))
+        assert (status, answer.get("error")) == (400, "invalid_authorization_details"), f"{spelling!r} was granted"
+        status, answer = exchange(operator, token, scope=f"tool:web-search action:read resource:{spelling}")
+        assert status == 400, f"{spelling!r} was granted through scope"
+        time.sleep(0.25)  # the pod's own rate limit: 5 requests a second
+
+
+def test_costly_scope_patterns_cost_their_own_tenant_not_another(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    """A tenant writes the costliest scope it may (deny patterns slow to match) and has its pods
+    ask for 64 intents a request, each pod within its own rate limit: every request held the
+    token service's one event loop for the whole match, and another tenant's token latency rose
+    from 6 ms to 10.4 s. Intents are now judged one a turn of the loop, a namespace that has spent
+    its share of scope matching is told to slow down while the other tenant is answered, and
+    patterns past 8 wildcards are refused by the API server. (An operator of its own, with a
+    share of 20 ms a second: a loaded machine slows the flood as much as the loop, and the
+    default quarter of the loop was then never spent.)"""
+    with operator_paused(operator):
+        own = OperatorProcess(
+            cluster, env={"AGENTCRED_SCOPE_MS_PER_SECOND": "20", "AGENTCRED_SCOPE_MS_BURST": "200", **REPORTER_ENV}
+        )
+        try:
+            own.start()
+            costly = [f"*?a?a?a?a?a?a?a{'a' * (85 + i % 10)}b" for i in range(64)]
+            service_account(cluster, namespace)
+            deny = {"tools": costly, "actions": costly, "resources": costly}
+            create_credential(
+                cluster, namespace, scope={"tools": ["*"], "actions": ["*"], "resources": ["*"], "deny": deny}
+            )
+            pods = [_agent(cluster, namespace, f"costly-{i}")[0] for i in range(4)]
+            tokens = [bound_token(cluster, namespace, pod) for pod in pods]
+            # 4 x 4 x 4 = 64 intents, each matched against 192 deny patterns slow to match.
+            heavy = " ".join(f"{kind}:{'a' * 180}{i:03d}" for kind in ("tool", "action", "resource") for i in range(4))
+
+            other = cluster.create_namespace("calm")
+            try:
+                service_account(cluster, other)
+                create_credential(cluster, other, scope=SCOPE)
+                calm = bound_token(cluster, other, _agent(cluster, other, "calm")[0])
+
+                url, cafile = f"{own.api_url}/oauth2/token", own.ca_file()  # written once, read by every thread
+                form = {"grant_type": TOKEN_EXCHANGE, "subject_token_type": JWT_TYPE, "scope": heavy}
+
+                def flood(index: int) -> list[tuple[int, str]]:
+                    answers = []
+                    for _ in range(12):
+                        status, body, _ = post(url, cafile, {**form, "subject_token": tokens[index % len(tokens)]})
+                        answers.append((status, (body or {}).get("error_description", "")))
+                        time.sleep(0.25)  # within the pod's own rate limit
+                    return answers
+
+                with ThreadPoolExecutor(8) as pool:
+                    running = pool.map(flood, range(8))
+                    time.sleep(2)
+                    calm_form = {"grant_type": JWT_BEARER, "assertion": calm, "authorization_details": READ_APP}
+                    calm_answers = [post(url, cafile, calm_form)[0] for _ in range(3)]
+                    flooded = [answer for answers in running for answer in answers]
+                assert calm_answers == [200, 200, 200], calm_answers
+                slowed = [said for status, said in flooded if status == 429 and "share of scope checks" in said]
+                statuses = {status: [s for s, _ in flooded].count(status) for status, _ in flooded}
+                assert slowed, (
+                    f"64 costly intents x {len(flooded)} requests, never slowed down: {statuses}, {flooded[:2]}"
+                )
+            finally:
+                cluster.delete_namespace(other)
+
+            # Costlier patterns still are refused where they are written.
+            body = credential(
+                name="costlier", scope={"tools": ["*"], "actions": ["read"], "resources": ["*a?a?a?a?a?a?a?a?a*"]}
+            )
+            with pytest.raises(ApiException) as refused:
+                cluster.custom.create_namespaced_custom_object(
+                    "agentcred.dev", "v1alpha1", namespace, "agentcredentials", body
+                )
+            assert refused.value.status == 422 and "at most 8 wildcards" in refused.value.body
+        finally:
+            own.cleanup()
+
+
+def test_one_tenants_churn_stays_within_its_share_of_the_revocation_list(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str, tmp_path: Path
+) -> None:
+    """A namespace admin ran ~3,400 short pods with 16 credentials each (seven minutes of work):
+    each ended pod left an entry per credential on the shared revocation list until its values
+    expired, shards grew past what a ConfigMap holds, the leader stopped being ready and later
+    revocations -- any tenant's -- no longer reached the other replicas. Now an ended pod leaves
+    one entry whatever it held, and a namespace at its budget (here 12) waits for its entries to
+    lapse before its next pods get values; another tenant is not held back."""
+    names = [f"cred-{i}" for i in range(4)]
+    with operator_paused(operator):
+        own = OperatorProcess(cluster, env={"AGENTCRED_REVOCATION_BUDGET": "12", **REPORTER_ENV})
+        try:
+            own.start()
+            admin = client.CoreV1Api(namespace_admin(cluster, namespace, tmp_path))
+            service_account(cluster, namespace)
+            for name in names:
+                create_credential(cluster, namespace, name, scope=SCOPE)
+            ended: list[str] = []
+            for round_ in range(16):
+                name = f"short-{round_}"
+                admin.create_namespaced_pod(
+                    namespace,
+                    {
+                        "metadata": {
+                            "name": name,
+                            "labels": {labels.INJECT_LABEL: "true"},
+                            "annotations": {labels.CREDENTIALS_ANNOTATION: ",".join(names)},
+                        },
+                        "spec": {"serviceAccountName": "research-agent", "containers": [{"name": "c", "image": "x"}]},
+                    },
+                )
+
+                def outcome(name: str = name) -> str | None:
+                    if running_pod(cluster, namespace, name=name):
+                        return "ran"
+                    waits = [e for e in pod_events(cluster, namespace, name) if e.reason == "RevocationBudget"]
+                    return "waits" if waits else None
+
+                if wait_for(outcome, what=f"pod {name} given its values or told to wait") == "waits":
+                    break
+                uid = cluster.core.read_namespaced_pod(name, namespace).metadata.uid
+                kubelet.succeed(namespace, name)
+                wait_for(lambda uid=uid: _revocations(own, uid), what=f"{name}'s task-end revocation listed")
+                ended.append(uid)
+            entries = sum(len(_revocations(own, uid)) for uid in ended)
+            assert entries <= 12, f"{len(ended)} short pods left {entries} entries"
+            assert len(ended) < 16, "the namespace was never held back"
+            # Another tenant is not held back by this one's churn.
+            other = cluster.create_namespace("other-tenant")
+            try:
+                service_account(cluster, other)
+                create_credential(cluster, other, scope=SCOPE)
+                start_agent(cluster, other)
+            finally:
+                cluster.delete_namespace(other)
+        finally:
+            own.cleanup()
+
+
+def test_another_tenants_tool_server_cannot_use_up_a_tenants_revocation_budget(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str
+) -> None:
+    """Found attacking the budget of the revocation list: whoever holds a tenant's tokens -- a
+    tool server of another tenant its agents call -- may revoke them (RFC 7009), and those
+    entries counted against the tenant's budget, so the tool server could hold back the
+    tenant's new pods. Holder revocations now count apart: past the budget they are refused
+    (503, the token lapses at its expiry), and the tenant's next pods run."""
+    with operator_paused(operator):
+        own = OperatorProcess(cluster, env={"AGENTCRED_REVOCATION_BUDGET": "4", **REPORTER_ENV})
+        try:
+            own.start()
+            service_account(cluster, namespace)
+            create_credential(cluster, namespace, scope=SCOPE)
+            pod, _ = _agent(cluster, namespace)
+            token = bound_token(cluster, namespace, pod)
+            handed = []
+            for _ in range(6):
+                status, body = exchange(own, token, authorization_details=READ_APP)
+                assert status == 200, body
+                handed.append(body["access_token"])
+            # The tool server revokes every token it was handed.
+            answers = [_revoke(own, t)[0] for t in handed]
+            assert answers.count(200) == 4 and answers.count(503) == 2, answers
+            # The tenant's next pod is not held back by entries someone else made.
+            start_agent(cluster, namespace, "next")
+        finally:
+            own.cleanup()

@@ -1,6 +1,7 @@
-"""`agentcred dev up/kubeconfig/down` for a person, with binaries from KUBEBUILDER_ASSETS: one
-control plane per checkout (or `--name`), the scheduler/kubelet stand-in running, so a Job
-applied with kubectl runs and completes; `dev down` returns once every process has exited."""
+"""`agentcred dev up --stand-in/kubeconfig/down` for a person, with binaries from
+KUBEBUILDER_ASSETS: one control plane per checkout (or `--name`), the scheduler/kubelet
+stand-in running, so a Job applied with kubectl completes; `dev down` returns once every
+process has exited. (`dev up` with its default real node: tests/node/test_dev_node.py.)"""
 
 import json
 import os
@@ -56,7 +57,7 @@ def test_dev_up_kubeconfig_down(cluster: Cluster, tmp_path: Path) -> None:
             [sys.executable, "-m", "agentcred", *args], capture_output=True, text=True, env=env, timeout=180, cwd=cwd
         )
 
-    up = agentcred("dev", "up", "--complete-after", "1", cwd=project / "src")
+    up = agentcred("dev", "up", "--stand-in", "--complete-after", "1", cwd=project / "src")
     assert up.returncode == 0, up.stderr
     assert "building" not in up.stderr  # KUBEBUILDER_ASSETS was used, nothing was built
     # Where the time goes, step by step.

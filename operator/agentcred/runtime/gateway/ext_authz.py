@@ -108,7 +108,8 @@ class Authorization(external_auth_pb2_grpc.AuthorizationServicer):  # type: igno
             described = describe(request)
         except Refused as refused:
             return response(refusal(refused.status, refused.reason, refused.message, "request"))
-        return response(await self.service.check(described, CONTRACT, metadata.get(GATEWAY_HEADER)))
+        peer = str(context.peer() or "")
+        return response(await self.service.check(described, CONTRACT, metadata.get(GATEWAY_HEADER), peer))
 
 
 class _Certificates:

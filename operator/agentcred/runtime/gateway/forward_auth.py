@@ -80,7 +80,7 @@ async def _forward_auth(request: web.Request) -> web.Response:
     except Refused as refused:
         answer = refusal(refused.status, refused.reason, refused.message, "request")
     else:
-        answer = await service.check(described, CONTRACT, request.headers.get(GATEWAY_HEADER))
+        answer = await service.check(described, CONTRACT, request.headers.get(GATEWAY_HEADER), request.remote or "")
     if answer.allowed:
         return web.Response(status=200, headers={**answer.upstream_headers, "Cache-Control": "no-store"})
     return web.Response(status=answer.status, headers=answer.headers, body=answer.body)

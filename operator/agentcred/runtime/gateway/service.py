@@ -32,7 +32,7 @@ from ...rules.gateway.requests import CREDENTIAL_HEADERS, GatewayRequest, author
 from ...rules.oauth import OAuthError
 from ...sources.base import SourceUnavailable
 from ..audit import AuditTrail
-from ..tokens.callers import NotAuthenticated, RateLimiter
+from ..tokens.callers import NotAuthenticated, RateLimiter, Throttled
 from ..tokens.token_service import Caller, TokenService
 from .upstream import GRANT, Attached, Upstream
 
@@ -95,23 +95,29 @@ class GatewayService:
     now: Callable[[], dt.datetime] = utcnow
     _throttled: dict[str, tuple[float, int]] = field(default_factory=dict)
 
-    async def gateway(self, authorization: str | None) -> str | None:
-        """The asking gateway's ServiceAccount (namespace/name), or None: not one allowed to ask."""
+    async def gateway(self, authorization: str | None, peer: str) -> str | None:
+        """The asking gateway's ServiceAccount (namespace/name), or None: not one allowed to ask.
+        A refused credential costs the connection's address (Throttled past its budget), as a
+        refused token does at the token endpoint."""
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return None
         try:
-            who = await self.tokens.reviews.identity(token.strip())
+            who = await self.tokens.reviews.identity(token.strip(), f"gateway:{peer}", self.tokens.by_source)
         except NotAuthenticated:
             return None
         name = f"{who.namespace}/{who.service_account}"
         return name if name in self.gateways else None
 
-    async def check(self, request: GatewayRequest, contract: str, gateway_authorization: str | None) -> Answer:
+    async def check(
+        self, request: GatewayRequest, contract: str, gateway_authorization: str | None, peer: str = ""
+    ) -> Answer:
         started = time.perf_counter()
         facts: dict[str, Any] = {"contract": contract, "requestId": request.request_id or None}
         try:
-            answer = await self._check(request, contract, gateway_authorization, facts)
+            answer = await self._check(request, contract, gateway_authorization, peer, facts)
+        except Throttled:
+            answer = refusal(429, "throttled", "too many refused tokens from this address: slow down", "identity")
         except Exception:  # fail closed: a bug or an outage is a refusal, never an allow
             log.exception("gateway call not decided")
             answer = refusal(503, "error", "agentcred could not decide this call", "error")
@@ -135,9 +141,14 @@ class GatewayService:
         return answer
 
     async def _check(
-        self, request: GatewayRequest, contract: str, gateway_authorization: str | None, facts: dict[str, Any]
+        self,
+        request: GatewayRequest,
+        contract: str,
+        gateway_authorization: str | None,
+        peer: str,
+        facts: dict[str, Any],
     ) -> Answer:
-        gateway = await self.gateway(gateway_authorization)
+        gateway = await self.gateway(gateway_authorization, peer)
         if gateway is None:
             facts["rule"] = "gateway"
             return refusal(
@@ -147,6 +158,10 @@ class GatewayService:
                 "gateway",
             )
         facts["gateway"] = gateway
+        doubt = self.tokens.unsure()
+        if doubt is not None:  # a follower that cannot be sure what is revoked allows nothing
+            facts["rule"] = "revocations"
+            return refusal(503, "revocations-unsure", f"this replica cannot be sure what is revoked: {doubt}", "error")
         token = bearer(request.headers)
         if token is None:
             facts["rule"] = "identity"
@@ -161,7 +176,10 @@ class GatewayService:
             return OAuthError("access_denied", text, 403)
 
         try:
-            caller, task = await self.tokens.identify(token, unauthenticated, unacceptable)
+            # A pod's refused tokens cost the address the gateway reports for it (not the
+            # gateway's own: one pod's garbage must not cut off every pod behind that gateway).
+            source = f"via-gateway:{request.source or peer}"
+            caller, task = await self.tokens.identify(token, unauthenticated, unacceptable, source)
         except OAuthError as refused:
             facts["rule"] = "identity"
             reason = "invalid-token" if refused.status == 401 else "pod-not-admitted"

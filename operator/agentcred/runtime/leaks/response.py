@@ -32,7 +32,7 @@ from ...api.projection import Subject
 from ...api.times import utcnow
 from ...platform.kube import Kube, NotFound, status_of
 from ...rules.credentials import CredentialRecord
-from ...rules.leaks import Candidate, Compromise, may_act_by_reference
+from ...rules.leaks import Candidate, Compromise, in_remit
 from ..audit import AuditTrail
 from ..events import EventRecorder
 from ..projection.due import BindingDue
@@ -49,10 +49,11 @@ QUARANTINE_LABEL = labels.QUARANTINED_LABEL
 
 @dataclass(frozen=True)
 class Reporter:
-    """Who reported (a reviewed ServiceAccount)."""
+    """Who reported (a reviewed ServiceAccount), and whether its remit is every namespace."""
 
     namespace: str
     name: str
+    everywhere: bool = False
 
     @property
     def username(self) -> str:
@@ -68,24 +69,23 @@ class LeakResponder:
     book: StatusBook
     audit: AuditTrail
     events: EventRecorder
-    operator_namespace: str
 
     def visible(self, trace: Trace, candidate: Candidate, reporter: Reporter) -> Trace:
-        """What this reporter may learn and act on: everything, if they hold the value; by
-        reference, only their own namespace's (the rest is answered unknown, revealing nothing)."""
-        if not candidate.by_reference or reporter.namespace == self.operator_namespace:
-            return trace
-        holders = tuple(
-            h for h in trace.holders if may_act_by_reference(reporter.namespace, h.namespace, self.operator_namespace)
-        )
-        if holders:
+        """What this reporter may learn and act on: what lies within its remit (the rest is
+        answered unknown, as a value nobody holds is, revealing nothing)."""
+        holders = tuple(h for h in trace.holders if in_remit(reporter.namespace, reporter.everywhere, h.namespace))
+        if holders or reporter.everywhere or (not trace.holders and trace.verdict != "unknown"):
             return Trace(trace.verdict, trace.fingerprint, holders, trace.why)
-        # The same words whether the value exists elsewhere or nowhere: the rule, not the answer.
+        # A tenant's reporter: the same words whether the value is held elsewhere or nowhere,
+        # and they say the rule, not the answer.
+        what = (
+            "no live or remembered value has this fingerprint or token id"
+            if candidate.by_reference
+            else "agentcred issued no value with this fingerprint that it still knows of"
+        )
         why = (
-            f"no live or remembered value has this fingerprint or token id in namespace {reporter.namespace}: "
-            "by fingerprint or token id a reporter sees only its own namespace's values (a reporter in the "
-            f"operator's namespace {self.operator_namespace} sees every namespace's); the value itself is traced "
-            "wherever it is"
+            f"{what} in namespace {reporter.namespace}: a reporter sees only its own namespace's values "
+            "(reporters that act in every namespace are listed apart, as cluster reporters)"
         )
         return Trace("unknown", trace.fingerprint, why=why)
 

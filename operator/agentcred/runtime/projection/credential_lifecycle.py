@@ -145,6 +145,7 @@ class CredentialLifecycle:
         count = await self.requests.revoke_everywhere(record, "credential-deleted")
         self.book.forget(record.key)
         self.status.forget(record.key)
+        self.requests.forget(record.key)
         self._verdicts.pop(record.key, None)
         self._generations.pop(record.key, None)
         self.scheduler.cancel(CredentialDue(record.namespace, record.name))

@@ -208,6 +208,20 @@ class Reconciler:
             return
         if task is None:  # gone before anything was issued: nothing to do
             return
+        if (
+            task.gated
+            and decided.issue
+            and self.revocations.over_budget(task.namespace, self.store.live_in(task.namespace))
+        ):
+            # Every pod given a value leaves an entry on the shared revocation list when its task
+            # ends: a namespace at its budget waits for its entries to lapse, so one tenant's
+            # churn never fills the list every tenant's revocations travel on.
+            held = f"namespace {task.namespace} has used its revocation-list budget ({self.revocations.budget})"
+            waiting = tuple(
+                Problem(issue.credential, "RevocationBudget", f"{held}: the pod waits until entries lapse")
+                for issue in decided.issue
+            )
+            decided = dataclasses.replace(decided, issue=(), ungate=False, problems=(*decided.problems, *waiting))
         for issue in decided.issue:
             if issue.planned_at is not None:
                 metrics.renewal_lateness.observe(max((now - issue.planned_at).total_seconds(), 0.0))

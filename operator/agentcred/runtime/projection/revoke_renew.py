@@ -9,11 +9,14 @@ still pending, and carries it out.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 from typing import Any
 
 from ...api.projection import Subject
 from ...api.reasons import RevocationReason
 from ...api.times import format_time, utcnow
+from ...platform import metrics
 from ...platform.kube import Kube
 from ...rules.credentials import CredentialRecord
 from ..events import EventRecorder
@@ -21,11 +24,24 @@ from ..store import ProjectionStore
 from .reconciler import Reconciler
 from .revoker import RevokeOrder
 
+# What a request id may be: what the CLI writes (a uuid4 hex) and what the status keeps (64
+# characters at most). Ids are remembered, so one of any length was memory a tenant could fill.
+REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+POD_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+
 
 class Requests:
     def __init__(self, reconciler: Reconciler, store: ProjectionStore, kube: Kube, events: EventRecorder) -> None:
         self.reconciler, self.store, self.kube, self.events = reconciler, store, kube, events
-        self._handled: set[str] = set()
+        # The last request carried out per credential and kind, until the status says so:
+        # one id each, however many requests a tenant makes.
+        self._handled: dict[tuple[str, str, str], str] = {}
+        metrics.track("handled-requests", lambda: len(self._handled))
+
+    def forget(self, key: tuple[str, str]) -> None:
+        """A credential is gone: its requests with it."""
+        for status_field in ("lastRevocation", "lastRenewal"):
+            self._handled.pop((*key, status_field), None)
 
     async def revoke_everywhere(
         self,
@@ -70,8 +86,12 @@ class Requests:
         if request_id is None:
             return None
         pod_name = request.get("pod") or None
+        if pod_name is not None and not (isinstance(pod_name, str) and POD_NAME.fullmatch(pod_name)):
+            self._refuse(record, "revoke", "its pod is not a pod name")
+            return None
         # The trigger stays "emergency" (a bounded metric label); the person's words go with it.
-        said = " ".join(str(request.get("reason") or "").split())[:256] or None
+        reason = request.get("reason")
+        said = " ".join(reason.split())[:256] or None if isinstance(reason, str) else None
         count = await self.revoke_everywhere(record, "emergency", pod_name, said)
         outcome = {"id": request_id, "at": format_time(utcnow()), "pod": pod_name, "revoked": count, "reason": said}
         await self.kube.patch_credential_status(record.namespace, record.name, {"lastRevocation": outcome})
@@ -89,12 +109,31 @@ class Requests:
         """The id of a request not carried out yet, by the leader; else None."""
         if not self.reconciler.view.leading():
             return None  # the leader carries it out; a new leader finds it still pending
-        request_id = str(request.get("id") or "")
-        handled = (record.status.get(status_field) or {}).get("id")
-        if not request_id or request_id == handled or request_id in self._handled:
+        request_id = request.get("id")
+        if not request_id:
             return None
-        self._handled.add(request_id)
-        return request_id
+        well_formed = isinstance(request_id, str) and REQUEST_ID.fullmatch(request_id) is not None
+        # A malformed id is remembered by a short digest, never whole.
+        remembered = str(request_id) if well_formed else "refused:" + _digest(request_id)
+        key = (*record.key, status_field)
+        if remembered in ((record.status.get(status_field) or {}).get("id"), self._handled.get(key)):
+            return None
+        self._handled[key] = remembered
+        if not well_formed:
+            what = "revoke" if status_field == "lastRevocation" else "renew"
+            self._refuse(record, what, "its id is not 1-64 letters, digits, '.', '_' or '-'")
+            return None
+        return str(request_id)
+
+    def _refuse(self, record: CredentialRecord, what: str, why: str) -> None:
+        self.events.post(
+            record.owner_ref, "Warning", "RequestRefused", f"the {what} request on {record.name} is ignored: {why}"
+        )
+
+
+def _digest(value: object) -> str:
+    text = value if isinstance(value, str) else type(value).__name__  # a nested value: by its type alone
+    return hashlib.sha256(text.encode(errors="replace")).hexdigest()[:16]
 
 
 async def _nothing() -> None:

@@ -20,7 +20,7 @@ from ...api.pods import pod_ref
 from ...api.projection import IssuedValue, Subject
 from ...api.reasons import RevocationReason
 from ...api.times import utcnow
-from ...platform.revocations import RevocationList
+from ...platform.revocations import ALL_CREDENTIALS, RevocationList
 from ...rules.credentials import CredentialRecord
 from ...rules.planning import RECOVERABLE
 from ...rules.scope import EXCHANGE_MAX_TTL
@@ -140,7 +140,12 @@ class Revoker:
         before = (
             cut_off(now) if revocation.reason in CUT_OFF_REASONS else now if revocation.reason in FRESH_START else None
         )
-        self.revocations.revoke(subject.pod_uid, revocation.credential, until, before)
+        if revocation.reason in TASK_ENDS:
+            # The task is over for every credential at once: one entry covers the pod, however
+            # many credentials it held (16 entries each, a tenant's short pods filled shards).
+            self.revocations.revoke(subject.pod_uid, ALL_CREDENTIALS, until, namespace=subject.namespace, ended=True)
+            return
+        self.revocations.revoke(subject.pod_uid, revocation.credential, until, before, namespace=subject.namespace)
 
     @staticmethod
     def _covered_until(

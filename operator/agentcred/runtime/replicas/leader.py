@@ -5,6 +5,12 @@ HTTPS endpoints; only the leader writes (issues, renews, revokes, writes status,
 keys). A leader renews the Lease every `renew` seconds; a follower takes over when the
 Lease has not been renewed for `duration` seconds, then re-plans every projection from
 the cluster's state, so a revocation the old leader did not finish still happens.
+
+A leader leads only while its last renewal is recent by its own monotonic clock (`duration`
+less `renew` from when that renewal began): a leader frozen (SIGSTOP, a suspended VM, a long
+GC) and resumed after another took over used to act on everything it had missed before its
+next renewal told it otherwise -- a second `revoke` line for a value already revoked, calls
+to minting services -- because nothing had told it yet that its Lease had lapsed.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import datetime as dt
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -65,28 +72,49 @@ class Leadership:
         me: str | None = None,
         duration: int = 15,
         renew: float = 5.0,
+        notes: Callable[[], dict[str, str]] = dict,
     ) -> None:
         self.kube, self.namespace, self.lease = kube, namespace, lease
+        # What the leader tells the followers with each renewal (annotations on the Lease),
+        # and what a follower last read there.
+        self.notes = notes
+        self.leader_notes: dict[str, str] = {}
         self.me = me or identity()
         self.duration, self.renew = duration, renew
         self.on_elected, self.on_deposed = on_elected, on_deposed
-        self.is_leader = False
+        self._elected = False
+        self._valid_until = 0.0  # time.monotonic() until which the last renewal holds
         self._takeover: asyncio.Task[None] | None = None
+
+    @property
+    def is_leader(self) -> bool:
+        return self._elected and time.monotonic() < self._valid_until
 
     async def run(self) -> None:
         while True:
+            began = time.monotonic()
             try:
                 leading = await self._try()
             except Exception as error:
                 log.warning("leader election: %s", status_of(error) or error)
                 leading = False
-            if leading and not self.is_leader:
-                self.is_leader = True
+            lapsed = self._elected and time.monotonic() >= self._valid_until
+            if leading:
+                # Another replica takes over `duration` after the renewal time written, by its
+                # clock: stop a `renew` short of that, counted from before the write.
+                self._valid_until = began + max(self.duration - self.renew, self.renew)
+            if leading and lapsed:
+                # Still ours, but for a while this replica did not lead and dropped what came
+                # due: take over again, as a new leader would.
+                log.warning("%s renewed its lapsed lead; re-planning", self.me)
+                self._takeover = asyncio.create_task(self.on_elected(), name="take over")
+            elif leading and not self._elected:
+                self._elected = True
                 log.info("%s is now the leader", self.me)
                 # Not awaited: taking over may wait for the indices, the Lease must not.
                 self._takeover = asyncio.create_task(self.on_elected(), name="take over")
-            elif not leading and self.is_leader:
-                self.is_leader = False
+            elif not leading and self._elected:
+                self._elected = False
                 log.warning("%s lost the lead; pausing writes", self.me)
                 if self._takeover is not None:
                     self._takeover.cancel()
@@ -104,6 +132,8 @@ class Leadership:
             return True
         spec = lease.get("spec") or {}
         if not lease_is_free(spec, self.me, now):
+            found = (lease.get("metadata") or {}).get("annotations")
+            self.leader_notes = {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
             return False
         taking_over = spec.get("holderIdentity") != self.me
         transitions = int(spec.get("leaseTransitions") or 0) + (1 if taking_over else 0)
@@ -125,7 +155,7 @@ class Leadership:
         """Hand over at once on a clean shutdown instead of waiting for the Lease to lapse."""
         if not self.is_leader:
             return
-        self.is_leader = False
+        self._elected = False
         try:
             lease = await self.kube.read_lease(self.namespace, self.lease)
             if (lease.get("spec") or {}).get("holderIdentity") == self.me:
@@ -142,6 +172,9 @@ class Leadership:
             "namespace": self.namespace,
             "labels": {"app.kubernetes.io/name": "agentcred"},
         }
+        notes = self.notes()
+        if notes:
+            metadata["annotations"] = notes
         if resource_version:
             metadata["resourceVersion"] = resource_version
         return {

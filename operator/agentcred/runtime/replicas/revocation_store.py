@@ -1,7 +1,14 @@
 """The revocation list kept in ConfigMaps: the leader saves changed shards (merging on a
 lost race), followers save what they added themselves (a token its holder revoked at that
 replica), and every replica -- the leader too -- merges what is saved, so every replica
-serves the same list; a replica that cannot save it is not ready."""
+serves the same list; a replica that cannot save it is not ready.
+
+The leader says how current the saved list is: `saved_through`, the start of its last save
+round that left nothing unsaved, goes on the Lease with each renewal. A follower that sees it
+grow old -- the leader cannot save (a shard too large, the API server refusing), or the
+follower cannot reload -- is no longer sure which values are revoked, and its token service
+refuses to issue (`unsure`) rather than hand out tokens for a pod the leader revoked: with a
+shard too large to save, a follower went on issuing tokens verifiers accepted."""
 
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ...api.labels import ROLE_LABEL, StateNames
-from ...api.times import format_time, utcnow
+from ...api.times import format_time, parse_time, utcnow
 from ...platform.kube import Conflict, Kube, status_of
 from ...platform.revocations import SHARD_LIMIT_BYTES, RevocationList, too_large
 
@@ -21,6 +28,7 @@ log = logging.getLogger(__name__)
 REVOCATION_LABELS = {ROLE_LABEL: "revocations", "app.kubernetes.io/name": "agentcred"}
 REVOCATION_SELECTOR = f"{ROLE_LABEL}=revocations"
 UNSAVED_GRACE = dt.timedelta(seconds=10)  # unsaved longer than this: not ready
+SAVED_ANNOTATION = "agentcred.dev/revocations-saved"  # on the Lease: the leader's `saved_through`
 
 
 class RevocationStore:
@@ -28,6 +36,8 @@ class RevocationStore:
         self.kube, self.namespace, self.revocations, self.names = kube, namespace, revocations, names
         self._versions: dict[int, str] = {}
         self.unsaved_since: dt.datetime | None = None
+        self.saved_through: dt.datetime | None = None  # every revocation made before it is saved
+        self.reloaded_at: dt.datetime | None = None  # the start of the last complete reload
 
     def problem(self, now: dt.datetime | None = None) -> str | None:
         """Why this replica should not be ready: revocations it cannot save."""
@@ -36,14 +46,35 @@ class RevocationStore:
             return f"revocations not saved since {format_time(self.unsaved_since)}"
         return None
 
+    def notes(self) -> dict[str, str]:
+        """What the leader puts on the Lease with each renewal."""
+        return {SAVED_ANNOTATION: format_time(self.saved_through)} if self.saved_through else {}
+
+    def unsure(self, leader_notes: dict[str, str], stale: dt.timedelta, now: dt.datetime | None = None) -> str | None:
+        """Why a follower cannot be sure its list holds every revocation, or None. `leader_notes`:
+        what the leader last put on the Lease (no mark: it says nothing, as older versions do)."""
+        now = now or utcnow()
+        try:
+            leader_saved = parse_time(leader_notes[SAVED_ANNOTATION]) if SAVED_ANNOTATION in leader_notes else None
+        except ValueError:
+            leader_saved = None
+        if self.reloaded_at is None or now - self.reloaded_at > stale:
+            return "the shared revocation list could not be read lately"
+        if leader_saved is not None and now - leader_saved > stale:
+            return f"the leader has not saved the revocation list since {format_time(leader_saved)}"
+        return None
+
     async def reload(self) -> None:
+        began = utcnow()
         for item in await self.kube.list_configmaps(self.namespace, REVOCATION_SELECTOR):
             shard = self.names.shard_number(item["metadata"]["name"])
             if shard is not None and shard < self.revocations.shards:
                 self.revocations.merge_shard_data(item.get("data"))
                 self._versions[shard] = item["metadata"]["resourceVersion"]
+        self.reloaded_at = began
 
     async def save(self) -> None:
+        began = utcnow()
         failed = False
         for shard in sorted(self.revocations.dirty):
             self.revocations.dirty.discard(shard)
@@ -57,6 +88,7 @@ class RevocationStore:
             self.unsaved_since = self.unsaved_since or utcnow()
         elif not self.revocations.dirty:
             self.unsaved_since = None
+            self.saved_through = began
 
     async def _save_shard(self, shard: int) -> None:
         name = self.names.revocation_shard(shard)
@@ -86,11 +118,20 @@ class RevocationStore:
             return
         self._versions[shard] = written["metadata"]["resourceVersion"]
 
-    async def run(self, leading: Callable[[], bool], interval: float = 1.0) -> None:
+    async def run(
+        self,
+        leading: Callable[[], bool],
+        interval: float = 1.0,
+        hold: Callable[[dt.datetime], object] = lambda now: None,
+    ) -> None:
+        """`hold(now)`: the leader's chance to lengthen entries before they are saved."""
         while True:
             await asyncio.sleep(interval)
-            self.revocations.prune(utcnow())
+            now = utcnow()
+            self.revocations.prune(now)
             try:
+                if leading():
+                    hold(now)
                 if leading() or self.revocations.dirty:
                     await self.save()
                 # The leader too: a follower saves what its token service revoked, and the

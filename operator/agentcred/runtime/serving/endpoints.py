@@ -17,8 +17,10 @@ metadata at `/.well-known/oauth-authorization-server/<path>`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -144,6 +146,84 @@ def build_app(
     return app
 
 
+# Connections one HTTPS server holds at once (AGENTCRED_MAX_CONNECTIONS). Each TLS connection
+# costs a quarter of a MiB before it sends a byte (asyncio's read buffer, sslproto.py), more while
+# a body is in flight (a report: up to 1 MiB), and glibc keeps what a flood made it allocate:
+# the concurrent floods of garbage tokens at the token service and the leak intake (256 clients
+# at once) took a replica from 80 to 420 MiB, and it stayed there (bench/attacks.py).
+MAX_CONNECTIONS = 1024
+
+
+HANDSHAKE_TIMEOUT = 10.0  # seconds a connection may take to finish its TLS handshake (asyncio's default: 60)
+
+
+class _Closing(asyncio.Protocol):
+    """A connection over the limit: closed as soon as it is made."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+class _Counted(asyncio.Protocol):
+    """aiohttp's handler for one connection, counted while the connection lives (its TLS
+    handshake included: the weak set drops it when the transport does)."""
+
+    def __init__(self, handler: asyncio.Protocol, live: weakref.WeakSet[_Counted]) -> None:
+        self._handler, self._live = handler, live
+        live.add(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._handler.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._live.discard(self)
+        self._handler.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._handler.eof_received()
+
+    def pause_writing(self) -> None:
+        self._handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._handler.resume_writing()
+
+
+class BoundedSite(web.TCPSite):
+    """A TCPSite that holds at most `limit` connections at once; past it, new ones are closed."""
+
+    def __init__(
+        self, runner: web.AppRunner, host: str, port: int, *, ssl_context: ssl.SSLContext, limit: int, name: str
+    ) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context)
+        self._limit = limit
+        self._live: weakref.WeakSet[_Counted] = weakref.WeakSet()
+        metrics.track(name, lambda: len(self._live))
+
+    def _protocol(self) -> asyncio.Protocol:
+        if len(self._live) >= self._limit:
+            return _Closing()
+        server = self._runner.server
+        assert server is not None
+        return _Counted(server(), self._live)
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registered with the runner, which stops it
+        self._server = await asyncio.get_running_loop().create_server(
+            self._protocol,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+        )
+
+
 async def serve(
     app: web.Application,
     address: str,
@@ -151,12 +231,15 @@ async def serve(
     certfile: Path,
     keyfile: Path,
     what: str = "the token service, JWKS and revocations",
+    connections: str = "api-connections",
+    limit: int = MAX_CONNECTIONS,
 ) -> web.AppRunner:
+    """`connections`: the name its live connections are reported under (agentcred_kept_entries)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(str(certfile), str(keyfile))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, address, port, ssl_context=context).start()
+    await BoundedSite(runner, address, port, ssl_context=context, limit=limit, name=connections).start()
     log.info("serving %s on https://%s:%d", what, address, port)
     return runner

@@ -91,6 +91,11 @@ class StatusWriter:
         try:
             await self.kube.patch_credential_status(namespace, name, changes)
         except Exception as error:
+            if status_of(error) == 422:
+                # The schema refuses it and always will: trying again every interval only
+                # knocks at the API server. The next change of the credential tries afresh.
+                log.error("status of %s/%s refused by the CRD's schema (%s); not retried", namespace, name, error)
+                return
             log.warning("status of %s/%s not written (%s); will retry", namespace, name, status_of(error) or error)
             self.book.dirty.add(record.key)
             return

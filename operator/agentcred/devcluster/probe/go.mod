@@ -1,0 +1,3 @@
+module agentcred.dev/probe
+
+go 1.24
