@@ -66,6 +66,12 @@ INVALID = [
     ),
     ("unknown delivery", {"projection": {"delivery": "email"}}, "spec.projection.delivery", "Unsupported value"),
     (
+        "unknown dpop mode",
+        {"source": {"jwt": {"audiences": ["https://llm-gateway.internal"], "dpop": "sometimes"}}},
+        "spec.source.jwt.dpop",
+        "Unsupported value",
+    ),
+    (
         "gateway delivery of a minting service",
         {
             "source": {"webhook": {"url": "https://minter.internal"}},

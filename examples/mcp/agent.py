@@ -15,6 +15,12 @@ the server.
 
     MCP_SERVER_URL=http://docs-mcp.agents.svc:8000/mcp python agent.py
 
+With a sender-constrained credential (`dpop: required`), the agent holds a token bound to a
+key written next to it (MCP_TOKEN_FILE and MCP_DPOP_KEY_FILE, the credential's `token` and
+`dpop.jwk`): every request carries a fresh DPoP proof (RFC 9449, dpop_auth.py on joserfc), and
+a step-up exchanges that token at AGENTCRED_TOKEN_ENDPOINT for one with the scope the server
+names -- bound to the same key. A copy of any of its tokens is useless without the key.
+
 Through a gateway that asks agentcred about every call (`MCP_GATEWAY=true`, MCP_SERVER_URL
 the gateway's URL; see examples/gateway), the agent holds no token for the server at all: it
 shows the gateway its identity token, and the gateway attaches what agentcred hands it.
@@ -35,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
+from dpop_auth import DPoPAuth, DPoPKey, StepUpRefused
 from mcp import Client
 from mcp.client.auth import OAuthTokenError
 from mcp.client.auth.extensions.client_credentials import PrivateKeyJWTOAuthProvider
@@ -111,6 +118,9 @@ class Settings:
     token_file: str
     cafile: str | None
     gateway: bool = False  # through a gateway that asks agentcred: no token of the agent's own
+    value_file: str | None = None  # a DPoP-bound token (the credential's projected value) ...
+    key_file: str | None = None  # ... and the key it is bound to
+    token_endpoint: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -120,6 +130,9 @@ class Settings:
             token_file=os.environ["AGENTCRED_IDENTITY_TOKEN_FILE"],
             cafile=os.environ.get("AGENTCRED_CA_FILE"),
             gateway=os.environ.get("MCP_GATEWAY", "").lower() == "true",
+            value_file=os.environ.get("MCP_TOKEN_FILE"),
+            key_file=os.environ.get("MCP_DPOP_KEY_FILE"),
+            token_endpoint=os.environ.get("AGENTCRED_TOKEN_ENDPOINT"),
         )
 
 
@@ -129,6 +142,14 @@ async def connect(settings: Settings) -> AsyncIterator[Client]:
     auth: httpx2.Auth
     if settings.gateway:
         auth = GatewayIdentity(settings.token_file)
+    elif settings.key_file and settings.value_file:
+        value_file = settings.value_file
+        auth = DPoPAuth(
+            lambda: Path(value_file).read_text().strip(),
+            DPoPKey(settings.key_file),
+            settings.token_endpoint or f"{settings.issuer}/oauth2/token",
+            settings.server_url,
+        )
     else:
         auth = PrivateKeyJWTOAuthProvider(
             server_url=settings.server_url,
@@ -160,7 +181,7 @@ async def run(settings: Settings) -> int:
             print("search_docs:", *(getattr(item, "text", item) for item in found.content))
             deleted = await client.call_tool("delete_docs", {"titles": ["rotation"]})
             print("delete_docs was not refused:", *(getattr(item, "text", item) for item in deleted.content))
-    except* OAuthTokenError as refused:
+    except* (OAuthTokenError, StepUpRefused) as refused:
         refusal = refused.exceptions[0]
     except* MCPError as refused:  # through a gateway: agentcred's refusal, passed on by the gateway
         refusal = refused.exceptions[0]

@@ -17,6 +17,12 @@ agentcred's code. What makes it an OAuth 2.0 resource server:
   `WWW-Authenticate: Bearer error="insufficient_scope", scope="<the scope it needs>"`, which
   MCP clients answer by asking their authorization server for that scope (step-up).
 
+Sender-constrained tokens (DPoP, RFC 9449): a token whose `cnf.jkt` binds it to a key is
+accepted only as `Authorization: DPoP <token>` with a `DPoP` proof signed by that key for this
+request (`htm`, `htu`, `iat` within a minute, a `jti` not seen before, `ath` = the token's
+hash), checked with PyJWT; otherwise 401 with a `WWW-Authenticate: DPoP` challenge. A copy of
+the token from a log or a transcript is useless without the key.
+
 The metadata lists no `scopes_supported` on purpose: MCP clients ask for every scope listed
 there at once, and agentcred refuses a request that asks for anything outside the agent's
 credential, so an agent allowed one tool would get no token at all. Clients ask per tool,
@@ -29,9 +35,14 @@ when a call is refused.
 from __future__ import annotations
 
 import argparse
+import base64
+import contextvars
+import hashlib
+import hmac
 import json
 import logging
 import ssl
+import time
 import urllib.request
 from typing import Any
 from urllib.parse import urlsplit
@@ -59,6 +70,64 @@ TOOL_DETAILS = "agentcred.dev/tool"  # the authorization_details type agentcred 
 ACTION = "call"  # every tool here is one MCP `tools/call`
 MAX_BODY = 1024 * 1024  # what the scope check reads of a request before it refuses it
 LEEWAY = 30  # seconds of clock skew tolerated on exp
+PROOF_ALGORITHMS = ["ES256", "ES384", "EdDSA", "PS256", "RS256"]  # asymmetric only (RFC 9449 §4.2)
+PROOF_MAX_AGE = 60  # seconds a proof is accepted after it was made
+# The token a DPoP proof was checked for in this request, and its claims (set by DPoPProofs,
+# read by the token verifier in the same request).
+PROVEN: contextvars.ContextVar[tuple[str, dict[str, Any]] | None] = contextvars.ContextVar("proven", default=None)
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def thumbprint(jwk: dict[str, Any]) -> str:
+    """RFC 7638: SHA-256 over the key's required members, sorted, without whitespace."""
+    required = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"), "OKP": ("crv", "kty", "x")}[jwk["kty"]]
+    canonical = json.dumps({name: jwk[name] for name in required}, separators=(",", ":"), sort_keys=True)
+    return b64url(hashlib.sha256(canonical.encode()).digest())
+
+
+class ProofRefused(Exception):
+    pass
+
+
+class Proofs:
+    """RFC 9449 §4.3 with PyJWT: the proof's own key, its claims against the request, each jti once."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, float] = {}
+
+    def check(self, proof: str, method: str, url: str, token: str, jkt: str) -> None:
+        try:
+            header = jwt.get_unverified_header(proof)
+            jwk = header.get("jwk")
+            if header.get("typ") != "dpop+jwt" or header.get("alg") not in PROOF_ALGORITHMS:
+                raise ProofRefused("the proof's typ must be dpop+jwt and its alg asymmetric")
+            if not isinstance(jwk, dict) or {"d", "p", "q", "k"} & set(jwk):
+                raise ProofRefused("the proof's jwk must be a public key")
+            if thumbprint(jwk) != jkt:
+                raise ProofRefused("the proof is not signed by the key the token is bound to")
+            claims = jwt.decode(
+                proof,
+                jwt.PyJWK(jwk, header["alg"]).key,
+                algorithms=[header["alg"]],
+                leeway=5,
+                options={"require": ["jti", "htm", "htu", "iat"], "verify_aud": False},
+            )
+        except (jwt.PyJWTError, KeyError, ValueError, TypeError) as error:
+            raise ProofRefused(f"the proof does not verify: {error}") from None
+        now = time.time()
+        if claims["htm"] != method or str(claims["htu"]).split("?")[0].rstrip("/") != url.rstrip("/"):
+            raise ProofRefused("the proof is for another request")
+        if not now - PROOF_MAX_AGE <= claims["iat"] <= now + 5:
+            raise ProofRefused("the proof is stale")
+        if not hmac.compare_digest(str(claims.get("ath", "")), b64url(hashlib.sha256(token.encode()).digest())):
+            raise ProofRefused("the proof is for another token")
+        self.seen = {jti: until for jti, until in self.seen.items() if until > now}
+        if f"{jkt}:{claims['jti']}" in self.seen:
+            raise ProofRefused("the proof was used before")
+        self.seen[f"{jkt}:{claims['jti']}"] = now + PROOF_MAX_AGE + 5
 
 
 def authorization_server_metadata(issuer: str, context: ssl.SSLContext) -> dict[str, Any]:
@@ -111,12 +180,19 @@ class AgentcredTokens(TokenVerifier):
         return claims
 
     async def verify_token(self, token: str) -> AccessToken | None:
-        try:
-            # PyJWKClient fetches keys with blocking I/O: off the event loop.
-            claims = await anyio.to_thread.run_sync(self.claims, token)
-        except (jwt.PyJWTError, OSError) as error:
-            log.info("refused a token: %s", error)  # the reason, never the token
-            return None
+        proven = PROVEN.get()
+        if proven is not None and proven[0] == token:
+            claims = proven[1]
+        else:
+            try:
+                # PyJWKClient fetches keys with blocking I/O: off the event loop.
+                claims = await anyio.to_thread.run_sync(self.claims, token)
+            except (jwt.PyJWTError, OSError) as error:
+                log.info("refused a token: %s", error)  # the reason, never the token
+                return None
+            if isinstance(claims.get("cnf"), dict):
+                log.info("refused a DPoP-bound token sent without its proof")
+                return None
         return AccessToken(
             token=token,
             client_id=str(claims["client_id"]),
@@ -126,6 +202,55 @@ class AgentcredTokens(TokenVerifier):
             subject=str(claims["sub"]),
             claims=claims,
         )
+
+
+class DPoPProofs:
+    """ASGI middleware, outermost: `Authorization: DPoP <token>` with a proof by the token's key
+    for this request becomes the bearer the SDK's authentication reads (the token's claims kept
+    for its verifier); a missing or wrong proof is answered 401 with a DPoP challenge."""
+
+    def __init__(self, app: ASGIApp, *, path: str, resource: str, tokens: AgentcredTokens) -> None:
+        self.app, self.path, self.resource, self.tokens = app, path, resource, tokens
+        self.proofs = Proofs()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
+        kind, _, token = headers.get("authorization", "").partition(" ")
+        if kind.lower() != "dpop":
+            await self.app(scope, receive, send)
+            return
+        token = token.strip()
+        try:
+            claims = await anyio.to_thread.run_sync(self.tokens.claims, token)
+            jkt = (claims.get("cnf") or {}).get("jkt")
+            if not isinstance(jkt, str):
+                raise ProofRefused("the token is not bound to a key: send it as Bearer")
+            self.proofs.check(headers.get("dpop", ""), scope["method"], self.resource, token, jkt)
+        except (jwt.PyJWTError, OSError, ProofRefused) as error:
+            log.info("refused a DPoP request: %s", error)  # the reason, never the token
+            body = json.dumps({"error": "invalid_dpop_proof", "error_description": str(error)[:200]}).encode()
+            challenge = f'DPoP error="invalid_dpop_proof", algs="{" ".join(PROOF_ALGORITHMS)}"'
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 401,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"www-authenticate", challenge.encode()),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        # The SDK authenticates bearer tokens: hand it this one, proven, with its claims.
+        rest = [(k, v) for k, v in scope.get("headers", []) if k.lower() not in (b"authorization", b"dpop")]
+        scope = {**scope, "headers": [*rest, (b"authorization", f"Bearer {token}".encode())]}
+        PROVEN.set((token, claims))
+        await self.app(scope, receive, send)
 
 
 class Tools:
@@ -287,9 +412,10 @@ def build(
     """The server's ASGI application; with `namespace`, only that tenant's agents get in."""
     docs = dict(DOCS)
     tools = Tools({"search_docs", "delete_docs"}, collection, resource)
+    verifier = AgentcredTokens(issuer, resource, context, namespace)
     server = MCPServer(
         "docs",
-        token_verifier=AgentcredTokens(issuer, resource, context, namespace),
+        token_verifier=verifier,
         # Strings, not AnyHttpUrl objects: the settings keep a path-less issuer as it is
         # spelled, where AnyHttpUrl would add a "/" and the issuer would no longer match.
         auth=AuthSettings.model_validate(
@@ -320,6 +446,8 @@ def build(
     # Innermost of the app's middleware, so after the SDK's bearer authentication: it sees
     # the verified token. (Starlette's add_middleware would put it first, before that.)
     app.user_middleware.append(Middleware(ToolScopes, path=path, tools=tools, resource_metadata=resource_metadata))
+    # Outermost: a DPoP proof is checked before anything reads the token.
+    app.user_middleware.insert(0, Middleware(DPoPProofs, path=path, resource=resource, tokens=verifier))
     return app
 
 

@@ -59,6 +59,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, gateway_grpc_port=args.gateway_grpc_port)
     if args.standalone:
         config = dataclasses.replace(config, leader_election=False)
+    if args.dpop_nonce:
+        config = dataclasses.replace(config, dpop_nonce=True)
     verbose = args.verbose or args.log_level == "debug"
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if args.log_json else kopf.LogFormat.PLAIN)
     if args.log_level in ("warning", "error"):
@@ -137,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(WEBHOOK_MODES),
         help="manage the MutatingWebhookConfiguration (default), only inject its CA bundle "
         "(the Helm chart owns it), or leave it alone",
+    )
+    run.add_argument(
+        "--dpop-nonce",
+        action="store_true",
+        help="DPoP proofs at the token endpoint must carry a server nonce (RFC 9449 §8)",
     )
     run.add_argument(
         "--introspector",
@@ -259,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--tool", help="the tool the token must cover")
     verify.add_argument("--action", help="the action the token must cover")
     verify.add_argument("--resource", help="the resource the token must cover")
+    verify.add_argument("--dpop-proof", help="the DPoP header the token came with (for a DPoP-bound token)")
+    verify.add_argument("--method", help="the HTTP method of the request the proof is for")
+    verify.add_argument("--request-url", help="the URL of the request the proof is for")
     verify.set_defaults(func=cmd_verify)
 
     rotate = commands.add_parser(

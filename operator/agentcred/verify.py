@@ -15,11 +15,17 @@ names are the contract.
         )
     except TokenRejected as refused:
         print(refused.reason)  # stable for programs: "expired", "revoked", "out-of-scope", ...
+
+A DPoP-bound token (RFC 9449) is verified with the request it came with:
+
+    claims = verifier.verify(token, audience=..., namespace="agents",
+                             presented=Presented("POST", "https://tools.agents.svc/mcp",
+                                                 scheme="DPoP", proof=request.headers["DPoP"]))
 """
 
 from __future__ import annotations
 
-from .client.verify import TokenRejected, Verifier, describe_grant, revocation_list
+from .client.verify import Presented, TokenRejected, Verifier, describe_grant, revocation_list
 from .rules.scope import Intent
 
-__all__ = ["Intent", "TokenRejected", "Verifier", "describe_grant", "revocation_list"]
+__all__ = ["Intent", "Presented", "TokenRejected", "Verifier", "describe_grant", "revocation_list"]

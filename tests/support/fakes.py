@@ -22,7 +22,7 @@ from typing import Any
 from agentcred.api import labels
 from agentcred.platform.kube import ApiError, Conflict, Gone, NotFound
 from agentcred.runtime.events import EventRecorder
-from agentcred.runtime.tokens.callers import POD_NAME_EXTRA, POD_UID_EXTRA
+from agentcred.runtime.tokens.callers import CREDENTIAL_ID_EXTRA, POD_NAME_EXTRA, POD_UID_EXTRA
 
 
 def merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -84,6 +84,7 @@ class Review:
     pod_name: str | None
     pod_uid: str | None
     audience: str
+    token_id: str = ""  # the jti the API server reports (authentication.kubernetes.io/credential-id)
 
 
 class InMemoryApi:
@@ -209,7 +210,7 @@ class InMemoryApi:
         """A token the API server would accept for the ServiceAccount (bound to a pod when
         `pod_name` is given), for `audience`; opaque, as far as the caller can tell."""
         token = "sa-token-" + secrets.token_urlsafe(16)
-        self._tokens[token] = Review(namespace, service_account, pod_name, pod_uid, audience)
+        self._tokens[token] = Review(namespace, service_account, pod_name, pod_uid, audience, secrets.token_urlsafe(8))
         return token
 
     async def review_token(self, token: str, audiences: list[str]) -> dict[str, Any]:
@@ -220,9 +221,9 @@ class InMemoryApi:
             return {"authenticated": False, "error": "invalid bearer token"}
         if found.audience not in audiences:
             return {"authenticated": False, "error": "token audiences are invalid"}
-        extra = {}
+        extra: dict[str, list[str | None]] = {CREDENTIAL_ID_EXTRA: [f"JTI={found.token_id}"]}
         if found.pod_name is not None:
-            extra = {POD_NAME_EXTRA: [found.pod_name], POD_UID_EXTRA: [found.pod_uid]}
+            extra.update({POD_NAME_EXTRA: [found.pod_name], POD_UID_EXTRA: [found.pod_uid]})
         return {
             "authenticated": True,
             "user": {"username": f"system:serviceaccount:{found.namespace}:{found.service_account}", "extra": extra},

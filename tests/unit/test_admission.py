@@ -208,8 +208,12 @@ def test_a_pod_with_a_minted_credential_gets_its_identity_for_the_token_service(
     admitted = inject(pod(), NS, lookup_of(record()), KEYS, NOW, issuer=ISSUER)
     binding = admitted["metadata"]["annotations"][labels.BINDING_ANNOTATION]
     identity = next(v for v in admitted["spec"]["volumes"] if v["name"] == labels.IDENTITY_VOLUME)
-    token, ca = identity["projected"]["sources"]
+    token, assertion, ca = identity["projected"]["sources"]
     assert token == {"serviceAccountToken": {"audience": "agentcred", "expirationSeconds": 600, "path": "token"}}
+    # Workload identity federation: the same identity addressed to the token endpoint itself.
+    assert assertion == {
+        "serviceAccountToken": {"audience": f"{ISSUER}/oauth2/token", "expirationSeconds": 600, "path": "assertion"}
+    }
     assert ca["secret"] == {
         "name": f"agentcred-{binding}",
         "optional": True,
@@ -224,6 +228,7 @@ def test_a_pod_with_a_minted_credential_gets_its_identity_for_the_token_service(
             "AGENTCRED_TOKEN_ENDPOINT": f"{ISSUER}/oauth2/token",
             "AGENTCRED_IDENTITY_TOKEN_FILE": "/var/run/secrets/agentcred/token",
             "AGENTCRED_CA_FILE": "/var/run/secrets/agentcred/ca.crt",
+            "AGENTCRED_ASSERTION_FILE": "/var/run/secrets/agentcred/assertion",
         }
     # The identity volume is not a credential: the operator still reads the task right.
     task = pod_task({**admitted, "metadata": {**admitted["metadata"], "name": "p", "uid": "u"}})
@@ -291,7 +296,7 @@ def test_a_gateway_only_credential_is_recorded_in_the_identity_volume_and_never_
     )
     volumes = {v["name"]: v for v in admitted["spec"]["volumes"]}
     assert set(volumes) == {labels.volume_name("research-llm"), labels.IDENTITY_VOLUME}
-    items = volumes[labels.IDENTITY_VOLUME]["projected"]["sources"][1]["secret"]["items"]
+    items = volumes[labels.IDENTITY_VOLUME]["projected"]["sources"][-1]["secret"]["items"]
     assert {"key": labels.gateway_key("upstream"), "path": f"{labels.GATEWAY_DIRECTORY}/upstream"} in items
     for container in admitted["spec"]["containers"]:
         assert [m["mountPath"] for m in container["volumeMounts"]] == [

@@ -253,6 +253,14 @@ def test_a_static_credential_is_judged_against_its_upstream_secret_every_time() 
     assert after is not None and after.verdict().reason != "UpstreamNotShared"
 
 
+def test_a_policy_that_requires_dpop_allows_only_credentials_whose_tokens_are_bound() -> None:
+    strict = {"strict": policy(requireDPoP=True)}
+    bearer = judge(parse_spec(spec()), "agents", RESEARCH, strict)
+    assert not bearer.allowed and "set source.jwt.dpop to required" in bearer.message
+    bound = spec(source={"jwt": {"audiences": ["https://llm-gateway.internal"], "dpop": "required"}})
+    assert judge(parse_spec(bound), "agents", RESEARCH, strict).allowed
+
+
 def test_an_upstream_secret_says_exactly_what_stands_in_the_way() -> None:
     from agentcred.rules.credentials import SharedSecret, credential_record, upstream_problem
     from samples import EXCEPTION, STATIC_SOURCE, credential

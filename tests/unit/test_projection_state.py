@@ -111,7 +111,7 @@ def test_patch_removes_revoked_keys_and_labels_and_guards_the_version() -> None:
     )
     revoked = without(previous, {"a": "emergency"})
     patch = secret_patch(revoked, {}, ("a",), previous=previous, sign=SEAL.sign)
-    assert patch["data"] == {"a.token": None, "a.expires-at": None}
+    assert patch["data"] == {"a.token": None, "a.expires-at": None, "a.dpop.jwk": None}  # the key, if it had one
     assert patch["metadata"]["labels"][labels.credential_label("a")] is None
     assert patch["metadata"]["resourceVersion"] == "42"
     assert json.loads(patch["metadata"]["annotations"][labels.STATE_ANNOTATION])["revoked"] == {"a": "emergency"}

@@ -56,7 +56,7 @@ def test_a_ring_from_an_older_version_gains_the_keys_it_lacks() -> None:
     old = KeyRing(tuple(k for k in ring.keys if k.alg != "RS256"), ring.macs[:1])
     completed = old.completed(NOW)
     assert {k.alg for k in completed.keys} == {"EdDSA", "ES256", "RS256"}
-    assert {k.purpose for k in completed.macs} == {"admission", "bookkeeping", "fingerprint"}
+    assert {k.purpose for k in completed.macs} == {"admission", "bookkeeping", "fingerprint", "dpop-nonce"}
     assert completed.keys[:2] == old.keys and completed.completed(NOW) is completed
 
 

@@ -48,6 +48,8 @@ RENEW_ANNOTATION = f"{GROUP}/renew"
 SECRET_PREFIX = "agentcred-"
 VOLUME_PREFIX = "agentcred-"
 VALUE_FILE = "token"
+# The private key (a JWK) a DPoP-bound value is bound to, next to it, rotated with it.
+DPOP_KEY_FILE = "dpop.jwk"
 EXPIRY_FILE = "expires-at"
 # A gateway-only credential a pod was admitted for: an item of the identity volume naming a
 # key the operator never writes (so no file appears), recorded in the pod's immutable spec.
@@ -61,6 +63,9 @@ SERVICE_ACCOUNT_AUDIENCE = "agentcred"
 IDENTITY_VOLUME = f"{VOLUME_PREFIX}identity"
 IDENTITY_MOUNT_PATH = "/var/run/secrets/agentcred"
 IDENTITY_TOKEN_FILE = "token"
+# The pod's identity addressed to the token endpoint itself: a workload identity federation
+# assertion (MCP's jwt-bearer profile), single-use, rotated by the kubelet like the other.
+ASSERTION_FILE = "assertion"
 IDENTITY_TOKEN_SECONDS = 600  # the shortest the API server allows; the kubelet renews at 80%
 CA_KEY = "ca.crt"  # in each pod's Secret, and in the operator's `<instance>-ca-bundle` ConfigMap
 IDENTITY_ENV = {
@@ -97,6 +102,10 @@ def volume_name(credential: str) -> str:
 
 def value_key(credential: str) -> str:
     return f"{credential}.{VALUE_FILE}"
+
+
+def dpop_key_key(credential: str) -> str:
+    return f"{credential}.{DPOP_KEY_FILE}"
 
 
 def gateway_key(credential: str) -> str:

@@ -32,6 +32,7 @@ from .schema import (
     SECRET_KEY,
     Category,
     Date,
+    DPoPMode,
     Duration,
     GlobPattern,
     HttpsUrl,
@@ -130,6 +131,17 @@ class JwtSource(Model):
     algorithm: JwtAlgorithm | None = Field(
         default=None, description="Signing algorithm; the operator's default when unset."
     )
+    dpop: DPoPMode = Field(
+        default="optional",
+        description="Sender constraint (DPoP, RFC 9449). optional: a token is bound to a key (cnf.jkt) when "
+        "its request carries a DPoP proof, a bearer token otherwise. required: every token is bound -- the "
+        "token service refuses requests without a proof (invalid_dpop_proof), and each value written into a "
+        "pod is bound to a key generated for that pod and value, written next to it (dpop.jwk).",
+    )
+
+    @property
+    def dpop_required(self) -> bool:
+        return self.dpop == "required"
 
 
 class SecretRefSource(Model):

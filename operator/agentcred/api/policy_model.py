@@ -92,6 +92,12 @@ class AgentCredentialPolicySpec(Model):
         default="8h", description="The longest maxLifetime allowed, a duration (s, m, h, d). Default 8h."
     )
     scope: ScopeBounds | None = Field(default=None, description="The widest scope allowed (unbounded when unset).")
+    require_dpop: bool = Field(
+        default=False,
+        alias="requireDPoP",
+        description="Every minted (jwt) credential this policy allows must have sender-constrained tokens "
+        "(source.jwt.dpop: required): a token copied out of a pod is useless without its key.",
+    )
     gateway: PolicyGateway | None = Field(
         default=None,
         description="What every call through a gateway must meet, with a credential this policy allows "

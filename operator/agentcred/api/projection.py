@@ -210,7 +210,12 @@ def _metadata(state: ProjectionState, sign: Sign) -> dict[str, Any]:
 
 
 def secret_body(
-    state: ProjectionState, new_values: dict[str, bytes], pod_uid: str, sign: Sign, ca: bytes = b""
+    state: ProjectionState,
+    new_values: dict[str, bytes],
+    pod_uid: str,
+    sign: Sign,
+    ca: bytes = b"",
+    keys: Mapping[str, bytes] | None = None,
 ) -> dict[str, Any]:
     """A new Secret holding `new_values` (and the operator's CA, for the pod to reach the
     token service), owned by the pod so the cluster's GC backs us up."""
@@ -228,7 +233,7 @@ def secret_body(
         "type": "Opaque",
         "immutable": False,
         "metadata": metadata,
-        "data": _data(state, new_values, ca),
+        "data": _data(state, new_values, ca, keys or {}),
     }
 
 
@@ -239,24 +244,32 @@ def secret_patch(
     previous: ProjectionState,
     sign: Sign,
     ca: bytes = b"",
+    keys: Mapping[str, bytes] | None = None,
 ) -> dict[str, Any]:
-    """A merge patch that writes `new_values` (and the current CA), drops `removed`, and
-    fails on a stale base."""
+    """A merge patch that writes `new_values` (with the DPoP `keys` they are bound to, and the
+    current CA), drops `removed`, and fails on a stale base. A value renewed without a key
+    loses the key it had."""
     metadata = _metadata(state, sign)
     stale_labels = {labels.credential_label(name): None for name in previous.values if name not in state.values}
     metadata["labels"].update(stale_labels)
     metadata["resourceVersion"] = previous.resource_version
-    data: dict[str, Any] = dict(_data(state, new_values, ca))
+    data: dict[str, Any] = dict(_data(state, new_values, ca, keys or {}))
+    for name in new_values:
+        if name not in (keys or {}):
+            data[labels.dpop_key_key(name)] = None
     for name in removed:
         data[labels.value_key(name)] = None
         data[labels.expiry_key(name)] = None
+        data[labels.dpop_key_key(name)] = None
     return {"metadata": metadata, "data": data}
 
 
-def _data(state: ProjectionState, new_values: dict[str, bytes], ca: bytes) -> dict[str, str]:
+def _data(state: ProjectionState, new_values: dict[str, bytes], ca: bytes, keys: Mapping[str, bytes]) -> dict[str, str]:
     data = {labels.CA_KEY: _b64(ca)} if ca else {}
     for name, value in new_values.items():
         data[labels.value_key(name)] = _b64(value)
+        if name in keys:
+            data[labels.dpop_key_key(name)] = _b64(keys[name])
         data[labels.expiry_key(name)] = _b64(format_time(state.values[name].expires_at).encode())
     return data
 

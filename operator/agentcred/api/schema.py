@@ -18,6 +18,7 @@ CATEGORIES: tuple[str, ...] = Category.__args__  # type: ignore[attr-defined]
 SourceKind = Literal["jwt", "secretRef", "webhook"]
 JwtAlgorithm = Literal["EdDSA", "ES256", "RS256"]
 OnLeak = Literal["reissue", "quarantine"]
+DPoPMode = Literal["optional", "required"]
 
 # A DNS-1123 label (a namespace's or a ServiceAccount's name, say): the one spelling of the rule.
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"

@@ -59,6 +59,9 @@ class OperatorConfig:
     token_burst: int = 20
     # ServiceAccounts allowed to introspect tokens ("namespace/name"), e.g. gateways and MCP servers.
     introspectors: tuple[str, ...] = ()
+    # DPoP (RFC 9449) at the token endpoint: ask proofs for a server nonce (§8), so a proof made
+    # ahead of time is refused; clients retry once with the nonce they are given.
+    dpop_nonce: bool = False
     source_rate: float = 10.0  # refused tokens per second per client address before it gets 429
     source_burst: int = 40
     revocation_shards: int = 8  # ConfigMaps holding the revocation list (~12,000 entries each)
@@ -155,6 +158,7 @@ class OperatorConfig:
             key_rotation_days=int(_env("KEY_ROTATION_DAYS", str(cls.key_rotation_days))),
             audit_log=_env("AUDIT_LOG", cls.audit_log),
             leader_election=_env("LEADER_ELECTION", "true").lower() == "true",
+            dpop_nonce=_env("DPOP_NONCE", "false").lower() == "true",
             lease_duration=int(_env("LEASE_DURATION", str(cls.lease_duration))),
             lease_renew=float(_env("LEASE_RENEW", str(cls.lease_renew))),
             status_interval=float(_env("STATUS_INTERVAL", str(cls.status_interval))),

@@ -27,6 +27,7 @@ from ..api import labels
 from ..platform.fingerprints import Fingerprints
 from ..platform.keys import KeyRing
 from ..platform.kube import Kube, load_configuration
+from ..platform.proofs import ProofChecker
 from ..platform.revocations import RevocationList
 from ..rules.leaks import parse_reporters
 from ..rules.seal import Bookkeeping
@@ -216,8 +217,9 @@ def build_parts(
     )
 
     # Pods present their projected token (audience `agentcred`); OAuth clients that follow
-    # RFC 7523bis address their assertion to the issuer itself.
-    audiences = [labels.SERVICE_ACCOUNT_AUDIENCE, config.effective_issuer]
+    # RFC 7523bis address their assertion to the issuer itself, workload identity federation
+    # (MCP's draft) to the token endpoint: those are single-use (the token service keeps jti).
+    audiences = [labels.SERVICE_ACCOUNT_AUDIENCE, config.effective_issuer, f"{config.effective_issuer}/oauth2/token"]
 
     def revocations_unsure() -> str | None:
         """A follower's doubt about its revocation list (see RevocationStore.unsure)."""
@@ -238,6 +240,7 @@ def build_parts(
         limiter=RateLimiter(rate=config.token_rate, burst=config.token_burst),
         by_source=RateLimiter(rate=config.source_rate, burst=config.source_burst),
         introspectors=frozenset(config.introspectors),
+        proofs=ProofChecker(keyring, require_nonce=config.dpop_nonce),
         unsure=revocations_unsure,
         scope_time=RateLimiter(config.scope_ms_per_second, config.scope_ms_burst),
     )

@@ -112,7 +112,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from ..api.times import format_time
     from ..rules.scope import Intent
     from .errors import UNREACHABLE, USAGE
-    from .verify import TokenRejected, Verifier, describe_grant
+    from .verify import Presented, TokenRejected, Verifier, describe_grant
 
     token = sys.stdin.read() if args.token in (None, "-") else args.token
     if args.jwks_file and not args.issuer:
@@ -144,8 +144,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 2
     intent = Intent(*intent_parts) if all(intent_parts) else None
     namespace = None if args.any_namespace else args.namespace
+    presented = None
+    if args.dpop_proof:
+        if not (args.method and args.request_url):
+            print("a DPoP proof is checked against its request: give --method and --request-url", file=sys.stderr)
+            return USAGE
+        presented = Presented(args.method, args.request_url, scheme="DPoP", proof=args.dpop_proof)
     try:
-        claims = verifier.verify(token, audience=args.audience, intent=intent, namespace=namespace)
+        claims = verifier.verify(token, audience=args.audience, intent=intent, namespace=namespace, presented=presented)
     except TokenRejected as rejected:
         print(f"refused ({rejected.reason}): {rejected.message}")
         return 1
@@ -155,6 +161,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         f"valid: sub={claims['sub']} namespace={facts.get('namespace')} credential={facts.get('credential')} "
         f"pod={facts.get('pod')} jti={claims['jti']} expires={expires}"
     )
+    if isinstance(claims.get("cnf"), dict):
+        print(f"bound to DPoP key {claims['cnf'].get('jkt')} (the proof matched)")
     for line in describe_grant(claims):
         print(f"  {line}")
     return 0

@@ -3,8 +3,15 @@
 Checks, in order, each with its own refusal reason: structure, type (`at+jwt`, RFC 9068 --
 no other kind of JWT passes for an access token), algorithm (EdDSA, ES256 or RS256; `none`
 and HMAC are refused before any key is touched), `kid`, signature, issuer, audience, time
-window, revocation, and -- if an intent is given -- scope (the intents a narrowed token
-grants, else its credential's scope patterns).
+window, revocation, sender constraint, and -- if an intent is given -- scope (the intents a
+narrowed token grants, else its credential's scope patterns).
+
+A token bound to a key (`cnf.jkt`, RFC 9449) is accepted only with the request it came with
+(`Presented`): sent with the `DPoP` scheme, and a proof signed by that key covering the
+method, URL, the token itself (`ath`) and -- when the proof carries `content_digest` and the
+body is given -- the body, used once (`dpop-missing`, `dpop-wrong-scheme`, `dpop-key-mismatch`,
+`dpop-replayed`, `dpop-stale`, `dpop-wrong-url`, `dpop-wrong-method`, `dpop-wrong-token`,
+`dpop-body-mismatch`, `dpop-bad-signature`, `dpop-invalid`, ...).
 
     verifier = Verifier.from_url("https://agentcred.agentcred.svc:8443", cafile="ca.crt")
     claims = verifier.verify(token, audience="https://llm-gateway.internal", namespace="agents",
@@ -27,7 +34,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ..platform.keys import ACCESS_TOKEN_TYPE, ALGORITHMS, b64url_decode
+from ..platform.proofs import ProofChecker
 from ..platform.revocations import EXPIRY_SKEW, RevocationList, parse_document, served_key
+from ..rules.dpop import TOKEN_TYPE as DPOP_SCHEME
+from ..rules.dpop import Covered, ProofRefused, confirmation
 from ..rules.oauth import granted_intents
 from ..rules.scope import Intent, scope_covers
 
@@ -44,6 +54,18 @@ class TokenRejected(Exception):
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
+
+
+@dataclass(frozen=True)
+class Presented:
+    """How a token arrived: the request's method and URL (as the client addressed it), the
+    Authorization scheme it came with, its `DPoP` header, and its body when the verifier sees it."""
+
+    method: str
+    url: str
+    scheme: str = "Bearer"
+    proof: str | None = None
+    body: bytes | None = None
 
 
 PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
@@ -80,6 +102,7 @@ class Verifier:
     jwks: dict[str, Any]
     issuer: str
     revoked: RevocationList = field(default_factory=RevocationList)
+    proofs: ProofChecker = field(default_factory=ProofChecker)  # each proof once, per pod
 
     def __post_init__(self) -> None:
         self._keys = {}
@@ -115,11 +138,13 @@ class Verifier:
         namespace: str | None,
         credential: str | None = None,
         now: float | None = None,
+        presented: Presented | None = None,
     ) -> dict[str, Any]:
         """The token's claims if it is ours, for `audience`, live and not revoked, issued in
         `namespace` (the tenant this verifier serves: required, so that no gateway forgets to
-        pin it; None accepts any namespace, said out loud), for `credential` if given, and
-        covering `intent` if given."""
+        pin it; None accepts any namespace, said out loud), for `credential` if given,
+        covering `intent` if given, and -- if it is bound to a key -- `presented` with a proof
+        by that key."""
         parts = token.strip().split(".")
         if len(parts) != 3 or not all(parts[:2]):
             raise TokenRejected("malformed", "a token has three dot-separated parts")
@@ -154,6 +179,7 @@ class Verifier:
                 raise TokenRejected(
                     f"wrong-{name}", f"the token was issued for {name} {issued.get(name)!r}, not {expected!r}"
                 )
+        self._check_sender(token.strip(), claims, presented)
         if intent is not None:
             granted = granted_intents(claims)
             if granted is not None and intent not in granted:
@@ -163,6 +189,25 @@ class Verifier:
                 if not decision.allowed:
                     raise TokenRejected("out-of-scope", decision.message)
         return claims
+
+    def _check_sender(self, token: str, claims: dict[str, Any], presented: Presented | None) -> None:
+        bound = confirmation(claims)
+        if bound is None:
+            return
+        if presented is None or not presented.proof:
+            raise TokenRejected(
+                "dpop-missing", f"the token is DPoP-bound (key {bound}): the request needs a DPoP proof"
+            )
+        if presented.scheme.lower() != DPOP_SCHEME.lower():
+            raise TokenRejected(
+                "dpop-wrong-scheme", f"a DPoP-bound token is sent as 'Authorization: DPoP', not {presented.scheme}"
+            )
+        covered = Covered(presented.method, presented.url, access_token=token, body=presented.body)
+        holder = str(_agentcred_claim(claims).get("podUID") or bound)
+        try:
+            self.proofs.check(presented.proof, covered, holder, bound_to=bound)
+        except ProofRefused as refused:
+            raise TokenRejected(refused.reason, refused.message) from None
 
     @staticmethod
     def _check_signature(key: Any, message: bytes, signature: bytes) -> None:

@@ -352,8 +352,9 @@ def _mcp_story(api: client.ApiClient, issuer: str, workdir: Path) -> int:
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
     folder = _example_path("mcp/deploy.yaml").parent
     documents = [d for d in yaml.safe_load_all((folder / "deploy.yaml").read_text()) if d]
-    [credential] = [d for d in documents if d["kind"] == "AgentCredential"]
-    [job] = [d for d in documents if d["kind"] == "Job"]
+    # deploy.yaml also has the same agent with a DPoP-bound credential; the demo runs the first.
+    [credential] = [d for d in documents if d["kind"] == "AgentCredential" and d["metadata"]["name"] == "docs-mcp"]
+    [job] = [d for d in documents if d["kind"] == "Job" and d["metadata"]["name"] == "docs-agent"]
     namespace = credential["metadata"]["namespace"]
 
     ca = workdir / "agentcred-ca.crt"

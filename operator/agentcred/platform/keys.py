@@ -154,8 +154,8 @@ def new_signing_key(alg: Algorithm, now: dt.datetime) -> SigningKey:
     return SigningKey(alg=alg, private_key=private_key, created_at=now)
 
 
-MacPurpose = Literal["admission", "bookkeeping", "fingerprint"]
-MAC_PURPOSES: tuple[MacPurpose, ...] = ("admission", "bookkeeping", "fingerprint")
+MacPurpose = Literal["admission", "bookkeeping", "fingerprint", "dpop-nonce"]
+MAC_PURPOSES: tuple[MacPurpose, ...] = ("admission", "bookkeeping", "fingerprint", "dpop-nonce")
 
 
 @dataclass(frozen=True)

@@ -174,12 +174,21 @@ def _volume(record: CredentialRecord, secret_name: str) -> dict[str, Any]:
                         "items": [
                             {"key": labels.value_key(record.name), "path": labels.VALUE_FILE},
                             {"key": labels.expiry_key(record.name), "path": labels.EXPIRY_FILE},
+                            *_dpop_key(record),
                         ],
                     }
                 }
             ],
         },
     }
+
+
+def _dpop_key(record: CredentialRecord) -> list[dict[str, str]]:
+    """A value bound to a key (DPoP required) has its private key next to it."""
+    jwt = record.spec.source.jwt if record.spec is not None else None
+    if jwt is None or not jwt.dpop_required:
+        return []
+    return [{"key": labels.dpop_key_key(record.name), "path": labels.DPOP_KEY_FILE}]
 
 
 def needs_identity(records: list[CredentialRecord]) -> bool:
@@ -192,11 +201,22 @@ def needs_identity(records: list[CredentialRecord]) -> bool:
     )
 
 
-def _identity_volume(secret_name: str, gateway: list[CredentialRecord]) -> dict[str, Any]:
-    """The pod's identity; and, as items of keys the operator never writes (so no file ever
-    appears), the gateway-only credentials it was admitted for: recorded in the pod's
-    immutable spec, where the operator reads what a pod may have."""
+def _identity_volume(secret_name: str, gateway: list[CredentialRecord], issuer: str = "") -> dict[str, Any]:
+    """The pod's identity (for audience `agentcred`, and -- with an issuer to reach -- a second
+    token addressed to its token endpoint, for clients of MCP's workload identity federation);
+    and, as items of keys the operator never writes (so no file ever appears), the
+    gateway-only credentials it was admitted for: recorded in the pod's immutable spec, where
+    the operator reads what a pod may have."""
     marks = [{"key": labels.gateway_key(r.name), "path": f"{labels.GATEWAY_DIRECTORY}/{r.name}"} for r in gateway]
+    assertion = [
+        {
+            "serviceAccountToken": {
+                "audience": token_endpoint(issuer),
+                "expirationSeconds": labels.IDENTITY_TOKEN_SECONDS,
+                "path": labels.ASSERTION_FILE,
+            }
+        }
+    ]
     return {
         "name": labels.IDENTITY_VOLUME,
         "projected": {
@@ -209,6 +229,7 @@ def _identity_volume(secret_name: str, gateway: list[CredentialRecord]) -> dict[
                         "path": labels.IDENTITY_TOKEN_FILE,
                     }
                 },
+                *(assertion if issuer else []),
                 {
                     "secret": {
                         "name": secret_name,
@@ -221,8 +242,17 @@ def _identity_volume(secret_name: str, gateway: list[CredentialRecord]) -> dict[
     }
 
 
+def token_endpoint(issuer: str) -> str:
+    return f"{issuer}/oauth2/token"
+
+
 def identity_env(issuer: str) -> dict[str, str]:
-    return {"AGENTCRED_ISSUER": issuer, "AGENTCRED_TOKEN_ENDPOINT": f"{issuer}/oauth2/token", **labels.IDENTITY_ENV}
+    return {
+        "AGENTCRED_ISSUER": issuer,
+        "AGENTCRED_TOKEN_ENDPOINT": token_endpoint(issuer),
+        **labels.IDENTITY_ENV,
+        "AGENTCRED_ASSERTION_FILE": f"{labels.IDENTITY_MOUNT_PATH}/{labels.ASSERTION_FILE}",
+    }
 
 
 def _mount_clashes(pod: dict[str, Any], records: list[CredentialRecord]) -> None:
@@ -375,7 +405,7 @@ def apply(
     identity = identity_env(issuer) if issuer and needs_identity(records) else {}
     if identity or gateway_only(records):
         # A gateway-only credential is recorded in the identity volume: the pod needs it anyway.
-        volumes.append(_identity_volume(secret_name, gateway_only(records)))
+        volumes.append(_identity_volume(secret_name, gateway_only(records), issuer if identity else ""))
     for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
         _add_to_container(container, records, identity)
     spec.setdefault("schedulingGates", []).append({"name": labels.SCHEDULING_GATE})

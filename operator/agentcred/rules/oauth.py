@@ -52,9 +52,17 @@ class OAuthError(Exception):
     """A refusal as RFC 6749 §5.2 spells it: an error code, a description that says precisely
     why, and the HTTP status (400; 401 for client authentication; 429 to slow down)."""
 
-    def __init__(self, error: str, description: str, status: int = 400, retry_after: int | None = None) -> None:
+    def __init__(
+        self,
+        error: str,
+        description: str,
+        status: int = 400,
+        retry_after: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(f"{error}: {description}")
         self.error, self.description, self.status, self.retry_after = error, description, status, retry_after
+        self.headers = headers or {}  # beyond the RFC's own: DPoP-Nonce (RFC 9449 §8)
 
     def body(self) -> dict[str, str]:
         # RFC 6749 §5.2 allows only printable ASCII without `"` and `\` in a description.
@@ -355,9 +363,13 @@ def granted_intents(claims: dict[str, Any]) -> list[Intent] | None:
     return intents
 
 
-def authorization_server_metadata(issuer: str, algorithms: tuple[str, ...]) -> dict[str, Any]:
+def authorization_server_metadata(
+    issuer: str, algorithms: tuple[str, ...], dpop_algorithms: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """RFC 8414 metadata. There is no authorization endpoint to speak of (no browser, no code
-    flow), but clients' metadata models require one: it answers unsupported_response_type."""
+    flow), but clients' metadata models require one: it answers unsupported_response_type.
+    `dpop_signing_alg_values_supported` (RFC 9449 §5.1) says tokens can be bound to a key."""
+    extra: dict[str, Any] = {"dpop_signing_alg_values_supported": list(dpop_algorithms)} if dpop_algorithms else {}
     return {
         "issuer": issuer,
         "authorization_endpoint": f"{issuer}/oauth2/authorize",
@@ -374,4 +386,5 @@ def authorization_server_metadata(issuer: str, algorithms: tuple[str, ...]) -> d
         "authorization_details_types_supported": [TOOL_DETAILS_TYPE],
         "access_token_signing_alg_values_supported": list(algorithms),
         "revocation_list_uri": f"{issuer}/v1/revocations",
+        **extra,
     }

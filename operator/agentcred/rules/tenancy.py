@@ -168,6 +168,8 @@ def _refusals(policy: AgentCredentialPolicySpec, spec: AgentCredentialSpec, name
         for audience in spec.source.jwt.audiences:
             if not allows_value(audiences, audience):
                 refused.append(f"audience {audience!r} is not allowed (allowed: {', '.join(audiences) or 'none'})")
+        if policy.require_dpop and not spec.source.jwt.dpop_required:
+            refused.append("tokens must be sender-constrained: set source.jwt.dpop to required")
     if spec.source.webhook is not None and not allows_url(services, spec.source.webhook.url):
         refused.append(
             f"minting service {spec.source.webhook.url!r} is not allowed (allowed: {', '.join(services) or 'none'})"

@@ -32,6 +32,7 @@ class SourceUnavailable(Exception):
 class Produced:
     value: bytes
     issued: IssuedValue
+    key: bytes | None = None  # the private DPoP key (a JWK) the value is bound to, written next to it
 
     @classmethod
     def of(
@@ -45,6 +46,7 @@ class Produced:
         fingerprint: str,
         token_id: str | None = None,
         expires_at: dt.datetime | None = None,
+        key: bytes | None = None,
     ) -> Produced:
         """A value produced for `issue`, with its bookkeeping (never the value): `expires_at`
         when the source decides it (a minting service), else the planned expiry."""
@@ -60,7 +62,7 @@ class Produced:
             renewals=issue.renewals,
             source=kind,
         )
-        return cls(value, issued)
+        return cls(value, issued, key)
 
 
 class Source(Protocol):

@@ -36,6 +36,7 @@ class Grant:
     act: dict[str, Any] | None = None
     derived_from: tuple[str, ...] = ()
     grant_type: str | None = None  # the OAuth grant it was issued by; None: a projected value
+    jkt: str | None = None  # the DPoP key it is bound to (RFC 9449 §6.1); None: a bearer token
 
 
 def token_claims(
@@ -82,6 +83,8 @@ def token_claims(
         claims["authorization_details"] = list(grant.details)
     if grant.act is not None:
         claims["act"] = grant.act
+    if grant.jkt is not None:
+        claims["cnf"] = {"jkt": grant.jkt}
     claims["agentcred"] = issued
     return claims
 

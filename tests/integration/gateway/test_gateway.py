@@ -122,7 +122,8 @@ def test_an_allowed_tool_call_gets_a_token_minted_for_that_call(
     ]
     assert claims["agentcred"]["grant"] == "gateway" and claims["agentcred"]["podUID"] == agent["metadata"]["uid"]
     assert claims["exp"] - claims["iat"] <= 60
-    assert set(checked.removed) == {"cookie", "proxy-authorization"}  # Authorization itself is overwritten
+    # Authorization itself is overwritten; a DPoP proof (there is none here) goes no further either.
+    assert set(checked.removed) == {"cookie", "dpop", "proxy-authorization"}
     # The upstream holds that token: replayed to the gateway as the pod's identity, it is refused.
     replayed = ext_authz.check("POST", "/mcp", {"authorization": f"Bearer {token}"}, body)
     assert (replayed.status, replayed.body["reason"]) == (401, "invalid-token")

@@ -39,6 +39,8 @@ OTHER_AUDIENCE = "https://other-tool.internal"
 
 
 def _load(name: str) -> ModuleType:
+    if str(EXAMPLE) not in sys.path:  # the agent imports dpop_auth from beside it, as `python agent.py` does
+        sys.path.insert(0, str(EXAMPLE))
     spec = importlib.util.spec_from_file_location(f"mcp_example_{name}", EXAMPLE / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -244,3 +246,80 @@ def test_an_sdk_agent_with_its_pod_identity_calls_what_it_may_and_is_refused_the
     assert "Traceback" not in ran.stderr
     leaked = identity.read_text() in ran.stdout + ran.stderr  # a bare `not in` would print it on failure
     assert not leaked, "the pod's identity token appears in the agent's output"
+
+
+def test_a_dpop_bound_agent_calls_with_proofs_and_a_copy_of_its_token_is_useless(
+    cluster: Cluster, operator: OperatorProcess, kubelet, namespace: str, mcp_server: str, tmp_path: Path
+) -> None:
+    """The credential requires DPoP: the pod's value is bound to the key written beside it. The
+    example agent (dpop_auth.py on joserfc, no agentcred code) calls with a proof per request
+    and steps up by exchanging its bound value, with a proof, for the scope the server names;
+    the server (PyJWT) checks each proof. The same token without the key gets nowhere."""
+    import base64
+
+    from agents import read_secret, secret_name_of
+    from support.dpop import DPoPKey
+
+    service_account(cluster, namespace)
+    create_credential(
+        cluster,
+        namespace,
+        name="docs-mcp",
+        source={"jwt": {"audiences": [mcp_server], "dpop": "required"}},
+        scope=SCOPE,
+    )
+    pod = start_agent(cluster, namespace, credentials="docs-mcp")
+    secret = read_secret(cluster, namespace, secret_name_of(pod))
+    assert secret is not None
+    # What the kubelet writes at the credential's mountPath: the value and its key.
+    value, key = tmp_path / "token", tmp_path / "dpop.jwk"
+    value.write_bytes(base64.b64decode(secret["data"]["docs-mcp.token"]))
+    key.write_bytes(base64.b64decode(secret["data"]["docs-mcp.dpop.jwk"]))
+    for path in (value, key):
+        path.chmod(0o600)
+    identity = tmp_path / "identity"
+    identity.write_text(bound_token(cluster, namespace, pod))
+    env = {
+        **os.environ,
+        "MCP_SERVER_URL": mcp_server,
+        "AGENTCRED_ISSUER": operator.api_url,
+        "AGENTCRED_TOKEN_ENDPOINT": f"{operator.api_url}/oauth2/token",
+        "AGENTCRED_IDENTITY_TOKEN_FILE": str(identity),
+        "AGENTCRED_CA_FILE": operator.ca_file(),
+        "MCP_TOKEN_FILE": str(value),
+        "MCP_DPOP_KEY_FILE": str(key),
+    }
+    ran = subprocess.run(
+        [sys.executable, str(EXAMPLE / "agent.py")], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
+    assert "search_docs: rotation:" in ran.stdout
+    assert "delete_docs refused: Token exchange failed (400)" in ran.stdout and "invalid_scope" in ran.stdout
+    leaked = value.read_text() in ran.stdout + ran.stderr
+    assert not leaked, "the agent's token appears in its output"
+
+    # The step-up token is bound to the same key, as PyJWT reads it.
+    uid = pod["metadata"]["uid"]
+    (stepped,) = [line for line in audit_lines(operator, "exchange", podUID=uid) if line.get("intents")]
+    assert stepped["jkt"] == DPoPKey.from_private_jwk(json.loads(key.read_text())).jkt
+
+    # A copy of the bound value: as a bearer token, as DPoP without a proof, with a proof by
+    # another key -- each 401 at the server; at agentcred, no narrower token for it either.
+    token = value.read_text()
+    assert _post(mcp_server, _call("search_docs"), token)[0] == 401
+    for proof in (None, DPoPKey().proof("POST", mcp_server, access_token=token)):
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+            "Authorization": f"DPoP {token}",
+            **({"DPoP": proof} if proof else {}),
+        }
+        request = urllib.request.Request(
+            mcp_server, data=json.dumps(_call("search_docs")).encode(), headers=headers, method="POST"
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=15)
+        assert refused.value.code == 401
+        assert refused.value.headers["WWW-Authenticate"].startswith('DPoP error="invalid_dpop_proof"')
+    status, answer = exchange(operator, token, "urn:ietf:params:oauth:token-type:access_token", scope=SEARCH)
+    assert (status, answer["error"]) == (400, "invalid_dpop_proof")

@@ -17,7 +17,7 @@ MAX_DEPTH = 32  # JSON nesting in a body
 MAX_ITEMS = 100_000  # values in a parsed body (arrays and objects included)
 MAX_HEADERS = 128
 # The agent's own credentials: never passed to conditions, always removed upstream.
-CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "dpop"})
 MCP_METHOD_HEADER = "mcp-method"
 # The tool's name: `Mcp-Name` as MCP 2026-07-28 (and its SDKs) send it, `Mcp-Tool-Name` as some
 # gateways spell it. Either, if sent, must agree with the body.
@@ -44,6 +44,7 @@ class GatewayRequest:
     body_truncated: bool = False  # the gateway cut the body at its own limit
     request_id: str = ""
     source: str = ""  # the downstream address the gateway reports
+    scheme: str = "https"  # as the agent addressed the gateway: what a DPoP proof's htu names
     _json: list[Any] = field(default_factory=list, compare=False, repr=False)
 
     def json_body(self) -> Any:
@@ -125,14 +126,25 @@ def header_map(pairs: Any) -> dict[str, str]:
         if count > MAX_HEADERS:
             raise Refused("too-many-headers", f"the request has more than {MAX_HEADERS} headers", 400)
         key = str(name).lower()
-        if key in headers and key in (MCP_METHOD_HEADER, *MCP_NAME_HEADERS, "host", "authorization"):
+        if key in headers and key in (MCP_METHOD_HEADER, *MCP_NAME_HEADERS, "host", "authorization", "dpop"):
             raise Refused("duplicate-header", f"header {key} is given more than once", 400)
         headers[key] = str(value)
     return headers
 
 
 def bearer(headers: Mapping[str, str]) -> str | None:
-    """The agent's token from `Authorization: Bearer <token>` (RFC 6750 §2.1), or None."""
+    """The agent's token from `Authorization: Bearer <token>` (RFC 6750 §2.1) or
+    `Authorization: DPoP <token>` (RFC 9449 §7.1), or None."""
     scheme, _, token = headers.get("authorization", "").partition(" ")
     token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
+    return token if scheme.lower() in ("bearer", "dpop") and token else None
+
+
+def authorization_scheme(headers: Mapping[str, str]) -> str:
+    return headers.get("authorization", "").partition(" ")[0]
+
+
+def request_url(request: GatewayRequest) -> str:
+    """The URL the agent addressed, as a DPoP proof's `htu` names it (no query)."""
+    scheme = request.scheme.lower() if request.scheme.lower() in ("http", "https") else "https"
+    return f"{scheme}://{request.host}{request.path}"

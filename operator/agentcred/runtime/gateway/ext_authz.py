@@ -69,6 +69,7 @@ def describe(check: Any) -> GatewayRequest:
         body_truncated=truncated,
         request_id=http.id[:128],
         source=address[:64],
+        scheme=(http.scheme or headers.get(":scheme") or "https").lower(),
     )
 
 

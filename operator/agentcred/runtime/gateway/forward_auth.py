@@ -67,6 +67,7 @@ def describe(request: web.Request) -> GatewayRequest:
         body=None,
         request_id=headers.get("x-request-id", "")[:128],
         source=headers.get("x-forwarded-for", request.remote or "").split(",")[0].strip()[:64],
+        scheme=headers.get("x-forwarded-proto", "https").split(",")[0].strip().lower(),
     )
 
 

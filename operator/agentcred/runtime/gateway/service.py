@@ -1,6 +1,8 @@
 """One call through a gateway, decided: the gateway authenticated, the calling pod identified
-from the token it carries (as the token service accepts it), held to its budget, the call
-decided (rules.gateway.decision), the credential attached on the way out, and one audit line.
+from the token it carries (as the token service accepts it), held to its budget, a DPoP-bound
+token held to a proof by its key for this very request (RFC 9449: method, URL, the token, the
+body when the gateway sends it and the proof covers it; each proof once), the call decided
+(rules.gateway.decision), the credential attached on the way out, and one audit line.
 
 Fails closed: anything unexpected is a refusal (503), never an allow.
 """
@@ -18,15 +20,20 @@ from typing import Any
 from ...api.policy_model import AgentCredentialPolicySpec
 from ...api.times import utcnow
 from ...platform import metrics
+from ...platform.fingerprints import Fingerprints
+from ...platform.proofs import ProofChecker
 from ...platform.revocations import RevocationList
 from ...rules.credentials import CredentialRecord
+from ...rules.dpop import ALGORITHMS as DPOP_ALGORITHMS
+from ...rules.dpop import TOKEN_TYPE as DPOP_SCHEME
+from ...rules.dpop import Covered, ProofRefused, confirmation
 from ...rules.gateway.decision import Verdict, decide
-from ...rules.gateway.requests import CREDENTIAL_HEADERS, GatewayRequest, bearer
+from ...rules.gateway.requests import CREDENTIAL_HEADERS, GatewayRequest, authorization_scheme, bearer, request_url
 from ...rules.oauth import OAuthError
 from ...sources.base import SourceUnavailable
 from ..audit import AuditTrail
 from ..tokens.callers import NotAuthenticated, RateLimiter, Throttled
-from ..tokens.token_service import TokenService
+from ..tokens.token_service import Caller, TokenService
 from .upstream import GRANT, Attached, Upstream
 
 log = logging.getLogger(__name__)
@@ -54,12 +61,20 @@ def _quoted(text: str) -> str:
     return "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text)[:400]
 
 
-def refusal(status: int, reason: str, message: str, rule: str = "", retry_after: int | None = None) -> Answer:
+def refusal(
+    status: int, reason: str, message: str, rule: str = "", retry_after: int | None = None, dpop: bool = False
+) -> Answer:
     error = {401: "invalid_token", 400: "invalid_request", 429: "slow_down", 503: "temporarily_unavailable"}.get(
         status, "insufficient_scope" if status == 403 else "access_denied"
     )
+    if dpop:  # RFC 9449 §7.1: a DPoP challenge, naming the algorithms a proof may use
+        error = "invalid_dpop_proof"
     headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
-    if status in (401, 403):
+    if dpop:
+        headers["WWW-Authenticate"] = (
+            f'DPoP error="{error}", error_description="{_quoted(message)}", algs="{" ".join(DPOP_ALGORITHMS)}"'
+        )
+    elif status in (401, 403):
         headers["WWW-Authenticate"] = f'Bearer error="{error}", error_description="{_quoted(message)}"'
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
@@ -76,6 +91,7 @@ class GatewayService:
     audit: AuditTrail
     gateways: frozenset[str]  # ServiceAccounts allowed to ask ("namespace/name")
     budget: RateLimiter  # calls per pod
+    proofs: ProofChecker = field(default_factory=ProofChecker)  # DPoP proofs, each used once per pod
     now: Callable[[], dt.datetime] = utcnow
     _throttled: dict[str, tuple[float, int]] = field(default_factory=dict)
 
@@ -184,6 +200,9 @@ class GatewayService:
             facts["rule"] = "budget"
             facts["_quiet"] = self._quiet(task.uid)
             return refusal(429, "budget", f"pod {task.name} calls too fast; slow down", "budget", retry_after=1)
+        unproven = self._sender(request, token, caller, task.uid, facts)
+        if unproven is not None:
+            return unproven
         now = self.now()
         verdict = decide(
             request,
@@ -204,6 +223,31 @@ class GatewayService:
         self._attached(attached, facts)
         remove = tuple(sorted(CREDENTIAL_HEADERS - {h.lower() for h in attached.headers}))
         return Answer(True, 200, "allowed", verdict.message, attached.headers, remove)
+
+    def _sender(
+        self, request: GatewayRequest, token: str, caller: Caller, pod_uid: str, facts: dict[str, Any]
+    ) -> Answer | None:
+        """A DPoP-bound token is the pod's only with a proof by its key for this request; None: so."""
+        bound = confirmation(caller.parent) if caller.parent is not None else None
+        if bound is None:
+            return None
+        facts["jkt"] = bound
+        proof = request.headers.get("dpop")
+        try:
+            if not proof:
+                raise ProofRefused("dpop-missing", f"the token is DPoP-bound (key {bound}): send a DPoP proof with it")
+            if authorization_scheme(request.headers).lower() != DPOP_SCHEME.lower():
+                raise ProofRefused("dpop-wrong-scheme", "a DPoP-bound token is sent as 'Authorization: DPoP <token>'")
+            body = None if request.body_truncated else request.body
+            covered = Covered(request.method, request_url(request), access_token=token, body=body)
+            self.proofs.check(proof, covered, pod_uid, bound_to=bound)
+        except ProofRefused as refused:
+            # Whoever holds a copy of the token (from a log, a transcript, this audit) is named by it.
+            facts.update(rule="dpop", presentedFingerprint=Fingerprints(self.tokens.keyring)(token.encode()))
+            assert caller.parent is not None
+            facts["presentedTokenId"] = caller.parent.get("jti")
+            return refusal(401, refused.reason, refused.message, "dpop", dpop=True)
+        return None
 
     def _quiet(self, pod_uid: str) -> bool:
         """A flooding pod's refusals: one audit line a second (with the count), the rest counted."""

@@ -266,6 +266,7 @@ class Reconciler:
         desired = without(with_values(base, {n: p.issued for n, p in produced.items()}), tombstones)
         desired = dataclasses.replace(desired, values={k: v for k, v in desired.values.items() if k not in revokes})
         values = {name: p.value for name, p in produced.items()}
+        keys = {name: p.key for name, p in produced.items() if p.key is not None}
         subject = Subject.of_task(task)
         revocations = [
             RevokeOrder(name, state.values.get(name) if state else None, reason) for name, reason in revokes.items()
@@ -280,7 +281,8 @@ class Reconciler:
             try:
                 if state is None:
                     written = await self.kube.create_secret(
-                        task.namespace, secret_body(desired, values, task.uid, self.bookkeeping.sign, self.ca_bundle())
+                        task.namespace,
+                        secret_body(desired, values, task.uid, self.bookkeeping.sign, self.ca_bundle(), keys),
                     )
                 else:
                     written = await self.kube.patch_secret(
@@ -293,6 +295,7 @@ class Reconciler:
                             previous=state,
                             sign=self.bookkeeping.sign,
                             ca=self.ca_bundle(),
+                            keys=keys,
                         ),
                     )
             except (Conflict, NotFound) as error:

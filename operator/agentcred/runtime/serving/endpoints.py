@@ -31,6 +31,7 @@ from aiohttp import web
 from ...platform import metrics
 from ...platform.keys import ALGORITHMS, KeyRing
 from ...platform.revocations import RevocationList
+from ...rules import dpop
 from ...rules.oauth import MAX_BODY, OAuthError, authorization_server_metadata
 from ..gateway import forward_auth
 from ..leaks import intake as leak_intake
@@ -50,7 +51,7 @@ async def _body(request: web.Request) -> bytes:
 
 
 def _refused(refused: OAuthError) -> web.Response:
-    headers = dict(NO_STORE)
+    headers = {**NO_STORE, **refused.headers}
     if refused.retry_after:
         headers["Retry-After"] = str(refused.retry_after)
     if refused.status == 401:
@@ -58,7 +59,10 @@ def _refused(refused: OAuthError) -> web.Response:
     return web.json_response(refused.body(), status=refused.status, headers=headers)
 
 
-def _oauth(answer: Callable[[web.Request, bytes], Awaitable[dict[str, Any] | None]]) -> Callable[..., Any]:
+def _oauth(
+    answer: Callable[[web.Request, bytes], Awaitable[dict[str, Any] | None]],
+    extra_headers: Callable[[], dict[str, str]] = dict,
+) -> Callable[..., Any]:
     """A POST endpoint: the body read within bounds, OAuth errors as RFC 6749 §5.2 responses."""
 
     async def handler(request: web.Request) -> web.Response:
@@ -68,7 +72,7 @@ def _oauth(answer: Callable[[web.Request, bytes], Awaitable[dict[str, Any] | Non
             return _refused(refused)
         if result is None:
             return web.Response(status=200, headers=NO_STORE)
-        return web.json_response(result, headers=NO_STORE)
+        return web.json_response(result, headers={**NO_STORE, **extra_headers()})
 
     return handler
 
@@ -76,7 +80,7 @@ def _oauth(answer: Callable[[web.Request, bytes], Awaitable[dict[str, Any] | Non
 def build_app(
     *, issuer: str, keyring: Callable[[], KeyRing], revocations: RevocationList, tokens: TokenService
 ) -> web.Application:
-    metadata = authorization_server_metadata(issuer, ALGORITHMS)
+    metadata = authorization_server_metadata(issuer, ALGORITHMS, dpop.ALGORITHMS)
     discovery = {
         **metadata,
         "subject_types_supported": ["public"],
@@ -106,8 +110,13 @@ def build_app(
 
     async def token(request: web.Request, body: bytes) -> dict[str, Any]:
         with metrics.token_latency.time():
+            proofs = request.headers.getall("DPoP", [])
             return await tokens.token(
-                request.headers.get("Content-Type"), body, request.headers.get("Authorization"), request.remote or ""
+                request.headers.get("Content-Type"),
+                body,
+                request.headers.get("Authorization"),
+                request.remote or "",
+                ",".join(proofs) if proofs else None,  # several proofs: refused, as RFC 9449 §4.3 says
             )
 
     async def introspect(request: web.Request, body: bytes) -> dict[str, Any]:
@@ -129,7 +138,7 @@ def build_app(
         app.router.add_get(f"{prefix}/.well-known/jwks.json", jwks)
         app.router.add_get(f"{prefix}/v1/revocations", revoked)
         app.router.add_get(f"{prefix}/oauth2/authorize", authorize)
-        app.router.add_post(f"{prefix}/oauth2/token", _oauth(token))
+        app.router.add_post(f"{prefix}/oauth2/token", _oauth(token, tokens.nonce_header))
         app.router.add_post(f"{prefix}/oauth2/introspect", _oauth(introspect))
         app.router.add_post(f"{prefix}/oauth2/revoke", _oauth(revoke))
     leak_intake.add_routes(app)

@@ -14,6 +14,7 @@ from ...platform import metrics
 
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
+CREDENTIAL_ID_EXTRA = "authentication.kubernetes.io/credential-id"  # "JTI=<jti>" for ServiceAccount tokens
 
 
 class NotAuthenticated(Exception):
@@ -28,6 +29,8 @@ class Reviewed:
     service_account: str
     pod_name: str | None  # set when the token is bound to a pod
     pod_uid: str | None
+    audiences: tuple[str, ...] = ()  # those asked for that the token is valid for
+    token_id: str | None = None  # the token's jti, as the API server reports it
 
     @property
     def username(self) -> str:
@@ -50,7 +53,16 @@ def reviewed_identity(status: dict[str, Any]) -> Reviewed:
         values = extra.get(name)
         return values[0] if isinstance(values, list) and values and isinstance(values[0], str) and values[0] else None
 
-    return Reviewed(parts[2], parts[3], first(POD_NAME_EXTRA), first(POD_UID_EXTRA))
+    credential = first(CREDENTIAL_ID_EXTRA) or ""
+    audiences = status.get("audiences")
+    return Reviewed(
+        parts[2],
+        parts[3],
+        first(POD_NAME_EXTRA),
+        first(POD_UID_EXTRA),
+        tuple(a for a in audiences if isinstance(a, str)) if isinstance(audiences, list) else (),
+        credential.removeprefix("JTI=") if credential.startswith("JTI=") else None,
+    )
 
 
 class Throttled(Exception):
@@ -199,6 +211,7 @@ def _accepted(answer: dict[str, Any]) -> bool:
 
 
 def _kept(answer: dict[str, Any]) -> dict[str, Any]:
-    """What a cached answer needs (whether it was accepted, whom it names, why not), not the
+    """What a cached answer needs (whether it was accepted, whom it names, for which of the
+    audiences asked -- a workload assertion's single use depends on it -- why not), not the
     whole status the API server sent back."""
-    return {k: answer[k] for k in ("authenticated", "user", "error") if k in answer}
+    return {k: answer[k] for k in ("authenticated", "user", "audiences", "error") if k in answer}

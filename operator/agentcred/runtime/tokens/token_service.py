@@ -9,11 +9,19 @@ alive, admitted for the credential, still hold it, and the intents must fall ins
 credential's scope (deny wins). `introspect` (RFC 7662) tells allowed resource servers
 whether a token is live; `revoke` (RFC 7009) lets a holder end a token early. Every grant and
 every refusal is audited; a refusal is an `OAuthError` with the RFC's code.
+
+Sender constraint (RFC 9449): a request with a `DPoP` proof gets a token bound to the proof's
+key (`cnf.jkt`, `token_type: DPoP`); a credential with `dpop: required` gets no other kind; a
+bound subject or actor token is used only with a proof by its own key, and what is exchanged
+from it stays bound to that key. Workload identity federation (MCP's jwt-bearer profile): an
+assertion addressed to the token endpoint (or the issuer) rather than to `agentcred` must carry
+a `jti` and is good for one token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import secrets
 import time
@@ -21,11 +29,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...api.labels import SERVICE_ACCOUNT_AUDIENCE
 from ...api.pods import PodTask
 from ...api.times import format_time, utcnow
-from ...platform.keys import KeyRing, NotOurs, decode_own
+from ...platform.fingerprints import Fingerprints
+from ...platform.keys import KeyRing, NotOurs, decode_own, peek_claims
+from ...platform.proofs import ProofChecker
+from ...platform.replay import ReplayCache
 from ...platform.revocations import EXPIRY_SKEW, MAX_TOKEN_ENTRIES_PER_POD, RevocationList
 from ...rules.credentials import CredentialRecord
+from ...rules.dpop import TOKEN_TYPE as DPOP_TOKEN_TYPE
+from ...rules.dpop import Covered, Proof, ProofRefused, confirmation
 from ...rules.oauth import (
     ACCESS_TOKEN_TYPE,
     CLIENT_CREDENTIALS,
@@ -50,6 +64,7 @@ CLOCK_SKEW = dt.timedelta(seconds=30)
 SCOPE_MS_PER_SECOND, SCOPE_MS_BURST = 250.0, 2000  # a quarter of the event loop per namespace
 MAX_CHAIN = 4  # exchanges of exchanged tokens, deep
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+ASSERTION_LIFETIME = 3600  # seconds an assertion's jti is kept when its expiry cannot be read
 
 
 @dataclass(frozen=True)
@@ -102,13 +117,25 @@ class TokenService:
     # Why this replica cannot be sure its revocation list is current (None: it can): a
     # follower whose leader has not saved for a while issues nothing rather than a revoked pod's token.
     unsure: Callable[[], str | None] = lambda: None
+    proofs: ProofChecker = field(default_factory=ProofChecker)  # DPoP proofs, each used once
+    assertions: ReplayCache = field(default_factory=lambda: ReplayCache(per_holder=256, total=65536))
+
+    @property
+    def token_endpoint(self) -> str:
+        return f"{self.issuer}/oauth2/token"
 
     # -- the token endpoint --------------------------------------------------------------
 
     async def token(
-        self, content_type: str | None, body: bytes, authorization: str | None = None, source: str = ""
+        self,
+        content_type: str | None,
+        body: bytes,
+        authorization: str | None = None,
+        source: str = "",
+        dpop: str | None = None,
     ) -> dict[str, Any]:
-        """The token response for a valid request; OAuthError otherwise."""
+        """The token response for a valid request; OAuthError otherwise. `dpop`: the request's
+        DPoP header (several joined with commas, which is refused)."""
         # An address that keeps sending tokens the API server refuses is cut off before any
         # TokenReview; valid tokens cost nothing here, so a shared gateway address is not.
         if not self.by_source.allow(source, take=False) and not self.reviews.busy(source):
@@ -123,8 +150,9 @@ class TokenService:
             # valid identity sending fresh garbage actor tokens cannot buy TokenReviews.
             if not self.limiter.allow(subject.pod_uid):
                 raise OAuthError("temporarily_unavailable", f"pod {subject.pod_name} asks too fast; slow down", 429, 1)
-            act = await self._actor(request, subject.parent, source)
-            return await self._issue(request, subject, act, facts)
+            proof = self._proof(request, subject, dpop, facts)
+            act = await self._actor(request, subject.parent, source, proof)
+            return await self._issue(request, subject, act, facts, proof)
         except OAuthError as refused:
             self.audit.record("deny", reason=refused.error, message=refused.description, **facts)
             raise
@@ -154,6 +182,10 @@ class TokenService:
                 raise unauthenticated(f"{what}: {error}") from None
             if who.pod_name is None or who.pod_uid is None:
                 raise unauthenticated(f"{what} is not bound to a pod: send the pod's projected ServiceAccount token")
+            # Addressed to this token endpoint (or the issuer) rather than to `agentcred`, as the
+            # API server reports the audiences it matched: a federation assertion, single-use.
+            if request.grant_type == JWT_BEARER and who.audiences and SERVICE_ACCOUNT_AUDIENCE not in who.audiences:
+                self._federated_once(request.subject_token, who.token_id, who.pod_uid, unauthenticated)
             subject = Caller(who.namespace, who.service_account, who.pod_name, who.pod_uid)
         if request.client_id is not None and request.client_id != service_account_subject(
             subject.namespace, subject.service_account
@@ -165,6 +197,69 @@ class TokenService:
                 status=401,
             )
         return subject
+
+    def _federated_once(
+        self, assertion: str, token_id: str | None, pod_uid: str, refuse: Callable[[str], OAuthError]
+    ) -> None:
+        """Workload identity federation: an assertion addressed to this token endpoint (or the
+        issuer) is good for one token, named by its `jti` (as the API server reports it)."""
+        if token_id is None:
+            raise refuse(
+                f"assertion is addressed to {self.token_endpoint} but carries no jti: a workload identity "
+                "assertion must be single-use (use a cluster that puts jti in ServiceAccount tokens)"
+            )
+        now = utcnow().timestamp()
+        peeked = peek_claims(assertion)
+        exp = peeked[1].get("exp") if peeked is not None else None
+        until = float(exp) if isinstance(exp, int) else now + ASSERTION_LIFETIME
+        seen = self.assertions.use(pod_uid, token_id, until, now)
+        if seen == "replayed":
+            raise refuse(
+                f"assertion {token_id[:64]} was used before: an assertion addressed to the token endpoint is good "
+                "for one token (the kubelet rotates the pod's token; exchange the token you were given instead)"
+            )
+        if seen == "full":
+            raise OAuthError(
+                "temporarily_unavailable", "too many assertions from this pod remembered; slow down", 429, 1
+            )
+
+    def _proof(self, request: TokenRequest, subject: Caller, header: str | None, facts: dict[str, Any]) -> Proof | None:
+        """The request's DPoP proof, checked: for the token endpoint, never seen before from this
+        pod, and by the key a bound subject token names. A bound subject token without one is refused."""
+        bound = confirmation(subject.parent) if subject.parent is not None else None
+        if bound is not None:
+            facts["subjectTokenId"] = subject.parent["jti"] if subject.parent else None
+
+        def refused_for(reason: str) -> None:
+            # Whoever presented a copy of a bound token is named in the audit by its fingerprint.
+            facts["dpop"] = reason
+            if bound is not None:
+                facts["fingerprint"] = Fingerprints(self.keyring)(request.subject_token.encode())
+
+        if header is None:
+            if bound is not None:
+                refused_for("dpop-missing")
+                raise self._unproven(
+                    f"the subject token is DPoP-bound (key {bound}): send a DPoP proof signed by that key"
+                )
+            return None
+        try:
+            proof = self.proofs.check(header, Covered("POST", self.token_endpoint), subject.pod_uid, bound)
+        except ProofRefused as refused:
+            refused_for(refused.reason)
+            if refused.reason == "dpop-nonce":
+                raise OAuthError("use_dpop_nonce", refused.message, headers=self.nonce_header()) from None
+            raise self._unproven(refused.message) from None
+        facts["jkt"] = proof.jkt
+        return proof
+
+    def nonce_header(self) -> dict[str, str]:
+        """The DPoP-Nonce header to send with an answer, when nonces are asked for (RFC 9449 §8)."""
+        nonce = self.proofs.nonce()
+        return {"DPoP-Nonce": nonce} if nonce else {}
+
+    def _unproven(self, message: str) -> OAuthError:
+        return OAuthError("invalid_dpop_proof", message, headers=self.nonce_header())
 
     def _live_own_token(self, token: str, what: str, refuse: Callable[[str], OAuthError]) -> dict[str, Any]:
         """The claims of a live, unrevoked token this issuer signed, or a refusal naming `what`."""
@@ -254,7 +349,12 @@ class TokenService:
         return task
 
     async def _issue(
-        self, request: TokenRequest, subject: Caller, act: dict[str, Any] | None, facts: dict[str, Any]
+        self,
+        request: TokenRequest,
+        subject: Caller,
+        act: dict[str, Any] | None,
+        facts: dict[str, Any],
+        proof: Proof | None = None,
     ) -> dict[str, Any]:
         unacceptable = _refusal(request.grant_type, authenticated=True)
         doubt = self.unsure()
@@ -278,7 +378,15 @@ class TokenService:
         lifetime_end = (task.admitted_at or now) + spec.max_lifetime_delta
         if now >= lifetime_end:
             raise unacceptable(f"pod {subject.pod_name} reached maxLifetime {spec.max_lifetime} of {record.name}")
+        if proof is None and spec.source.jwt.dpop_required:
+            facts["dpop"] = "dpop-missing"
+            raise self._unproven(
+                f"AgentCredential {record.name} requires sender-constrained tokens: send a DPoP proof (RFC 9449) "
+                f"for POST {self.token_endpoint}"
+            )
         grant = await self._grant(request, record, audiences, subject, act)
+        if proof is not None:
+            grant = dataclasses.replace(grant, jkt=proof.jkt)
         now = utcnow()
         if self.revocations.covers(task.uid, record.name, now):  # revoked while its intents were judged
             raise unacceptable(f"{record.name} was revoked for pod {subject.pod_name}")
@@ -311,7 +419,7 @@ class TokenService:
         )
         response: dict[str, Any] = {
             "access_token": token,
-            "token_type": "Bearer",
+            "token_type": DPOP_TOKEN_TYPE if grant.jkt else "Bearer",
             "expires_in": max(1, int((expires - now).total_seconds())),
         }
         if request.grant_type == TOKEN_EXCHANGE:
@@ -431,7 +539,7 @@ class TokenService:
         return Grant(audiences, scope=credential_scope(record), act=act, grant_type=request.grant_type)
 
     async def _actor(
-        self, request: TokenRequest, parent: dict[str, Any] | None, source: str = ""
+        self, request: TokenRequest, parent: dict[str, Any] | None, source: str = "", proof: Proof | None = None
     ) -> dict[str, Any] | None:
         """The `act` claim (RFC 8693 §4.1): the actor presented now -- a ServiceAccount, or the
         pod holding an agentcred token -- with whoever acted before nested inside it."""
@@ -451,6 +559,11 @@ class TokenService:
                 act["agentcred"] = {"namespace": who.namespace, "podName": who.pod_name, "podUID": who.pod_uid}
         else:
             claims = self._live_own_token(request.actor_token, "actor_token", invalid_request)
+            bound = confirmation(claims)
+            if bound is not None and (proof is None or proof.jkt != bound):
+                raise self._unproven(
+                    f"the actor token is DPoP-bound (key {bound}): send a DPoP proof signed by that key"
+                )
             act = {"sub": claims["sub"], "agentcred": _who(claims)}
             if isinstance(claims.get("act"), dict):
                 act["act"] = claims["act"]
@@ -498,7 +611,8 @@ class TokenService:
             isinstance(nbf, int) and dt.datetime.fromtimestamp(nbf, dt.timezone.utc) > now + CLOCK_SKEW
         ):
             return {"active": False}
-        return {"active": True, "token_type": "Bearer", **claims}
+        # RFC 9449 §6.2: a bound token's `cnf` is in the answer (it is among the claims).
+        return {"active": True, "token_type": DPOP_TOKEN_TYPE if confirmation(claims) else "Bearer", **claims}
 
     def revoke(self, content_type: str | None, body: bytes) -> None:
         """RFC 7009: the holder of a token ends it (and every token exchanged from it). A token
