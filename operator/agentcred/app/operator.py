@@ -42,6 +42,8 @@ from ..runtime.leaks.tracer import Tracer
 from ..runtime.loops import LoopOf, Loops
 from ..runtime.projection.bindings import BindingOwners
 from ..runtime.projection.credential_lifecycle import CredentialLifecycle
+from ..runtime.projection.csi_publishing import CSI_PUBLISHING, CsiPublishing
+from ..runtime.projection.csi_volumes import CsiVolumes
 from ..runtime.projection.due import tenant_of
 from ..runtime.projection.due_work import DueWork
 from ..runtime.projection.handover import Handover, TakeOver
@@ -111,6 +113,7 @@ class Parts:
     ca_bundle: CaBundle
     certificates: CertificateMonitor
     tokens: TokenService
+    csi: CsiPublishing
     gateway: GatewayService
     leak_intake: LeakIntake
     webhook: AdmissionWebhook
@@ -192,6 +195,7 @@ def build_parts(
         bookkeeping=bookkeeping,
         revocations=revocations,
         ca_bundle=lambda: ca_bundle.pem,
+        csi=CsiVolumes(),
     )
     handover = Handover(
         reconciler, revoker, store, book, window=dt.timedelta(seconds=2 * (config.lease_duration + config.lease_renew))
@@ -229,6 +233,21 @@ def build_parts(
         limiter=RateLimiter(rate=config.token_rate, burst=config.token_burst),
         by_source=RateLimiter(rate=config.source_rate, burst=config.source_burst),
         introspectors=frozenset(config.introspectors),
+    )
+    # agentcred's CSI node plugins: the pod a volume is published for authenticated by the
+    # token the kubelet passes, its value written to the plugin, never to a Secret.
+    csi = CsiPublishing(
+        reviews=ReviewGate(lambda token: kube.review_token(token, [labels.SERVICE_ACCOUNT_AUDIENCE])),
+        view=view,
+        bindings=bindings,
+        reconciler=reconciler,
+        volumes=reconciler.csi,
+        store=store,
+        scheduler=scheduler,
+        bookkeeping=bookkeeping,
+        audit=audit,
+        plugin_account=config.csi_plugin_account,
+        ca=lambda: ca_bundle.pem,
     )
     # Gateways' calls decided: the pod identified as the token service does, the credential
     # attached on the way out (a static value read through the secretRef source).
@@ -327,6 +346,7 @@ def build_parts(
         ca_bundle=ca_bundle,
         certificates=certificates,
         tokens=tokens,
+        csi=csi,
         gateway=gateway,
         leak_intake=leak_intake,
         webhook=webhook,
@@ -387,6 +407,7 @@ class Operator:
         )
         app[LEAK_INTAKE] = parts.leak_intake
         app[FORWARD_AUTH] = parts.gateway
+        app[CSI_PUBLISHING] = parts.csi
         self._runners.append(await serve(app, config.api_address, config.api_port, certfile, keyfile))
         if config.gateway_grpc_port:
             self._grpc = await ext_authz.serve(

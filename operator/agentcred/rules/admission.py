@@ -10,7 +10,7 @@ import copy
 import datetime as dt
 import difflib
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..api import labels
@@ -97,6 +97,13 @@ def _check(
     if problems:
         # Known when every credential refused exists and all share one category.
         raise Refusal("; ".join(problems), category=categories.pop() if len(categories) == 1 else None)
+    deliveries = {record.name: record.spec.projection.delivery for record in mounted(records) if record.spec}
+    if len(set(deliveries.values())) > 1:
+        by = ", ".join(f"{name} ({delivery})" for name, delivery in deliveries.items())
+        raise Refusal(
+            f"the pod asks for credentials delivered in different ways: {by}; a pod's credentials are written "
+            "into it one way, secret or csi: ask for them in separate pods"
+        )
     mount_paths: dict[str, str] = {}
     for record in mounted(records):
         assert record.spec is not None
@@ -113,11 +120,12 @@ OWN_ANNOTATIONS = (labels.BINDING_ANNOTATION, labels.ADMITTED_ANNOTATION, labels
 
 def _already_admitted(pod: dict[str, Any], namespace: str, keys: seal.SealKeys, now: dt.datetime) -> bool:
     """This webhook's own work, seen again when the API server reinvokes it (another webhook
-    changed the pod after us): sealed by us moments ago, and still held by our gate. (A copy of
-    another pod's admission that passes this is held by the gate too, and the operator gives
-    it nothing: the binding belongs to the pod that claimed it first.)"""
+    changed the pod after us): sealed by us moments ago, and still held by our gate (a pod the
+    CSI plugin serves has none). (A copy of another pod's admission that passes this is held by
+    the gate too, or its volume is refused by the operator: it gets nothing, the binding
+    belongs to the pod that claimed it first.)"""
     task = pod_task({**pod, "metadata": {**(pod.get("metadata") or {}), "namespace": namespace}})
-    if task is None or not task.gated or task.admitted_at is None:
+    if task is None or not (task.gated or task.by_csi) or task.admitted_at is None:
         return False
     if not now - seal.REINVOCATION_WINDOW <= task.admitted_at <= now:
         return False
@@ -157,8 +165,30 @@ def gateway_only(records: list[CredentialRecord]) -> list[CredentialRecord]:
     return [r for r in records if r.spec is not None and r.spec.projection.gateway_only]
 
 
-def _volume(record: CredentialRecord, secret_name: str) -> dict[str, Any]:
+def by_csi(records: list[CredentialRecord]) -> bool:
+    """Written into the pod by agentcred's CSI node plugin (`admit` refuses a mix with secret delivery)."""
+    return any(r.spec is not None and r.spec.projection.by_csi for r in records)
+
+
+def _volume(record: CredentialRecord, binding: str) -> dict[str, Any]:
     assert record.spec is not None
+    if record.spec.projection.by_csi:
+        # An inline volume of agentcred's CSI driver: the kubelet asks the node plugin to publish
+        # it for this pod (naming the pod and passing its token); the attributes say which
+        # binding and credential it is for, and the operator believes them only for the pod it
+        # authenticates and finds admitted for them. The file mode comes from the credential.
+        return {
+            "name": labels.volume_name(record.name),
+            "csi": {
+                "driver": labels.CSI_DRIVER,
+                "readOnly": True,
+                "volumeAttributes": {
+                    labels.CSI_BINDING_ATTRIBUTE: binding,
+                    labels.CSI_CREDENTIAL_ATTRIBUTE: record.name,
+                },
+            },
+        }
+    secret_name = labels.secret_name(binding)
     mode = record.spec.projection.file_mode or DEFAULT_FILE_MODE
     return {
         "name": labels.volume_name(record.name),
@@ -192,37 +222,34 @@ def needs_identity(records: list[CredentialRecord]) -> bool:
     )
 
 
-def _identity_volume(secret_name: str, gateway: list[CredentialRecord]) -> dict[str, Any]:
+def _identity_volume(secret_name: str, gateway: list[CredentialRecord], csi: bool) -> dict[str, Any]:
     """The pod's identity; and, as items of keys the operator never writes (so no file ever
     appears), the gateway-only credentials it was admitted for: recorded in the pod's
-    immutable spec, where the operator reads what a pod may have."""
+    immutable spec, where the operator reads what a pod may have. A pod served by the CSI
+    plugin has no Secret: its CA comes with its values (`ca.crt` beside each), never from a
+    Secret someone else could create under that name."""
     marks = [{"key": labels.gateway_key(r.name), "path": f"{labels.GATEWAY_DIRECTORY}/{r.name}"} for r in gateway]
-    return {
-        "name": labels.IDENTITY_VOLUME,
-        "projected": {
-            "defaultMode": DEFAULT_FILE_MODE,
-            "sources": [
-                {
-                    "serviceAccountToken": {
-                        "audience": labels.SERVICE_ACCOUNT_AUDIENCE,
-                        "expirationSeconds": labels.IDENTITY_TOKEN_SECONDS,
-                        "path": labels.IDENTITY_TOKEN_FILE,
-                    }
-                },
-                {
-                    "secret": {
-                        "name": secret_name,
-                        "optional": True,
-                        "items": [{"key": labels.CA_KEY, "path": labels.CA_KEY}, *marks],
-                    }
-                },
-            ],
-        },
-    }
+    items = marks if csi else [{"key": labels.CA_KEY, "path": labels.CA_KEY}, *marks]
+    sources: list[dict[str, Any]] = [
+        {
+            "serviceAccountToken": {
+                "audience": labels.SERVICE_ACCOUNT_AUDIENCE,
+                "expirationSeconds": labels.IDENTITY_TOKEN_SECONDS,
+                "path": labels.IDENTITY_TOKEN_FILE,
+            }
+        }
+    ]
+    if items:
+        sources.append({"secret": {"name": secret_name, "optional": True, "items": items}})
+    return {"name": labels.IDENTITY_VOLUME, "projected": {"defaultMode": DEFAULT_FILE_MODE, "sources": sources}}
 
 
-def identity_env(issuer: str) -> dict[str, str]:
-    return {"AGENTCRED_ISSUER": issuer, "AGENTCRED_TOKEN_ENDPOINT": f"{issuer}/oauth2/token", **labels.IDENTITY_ENV}
+def identity_env(issuer: str, records: Sequence[CredentialRecord] = ()) -> dict[str, str]:
+    env = {"AGENTCRED_ISSUER": issuer, "AGENTCRED_TOKEN_ENDPOINT": f"{issuer}/oauth2/token", **labels.IDENTITY_ENV}
+    csi = [r.spec.projection.mount_path for r in mounted(list(records)) if r.spec and r.spec.projection.by_csi]
+    if csi:  # the CA comes with the values the CSI plugin writes
+        env["AGENTCRED_CA_FILE"] = f"{csi[0]}/{labels.CA_KEY}"
+    return env
 
 
 def _mount_clashes(pod: dict[str, Any], records: list[CredentialRecord]) -> None:
@@ -371,14 +398,18 @@ def apply(
     spec = pod.setdefault("spec", {})
     volumes = spec.setdefault("volumes", [])
     for record in mounted(records):
-        volumes.append(_volume(record, secret_name))
-    identity = identity_env(issuer) if issuer and needs_identity(records) else {}
+        volumes.append(_volume(record, binding))
+    identity = identity_env(issuer, records) if issuer and needs_identity(records) else {}
     if identity or gateway_only(records):
         # A gateway-only credential is recorded in the identity volume: the pod needs it anyway.
-        volumes.append(_identity_volume(secret_name, gateway_only(records)))
+        volumes.append(_identity_volume(secret_name, gateway_only(records), by_csi(records)))
     for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
         _add_to_container(container, records, identity)
-    spec.setdefault("schedulingGates", []).append({"name": labels.SCHEDULING_GATE})
+    if not by_csi(records):
+        # Held until its Secret exists. A pod served by the CSI plugin needs no gate: the
+        # kubelet starts no container before the plugin has published its volumes, and the
+        # plugin waits for the operator to issue (see rules.csi).
+        spec.setdefault("schedulingGates", []).append({"name": labels.SCHEDULING_GATE})
 
 
 def admission_patch(
