@@ -325,3 +325,19 @@ class Update:
         return cls(
             volume_id, value, _text(data, "expiresAt", 64), _text(data, "fingerprint", 128), _text(data, "record", 8192)
         )
+
+
+CA_FILE_MODE = 0o444  # the operator's CA is public
+
+
+def volume_files(value: bytes, expires_at: str, file_mode: int, ca: str = "") -> list[tuple[str, bytes, int]]:
+    """What a published volume holds, as a Secret volume would: the value and its expiry with
+    the mode asked, and (for the token service) the operator's CA. A renewal rewrites the
+    first two; a revocation removes them (`REVOKED_FILES`)."""
+    files = [(labels.VALUE_FILE, value, file_mode), (labels.EXPIRY_FILE, expires_at.encode(), file_mode)]
+    if ca:
+        files.append((labels.CA_KEY, ca.encode(), CA_FILE_MODE))
+    return files
+
+
+REVOKED_FILES = (labels.VALUE_FILE, labels.EXPIRY_FILE)
