@@ -8,14 +8,15 @@ the task's end takes it away."""
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import time
 
 import jwt
 import pytest
 
-from agents import create_credential as _create_credential
 from agentcred.api import labels
-from clusterkit import wait_for
+from agents import create_credential as _create_credential
 from nodekit import (
     MOUNT,
     TOKEN,
@@ -26,8 +27,6 @@ from nodekit import (
     etcd_dump,
     fingerprint,
     running,
-    seen,
-    seen_file,
     wait_seen,
 )
 
@@ -116,4 +115,21 @@ def test_renewed_from_its_own_expiry_and_revoked_at_once(node_cluster, node_oper
     assert renewed[0]["sha256"] == first
     live = csi_value(node_cluster, pod.metadata.uid, "research-llm")
     assert live is not None and fingerprint(live) == renewed[-1]["sha256"]
-    pytest.skip("revocation: next")
+    started = time.time()
+    revoked = subprocess.run(
+        [sys.executable, "-m", "agentcred", "revoke", "research-llm", "-n", ns, "--pod", "agent"],
+        capture_output=True,
+        text=True,
+        env=node_cluster.env(),
+        timeout=120,
+    )
+    assert revoked.returncode == 0, revoked.stderr
+    gone = wait_seen(
+        node_cluster, ns, "agent", TOKEN, lambda events: events[-1].get("gone"), timeout=30, what="the file removed"
+    )
+    # The container's clock is the host's: the file was gone moments after the command returned.
+    assert gone[-1]["t"] - started < 10, f"revocation reached the file {gone[-1]['t'] - started:.1f}s after revoke"
+    assert csi_value(node_cluster, pod.metadata.uid, "research-llm") is None
+    # And it stays gone: no fresh value for a pod barred from the credential.
+    audit = [line for line in node_operator.audit() if line.get("podUID") == pod.metadata.uid]
+    assert any(line["action"] == "revoke" and line.get("reason") == "emergency" for line in audit)
