@@ -142,13 +142,15 @@ def _already_admitted(pod: dict[str, Any], namespace: str, keys: seal.SealKeys, 
 
 def _arrives_clean(pod: dict[str, Any]) -> None:
     """What the webhook adds is the webhook's alone: a pod that brings a binding, an
-    agentcred volume or the gate of its own is refused, so no pod can name another's Secret."""
+    agentcred volume (a volume of agentcred's CSI driver, whatever its name) or the gate of its
+    own is refused, so no pod can name another's Secret or CSI volume."""
     meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
     brought = [f"annotation {name}" for name in OWN_ANNOTATIONS if name in (meta.get("annotations") or {})]
     brought += [
         f"volume {v.get('name')}"
         for v in spec.get("volumes") or []
         if str(v.get("name", "")).startswith(labels.VOLUME_PREFIX)
+        or (isinstance(v.get("csi"), dict) and v["csi"].get("driver") == labels.CSI_DRIVER)
     ]
     if any(g.get("name") == labels.SCHEDULING_GATE for g in spec.get("schedulingGates") or []):
         brought.append(f"scheduling gate {labels.SCHEDULING_GATE}")
