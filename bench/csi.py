@@ -66,7 +66,7 @@ def seen(core: client.CoreV1Api, pod: str) -> list[dict[str, Any]]:
         text = core.read_namespaced_pod_log(pod, NAMESPACE)
     except client.exceptions.ApiException:
         return []
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return [json.loads(line) for line in (text or "").splitlines() if line.startswith("{")]
 
 
 def first_seen(core: client.CoreV1Api, pod: str, path: str) -> float | None:

@@ -47,15 +47,14 @@ def install_csi_driver(api_client: Any, namespace: str = "agentcred") -> None:
     from kubernetes.client.exceptions import ApiException
 
     storage, core = client.StorageV1Api(api_client), client.CoreV1Api(api_client)
-    for create in (
-        lambda: storage.create_csi_driver(csi_driver_object()),
-        lambda: core.create_namespace({"metadata": {"name": namespace}}),
-        lambda: core.create_namespaced_service_account(
-            namespace, {"metadata": {"name": labels.CSI_NODE_SERVICE_ACCOUNT}, "automountServiceAccountToken": False}
-        ),
+    account = {"metadata": {"name": labels.CSI_NODE_SERVICE_ACCOUNT}, "automountServiceAccountToken": False}
+    for create, args in (
+        (storage.create_csi_driver, (csi_driver_object(),)),
+        (core.create_namespace, ({"metadata": {"name": namespace}},)),
+        (core.create_namespaced_service_account, (namespace, account)),
     ):
         try:
-            create()
+            create(*args)
         except ApiException as error:
             if error.status != 409:
                 raise
