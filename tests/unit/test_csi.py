@@ -337,3 +337,16 @@ def test_a_value_is_kept_only_until_the_plugin_holds_it_and_revocations_reach_th
         assert await volumes.first_value(f"{NS}/b", "nothing", 0.05) is None
 
     asyncio.run(scenario())
+
+
+def test_the_charts_csi_driver_is_the_one_the_local_node_installs() -> None:
+    import yaml
+
+    from agentcred.devcluster.csi_plugin import csi_driver_object
+    from clusterkit import REPO
+
+    text = (REPO / "charts" / "agentcred" / "templates" / "csi-node.yaml").read_text()
+    driver = text.split("---")[0].split("\n", 1)[1]
+    spec = yaml.safe_load("\n".join(line for line in driver.splitlines() if "{{" not in line and "}}" not in line))
+    assert spec["metadata"]["name"] == labels.CSI_DRIVER
+    assert spec["spec"] == csi_driver_object()["spec"]

@@ -88,6 +88,9 @@ class OperatorConfig:
     # agentcred's CSI node plugins (`spec.projection.delivery: csi`): the ServiceAccount
     # ("namespace/name") they run as; empty: `<namespace>/agentcred-csi-node`.
     csi_node_account: str = ""
+    # False: no Secret delivery (the chart's `secretDelivery: false`, RBAC without Secret writes):
+    # pods asking for a credential delivered as a Secret are refused at admission.
+    secret_delivery: bool = True
 
     @property
     def csi_plugin_account(self) -> str:
@@ -166,6 +169,7 @@ class OperatorConfig:
             gateway_burst=int(_env("GATEWAY_BURST", str(cls.gateway_burst))),
             volume_refresh_delay=parse_delay(_env("VOLUME_REFRESH_DELAY", "")) or DEFAULT_VOLUME_REFRESH_DELAY,
             csi_node_account=_env("CSI_NODE_ACCOUNT", cls.csi_node_account),
+            secret_delivery=_env("SECRET_DELIVERY", "true").lower() == "true",
         )
 
 

@@ -287,7 +287,13 @@ def build_parts(
         audit=audit,
     )
     webhook = AdmissionWebhook(
-        view, keyring, audit, issuer=config.effective_issuer, ready=indexed, unwatched=config.unwatched
+        view,
+        keyring,
+        audit,
+        issuer=config.effective_issuer,
+        ready=indexed,
+        unwatched=config.unwatched,
+        secret_delivery=config.secret_delivery,
     )
     certificates = CertificateMonitor(
         kube,

@@ -167,6 +167,16 @@ def gateway_only(records: list[CredentialRecord]) -> list[CredentialRecord]:
     return [r for r in records if r.spec is not None and r.spec.projection.gateway_only]
 
 
+def without_secret_delivery(records: list[CredentialRecord]) -> None:
+    """Refused where the operator writes no Secrets (the chart's `secretDelivery: false`)."""
+    secret = [r.name for r in mounted(records) if r.spec is not None and r.spec.projection.delivery == "secret"]
+    if secret:
+        raise Refusal(
+            f"AgentCredential {', '.join(secret)} is delivered as a Secret, and this agentcred installation delivers "
+            "no Secrets (secretDelivery: false): set spec.projection.delivery to csi"
+        )
+
+
 def by_csi(records: list[CredentialRecord]) -> bool:
     """Written into the pod by agentcred's CSI node plugin (`admit` refuses a mix with secret delivery)."""
     return any(r.spec is not None and r.spec.projection.by_csi for r in records)
