@@ -17,6 +17,7 @@ import pytest
 
 from agentcred.api import labels
 from agents import create_credential as _create_credential
+from clusterkit import wait_for
 from nodekit import (
     MOUNT,
     TOKEN,
@@ -133,3 +134,80 @@ def test_renewed_from_its_own_expiry_and_revoked_at_once(node_cluster, node_oper
     # And it stays gone: no fresh value for a pod barred from the credential.
     audit = [line for line in node_operator.audit() if line.get("podUID") == pod.metadata.uid]
     assert any(line["action"] == "revoke" and line.get("reason") == "emergency" for line in audit)
+
+
+def _reporter_token(cluster: NodeCluster) -> str:
+    from kubernetes.client.exceptions import ApiException
+
+    from clusterkit import LEAK_REPORTER
+
+    namespace, name = LEAK_REPORTER
+    try:
+        cluster.core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
+    except ApiException as error:
+        if error.status != 409:
+            raise
+    spec = {"audiences": [labels.SERVICE_ACCOUNT_AUDIENCE], "expirationSeconds": 600}
+    return cluster.core.create_namespaced_service_account_token(name, namespace, {"spec": spec}).status.token
+
+
+def _intake(operator, path: str, items: list[dict], token: str) -> tuple[int, object]:
+    import json
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{operator.api_url}{path}",
+        data=json.dumps(items).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    try:
+        with urllib.request.urlopen(request, context=ssl.create_default_context(cafile=operator.ca_file())) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_trace_leak_response_and_inventory_know_csi_values(node_cluster, node_operator, node_namespace) -> None:
+    """A csi value is traced to its pod, a leak report revokes it in the container and a fresh
+    one follows (onLeak: reissue), and the inventory counts it, as for Secret-delivered values."""
+    ns = node_namespace
+    from agentcred.client.inventory import read_cluster
+    from agents import service_account
+
+    service_account(node_cluster, ns)
+    csi_credential(node_cluster, ns)
+    pod = create_agent_pod(node_cluster, ns, "agent", "research-llm", "watch", "-every", "200ms", MOUNT)
+    running(node_cluster, ns, "agent")
+    wait_seen(node_cluster, ns, "agent", TOKEN)
+    value = csi_value(node_cluster, pod.metadata.uid, "research-llm")
+    assert value is not None
+    token = _reporter_token(node_cluster)
+    status, traced = _intake(node_operator, "/v1/trace", [{"token": value.decode()}], token)
+    assert status == 200, traced
+    assert traced[0]["verdict"] == "ours" and any(h["pod"] == "agent" for h in traced[0]["holders"]), traced
+    listed = wait_for(
+        lambda: next((e for e in read_cluster(node_cluster.api_client, namespace=ns).credentials if e.active), None),
+        timeout=30,
+        what="the inventory counting the csi value",
+    )
+    assert (listed.delivery, listed.active) == ("csi", 1)
+    status, reported = _intake(node_operator, "/v1/leaks", [{"token": value.decode()}], token)
+    assert status == 200 and reported[0]["outcome"] == "revoked", reported
+    fresh = wait_seen(
+        node_cluster,
+        ns,
+        "agent",
+        TOKEN,
+        lambda events: events[-1].get("sha256") and events[-1]["sha256"] != fingerprint(value),
+        timeout=30,
+        what="a fresh value after the leak",
+    )
+    # The leaked value is out of the file (removed, or straight replaced when the revocation and
+    # the fresh value reached the plugin in one sync), and revoked wherever it is shown.
+    held = csi_value(node_cluster, pod.metadata.uid, "research-llm")
+    assert held is not None and fingerprint(held) == fresh[-1]["sha256"] != fingerprint(value)
+    status, again = _intake(node_operator, "/v1/trace", [{"token": value.decode()}], token)
+    assert status == 200 and again[0]["verdict"] == "ours"
+    assert all(h["state"] != "live" for h in again[0]["holders"]), again
