@@ -4,6 +4,10 @@ FROM python:3.11.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md requirements.lock ./
 COPY operator ./operator
+# The CSI node plugin's protobufs, compiled from the published .proto files (the Go modules that
+# publish them, hash-checked) into operator/agentcred_protos, as `make protos` does.
+RUN pip install --no-cache-dir "grpcio-tools==1.85.1" \
+ && PYTHONPATH=operator python -m agentcred.devcluster.protos
 # Every dependency exactly as requirements.lock pins it (hashes checked), agentcred as a wheel.
 RUN pip download --no-cache-dir --require-hashes --only-binary=:all: -r requirements.lock -d /wheels \
  && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .

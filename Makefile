@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test check unit crd bench bench-quick clean lock image dist
+.PHONY: setup demo test check unit crd bench bench-quick clean lock image dist protos
 
 # Every Python package pinned, with hashes, in requirements-dev.lock (make lock writes it from
 # pyproject.toml); agentcred itself goes in editable, without dependencies of its own choosing.
@@ -14,6 +14,16 @@ $(BIN)/agentcred: pyproject.toml requirements-dev.lock
 	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
+
+# The CSI node plugin's protobufs (the CSI spec's csi.proto, the kubelet's plugin registration
+# api.proto), fetched as the Go modules that publish them, checked against their go.sum hash,
+# compiled with grpcio-tools into operator/agentcred_protos (generated, not committed).
+PROTOS := operator/agentcred_protos/SOURCES
+$(PROTOS): $(BIN)/agentcred operator/agentcred/devcluster/protos.py
+	$(BIN)/python -m agentcred.devcluster.protos
+	touch $@
+
+protos: $(PROTOS)
 
 # The lock files, from pyproject.toml: requirements.lock (what the operator's image installs)
 # and requirements-dev.lock (that, the tests' and checks' packages, and the release tools);
@@ -35,7 +45,7 @@ dist: setup
 	$(BIN)/agentcred dev dist --out dist
 
 # Python packages into .venv, then the control plane binaries (built from Go modules once, cached).
-setup: $(BIN)/agentcred
+setup: $(BIN)/agentcred $(PROTOS)
 	$(BIN)/agentcred dev build
 
 # The main job: a local control plane, the operator, and an agent Job receiving a credential.
@@ -48,17 +58,17 @@ test: setup check
 
 # Layers imported only downwards (import-linter), types (mypy, the benchmark's plots too),
 # style (ruff).
-check: $(BIN)/agentcred $(VENV)/.bench-deps
+check: $(BIN)/agentcred $(VENV)/.bench-deps $(PROTOS)
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/ruff check operator tests bench examples
 	$(BIN)/ruff format --check operator tests bench examples
 
-unit: $(BIN)/agentcred
+unit: $(BIN)/agentcred $(PROTOS)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 # Regenerate the CRD from the models (a test fails when they differ).
-crd: $(BIN)/agentcred
+crd: $(BIN)/agentcred $(PROTOS)
 	for resource in agentcredentials agentcredentialpolicies; do \
 		$(BIN)/agentcred crd $$resource > crds/$$resource.agentcred.dev.yaml && \
 		cp crds/$$resource.agentcred.dev.yaml charts/agentcred/crds/ || exit 1; \
@@ -86,4 +96,4 @@ bench-quick: setup $(VENV)/.bench-deps
 	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis operator/agentcred_protos

@@ -188,9 +188,20 @@ def node_operator(node_cluster: Cluster) -> Iterator[OperatorProcess]:
     from agentcred.devcluster.node import volume_refresh_delay
 
     delay = volume_refresh_delay(node_cluster.node.sync_frequency)
-    process = OperatorProcess(node_cluster, volume_refresh_delay=delay).start()
+    process = OperatorProcess(
+        node_cluster, volume_refresh_delay=delay, env={"AGENTCRED_LEAK_REPORTERS": LEAK_REPORTERS}
+    ).start()
+    link_csi_plugin(node_cluster, process)
     yield process
     process.cleanup()
+
+
+def link_csi_plugin(node_cluster: Cluster, operator: OperatorProcess) -> None:
+    """Point the node's CSI plugin at this operator (its URL, CA, and a Node-bound token)."""
+    from agentcred.devcluster.csi_plugin import link_operator
+
+    node = node_cluster.node
+    link_operator(node_cluster.api_client, node.state.name, node.csi_operator_dir, operator.api_url)
 
 
 @pytest.fixture

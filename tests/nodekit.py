@@ -147,3 +147,44 @@ def until(seconds: float) -> float:
 
 def node_folder(cluster: NodeCluster) -> Path:
     return cluster.node.folder
+
+
+# -- CSI delivery: what agentcred's node plugin holds on the node ---------------------------
+
+
+def csi_state(cluster: NodeCluster) -> Path:
+    return cluster.node.kubelet_root / "plugins" / labels.CSI_DRIVER / "state"
+
+
+def csi_records(cluster: NodeCluster, pod_uid: str) -> list[dict[str, Any]]:
+    """The plugin's records (no values) of the volumes it published for a pod."""
+    found = []
+    for path in sorted((csi_state(cluster) / "volumes").glob("*.json")):
+        record = json.loads(path.read_text())
+        if record["pod_uid"] == pod_uid:
+            found.append(record)
+    return found
+
+
+def csi_value(cluster: NodeCluster, pod_uid: str, credential: str) -> bytes | None:
+    """The value the plugin wrote for a pod's credential, read on the node (never shown)."""
+    for record in csi_records(cluster, pod_uid):
+        if record["credential"] == credential:
+            path = csi_state(cluster) / "mounts" / record["volume_id"] / "token"
+            return path.read_bytes() if path.exists() else None
+    return None
+
+
+def etcd_dump(cluster: Cluster) -> list[tuple[bytes, bytes]]:
+    """Every key and value in etcd, read through etcd's own v3 API (its JSON gateway: a range
+    over the whole key space, as `etcdctl get --prefix ''` reads it)."""
+    import base64
+    import urllib.request
+
+    url = f"{cluster.plane.etcd_url}/v3/kv/range"
+    everything = base64.b64encode(b"\0").decode()
+    body = json.dumps({"key": everything, "range_end": everything}).encode()
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        data = json.loads(answer.read())
+    return [(base64.b64decode(kv["key"]), base64.b64decode(kv.get("value", ""))) for kv in data.get("kvs", [])]

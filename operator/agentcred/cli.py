@@ -80,6 +80,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_csi_node(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .runtime.csi.node_plugin import serve
+
+    asyncio.run(serve(args))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .devcluster.demo import run_demo
 
@@ -357,6 +366,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="which CRD (default: agentcredentials)",
     )
     crd.set_defaults(func=cmd_crd)
+
+    csi = commands.add_parser(
+        "csi-node", help="agentcred's CSI node plugin (one per node): publishes `delivery: csi` values into pods' tmpfs"
+    )
+    csi.add_argument("--node-name", required=True, help="the Node this plugin serves (its kubelet's node name)")
+    csi.add_argument("--driver", default="csi.agentcred.dev", help="the CSI driver name (default %(default)s)")
+    csi.add_argument(
+        "--kubelet-dir", default="/var/lib/kubelet", help="the kubelet's root directory (default %(default)s)"
+    )
+    csi.add_argument(
+        "--state-dir", default="", help="where volumes are kept (default <kubelet-dir>/plugins/<driver>/state)"
+    )
+    csi.add_argument(
+        "--operator-dir",
+        default="/var/run/agentcred-csi",
+        help="a folder holding the operator's ca.crt, the plugin's token (and url): read on every call",
+    )
+    csi.add_argument(
+        "--operator-url", default="", help="the operator's HTTPS endpoint (e.g. https://agentcred.agentcred.svc:8443)"
+    )
+    csi.set_defaults(func=cmd_csi_node)
 
     add_dev_commands(commands)
     return parser

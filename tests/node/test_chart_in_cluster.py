@@ -34,6 +34,8 @@ def in_cluster(node_cluster: NodeCluster, node_operator) -> Iterator[str]:
             [*helm, "install", RELEASE, str(REPO / "charts" / "agentcred"), "-n", NAMESPACE, "--create-namespace"]
             + ["--set", "crds.install=false", "--set", f"image.repository={repository}", "--set", f"image.tag={tag}"]
             + ["--set", "image.pullPolicy=Never", "--set", "logFormat=plain"]
+            # The node runs agentcred's CSI plugin already (beside its kubelet, with its CSIDriver).
+            + ["--set", "csiNode.enabled=false"]
             + ["--set", f"volumeRefreshDelay={volume_refresh_delay(node_cluster.node.sync_frequency)}"]
             + ["--wait", "--timeout", "3m"],
             capture_output=True,

@@ -84,3 +84,13 @@ def test_a_gateway_only_credential_says_so() -> None:
     table = render_table(inventory)
     assert "DELIVERY" in table and "gateway-only" in table
     assert '"delivery": "gateway"' in render_json(inventory)
+
+
+def test_a_csi_credentials_live_values_are_counted_from_the_operators_status() -> None:
+    """No Secret holds them: the operator's own count says how many pods hold one."""
+    csi = body("llm", projection={"mountPath": "/var/run/agentcred/llm", "delivery": "csi"})
+    csi["status"] = {"activeProjections": 3}
+    inventory = build_inventory([csi], [], set(), NOW)
+    (entry,) = inventory.credentials
+    assert (entry.delivery, entry.active) == ("csi", 3)
+    assert "csi" in render_table(inventory)

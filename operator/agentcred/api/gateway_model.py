@@ -185,7 +185,7 @@ class PolicyGateway(Model):
     )
 
 
-Delivery = Literal["secret", "gateway"]
+Delivery = Literal["secret", "csi", "gateway"]
 DELIVERIES: tuple[str, ...] = Delivery.__args__  # type: ignore[attr-defined]
 
 

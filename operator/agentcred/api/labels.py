@@ -57,6 +57,15 @@ GATEWAY_SUFFIX = "gateway"
 GATEWAY_DIRECTORY = "gateway-only"
 SERVICE_ACCOUNT_AUDIENCE = "agentcred"
 
+# CSI delivery: agentcred's CSI node plugin publishes one inline volume per credential of a pod
+# (`spec.projection.delivery: csi`); the volume's attributes name the pod's binding and the
+# credential, which the operator checks against the pod the kubelet names and authenticates.
+CSI_DRIVER = f"csi.{GROUP}"
+CSI_BINDING_ATTRIBUTE = "binding"
+CSI_CREDENTIAL_ATTRIBUTE = "credential"
+# ServiceAccount the node plugin runs as, in the operator's namespace (the chart's `<fullname>-csi-node`).
+CSI_NODE_SERVICE_ACCOUNT = "agentcred-csi-node"
+
 # What a pod that asks for a minted credential gets to reach the token service with: its
 # ServiceAccount token for audience `agentcred` (kubelet-rotated) and the operator's CA, in
 # one read-only volume, and environment variables naming them and the token endpoint.

@@ -303,8 +303,9 @@ class Scope(ScopeRules):
 
 
 class Projection(Model):
-    """How the value reaches the workload: written into the pod (secret), or only ever handed
-    to gateways, which attach it to the requests they let through (gateway)."""
+    """How the value reaches the workload: written into the pod (secret: a Secret volume; csi:
+    agentcred's CSI node plugin, nothing stored in the API), or only ever handed to gateways,
+    which attach it to the requests they let through (gateway)."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -326,8 +327,10 @@ class Projection(Model):
     delivery: Delivery = Field(
         default="secret",
         description="How the value reaches the workload: secret (written into one Secret per pod and mounted; the "
-        "default) or gateway (never written into any pod: gateways attach it upstream to the calls agentcred "
-        "allows; the pod holds only its identity).",
+        "default), csi (written into the pod's tmpfs by agentcred's CSI node plugin, which authenticates the pod: no "
+        "Secret, nothing in etcd; renewed and revoked by the plugin at once) or gateway (never written into any pod: "
+        "gateways attach it upstream to the calls agentcred allows; the pod holds only its identity). A pod's "
+        "credentials written into it share one delivery, secret or csi.",
     )
     mount_path: Annotated[str, StringConstraints(pattern=MOUNT_PATH, max_length=512)] | None = Field(
         default=None,
@@ -357,6 +360,10 @@ class Projection(Model):
     @property
     def gateway_only(self) -> bool:
         return self.delivery == "gateway"
+
+    @property
+    def by_csi(self) -> bool:
+        return self.delivery == "csi"
 
 
 class ExceptionApproval(Model):

@@ -53,10 +53,17 @@ class PodTask(Bound):
     seal: str | None = None
     created_at: dt.datetime | None = None
     gateway: tuple[str, ...] = ()  # of `credentials`, those admitted gateway-only (never written into it)
+    csi: tuple[str, ...] = ()  # of `credentials`, those admitted for agentcred's CSI plugin (no Secret)
+    node: str = ""  # where it is scheduled (spec.nodeName), once it is
     pod_labels: tuple[tuple[str, str], ...] = ()  # mutable by pod editors: conditions read them as hints
 
     def gateway_only(self, credential: str) -> bool:
         return credential in self.gateway
+
+    @property
+    def by_csi(self) -> bool:
+        """Its values are written by agentcred's CSI node plugin (a pod's in-pod values share one delivery)."""
+        return bool(self.csi)
 
     @property
     def end_reason(self) -> EndReason | None:
@@ -89,8 +96,17 @@ def pod_task(pod: dict[str, Any], deleted: bool = False) -> PodTask | None:
     binding = None
     credentials: list[str] = []
     gateway: list[str] = []
+    csi: list[str] = []
     for volume in spec.get("volumes") or []:
         if not str(volume.get("name", "")).startswith(labels.VOLUME_PREFIX):
+            continue
+        if "csi" in volume:
+            found, name = _csi_volume(volume.get("csi"))
+            if found is None or binding not in (None, found) or name in credentials:
+                return None  # not a volume the webhook made: not ours to act on
+            binding = found
+            credentials.append(name)
+            csi.append(name)
             continue
         for source in (volume.get("projected") or {}).get("sources") or []:
             if "secret" not in source:
@@ -128,8 +144,22 @@ def pod_task(pod: dict[str, Any], deleted: bool = False) -> PodTask | None:
         seal=annotations.get(labels.SEAL_ANNOTATION),
         created_at=_time(meta.get("creationTimestamp")),
         gateway=tuple(gateway),
+        csi=tuple(csi),
+        node=str(spec.get("nodeName") or ""),
         pod_labels=tuple(sorted((str(k), str(v)) for k, v in (meta.get("labels") or {}).items())),
     )
+
+
+def _csi_volume(source: Any) -> tuple[str | None, str]:
+    """The binding and credential an agentcred CSI volume names, or (None, "") for any other."""
+    if not isinstance(source, dict) or source.get("driver") != labels.CSI_DRIVER:
+        return None, ""
+    attributes = source.get("volumeAttributes")
+    attributes = attributes if isinstance(attributes, dict) else {}
+    binding, credential = attributes.get(labels.CSI_BINDING_ATTRIBUTE), attributes.get(labels.CSI_CREDENTIAL_ATTRIBUTE)
+    if not labels.is_binding(binding) or not isinstance(credential, str) or not credential:
+        return None, ""
+    return str(binding), credential
 
 
 def _time(text: Any) -> dt.datetime | None:

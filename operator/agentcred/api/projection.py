@@ -118,6 +118,7 @@ class ProjectionState(Bound):
     revoked: dict[str, str] = field(default_factory=dict)  # credential -> reason
     resource_version: str | None = None
     sealed: bool = True  # False: the bookkeeping did not verify (damaged or forged): nothing in it counts
+    csi: bool = False  # delivered by agentcred's CSI node plugin: no Secret, the bookkeeping is kept on the node
 
 
 def parse_projection(secret: dict[str, Any], verify: Verify | None = None) -> ProjectionState | None:
@@ -282,3 +283,58 @@ def without(state: ProjectionState, revoked: Mapping[str, str]) -> ProjectionSta
     return replace(
         state, values={k: v for k, v in state.values.items() if k not in revoked}, revoked={**state.revoked, **revoked}
     )
+
+
+# CSI delivery keeps no Secret: each value's bookkeeping travels sealed with it to the node
+# plugin, which keeps it beside the volume and reports it back, so an operator that restarts
+# (or a new leader) learns what is live on each node from the nodes themselves.
+CSI_RECORD_VERSION = "agentcred-csi-record-v1"
+
+
+def csi_record(state: ProjectionState, credential: str, sign: Sign) -> str:
+    """The sealed bookkeeping of one CSI-delivered value (never the value)."""
+    body = {
+        "namespace": state.namespace,
+        "binding": state.binding,
+        "podUID": state.pod_uid,
+        "podName": state.pod_name,
+        "job": state.job,
+        "credential": credential,
+        "value": state.values[credential].to_json(),
+    }
+    text = json.dumps(body, separators=(",", ":"), sort_keys=True)
+    return json.dumps({"record": text, "seal": sign(f"{CSI_RECORD_VERSION}\n{text}".encode())}, separators=(",", ":"))
+
+
+def parse_csi_record(text: str, verify: Verify) -> ProjectionState | None:
+    """A projection holding the one value a sealed record describes, or None when the record
+    is not one we sealed. Never raises."""
+    try:
+        outer = json.loads(text)
+        inner = outer["record"]
+        if not isinstance(inner, str) or not verify(f"{CSI_RECORD_VERSION}\n{inner}".encode(), outer.get("seal")):
+            return None
+        body = json.loads(inner)
+        credential, binding = str(body["credential"]), str(body["binding"])
+        if not labels.is_binding(binding):
+            return None
+        value = IssuedValue.from_json(credential, body["value"])
+        job = body.get("job")
+        return ProjectionState(
+            namespace=str(body["namespace"]),
+            binding=binding,
+            pod_name=str(body["podName"]),
+            pod_uid=str(body["podUID"]),
+            job=str(job) if job else None,
+            values={credential: value},
+            csi=True,
+        )
+    except Exception:  # whatever it holds, it is not a record we sealed
+        return None
+
+
+def merged(known: ProjectionState | None, found: ProjectionState) -> ProjectionState:
+    """What is known of a CSI projection, with a value a plugin reported added (known values win)."""
+    if known is None:
+        return found
+    return replace(known, values={**found.values, **known.values}, csi=True)

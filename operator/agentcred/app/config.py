@@ -96,6 +96,16 @@ class OperatorConfig:
     # How late the cluster's kubelets may put a renewed value into a container (rules.delivery):
     # 1.5 x their syncFrequency, plus a margin; 0 where no kubelet delivers (the stand-in).
     volume_refresh_delay: dt.timedelta = DEFAULT_VOLUME_REFRESH_DELAY
+    # agentcred's CSI node plugins (`spec.projection.delivery: csi`): the ServiceAccount
+    # ("namespace/name") they run as; empty: `<namespace>/agentcred-csi-node`.
+    csi_node_account: str = ""
+    # False: no Secret delivery (the chart's `secretDelivery: false`, RBAC without Secret writes):
+    # pods asking for a credential delivered as a Secret are refused at admission.
+    secret_delivery: bool = True
+
+    @property
+    def csi_plugin_account(self) -> str:
+        return self.csi_node_account or f"{self.namespace}/{labels.CSI_NODE_SERVICE_ACCOUNT}"
 
     @property
     def scoped(self) -> bool:
@@ -175,6 +185,8 @@ class OperatorConfig:
             gateway_rate=float(_env("GATEWAY_RATE", str(cls.gateway_rate))),
             gateway_burst=int(_env("GATEWAY_BURST", str(cls.gateway_burst))),
             volume_refresh_delay=parse_delay(_env("VOLUME_REFRESH_DELAY", "")) or DEFAULT_VOLUME_REFRESH_DELAY,
+            csi_node_account=_env("CSI_NODE_ACCOUNT", cls.csi_node_account),
+            secret_delivery=_env("SECRET_DELIVERY", "true").lower() == "true",
         )
 
 

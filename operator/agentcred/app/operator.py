@@ -44,6 +44,8 @@ from ..runtime.loops import LoopOf, Loops
 from ..runtime.projection.bars import Bars
 from ..runtime.projection.bindings import BindingOwners
 from ..runtime.projection.credential_lifecycle import CredentialLifecycle
+from ..runtime.projection.csi_publishing import CSI_PUBLISHING, CsiPublishing
+from ..runtime.projection.csi_volumes import CsiVolumes
 from ..runtime.projection.due import tenant_of
 from ..runtime.projection.due_work import DueWork
 from ..runtime.projection.handover import Handover, TakeOver
@@ -113,6 +115,7 @@ class Parts:
     ca_bundle: CaBundle
     certificates: CertificateMonitor
     tokens: TokenService
+    csi: CsiPublishing
     gateway: GatewayService
     leak_intake: LeakIntake
     webhook: AdmissionWebhook
@@ -194,6 +197,7 @@ def build_parts(
         bookkeeping=bookkeeping,
         revocations=revocations,
         ca_bundle=lambda: ca_bundle.pem,
+        csi=CsiVolumes(),
     )
     handover = Handover(
         reconciler, revoker, store, book, window=dt.timedelta(seconds=2 * (config.lease_duration + config.lease_renew))
@@ -244,6 +248,21 @@ def build_parts(
         unsure=revocations_unsure,
         scope_time=RateLimiter(config.scope_ms_per_second, config.scope_ms_burst),
     )
+    # agentcred's CSI node plugins: the pod a volume is published for authenticated by the
+    # token the kubelet passes, its value written to the plugin, never to a Secret.
+    csi = CsiPublishing(
+        reviews=ReviewGate(lambda token: kube.review_token(token, [labels.SERVICE_ACCOUNT_AUDIENCE])),
+        view=view,
+        bindings=bindings,
+        reconciler=reconciler,
+        volumes=reconciler.csi,
+        store=store,
+        scheduler=scheduler,
+        bookkeeping=bookkeeping,
+        audit=audit,
+        plugin_account=config.csi_plugin_account,
+        ca=lambda: ca_bundle.pem,
+    )
     # Gateways' calls decided: the pod identified as the token service does, the credential
     # attached on the way out (a static value read through the secretRef source).
     upstream_secrets = UpstreamSecrets(kube.find_secret, lambda ns, name: first(indices.shared_secrets, (ns, name)))
@@ -281,7 +300,13 @@ def build_parts(
         audit=audit,
     )
     webhook = AdmissionWebhook(
-        view, keyring, audit, issuer=config.effective_issuer, ready=indexed, unwatched=config.unwatched
+        view,
+        keyring,
+        audit,
+        issuer=config.effective_issuer,
+        ready=indexed,
+        unwatched=config.unwatched,
+        secret_delivery=config.secret_delivery,
     )
     certificates = CertificateMonitor(
         kube,
@@ -342,6 +367,7 @@ def build_parts(
         ca_bundle=ca_bundle,
         certificates=certificates,
         tokens=tokens,
+        csi=csi,
         gateway=gateway,
         leak_intake=leak_intake,
         webhook=webhook,
@@ -402,6 +428,7 @@ class Operator:
         )
         app[LEAK_INTAKE] = parts.leak_intake
         app[FORWARD_AUTH] = parts.gateway
+        app[CSI_PUBLISHING] = parts.csi
         self._runners.append(
             await serve(app, config.api_address, config.api_port, certfile, keyfile, limit=config.max_connections)
         )

@@ -56,7 +56,8 @@ class CredentialEntry:
     exception_approved_by: str | None = None
     exception_expires: str | None = None
     review_due: str | None = None
-    # secret: written into each pod; gateway: gateway-only, never in any pod (attached by gateways).
+    # secret: written into each pod as a Secret; csi: by agentcred's CSI node plugin (no Secret);
+    # gateway: gateway-only, never in any pod (attached by gateways).
     delivery: str = "secret"
 
 
@@ -121,7 +122,10 @@ def build_inventory(
             owner=spec.owner,
             source=spec.source.kind,
             ttl=spec.ttl,
-            active=active.get(record.key, 0),
+            # A csi value has no Secret to count: the operator's own count (its status) says.
+            active=active.get(record.key, 0)
+            if spec.projection.delivery != "csi"
+            else int(status.get("activeProjections") or 0),
             last_issued=status.get("lastIssued"),
             ready=verdict.ready,
             delivery=spec.projection.delivery,

@@ -157,7 +157,8 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
 NEXT_STEPS = """no operator runs yet: opted-in pods are refused until one does. Next, in another terminal:
   export KUBECONFIG={kubeconfig}
   agentcred run --standalone --namespace agentcred --webhook-url https://127.0.0.1:9443
-then: kubectl apply -f examples/quickstart.yaml   (README: Running outside a cluster)"""
+then: kubectl apply -f examples/quickstart.yaml   (README: Running outside a cluster);
+for `delivery: csi`, once it runs: agentcred dev csi-link (the node's CSI plugin finds it)"""
 
 
 def start_kubelet(workdir: Path, kubeconfig: str, complete_after: float) -> int:
@@ -218,6 +219,29 @@ def cmd_dev_kubeconfig(args: argparse.Namespace) -> int:
             print("no local control plane is up: run `agentcred dev up`", file=sys.stderr)
         return 1
     print(ControlPlaneState.load(state_path).kubeconfig)
+    return 0
+
+
+def cmd_dev_csi_link(args: argparse.Namespace) -> int:
+    """Point the local node's CSI plugin at a running operator (its URL, CA, a Node-bound token)."""
+    from kubernetes import config
+
+    from .controlplane import ControlPlaneState
+    from .csi_plugin import link_operator
+    from .node import NodeState
+
+    state_path = _dev_dir(args) / "state.json"
+    if not state_path.exists():
+        print("no local control plane is up: run `agentcred dev up`", file=sys.stderr)
+        return 1
+    state = ControlPlaneState.load(state_path)
+    if not state.node:
+        print("this local control plane has no real node (and so no CSI plugin)", file=sys.stderr)
+        return 1
+    node = NodeState.from_dict(state.node)
+    folder = Path(node.folder) / "csi-operator"
+    link_operator(config.new_client_from_config(config_file=state.kubeconfig), node.name, folder, args.url)
+    print(f"the CSI plugin on node {node.name} now asks the operator at {args.url}", file=sys.stderr)
     return 0
 
 
@@ -342,6 +366,15 @@ def add_dev_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     dist = dev.add_parser("dist", help="the release artifacts: helm package of the chart, the image archive, its SBOM")
     dist.add_argument("--out", default="dist", help="where to write them (default dist/)")
     dist.set_defaults(func=cmd_dev_dist)
+    link = dev.add_parser(
+        "csi-link",
+        parents=[named],
+        help="point the local node's CSI plugin at a running operator (for delivery: csi; after `agentcred run`)",
+    )
+    link.add_argument(
+        "--url", default="https://127.0.0.1:8443", help="the operator's HTTPS endpoint (default %(default)s)"
+    )
+    link.set_defaults(func=cmd_dev_csi_link)
     relay = dev.add_parser("relay", help="forward TCP connections (a real node starts one for its pods)")
     relay.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to accept connections")
     relay.add_argument("--to", required=True, metavar="HOST:PORT", help="where to forward each of them")

@@ -128,6 +128,7 @@ class ControlPlane:
         # A real node's pods reach the API server at the `kubernetes` Service's address, the
         # first of this range: the node puts it on its own bridge (see node.py).
         self.service_cidr = service_cidr
+        self.etcd_url = ""  # once started: its client URL on loopback
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="agentcred-cp-"))
         self.detach = detach
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -169,7 +170,7 @@ class ControlPlane:
         try:
             self._write_pki()
             took("certificates and keys")
-            etcd_url = self._start_etcd(binaries["etcd"])
+            etcd_url = self.etcd_url = self._start_etcd(binaries["etcd"])
             self._start_apiserver(binaries["kube-apiserver"], etcd_url)
             self._wait_ready(timeout)
             took("etcd and kube-apiserver until ready")

@@ -292,6 +292,8 @@ class PythonImage:
 def _package_sources() -> list[Path]:
     package = REPO / "operator" / "agentcred"
     code = sorted([*package.rglob("*.py"), *package.rglob("*.typed")])
+    # The CSI plugin's compiled protobufs (make protos) go into the wheel beside the package.
+    code += sorted((REPO / "operator" / "agentcred_protos").glob("*"))
     return [REPO / "pyproject.toml", REPO / "README.md", *code]
 
 

@@ -275,6 +275,11 @@ class RealNode:
         return f"agentcred-{self.node_id}"
 
     @property
+    def csi_operator_dir(self) -> Path:
+        """What agentcred's CSI node plugin reads to reach the operator (`csi_plugin.link_operator`)."""
+        return self.folder / "csi-operator"
+
+    @property
     def kubelet_root(self) -> Path:
         """The kubelet's --root-dir, at the short path: it makes unix sockets in it
         (pod-resources, plugin registration), whose paths must stay under 108 bytes. The
@@ -402,8 +407,38 @@ class RealNode:
         )
         self._wait_ready(admin_kubeconfig, timeout)
         took("kubelet registered, Node Ready, scheduler started")
+        self._start_csi_plugin(admin_kubeconfig)
+        took("agentcred's CSI node plugin started")
 
     # -- pieces of the start -------------------------------------------------------------
+
+    def _start_csi_plugin(self, admin_kubeconfig: Path) -> None:
+        """agentcred's CSI node plugin beside the kubelet (as the chart's DaemonSet would run
+        it), and its CSIDriver; it reaches the operator once `csi_plugin.link_operator` has
+        written where (the operator runs later)."""
+        from kubernetes import config
+
+        from .csi_plugin import install_csi_driver
+
+        assert self.state is not None
+        install_csi_driver(config.new_client_from_config(config_file=str(admin_kubeconfig)))
+        self.csi_operator_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._spawn(
+            "csi-node",
+            [
+                sys.executable,
+                "-m",
+                "agentcred",
+                "csi-node",
+                "--node-name",
+                self.state.name,
+                "--kubelet-dir",
+                str(self.kubelet_root),
+                "--operator-dir",
+                str(self.csi_operator_dir),
+            ],
+            python=True,
+        )
 
     def _record_fixed_paths(self) -> None:
         assert self.state is not None

@@ -10,7 +10,7 @@ import copy
 import datetime as dt
 import difflib
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..api import labels
@@ -97,6 +97,13 @@ def _check(
     if problems:
         # Known when every credential refused exists and all share one category.
         raise Refusal("; ".join(problems), category=categories.pop() if len(categories) == 1 else None)
+    deliveries = {record.name: record.spec.projection.delivery for record in mounted(records) if record.spec}
+    if len(set(deliveries.values())) > 1:
+        by = ", ".join(f"{name} ({delivery})" for name, delivery in deliveries.items())
+        raise Refusal(
+            f"the pod asks for credentials delivered in different ways: {by}; a pod's credentials are written "
+            "into it one way, secret or csi: ask for them in separate pods"
+        )
     mount_paths: dict[str, str] = {}
     for record in mounted(records):
         assert record.spec is not None
@@ -113,11 +120,12 @@ OWN_ANNOTATIONS = (labels.BINDING_ANNOTATION, labels.ADMITTED_ANNOTATION, labels
 
 def _already_admitted(pod: dict[str, Any], namespace: str, keys: seal.SealKeys, now: dt.datetime) -> bool:
     """This webhook's own work, seen again when the API server reinvokes it (another webhook
-    changed the pod after us): sealed by us moments ago, and still held by our gate. (A copy of
-    another pod's admission that passes this is held by the gate too, and the operator gives
-    it nothing: the binding belongs to the pod that claimed it first.)"""
+    changed the pod after us): sealed by us moments ago, and still held by our gate (a pod the
+    CSI plugin serves has none). (A copy of another pod's admission that passes this is held by
+    the gate too, or its volume is refused by the operator: it gets nothing, the binding
+    belongs to the pod that claimed it first.)"""
     task = pod_task({**pod, "metadata": {**(pod.get("metadata") or {}), "namespace": namespace}})
-    if task is None or not task.gated or task.admitted_at is None:
+    if task is None or not (task.gated or task.by_csi) or task.admitted_at is None:
         return False
     if not now - seal.REINVOCATION_WINDOW <= task.admitted_at <= now:
         return False
@@ -134,13 +142,15 @@ def _already_admitted(pod: dict[str, Any], namespace: str, keys: seal.SealKeys, 
 
 def _arrives_clean(pod: dict[str, Any]) -> None:
     """What the webhook adds is the webhook's alone: a pod that brings a binding, an
-    agentcred volume or the gate of its own is refused, so no pod can name another's Secret."""
+    agentcred volume (a volume of agentcred's CSI driver, whatever its name) or the gate of its
+    own is refused, so no pod can name another's Secret or CSI volume."""
     meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
     brought = [f"annotation {name}" for name in OWN_ANNOTATIONS if name in (meta.get("annotations") or {})]
     brought += [
         f"volume {v.get('name')}"
         for v in spec.get("volumes") or []
         if str(v.get("name", "")).startswith(labels.VOLUME_PREFIX)
+        or (isinstance(v.get("csi"), dict) and v["csi"].get("driver") == labels.CSI_DRIVER)
     ]
     if any(g.get("name") == labels.SCHEDULING_GATE for g in spec.get("schedulingGates") or []):
         brought.append(f"scheduling gate {labels.SCHEDULING_GATE}")
@@ -157,8 +167,40 @@ def gateway_only(records: list[CredentialRecord]) -> list[CredentialRecord]:
     return [r for r in records if r.spec is not None and r.spec.projection.gateway_only]
 
 
-def _volume(record: CredentialRecord, secret_name: str) -> dict[str, Any]:
+def without_secret_delivery(records: list[CredentialRecord]) -> None:
+    """Refused where the operator writes no Secrets (the chart's `secretDelivery: false`)."""
+    secret = [r.name for r in mounted(records) if r.spec is not None and r.spec.projection.delivery == "secret"]
+    if secret:
+        raise Refusal(
+            f"AgentCredential {', '.join(secret)} is delivered as a Secret, and this agentcred installation delivers "
+            "no Secrets (secretDelivery: false): set spec.projection.delivery to csi"
+        )
+
+
+def by_csi(records: list[CredentialRecord]) -> bool:
+    """Written into the pod by agentcred's CSI node plugin (`admit` refuses a mix with secret delivery)."""
+    return any(r.spec is not None and r.spec.projection.by_csi for r in records)
+
+
+def _volume(record: CredentialRecord, binding: str) -> dict[str, Any]:
     assert record.spec is not None
+    if record.spec.projection.by_csi:
+        # An inline volume of agentcred's CSI driver: the kubelet asks the node plugin to publish
+        # it for this pod (naming the pod and passing its token); the attributes say which
+        # binding and credential it is for, and the operator believes them only for the pod it
+        # authenticates and finds admitted for them. The file mode comes from the credential.
+        return {
+            "name": labels.volume_name(record.name),
+            "csi": {
+                "driver": labels.CSI_DRIVER,
+                "readOnly": True,
+                "volumeAttributes": {
+                    labels.CSI_BINDING_ATTRIBUTE: binding,
+                    labels.CSI_CREDENTIAL_ATTRIBUTE: record.name,
+                },
+            },
+        }
+    secret_name = labels.secret_name(binding)
     mode = record.spec.projection.file_mode or DEFAULT_FILE_MODE
     return {
         "name": labels.volume_name(record.name),
@@ -201,58 +243,52 @@ def needs_identity(records: list[CredentialRecord]) -> bool:
     )
 
 
-def _identity_volume(secret_name: str, gateway: list[CredentialRecord], issuer: str = "") -> dict[str, Any]:
+def _identity_volume(secret_name: str, gateway: list[CredentialRecord], issuer: str, csi: bool) -> dict[str, Any]:
     """The pod's identity (for audience `agentcred`, and -- with an issuer to reach -- a second
     token addressed to its token endpoint, for clients of MCP's workload identity federation);
     and, as items of keys the operator never writes (so no file ever appears), the
     gateway-only credentials it was admitted for: recorded in the pod's immutable spec, where
-    the operator reads what a pod may have."""
+    the operator reads what a pod may have. A pod served by the CSI plugin has no Secret: its
+    CA comes with its values (`ca.crt` beside each), never from a Secret someone else could
+    create under that name."""
     marks = [{"key": labels.gateway_key(r.name), "path": f"{labels.GATEWAY_DIRECTORY}/{r.name}"} for r in gateway]
-    assertion = [
+    items = marks if csi else [{"key": labels.CA_KEY, "path": labels.CA_KEY}, *marks]
+    sources: list[dict[str, Any]] = [
         {
             "serviceAccountToken": {
-                "audience": token_endpoint(issuer),
+                "audience": labels.SERVICE_ACCOUNT_AUDIENCE,
                 "expirationSeconds": labels.IDENTITY_TOKEN_SECONDS,
-                "path": labels.ASSERTION_FILE,
+                "path": labels.IDENTITY_TOKEN_FILE,
             }
         }
     ]
-    return {
-        "name": labels.IDENTITY_VOLUME,
-        "projected": {
-            "defaultMode": DEFAULT_FILE_MODE,
-            "sources": [
-                {
-                    "serviceAccountToken": {
-                        "audience": labels.SERVICE_ACCOUNT_AUDIENCE,
-                        "expirationSeconds": labels.IDENTITY_TOKEN_SECONDS,
-                        "path": labels.IDENTITY_TOKEN_FILE,
-                    }
-                },
-                *(assertion if issuer else []),
-                {
-                    "secret": {
-                        "name": secret_name,
-                        "optional": True,
-                        "items": [{"key": labels.CA_KEY, "path": labels.CA_KEY}, *marks],
-                    }
-                },
-            ],
-        },
-    }
+    if issuer:
+        assertion = {
+            "audience": token_endpoint(issuer),
+            "expirationSeconds": labels.IDENTITY_TOKEN_SECONDS,
+            "path": labels.ASSERTION_FILE,
+        }
+        sources.append({"serviceAccountToken": assertion})
+    if items:
+        sources.append({"secret": {"name": secret_name, "optional": True, "items": items}})
+    return {"name": labels.IDENTITY_VOLUME, "projected": {"defaultMode": DEFAULT_FILE_MODE, "sources": sources}}
 
 
 def token_endpoint(issuer: str) -> str:
     return f"{issuer}/oauth2/token"
 
 
-def identity_env(issuer: str) -> dict[str, str]:
-    return {
+def identity_env(issuer: str, records: Sequence[CredentialRecord] = ()) -> dict[str, str]:
+    env = {
         "AGENTCRED_ISSUER": issuer,
         "AGENTCRED_TOKEN_ENDPOINT": token_endpoint(issuer),
         **labels.IDENTITY_ENV,
         "AGENTCRED_ASSERTION_FILE": f"{labels.IDENTITY_MOUNT_PATH}/{labels.ASSERTION_FILE}",
     }
+    csi = [r.spec.projection.mount_path for r in mounted(list(records)) if r.spec and r.spec.projection.by_csi]
+    if csi:  # the CA comes with the values the CSI plugin writes
+        env["AGENTCRED_CA_FILE"] = f"{csi[0]}/{labels.CA_KEY}"
+    return env
 
 
 def _mount_clashes(pod: dict[str, Any], records: list[CredentialRecord]) -> None:
@@ -401,14 +437,20 @@ def apply(
     spec = pod.setdefault("spec", {})
     volumes = spec.setdefault("volumes", [])
     for record in mounted(records):
-        volumes.append(_volume(record, secret_name))
-    identity = identity_env(issuer) if issuer and needs_identity(records) else {}
+        volumes.append(_volume(record, binding))
+    identity = identity_env(issuer, records) if issuer and needs_identity(records) else {}
     if identity or gateway_only(records):
         # A gateway-only credential is recorded in the identity volume: the pod needs it anyway.
-        volumes.append(_identity_volume(secret_name, gateway_only(records), issuer if identity else ""))
+        volumes.append(
+            _identity_volume(secret_name, gateway_only(records), issuer if identity else "", by_csi(records))
+        )
     for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
         _add_to_container(container, records, identity)
-    spec.setdefault("schedulingGates", []).append({"name": labels.SCHEDULING_GATE})
+    if not by_csi(records):
+        # Held until its Secret exists. A pod served by the CSI plugin needs no gate: the
+        # kubelet starts no container before the plugin has published its volumes, and the
+        # plugin waits for the operator to issue (see rules.csi).
+        spec.setdefault("schedulingGates", []).append({"name": labels.SCHEDULING_GATE})
 
 
 def admission_patch(

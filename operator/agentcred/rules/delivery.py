@@ -26,7 +26,10 @@ DEFAULT_VOLUME_REFRESH_DELAY = dt.timedelta(seconds=95)
 
 def renew_before(spec: AgentCredentialSpec, refresh_delay: dt.timedelta) -> dt.timedelta:
     """How long before expiry a value is renewed: renewBefore (default a third of ttl), and
-    never less than the kubelet may take to deliver it."""
+    never less than the kubelet may take to deliver it -- unless agentcred's CSI node plugin
+    delivers it: the plugin writes the file itself, at once, so no kubelet period applies."""
+    if spec.projection.delivery == "csi":
+        return spec.renew_before_delta
     return max(spec.renew_before_delta, refresh_delay)
 
 
@@ -38,8 +41,9 @@ def shown(delta: dt.timedelta) -> str:
 
 def ttl_problem(spec: AgentCredentialSpec, refresh_delay: dt.timedelta) -> str | None:
     """Why this ttl cannot be delivered safely by kubelets that refresh volumes this late (a
-    gateway-only credential is never in a volume: it has no such bound)."""
-    if not refresh_delay or spec.ttl_delta >= 2 * refresh_delay or spec.projection.gateway_only:
+    gateway-only credential is never in a volume, and a CSI-delivered one is written by
+    agentcred's plugin, not refreshed by the kubelet: neither has such a bound)."""
+    if not refresh_delay or spec.ttl_delta >= 2 * refresh_delay or spec.projection.delivery != "secret":
         return None
     return (
         f"ttl {spec.ttl} is too short for values delivered as Secret volumes: a kubelet may take up to "

@@ -199,12 +199,15 @@ def plan(
     renew_now: frozenset[str] = frozenset(),
     barred: frozenset[str] = frozenset(),
     not_before: Mapping[str, dt.datetime] | None = None,
+    awaiting_publish: frozenset[str] = frozenset(),
 ) -> Plan:
     """What the pod's projection needs now; `renew_now` names credentials whose live values
     are replaced at once (`agentcred renew`), due or not; `barred` names credentials the
     revocation list bars this pod from (revoked for it while it lives, whatever its Secret
     says); `not_before` says when a credential revoked up to a cut-off may be issued afresh
-    (tokens carry whole seconds: one minted before the cut-off would be born revoked). The
+    (tokens carry whole seconds: one minted before the cut-off would be born revoked);
+    `awaiting_publish` names CSI-delivered credentials whose volume no plugin has asked for
+    yet: their first value waits for it (the plugin asks when the kubelet publishes). The
     task's lifetime counts from its sealed admission, never from bookkeeping."""
     if task is not None and task.end_reason == "opted-out":
         # The pod lives on without the opt-in label (only possible while the label guard is
@@ -247,6 +250,8 @@ def plan(
                 draft.problems.append(Problem(name, "Revoked", f"credential {name} was revoked for this pod"))
         elif value is not None:
             draft.keep_or_renew(name, record, value, barred=name in barred, renew=name in renew_now)
+        elif name in awaiting_publish:
+            continue
         else:
             draft.issue_fresh(name, record, held_until=(not_before or {}).get(name))
     issues, revokes, problems, dues = draft.issues, draft.revokes, draft.problems, draft.dues

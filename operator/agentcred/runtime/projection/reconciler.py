@@ -15,7 +15,7 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ...api import labels
@@ -23,6 +23,7 @@ from ...api.pods import PodTask, pod_ref, split_key
 from ...api.projection import (
     ProjectionState,
     Subject,
+    csi_record,
     new_projection,
     parse_projection,
     secret_body,
@@ -31,7 +32,7 @@ from ...api.projection import (
     without,
 )
 from ...api.reasons import RevocationReason
-from ...api.times import utcnow
+from ...api.times import format_time, utcnow
 from ...platform import metrics
 from ...platform.kube import Conflict, Kube, NotFound, status_of
 from ...platform.revocations import RevocationList
@@ -46,6 +47,7 @@ from ..status.statusbook import StatusBook
 from ..store import ProjectionStore
 from ..view import ClusterView
 from .bindings import BindingOwners
+from .csi_volumes import CsiVolumes
 from .due import BindingDue
 from .pod_checks import PodChecks
 from .revoker import RevokeOrder, Revoker
@@ -80,12 +82,15 @@ class Reconciler:
         bookkeeping: Bookkeeping,
         revocations: RevocationList,
         ca_bundle: Callable[[], bytes] = lambda: b"",
+        csi: CsiVolumes | None = None,
     ) -> None:
         self.kube, self.store, self.scheduler, self.sources = kube, store, scheduler, sources
         self.bookkeeping, self.revocations = bookkeeping, revocations
         self.revoker, self.audit, self.events, self.book = revoker, audit, events, book
         self.view, self.bindings, self.checks = view, bindings, checks
         self.ca_bundle = ca_bundle  # written into each pod's Secret next to its values
+        # Pods served by agentcred's CSI node plugin: their values are written there, not in a Secret.
+        self.csi = csi if csi is not None else CsiVolumes()
         self.loaded = asyncio.Event()  # the managed Secrets have been listed into the store
         self._locks: dict[str, asyncio.Lock] = {}
         self._attempts: dict[str, int] = {}
@@ -158,9 +163,14 @@ class Reconciler:
                     else dataclasses.replace(state, values={k: v for k, v in state.values.items() if k != credential})
                 )
                 patch = secret_patch(remaining, {}, (credential,), previous=state, sign=self.bookkeeping.sign)
+                write: Callable[[], Awaitable[dict[str, Any] | ProjectionState]]
                 write = functools.partial(self.kube.patch_secret, state.namespace, state.secret_name, patch)
+                if state.csi:
+                    write = functools.partial(self._write_csi, remaining, {}, {credential: reason})
                 try:
-                    written = await self.revoker.revoke(subject, [revocation], write, tell_pod=task is not None)
+                    written: dict[str, Any] | ProjectionState = await self.revoker.revoke(
+                        subject, [revocation], write, tell_pod=task is not None
+                    )
                 except NotFound:
                     self.store.forget(key)
                     return 0
@@ -171,8 +181,25 @@ class Reconciler:
                 return 1
             return 0
 
+    async def _write_csi(
+        self, state: ProjectionState, values: dict[str, bytes], revoked: dict[str, RevocationReason]
+    ) -> ProjectionState:
+        """A CSI projection's write: each value (and its sealed record) handed to the node
+        plugin that holds its volume, each revocation too; memory is the only copy here."""
+        written = dataclasses.replace(state, csi=True)
+        for name, value in values.items():
+            issued = written.values[name]
+            record = csi_record(written, name, self.bookkeeping.sign)
+            self.csi.put(written.key, name, value, issued.fingerprint, format_time(issued.expires_at), record)
+        for name, reason in revoked.items():
+            self.csi.revoke(written.key, name, reason)
+        return written
+
     async def refresh(self, key: str) -> None:
-        """Re-read a projection's Secret into memory."""
+        """Re-read a projection's Secret into memory (a CSI projection has none: memory is all)."""
+        known = self.store.get(key)
+        if known is not None and known.csi:
+            return
         namespace, binding = split_key(key)
         body = await self.kube.find_secret(namespace, labels.secret_name(binding))
         state = parse_projection(body, self.bookkeeping.verify) if body is not None else None
@@ -201,7 +228,10 @@ class Reconciler:
             for name in names
             if task and (moment := self.revocations.fresh_after(task.uid, name)) is not None and moment > now
         }
-        decided = plan(task, state, records, now, renew_now, barred, not_before)
+        # A CSI value is first issued when the plugin asks (the kubelet publishes the volume):
+        # an operator that restarted must not issue afresh to pods whose plugin still holds one.
+        awaiting = frozenset(name for name in (task.csi if task else ()) if not self.csi.published(key, name))
+        decided = plan(task, state, records, now, renew_now, barred, not_before, awaiting)
         if decided.delete_secret:
             assert state is not None
             await self._end(key, task, state, decided, now)
@@ -277,9 +307,12 @@ class Reconciler:
             if (record := records[name]) is not None
         ]
         entries += self.revoker.ahead(subject, revocations)
+        written: dict[str, Any] | ProjectionState
         with self.audit.ahead(entries):
             try:
-                if state is None:
+                if task.by_csi:
+                    written = await self._write_csi(dataclasses.replace(desired, csi=True), values, revokes)
+                elif state is None:
                     written = await self.kube.create_secret(
                         task.namespace,
                         secret_body(desired, values, task.uid, self.bookkeeping.sign, self.ca_bundle(), keys),
@@ -325,6 +358,10 @@ class Reconciler:
         revocations = [RevokeOrder(r.credential, state.values.get(r.credential), r.reason) for r in decided.revoke]
 
         async def delete() -> None:
+            if state.csi:
+                for revocation in revocations:
+                    self.csi.revoke(key, revocation.credential, revocation.reason)
+                return
             try:
                 await self.kube.delete_secret(state.namespace, state.secret_name)
             except NotFound:
@@ -365,6 +402,9 @@ class Reconciler:
         """Schedule the next look: a retry with backoff while something stands in the way
         (and tell people once per change of problems), else the next renewal or expiry."""
         if problems:
+            for problem in problems:
+                if problem.credential in task.csi:  # a publish waiting for it is answered with why
+                    self.csi.problem(task.key, problem.credential, f"{problem.reason}: {problem.message}")
             self.scheduler.schedule(BindingDue(task.key), now + dt.timedelta(seconds=self._backoff(task.key)))
             for problem in problems:
                 self._waiting.setdefault((task.namespace, problem.credential), set()).add(task.key)
@@ -406,7 +446,10 @@ class Reconciler:
             self._finished.pop(task.uid, None)
         return task
 
-    def _remember(self, written: dict[str, Any]) -> None:
+    def _remember(self, written: dict[str, Any] | ProjectionState) -> None:
+        if isinstance(written, ProjectionState):
+            self.store.put(written)
+            return
         observed = parse_projection(written, self.bookkeeping.verify)
         if observed is not None:
             self.store.put(observed)

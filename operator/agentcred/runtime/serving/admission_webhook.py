@@ -40,7 +40,9 @@ class AdmissionWebhook:
         issuer: str,
         ready: asyncio.Event,
         unwatched: Callable[[str], str | None] = lambda namespace: None,
+        secret_delivery: bool = True,
     ) -> None:
+        self.secret_delivery = secret_delivery  # false: this installation writes no Secrets (csi and gateway only)
         self.view, self.keyring, self.audit, self.issuer = view, keyring, audit, issuer
         self.ready = ready  # the credentials, policies and namespaces are in memory
         self.unwatched = unwatched  # why a namespace is outside the operator's (namespace-scoped) reach
@@ -80,6 +82,8 @@ class AdmissionWebhook:
                 # a namespace's AgentCredentials, for "did you mean" in a refusal
                 known=lambda: [record.name for record in self.view.credentials(namespace)],
             )
+            if records and not self.secret_delivery:
+                admission.without_secret_delivery(records)
         except admission.Refusal as refusal:
             self.audit.record(
                 "deny",

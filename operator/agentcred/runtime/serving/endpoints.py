@@ -8,6 +8,7 @@ GET  /v1/revocations                          tokens revoked before their expiry
 POST /oauth2/token                            token exchange, JWT bearer, client credentials
 POST /oauth2/introspect                       RFC 7662, for allowed resource servers
 POST /oauth2/revoke                           RFC 7009, for a token's holder
+POST /v1/csi/publish, /v1/csi/sync            agentcred's CSI node plugins (runtime.projection.csi_publishing)
 *    /v1/gateway/forward-auth                 HTTP forward-auth for gateways (runtime.gateway)
 GET  /oauth2/authorize                        no browser flows: always unsupported_response_type
 
@@ -35,6 +36,7 @@ from ...rules import dpop
 from ...rules.oauth import MAX_BODY, OAuthError, authorization_server_metadata
 from ..gateway import forward_auth
 from ..leaks import intake as leak_intake
+from ..projection import csi_publishing
 from ..tokens.token_service import NO_STORE, TokenService
 
 log = logging.getLogger(__name__)
@@ -143,6 +145,7 @@ def build_app(
         app.router.add_post(f"{prefix}/oauth2/revoke", _oauth(revoke))
     leak_intake.add_routes(app)
     forward_auth.add_routes(app)
+    csi_publishing.add_routes(app)
     return app
 
 
