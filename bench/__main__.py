@@ -248,7 +248,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Options, Path]:
     add("--leaks-live", type=int, help="live projections in the leaks stage (default 1000; quick: 100)")
     add("--leaks-reports", type=int, help="leak reports measured one at a time (default 100; quick: 20)")
     add("--trace-index", type=int, help="live values in the in-process trace index (default 10000; quick: 2000)")
-    add("--gateway-seconds", type=float, help="seconds per gateway point (default 10; quick: 2)")
+    add("--gateway-seconds", type=float, help="seconds per gateway and dpop point (default 10; quick: 2)")
     add("--kubelet-configs", help="kubelet-delay: dev,defaults (default both)")
     add("--only", default="", help="stage kinds: " + ", ".join(KINDS) + f" (extras, run only when named: {EXTRAS})")
     add("--profile", action="store_true", help="py-spy the operator during bursts, renewal, gateway (bench/out/)")

@@ -240,6 +240,42 @@ def hot_path_rows(results: dict[str, Any]) -> list[list[str]]:
     return rows if len(rows) > 1 else []
 
 
+VERIFICATIONS = {
+    "verify_bearer": "Verifier.verify, a bearer token",
+    "verify_dpop_bound": "Verifier.verify, a DPoP-bound token with its proof",
+    "proof_check_only": "the proof check alone",
+    "make_proof_pyjwt": "making a proof (the client: PyJWT, ES256)",
+}
+
+
+def dpop_rows(results: dict[str, Any]) -> list[list[str]]:
+    """The dpop stage's in-process figures (its issuance is in the hot-path table)."""
+    figures = (results.get("dpop") or {}).get("verification_us") or {}
+    rows = [["DPoP, in process, one core", "µs per call"]]
+    rows += [[VERIFICATIONS.get(name, name), _num(value, 1)] for name, value in figures.items()]
+    return rows if len(rows) > 1 else []
+
+
+def csi_rows(results: dict[str, Any]) -> list[list[str]]:
+    """The csi stage's delays on the real node (pod created -> readable is also a hot path)."""
+    csi = results.get("csi") or {}
+    created = csi.get("created_to_readable_seconds") or {}
+    measures = [
+        ("pod created → value readable, secret", created.get("secret")),
+        ("pod created → value readable, csi", created.get("csi")),
+        ("renewal → readable in the container, csi", csi.get("csi_renewal_to_readable_seconds")),
+        ("revoke → file gone in the container, csi", csi.get("csi_revoke_to_gone_seconds")),
+    ]
+    rows = [["real node", "n", "min s", "p50 s", "p99 s", "max s"]]
+    for name, f in measures:
+        if f:
+            rows.append([name, _num(f["n"]), *(_num(f[k], 2) for k in ("min", "p50", "p99", "max"))])
+    memory = csi.get("plugin_rss_kib") or {}
+    for state, kib in memory.items():
+        rows.append([f"the plugin's RSS, {state.replace('_', ' ')} (MiB)", "", "", _num(kib / 1024, 1), "", ""])
+    return rows if len(rows) > 1 else []
+
+
 def leak_rows(results: dict[str, Any]) -> list[list[str]]:
     rows = [["measure", "n", "p50 ms", "p99 ms", "max ms"]]
     leaks = results.get("leaks") or {}
@@ -666,6 +702,8 @@ def markdown(results: dict[str, Any], plots: list[str], image_prefix: str) -> st
         ("### Idle beside busy", idle_and_busy(results), BUSY_NOTES),
         ("### Before and after (`--baseline`, same run)", before_and_after(results), ""),
         ("### Hot paths beside their floors", hot_path_rows(results), ""),
+        ("### DPoP verification", dpop_rows(results), ""),
+        ("### CSI delivery beside Secret delivery", csi_rows(results), ""),
         ("### Leak response and trace lookups", leak_rows(results), ""),
         ("### Load average around each stage", load_rows(results), LOAD_NOTES),
     )
@@ -715,6 +753,8 @@ def text_table(results: dict[str, Any]) -> str:
         idle_and_busy(results),
         before_and_after(results),
         hot_path_rows(results),
+        dpop_rows(results),
+        csi_rows(results),
         leak_rows(results),
         token_rows(results),
         scale_rows(results),
