@@ -41,6 +41,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
+{{- /* The CSI node plugin's ServiceAccount: made with the operator's (serviceAccount.create),
+its name the operator's suffixed -csi-node unless csiNode.serviceAccountName says otherwise. */ -}}
+{{- define "agentcred.csiNodeServiceAccountName" -}}
+{{- default (printf "%s-csi-node" (include "agentcred.fullname" .)) .Values.csiNode.serviceAccountName -}}
+{{- end -}}
+
 {{- define "agentcred.issuer" -}}
 {{- default (printf "https://%s.%s.svc:%d" (include "agentcred.fullname" .) .Release.Namespace (int .Values.api.port)) .Values.issuer -}}
 {{- end -}}
