@@ -1,11 +1,13 @@
 """`csi`: CSI delivery beside Secret delivery on a real node (kubelet, containerd, runc,
-agentcred's CSI node plugin): what a container waits for, and what the plugin costs. 50 pods per
-delivery, about 8 minutes on 2 cores; quick: 5 pods per delivery, under a minute once the node's
-binaries and image are built (`make test`'s real-node tier builds them before CI's
-`make bench-quick`; the control plane, the node and the operator are up in ~15 s), so unlike
-`kubelet-delay` (minutes per configuration whatever the size) it is in the quick run too. A
-quick run on a host that cannot run a real node records why and measures nothing, as the
-real-node tests skip there; the full run fails the stage.
+agentcred's CSI node plugin): what a container waits for, and what the plugin costs. 50 pods
+per delivery: about 3 minutes on 2 cores with nothing else running, 8 under other work.
+
+Quick: 5 pods per delivery, under a minute once the node's binaries and image are built
+(`make test`'s real-node tier builds them before CI's `make bench-quick`; the control plane,
+the node and the operator are up in ~15 s), so unlike `kubelet-delay` (minutes per
+configuration whatever the size) it is in the quick run too. A quick run on a host that
+cannot run a real node records why and measures nothing, as the real-node tests skip there;
+the full run fails the stage.
 
 A local control plane and a real node of its own (syncFrequency 10s, as `agentcred dev up`
 runs it), the operator; credentials with ttl 1h (nothing renews by itself): `secret-cred`
