@@ -251,7 +251,9 @@ def build_parts(
     # agentcred's CSI node plugins: the pod a volume is published for authenticated by the
     # token the kubelet passes, its value written to the plugin, never to a Secret.
     csi = CsiPublishing(
-        reviews=ReviewGate(lambda token: kube.review_token(token, [labels.SERVICE_ACCOUNT_AUDIENCE])),
+        reviews=ReviewGate(
+            lambda token: kube.review_token(token, [labels.SERVICE_ACCOUNT_AUDIENCE]), caller="csi-publishing"
+        ),
         view=view,
         bindings=bindings,
         reconciler=reconciler,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -46,7 +46,7 @@ from ...rules.seal import Bookkeeping
 from ..audit import AuditTrail
 from ..scheduler import Scheduler
 from ..store import ProjectionStore
-from ..tokens.callers import NotAuthenticated, ReviewGate, reviewed_identity
+from ..tokens.callers import NotAuthenticated, RateLimiter, ReviewGate, Throttled, reviewed_identity
 from ..view import ClusterView
 from .bindings import BindingOwners
 from .csi_volumes import CsiVolumes, Desired, Volume
@@ -67,6 +67,11 @@ class PluginRefused(Exception):
     """The caller is not an agentcred node plugin; the message says why."""
 
 
+# Refused tokens per second per plugin address, and the burst: reviews are paid for before
+# they are sent, so a caller sending garbage stops costing TokenReviews after a burst.
+REFUSAL_RATE, REFUSAL_BURST = 2.0, 20
+
+
 @dataclass
 class CsiPublishing:
     reviews: ReviewGate
@@ -80,15 +85,20 @@ class CsiPublishing:
     audit: AuditTrail
     plugin_account: str  # "namespace/name" of the node plugin's ServiceAccount
     ca: Callable[[], bytes]
+    _refusals: RateLimiter = field(default_factory=lambda: RateLimiter(REFUSAL_RATE, REFUSAL_BURST))
 
     # -- who is asking --------------------------------------------------------------------
 
-    async def plugin_node(self, authorization: str | None) -> str:
+    async def _review(self, token: str, source: str) -> dict[str, Any]:
+        """The API server's answer for `token`, paid for by the plugin's address `source`."""
+        return await self.reviews.review(token, f"csi:{source}", self._refusals)
+
+    async def plugin_node(self, authorization: str | None, source: str) -> str:
         """The node of the plugin presenting this token, or PluginRefused."""
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise PluginRefused("send the node plugin's ServiceAccount token as 'Authorization: Bearer'")
-        status = await self.reviews.review(token.strip())
+        status = await self._review(token.strip(), source)
         try:
             who = reviewed_identity(status)
         except NotAuthenticated as error:
@@ -107,10 +117,10 @@ class CsiPublishing:
 
     # -- a volume published ---------------------------------------------------------------
 
-    async def publish(self, authorization: str | None, body: bytes) -> Published:
+    async def publish(self, authorization: str | None, body: bytes, source: str) -> Published:
         """The value for the volume the kubelet publishes; Refused (the pod gets nothing, the
         kubelet's event says why), BadRequest, PluginRefused or NotServing otherwise."""
-        node = await self.plugin_node(authorization)
+        node = await self.plugin_node(authorization, source)
         self._serving()
         request = parse_publish(body)
         facts: dict[str, Any] = {
@@ -122,7 +132,7 @@ class CsiPublishing:
         }
         try:
             try:
-                reviewed = reviewed_identity(await self.reviews.review(request.pod.token))
+                reviewed = reviewed_identity(await self._review(request.pod.token, source))
             except NotAuthenticated as error:
                 raise Refused("token-refused", f"the token the kubelet passed was not accepted: {error}") from None
             if (reviewed.namespace, reviewed.service_account) != (request.pod.namespace, request.pod.service_account):
@@ -170,8 +180,8 @@ class CsiPublishing:
 
     # -- a node's sync --------------------------------------------------------------------
 
-    async def sync(self, authorization: str | None, body: bytes) -> dict[str, Any]:
-        node = await self.plugin_node(authorization)
+    async def sync(self, authorization: str | None, body: bytes, source: str) -> dict[str, Any]:
+        node = await self.plugin_node(authorization, source)
         self._serving()
         request = parse_sync(body)
         self.volumes.arm(node)
@@ -253,11 +263,13 @@ async def _publish(request: web.Request) -> web.Response:
 
 
 async def _published(part: CsiPublishing, request: web.Request, body: bytes) -> dict[str, Any]:
-    return (await part.publish(request.headers.get("Authorization"), body)).to_json()
+    return (await part.publish(request.headers.get("Authorization"), body, request.remote or "")).to_json()
 
 
 async def _sync(request: web.Request) -> web.Response:
-    return await _answer(request, lambda part, body: part.sync(request.headers.get("Authorization"), body))
+    return await _answer(
+        request, lambda part, body: part.sync(request.headers.get("Authorization"), body, request.remote or "")
+    )
 
 
 async def _answer(
@@ -273,6 +285,9 @@ async def _answer(
         return web.json_response({"reason": refused.reason, "message": str(refused)}, status=403, headers=headers)
     except PluginRefused as refused:
         return web.json_response({"reason": "not-a-plugin", "message": str(refused)}, status=401, headers=headers)
+    except Throttled:
+        answer = {"reason": "rate-limited", "message": "too many refused tokens from this address: ask again later"}
+        return web.json_response(answer, status=429, headers={**headers, "Retry-After": "1"})
     except BadRequest as bad:
         return web.json_response({"reason": "bad-request", "message": str(bad)}, status=400, headers=headers)
     except NotServing as busy:
