@@ -25,6 +25,10 @@ pays for an earlier one's objects.
   leaks            leak report -> revoked, -> fresh value written, at 1,000 live projections
   gateway          ext_authz and forward-auth decisions at 1/16/100 callers; a tool call
                    through Caddy beside Caddy with no authorization (the floor)
+  dpop             token exchange with and without a DPoP proof at 1/100 callers (bearer the
+                   floor); verification cost per call, in process
+  csi              on a real node of its own: pod created -> readable for Secret (the floor)
+                   and CSI delivery, renewal -> readable, revoke -> gone, the plugin's memory
   eso-V-N          N ExternalSecrets (Fake store + Password generator) -> target Secret
                    written; deleted -> Secret gone; ESO's RSS and CPU (V: client limits)
   eso-refresh      M ExternalSecrets refreshing every 80 s: lateness, RSS, CPU

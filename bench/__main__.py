@@ -205,7 +205,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Options, Path]:
         prog="python -m bench", description=overview, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument
-    add("--quick", action="store_true", help="bench-quick: every stage kind briefly (~3 min); no ESO build, no scale")
+    add("--quick", action="store_true", help="bench-quick: every stage kind briefly (~5 min); no ESO build, no scale")
     add("--json", default=str(OUT / "results.json"), help="results file; plots, logs, profiles go to its folder")
     add("--bursts", help="burst sizes (default 100,1000,5000; quick: 200)")
     add("--webhook", type=int, help="AdmissionReviews to time (default 2000; quick: 300)")
