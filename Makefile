@@ -91,8 +91,7 @@ bench: setup $(VENV)/.bench-deps
 
 # About 5 minutes: every stage kind briefly (the webhook, the floor and agentcred for a burst of
 # 200, tokens, leaks, the gateway, DPoP, CSI on a real node with 5 pods, ESO's build path
-# rehearsed); CI runs it. Fails when the
-# harness breaks, not when a target is missed.
+# rehearsed); CI runs it. Fails when the harness breaks, not when a target is missed.
 bench-quick: setup $(VENV)/.bench-deps
 	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
