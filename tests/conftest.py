@@ -189,7 +189,7 @@ def node_operator(node_cluster: Cluster) -> Iterator[OperatorProcess]:
 
     delay = volume_refresh_delay(node_cluster.node.sync_frequency)
     process = OperatorProcess(
-        node_cluster, volume_refresh_delay=delay, env={"AGENTCRED_LEAK_REPORTERS": LEAK_REPORTERS}
+        node_cluster, volume_refresh_delay=delay, env=REPORTER_ENV
     ).start()
     link_csi_plugin(node_cluster, process)
     yield process

@@ -46,7 +46,7 @@ from ...rules.seal import Bookkeeping
 from ..audit import AuditTrail
 from ..scheduler import Scheduler
 from ..store import ProjectionStore
-from ..tokens.callers import NotAuthenticated, ReviewGate, reviewed_identity
+from ..tokens.callers import NotAuthenticated, RateLimiter, ReviewGate, Throttled, reviewed_identity
 from ..view import ClusterView
 from .bindings import BindingOwners
 from .csi_volumes import CsiVolumes, Desired, Volume
@@ -80,15 +80,18 @@ class CsiPublishing:
     audit: AuditTrail
     plugin_account: str  # "namespace/name" of the node plugin's ServiceAccount
     ca: Callable[[], bytes]
+    # Refused tokens per client address (a plugin's, or -- for the pods' tokens it passes -- its node's).
+    refusals: RateLimiter
 
     # -- who is asking --------------------------------------------------------------------
 
-    async def plugin_node(self, authorization: str | None) -> str:
-        """The node of the plugin presenting this token, or PluginRefused."""
+    async def plugin_node(self, authorization: str | None, source: str = "") -> str:
+        """The node of the plugin presenting this token, or PluginRefused (Throttled when its
+        address has sent too many refused tokens)."""
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise PluginRefused("send the node plugin's ServiceAccount token as 'Authorization: Bearer'")
-        status = await self.reviews.review(token.strip())
+        status = await self.reviews.review(token.strip(), f"csi:{source}", self.refusals)
         try:
             who = reviewed_identity(status)
         except NotAuthenticated as error:
@@ -107,10 +110,10 @@ class CsiPublishing:
 
     # -- a volume published ---------------------------------------------------------------
 
-    async def publish(self, authorization: str | None, body: bytes) -> Published:
+    async def publish(self, authorization: str | None, body: bytes, source: str = "") -> Published:
         """The value for the volume the kubelet publishes; Refused (the pod gets nothing, the
         kubelet's event says why), BadRequest, PluginRefused or NotServing otherwise."""
-        node = await self.plugin_node(authorization)
+        node = await self.plugin_node(authorization, source)
         self._serving()
         request = parse_publish(body)
         facts: dict[str, Any] = {
@@ -122,7 +125,9 @@ class CsiPublishing:
         }
         try:
             try:
-                reviewed = reviewed_identity(await self.reviews.review(request.pod.token))
+                reviewed = reviewed_identity(
+                    await self.reviews.review(request.pod.token, f"csi-node:{node}", self.refusals)
+                )
             except NotAuthenticated as error:
                 raise Refused("token-refused", f"the token the kubelet passed was not accepted: {error}") from None
             if (reviewed.namespace, reviewed.service_account) != (request.pod.namespace, request.pod.service_account):
@@ -170,8 +175,8 @@ class CsiPublishing:
 
     # -- a node's sync --------------------------------------------------------------------
 
-    async def sync(self, authorization: str | None, body: bytes) -> dict[str, Any]:
-        node = await self.plugin_node(authorization)
+    async def sync(self, authorization: str | None, body: bytes, source: str = "") -> dict[str, Any]:
+        node = await self.plugin_node(authorization, source)
         self._serving()
         request = parse_sync(body)
         self.volumes.arm(node)
@@ -253,11 +258,13 @@ async def _publish(request: web.Request) -> web.Response:
 
 
 async def _published(part: CsiPublishing, request: web.Request, body: bytes) -> dict[str, Any]:
-    return (await part.publish(request.headers.get("Authorization"), body)).to_json()
+    return (await part.publish(request.headers.get("Authorization"), body, request.remote or "")).to_json()
 
 
 async def _sync(request: web.Request) -> web.Response:
-    return await _answer(request, lambda part, body: part.sync(request.headers.get("Authorization"), body))
+    return await _answer(
+        request, lambda part, body: part.sync(request.headers.get("Authorization"), body, request.remote or "")
+    )
 
 
 async def _answer(
@@ -275,6 +282,10 @@ async def _answer(
         return web.json_response({"reason": "not-a-plugin", "message": str(refused)}, status=401, headers=headers)
     except BadRequest as bad:
         return web.json_response({"reason": "bad-request", "message": str(bad)}, status=400, headers=headers)
+    except Throttled:
+        headers["Retry-After"] = "1"
+        message = "too many refused tokens from this address: slow down"
+        return web.json_response({"reason": "throttled", "message": message}, status=429, headers=headers)
     except NotServing as busy:
         headers["Retry-After"] = "1"
         return web.json_response({"reason": "unavailable", "message": str(busy)}, status=503, headers=headers)
