@@ -205,7 +205,7 @@ class CsiPublishing:
         """A volume a plugin reports: registered, and its value's bookkeeping learnt if this
         replica did not know it (it restarted, or took over)."""
         state = parse_csi_record(held.record, self.bookkeeping.verify)
-        if state is None:
+        if state is None or self._elsewhere(node, held.volume_id, state.namespace, state.pod_name, state.pod_uid):
             return None
         (credential,) = state.values
         self.volumes.register(Volume(held.volume_id, node, state.key, credential, state.pod_uid))
@@ -217,18 +217,34 @@ class CsiPublishing:
                 self.scheduler.schedule(BindingDue(state.key), utcnow())
         return (state.key, credential)
 
+    def _elsewhere(self, node: str, volume_id: str, namespace: str = "", pod: str = "", pod_uid: str = "") -> bool:
+        """Is this volume (or the pod its record names) another node's? A plugin speaks for its
+        own node only: a compromised node naming another node's volume -- its id is the
+        kubelet's, worked out from the pod's UID and the volume's name -- must neither make the
+        operator forget it (its revocation would wait for that node's next sync) nor claim it
+        (and be sent its renewed value)."""
+        volume = self.volumes.volume(volume_id)
+        task = self.view.pod_by_name(namespace, pod) if pod else None
+        owner = volume.node if volume is not None else task.node if task is not None and task.uid == pod_uid else ""
+        if not owner or owner == node:
+            return False
+        message = f"the node plugin of {node} named volume {volume_id} of node {owner}"
+        self.audit.record("deny", reason="csi-wrong-node", message=message, node=node, volumeId=volume_id)
+        return True
+
     def _unpublished(self, node: str, held: HeldVolume) -> None:
         """The kubelet took a volume away (its pod is ending): the value is revoked unless it
         already was -- by the pod's end, seen by the watch, or the volume's own record."""
-        volume = self.volumes.volume(held.volume_id)
+        if self._elsewhere(node, held.volume_id):
+            return
         self.volumes.unpublished(held.volume_id)
         state = parse_csi_record(held.record, self.bookkeeping.verify)
-        if state is None:
+        if state is None or self._elsewhere(node, held.volume_id, state.namespace, state.pod_name, state.pod_uid):
             return
         (credential,) = state.values
         known = self.store.get(state.key)
         live = known.values.get(credential) if known is not None else None
-        if live is None and held.fingerprint and (volume is None or volume.node == node):
+        if live is None and held.fingerprint:
             # Not known here (this replica restarted meanwhile): learnt, so its revocation is planned.
             self.store.put(merged(known, state))
         if self.store.get(state.key) is not None:
