@@ -188,9 +188,7 @@ def node_operator(node_cluster: Cluster) -> Iterator[OperatorProcess]:
     from agentcred.devcluster.node import volume_refresh_delay
 
     delay = volume_refresh_delay(node_cluster.node.sync_frequency)
-    process = OperatorProcess(
-        node_cluster, volume_refresh_delay=delay, env=REPORTER_ENV
-    ).start()
+    process = OperatorProcess(node_cluster, volume_refresh_delay=delay, env=REPORTER_ENV).start()
     link_csi_plugin(node_cluster, process)
     yield process
     process.cleanup()
