@@ -5,10 +5,11 @@ from typing import Any
 
 import pytest
 
-from agentcred.runtime.projection.csi_publishing import REFUSAL_BURST, CsiPublishing, PluginRefused
-from agentcred.runtime.tokens.callers import ReviewGate, Throttled
+from agentcred.runtime.projection.csi_publishing import CsiPublishing, PluginRefused
+from agentcred.runtime.tokens.callers import RateLimiter, ReviewGate, Throttled
 
 PLUGIN = "agentcred/agentcred-csi-node"
+REFUSAL_RATE, REFUSAL_BURST = 2.0, 20
 
 
 def publishing(reviewed: list[str], answer: dict[str, Any]) -> CsiPublishing:
@@ -19,7 +20,11 @@ def publishing(reviewed: list[str], answer: dict[str, Any]) -> CsiPublishing:
     # Only the caller's identification is exercised: the rest of the parts are never reached.
     unused: Any = None
     return CsiPublishing(
-        ReviewGate(review), unused, unused, unused, unused, unused, unused, unused, unused, PLUGIN, lambda: b""
+        ReviewGate(review),
+        *[unused] * 8,
+        plugin_account=PLUGIN,
+        ca=lambda: b"",
+        refusals=RateLimiter(REFUSAL_RATE, REFUSAL_BURST),
     )
 
 

@@ -260,3 +260,17 @@ def test_the_cache_stays_within_its_bounds_and_never_accepts_a_live_replay(
             accepted[(holder, identifier)] = now + life
         assert len(cache) <= 9
         assert all(len(mine) <= 5 for mine in cache._seen.values())
+
+
+def test_one_group_fills_its_share_never_the_others_room() -> None:
+    """Workload assertions: a tenant's pods together fill their namespace's share, and another
+    namespace's pod is still served; entries lapsing give the share back."""
+    cache = ReplayCache(per_holder=2, total=10, per_group=4)
+    for pod in ("a1", "a2"):
+        for jti in ("j1", "j2"):
+            assert cache.use(pod, jti, until=100, now=0, group="tenant-a") == "fresh"
+    assert cache.use("a3", "j1", until=100, now=0, group="tenant-a") == "full"  # a new pod: the share is used
+    assert cache.use("a1", "j1", until=100, now=0, group="tenant-a") == "replayed"  # never forgotten early
+    assert cache.use("b1", "j1", until=100, now=0, group="tenant-b") == "fresh"
+    assert cache.use("a3", "j1", until=200, now=100, group="tenant-a") == "fresh"  # lapsed: room again
+    assert len(cache) == 1 and cache._groups == {"tenant-a": 1}

@@ -264,6 +264,7 @@ def build_parts(
         audit=audit,
         plugin_account=config.csi_plugin_account,
         ca=lambda: ca_bundle.pem,
+        refusals=RateLimiter(rate=config.source_rate, burst=config.source_burst),
     )
     # Gateways' calls decided: the pod identified as the token service does, the credential
     # attached on the way out (a static value read through the secretRef source).

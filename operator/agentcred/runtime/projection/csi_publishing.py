@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -67,11 +67,6 @@ class PluginRefused(Exception):
     """The caller is not an agentcred node plugin; the message says why."""
 
 
-# Refused tokens per second per plugin address, and the burst: reviews are paid for before
-# they are sent, so a caller sending garbage stops costing TokenReviews after a burst.
-REFUSAL_RATE, REFUSAL_BURST = 2.0, 20
-
-
 @dataclass
 class CsiPublishing:
     reviews: ReviewGate
@@ -85,20 +80,18 @@ class CsiPublishing:
     audit: AuditTrail
     plugin_account: str  # "namespace/name" of the node plugin's ServiceAccount
     ca: Callable[[], bytes]
-    _refusals: RateLimiter = field(default_factory=lambda: RateLimiter(REFUSAL_RATE, REFUSAL_BURST))
+    # Refused tokens per client address (a plugin's, or -- for the pods' tokens it passes -- its node's).
+    refusals: RateLimiter
 
     # -- who is asking --------------------------------------------------------------------
 
-    async def _review(self, token: str, source: str) -> dict[str, Any]:
-        """The API server's answer for `token`, paid for by the plugin's address `source`."""
-        return await self.reviews.review(token, f"csi:{source}", self._refusals)
-
-    async def plugin_node(self, authorization: str | None, source: str) -> str:
-        """The node of the plugin presenting this token, or PluginRefused."""
+    async def plugin_node(self, authorization: str | None, source: str = "") -> str:
+        """The node of the plugin presenting this token, or PluginRefused (Throttled when its
+        address has sent too many refused tokens)."""
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise PluginRefused("send the node plugin's ServiceAccount token as 'Authorization: Bearer'")
-        status = await self._review(token.strip(), source)
+        status = await self.reviews.review(token.strip(), f"csi:{source}", self.refusals)
         try:
             who = reviewed_identity(status)
         except NotAuthenticated as error:
@@ -117,7 +110,7 @@ class CsiPublishing:
 
     # -- a volume published ---------------------------------------------------------------
 
-    async def publish(self, authorization: str | None, body: bytes, source: str) -> Published:
+    async def publish(self, authorization: str | None, body: bytes, source: str = "") -> Published:
         """The value for the volume the kubelet publishes; Refused (the pod gets nothing, the
         kubelet's event says why), BadRequest, PluginRefused or NotServing otherwise."""
         node = await self.plugin_node(authorization, source)
@@ -132,7 +125,9 @@ class CsiPublishing:
         }
         try:
             try:
-                reviewed = reviewed_identity(await self._review(request.pod.token, source))
+                reviewed = reviewed_identity(
+                    await self.reviews.review(request.pod.token, f"csi-node:{node}", self.refusals)
+                )
             except NotAuthenticated as error:
                 raise Refused("token-refused", f"the token the kubelet passed was not accepted: {error}") from None
             if (reviewed.namespace, reviewed.service_account) != (request.pod.namespace, request.pod.service_account):
@@ -180,7 +175,7 @@ class CsiPublishing:
 
     # -- a node's sync --------------------------------------------------------------------
 
-    async def sync(self, authorization: str | None, body: bytes, source: str) -> dict[str, Any]:
+    async def sync(self, authorization: str | None, body: bytes, source: str = "") -> dict[str, Any]:
         node = await self.plugin_node(authorization, source)
         self._serving()
         request = parse_sync(body)
@@ -210,7 +205,7 @@ class CsiPublishing:
         """A volume a plugin reports: registered, and its value's bookkeeping learnt if this
         replica did not know it (it restarted, or took over)."""
         state = parse_csi_record(held.record, self.bookkeeping.verify)
-        if state is None:
+        if state is None or self._elsewhere(node, held.volume_id, state.namespace, state.pod_name, state.pod_uid):
             return None
         (credential,) = state.values
         self.volumes.register(Volume(held.volume_id, node, state.key, credential, state.pod_uid))
@@ -222,18 +217,34 @@ class CsiPublishing:
                 self.scheduler.schedule(BindingDue(state.key), utcnow())
         return (state.key, credential)
 
+    def _elsewhere(self, node: str, volume_id: str, namespace: str = "", pod: str = "", pod_uid: str = "") -> bool:
+        """Is this volume (or the pod its record names) another node's? A plugin speaks for its
+        own node only: a compromised node naming another node's volume -- its id is the
+        kubelet's, worked out from the pod's UID and the volume's name -- must neither make the
+        operator forget it (its revocation would wait for that node's next sync) nor claim it
+        (and be sent its renewed value)."""
+        volume = self.volumes.volume(volume_id)
+        task = self.view.pod_by_name(namespace, pod) if pod else None
+        owner = volume.node if volume is not None else task.node if task is not None and task.uid == pod_uid else ""
+        if not owner or owner == node:
+            return False
+        message = f"the node plugin of {node} named volume {volume_id} of node {owner}"
+        self.audit.record("deny", reason="csi-wrong-node", message=message, node=node, volumeId=volume_id)
+        return True
+
     def _unpublished(self, node: str, held: HeldVolume) -> None:
         """The kubelet took a volume away (its pod is ending): the value is revoked unless it
         already was -- by the pod's end, seen by the watch, or the volume's own record."""
-        volume = self.volumes.volume(held.volume_id)
+        if self._elsewhere(node, held.volume_id):
+            return
         self.volumes.unpublished(held.volume_id)
         state = parse_csi_record(held.record, self.bookkeeping.verify)
-        if state is None:
+        if state is None or self._elsewhere(node, held.volume_id, state.namespace, state.pod_name, state.pod_uid):
             return
         (credential,) = state.values
         known = self.store.get(state.key)
         live = known.values.get(credential) if known is not None else None
-        if live is None and held.fingerprint and (volume is None or volume.node == node):
+        if live is None and held.fingerprint:
             # Not known here (this replica restarted meanwhile): learnt, so its revocation is planned.
             self.store.put(merged(known, state))
         if self.store.get(state.key) is not None:
@@ -285,11 +296,12 @@ async def _answer(
         return web.json_response({"reason": refused.reason, "message": str(refused)}, status=403, headers=headers)
     except PluginRefused as refused:
         return web.json_response({"reason": "not-a-plugin", "message": str(refused)}, status=401, headers=headers)
-    except Throttled:
-        answer = {"reason": "rate-limited", "message": "too many refused tokens from this address: ask again later"}
-        return web.json_response(answer, status=429, headers={**headers, "Retry-After": "1"})
     except BadRequest as bad:
         return web.json_response({"reason": "bad-request", "message": str(bad)}, status=400, headers=headers)
+    except Throttled:
+        headers["Retry-After"] = "1"
+        message = "too many refused tokens from this address: slow down"
+        return web.json_response({"reason": "throttled", "message": message}, status=429, headers=headers)
     except NotServing as busy:
         headers["Retry-After"] = "1"
         return web.json_response({"reason": "unavailable", "message": str(busy)}, status=503, headers=headers)

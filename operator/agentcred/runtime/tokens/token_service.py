@@ -64,7 +64,10 @@ CLOCK_SKEW = dt.timedelta(seconds=30)
 SCOPE_MS_PER_SECOND, SCOPE_MS_BURST = 250.0, 2000  # a quarter of the event loop per namespace
 MAX_CHAIN = 4  # exchanges of exchanged tokens, deep
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-ASSERTION_LIFETIME = 3600  # seconds an assertion's jti is kept when its expiry cannot be read
+# Seconds a workload identity assertion may still live: its jti is remembered until it expires,
+# so one that lived a year held its room in the replay memory for a year (RFC 7523 §3 lets a
+# server refuse an expiry unreasonably far ahead). The kubelet's are 1 h at most by default.
+ASSERTION_LIFETIME = 3600
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,8 @@ class TokenService:
     # follower whose leader has not saved for a while issues nothing rather than a revoked pod's token.
     unsure: Callable[[], str | None] = lambda: None
     proofs: ProofChecker = field(default_factory=ProofChecker)  # DPoP proofs, each used once
-    assertions: ReplayCache = field(default_factory=lambda: ReplayCache(per_holder=256, total=65536))
+    # Per pod, per namespace (one tenant cannot fill the memory every tenant shares), in total.
+    assertions: ReplayCache = field(default_factory=lambda: ReplayCache(per_holder=256, total=65536, per_group=4096))
 
     @property
     def token_endpoint(self) -> str:
@@ -185,7 +189,7 @@ class TokenService:
             # Addressed to this token endpoint (or the issuer) rather than to `agentcred`, as the
             # API server reports the audiences it matched: a federation assertion, single-use.
             if request.grant_type == JWT_BEARER and who.audiences and SERVICE_ACCOUNT_AUDIENCE not in who.audiences:
-                self._federated_once(request.subject_token, who.token_id, who.pod_uid, unauthenticated)
+                self._federated_once(request.subject_token, who.token_id, who.pod_uid, who.namespace, unauthenticated)
             subject = Caller(who.namespace, who.service_account, who.pod_name, who.pod_uid)
         if request.client_id is not None and request.client_id != service_account_subject(
             subject.namespace, subject.service_account
@@ -199,10 +203,11 @@ class TokenService:
         return subject
 
     def _federated_once(
-        self, assertion: str, token_id: str | None, pod_uid: str, refuse: Callable[[str], OAuthError]
+        self, assertion: str, token_id: str | None, pod_uid: str, namespace: str, refuse: Callable[[str], OAuthError]
     ) -> None:
         """Workload identity federation: an assertion addressed to this token endpoint (or the
-        issuer) is good for one token, named by its `jti` (as the API server reports it)."""
+        issuer) is good for one token, named by its `jti` (as the API server reports it), and
+        lives at most ASSERTION_LIFETIME (its jti is remembered until it expires)."""
         if token_id is None:
             raise refuse(
                 f"assertion is addressed to {self.token_endpoint} but carries no jti: a workload identity "
@@ -211,8 +216,15 @@ class TokenService:
         now = utcnow().timestamp()
         peeked = peek_claims(assertion)
         exp = peeked[1].get("exp") if peeked is not None else None
-        until = float(exp) if isinstance(exp, int) else now + ASSERTION_LIFETIME
-        seen = self.assertions.use(pod_uid, token_id, until, now)
+        if not isinstance(exp, int) or isinstance(exp, bool):
+            exp = int(now) + ASSERTION_LIFETIME  # not a JWT (another authenticator's): kept that long
+        if exp > now + ASSERTION_LIFETIME + CLOCK_SKEW.total_seconds():
+            raise refuse(
+                f"assertion addressed to {self.token_endpoint} expires more than {ASSERTION_LIFETIME} s from now: "
+                f"a workload identity assertion lives at most {ASSERTION_LIFETIME} s (expirationSeconds of its "
+                "projected token)"
+            )
+        seen = self.assertions.use(pod_uid, token_id, float(exp), now, group=namespace)
         if seen == "replayed":
             raise refuse(
                 f"assertion {token_id[:64]} was used before: an assertion addressed to the token endpoint is good "
@@ -220,7 +232,10 @@ class TokenService:
             )
         if seen == "full":
             raise OAuthError(
-                "temporarily_unavailable", "too many assertions from this pod remembered; slow down", 429, 1
+                "temporarily_unavailable",
+                f"too many assertions from this pod or namespace {namespace} remembered; slow down",
+                429,
+                1,
             )
 
     def _proof(self, request: TokenRequest, subject: Caller, header: str | None, facts: dict[str, Any]) -> Proof | None:
