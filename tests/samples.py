@@ -53,6 +53,15 @@ GATEWAY_ONLY = {"projection": {"delivery": "gateway"}, "gateway": {"routes": [CH
 # (case, spec overrides, field the API server names, phrase in its message)
 INVALID = [
     (
+        "a DPoP-bound value delivered by the CSI plugin",
+        {
+            "source": {"jwt": {"audiences": ["https://llm-gateway.internal"], "dpop": "required"}},
+            "projection": {"mountPath": "/var/run/agentcred/llm", "delivery": "csi"},
+        },
+        "spec.source.jwt.dpop",
+        "source.jwt.dpop required is not available with csi delivery yet",
+    ),
+    (
         "gateway delivery without gateway",
         {"projection": {"delivery": "gateway"}},
         "spec.gateway",
