@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from agentcred.api import labels, model
 from agentcred.api.webhook_configuration import opt_in_check, pod_guard
-from clusterkit import Cluster, opt_in_check_refuses, wait_for
+from clusterkit import LEAK_REPORTER, Cluster, ensure_namespace, opt_in_check_refuses, wait_for
 from samples import credential
 
 
@@ -259,3 +259,16 @@ def job_condition(cluster: Cluster, namespace: str, name: str, wanted: str) -> b
 
 def pod_events(cluster: Cluster, namespace: str, pod_name: str) -> list:
     return cluster.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={pod_name}").items
+
+
+def reporter_token(cluster: Cluster, who: tuple[str, str] = LEAK_REPORTER) -> str:
+    """A token of a leak reporter (the cluster-wide one unless `who` names another), for the intake."""
+    namespace, name = who
+    ensure_namespace(cluster, namespace)
+    try:
+        cluster.core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
+    except ApiException as error:
+        if error.status != 409:
+            raise
+    spec = {"audiences": [labels.SERVICE_ACCOUNT_AUDIENCE], "expirationSeconds": 600}
+    return cluster.core.create_namespaced_service_account_token(name, namespace, {"spec": spec}).status.token

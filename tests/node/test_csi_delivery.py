@@ -17,6 +17,7 @@ import pytest
 
 from agentcred.api import labels
 from agents import create_credential as _create_credential
+from agents import reporter_token
 from clusterkit import wait_for
 from nodekit import (
     MOUNT,
@@ -136,21 +137,6 @@ def test_renewed_from_its_own_expiry_and_revoked_at_once(node_cluster, node_oper
     assert any(line["action"] == "revoke" and line.get("reason") == "emergency" for line in audit)
 
 
-def _reporter_token(cluster: NodeCluster) -> str:
-    from kubernetes.client.exceptions import ApiException
-
-    from clusterkit import LEAK_REPORTER
-
-    namespace, name = LEAK_REPORTER
-    try:
-        cluster.core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
-    except ApiException as error:
-        if error.status != 409:
-            raise
-    spec = {"audiences": [labels.SERVICE_ACCOUNT_AUDIENCE], "expirationSeconds": 600}
-    return cluster.core.create_namespaced_service_account_token(name, namespace, {"spec": spec}).status.token
-
-
 def _intake(operator, path: str, items: list[dict], token: str) -> tuple[int, object]:
     import json
     import ssl
@@ -183,7 +169,7 @@ def test_trace_leak_response_and_inventory_know_csi_values(node_cluster, node_op
     wait_seen(node_cluster, ns, "agent", TOKEN)
     value = csi_value(node_cluster, pod.metadata.uid, "research-llm")
     assert value is not None
-    token = _reporter_token(node_cluster)
+    token = reporter_token(node_cluster)
     status, traced = _intake(node_operator, "/v1/trace", [{"token": value.decode()}], token)
     assert status == 200, traced
     assert traced[0]["verdict"] == "ours" and any(h["pod"] == "agent" for h in traced[0]["holders"]), traced

@@ -38,6 +38,7 @@ from agents import (
     get_credential,
     pod_events,
     read_secret,
+    reporter_token,
     running_pod,
     same_value,
     secret_name_of,
@@ -47,15 +48,7 @@ from agents import (
     state_of,
     value_of,
 )
-from clusterkit import (
-    LEAK_REPORTER,
-    OPERATOR_NAMESPACE,
-    TENANT_REPORTER,
-    Cluster,
-    OperatorProcess,
-    ensure_namespace,
-    wait_for,
-)
+from clusterkit import LEAK_REPORTER, OPERATOR_NAMESPACE, TENANT_REPORTER, Cluster, OperatorProcess, wait_for
 from minting_service import MintingService
 from oauth import bound_token, exchange
 from samples import EXCEPTION, STATIC_SOURCE
@@ -64,18 +57,6 @@ AUDIENCE = "https://llm-gateway.internal"
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def reporter_token(cluster: Cluster, who: tuple[str, str] = LEAK_REPORTER) -> str:
-    namespace, name = who
-    ensure_namespace(cluster, namespace)
-    try:
-        cluster.core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
-    except ApiException as error:
-        if error.status != 409:
-            raise
-    spec = {"audiences": [labels.SERVICE_ACCOUNT_AUDIENCE], "expirationSeconds": 600}
-    return cluster.core.create_namespaced_service_account_token(name, namespace, {"spec": spec}).status.token
 
 
 def intake(
