@@ -44,3 +44,11 @@ def test_image_ports_and_version_match_the_chart() -> None:
     exposed = {int(p) for line in INSTRUCTIONS if line.startswith("EXPOSE ") for p in line.split()[1:]}
     assert exposed == {values["webhook"]["port"], values["api"]["port"], values["health"]["port"]}
     assert values["image"]["repository"] == "ghcr.io/agentcred/agentcred"
+
+
+def test_the_mcp_examples_image_written_here_copies_what_its_dockerfile_copies() -> None:
+    from agentcred.devcluster.images import MCP_EXAMPLE_FILES
+
+    dockerfile = (REPO / "examples" / "mcp" / "Dockerfile").read_text().splitlines()
+    copied = [line.split()[1:-1] for line in dockerfile if line.startswith("COPY ") and line.split()[-1] == "./"]
+    assert copied == [list(MCP_EXAMPLE_FILES)], copied

@@ -311,15 +311,18 @@ def operator_image() -> PythonImage:
     )
 
 
+MCP_EXAMPLE_FILES = ("server.py", "agent.py", "dpop_auth.py")  # what its Dockerfile copies to /app
+
+
 def mcp_example_image() -> PythonImage:
-    """examples/mcp's image (its Dockerfile's recipe): the MCP SDK and PyJWT as its
-    requirements.lock pins them, server.py and agent.py in /app."""
+    """examples/mcp's image (its Dockerfile's recipe): the MCP SDK, PyJWT and joserfc as its
+    requirements.lock pins them, the server, the agent and its DPoP client in /app."""
     example = REPO / "examples" / "mcp"
     return _python_image(
         "mcp-example",
         example / "requirements.lock",
-        sources=[example / "server.py", example / "agent.py"],
-        files={f"app/{name}": example / name for name in ("server.py", "agent.py")},
+        sources=[example / name for name in MCP_EXAMPLE_FILES],
+        files={f"app/{name}": example / name for name in MCP_EXAMPLE_FILES},
         workdir="/app",
     )
 
