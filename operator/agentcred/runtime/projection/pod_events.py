@@ -9,16 +9,20 @@ for whoever leads next.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from ...api.pods import PodTask, pod_task
 from ...platform.keys import KeyRing
+from ...platform.kube import status_of
 from ...rules import seal
 from ..view import ClusterView
 from .bindings import BindingOwners
 from .handover import Handover
 from .reconciler import Reconciler
+
+log = logging.getLogger(__name__)
 
 
 class PodEvents:
@@ -55,8 +59,12 @@ class PodEvents:
         if self.view.leading():
             if type == "DELETED" and not meta.get("deletionTimestamp"):
                 # Deleted at once, or it lost the opt-in label (the watch is label-selected):
-                # only the API server can tell which.
-                task = await checks.still_there(task)
+                # only the API server can tell which. Either way the task has ended: unanswered
+                # (a loaded API server), it is revoked as deleted rather than not at all.
+                try:
+                    task = await checks.still_there(task)
+                except Exception as error:
+                    log.warning("could not tell whether pod %s was deleted (%s)", task.key, status_of(error) or error)
             await self.reconciler.reconcile(task.key, task)
         elif task.end_reason:
             self.handover.note_ended(task)
