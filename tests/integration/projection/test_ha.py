@@ -296,10 +296,13 @@ def test_a_leader_paused_past_its_lease_acts_on_nothing_when_it_resumes(
                     what="the follower taking the lead",
                 )
                 cluster.core.delete_namespaced_pod("agent", namespace, grace_period_seconds=0)
-                wait_for(
-                    lambda: audit_lines(follower, "revoke", podUID=pod["metadata"]["uid"]) and service.revoked,
-                    what="the new leader revoking the ended task's value",
-                )
+                try:
+                    wait_for(
+                        lambda: audit_lines(follower, "revoke", podUID=pod["metadata"]["uid"]) and service.revoked,
+                        what="the new leader revoking the ended task's value",
+                    )
+                except TimeoutError as timeout:
+                    raise AssertionError(f"{timeout}; the new leader's log:\n{follower.log_tail(80)}") from None
             finally:
                 leader.resume()
             time.sleep(3 * PATIENCE)  # the resumed replica's chance to (wrongly) act
