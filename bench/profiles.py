@@ -52,8 +52,23 @@ def growth(small: Path, small_n: int, large: Path, large_n: int, top: int = 25) 
     return rows[:top]
 
 
+USAGE = "usage: python -m bench.profiles PROFILE:PODS PROFILE:PODS  (e.g. out/profile-agentcred-1000.txt:1000)"
+
+
+def profile_at(arg: str) -> tuple[Path, int]:
+    """`path:pods` -> (path, pods); SystemExit naming what is wrong otherwise."""
+    path, _, pods = arg.rpartition(":")
+    if not path or not pods.isdigit() or int(pods) <= 0:
+        raise SystemExit(f"{arg!r}: expected PROFILE:PODS, PODS a positive number\n{USAGE}")
+    if not Path(path).is_file():
+        raise SystemExit(f"{path}: no such profile (bench --profile writes them next to results.json)")
+    return Path(path), int(pods)
+
+
 def main(argv: list[str]) -> int:
-    (small, small_n), (large, large_n) = ((Path(p), int(n)) for p, _, n in (arg.rpartition(":") for arg in argv[:2]))
+    if len(argv) != 2:
+        raise SystemExit(USAGE)
+    (small, small_n), (large, large_n) = (profile_at(arg) for arg in argv)
     _, _, samples_a = read(small)
     _, _, samples_b = read(large)
     print(f"samples per 1,000 pods: {samples_a * 1000 / small_n:.0f} at {small_n:,}, "
