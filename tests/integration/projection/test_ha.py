@@ -305,7 +305,9 @@ def test_a_leader_paused_past_its_lease_acts_on_nothing_when_it_resumes(
                     raise AssertionError(f"{timeout}; the new leader's log:\n{follower.log_tail(80)}") from None
             finally:
                 leader.resume()
-            time.sleep(3 * PATIENCE)  # the resumed replica's chance to (wrongly) act
+            # Positive proof that the resumed replica has looked at its Lease again (what it did
+            # wrongly, it did before that): its own line saying it lost the lead.
+            wait_for(lambda: "lost the lead" in leader.logs(), what="the resumed replica noticing it lost the lead")
             assert audit_lines(leader, "revoke", podUID=pod["metadata"]["uid"]) == []
             assert len(service.revoked) == 1, service.revoked
         finally:
