@@ -10,9 +10,8 @@ server refuses malformed routes and conditions with a message naming the field.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-import cel
 from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, model_validator
 
 from .schema import Model
@@ -45,11 +44,22 @@ ConditionName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]*[
 McpMethod = Annotated[str, StringConstraints(pattern=r"^[a-z][A-Za-z0-9_/]*$", max_length=64)]
 
 
+def compile_cel(expression: str) -> Any:
+    """The compiled program for a CEL expression (raises for one that does not compile).
+
+    The `cel` package is imported here, on the first condition: its `__init__` also imports its
+    command line (typer, rich, prompt_toolkit), 12 MB of an operator's memory that no install
+    without conditions should pay."""
+    import cel  # noqa: PLC0415 (see above)
+
+    return cel.compile(expression)
+
+
 def _compiles(expression: str) -> str:
     """Caught here, a broken condition makes the credential not Ready, naming the field; never a
     call allowed or refused by an expression nobody could read."""
     try:
-        cel.compile(expression)
+        compile_cel(expression)
     except Exception as error:  # the package raises ValueError for syntax, others for the rest
         raise ValueError(f"not a valid CEL expression: {str(error).splitlines()[0]}") from None
     return expression

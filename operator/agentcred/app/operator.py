@@ -18,8 +18,8 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import grpc
 import kopf
 from aiohttp import web
 
@@ -33,7 +33,6 @@ from ..rules.leaks import parse_reporters
 from ..rules.seal import Bookkeeping
 from ..runtime.audit import AuditTrail
 from ..runtime.events import EventRecorder
-from ..runtime.gateway import ext_authz
 from ..runtime.gateway.forward_auth import FORWARD_AUTH
 from ..runtime.gateway.service import GatewayService
 from ..runtime.gateway.upstream import HandedValues, Upstream, UpstreamSecrets
@@ -82,6 +81,9 @@ from ..sources.minting_service import MintingServiceSource
 from ..sources.static import StaticSource
 from .cluster_view import IndexedCluster, Indices, first
 from .config import OperatorConfig, configure_kopf
+
+if TYPE_CHECKING:
+    from grpc.aio import Server as ExtAuthzServer
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +410,7 @@ class Operator:
         self.parts: Parts | None = None
         self._warming: asyncio.Task[None] | None = None
         self._runners: list[web.AppRunner] = []
-        self._grpc: grpc.aio.Server | None = None  # gateways' ext_authz calls
+        self._grpc: ExtAuthzServer | None = None  # gateways' ext_authz calls
         self._tls_directory: Path | None = None
 
     def running(self) -> Parts:
@@ -435,10 +437,16 @@ class Operator:
         self._runners.append(
             await serve(app, config.api_address, config.api_port, certfile, keyfile, limit=config.max_connections)
         )
-        if config.gateway_grpc_port:
+        if config.gateway_grpc_port and config.gateways:
+            # Loaded only here: gRPC and Envoy's protobufs are 13 MB of an operator's memory, and
+            # with no gateway allowed to ask every ext_authz call would be refused anyway.
+            from ..runtime.gateway import ext_authz  # noqa: PLC0415
+
             self._grpc = await ext_authz.serve(
                 parts.gateway, config.gateway_grpc_address, config.gateway_grpc_port, certfile, keyfile
             )
+        elif config.gateway_grpc_port:
+            log.info("Envoy ext_authz not served: no gateway is allowed to ask (--gateway / AGENTCRED_GATEWAYS)")
         self._runners.append(
             await serve(
                 parts.webhook.app(),

@@ -16,9 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cel
-
-from ...api.gateway_model import Condition
+from ...api.gateway_model import Condition, compile_cel
 from ...api.pods import PodTask
 from ..scope import Intent
 from .requests import GatewayRequest
@@ -35,7 +33,7 @@ class Failed:
 def compiled(expression: str) -> Any:
     """The compiled program for an expression (raises for one that does not compile: the
     credential's schema refused it already)."""
-    return cel.compile(expression)
+    return compile_cel(expression)
 
 
 def activation(
