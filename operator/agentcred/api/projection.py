@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+import orjson
 
 from . import labels
 from .pods import Bound, PodTask
@@ -151,7 +152,7 @@ def parse_projection(secret: dict[str, Any], verify: Verify | None = None) -> Pr
     if verify is not None and not verify(message, annotations.get(labels.STATE_SEAL_ANNOTATION)):
         return damaged
     try:
-        state = json.loads(text or "{}")
+        state = orjson.loads(text or "{}")
         listed, crossed = state.get("values", {}), state.get("revoked", {})
         if not isinstance(listed, dict) or not isinstance(crossed, dict):
             raise ValueError("values and revoked are maps")
@@ -198,7 +199,7 @@ def _metadata(state: ProjectionState, sign: Sign) -> dict[str, Any]:
         "values": {name: value.to_json() for name, value in sorted(state.values.items())},
         "revoked": dict(sorted(state.revoked.items())),
     }
-    text = json.dumps(body, separators=(",", ":"))
+    text = orjson.dumps(body).decode()
     message = _bookkeeping_message(state.namespace, state.binding, state.pod_uid, state.pod_name, state.job, text)
     return {
         "labels": tags,
@@ -302,19 +303,19 @@ def csi_record(state: ProjectionState, credential: str, sign: Sign) -> str:
         "credential": credential,
         "value": state.values[credential].to_json(),
     }
-    text = json.dumps(body, separators=(",", ":"), sort_keys=True)
-    return json.dumps({"record": text, "seal": sign(f"{CSI_RECORD_VERSION}\n{text}".encode())}, separators=(",", ":"))
+    text = orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode()
+    return orjson.dumps({"record": text, "seal": sign(f"{CSI_RECORD_VERSION}\n{text}".encode())}).decode()
 
 
 def parse_csi_record(text: str, verify: Verify) -> ProjectionState | None:
     """A projection holding the one value a sealed record describes, or None when the record
     is not one we sealed. Never raises."""
     try:
-        outer = json.loads(text)
+        outer = orjson.loads(text)
         inner = outer["record"]
         if not isinstance(inner, str) or not verify(f"{CSI_RECORD_VERSION}\n{inner}".encode(), outer.get("seal")):
             return None
-        body = json.loads(inner)
+        body = orjson.loads(inner)
         credential, binding = str(body["credential"]), str(body["binding"])
         if not labels.is_binding(binding):
             return None

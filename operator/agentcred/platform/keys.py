@@ -18,6 +18,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
@@ -45,7 +46,7 @@ def b64url_decode(text: str) -> bytes:
 
 
 def _canonical(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
 
 def public_jwk_of(alg: Algorithm, private_key: SigningPrivateKey) -> dict[str, str]:
@@ -173,7 +174,7 @@ class MacKey:
         return hashlib.sha256(b"agentcred-mac-id:" + self.secret).hexdigest()[:8]
 
     def mac(self, message: bytes) -> bytes:
-        return hmac.new(self.secret, message, hashlib.sha256).digest()
+        return hmac.digest(self.secret, message, "sha256")  # one-shot: OpenSSL's, no HMAC object
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -316,7 +317,7 @@ def decode_own(token: str, ring: KeyRing) -> tuple[dict[str, Any], dict[str, Any
     if len(parts) != 3:
         raise NotOurs("a JWT has three dot-separated parts")
     try:
-        header = json.loads(b64url_decode(parts[0]))
+        header = orjson.loads(b64url_decode(parts[0]))
         signature = b64url_decode(parts[2])
     except (ValueError, UnicodeDecodeError, RecursionError):  # the header is read unsigned: anything goes
         raise NotOurs("the token is not base64url-encoded JSON") from None
@@ -328,7 +329,7 @@ def decode_own(token: str, ring: KeyRing) -> tuple[dict[str, Any], dict[str, Any
     if not key.signed(f"{parts[0]}.{parts[1]}".encode(), signature):
         raise NotOurs("the token's signature does not verify")
     try:
-        claims = json.loads(b64url_decode(parts[1]))
+        claims = orjson.loads(b64url_decode(parts[1]))
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise NotOurs("the token's claims are not base64url-encoded JSON") from None
     if not isinstance(claims, dict):
@@ -343,7 +344,7 @@ def peek_claims(token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
     if len(parts) != 3:
         return None
     try:
-        header, claims = json.loads(b64url_decode(parts[0])), json.loads(b64url_decode(parts[1]))
+        header, claims = orjson.loads(b64url_decode(parts[0])), orjson.loads(b64url_decode(parts[1]))
     except (ValueError, UnicodeDecodeError, RecursionError):  # from anyone: nested too deep is no token
         return None
     return (header, claims) if isinstance(header, dict) and isinstance(claims, dict) else None
