@@ -29,28 +29,23 @@ from __future__ import annotations
 
 import functools
 import json
-import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 
-from agentcred.api import labels, model
 from agentcred.api.times import parse_time
 from agentcred.client.requests import request_renew, request_revoke
-from agentcred.devcluster.controlplane import ControlPlane
 from agentcred.devcluster.csi_plugin import link_operator
-from agentcred.devcluster.install import install_agentcred
 from agentcred.devcluster.local_operator import LocalOperator
-from agentcred.devcluster.node import NodeUnavailable, RealNode, host_problems, volume_refresh_delay
+from agentcred.devcluster.node import NodeUnavailable, host_problems
 from agentcred.devcluster.polling import wait_for
 
 from ..context import Context
 from ..harness import percentile, summary_ms
 from ..hot_paths import AGENTCRED, FLOOR, point
+from ..real_node import make_namespace, mount, probe_lines, probe_pod, real_node, token
 
 PHASE = "own"  # a control plane and a real node of its own
 
@@ -76,21 +71,12 @@ def run(ctx: Context) -> dict[str, Any]:
     return result
 
 
-def mount(credential: str) -> str:
-    return f"/var/run/agentcred/{credential}"
-
-
-def token(credential: str) -> str:
-    return f"{mount(credential)}/token"
-
-
 def seen(core: client.CoreV1Api, pod: str) -> list[dict[str, Any]]:
     """What the pod's probe printed: one event per value that appeared, changed or went."""
     try:
-        text = core.read_namespaced_pod_log(pod, NAMESPACE)
-    except client.exceptions.ApiException:
+        return probe_lines(core, NAMESPACE, pod)
+    except client.exceptions.ApiException:  # not started yet
         return []
-    return [json.loads(line) for line in (text or "").splitlines() if line.startswith("{")]
 
 
 def first_seen(core: client.CoreV1Api, pod: str, path: str) -> float | None:
@@ -118,54 +104,6 @@ def figures(values: list[float]) -> dict[str, float]:
     }
 
 
-def setup(api: client.ApiClient, core: client.CoreV1Api) -> None:
-    core.create_namespace({"metadata": {"name": NAMESPACE}})
-    wait_for(lambda: core.list_namespaced_service_account(NAMESPACE).items, timeout=60, what="default SA")
-    core.create_namespaced_service_account(NAMESPACE, {"metadata": {"name": "agent"}})
-    custom = client.CustomObjectsApi(api)
-    for name, delivery in CREDENTIALS.items():
-        spec = {
-            "owner": "bench@example.com",
-            "category": "model",
-            "subjects": {"serviceAccounts": ["agent"]},
-            "source": {"jwt": {"audiences": ["https://bench.internal"]}},
-            "ttl": "1h",
-            "projection": {"mountPath": mount(name), "delivery": delivery},
-        }
-        body = {"apiVersion": model.API_VERSION, "kind": model.KIND, "metadata": {"name": name}, "spec": spec}
-        custom.create_namespaced_custom_object(model.GROUP, model.VERSION, NAMESPACE, model.PLURAL, body)
-
-        def ready(name: str = name) -> bool:
-            got = custom.get_namespaced_custom_object(model.GROUP, model.VERSION, NAMESPACE, model.PLURAL, name)
-            conditions = (got.get("status") or {}).get("conditions") or []
-            return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-
-        wait_for(ready, timeout=60, what=f"{name} Ready")
-
-
-def agent_pod(name: str, image: str, credentials: list[str]) -> dict[str, Any]:
-    return {
-        "metadata": {
-            "name": name,
-            "labels": {labels.INJECT_LABEL: "true"},
-            "annotations": {labels.CREDENTIALS_ANNOTATION: ",".join(credentials)},
-        },
-        "spec": {
-            "serviceAccountName": "agent",
-            "terminationGracePeriodSeconds": 1,
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 65532},
-            "containers": [
-                {
-                    "name": "agent",
-                    "image": image,
-                    "imagePullPolicy": "Never",
-                    "args": ["watch", "-every", "100ms", *(mount(c) for c in credentials)],
-                }
-            ],
-        },
-    }
-
-
 def start_pods(core: client.CoreV1Api, image: str, prefix: str, credentials: list[str], count: int) -> dict[str, Any]:
     """Pods created one after another, each waited for until its first value is readable: a
     hot-path point (one caller), with the delays in seconds beside it."""
@@ -174,7 +112,9 @@ def start_pods(core: client.CoreV1Api, image: str, prefix: str, credentials: lis
     for index in range(count):
         name = f"{prefix}-{index}"
         created = time.time()
-        core.create_namespaced_pod(NAMESPACE, agent_pod(name, image, credentials))
+        core.create_namespaced_pod(
+            NAMESPACE, probe_pod(name, image, credentials, ["-every", "100ms", *map(mount, credentials)])
+        )
         readable = functools.partial(first_seen, core, name, token(credentials[0]))
         at: float = wait_for(readable, timeout=180, what=f"{name} reads its value")
         delays.append(at - created)
@@ -191,31 +131,17 @@ def start_pods(core: client.CoreV1Api, image: str, prefix: str, credentials: lis
 
 
 def measure(pods: int) -> dict[str, Any]:
-    workdir = Path(tempfile.mkdtemp(prefix="agentcred-bench-csi-"))
-    node = RealNode(workdir)
-    plane: ControlPlane | None = None
-    operator: LocalOperator | None = None
-    try:
-        began = time.monotonic()
-        plane = ControlPlane(workdir=workdir, **node.prepare().plane_options)
-        plane.start()
-        state = node.start(plane.server, plane.kubeconfig)
-        api = config.new_client_from_config(config_file=str(plane.kubeconfig))
-        install_agentcred(api)
-        operator = LocalOperator(
-            plane.kubeconfig,
-            workdir / "operator",
-            detached=False,
-            volume_refresh_delay=volume_refresh_delay(node.sync_frequency),
+    began = time.monotonic()
+    with real_node("agentcred-bench-csi-") as on:
+        link_operator(on.api, on.state.name, on.node.csi_operator_dir, on.operator.api_url)
+        make_namespace(
+            on.api, NAMESPACE, {name: {"mountPath": mount(name), "delivery": d} for name, d in CREDENTIALS.items()}
         )
-        operator.start(timeout=300)
-        link_operator(api, state.name, node.csi_operator_dir, operator.api_url)
-        core = client.CoreV1Api(api)
-        setup(api, core)
+        core = on.core
         up = time.monotonic() - began
         print(f"  control plane, real node and operator up in {up:.0f} s; {pods} pods per delivery", flush=True)
-        image = state.images["probe"]
-        plugin_pid = state.pids["csi-node"]
+        image = on.state.images["probe"]
+        plugin_pid = on.state.pids["csi-node"]
         idle = rss_kib(plugin_pid)
 
         secret = start_pods(core, image, "secret", ["secret-cred"], pods)
@@ -225,11 +151,11 @@ def measure(pods: int) -> dict[str, Any]:
         names = [f"csi-{index}" for index in range(pods)]
         time.sleep(2)
         loaded = rss_kib(plugin_pid)
-        renewal = renew_to_readable(api, core, operator, names)
-        revoke = revoke_to_gone(api, core, names)
+        renewal = renew_to_readable(on.api, core, on.operator, names)
+        revoke = revoke_to_gone(on.api, core, names)
         return {
             "pods": pods,
-            "node": {"syncFrequency": node.sync_frequency},
+            "node": {"syncFrequency": on.node.sync_frequency},
             "setup_seconds": round(up, 1),
             "secret_pods": secret,
             "csi_pods": csi,
@@ -238,19 +164,6 @@ def measure(pods: int) -> dict[str, Any]:
             "csi_revoke_to_gone_seconds": figures(revoke),
             "plugin_rss_kib": {"idle": idle, f"{2 * pods}_volumes": loaded},
         }
-    except BaseException:
-        if operator is not None:
-            print(operator.log_tail(40), file=sys.stderr)
-        raise
-    finally:
-        if operator is not None:
-            operator.stop()
-        left = node.stop()
-        if plane is not None:
-            plane.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-        if left:
-            print(f"the node left behind: {left}", file=sys.stderr)
 
 
 def renew_to_readable(

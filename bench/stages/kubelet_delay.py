@@ -19,33 +19,27 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import json
 import random
-import shutil
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config, watch
+from kubernetes import client, watch
 
-from agentcred.api import labels, model
+from agentcred.api import labels
 from agentcred.client.requests import request_renew
-from agentcred.devcluster.controlplane import ControlPlane
-from agentcred.devcluster.install import install_agentcred
-from agentcred.devcluster.local_operator import LocalOperator
-from agentcred.devcluster.node import DEV_SYNC_FREQUENCY, KUBELET_DEFAULT_SYNC_FREQUENCY, RealNode, volume_refresh_delay
+from agentcred.devcluster.node import DEV_SYNC_FREQUENCY, KUBELET_DEFAULT_SYNC_FREQUENCY
 from agentcred.devcluster.polling import wait_for
 
 from ..context import Context
 from ..harness import percentile
+from ..real_node import make_namespace, mount, probe_lines, probe_pod, real_node, token
 
 NAMESPACE = "bench-delay"
 CREDENTIAL = "delay"
-MOUNT = f"/var/run/agentcred/{CREDENTIAL}"
-TOKEN = f"{MOUNT}/token"
+MOUNT = mount(CREDENTIAL)
+TOKEN = token(CREDENTIAL)
 CONFIGS = {"dev": DEV_SYNC_FREQUENCY, "defaults": KUBELET_DEFAULT_SYNC_FREQUENCY}
 
 
@@ -93,144 +87,76 @@ class SecretWatcher:
 def container_seen(core: client.CoreV1Api, pod: str) -> dict[str, float]:
     """fingerprint -> when the container first saw it."""
     seen: dict[str, float] = {}
-    for line in core.read_namespaced_pod_log(pod, NAMESPACE).splitlines():
-        if line.startswith("{"):
-            event = json.loads(line)
-            if event["path"] == TOKEN and "sha256" in event:
-                seen.setdefault(event["sha256"], event["t"])
+    for event in probe_lines(core, NAMESPACE, pod):
+        if event["path"] == TOKEN and "sha256" in event:
+            seen.setdefault(event["sha256"], event["t"])
     return seen
 
 
 def measure(name: str, sync: str, pods: int, rounds: int) -> dict[str, Any]:
-    workdir = Path(tempfile.mkdtemp(prefix="agentcred-bench-delay-"))
-    node = RealNode(workdir, sync_frequency=sync)
-    plane = operator = watcher = None
-    try:
-        plane = ControlPlane(workdir=workdir, **node.prepare().plane_options)
-        plane.start()
-        node.start(plane.server, plane.kubeconfig)
-        assert node.state is not None
-        api = config.new_client_from_config(config_file=str(plane.kubeconfig))
-        install_agentcred(api)
-        operator = LocalOperator(
-            plane.kubeconfig, workdir, detached=False, volume_refresh_delay=volume_refresh_delay(sync)
-        )
-        operator.start(timeout=300)
-        core = client.CoreV1Api(api)
-        setup(api, core)
+    with real_node("agentcred-bench-delay-", sync_frequency=sync) as on:
+        make_namespace(on.api, NAMESPACE, {CREDENTIAL: {"mountPath": MOUNT}})
+        core = on.core
         watcher = SecretWatcher(core).start()
-        names = [f"agent-{i}" for i in range(pods)]
-        for pod in names:
-            core.create_namespaced_pod(NAMESPACE, agent_pod(pod, node.state.images["probe"]))
-        secret_of = {}
+        try:
+            names = [f"agent-{i}" for i in range(pods)]
+            for pod in names:
+                core.create_namespaced_pod(NAMESPACE, probe_pod(pod, on.state.images["probe"], [CREDENTIAL], [MOUNT]))
+            secret_of = {}
 
-        def running(pod: str) -> Any:
-            found = core.read_namespaced_pod(pod, NAMESPACE)
-            return found if found.status.phase == "Running" else None
+            def running(pod: str) -> Any:
+                found = core.read_namespaced_pod(pod, NAMESPACE)
+                return found if found.status.phase == "Running" else None
 
-        for pod in names:
-            body = wait_for(functools.partial(running, pod), timeout=300, what=f"{pod} Running")
-            secret_of[pod] = labels.secret_name(body.metadata.annotations[labels.BINDING_ANNOTATION])
-        for pod in names:
-            wait_for(functools.partial(container_seen, core, pod), timeout=120, what=f"{pod} to see its value")
-        print(f"[{name}] {pods} pods run on the node; {rounds} rounds of renewals", flush=True)
-        ceiling = 1.5 * seconds(sync) + 60
-        for round_ in range(rounds):
-            time.sleep(random.uniform(0, seconds(sync)))  # at a random point of the pods' sync cycles
-            before = {pod: set(container_seen(core, pod)) for pod in names}
-            request_renew(api, NAMESPACE, CREDENTIAL, timeout=120)
-            started = time.monotonic()
+            for pod in names:
+                body = wait_for(functools.partial(running, pod), timeout=300, what=f"{pod} Running")
+                secret_of[pod] = labels.secret_name(body.metadata.annotations[labels.BINDING_ANNOTATION])
+            for pod in names:
+                wait_for(functools.partial(container_seen, core, pod), timeout=120, what=f"{pod} to see its value")
+            print(f"[{name}] {pods} pods run on the node; {rounds} rounds of renewals", flush=True)
+            ceiling = 1.5 * seconds(sync) + 60
+            for round_ in range(rounds):
+                time.sleep(random.uniform(0, seconds(sync)))  # at a random point of the pods' sync cycles
+                before = {pod: set(container_seen(core, pod)) for pod in names}
+                request_renew(on.api, NAMESPACE, CREDENTIAL, timeout=120)
+                started = time.monotonic()
 
-            def all_seen(before: dict[str, set[str]] = before) -> bool:
-                return all(set(container_seen(core, pod)) - before[pod] for pod in names)
+                def all_seen(before: dict[str, set[str]] = before) -> bool:
+                    return all(set(container_seen(core, pod)) - before[pod] for pod in names)
 
-            wait_for(all_seen, timeout=ceiling, interval=1.0, what="every container to see its renewed value")
-            print(f"[{name}]   round {round_ + 1}: every container saw its new value within "
-                  f"{time.monotonic() - started:.1f}s of the request", flush=True)  # fmt: skip
-        delays, missing = [], 0
-        for pod in names:
-            seen = container_seen(core, pod)
-            written = {fp: at for (secret, fp), at in watcher.written.items() if secret == secret_of[pod]}
-            first = min(written, key=written.__getitem__)
-            for fp, at in written.items():
-                if fp == first:
-                    continue  # the value the pod started with was there before the container
-                if fp in seen:
-                    delays.append(seen[fp] - at)
-                else:
-                    missing += 1
-        return {
-            "config": name,
-            "syncFrequency": sync,
-            "pods": pods,
-            "rounds": rounds,
-            "renewals": len(delays),
-            "never_seen": missing,
-            "seconds": {
-                "min": min(delays),
-                "p50": percentile(delays, 50),
-                "p90": percentile(delays, 90),
-                "p99": percentile(delays, 99),
-                "max": max(delays),
-            },
-            "delays": sorted(round(d, 3) for d in delays),
-        }
-    finally:
-        if watcher is not None:
+                wait_for(all_seen, timeout=ceiling, interval=1.0, what="every container to see its renewed value")
+                print(f"[{name}]   round {round_ + 1}: every container saw its new value within "
+                      f"{time.monotonic() - started:.1f}s of the request", flush=True)  # fmt: skip
+            delays, missing = [], 0
+            for pod in names:
+                seen = container_seen(core, pod)
+                written = {fp: at for (secret, fp), at in watcher.written.items() if secret == secret_of[pod]}
+                first = min(written, key=written.__getitem__)
+                for fp, at in written.items():
+                    if fp == first:
+                        continue  # the value the pod started with was there before the container
+                    if fp in seen:
+                        delays.append(seen[fp] - at)
+                    else:
+                        missing += 1
+            return {
+                "config": name,
+                "syncFrequency": sync,
+                "pods": pods,
+                "rounds": rounds,
+                "renewals": len(delays),
+                "never_seen": missing,
+                "seconds": {
+                    "min": min(delays),
+                    "p50": percentile(delays, 50),
+                    "p90": percentile(delays, 90),
+                    "p99": percentile(delays, 99),
+                    "max": max(delays),
+                },
+                "delays": sorted(round(d, 3) for d in delays),
+            }
+        finally:
             watcher.stop()
-        if operator is not None:
-            operator.stop()
-        left = node.stop()
-        if plane is not None:
-            plane.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-        if left:
-            print(f"the node left behind: {left}", file=sys.stderr)
-
-
-def setup(api: client.ApiClient, core: client.CoreV1Api) -> None:
-    core.create_namespace({"metadata": {"name": NAMESPACE}})
-    wait_for(lambda: core.list_namespaced_service_account(NAMESPACE).items, timeout=60, what="default SA")
-    core.create_namespaced_service_account(NAMESPACE, {"metadata": {"name": "agent"}})
-    body = {
-        "apiVersion": model.API_VERSION,
-        "kind": model.KIND,
-        "metadata": {"name": CREDENTIAL},
-        "spec": {
-            "owner": "bench@example.com",
-            "category": "model",
-            "subjects": {"serviceAccounts": ["agent"]},
-            "source": {"jwt": {"audiences": ["https://bench.internal"]}},
-            "ttl": "1h",
-            "projection": {"mountPath": MOUNT},
-        },
-    }
-    custom = client.CustomObjectsApi(api)
-    custom.create_namespaced_custom_object(model.GROUP, model.VERSION, NAMESPACE, model.PLURAL, body)
-
-    def ready() -> bool:
-        status = custom.get_namespaced_custom_object(model.GROUP, model.VERSION, NAMESPACE, model.PLURAL, CREDENTIAL)
-        return any(
-            c["type"] == "Ready" and c["status"] == "True" for c in (status.get("status") or {}).get("conditions") or []
-        )
-
-    wait_for(ready, timeout=60, what="the credential Ready")
-
-
-def agent_pod(name: str, image: str) -> dict[str, Any]:
-    return {
-        "metadata": {
-            "name": name,
-            "labels": {labels.INJECT_LABEL: "true"},
-            "annotations": {labels.CREDENTIALS_ANNOTATION: CREDENTIAL},
-        },
-        "spec": {
-            "serviceAccountName": "agent",
-            "terminationGracePeriodSeconds": 1,
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 65532},
-            "containers": [{"name": "agent", "image": image, "imagePullPolicy": "Never", "args": ["watch", MOUNT]}],
-        },
-    }
 
 
 def run(ctx: Context) -> dict[str, Any]:

@@ -100,6 +100,47 @@ def namespace_expressions(operator_namespace: str, namespaces: Sequence[str] = (
     return expressions
 
 
+def _only_in(namespaces: Sequence[str]) -> dict[str, Any]:
+    return {"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": list(namespaces)}
+
+
+def _pod_policy(
+    name: str,
+    operation: Literal["CREATE", "UPDATE"],
+    validations: list[dict[str, Any]],
+    *,
+    object_selector: dict[str, Any] | None = None,
+    namespace_match: list[dict[str, Any]],
+    match_conditions: list[dict[str, Any]] | None = None,
+) -> list[tuple[str, dict[str, Any]]]:
+    """A ValidatingAdmissionPolicy on pods' `operation`, failing closed, and its binding (Deny)."""
+    match_constraints: dict[str, Any] = {
+        "resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "operations": [operation]}]
+    }
+    if object_selector is not None:
+        match_constraints["objectSelector"] = object_selector
+    if namespace_match:
+        match_constraints["namespaceSelector"] = {"matchExpressions": namespace_match}
+    spec: dict[str, Any] = {"failurePolicy": "Fail", "matchConstraints": match_constraints}
+    if match_conditions is not None:
+        spec["matchConditions"] = match_conditions
+    spec["validations"] = validations
+    meta = {"labels": {"app.kubernetes.io/name": "agentcred"}}
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name, **meta},
+        "spec": spec,
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name, **meta},
+        "spec": {"policyName": name, "validationActions": ["Deny"]},
+    }
+    return [("validatingadmissionpolicies", policy), ("validatingadmissionpolicybindings", binding)]
+
+
 GUARDED_ANNOTATIONS = (
     labels.CREDENTIALS_ANNOTATION,
     labels.BINDING_ANNOTATION,
@@ -122,66 +163,38 @@ def pod_guard(
     label = f"'{labels.INJECT_LABEL}'"
     quarantined = f"'{labels.QUARANTINED_LABEL}'"
     annotations = ", ".join(f"'{a}'" for a in GUARDED_ANNOTATIONS)
-    policy_name = f"{name}-pod-guard"
-    meta = {"labels": {"app.kubernetes.io/name": "agentcred"}}
-    policy = {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": policy_name, **meta},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {
-                "resourceRules": [
-                    {"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "operations": ["UPDATE"]}
-                ],
-                "objectSelector": {"matchExpressions": [{"key": labels.INJECT_LABEL, "operator": "Exists"}]},
-                **(
-                    {
-                        "namespaceSelector": {
-                            "matchExpressions": [
-                                {"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": list(namespaces)}
-                            ]
-                        }
-                    }
-                    if namespaces
-                    else {}
-                ),
-            },
-            "validations": [
-                {
-                    "expression": f"{_cel_value('labels', label, 'object')} == "
-                    f"{_cel_value('labels', label, 'oldObject')}",
-                    "message": f"the {labels.INJECT_LABEL} label cannot be added, changed or removed on an "
-                    "existing pod: delete the pod and create it again",
-                    "reason": "Forbidden",
-                },
-                {
-                    "expression": f"[{annotations}].all(k, {_cel_value('annotations', 'k', 'object')} == "
-                    f"{_cel_value('annotations', 'k', 'oldObject')})",
-                    "message": f"the annotations {', '.join(GUARDED_ANNOTATIONS)} cannot change after admission: "
-                    "delete the pod and create it again",
-                    "reason": "Forbidden",
-                },
-                {
-                    # A quarantine is what a NetworkPolicy selects: whoever may update the pod
-                    # must not be able to lift it.
-                    "expression": f"{_cel_value('labels', quarantined, 'oldObject')} == '' || "
-                    f"{_cel_value('labels', quarantined, 'object')} == "
-                    f"{_cel_value('labels', quarantined, 'oldObject')}",
-                    "message": f"the {labels.QUARANTINED_LABEL} label cannot be changed or removed: the pod's "
-                    "credential leaked; delete the pod",
-                    "reason": "Forbidden",
-                },
-            ],
+    validations: list[dict[str, Any]] = [
+        {
+            "expression": f"{_cel_value('labels', label, 'object')} == {_cel_value('labels', label, 'oldObject')}",
+            "message": f"the {labels.INJECT_LABEL} label cannot be added, changed or removed on an "
+            "existing pod: delete the pod and create it again",
+            "reason": "Forbidden",
         },
-    }
-    binding = {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": policy_name, **meta},
-        "spec": {"policyName": policy_name, "validationActions": ["Deny"]},
-    }
-    return [("validatingadmissionpolicies", policy), ("validatingadmissionpolicybindings", binding)]
+        {
+            "expression": f"[{annotations}].all(k, {_cel_value('annotations', 'k', 'object')} == "
+            f"{_cel_value('annotations', 'k', 'oldObject')})",
+            "message": f"the annotations {', '.join(GUARDED_ANNOTATIONS)} cannot change after admission: "
+            "delete the pod and create it again",
+            "reason": "Forbidden",
+        },
+        {
+            # A quarantine is what a NetworkPolicy selects: whoever may update the pod
+            # must not be able to lift it.
+            "expression": f"{_cel_value('labels', quarantined, 'oldObject')} == '' || "
+            f"{_cel_value('labels', quarantined, 'object')} == "
+            f"{_cel_value('labels', quarantined, 'oldObject')}",
+            "message": f"the {labels.QUARANTINED_LABEL} label cannot be changed or removed: the pod's "
+            "credential leaked; delete the pod",
+            "reason": "Forbidden",
+        },
+    ]
+    return _pod_policy(
+        f"{name}-pod-guard",
+        "UPDATE",
+        validations,
+        object_selector={"matchExpressions": [{"key": labels.INJECT_LABEL, "operator": "Exists"}]},
+        namespace_match=[_only_in(namespaces)] if namespaces else [],
+    )
 
 
 # What a person puts on a pod; the webhook adds the rest (GUARDED_ANNOTATIONS), the operator
@@ -262,36 +275,18 @@ def opt_in_check(
                 "reason": "Forbidden",
             }
         )
-    policy_name = f"{name}-opt-in"
-    meta = {"labels": {"app.kubernetes.io/name": "agentcred"}}
     skipped = [*skipped_namespaces(operator_namespace), *excluded]
     expressions: list[dict[str, Any]] = [{"key": NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": skipped}]
     if namespaces:
-        expressions.append({"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": list(namespaces)})
-    policy = {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": policy_name, **meta},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {
-                "resourceRules": [
-                    {"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "operations": ["CREATE"]}
-                ],
-                # Where the webhook looks: elsewhere agentcred admits nothing, by design.
-                "namespaceSelector": {"matchExpressions": expressions},
-            },
-            # Only pods that carry anything of ours are looked at.
-            "matchConditions": [
-                {"name": "mentions-agentcred", "expression": f"{_any_ours('labels')} || {_any_ours('annotations')}"}
-            ],
-            "validations": validations,
-        },
-    }
-    binding = {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": policy_name, **meta},
-        "spec": {"policyName": policy_name, "validationActions": ["Deny"]},
-    }
-    return [("validatingadmissionpolicies", policy), ("validatingadmissionpolicybindings", binding)]
+        expressions.append(_only_in(namespaces))
+    return _pod_policy(
+        f"{name}-opt-in",
+        "CREATE",
+        validations,
+        # Where the webhook looks: elsewhere agentcred admits nothing, by design.
+        namespace_match=expressions,
+        # Only pods that carry anything of ours are looked at.
+        match_conditions=[
+            {"name": "mentions-agentcred", "expression": f"{_any_ours('labels')} || {_any_ours('annotations')}"}
+        ],
+    )

@@ -87,6 +87,19 @@ revocation_list = Gauge(
 events_dropped = Gauge(
     "agentcred_events_dropped", "Events dropped because the posting queue was full.", registry=REGISTRY
 )
+# Completed passes of the leader's periodic loops: what shows that a loop had its chance to act
+# (a status written, a bar kept) -- and, when nothing changed, that it looked and did nothing.
+status_writer_passes = Counter(
+    "agentcred_status_writer_passes_total",
+    "Completed passes of the status writer (each changed credential's status written, or given up on).",
+    registry=REGISTRY,
+)
+revocation_list_passes = Counter(
+    "agentcred_revocation_list_passes_total",
+    "Completed passes of the revocation list's loop (expired entries pruned, the leader's bars of live pods "
+    "lengthened, the list saved and read back).",
+    registry=REGISTRY,
+)
 
 gateway_decisions = Counter(
     "agentcred_gateway_decisions_total",

@@ -54,6 +54,10 @@ def _revocations(operator: OperatorProcess) -> list[dict]:
         return json.loads(answer.read())["revoked"]
 
 
+def _revocation_list_passes(operator: OperatorProcess) -> float:
+    return operator.metrics().get(("agentcred_revocation_list_passes_total", ()), 0.0)
+
+
 def _ask_renew(admin: client.ApiClient, namespace: str, name: str) -> str:
     """What a tenant may do to its own credential: ask for a renewal (the operator re-reads its
     Secret). The request's id, which the operator writes into `status.lastRenewal` once handled."""
@@ -362,8 +366,13 @@ def test_an_emergency_revoke_holds_after_the_tenant_lengthens_the_lifetime_and_d
     )
     client.CoreV1Api(admin).delete_namespaced_secret(secret, namespace)
     admitted = _admitted_epoch(pod)
-    wait_for(lambda: bar_until() >= admitted + 8 * 3600 - 60, what="the bar lasting as long as the pod's new lifetime")
-    time.sleep(2)  # every chance to (wrongly) issue it again
+    lifetime_end = admitted + 8 * 3600 - 60
+    wait_for(lambda: bar_until() >= lifetime_end, what="the bar lasting as long as the pod's new lifetime")
+    # Positive proof the operator looked again: three more whole passes of the loop that keeps
+    # the bars (each one could have let this one lapse, or shortened it again), and it stands.
+    passes = _revocation_list_passes(operator)
+    wait_for(lambda: _revocation_list_passes(operator) >= passes + 4, what="three more revocation-list passes")
+    assert bar_until() >= lifetime_end
     issues = [line["credential"] for line in audit_lines(operator, "issue", podUID=pod["metadata"]["uid"])]
     assert issues.count("research-llm") == 1, issues
     status, answer = exchange(operator, bound_token(cluster, namespace, pod))

@@ -5,7 +5,6 @@ plane (issue: trust boundaries, items 1, 2 and 2b)."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +290,10 @@ def _rejected_status_writes(operator: OperatorProcess) -> float:
     )
 
 
+def _status_writer_passes(operator: OperatorProcess) -> float:
+    return operator.metrics().get(("agentcred_status_writer_passes_total", ()), 0.0)
+
+
 def test_a_refusal_too_long_for_the_status_is_cut_to_fit_and_not_retried_forever(
     cluster: Cluster, operator: OperatorProcess, tenants: dict, tmp_path: Path
 ) -> None:
@@ -309,7 +312,11 @@ def test_a_refusal_too_long_for_the_status_is_cut_to_fit_and_not_retried_forever
     assert (verdict["status"], verdict["reason"]) == ("False", "PolicyDenied")
     assert len(verdict["message"]) <= 4096 and wide[0] in verdict["message"]
     assert verdict["message"].endswith("(cut to fit)")
-    # And nothing keeps knocking at the API server: the rejected writes stop.
-    settled = _rejected_status_writes(operator)
-    time.sleep(3)  # six status intervals of the session's operator (0.5 s)
+    # And nothing keeps knocking at the API server: the rejected writes stop. Counted from the
+    # end of a pass that began after the verdict was read (the second to end from now), then
+    # over six more passes: each one would have tried the refused write again.
+    seen = _status_writer_passes(operator)
+    wait_for(lambda: _status_writer_passes(operator) >= seen + 2, what="a whole status-writer pass")
+    settled, passes = _rejected_status_writes(operator), _status_writer_passes(operator)
+    wait_for(lambda: _status_writer_passes(operator) >= passes + 6, what="six more status-writer passes")
     assert _rejected_status_writes(operator) == settled

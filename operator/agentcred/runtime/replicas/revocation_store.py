@@ -20,6 +20,7 @@ from typing import Any
 
 from ...api.labels import ROLE_LABEL, StateNames
 from ...api.times import format_time, parse_time, utcnow
+from ...platform import metrics
 from ...platform.kube import Conflict, Kube, namespaced, status_of
 from ...platform.revocations import SHARD_LIMIT_BYTES, RevocationList, too_large
 
@@ -149,5 +150,6 @@ class RevocationStore:
                 # The leader too: a follower saves what its token service revoked, and the
                 # leader would otherwise never read it back (its own saves rarely conflict).
                 await self.reload()
+                metrics.revocation_list_passes.inc()
             except Exception as error:
                 log.warning("revocation list not synchronised (%s)", status_of(error) or error)

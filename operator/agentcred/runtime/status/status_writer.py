@@ -73,6 +73,7 @@ class StatusWriter:
                 await self._write(namespace, name, now)
             except Exception:  # one credential must never stop the others' status
                 log.exception("status of %s/%s not computed", namespace, name)
+        metrics.status_writer_passes.inc()
 
     async def _write(self, namespace: str, name: str, now: dt.datetime) -> None:
         record = self.view.credential(namespace, name)
