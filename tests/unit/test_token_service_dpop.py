@@ -15,11 +15,18 @@ from urllib.parse import urlencode
 import jwt
 import pytest
 
+from agentcred.api.pods import PodTask
 from agentcred.api.projection import IssuedValue, new_projection
 from agentcred.api.times import utcnow
 from agentcred.platform.proofs import ProofChecker
 from agentcred.rules import dpop
-from agentcred.rules.oauth import ACCESS_TOKEN_TYPE, FORM_CONTENT_TYPE, OAuthError, authorization_server_metadata
+from agentcred.rules.oauth import (
+    ACCESS_TOKEN_TYPE,
+    FORM_CONTENT_TYPE,
+    JWT_TOKEN_TYPE,
+    OAuthError,
+    authorization_server_metadata,
+)
 from agentcred.runtime.store import ProjectionStore
 from agentcred.runtime.tokens.pod_keys import PodKeys
 from support.dpop import DPoPKey, bound_to
@@ -43,16 +50,21 @@ def last_line(service: Service) -> dict[str, Any]:
     return service.audit_lines()[-1]
 
 
-def required(service: Service) -> DPoPKey:
-    """The credential requires DPoP; the pod's key (its `dpop.jwk`), as its bookkeeping records it."""
+def required(service: Service, pods: tuple[PodTask, ...] = ()) -> DPoPKey:
+    """The credential requires DPoP; the pod's key (its `dpop.jwk`), as its bookkeeping records
+    it (and each of `pods` its own)."""
     service.view.records["research-llm"] = record(source={"jwt": {"audiences": [GATEWAY], "dpop": "required"}})
-    key = DPoPKey()
-    now = utcnow()
-    value = IssuedValue("research-llm", "llm", now, now + dt.timedelta(hours=1), now, "hmac-sha256:x", jkt=key.jkt)
     store = ProjectionStore()
-    store.put(dataclasses.replace(new_projection(task()), values={"research-llm": value}))
+    keys = []
+    for pod in (task(), *pods):
+        key = DPoPKey()
+        now = utcnow()
+        value = IssuedValue("research-llm", "llm", now, now + dt.timedelta(hours=1), now, "hmac-sha256:x", jkt=key.jkt)
+        store.put(dataclasses.replace(new_projection(pod), values={"research-llm": value}))
+        service.view.pods[pod.key] = pod
+        keys.append(key)
     service.tokens.pod_keys = PodKeys(store, _no_secret, lambda message, seal: False, leading=lambda: True)
-    return key
+    return keys[0]
 
 
 async def _no_secret(namespace: str, name: str) -> None:
@@ -172,6 +184,25 @@ def test_a_bound_actor_token_needs_the_proofs_key(tmp_path: Path) -> None:
     fields = exchange(service.pod_token(), resource=GATEWAY, actor_token=actor, actor_token_type=ACCESS_TOKEN_TYPE)
     assert refused(service, fields, DPoPKey().proof("POST", TOKEN_URL)).error == "invalid_dpop_proof"
     answer = ask(service, fields, key.proof("POST", TOKEN_URL))
+    assert bound_to(answer["access_token"], key, service.ring.jwks(), GATEWAY, ISSUER)["act"]["sub"]
+
+
+def test_a_bound_pods_identity_token_acts_only_with_its_own_key(tmp_path: Path) -> None:
+    """As `actor_token`, another bound pod's identity token needs that pod's key: the request's
+    one proof, by the subject pod's key, does not prove it."""
+    service = Service(tmp_path)
+    helper = task(name="helper", uid="helper-uid", binding="fedcba9876543210")
+    key = required(service, (helper,))
+    fields = exchange(
+        service.pod_token(), resource=GATEWAY, actor_token=service.pod_token(helper), actor_token_type=JWT_TOKEN_TYPE
+    )
+    problem = refused(service, fields, key.proof("POST", TOKEN_URL))
+    assert problem.error == "invalid_dpop_proof" and problem.description.startswith("actor_token:")
+    assert last_line(service)["dpop"] == "dpop-not-pod-key"
+    alone = exchange(
+        service.pod_token(), resource=GATEWAY, actor_token=service.pod_token(), actor_token_type=JWT_TOKEN_TYPE
+    )
+    answer = ask(service, alone, key.proof("POST", TOKEN_URL))  # the pod acting for itself: its own key
     assert bound_to(answer["access_token"], key, service.ring.jwks(), GATEWAY, ISSUER)["act"]["sub"]
 
 
