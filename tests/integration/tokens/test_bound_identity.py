@@ -13,12 +13,33 @@ fresh proof, is accepted, and what it gets is judged by PyJWT against the publis
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
+import time
 from typing import Any
 
 import pytest
 
-from agents import audit_lines, create_credential, dpop_key_of, service_account, start_agent
-from clusterkit import Cluster, OperatorProcess
+from agentcred.api import labels
+from agentcred.api.labels import StateNames
+from agentcred.api.pods import pod_task
+from agentcred.platform.keys import KeyRing
+from agentcred.platform.kube import Kube, load_configuration
+from agentcred.rules.seal import Bookkeeping
+from agentcred.runtime.store import ProjectionStore
+from agentcred.runtime.tokens.pod_keys import PodKeys
+from agents import (
+    audit_lines,
+    claims_of,
+    create_credential,
+    dpop_key_of,
+    read_secret,
+    secret_name_of,
+    service_account,
+    start_agent,
+    value_of,
+)
+from clusterkit import OPERATOR_NAMESPACE, Cluster, OperatorProcess, wait_for
 from gateways import ExtAuthz, gateway_token, mcp_call
 from oauth import JWT_BEARER, JWT_TYPE, TOKEN_EXCHANGE, bound_token, independently_verified, token_request
 from support.dpop import DPoPKey, thumbprint
@@ -189,3 +210,70 @@ def test_a_copied_identity_token_needs_the_pods_own_key_at_the_gateway(
     line = audit_lines(operator, "gateway", decision="deny", reason="dpop-not-pod-key", podUID=agent.uid)[-1]
     assert line["presentedFingerprint"].startswith("hmac-sha256:")
     assert stolen not in operator.audit_text()
+
+
+def test_a_follower_reads_the_pods_keys_from_the_secrets_sealed_metadata(
+    cluster: Cluster, operator: OperatorProcess, pods: dict[str, Pod]
+) -> None:
+    """A replica that does not lead holds no bookkeeping: it asks the API server for the pod's
+    Secret's metadata (never its values) and checks the seal with the shared key ring."""
+    agent = pods["agent"]
+    task = pod_task(agent.body)
+    assert task is not None
+    secret = read_secret(cluster, OPERATOR_NAMESPACE, StateNames().keyring)
+    assert secret is not None
+    ring = KeyRing.from_secret_data(secret["data"])
+
+    async def read() -> tuple[dict[str, Any] | None, tuple[str, ...]]:
+        kube = Kube(load_configuration(str(cluster.kubeconfig)))
+        try:
+            keys = PodKeys(
+                ProjectionStore(), kube.find_secret_metadata, Bookkeeping(lambda: ring).verify, lambda: False
+            )
+            found = await kube.find_secret_metadata(task.namespace, labels.secret_name(task.binding))
+            return found, await keys.of(task, dt.datetime.now(dt.timezone.utc))
+        finally:
+            await kube.close()
+
+    metadata, keys = asyncio.run(read())
+    assert metadata is not None and metadata["kind"] == "PartialObjectMetadata" and "data" not in metadata
+    assert keys == (agent.key().jkt,)
+
+
+def test_after_a_renewal_the_replaced_key_counts_until_its_value_expires(
+    cluster: Cluster, operator: OperatorProcess, kubelet: object, namespace: str
+) -> None:
+    """A renewal writes a new value and a new key; the kubelet may put them into the container
+    a volume refresh later, so the replaced key is still the pod's until the value it bound
+    expires -- and not a moment after."""
+    service_account(cluster, namespace)
+    create_credential(
+        cluster,
+        namespace,
+        scope=SCOPE,
+        source={"jwt": {"audiences": [BOUND_AUDIENCE], "dpop": "required"}},
+        ttl="20s",
+        renewBefore="10s",
+        maxLifetime="1h",
+    )
+    agent = Pod(cluster, namespace, "agent", "research-llm")
+    token_url = f"{operator.api_url}/oauth2/token"
+    old = agent.key()
+    secret = read_secret(cluster, namespace, secret_name_of(agent.body))
+    assert secret is not None
+    old_expiry = claims_of(value_of(secret, "research-llm") or b"")["exp"]
+
+    def renewed() -> DPoPKey | None:
+        key = agent.key()
+        return key if key.jkt != old.jkt else None
+
+    new = wait_for(renewed, timeout=30, what="a renewed key")
+    for key in (old, new):
+        status, answer = _exchange(operator, agent.identity(), BOUND_AUDIENCE, key.proof("POST", token_url))
+        assert status == 200, (time.time() < old_expiry, answer.get("error_description"))
+        assert independently_verified(operator, answer["access_token"], BOUND_AUDIENCE)["cnf"]["jkt"] == key.jkt
+    assert time.time() < old_expiry, "the old key was tried only after its value expired: the test proved nothing"
+    wait_for(lambda: time.time() > old_expiry + 1, timeout=30, what="the replaced value's expiry")
+    status, answer = _exchange(operator, agent.identity(), BOUND_AUDIENCE, old.proof("POST", token_url))
+    assert (status, answer["error"]) == (400, "invalid_dpop_proof"), answer
+    assert _denied(operator, agent, "dpop-not-pod-key")
