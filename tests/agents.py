@@ -221,6 +221,13 @@ def value_of(secret: dict, credential_name: str) -> bytes | None:
     return base64.b64decode(encoded) if encoded else None
 
 
+def dpop_key_of(cluster: Cluster, pod: dict, credential_name: str = "research-llm") -> dict:
+    """The private JWK agentcred wrote beside the pod's DPoP-bound value (its `dpop.jwk`)."""
+    secret = read_secret(cluster, pod["metadata"]["namespace"], secret_name_of(pod))
+    assert secret is not None, f"pod {pod['metadata']['name']} has no Secret"
+    return json.loads(base64.b64decode(secret["data"][labels.dpop_key_key(credential_name)]))
+
+
 def claims_of(token: bytes) -> dict:
     payload = token.split(b".")[1]
     return json.loads(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4)))

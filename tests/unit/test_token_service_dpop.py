@@ -5,6 +5,8 @@ assertions (MCP's jwt-bearer profile), without a cluster. Proofs are made with P
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
 import time
 from pathlib import Path
 from typing import Any
@@ -13,11 +15,22 @@ from urllib.parse import urlencode
 import jwt
 import pytest
 
+from agentcred.api.pods import PodTask
+from agentcred.api.projection import IssuedValue, new_projection
+from agentcred.api.times import utcnow
 from agentcred.platform.proofs import ProofChecker
 from agentcred.rules import dpop
-from agentcred.rules.oauth import ACCESS_TOKEN_TYPE, FORM_CONTENT_TYPE, OAuthError, authorization_server_metadata
+from agentcred.rules.oauth import (
+    ACCESS_TOKEN_TYPE,
+    FORM_CONTENT_TYPE,
+    JWT_TOKEN_TYPE,
+    OAuthError,
+    authorization_server_metadata,
+)
+from agentcred.runtime.store import ProjectionStore
+from agentcred.runtime.tokens.pod_keys import PodKeys
 from support.dpop import DPoPKey, bound_to
-from unit.test_token_service import GATEWAY, ISSUER, NARROW, Service, bearer, client_credentials, exchange, record
+from unit.test_token_service import GATEWAY, ISSUER, NARROW, Service, bearer, client_credentials, exchange, record, task
 
 TOKEN_URL = f"{ISSUER}/oauth2/token"
 
@@ -37,8 +50,25 @@ def last_line(service: Service) -> dict[str, Any]:
     return service.audit_lines()[-1]
 
 
-def required(service: Service) -> None:
+def required(service: Service, pods: tuple[PodTask, ...] = ()) -> DPoPKey:
+    """The credential requires DPoP; the pod's key (its `dpop.jwk`), as its bookkeeping records
+    it (and each of `pods` its own)."""
     service.view.records["research-llm"] = record(source={"jwt": {"audiences": [GATEWAY], "dpop": "required"}})
+    store = ProjectionStore()
+    keys = []
+    for pod in (task(), *pods):
+        key = DPoPKey()
+        now = utcnow()
+        value = IssuedValue("research-llm", "llm", now, now + dt.timedelta(hours=1), now, "hmac-sha256:x", jkt=key.jkt)
+        store.put(dataclasses.replace(new_projection(pod), values={"research-llm": value}))
+        service.view.pods[pod.key] = pod
+        keys.append(key)
+    service.tokens.pod_keys = PodKeys(store, _no_secret, lambda message, seal: False, leading=lambda: True)
+    return keys[0]
+
+
+async def _no_secret(namespace: str, name: str) -> None:
+    raise AssertionError("the leader reads a pod's keys from its own memory")
 
 
 @pytest.mark.parametrize("grant", [exchange, bearer, client_credentials])
@@ -61,15 +91,37 @@ def test_without_a_proof_a_bearer_token_as_before(tmp_path: Path) -> None:
 
 def test_a_credential_that_requires_dpop_refuses_bearer_requests(tmp_path: Path) -> None:
     service = Service(tmp_path)
-    required(service)
-    problem = refused(service, exchange(service.pod_token(), resource=GATEWAY), None)
+    key = required(service)
+    token = service.pod_token()
+    problem = refused(service, exchange(token, resource=GATEWAY), None)
     assert (problem.error, problem.status) == ("invalid_dpop_proof", 400)
-    assert "requires sender-constrained tokens" in problem.description
+    assert "proof signed by the pod's own key" in problem.description
     line = last_line(service)
     assert (line["action"], line["reason"], line["dpop"]) == ("deny", "invalid_dpop_proof", "dpop-missing")
-    key = DPoPKey()
+    assert line["fingerprint"].startswith("hmac-sha256:") and token not in service.audit_path.read_text()
     answer = ask(service, exchange(service.pod_token(), resource=GATEWAY), key.proof("POST", TOKEN_URL))
     bound_to(answer["access_token"], key, service.ring.jwks(), GATEWAY, ISSUER)
+    assert last_line(service)["identityBoundBy"] == ["research-llm"]
+
+
+@pytest.mark.parametrize("grant", [exchange, bearer, client_credentials])
+def test_a_bound_pods_identity_token_needs_the_pods_own_key(tmp_path: Path, grant: Any) -> None:
+    """Every grant that presents the identity token of a pod holding a DPoP-bound value."""
+    service = Service(tmp_path)
+    key = required(service)
+    problem = refused(service, grant(service.pod_token(), resource=GATEWAY), DPoPKey().proof("POST", TOKEN_URL))
+    assert problem.error == "invalid_dpop_proof" and "not by the pod's own key" in problem.description
+    assert last_line(service)["dpop"] == "dpop-not-pod-key"
+    answer = ask(service, grant(service.pod_token(), resource=GATEWAY), key.proof("POST", TOKEN_URL))
+    bound_to(answer["access_token"], key, service.ring.jwks(), GATEWAY, ISSUER)
+
+
+def test_a_bound_pod_with_no_key_on_record_is_refused(tmp_path: Path) -> None:
+    service = Service(tmp_path)
+    required(service)
+    service.tokens.pod_keys = None
+    problem = refused(service, exchange(service.pod_token(), resource=GATEWAY), DPoPKey().proof("POST", TOKEN_URL))
+    assert problem.error == "invalid_dpop_proof" and last_line(service)["dpop"] == "dpop-no-pod-key"
 
 
 @pytest.mark.parametrize(
@@ -132,6 +184,25 @@ def test_a_bound_actor_token_needs_the_proofs_key(tmp_path: Path) -> None:
     fields = exchange(service.pod_token(), resource=GATEWAY, actor_token=actor, actor_token_type=ACCESS_TOKEN_TYPE)
     assert refused(service, fields, DPoPKey().proof("POST", TOKEN_URL)).error == "invalid_dpop_proof"
     answer = ask(service, fields, key.proof("POST", TOKEN_URL))
+    assert bound_to(answer["access_token"], key, service.ring.jwks(), GATEWAY, ISSUER)["act"]["sub"]
+
+
+def test_a_bound_pods_identity_token_acts_only_with_its_own_key(tmp_path: Path) -> None:
+    """As `actor_token`, another bound pod's identity token needs that pod's key: the request's
+    one proof, by the subject pod's key, does not prove it."""
+    service = Service(tmp_path)
+    helper = task(name="helper", uid="helper-uid", binding="fedcba9876543210")
+    key = required(service, (helper,))
+    fields = exchange(
+        service.pod_token(), resource=GATEWAY, actor_token=service.pod_token(helper), actor_token_type=JWT_TOKEN_TYPE
+    )
+    problem = refused(service, fields, key.proof("POST", TOKEN_URL))
+    assert problem.error == "invalid_dpop_proof" and problem.description.startswith("actor_token:")
+    assert last_line(service)["dpop"] == "dpop-not-pod-key"
+    alone = exchange(
+        service.pod_token(), resource=GATEWAY, actor_token=service.pod_token(), actor_token_type=JWT_TOKEN_TYPE
+    )
+    answer = ask(service, alone, key.proof("POST", TOKEN_URL))  # the pod acting for itself: its own key
     assert bound_to(answer["access_token"], key, service.ring.jwks(), GATEWAY, ISSUER)["act"]["sub"]
 
 

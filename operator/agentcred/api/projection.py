@@ -73,9 +73,29 @@ class IssuedValue:
     token_id: str | None = None  # a JWT's jti, or the minting service's id for the value
     renewals: int = 0
     source: str = "jwt"
+    # The thumbprint (RFC 7638) of the DPoP key written beside the value (`dpop.jwk`): the pod's
+    # own key, which its identity token must be presented with. None: the value is not bound.
+    jkt: str | None = None
+    # The key of the value this one replaced: the kubelet may put the new `dpop.jwk` into the
+    # container up to a volume refresh later, so the old key is the pod's until its value expires.
+    previous_jkt: str | None = None
+    previous_until: dt.datetime | None = None
+
+    def pod_keys(self, now: dt.datetime) -> tuple[str, ...]:
+        """The thumbprints of the DPoP keys the pod may hold for this value now."""
+        keys: tuple[str, ...] = (self.jkt,) if self.jkt else ()
+        if self.previous_jkt and self.previous_until is not None and now < self.previous_until:
+            keys += (self.previous_jkt,)
+        return keys
+
+    def replacing(self, old: IssuedValue) -> IssuedValue:
+        """This value as the renewal of `old`: old's key is remembered while old lives."""
+        if self.jkt is None or old.jkt is None or old.jkt == self.jkt:
+            return self
+        return replace(self, previous_jkt=old.jkt, previous_until=old.expires_at)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "source": self.source,
             "category": self.category,
             "issuedAt": format_time(self.issued_at),
@@ -85,6 +105,11 @@ class IssuedValue:
             "tokenId": self.token_id,
             "renewals": self.renewals,
         }
+        if self.jkt is not None:
+            body["jkt"] = self.jkt
+        if self.previous_jkt is not None and self.previous_until is not None:
+            body["previousJkt"], body["previousUntil"] = self.previous_jkt, format_time(self.previous_until)
+        return body
 
     @classmethod
     def from_json(cls, credential: str, data: dict[str, Any]) -> IssuedValue:
@@ -93,6 +118,10 @@ class IssuedValue:
         if not all(isinstance(v, str) for v in text.values()) or not isinstance(data.get("renewals", 0), int):
             raise ValueError(f"bookkeeping of {credential} is malformed")
         token_id = data.get("tokenId")
+        keys = {k: data.get(k) for k in ("jkt", "previousJkt", "previousUntil")}
+        if not all(v is None or isinstance(v, str) for v in keys.values()):
+            raise ValueError(f"bookkeeping of {credential} is malformed")
+        previous_until = keys["previousUntil"]
         return cls(
             credential=credential,
             category=str(text["category"]),
@@ -103,6 +132,9 @@ class IssuedValue:
             token_id=token_id if isinstance(token_id, str) else None,
             renewals=int(data.get("renewals", 0)),
             source=str(data.get("source", "jwt")),
+            jkt=keys["jkt"],
+            previous_jkt=keys["previousJkt"] if previous_until else None,
+            previous_until=parse_time(previous_until) if previous_until else None,
         )
 
 
@@ -277,7 +309,11 @@ def _data(state: ProjectionState, new_values: dict[str, bytes], ca: bytes, keys:
 
 
 def with_values(state: ProjectionState, values: dict[str, IssuedValue]) -> ProjectionState:
-    return replace(state, values={**state.values, **values})
+    """`values` written over the state's; a renewed value remembers the key it replaced."""
+    renewed = {
+        name: value.replacing(state.values[name]) if name in state.values else value for name, value in values.items()
+    }
+    return replace(state, values={**state.values, **renewed})
 
 
 def without(state: ProjectionState, revoked: Mapping[str, str]) -> ProjectionState:

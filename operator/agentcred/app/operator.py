@@ -74,6 +74,7 @@ from ..runtime.status.status_writer import StatusWriter
 from ..runtime.status.statusbook import StatusBook
 from ..runtime.store import ProjectionStore
 from ..runtime.tokens.callers import RateLimiter, ReviewGate
+from ..runtime.tokens.pod_keys import PodKeys
 from ..runtime.tokens.token_service import TokenService
 from ..sources.base import Sources
 from ..sources.jwt import JwtSource
@@ -249,6 +250,7 @@ def build_parts(
         proofs=ProofChecker(keyring, require_nonce=config.dpop_nonce),
         unsure=revocations_unsure,
         scope_time=RateLimiter(config.scope_ms_per_second, config.scope_ms_burst),
+        pod_keys=PodKeys(store, kube.find_secret_metadata, bookkeeping.verify, leading),
     )
     # agentcred's CSI node plugins: the pod a volume is published for authenticated by the
     # token the kubelet passes, its value written to the plugin, never to a Secret.

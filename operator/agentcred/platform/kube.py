@@ -27,6 +27,7 @@ STRATEGIC = "application/strategic-merge-patch+json"
 MERGE = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+OBJECT_METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 # Answers that are part of normal flow (already gone, already exists, stale version).
 EXPECTED_STATUSES = {404, 409}
 
@@ -186,6 +187,15 @@ class Kube:
         """The Secret, or None if there is none."""
         try:
             return await self.read_secret(namespace, name)
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def find_secret_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret's metadata alone (its values never leave the API server), or None."""
+        try:
+            return await self.request("GET", namespaced("v1", namespace, "secrets", name), accept=OBJECT_METADATA_ONLY)
         except ApiError as error:
             if error.status == 404:
                 return None

@@ -25,7 +25,7 @@ import hmac
 import json
 import struct
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +33,8 @@ from urllib.parse import urlsplit
 from joserfc import jwk, jws
 from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jws import JWSRegistry
+
+from ..api.model import AgentCredentialSpec
 
 PROOF_TYPE = "dpop+jwt"
 TOKEN_TYPE = "DPoP"  # token_type of a bound token (RFC 9449 §5) and the Authorization scheme (§7.1)
@@ -268,6 +270,52 @@ def confirmation(claims: dict[str, Any]) -> str | None:
     cnf = claims.get("cnf")
     found = cnf.get("jkt") if isinstance(cnf, dict) else None
     return found if isinstance(found, str) and found else None
+
+
+# -- the pod's identity token, bound to the pod's own key -----------------------------------
+
+
+def binds_identity(spec: AgentCredentialSpec | None) -> bool:
+    """Does holding this credential bind the pod's identity token to the pod's own key? Yes
+    when its values are DPoP-bound and written into the pod (secret delivery): the operator
+    made the key beside the value (`dpop.jwk`), so it knows the pod's thumbprint. Not for
+    gateway delivery (no value, no key enters the pod); CSI delivery with DPoP is refused by
+    the API server (its plugin writes no key)."""
+    jwt = spec.source.jwt if spec is not None else None
+    return jwt is not None and jwt.dpop_required and spec is not None and spec.projection.delivery == "secret"
+
+
+def identity_bound_by(specs: Iterable[tuple[str, AgentCredentialSpec | None]]) -> tuple[str, ...]:
+    """Of a pod's credentials, those that bind its identity token. One is enough: a pod that
+    holds any DPoP-bound value presents its identity token only with a proof by its own key,
+    whatever else it holds (a copied identity token would otherwise buy the bearer credentials
+    and the pod's name at gateways)."""
+    return tuple(sorted(name for name, spec in specs if binds_identity(spec)))
+
+
+def check_pod_key(proof_jkt: str | None, pod_keys: Collection[str], bound_by: Collection[str]) -> None:
+    """The identity token of a pod holding credentials `bound_by` (non-empty) is accepted with
+    a proof by one of `pod_keys` (the thumbprints of the `dpop.jwk` keys agentcred made for
+    this pod); ProofRefused otherwise."""
+    held = ", ".join(sorted(bound_by))
+    if proof_jkt is None:
+        raise ProofRefused(
+            "dpop-missing",
+            f"the pod holds DPoP-bound credentials ({held}): its identity token is accepted only with a DPoP "
+            "proof signed by the pod's own key (the dpop.jwk beside its value)",
+        )
+    if not pod_keys:
+        raise ProofRefused(
+            "dpop-no-pod-key",
+            f"the pod holds DPoP-bound credentials ({held}) but agentcred has no key on record for it yet: "
+            "try again once its values are written",
+        )
+    if proof_jkt not in pod_keys:
+        raise ProofRefused(
+            "dpop-not-pod-key",
+            f"the proof is signed by key {proof_jkt}, not by the pod's own key (the dpop.jwk agentcred wrote "
+            f"beside {held}): an identity token is accepted only with a proof by the pod it names",
+        )
 
 
 def authorization(header: str | None) -> tuple[str, str] | None:

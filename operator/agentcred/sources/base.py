@@ -47,9 +47,11 @@ class Produced:
         token_id: str | None = None,
         expires_at: dt.datetime | None = None,
         key: bytes | None = None,
+        jkt: str | None = None,
     ) -> Produced:
         """A value produced for `issue`, with its bookkeeping (never the value): `expires_at`
-        when the source decides it (a minting service), else the planned expiry."""
+        when the source decides it (a minting service), else the planned expiry; `jkt`: the
+        thumbprint of `key`, kept in the bookkeeping (the pod's identity is bound to it)."""
         assert record.spec is not None
         issued = IssuedValue(
             credential=record.name,
@@ -61,6 +63,7 @@ class Produced:
             token_id=token_id,
             renewals=issue.renewals,
             source=kind,
+            jkt=jkt,
         )
         return cls(value, issued, key)
 

@@ -3,7 +3,8 @@
 A credential with `dpop: required` gets each value bound (RFC 9449 `cnf.jkt`) to a P-256 key
 made for that pod and that value: the private key is written next to the value in the pod's
 own Secret (`<credential>.dpop.jwk`, mounted as `dpop.jwk`) and replaced with it at every
-renewal, so the kubelet swaps both at once. The operator keeps only the key's thumbprint.
+renewal, so the kubelet swaps both at once. The operator keeps only the key's thumbprint, in
+the pod's sealed bookkeeping: the pod's identity token is accepted only with a proof by it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class JwtSource:
         assert spec is not None and spec.source.jwt is not None
         token_id = secrets.token_urlsafe(16)
         grant = credential_grant(record)
-        key = None
+        key, thumbprint = None, None
         if spec.source.jwt.dpop_required:
             private = ECKey.generate_key("P-256", private=True).as_dict(private=True)
             public = {name: private[name] for name in ("kty", "crv", "x", "y")}
@@ -66,6 +67,7 @@ class JwtSource:
             fingerprint=self._fingerprints(value),
             token_id=token_id,
             key=key,
+            jkt=thumbprint,
         )
 
     def sign(self, record: CredentialRecord, claims: dict[str, object]) -> str:

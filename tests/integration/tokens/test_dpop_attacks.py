@@ -3,7 +3,8 @@ identities that are not cluster admins: the namespace admin of the pod's own ten
 mint tokens of the tenant's ServiceAccounts) and the pod's own workload identity.
 
 The credential requires DPoP. Each request below is otherwise valid -- the pod's own identity,
-admitted, a subject -- so the refusal is the proof's or the assertion's alone.
+admitted, a subject, proofs by the pod's own key (its `dpop.jwk`, which its identity token is
+bound to) -- so the refusal is the proof's or the assertion's alone.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from kubernetes import client
 
-from agents import create_credential, service_account, start_agent
+from agents import create_credential, dpop_key_of, service_account, start_agent
 from clusterkit import Cluster, OperatorProcess
 from identities import namespace_admin
 from oauth import JWT_BEARER, JWT_TYPE, TOKEN_EXCHANGE, bound_token, token_request
@@ -66,7 +67,7 @@ def test_a_long_lived_workload_assertion_is_refused(
     pod = _dpop_agent(cluster, namespace)
     admin = namespace_admin(cluster, namespace, tmp_path)
     token_url = f"{operator.api_url}/oauth2/token"
-    key = DPoPKey()
+    key = DPoPKey.from_private_jwk(dpop_key_of(cluster, pod))
     year = _assertion(admin, namespace, pod, token_url, 365 * 24 * 3600)
     fields = {"grant_type": JWT_BEARER, "assertion": year, "resource": AUDIENCE}
     status, answer, _ = token_request(operator, fields, DPoP=key.proof("POST", token_url))
@@ -106,7 +107,7 @@ def test_forged_and_misdirected_proofs_are_refused_at_the_token_endpoint(
     host case, a query or fragment) accepted."""
     pod = _dpop_agent(cluster, namespace)
     token_url = f"{operator.api_url}/oauth2/token"
-    key = DPoPKey()
+    key = DPoPKey.from_private_jwk(dpop_key_of(cluster, pod))
     now = int(time.time())
     claims = {"jti": "j", "htm": "POST", "htu": token_url, "iat": now}
     operator_key = next(k for k in _operator_keys(operator) if k["kty"] == "EC")

@@ -1,7 +1,8 @@
 """One call through a gateway, decided: the gateway authenticated, the calling pod identified
 from the token it carries (as the token service accepts it), held to its budget, a DPoP-bound
 token held to a proof by its key for this very request (RFC 9449: method, URL, the token, the
-body when the gateway sends it and the proof covers it; each proof once), the call decided
+body when the gateway sends it and the proof covers it; each proof once) -- and so is the pod's
+identity token when the pod holds a DPoP-bound value, to a proof by the pod's own key -- the call decided
 (rules.gateway.decision), the credential attached on the way out, and one audit line.
 
 Fails closed: anything unexpected is a refusal (503), never an allow.
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...api.pods import PodTask
 from ...api.policy_model import AgentCredentialPolicySpec
 from ...api.times import utcnow
 from ...platform import metrics
@@ -201,6 +203,8 @@ class GatewayService:
             facts["_quiet"] = self._quiet(task.uid)
             return refusal(429, "budget", f"pod {task.name} calls too fast; slow down", "budget", retry_after=1)
         unproven = self._sender(request, token, caller, task.uid, facts)
+        if unproven is None and caller.parent is None:
+            unproven = await self._own_key(request, token, task, facts)
         if unproven is not None:
             return unproven
         now = self.now()
@@ -247,6 +251,32 @@ class GatewayService:
             assert caller.parent is not None
             facts["presentedTokenId"] = caller.parent.get("jti")
             return refusal(401, refused.reason, refused.message, "dpop", dpop=True)
+        return None
+
+    async def _own_key(
+        self, request: GatewayRequest, token: str, task: PodTask, facts: dict[str, Any]
+    ) -> Answer | None:
+        """A pod's identity token, when the pod holds a DPoP-bound value, is the pod's only with
+        a proof for this request by the key agentcred wrote into that pod; None: so, or unbound."""
+        if not self.tokens.identity_bound_by(task):
+            return None
+        header = request.headers.get("dpop")
+        try:
+            proof = None
+            if header:
+                if authorization_scheme(request.headers).lower() != DPOP_SCHEME.lower():
+                    raise ProofRefused(
+                        "dpop-wrong-scheme", "a DPoP-bound identity token is sent as 'Authorization: DPoP <token>'"
+                    )
+                body = None if request.body_truncated else request.body
+                covered = Covered(request.method, request_url(request), access_token=token, body=body)
+                proof = self.proofs.check(header, covered, task.uid)
+            bound_by = await self.tokens.prove_pod(task, proof)
+        except ProofRefused as refused:
+            # Whoever holds a copy of the identity token is named by its fingerprint, never by it.
+            facts.update(rule="dpop", presentedFingerprint=Fingerprints(self.tokens.keyring)(token.encode()))
+            return refusal(401, refused.reason, f"identity token: {refused.message}", "dpop", dpop=True)
+        facts.update(jkt=proof.jkt if proof else None, identityBoundBy=list(bound_by))
         return None
 
     def _quiet(self, pod_uid: str) -> bool:

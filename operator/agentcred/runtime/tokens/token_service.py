@@ -13,9 +13,12 @@ every refusal is audited; a refusal is an `OAuthError` with the RFC's code.
 Sender constraint (RFC 9449): a request with a `DPoP` proof gets a token bound to the proof's
 key (`cnf.jkt`, `token_type: DPoP`); a credential with `dpop: required` gets no other kind; a
 bound subject or actor token is used only with a proof by its own key, and what is exchanged
-from it stays bound to that key. Workload identity federation (MCP's jwt-bearer profile): an
-assertion addressed to the token endpoint (or the issuer) rather than to `agentcred` must carry
-a `jti` and is good for one token.
+from it stays bound to that key. A pod that holds a DPoP-bound credential has its identity
+token bound too: presented as subject, assertion or actor, it is accepted only with a proof by
+the key agentcred wrote into that pod (`dpop.jwk`), so a copy of the token file alone buys
+nothing. Workload identity federation (MCP's jwt-bearer profile): an assertion addressed to
+the token endpoint (or the issuer) rather than to `agentcred` must carry a `jti` and is good
+for one token.
 """
 
 from __future__ import annotations
@@ -34,12 +37,13 @@ from ...api.pods import PodTask
 from ...api.times import format_time, utcnow
 from ...platform.fingerprints import Fingerprints
 from ...platform.keys import KeyRing, NotOurs, decode_own, peek_claims
+from ...platform.kube import ApiError
 from ...platform.proofs import ProofChecker
 from ...platform.replay import ReplayCache
 from ...platform.revocations import EXPIRY_SKEW, MAX_TOKEN_ENTRIES_PER_POD, RevocationList
 from ...rules.credentials import CredentialRecord
 from ...rules.dpop import TOKEN_TYPE as DPOP_TOKEN_TYPE
-from ...rules.dpop import Covered, Proof, ProofRefused, confirmation
+from ...rules.dpop import Covered, Proof, ProofRefused, check_pod_key, confirmation, identity_bound_by
 from ...rules.oauth import (
     ACCESS_TOKEN_TYPE,
     CLIENT_CREDENTIALS,
@@ -59,6 +63,7 @@ from ...sources.jwt import JwtSource
 from ..audit import AuditTrail
 from ..view import ClusterView
 from .callers import NotAuthenticated, RateLimiter, Reviewed, ReviewGate, Throttled
+from .pod_keys import PodKeys
 
 CLOCK_SKEW = dt.timedelta(seconds=30)
 SCOPE_MS_PER_SECOND, SCOPE_MS_BURST = 250.0, 2000  # a quarter of the event loop per namespace
@@ -123,6 +128,9 @@ class TokenService:
     proofs: ProofChecker = field(default_factory=ProofChecker)  # DPoP proofs, each used once
     # Per pod, per namespace (one tenant cannot fill the memory every tenant shares), in total.
     assertions: ReplayCache = field(default_factory=lambda: ReplayCache(per_holder=256, total=65536, per_group=4096))
+    # The DPoP keys agentcred made for each pod; None: none are known, so a pod whose identity
+    # is bound is refused.
+    pod_keys: PodKeys | None = None
 
     @property
     def token_endpoint(self) -> str:
@@ -148,6 +156,9 @@ class TokenService:
         try:
             request = parse_token_request(parse_form(content_type, body), authorization)
             facts["grant"] = request.grant_type
+            what = {TOKEN_EXCHANGE: "subject_token", JWT_BEARER: "assertion"}.get(
+                request.grant_type, "client_assertion"
+            )
             subject = await self._subject(request, source)
             facts.update(subject.facts())
             # Counted before the actor token is reviewed: every request costs the pod, so one
@@ -155,7 +166,10 @@ class TokenService:
             if not self.limiter.allow(subject.pod_uid):
                 raise OAuthError("temporarily_unavailable", f"pod {subject.pod_name} asks too fast; slow down", 429, 1)
             proof = self._proof(request, subject, dpop, facts)
-            act = await self._actor(request, subject.parent, source, proof)
+            if subject.parent is None:  # the pod's identity token, bound if the pod holds a bound value
+                task = self.live_task(subject, _refusal(request.grant_type, authenticated=True))
+                await self._own_key(task, proof, request.subject_token, facts, what)
+            act = await self._actor(request, subject.parent, source, proof, facts)
             return await self._issue(request, subject, act, facts, proof)
         except OAuthError as refused:
             self.audit.record("deny", reason=refused.error, message=refused.description, **facts)
@@ -267,6 +281,41 @@ class TokenService:
             raise self._unproven(refused.message) from None
         facts["jkt"] = proof.jkt
         return proof
+
+    def identity_bound_by(self, task: PodTask) -> tuple[str, ...]:
+        """The pod's credentials that bind its identity token to its own DPoP key (rules.dpop)."""
+        records = ((name, self.view.credential(task.namespace, name)) for name in task.credentials)
+        return identity_bound_by((name, record.spec if record is not None else None) for name, record in records)
+
+    async def prove_pod(self, task: PodTask, proof: Proof | None) -> tuple[str, ...]:
+        """ProofRefused unless the pod's identity token may be accepted with `proof` (checked
+        already): no proof needed (the pod holds no bound value), or one by the pod's own key.
+        The credentials that bind it, when they do."""
+        bound_by = self.identity_bound_by(task)
+        if not bound_by:
+            return ()
+        keys: tuple[str, ...] = ()
+        if proof is not None and self.pod_keys is not None:
+            keys = await self.pod_keys.of(task, utcnow())
+            if proof.jkt not in keys:  # renewed since a follower last read them?
+                keys = await self.pod_keys.of(task, utcnow(), fresh=True)
+        check_pod_key(proof.jkt if proof is not None else None, keys, bound_by)
+        return bound_by
+
+    async def _own_key(self, task: PodTask, proof: Proof | None, token: str, facts: dict[str, Any], what: str) -> None:
+        """A pod's identity token (`what`) is accepted only with a proof by that pod's key, when it is bound."""
+        try:
+            bound_by = await self.prove_pod(task, proof)
+        except ProofRefused as refused:
+            # Whoever presented a copy of the identity token is named by its fingerprint, never by it.
+            facts.update(dpop=refused.reason, fingerprint=Fingerprints(self.keyring)(token.encode()))
+            raise self._unproven(f"{what}: {refused.message}") from None
+        except ApiError as error:
+            raise OAuthError(
+                "temporarily_unavailable", f"the DPoP keys of pod {task.name} cannot be read now: {error}", 503, 2
+            ) from None
+        if bound_by:
+            facts["identityBoundBy"] = list(bound_by)
 
     def nonce_header(self) -> dict[str, str]:
         """The DPoP-Nonce header to send with an answer, when nonces are asked for (RFC 9449 §8)."""
@@ -554,7 +603,12 @@ class TokenService:
         return Grant(audiences, scope=credential_scope(record), act=act, grant_type=request.grant_type)
 
     async def _actor(
-        self, request: TokenRequest, parent: dict[str, Any] | None, source: str = "", proof: Proof | None = None
+        self,
+        request: TokenRequest,
+        parent: dict[str, Any] | None,
+        source: str = "",
+        proof: Proof | None = None,
+        facts: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         """The `act` claim (RFC 8693 §4.1): the actor presented now -- a ServiceAccount, or the
         pod holding an agentcred token -- with whoever acted before nested inside it."""
@@ -572,6 +626,12 @@ class TokenService:
             act = {"sub": who.username}
             if who.pod_name is not None:
                 act["agentcred"] = {"namespace": who.namespace, "podName": who.pod_name, "podUID": who.pod_uid}
+                # An agentcred pod's identity token acts only with a proof by that pod's key, if bound.
+                actor = self.view.pod_by_name(who.namespace, who.pod_name)
+                if actor is not None and actor.uid == who.pod_uid:
+                    await self._own_key(
+                        actor, proof, request.actor_token, facts if facts is not None else {}, "actor_token"
+                    )
         else:
             claims = self._live_own_token(request.actor_token, "actor_token", invalid_request)
             bound = confirmation(claims)
