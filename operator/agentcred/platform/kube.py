@@ -117,12 +117,21 @@ def _ssl_context(configuration: client.Configuration) -> ssl.SSLContext | bool:
 
 
 class Kube:
-    def __init__(self, configuration: client.Configuration, concurrency: int = 64) -> None:
+    """The operator's API client: requests share a pool of at most `concurrency` connections;
+    each watch has a connection of its own, outside the pool, so watches that never end (one
+    per watched namespace) can never take every connection the requests need.
+
+    Each TLS connection costs 256 KiB of buffer (asyncio's SSLProtocol): 64 pooled connections,
+    all in use during a burst, were 16 MiB of the operator's peak memory; 32 keep the API
+    server as busy as it gets on the machines measured (bench/RESULTS.md)."""
+
+    def __init__(self, configuration: client.Configuration, concurrency: int = 32) -> None:
         self.configuration = configuration
         self.base = configuration.host.rstrip("/")
         self._ssl = _ssl_context(configuration)
         self._concurrency = concurrency
         self._session: aiohttp.ClientSession | None = None
+        self._watches: aiohttp.ClientSession | None = None
 
     def _headers(self, content_type: str | None, accept: str) -> dict[str, str]:
         headers = {"Accept": accept, "User-Agent": "agentcred"}
@@ -174,9 +183,15 @@ class Kube:
             )
         return self._session
 
+    def _open_for_watches(self) -> aiohttp.ClientSession:
+        if self._watches is None:
+            self._watches = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ssl=self._ssl))
+        return self._watches
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._watches):
+            if session is not None:
+                await session.close()
 
     # -- Secrets and ConfigMaps ------------------------------------------------------
 
@@ -274,7 +289,7 @@ class Kube:
         }
         operation = f"WATCH {resource_of(path)}"
         try:
-            async with self._open().get(
+            async with self._open_for_watches().get(
                 self.base + path + "?" + urlencode(query),
                 headers=self._headers(None, "application/json"),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout + 30),
