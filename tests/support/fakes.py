@@ -251,7 +251,9 @@ class ScriptedPodListing:
         self.lists = 0
         self.more = asyncio.Event()
 
-    async def list_pages(self, path: str, selector: str) -> AsyncIterator[tuple[list[dict[str, Any]], str]]:
+    async def list_pages(
+        self, path: str, selector: str, page: int = 500
+    ) -> AsyncIterator[tuple[list[dict[str, Any]], str]]:
         self.lists += 1
         listing = self.listings.pop(0)
         for start in range(0, max(len(listing), 1), 2):  # pages of two

@@ -179,3 +179,68 @@ def test_an_admitted_pod_is_handed_on_with_only_what_the_handler_reads() -> None
         "status": {"phase": "Running"},
     }
     assert _slim(pod) == {"metadata": {"namespace": "a", "name": "p", "uid": "u"}, "spec": {"serviceAccountName": "sa"}}
+
+
+def test_listed_pods_are_handled_by_a_bounded_number_of_workers() -> None:
+    """A new leader's listed pods are not all handled at once: at most WORKERS at a time."""
+    from agentcred.runtime.projection.pod_watch import WORKERS
+
+    async def main() -> None:
+        listing = [pod(f"p{n}", f"u{n}", binding=f"b{n}") for n in range(WORKERS * 3)]
+        kube = ScriptedPodListing([listing], [])
+        running, most = 0, 0
+
+        async def handler(kind: str | None, body: dict[str, Any], task: PodTask | None) -> None:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            await asyncio.sleep(0.01)
+            running -= 1
+
+        watch = PodWatch(kube, "x=true", admitted, handler, handling=asyncio.Event())  # type: ignore[arg-type]
+        watch.handling.set()
+        runner = asyncio.create_task(watch.run())
+        await asyncio.sleep(0.3)
+        assert most == WORKERS and running == 0
+        runner.cancel()
+
+    asyncio.run(main())
+
+
+def test_a_pod_whose_task_ended_is_handled_before_pods_waiting_to_be_issued() -> None:
+    """A revocation never waits behind a burst of issues."""
+    from agentcred.runtime.projection.pod_watch import WORKERS
+
+    async def main() -> None:
+        last, before_last = WORKERS * 3 - 1, WORKERS * 3 - 2  # far back in the line
+        waiting = [pod(f"p{n}", f"u{n}", binding=f"b{n}") for n in range(WORKERS * 3)]
+        ended = [
+            {
+                "type": "MODIFIED",
+                "object": pod(f"p{last}", f"u{last}", binding=f"b{last}", phase="Succeeded", version="2"),
+            },
+            {
+                "type": "DELETED",
+                "object": pod(f"p{before_last}", f"u{before_last}", binding=f"b{before_last}", version="2"),
+            },
+        ]
+        kube = ScriptedPodListing([waiting], [ended])
+        order: list[tuple[str | None, str]] = []
+        release = asyncio.Event()
+
+        async def handler(kind: str | None, body: dict[str, Any], task: PodTask | None) -> None:
+            order.append((kind, body["metadata"]["uid"]))
+            await release.wait()  # every worker busy until the ended events are lined up
+
+        watch = PodWatch(kube, "x=true", admitted, handler, handling=asyncio.Event())  # type: ignore[arg-type]
+        watch.handling.set()
+        runner = asyncio.create_task(watch.run())
+        await asyncio.sleep(0.05)
+        assert len(order) == WORKERS  # the first WORKERS listed pods; the rest wait in line
+        release.set()
+        await asyncio.sleep(0.1)
+        assert set(order[WORKERS : WORKERS + 2]) == {("MODIFIED", f"u{last}"), ("DELETED", f"u{before_last}")}
+        assert len(order) == WORKERS * 3  # the two ended pods' listed events collapsed into their ends
+        runner.cancel()
+
+    asyncio.run(main())

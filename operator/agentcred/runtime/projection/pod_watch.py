@@ -5,6 +5,11 @@ from the list's resourceVersion. Each event updates the index at once and is han
 pod handler on a worker per pod: one pod's events are handled one at a time (those that
 arrive while one is handled collapse into the latest), different pods' concurrently.
 
+Events are handled by a fixed number of workers (`WORKERS`), pods whose task ended first:
+a revocation never waits behind a burst of issues, and a new leader's ten thousand listed pods
+are not ten thousand coroutines at once (each holding its frames, its lock and its place in
+the connection pool's queue).
+
 Only what the operator reads of a pod is kept: its task (`api.pods.PodTask`) if the webhook
 admitted it, else a note that it was seen. An update that leaves the task as it was (a
 status the kubelet writes, a condition, a container's state) is not handed on: nothing the
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
@@ -37,6 +43,13 @@ PODS = "/api/v1/pods"
 Handler = Callable[[str | None, dict[str, Any], PodTask | None], Awaitable[None]]
 Admitted = Callable[[dict[str, Any], bool], PodTask | None]
 RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+# Pods handled at once: twice the API client's pooled connections, so each has a request in
+# flight while as many more do their in-process work.
+WORKERS = 64
+# Pods per page of a list: a page is decoded whole (a pod with its managedFields is some 40 KB
+# of Python objects), and 500 of them were 21 MB of a new leader's start-up, most of it kept
+# as fragmentation after the page was gone.
+LIST_PAGE = 100
 
 
 class PodIndex:
@@ -148,13 +161,20 @@ class PodWatch:
         self._unlisted = set(self.namespaces)
         self.handling = handling
         self._pending: dict[str, tuple[str | None, dict[str, Any], PodTask | None]] = {}
-        self._workers: dict[str, asyncio.Task[None]] = {}
+        # Pods waiting for a worker, in order, ended ones apart; a pod's entry in `_queued` says
+        # which line it is in (True: ended), so an entry left behind in the other is skipped.
+        self._ended: deque[str] = deque()
+        self._others: deque[str] = deque()
+        self._queued: dict[str, bool] = {}
+        self._active: set[str] = set()
+        self._lined_up = asyncio.Semaphore(0)  # one release per entry put in a line: wakes one worker
 
     async def run(self) -> None:
+        workers = [asyncio.create_task(self._work(), name=f"pod worker {n}") for n in range(WORKERS)]
         try:
             await asyncio.gather(*(self._follow(namespace) for namespace in self.namespaces))
         finally:
-            for worker in list(self._workers.values()):
+            for worker in workers:
                 worker.cancel()
 
     async def _follow(self, namespace: str | None) -> None:
@@ -183,7 +203,7 @@ class PodWatch:
         first = namespace in self._unlisted
         listed: set[str] = set()
         version = ""
-        async for items, page_version in self.kube.list_pages(path, self.selector):
+        async for items, page_version in self.kube.list_pages(path, self.selector, page=LIST_PAGE):
             version = page_version  # the same on every page of one list
             for body in items:
                 uid = str((body.get("metadata") or {}).get("uid") or "")
@@ -239,15 +259,40 @@ class PodWatch:
             self._start(uid)
 
     def _start(self, uid: str) -> None:
-        if uid not in self._workers:
-            self._workers[uid] = asyncio.create_task(self._work(uid), name=f"pod {uid}")
+        if uid in self._active:
+            return  # its worker takes the new event next
+        kind, _, task = self._pending[uid]
+        ended = kind == "DELETED" or (task is not None and task.end_reason is not None)
+        line = self._queued.get(uid)
+        if ended and line is not True:
+            self._ended.append(uid)
+        elif line is None:
+            self._others.append(uid)
+        else:
+            return
+        self._queued[uid] = ended or bool(line)
+        self._lined_up.release()
 
-    async def _work(self, uid: str) -> None:
-        try:
-            while (item := self._pending.pop(uid, None)) is not None:
-                try:
-                    await self.handler(*item)
-                except Exception:
-                    log.exception("handling an event of pod %s failed", uid)
-        finally:
-            del self._workers[uid]
+    def _next(self) -> str | None:
+        for ended, line in ((True, self._ended), (False, self._others)):
+            while line:
+                uid = line.popleft()
+                if self._queued.get(uid) is ended:
+                    del self._queued[uid]
+                    return uid
+        return None
+
+    async def _work(self) -> None:
+        while True:
+            await self._lined_up.acquire()
+            if (uid := self._next()) is None:
+                continue  # an entry left behind when its pod moved to the ended line
+            self._active.add(uid)
+            try:
+                while (item := self._pending.pop(uid, None)) is not None:
+                    try:
+                        await self.handler(*item)
+                    except Exception:
+                        log.exception("handling an event of pod %s failed", uid)
+            finally:
+                self._active.discard(uid)
