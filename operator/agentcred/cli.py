@@ -170,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--gateway-grpc-port",
         type=int,
-        help="port of Envoy's ext_authz gRPC service (default 9191; 0: off; AGENTCRED_GATEWAY_GRPC_PORT)",
+        help="port of Envoy's ext_authz gRPC service, served once a --gateway may ask "
+        "(default 9191; 0: off; AGENTCRED_GATEWAY_GRPC_PORT)",
     )
     run.add_argument(
         "--audit-log",
