@@ -121,11 +121,12 @@ class Kube:
     each watch has a connection of its own, outside the pool, so watches that never end (one
     per watched namespace) can never take every connection the requests need.
 
-    Each TLS connection costs 256 KiB of buffer (asyncio's SSLProtocol): 64 pooled connections,
-    all in use during a burst, were 16 MiB of the operator's peak memory; 32 keep the API
-    server as busy as it gets on the machines measured (bench/RESULTS.md)."""
+    Each TLS connection costs 256 KiB of buffer (asyncio's SSLProtocol): the 64 pooled
+    connections a burst fills are 16 MiB of the operator's peak memory. 32 were measured, and
+    revocations queued behind each other's deletes (Succeeded -> revoked p99 at 5,000 pods
+    0.4-0.65 s with 64, 1.5-2.3 s with 32; bench/RESULTS.md)."""
 
-    def __init__(self, configuration: client.Configuration, concurrency: int = 32) -> None:
+    def __init__(self, configuration: client.Configuration, concurrency: int = 64) -> None:
         self.configuration = configuration
         self.base = configuration.host.rstrip("/")
         self._ssl = _ssl_context(configuration)
