@@ -35,11 +35,19 @@ def _sizes(results: dict[str, Any]) -> list[int]:
     return sorted({n for who in STYLE for n, _ in _series(results, who)})
 
 
-def _finish(fig: Any, ax: Any, path: Path, title: str) -> Path:
-    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 1 else f"{value:g}")
+def _number(value: float, _: object = None) -> str:
+    """A tick as people write it: 1,000 and 5,000, but 1.5 and 2.5 (not 2 and 2)."""
+    return f"{value:,.0f}" if value >= 100 or float(value).is_integer() else f"{value:,.3g}"
+
+
+def _plain_ticks(ax: Any) -> None:
     for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_formatter(plain)
+        axis.set_major_formatter(matplotlib.ticker.FuncFormatter(_number))
         axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
+def _finish(fig: Any, ax: Any, path: Path, title: str) -> Path:
+    _plain_ticks(ax)
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
@@ -95,17 +103,14 @@ def _bursts(
         ax.set_xscale("log")
         if log_y:
             ax.set_yscale("log")
-        else:
-            ax.set_ylim(bottom=0)
         ax.set_xlabel("objects created at once (pods, or ExternalSecrets)")
-        plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 1 else f"{value:g}")
-        for axis in (ax.xaxis, ax.yaxis):
-            axis.set_major_formatter(plain)
-            axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        _plain_ticks(ax)
         ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
         ax.set_title(name, fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
+    if not log_y:  # once every panel is drawn: the shared axis then holds every panel's points
+        axes[0][0].set_ylim(bottom=0)
     axes[0][0].set_ylabel(ylabel)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
