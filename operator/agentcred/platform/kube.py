@@ -124,7 +124,7 @@ class Kube:
     Each TLS connection costs 256 KiB of buffer (asyncio's SSLProtocol): the 64 pooled
     connections a burst fills are 16 MiB of the operator's peak memory. 32 were measured, and
     revocations queued behind each other's deletes (Succeeded -> revoked p99 at 5,000 pods
-    0.4-0.65 s with 64, 1.5-2.3 s with 32; bench/RESULTS.md)."""
+    0.37-0.65 s with 64, 0.8-2.3 s with 32; bench/RESULTS.md)."""
 
     def __init__(self, configuration: client.Configuration, concurrency: int = 64) -> None:
         self.configuration = configuration
