@@ -41,7 +41,16 @@ from agents import (
 )
 from clusterkit import OPERATOR_NAMESPACE, Cluster, OperatorProcess, wait_for
 from gateways import ExtAuthz, gateway_token, mcp_call
-from oauth import JWT_BEARER, JWT_TYPE, TOKEN_EXCHANGE, bound_token, independently_verified, token_request
+from oauth import (
+    ACCESS_TOKEN_TYPE,
+    CLIENT_ASSERTION_TYPE,
+    JWT_BEARER,
+    JWT_TYPE,
+    TOKEN_EXCHANGE,
+    bound_token,
+    independently_verified,
+    token_request,
+)
 from support.dpop import DPoPKey, thumbprint
 
 BOUND_AUDIENCE = "https://llm-gateway.internal"
@@ -166,6 +175,68 @@ def test_a_copied_identity_token_needs_the_pods_own_key_at_the_token_endpoint(
     assert independently_verified(operator, answer["access_token"], PLAIN_AUDIENCE)["cnf"]["jkt"] == own.jkt
     # Audited by one fingerprint, never the token.
     assert len(fingerprints) == 1 and next(iter(fingerprints)).startswith("hmac-sha256:")
+    assert stolen not in operator.audit_text()
+
+
+def test_a_copied_identity_token_as_client_assertion_or_actor_needs_the_pods_own_key(
+    operator: OperatorProcess, pods: dict[str, Pod]
+) -> None:
+    """The other places an identity token is presented: as a client_credentials client
+    assertion, and as the actor token beside another pod's own subject token (the attacker's
+    pod, which holds no bound value: its own identity needs no proof). And the victim's own
+    proof, captured from its request (an access log): it was remembered for the victim as
+    subject only, so under the attacker's subject it was fresh again and vouched for the copied
+    identity token as actor, and for the victim's bound agentcred token too -- found attacking
+    the actor token; the actor pod now spends it as well."""
+    agent, attacker = pods["agent"], pods["unbound"]
+    token_url = f"{operator.api_url}/oauth2/token"
+    stolen, own = agent.identity(), agent.key()
+    fields: dict[str, Any] = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": CLIENT_ASSERTION_TYPE,
+        "client_assertion": stolen,
+        "resource": PLAIN_AUDIENCE,
+    }
+    for proof in (None, DPoPKey().proof("POST", token_url)):
+        status, answer, _ = token_request(operator, fields, **({"DPoP": proof} if proof else {}))
+        assert (status, answer["error"]) == (400, "invalid_dpop_proof"), answer
+        assert answer["error_description"].startswith("client_assertion:"), answer
+
+    def act(actor: str, actor_type: str, proof: str | None) -> tuple[int, dict[str, Any]]:
+        fields = {
+            "grant_type": TOKEN_EXCHANGE,
+            "subject_token": attacker.identity(),
+            "subject_token_type": JWT_TYPE,
+            "actor_token": actor,
+            "actor_token_type": actor_type,
+            "resource": PLAIN_AUDIENCE,
+        }
+        status, answer, _ = token_request(operator, fields, **({"DPoP": proof} if proof else {}))
+        return status, answer
+
+    for proof in (None, DPoPKey().proof("POST", token_url), pods["other"].key().proof("POST", token_url)):
+        status, answer = act(stolen, JWT_TYPE, proof)
+        assert (status, answer["error"]) == (400, "invalid_dpop_proof"), answer
+        assert answer["error_description"].startswith("actor_token:"), answer
+    for case in ("identity token", "bound agentcred token"):
+        # The victim's own request, as an access log keeps it: the proof it was asked with, and what it got.
+        captured = own.proof("POST", token_url)
+        status, answer = _exchange(operator, stolen, BOUND_AUDIENCE, captured)
+        assert status == 200, answer
+        actor, actor_type = (
+            (stolen, JWT_TYPE) if case == "identity token" else (answer["access_token"], ACCESS_TOKEN_TYPE)
+        )
+        status, answer = act(actor, actor_type, captured)
+        assert (status, answer.get("error")) == (400, "invalid_dpop_proof"), (
+            case,
+            {k: v for k, v in answer.items() if k != "access_token"},
+        )
+        assert answer["error_description"].startswith("actor_token:") and "used before" in answer["error_description"]
+    # The victim pod itself, with a fresh proof by its key, may act for the other pod.
+    status, answer = act(stolen, JWT_TYPE, own.proof("POST", token_url))
+    assert status == 200, answer
+    claims = independently_verified(operator, answer["access_token"], PLAIN_AUDIENCE)
+    assert claims["act"]["agentcred"]["podUID"] == agent.uid and claims["cnf"]["jkt"] == own.jkt
     assert stolen not in operator.audit_text()
 
 

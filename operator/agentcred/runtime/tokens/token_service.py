@@ -169,7 +169,7 @@ class TokenService:
             if subject.parent is None:  # the pod's identity token, bound if the pod holds a bound value
                 task = self.live_task(subject, _refusal(request.grant_type, authenticated=True))
                 await self._own_key(task, proof, request.subject_token, facts, what)
-            act = await self._actor(request, subject.parent, source, proof, facts)
+            act = await self._actor(request, subject, source, proof, facts)
             return await self._issue(request, subject, act, facts, proof)
         except OAuthError as refused:
             self.audit.record("deny", reason=refused.error, message=refused.description, **facts)
@@ -302,8 +302,11 @@ class TokenService:
         check_pod_key(proof.jkt if proof is not None else None, keys, bound_by)
         return bound_by
 
-    async def _own_key(self, task: PodTask, proof: Proof | None, token: str, facts: dict[str, Any], what: str) -> None:
-        """A pod's identity token (`what`) is accepted only with a proof by that pod's key, when it is bound."""
+    async def _own_key(
+        self, task: PodTask, proof: Proof | None, token: str, facts: dict[str, Any], what: str
+    ) -> tuple[str, ...]:
+        """A pod's identity token (`what`) is accepted only with a proof by that pod's key, when
+        it is bound; the credentials that bind it."""
         try:
             bound_by = await self.prove_pod(task, proof)
         except ProofRefused as refused:
@@ -316,6 +319,19 @@ class TokenService:
             ) from None
         if bound_by:
             facts["identityBoundBy"] = list(bound_by)
+        return bound_by
+
+    def _spent_by_actor(self, proof: Proof, actor_uid: str, subject: Caller, token: str, facts: dict[str, Any]) -> None:
+        """A proof that vouches for an actor pod is that pod's too, used once: else one captured
+        from the pod's own request (an access log) vouched for it again under another subject."""
+        if actor_uid == subject.pod_uid:
+            return  # spent by this very pod as the subject's
+        try:
+            self.proofs.spend(proof, actor_uid)
+        except ProofRefused as refused:
+            # Whoever presented a copy of the actor token is named by its fingerprint, never by it.
+            facts.update(dpop=refused.reason, fingerprint=Fingerprints(self.keyring)(token.encode()))
+            raise self._unproven(f"actor_token: {refused.message}") from None
 
     def nonce_header(self) -> dict[str, str]:
         """The DPoP-Nonce header to send with an answer, when nonces are asked for (RFC 9449 §8)."""
@@ -605,13 +621,15 @@ class TokenService:
     async def _actor(
         self,
         request: TokenRequest,
-        parent: dict[str, Any] | None,
+        subject: Caller,
         source: str = "",
         proof: Proof | None = None,
         facts: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         """The `act` claim (RFC 8693 §4.1): the actor presented now -- a ServiceAccount, or the
         pod holding an agentcred token -- with whoever acted before nested inside it."""
+        parent = subject.parent
+        facts = facts if facts is not None else {}
         before = parent.get("act") if parent is not None else None
         if request.actor_token is None:
             return before if isinstance(before, dict) else None
@@ -629,9 +647,9 @@ class TokenService:
                 # An agentcred pod's identity token acts only with a proof by that pod's key, if bound.
                 actor = self.view.pod_by_name(who.namespace, who.pod_name)
                 if actor is not None and actor.uid == who.pod_uid:
-                    await self._own_key(
-                        actor, proof, request.actor_token, facts if facts is not None else {}, "actor_token"
-                    )
+                    bound_by = await self._own_key(actor, proof, request.actor_token, facts, "actor_token")
+                    if bound_by and proof is not None:
+                        self._spent_by_actor(proof, actor.uid, subject, request.actor_token, facts)
         else:
             claims = self._live_own_token(request.actor_token, "actor_token", invalid_request)
             bound = confirmation(claims)
@@ -639,6 +657,8 @@ class TokenService:
                 raise self._unproven(
                     f"the actor token is DPoP-bound (key {bound}): send a DPoP proof signed by that key"
                 )
+            if bound is not None and proof is not None:
+                self._spent_by_actor(proof, str(claims["agentcred"]["podUID"]), subject, request.actor_token, facts)
             act = {"sub": claims["sub"], "agentcred": _who(claims)}
             if isinstance(claims.get("act"), dict):
                 act["act"] = claims["act"]
