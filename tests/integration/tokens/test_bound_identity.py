@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
+import ssl
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 import pytest
@@ -281,6 +285,76 @@ def test_a_copied_identity_token_needs_the_pods_own_key_at_the_gateway(
     line = audit_lines(operator, "gateway", decision="deny", reason="dpop-not-pod-key", podUID=agent.uid)[-1]
     assert line["presentedFingerprint"].startswith("hmac-sha256:")
     assert stolen not in operator.audit_text()
+
+
+def _forward_auth(operator: OperatorProcess, gateway: str, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """Envoy's HTTP forward-auth contract: the request line in X-Forwarded-*, no body."""
+    request = urllib.request.Request(
+        f"{operator.api_url}/v1/gateway/forward-auth",
+        method="POST",
+        headers={
+            "X-Agentcred-Gateway": f"Bearer {gateway}",
+            "X-Forwarded-Method": "POST",
+            "X-Forwarded-Uri": "/mcp",
+            "X-Forwarded-Host": HOST,
+            "X-Forwarded-Proto": "https",
+            "Mcp-Method": "tools/call",
+            "Mcp-Name": "search_docs",
+            **headers,
+        },
+    )
+    context = ssl.create_default_context(cafile=operator.ca_file())
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=15) as answer:
+            return answer.status, {}
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def test_the_pods_own_proofs_for_other_calls_do_not_carry_a_copied_identity_token_through_either_contract(
+    cluster: Cluster, operator: OperatorProcess, pods: dict[str, Pod]
+) -> None:
+    """Proofs by the pod's own key, as an access log keeps them, for another call than this one:
+    another URL, another method, the pod's bound value rather than its identity token (a proof
+    covers the token it was sent with). Refused at Envoy's gRPC ext_authz and at HTTP
+    forward-auth alike, whatever the scheme's casing; the pod's own fresh proof passes both."""
+    agent = pods["agent"]
+    own, stolen = agent.key(), agent.identity()
+    secret = read_secret(cluster, agent.namespace, secret_name_of(agent.body))
+    assert secret is not None
+    bound_value = (value_of(secret, "research-llm") or b"").decode()
+
+    def other_calls() -> dict[str, str]:
+        return {
+            "dpop-wrong-url": own.proof("POST", f"https://{HOST}/admin", access_token=stolen),
+            "dpop-wrong-method": own.proof("GET", MCP_URL, access_token=stolen),
+            "dpop-wrong-token": own.proof("POST", MCP_URL, access_token=bound_value),
+        }
+
+    gateway = gateway_token(cluster)
+    for reason, proof in other_calls().items():
+        status, answer = _forward_auth(operator, gateway, {"Authorization": f"dpop {stolen}", "DPoP": proof})
+        assert (status, answer.get("reason")) == (401, reason), answer
+    status, answer = _forward_auth(operator, gateway, {"Authorization": f"DPOP {stolen}"})
+    assert (status, answer.get("reason")) == (401, "dpop-missing"), answer
+    fresh = own.proof("POST", MCP_URL, access_token=stolen)
+    assert _forward_auth(operator, gateway, {"Authorization": f"dpop {stolen}", "DPoP": fresh})[0] == 200
+    body = mcp_call("search_docs", collection="handbook", query="rotate")
+    ext_authz = ExtAuthz(operator, gateway)
+    try:
+
+        def call(proof: str) -> Any:
+            headers = {"authorization": f"DPoP {stolen}", "content-type": "application/json", "dpop": proof}
+            return ext_authz.check("POST", "/mcp", headers, body, host=HOST)
+
+        for reason, proof in other_calls().items():
+            refused = call(proof)
+            assert not refused.allowed and refused.body["reason"] == reason, refused.body
+        allowed = call(own.proof("POST", MCP_URL, access_token=stolen, body=body))
+        assert allowed.allowed, allowed.body
+    finally:
+        ext_authz.close()
+    assert stolen not in operator.audit_text() and bound_value not in operator.audit_text()
 
 
 def test_a_follower_reads_the_pods_keys_from_the_secrets_sealed_metadata(
