@@ -244,6 +244,29 @@ def test_a_copied_identity_token_as_client_assertion_or_actor_needs_the_pods_own
     assert stolen not in operator.audit_text()
 
 
+def test_a_copied_workload_assertion_cannot_be_burnt_before_the_pod_uses_it(
+    cluster: Cluster, operator: OperatorProcess, pods: dict[str, Pod]
+) -> None:
+    """A workload identity assertion (the pod's token addressed to the token endpoint) is good
+    for one token. Found attacking it: a copy presented without the pod's key was refused, but
+    only after its jti had been remembered as used, so the pod's own request with it was refused
+    as a replay until the kubelet rotated the token -- a copy of the file bought a denial of
+    service. The jti is now spent only once the pod's own key has spoken."""
+    agent = pods["agent"]
+    token_url = f"{operator.api_url}/oauth2/token"
+    assertion = bound_token(cluster, agent.namespace, agent.body, audience=token_url)
+    fields = {"grant_type": JWT_BEARER, "assertion": assertion, "resource": BOUND_AUDIENCE}
+    for proof in (None, DPoPKey().proof("POST", token_url), pods["other"].key().proof("POST", token_url)):
+        status, answer, _ = token_request(operator, fields, **({"DPoP": proof} if proof else {}))
+        assert (status, answer["error"]) == (400, "invalid_dpop_proof"), answer
+    status, answer, _ = token_request(operator, fields, DPoP=agent.key().proof("POST", token_url))
+    assert status == 200 and answer["token_type"] == "DPoP", answer
+    assert independently_verified(operator, answer["access_token"], BOUND_AUDIENCE)["cnf"]["jkt"] == agent.key().jkt
+    # Single-use all the same: the pod's own second use is a replay.
+    status, answer, _ = token_request(operator, fields, DPoP=agent.key().proof("POST", token_url))
+    assert (status, answer["error"]) == (400, "invalid_grant") and "used before" in answer["error_description"]
+
+
 def test_a_pod_holding_no_bound_value_keeps_a_bearer_identity(operator: OperatorProcess, pods: dict[str, Pod]) -> None:
     status, answer = _exchange(operator, pods["unbound"].identity(), PLAIN_AUDIENCE, None)
     assert status == 200 and answer["token_type"] == "Bearer", answer.get("error_description")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import functools
 import secrets
 import time
 from collections.abc import Callable
@@ -159,7 +160,7 @@ class TokenService:
             what = {TOKEN_EXCHANGE: "subject_token", JWT_BEARER: "assertion"}.get(
                 request.grant_type, "client_assertion"
             )
-            subject = await self._subject(request, source)
+            subject, once = await self._subject(request, source)
             facts.update(subject.facts())
             # Counted before the actor token is reviewed: every request costs the pod, so one
             # valid identity sending fresh garbage actor tokens cannot buy TokenReviews.
@@ -169,15 +170,20 @@ class TokenService:
             if subject.parent is None:  # the pod's identity token, bound if the pod holds a bound value
                 task = self.live_task(subject, _refusal(request.grant_type, authenticated=True))
                 await self._own_key(task, proof, request.subject_token, facts, what)
+            if once is not None:  # spent only once the pod's own key (if its identity is bound) has spoken
+                once()
             act = await self._actor(request, subject, source, proof, facts)
             return await self._issue(request, subject, act, facts, proof)
         except OAuthError as refused:
             self.audit.record("deny", reason=refused.error, message=refused.description, **facts)
             raise
 
-    async def _subject(self, request: TokenRequest, source: str) -> Caller:
+    async def _subject(self, request: TokenRequest, source: str) -> tuple[Caller, Callable[[], None] | None]:
         """Who the request speaks for; a token that does not say costs the client address one
-        of its refused tokens (a ServiceAccount token's, before it is reviewed)."""
+        of its refused tokens (a ServiceAccount token's, before it is reviewed). And, for a
+        workload identity assertion, what spends it: a copy refused for want of the pod's key
+        must not use up the pod's own assertion."""
+        once: Callable[[], None] | None = None
         unauthenticated = _refusal(request.grant_type, authenticated=False)
         what = {TOKEN_EXCHANGE: "subject_token", JWT_BEARER: "assertion"}.get(request.grant_type, "client_assertion")
         if request.subject_token_type == ACCESS_TOKEN_TYPE:
@@ -203,7 +209,14 @@ class TokenService:
             # Addressed to this token endpoint (or the issuer) rather than to `agentcred`, as the
             # API server reports the audiences it matched: a federation assertion, single-use.
             if request.grant_type == JWT_BEARER and who.audiences and SERVICE_ACCOUNT_AUDIENCE not in who.audiences:
-                self._federated_once(request.subject_token, who.token_id, who.pod_uid, who.namespace, unauthenticated)
+                once = functools.partial(
+                    self._federated_once,
+                    request.subject_token,
+                    who.token_id,
+                    who.pod_uid,
+                    who.namespace,
+                    unauthenticated,
+                )
             subject = Caller(who.namespace, who.service_account, who.pod_name, who.pod_uid)
         if request.client_id is not None and request.client_id != service_account_subject(
             subject.namespace, subject.service_account
@@ -214,7 +227,7 @@ class TokenService:
                 f"{service_account_subject(subject.namespace, subject.service_account)}",
                 status=401,
             )
-        return subject
+        return subject, once
 
     def _federated_once(
         self, assertion: str, token_id: str | None, pod_uid: str, namespace: str, refuse: Callable[[str], OAuthError]
