@@ -139,3 +139,21 @@ def test_a_follower_believes_no_key_a_tenant_wrote_into_the_secret() -> None:
     elsewhere = dataclasses.replace(forged, pod_uid="another-uid")
     assert asyncio.run(follower(_secret(elsewhere), []).of(task(), NOW)) == ()
     assert asyncio.run(follower(None, []).of(task(), NOW)) == ()
+
+
+def test_a_proof_that_vouches_for_an_actor_pod_is_spent_by_it_too() -> None:
+    """Found attacking the actor token: the victim pod's own proof, captured from its request,
+    was fresh again under another pod's subject (proofs were remembered per subject pod only),
+    so it vouched for the copied identity token as actor. The actor pod spends it too."""
+    from agentcred.platform.proofs import ProofChecker
+    from agentcred.rules.dpop import Covered
+    from support.dpop import DPoPKey
+
+    checker = ProofChecker()
+    url = "https://agentcred.example/oauth2/token"
+    captured = DPoPKey().proof("POST", url)
+    checker.check(captured, Covered("POST", url), "victim-uid")  # the victim's own request
+    replayed = checker.check(captured, Covered("POST", url), "attacker-uid")  # fresh for another subject
+    with pytest.raises(ProofRefused) as refused:
+        checker.spend(replayed, "victim-uid")
+    assert refused.value.reason == "dpop-replayed"

@@ -6,6 +6,8 @@ import asyncio
 import dataclasses
 from typing import Any
 
+import pytest
+
 from agentcred.api.pods import PodTask
 from agentcred.platform.kube import Gone
 from agentcred.runtime.projection.pod_watch import PodIndex, PodWatch
@@ -241,6 +243,60 @@ def test_a_pod_whose_task_ended_is_handled_before_pods_waiting_to_be_issued() ->
         await asyncio.sleep(0.1)
         assert set(order[WORKERS : WORKERS + 2]) == {("MODIFIED", f"u{last}"), ("DELETED", f"u{before_last}")}
         assert len(order) == WORKERS * 3  # the two ended pods' listed events collapsed into their ends
+        runner.cancel()
+
+    asyncio.run(main())
+
+
+def _in(namespace: str, name: str, uid: str, phase: str = "Pending", version: str = "1") -> dict[str, Any]:
+    body = pod(name, uid, binding=f"b-{uid}", phase=phase, version=version)
+    body["metadata"]["namespace"] = namespace
+    return body
+
+
+def _tenant_admitted(body: dict[str, Any], deleted: bool) -> PodTask | None:
+    task = admitted(body, deleted)
+    return None if task is None else dataclasses.replace(task, namespace=body["metadata"]["namespace"])
+
+
+@pytest.mark.parametrize("line", ["ended", "issued"])
+def test_one_namespaces_burst_does_not_put_anothers_pod_at_the_back_of_the_line(line: str) -> None:
+    """Found attacking the ended line: a tenant who may only create and delete pods deleted
+    hundreds at once, and another tenant's pod that ended just after was revoked only once every
+    one of them had been. Each line is taken a namespace at a time: the other tenant's pod is
+    among the next handled, not the last."""
+    from agentcred.runtime.projection.pod_watch import WORKERS
+
+    async def main() -> None:
+        burst = WORKERS * 3
+        listed = [_in("team-a", f"busy{n}", f"busy{n}") for n in range(WORKERS)]  # every worker taken
+        if line == "ended":
+            listed += [_in("team-a", f"p{n}", f"u{n}") for n in range(burst)]
+            events = [{"type": "DELETED", "object": _in("team-a", f"p{n}", f"u{n}", version="2")} for n in range(burst)]
+            events += [
+                {"type": "ADDED", "object": _in("team-b", "victim", "victim")},
+                {"type": "MODIFIED", "object": _in("team-b", "victim", "victim", "Succeeded", "2")},
+            ]
+        else:
+            events = [{"type": "ADDED", "object": _in("team-a", f"p{n}", f"u{n}")} for n in range(burst)]
+            events.append({"type": "ADDED", "object": _in("team-b", "victim", "victim")})
+        kube = ScriptedPodListing([listed], [events])
+        order: list[str] = []
+        release = asyncio.Event()
+
+        async def handler(kind: str | None, body: dict[str, Any], task: PodTask | None) -> None:
+            order.append(body["metadata"]["uid"])
+            await release.wait()
+
+        watch = PodWatch(kube, "x=true", _tenant_admitted, handler, handling=asyncio.Event())  # type: ignore[arg-type]
+        watch.handling.set()
+        runner = asyncio.create_task(watch.run())
+        await asyncio.sleep(0.05)
+        assert order == [f"busy{n}" for n in range(WORKERS)]
+        release.set()
+        await asyncio.sleep(0.1)
+        assert "victim" in order[WORKERS : WORKERS + 2], order.index("victim") - WORKERS
+        assert sorted(order[WORKERS:]) == sorted([*(f"u{n}" for n in range(burst)), "victim"])
         runner.cancel()
 
     asyncio.run(main())

@@ -43,6 +43,14 @@ class ProofChecker:
             raise ProofRefused(
                 "dpop-key-mismatch", f"the proof is signed by key {proof.jkt}; the token is bound to {bound_to}"
             )
+        self.spend(proof, holder, now)
+        return proof
+
+    def spend(self, proof: Proof, holder: str, now: float | None = None) -> None:
+        """`proof` used once by `holder`; ProofRefused if it was before. A proof that vouches
+        for two pods at once (the subject's and an actor's) is spent by both: captured from
+        one pod's request, it is not good again under another pod's."""
+        now = self.clock() if now is None else now
         seen = self.replays.use(holder, f"{proof.jkt}:{proof.jti}", proof.iat + self.max_age + FUTURE_SKEW + 1, now)
         if seen == "replayed":
             raise ProofRefused("dpop-replayed", f"proof {proof.jti[:64]} was used before: make a fresh one per request")
@@ -51,4 +59,3 @@ class ProofChecker:
                 "dpop-replay-limit",
                 f"more proofs from this pod than agentcred remembers within {self.max_age} s: slow down",
             )
-        return proof

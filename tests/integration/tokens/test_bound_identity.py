@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
+import ssl
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 import pytest
@@ -41,7 +45,16 @@ from agents import (
 )
 from clusterkit import OPERATOR_NAMESPACE, Cluster, OperatorProcess, wait_for
 from gateways import ExtAuthz, gateway_token, mcp_call
-from oauth import JWT_BEARER, JWT_TYPE, TOKEN_EXCHANGE, bound_token, independently_verified, token_request
+from oauth import (
+    ACCESS_TOKEN_TYPE,
+    CLIENT_ASSERTION_TYPE,
+    JWT_BEARER,
+    JWT_TYPE,
+    TOKEN_EXCHANGE,
+    bound_token,
+    independently_verified,
+    token_request,
+)
 from support.dpop import DPoPKey, thumbprint
 
 BOUND_AUDIENCE = "https://llm-gateway.internal"
@@ -169,6 +182,91 @@ def test_a_copied_identity_token_needs_the_pods_own_key_at_the_token_endpoint(
     assert stolen not in operator.audit_text()
 
 
+def test_a_copied_identity_token_as_client_assertion_or_actor_needs_the_pods_own_key(
+    operator: OperatorProcess, pods: dict[str, Pod]
+) -> None:
+    """The other places an identity token is presented: as a client_credentials client
+    assertion, and as the actor token beside another pod's own subject token (the attacker's
+    pod, which holds no bound value: its own identity needs no proof). And the victim's own
+    proof, captured from its request (an access log): it was remembered for the victim as
+    subject only, so under the attacker's subject it was fresh again and vouched for the copied
+    identity token as actor, and for the victim's bound agentcred token too -- found attacking
+    the actor token; the actor pod now spends it as well."""
+    agent, attacker = pods["agent"], pods["unbound"]
+    token_url = f"{operator.api_url}/oauth2/token"
+    stolen, own = agent.identity(), agent.key()
+    fields: dict[str, Any] = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": CLIENT_ASSERTION_TYPE,
+        "client_assertion": stolen,
+        "resource": PLAIN_AUDIENCE,
+    }
+    for proof in (None, DPoPKey().proof("POST", token_url)):
+        status, answer, _ = token_request(operator, fields, **({"DPoP": proof} if proof else {}))
+        assert (status, answer["error"]) == (400, "invalid_dpop_proof"), answer
+        assert answer["error_description"].startswith("client_assertion:"), answer
+
+    def act(actor: str, actor_type: str, proof: str | None) -> tuple[int, dict[str, Any]]:
+        fields = {
+            "grant_type": TOKEN_EXCHANGE,
+            "subject_token": attacker.identity(),
+            "subject_token_type": JWT_TYPE,
+            "actor_token": actor,
+            "actor_token_type": actor_type,
+            "resource": PLAIN_AUDIENCE,
+        }
+        status, answer, _ = token_request(operator, fields, **({"DPoP": proof} if proof else {}))
+        return status, answer
+
+    for proof in (None, DPoPKey().proof("POST", token_url), pods["other"].key().proof("POST", token_url)):
+        status, answer = act(stolen, JWT_TYPE, proof)
+        assert (status, answer["error"]) == (400, "invalid_dpop_proof"), answer
+        assert answer["error_description"].startswith("actor_token:"), answer
+    for case in ("identity token", "bound agentcred token"):
+        # The victim's own request, as an access log keeps it: the proof it was asked with, and what it got.
+        captured = own.proof("POST", token_url)
+        status, answer = _exchange(operator, stolen, BOUND_AUDIENCE, captured)
+        assert status == 200, answer
+        actor, actor_type = (
+            (stolen, JWT_TYPE) if case == "identity token" else (answer["access_token"], ACCESS_TOKEN_TYPE)
+        )
+        status, answer = act(actor, actor_type, captured)
+        assert (status, answer.get("error")) == (400, "invalid_dpop_proof"), (
+            case,
+            {k: v for k, v in answer.items() if k != "access_token"},
+        )
+        assert answer["error_description"].startswith("actor_token:") and "used before" in answer["error_description"]
+    # The victim pod itself, with a fresh proof by its key, may act for the other pod.
+    status, answer = act(stolen, JWT_TYPE, own.proof("POST", token_url))
+    assert status == 200, answer
+    claims = independently_verified(operator, answer["access_token"], PLAIN_AUDIENCE)
+    assert claims["act"]["agentcred"]["podUID"] == agent.uid and claims["cnf"]["jkt"] == own.jkt
+    assert stolen not in operator.audit_text()
+
+
+def test_a_copied_workload_assertion_cannot_be_burnt_before_the_pod_uses_it(
+    cluster: Cluster, operator: OperatorProcess, pods: dict[str, Pod]
+) -> None:
+    """A workload identity assertion (the pod's token addressed to the token endpoint) is good
+    for one token. Found attacking it: a copy presented without the pod's key was refused, but
+    only after its jti had been remembered as used, so the pod's own request with it was refused
+    as a replay until the kubelet rotated the token -- a copy of the file bought a denial of
+    service. The jti is now spent only once the pod's own key has spoken."""
+    agent = pods["agent"]
+    token_url = f"{operator.api_url}/oauth2/token"
+    assertion = bound_token(cluster, agent.namespace, agent.body, audience=token_url)
+    fields = {"grant_type": JWT_BEARER, "assertion": assertion, "resource": BOUND_AUDIENCE}
+    for proof in (None, DPoPKey().proof("POST", token_url), pods["other"].key().proof("POST", token_url)):
+        status, answer, _ = token_request(operator, fields, **({"DPoP": proof} if proof else {}))
+        assert (status, answer["error"]) == (400, "invalid_dpop_proof"), answer
+    status, answer, _ = token_request(operator, fields, DPoP=agent.key().proof("POST", token_url))
+    assert status == 200 and answer["token_type"] == "DPoP", answer
+    assert independently_verified(operator, answer["access_token"], BOUND_AUDIENCE)["cnf"]["jkt"] == agent.key().jkt
+    # Single-use all the same: the pod's own second use is a replay.
+    status, answer, _ = token_request(operator, fields, DPoP=agent.key().proof("POST", token_url))
+    assert (status, answer["error"]) == (400, "invalid_grant") and "used before" in answer["error_description"]
+
+
 def test_a_pod_holding_no_bound_value_keeps_a_bearer_identity(operator: OperatorProcess, pods: dict[str, Pod]) -> None:
     status, answer = _exchange(operator, pods["unbound"].identity(), PLAIN_AUDIENCE, None)
     assert status == 200 and answer["token_type"] == "Bearer", answer.get("error_description")
@@ -210,6 +308,76 @@ def test_a_copied_identity_token_needs_the_pods_own_key_at_the_gateway(
     line = audit_lines(operator, "gateway", decision="deny", reason="dpop-not-pod-key", podUID=agent.uid)[-1]
     assert line["presentedFingerprint"].startswith("hmac-sha256:")
     assert stolen not in operator.audit_text()
+
+
+def _forward_auth(operator: OperatorProcess, gateway: str, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """Envoy's HTTP forward-auth contract: the request line in X-Forwarded-*, no body."""
+    request = urllib.request.Request(
+        f"{operator.api_url}/v1/gateway/forward-auth",
+        method="POST",
+        headers={
+            "X-Agentcred-Gateway": f"Bearer {gateway}",
+            "X-Forwarded-Method": "POST",
+            "X-Forwarded-Uri": "/mcp",
+            "X-Forwarded-Host": HOST,
+            "X-Forwarded-Proto": "https",
+            "Mcp-Method": "tools/call",
+            "Mcp-Name": "search_docs",
+            **headers,
+        },
+    )
+    context = ssl.create_default_context(cafile=operator.ca_file())
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=15) as answer:
+            return answer.status, {}
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def test_the_pods_own_proofs_for_other_calls_do_not_carry_a_copied_identity_token_through_either_contract(
+    cluster: Cluster, operator: OperatorProcess, pods: dict[str, Pod]
+) -> None:
+    """Proofs by the pod's own key, as an access log keeps them, for another call than this one:
+    another URL, another method, the pod's bound value rather than its identity token (a proof
+    covers the token it was sent with). Refused at Envoy's gRPC ext_authz and at HTTP
+    forward-auth alike, whatever the scheme's casing; the pod's own fresh proof passes both."""
+    agent = pods["agent"]
+    own, stolen = agent.key(), agent.identity()
+    secret = read_secret(cluster, agent.namespace, secret_name_of(agent.body))
+    assert secret is not None
+    bound_value = (value_of(secret, "research-llm") or b"").decode()
+
+    def other_calls() -> dict[str, str]:
+        return {
+            "dpop-wrong-url": own.proof("POST", f"https://{HOST}/admin", access_token=stolen),
+            "dpop-wrong-method": own.proof("GET", MCP_URL, access_token=stolen),
+            "dpop-wrong-token": own.proof("POST", MCP_URL, access_token=bound_value),
+        }
+
+    gateway = gateway_token(cluster)
+    for reason, proof in other_calls().items():
+        status, answer = _forward_auth(operator, gateway, {"Authorization": f"dpop {stolen}", "DPoP": proof})
+        assert (status, answer.get("reason")) == (401, reason), answer
+    status, answer = _forward_auth(operator, gateway, {"Authorization": f"DPOP {stolen}"})
+    assert (status, answer.get("reason")) == (401, "dpop-missing"), answer
+    fresh = own.proof("POST", MCP_URL, access_token=stolen)
+    assert _forward_auth(operator, gateway, {"Authorization": f"dpop {stolen}", "DPoP": fresh})[0] == 200
+    body = mcp_call("search_docs", collection="handbook", query="rotate")
+    ext_authz = ExtAuthz(operator, gateway)
+    try:
+
+        def call(proof: str) -> Any:
+            headers = {"authorization": f"DPoP {stolen}", "content-type": "application/json", "dpop": proof}
+            return ext_authz.check("POST", "/mcp", headers, body, host=HOST)
+
+        for reason, proof in other_calls().items():
+            refused = call(proof)
+            assert not refused.allowed and refused.body["reason"] == reason, refused.body
+        allowed = call(own.proof("POST", MCP_URL, access_token=stolen, body=body))
+        assert allowed.allowed, allowed.body
+    finally:
+        ext_authz.close()
+    assert stolen not in operator.audit_text() and bound_value not in operator.audit_text()
 
 
 def test_a_follower_reads_the_pods_keys_from_the_secrets_sealed_metadata(

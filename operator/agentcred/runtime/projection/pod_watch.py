@@ -8,7 +8,9 @@ arrive while one is handled collapse into the latest), different pods' concurren
 Events are handled by a fixed number of workers (`WORKERS`), pods whose task ended first:
 a revocation never waits behind a burst of issues, and a new leader's ten thousand listed pods
 are not ten thousand coroutines at once (each holding its frames, its lock and its place in
-the connection pool's queue).
+the connection pool's queue). Each line is taken a namespace at a time, in turn: one tenant's
+burst (a thousand pods deleted at once) is not a queue another tenant's revocation waits at the
+back of.
 
 Only what the operator reads of a pod is kept: its task (`api.pods.PodTask`) if the webhook
 admitted it, else a note that it was seen. An update that leaves the task as it was (a
@@ -132,6 +134,35 @@ def _slim(body: dict[str, Any]) -> dict[str, Any]:
     return {"metadata": kept, "spec": {"serviceAccountName": spec.get("serviceAccountName")}}
 
 
+class _Turns:
+    """Pods waiting in one line, taken one namespace at a time in turn (first in, first out
+    within a namespace)."""
+
+    def __init__(self) -> None:
+        self._lines: dict[str, deque[str]] = {}  # by namespace
+        self._turns: deque[str] = deque()  # the namespaces with pods waiting, next turn first
+
+    def __bool__(self) -> bool:
+        return bool(self._turns)
+
+    def append(self, namespace: str, uid: str) -> None:
+        line = self._lines.get(namespace)
+        if line is None:
+            line = self._lines[namespace] = deque()
+            self._turns.append(namespace)
+        line.append(uid)
+
+    def popleft(self) -> str:
+        namespace = self._turns.popleft()
+        line = self._lines[namespace]
+        uid = line.popleft()
+        if line:
+            self._turns.append(namespace)
+        else:
+            del self._lines[namespace]
+        return uid
+
+
 class PodWatch:
     """Lists and watches the pods matching `selector`, keeps `index`, and hands events on.
 
@@ -161,10 +192,11 @@ class PodWatch:
         self._unlisted = set(self.namespaces)
         self.handling = handling
         self._pending: dict[str, tuple[str | None, dict[str, Any], PodTask | None]] = {}
-        # Pods waiting for a worker, in order, ended ones apart; a pod's entry in `_queued` says
-        # which line it is in (True: ended), so an entry left behind in the other is skipped.
-        self._ended: deque[str] = deque()
-        self._others: deque[str] = deque()
+        # Pods waiting for a worker, ended ones apart, each line a namespace at a time; a pod's
+        # entry in `_queued` says which line it is in (True: ended), so an entry left behind in
+        # the other is skipped.
+        self._ended = _Turns()
+        self._others = _Turns()
         self._queued: dict[str, bool] = {}
         self._active: set[str] = set()
         self._lined_up = asyncio.Semaphore(0)  # one release per entry put in a line: wakes one worker
@@ -261,13 +293,14 @@ class PodWatch:
     def _start(self, uid: str) -> None:
         if uid in self._active:
             return  # its worker takes the new event next
-        kind, _, task = self._pending[uid]
+        kind, body, task = self._pending[uid]
+        namespace = str((body.get("metadata") or {}).get("namespace") or "")
         ended = kind == "DELETED" or (task is not None and task.end_reason is not None)
         line = self._queued.get(uid)
         if ended and line is not True:
-            self._ended.append(uid)
+            self._ended.append(namespace, uid)
         elif line is None:
-            self._others.append(uid)
+            self._others.append(namespace, uid)
         else:
             return
         self._queued[uid] = ended or bool(line)

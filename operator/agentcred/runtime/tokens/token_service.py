@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import functools
 import secrets
 import time
 from collections.abc import Callable
@@ -159,7 +160,7 @@ class TokenService:
             what = {TOKEN_EXCHANGE: "subject_token", JWT_BEARER: "assertion"}.get(
                 request.grant_type, "client_assertion"
             )
-            subject = await self._subject(request, source)
+            subject, once = await self._subject(request, source)
             facts.update(subject.facts())
             # Counted before the actor token is reviewed: every request costs the pod, so one
             # valid identity sending fresh garbage actor tokens cannot buy TokenReviews.
@@ -169,15 +170,20 @@ class TokenService:
             if subject.parent is None:  # the pod's identity token, bound if the pod holds a bound value
                 task = self.live_task(subject, _refusal(request.grant_type, authenticated=True))
                 await self._own_key(task, proof, request.subject_token, facts, what)
-            act = await self._actor(request, subject.parent, source, proof, facts)
+            if once is not None:  # spent only once the pod's own key (if its identity is bound) has spoken
+                once()
+            act = await self._actor(request, subject, source, proof, facts)
             return await self._issue(request, subject, act, facts, proof)
         except OAuthError as refused:
             self.audit.record("deny", reason=refused.error, message=refused.description, **facts)
             raise
 
-    async def _subject(self, request: TokenRequest, source: str) -> Caller:
+    async def _subject(self, request: TokenRequest, source: str) -> tuple[Caller, Callable[[], None] | None]:
         """Who the request speaks for; a token that does not say costs the client address one
-        of its refused tokens (a ServiceAccount token's, before it is reviewed)."""
+        of its refused tokens (a ServiceAccount token's, before it is reviewed). And, for a
+        workload identity assertion, what spends it: a copy refused for want of the pod's key
+        must not use up the pod's own assertion."""
+        once: Callable[[], None] | None = None
         unauthenticated = _refusal(request.grant_type, authenticated=False)
         what = {TOKEN_EXCHANGE: "subject_token", JWT_BEARER: "assertion"}.get(request.grant_type, "client_assertion")
         if request.subject_token_type == ACCESS_TOKEN_TYPE:
@@ -203,7 +209,14 @@ class TokenService:
             # Addressed to this token endpoint (or the issuer) rather than to `agentcred`, as the
             # API server reports the audiences it matched: a federation assertion, single-use.
             if request.grant_type == JWT_BEARER and who.audiences and SERVICE_ACCOUNT_AUDIENCE not in who.audiences:
-                self._federated_once(request.subject_token, who.token_id, who.pod_uid, who.namespace, unauthenticated)
+                once = functools.partial(
+                    self._federated_once,
+                    request.subject_token,
+                    who.token_id,
+                    who.pod_uid,
+                    who.namespace,
+                    unauthenticated,
+                )
             subject = Caller(who.namespace, who.service_account, who.pod_name, who.pod_uid)
         if request.client_id is not None and request.client_id != service_account_subject(
             subject.namespace, subject.service_account
@@ -214,7 +227,7 @@ class TokenService:
                 f"{service_account_subject(subject.namespace, subject.service_account)}",
                 status=401,
             )
-        return subject
+        return subject, once
 
     def _federated_once(
         self, assertion: str, token_id: str | None, pod_uid: str, namespace: str, refuse: Callable[[str], OAuthError]
@@ -302,8 +315,11 @@ class TokenService:
         check_pod_key(proof.jkt if proof is not None else None, keys, bound_by)
         return bound_by
 
-    async def _own_key(self, task: PodTask, proof: Proof | None, token: str, facts: dict[str, Any], what: str) -> None:
-        """A pod's identity token (`what`) is accepted only with a proof by that pod's key, when it is bound."""
+    async def _own_key(
+        self, task: PodTask, proof: Proof | None, token: str, facts: dict[str, Any], what: str
+    ) -> tuple[str, ...]:
+        """A pod's identity token (`what`) is accepted only with a proof by that pod's key, when
+        it is bound; the credentials that bind it."""
         try:
             bound_by = await self.prove_pod(task, proof)
         except ProofRefused as refused:
@@ -316,6 +332,19 @@ class TokenService:
             ) from None
         if bound_by:
             facts["identityBoundBy"] = list(bound_by)
+        return bound_by
+
+    def _spent_by_actor(self, proof: Proof, actor_uid: str, subject: Caller, token: str, facts: dict[str, Any]) -> None:
+        """A proof that vouches for an actor pod is that pod's too, used once: else one captured
+        from the pod's own request (an access log) vouched for it again under another subject."""
+        if actor_uid == subject.pod_uid:
+            return  # spent by this very pod as the subject's
+        try:
+            self.proofs.spend(proof, actor_uid)
+        except ProofRefused as refused:
+            # Whoever presented a copy of the actor token is named by its fingerprint, never by it.
+            facts.update(dpop=refused.reason, fingerprint=Fingerprints(self.keyring)(token.encode()))
+            raise self._unproven(f"actor_token: {refused.message}") from None
 
     def nonce_header(self) -> dict[str, str]:
         """The DPoP-Nonce header to send with an answer, when nonces are asked for (RFC 9449 §8)."""
@@ -605,13 +634,15 @@ class TokenService:
     async def _actor(
         self,
         request: TokenRequest,
-        parent: dict[str, Any] | None,
+        subject: Caller,
         source: str = "",
         proof: Proof | None = None,
         facts: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         """The `act` claim (RFC 8693 §4.1): the actor presented now -- a ServiceAccount, or the
         pod holding an agentcred token -- with whoever acted before nested inside it."""
+        parent = subject.parent
+        facts = facts if facts is not None else {}
         before = parent.get("act") if parent is not None else None
         if request.actor_token is None:
             return before if isinstance(before, dict) else None
@@ -629,9 +660,9 @@ class TokenService:
                 # An agentcred pod's identity token acts only with a proof by that pod's key, if bound.
                 actor = self.view.pod_by_name(who.namespace, who.pod_name)
                 if actor is not None and actor.uid == who.pod_uid:
-                    await self._own_key(
-                        actor, proof, request.actor_token, facts if facts is not None else {}, "actor_token"
-                    )
+                    bound_by = await self._own_key(actor, proof, request.actor_token, facts, "actor_token")
+                    if bound_by and proof is not None:
+                        self._spent_by_actor(proof, actor.uid, subject, request.actor_token, facts)
         else:
             claims = self._live_own_token(request.actor_token, "actor_token", invalid_request)
             bound = confirmation(claims)
@@ -639,6 +670,8 @@ class TokenService:
                 raise self._unproven(
                     f"the actor token is DPoP-bound (key {bound}): send a DPoP proof signed by that key"
                 )
+            if bound is not None and proof is not None:
+                self._spent_by_actor(proof, str(claims["agentcred"]["podUID"]), subject, request.actor_token, facts)
             act = {"sub": claims["sub"], "agentcred": _who(claims)}
             if isinstance(claims.get("act"), dict):
                 act["act"] = claims["act"]
