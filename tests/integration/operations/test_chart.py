@@ -289,6 +289,28 @@ def test_template_variants(cluster: Cluster, sets: list[str], check) -> None:
     assert check(kinds(render(cluster, *sets)))
 
 
+def ports_of(rendered: dict[str, dict]) -> tuple[set[str], set[str]]:
+    container = rendered["Deployment/agentcred"]["spec"]["template"]["spec"]["containers"][0]
+    return {p["name"] for p in container["ports"]}, {p["name"] for p in rendered["Service/agentcred"]["spec"]["ports"]}
+
+
+def test_ext_authz_is_opened_only_for_allowed_gateways(cluster: Cluster) -> None:
+    """No gateway allowed: the operator serves no gRPC, and the chart opens no port for it."""
+    plain = kinds(render(cluster, "networkPolicy.enabled=true"))
+    assert "ext-authz" not in set.union(*ports_of(plain))
+    assert env_of(plain)["AGENTCRED_GATEWAYS"] == ""
+    allowed = kinds(
+        render(cluster, "networkPolicy.enabled=true", "gateway.allowed[0]=edge/envoy", "gateway.grpcPort=9292")
+    )
+    container_ports, service_ports = ports_of(allowed)
+    assert "ext-authz" in container_ports and "ext-authz" in service_ports
+    env = env_of(allowed)
+    assert env["AGENTCRED_GATEWAYS"] == "edge/envoy" and env["AGENTCRED_GATEWAY_GRPC_PORT"] == "9292"
+    ingress = allowed["NetworkPolicy/agentcred"]["spec"]["ingress"]
+    opened = [rule["from"] for rule in ingress if rule["ports"][0]["port"] == "ext-authz"]
+    assert opened == [[{"namespaceSelector": {}}]]
+
+
 def test_cert_manager_issues_the_serving_certificate(cluster: Cluster) -> None:
     rendered = kinds(render(cluster, "certManager.enabled=true"))
     webhook = rendered["MutatingWebhookConfiguration/agentcred.agentcred.dev"]
