@@ -259,3 +259,15 @@ def test_similar_events_above_a_rate_are_folded_into_one_per_window() -> None:
     assert folded[0]["message"].startswith("5 similar Events in 10s folded into this one (pods p3, p4, p5, p6, p7;")
     assert folded[0]["message"].endswith("the last: issued llm to p7")
     assert [e["involvedObject"]["name"] for e in later] == ["p9"]
+
+
+def test_an_audit_line_keeps_its_format(tmp_path: Path) -> None:
+    """One JSON object a line with the stdlib's spacing: `"action": "revoke"` is what people
+    and log pipelines grep for (a compact encoder once changed it unnoticed)."""
+    path = tmp_path / "audit.log"
+    trail = AuditTrail(str(path))
+    trail.record("revoke", namespace="team-a", at=dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc))
+    line = path.read_text()
+    assert line.endswith("\n") and line.count("\n") == 1
+    assert '"audit": "agentcred", "action": "revoke", "namespace": "team-a"' in line
+    assert json.loads(line)["at"] == "2026-01-02 00:00:00+00:00"  # what str() says of a datetime
