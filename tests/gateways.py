@@ -5,6 +5,9 @@ The gateway proves who it is with its ServiceAccount token."""
 from __future__ import annotations
 
 import json
+import ssl
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,3 +113,31 @@ def mcp_call(tool: str, **arguments: Any) -> bytes:
     return json.dumps(
         {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
     ).encode()
+
+
+def forward_auth(
+    operator: OperatorProcess, gateway: str, host: str, headers: dict[str, str]
+) -> tuple[int, dict[str, Any]]:
+    """An MCP `tools/call` of search_docs at https://<host>/mcp asked about over HTTP forward-auth
+    (the request line in X-Forwarded-*, no body): the status, and the answer's headers with its
+    JSON body's fields."""
+    request = urllib.request.Request(
+        f"{operator.api_url}/v1/gateway/forward-auth",
+        method="POST",
+        headers={
+            "X-Agentcred-Gateway": f"Bearer {gateway}",
+            "X-Forwarded-Method": "POST",
+            "X-Forwarded-Uri": "/mcp",
+            "X-Forwarded-Host": host,
+            "X-Forwarded-Proto": "https",
+            "Mcp-Method": "tools/call",
+            "Mcp-Name": "search_docs",
+            **headers,
+        },
+    )
+    context = ssl.create_default_context(cafile=operator.ca_file())
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=15) as answer:
+            return answer.status, dict(answer.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, {**dict(error.headers), **json.loads(error.read() or b"{}")}

@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
-import ssl
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 import pytest
@@ -44,7 +40,7 @@ from agents import (
     value_of,
 )
 from clusterkit import OPERATOR_NAMESPACE, Cluster, OperatorProcess, wait_for
-from gateways import ExtAuthz, gateway_token, mcp_call
+from gateways import ExtAuthz, forward_auth, gateway_token, mcp_call
 from oauth import (
     ACCESS_TOKEN_TYPE,
     CLIENT_ASSERTION_TYPE,
@@ -311,27 +307,7 @@ def test_a_copied_identity_token_needs_the_pods_own_key_at_the_gateway(
 
 
 def _forward_auth(operator: OperatorProcess, gateway: str, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
-    """Envoy's HTTP forward-auth contract: the request line in X-Forwarded-*, no body."""
-    request = urllib.request.Request(
-        f"{operator.api_url}/v1/gateway/forward-auth",
-        method="POST",
-        headers={
-            "X-Agentcred-Gateway": f"Bearer {gateway}",
-            "X-Forwarded-Method": "POST",
-            "X-Forwarded-Uri": "/mcp",
-            "X-Forwarded-Host": HOST,
-            "X-Forwarded-Proto": "https",
-            "Mcp-Method": "tools/call",
-            "Mcp-Name": "search_docs",
-            **headers,
-        },
-    )
-    context = ssl.create_default_context(cafile=operator.ca_file())
-    try:
-        with urllib.request.urlopen(request, context=context, timeout=15) as answer:
-            return answer.status, {}
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
+    return forward_auth(operator, gateway, HOST, headers)
 
 
 def test_the_pods_own_proofs_for_other_calls_do_not_carry_a_copied_identity_token_through_either_contract(

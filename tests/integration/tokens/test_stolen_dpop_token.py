@@ -14,9 +14,6 @@ the token's fingerprint (or id), never the token.
 from __future__ import annotations
 
 import json
-import ssl
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +21,7 @@ import pytest
 
 from agents import audit_lines, create_credential, read_secret, secret_name_of, service_account, start_agent
 from clusterkit import Cluster, OperatorProcess
-from gateways import ExtAuthz, gateway_token, mcp_call
+from gateways import ExtAuthz, forward_auth, gateway_token, mcp_call
 from oauth import ACCESS_TOKEN_TYPE, exchange, independently_verified, metadata, token_request
 from support.dpop import DPoPKey, thumbprint
 
@@ -86,25 +83,9 @@ def ext_authz(cluster: Cluster, operator: OperatorProcess) -> Iterator[ExtAuthz]
 def _forward_auth(
     operator: OperatorProcess, gateway: str, token: str, proof: str | None, scheme: str = "DPoP"
 ) -> tuple[int, dict[str, Any]]:
-    headers = {
-        "X-Agentcred-Gateway": f"Bearer {gateway}",
-        "X-Forwarded-Method": "POST",
-        "X-Forwarded-Uri": "/mcp",
-        "X-Forwarded-Host": HOST,
-        "X-Forwarded-Proto": "https",
-        "Mcp-Method": "tools/call",
-        "Mcp-Name": "search_docs",
-        "Authorization": f"{scheme} {token}",
-    }
-    if proof is not None:
-        headers["DPoP"] = proof
-    request = urllib.request.Request(f"{operator.api_url}/v1/gateway/forward-auth", method="POST", headers=headers)
-    context = ssl.create_default_context(cafile=operator.ca_file())
-    try:
-        with urllib.request.urlopen(request, context=context, timeout=15) as answer:
-            return answer.status, dict(answer.headers)
-    except urllib.error.HTTPError as error:
-        return error.code, {**dict(error.headers), **json.loads(error.read() or b"{}")}
+    return forward_auth(
+        operator, gateway, HOST, {"Authorization": f"{scheme} {token}", **({"DPoP": proof} if proof else {})}
+    )
 
 
 def _issued(operator: OperatorProcess, pod: Pod) -> dict[str, Any]:
